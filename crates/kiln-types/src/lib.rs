@@ -1,0 +1,12 @@
+//! Pure data shared by every kiln crate and by plugins: content digests, platforms, and the OCI
+//! image config / manifest / index documents.
+//!
+//! Architecture invariant: no I/O and no dependency on any other kiln crate. Everything here
+//! must be cheap for a plugin to compile.
+
+mod digest;
+pub mod image;
+mod platform;
+
+pub use digest::{Digest, DigestError, Sha256Writer};
+pub use platform::{Platform, PlatformError};

@@ -3,6 +3,8 @@
 //! deliberate encoding change (then bump the `kiln.vertex.v1` prefix).
 
 use kiln_graph::*;
+#![allow(clippy::unwrap_used)]
+
 
 fn sample() -> Vec<State> {
     let ctx = State::local(

@@ -2,9 +2,9 @@
 //! and machine is read by the next. `UPDATE_EXPECT=1` rewrites the golden file after a
 //! deliberate encoding change (then bump the `kiln.vertex.v1` prefix).
 
-use kiln_graph::*;
 #![allow(clippy::unwrap_used)]
 
+use kiln_graph::*;
 
 fn sample() -> Vec<State> {
     let ctx = State::local(

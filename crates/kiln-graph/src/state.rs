@@ -273,3 +273,36 @@ impl ExecBuilder {
         State::from_op(Op::Exec(self.op), self.inputs.0, description)
     }
 }
+
+impl Definition {
+    /// Rebuilds the state of `edge` from this graph, so that a graph received from a plugin can
+    /// be extended with the builder. Call [`Definition::validate`] first for untrusted graphs.
+    pub fn state(&self, edge: Option<Edge>) -> Result<State, crate::GraphError> {
+        let Some(edge) = edge else {
+            return Ok(State::scratch());
+        };
+        let mut built: std::collections::HashMap<kiln_types::Digest, State> =
+            std::collections::HashMap::new();
+        for v in &self.vertices {
+            let inputs = v
+                .inputs
+                .iter()
+                .map(|e| {
+                    built
+                        .get(&e.vertex)
+                        .cloned()
+                        .ok_or(crate::GraphError::UnknownInput {
+                            vertex: v.digest,
+                            input: e.vertex,
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let s = State::from_op(v.op.clone(), inputs, v.meta.description.clone())
+                .ignore_cache(v.meta.ignore_cache);
+            built.insert(v.digest, s);
+        }
+        built
+            .remove(&edge.vertex)
+            .ok_or(crate::GraphError::UnknownOutput(edge.vertex))
+    }
+}

@@ -99,3 +99,16 @@ fn validate_rejects_tampering() {
     let round: Definition = serde_json::from_slice(&json).unwrap();
     round.validate().unwrap();
 }
+
+#[test]
+fn definition_rebuilds_states() {
+    let states = sample();
+    let def = State::definition(&states);
+    let again = def.state(def.outputs[0]).unwrap();
+    assert_eq!(again.edge(), states[0].edge());
+    assert_eq!(
+        State::definition(&[again]).vertices,
+        State::definition(&states[..1]).vertices
+    );
+    assert!(def.state(None).unwrap().is_scratch());
+}

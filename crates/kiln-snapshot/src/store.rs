@@ -1,0 +1,246 @@
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kiln_types::{Digest, Sha256Writer};
+use serde::{Deserialize, Serialize};
+
+use crate::layer_tar::{write_layer_tar, Compression};
+use crate::{io_err, Error, Result};
+
+/// The store root: `blobs/sha256/<hex>` (the OCI layout's blob dir, so exports can hard-link),
+/// `layers/<id>/{fs,layer.json}`, `tmp/`.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Identifies a committed layer directory.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LayerId(pub String);
+
+/// An immutable filesystem: layers, base first. Empty = scratch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The layers, base first.
+    pub layers: Vec<LayerId>,
+}
+
+/// A layer's exported form, recorded once computed so re-exports are free and identical.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerBlob {
+    /// Digest of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Digest of the blob as stored.
+    pub digest: Digest,
+    /// Size of the blob.
+    pub size: u64,
+    /// Its media type.
+    pub media_type: String,
+}
+
+/// A layer being written; dropped without `commit`, it is removed.
+pub struct LayerBuilder {
+    dir: PathBuf,
+    store: Store,
+    committed: bool,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn unique_name() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seed = format!("{}-{}-{}", std::process::id(), t, n);
+    Digest::of(seed.as_bytes()).short()
+}
+
+impl Store {
+    /// Opens (creating) a store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        for sub in ["blobs/sha256", "layers", "tmp"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        }
+        Ok(Store { root })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A fresh private directory under `tmp/`, removed by the caller.
+    pub fn temp_dir(&self, what: &str) -> Result<PathBuf> {
+        let p = self
+            .root
+            .join("tmp")
+            .join(format!("{what}-{}", unique_name()));
+        fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        Ok(p)
+    }
+
+    /// Where a blob is (or would be).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Whether the blob is present.
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Stores `bytes`, returning their digest.
+    pub fn write_blob(&self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::of(bytes);
+        let path = self.blob_path(&digest);
+        if path.is_file() {
+            return Ok(digest);
+        }
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("blob-{}", unique_name()));
+        let mut f = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+        Ok(digest)
+    }
+
+    /// Reads a whole blob.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let p = self.blob_path(digest);
+        fs::read(&p).map_err(io_err("read", &p))
+    }
+
+    /// Starts a new layer directory.
+    pub fn new_layer(&self) -> Result<LayerBuilder> {
+        let dir = self
+            .root
+            .join("tmp")
+            .join(format!("layer-{}", unique_name()));
+        fs::create_dir_all(dir.join("fs")).map_err(io_err("create", &dir))?;
+        Ok(LayerBuilder {
+            dir,
+            store: self.clone(),
+            committed: false,
+        })
+    }
+
+    /// The files of a committed layer, in overlayfs upper-dir format.
+    pub fn layer_dir(&self, id: &LayerId) -> PathBuf {
+        self.root.join("layers").join(&id.0).join("fs")
+    }
+
+    /// Whether a layer exists (cache entries are checked against this).
+    pub fn has_layer(&self, id: &LayerId) -> bool {
+        self.layer_dir(id).is_dir()
+    }
+
+    /// The exported blob of a layer, computing and storing it on first use.
+    pub fn layer_blob(&self, id: &LayerId, compression: Compression) -> Result<LayerBlob> {
+        let meta = self
+            .root
+            .join("layers")
+            .join(&id.0)
+            .join(format!("blob-{}.json", compression.name()));
+        if let Ok(bytes) = fs::read(&meta) {
+            let blob: LayerBlob = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                path: meta.clone(),
+                why: e.to_string(),
+            })?;
+            if self.has_blob(&blob.digest) {
+                return Ok(blob);
+            }
+        }
+        let tmp = self.root.join("tmp").join(format!("tar-{}", unique_name()));
+        let file = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
+        let mut out = HashingFile {
+            file,
+            hash: Sha256Writer::default(),
+        };
+        let diff_id = write_layer_tar(&self.layer_dir(id), compression, &mut out)?;
+        out.file.sync_all().map_err(io_err("sync", &tmp))?;
+        let size = out.hash.len();
+        let digest = out.hash.finish();
+        let dest = self.blob_path(&digest);
+        fs::rename(&tmp, &dest).map_err(io_err("rename", &dest))?;
+        let blob = LayerBlob {
+            diff_id,
+            digest,
+            size,
+            media_type: compression.media_type().to_owned(),
+        };
+        let json = serde_json::to_vec(&blob).map_err(|e| Error::Corrupt {
+            path: meta.clone(),
+            why: e.to_string(),
+        })?;
+        let tmp_meta = meta.with_extension("tmp");
+        fs::write(&tmp_meta, json).map_err(io_err("write", &tmp_meta))?;
+        fs::rename(&tmp_meta, &meta).map_err(io_err("rename", &meta))?;
+        Ok(blob)
+    }
+}
+
+struct HashingFile {
+    file: fs::File,
+    hash: Sha256Writer,
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl LayerBuilder {
+    /// Where to write the layer's files.
+    pub fn fs_dir(&self) -> PathBuf {
+        self.dir.join("fs")
+    }
+
+    /// The private directory of this layer (overlay's workdir goes here).
+    pub fn private_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes the layer permanent and visible.
+    pub fn commit(mut self) -> Result<LayerId> {
+        let id = LayerId(unique_name());
+        let work = self.dir.join("work");
+        if work.exists() {
+            fs::remove_dir_all(&work).map_err(io_err("remove", &work))?;
+        }
+        let dest = self.store.root.join("layers").join(&id.0);
+        fs::rename(&self.dir, &dest).map_err(io_err("rename", &dest))?;
+        self.committed = true;
+        Ok(id)
+    }
+}
+
+impl Drop for LayerBuilder {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: a leftover tmp dir is harmless and is swept by GC later.
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        std::io::Error::other(e.to_string())
+    }
+}

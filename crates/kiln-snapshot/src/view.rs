@@ -1,0 +1,160 @@
+//! Views of snapshots as directories. Layers are overlayfs upper dirs, so stacking them is an
+//! overlay mount; a view is unmounted when dropped, also on error paths and cancellation.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::store::{LayerBuilder, LayerId, Snapshot, Store};
+use crate::{io_err, Error, Result};
+
+/// A read-only directory showing a snapshot.
+pub struct ReadView {
+    path: PathBuf,
+    mounted: bool,
+    owned_dir: Option<PathBuf>,
+}
+
+impl ReadView {
+    /// A view of `snap`. One layer is its own directory; more are stacked with overlayfs.
+    pub fn new(store: &Store, snap: &Snapshot) -> Result<Self> {
+        match snap.layers.as_slice() {
+            [] => {
+                let dir = store.temp_dir("empty")?;
+                Ok(ReadView {
+                    path: dir.clone(),
+                    mounted: false,
+                    owned_dir: Some(dir),
+                })
+            }
+            [one] => Ok(ReadView {
+                path: store.layer_dir(one),
+                mounted: false,
+                owned_dir: None,
+            }),
+            layers => {
+                let dir = store.temp_dir("view")?;
+                let opts = format!("lowerdir={},redirect_dir=off", lowerdirs(store, layers));
+                overlay(&dir, &opts, MsFlags::MS_RDONLY)?;
+                Ok(ReadView {
+                    path: dir.clone(),
+                    mounted: true,
+                    owned_dir: Some(dir),
+                })
+            }
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ReadView {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = umount2(&self.path, MntFlags::MNT_DETACH);
+        }
+        if let Some(d) = &self.owned_dir {
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
+/// A writable view of a snapshot whose changes land in a new layer.
+pub struct WriteView {
+    layer: Option<LayerBuilder>,
+    merged: PathBuf,
+    mounted: bool,
+}
+
+impl WriteView {
+    /// A writable view on top of `snap`.
+    pub fn new(store: &Store, snap: &Snapshot) -> Result<Self> {
+        let layer = store.new_layer()?;
+        if snap.layers.is_empty() {
+            // Nothing below: write straight into the layer, no mount needed.
+            let merged = layer.fs_dir();
+            return Ok(WriteView {
+                layer: Some(layer),
+                merged,
+                mounted: false,
+            });
+        }
+        let work = layer.private_dir().join("work");
+        fs::create_dir_all(&work).map_err(io_err("create", &work))?;
+        let merged = layer.private_dir().join("merged");
+        fs::create_dir_all(&merged).map_err(io_err("create", &merged))?;
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},redirect_dir=off",
+            lowerdirs(store, &snap.layers),
+            layer.fs_dir().display(),
+            work.display()
+        );
+        overlay(&merged, &opts, MsFlags::empty())?;
+        Ok(WriteView {
+            layer: Some(layer),
+            merged,
+            mounted: true,
+        })
+    }
+
+    /// The directory to change.
+    pub fn path(&self) -> &Path {
+        &self.merged
+    }
+
+    /// Unmounts and commits the changes as a layer.
+    pub fn commit(mut self) -> Result<LayerId> {
+        self.unmount()?;
+        let layer = self.layer.take().ok_or_else(|| Error::Corrupt {
+            path: self.merged.clone(),
+            why: "write view committed twice".into(),
+        })?;
+        let merged = layer.private_dir().join("merged");
+        if merged.exists() {
+            fs::remove_dir(&merged).map_err(io_err("remove", &merged))?;
+        }
+        layer.commit()
+    }
+
+    fn unmount(&mut self) -> Result<()> {
+        if self.mounted {
+            umount2(&self.merged, MntFlags::empty()).map_err(|source| Error::Mount {
+                what: format!("unmount {}", self.merged.display()),
+                source,
+            })?;
+            self.mounted = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WriteView {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = umount2(&self.merged, MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn lowerdirs(store: &Store, layers: &[LayerId]) -> String {
+    // overlayfs lists the top-most lower dir first.
+    layers
+        .iter()
+        .rev()
+        .map(|l| store.layer_dir(l).display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn overlay(target: &Path, opts: &str, flags: MsFlags) -> Result<()> {
+    mount(Some("overlay"), target, Some("overlay"), flags, Some(opts)).map_err(|source| {
+        Error::Mount {
+            what: format!("overlay on {} ({opts})", target.display()),
+            source,
+        }
+    })
+}

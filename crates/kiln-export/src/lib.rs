@@ -1,0 +1,41 @@
+//! Exporters: turn a result snapshot and its image config into an image (layer blobs, config,
+//! manifest in the content store), then write it out: an OCI image layout as a directory or a
+//! tarball, or the plain filesystem into a local directory.
+//!
+//! Architecture invariant: exporters read snapshots and write outside the store; they know
+//! nothing of graphs, ops or plugins. Output is reproducible: the same snapshot and config give
+//! byte-identical files (sorted entries, fixed tar metadata, no timestamps invented here).
+
+mod image;
+mod local;
+mod oci;
+
+pub use image::{assemble_image, Image};
+pub use local::export_local;
+pub use oci::{export_oci, read_index};
+
+/// Errors of the exporters.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed.
+    #[error(transparent)]
+    Snapshot(#[from] kiln_snapshot::Error),
+    /// Writing the output failed.
+    #[error("export to {path}: {source}")]
+    Io {
+        /// Where.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Result of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}

@@ -1,0 +1,136 @@
+//! Developer tasks of the kiln workspace, run as `cargo xtask <task>` (see `USAGE`).
+//!
+//! Built on every call, so it stays small: `anyhow` and `serde_json` only, no async runtime, no
+//! HTTP or tar crates (it shells out to `tar`, `gzip`, `sha256sum`, `skopeo`). It must not depend on
+//! any kiln crate: it builds them, and has to keep working while they are broken.
+
+mod demo;
+mod fixtures;
+mod registry;
+mod test;
+mod tidy;
+mod workspace;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [args]
+
+tasks:
+  test [--no-install] [ARGS...]
+        install the system tools the tests need (as root, with apt-get), build the workspace,
+        install the plugins into target/debug/plugins/, start a loopback registry
+        (KILN_TEST_REGISTRY), build the busybox fixture, then run cargo nextest (or cargo test)
+        with ARGS; exits with the tests' status. This is what .ci/run runs.
+  demo  build the workspace and the image of examples/demo/ with target/debug/kiln, into
+        target/demo/demo.tar (an OCI archive)
+  fixtures
+        build the busybox base image from /bin/busybox (Debian busybox-static) as an OCI layout
+        in target/kiln-test/fixtures/busybox-oci/; push it to $KILN_TEST_REGISTRY when set
+  tidy  check the dependency rule of DESIGN.md (layers, plugins vs core) and the //! crate docs
+  help  print this text
+";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let task = args.next();
+    let rest: Vec<String> = args.collect();
+    let result = match task.as_deref() {
+        Some("test") => test::run(&rest),
+        Some("demo") => no_args("demo", &rest).and_then(|()| demo::run()),
+        Some("fixtures") => no_args("fixtures", &rest).and_then(|()| fixtures::run_standalone()),
+        Some("tidy") => no_args("tidy", &rest).and_then(|()| tidy::run()),
+        Some("help" | "-h" | "--help") => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(other) => {
+            eprintln!("xtask: unknown task `{other}`\n\n{USAGE}");
+            Ok(ExitCode::from(2))
+        }
+        None => {
+            eprint!("{USAGE}");
+            Ok(ExitCode::from(2))
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn no_args(task: &str, rest: &[String]) -> Result<()> {
+    if let Some(arg) = rest.first() {
+        bail!("`cargo xtask {task}` takes no arguments (got `{arg}`); see `cargo xtask help`");
+    }
+    Ok(())
+}
+
+/// The cargo that runs us (`cargo xtask` sets `$CARGO`), so a pinned toolchain stays pinned.
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Runs `cmd` to completion with inherited stdio; an error names the command and its status.
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {}", show(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", show(cmd));
+    }
+    Ok(())
+}
+
+/// Runs `cmd` and returns its stdout; on failure the error carries its stderr.
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start {}", show(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}):\n{}",
+            show(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("{} printed non-UTF-8", show(cmd)))
+}
+
+/// `cmd` as a user would type it, for messages.
+fn show(cmd: &Command) -> String {
+    let mut words = vec![cmd.get_program().to_string_lossy().into_owned()];
+    words.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    format!("`{}`", words.join(" "))
+}
+
+/// Where `program` is on `$PATH`, if it is there and executable.
+fn find_on_path(program: impl AsRef<OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program.as_ref()))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Removes `path` (file or directory tree) if it exists.
+fn remove_if_exists(path: &Path) -> Result<()> {
+    let result = match path.symlink_metadata() {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+    };
+    result.with_context(|| format!("could not remove {}", path.display()))
+}

@@ -1,0 +1,134 @@
+//! `cargo xtask test`: everything the tests need, then the tests. `.ci/run` runs exactly this.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result};
+
+use crate::registry::Registry;
+use crate::workspace::{self, Workspace};
+
+/// (program looked up on PATH, Debian package that provides it)
+const TOOLS: &[(&str, &str)] = &[
+    ("docker-registry", "docker-registry"),
+    ("busybox", "busybox-static"),
+    ("skopeo", "skopeo"),
+    ("umoci", "umoci"),
+    ("runc", "runc"),
+];
+
+pub fn run(args: &[String]) -> Result<ExitCode> {
+    // `--no-install` is ours when it comes before a `--`; everything else goes to the test runner.
+    let mut install = true;
+    let mut passthrough = Vec::new();
+    let mut after_dashes = false;
+    for arg in args {
+        if !after_dashes && arg == "--no-install" {
+            install = false;
+        } else {
+            after_dashes |= arg == "--";
+            passthrough.push(arg.clone());
+        }
+    }
+
+    if install {
+        install_tools()?;
+    }
+    let ws = Workspace::load()?;
+    workspace::build_with_plugins(&ws)?;
+
+    let registry = if crate::find_on_path("docker-registry").is_some() {
+        Some(Registry::start(&ws.test_dir().join("registry"))?)
+    } else {
+        println!(
+            "xtask: docker-registry is not installed: no test registry (KILN_TEST_REGISTRY unset)"
+        );
+        None
+    };
+    let registry_addr = registry.as_ref().map(|r| r.addr.as_str());
+    if crate::find_on_path("busybox").is_some() {
+        crate::fixtures::build(&ws, registry_addr)?;
+    }
+
+    let mut tests = crate::cargo();
+    if has_nextest() {
+        tests.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        tests.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    tests.args(&passthrough).current_dir(&ws.root);
+    if let Some(addr) = registry_addr {
+        tests.env("KILN_TEST_REGISTRY", addr);
+    }
+    println!("xtask: running {}", crate::show(&tests));
+    let status = tests
+        .status()
+        .with_context(|| format!("could not start {}", crate::show(&tests)))?;
+    drop(registry);
+    // A test runner killed by a signal has no code: report a failure.
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
+}
+
+fn has_nextest() -> bool {
+    crate::cargo()
+        .args(["nextest", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// As root, installs the missing tools with apt-get; otherwise only says what is missing.
+fn install_tools() -> Result<()> {
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(program, _)| crate::find_on_path(program).is_none())
+        .map(|&(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root()? {
+        println!(
+            "xtask: missing {} (not root, so not installing them; the tests that need them will \
+             fail): sudo apt-get install --no-install-recommends {}",
+            missing.join(", "),
+            missing.join(" ")
+        );
+        return Ok(());
+    }
+    println!("xtask: installing {}", missing.join(", "));
+    crate::run(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("apt-get update failed; install the packages by hand and rerun with --no-install")?;
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| {
+        format!(
+            "could not install {}; install them by hand and rerun with --no-install",
+            missing.join(", ")
+        )
+    })
+}
+
+/// Whether the effective user is root, read from /proc (no libc binding needed).
+fn is_root() -> Result<bool> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .context("/proc/self/status has no Uid line")?;
+    Ok(euid == "0")
+}

@@ -1,0 +1,227 @@
+//! The workspace as `cargo metadata --no-deps` describes it, and the one "build it all and put the
+//! plugins where `kiln` finds them" step that `test` and `demo` share.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+pub struct Workspace {
+    pub root: PathBuf,
+    pub target_dir: PathBuf,
+    pub packages: Vec<Package>,
+}
+
+pub struct Package {
+    pub name: String,
+    /// The directory of its `Cargo.toml`.
+    pub dir: PathBuf,
+    pub deps: Vec<Dep>,
+    pub targets: Vec<Target>,
+}
+
+pub struct Dep {
+    /// The package name (not the `package = ` rename).
+    pub name: String,
+    pub dev: bool,
+}
+
+pub struct Target {
+    /// The crate name: `-` already replaced by `_`.
+    pub name: String,
+    pub kinds: Vec<String>,
+    pub src_path: PathBuf,
+}
+
+impl Workspace {
+    pub fn load() -> Result<Workspace> {
+        let json =
+            crate::output(crate::cargo().args(["metadata", "--format-version", "1", "--no-deps"]))
+                .context(
+                    "cannot read the workspace; fix the manifest cargo complains about above",
+                )?;
+        let meta: Value =
+            serde_json::from_str(&json).context("`cargo metadata` printed invalid JSON")?;
+        parse(&meta)
+    }
+
+    /// The directory of the debug profile's artifacts.
+    pub fn debug_dir(&self) -> PathBuf {
+        self.target_dir.join("debug")
+    }
+
+    /// Where `kiln` (as `target/debug/kiln`) looks for its bundled plugins.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.debug_dir().join("plugins")
+    }
+
+    /// Scratch space of the test setup (registry storage, fixtures).
+    pub fn test_dir(&self) -> PathBuf {
+        self.target_dir.join("kiln-test")
+    }
+
+    /// `dir` relative to the workspace root, with `/` separators (for matching and messages).
+    pub fn relative(&self, dir: &Path) -> String {
+        let rel = dir.strip_prefix(&self.root).unwrap_or(dir);
+        rel.components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
+fn parse(meta: &Value) -> Result<Workspace> {
+    let root = path_field(meta, "workspace_root")?;
+    let target_dir = path_field(meta, "target_directory")?;
+    let mut packages = Vec::new();
+    for p in array(meta, "packages")? {
+        let name = str_field(p, "name")?.to_owned();
+        let manifest = path_field(p, "manifest_path")?;
+        let dir = manifest
+            .parent()
+            .with_context(|| format!("manifest path of {name} has no parent"))?
+            .to_path_buf();
+        let mut deps = Vec::new();
+        for d in array(p, "dependencies")? {
+            deps.push(Dep {
+                name: str_field(d, "name")?.to_owned(),
+                dev: d.get("kind").and_then(Value::as_str) == Some("dev"),
+            });
+        }
+        let mut targets = Vec::new();
+        for t in array(p, "targets")? {
+            targets.push(Target {
+                name: str_field(t, "name")?.to_owned(),
+                kinds: array(t, "kind")?
+                    .iter()
+                    .filter_map(|k| k.as_str().map(str::to_owned))
+                    .collect(),
+                src_path: path_field(t, "src_path")?,
+            });
+        }
+        packages.push(Package {
+            name,
+            dir,
+            deps,
+            targets,
+        });
+    }
+    Ok(Workspace {
+        root,
+        target_dir,
+        packages,
+    })
+}
+
+fn array<'a>(v: &'a Value, key: &str) -> Result<&'a Vec<Value>> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .with_context(|| format!("`cargo metadata`: `{key}` is missing or not an array"))
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> Result<&'a str> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .with_context(|| format!("`cargo metadata`: `{key}` is missing or not a string"))
+}
+
+fn path_field(v: &Value, key: &str) -> Result<PathBuf> {
+    str_field(v, key).map(PathBuf::from)
+}
+
+/// `cargo build --workspace` (debug), then copies every plugin library of a package under
+/// `plugins/` or `frontends/` into `target/debug/plugins/`, where `target/debug/kiln` finds them.
+/// Test plugins (`tests/plugins/`) stay out: tests name them explicitly.
+pub fn build_with_plugins(ws: &Workspace) -> Result<()> {
+    crate::run(
+        crate::cargo()
+            .current_dir(&ws.root)
+            .args(["build", "--workspace"]),
+    )
+    .context("the workspace does not build; fix the errors above")?;
+    install_plugins(ws)
+}
+
+fn install_plugins(ws: &Workspace) -> Result<()> {
+    let dest = ws.plugin_dir();
+    std::fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let mut wanted = Vec::new();
+    for pkg in &ws.packages {
+        let rel = ws.relative(&pkg.dir);
+        if !(rel.starts_with("plugins/") || rel.starts_with("frontends/")) {
+            continue;
+        }
+        for t in pkg
+            .targets
+            .iter()
+            .filter(|t| t.kinds.iter().any(|k| k == "cdylib"))
+        {
+            let file = format!("lib{}.so", t.name);
+            let built = ws.debug_dir().join(&file);
+            if !built.is_file() {
+                bail!(
+                    "{} declares a cdylib but {} was not built; run `cargo build -p {}` to see why",
+                    pkg.name,
+                    built.display(),
+                    pkg.name
+                );
+            }
+            // Copy beside, then rename: a `kiln` still running keeps its mapping of the old file.
+            let tmp = dest.join(format!(".{file}.tmp"));
+            std::fs::copy(&built, &tmp)
+                .with_context(|| format!("cannot copy {} to {}", built.display(), tmp.display()))?;
+            std::fs::rename(&tmp, dest.join(&file))
+                .with_context(|| format!("cannot move {} into place", tmp.display()))?;
+            wanted.push(file);
+        }
+    }
+    // A plugin that was renamed or deleted must not linger and be loaded by the next run.
+    for entry in
+        std::fs::read_dir(&dest).with_context(|| format!("cannot list {}", dest.display()))?
+    {
+        let entry = entry.with_context(|| format!("cannot list {}", dest.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".so") && !wanted.contains(&name) {
+            crate::remove_if_exists(&entry.path())?;
+        }
+    }
+    println!(
+        "xtask: {} plugin(s) in {}: {}",
+        wanted.len(),
+        dest.display(),
+        wanted.join(", ")
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cargo_metadata() {
+        let meta = serde_json::json!({
+            "workspace_root": "/w",
+            "target_directory": "/w/target",
+            "packages": [{
+                "name": "kiln-frontend-dockerfile",
+                "manifest_path": "/w/frontends/dockerfile/Cargo.toml",
+                "dependencies": [
+                    {"name": "kiln-plugin-sdk", "kind": null},
+                    {"name": "tempfile", "kind": "dev"}
+                ],
+                "targets": [{
+                    "name": "kiln_frontend_dockerfile",
+                    "kind": ["cdylib", "rlib"],
+                    "src_path": "/w/frontends/dockerfile/src/lib.rs"
+                }]
+            }]
+        });
+        let ws = parse(&meta).expect("valid metadata");
+        let p = &ws.packages[0];
+        assert_eq!(ws.relative(&p.dir), "frontends/dockerfile");
+        assert_eq!(p.deps.len(), 2);
+        assert!(!p.deps[0].dev && p.deps[1].dev);
+        assert_eq!(p.targets[0].kinds, ["cdylib", "rlib"]);
+    }
+}

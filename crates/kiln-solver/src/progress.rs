@@ -83,3 +83,10 @@ pub struct NoProgress;
 impl<K> ProgressSink<K> for NoProgress {
     fn send(&self, _event: Event<K>) {}
 }
+
+/// A shared sink, so one renderer can serve the solver and the steps around it.
+impl<K, S: ProgressSink<K> + ?Sized> ProgressSink<K> for std::sync::Arc<S> {
+    fn send(&self, event: Event<K>) {
+        (**self).send(event)
+    }
+}

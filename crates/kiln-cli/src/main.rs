@@ -1,0 +1,308 @@
+//! The `kiln` command line: flags compatible with `docker buildx build` where they overlap,
+//! parsed here into the engine's typed requests, and errors printed the way BuildKit prints
+//! them (the Dockerfile lines around the failing one, then `ERROR: ...`).
+//!
+//! Architecture invariant: the CLI parses, wires and prints; it holds no build logic and never
+//! depends on a frontend or plugin crate.
+
+mod output;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use kiln_engine::{BuildRequest, Engine, EngineConfig, Status};
+use kiln_progress::{Mode, Renderer};
+use kiln_solver::CancellationToken;
+use kiln_types::Platform;
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build OCI container images from Dockerfiles"
+)]
+struct Cli {
+    /// Store root (default: $KILN_ROOT, /var/lib/kiln as root, ~/.local/share/kiln otherwise).
+    #[arg(long, global = true, env = "KILN_ROOT")]
+    root: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a build.
+    Build(BuildArgs),
+    /// Manage plugins.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
+    /// Show the kiln version and plugin ABI.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// List the plugins found on the search path, and the files refused.
+    Ls {
+        /// Extra directories to search.
+        #[arg(long = "plugin-dir")]
+        plugin_dirs: Vec<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProgressArg {
+    Auto,
+    Plain,
+    Tty,
+    Rawjson,
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// Name of the Dockerfile (default: PATH/Dockerfile).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Name and optionally a tag (format: name:tag).
+    #[arg(short = 't', long = "tag")]
+    tags: Vec<String>,
+    /// Set the target build stage to build.
+    #[arg(long)]
+    target: Option<String>,
+    /// Set build-time variables (KEY=VALUE, or KEY to take it from the environment).
+    #[arg(long = "build-arg")]
+    build_args: Vec<String>,
+    /// Output destination (format: type=local,dest=path | type=oci,dest=file.tar[,tar=false]).
+    #[arg(short = 'o', long = "output")]
+    outputs: Vec<String>,
+    /// Type of progress output.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressArg,
+    /// Do not use cache when building the image.
+    #[arg(long)]
+    no_cache: bool,
+    /// Frontend to use instead of the file's `# syntax=` (a plugin name or path).
+    #[arg(long)]
+    frontend: Option<String>,
+    /// Extra plugin directories.
+    #[arg(long = "plugin-dir")]
+    plugin_dirs: Vec<PathBuf>,
+    /// Target platform (only the host platform can be built for now).
+    #[arg(long)]
+    platform: Option<String>,
+    /// Build context directory.
+    context: PathBuf,
+}
+
+fn default_root() -> PathBuf {
+    let is_root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+        || std::fs::metadata("/proc/self")
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.uid() == 0
+            })
+            .unwrap_or(false);
+    if is_root {
+        return PathBuf::from("/var/lib/kiln");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/kiln"),
+        None => PathBuf::from(".kiln"),
+    }
+}
+
+fn main() -> ExitCode {
+    // A bug must still read as a message, not as a Rust panic dump.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown cause".to_owned());
+        let at = info
+            .location()
+            .map(|l| format!(" ({}:{})", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("ERROR: kiln hit an internal error: {msg}{at}; please report it");
+    }));
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ERROR: {}", chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let root = cli.root.clone().unwrap_or_else(default_root);
+    match cli.command {
+        Command::Version => {
+            println!(
+                "kiln {} (plugin ABI {})",
+                env!("CARGO_PKG_VERSION"),
+                kiln_plugin_abi::ABI_VERSION
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins {
+            command: PluginsCommand::Ls { plugin_dirs },
+        } => {
+            let registry = kiln_plugin_host::PluginRegistry::discover(
+                &kiln_plugin_host::SearchPath::standard(&plugin_dirs),
+            );
+            output::plugins_table(&registry);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build(args) => build(root, args),
+    }
+}
+
+fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
+    let context = args.context.clone();
+    if !context.is_dir() {
+        bail!(
+            "unable to prepare context: path {:?} not found",
+            context.display().to_string()
+        );
+    }
+    let dockerfile = match &args.file {
+        Some(f) => f.clone(),
+        None => context.join("Dockerfile"),
+    };
+    let platform = match &args.platform {
+        None => Platform::host(),
+        Some(p) => {
+            let p: Platform = p.parse()?;
+            let host = Platform::host();
+            if p.os != host.os || p.architecture != host.architecture {
+                bail!("building for {p} is not supported yet: this kiln builds for its host platform {host}");
+            }
+            p
+        }
+    };
+    let mut build_args = BTreeMap::new();
+    for a in &args.build_args {
+        match a.split_once('=') {
+            Some((k, v)) => {
+                build_args.insert(k.to_owned(), v.to_owned());
+            }
+            // buildx: `--build-arg KEY` takes the value from the environment, or is ignored.
+            None => {
+                if let Ok(v) = std::env::var(a) {
+                    build_args.insert(a.clone(), v);
+                }
+            }
+        }
+    }
+    let exports = args
+        .outputs
+        .iter()
+        .map(|o| output::parse_output(o))
+        .collect::<Result<Vec<_>>>()?;
+
+    let mode = match args.progress {
+        ProgressArg::Auto => Mode::auto(std::io::stderr().is_terminal()),
+        ProgressArg::Plain => Mode::Plain,
+        ProgressArg::Tty => Mode::Tty,
+        ProgressArg::Rawjson => Mode::RawJson,
+    };
+    let renderer = Arc::new(Renderer::new(mode, std::io::stderr()));
+
+    let engine = Engine::new(EngineConfig {
+        root,
+        plugin_dirs: args.plugin_dirs.clone(),
+        concurrency: None,
+    })
+    .context("opening the kiln store")?;
+    for r in engine.plugins().refused() {
+        if mode != Mode::RawJson {
+            renderer.warning(&format!("plugin refused: {r}"));
+        }
+    }
+    let req = BuildRequest {
+        context,
+        dockerfile: dockerfile.clone(),
+        frontend: args.frontend.clone(),
+        build_args,
+        target: args.target.clone(),
+        no_cache: args.no_cache,
+        platform,
+        exports: exports.clone(),
+        tags: args.tags.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let cancel = CancellationToken::new();
+    let result = rt.block_on(async {
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                c.cancel();
+            }
+        });
+        engine.build(req, renderer.clone(), cancel.clone()).await
+    });
+    match result {
+        Ok(outcome) => {
+            for w in &outcome.warnings {
+                let at = w
+                    .location
+                    .as_ref()
+                    .map(|l| format!(" ({l})"))
+                    .unwrap_or_default();
+                renderer.warning(&format!("{}{at}", w.message));
+            }
+            if exports.is_empty() {
+                renderer.warning(
+                    "No output specified: the build result stays only in kiln's cache. \
+                     Use --output type=oci,dest=FILE.tar or --output type=local,dest=DIR",
+                );
+            }
+            let ran = outcome
+                .steps
+                .iter()
+                .filter(|(_, s)| matches!(s, Status::Executed { .. }))
+                .count();
+            eprintln!(
+                "\nbuilt {} ({} steps, {} cached) with frontend {}",
+                outcome.image.manifest.digest,
+                outcome.steps.len(),
+                outcome.steps.len() - ran,
+                outcome.frontend
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            if let Some(pe) = e.plugin_error() {
+                if let Some(loc) = &pe.location {
+                    output::show_location(&dockerfile, loc.line as usize);
+                }
+            }
+            eprintln!("ERROR: failed to solve: {}", output::error_chain(&e));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Binds each vertex to what runs it: core ops here, primitives through plugins.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_cache::{CacheIndex, CacheRecord};
+use kiln_graph::{Definition, Op, SourceOp, Vertex};
+use kiln_plugin_host::PluginRegistry;
+use kiln_plugin_sdk::proto::PrimitiveRequest;
+use kiln_snapshot::{ReadView, Snapshot, Store, WriteView};
+use kiln_solver::{BoxError, CancellationToken, ExecContext, Executor};
+use kiln_types::{Digest, Sha256Writer};
+
+use crate::{fileop, local, Error};
+
+pub(crate) struct OpExecutor {
+    store: Store,
+    index: Arc<CacheIndex>,
+    plugins: Arc<PluginRegistry>,
+    context: PathBuf,
+    vertices: HashMap<Digest, Vertex>,
+}
+
+impl OpExecutor {
+    pub(crate) fn new(
+        store: Store,
+        index: Arc<CacheIndex>,
+        plugins: Arc<PluginRegistry>,
+        context: PathBuf,
+        def: &Definition,
+    ) -> Self {
+        OpExecutor {
+            store,
+            index,
+            plugins,
+            context,
+            vertices: def.vertices.iter().map(|v| (v.digest, v.clone())).collect(),
+        }
+    }
+
+    fn vertex(&self, id: &Digest) -> Result<Vertex, BoxError> {
+        self.vertices
+            .get(id)
+            .cloned()
+            .ok_or_else(|| format!("vertex {id} is not in the graph").into())
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, BoxError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| Box::new(e) as BoxError),
+        Err(e) => Err(format!("step task failed: {e}").into()),
+    }
+}
+
+impl Executor<Digest> for OpExecutor {
+    type Output = Snapshot;
+    type Key = Digest;
+
+    async fn cache_key(
+        &self,
+        v: &Digest,
+        input_keys: &[Digest],
+        _cancel: &CancellationToken,
+    ) -> Result<Digest, BoxError> {
+        let vertex = self.vertex(v)?;
+        let mut h = Sha256Writer::default();
+        h.update(b"kiln.cachekey.v1\n");
+        h.update(&serde_json::to_vec(&vertex.op)?);
+        for k in input_keys {
+            h.update(k.as_bytes());
+        }
+        if let Op::Source(SourceOp::Local(src)) = &vertex.op {
+            let (root, index) = (self.context.clone(), self.index.clone());
+            let src = src.clone();
+            let content = blocking(move || local::content_key(&root, &src, &index)).await?;
+            h.update(content.as_bytes());
+        }
+        Ok(h.finish())
+    }
+
+    async fn load(&self, v: &Digest, key: &Digest) -> Result<Option<Snapshot>, BoxError> {
+        if self.vertex(v)?.meta.ignore_cache {
+            return Ok(None);
+        }
+        Ok(self.index.get(&self.store, key)?.map(|r| r.snapshot))
+    }
+
+    async fn execute(
+        &self,
+        v: &Digest,
+        key: &Digest,
+        inputs: Vec<Snapshot>,
+        _cx: &ExecContext<Digest>,
+    ) -> Result<Snapshot, BoxError> {
+        let vertex = self.vertex(v)?;
+        let store = self.store.clone();
+        let context = self.context.clone();
+        let plugins = self.plugins.clone();
+        let snapshot =
+            blocking(move || run(&store, &plugins, &context, &vertex.op, inputs)).await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        // The layers are committed before the record that names them (crash safety).
+        self.index.put(
+            key,
+            &CacheRecord {
+                snapshot: snapshot.clone(),
+                created_unix: now,
+            },
+        )?;
+        Ok(snapshot)
+    }
+}
+
+fn run(
+    store: &Store,
+    plugins: &PluginRegistry,
+    context: &std::path::Path,
+    op: &Op,
+    inputs: Vec<Snapshot>,
+) -> Result<Snapshot, Error> {
+    match op {
+        Op::Source(SourceOp::Local(src)) => {
+            if src.name != "context" {
+                return Err(Error::Unsupported(format!(
+                    "named build context {:?} is not available in this build",
+                    src.name
+                )));
+            }
+            let layer = local::materialize(context, src, store)?;
+            Ok(Snapshot { layers: vec![layer] })
+        }
+        Op::Source(SourceOp::Image(img)) => Err(Error::Unsupported(format!(
+            "pulling base images is not supported yet (FROM {}): use FROM scratch or an earlier stage",
+            img.reference
+        ))),
+        Op::File(f) => {
+            let base = f
+                .base
+                .and_then(|i| inputs.get(i as usize).cloned())
+                .unwrap_or_default();
+            let views = inputs
+                .iter()
+                .map(|s| ReadView::new(store, s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let paths: Vec<PathBuf> = views.iter().map(|v| v.path().to_owned()).collect();
+            let view = WriteView::new(store, &base)?;
+            fileop::apply(view.path(), &f.actions, &paths)
+                .map_err(|e| Error::Unsupported(e.to_string()))?;
+            drop(views);
+            let layer = view.commit()?;
+            let mut layers = base.layers;
+            layers.push(layer);
+            Ok(Snapshot { layers })
+        }
+        Op::Merge => Ok(Snapshot {
+            layers: inputs.into_iter().flat_map(|s| s.layers).collect(),
+        }),
+        Op::Diff => Err(Error::Unsupported("diff ops are not supported yet".into())),
+        Op::Exec(_) => {
+            // RUN goes to the `exec` primitive plugin; it arrives with the RUN issue.
+            let p = plugins.primitive("exec")?;
+            Err(Error::Unsupported(format!(
+                "plugin {} offers exec, but running RUN steps is not wired into this kiln yet",
+                p.name()
+            )))
+        }
+        Op::Custom(c) => {
+            let plugin = plugins.primitive(&c.primitive)?;
+            let views = inputs
+                .iter()
+                .map(|s| ReadView::new(store, s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = WriteView::new(store, &Snapshot::default())?;
+            let req = PrimitiveRequest {
+                op: op.clone(),
+                inputs: views.iter().map(|v| v.path().display().to_string()).collect(),
+                output: out.path().display().to_string(),
+            };
+            struct NoServices;
+            impl kiln_plugin_host::HostServices for NoServices {}
+            plugin.primitive_execute(&req, &NoServices)?;
+            drop(views);
+            Ok(Snapshot {
+                layers: vec![out.commit()?],
+            })
+        }
+    }
+}

@@ -1,0 +1,651 @@
+//! File actions (COPY, mkdir, mkfile, rm, symlink) applied to a writable view, with BuildKit's
+//! COPY semantics. Every path is resolved inside its root by [`crate::rootpath`].
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use kiln_graph::{Chmod, Chown, CopyAction, FileAction, UserRef};
+
+use crate::rootpath::resolve;
+
+/// Why a file action failed; the message is what the user sees under the step.
+#[derive(Debug, thiserror::Error)]
+pub enum FileOpError {
+    /// A source that does not exist.
+    #[error("\"{0}\" not found")]
+    NotFound(String),
+    /// A wildcard that matched nothing.
+    #[error("no source files were specified: \"{0}\" matched nothing")]
+    NoMatch(String),
+    /// A user or group name that the filesystem's /etc/passwd or /etc/group does not know.
+    #[error("unable to find {kind} {name:?} in /etc/{file} of the destination filesystem")]
+    UnknownUser {
+        /// user or group.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// passwd or group.
+        file: &'static str,
+    },
+    /// A bad `--chmod`.
+    #[error("invalid chmod {0:?}")]
+    Chmod(String),
+    /// An I/O failure.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// On which path (inside the build filesystem).
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, FileOpError>;
+
+fn ioe<'a>(op: &'static str, path: &'a str) -> impl FnOnce(io::Error) -> FileOpError + 'a {
+    move |source| FileOpError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Applies `actions` to the filesystem at `root`; `sources[i]` is the directory of input `i`.
+pub fn apply(root: &Path, actions: &[FileAction], sources: &[PathBuf]) -> Result<()> {
+    for a in actions {
+        match a {
+            FileAction::Copy(c) => copy(root, c, sources)?,
+            FileAction::Mkdir {
+                path,
+                mode,
+                make_parents,
+                owner,
+            } => {
+                let ids = owner.as_ref().map(|o| resolve_owner(root, o)).transpose()?;
+                let p = resolve(root, path, true).map_err(ioe("resolve", path))?;
+                if *make_parents {
+                    create_dirs(&p, *mode, ids)?;
+                } else if !p.is_dir() {
+                    fs::create_dir(&p).map_err(ioe("mkdir", path))?;
+                    set_meta(&p, Some(*mode), ids, path)?;
+                }
+            }
+            FileAction::Mkfile {
+                path,
+                mode,
+                data,
+                owner,
+            } => {
+                let ids = owner.as_ref().map(|o| resolve_owner(root, o)).transpose()?;
+                let p = resolve(root, path, true).map_err(ioe("resolve", path))?;
+                if let Some(parent) = p.parent() {
+                    create_dirs(parent, 0o755, ids)?;
+                }
+                fs::write(&p, data).map_err(ioe("write", path))?;
+                set_meta(&p, Some(*mode), ids, path)?;
+            }
+            FileAction::Rm {
+                path,
+                allow_not_found,
+                allow_wildcard,
+            } => {
+                let targets = if *allow_wildcard && has_meta(path) {
+                    expand(root, path)?
+                } else {
+                    vec![resolve(root, path, false).map_err(ioe("resolve", path))?]
+                };
+                for t in targets {
+                    match fs::symlink_metadata(&t) {
+                        Ok(md) if md.is_dir() => fs::remove_dir_all(&t).map_err(ioe("rm", path))?,
+                        Ok(_) => fs::remove_file(&t).map_err(ioe("rm", path))?,
+                        Err(_) if *allow_not_found => {}
+                        Err(_) => return Err(FileOpError::NotFound(path.clone())),
+                    }
+                }
+            }
+            FileAction::Symlink { target, link } => {
+                let p = resolve(root, link, false).map_err(ioe("resolve", link))?;
+                if let Some(parent) = p.parent() {
+                    create_dirs(parent, 0o755, None)?;
+                }
+                std::os::unix::fs::symlink(target, &p).map_err(ioe("symlink", link))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
+    let empty = PathBuf::new();
+    let src_root = match c.source {
+        Some(i) => sources.get(i as usize).unwrap_or(&empty),
+        None => &empty,
+    };
+    let matches = if src_root.as_os_str().is_empty() {
+        Vec::new()
+    } else if c.allow_wildcard && has_meta(&c.src) {
+        expand(src_root, &c.src)?
+    } else {
+        let p = resolve(src_root, &c.src, c.follow_symlinks).map_err(ioe("resolve", &c.src))?;
+        if fs::symlink_metadata(&p).is_ok() {
+            vec![p]
+        } else {
+            Vec::new()
+        }
+    };
+    if matches.is_empty() {
+        if c.allow_wildcard && has_meta(&c.src) {
+            if c.allow_empty_wildcard {
+                return Ok(());
+            }
+            return Err(FileOpError::NoMatch(c.src.clone()));
+        }
+        return Err(FileOpError::NotFound(c.src.clone()));
+    }
+    let ids = c
+        .owner
+        .as_ref()
+        .map(|o| resolve_owner(root, o))
+        .transpose()?;
+    let dest = resolve(root, &c.dest, true).map_err(ioe("resolve", &c.dest))?;
+    let dest_is_dir = c.dest.ends_with('/') || dest.is_dir() || matches.len() > 1;
+    let opts = CopyOpts {
+        ids,
+        chmod: c.mode.clone(),
+        excludes: c.exclude_patterns.clone(),
+    };
+    for m in &matches {
+        let md = fs::metadata(m)
+            .or_else(|_| fs::symlink_metadata(m))
+            .map_err(ioe("stat", &c.src))?;
+        if md.is_dir() && c.dir_contents_only {
+            if c.create_dest_path {
+                create_dirs(&dest, 0o755, ids)?;
+            }
+            copy_dir_contents(m, &dest, m, &opts, &c.dest)?;
+        } else {
+            let name = m.file_name().map(PathBuf::from).unwrap_or_default();
+            let target = if dest_is_dir {
+                dest.join(name)
+            } else {
+                dest.clone()
+            };
+            if let Some(parent) = target.parent() {
+                if c.create_dest_path {
+                    create_dirs(parent, 0o755, ids)?;
+                }
+            }
+            copy_entry(m, &target, m, &opts, &c.dest)?;
+        }
+    }
+    Ok(())
+}
+
+struct CopyOpts {
+    ids: Option<(u32, u32)>,
+    chmod: Option<Chmod>,
+    excludes: Vec<String>,
+}
+
+fn excluded(opts: &CopyOpts, base: &Path, path: &Path) -> bool {
+    if opts.excludes.is_empty() {
+        return false;
+    }
+    let rel = path.strip_prefix(base).unwrap_or(path).to_string_lossy();
+    opts.excludes.iter().any(|pat| {
+        let pat = pat.trim_start_matches('/');
+        let segs: Vec<&str> = rel.split('/').collect();
+        let psegs: Vec<&str> = pat.split('/').collect();
+        // A pattern excludes a path when it matches the path or one of its parents.
+        (1..=segs.len()).any(|n| {
+            n == psegs.len() && segs[..n].iter().zip(&psegs).all(|(s, p)| glob_match(p, s))
+        })
+    })
+}
+
+fn copy_dir_contents(
+    from: &Path,
+    to: &Path,
+    base: &Path,
+    opts: &CopyOpts,
+    shown: &str,
+) -> Result<()> {
+    let mut entries = fs::read_dir(from)
+        .and_then(|rd| rd.collect::<io::Result<Vec<_>>>())
+        .map_err(ioe("read dir", shown))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let src = e.path();
+        if excluded(opts, base, &src) {
+            continue;
+        }
+        copy_entry(&src, &to.join(e.file_name()), base, opts, shown)?;
+    }
+    Ok(())
+}
+
+fn copy_entry(src: &Path, dst: &Path, base: &Path, opts: &CopyOpts, shown: &str) -> Result<()> {
+    let md = fs::symlink_metadata(src).map_err(ioe("stat", shown))?;
+    let ft = md.file_type();
+    let ids = opts.ids.or(Some((md.uid(), md.gid())));
+    if ft.is_dir() {
+        match fs::symlink_metadata(dst) {
+            Ok(d) if d.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(dst).map_err(ioe("replace", shown))?;
+                fs::create_dir(dst).map_err(ioe("mkdir", shown))?;
+            }
+            Err(_) => fs::create_dir(dst).map_err(ioe("mkdir", shown))?,
+        }
+        copy_dir_contents(src, dst, base, opts, shown)?;
+        let mode = chmod(opts.chmod.as_ref(), md.mode() & 0o7777, true)?;
+        set_meta(dst, Some(mode), ids, shown)?;
+        set_mtime(dst, &md);
+        return Ok(());
+    }
+    if let Ok(existing) = fs::symlink_metadata(dst) {
+        if existing.is_dir() {
+            fs::remove_dir_all(dst).map_err(ioe("replace", shown))?;
+        } else {
+            fs::remove_file(dst).map_err(ioe("replace", shown))?;
+        }
+    }
+    if ft.is_symlink() {
+        let target = fs::read_link(src).map_err(ioe("readlink", shown))?;
+        std::os::unix::fs::symlink(&target, dst).map_err(ioe("symlink", shown))?;
+        if let Some((u, g)) = ids {
+            let _ = std::os::unix::fs::lchown(dst, Some(u), Some(g));
+        }
+        return Ok(());
+    }
+    if ft.is_file() {
+        fs::copy(src, dst).map_err(ioe("copy", shown))?;
+        let mode = chmod(opts.chmod.as_ref(), md.mode() & 0o7777, false)?;
+        set_meta(dst, Some(mode), ids, shown)?;
+        set_mtime(dst, &md);
+    }
+    // Sockets, fifos and devices are not copied, as in BuildKit's COPY.
+    Ok(())
+}
+
+fn set_mtime(p: &Path, md: &fs::Metadata) {
+    let t = std::time::UNIX_EPOCH
+        + std::time::Duration::new(
+            md.mtime().max(0) as u64,
+            md.mtime_nsec().clamp(0, 999_999_999) as u32,
+        );
+    if let Ok(f) = fs::File::open(p) {
+        let _ = f.set_modified(t);
+    }
+}
+
+fn set_meta(p: &Path, mode: Option<u32>, ids: Option<(u32, u32)>, shown: &str) -> Result<()> {
+    if let Some((u, g)) = ids {
+        std::os::unix::fs::lchown(p, Some(u), Some(g)).map_err(ioe("chown", shown))?;
+    }
+    // chown clears setuid bits, so the mode goes last.
+    if let Some(m) = mode {
+        fs::set_permissions(p, fs::Permissions::from_mode(m)).map_err(ioe("chmod", shown))?;
+    }
+    Ok(())
+}
+
+/// `mkdir -p`, giving new directories `mode` and owner.
+fn create_dirs(p: &Path, mode: u32, ids: Option<(u32, u32)>) -> Result<()> {
+    let shown = p.display().to_string();
+    if p.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut cur = p;
+    while !cur.exists() {
+        missing.push(cur.to_path_buf());
+        match cur.parent() {
+            Some(parent) => cur = parent,
+            None => break,
+        }
+    }
+    for d in missing.iter().rev() {
+        fs::create_dir(d).map_err(ioe("mkdir", &shown))?;
+        set_meta(d, Some(mode), ids, &shown)?;
+    }
+    Ok(())
+}
+
+fn chmod(spec: Option<&Chmod>, current: u32, is_dir: bool) -> Result<u32> {
+    match spec {
+        None => Ok(current),
+        Some(Chmod::Octal(m)) => Ok(*m & 0o7777),
+        Some(Chmod::Symbolic(s)) => {
+            symbolic_mode(s, current, is_dir).ok_or_else(|| FileOpError::Chmod(s.clone()))
+        }
+    }
+}
+
+/// `chmod`'s symbolic modes: `[ugoa]*[+-=][rwxXst]*`, comma separated.
+fn symbolic_mode(spec: &str, mut mode: u32, is_dir: bool) -> Option<u32> {
+    for clause in spec.split(',') {
+        let op_pos = clause.find(['+', '-', '='])?;
+        let (who, rest) = clause.split_at(op_pos);
+        let mut who_mask = 0;
+        for c in who.chars() {
+            who_mask |= match c {
+                'u' => 0o4700,
+                'g' => 0o2070,
+                'o' => 0o1007,
+                'a' => 0o7777,
+                _ => return None,
+            };
+        }
+        if who_mask == 0 {
+            who_mask = 0o7777;
+        }
+        let mut chars = rest.chars();
+        let op = chars.next()?;
+        let mut bits = 0;
+        for c in chars {
+            bits |= match c {
+                'r' => 0o444,
+                'w' => 0o222,
+                'x' => 0o111,
+                'X' if is_dir || mode & 0o111 != 0 => 0o111,
+                'X' => 0,
+                's' => 0o6000,
+                't' => 0o1000,
+                _ => return None,
+            };
+        }
+        let bits = bits & who_mask;
+        mode = match op {
+            '+' => mode | bits,
+            '-' => mode & !bits,
+            _ => (mode & !who_mask) | bits,
+        };
+    }
+    Some(mode & 0o7777)
+}
+
+fn resolve_owner(root: &Path, o: &Chown) -> Result<(u32, u32)> {
+    let (uid, primary_gid) = match &o.user {
+        UserRef::Id(u) => (*u, *u),
+        UserRef::Name(n) => lookup(root, "passwd", n)?,
+    };
+    let gid = match &o.group {
+        None => primary_gid,
+        Some(UserRef::Id(g)) => *g,
+        Some(UserRef::Name(n)) => lookup(root, "group", n)?.0,
+    };
+    Ok((uid, gid))
+}
+
+/// Finds `name` in the filesystem's /etc/passwd (→ uid, gid) or /etc/group (→ gid, gid).
+fn lookup(root: &Path, file: &'static str, name: &str) -> Result<(u32, u32)> {
+    let unknown = || FileOpError::UnknownUser {
+        kind: if file == "passwd" { "user" } else { "group" },
+        name: name.to_owned(),
+        file,
+    };
+    let p = resolve(root, &format!("/etc/{file}"), true).map_err(|_| unknown())?;
+    let text = fs::read_to_string(p).map_err(|_| unknown())?;
+    text.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.first() != Some(&name) {
+                return None;
+            }
+            let id = f.get(2)?.parse().ok()?;
+            let gid = if file == "passwd" {
+                f.get(3)?.parse().ok()?
+            } else {
+                id
+            };
+            Some((id, gid))
+        })
+        .ok_or_else(unknown)
+}
+
+fn has_meta(p: &str) -> bool {
+    p.contains(['*', '?', '['])
+}
+
+/// All paths under `root` matching the `/`-separated glob `pattern`, sorted.
+fn expand(root: &Path, pattern: &str) -> Result<Vec<PathBuf>> {
+    let mut cur = vec![root.to_path_buf()];
+    for seg in pattern.split('/').filter(|s| !s.is_empty() && *s != ".") {
+        let mut next = Vec::new();
+        for dir in &cur {
+            if !has_meta(seg) {
+                let p = dir.join(seg);
+                if fs::symlink_metadata(&p).is_ok() {
+                    next.push(p);
+                }
+                continue;
+            }
+            let Ok(rd) = fs::read_dir(dir) else { continue };
+            let mut names: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+            names.sort();
+            for n in names {
+                if glob_match(seg, &n.to_string_lossy()) {
+                    next.push(dir.join(n));
+                }
+            }
+        }
+        cur = next;
+    }
+    if cur.len() == 1 && cur[0] == root {
+        return Ok(Vec::new());
+    }
+    Ok(cur)
+}
+
+/// Go's `filepath.Match` for one path segment: `*`, `?`, `[...]` (with `^`/`!` and ranges) and
+/// `\` escapes.
+pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0, 0);
+    let (mut star_p, mut star_n) = (usize::MAX, 0);
+    while ni < n.len() {
+        if pi < p.len() {
+            match p[pi] {
+                '*' => {
+                    star_p = pi;
+                    star_n = ni;
+                    pi += 1;
+                    continue;
+                }
+                '?' => {
+                    pi += 1;
+                    ni += 1;
+                    continue;
+                }
+                '[' => {
+                    if let Some((matched, len)) = class(&p[pi..], n[ni]) {
+                        if matched {
+                            pi += len;
+                            ni += 1;
+                            continue;
+                        }
+                    }
+                }
+                '\\' if pi + 1 < p.len() && p[pi + 1] == n[ni] => {
+                    pi += 2;
+                    ni += 1;
+                    continue;
+                }
+                c if c == n[ni] => {
+                    pi += 1;
+                    ni += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        if star_p != usize::MAX {
+            pi = star_p + 1;
+            star_n += 1;
+            ni = star_n;
+            continue;
+        }
+        return false;
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// Matches `c` against the class at the start of `p`; returns (matched, class length).
+fn class(p: &[char], c: char) -> Option<(bool, usize)> {
+    let mut i = 1;
+    let negate = matches!(p.get(1), Some('^') | Some('!'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while i < p.len() {
+        if p[i] == ']' && !first {
+            return Some((matched != negate, i + 1));
+        }
+        first = false;
+        let lo = if p[i] == '\\' {
+            i += 1;
+            *p.get(i)?
+        } else {
+            p[i]
+        };
+        i += 1;
+        let hi = if p.get(i) == Some(&'-') && p.get(i + 1).is_some_and(|&x| x != ']') {
+            i += 1;
+            let h = if p[i] == '\\' {
+                i += 1;
+                *p.get(i)?
+            } else {
+                p[i]
+            };
+            i += 1;
+            h
+        } else {
+            lo
+        };
+        if lo <= c && c <= hi {
+            matched = true;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_graph::CopyAction;
+
+    fn tree(root: &Path, files: &[(&str, &str)]) {
+        for (p, c) in files {
+            let p = root.join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, c).unwrap();
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*.go", "a.go"));
+        assert!(!glob_match("*.go", "a.rs"));
+        assert!(glob_match("fi?e[0-9]", "file7"));
+        assert!(glob_match("[^a]*", "b"));
+        assert!(!glob_match("[!a]*", "ab"));
+        assert!(glob_match("a\\*", "a*"));
+    }
+
+    #[test]
+    fn copy_semantics() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        let dst = t.path().join("dst");
+        fs::create_dir_all(&dst).unwrap();
+        tree(
+            &src,
+            &[
+                ("dir/a.txt", "a"),
+                ("dir/sub/b.txt", "b"),
+                ("one.go", "1"),
+                ("two.go", "2"),
+            ],
+        );
+        tree(
+            &dst,
+            &[(
+                "etc/passwd",
+                "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+            )],
+        );
+        let sources = vec![src.clone()];
+        let mut c1 = CopyAction::new(Some(0), "dir", "/app");
+        c1.owner = Some(Chown {
+            user: UserRef::Name("app".into()),
+            group: None,
+        });
+        let c2 = CopyAction::new(Some(0), "*.go", "/gos/");
+        let mut c3 = CopyAction::new(Some(0), "one.go", "/renamed.go");
+        c3.mode = Some(Chmod::Octal(0o751));
+        let c4 = CopyAction::new(Some(0), "missing", "/x");
+        apply(
+            &dst,
+            &[
+                FileAction::Copy(c1),
+                FileAction::Copy(c2),
+                FileAction::Copy(c3),
+            ],
+            &sources,
+        )
+        .unwrap();
+        // Directory contents, not the directory itself.
+        assert_eq!(fs::read_to_string(dst.join("app/a.txt")).unwrap(), "a");
+        assert_eq!(fs::read_to_string(dst.join("app/sub/b.txt")).unwrap(), "b");
+        let md = fs::metadata(dst.join("app/sub/b.txt")).unwrap();
+        assert_eq!((md.uid(), md.gid()), (1000, 1001));
+        assert!(dst.join("gos/one.go").is_file() && dst.join("gos/two.go").is_file());
+        assert_eq!(
+            fs::metadata(dst.join("renamed.go")).unwrap().mode() & 0o7777,
+            0o751
+        );
+        let err = apply(&dst, &[FileAction::Copy(c4)], &sources).unwrap_err();
+        assert_eq!(err.to_string(), "\"missing\" not found");
+    }
+
+    #[test]
+    fn symlinked_destination_stays_inside_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let outside = t.path().join("outside");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+        let a = FileAction::Mkfile {
+            path: "/escape/pwned".into(),
+            mode: 0o644,
+            data: "x".into(),
+            owner: None,
+        };
+        apply(&root, &[a], &[]).unwrap();
+        assert!(!outside.join("pwned").exists());
+        assert!(root
+            .join(outside.strip_prefix("/").unwrap())
+            .join("pwned")
+            .exists());
+    }
+
+    #[test]
+    fn symbolic_modes() {
+        assert_eq!(symbolic_mode("u+x", 0o644, false), Some(0o744));
+        assert_eq!(symbolic_mode("go-r", 0o644, false), Some(0o600));
+        assert_eq!(symbolic_mode("a=rX", 0o700, true), Some(0o555));
+        assert_eq!(symbolic_mode("bogus", 0o644, false), None);
+    }
+}

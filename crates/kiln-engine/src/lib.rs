@@ -1,0 +1,370 @@
+//! The engine: the only crate that gives graph ops their meaning. It picks the frontend
+//! (`# syntax=`), serves the plugins' host callbacks, binds each vertex to a core op (local
+//! source, file, merge) or a primitive plugin, runs the graph on the solver with the cache, and
+//! hands the result to the exporters.
+//!
+//! Architecture invariant: the engine never depends on a frontend or plugin crate; it reaches
+//! them only through `kiln-plugin-host`. It does no rendering: progress leaves as events.
+
+mod exec;
+mod fileop;
+mod local;
+mod rootpath;
+mod services;
+mod syntax;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln_cache::CacheIndex;
+use kiln_export::Image;
+use kiln_plugin_host::{PluginRegistry, SearchPath};
+use kiln_plugin_sdk::proto::{Diagnostic, FrontendRequest, PluginError};
+use kiln_snapshot::{Compression, Snapshot, Store};
+use kiln_solver::{CancellationToken, Event, ProgressSink};
+use kiln_types::{Digest, Platform};
+
+pub use kiln_solver::Status;
+pub use syntax::{find_syntax, SyntaxChoice};
+
+/// Engine errors, each saying what failed and where.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The build file is missing or unreadable.
+    #[error("failed to read dockerfile: open {path}: {source}")]
+    Dockerfile {
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A local context problem.
+    #[error("context {context:?}: {message}")]
+    Context {
+        /// Which context.
+        context: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Plugin loading or a plugin's failure.
+    #[error(transparent)]
+    Plugin(#[from] kiln_plugin_host::Error),
+    /// The frontend rejected the build file.
+    #[error("{0}")]
+    Frontend(PluginError),
+    /// A step failed.
+    #[error(transparent)]
+    Solve(#[from] kiln_solver::Error<Digest>),
+    /// The store failed.
+    #[error(transparent)]
+    Snapshot(#[from] kiln_snapshot::Error),
+    /// The cache index failed.
+    #[error(transparent)]
+    Cache(#[from] kiln_cache::Error),
+    /// An exporter failed.
+    #[error(transparent)]
+    Export(#[from] kiln_export::Error),
+    /// A feature the graph uses that this kiln cannot run (yet).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// The plugin-reported error with its location, when the failure came from a frontend.
+    pub fn plugin_error(&self) -> Option<&PluginError> {
+        match self {
+            Error::Frontend(e) => Some(e),
+            Error::Plugin(e) => e.plugin_error(),
+            _ => None,
+        }
+    }
+}
+
+/// Where the engine keeps its state and finds plugins.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The store root (`$KILN_ROOT`).
+    pub root: PathBuf,
+    /// Extra plugin directories (`--plugin-dir`), searched after the standard ones.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Maximum parallel steps; `None` = number of cores.
+    pub concurrency: Option<usize>,
+}
+
+/// An export destination, parsed from `--output`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Export {
+    /// `type=oci`: an OCI image layout, as a tarball (`tar=true`) or a directory.
+    Oci {
+        /// Destination path.
+        dest: PathBuf,
+        /// Write a tarball.
+        tar: bool,
+    },
+    /// `type=local`: the result's files.
+    Local {
+        /// Destination directory.
+        dest: PathBuf,
+    },
+}
+
+/// One build.
+#[derive(Clone, Debug)]
+pub struct BuildRequest {
+    /// The main context directory.
+    pub context: PathBuf,
+    /// The build file (`-f`); default `<context>/Dockerfile`.
+    pub dockerfile: PathBuf,
+    /// `--frontend`: overrides `# syntax=`.
+    pub frontend: Option<String>,
+    /// `--build-arg`.
+    pub build_args: BTreeMap<String, String>,
+    /// `--target`.
+    pub target: Option<String>,
+    /// `--no-cache`.
+    pub no_cache: bool,
+    /// Target platform.
+    pub platform: Platform,
+    /// `--output` destinations.
+    pub exports: Vec<Export>,
+    /// `-t` names.
+    pub tags: Vec<String>,
+}
+
+/// What a build produced.
+#[derive(Debug)]
+pub struct BuildOutcome {
+    /// The assembled image (also when only a local export was asked for).
+    pub image: Image,
+    /// Every vertex the solve needed and whether it ran or was cached, in graph order.
+    pub steps: Vec<(String, Status)>,
+    /// Frontend warnings.
+    pub warnings: Vec<Diagnostic>,
+    /// The frontend that built the graph.
+    pub frontend: String,
+}
+
+/// The build engine: a store, a cache index and the discovered plugins.
+pub struct Engine {
+    store: Store,
+    index: Arc<CacheIndex>,
+    plugins: Arc<PluginRegistry>,
+    concurrency: Option<usize>,
+}
+
+/// Progress events of a build; the id is the vertex digest (or a synthetic one for internal
+/// steps such as loading the build definition).
+pub type BuildEvent = Event<Digest>;
+
+impl Engine {
+    /// Opens the store and discovers plugins.
+    pub fn new(config: EngineConfig) -> Result<Self, Error> {
+        let store = Store::open(&config.root)?;
+        let index = CacheIndex::open(&config.root.join("cache.redb"))?;
+        let plugins = PluginRegistry::discover(&SearchPath::standard(&config.plugin_dirs));
+        Ok(Engine {
+            store,
+            index: Arc::new(index),
+            plugins: Arc::new(plugins),
+            concurrency: config.concurrency,
+        })
+    }
+
+    /// The discovered plugins (for `kiln plugins ls`).
+    pub fn plugins(&self) -> &PluginRegistry {
+        &self.plugins
+    }
+
+    /// Runs a build: frontend, solve, export.
+    pub async fn build(
+        &self,
+        req: BuildRequest,
+        progress: Arc<dyn ProgressSink<Digest>>,
+        cancel: CancellationToken,
+    ) -> Result<BuildOutcome, Error> {
+        let source =
+            std::fs::read_to_string(&req.dockerfile).map_err(|source| Error::Dockerfile {
+                path: req.dockerfile.clone(),
+                source,
+            })?;
+        let filename = req
+            .dockerfile
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".to_owned());
+
+        // Frontend: `--frontend` > BUILDKIT_SYNTAX > `# syntax=` > the Dockerfile frontend.
+        let choice = syntax::choose(req.frontend.as_deref(), &req.build_args, &source);
+        let frontend = syntax::resolve(&self.plugins, &choice)?;
+        let load_id =
+            Digest::of(format!("internal:definition:{}", req.dockerfile.display()).as_bytes());
+        let load_name = format!("[internal] load build definition from {filename}");
+        progress.send(Event::Started {
+            id: load_id,
+            name: load_name.clone(),
+        });
+        let started = std::time::Instant::now();
+        let mut build_args = req.build_args.clone();
+        build_args.remove("BUILDKIT_SYNTAX");
+        let freq = FrontendRequest {
+            source,
+            filename,
+            build_args,
+            target: req.target.clone(),
+            platform: req.platform.clone(),
+            no_cache: req.no_cache,
+            no_cache_filter: Vec::new(),
+            contexts: vec!["context".to_owned()],
+            options: BTreeMap::new(),
+        };
+        let services = Arc::new(services::EngineServices::new(
+            req.context.clone(),
+            self.plugins.clone(),
+            progress.clone(),
+            load_id,
+            load_name.clone(),
+            cancel.clone(),
+        ));
+        let fe = frontend.clone();
+        let svc = services.clone();
+        let resp = tokio::task::spawn_blocking(move || fe.frontend_build(&freq, svc.as_ref()))
+            .await
+            .map_err(|e| Error::Unsupported(format!("frontend task failed: {e}")))?;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                progress.send(Event::Error {
+                    id: load_id,
+                    name: load_name,
+                    message: e.to_string(),
+                });
+                return Err(match e.plugin_error() {
+                    Some(pe) if pe.location.is_some() => Error::Frontend(pe.clone()),
+                    _ => Error::Plugin(e),
+                });
+            }
+        };
+        progress.send(Event::Done {
+            id: load_id,
+            name: load_name,
+            duration: started.elapsed(),
+        });
+
+        // Solve.
+        let mut def = resp.definition;
+        if req.no_cache {
+            for v in &mut def.vertices {
+                v.meta.ignore_cache = true;
+            }
+        }
+        let ops = Arc::new(exec::OpExecutor::new(
+            self.store.clone(),
+            self.index.clone(),
+            self.plugins.clone(),
+            req.context.clone(),
+            &def,
+        ));
+        let graph = kiln_solver::Graph::new(def.vertices.iter().map(|v| {
+            kiln_solver::Vertex::new(
+                v.digest,
+                v.meta.description.clone(),
+                v.inputs.iter().map(|e| e.vertex).collect::<Vec<_>>(),
+            )
+        }))?;
+        let mut solver = kiln_solver::Solver::new(ops).with_progress(progress.clone());
+        if let Some(n) = self.concurrency {
+            solver = solver.with_concurrency(n);
+        }
+        let target = def.outputs.first().copied().flatten();
+        let (snapshot, steps) = match target {
+            Some(edge) => {
+                let solution = solver.solve(&graph, &[edge.vertex], &cancel).await?;
+                let steps = solution
+                    .vertices
+                    .iter()
+                    .map(|(id, st)| {
+                        let name = def
+                            .vertex(id)
+                            .map(|v| v.meta.description.clone())
+                            .unwrap_or_default();
+                        (name, *st)
+                    })
+                    .collect();
+                let snap = solution.outputs.into_iter().next().unwrap_or_default();
+                (snap, steps)
+            }
+            None => (Snapshot::default(), Vec::new()),
+        };
+
+        // Export.
+        let store = self.store.clone();
+        let config = resp.config;
+        let exports = req.exports.clone();
+        let tags = req.tags.clone();
+        let export_id = Digest::of(b"internal:export");
+        let export_name = "exporting to image".to_owned();
+        progress.send(Event::Started {
+            id: export_id,
+            name: export_name.clone(),
+        });
+        let started = std::time::Instant::now();
+        let image = tokio::task::spawn_blocking(move || -> Result<Image, Error> {
+            let image = kiln_export::assemble_image(&store, &snapshot, config, Compression::Gzip)?;
+            for e in &exports {
+                match e {
+                    Export::Oci { dest, tar } => {
+                        kiln_export::export_oci(&store, &image, &tags, dest, *tar)?
+                    }
+                    Export::Local { dest } => kiln_export::export_local(&store, &snapshot, dest)?,
+                }
+            }
+            Ok(image)
+        })
+        .await
+        .map_err(|e| Error::Unsupported(format!("export task failed: {e}")))?;
+        match &image {
+            Ok(img) => {
+                progress.send(Event::Log {
+                    id: export_id,
+                    name: export_name.clone(),
+                    line: format!("writing image {}", img.manifest.digest),
+                });
+                progress.send(Event::Done {
+                    id: export_id,
+                    name: export_name,
+                    duration: started.elapsed(),
+                });
+            }
+            Err(e) => progress.send(Event::Error {
+                id: export_id,
+                name: export_name,
+                message: e.to_string(),
+            }),
+        }
+        Ok(BuildOutcome {
+            image: image?,
+            steps,
+            warnings: resp.warnings,
+            frontend: frontend.name().to_owned(),
+        })
+    }
+}

@@ -1,0 +1,154 @@
+//! The host callbacks the engine offers plugins during a frontend call.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_plugin_host::{HostServices, PluginRegistry};
+use kiln_plugin_sdk::proto::{
+    FileInfo, FileKind, InstructionRequest, InstructionResponse, LogLevel, PluginError,
+};
+use kiln_solver::{CancellationToken, Event, ProgressSink};
+use kiln_types::Digest;
+
+use crate::rootpath;
+
+pub(crate) struct EngineServices {
+    context: PathBuf,
+    plugins: Arc<PluginRegistry>,
+    progress: Arc<dyn ProgressSink<Digest>>,
+    id: Digest,
+    name: String,
+    cancel: CancellationToken,
+}
+
+impl EngineServices {
+    pub(crate) fn new(
+        context: PathBuf,
+        plugins: Arc<PluginRegistry>,
+        progress: Arc<dyn ProgressSink<Digest>>,
+        id: Digest,
+        name: String,
+        cancel: CancellationToken,
+    ) -> Self {
+        EngineServices {
+            context,
+            plugins,
+            progress,
+            id,
+            name,
+            cancel,
+        }
+    }
+
+    fn path(&self, context: &str, path: &str, follow: bool) -> Result<PathBuf, PluginError> {
+        if context != "context" {
+            return Err(PluginError::not_found(format!(
+                "no build context named {context:?}"
+            )));
+        }
+        rootpath::resolve(&self.context, path, follow)
+            .map_err(|e| PluginError::internal(format!("{path}: {e}")))
+    }
+}
+
+fn info(name: String, md: &std::fs::Metadata, link: Option<String>) -> FileInfo {
+    let ft = md.file_type();
+    FileInfo {
+        name,
+        kind: if ft.is_dir() {
+            FileKind::Dir
+        } else if ft.is_symlink() {
+            FileKind::Symlink
+        } else if ft.is_file() {
+            FileKind::File
+        } else {
+            FileKind::Other
+        },
+        size: md.len(),
+        mode: md.permissions().mode() & 0o7777,
+        link_target: link,
+    }
+}
+
+impl HostServices for EngineServices {
+    fn read_context_file(&self, context: &str, path: &str) -> Result<Vec<u8>, PluginError> {
+        let p = self.path(context, path, true)?;
+        std::fs::read(&p).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                PluginError::not_found(format!("{path} not found in {context}"))
+            }
+            _ => PluginError::internal(format!("read {path} in {context}: {e}")),
+        })
+    }
+
+    fn stat(&self, context: &str, path: &str) -> Result<Option<FileInfo>, PluginError> {
+        let p = self.path(context, path, false)?;
+        match std::fs::symlink_metadata(&p) {
+            Ok(md) => {
+                let link = std::fs::read_link(&p)
+                    .ok()
+                    .map(|t| t.to_string_lossy().into_owned());
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Ok(Some(info(name, &md, link)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(PluginError::internal(format!("stat {path}: {e}"))),
+        }
+    }
+
+    fn read_dir(&self, context: &str, path: &str) -> Result<Vec<FileInfo>, PluginError> {
+        let p = self.path(context, path, true)?;
+        let rd = std::fs::read_dir(&p)
+            .map_err(|e| PluginError::not_found(format!("read dir {path}: {e}")))?;
+        let mut out = Vec::new();
+        for e in rd.flatten() {
+            if let Ok(md) = std::fs::symlink_metadata(e.path()) {
+                let link = std::fs::read_link(e.path())
+                    .ok()
+                    .map(|t| t.to_string_lossy().into_owned());
+                out.push(info(
+                    e.file_name().to_string_lossy().into_owned(),
+                    &md,
+                    link,
+                ));
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn lower_instruction(
+        &self,
+        req: InstructionRequest,
+    ) -> Result<Option<InstructionResponse>, PluginError> {
+        let plugin = match self.plugins.instruction(&req.keyword) {
+            Ok(p) => p,
+            Err(kiln_plugin_host::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(PluginError::internal(e.to_string())),
+        };
+        plugin
+            .instruction_lower(&req, self)
+            .map(Some)
+            .map_err(|e| match e.plugin_error() {
+                Some(pe) => pe.clone(),
+                None => PluginError::internal(e.to_string()),
+            })
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        let _ = level;
+        self.progress.send(Event::Log {
+            id: self.id,
+            name: self.name.clone(),
+            line: message.to_owned(),
+        });
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_cache::{CacheIndex, CacheRecord};
-use kiln_graph::{Definition, Op, SourceOp, Vertex};
+use kiln_graph::{Definition, FileAction, LocalSource, Op, SourceOp, Vertex};
 use kiln_plugin_host::PluginRegistry;
 use kiln_plugin_sdk::proto::PrimitiveRequest;
 use kiln_snapshot::{ReadView, Snapshot, Store, WriteView};
@@ -39,6 +39,28 @@ impl OpExecutor {
         }
     }
 
+    /// When input `i` of a file op is a local source used only by COPY actions, the source and
+    /// the paths those copies select.
+    fn copy_selection(&self, vertex: &Vertex, i: usize) -> Option<(LocalSource, Vec<String>)> {
+        let Op::File(f) = &vertex.op else { return None };
+        let input = self.vertices.get(&vertex.inputs.get(i)?.vertex)?;
+        let Op::Source(SourceOp::Local(src)) = &input.op else {
+            return None;
+        };
+        if f.base == Some(i as u32) {
+            return None;
+        }
+        let selectors = f
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                FileAction::Copy(c) if c.source == Some(i as u32) => Some(c.src.clone()),
+                _ => None,
+            })
+            .collect();
+        Some((src.clone(), selectors))
+    }
+
     fn vertex(&self, id: &Digest) -> Result<Vertex, BoxError> {
         self.vertices
             .get(id)
@@ -70,8 +92,18 @@ impl Executor<Digest> for OpExecutor {
         let mut h = Sha256Writer::default();
         h.update(b"kiln.cachekey.v1\n");
         h.update(&serde_json::to_vec(&vertex.op)?);
-        for k in input_keys {
-            h.update(k.as_bytes());
+        for (i, k) in input_keys.iter().enumerate() {
+            match self.copy_selection(&vertex, i) {
+                // A context used only as a COPY source: key on the copied files' content.
+                Some((src, selectors)) => {
+                    let (root, index) = (self.context.clone(), self.index.clone());
+                    let key =
+                        blocking(move || local::selection_key(&root, &src, &selectors, &index))
+                            .await?;
+                    h.update(key.as_bytes());
+                }
+                None => h.update(k.as_bytes()),
+            }
         }
         if let Op::Source(SourceOp::Local(src)) = &vertex.op {
             let (root, index) = (self.context.clone(), self.index.clone());

@@ -79,7 +79,56 @@ fn walk(root: &Path, src: &LocalSource) -> Result<Vec<Entry>, Error> {
 /// The content hash of the selected part of `root`: paths, types, modes, sizes, file contents
 /// and link targets, but not mtimes, so a `touch` does not invalidate the cache (as BuildKit).
 pub fn content_key(root: &Path, src: &LocalSource, index: &CacheIndex) -> Result<Digest, Error> {
-    let entries = walk(root, src)?;
+    hash_entries(root, src, index, walk(root, src)?)
+}
+
+/// The content hash of only the paths that COPY sources `selectors` pick from the context, so
+/// that editing one file does not invalidate a COPY of other files (BuildKit's content-based
+/// cache keys for COPY).
+pub fn selection_key(
+    root: &Path,
+    src: &LocalSource,
+    selectors: &[String],
+    index: &CacheIndex,
+) -> Result<Digest, Error> {
+    let patterns: Vec<Vec<String>> = selectors
+        .iter()
+        .map(|s| {
+            s.split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect();
+    let selected = |rel: &str| {
+        let comps: Vec<&str> = rel.split('/').collect();
+        patterns.iter().any(|p| {
+            comps.len() >= p.len()
+                && p.iter()
+                    .zip(&comps)
+                    .all(|(pat, c)| crate::fileop::glob_match(pat, c))
+        })
+    };
+    let entries = walk(root, src)?
+        .into_iter()
+        .filter(|e| selected(&e.rel))
+        .collect();
+    let mut h = Sha256Writer::default();
+    h.update(b"kiln.selection.v1\n");
+    for s in selectors {
+        h.update(s.as_bytes());
+        h.update(b"\n");
+    }
+    h.update(hash_entries(root, src, index, entries)?.as_bytes());
+    Ok(h.finish())
+}
+
+fn hash_entries(
+    root: &Path,
+    src: &LocalSource,
+    index: &CacheIndex,
+    entries: Vec<Entry>,
+) -> Result<Digest, Error> {
     let root_id = root.display().to_string();
     let keys: Vec<String> = entries
         .iter()

@@ -1,0 +1,1063 @@
+//! One instruction → changes to its stage: config fields, history, and graph vertices, with
+//! BuildKit's semantics (`dispatch*` functions of `dockerfile2llb`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use dockerfile_parser::instructions::{
+    self as ins, CommandLine, Healthcheck as HealthcheckInst, Instruction, MountType,
+};
+use dockerfile_parser::shell::{Env, Lexer};
+use dockerfile_parser::Node;
+use kiln_graph::{
+    CacheSharing, Chmod, Chown, CopyAction, ExecBuilder, FileAction, FileBuilder, Mount, MountKind,
+    NetworkMode, Op, SecurityMode, State, UserRef,
+};
+use kiln_plugin_sdk::proto::{InstructionRequest, PluginError};
+use kiln_types::image::{EmptyObject, Healthcheck};
+
+use kiln_ignore::PatternMatcher;
+
+use crate::convert::{location, set_pair, Converter, Stage, CONTEXT, KNOWN_INSTRUCTIONS};
+use crate::error::{Error, Result};
+use crate::{gofmt, paths, suggest};
+
+impl Converter<'_> {
+    /// Lowers one instruction onto `stage`.
+    pub(crate) fn dispatch(
+        &mut self,
+        stage: &mut Stage,
+        inst: &Instruction,
+        node: &Node,
+    ) -> Result<()> {
+        match inst {
+            Instruction::Env(pairs) => {
+                // All pairs see the environment from before the instruction (`ENV A=1 B=$A`
+                // gives B the old A), as in docker.
+                let expanded = self.expand_pairs(stage, pairs)?;
+                let mut msg = String::from("ENV");
+                for (k, v) in expanded {
+                    msg.push_str(&format!(" {k}={v}"));
+                    stage.config.config.env_set(&k, &v);
+                }
+                stage.commit(msg, false);
+            }
+            Instruction::Label(pairs) => {
+                let expanded = self.expand_pairs(stage, pairs)?;
+                let mut msg = String::from("LABEL");
+                let labels = stage.config.config.labels.get_or_insert_with(BTreeMap::new);
+                for (k, v) in expanded {
+                    msg.push_str(&format!(" {k}={v}"));
+                    labels.insert(k, v);
+                }
+                stage.commit(msg, false);
+            }
+            Instruction::Arg(args) => self.dispatch_arg(stage, args)?,
+            Instruction::Workdir(path) => self.dispatch_workdir(stage, path, node)?,
+            Instruction::User(user) => {
+                let user = self.expand(stage, user)?;
+                stage.commit(format!("USER {user}"), false);
+                stage.config.config.user = Some(user);
+            }
+            Instruction::Expose(ports) => self.dispatch_expose(stage, ports)?,
+            Instruction::Volume(vols) => {
+                let mut list = Vec::with_capacity(vols.len());
+                for v in vols {
+                    let v = self.expand(stage, v)?;
+                    if v.is_empty() {
+                        return Err(Error::invalid(
+                            "VOLUME specified can not be an empty string",
+                        ));
+                    }
+                    list.push(v);
+                }
+                let volumes = stage
+                    .config
+                    .config
+                    .volumes
+                    .get_or_insert_with(BTreeMap::new);
+                for v in &list {
+                    volumes.insert(v.clone(), EmptyObject {});
+                }
+                stage.commit(format!("VOLUME {}", gofmt::plain_list(&list)), false);
+            }
+            Instruction::StopSignal(sig) => {
+                let sig = self.expand(stage, sig)?;
+                check_signal(&sig)?;
+                stage.commit(format!("STOPSIGNAL {sig}"), false);
+                stage.config.config.stop_signal = Some(sig);
+            }
+            Instruction::Shell(shell) => {
+                stage.config.config.shell = Some(shell.clone());
+                stage.commit(format!("SHELL {}", gofmt::plain_list(shell)), false);
+            }
+            Instruction::Cmd(cmd) => {
+                let args = command_args(stage, cmd);
+                stage.commit(format!("CMD {}", gofmt::quoted_list(&args)), false);
+                stage.config.config.cmd = Some(args);
+                stage.config.config.args_escaped = Some(true);
+                stage.cmd_set = true;
+            }
+            Instruction::Entrypoint(cmd) => {
+                let args = command_args(stage, cmd);
+                stage.commit(format!("ENTRYPOINT {}", gofmt::quoted_list(&args)), false);
+                stage.config.config.entrypoint = Some(args);
+                // docker drops a CMD inherited from the base when ENTRYPOINT is set.
+                if !stage.cmd_set {
+                    stage.config.config.cmd = None;
+                }
+            }
+            Instruction::Healthcheck(hc) => dispatch_healthcheck(stage, hc),
+            Instruction::Maintainer(who) => {
+                stage.config.author = Some(who.clone());
+                stage.commit(format!("MAINTAINER {who}"), false);
+            }
+            Instruction::Onbuild { expression, .. } => {
+                // BuildKit records no history entry for ONBUILD.
+                stage
+                    .config
+                    .config
+                    .on_build
+                    .get_or_insert_with(Vec::new)
+                    .push(expression.clone());
+            }
+            Instruction::Copy(c) => self.dispatch_copy(
+                stage,
+                CopyParams {
+                    add: false,
+                    sources: &c.sources,
+                    contents: &c.source_contents,
+                    dest: &c.dest,
+                    from: c.from.as_deref(),
+                    chown: c.chown.as_deref(),
+                    chmod: c.chmod.as_deref(),
+                    link: c.link,
+                    parents: c.parents,
+                    exclude: &c.exclude,
+                },
+                node,
+            )?,
+            Instruction::Add(a) => {
+                self.check_add(a)?;
+                self.dispatch_copy(
+                    stage,
+                    CopyParams {
+                        add: true,
+                        sources: &a.sources,
+                        contents: &a.source_contents,
+                        dest: &a.dest,
+                        from: None,
+                        chown: a.chown.as_deref(),
+                        chmod: a.chmod.as_deref(),
+                        link: a.link,
+                        parents: false,
+                        exclude: &a.exclude,
+                    },
+                    node,
+                )?
+            }
+            Instruction::Run(run) => self.dispatch_run(stage, run, node)?,
+            Instruction::Unknown {
+                keyword, args_text, ..
+            } => self.dispatch_unknown(stage, keyword, args_text, node)?,
+            Instruction::From(_) => {
+                return Err(Error::invalid(
+                    "internal error: FROM dispatched as a command",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn expand(&self, stage: &Stage, word: &str) -> Result<String> {
+        Ok(self.lexer.process_word(word, &stage.scope())?)
+    }
+
+    fn expand_pairs(
+        &self,
+        stage: &Stage,
+        pairs: &[ins::KeyValue],
+    ) -> Result<Vec<(String, String)>> {
+        let scope = stage.scope();
+        pairs
+            .iter()
+            .map(|kv| kv.expand(&self.lexer, &scope).map_err(Error::from))
+            .collect()
+    }
+
+    /// The progress description: the instruction text with variables expanded, keyword
+    /// upper-cased, step prefix added.
+    fn describe(&self, stage: &mut Stage, node: &Node, lexer: &Lexer, suffix: &str) -> String {
+        let original = node.original.trim();
+        let text = lexer
+            .process_word(original, &stage.scope())
+            .unwrap_or_else(|_| original.to_owned());
+        let text = match text.split_once(' ') {
+            Some((kw, rest)) => format!("{} {rest}", kw.to_uppercase()),
+            None => text.to_uppercase(),
+        };
+        stage.prefix(&format!("{text}{suffix}"))
+    }
+
+    fn dispatch_arg(&self, stage: &mut Stage, args: &[ins::Arg]) -> Result<()> {
+        let mut shown = Vec::with_capacity(args.len());
+        for arg in args {
+            let value = if let Some(v) = self.req.build_args.get(&arg.name) {
+                Some(v.clone())
+            } else if arg.default.is_some() {
+                arg.expand(&self.lexer, &stage.scope())?
+            } else {
+                // Re-declaring a global ARG brings its value into the stage.
+                self.global_args
+                    .iter()
+                    .find(|(k, _)| *k == arg.name)
+                    .map(|(_, v)| v.clone())
+            };
+            shown.push(match &value {
+                Some(v) => format!("{}={v}", arg.name),
+                None => arg.name.clone(),
+            });
+            set_pair(&mut stage.args, &arg.name, value);
+        }
+        stage.commit(format!("ARG {}", shown.join(" ")), false);
+        Ok(())
+    }
+
+    fn dispatch_workdir(&self, stage: &mut Stage, path: &str, node: &Node) -> Result<()> {
+        let requested = self.expand(stage, path)?;
+        let wd = paths::join(stage.workdir(), &requested);
+        stage.config.config.working_dir = Some(wd.clone());
+        let layer = wd != "/";
+        if layer {
+            let owner = match stage
+                .config
+                .config
+                .user
+                .as_deref()
+                .filter(|u| !u.is_empty())
+            {
+                Some(u) => Some(parse_chown(u)?),
+                None => None,
+            };
+            let desc = self.describe(stage, node, &self.lexer, "");
+            let st = FileBuilder::new(&stage.state)
+                .action(FileAction::Mkdir {
+                    path: wd.clone(),
+                    mode: 0o755,
+                    make_parents: true,
+                    owner,
+                })
+                .build(desc);
+            stage.state = stage.finish(st);
+        }
+        stage.commit(format!("WORKDIR {wd}"), layer);
+        Ok(())
+    }
+
+    fn dispatch_expose(&self, stage: &mut Stage, ports: &[String]) -> Result<()> {
+        let mut set = BTreeSet::new();
+        for p in ports {
+            for word in self.lexer.process_words(p, &stage.scope())? {
+                set.extend(parse_port(&word)?);
+            }
+        }
+        let exposed = stage
+            .config
+            .config
+            .exposed_ports
+            .get_or_insert_with(BTreeMap::new);
+        for p in &set {
+            exposed.insert(p.clone(), EmptyObject {});
+        }
+        // Go prints the map `map[53/udp:{} 80/tcp:{}]`, keys sorted.
+        let shown: Vec<String> = set.iter().map(|p| format!("{p}:{{}}")).collect();
+        stage.commit(format!("EXPOSE map[{}]", shown.join(" ")), false);
+        Ok(())
+    }
+
+    fn check_add(&self, add: &ins::Add) -> Result<()> {
+        if add.checksum.is_some() {
+            return Err(Error::invalid("checksum requires HTTP(S) or Git sources"));
+        }
+        if add.unpack == Some(true) {
+            return Err(Error::unsupported(
+                "ADD --unpack is not supported yet: extract the archive with RUN, or use COPY",
+            ));
+        }
+        if add.unpack.is_none() {
+            // BuildKit extracts local tar archives given to ADD; kiln's copy cannot yet, and
+            // copying the archive unextracted would silently build a different image.
+            if let Some(src) = add.sources.iter().find(|s| looks_like_archive(s)) {
+                return Err(Error::unsupported(format!(
+                    "ADD of a local archive ({src}) would extract it, which is not supported yet: \
+                     use ADD --unpack=false to copy it as is, or extract it with RUN"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn dispatch_copy(&mut self, stage: &mut Stage, c: CopyParams<'_>, node: &Node) -> Result<()> {
+        let name = if c.add { "ADD" } else { "COPY" };
+        let (sources, dest, chown, chmod, exclude, contents) = {
+            let scope = stage.scope();
+            let ex = |w: &str| self.lexer.process_word(w, &scope).map_err(Error::from);
+            let raw = Lexer::new('\\').skip_process_quotes(true);
+            let sources = c
+                .sources
+                .iter()
+                .map(|s| ex(s))
+                .collect::<Result<Vec<_>>>()?;
+            let contents = c
+                .contents
+                .iter()
+                .map(|h| {
+                    let data = if h.expand {
+                        raw.process_word(&h.data, &scope)?
+                    } else {
+                        h.data.clone()
+                    };
+                    Ok((h.path.clone(), data))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            (
+                sources,
+                ex(c.dest)?,
+                c.chown.map(ex).transpose()?,
+                c.chmod.map(ex).transpose()?,
+                c.exclude
+                    .iter()
+                    .map(|s| ex(s))
+                    .collect::<Result<Vec<_>>>()?,
+                contents,
+            )
+        };
+        if sources.len() + contents.len() > 1 && !dest.ends_with('/') {
+            return Err(Error::invalid(format!(
+                "When using {name} with more than one source file, the destination must be a \
+                 directory and end with a /"
+            )));
+        }
+        for src in &sources {
+            if is_remote(src) {
+                return Err(if c.add {
+                    Error::unsupported(format!(
+                        "ADD from a URL or a Git repository ({src}) is not supported yet"
+                    ))
+                } else {
+                    Error::invalid("source can't be a URL for COPY")
+                });
+            }
+        }
+        let owner = chown.as_deref().map(parse_chown).transpose()?;
+        let mode = chmod.as_deref().map(parse_chmod).transpose()?;
+        let source_state = match c.from {
+            Some(f) => self.state_of_from(f, stage)?,
+            None if sources.is_empty() => State::scratch(),
+            None => self.context()?,
+        };
+        if let ([src], true, None) = (sources.as_slice(), contents.is_empty(), c.from) {
+            if !dest.ends_with('/') && self.wildcard_matches(src) > 1 {
+                return Err(Error::invalid(format!(
+                    "When using {name} with more than one source file, the destination must be a \
+                     directory and end with a /"
+                )));
+            }
+        }
+        let dest_path = paths::dest_in_workdir(stage.workdir(), &dest);
+
+        let mut msg = String::from(name);
+        if c.parents {
+            msg.push_str(" --parents");
+        }
+        if let Some(o) = &chown {
+            msg.push_str(&format!(" --chown={o}"));
+        }
+        if let Some(m) = &chmod {
+            msg.push_str(&format!(" --chmod={m}"));
+        }
+
+        // `--link` copies onto an empty filesystem merged over the stage, so that the layer
+        // does not depend on what is below it; BuildKit does it only without --chmod.
+        let link = c.link && chmod.is_none();
+        let base = if link {
+            State::scratch()
+        } else {
+            stage.state.clone()
+        };
+        let mut fb = FileBuilder::new(&base);
+        for src in &sources {
+            msg.push_str(&format!(" {src}"));
+            let (src_path, include) = if c.parents {
+                // `a/./b/c` copies `b/c` keeping its parents below the pivot `a`.
+                let (parent, pattern) = src.split_once("/./").unwrap_or(("/", src.as_str()));
+                let pattern = paths::clean_abs(pattern);
+                (
+                    paths::clean_abs(parent),
+                    vec![pattern.trim_start_matches('/').to_owned()],
+                )
+            } else {
+                (paths::clean_abs(src), Vec::new())
+            };
+            let mut action = CopyAction::new(None, &src_path, &dest_path);
+            action.owner = owner.clone();
+            action.mode = mode.clone();
+            action.include_patterns = include;
+            action.exclude_patterns = exclude.clone();
+            fb = fb.copy(&source_state, action);
+        }
+        for (file, data) in contents {
+            msg.push_str(&format!(" <<{file}"));
+            let path = if dest_path.ends_with('/') {
+                format!("{dest_path}{file}")
+            } else {
+                dest_path.clone()
+            };
+            let file_mode = match &mode {
+                None => 0o644,
+                Some(Chmod::Octal(m)) => *m,
+                Some(Chmod::Symbolic(s)) => {
+                    return Err(Error::unsupported(format!(
+                        "--chmod={s} on a heredoc source is not supported yet: use an octal mode"
+                    )))
+                }
+            };
+            if let Some((parent, _)) = path.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
+                // The copy it stands for creates missing parents of the destination.
+                fb = fb.action(FileAction::Mkdir {
+                    path: parent.to_owned(),
+                    mode: 0o755,
+                    make_parents: true,
+                    owner: None,
+                });
+            }
+            fb = fb.action(FileAction::Mkfile {
+                path,
+                mode: file_mode,
+                data,
+                owner: owner.clone(),
+            });
+        }
+        msg.push_str(&format!(" {dest}"));
+
+        let desc = self.describe(stage, node, &self.lexer, "");
+        let copied = stage.finish(fb.build(desc.clone()));
+        stage.state = if link {
+            // Same step number as the copy: BuildKit shows them as one step.
+            let link_desc = match desc.split_once("] ") {
+                Some((head, tail)) => format!("{head}] LINK {tail}"),
+                None => format!("LINK {desc}"),
+            };
+            stage.finish(State::from_op(
+                Op::Merge,
+                vec![stage.state.clone(), copied],
+                link_desc,
+            ))
+        } else {
+            copied
+        };
+        stage.commit(format!("{msg} # buildkit"), true);
+        Ok(())
+    }
+
+    /// How many context entries a wildcard source matches, when the wildcard is in its last
+    /// component only (else 0). Best effort: a listing error counts as no match, leaving the
+    /// copy itself to report at solve time.
+    fn wildcard_matches(&self, src: &str) -> usize {
+        if !paths::has_wildcards(src) {
+            return 0;
+        }
+        let rel = paths::clean_abs(src).trim_start_matches('/').to_owned();
+        let (dir, _) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
+        if paths::has_wildcards(dir) {
+            return 0;
+        }
+        let (Ok(glob), Ok(ignore)) = (
+            PatternMatcher::new([rel.as_str()]),
+            PatternMatcher::new(&self.ignore_patterns),
+        ) else {
+            return 0;
+        };
+        let Ok(names) = self
+            .host
+            .read_dir(CONTEXT, if dir.is_empty() { "." } else { dir })
+        else {
+            return 0;
+        };
+        names
+            .iter()
+            .map(|n| {
+                if dir.is_empty() {
+                    n.clone()
+                } else {
+                    format!("{dir}/{n}")
+                }
+            })
+            .filter(|p| glob.matches_or_parent_matches(p).unwrap_or(false))
+            .filter(|p| !ignore.matches_or_parent_matches(p).unwrap_or(false))
+            .count()
+    }
+
+    fn dispatch_run(&mut self, stage: &mut Stage, run: &ins::Run, node: &Node) -> Result<()> {
+        let mut extra: Vec<(State, Mount)> = Vec::new();
+        let mut suffix = String::new();
+        let args = match &run.command {
+            CommandLine::Exec(v) => v.clone(),
+            CommandLine::Shell(s) => {
+                let mut cmd = s.clone();
+                let t = s.trim();
+                let single = run.heredocs.len() == 1
+                    && t.starts_with("<<")
+                    && !t.contains(char::is_whitespace);
+                if let (true, Some(h)) = (single, run.heredocs.first()) {
+                    suffix = format!(" ({})", summarize_heredoc(&h.content));
+                    if h.content.starts_with("#!") && stage.platform.os != "windows" {
+                        // A script with a shebang runs as a file, mounted read-only.
+                        let script = FileBuilder::new(&State::scratch())
+                            .action(FileAction::Mkfile {
+                                path: format!("/{}", h.name),
+                                mode: 0o755,
+                                data: h.content.clone(),
+                                owner: None,
+                            })
+                            .build("preparing inline document");
+                        extra.push((
+                            script,
+                            Mount {
+                                input: None,
+                                selector: "/".to_owned(),
+                                dest: "/dev/pipes/".to_owned(),
+                                readonly: true,
+                                kind: MountKind::Bind,
+                            },
+                        ));
+                        cmd = format!("/dev/pipes/{}", h.name);
+                    } else {
+                        cmd = h.content.clone();
+                    }
+                } else {
+                    for h in &run.heredocs {
+                        cmd.push('\n');
+                        cmd.push_str(&h.content);
+                        cmd.push_str(&h.name);
+                    }
+                }
+                let mut args = shell_of(stage);
+                args.push(cmd);
+                args
+            }
+        };
+        for (n, m) in run.mounts.iter().enumerate() {
+            extra.push(self.run_mount(stage, m, n)?);
+        }
+
+        let mut env = stage.config.config.env.clone().unwrap_or_default();
+        for (k, v) in &stage.args {
+            if let (Some(v), None) = (v, stage.config.config.env_get(k)) {
+                env.push(format!("{k}={v}"));
+            }
+        }
+        let raw = self.lexer.raw_quotes(true).skip_unset_env(true);
+        let desc = self.describe(stage, node, &raw, &suffix);
+        let mut b = ExecBuilder::new(&stage.state, args.clone())
+            .env(env)
+            .cwd(stage.workdir().to_owned())
+            .user(stage.config.config.user.clone().unwrap_or_default())
+            .network(match run.network {
+                None | Some(ins::NetworkMode::Default) => NetworkMode::Default,
+                Some(ins::NetworkMode::Host) => NetworkMode::Host,
+                Some(ins::NetworkMode::None) => NetworkMode::None,
+            })
+            .security(match run.security {
+                Some(ins::Security::Insecure) => SecurityMode::Insecure,
+                _ => SecurityMode::Sandbox,
+            });
+        for (state, mount) in &extra {
+            b = b.mount(state, mount.clone());
+        }
+        let history = format!("RUN {} # buildkit", run_command_string(&args, stage));
+        stage.state = stage.finish(b.build(desc));
+        stage.commit(history, true);
+        Ok(())
+    }
+
+    /// One `RUN --mount` → the filesystem to mount and the mount.
+    fn run_mount(&mut self, stage: &Stage, m: &ins::Mount, n: usize) -> Result<(State, Mount)> {
+        let ex = |v: &Option<String>| -> Result<Option<String>> {
+            v.as_deref().map(|w| self.expand(stage, w)).transpose()
+        };
+        let (target, source, from, id) = (ex(&m.target)?, ex(&m.source)?, ex(&m.from)?, ex(&m.id)?);
+        let dest_of = |t: &str| paths::join(stage.workdir(), t);
+        let uid_gid = (m.uid.unwrap_or(0), m.gid.unwrap_or(0));
+        let mount = |dest: String, readonly: bool, kind: MountKind| Mount {
+            input: None,
+            selector: String::new(),
+            dest,
+            readonly,
+            kind,
+        };
+        Ok(match m.kind {
+            MountType::Bind => {
+                let target = target.ok_or_else(|| Error::invalid("mount target is required"))?;
+                let state = match &from {
+                    Some(f) => self.state_of_from(f, stage)?,
+                    None => self.context()?,
+                };
+                let mut mt = mount(
+                    dest_of(&target),
+                    m.read_only.unwrap_or(true),
+                    MountKind::Bind,
+                );
+                mt.selector = paths::clean_abs(source.as_deref().unwrap_or("/"));
+                (state, mt)
+            }
+            MountType::Cache => {
+                if from.is_some() {
+                    return Err(Error::unsupported(
+                        "RUN --mount=type=cache,from= is not supported yet",
+                    ));
+                }
+                let target = target.ok_or_else(|| Error::invalid("mount target is required"))?;
+                let kind = MountKind::Cache {
+                    id: id.unwrap_or_else(|| target.clone()),
+                    sharing: match m.sharing {
+                        None | Some(ins::CacheSharing::Shared) => CacheSharing::Shared,
+                        Some(ins::CacheSharing::Private) => CacheSharing::Private,
+                        Some(ins::CacheSharing::Locked) => CacheSharing::Locked,
+                    },
+                    mode: m.mode.unwrap_or(0o755),
+                    uid: uid_gid.0,
+                    gid: uid_gid.1,
+                };
+                let ro = m.read_only.unwrap_or(false);
+                (State::scratch(), mount(dest_of(&target), ro, kind))
+            }
+            MountType::Tmpfs => {
+                let target = target.ok_or_else(|| Error::invalid("mount target is required"))?;
+                let size = m.size.as_deref().map(parse_size).transpose()?;
+                let kind = MountKind::Tmpfs { size };
+                (State::scratch(), mount(dest_of(&target), false, kind))
+            }
+            MountType::Secret => {
+                if m.env.is_some() {
+                    return Err(Error::unsupported(
+                        "RUN --mount=type=secret,env= is not supported yet: mount the secret as a file",
+                    ));
+                }
+                let id = match (id, &target) {
+                    (Some(id), _) => id,
+                    (None, Some(t)) => t.rsplit('/').next().unwrap_or(t).to_owned(),
+                    (None, None) => {
+                        return Err(Error::invalid("secret mount requires an id or a target"))
+                    }
+                };
+                let dest = target
+                    .as_deref()
+                    .map(dest_of)
+                    .unwrap_or_else(|| format!("/run/secrets/{id}"));
+                let kind = MountKind::Secret {
+                    id,
+                    required: m.required.unwrap_or(false),
+                    mode: m.mode.unwrap_or(0o400),
+                    uid: uid_gid.0,
+                    gid: uid_gid.1,
+                };
+                (State::scratch(), mount(dest, true, kind))
+            }
+            MountType::Ssh => {
+                let dest = target
+                    .as_deref()
+                    .map(dest_of)
+                    .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{n}"));
+                let kind = MountKind::Ssh {
+                    id: id.unwrap_or_else(|| "default".to_owned()),
+                    required: m.required.unwrap_or(false),
+                };
+                (State::scratch(), mount(dest, true, kind))
+            }
+        })
+    }
+
+    fn dispatch_unknown(
+        &mut self,
+        stage: &mut Stage,
+        keyword: &str,
+        args_text: &str,
+        node: &Node,
+    ) -> Result<()> {
+        let req = InstructionRequest {
+            keyword: keyword.to_owned(),
+            args: strip_flags(args_text, node.flags.len()).to_owned(),
+            flags: node.flags.clone(),
+            location: location(&self.req.filename, node.start_line),
+            state: State::definition(std::slice::from_ref(&stage.state)),
+            config: stage.config.clone(),
+            build_args: Converter::args_in_scope(stage),
+        };
+        let Some(resp) = self.host.lower_instruction(&req)? else {
+            let mut message = format!("unknown instruction: {keyword}");
+            if let Some(s) = suggest::closest(keyword, KNOWN_INSTRUCTIONS) {
+                message.push_str(&format!(" (did you mean {s}?)"));
+            }
+            return Err(Error::invalid(message));
+        };
+        let bad = |why: String| {
+            Error::from(PluginError::internal(format!(
+                "the instruction plugin for {} returned an unusable graph: {why}",
+                keyword.to_uppercase()
+            )))
+        };
+        resp.state.validate().map_err(|e| bad(e.to_string()))?;
+        let edge = *resp
+            .state
+            .outputs
+            .first()
+            .ok_or_else(|| bad("it has no output".to_owned()))?;
+        let new_state = resp.state.state(edge).map_err(|e| bad(e.to_string()))?;
+        let layer = new_state.edge() != stage.state.edge();
+        stage.state = stage.finish(new_state);
+        stage.config = resp.config;
+        let created_by = resp
+            .history
+            .unwrap_or_else(|| node.original.trim().to_owned());
+        stage.commit(created_by, layer);
+        Ok(())
+    }
+}
+
+/// The flags and paths of a COPY or ADD.
+struct CopyParams<'a> {
+    add: bool,
+    sources: &'a [String],
+    contents: &'a [ins::SourceContent],
+    dest: &'a str,
+    from: Option<&'a str>,
+    chown: Option<&'a str>,
+    chmod: Option<&'a str>,
+    link: bool,
+    parents: bool,
+    exclude: &'a [String],
+}
+
+/// The SHELL in force, `/bin/sh -c` by default.
+fn shell_of(stage: &Stage) -> Vec<String> {
+    match stage.config.config.shell.as_ref().filter(|s| !s.is_empty()) {
+        Some(s) => s.clone(),
+        None if stage.platform.os == "windows" => vec!["cmd".into(), "/S".into(), "/C".into()],
+        None => vec!["/bin/sh".into(), "-c".into()],
+    }
+}
+
+/// CMD/ENTRYPOINT/HEALTHCHECK arguments: exec form as is, shell form through the SHELL.
+fn command_args(stage: &Stage, cmd: &CommandLine) -> Vec<String> {
+    match cmd {
+        CommandLine::Exec(v) => v.clone(),
+        CommandLine::Shell(s) => {
+            let mut args = shell_of(stage);
+            args.push(s.clone());
+            args
+        }
+    }
+}
+
+fn dispatch_healthcheck(stage: &mut Stage, hc: &HealthcheckInst) {
+    let nanos = |d: Option<std::time::Duration>| {
+        d.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    };
+    let (test, durations, retries) = match hc {
+        HealthcheckInst::None => (vec!["NONE".to_owned()], [None; 4], 0),
+        HealthcheckInst::Cmd {
+            command,
+            interval,
+            timeout,
+            start_period,
+            start_interval,
+            retries,
+        } => {
+            let test = match command {
+                CommandLine::Exec(v) => std::iter::once("CMD".to_owned())
+                    .chain(v.iter().cloned())
+                    .collect(),
+                CommandLine::Shell(s) => vec!["CMD-SHELL".to_owned(), s.clone()],
+            };
+            (
+                test,
+                [*interval, *timeout, *start_period, *start_interval],
+                retries.unwrap_or(0),
+            )
+        }
+    };
+    let [interval, timeout, start_period, start_interval] = durations;
+    let shown = |d: Option<std::time::Duration>| gofmt::duration(d.unwrap_or_default());
+    // Go's `%+v` of BuildKit's HealthcheckConfig.
+    stage.commit(
+        format!(
+            "HEALTHCHECK {{Test:{} Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
+            gofmt::plain_list(&test),
+            shown(interval),
+            shown(timeout),
+            shown(start_period),
+            shown(start_interval),
+            retries
+        ),
+        false,
+    );
+    stage.config.config.healthcheck = Some(Healthcheck {
+        test,
+        interval: nanos(interval),
+        timeout: nanos(timeout),
+        start_period: nanos(start_period),
+        start_interval: nanos(start_interval),
+        retries: u64::from(retries),
+    });
+}
+
+/// `RUN` history text: `|N K=V ... ` build args prefix, then the argv (BuildKit's
+/// `runCommandString`).
+fn run_command_string(args: &[String], stage: &Stage) -> String {
+    let scope = stage.scope();
+    let mut parts: Vec<String> = stage
+        .args
+        .iter()
+        .map(|(k, v)| {
+            let value = scope.get(k).or(v.as_deref()).unwrap_or_default();
+            format!("{k}={value}")
+        })
+        .collect();
+    if !parts.is_empty() {
+        parts.insert(0, format!("|{}", parts.len()));
+    }
+    parts.extend(args.iter().cloned());
+    parts.join(" ")
+}
+
+/// `user[:group]` → owner; numbers are ids, anything else a name resolved in the image.
+pub(crate) fn parse_chown(s: &str) -> Result<Chown> {
+    let (user, group) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    if user.is_empty() {
+        return Err(Error::invalid(format!(
+            "invalid user {s:?}: expected user[:group]"
+        )));
+    }
+    let r = |x: &str| match x.parse::<u32>() {
+        Ok(id) => UserRef::Id(id),
+        Err(_) => UserRef::Name(x.to_owned()),
+    };
+    Ok(Chown {
+        user: r(user),
+        group: group.filter(|g| !g.is_empty()).map(r),
+    })
+}
+
+/// `--chmod`: octal up to 07777, else a symbolic mode (`u+x,go-w`).
+pub(crate) fn parse_chmod(s: &str) -> Result<Chmod> {
+    let non_octal = || {
+        Error::invalid(format!(
+            "invalid chmod parameter: '{s}'. it should be octal string and between 0 and 07777"
+        ))
+    };
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
+        let v = u32::from_str_radix(s, 8).map_err(|_| non_octal())?;
+        return if v > 0o7777 {
+            Err(non_octal())
+        } else {
+            Ok(Chmod::Octal(v))
+        };
+    }
+    let clause_ok = |c: &str| {
+        let rest = c.trim_start_matches(['u', 'g', 'o', 'a']);
+        rest.starts_with(['+', '-', '='])
+            && rest
+                .chars()
+                .all(|ch| "+-=rwxXstugo".contains(ch) || ch.is_ascii_digit())
+    };
+    if !s.is_empty() && s.split(',').all(clause_ok) {
+        Ok(Chmod::Symbolic(s.to_owned()))
+    } else {
+        Err(Error::invalid(format!(
+            "invalid chmod parameter: '{s}'. it should be an octal mode or a symbolic mode such as u+x,go-w"
+        )))
+    }
+}
+
+/// One EXPOSE word → `port/proto` keys (`80`, `80/tcp`, `53/udp`, `8000-8002/tcp`).
+fn parse_port(word: &str) -> Result<Vec<String>> {
+    let (ports, proto) = match word.split_once('/') {
+        Some((p, proto)) => (p, proto.to_lowercase()),
+        None => (word, "tcp".to_owned()),
+    };
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(Error::invalid(format!("invalid proto: {proto}")));
+    }
+    let num = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| Error::invalid(format!("invalid containerPort: {p}")))
+    };
+    let (start, end) = match ports.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => {
+            let p = num(ports)?;
+            (p, p)
+        }
+    };
+    if end < start {
+        return Err(Error::invalid(format!(
+            "invalid range specified for containerPort: {ports}"
+        )));
+    }
+    Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
+}
+
+/// STOPSIGNAL values docker accepts: a positive number or a signal name (`SIGKILL`, `KILL`).
+fn check_signal(sig: &str) -> Result<()> {
+    const NAMES: [&str; 36] = [
+        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+        "TRAP", "TSTP", "TTIN", "TTOU", "UNUSED", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU",
+        "XFSZ", "RTMIN",
+    ];
+    let ok = match sig.parse::<i64>() {
+        Ok(n) => n > 0,
+        Err(_) => {
+            let upper = sig.to_uppercase();
+            let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+            NAMES.contains(&name)
+                || ["RTMIN+", "RTMAX-"].iter().any(|p| {
+                    name.strip_prefix(p)
+                        .and_then(|n| n.parse::<u8>().ok())
+                        .is_some_and(|n| (1..=15).contains(&n))
+                })
+                || name == "RTMAX"
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("Invalid signal: {sig}")))
+    }
+}
+
+/// A tmpfs size: bytes, or a number with a binary unit (`64m`, `1g`, `512kb`).
+fn parse_size(s: &str) -> Result<u64> {
+    let lower = s.trim().to_lowercase();
+    let digits_end = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(digits_end);
+    let mult: u64 = match unit.trim().trim_end_matches('b').trim_end_matches('i') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(Error::invalid(format!("invalid size: {s:?}"))),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| Error::invalid(format!("invalid size: {s:?}")))?;
+    let bytes = n * mult as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(Error::invalid(format!("invalid size: {s:?}")));
+    }
+    Ok(bytes as u64)
+}
+
+/// URLs and Git references, which COPY refuses and ADD will fetch.
+fn is_remote(src: &str) -> bool {
+    src.starts_with("http://")
+        || src.starts_with("https://")
+        || src.starts_with("git@")
+        || src.starts_with("git://")
+        || src.starts_with("ssh://")
+}
+
+fn looks_like_archive(src: &str) -> bool {
+    let s = src.to_lowercase();
+    [
+        ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst",
+    ]
+    .iter()
+    .any(|ext| s.ends_with(ext))
+}
+
+/// First line of a heredoc, `...` when there are more (BuildKit's `summarizeHeredoc`).
+fn summarize_heredoc(doc: &str) -> String {
+    let doc = doc.trim();
+    let mut lines = doc.lines();
+    let first = lines.next().unwrap_or_default();
+    if lines.next().is_some() {
+        format!("{first}...")
+    } else {
+        first.to_owned()
+    }
+}
+
+/// The argument text after the first `count` flag words (quotes respected).
+fn strip_flags(text: &str, count: usize) -> &str {
+    let mut rest = text.trim_start();
+    for _ in 0..count {
+        if !rest.starts_with("--") {
+            break;
+        }
+        let mut quote: Option<char> = None;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (None, '"' | '\'') => quote = Some(c),
+                (None, c) if c.is_whitespace() => {
+                    end = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = rest.get(end..).unwrap_or_default().trim_start();
+    }
+    rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_parsers() {
+        assert_eq!(
+            parse_chown("1000:50").unwrap(),
+            Chown {
+                user: UserRef::Id(1000),
+                group: Some(UserRef::Id(50))
+            }
+        );
+        assert_eq!(
+            parse_chown("app").unwrap(),
+            Chown {
+                user: UserRef::Name("app".into()),
+                group: None
+            }
+        );
+        assert!(parse_chown(":1").is_err());
+        assert_eq!(parse_chmod("755").unwrap(), Chmod::Octal(0o755));
+        assert_eq!(
+            parse_chmod("u+x,go-w").unwrap(),
+            Chmod::Symbolic("u+x,go-w".into())
+        );
+        assert!(parse_chmod("789").is_err());
+        assert!(parse_chmod("17777").is_err());
+        assert!(parse_chmod("bogus").is_err());
+        assert_eq!(parse_port("80").unwrap(), vec!["80/tcp"]);
+        assert_eq!(parse_port("53/UDP").unwrap(), vec!["53/udp"]);
+        assert_eq!(parse_port("1-2").unwrap(), vec!["1/tcp", "2/tcp"]);
+        assert!(parse_port("x").is_err() && parse_port("80/foo").is_err());
+        assert!(check_signal("SIGKILL").is_ok() && check_signal("9").is_ok());
+        assert!(check_signal("SIGNOPE").is_err() && check_signal("0").is_err());
+        assert_eq!(parse_size("64m").unwrap(), 64 << 20);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert_eq!(strip_flags("--a=1 --b=\"x y\" rest of it", 2), "rest of it");
+        assert_eq!(strip_flags("plain", 0), "plain");
+        assert_eq!(summarize_heredoc("a\nb\n"), "a...");
+    }
+}

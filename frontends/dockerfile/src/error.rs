@@ -1,0 +1,131 @@
+//! The conversion's error, before it is given the build file's name and turned into the
+//! [`PluginError`] that crosses the plugin boundary.
+
+use kiln_plugin_sdk::proto::{ErrorKind, Location, PluginError};
+
+/// What went wrong, and at which line when it is about one.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// The Dockerfile is wrong (or asks for something not supported yet).
+    #[error("{message}")]
+    Input {
+        /// BuildKit-like message, without location.
+        message: String,
+        /// 1-based line of the instruction.
+        line: Option<usize>,
+        /// [`ErrorKind::InvalidInput`] or [`ErrorKind::Unsupported`].
+        kind: ErrorKind,
+    },
+    /// A host callback failed; its kind is kept, a line added when it has none.
+    #[error("{}", .error.message)]
+    Host {
+        /// What the host said.
+        error: PluginError,
+        /// The instruction that made the call.
+        line: Option<usize>,
+    },
+}
+
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A wrong Dockerfile, location filled in later with [`Error::at`].
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Error::Input {
+            message: message.into(),
+            line: None,
+            kind: ErrorKind::InvalidInput,
+        }
+    }
+
+    /// A valid Dockerfile using something this frontend does not implement yet.
+    pub(crate) fn unsupported(message: impl Into<String>) -> Self {
+        Error::Input {
+            message: message.into(),
+            line: None,
+            kind: ErrorKind::Unsupported,
+        }
+    }
+
+    /// The same error located at `line`, unless it already has a line.
+    pub(crate) fn at(self, at: usize) -> Self {
+        match self {
+            Error::Input {
+                message,
+                line,
+                kind,
+            } => Error::Input {
+                message,
+                line: line.or(Some(at)),
+                kind,
+            },
+            Error::Host { error, line } => Error::Host {
+                error,
+                line: line.or(Some(at)),
+            },
+        }
+    }
+
+    /// The boundary error. `source` gives the text of the offending line, quoted in the message
+    /// so that the user sees which instruction failed even without the file at hand.
+    pub(crate) fn into_plugin_error(self, file: &str, source: &str) -> PluginError {
+        let located = |line: usize| Location {
+            file: file.to_owned(),
+            line: u32::try_from(line).unwrap_or(u32::MAX),
+        };
+        let quote = |message: String, line: usize| match line_text(source, line) {
+            Some(text) => format!("{message} (in `{text}`)"),
+            None => message,
+        };
+        match self {
+            Error::Input {
+                message,
+                line,
+                kind,
+            } => match line {
+                Some(l) => PluginError {
+                    message: quote(message, l),
+                    location: Some(located(l)),
+                    kind,
+                },
+                None => PluginError::new(kind, message),
+            },
+            Error::Host { mut error, line } => {
+                if error.location.is_none() {
+                    if let Some(l) = line {
+                        error.message = quote(error.message, l);
+                        error.location = Some(located(l));
+                    }
+                }
+                error
+            }
+        }
+    }
+}
+
+impl From<PluginError> for Error {
+    fn from(error: PluginError) -> Self {
+        Error::Host { error, line: None }
+    }
+}
+
+impl From<dockerfile_parser::Error> for Error {
+    fn from(e: dockerfile_parser::Error) -> Self {
+        // An expansion error's message alone lacks the word that failed: keep its full text.
+        let message = match &e {
+            dockerfile_parser::Error::Expand { .. } => e.to_string(),
+            _ => e.message().to_owned(),
+        };
+        Error::Input {
+            message,
+            line: e.line(),
+            kind: ErrorKind::InvalidInput,
+        }
+    }
+}
+
+fn line_text(source: &str, line: usize) -> Option<&str> {
+    let source = source.strip_prefix('\u{feff}').unwrap_or(source);
+    let text = source.lines().nth(line.checked_sub(1)?)?.trim();
+    (!text.is_empty()).then_some(text)
+}

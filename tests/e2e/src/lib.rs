@@ -1,0 +1,221 @@
+//! Harness for kiln's end-to-end tests: builds the `kiln` binary and the plugins once, gives
+//! each test its own store and plugin directory, and runs the real binary and real tools.
+//!
+//! Must not depend on any kiln crate: the tests see kiln only as a user does.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The cargo target directory holding the debug artifacts.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => PathBuf::from(d).join("debug"),
+        None => workspace().join("target/debug"),
+    }
+}
+
+const PACKAGES: &[&str] = &[
+    "kiln-cli",
+    "kiln-frontend-dockerfile",
+    "kiln-test-echo-frontend",
+    "kiln-test-panic",
+    "kiln-test-bad-abi",
+    "kiln-test-not-plugin",
+];
+
+/// Builds the binary and plugins the tests use (a no-op after `cargo xtask test` built them).
+pub fn ensure_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace()).arg("build").arg("--quiet");
+        for p in PACKAGES {
+            cmd.args(["-p", p]);
+        }
+        let out = cmd.output().expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "building kiln and its plugins failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// The built shared library of package `name`.
+pub fn plugin_lib(package: &str) -> PathBuf {
+    target_dir().join(format!("lib{}.so", package.replace('-', "_")))
+}
+
+/// One test's sandbox: a store, a plugin dir with chosen plugins, scratch space.
+pub struct Kiln {
+    /// Temporary directory holding everything.
+    pub dir: tempfile::TempDir,
+}
+
+impl Kiln {
+    /// A sandbox whose plugin directory holds `plugins` (package names).
+    pub fn new(plugins: &[&str]) -> Self {
+        ensure_built();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+        let k = Kiln { dir };
+        for p in plugins {
+            k.add_plugin(p);
+        }
+        k
+    }
+
+    /// Copies the library of package `package` into the plugin directory.
+    pub fn add_plugin(&self, package: &str) {
+        let lib = plugin_lib(package);
+        let dest = self.plugin_dir().join(lib.file_name().unwrap());
+        std::fs::copy(&lib, &dest).unwrap_or_else(|e| panic!("copy {}: {e}", lib.display()));
+    }
+
+    /// The plugin directory.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    /// A path inside the sandbox.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes files (relative path, content) under `rel`, creating directories.
+    pub fn write(&self, rel: &str, files: &[(&str, &str)]) -> PathBuf {
+        let root = self.path(rel);
+        for (p, c) in files {
+            let f = root.join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, c).unwrap();
+        }
+        std::fs::create_dir_all(&root).unwrap();
+        root
+    }
+
+    /// Runs `kiln ARGS` with this sandbox's store, and its plugin directory as
+    /// `KILN_PLUGIN_PATH` (searched after the plugins next to the binary).
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut cmd = Command::new(target_dir().join("kiln"));
+        cmd.env("KILN_ROOT", self.path("store"))
+            .env("KILN_PLUGIN_PATH", self.plugin_dir());
+        cmd.args(args);
+        let out = cmd.output().expect("run kiln");
+        Run::from(out)
+    }
+}
+
+/// The result of one command.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error (progress goes here).
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Asserts success, showing the output otherwise.
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "kiln failed:\n{}\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Asserts failure, showing the output otherwise.
+    pub fn fails(self) -> Self {
+        assert_ne!(
+            self.code, 0,
+            "kiln unexpectedly succeeded:\n{}\n{}",
+            self.stdout, self.stderr
+        );
+        assert!(
+            !self.stderr.contains("panicked at"),
+            "a panic reached the user:\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    /// The `#N <name>` steps and their final word (CACHED / DONE / ERROR), in order.
+    pub fn steps(&self) -> Vec<(String, String)> {
+        let mut names: Vec<(String, String)> = Vec::new();
+        let mut numbers: Vec<String> = Vec::new();
+        for line in self.stderr.lines() {
+            let Some(rest) = line.strip_prefix('#') else {
+                continue;
+            };
+            let Some((n, text)) = rest.split_once(' ') else {
+                continue;
+            };
+            match numbers.iter().position(|x| x == n) {
+                None => {
+                    numbers.push(n.to_owned());
+                    names.push((text.to_owned(), String::new()));
+                }
+                Some(i) => {
+                    for word in ["CACHED", "DONE", "ERROR", "CANCELED"] {
+                        if text.starts_with(word) {
+                            names[i].1 = word.to_owned();
+                        }
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    /// The image digest from the `built sha256:...` summary line.
+    pub fn digest(&self) -> String {
+        self.stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("built "))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no digest in output:\n{}", self.stderr))
+            .to_owned()
+    }
+}
+
+/// Runs an external tool, failing the test with its output when it fails.
+pub fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{program} is required for this test (cargo xtask test installs it): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

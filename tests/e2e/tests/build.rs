@@ -1,0 +1,296 @@
+//! The first slice end to end: FROM scratch multi-stage builds with the Dockerfile frontend
+//! plugin, OCI and local exports read back by skopeo and umoci, the cache, and `--target`.
+#![allow(clippy::unwrap_used)]
+
+use kiln_e2e::*;
+
+const DOCKERFILE: &str = r#"# syntax=docker/dockerfile:1
+ARG BASE_DIR=/opt
+FROM scratch AS assets
+ARG BASE_DIR
+WORKDIR ${BASE_DIR}/assets
+COPY site/ ./
+COPY notes.txt ./notes/
+
+FROM scratch AS unused
+COPY notes.txt /never
+
+FROM scratch
+ARG VERSION=1.0
+ENV APP_HOME=/srv/app GREETING="hello world"
+LABEL org.example.version=${VERSION} org.example.name="demo app"
+WORKDIR $APP_HOME
+COPY --from=assets /opt/assets/ ./
+COPY --chmod=750 run.sh /usr/local/bin/run
+COPY --chown=1000:1000 notes.txt ./owned.txt
+USER 1000:1000
+EXPOSE 8080/tcp 53/udp
+VOLUME /data
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/run"]
+CMD ["--port", "8080"]
+"#;
+
+fn context(k: &Kiln) -> std::path::PathBuf {
+    k.write(
+        "ctx",
+        &[
+            ("Dockerfile", DOCKERFILE),
+            ("site/index.html", "<h1>hi</h1>\n"),
+            ("site/css/style.css", "body{}\n"),
+            ("site/secret.key", "do not ship\n"),
+            ("notes.txt", "notes v1\n"),
+            ("run.sh", "#!/bin/sh\necho run\n"),
+            (".dockerignore", "**/*.key\n"),
+        ],
+    )
+}
+
+fn build(k: &Kiln, ctx: &std::path::Path, extra: &[&str]) -> Run {
+    let tar = k.path("out/image.tar");
+    let dest = format!("type=oci,dest={}", tar.display());
+    let mut args = vec![
+        "build",
+        "--progress=plain",
+        "-t",
+        "demo:1",
+        "--output",
+        &dest,
+    ];
+    args.extend_from_slice(extra);
+    let ctx = ctx.display().to_string();
+    args.push(&ctx);
+    k.run(&args)
+}
+
+#[test]
+fn multi_stage_scratch_image_is_read_by_skopeo_and_umoci() {
+    let k = Kiln::new(&["kiln-frontend-dockerfile"]);
+    let ctx = context(&k);
+    let run = build(&k, &ctx, &["--build-arg", "VERSION=2.5"]).ok();
+    let tar = k.path("out/image.tar");
+
+    // Config, as skopeo reads it.
+    let inspect: serde_json::Value = serde_json::from_str(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--config",
+            &format!("oci-archive:{}", tar.display()),
+        ],
+    ))
+    .unwrap();
+    let c = &inspect["config"];
+    assert_eq!(c["WorkingDir"], "/srv/app");
+    assert_eq!(c["User"], "1000:1000");
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/usr/local/bin/run"]));
+    assert_eq!(c["Cmd"], serde_json::json!(["--port", "8080"]));
+    assert_eq!(c["Labels"]["org.example.version"], "2.5");
+    assert_eq!(c["Labels"]["org.example.name"], "demo app");
+    assert_eq!(c["StopSignal"], "SIGTERM");
+    assert!(
+        c["ExposedPorts"].get("8080/tcp").is_some() && c["ExposedPorts"].get("53/udp").is_some()
+    );
+    assert!(c["Volumes"].get("/data").is_some());
+    let env: Vec<&str> = c["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        env.contains(&"APP_HOME=/srv/app") && env.contains(&"GREETING=hello world"),
+        "{env:?}"
+    );
+    assert!(
+        !env.iter().any(|e| e.starts_with("VERSION=")),
+        "ARG leaked into Env: {env:?}"
+    );
+    let diff_ids = inspect["rootfs"]["diff_ids"].as_array().unwrap().len();
+    let non_empty = inspect["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h.get("empty_layer").is_none())
+        .count();
+    assert_eq!(diff_ids, non_empty, "history must explain every layer");
+    assert!(inspect["history"].as_array().unwrap().len() >= 10);
+
+    // The manifest digest skopeo computes is the one kiln printed.
+    let raw = tool(
+        "skopeo",
+        &["inspect", &format!("oci-archive:{}", tar.display())],
+    );
+    let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(v["Digest"].as_str().unwrap(), run.digest());
+
+    // Files, as umoci unpacks them.
+    let layout = k.path("layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    tool(
+        "tar",
+        &["-xf", tar.to_str().unwrap(), "-C", layout.to_str().unwrap()],
+    );
+    let bundle = k.path("bundle");
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:1", layout.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
+    let rootfs = bundle.join("rootfs");
+    let read =
+        |p: &str| std::fs::read_to_string(rootfs.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("srv/app/index.html"), "<h1>hi</h1>\n");
+    assert_eq!(read("srv/app/css/style.css"), "body{}\n");
+    assert_eq!(read("srv/app/notes/notes.txt"), "notes v1\n");
+    assert_eq!(read("usr/local/bin/run"), "#!/bin/sh\necho run\n");
+    assert!(
+        !rootfs.join("srv/app/secret.key").exists(),
+        ".dockerignore'd file in the image"
+    );
+    assert!(!rootfs.join("never").exists(), "unused stage leaked");
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(rootfs.join("usr/local/bin/run")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o750);
+    let md = std::fs::metadata(rootfs.join("srv/app/owned.txt")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1000, 1000));
+    // umoci's config.json carries the same process config.
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["process"]["cwd"], "/srv/app");
+}
+
+#[test]
+fn unchanged_rebuild_is_all_cached_and_identical_and_an_edit_reruns_only_its_dependents() {
+    let k = Kiln::new(&["kiln-frontend-dockerfile"]);
+    let ctx = context(&k);
+    let first = build(&k, &ctx, &[]).ok();
+    let second = build(&k, &ctx, &[]).ok();
+    assert_eq!(first.digest(), second.digest());
+    let steps = second.steps();
+    let build_steps: Vec<_> = steps
+        .iter()
+        .filter(|(n, _)| n.starts_with('[') && !n.starts_with("[internal] load build definition"))
+        .collect();
+    assert!(!build_steps.is_empty());
+    for (name, state) in &build_steps {
+        assert_eq!(
+            state, "CACHED",
+            "step {name} was not cached:\n{}",
+            second.stderr
+        );
+    }
+
+    // Editing run.sh re-runs the context load and the steps from its COPY on, nothing in the
+    // assets stage.
+    std::fs::write(ctx.join("run.sh"), "#!/bin/sh\necho run v2\n").unwrap();
+    let third = build(&k, &ctx, &[]).ok();
+    assert_ne!(third.digest(), first.digest());
+    let state = |needle: &str| {
+        third
+            .steps()
+            .into_iter()
+            .find(|(n, _)| n.contains(needle))
+            .map(|(_, s)| s)
+            .unwrap_or_default()
+    };
+    // The assets stage is untouched: its COPY is a cache hit, so nothing below it is even
+    // looked at (a step that is absent did not run either).
+    assert_ne!(state("COPY site/ ./"), "DONE", "{}", third.stderr);
+    assert_ne!(state("COPY notes.txt ./notes/"), "DONE", "{}", third.stderr);
+    assert_eq!(state("COPY --from=assets"), "CACHED");
+    assert_eq!(state("COPY --chmod=750 run.sh"), "DONE");
+    assert_eq!(state("COPY --chown=1000:1000 notes.txt"), "DONE");
+
+    // `touch` changes no content: fully cached again, same image.
+    let fourth = build(&k, &ctx, &[]).ok();
+    let t = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(ctx.join("notes.txt"))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    let fifth = build(&k, &ctx, &[]).ok();
+    assert_eq!(fourth.digest(), fifth.digest());
+
+    // --no-cache re-runs everything and still gives the same files.
+    let sixth = build(&k, &ctx, &["--no-cache"]).ok();
+    assert!(
+        sixth.steps().iter().all(|(_, s)| s != "CACHED"),
+        "{}",
+        sixth.stderr
+    );
+}
+
+#[test]
+fn target_builds_only_what_the_stage_needs_and_local_export_writes_files() {
+    let k = Kiln::new(&["kiln-frontend-dockerfile"]);
+    let ctx = context(&k);
+    let out = k.path("local-out");
+    let dest = format!("type=local,dest={}", out.display());
+    let run = k
+        .run(&[
+            "build",
+            "--progress=plain",
+            "--target",
+            "assets",
+            "--output",
+            &dest,
+            ctx.to_str().unwrap(),
+        ])
+        .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("opt/assets/index.html")).unwrap(),
+        "<h1>hi</h1>\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("opt/assets/notes/notes.txt")).unwrap(),
+        "notes v1\n"
+    );
+    let names: Vec<String> = run.steps().into_iter().map(|(n, _)| n).collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.contains("/never") && !n.contains("run.sh")),
+        "{names:?}"
+    );
+
+    let bad = k
+        .run(&["build", "--target", "nope", ctx.to_str().unwrap()])
+        .fails();
+    assert!(bad.stderr.contains("nope"), "{}", bad.stderr);
+}
+
+#[test]
+fn oci_directory_export_and_bare_output_path() {
+    let k = Kiln::new(&["kiln-frontend-dockerfile"]);
+    let ctx = context(&k);
+    let dir = k.path("oci-dir");
+    let dest = format!("type=oci,dest={},tar=false", dir.display());
+    k.run(&[
+        "build",
+        "-t",
+        "demo:2",
+        "--output",
+        &dest,
+        ctx.to_str().unwrap(),
+    ])
+    .ok();
+    let out = tool("skopeo", &["inspect", &format!("oci:{}:2", dir.display())]);
+    assert!(out.contains("\"Architecture\""), "{out}");
+    let plain = k.path("plain");
+    k.run(&[
+        "build",
+        "-o",
+        plain.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ])
+    .ok();
+    assert!(plain.join("usr/local/bin/run").is_file());
+}

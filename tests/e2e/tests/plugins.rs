@@ -1,0 +1,101 @@
+//! Plugins through the real binary: `# syntax=` swapping, refused libraries, a panicking
+//! frontend that leaves kiln working.
+#![allow(clippy::unwrap_used)]
+
+use kiln_e2e::*;
+
+#[test]
+fn syntax_directive_build_arg_frontend_flag_and_path_all_swap_the_frontend() {
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-test-echo-frontend"]);
+    let ctx = k.write("ctx", &[("Dockerfile", "# syntax=echo\nanything at all\n")]);
+    let c = ctx.to_str().unwrap();
+    let r = k.run(&["build", "--progress=plain", c]).ok();
+    assert!(r.stderr.contains("with frontend echo"), "{}", r.stderr);
+
+    // The same file through the Dockerfile frontend fails: it is no Dockerfile.
+    let r = k.run(&["build", "--frontend", "dockerfile", c]).fails();
+    assert!(
+        r.stderr.contains("Dockerfile:2") && r.stderr.contains(">>> anything at all"),
+        "{}",
+        r.stderr
+    );
+
+    let plain = k.write("plain", &[("Dockerfile", "FROM scratch\n")]);
+    let p = plain.to_str().unwrap();
+    let r = k
+        .run(&["build", "--build-arg", "BUILDKIT_SYNTAX=echo", p])
+        .ok();
+    assert!(r.stderr.contains("with frontend echo"), "{}", r.stderr);
+    let r = k.run(&["build", "--frontend", "echo", p]).ok();
+    assert!(r.stderr.contains("with frontend echo"), "{}", r.stderr);
+    let lib = plugin_lib("kiln-test-echo-frontend");
+    let r = k
+        .run(&["build", "--frontend", lib.to_str().unwrap(), p])
+        .ok();
+    assert!(r.stderr.contains("with frontend echo"), "{}", r.stderr);
+    let r = k.run(&["build", p]).ok();
+    assert!(
+        r.stderr.contains("with frontend dockerfile"),
+        "{}",
+        r.stderr
+    );
+
+    let r = k.run(&["build", "--frontend", "nosuch", p]).fails();
+    assert!(
+        r.stderr.contains("nosuch") && r.stderr.contains("echo") && r.stderr.contains("dockerfile"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn broken_plugins_are_refused_clearly_and_the_rest_still_build() {
+    let k = Kiln::new(&[
+        "kiln-frontend-dockerfile",
+        "kiln-test-echo-frontend",
+        "kiln-test-panic",
+        "kiln-test-bad-abi",
+        "kiln-test-not-plugin",
+    ]);
+    std::fs::write(
+        k.plugin_dir().join("libgarbage.so"),
+        b"this is not an ELF file",
+    )
+    .unwrap();
+    let ls = k.run(&["plugins", "ls"]).ok();
+    assert!(
+        ls.stdout.contains("echo") && ls.stdout.contains("dockerfile"),
+        "{}",
+        ls.stdout
+    );
+    let refused = ls
+        .stdout
+        .split("REFUSED")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        refused.contains("libkiln_test_bad_abi.so")
+            && refused.contains("ABI 999")
+            && refused.contains("ABI 1"),
+        "{}",
+        ls.stdout
+    );
+    assert!(
+        refused.contains("libkiln_test_not_plugin.so") && refused.contains("not a kiln plugin"),
+        "{}",
+        ls.stdout
+    );
+    assert!(refused.contains("libgarbage.so"), "{}", ls.stdout);
+
+    let ctx = k.write("ctx", &[("Dockerfile", "# syntax=panic\nFROM scratch\n")]);
+    let r = k.run(&["build", ctx.to_str().unwrap()]).fails();
+    assert!(r.stderr.contains("panicked"), "{}", r.stderr);
+
+    let ok = k.write("ok", &[("Dockerfile", "FROM scratch\nCOPY Dockerfile /\n")]);
+    let out = k.path("out");
+    let dest = format!("type=local,dest={}", out.display());
+    k.run(&["build", "--output", &dest, ok.to_str().unwrap()])
+        .ok();
+    assert!(out.join("Dockerfile").is_file());
+}

@@ -232,6 +232,7 @@ where
         if let Some(failure) = self.failure.take() {
             return Err(failure);
         }
+        self.report_cached_below_hits(&needed, &mut resolve).await;
 
         let outputs = targets
             .iter()
@@ -247,6 +248,34 @@ where
             .filter_map(|(v, s)| Some((self.graph.vertices[v].id.clone(), (*s)?)))
             .collect();
         Ok(Solution { outputs, vertices })
+    }
+
+    /// Vertices the solve never had to look at (everything below a cache hit) are still part
+    /// of the build: like BuildKit, report those that have a cached result as CACHED, in graph
+    /// order, so a no-op rebuild lists every step. A failed lookup here only means no report.
+    async fn report_cached_below_hits(
+        &mut self,
+        needed: &[bool],
+        r: &mut Resolve<E::Key, E::Output>,
+    ) {
+        let skipped: Vec<usize> = (0..needed.len())
+            .filter(|&v| needed[v] && !r.requested[v])
+            .collect();
+        for &v in &skipped {
+            if let Some(key) = r.keys[v].clone() {
+                self.spawn_load(v, key);
+            }
+        }
+        let mut hits = vec![false; needed.len()];
+        while let Some(done) = self.next().await {
+            if let Ok(Outcome::Loaded(Some(_))) = done.result {
+                hits[done.vertex] = true;
+            }
+        }
+        for v in skipped.into_iter().filter(|&v| hits[v]) {
+            r.status[v] = Some(Status::Cached);
+            self.emit_cached(v);
+        }
     }
 
     /// Marks the vertices reachable from the targets; only those get cache keys.

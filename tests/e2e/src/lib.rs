@@ -31,6 +31,7 @@ const PACKAGES: &[&str] = &[
     "kiln-test-panic",
     "kiln-test-bad-abi",
     "kiln-test-not-plugin",
+    "kiln-test-greet",
 ];
 
 /// Builds the binary and plugins the tests use (a no-op after `cargo xtask test` built them).

@@ -99,3 +99,76 @@ fn broken_plugins_are_refused_clearly_and_the_rest_still_build() {
         .ok();
     assert!(out.join("Dockerfile").is_file());
 }
+
+#[test]
+fn unknown_dockerfile_instructions_go_to_instruction_plugins() {
+    let k = Kiln::new(&["kiln-frontend-dockerfile"]);
+    let ctx = k.write(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch AS base\nCOPY a.txt /a.txt\nGREET --loud world\nCOPY a.txt /b.txt\n",
+            ),
+            ("a.txt", "a\n"),
+        ],
+    );
+    let c = ctx.to_str().unwrap();
+
+    // Without the plugin: a clear error at the line.
+    let r = k.run(&["build", c]).fails();
+    assert!(
+        r.stderr.contains("Dockerfile:3")
+            && r.stderr.to_lowercase().contains("unknown instruction"),
+        "{}",
+        r.stderr
+    );
+
+    k.add_plugin("kiln-test-greet");
+    let ls = k.run(&["plugins", "ls"]).ok();
+    assert!(
+        ls.stdout.contains("greet") && ls.stdout.contains("instruction"),
+        "{}",
+        ls.stdout
+    );
+    let out = k.path("out");
+    let dest = format!("type=local,dest={}", out.display());
+    k.run(&["build", "--output", &dest, c]).ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("greeting.txt")).unwrap(),
+        "HELLO WORLD\n"
+    );
+    assert_eq!(std::fs::read_to_string(out.join("b.txt")).unwrap(), "a\n");
+
+    let tar = k.path("img.tar");
+    let dest = format!("type=oci,dest={}", tar.display());
+    k.run(&["build", "--output", &dest, c]).ok();
+    let cfg: serde_json::Value = serde_json::from_str(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--config",
+            &format!("oci-archive:{}", tar.display()),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(cfg["config"]["Labels"]["greeted"], "world");
+    let history: Vec<&str> = cfg["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str())
+        .collect();
+    assert!(
+        history.iter().any(|h| h.contains("GREET world")),
+        "{history:?}"
+    );
+
+    let bad = k.write("bad", &[("Dockerfile", "FROM scratch\nGREET\n")]);
+    let r = k.run(&["build", bad.to_str().unwrap()]).fails();
+    assert!(
+        r.stderr.contains("GREET needs a name") && r.stderr.contains("Dockerfile:2"),
+        "{}",
+        r.stderr
+    );
+}

@@ -214,6 +214,11 @@ fn run(
                 op: op.clone(),
                 inputs: views.iter().map(|v| v.path().display().to_string()).collect(),
                 output: out.path().display().to_string(),
+                mounts: Vec::new(),
+                runtime: Default::default(),
+                hostname: None,
+                etc_hosts: None,
+                resolv_conf: None,
             };
             struct NoServices;
             impl kiln_plugin_host::HostServices for NoServices {}

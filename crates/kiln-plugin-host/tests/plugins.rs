@@ -406,6 +406,11 @@ fn calls_outside_the_plugin_kinds_are_refused() {
         op: kiln_graph::Op::Merge,
         inputs: Vec::new(),
         output: "/tmp/out".into(),
+        mounts: Vec::new(),
+        runtime: Default::default(),
+        hostname: None,
+        etc_hosts: None,
+        resolv_conf: None,
     };
     let err = echo
         .primitive_execute(&req, &Recorder::default())

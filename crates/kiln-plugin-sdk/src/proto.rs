@@ -240,6 +240,68 @@ pub struct PrimitiveRequest {
     pub inputs: Vec<String>,
     /// Host path where the result filesystem is written (for exec: the prepared rootfs).
     pub output: String,
+    /// For exec: every mount but the root, prepared by the host (cache directories, secret
+    /// files, bind sources), in the order they are to be mounted.
+    #[serde(default)]
+    pub mounts: Vec<PreparedMount>,
+    /// For exec: which runtime runs the process.
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// For exec: the container's hostname (default: a fixed name chosen by the primitive).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// For exec: the content of `/etc/hosts` to provide (the primitive's default when `None`).
+    #[serde(default)]
+    pub etc_hosts: Option<String>,
+    /// For exec: the content of `/etc/resolv.conf` to provide (the host's when `None`).
+    #[serde(default)]
+    pub resolv_conf: Option<String>,
+}
+
+/// A mount of an exec step, resolved to host paths by the engine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedMount {
+    /// Absolute path inside the container.
+    pub dest: String,
+    /// What to mount there.
+    pub kind: PreparedMountKind,
+    /// Mount it read-only.
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// Kinds of [`PreparedMount`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreparedMountKind {
+    /// Bind-mount a host file or directory (bind, cache and secret mounts end up as this).
+    Bind {
+        /// The host path.
+        source: String,
+    },
+    /// A fresh tmpfs.
+    Tmpfs {
+        /// Size limit in bytes.
+        #[serde(default)]
+        size: Option<u64>,
+    },
+    /// A kind this plugin does not know (sent by a newer host): refuse the step.
+    #[serde(other)]
+    Unknown,
+}
+
+/// The runtime of an exec step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// The plugin's own sandbox (namespaces on the host kernel).
+    #[default]
+    Embedded,
+    /// An OCI bundle run by `runc`.
+    Runc,
+    /// A runtime this plugin does not know.
+    #[serde(other)]
+    Unknown,
 }
 
 /// Output of `primitive.execute`.

@@ -12,7 +12,7 @@ mod store;
 mod view;
 
 pub use layer_tar::{write_layer_tar, Compression};
-pub use store::{LayerBlob, LayerBuilder, LayerId, Snapshot, Store};
+pub use store::{BlobWriter, LayerBlob, LayerBuilder, LayerId, Snapshot, Store};
 pub use view::{ReadView, WriteView};
 
 /// Errors of the snapshot layer.

@@ -114,6 +114,25 @@ impl Store {
         Ok(digest)
     }
 
+    /// Starts writing a blob of unknown content; [`BlobWriter::commit`] verifies and publishes
+    /// it. Dropped without commit, nothing is left behind.
+    pub fn blob_writer(&self) -> Result<BlobWriter> {
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("blob-{}", unique_name()));
+        let file = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
+        Ok(BlobWriter {
+            out: HashingFile {
+                file,
+                hash: Sha256Writer::default(),
+            },
+            tmp,
+            store: self.clone(),
+            done: false,
+        })
+    }
+
     /// Reads a whole blob.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
         let p = self.blob_path(digest);
@@ -186,6 +205,65 @@ impl Store {
         fs::write(&tmp_meta, json).map_err(io_err("write", &tmp_meta))?;
         fs::rename(&tmp_meta, &meta).map_err(io_err("rename", &meta))?;
         Ok(blob)
+    }
+}
+
+/// A blob being written into the store; see [`Store::blob_writer`].
+pub struct BlobWriter {
+    out: HashingFile,
+    tmp: PathBuf,
+    store: Store,
+    done: bool,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.out.hash.len()
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Publishes the blob. With `expected`, a content mismatch is an error and nothing is
+    /// published (a registry or a file sent something else than announced).
+    pub fn commit(mut self, expected: Option<&Digest>) -> Result<Digest> {
+        self.out
+            .file
+            .sync_all()
+            .map_err(io_err("sync", &self.tmp))?;
+        let digest = self.out.hash.clone().finish();
+        if let Some(want) = expected {
+            if *want != digest {
+                return Err(Error::Corrupt {
+                    path: self.tmp.clone(),
+                    why: format!("content has digest {digest}, expected {want}"),
+                });
+            }
+        }
+        let dest = self.store.blob_path(&digest);
+        fs::rename(&self.tmp, &dest).map_err(io_err("rename", &dest))?;
+        self.done = true;
+        Ok(digest)
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 

@@ -48,3 +48,22 @@ fn layers_stack_and_changes_become_a_layer() {
         .collect();
     assert_eq!(names, ["etc/", "etc/.wh.drop", "new"]);
 }
+
+#[test]
+fn blob_writer_verifies_and_publishes_atomically() {
+    use std::io::Write;
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(t.path()).unwrap();
+    let mut w = store.blob_writer().unwrap();
+    w.write_all(b"hello").unwrap();
+    let d = w.commit(Some(&kiln_types::Digest::of(b"hello"))).unwrap();
+    assert_eq!(store.read_blob(&d).unwrap(), b"hello");
+    let mut bad = store.blob_writer().unwrap();
+    bad.write_all(b"evil").unwrap();
+    let err = bad
+        .commit(Some(&kiln_types::Digest::of(b"good")))
+        .unwrap_err();
+    assert!(err.to_string().contains("expected"), "{err}");
+    assert!(!store.has_blob(&kiln_types::Digest::of(b"evil")));
+    assert_eq!(std::fs::read_dir(t.path().join("tmp")).unwrap().count(), 0);
+}

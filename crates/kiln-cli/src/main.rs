@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use kiln_engine::{BuildRequest, Engine, EngineConfig, Status};
+use kiln_engine::{BuildRequest, Engine, EngineConfig, ExecRuntime, Status};
 use kiln_progress::{Mode, Renderer};
 use kiln_solver::CancellationToken;
 use kiln_types::Platform;
@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start a build.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Manage plugins.
     Plugins {
         #[command(subcommand)]
@@ -63,6 +63,12 @@ enum ProgressArg {
     Plain,
     Tty,
     Rawjson,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExecutorArg {
+    Embedded,
+    Runc,
 }
 
 #[derive(clap::Args)]
@@ -94,6 +100,12 @@ struct BuildArgs {
     /// Extra plugin directories.
     #[arg(long = "plugin-dir")]
     plugin_dirs: Vec<PathBuf>,
+    /// Secret to expose to the build (format: id=mysecret[,src=/local/secret] or id=X,env=VAR).
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
+    /// Runtime for RUN steps: kiln's embedded sandbox or runc.
+    #[arg(long, value_enum, default_value = "embedded")]
+    executor: ExecutorArg,
     /// Target platform (only the host platform can be built for now).
     #[arg(long)]
     platform: Option<String>,
@@ -174,7 +186,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output::plugins_table(&registry);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Build(args) => build(root, args),
+        Command::Build(args) => build(root, *args),
     }
 }
 
@@ -250,6 +262,15 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
         platform,
         exports: exports.clone(),
         tags: args.tags.clone(),
+        secrets: args
+            .secrets
+            .iter()
+            .map(|s| output::parse_secret(s))
+            .collect::<Result<_>>()?,
+        runtime: match args.executor {
+            ExecutorArg::Embedded => ExecRuntime::Embedded,
+            ExecutorArg::Runc => ExecRuntime::Runc,
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -300,6 +321,9 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
                 if let Some(loc) = &pe.location {
                     output::show_location(&dockerfile, loc.line as usize);
                 }
+            }
+            if let Some(loc) = e.step_location() {
+                output::show_location(&dockerfile, loc.line as usize);
             }
             eprintln!("ERROR: failed to solve: {}", output::error_chain(&e));
             Ok(ExitCode::FAILURE)

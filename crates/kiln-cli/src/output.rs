@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use kiln_engine::Export;
+use kiln_engine::{Export, SecretSource};
 use kiln_plugin_host::PluginRegistry;
 
 /// Parses buildx's `--output` syntax: `type=oci,dest=x.tar`, `type=local,dest=dir`, or a bare
@@ -126,4 +126,35 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     parts.join(": ")
+}
+
+/// Parses buildx's `--secret`: `id=X,src=FILE` (or `source=`), `id=X,env=VAR`, or `id=X`
+/// alone (the environment variable X, as buildx does when it is set).
+pub fn parse_secret(spec: &str) -> Result<(String, SecretSource)> {
+    let mut id = None;
+    let mut src = None;
+    let mut env = None;
+    for part in spec.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            anyhow::anyhow!("invalid --secret {spec:?}: {part:?} is not key=value")
+        })?;
+        match k.trim() {
+            "id" => id = Some(v.trim().to_owned()),
+            "src" | "source" => src = Some(PathBuf::from(v.trim())),
+            "env" => env = Some(v.trim().to_owned()),
+            "type" if matches!(v.trim(), "file" | "env") => {}
+            other => bail!("invalid --secret {spec:?}: unknown attribute {other:?}"),
+        }
+    }
+    let Some(id) = id.filter(|i| !i.is_empty()) else {
+        bail!("invalid --secret {spec:?}: missing id=");
+    };
+    let source = match (src, env) {
+        (Some(p), None) => SecretSource::File(p),
+        (None, Some(v)) => SecretSource::Env(v),
+        (None, None) if std::env::var_os(&id).is_some() => SecretSource::Env(id.clone()),
+        (None, None) => bail!("invalid --secret {spec:?}: give src=FILE or env=VAR"),
+        (Some(_), Some(_)) => bail!("invalid --secret {spec:?}: src= and env= exclude each other"),
+    };
+    Ok((id, source))
 }

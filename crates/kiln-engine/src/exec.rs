@@ -1,6 +1,6 @@
 //! Binds each vertex to what runs it: core ops here, primitives through plugins.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,29 +12,35 @@ use kiln_snapshot::{ReadView, Snapshot, Store, WriteView};
 use kiln_solver::{BoxError, CancellationToken, ExecContext, Executor};
 use kiln_types::{Digest, Sha256Writer};
 
+use crate::run::{self, CacheMounts, ExecRuntime, SecretSource};
 use crate::{fileop, local, Error};
 
+/// What the ops of one build run with.
+pub(crate) struct BuildEnv {
+    pub store: Store,
+    pub index: Arc<CacheIndex>,
+    pub plugins: Arc<PluginRegistry>,
+    pub context: PathBuf,
+    pub cache_mounts: Arc<CacheMounts>,
+    pub secrets: BTreeMap<String, SecretSource>,
+    pub runtime: ExecRuntime,
+}
+
 pub(crate) struct OpExecutor {
+    env: Arc<BuildEnv>,
     store: Store,
     index: Arc<CacheIndex>,
-    plugins: Arc<PluginRegistry>,
     context: PathBuf,
     vertices: HashMap<Digest, Vertex>,
 }
 
 impl OpExecutor {
-    pub(crate) fn new(
-        store: Store,
-        index: Arc<CacheIndex>,
-        plugins: Arc<PluginRegistry>,
-        context: PathBuf,
-        def: &Definition,
-    ) -> Self {
+    pub(crate) fn new(env: BuildEnv, def: &Definition) -> Self {
         OpExecutor {
-            store,
-            index,
-            plugins,
-            context,
+            store: env.store.clone(),
+            index: env.index.clone(),
+            context: env.context.clone(),
+            env: Arc::new(env),
             vertices: def.vertices.iter().map(|v| (v.digest, v.clone())).collect(),
         }
     }
@@ -126,14 +132,12 @@ impl Executor<Digest> for OpExecutor {
         v: &Digest,
         key: &Digest,
         inputs: Vec<Snapshot>,
-        _cx: &ExecContext<Digest>,
+        cx: &ExecContext<Digest>,
     ) -> Result<Snapshot, BoxError> {
         let vertex = self.vertex(v)?;
-        let store = self.store.clone();
-        let context = self.context.clone();
-        let plugins = self.plugins.clone();
-        let snapshot =
-            blocking(move || run(&store, &plugins, &context, &vertex.op, inputs)).await?;
+        let env = self.env.clone();
+        let cx = cx.clone();
+        let snapshot = blocking(move || run(&env, &cx, &vertex.op, inputs)).await?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -151,12 +155,12 @@ impl Executor<Digest> for OpExecutor {
 }
 
 fn run(
-    store: &Store,
-    plugins: &PluginRegistry,
-    context: &std::path::Path,
+    env: &BuildEnv,
+    cx: &ExecContext<Digest>,
     op: &Op,
     inputs: Vec<Snapshot>,
 ) -> Result<Snapshot, Error> {
+    let (store, plugins, context) = (&env.store, &*env.plugins, env.context.as_path());
     match op {
         Op::Source(SourceOp::Local(src)) => {
             if src.name != "context" {
@@ -195,13 +199,22 @@ fn run(
             layers: inputs.into_iter().flat_map(|s| s.layers).collect(),
         }),
         Op::Diff => Err(Error::Unsupported("diff ops are not supported yet".into())),
-        Op::Exec(_) => {
-            // RUN goes to the `exec` primitive plugin; it arrives with the RUN issue.
-            let p = plugins.primitive("exec")?;
-            Err(Error::Unsupported(format!(
-                "plugin {} offers exec, but running RUN steps is not wired into this kiln yet",
-                p.name()
-            )))
+        Op::Exec(e) => {
+            let log_cx = cx.clone();
+            let log = move |line: String| log_cx.log(line);
+            run::run_exec(
+                &run::ExecEnv {
+                    store,
+                    plugins,
+                    cache_mounts: &env.cache_mounts,
+                    secrets: &env.secrets,
+                    runtime: env.runtime,
+                    cancel: cx.cancel(),
+                    log: &log,
+                },
+                e,
+                &inputs,
+            )
         }
         Op::Custom(c) => {
             let plugin = plugins.primitive(&c.primitive)?;

@@ -10,6 +10,7 @@ mod exec;
 mod fileop;
 mod local;
 mod rootpath;
+mod run;
 mod services;
 mod syntax;
 
@@ -26,6 +27,7 @@ use kiln_solver::{CancellationToken, Event, ProgressSink};
 use kiln_types::{Digest, Platform};
 
 pub use kiln_solver::Status;
+pub use run::{ExecRuntime, SecretSource};
 pub use syntax::{find_syntax, SyntaxChoice};
 
 /// Engine errors, each saying what failed and where.
@@ -78,6 +80,30 @@ pub enum Error {
     /// A feature the graph uses that this kiln cannot run (yet).
     #[error("{0}")]
     Unsupported(String),
+    /// A RUN step's process exited non-zero.
+    #[error("process \"{command}\" did not complete successfully: exit code: {code}")]
+    Process {
+        /// The command as BuildKit shows it.
+        command: String,
+        /// Its exit code.
+        code: i32,
+    },
+    /// A secret that cannot be provided.
+    #[error("secret {id}: {message}")]
+    Secret {
+        /// The secret id.
+        id: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A step failed; `location` is its build-file line when the frontend recorded it.
+    #[error("{source}")]
+    Step {
+        /// Where the step comes from.
+        location: Option<kiln_graph::SourceLocation>,
+        /// The failure.
+        source: kiln_solver::Error<Digest>,
+    },
 }
 
 impl Error {
@@ -86,6 +112,14 @@ impl Error {
             op,
             path: path.to_owned(),
             source,
+        }
+    }
+
+    /// The build-file line of the failing step, when known.
+    pub fn step_location(&self) -> Option<&kiln_graph::SourceLocation> {
+        match self {
+            Error::Step { location, .. } => location.as_ref(),
+            _ => None,
         }
     }
 
@@ -148,6 +182,10 @@ pub struct BuildRequest {
     pub exports: Vec<Export>,
     /// `-t` names.
     pub tags: Vec<String>,
+    /// `--secret` sources by id.
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// `--executor`.
+    pub runtime: ExecRuntime,
 }
 
 /// What a build produced.
@@ -169,6 +207,7 @@ pub struct Engine {
     index: Arc<CacheIndex>,
     plugins: Arc<PluginRegistry>,
     concurrency: Option<usize>,
+    cache_mounts: Arc<run::CacheMounts>,
 }
 
 /// Progress events of a build; the id is the vertex digest (or a synthetic one for internal
@@ -186,6 +225,7 @@ impl Engine {
             index: Arc::new(index),
             plugins: Arc::new(plugins),
             concurrency: config.concurrency,
+            cache_mounts: Arc::new(run::CacheMounts::new(config.root.join("cache-mounts"))),
         })
     }
 
@@ -277,10 +317,15 @@ impl Engine {
             }
         }
         let ops = Arc::new(exec::OpExecutor::new(
-            self.store.clone(),
-            self.index.clone(),
-            self.plugins.clone(),
-            req.context.clone(),
+            exec::BuildEnv {
+                store: self.store.clone(),
+                index: self.index.clone(),
+                plugins: self.plugins.clone(),
+                context: req.context.clone(),
+                cache_mounts: self.cache_mounts.clone(),
+                secrets: req.secrets.clone(),
+                runtime: req.runtime,
+            },
             &def,
         ));
         let graph = kiln_solver::Graph::new(def.vertices.iter().map(|v| {
@@ -297,7 +342,21 @@ impl Engine {
         let target = def.outputs.first().copied().flatten();
         let (snapshot, steps) = match target {
             Some(edge) => {
-                let solution = solver.solve(&graph, &[edge.vertex], &cancel).await?;
+                let solution = solver
+                    .solve(&graph, &[edge.vertex], &cancel)
+                    .await
+                    .map_err(|e| {
+                        let location = match &e {
+                            kiln_solver::Error::Vertex { id, .. } => {
+                                def.vertex(id).and_then(|v| v.meta.source.clone())
+                            }
+                            _ => None,
+                        };
+                        Error::Step {
+                            location,
+                            source: e,
+                        }
+                    })?;
                 let steps = solution
                     .vertices
                     .iter()

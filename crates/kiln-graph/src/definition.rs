@@ -27,6 +27,18 @@ pub struct VertexMeta {
     /// Run even when a cached result exists (`--no-cache`, `--no-cache-filter`).
     #[serde(default)]
     pub ignore_cache: bool,
+    /// Where in the build file the vertex comes from, for error messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceLocation>,
+}
+
+/// A line of a build file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceLocation {
+    /// The file name as the user gave it (e.g. `Dockerfile`).
+    pub file: String,
+    /// 1-based line.
+    pub line: u32,
 }
 
 /// One vertex of a [`Definition`].

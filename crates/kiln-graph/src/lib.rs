@@ -11,6 +11,6 @@ mod definition;
 mod op;
 mod state;
 
-pub use definition::{Definition, Edge, GraphError, Vertex, VertexMeta};
+pub use definition::{Definition, Edge, GraphError, SourceLocation, Vertex, VertexMeta};
 pub use op::*;
 pub use state::{ExecBuilder, FileBuilder, State};

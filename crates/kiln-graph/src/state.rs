@@ -56,6 +56,7 @@ impl State {
             meta: VertexMeta {
                 description: description.into(),
                 ignore_cache: false,
+                source: None,
             },
             edge: Edge {
                 vertex: digest,
@@ -77,6 +78,15 @@ impl State {
     /// The same vertex, re-run even when cached. Display metadata only; the digest is unchanged.
     pub fn ignore_cache(self, ignore: bool) -> Self {
         self.map_meta(|m| m.ignore_cache = ignore)
+    }
+
+    /// The same vertex, remembering the build-file line it comes from (display metadata).
+    pub fn with_source(self, file: &str, line: u32) -> Self {
+        let loc = crate::SourceLocation {
+            file: file.to_owned(),
+            line,
+        };
+        self.map_meta(|m| m.source = Some(loc))
     }
 
     /// The same vertex with another progress description.
@@ -297,8 +307,11 @@ impl Definition {
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let s = State::from_op(v.op.clone(), inputs, v.meta.description.clone())
+            let mut s = State::from_op(v.op.clone(), inputs, v.meta.description.clone())
                 .ignore_cache(v.meta.ignore_cache);
+            if let Some(loc) = &v.meta.source {
+                s = s.with_source(&loc.file, loc.line);
+            }
             built.insert(v.digest, s);
         }
         built

@@ -80,6 +80,9 @@ pub(crate) struct Stage {
     pub(crate) cmd_total: usize,
     /// `--no-cache` / `--no-cache-filter` applies.
     pub(crate) ignore_cache: bool,
+    /// The build file and line of the instruction being dispatched, recorded on its vertices
+    /// so that a failing step can be shown in the file.
+    pub(crate) source: Option<(String, u32)>,
 }
 
 impl Stage {
@@ -132,6 +135,10 @@ impl Stage {
 
     /// A new vertex of this stage, marked to ignore the cache when asked.
     pub(crate) fn finish(&self, state: State) -> State {
+        let state = match &self.source {
+            Some((file, line)) => state.with_source(file, *line),
+            None => state,
+        };
         if self.ignore_cache {
             state.ignore_cache(true)
         } else {
@@ -266,6 +273,7 @@ pub(crate) fn convert(req: &FrontendRequest, host: &dyn FrontendHost) -> Result<
         }
         let mut stage = conv.start_stage(i, def, base, platform, defs.len())?;
         for (inst, node) in &def.commands {
+            stage.source = Some((conv.req.filename.clone(), node.start_line as u32));
             conv.dispatch(&mut stage, inst, node)
                 .map_err(|e| e.at(node.start_line))?;
         }
@@ -561,6 +569,7 @@ impl Converter<'_> {
             cmd_index: 0,
             cmd_total: vertex_steps,
             ignore_cache,
+            source: Some((self.req.filename.clone(), line as u32)),
         };
         match base {
             Base::Scratch => {}

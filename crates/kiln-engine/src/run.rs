@@ -1,0 +1,361 @@
+//! RUN: an exec vertex. The engine prepares the root filesystem (a writable view) and every
+//! mount (bind views, persistent cache directories, secrets on a private tmpfs, tmpfs), hands
+//! them to the `exec` primitive plugin, and commits what the process changed as a new layer.
+//! Secrets never touch the store: they live on a tmpfs for the duration of the step only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+
+use kiln_graph::{CacheSharing, ExecOp, MountKind, Op};
+use kiln_plugin_host::{HostServices, PluginRegistry};
+use kiln_plugin_sdk::proto::{
+    LogLevel, PreparedMount, PreparedMountKind, PrimitiveRequest, Runtime,
+};
+use kiln_snapshot::{ReadView, Snapshot, Store, WriteView};
+use kiln_solver::CancellationToken;
+use kiln_types::Digest;
+
+use crate::{rootpath, Error};
+
+/// Where a `--secret` comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file (`src=`).
+    File(PathBuf),
+    /// An environment variable of the kiln process (`env=`).
+    Env(String),
+}
+
+impl SecretSource {
+    fn read(&self, id: &str) -> Result<Vec<u8>, Error> {
+        match self {
+            SecretSource::File(p) => std::fs::read(p).map_err(|e| Error::Secret {
+                id: id.to_owned(),
+                message: format!("read {}: {e}", p.display()),
+            }),
+            SecretSource::Env(v) => std::env::var_os(v)
+                .map(|s| s.into_encoded_bytes())
+                .ok_or_else(|| Error::Secret {
+                    id: id.to_owned(),
+                    message: format!("environment variable {v} is not set"),
+                }),
+        }
+    }
+}
+
+/// Which runtime runs RUN steps (`--executor`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExecRuntime {
+    /// kiln's own sandbox (the `exec` plugin's embedded runtime).
+    #[default]
+    Embedded,
+    /// runc with an OCI bundle.
+    Runc,
+}
+
+/// Persistent cache mount directories, `$KILN_ROOT/cache-mounts/<sha256 of id>`, with the
+/// sharing modes of BuildKit: shared (concurrent users share), locked (they wait), private
+/// (a concurrent user gets its own directory).
+pub(crate) struct CacheMounts {
+    root: PathBuf,
+    in_use: Mutex<HashMap<PathBuf, usize>>,
+    freed: Condvar,
+}
+
+pub(crate) struct CacheLease<'a> {
+    owner: &'a CacheMounts,
+    dir: PathBuf,
+}
+
+impl Drop for CacheLease<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.owner.in_use.lock() {
+            if let Some(n) = m.get_mut(&self.dir) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        self.owner.freed.notify_all();
+    }
+}
+
+impl CacheMounts {
+    pub(crate) fn new(root: PathBuf) -> Self {
+        CacheMounts {
+            root,
+            in_use: Mutex::new(HashMap::new()),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn acquire(
+        &self,
+        id: &str,
+        sharing: CacheSharing,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<CacheLease<'_>, Error> {
+        let base = self.root.join(Digest::of(id.as_bytes()).hex());
+        let poisoned = || Error::Unsupported("cache mount bookkeeping poisoned".into());
+        let mut in_use = self.in_use.lock().map_err(|_| poisoned())?;
+        let dir = match sharing {
+            CacheSharing::Shared => base,
+            CacheSharing::Locked => {
+                while in_use.get(&base).copied().unwrap_or(0) > 0 {
+                    in_use = self.freed.wait(in_use).map_err(|_| poisoned())?;
+                }
+                base
+            }
+            CacheSharing::Private => {
+                let mut n = 0;
+                loop {
+                    let d = if n == 0 {
+                        base.clone()
+                    } else {
+                        base.with_extension(format!("p{n}"))
+                    };
+                    if in_use.get(&d).copied().unwrap_or(0) == 0 {
+                        break d;
+                    }
+                    n += 1;
+                }
+            }
+        };
+        *in_use.entry(dir.clone()).or_insert(0) += 1;
+        drop(in_use);
+        let lease = CacheLease { owner: self, dir };
+        if !lease.dir.is_dir() {
+            std::fs::create_dir_all(&lease.dir)
+                .map_err(|e| Error::io("create cache mount", &lease.dir, e))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&lease.dir, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| Error::io("chmod cache mount", &lease.dir, e))?;
+            std::os::unix::fs::chown(&lease.dir, Some(uid), Some(gid))
+                .map_err(|e| Error::io("chown cache mount", &lease.dir, e))?;
+        }
+        Ok(lease)
+    }
+}
+
+/// A private tmpfs holding one step's secrets, unmounted and removed when dropped.
+struct SecretDir {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl SecretDir {
+    fn new() -> Result<Self, Error> {
+        let dir = std::env::temp_dir().join(format!(
+            "kiln-secrets-{}",
+            Digest::of(
+                format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes()
+            )
+            .short()
+        ));
+        std::fs::create_dir(&dir).map_err(|e| Error::io("create secret dir", &dir, e))?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        // A tmpfs keeps secret bytes off every disk; without the privilege to mount one the
+        // directory is still private to root and outside the store.
+        let mounted = nix::mount::mount(
+            Some("tmpfs"),
+            &dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            Some("mode=0700,size=4m"),
+        )
+        .is_ok();
+        Ok(SecretDir { dir, mounted })
+    }
+
+    fn write(
+        &self,
+        id: &str,
+        bytes: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<PathBuf, Error> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.dir.join(Digest::of(id.as_bytes()).short());
+        std::fs::write(&p, bytes).map_err(|e| Error::io("write secret", &p, e))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("chmod secret", &p, e))?;
+        std::os::unix::fs::chown(&p, Some(uid), Some(gid))
+            .map_err(|e| Error::io("chown secret", &p, e))?;
+        Ok(p)
+    }
+}
+
+impl Drop for SecretDir {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What the exec primitive may ask of the host during a step.
+struct StepServices<'a> {
+    log: &'a (dyn Fn(String) + Send + Sync),
+    cancel: &'a CancellationToken,
+}
+
+impl HostServices for StepServices<'_> {
+    fn log(&self, level: LogLevel, message: &str) {
+        let _ = level;
+        (self.log)(message.to_owned());
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+/// Everything a RUN step needs from the build.
+pub(crate) struct ExecEnv<'a> {
+    pub store: &'a Store,
+    pub plugins: &'a PluginRegistry,
+    pub cache_mounts: &'a CacheMounts,
+    pub secrets: &'a BTreeMap<String, SecretSource>,
+    pub runtime: ExecRuntime,
+    pub cancel: &'a CancellationToken,
+    pub log: &'a (dyn Fn(String) + Send + Sync),
+}
+
+/// What a step holds while it runs: released (views unmounted, leases returned, secrets
+/// wiped) when dropped, on every path out.
+#[derive(Default)]
+struct Held<'a> {
+    reads: Vec<ReadView>,
+    writes: Vec<WriteView>,
+    leases: Vec<CacheLease<'a>>,
+    secrets: Vec<SecretDir>,
+}
+
+pub(crate) fn run_exec(
+    env: &ExecEnv<'_>,
+    op: &ExecOp,
+    inputs: &[Snapshot],
+) -> Result<Snapshot, Error> {
+    let snap = |i: Option<u32>| {
+        i.and_then(|i| inputs.get(i as usize))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let root_snap = snap(
+        op.mounts
+            .iter()
+            .find(|m| m.dest == "/")
+            .and_then(|m| m.input),
+    );
+    let root = WriteView::new(env.store, &root_snap)?;
+    let mut held = Held::default();
+    let mut prepared = Vec::new();
+    for m in op.mounts.iter().filter(|m| m.dest != "/") {
+        let kind = match &m.kind {
+            MountKind::Bind => {
+                let s = snap(m.input);
+                let base: PathBuf = if m.readonly {
+                    let v = ReadView::new(env.store, &s)?;
+                    let p = v.path().to_owned();
+                    held.reads.push(v);
+                    p
+                } else {
+                    // A writable bind mount's changes are thrown away, as in BuildKit.
+                    let w = WriteView::new(env.store, &s)?;
+                    let p = w.path().to_owned();
+                    held.writes.push(w);
+                    p
+                };
+                let source = rootpath::resolve(&base, &m.selector, true)
+                    .map_err(|e| Error::io("resolve mount source", Path::new(&m.selector), e))?;
+                PreparedMountKind::Bind {
+                    source: source.display().to_string(),
+                }
+            }
+            MountKind::Cache {
+                id,
+                sharing,
+                mode,
+                uid,
+                gid,
+            } => {
+                let lease = env.cache_mounts.acquire(id, *sharing, *mode, *uid, *gid)?;
+                let source = lease.dir.display().to_string();
+                held.leases.push(lease);
+                PreparedMountKind::Bind { source }
+            }
+            MountKind::Tmpfs { size } => PreparedMountKind::Tmpfs { size: *size },
+            MountKind::Secret {
+                id,
+                required,
+                mode,
+                uid,
+                gid,
+            } => match env.secrets.get(id) {
+                Some(src) => {
+                    let bytes = src.read(id)?;
+                    let dir = SecretDir::new()?;
+                    let p = dir.write(id, &bytes, *mode, *uid, *gid)?;
+                    held.secrets.push(dir);
+                    PreparedMountKind::Bind {
+                        source: p.display().to_string(),
+                    }
+                }
+                None if *required => {
+                    return Err(Error::Secret {
+                        id: id.clone(),
+                        message: format!(
+                            "secret {id} not provided: pass --secret id={id},src=FILE"
+                        ),
+                    })
+                }
+                None => continue,
+            },
+            MountKind::Ssh { .. } => {
+                return Err(Error::Unsupported(
+                    "RUN --mount=type=ssh is not supported yet".into(),
+                ))
+            }
+        };
+        prepared.push(PreparedMount {
+            dest: m.dest.clone(),
+            kind,
+            readonly: m.readonly || matches!(m.kind, MountKind::Secret { .. }),
+        });
+    }
+    let plugin = env.plugins.primitive("exec")?;
+    let req = PrimitiveRequest {
+        op: Op::Exec(op.clone()),
+        inputs: Vec::new(),
+        output: root.path().display().to_string(),
+        mounts: prepared,
+        runtime: match env.runtime {
+            ExecRuntime::Embedded => Runtime::Embedded,
+            ExecRuntime::Runc => Runtime::Runc,
+        },
+        hostname: None,
+        etc_hosts: None,
+        resolv_conf: None,
+    };
+    let services = StepServices {
+        log: env.log,
+        cancel: env.cancel,
+    };
+    let resp = plugin.primitive_execute(&req, &services)?;
+    drop(held);
+    if let Some(code) = resp.exit_code.filter(|c| *c != 0) {
+        return Err(Error::Process {
+            command: op.args.join(" "),
+            code,
+        });
+    }
+    let layer = root.commit()?;
+    let mut layers = root_snap.layers;
+    layers.push(layer);
+    Ok(Snapshot { layers })
+}

@@ -12,6 +12,7 @@ use flate2::write::GzEncoder;
 use kiln_types::image::{MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR};
 use kiln_types::{Digest, Sha256Writer};
 
+use crate::format::{is_image_xattr, is_opaque, is_whiteout, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::{io_err, Result};
 
 /// How a layer blob is compressed.
@@ -127,12 +128,16 @@ fn walk(
         let ft = md.file_type();
         let werr = io_err("add to layer", &path);
 
-        if ft.is_char_device() && md.rdev() == 0 {
+        if is_whiteout(&md) {
             let mut h = header(&md, tar::EntryType::Regular);
             h.set_size(0);
             h.set_mode(0);
-            b.append_data(&mut h, format!("{prefix}.wh.{name}"), io::empty())
-                .map_err(werr)?;
+            b.append_data(
+                &mut h,
+                format!("{prefix}{WHITEOUT_PREFIX}{name}"),
+                io::empty(),
+            )
+            .map_err(werr)?;
             continue;
         }
         append_xattrs(b, &path).map_err(io_err("add xattrs of", &path))?;
@@ -145,7 +150,7 @@ fn walk(
                 let mut h = header(&md, tar::EntryType::Regular);
                 h.set_size(0);
                 h.set_mode(0);
-                b.append_data(&mut h, format!("{rel}/.wh..wh..opq"), io::empty())
+                b.append_data(&mut h, format!("{rel}/{OPAQUE_MARKER}"), io::empty())
                     .map_err(io_err("add to layer", &path))?;
             }
             walk(&path, &format!("{rel}/"), b, links)?;
@@ -201,10 +206,6 @@ fn header(md: &fs::Metadata, kind: tar::EntryType) -> tar::Header {
     h
 }
 
-fn is_opaque(path: &Path) -> bool {
-    matches!(xattr::get(path, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
-}
-
 fn append_xattrs(b: &mut tar::Builder<&mut dyn Write>, path: &Path) -> io::Result<()> {
     let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
     let names = match xattr::list(path) {
@@ -214,7 +215,7 @@ fn append_xattrs(b: &mut tar::Builder<&mut dyn Write>, path: &Path) -> io::Resul
     };
     for n in names {
         let n = n.to_string_lossy().into_owned();
-        if n.starts_with("user.") || n == "security.capability" {
+        if is_image_xattr(&n) {
             if let Some(v) = xattr::get(path, &n)? {
                 kept.push((format!("SCHILY.xattr.{n}"), v));
             }

@@ -1,18 +1,24 @@
 //! Where filesystems live: the content store (blobs by sha256), layer directories (each an
 //! overlayfs-format upper dir), views that stack layers (overlayfs, read-only or with a fresh
-//! upper dir), and the layer diff that turns an upper dir into an OCI layer tar.
+//! upper dir; or, where overlayfs is unavailable, copies that are diffed back into the same
+//! upper-dir format), the layer diff that turns an upper dir into an OCI layer tar, and the
+//! reverse: the safe import of a (possibly hostile) OCI layer blob into a layer directory.
 //!
 //! Architecture invariant: knows files, layers and mounts, nothing of build graphs, ops or
 //! plugins. Depends only on `kiln-types`. Everything written into the store appears atomically
 //! (written under `tmp/`, then renamed), so a killed build never leaves a half-written blob or
 //! layer visible.
 
+mod copy;
+mod format;
+mod import;
 mod layer_tar;
 mod store;
 mod view;
 
+pub use import::ImportedLayer;
 pub use layer_tar::{write_layer_tar, Compression};
-pub use store::{BlobWriter, LayerBlob, LayerBuilder, LayerId, Snapshot, Store};
+pub use store::{BlobWriter, LayerBlob, LayerBuilder, LayerId, Snapshot, SnapshotterKind, Store};
 pub use view::{ReadView, WriteView};
 
 /// Errors of the snapshot layer.
@@ -36,6 +42,42 @@ pub enum Error {
         /// Why it failed.
         source: nix::Error,
     },
+    /// A layer blob whose media type this build cannot unpack.
+    #[error(
+        "import layer blob {blob}: unsupported media type {media_type:?} \
+         (kiln reads OCI and docker layers: tar, tar+gzip, tar+zstd)"
+    )]
+    UnsupportedMediaType {
+        /// The blob.
+        blob: kiln_types::Digest,
+        /// Its announced media type.
+        media_type: String,
+    },
+    /// A layer tar entry that is refused: it would reach outside the layer, or is malformed.
+    #[error("import layer blob {blob}: entry {entry:?}: {why}")]
+    BadEntry {
+        /// The blob.
+        blob: kiln_types::Digest,
+        /// The entry's name as written in the tar.
+        entry: String,
+        /// Why it is refused.
+        why: String,
+    },
+    /// Extracting a layer tar entry failed.
+    #[error("import layer blob {blob}: entry {entry:?}: {op}: {source}")]
+    Extract {
+        /// The blob.
+        blob: kiln_types::Digest,
+        /// The entry's name as written in the tar.
+        entry: String,
+        /// What was attempted.
+        op: &'static str,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// `KILN_SNAPSHOTTER` names no snapshotter.
+    #[error("KILN_SNAPSHOTTER={0:?}: expected `overlay` or `copy`")]
+    BadSnapshotter(String),
     /// Store metadata that cannot be read.
     #[error("corrupt store entry {path}: {why}")]
     Corrupt {

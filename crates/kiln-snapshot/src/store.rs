@@ -10,10 +10,22 @@ use crate::layer_tar::{write_layer_tar, Compression};
 use crate::{io_err, Error, Result};
 
 /// The store root: `blobs/sha256/<hex>` (the OCI layout's blob dir, so exports can hard-link),
-/// `layers/<id>/{fs,layer.json}`, `tmp/`.
+/// `layers/<id>/{fs,layer.json,blob-<compression>.json}`, the import indexes
+/// `layers/by-diff-id/<hex>` (→ layer id) and `layers/by-blob/<hex>` (→ diff id hex), `tmp/`.
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    kind: SnapshotterKind,
+}
+
+/// How views stack layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotterKind {
+    /// Overlay mounts: instant, needs overlayfs and the right to mount.
+    Overlay,
+    /// Copies: views are materialized by applying the layers in order, and a write view's
+    /// changes are found by comparing it with its lower layers. Works anywhere, costs a copy.
+    Copy,
 }
 
 /// Identifies a committed layer directory.
@@ -60,14 +72,45 @@ fn unique_name() -> String {
 }
 
 impl Store {
-    /// Opens (creating) a store at `root`.
+    /// Opens (creating) a store at `root`. Views use overlayfs, unless `KILN_SNAPSHOTTER=copy`
+    /// says otherwise or an overlay mount does not work here (then copies, with a one-time note
+    /// on stderr). `KILN_SNAPSHOTTER=overlay` skips the probe.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let forced = match std::env::var("KILN_SNAPSHOTTER") {
+            Ok(v) if v == "copy" => Some(SnapshotterKind::Copy),
+            Ok(v) if v == "overlay" => Some(SnapshotterKind::Overlay),
+            Ok(v) if !v.is_empty() => return Err(Error::BadSnapshotter(v)),
+            _ => None,
+        };
+        let mut store = Self::open_with(root, forced.unwrap_or(SnapshotterKind::Overlay))?;
+        if forced.is_none() {
+            if let Err(why) = crate::view::probe_overlay(&store) {
+                static NOTE: std::sync::Once = std::sync::Once::new();
+                NOTE.call_once(|| {
+                    eprintln!(
+                        "kiln: overlay mounts do not work here ({why}); \
+                         using the slower copy snapshotter"
+                    );
+                });
+                store.kind = SnapshotterKind::Copy;
+            }
+        }
+        Ok(store)
+    }
+
+    /// Opens (creating) a store at `root` whose views use `kind`, without probing.
+    pub fn open_with(root: impl Into<PathBuf>, kind: SnapshotterKind) -> Result<Self> {
         let root = root.into();
-        for sub in ["blobs/sha256", "layers", "tmp"] {
+        for sub in ["blobs/sha256", "layers/by-diff-id", "layers/by-blob", "tmp"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
-        Ok(Store { root })
+        Ok(Store { root, kind })
+    }
+
+    /// How this store's views stack layers.
+    pub fn snapshotter(&self) -> SnapshotterKind {
+        self.kind
     }
 
     /// The root directory.
@@ -165,19 +208,8 @@ impl Store {
 
     /// The exported blob of a layer, computing and storing it on first use.
     pub fn layer_blob(&self, id: &LayerId, compression: Compression) -> Result<LayerBlob> {
-        let meta = self
-            .root
-            .join("layers")
-            .join(&id.0)
-            .join(format!("blob-{}.json", compression.name()));
-        if let Ok(bytes) = fs::read(&meta) {
-            let blob: LayerBlob = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                path: meta.clone(),
-                why: e.to_string(),
-            })?;
-            if self.has_blob(&blob.digest) {
-                return Ok(blob);
-            }
+        if let Some(blob) = self.recorded_blob(id, compression)? {
+            return Ok(blob);
         }
         let tmp = self.root.join("tmp").join(format!("tar-{}", unique_name()));
         let file = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
@@ -197,14 +229,74 @@ impl Store {
             size,
             media_type: compression.media_type().to_owned(),
         };
-        let json = serde_json::to_vec(&blob).map_err(|e| Error::Corrupt {
+        self.record_blob(id, compression, &blob)?;
+        Ok(blob)
+    }
+
+    fn blob_meta_path(&self, id: &LayerId, compression: Compression) -> PathBuf {
+        self.root
+            .join("layers")
+            .join(&id.0)
+            .join(format!("blob-{}.json", compression.name()))
+    }
+
+    /// The recorded exported form of a layer, if there is one and its blob is present.
+    pub(crate) fn recorded_blob(
+        &self,
+        id: &LayerId,
+        compression: Compression,
+    ) -> Result<Option<LayerBlob>> {
+        let meta = self.blob_meta_path(id, compression);
+        let Ok(bytes) = fs::read(&meta) else {
+            return Ok(None);
+        };
+        let blob: LayerBlob = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
             path: meta.clone(),
             why: e.to_string(),
         })?;
-        let tmp_meta = meta.with_extension("tmp");
-        fs::write(&tmp_meta, json).map_err(io_err("write", &tmp_meta))?;
-        fs::rename(&tmp_meta, &meta).map_err(io_err("rename", &meta))?;
-        Ok(blob)
+        Ok(self.has_blob(&blob.digest).then_some(blob))
+    }
+
+    /// Records `blob` as the exported form of layer `id` (atomically: readers see the old
+    /// record or the new one).
+    pub(crate) fn record_blob(
+        &self,
+        id: &LayerId,
+        compression: Compression,
+        blob: &LayerBlob,
+    ) -> Result<()> {
+        let meta = self.blob_meta_path(id, compression);
+        let json = serde_json::to_vec(blob).map_err(|e| Error::Corrupt {
+            path: meta.clone(),
+            why: e.to_string(),
+        })?;
+        self.write_atomically(&meta, &json)
+    }
+
+    /// Looks `digest` up in the import index `kind` (`by-diff-id` or `by-blob`).
+    pub(crate) fn index_get(&self, kind: &str, digest: &Digest) -> Result<Option<String>> {
+        let p = self.root.join("layers").join(kind).join(digest.hex());
+        match fs::read_to_string(&p) {
+            Ok(s) => Ok(Some(s.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &p)(e)),
+        }
+    }
+
+    /// Writes `value` under `digest` in the import index `kind`.
+    pub(crate) fn index_put(&self, kind: &str, digest: &Digest, value: &str) -> Result<()> {
+        let p = self.root.join("layers").join(kind).join(digest.hex());
+        self.write_atomically(&p, value.as_bytes())
+    }
+
+    fn write_atomically(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+        // The temp file lives under tmp/ so a crash leaves nothing beside the real entries.
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("meta-{}", unique_name()));
+        fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, dest).map_err(io_err("rename", dest))
     }
 }
 

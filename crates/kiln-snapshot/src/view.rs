@@ -1,15 +1,19 @@
 //! Views of snapshots as directories. Layers are overlayfs upper dirs, so stacking them is an
-//! overlay mount; a view is unmounted when dropped, also on error paths and cancellation.
+//! overlay mount; a view is unmounted when dropped, also on error paths and cancellation. With
+//! the copy snapshotter a view is a materialized copy instead (see `copy`), removed when
+//! dropped; a write view's changes are diffed into the same upper-dir format on commit.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::store::{LayerBuilder, LayerId, Snapshot, Store};
+use crate::copy;
+use crate::store::{LayerBuilder, LayerId, Snapshot, SnapshotterKind, Store};
 use crate::{io_err, Error, Result};
 
-/// A read-only directory showing a snapshot.
+/// A read-only directory showing a snapshot. (With the copy snapshotter, writes to it are not
+/// prevented, only discarded.)
 pub struct ReadView {
     path: PathBuf,
     mounted: bool,
@@ -35,13 +39,24 @@ impl ReadView {
             }),
             layers => {
                 let dir = store.temp_dir("view")?;
-                let opts = format!("lowerdir={},redirect_dir=off", lowerdirs(store, layers));
-                overlay(&dir, &opts, MsFlags::MS_RDONLY)?;
-                Ok(ReadView {
+                let mut view = ReadView {
                     path: dir.clone(),
-                    mounted: true,
-                    owned_dir: Some(dir),
-                })
+                    mounted: false,
+                    owned_dir: Some(dir.clone()),
+                };
+                match store.snapshotter() {
+                    SnapshotterKind::Overlay => {
+                        let opts =
+                            format!("lowerdir={},redirect_dir=off", lowerdirs(store, layers));
+                        overlay(&dir, &opts, MsFlags::MS_RDONLY)?;
+                        view.mounted = true;
+                    }
+                    // On error the view's drop removes the partial copy.
+                    SnapshotterKind::Copy => {
+                        copy::materialize(&mut copy::lower_tree(store, layers)?, &dir)?
+                    }
+                }
+                Ok(view)
             }
         }
     }
@@ -58,7 +73,13 @@ impl Drop for ReadView {
             let _ = umount2(&self.path, MntFlags::MNT_DETACH);
         }
         if let Some(d) = &self.owned_dir {
-            let _ = fs::remove_dir(d);
+            // Best effort, as for layers: a leftover under tmp/ is swept by GC. Only ever a
+            // temp dir of ours (empty, an unmounted mount point, or a copy).
+            if self.mounted {
+                let _ = fs::remove_dir(d);
+            } else {
+                let _ = fs::remove_dir_all(d);
+            }
         }
     }
 }
@@ -68,6 +89,8 @@ pub struct WriteView {
     layer: Option<LayerBuilder>,
     merged: PathBuf,
     mounted: bool,
+    /// Copy snapshotter: what `merged` held at the start, to diff against.
+    lower: Option<copy::Node>,
 }
 
 impl WriteView {
@@ -81,6 +104,20 @@ impl WriteView {
                 layer: Some(layer),
                 merged,
                 mounted: false,
+                lower: None,
+            });
+        }
+        if store.snapshotter() == SnapshotterKind::Copy {
+            let merged = layer.private_dir().join("merged");
+            fs::create_dir_all(&merged).map_err(io_err("create", &merged))?;
+            // On error the layer builder's drop removes the partial copy with it.
+            let mut lower = copy::lower_tree(store, &snap.layers)?;
+            copy::materialize(&mut lower, &merged)?;
+            return Ok(WriteView {
+                layer: Some(layer),
+                merged,
+                mounted: false,
+                lower: Some(lower),
             });
         }
         let work = layer.private_dir().join("work");
@@ -98,6 +135,7 @@ impl WriteView {
             layer: Some(layer),
             merged,
             mounted: true,
+            lower: None,
         })
     }
 
@@ -114,7 +152,10 @@ impl WriteView {
             why: "write view committed twice".into(),
         })?;
         let merged = layer.private_dir().join("merged");
-        if merged.exists() {
+        if let Some(lower) = &self.lower {
+            copy::diff(lower, &merged, &layer.fs_dir())?;
+            fs::remove_dir_all(&merged).map_err(io_err("remove", &merged))?;
+        } else if merged.exists() {
             fs::remove_dir(&merged).map_err(io_err("remove", &merged))?;
         }
         layer.commit()
@@ -138,6 +179,34 @@ impl Drop for WriteView {
             let _ = umount2(&self.merged, MntFlags::MNT_DETACH);
         }
     }
+}
+
+/// Whether a writable overlay with two lower dirs can be mounted in the store's `tmp/`: the
+/// mount right, overlayfs, and a file system that can be an upper dir.
+pub(crate) fn probe_overlay(store: &Store) -> Result<()> {
+    let dir = store.temp_dir("probe")?;
+    let result = (|| {
+        let mut opts = String::from("lowerdir=");
+        for sub in ["l2", "l1", "upper", "work", "merged"] {
+            let p = dir.join(sub);
+            fs::create_dir(&p).map_err(io_err("create", &p))?;
+        }
+        opts.push_str(&format!(
+            "{}:{},upperdir={},workdir={},redirect_dir=off",
+            dir.join("l2").display(),
+            dir.join("l1").display(),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        ));
+        let merged = dir.join("merged");
+        overlay(&merged, &opts, MsFlags::empty())?;
+        umount2(&merged, MntFlags::MNT_DETACH).map_err(|source| Error::Mount {
+            what: format!("unmount {}", merged.display()),
+            source,
+        })
+    })();
+    let _ = fs::remove_dir_all(&dir);
+    result
 }
 
 fn lowerdirs(store: &Store, layers: &[LayerId]) -> String {

@@ -4,6 +4,7 @@
 //! HTTP or tar crates (it shells out to `tar`, `gzip`, `sha256sum`, `skopeo`). It must not depend on
 //! any kiln crate: it builds them, and has to keep working while they are broken.
 
+mod bench;
 mod demo;
 mod fixtures;
 mod registry;
@@ -31,6 +32,10 @@ tasks:
   fixtures
         build the busybox base image from /bin/busybox (Debian busybox-static) as an OCI layout
         in target/kiln-test/fixtures/busybox-oci/; push it to $KILN_TEST_REGISTRY when set
+  bench [--runs N] [WORKLOAD...]
+        build a release kiln and time the workloads of ../shared/bench (steps, parallel,
+        cachemount, bigfile, context) against the busybox fixture; prints medians next to
+        BuildKit's figures and writes target/kiln-bench/results.md
   tidy  check the dependency rule of DESIGN.md (layers, plugins vs core) and the //! crate docs
   help  print this text
 ";
@@ -44,6 +49,7 @@ fn main() -> ExitCode {
         Some("demo") => no_args("demo", &rest).and_then(|()| demo::run()),
         Some("fixtures") => no_args("fixtures", &rest).and_then(|()| fixtures::run_standalone()),
         Some("tidy") => no_args("tidy", &rest).and_then(|()| tidy::run()),
+        Some("bench") => bench::run(&rest),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)

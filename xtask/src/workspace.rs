@@ -50,11 +50,6 @@ impl Workspace {
         self.target_dir.join("debug")
     }
 
-    /// Where `kiln` (as `target/debug/kiln`) looks for its bundled plugins.
-    pub fn plugin_dir(&self) -> PathBuf {
-        self.debug_dir().join("plugins")
-    }
-
     /// Scratch space of the test setup (registry storage, fixtures).
     pub fn test_dir(&self) -> PathBuf {
         self.target_dir.join("kiln-test")
@@ -139,11 +134,13 @@ pub fn build_with_plugins(ws: &Workspace) -> Result<()> {
             .args(["build", "--workspace"]),
     )
     .context("the workspace does not build; fix the errors above")?;
-    install_plugins(ws)
+    install_plugins(ws, &ws.debug_dir())
 }
 
-fn install_plugins(ws: &Workspace) -> Result<()> {
-    let dest = ws.plugin_dir();
+/// Copies the plugin libraries built in `profile_dir` (`target/debug` or `target/release`) into
+/// its `plugins/` directory, where the `kiln` binary of that profile finds them.
+pub fn install_plugins(ws: &Workspace, profile_dir: &Path) -> Result<()> {
+    let dest = profile_dir.join("plugins");
     std::fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
     let mut wanted = Vec::new();
     for pkg in &ws.packages {
@@ -157,7 +154,7 @@ fn install_plugins(ws: &Workspace) -> Result<()> {
             .filter(|t| t.kinds.iter().any(|k| k == "cdylib"))
         {
             let file = format!("lib{}.so", t.name);
-            let built = ws.debug_dir().join(&file);
+            let built = profile_dir.join(&file);
             if !built.is_file() {
                 bail!(
                     "{} declares a cdylib but {} was not built; run `cargo build -p {}` to see why",

@@ -100,6 +100,12 @@ struct BuildArgs {
     /// Extra plugin directories.
     #[arg(long = "plugin-dir")]
     plugin_dirs: Vec<PathBuf>,
+    /// Additional build context (format: name=DIR | name=docker-image://REF | name=oci-layout://DIR[:tag]).
+    #[arg(long = "build-context")]
+    build_contexts: Vec<String>,
+    /// Registry reached over plain http (loopback registries always are).
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
     /// Secret to expose to the build (format: id=mysecret[,src=/local/secret] or id=X,env=VAR).
     #[arg(long = "secret")]
     secrets: Vec<String>,
@@ -245,6 +251,7 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
         root,
         plugin_dirs: args.plugin_dirs.clone(),
         concurrency: None,
+        insecure_registries: args.insecure_registries.clone(),
     })
     .context("opening the kiln store")?;
     for r in engine.plugins().refused() {
@@ -266,6 +273,18 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
             .secrets
             .iter()
             .map(|s| output::parse_secret(s))
+            .collect::<Result<_>>()?,
+        build_contexts: args
+            .build_contexts
+            .iter()
+            .map(|c| {
+                c.split_once('=')
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                    .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("invalid --build-context {c:?}: expected name=value")
+                    })
+            })
             .collect::<Result<_>>()?,
         runtime: match args.executor {
             ExecutorArg::Embedded => ExecRuntime::Embedded,

@@ -20,17 +20,19 @@ pub(crate) struct BuildEnv {
     pub store: Store,
     pub index: Arc<CacheIndex>,
     pub plugins: Arc<PluginRegistry>,
-    pub context: PathBuf,
+    /// Local contexts by name (`context` is the main one).
+    pub contexts: BTreeMap<String, PathBuf>,
     pub cache_mounts: Arc<CacheMounts>,
     pub secrets: BTreeMap<String, SecretSource>,
     pub runtime: ExecRuntime,
+    pub registry: kiln_registry::Registry,
+    pub handle: tokio::runtime::Handle,
 }
 
 pub(crate) struct OpExecutor {
     env: Arc<BuildEnv>,
     store: Store,
     index: Arc<CacheIndex>,
-    context: PathBuf,
     vertices: HashMap<Digest, Vertex>,
 }
 
@@ -39,7 +41,6 @@ impl OpExecutor {
         OpExecutor {
             store: env.store.clone(),
             index: env.index.clone(),
-            context: env.context.clone(),
             env: Arc::new(env),
             vertices: def.vertices.iter().map(|v| (v.digest, v.clone())).collect(),
         }
@@ -102,7 +103,7 @@ impl Executor<Digest> for OpExecutor {
             match self.copy_selection(&vertex, i) {
                 // A context used only as a COPY source: key on the copied files' content.
                 Some((src, selectors)) => {
-                    let (root, index) = (self.context.clone(), self.index.clone());
+                    let (root, index) = (context_dir(&self.env, &src.name)?, self.index.clone());
                     let key =
                         blocking(move || local::selection_key(&root, &src, &selectors, &index))
                             .await?;
@@ -112,7 +113,7 @@ impl Executor<Digest> for OpExecutor {
             }
         }
         if let Op::Source(SourceOp::Local(src)) = &vertex.op {
-            let (root, index) = (self.context.clone(), self.index.clone());
+            let (root, index) = (context_dir(&self.env, &src.name)?, self.index.clone());
             let src = src.clone();
             let content = blocking(move || local::content_key(&root, &src, &index)).await?;
             h.update(content.as_bytes());
@@ -160,22 +161,15 @@ fn run(
     op: &Op,
     inputs: Vec<Snapshot>,
 ) -> Result<Snapshot, Error> {
-    let (store, plugins, context) = (&env.store, &*env.plugins, env.context.as_path());
+    let (store, plugins) = (&env.store, &*env.plugins);
     match op {
         Op::Source(SourceOp::Local(src)) => {
-            if src.name != "context" {
-                return Err(Error::Unsupported(format!(
-                    "named build context {:?} is not available in this build",
-                    src.name
-                )));
-            }
-            let layer = local::materialize(context, src, store)?;
-            Ok(Snapshot { layers: vec![layer] })
+            let layer = local::materialize(&context_dir(env, &src.name)?, src, store)?;
+            Ok(Snapshot {
+                layers: vec![layer],
+            })
         }
-        Op::Source(SourceOp::Image(img)) => Err(Error::Unsupported(format!(
-            "pulling base images is not supported yet (FROM {}): use FROM scratch or an earlier stage",
-            img.reference
-        ))),
+        Op::Source(SourceOp::Image(img)) => pull(env, cx, img),
         Op::File(f) => {
             let base = f
                 .base
@@ -225,7 +219,10 @@ fn run(
             let out = WriteView::new(store, &Snapshot::default())?;
             let req = PrimitiveRequest {
                 op: op.clone(),
-                inputs: views.iter().map(|v| v.path().display().to_string()).collect(),
+                inputs: views
+                    .iter()
+                    .map(|v| v.path().display().to_string())
+                    .collect(),
                 output: out.path().display().to_string(),
                 mounts: Vec::new(),
                 runtime: Default::default(),
@@ -242,4 +239,51 @@ fn run(
             })
         }
     }
+}
+
+/// An image source: resolve (pinned by the frontend), fetch the missing layer blobs, and unpack
+/// each layer once (layers are shared by diff id across images).
+fn pull(
+    env: &BuildEnv,
+    cx: &ExecContext<Digest>,
+    img: &kiln_graph::ImageSource,
+) -> Result<Snapshot, Error> {
+    let image: kiln_registry::ImageRef = img.reference.parse()?;
+    let resolved = env
+        .handle
+        .block_on(env.registry.resolve(&image, &img.platform, &env.store))?;
+    let missing = resolved
+        .layers
+        .iter()
+        .filter(|l| !env.store.has_blob(&l.digest))
+        .count();
+    if missing > 0 {
+        cx.log(format!(
+            "pulling {missing} of {} layers of {image}",
+            resolved.layers.len()
+        ));
+    }
+    env.handle
+        .block_on(env.registry.fetch_layers(&resolved, &env.store))?;
+    let layers = resolved
+        .layers
+        .iter()
+        .map(|l| {
+            env.store
+                .import_layer(&l.digest, &l.media_type)
+                .map(|i| i.id)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Snapshot { layers })
+}
+
+/// The directory of local context `name`.
+fn context_dir(env: &BuildEnv, name: &str) -> Result<PathBuf, Error> {
+    env.contexts
+        .get(name)
+        .cloned()
+        .ok_or_else(|| Error::Context {
+            context: name.to_owned(),
+            message: "no such build context: pass --build-context NAME=DIR".into(),
+        })
 }

@@ -77,6 +77,9 @@ pub enum Error {
     /// An exporter failed.
     #[error(transparent)]
     Export(#[from] kiln_export::Error),
+    /// Pulling an image failed.
+    #[error(transparent)]
+    Registry(#[from] kiln_registry::Error),
     /// A feature the graph uses that this kiln cannot run (yet).
     #[error("{0}")]
     Unsupported(String),
@@ -142,6 +145,8 @@ pub struct EngineConfig {
     pub plugin_dirs: Vec<PathBuf>,
     /// Maximum parallel steps; `None` = number of cores.
     pub concurrency: Option<usize>,
+    /// Registries reached over plain http (`--insecure-registry`); loopback always is.
+    pub insecure_registries: Vec<String>,
 }
 
 /// An export destination, parsed from `--output`.
@@ -186,6 +191,8 @@ pub struct BuildRequest {
     pub secrets: BTreeMap<String, SecretSource>,
     /// `--executor`.
     pub runtime: ExecRuntime,
+    /// `--build-context NAME=VALUE`: a directory, `docker-image://REF` or `oci-layout://DIR`.
+    pub build_contexts: BTreeMap<String, String>,
 }
 
 /// What a build produced.
@@ -208,6 +215,7 @@ pub struct Engine {
     plugins: Arc<PluginRegistry>,
     concurrency: Option<usize>,
     cache_mounts: Arc<run::CacheMounts>,
+    registry: kiln_registry::Registry,
 }
 
 /// Progress events of a build; the id is the vertex digest (or a synthetic one for internal
@@ -226,6 +234,10 @@ impl Engine {
             plugins: Arc::new(plugins),
             concurrency: config.concurrency,
             cache_mounts: Arc::new(run::CacheMounts::new(config.root.join("cache-mounts"))),
+            registry: kiln_registry::Registry::new(kiln_registry::RegistryOptions {
+                insecure: config.insecure_registries.clone(),
+                docker_config: None,
+            })?,
         })
     }
 
@@ -265,6 +277,26 @@ impl Engine {
         let started = std::time::Instant::now();
         let mut build_args = req.build_args.clone();
         build_args.remove("BUILDKIT_SYNTAX");
+        // Named contexts reach the frontend as BuildKit passes them (`context:NAME` options);
+        // local directories are served by the host under their name.
+        let mut contexts = BTreeMap::from([("context".to_owned(), req.context.clone())]);
+        let mut options = BTreeMap::new();
+        for (name, value) in &req.build_contexts {
+            if value.starts_with("docker-image://") || value.starts_with("oci-layout://") {
+                options.insert(format!("context:{name}"), value.clone());
+            } else if value.contains("://") {
+                return Err(Error::Unsupported(format!(
+                    "--build-context {name}={value}: only directories, docker-image:// and oci-layout:// are supported"
+                )));
+            } else {
+                let dir = std::fs::canonicalize(value).map_err(|e| Error::Context {
+                    context: name.clone(),
+                    message: format!("{value}: {e}"),
+                })?;
+                options.insert(format!("context:{name}"), format!("local:{name}"));
+                contexts.insert(name.clone(), dir);
+            }
+        }
         let freq = FrontendRequest {
             source,
             filename,
@@ -273,12 +305,15 @@ impl Engine {
             platform: req.platform.clone(),
             no_cache: req.no_cache,
             no_cache_filter: Vec::new(),
-            contexts: vec!["context".to_owned()],
-            options: BTreeMap::new(),
+            contexts: contexts.keys().cloned().collect(),
+            options,
         };
         let services = Arc::new(services::EngineServices::new(
-            req.context.clone(),
+            contexts.clone(),
             self.plugins.clone(),
+            self.registry.clone(),
+            self.store.clone(),
+            tokio::runtime::Handle::current(),
             progress.clone(),
             load_id,
             load_name.clone(),
@@ -321,10 +356,12 @@ impl Engine {
                 store: self.store.clone(),
                 index: self.index.clone(),
                 plugins: self.plugins.clone(),
-                context: req.context.clone(),
+                contexts,
                 cache_mounts: self.cache_mounts.clone(),
                 secrets: req.secrets.clone(),
                 runtime: req.runtime,
+                registry: self.registry.clone(),
+                handle: tokio::runtime::Handle::current(),
             },
             &def,
         ));

@@ -1,12 +1,14 @@
 //! The host callbacks the engine offers plugins during a frontend call.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_plugin_host::{HostServices, PluginRegistry};
 use kiln_plugin_sdk::proto::{
-    FileInfo, FileKind, InstructionRequest, InstructionResponse, LogLevel, PluginError,
+    ErrorKind, FileInfo, FileKind, InstructionRequest, InstructionResponse, LogLevel, PluginError,
+    ResolveImageConfigResponse,
 };
 use kiln_solver::{CancellationToken, Event, ProgressSink};
 use kiln_types::Digest;
@@ -14,8 +16,11 @@ use kiln_types::Digest;
 use crate::rootpath;
 
 pub(crate) struct EngineServices {
-    context: PathBuf,
+    contexts: BTreeMap<String, PathBuf>,
     plugins: Arc<PluginRegistry>,
+    registry: kiln_registry::Registry,
+    store: kiln_snapshot::Store,
+    handle: tokio::runtime::Handle,
     progress: Arc<dyn ProgressSink<Digest>>,
     id: Digest,
     name: String,
@@ -23,17 +28,24 @@ pub(crate) struct EngineServices {
 }
 
 impl EngineServices {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        context: PathBuf,
+        contexts: BTreeMap<String, PathBuf>,
         plugins: Arc<PluginRegistry>,
+        registry: kiln_registry::Registry,
+        store: kiln_snapshot::Store,
+        handle: tokio::runtime::Handle,
         progress: Arc<dyn ProgressSink<Digest>>,
         id: Digest,
         name: String,
         cancel: CancellationToken,
     ) -> Self {
         EngineServices {
-            context,
+            contexts,
             plugins,
+            registry,
+            store,
+            handle,
             progress,
             id,
             name,
@@ -42,12 +54,12 @@ impl EngineServices {
     }
 
     fn path(&self, context: &str, path: &str, follow: bool) -> Result<PathBuf, PluginError> {
-        if context != "context" {
+        let Some(root) = self.contexts.get(context) else {
             return Err(PluginError::not_found(format!(
                 "no build context named {context:?}"
             )));
-        }
-        rootpath::resolve(&self.context, path, follow)
+        };
+        rootpath::resolve(root, path, follow)
             .map_err(|e| PluginError::internal(format!("{path}: {e}")))
     }
 }
@@ -119,6 +131,27 @@ impl HostServices for EngineServices {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    fn resolve_image_config(
+        &self,
+        reference: &str,
+        platform: &kiln_types::Platform,
+    ) -> Result<ResolveImageConfigResponse, PluginError> {
+        let image: kiln_registry::ImageRef =
+            reference.parse().map_err(|e: kiln_registry::Error| {
+                PluginError::new(ErrorKind::InvalidInput, e.to_string())
+            })?;
+        self.log(LogLevel::Info, &format!("resolve image config for {image}"));
+        // Plugin calls run on a blocking thread of the runtime, where blocking on it is allowed.
+        let resolved = self
+            .handle
+            .block_on(self.registry.resolve(&image, platform, &self.store))
+            .map_err(|e| PluginError::new(ErrorKind::NotFound, e.to_string()))?;
+        Ok(ResolveImageConfigResponse {
+            digest: resolved.manifest_digest,
+            config: resolved.config,
+        })
     }
 
     fn lower_instruction(

@@ -56,6 +56,9 @@ enum Base {
     Scratch,
     Stage(usize),
     Image(String),
+    /// A named context (`--build-context NAME=...`), which overrides stages and images of the
+    /// same name, as in buildx.
+    Named(String),
 }
 
 /// The state of one stage while its instructions are dispatched.
@@ -398,7 +401,9 @@ impl Converter<'_> {
             }
         };
         let earlier = self.names.get(..i).unwrap_or_default();
-        let base = if name == "scratch" {
+        let base = if self.named_context(&name).is_some() {
+            Base::Named(name)
+        } else if name == "scratch" {
             Base::Scratch
         } else if let Some(j) = earlier.iter().position(|n| n.as_deref() == Some(&name)) {
             Base::Stage(j)
@@ -453,8 +458,57 @@ impl Converter<'_> {
         Ok(seen)
     }
 
-    /// `--from` value → the stage it names (by name or index), or `None` for an image.
+    /// The value of named context `name` (`--build-context name=value`), if the build has one.
+    pub(crate) fn named_context(&self, name: &str) -> Option<&str> {
+        self.req
+            .options
+            .get(&format!("context:{name}"))
+            .map(String::as_str)
+    }
+
+    /// The filesystem and config of named context `name`: an image (`docker-image://`,
+    /// `oci-layout://`) or a local directory the host serves under that name.
+    fn named_state(
+        &mut self,
+        name: &str,
+        platform: &Platform,
+        description: String,
+    ) -> Result<(State, ImageConfig)> {
+        let value = self.named_context(name).unwrap_or_default().to_owned();
+        let image = value
+            .strip_prefix("docker-image://")
+            .map(str::to_owned)
+            .or_else(|| value.starts_with("oci-layout://").then(|| value.clone()));
+        match image {
+            Some(reference) => {
+                let img = self.resolve_image(&reference, platform)?;
+                let desc = if description.is_empty() {
+                    format!("[context {name}] FROM {}", img.pinned)
+                } else {
+                    description
+                };
+                Ok((image_state(&img, platform, desc), img.config))
+            }
+            None => Ok((
+                State::local(
+                    LocalSource {
+                        name: name.to_owned(),
+                        include_patterns: Vec::new(),
+                        exclude_patterns: Vec::new(),
+                    },
+                    format!("[context {name}] load from client"),
+                ),
+                ImageConfig::scratch(platform),
+            )),
+        }
+    }
+
+    /// `--from` value → the stage it names (by name or index), or `None` for an image or a
+    /// named context.
     pub(crate) fn stage_ref(&self, from: &str) -> Result<Option<usize>> {
+        if self.named_context(from).is_some() {
+            return Ok(None);
+        }
         if let Ok(n) = from.parse::<i64>() {
             return match usize::try_from(n).ok().filter(|n| *n < self.names.len()) {
                 Some(n) => Ok(Some(n)),
@@ -487,6 +541,9 @@ impl Converter<'_> {
                 .and_then(Option::as_ref)
                 .map(|s| s.state.clone())
                 .ok_or_else(|| Error::invalid(format!("stage {from:?} was not built"))),
+            None if self.named_context(from).is_some() => {
+                Ok(self.named_state(from, &current.platform, String::new())?.0)
+            }
             None => {
                 let img = self.resolve_image(from, &current.platform)?;
                 Ok(image_state(
@@ -607,6 +664,13 @@ impl Converter<'_> {
                 }
                 let desc = stage.prefix(&format!("FROM {}", img.pinned));
                 stage.state = image_state(&img, &platform, desc);
+            }
+            Base::Named(name) => {
+                let (state, config) = self
+                    .named_state(&name, &platform, String::new())
+                    .map_err(|e| e.at(line))?;
+                stage.state = state;
+                stage.config = config;
             }
         }
         if stage.config.config.env_get("PATH").is_none() && stage.platform.os != "windows" {

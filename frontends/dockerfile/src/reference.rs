@@ -34,10 +34,22 @@ pub(crate) fn normalize(reference: &str) -> String {
     full
 }
 
-/// The normalized reference pinned to `digest`, unless it already names one.
+/// The normalized reference pinned to `digest`, unless it already names one. An
+/// `oci-layout://DIR[:tag]` becomes `oci-layout://DIR@digest`, so that the graph (and with it
+/// the cache key) changes when the layout's image does.
 pub(crate) fn pinned(reference: &str, digest: &str) -> String {
     let n = normalize(reference);
-    if n.contains('@') || n.contains("://") || digest.is_empty() {
+    if n.contains('@') || digest.is_empty() {
+        return n;
+    }
+    if let Some(rest) = n.strip_prefix("oci-layout://") {
+        let dir = match rest.rsplit_once(':') {
+            Some((dir, tag)) if !tag.contains('/') && !dir.is_empty() => dir,
+            _ => rest,
+        };
+        return format!("oci-layout://{dir}@{digest}");
+    }
+    if n.contains("://") {
         n
     } else {
         format!("{n}@{digest}")
@@ -58,6 +70,18 @@ mod tests {
         assert_eq!(
             pinned("busybox:1", "sha256:ab"),
             "docker.io/library/busybox:1@sha256:ab"
+        );
+        assert_eq!(
+            pinned("oci-layout:///l/dir:v1", "sha256:ab"),
+            "oci-layout:///l/dir@sha256:ab"
+        );
+        assert_eq!(
+            pinned("oci-layout:///l/dir", "sha256:ab"),
+            "oci-layout:///l/dir@sha256:ab"
+        );
+        assert_eq!(
+            pinned("oci-layout:///l/d@sha256:cd", "sha256:ab"),
+            "oci-layout:///l/d@sha256:cd"
         );
     }
 }

@@ -32,7 +32,11 @@ const PACKAGES: &[&str] = &[
     "kiln-test-bad-abi",
     "kiln-test-not-plugin",
     "kiln-test-greet",
+    "kiln-exec",
 ];
+
+/// The plugins shipped with kiln (under `plugins/` and `frontends/`).
+const BUNDLED: &[&str] = &["kiln-frontend-dockerfile", "kiln-exec"];
 
 /// Builds the binary and plugins the tests use (a no-op after `cargo xtask test` built them).
 pub fn ensure_built() {
@@ -50,6 +54,16 @@ pub fn ensure_built() {
             "building kiln and its plugins failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // `kiln` searches `<its dir>/plugins` first: refresh the bundled plugins there, as
+        // `cargo xtask test` does, so a stale copy never shadows what was just built.
+        let bundled = target_dir().join("plugins");
+        std::fs::create_dir_all(&bundled).unwrap();
+        for p in BUNDLED {
+            let lib = plugin_lib(p);
+            let tmp = bundled.join(format!(".{}.{}.tmp", p, std::process::id()));
+            std::fs::copy(&lib, &tmp).unwrap();
+            std::fs::rename(&tmp, bundled.join(lib.file_name().unwrap())).unwrap();
+        }
     });
 }
 
@@ -219,4 +233,53 @@ pub fn tool(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `127.0.0.1:<port>` of the loopback registry holding `busybox:latest`, started by
+/// `cargo xtask test` (which also builds and pushes the fixture).
+pub fn test_registry() -> String {
+    std::env::var("KILN_TEST_REGISTRY").unwrap_or_else(|_| {
+        panic!(
+            "KILN_TEST_REGISTRY is not set: run the tests with `cargo xtask test`, which starts \
+             the loopback registry and pushes the busybox fixture"
+        )
+    })
+}
+
+/// Mount points under `dir` that are still mounted (none may outlive a build).
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let d = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&d))
+        .collect()
+}
+
+/// Every file under `dir` whose bytes contain `needle` (for "the secret is nowhere" checks).
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if md.is_dir() {
+                stack.push(p);
+            } else if md.is_file() {
+                if let Ok(bytes) = std::fs::read(&p) {
+                    if bytes.windows(needle.len()).any(|w| w == needle) {
+                        hits.push(p);
+                    }
+                }
+            }
+        }
+    }
+    hits
 }

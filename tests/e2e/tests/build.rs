@@ -303,3 +303,66 @@ fn oci_directory_export_and_bare_output_path() {
     .ok();
     assert!(plain.join("usr/local/bin/run").is_file());
 }
+
+#[test]
+fn named_local_contexts_serve_copy_from_and_from() {
+    let k = Kiln::new(&["kiln-frontend-dockerfile"]);
+    let extra = k.write("extra", &[("shared/lib.txt", "from the extra context\n")]);
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM scratch AS assets\nCOPY a.txt /a.txt\n\nFROM extra AS copied\n\nFROM scratch\nCOPY --from=extra shared/lib.txt /lib.txt\nCOPY --from=copied /shared /shared\nCOPY --from=assets /a.txt /a.txt\n",
+        ), ("a.txt", "a\n")],
+    );
+    let out = k.path("out");
+    let bc = format!("extra={}", extra.display());
+    k.run(&[
+        "build",
+        "--build-context",
+        &bc,
+        "-o",
+        out.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("lib.txt")).unwrap(),
+        "from the extra context\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("shared/lib.txt")).unwrap(),
+        "from the extra context\n"
+    );
+    assert_eq!(std::fs::read_to_string(out.join("a.txt")).unwrap(), "a\n");
+
+    // A named context overrides a stage of the same name, as in buildx.
+    let over = k.write("over", &[("a.txt", "overridden\n")]);
+    let out2 = k.path("out2");
+    let bc2 = format!("assets={}", over.display());
+    k.run(&[
+        "build",
+        "--build-context",
+        &bc,
+        "--build-context",
+        &bc2,
+        "-o",
+        out2.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(out2.join("a.txt")).unwrap(),
+        "overridden\n"
+    );
+
+    let r = k
+        .run(&[
+            "build",
+            "--build-context",
+            "extra=/no/such/dir",
+            ctx.to_str().unwrap(),
+        ])
+        .fails();
+    assert!(r.stderr.contains("/no/such/dir"), "{}", r.stderr);
+}

@@ -1,0 +1,160 @@
+//! The error type: every failure names the image (or layout directory and tag) it concerns.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// What was being done when an error happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Resolving the manifest and config.
+    Resolve,
+    /// Fetching layer blobs.
+    FetchLayers,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Op::Resolve => "resolve",
+            Op::FetchLayers => "fetch layers of",
+        })
+    }
+}
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The reference cannot be parsed.
+    #[error("invalid image reference {input:?}: {why}")]
+    InvalidReference {
+        /// What was given.
+        input: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The registry cannot be reached (after retries).
+    #[error("failed to {op} {image}: cannot connect to {registry}: {why}")]
+    Connect {
+        /// What was being done.
+        op: Op,
+        /// The image.
+        image: String,
+        /// The registry host.
+        registry: String,
+        /// Why (e.g. `connection refused`).
+        why: String,
+    },
+    /// The registry refused access (401/403).
+    #[error(
+        "failed to {op} {image}: unauthorized: {why} — log in with docker login or give credentials in {}",
+        config.display()
+    )]
+    Unauthorized {
+        /// What was being done.
+        op: Op,
+        /// The image.
+        image: String,
+        /// What the registry said, or `authentication required`.
+        why: String,
+        /// The docker config file credentials are read from.
+        config: PathBuf,
+    },
+    /// The image, manifest or blob does not exist.
+    #[error("failed to {op} {image}: not found: {why}")]
+    NotFound {
+        /// What was being done.
+        op: Op,
+        /// The image.
+        image: String,
+        /// What is missing.
+        why: String,
+    },
+    /// Content did not match its digest.
+    #[error("failed to {op} {image}: {what} {expected} has the wrong content (digest {actual})")]
+    DigestMismatch {
+        /// What was being done.
+        op: Op,
+        /// The image.
+        image: String,
+        /// `manifest`, `config` or `blob`.
+        what: &'static str,
+        /// The digest asked for.
+        expected: String,
+        /// The digest of what arrived.
+        actual: String,
+    },
+    /// An index has no manifest for the requested platform.
+    #[error(
+        "failed to resolve {image}: no manifest for platform {wanted} (the image has: {})",
+        if available.is_empty() { "no platforms".to_owned() } else { available.join(", ") }
+    )]
+    NoMatchingPlatform {
+        /// The image.
+        image: String,
+        /// The platform asked for.
+        wanted: String,
+        /// The platforms the index offers.
+        available: Vec<String>,
+    },
+    /// A manifest, index or config that cannot be used.
+    #[error("failed to {op} {image}: {why}")]
+    BadDocument {
+        /// What was being done.
+        op: Op,
+        /// The image.
+        image: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// Any other registry failure (5xx after retries, protocol violations).
+    #[error("failed to {op} {image}: registry error: {why}")]
+    Registry {
+        /// What was being done.
+        op: Op,
+        /// The image.
+        image: String,
+        /// The registry's answer.
+        why: String,
+    },
+    /// An OCI layout directory that cannot be read or has no such image.
+    #[error("failed to {op} {image}: {why}")]
+    Layout {
+        /// What was being done.
+        op: Op,
+        /// The layout reference (directory and tag).
+        image: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// Writing into the content store failed.
+    #[error("failed to {op} {image}: content store: {source}")]
+    Store {
+        /// What was being done.
+        op: Op,
+        /// The image.
+        image: String,
+        /// The store's error.
+        source: kiln_snapshot::Error,
+    },
+    /// The docker configuration cannot be read.
+    #[error("cannot read docker config {}: {why}", path.display())]
+    DockerConfig {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// A docker credential helper failed.
+    #[error("credential helper {helper} failed for {registry}: {why}")]
+    CredentialHelper {
+        /// The helper program.
+        helper: String,
+        /// The registry asked about.
+        registry: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// The http client cannot be set up.
+    #[error("cannot create the registry client: {0}")]
+    Client(String),
+}

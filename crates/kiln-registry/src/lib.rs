@@ -1,0 +1,107 @@
+//! Pulls images for `FROM <image>`: resolves a reference (registry or `oci-layout://`
+//! directory) to one platform's manifest and config, and puts the layer blobs into the
+//! content store. Registry access goes through oci-client (rustls with the ring provider),
+//! with credentials from the docker client's configuration, bounded retries, and plain http
+//! for loopback and `--insecure-registry` hosts.
+//!
+//! Architecture invariant: a layer-1 crate. Among kiln crates it depends on `kiln-types` and
+//! on `kiln-snapshot` (for the blob store) only; it knows nothing of builds, graphs or plugins.
+
+mod auth;
+mod error;
+mod layout;
+mod reference;
+mod remote;
+mod select;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_snapshot::Store;
+use kiln_types::image::{Descriptor, ImageConfig, Manifest};
+use kiln_types::{Digest, Platform};
+
+pub use error::{Error, Op};
+pub use reference::{ImageRef, LayoutRef, Reference};
+
+/// How to reach registries.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryOptions {
+    /// Registries (`host` or `host:port`) reached over plain http, as docker's
+    /// `--insecure-registry`. Loopback registries always are.
+    pub insecure: Vec<String>,
+    /// The docker configuration directory holding `config.json`; default `$DOCKER_CONFIG`, else
+    /// `~/.docker`.
+    pub docker_config: Option<PathBuf>,
+}
+
+/// A registry client: cheap to clone and share between tasks.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<remote::Remote>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+/// An image narrowed to one platform, with its manifest and config in hand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedImage {
+    /// The reference, pinned: the digest of the platform manifest filled in.
+    pub reference: ImageRef,
+    /// The digest of the platform manifest.
+    pub manifest_digest: Digest,
+    /// The platform manifest.
+    pub manifest: Manifest,
+    /// The digest of the config blob (also stored in the store).
+    pub config_digest: Digest,
+    /// The image config.
+    pub config: ImageConfig,
+    /// The layer blobs, base first (= `manifest.layers`).
+    pub layers: Vec<Descriptor>,
+}
+
+impl Registry {
+    /// Reads the docker configuration and prepares the http clients. Fails on an unreadable
+    /// `config.json` or when the TLS setup cannot be built.
+    pub fn new(opts: RegistryOptions) -> Result<Self, Error> {
+        Ok(Registry {
+            inner: Arc::new(remote::Remote::new(opts)?),
+        })
+    }
+
+    /// Resolves to one platform manifest (an index is narrowed to `platform`), fetching the
+    /// manifest and the config (verified by digest; the config blob is also stored in `store`).
+    pub async fn resolve(
+        &self,
+        image: &ImageRef,
+        platform: &Platform,
+        store: &Store,
+    ) -> Result<ResolvedImage, Error> {
+        match image {
+            ImageRef::Registry(r) => self.inner.resolve(r, platform, store).await,
+            ImageRef::Layout(l) => layout::resolve(l, platform, store).await,
+        }
+    }
+
+    /// Puts every layer blob of `image` into `store`: only missing ones, streamed to disk (never
+    /// the whole layer in memory), verified by digest, several in parallel (up to 3).
+    pub async fn fetch_layers(&self, image: &ResolvedImage, store: &Store) -> Result<(), Error> {
+        let mut missing: Vec<&Descriptor> = Vec::new();
+        for l in &image.layers {
+            if !store.has_blob(&l.digest) && !missing.iter().any(|m| m.digest == l.digest) {
+                missing.push(l);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        match &image.reference {
+            ImageRef::Registry(r) => self.inner.fetch_blobs(r, &missing, store).await,
+            ImageRef::Layout(l) => layout::copy_blobs(l, &missing, store).await,
+        }
+    }
+}

@@ -1,0 +1,580 @@
+//! Registry access over oci-client: auth, manifests, streamed and verified blob downloads,
+//! retries, and the mapping of transport errors to errors a user can act on.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kiln_snapshot::Store;
+use kiln_types::image::{Descriptor, ImageConfig};
+use kiln_types::{Digest, Platform};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference as OciRef, RegistryOperation};
+
+use crate::auth::DockerConfig;
+use crate::reference::is_loopback;
+use crate::select::{parse_document, select_platform, Document, ACCEPTED, MAX_NESTING};
+use crate::{Error, Op, Reference, RegistryOptions, ResolvedImage};
+
+/// Attempts per request, and the first back-off delay (multiplied by 4 each time: 200 ms,
+/// 800 ms), so that an unreachable registry fails in about a second.
+const ATTEMPTS: u32 = 3;
+const FIRST_DELAY: Duration = Duration::from_millis(200);
+/// Layers downloaded at once.
+const PARALLEL_BLOBS: usize = 3;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Per read, not per request: a large layer may take long, a stalled one may not.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(crate) struct Remote {
+    https: Client,
+    http: Client,
+    insecure: Vec<String>,
+    config: Arc<DockerConfig>,
+    credentials: Mutex<HashMap<String, RegistryAuth>>,
+}
+
+fn new_client(protocol: ClientProtocol) -> Result<Client, Error> {
+    let config = ClientConfig {
+        protocol,
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
+        max_concurrent_download: PARALLEL_BLOBS,
+        platform_resolver: None,
+        ..ClientConfig::default()
+    };
+    // `Client::new` would swallow the error and fall back to a default client.
+    Client::try_from(config).map_err(|e| Error::Client(e.to_string()))
+}
+
+impl Remote {
+    pub(crate) fn new(opts: RegistryOptions) -> Result<Self, Error> {
+        // reqwest is built without a default provider (aws-lc-rs costs minutes of build time);
+        // an error only means some provider is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Ok(Remote {
+            https: new_client(ClientProtocol::Https)?,
+            http: new_client(ClientProtocol::Http)?,
+            insecure: opts.insecure,
+            config: Arc::new(DockerConfig::load(opts.docker_config.as_deref())?),
+            credentials: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn client_for(&self, registry: &str) -> &Client {
+        if is_loopback(registry) || self.insecure.iter().any(|h| h == registry) {
+            &self.http
+        } else {
+            &self.https
+        }
+    }
+
+    async fn credentials(&self, registry: &str) -> Result<RegistryAuth, Error> {
+        if let Some(a) = self.lock_credentials().get(registry) {
+            return Ok(a.clone());
+        }
+        let config = Arc::clone(&self.config);
+        let reg = registry.to_owned();
+        // A credential helper is a process: keep it off the async threads.
+        let auth = tokio::task::spawn_blocking(move || config.credentials(&reg))
+            .await
+            .map_err(|e| Error::CredentialHelper {
+                helper: "(credential lookup)".to_owned(),
+                registry: registry.to_owned(),
+                why: e.to_string(),
+            })??;
+        self.lock_credentials()
+            .insert(registry.to_owned(), auth.clone());
+        Ok(auth)
+    }
+
+    fn lock_credentials(&self) -> std::sync::MutexGuard<'_, HashMap<String, RegistryAuth>> {
+        // The map is only ever inserted into; a panic elsewhere cannot leave it inconsistent.
+        self.credentials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A connected session for one image: client, credentials, and error context.
+    async fn session<'a>(&'a self, r: &'a Reference, op: Op) -> Result<Session<'a>, Error> {
+        let s = Session {
+            client: self.client_for(&r.registry),
+            auth: self.credentials(&r.registry).await?,
+            reference: r,
+            image: r.to_string(),
+            op,
+            config: &self.config,
+        };
+        // oci-client's lazy token fetch hides its errors: authenticate up front, so that an
+        // unreachable registry or refused credentials are reported as such.
+        let oref = s.oci_ref(r.digest.as_ref());
+        retry(transient, || {
+            s.client.auth(&oref, &s.auth, RegistryOperation::Pull)
+        })
+        .await
+        .map_err(|e| s.error(e))?;
+        Ok(s)
+    }
+
+    pub(crate) async fn resolve(
+        &self,
+        r: &Reference,
+        platform: &Platform,
+        store: &Store,
+    ) -> Result<ResolvedImage, Error> {
+        let s = self.session(r, Op::Resolve).await?;
+        let mut expected = r.digest;
+        for _ in 0..=MAX_NESTING {
+            let oref = s.oci_ref(expected.as_ref());
+            let (bytes, _) = retry(transient, || {
+                s.client.pull_manifest_raw(&oref, &s.auth, ACCEPTED)
+            })
+            .await
+            .map_err(|e| s.error(e))?;
+            let digest = Digest::of(&bytes);
+            if let Some(want) = expected {
+                if want != digest {
+                    return Err(s.mismatch("manifest", &want, &digest));
+                }
+            }
+            let doc = parse_document(&bytes).map_err(|why| Error::BadDocument {
+                op: s.op,
+                image: s.image.clone(),
+                why,
+            })?;
+            match doc {
+                Document::Index(index) => {
+                    let d = select_platform(&index, platform).map_err(|available| {
+                        Error::NoMatchingPlatform {
+                            image: s.image.clone(),
+                            wanted: platform.to_string(),
+                            available,
+                        }
+                    })?;
+                    expected = Some(d.digest);
+                }
+                Document::Manifest(manifest) => {
+                    if !store.has_blob(&manifest.config.digest) {
+                        s.fetch_blob(&manifest.config, store).await?;
+                    }
+                    let config = read_config(store, &manifest.config.digest).map_err(|why| {
+                        Error::BadDocument {
+                            op: s.op,
+                            image: s.image.clone(),
+                            why,
+                        }
+                    })?;
+                    return Ok(ResolvedImage {
+                        reference: crate::ImageRef::Registry(Reference {
+                            digest: Some(digest),
+                            ..r.clone()
+                        }),
+                        manifest_digest: digest,
+                        config_digest: manifest.config.digest,
+                        config,
+                        layers: manifest.layers.clone(),
+                        manifest,
+                    });
+                }
+            }
+        }
+        Err(Error::BadDocument {
+            op: s.op,
+            image: s.image.clone(),
+            why: format!("image indexes nested more than {MAX_NESTING} deep"),
+        })
+    }
+
+    pub(crate) async fn fetch_blobs(
+        &self,
+        r: &Reference,
+        blobs: &[&Descriptor],
+        store: &Store,
+    ) -> Result<(), Error> {
+        let s = self.session(r, Op::FetchLayers).await?;
+        // After a failure, queued downloads are skipped but those in flight run to their end:
+        // dropping them would leave their writer tasks to clean up after we return.
+        let failed = AtomicBool::new(false);
+        let (s, failed) = (&s, &failed);
+        let results: Vec<Result<(), Error>> =
+            futures_util::stream::iter(blobs.iter().map(|d| async move {
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let r = s.fetch_blob(d, store).await;
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                r
+            }))
+            .buffer_unordered(PARALLEL_BLOBS)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+}
+
+/// Reads and parses a config blob from the store.
+pub(crate) fn read_config(store: &Store, digest: &Digest) -> Result<ImageConfig, String> {
+    let bytes = store.read_blob(digest).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("invalid image config {digest}: {e}"))
+}
+
+struct Session<'a> {
+    client: &'a Client,
+    auth: RegistryAuth,
+    reference: &'a Reference,
+    image: String,
+    op: Op,
+    config: &'a DockerConfig,
+}
+
+/// Why one download attempt failed.
+enum Attempt {
+    Net(OciDistributionError),
+    Stream(std::io::Error),
+    Final(Error),
+}
+
+impl Session<'_> {
+    fn oci_ref(&self, digest: Option<&Digest>) -> OciRef {
+        let r = self.reference;
+        match (digest, &r.tag) {
+            (Some(d), _) => {
+                OciRef::with_digest(r.registry.clone(), r.repository.clone(), d.to_string())
+            }
+            (None, Some(t)) => {
+                OciRef::with_tag(r.registry.clone(), r.repository.clone(), t.clone())
+            }
+            (None, None) => OciRef::with_tag(
+                r.registry.clone(),
+                r.repository.clone(),
+                "latest".to_owned(),
+            ),
+        }
+    }
+
+    fn mismatch(&self, what: &'static str, expected: &Digest, actual: &Digest) -> Error {
+        Error::DigestMismatch {
+            op: self.op,
+            image: self.image.clone(),
+            what,
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        }
+    }
+
+    /// Downloads one blob into the store with retries.
+    async fn fetch_blob(&self, desc: &Descriptor, store: &Store) -> Result<(), Error> {
+        let oref = self.oci_ref(self.reference.digest.as_ref());
+        let transient_attempt = |a: &Attempt| match a {
+            Attempt::Net(e) => transient(e),
+            Attempt::Stream(e) => digest_error(e).is_none(),
+            Attempt::Final(_) => false,
+        };
+        retry(transient_attempt, || self.download(&oref, desc, store))
+            .await
+            .map_err(|a| match a {
+                Attempt::Net(e) => self.error(e),
+                Attempt::Stream(e) => match digest_error(&e) {
+                    Some(DigestError::VerificationError { actual, .. }) => Error::DigestMismatch {
+                        op: self.op,
+                        image: self.image.clone(),
+                        what: "blob",
+                        expected: desc.digest.to_string(),
+                        actual: actual.clone(),
+                    },
+                    _ => Error::Registry {
+                        op: self.op,
+                        image: self.image.clone(),
+                        why: format!("download of {} interrupted: {e}", desc.digest),
+                    },
+                },
+                Attempt::Final(e) => e,
+            })
+    }
+
+    /// One attempt: streams the blob through a blocking writer task into the store, so that
+    /// a layer is never held in memory and disk writes never block the async threads.
+    async fn download(
+        &self,
+        oref: &OciRef,
+        desc: &Descriptor,
+        store: &Store,
+    ) -> Result<(), Attempt> {
+        let digest = desc.digest.to_string();
+        let mut stream = self
+            .client
+            .pull_blob_stream(oref, digest.as_str())
+            .await
+            .map_err(Attempt::Net)?;
+        let store_err = |source| {
+            Attempt::Final(Error::Store {
+                op: self.op,
+                image: self.image.clone(),
+                source,
+            })
+        };
+        let writer = store.blob_writer().map_err(store_err)?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut writer = writer;
+            let mut written = Ok(());
+            while let Some(chunk) = rx.blocking_recv() {
+                if let Err(e) = writer.write_all(&chunk) {
+                    written = Err(e);
+                    break;
+                }
+            }
+            (writer, written)
+        });
+        let mut received = 0u64;
+        let mut failure = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(chunk) => {
+                    received += chunk.len() as u64;
+                    if received > desc.size {
+                        failure = Some(Attempt::Final(Error::Registry {
+                            op: self.op,
+                            image: self.image.clone(),
+                            why: format!(
+                                "blob {} is larger than the {} bytes its descriptor says",
+                                desc.digest, desc.size
+                            ),
+                        }));
+                        break;
+                    }
+                    // A closed channel means the writer failed; its error is reported below.
+                    if tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(Attempt::Stream(e));
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let joined = task.await;
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        let (writer, written) = joined.map_err(|e| store_err(io_error(e)))?;
+        written.map_err(|e| store_err(io_error(e)))?;
+        let expected = desc.digest;
+        tokio::task::spawn_blocking(move || writer.commit(Some(&expected)))
+            .await
+            .map_err(|e| store_err(io_error(e)))?
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    /// Turns an oci-client error into one that says what to do.
+    fn error(&self, e: OciDistributionError) -> Error {
+        use OciDistributionError as E;
+        let op = self.op;
+        let image = self.image.clone();
+        let unauthorized = |why: String| Error::Unauthorized {
+            op,
+            image: image.clone(),
+            why,
+            config: self.config.path().to_owned(),
+        };
+        let not_found = |why: String| Error::NotFound {
+            op,
+            image: image.clone(),
+            why,
+        };
+        let other = |why: String| Error::Registry {
+            op,
+            image: image.clone(),
+            why,
+        };
+        match e {
+            E::RequestError(re) if re.is_connect() || re.is_timeout() => Error::Connect {
+                op,
+                image: image.clone(),
+                registry: self.reference.registry.clone(),
+                why: connect_reason(&re, re.is_timeout()),
+            },
+            E::UnauthorizedError { .. } => unauthorized("authentication required".to_owned()),
+            E::AuthenticationFailure(reason) => {
+                let reason = reason.trim();
+                unauthorized(if reason.is_empty() {
+                    "authentication failed".to_owned()
+                } else {
+                    format!("authentication failed: {reason}")
+                })
+            }
+            E::RegistryError { envelope, .. } => {
+                let msg = envelope
+                    .errors
+                    .iter()
+                    .map(|e| {
+                        if e.message.is_empty() {
+                            format!("{:?}", e.code)
+                        } else {
+                            e.message.clone()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let has = |f: fn(&OciErrorCode) -> bool| envelope.errors.iter().any(|e| f(&e.code));
+                if has(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
+                    unauthorized(msg)
+                } else if has(|c| {
+                    matches!(
+                        c,
+                        OciErrorCode::ManifestUnknown
+                            | OciErrorCode::NameUnknown
+                            | OciErrorCode::BlobUnknown
+                            | OciErrorCode::ManifestBlobUnknown
+                            | OciErrorCode::NotFound
+                    )
+                }) {
+                    not_found(msg)
+                } else {
+                    other(msg)
+                }
+            }
+            E::ServerError {
+                code: 401 | 403, ..
+            } => unauthorized("authentication required".to_owned()),
+            E::ServerError { code: 404, url, .. } => not_found(format!("404 from {url}")),
+            E::ServerError { code, url, message } => {
+                other(format!("HTTP {code} from {url}: {}", message.trim()))
+            }
+            E::DigestError(DigestError::VerificationError { expected, actual }) => {
+                Error::DigestMismatch {
+                    op,
+                    image: image.clone(),
+                    what: "manifest",
+                    expected,
+                    actual,
+                }
+            }
+            e => other(e.to_string()),
+        }
+    }
+}
+
+fn io_error(e: impl std::error::Error + Send + Sync + 'static) -> kiln_snapshot::Error {
+    kiln_snapshot::Error::Io {
+        op: "write blob",
+        path: std::path::PathBuf::from("(blob store)"),
+        source: std::io::Error::other(e),
+    }
+}
+
+/// Retry on 5xx, timeouts and broken connections; never on 4xx.
+fn transient(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::RequestError(re) => {
+            re.is_connect() || re.is_timeout() || re.is_body() || re.is_request() || re.is_decode()
+        }
+        OciDistributionError::ServerError { code, .. } => *code >= 500,
+        OciDistributionError::IoError(io) => digest_error(io).is_none(),
+        _ => false,
+    }
+}
+
+fn digest_error(e: &std::io::Error) -> Option<&DigestError> {
+    e.get_ref()?.downcast_ref::<DigestError>()
+}
+
+/// The innermost cause of a connection failure, in words (`connection refused`).
+fn connect_reason(e: &(dyn std::error::Error + 'static), timeout: bool) -> String {
+    if timeout {
+        return "timed out".to_owned();
+    }
+    let mut cur = Some(e);
+    let mut last = e.to_string();
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused".to_owned(),
+                std::io::ErrorKind::TimedOut => return "timed out".to_owned(),
+                _ => {}
+            }
+        }
+        last = err.to_string();
+        cur = err.source();
+    }
+    last
+}
+
+/// Runs `f` up to [`ATTEMPTS`] times while its error is transient, backing off exponentially.
+async fn retry<T, E, F, Fut>(transient: impl Fn(&E) -> bool, mut f: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delay = FIRST_DELAY;
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Err(e) if attempt < ATTEMPTS && transient(&e) => {
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn retry_is_bounded_and_skips_permanent_errors() {
+        let calls = AtomicU32::new(0);
+        let r: Result<(), bool> = retry(
+            |t: &bool| *t,
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(true)
+            },
+        )
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), ATTEMPTS);
+
+        calls.store(0, Ordering::SeqCst);
+        let r: Result<(), bool> = retry(
+            |t: &bool| *t,
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(false)
+            },
+        )
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn server_errors_are_transient_client_errors_not() {
+        let server = |code| OciDistributionError::ServerError {
+            code,
+            url: String::new(),
+            message: String::new(),
+        };
+        assert!(transient(&server(503)));
+        assert!(!transient(&server(404)));
+        assert!(!transient(&server(429)));
+        assert!(!transient(&OciDistributionError::UnauthorizedError {
+            url: String::new()
+        }));
+    }
+}

@@ -1,0 +1,187 @@
+//! Manifest documents as fetched (OCI or docker schema 2, image or index) and platform choice.
+
+use kiln_types::image::{
+    Descriptor, Index, Manifest, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST,
+    MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
+};
+use kiln_types::Platform;
+
+/// The manifest media types accepted on pull.
+pub(crate) const ACCEPTED: &[&str] = &[
+    MEDIA_TYPE_MANIFEST,
+    MEDIA_TYPE_INDEX,
+    MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_DOCKER_MANIFEST_LIST,
+];
+
+/// How deep nested indexes are followed before giving up (a loop would otherwise never end).
+pub(crate) const MAX_NESTING: usize = 4;
+
+/// A parsed manifest document.
+pub(crate) enum Document {
+    Manifest(Manifest),
+    Index(Index),
+}
+
+/// Parses a manifest or index; the error says why it is not usable.
+pub(crate) fn parse_document(bytes: &[u8]) -> Result<Document, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("manifest is not JSON: {e}"))?;
+    let schema = value.get("schemaVersion").and_then(|v| v.as_u64());
+    if schema != Some(2) {
+        return Err(format!(
+            "unsupported manifest schema version {} (only schema 2 / OCI manifests are supported)",
+            schema.map_or_else(|| "(none)".to_owned(), |s| s.to_string())
+        ));
+    }
+    let media_type = value.get("mediaType").and_then(|v| v.as_str());
+    let is_index = match media_type {
+        Some(MEDIA_TYPE_INDEX | MEDIA_TYPE_DOCKER_MANIFEST_LIST) => true,
+        Some(MEDIA_TYPE_MANIFEST | MEDIA_TYPE_DOCKER_MANIFEST) => false,
+        Some(other) => return Err(format!("unsupported manifest media type {other}")),
+        // OCI makes mediaType optional; the members tell the two apart.
+        None => value.get("manifests").is_some(),
+    };
+    if is_index {
+        serde_json::from_value(value)
+            .map(Document::Index)
+            .map_err(|e| format!("invalid image index: {e}"))
+    } else {
+        serde_json::from_value(value)
+            .map(Document::Manifest)
+            .map_err(|e| format!("invalid image manifest: {e}"))
+    }
+}
+
+/// os, architecture and variant with the defaults filled in, so that `linux/arm64` equals
+/// `linux/arm64/v8` (as containerd's platform matcher does).
+fn normalize(p: &Platform) -> (String, String, Option<String>) {
+    let arch = match p.architecture.as_str() {
+        "x86_64" | "x86-64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let variant = p.variant.as_deref().map(|v| match v {
+        "8" => "v8",
+        "7" => "v7",
+        "6" => "v6",
+        other => other,
+    });
+    let variant = match (arch, variant) {
+        ("arm64", None) => Some("v8"),
+        ("arm", None) => Some("v7"),
+        ("amd64", Some("v1")) => None,
+        (_, v) => v,
+    };
+    (
+        p.os.clone(),
+        arch.to_owned(),
+        variant.map(ToOwned::to_owned),
+    )
+}
+
+/// Picks the manifest for `want` from an index, or returns the platforms it offers.
+pub(crate) fn select_platform<'a>(
+    index: &'a Index,
+    want: &Platform,
+) -> Result<&'a Descriptor, Vec<String>> {
+    // An index with one entry without a platform (e.g. an OCI layout of one image) is that image.
+    if let [only] = index.manifests.as_slice() {
+        if only.platform.is_none() {
+            return Ok(only);
+        }
+    }
+    let wanted = normalize(want);
+    let with_platform = || {
+        index
+            .manifests
+            .iter()
+            .filter_map(|d| d.platform.as_ref().map(|p| (d, normalize(p))))
+    };
+    if let Some((d, _)) = with_platform().find(|(_, p)| *p == wanted) {
+        return Ok(d);
+    }
+    // No variant asked for: any variant of the architecture will do.
+    if want.variant.is_none() {
+        if let Some((d, _)) = with_platform().find(|(_, p)| p.0 == wanted.0 && p.1 == wanted.1) {
+            return Ok(d);
+        }
+    }
+    Err(index
+        .manifests
+        .iter()
+        .filter_map(|d| d.platform.as_ref())
+        // attestation manifests carry unknown/unknown
+        .filter(|p| p.os != "unknown")
+        .map(ToString::to_string)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_types::Digest;
+
+    fn index(platforms: &[&str]) -> Index {
+        Index {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_INDEX.into()),
+            manifests: platforms
+                .iter()
+                .map(|p| {
+                    let mut d = Descriptor::new(MEDIA_TYPE_MANIFEST, Digest::of(p.as_bytes()), 1);
+                    d.platform = Some(p.parse().unwrap());
+                    d
+                })
+                .collect(),
+            annotations: Default::default(),
+        }
+    }
+
+    fn pick(idx: &Index, want: &str) -> Result<String, Vec<String>> {
+        select_platform(idx, &want.parse().unwrap())
+            .map(|d| d.platform.as_ref().unwrap().to_string())
+    }
+
+    #[test]
+    fn platform_matching() {
+        let idx = index(&[
+            "linux/amd64",
+            "linux/arm64/v8",
+            "linux/arm/v6",
+            "linux/arm/v7",
+        ]);
+        assert_eq!(pick(&idx, "linux/amd64").unwrap(), "linux/amd64");
+        assert_eq!(pick(&idx, "linux/arm64").unwrap(), "linux/arm64/v8");
+        assert_eq!(pick(&idx, "linux/arm64/v8").unwrap(), "linux/arm64/v8");
+        assert_eq!(pick(&idx, "linux/arm").unwrap(), "linux/arm/v7");
+        assert_eq!(pick(&idx, "linux/arm/v6").unwrap(), "linux/arm/v6");
+        assert_eq!(
+            pick(&idx, "linux/s390x").unwrap_err(),
+            vec![
+                "linux/amd64",
+                "linux/arm64/v8",
+                "linux/arm/v6",
+                "linux/arm/v7"
+            ]
+        );
+        let idx = index(&["linux/arm64"]);
+        assert_eq!(pick(&idx, "linux/arm64/v8").unwrap(), "linux/arm64");
+        assert!(pick(&idx, "linux/arm64/v9").is_err());
+        let idx = index(&["linux/amd64/v3"]);
+        assert_eq!(pick(&idx, "linux/amd64").unwrap(), "linux/amd64/v3");
+    }
+
+    #[test]
+    fn documents() {
+        let m = br#"{"schemaVersion":2,"config":{"mediaType":"a","digest":"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","size":1},"layers":[]}"#;
+        assert!(matches!(parse_document(m), Ok(Document::Manifest(_))));
+        let i = br#"{"schemaVersion":2,"manifests":[]}"#;
+        assert!(matches!(parse_document(i), Ok(Document::Index(_))));
+        let v1 = br#"{"schemaVersion":1,"name":"x"}"#;
+        assert!(parse_document(v1)
+            .err()
+            .unwrap()
+            .contains("schema version 1"));
+    }
+}

@@ -1,0 +1,281 @@
+//! RUN end to end: a base image pulled from the loopback registry, RUN in the embedded sandbox
+//! and through runc, deletions and replaced directories, cache and secret mounts, failures.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use kiln_e2e::*;
+
+const SECRET: &str = "s3cr3t-7f1c0a9e-never-in-a-layer";
+
+fn dockerfile(registry: &str) -> String {
+    format!(
+        r#"FROM {registry}/busybox:latest AS build
+WORKDIR /src
+ENV GREETING=hello
+ARG FLAVOUR=plain
+RUN echo "$GREETING $FLAVOUR" > greeting && mkdir -p dir/sub && echo x > dir/sub/x && echo gone > doomed
+RUN ["/bin/sh", "-c", "echo exec-form > /src/exec"]
+RUN rm doomed && rm -rf dir && echo now-a-file > dir && rm /bin/vi
+RUN --mount=type=cache,target=/cache,id=e2e-cache echo filled > /cache/marker && ls /cache > /src/cache-list
+RUN --mount=type=secret,id=token wc -c < /run/secrets/token > /src/secret-len && test ! -e /run/secrets/token.copy
+RUN adduser -D -u 1000 app
+USER app
+RUN id -u > /tmp/uid && id -un > /tmp/name
+
+FROM {registry}/busybox:latest
+COPY --from=build /src /out
+COPY --from=build /tmp/uid /tmp/name /out/
+USER 1000
+WORKDIR /out
+CMD ["cat", "greeting"]
+"#
+    )
+}
+
+fn build(k: &Kiln, ctx: &Path, tar: &Path, extra: &[&str]) -> Run {
+    let secret = k.path("token.txt");
+    std::fs::write(&secret, SECRET).unwrap();
+    let dest = format!("type=oci,dest={}", tar.display());
+    let sec = format!("id=token,src={}", secret.display());
+    let mut args = vec![
+        "build",
+        "--progress=plain",
+        "-t",
+        "runs:1",
+        "--secret",
+        &sec,
+        "--output",
+        &dest,
+    ];
+    args.extend_from_slice(extra);
+    let c = ctx.display().to_string();
+    args.push(&c);
+    k.run(&args)
+}
+
+fn unpack(k: &Kiln, tar: &Path, name: &str) -> std::path::PathBuf {
+    let layout = k.path(&format!("{name}-layout"));
+    std::fs::create_dir_all(&layout).unwrap();
+    tool(
+        "tar",
+        &["-xf", tar.to_str().unwrap(), "-C", layout.to_str().unwrap()],
+    );
+    let bundle = k.path(&format!("{name}-bundle"));
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:1", layout.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
+    bundle.join("rootfs")
+}
+
+fn check_rootfs(rootfs: &Path) {
+    let read =
+        |p: &str| std::fs::read_to_string(rootfs.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("out/greeting"), "hello plain\n");
+    assert_eq!(read("out/exec"), "exec-form\n");
+    assert_eq!(
+        read("out/dir"),
+        "now-a-file\n",
+        "a directory replaced by a file"
+    );
+    assert!(
+        !rootfs.join("out/doomed").exists(),
+        "deleted file came back"
+    );
+    assert_eq!(read("out/cache-list"), "marker\n");
+    assert_eq!(read("out/secret-len").trim(), SECRET.len().to_string());
+    assert_eq!(read("out/uid"), "1000\n");
+    assert_eq!(read("out/name"), "app\n");
+    assert!(rootfs.join("bin/busybox").is_file(), "base layers missing");
+    assert!(!rootfs.join("run/secrets/token").exists());
+}
+
+#[test]
+fn run_steps_on_a_pulled_base_in_the_sandbox_and_in_runc() {
+    let registry = test_registry();
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
+    let ctx = k.write("ctx", &[("Dockerfile", &dockerfile(&registry))]);
+    let tar = k.path("embedded.tar");
+    let first = build(&k, &ctx, &tar, &[]).ok();
+    let rootfs = unpack(&k, &tar, "embedded");
+    check_rootfs(&rootfs);
+
+    // The build stage deleted /bin/vi; the final stage starts from the base again.
+    assert!(rootfs.join("bin/vi").exists());
+    let cfg: serde_json::Value = serde_json::from_str(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--config",
+            &format!("oci-archive:{}", tar.display()),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(cfg["config"]["User"], "1000");
+    assert_eq!(cfg["config"]["WorkingDir"], "/out");
+    assert_eq!(cfg["config"]["Cmd"], serde_json::json!(["cat", "greeting"]));
+    let env: Vec<&str> = cfg["config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(env.iter().any(|e| e.starts_with("PATH=")), "{env:?}");
+
+    // The secret is nowhere: not in the store, the image or the logs.
+    assert!(!first.stderr.contains(SECRET));
+    assert!(
+        files_containing(&k.path("store"), SECRET.as_bytes()).is_empty(),
+        "secret in the store"
+    );
+    assert!(
+        files_containing(&k.path("embedded-layout"), SECRET.as_bytes()).is_empty(),
+        "secret in the image"
+    );
+    assert!(
+        mounts_under(k.dir.path()).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(k.dir.path())
+    );
+
+    // No-op rebuild: nothing runs, same image.
+    let again = build(&k, &ctx, &k.path("again.tar"), &[]).ok();
+    assert_eq!(again.digest(), first.digest());
+    let ran: Vec<_> = again
+        .steps()
+        .into_iter()
+        .filter(|(n, s)| n.contains("RUN") && s != "CACHED")
+        .collect();
+    assert!(
+        ran.is_empty(),
+        "RUN steps re-ran: {ran:?}\n{}",
+        again.stderr
+    );
+
+    // The cache mount persisted: a new step sees what the first build left there.
+    let probe = k.write(
+        "probe",
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM {registry}/busybox:latest\nRUN --mount=type=cache,target=/c,id=e2e-cache cp /c/marker /seen\n"
+            ),
+        )],
+    );
+    let out = k.path("probe-out");
+    k.run(&[
+        "build",
+        "-o",
+        out.to_str().unwrap(),
+        probe.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("seen")).unwrap(),
+        "filled\n"
+    );
+
+    // The same build through runc gives the same files.
+    let runc_tar = k.path("runc.tar");
+    build(&k, &ctx, &runc_tar, &["--executor", "runc", "--no-cache"]).ok();
+    let runc_rootfs = unpack(&k, &runc_tar, "runc");
+    check_rootfs(&runc_rootfs);
+    let md = std::fs::metadata(runc_rootfs.join("out/greeting")).unwrap();
+    assert_eq!(md.len(), "hello plain\n".len() as u64);
+}
+
+#[test]
+fn a_failing_run_reports_step_line_and_exit_code_and_leaves_nothing_mounted() {
+    let registry = test_registry();
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM {registry}/busybox:latest\nRUN echo before\nRUN echo about to fail && exit 3\nRUN echo never\n"
+            ),
+        )],
+    );
+    let tar = k.path("o.tar");
+    let dest = format!("type=oci,dest={}", tar.display());
+    let r = k
+        .run(&[
+            "build",
+            "--progress=plain",
+            "--output",
+            &dest,
+            ctx.to_str().unwrap(),
+        ])
+        .fails();
+    assert!(r.stderr.contains("exit code: 3"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("Dockerfile:3")
+            && r.stderr.contains(">>> RUN echo about to fail && exit 3"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("about to fail"),
+        "the step's output is shown:\n{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("never\n"), "{}", r.stderr);
+    assert!(!tar.exists());
+    assert!(
+        mounts_under(k.dir.path()).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(k.dir.path())
+    );
+
+    // A missing base image is a clear error naming it.
+    let bad = k.write(
+        "bad",
+        &[(
+            "Dockerfile",
+            &format!("FROM {registry}/no-such-image:1\nRUN true\n"),
+        )],
+    );
+    let r = k.run(&["build", bad.to_str().unwrap()]).fails();
+    assert!(r.stderr.contains("no-such-image"), "{}", r.stderr);
+}
+
+#[test]
+fn oci_layout_base_and_named_image_context() {
+    let layout = workspace().join("target/kiln-test/fixtures/busybox-oci");
+    assert!(
+        layout.join("index.json").is_file(),
+        "the busybox fixture is built by `cargo xtask test` (missing {})",
+        layout.display()
+    );
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!("FROM oci-layout://{}:latest\nRUN echo from-layout > /marker\nFROM base\nCOPY --from=0 /marker /marker\n", layout.display()),
+        )],
+    );
+    let out = k.path("out");
+    let bc = format!("base=oci-layout://{}:latest", layout.display());
+    k.run(&[
+        "build",
+        "--build-context",
+        &bc,
+        "-o",
+        out.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("marker")).unwrap(),
+        "from-layout\n"
+    );
+    assert!(out.join("bin/busybox").is_file());
+}

@@ -305,6 +305,7 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
         });
         engine.build(req, renderer.clone(), cancel.clone()).await
     });
+    renderer.finish();
     match result {
         Ok(outcome) => {
             for w in &outcome.warnings {

@@ -1,14 +1,17 @@
 //! Progress renderers: turn the solver's events into what the user reads. `plain` follows
 //! `docker buildx build --progress=plain` (`#N [stage 2/3] COPY ...`, `#N CACHED`,
-//! `#N DONE 0.1s`), `rawjson` prints one JSON object per event, and `tty` is the plain
-//! renderer on a terminal for now.
+//! `#N DONE 0.1s`), `rawjson` prints one JSON object per event, and `tty` redraws a live view
+//! in place (header, one line per step, the last output lines of running steps).
 //!
 //! Architecture invariant: rendering only. No build logic; depends on the event type of
 //! `kiln-solver` and on `kiln-types`.
 
+mod tty;
+
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kiln_solver::{Event, ProgressSink};
@@ -45,21 +48,50 @@ struct State {
 /// A renderer writing to a shared writer (stderr in the CLI).
 pub struct Renderer<W: Write + Send + 'static> {
     mode: Mode,
-    out: Mutex<W>,
+    out: Arc<Mutex<W>>,
     state: Mutex<State>,
+    screen: Arc<Mutex<tty::Screen>>,
+    stop: Arc<AtomicBool>,
 }
 
 impl<W: Write + Send + 'static> Renderer<W> {
-    /// A renderer for `mode` writing to `out`.
+    /// A renderer for `mode` writing to `out`. In tty mode a thread redraws the view a few
+    /// times a second so that running steps' timers move; [`Renderer::finish`] stops it.
     pub fn new(mode: Mode, out: W) -> Self {
-        Renderer {
+        let r = Renderer {
             mode,
-            out: Mutex::new(out),
+            out: Arc::new(Mutex::new(out)),
             state: Mutex::new(State {
                 numbers: HashMap::new(),
                 next: 1,
                 started: Instant::now(),
             }),
+            screen: Arc::new(Mutex::new(tty::Screen::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        if mode == Mode::Tty {
+            let (out, screen, stop) = (r.out.clone(), r.screen.clone(), r.stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if let (Ok(mut screen), Ok(mut out)) = (screen.lock(), out.lock()) {
+                        screen.draw(&mut *out);
+                    }
+                }
+            });
+        }
+        r
+    }
+
+    /// Ends live drawing (tty mode): one last frame, then output may follow below it.
+    pub fn finish(&self) {
+        if self.mode == Mode::Tty && !self.stop.swap(true, Ordering::Relaxed) {
+            if let (Ok(mut screen), Ok(mut out)) = (self.screen.lock(), self.out.lock()) {
+                screen.draw(&mut *out);
+            }
         }
     }
 
@@ -139,8 +171,23 @@ fn json(event: &Event<Digest>) -> serde_json::Value {
     }
 }
 
+impl<W: Write + Send + 'static> Drop for Renderer<W> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 impl<W: Write + Send + 'static> ProgressSink<Digest> for Renderer<W> {
     fn send(&self, event: Event<Digest>) {
+        if self.mode == Mode::Tty {
+            if let (Ok(mut screen), Ok(mut out)) = (self.screen.lock(), self.out.lock()) {
+                screen.apply(&event);
+                if !self.stop.load(Ordering::Relaxed) {
+                    screen.draw(&mut *out);
+                }
+            }
+            return;
+        }
         let text = match self.mode {
             Mode::RawJson => format!("{}\n", json(&event)),
             Mode::Plain | Mode::Tty => self.render(&event),

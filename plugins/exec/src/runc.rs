@@ -1,0 +1,324 @@
+//! The runc runtime: the step as an OCI bundle (`config.json` from oci-spec) run by
+//! `runc run`, for those who want the standard runtime. Same policy, mounts and results as the
+//! embedded sandbox.
+//!
+//! runc keeps its state in a private `--root` directory per step, removed afterwards, so steps
+//! never see each other's containers and nothing outlives the call. `runc run` (not detached)
+//! passes its stdio to the container's process and exits with its exit code (128 + n for a
+//! signal); when runc itself fails, it says so at level `error` in its JSON log, which is how
+//! the two are told apart.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kiln_plugin_sdk::graph::{NetworkMode, SecurityMode};
+use oci_spec::runtime::{
+    Arch, Capability, LinuxCapabilitiesBuilder, LinuxNamespaceType, LinuxSeccompAction,
+    LinuxSeccompBuilder, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+
+use crate::output::{self, Process};
+use crate::policy;
+use crate::step::{MountSource, Step};
+use crate::{Error, Sink};
+
+/// The runc binary, looked up in `PATH`.
+const RUNC: &str = "runc";
+
+/// Runs `step` with runc; returns the process's exit code.
+pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
+    let bundle = tempfile::Builder::new()
+        .prefix("kiln-runc-bundle-")
+        .tempdir()
+        .map_err(|e| {
+            Error::io(
+                "cannot create a bundle directory in",
+                std::env::temp_dir(),
+                e,
+            )
+        })?;
+    let state = tempfile::Builder::new()
+        .prefix("kiln-runc-state-")
+        .tempdir()
+        .map_err(|e| {
+            Error::io(
+                "cannot create a state directory in",
+                std::env::temp_dir(),
+                e,
+            )
+        })?;
+    let spec = spec(step)?;
+    let config = bundle.path().join("config.json");
+    spec.save(&config)
+        .map_err(|e| Error::io("cannot write", &config, io::Error::other(e)))?;
+    let log = bundle.path().join("runc.log");
+    let id = container_id();
+
+    let mut cmd = Command::new(RUNC);
+    cmd.arg("--root")
+        .arg(state.path())
+        .arg("--log")
+        .arg(&log)
+        .arg("--log-format")
+        .arg("json")
+        .arg("run")
+        .arg("--bundle")
+        .arg(bundle.path())
+        .arg(&id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::NotFound(
+                "runc is not installed (not found in PATH); use the embedded runtime".into(),
+            )
+        } else {
+            Error::Runc(format!("cannot start runc: {e}"))
+        }
+    })?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        let _ignored = child.kill();
+        let _ignored = child.wait();
+        return Err(Error::Runc("runc's output pipes are missing".into()));
+    };
+    let mut proc = Runc {
+        child,
+        state: state.path().to_path_buf(),
+        id: id.clone(),
+    };
+    let ended = output::pump(
+        &mut proc,
+        OwnedFd::from(stdout),
+        OwnedFd::from(stderr),
+        None,
+        sink,
+    );
+    let ended = match ended {
+        Ok(e) => e,
+        Err(e) => {
+            proc.kill();
+            let _ignored = proc.child.wait();
+            delete(state.path(), &id);
+            return Err(Error::Runc(format!("cannot read the process output: {e}")));
+        }
+    };
+    // `runc run` deletes its container when the process exits; after a kill that may not have
+    // happened yet, and nothing must be left running.
+    delete(state.path(), &id);
+    if ended.cancelled {
+        return Err(Error::Cancelled);
+    }
+    let code = output::exit_code(ended.status);
+    if code != 0 {
+        if let Some(message) = runc_errors(&log) {
+            return Err(if message.contains("executable file not found") {
+                Error::NotFound(message)
+            } else {
+                Error::Runc(message)
+            });
+        }
+    }
+    Ok(code)
+}
+
+struct Runc {
+    child: Child,
+    state: PathBuf,
+    id: String,
+}
+
+impl Process for Runc {
+    fn kill(&mut self) {
+        // SIGKILL to `runc run` would orphan the container: ask runc to kill its init (the pid
+        // namespace goes down with it). Before the container exists this fails; the pump calls
+        // again on the next tick.
+        let _ignored = Command::new(RUNC)
+            .arg("--root")
+            .arg(&self.state)
+            .args(["kill", &self.id, "KILL"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    fn try_wait(&mut self) -> io::Result<Option<i32>> {
+        use std::os::unix::process::ExitStatusExt;
+        Ok(self.child.try_wait()?.map(|s| s.into_raw()))
+    }
+}
+
+fn delete(state: &Path, id: &str) {
+    let _ignored = Command::new(RUNC)
+        .arg("--root")
+        .arg(state)
+        .args(["delete", "--force", id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A container id unique in this process (state dirs are private, so that is enough).
+fn container_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "kiln-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The `error`-level messages of runc's JSON log, joined; `None` when it logged none (the
+/// container's process ran and exited non-zero by itself).
+fn runc_errors(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let messages: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("level").and_then(|l| l.as_str()) == Some("error"))
+        .filter_map(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_owned))
+        .collect();
+    (!messages.is_empty()).then(|| messages.join("; "))
+}
+
+fn oci_error(e: oci_spec::OciSpecError) -> Error {
+    Error::Runc(format!("cannot build the OCI config: {e}"))
+}
+
+/// The bundle's `config.json`: runc's defaults (oci-spec's `Spec::default()`) with the step's
+/// process, rootfs, mounts and policy.
+fn spec(step: &Step) -> Result<Spec, Error> {
+    let mut spec = Spec::default();
+    let insecure = step.security == SecurityMode::Insecure;
+
+    let caps: Vec<Capability> = policy::capabilities(step.security)
+        .iter()
+        .filter_map(|c| serde_json::from_value(serde_json::Value::String(c.to_string())).ok())
+        .collect();
+    let set: oci_spec::runtime::Capabilities = caps.into_iter().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(set.clone())
+        .effective(set.clone())
+        .permitted(set)
+        .inheritable(oci_spec::runtime::Capabilities::new())
+        .ambient(oci_spec::runtime::Capabilities::new())
+        .build()
+        .map_err(oci_error)?;
+    let user = UserBuilder::default()
+        .uid(step.user.uid)
+        .gid(step.user.gid)
+        .additional_gids(step.user.sgids.clone())
+        .build()
+        .map_err(oci_error)?;
+    let nofile = PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .soft(policy::nofile_limit())
+        .hard(policy::nofile_limit())
+        .build()
+        .map_err(oci_error)?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(step.args.clone())
+        .env(step.env.clone())
+        .cwd(step.cwd.clone())
+        .user(user)
+        .capabilities(capabilities)
+        .rlimits(vec![nofile])
+        .no_new_privileges(!insecure)
+        .build()
+        .map_err(oci_error)?;
+    spec.set_process(Some(process));
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path(step.rootfs.clone())
+            .readonly(false)
+            .build()
+            .map_err(oci_error)?,
+    ));
+    spec.set_hostname(Some(step.hostname.clone()));
+
+    let mut mounts: Vec<Mount> = spec.mounts().clone().unwrap_or_default();
+    if insecure {
+        for m in &mut mounts {
+            if let Some(options) = m.options().clone() {
+                let rw: Vec<String> = options.into_iter().filter(|o| o != "ro").collect();
+                m.set_options(Some(rw));
+            }
+        }
+    }
+    for m in &step.mounts {
+        let mut options = Vec::new();
+        let builder = MountBuilder::default().destination(&m.dest);
+        let builder = match &m.kind {
+            MountSource::Bind { source, .. } => {
+                options.push("rbind".to_owned());
+                builder.typ("bind").source(source)
+            }
+            MountSource::Tmpfs { size } => {
+                options.extend(["nosuid", "nodev", "strictatime", "mode=1777"].map(String::from));
+                if let Some(size) = size {
+                    options.push(format!("size={size}"));
+                }
+                builder.typ("tmpfs").source("tmpfs")
+            }
+        };
+        if m.readonly {
+            options.push("ro".to_owned());
+        }
+        mounts.push(builder.options(options).build().map_err(oci_error)?);
+    }
+    spec.set_mounts(Some(mounts));
+
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    if let Some(namespaces) = linux.namespaces().clone() {
+        let keep_net = step.network == NetworkMode::None;
+        linux.set_namespaces(Some(
+            namespaces
+                .into_iter()
+                .filter(|n| keep_net || n.typ() != LinuxNamespaceType::Network)
+                .collect(),
+        ));
+    }
+    linux.set_masked_paths(Some(policy::masked_paths(step.security)));
+    linux.set_readonly_paths(Some(policy::readonly_paths(step.security)));
+    if !insecure {
+        let deny = LinuxSyscallBuilder::default()
+            .names(
+                policy::DENIED_SYSCALLS
+                    .iter()
+                    .map(|(name, _)| (*name).to_owned())
+                    .collect::<Vec<_>>(),
+            )
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(libc::EPERM as u32)
+            .build()
+            .map_err(oci_error)?;
+        let seccomp = LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .architectures(seccomp_arches())
+            .syscalls(vec![deny])
+            .build()
+            .map_err(oci_error)?;
+        linux.set_seccomp(Some(seccomp));
+    }
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+/// The architectures the deny-list covers: the native one and its compat modes, so that a
+/// 32-bit process cannot walk around it.
+fn seccomp_arches() -> Vec<Arch> {
+    if cfg!(target_arch = "x86_64") {
+        vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]
+    } else if cfg!(target_arch = "aarch64") {
+        vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm]
+    } else {
+        vec![Arch::ScmpArchNative]
+    }
+}

@@ -1,0 +1,255 @@
+//! Shared fixtures: a busybox rootfs under an overlay mount (as the engine prepares it) and a
+//! recording sink.
+
+#![allow(clippy::unwrap_used, dead_code)] // test helpers
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kiln_exec::Sink;
+use kiln_plugin_sdk::graph::{ExecOp, NetworkMode, Op, SecurityMode};
+use kiln_plugin_sdk::proto::{LogLevel, PreparedMount, PrimitiveRequest, Runtime};
+
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "id", "ls", "hostname", "ip", "sleep", "pwd", "grep", "kill", "touch",
+    "mkdir", "stat", "wc",
+];
+
+/// A rootfs (lower), an empty upper dir and the overlay of both mounted at `merged`.
+pub struct Rootfs {
+    _dir: tempfile::TempDir,
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub merged: PathBuf,
+}
+
+impl Rootfs {
+    /// busybox, its applets, `/etc/passwd` and `/etc/group`.
+    pub fn busybox() -> Rootfs {
+        Rootfs::build(true)
+    }
+
+    /// Only `/bin`: no `/etc`, `/proc`, `/dev` or `/sys` (a scratch image with a shell).
+    pub fn bare() -> Rootfs {
+        Rootfs::build(false)
+    }
+
+    fn build(with_etc: bool) -> Rootfs {
+        let dir = tempfile::tempdir().unwrap();
+        let lower = dir.path().join("lower");
+        let upper = dir.path().join("upper");
+        let work = dir.path().join("work");
+        let merged = dir.path().join("merged");
+        for d in [&upper, &work, &merged] {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::create_dir_all(lower.join("bin")).unwrap();
+        fs::copy("/bin/busybox", lower.join("bin/busybox")).unwrap();
+        for applet in APPLETS {
+            symlink("busybox", lower.join("bin").join(applet)).unwrap();
+        }
+        if with_etc {
+            fs::create_dir_all(lower.join("etc")).unwrap();
+            fs::write(
+                lower.join("etc/passwd"),
+                "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+            )
+            .unwrap();
+            fs::write(
+                lower.join("etc/group"),
+                "root:x:0:\napp:x:1000:\nextra:x:2000:app\n",
+            )
+            .unwrap();
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        mount("overlay", &merged, "overlay", &opts);
+        Rootfs {
+            _dir: dir,
+            lower,
+            upper,
+            merged,
+        }
+    }
+
+    /// The entries of the upper dir, recursively, relative and sorted (what the layer holds).
+    pub fn upper_entries(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        walk(&self.upper, &self.upper, &mut out);
+        out.sort();
+        out
+    }
+
+    /// Mounts below `merged` in this (the test's) mount namespace: there must be none.
+    pub fn leaked_mounts(&self) -> Vec<String> {
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let prefix = format!("{}/", self.merged.display());
+        info.lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Rootfs {
+    fn drop(&mut self) {
+        let c = CString::new(self.merged.as_os_str().as_bytes()).unwrap();
+        // SAFETY: unmounting the test's own overlay.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(base).unwrap().display().to_string();
+        out.push(rel);
+        if e.file_type().unwrap().is_dir() {
+            walk(base, &e.path(), out);
+        }
+    }
+}
+
+pub fn mount(source: &str, target: &Path, fstype: &str, data: &str) {
+    let s = CString::new(source).unwrap();
+    let t = CString::new(target.as_os_str().as_bytes()).unwrap();
+    let f = CString::new(fstype).unwrap();
+    let d = CString::new(data).unwrap();
+    // SAFETY: NUL-terminated strings.
+    let r = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, d.as_ptr().cast()) };
+    assert_eq!(
+        r,
+        0,
+        "mount {fstype} on {}: {}",
+        target.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// A request running `args` on `root` with the defaults of a Dockerfile RUN.
+pub fn request(root: &Rootfs, args: &[&str]) -> PrimitiveRequest {
+    PrimitiveRequest {
+        op: Op::Exec(ExecOp {
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            env: Vec::new(),
+            cwd: "/".into(),
+            user: String::new(),
+            network: NetworkMode::Default,
+            security: SecurityMode::Sandbox,
+            mounts: Vec::new(),
+        }),
+        inputs: Vec::new(),
+        output: root.merged.display().to_string(),
+        mounts: Vec::new(),
+        runtime: Runtime::Embedded,
+        hostname: None,
+        etc_hosts: None,
+        resolv_conf: None,
+    }
+}
+
+/// `sh -c script`.
+pub fn sh(root: &Rootfs, script: &str) -> PrimitiveRequest {
+    request(root, &["/bin/sh", "-c", script])
+}
+
+pub fn exec_op(req: &mut PrimitiveRequest) -> &mut ExecOp {
+    match &mut req.op {
+        Op::Exec(op) => op,
+        _ => unreachable!(),
+    }
+}
+
+pub fn with_mounts(mut req: PrimitiveRequest, mounts: Vec<PreparedMount>) -> PrimitiveRequest {
+    req.mounts = mounts;
+    req
+}
+
+/// Records what the plugin logs; reports cancellation once `cancel_after` has passed.
+pub struct Recorder {
+    lines: Mutex<Vec<(LogLevel, String)>>,
+    cancel_at: Option<Instant>,
+}
+
+impl Recorder {
+    pub fn new() -> Recorder {
+        Recorder {
+            lines: Mutex::new(Vec::new()),
+            cancel_at: None,
+        }
+    }
+
+    pub fn cancelling_after(d: Duration) -> Recorder {
+        Recorder {
+            lines: Mutex::new(Vec::new()),
+            cancel_at: Some(Instant::now() + d),
+        }
+    }
+
+    /// Lines logged at `level`.
+    pub fn lines(&self, level: LogLevel) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(l, _)| *l == level)
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    pub fn stdout(&self) -> Vec<String> {
+        self.lines(LogLevel::Info)
+    }
+
+    pub fn stderr(&self) -> Vec<String> {
+        self.lines(LogLevel::Warn)
+    }
+}
+
+impl Sink for Recorder {
+    fn log(&self, level: LogLevel, line: &str) {
+        self.lines.lock().unwrap().push((level, line.to_owned()));
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel_at.is_some_and(|t| Instant::now() >= t)
+    }
+}
+
+/// Whether runc is installed (the runc tests say so and pass vacuously without it).
+pub fn have_runc() -> bool {
+    let ok = std::process::Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("runc is not installed: skipping");
+    }
+    ok
+}
+
+/// The `CapEff` line of a `/proc/self/status` dump, as a number.
+pub fn cap_eff(status_lines: &[String]) -> u64 {
+    let line = status_lines
+        .iter()
+        .find(|l| l.starts_with("CapEff:"))
+        .expect("CapEff in /proc/self/status");
+    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).unwrap()
+}
+
+/// This process's bounding set (what `--security=insecure` gives uid 0).
+pub fn own_cap_bnd() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("CapBnd:")).unwrap();
+    u64::from_str_radix(line.trim_start_matches("CapBnd:").trim(), 16).unwrap()
+}

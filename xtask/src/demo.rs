@@ -1,5 +1,7 @@
 //! `cargo xtask demo`: the README's first command. Builds kiln (debug profile: a release build takes
-//! too long on a 2-core machine), then builds `examples/demo/` with it into an OCI archive.
+//! too long on a 2-core machine), makes the busybox base image without internet (an OCI layout
+//! from Debian's busybox-static, installed when missing), then builds `examples/demo/` — a
+//! multi-stage Dockerfile with RUN steps on that base — into an OCI archive.
 
 use std::process::{Command, ExitCode};
 
@@ -8,8 +10,11 @@ use anyhow::{bail, Context, Result};
 use crate::workspace::{self, Workspace};
 
 pub fn run() -> Result<ExitCode> {
+    crate::test::install_missing(&[("busybox", "busybox-static"), ("skopeo", "skopeo")])?;
     let ws = Workspace::load()?;
     workspace::build_with_plugins(&ws)?;
+    crate::fixtures::build(&ws, None)?;
+    let base = crate::fixtures::layout_dir(&ws);
 
     let kiln = ws.debug_dir().join("kiln");
     if !kiln.is_file() {
@@ -32,8 +37,13 @@ pub fn run() -> Result<ExitCode> {
             "-f",
             "examples/demo/Dockerfile",
             "--progress=plain",
-            "--output",
+            "-t",
+            "kiln-demo:latest",
+            "--build-context",
         ])
+        // `FROM busybox` in the demo resolves to the local base image, no registry needed.
+        .arg(format!("busybox=oci-layout://{}:latest", base.display()))
+        .arg("--output")
         .arg(format!("type=oci,dest={}", archive.display()))
         .arg("examples/demo");
     println!("xtask: running {}", crate::show(&build));

@@ -83,7 +83,13 @@ fn has_nextest() -> bool {
 
 /// As root, installs the missing tools with apt-get; otherwise only says what is missing.
 fn install_tools() -> Result<()> {
-    let missing: Vec<&str> = TOOLS
+    install_missing(TOOLS)
+}
+
+/// Installs the Debian packages of `tools` (program, package) whose program is missing, with
+/// apt-get when running as root; otherwise says what is missing.
+pub fn install_missing(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
         .iter()
         .filter(|(program, _)| crate::find_on_path(program).is_none())
         .map(|&(_, package)| package)

@@ -464,6 +464,42 @@ mod tests {
     }
 
     #[test]
+    fn a_plugin_may_load_itself_through_the_host_only_in_its_tests() {
+        let mut model = good_model();
+        let exec = model
+            .iter_mut()
+            .find(|c| c.name == "kiln-plugin-exec")
+            .expect("the model has the exec plugin");
+        exec.deps.push(("kiln-plugin-host".to_owned(), true));
+        assert!(deps_flagged(&model).is_empty());
+        let model = with_dep(good_model(), "kiln-plugin-exec", "kiln-plugin-host");
+        assert_eq!(
+            deps_flagged(&model),
+            [("kiln-plugin-exec".into(), "kiln-plugin-host".into())]
+        );
+        // Only the host: a dev-dependency on the engine is still refused.
+        let mut model = good_model();
+        if let Some(c) = model.iter_mut().find(|c| c.name == "kiln-plugin-exec") {
+            c.deps.push(("kiln-engine".to_owned(), true));
+        }
+        assert_eq!(
+            deps_flagged(&model),
+            [("kiln-plugin-exec".into(), "kiln-engine".into())]
+        );
+    }
+
+    #[test]
+    fn registry_may_use_the_store_but_not_the_reverse() {
+        let model = with_dep(good_model(), "kiln-registry", "kiln-snapshot");
+        assert!(deps_flagged(&model).is_empty());
+        let model = with_dep(good_model(), "kiln-snapshot", "kiln-registry");
+        assert_eq!(
+            deps_flagged(&model),
+            [("kiln-snapshot".into(), "kiln-registry".into())]
+        );
+    }
+
+    #[test]
     fn plugin_importing_a_core_crate_missing_from_the_workspace_still_fails() {
         let model: Vec<Crate> = good_model()
             .into_iter()

@@ -33,8 +33,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) struct Remote {
-    https: Client,
-    http: Client,
+    // Made on first use: building a client loads the system's CA certificates, which a build
+    // that only uses loopback registries (or none) should not pay for.
+    https: std::sync::OnceLock<Client>,
+    http: std::sync::OnceLock<Client>,
     insecure: Vec<String>,
     config: Arc<DockerConfig>,
     credentials: Mutex<HashMap<String, RegistryAuth>>,
@@ -42,11 +44,15 @@ pub(crate) struct Remote {
 
 fn new_client(protocol: ClientProtocol) -> Result<Client, Error> {
     let config = ClientConfig {
-        protocol,
+        protocol: protocol.clone(),
         connect_timeout: Some(CONNECT_TIMEOUT),
         read_timeout: Some(READ_TIMEOUT),
         max_concurrent_download: PARALLEL_BLOBS,
         platform_resolver: None,
+        // The plain-http client serves loopback and `--insecure-registry` hosts only, which
+        // docker does not verify either; skipping verification also skips loading the system's
+        // CA certificates, a large part of a no-op build's time.
+        accept_invalid_certificates: matches!(protocol, ClientProtocol::Http),
         ..ClientConfig::default()
     };
     // `Client::new` would swallow the error and fall back to a default client.
@@ -59,20 +65,27 @@ impl Remote {
         // an error only means some provider is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         Ok(Remote {
-            https: new_client(ClientProtocol::Https)?,
-            http: new_client(ClientProtocol::Http)?,
+            https: std::sync::OnceLock::new(),
+            http: std::sync::OnceLock::new(),
             insecure: opts.insecure,
             config: Arc::new(DockerConfig::load(opts.docker_config.as_deref())?),
             credentials: Mutex::new(HashMap::new()),
         })
     }
 
-    fn client_for(&self, registry: &str) -> &Client {
-        if is_loopback(registry) || self.insecure.iter().any(|h| h == registry) {
-            &self.http
-        } else {
-            &self.https
+    fn client_for(&self, registry: &str) -> Result<&Client, Error> {
+        let (cell, protocol) =
+            if is_loopback(registry) || self.insecure.iter().any(|h| h == registry) {
+                (&self.http, ClientProtocol::Http)
+            } else {
+                (&self.https, ClientProtocol::Https)
+            };
+        if let Some(c) = cell.get() {
+            return Ok(c);
         }
+        let client = new_client(protocol)?;
+        // A concurrent first use may have set it meanwhile; either client is as good.
+        Ok(cell.get_or_init(|| client))
     }
 
     async fn credentials(&self, registry: &str) -> Result<RegistryAuth, Error> {
@@ -104,7 +117,7 @@ impl Remote {
     /// A connected session for one image: client, credentials, and error context.
     async fn session<'a>(&'a self, r: &'a Reference, op: Op) -> Result<Session<'a>, Error> {
         let s = Session {
-            client: self.client_for(&r.registry),
+            client: self.client_for(&r.registry)?,
             auth: self.credentials(&r.registry).await?,
             reference: r,
             image: r.to_string(),

@@ -123,7 +123,13 @@ impl Kiln {
     /// Runs `kiln ARGS` with this sandbox's store, and its plugin directory as
     /// `KILN_PLUGIN_PATH` (searched after the plugins next to the binary).
     pub fn run(&self, args: &[&str]) -> Run {
+        self.run_env(&[], args)
+    }
+
+    /// [`Kiln::run`] with extra environment variables.
+    pub fn run_env(&self, env: &[(&str, &str)], args: &[&str]) -> Run {
         let mut cmd = Command::new(target_dir().join("kiln"));
+        cmd.envs(env.iter().copied());
         cmd.env("KILN_ROOT", self.path("store"))
             .env("KILN_PLUGIN_PATH", self.plugin_dir());
         cmd.args(args);

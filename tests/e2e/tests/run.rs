@@ -34,6 +34,10 @@ CMD ["cat", "greeting"]
 }
 
 fn build(k: &Kiln, ctx: &Path, tar: &Path, extra: &[&str]) -> Run {
+    build_env(k, ctx, tar, extra, &[])
+}
+
+fn build_env(k: &Kiln, ctx: &Path, tar: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
     let secret = k.path("token.txt");
     std::fs::write(&secret, SECRET).unwrap();
     let dest = format!("type=oci,dest={}", tar.display());
@@ -51,7 +55,7 @@ fn build(k: &Kiln, ctx: &Path, tar: &Path, extra: &[&str]) -> Run {
     args.extend_from_slice(extra);
     let c = ctx.display().to_string();
     args.push(&c);
-    k.run(&args)
+    k.run_env(env, &args)
 }
 
 fn unpack(k: &Kiln, tar: &Path, name: &str) -> std::path::PathBuf {
@@ -282,4 +286,21 @@ fn oci_layout_base_and_named_image_context() {
         "from-layout\n"
     );
     assert!(out.join("bin/busybox").is_file());
+}
+
+#[test]
+fn the_copy_snapshotter_builds_the_same_image_files() {
+    let registry = test_registry();
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
+    let ctx = k.write("ctx", &[("Dockerfile", &dockerfile(&registry))]);
+    let tar = k.path("copy.tar");
+    build_env(&k, &ctx, &tar, &[], &[("KILN_SNAPSHOTTER", "copy")]).ok();
+    let rootfs = unpack(&k, &tar, "copy");
+    check_rootfs(&rootfs);
+    assert!(rootfs.join("bin/vi").exists());
+    assert!(
+        mounts_under(k.dir.path()).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(k.dir.path())
+    );
 }

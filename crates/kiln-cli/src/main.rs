@@ -327,9 +327,12 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
                 .iter()
                 .filter(|(_, s)| matches!(s, Status::Executed { .. }))
                 .count();
+            let what = match &outcome.image {
+                Some(img) => img.manifest.digest.to_string(),
+                None => "the result".to_owned(),
+            };
             eprintln!(
-                "\nbuilt {} ({} steps, {} cached) with frontend {}",
-                outcome.image.manifest.digest,
+                "\nbuilt {what} ({} steps, {} cached) with frontend {}",
                 outcome.steps.len(),
                 outcome.steps.len() - ran,
                 outcome.frontend

@@ -143,7 +143,7 @@ pub struct EngineConfig {
     pub root: PathBuf,
     /// Extra plugin directories (`--plugin-dir`), searched after the standard ones.
     pub plugin_dirs: Vec<PathBuf>,
-    /// Maximum parallel steps; `None` = number of cores.
+    /// Maximum parallel steps; `None` = four per core, at least 8.
     pub concurrency: Option<usize>,
     /// Registries reached over plain http (`--insecure-registry`); loopback always is.
     pub insecure_registries: Vec<String>,
@@ -198,8 +198,8 @@ pub struct BuildRequest {
 /// What a build produced.
 #[derive(Debug)]
 pub struct BuildOutcome {
-    /// The assembled image (also when only a local export was asked for).
-    pub image: Image,
+    /// The assembled image, when an image export (`type=oci`) was asked for.
+    pub image: Option<Image>,
     /// Every vertex the solve needed and whether it ran or was cached, in graph order.
     pub steps: Vec<(String, Status)>,
     /// Frontend warnings.
@@ -373,9 +373,10 @@ impl Engine {
             )
         }))?;
         let mut solver = kiln_solver::Solver::new(ops).with_progress(progress.clone());
-        if let Some(n) = self.concurrency {
-            solver = solver.with_concurrency(n);
-        }
+        // Steps mostly wait (on processes, disks, registries), so the default allows more of
+        // them in flight than there are cores, as BuildKit does not cap them at all by default.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        solver = solver.with_concurrency(self.concurrency.unwrap_or((cores * 4).max(8)));
         let target = def.outputs.first().copied().flatten();
         let (snapshot, steps) = match target {
             Some(edge) => {
@@ -411,9 +412,30 @@ impl Engine {
             None => (Snapshot::default(), Vec::new()),
         };
 
-        // Export.
+        // Export. Layer blobs are made only for an image export: a local export copies files,
+        // and a build without output only fills the cache, as in BuildKit.
+        let image = if req.exports.is_empty() {
+            None
+        } else {
+            self.export(&req, snapshot, resp.config, progress.as_ref())
+                .await?
+        };
+        Ok(BuildOutcome {
+            image,
+            steps,
+            warnings: resp.warnings,
+            frontend: frontend.name().to_owned(),
+        })
+    }
+
+    async fn export(
+        &self,
+        req: &BuildRequest,
+        snapshot: Snapshot,
+        config: kiln_types::image::ImageConfig,
+        progress: &dyn ProgressSink<Digest>,
+    ) -> Result<Option<Image>, Error> {
         let store = self.store.clone();
-        let config = resp.config;
         let exports = req.exports.clone();
         let tags = req.tags.clone();
         let export_id = Digest::of(b"internal:export");
@@ -423,14 +445,27 @@ impl Engine {
             name: export_name.clone(),
         });
         let started = std::time::Instant::now();
-        let image = tokio::task::spawn_blocking(move || -> Result<Image, Error> {
-            let image = kiln_export::assemble_image(&store, &snapshot, config, Compression::Gzip)?;
+        let image = tokio::task::spawn_blocking(move || -> Result<Option<Image>, Error> {
+            let needs_image = exports.iter().any(|e| matches!(e, Export::Oci { .. }));
+            let image = if needs_image {
+                Some(kiln_export::assemble_image(
+                    &store,
+                    &snapshot,
+                    config,
+                    Compression::Gzip,
+                )?)
+            } else {
+                None
+            };
             for e in &exports {
-                match e {
-                    Export::Oci { dest, tar } => {
-                        kiln_export::export_oci(&store, &image, &tags, dest, *tar)?
+                match (e, &image) {
+                    (Export::Oci { dest, tar }, Some(image)) => {
+                        kiln_export::export_oci(&store, image, &tags, dest, *tar)?
                     }
-                    Export::Local { dest } => kiln_export::export_local(&store, &snapshot, dest)?,
+                    (Export::Local { dest }, _) => {
+                        kiln_export::export_local(&store, &snapshot, dest)?
+                    }
+                    (Export::Oci { .. }, None) => {}
                 }
             }
             Ok(image)
@@ -439,11 +474,13 @@ impl Engine {
         .map_err(|e| Error::Unsupported(format!("export task failed: {e}")))?;
         match &image {
             Ok(img) => {
-                progress.send(Event::Log {
-                    id: export_id,
-                    name: export_name.clone(),
-                    line: format!("writing image {}", img.manifest.digest),
-                });
+                if let Some(img) = img {
+                    progress.send(Event::Log {
+                        id: export_id,
+                        name: export_name.clone(),
+                        line: format!("writing image {}", img.manifest.digest),
+                    });
+                }
                 progress.send(Event::Done {
                     id: export_id,
                     name: export_name,
@@ -456,11 +493,6 @@ impl Engine {
                 message: e.to_string(),
             }),
         }
-        Ok(BuildOutcome {
-            image: image?,
-            steps,
-            warnings: resp.warnings,
-            frontend: frontend.name().to_owned(),
-        })
+        image
     }
 }

@@ -359,3 +359,62 @@ pub(crate) fn run_exec(
     layers.push(layer);
     Ok(Snapshot { layers })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn cache_mount_sharing_modes() {
+        let t = tempfile::tempdir().unwrap();
+        let cm = CacheMounts::new(t.path().join("cache-mounts"));
+        // shared: concurrent users get the same directory.
+        let a = cm.acquire("go", CacheSharing::Shared, 0o755, 0, 0).unwrap();
+        let b = cm.acquire("go", CacheSharing::Shared, 0o755, 0, 0).unwrap();
+        assert_eq!(a.dir, b.dir);
+        drop((a, b));
+        // private: a second concurrent user gets its own directory; the first one is reused later.
+        let p1 = cm
+            .acquire("apt", CacheSharing::Private, 0o700, 0, 0)
+            .unwrap();
+        let p2 = cm
+            .acquire("apt", CacheSharing::Private, 0o700, 0, 0)
+            .unwrap();
+        assert_ne!(p1.dir, p2.dir);
+        let first = p1.dir.clone();
+        drop((p1, p2));
+        assert_eq!(
+            cm.acquire("apt", CacheSharing::Private, 0o700, 0, 0)
+                .unwrap()
+                .dir,
+            first
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&first).unwrap().permissions().mode() & 0o7777,
+            0o700
+        );
+        // locked: the second user waits until the first is done.
+        let held = cm
+            .acquire("npm", CacheSharing::Locked, 0o755, 0, 0)
+            .unwrap();
+        let released = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let l = cm
+                    .acquire("npm", CacheSharing::Locked, 0o755, 0, 0)
+                    .unwrap();
+                assert!(
+                    released.load(Ordering::SeqCst),
+                    "got the lock while it was held"
+                );
+                l.dir.clone()
+            });
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            released.store(true, Ordering::SeqCst);
+            drop(held);
+            assert!(waiter.join().unwrap().ends_with(Digest::of(b"npm").hex()));
+        });
+    }
+}

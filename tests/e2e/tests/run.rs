@@ -19,6 +19,9 @@ RUN ["/bin/sh", "-c", "echo exec-form > /src/exec"]
 RUN rm doomed && rm -rf dir && echo now-a-file > dir && rm /bin/vi
 RUN --mount=type=cache,target=/cache,id=e2e-cache echo filled > /cache/marker && ls /cache > /src/cache-list
 RUN --mount=type=secret,id=token wc -c < /run/secrets/token > /src/secret-len && test ! -e /run/secrets/token.copy
+RUN --mount=type=secret,id=envtok,target=/tok cat /tok | wc -c > /src/env-secret-len
+RUN --mount=type=bind,from=extra,source=lib.txt,target=/mnt/lib.txt cp /mnt/lib.txt /src/from-named
+RUN --network=none cat /proc/net/dev | grep -c : > /src/net-none
 RUN echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:1000:' >> /etc/group
 USER app
 RUN id -u > /tmp/uid && id -un > /tmp/name
@@ -42,6 +45,8 @@ fn build_env(k: &Kiln, ctx: &Path, tar: &Path, extra: &[&str], env: &[(&str, &st
     std::fs::write(&secret, SECRET).unwrap();
     let dest = format!("type=oci,dest={}", tar.display());
     let sec = format!("id=token,src={}", secret.display());
+    let extra_ctx = k.write("extra", &[("lib.txt", "named context file\n")]);
+    let bc = format!("extra={}", extra_ctx.display());
     let mut args = vec![
         "build",
         "--progress=plain",
@@ -49,13 +54,19 @@ fn build_env(k: &Kiln, ctx: &Path, tar: &Path, extra: &[&str], env: &[(&str, &st
         "runs:1",
         "--secret",
         &sec,
+        "--secret",
+        "id=envtok,env=KILN_E2E_TOKEN",
+        "--build-context",
+        &bc,
         "--output",
         &dest,
     ];
     args.extend_from_slice(extra);
     let c = ctx.display().to_string();
     args.push(&c);
-    k.run_env(env, &args)
+    let mut env = env.to_vec();
+    env.push(("KILN_E2E_TOKEN", "env-secret-value-93b1"));
+    k.run_env(&env, &args)
 }
 
 fn unpack(k: &Kiln, tar: &Path, name: &str) -> std::path::PathBuf {
@@ -94,6 +105,13 @@ fn check_rootfs(rootfs: &Path) {
     );
     assert_eq!(read("out/cache-list"), "marker\n");
     assert_eq!(read("out/secret-len").trim(), SECRET.len().to_string());
+    assert_eq!(
+        read("out/env-secret-len").trim(),
+        "env-secret-value-93b1".len().to_string()
+    );
+    assert_eq!(read("out/from-named"), "named context file\n");
+    // Only the loopback device exists in a --network=none step.
+    assert_eq!(read("out/net-none").trim(), "1");
     assert_eq!(read("out/uid"), "1000\n");
     assert_eq!(read("out/name"), "app\n");
     assert!(rootfs.join("bin/busybox").is_file(), "base layers missing");
@@ -133,7 +151,7 @@ fn run_steps_on_a_pulled_base_in_the_sandbox_and_in_runc() {
     assert!(env.iter().any(|e| e.starts_with("PATH=")), "{env:?}");
 
     // The secret is nowhere: not in the store, the image or the logs.
-    assert!(!first.stderr.contains(SECRET));
+    assert!(!first.stderr.contains(SECRET) && !first.stderr.contains("env-secret-value-93b1"));
     assert!(
         files_containing(&k.path("store"), SECRET.as_bytes()).is_empty(),
         "secret in the store"

@@ -8,7 +8,6 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use flate2::write::GzEncoder;
 use kiln_types::image::{MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR};
 use kiln_types::{Digest, Sha256Writer};
 
@@ -81,7 +80,7 @@ pub fn write_layer_tar(
             Ok(tee.hash.finish())
         }
         Compression::Gzip => {
-            let gz = GzEncoder::new(out, flate2::Compression::default());
+            let gz = crate::gzip::AdaptiveGz::new(out).map_err(map)?;
             let mut tee = Tee {
                 inner: gz,
                 hash: Sha256Writer::default(),

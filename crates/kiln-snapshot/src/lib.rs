@@ -11,6 +11,7 @@
 
 mod copy;
 mod format;
+mod gzip;
 mod import;
 mod layer_tar;
 mod store;

@@ -272,7 +272,8 @@ fn copy_entry(src: &Path, dst: &Path, base: &Path, opts: &CopyOpts, shown: &str)
     Ok(())
 }
 
-fn set_mtime(p: &Path, md: &fs::Metadata) {
+/// Gives `p` the modification time of `md` (best effort: a filesystem that refuses keeps its own).
+pub(crate) fn set_mtime(p: &Path, md: &fs::Metadata) {
     let t = std::time::UNIX_EPOCH
         + std::time::Duration::new(
             md.mtime().max(0) as u64,

@@ -13,6 +13,7 @@ use kiln_ignore::PatternMatcher;
 use kiln_snapshot::{LayerId, Store};
 use kiln_types::{Digest, Sha256Writer};
 
+use crate::fileop::set_mtime;
 use crate::Error;
 
 /// One selected entry of a context.
@@ -259,15 +260,4 @@ pub fn materialize(root: &Path, src: &LocalSource, store: &Store) -> Result<Laye
         set_mtime(d, md);
     }
     Ok(layer.commit()?)
-}
-
-fn set_mtime(p: &Path, md: &fs::Metadata) {
-    let t = std::time::UNIX_EPOCH
-        + std::time::Duration::new(
-            md.mtime().max(0) as u64,
-            md.mtime_nsec().clamp(0, 999_999_999) as u32,
-        );
-    if let Ok(f) = fs::File::open(p) {
-        let _ = f.set_modified(t);
-    }
 }

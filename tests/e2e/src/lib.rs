@@ -98,6 +98,24 @@ impl Kiln {
         std::fs::copy(&lib, &dest).unwrap_or_else(|e| panic!("copy {}: {e}", lib.display()));
     }
 
+    /// Unpacks the OCI tarball `tar` (tag `tag`) with umoci into `<name>-bundle`, after
+    /// extracting the layout into `<name>-layout`; returns the bundle directory.
+    pub fn unpack(&self, tar: &Path, name: &str, tag: &str) -> PathBuf {
+        let layout = self.path(&format!("{name}-layout"));
+        std::fs::create_dir_all(&layout).unwrap();
+        tool(
+            "tar",
+            &["-xf", tar.to_str().unwrap(), "-C", layout.to_str().unwrap()],
+        );
+        let bundle = self.path(&format!("{name}-bundle"));
+        let image = format!("{}:{tag}", layout.display());
+        tool(
+            "umoci",
+            &["unpack", "--image", &image, bundle.to_str().unwrap()],
+        );
+        bundle
+    }
+
     /// The plugin directory.
     pub fn plugin_dir(&self) -> PathBuf {
         self.dir.path().join("plugins")

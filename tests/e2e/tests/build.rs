@@ -125,22 +125,7 @@ fn multi_stage_scratch_image_is_read_by_skopeo_and_umoci() {
     assert_eq!(v["Digest"].as_str().unwrap(), run.digest());
 
     // Files, as umoci unpacks them.
-    let layout = k.path("layout");
-    std::fs::create_dir_all(&layout).unwrap();
-    tool(
-        "tar",
-        &["-xf", tar.to_str().unwrap(), "-C", layout.to_str().unwrap()],
-    );
-    let bundle = k.path("bundle");
-    tool(
-        "umoci",
-        &[
-            "unpack",
-            "--image",
-            &format!("{}:1", layout.display()),
-            bundle.to_str().unwrap(),
-        ],
-    );
+    let bundle = k.unpack(&tar, "image", "1");
     let rootfs = bundle.join("rootfs");
     let read =
         |p: &str| std::fs::read_to_string(rootfs.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));

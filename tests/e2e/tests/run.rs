@@ -69,26 +69,6 @@ fn build_env(k: &Kiln, ctx: &Path, tar: &Path, extra: &[&str], env: &[(&str, &st
     k.run_env(&env, &args)
 }
 
-fn unpack(k: &Kiln, tar: &Path, name: &str) -> std::path::PathBuf {
-    let layout = k.path(&format!("{name}-layout"));
-    std::fs::create_dir_all(&layout).unwrap();
-    tool(
-        "tar",
-        &["-xf", tar.to_str().unwrap(), "-C", layout.to_str().unwrap()],
-    );
-    let bundle = k.path(&format!("{name}-bundle"));
-    tool(
-        "umoci",
-        &[
-            "unpack",
-            "--image",
-            &format!("{}:1", layout.display()),
-            bundle.to_str().unwrap(),
-        ],
-    );
-    bundle.join("rootfs")
-}
-
 fn check_rootfs(rootfs: &Path) {
     let read =
         |p: &str| std::fs::read_to_string(rootfs.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
@@ -125,7 +105,7 @@ fn run_steps_on_a_pulled_base_in_the_sandbox_and_in_runc() {
     let ctx = k.write("ctx", &[("Dockerfile", &dockerfile(&registry))]);
     let tar = k.path("embedded.tar");
     let first = build(&k, &ctx, &tar, &[]).ok();
-    let rootfs = unpack(&k, &tar, "embedded");
+    let rootfs = k.unpack(&tar, "embedded", "1").join("rootfs");
     check_rootfs(&rootfs);
 
     // The build stage deleted /bin/vi; the final stage starts from the base again.
@@ -206,7 +186,7 @@ fn run_steps_on_a_pulled_base_in_the_sandbox_and_in_runc() {
     // The same build through runc gives the same files.
     let runc_tar = k.path("runc.tar");
     build(&k, &ctx, &runc_tar, &["--executor", "runc", "--no-cache"]).ok();
-    let runc_rootfs = unpack(&k, &runc_tar, "runc");
+    let runc_rootfs = k.unpack(&runc_tar, "runc", "1").join("rootfs");
     check_rootfs(&runc_rootfs);
     let md = std::fs::metadata(runc_rootfs.join("out/greeting")).unwrap();
     assert_eq!(md.len(), "hello plain\n".len() as u64);
@@ -313,7 +293,7 @@ fn the_copy_snapshotter_builds_the_same_image_files() {
     let ctx = k.write("ctx", &[("Dockerfile", &dockerfile(&registry))]);
     let tar = k.path("copy.tar");
     build_env(&k, &ctx, &tar, &[], &[("KILN_SNAPSHOTTER", "copy")]).ok();
-    let rootfs = unpack(&k, &tar, "copy");
+    let rootfs = k.unpack(&tar, "copy", "1").join("rootfs");
     check_rootfs(&rootfs);
     assert!(rootfs.join("bin/vi").exists());
     assert!(

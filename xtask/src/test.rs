@@ -14,6 +14,11 @@ const TOOLS: &[(&str, &str)] = &[
     ("skopeo", "skopeo"),
     ("umoci", "umoci"),
     ("runc", "runc"),
+    ("ssh-agent", "openssh-client"),
+    ("git", "git"),
+    ("bzip2", "bzip2"),
+    ("xz", "xz-utils"),
+    ("python3", "python3"),
 ];
 
 pub fn run(args: &[String]) -> Result<ExitCode> {

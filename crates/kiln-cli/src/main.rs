@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use kiln_engine::{BuildRequest, Engine, EngineConfig, ExecRuntime, Status};
+use kiln_engine::{
+    BuildRequest, Call, Engine, EngineConfig, Entitlement, ExecRuntime, RunOptions, Status,
+};
 use kiln_progress::{Mode, Renderer};
 use kiln_solver::CancellationToken;
 use kiln_types::Platform;
@@ -115,8 +117,44 @@ struct BuildArgs {
     /// Target platform (only the host platform can be built for now).
     #[arg(long)]
     platform: Option<String>,
-    /// Build context directory.
-    context: PathBuf,
+    /// SSH agent socket to expose to the build (format: default|<id>[=<socket>]).
+    #[arg(long = "ssh")]
+    ssh: Vec<String>,
+    /// Allow extra privileged entitlement (network.host, security.insecure).
+    #[arg(long = "allow")]
+    allow: Vec<String>,
+    /// Add a custom host-to-IP mapping to RUN steps (format: host:ip).
+    #[arg(long = "add-host")]
+    add_hosts: Vec<String>,
+    /// Size of /dev/shm in RUN steps (e.g. 128m, 1g).
+    #[arg(long = "shm-size")]
+    shm_size: Option<String>,
+    /// Ulimit of RUN steps (format: type=soft[:hard], e.g. nofile=1024:2048).
+    #[arg(long = "ulimit")]
+    ulimits: Vec<String>,
+    /// Do not cache the specified stages.
+    #[arg(long = "no-cache-filter")]
+    no_cache_filter: Vec<String>,
+    /// Set metadata for an image (format: key=value).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Ask the frontend instead of building (targets, outline, check; `,format=json` for JSON).
+    #[arg(long)]
+    call: Option<String>,
+    /// Shorthand for `--call=check`.
+    #[arg(long, conflicts_with = "call")]
+    check: bool,
+    /// Format of a --call result: text for people, json for programs.
+    #[arg(long, value_enum, default_value = "text")]
+    format: FormatArg,
+    /// Build context directory (`-f -` reads the Dockerfile from stdin).
+    context: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FormatArg {
+    Text,
+    Json,
 }
 
 fn default_root() -> PathBuf {
@@ -197,16 +235,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
-    let context = args.context.clone();
+    if output::is_remote_context(&args.context) {
+        bail!(
+            "remote build contexts are not supported yet: {:?}; clone it and pass the directory",
+            args.context
+        );
+    }
+    if args.context == "-" {
+        bail!(
+            "reading the build context from stdin is not supported yet; pass a directory \
+             (`-f -` reads only the Dockerfile from stdin)"
+        );
+    }
+    let context = PathBuf::from(&args.context);
     if !context.is_dir() {
         bail!(
             "unable to prepare context: path {:?} not found",
             context.display().to_string()
         );
     }
-    let dockerfile = match &args.file {
-        Some(f) => f.clone(),
-        None => context.join("Dockerfile"),
+    // `-f -`: the Dockerfile comes from stdin. It is kept in a private file for the build, so
+    // that error messages can show its lines like those of any other Dockerfile.
+    let stdin_file = match &args.file {
+        Some(f) if f.as_os_str() == "-" => Some(output::StdinDockerfile::read()?),
+        _ => None,
+    };
+    let dockerfile = match (&stdin_file, &args.file) {
+        (Some(s), _) => s.path(),
+        (None, Some(f)) => f.clone(),
+        (None, None) => context.join("Dockerfile"),
+    };
+    let call = match (&args.call, args.check) {
+        (_, true) => Some((Call::Check, args.format == FormatArg::Json)),
+        (Some(c), false) => output::parse_call(c)?
+            .map(|(call, json)| (call, json || args.format == FormatArg::Json)),
+        (None, false) => None,
     };
     let platform = match &args.platform {
         None => Platform::host(),
@@ -231,6 +294,12 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
                     build_args.insert(a.clone(), v);
                 }
             }
+        }
+    }
+    // buildx passes SOURCE_DATE_EPOCH from the environment as a build argument.
+    if !build_args.contains_key("SOURCE_DATE_EPOCH") {
+        if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+            build_args.insert("SOURCE_DATE_EPOCH".to_owned(), v);
         }
     }
     let exports = args
@@ -290,6 +359,50 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
             ExecutorArg::Embedded => ExecRuntime::Embedded,
             ExecutorArg::Runc => ExecRuntime::Runc,
         },
+        ssh: args
+            .ssh
+            .iter()
+            .map(|s| output::parse_ssh(s))
+            .collect::<Result<_>>()?,
+        allow: args
+            .allow
+            .iter()
+            .flat_map(|a| a.split(','))
+            .map(|a| a.trim().parse::<Entitlement>().map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?,
+        run_options: RunOptions {
+            extra_hosts: args
+                .add_hosts
+                .iter()
+                .map(|h| output::parse_add_host(h))
+                .collect::<Result<_>>()?,
+            shm_size: args
+                .shm_size
+                .as_deref()
+                .map(output::parse_shm_size)
+                .transpose()?,
+            ulimits: args
+                .ulimits
+                .iter()
+                .map(|u| output::parse_ulimit(u))
+                .collect::<Result<_>>()?,
+        },
+        no_cache_filter: args
+            .no_cache_filter
+            .iter()
+            .flat_map(|f| f.split(','))
+            .map(|f| f.trim().to_owned())
+            .filter(|f| !f.is_empty())
+            .collect(),
+        labels: args
+            .labels
+            .iter()
+            .map(|l| match l.split_once('=') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (l.clone(), String::new()),
+            })
+            .collect(),
+        call: call.map(|(c, _)| c),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -307,6 +420,14 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
     });
     renderer.finish();
     match result {
+        Ok(kiln_engine::BuildOutcome {
+            call_result: Some(json),
+            ..
+        }) => {
+            // The engine answers a call only when one was asked for.
+            let (call, raw) = call.unwrap_or((Call::Targets, true));
+            output::print_call(call, &json, raw, &dockerfile)
+        }
         Ok(outcome) => {
             for w in &outcome.warnings {
                 let at = w

@@ -12,7 +12,7 @@ use kiln_snapshot::{ReadView, Snapshot, Store, WriteView};
 use kiln_solver::{BoxError, CancellationToken, ExecContext, Executor};
 use kiln_types::{Digest, Sha256Writer};
 
-use crate::run::{self, CacheMounts, ExecRuntime, SecretSource};
+use crate::run::{self, CacheMounts, ExecRuntime, RunOptions, SecretSource, SshSource};
 use crate::{fileop, local, Error};
 
 /// What the ops of one build run with.
@@ -24,6 +24,8 @@ pub(crate) struct BuildEnv {
     pub contexts: BTreeMap<String, PathBuf>,
     pub cache_mounts: Arc<CacheMounts>,
     pub secrets: BTreeMap<String, SecretSource>,
+    pub ssh: BTreeMap<String, SshSource>,
+    pub run_options: RunOptions,
     pub runtime: ExecRuntime,
     pub registry: kiln_registry::Registry,
     pub handle: tokio::runtime::Handle,
@@ -202,6 +204,8 @@ fn run(
                     plugins,
                     cache_mounts: &env.cache_mounts,
                     secrets: &env.secrets,
+                    ssh: &env.ssh,
+                    options: &env.run_options,
                     runtime: env.runtime,
                     cancel: cx.cancel(),
                     log: &log,
@@ -229,6 +233,9 @@ fn run(
                 hostname: None,
                 etc_hosts: None,
                 resolv_conf: None,
+                extra_hosts: Vec::new(),
+                shm_size: None,
+                ulimits: Vec::new(),
             };
             struct NoServices;
             impl kiln_plugin_host::HostServices for NoServices {}

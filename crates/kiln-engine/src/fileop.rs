@@ -10,6 +10,8 @@ use kiln_graph::{Chmod, Chown, CopyAction, FileAction, UserRef};
 
 use crate::rootpath::resolve;
 
+mod unpack;
+
 /// Why a file action failed; the message is what the user sees under the step.
 #[derive(Debug, thiserror::Error)]
 pub enum FileOpError {
@@ -32,6 +34,16 @@ pub enum FileOpError {
     /// A bad `--chmod`.
     #[error("invalid chmod {0:?}")]
     Chmod(String),
+    /// An archive that ADD cannot extract, or an entry it refuses (hostile or broken).
+    #[error("extracting {archive}{}: {reason}", if entry.is_empty() { String::new() } else { format!(", entry {entry:?}") })]
+    Archive {
+        /// The archive (its path in the source filesystem).
+        archive: String,
+        /// The entry name, empty for the archive as a whole.
+        entry: String,
+        /// Why.
+        reason: String,
+    },
     /// An I/O failure.
     #[error("{op} {path}: {source}")]
     Io {
@@ -157,11 +169,20 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
         ids,
         chmod: c.mode.clone(),
         excludes: c.exclude_patterns.clone(),
+        includes: c.include_patterns.iter().map(|p| segments(p)).collect(),
     };
     for m in &matches {
         let md = fs::metadata(m)
             .or_else(|_| fs::symlink_metadata(m))
             .map_err(ioe("stat", &c.src))?;
+        if c.unpack && md.is_file() {
+            if let Some(reader) = unpack::open_archive(m)? {
+                // An archive always unpacks into `dest` as a directory, as in BuildKit.
+                let shown = m.strip_prefix(src_root).unwrap_or(m).display().to_string();
+                unpack::extract(reader, &dest, ids, &shown)?;
+                continue;
+            }
+        }
         if md.is_dir() && c.dir_contents_only {
             if c.create_dest_path {
                 create_dirs(&dest, 0o755, ids)?;
@@ -189,6 +210,52 @@ struct CopyOpts {
     ids: Option<(u32, u32)>,
     chmod: Option<Chmod>,
     excludes: Vec<String>,
+    /// `--parents` and include filters: only these paths (relative to the copied directory)
+    /// and what is below them are copied, with the directories leading to them.
+    includes: Vec<Vec<String>>,
+}
+
+fn segments(p: &str) -> Vec<String> {
+    p.split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether `path` matches `pat` segment by segment, `**` standing for any number of segments.
+fn full_match(pat: &[String], path: &[&str]) -> bool {
+    match (pat.first(), path.first()) {
+        (None, None) => true,
+        (Some(p), _) if p == "**" => {
+            full_match(&pat[1..], path) || (!path.is_empty() && full_match(pat, &path[1..]))
+        }
+        (Some(p), Some(s)) => glob_match(p, s) && full_match(&pat[1..], &path[1..]),
+        _ => false,
+    }
+}
+
+/// Whether something below directory `path` could match `pat`.
+fn prefix_match(pat: &[String], path: &[&str]) -> bool {
+    match (pat.first(), path.first()) {
+        (_, None) => true,
+        (None, Some(_)) => false,
+        (Some(p), Some(_)) if p == "**" => true,
+        (Some(p), Some(s)) => glob_match(p, s) && prefix_match(&pat[1..], &path[1..]),
+    }
+}
+
+/// (included, may hold included paths) for `rel` under the copied directory.
+fn include_state(opts: &CopyOpts, rel: &str) -> (bool, bool) {
+    if opts.includes.is_empty() {
+        return (true, true);
+    }
+    let segs: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
+    let included = opts
+        .includes
+        .iter()
+        .any(|p| (1..=segs.len()).any(|n| full_match(p, &segs[..n])));
+    let below = included || opts.includes.iter().any(|p| prefix_match(p, &segs));
+    (included, below)
 }
 
 fn excluded(opts: &CopyOpts, base: &Path, path: &Path) -> bool {
@@ -223,7 +290,39 @@ fn copy_dir_contents(
         if excluded(opts, base, &src) {
             continue;
         }
-        copy_entry(&src, &to.join(e.file_name()), base, opts, shown)?;
+        let dst = to.join(e.file_name());
+        let rel = src
+            .strip_prefix(base)
+            .unwrap_or(&src)
+            .to_string_lossy()
+            .into_owned();
+        match include_state(opts, &rel) {
+            (true, _) => copy_entry(&src, &dst, base, opts, shown)?,
+            (false, true) if e.file_type().is_ok_and(|t| t.is_dir()) => {
+                // A directory on the way to included paths: made only if something lands in it.
+                let existed = dst.exists();
+                if !existed {
+                    fs::create_dir(&dst).map_err(ioe("mkdir", shown))?;
+                }
+                copy_dir_contents(&src, &dst, base, opts, shown)?;
+                let empty = fs::read_dir(&dst)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(false);
+                if !existed && empty {
+                    fs::remove_dir(&dst).map_err(ioe("rmdir", shown))?;
+                } else if !existed {
+                    let md = fs::symlink_metadata(&src).map_err(ioe("stat", shown))?;
+                    set_meta(
+                        &dst,
+                        Some(md.mode() & 0o7777),
+                        opts.ids.or(Some((md.uid(), md.gid()))),
+                        shown,
+                    )?;
+                    set_mtime(&dst, &md);
+                }
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -552,6 +651,41 @@ mod tests {
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, c).unwrap();
         }
+    }
+
+    #[test]
+    fn include_patterns_keep_only_matching_paths_and_their_parents() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        let dst = t.path().join("dst");
+        fs::create_dir_all(&dst).unwrap();
+        tree(
+            &src,
+            &[
+                ("pkgs/a/manifest.txt", "a"),
+                ("pkgs/b/manifest.txt", "b"),
+                ("pkgs/b/other.txt", "o"),
+                ("top.txt", "t"),
+                ("deep/x/y/keep.md", "k"),
+            ],
+        );
+        let mut c = CopyAction::new(Some(0), "/", "/out/");
+        c.include_patterns = vec!["pkgs/*/manifest.txt".into(), "**/*.md".into()];
+        apply(&dst, &[FileAction::Copy(c)], &[src]).unwrap();
+        assert_eq!(
+            fs::read_to_string(dst.join("out/pkgs/a/manifest.txt")).unwrap(),
+            "a"
+        );
+        assert_eq!(
+            fs::read_to_string(dst.join("out/pkgs/b/manifest.txt")).unwrap(),
+            "b"
+        );
+        assert_eq!(
+            fs::read_to_string(dst.join("out/deep/x/y/keep.md")).unwrap(),
+            "k"
+        );
+        assert!(!dst.join("out/pkgs/b/other.txt").exists());
+        assert!(!dst.join("out/top.txt").exists());
     }
 
     #[test]

@@ -14,20 +14,21 @@ mod run;
 mod services;
 mod syntax;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_cache::CacheIndex;
-use kiln_export::Image;
+use kiln_export::{Image, ImageOptions};
 use kiln_plugin_host::{PluginRegistry, SearchPath};
 use kiln_plugin_sdk::proto::{Diagnostic, FrontendRequest, PluginError};
 use kiln_snapshot::{Compression, Snapshot, Store};
 use kiln_solver::{CancellationToken, Event, ProgressSink};
 use kiln_types::{Digest, Platform};
 
+pub use kiln_plugin_sdk::proto::{HostEntry, Ulimit, UlimitResource};
 pub use kiln_solver::Status;
-pub use run::{ExecRuntime, SecretSource};
+pub use run::{ExecRuntime, RunOptions, SecretSource, SshSource};
 pub use syntax::{find_syntax, SyntaxChoice};
 
 /// Engine errors, each saying what failed and where.
@@ -91,6 +92,29 @@ pub enum Error {
         /// Its exit code.
         code: i32,
     },
+    /// An SSH agent that cannot be provided.
+    #[error("ssh {id}: {message}")]
+    Ssh {
+        /// The `--ssh` id.
+        id: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A step needs an entitlement the build was not granted (`--allow`).
+    #[error(
+        "{entitlement} is not allowed: {why} needs it; pass --allow {entitlement} to grant it"
+    )]
+    Entitlement {
+        /// The missing entitlement.
+        entitlement: Entitlement,
+        /// What asked for it (`RUN --network=host`...).
+        why: &'static str,
+        /// The build-file line of the step.
+        location: Option<kiln_graph::SourceLocation>,
+    },
+    /// `--call` could not be answered.
+    #[error("{0}")]
+    Call(String),
     /// A secret that cannot be provided.
     #[error("secret {id}: {message}")]
     Secret {
@@ -121,7 +145,7 @@ impl Error {
     /// The build-file line of the failing step, when known.
     pub fn step_location(&self) -> Option<&kiln_graph::SourceLocation> {
         match self {
-            Error::Step { location, .. } => location.as_ref(),
+            Error::Step { location, .. } | Error::Entitlement { location, .. } => location.as_ref(),
             _ => None,
         }
     }
@@ -158,6 +182,8 @@ pub enum Export {
         dest: PathBuf,
         /// Write a tarball.
         tar: bool,
+        /// `rewrite-timestamp=true`: clamp file times in the layers to `SOURCE_DATE_EPOCH`.
+        rewrite_timestamp: bool,
     },
     /// `type=local`: the result's files.
     Local {
@@ -165,6 +191,69 @@ pub enum Export {
         dest: PathBuf,
     },
 }
+
+/// A privilege a build must be granted explicitly (`--allow`), as BuildKit's entitlements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Entitlement {
+    /// `network.host`: `RUN --network=host`.
+    NetworkHost,
+    /// `security.insecure`: `RUN --security=insecure`.
+    SecurityInsecure,
+}
+
+impl Entitlement {
+    /// BuildKit's name (`network.host`, `security.insecure`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Entitlement::NetworkHost => "network.host",
+            Entitlement::SecurityInsecure => "security.insecure",
+        }
+    }
+}
+
+impl std::fmt::Display for Entitlement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Entitlement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "network.host" => Ok(Entitlement::NetworkHost),
+            "security.insecure" => Ok(Entitlement::SecurityInsecure),
+            other => Err(format!(
+                "unknown entitlement {other:?}: expected network.host or security.insecure"
+            )),
+        }
+    }
+}
+
+/// A frontend subrequest (`--call`): the frontend answers it instead of building.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// List the build targets (stages).
+    Targets,
+    /// The build arguments, secrets and SSH mounts a target uses.
+    Outline,
+    /// Lint the build file.
+    Check,
+}
+
+impl Call {
+    /// The name given to `--call` and passed to the frontend as option `call`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::Targets => "targets",
+            Call::Outline => "outline",
+            Call::Check => "check",
+        }
+    }
+}
+
+/// The config label in which a frontend returns its answer to a `--call`, as JSON.
+pub const CALL_RESULT_LABEL: &str = "kiln.call.result";
 
 /// One build.
 #[derive(Clone, Debug)]
@@ -193,6 +282,18 @@ pub struct BuildRequest {
     pub runtime: ExecRuntime,
     /// `--build-context NAME=VALUE`: a directory, `docker-image://REF` or `oci-layout://DIR`.
     pub build_contexts: BTreeMap<String, String>,
+    /// `--ssh` agents by id.
+    pub ssh: BTreeMap<String, SshSource>,
+    /// `--allow`: the entitlements granted.
+    pub allow: BTreeSet<Entitlement>,
+    /// `--add-host`, `--shm-size`, `--ulimit`.
+    pub run_options: RunOptions,
+    /// `--no-cache-filter`: stages built without the cache.
+    pub no_cache_filter: Vec<String>,
+    /// `--label`: image labels.
+    pub labels: BTreeMap<String, String>,
+    /// `--call`: ask the frontend instead of building (`None`: build).
+    pub call: Option<Call>,
 }
 
 /// What a build produced.
@@ -206,6 +307,8 @@ pub struct BuildOutcome {
     pub warnings: Vec<Diagnostic>,
     /// The frontend that built the graph.
     pub frontend: String,
+    /// For a `--call`: the frontend's answer (JSON); nothing was solved or exported.
+    pub call_result: Option<String>,
 }
 
 /// The build engine: a store, a cache index and the discovered plugins.
@@ -281,6 +384,13 @@ impl Engine {
         // local directories are served by the host under their name.
         let mut contexts = BTreeMap::from([("context".to_owned(), req.context.clone())]);
         let mut options = BTreeMap::new();
+        // BuildKit's frontend options: `label:K` per `--label`, and the subrequest.
+        for (k, v) in &req.labels {
+            options.insert(format!("label:{k}"), v.clone());
+        }
+        if let Some(call) = req.call {
+            options.insert("call".to_owned(), call.name().to_owned());
+        }
         for (name, value) in &req.build_contexts {
             if value.starts_with("docker-image://") || value.starts_with("oci-layout://") {
                 options.insert(format!("context:{name}"), value.clone());
@@ -304,7 +414,7 @@ impl Engine {
             target: req.target.clone(),
             platform: req.platform.clone(),
             no_cache: req.no_cache,
-            no_cache_filter: Vec::new(),
+            no_cache_filter: req.no_cache_filter.clone(),
             contexts: contexts.keys().cloned().collect(),
             options,
         };
@@ -344,8 +454,34 @@ impl Engine {
             duration: started.elapsed(),
         });
 
+        if let Some(call) = req.call {
+            let answer = resp
+                .config
+                .config
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(CALL_RESULT_LABEL))
+                .cloned()
+                .ok_or_else(|| {
+                    Error::Call(format!(
+                        "frontend {} does not answer --call={}: it returned no {CALL_RESULT_LABEL} \
+                         label (build without --call, or use a frontend that supports it)",
+                        frontend.name(),
+                        call.name()
+                    ))
+                })?;
+            return Ok(BuildOutcome {
+                image: None,
+                steps: Vec::new(),
+                warnings: resp.warnings,
+                frontend: frontend.name().to_owned(),
+                call_result: Some(answer),
+            });
+        }
+
         // Solve.
         let mut def = resp.definition;
+        check_entitlements(&def, &req.allow)?;
         if req.no_cache {
             for v in &mut def.vertices {
                 v.meta.ignore_cache = true;
@@ -359,6 +495,8 @@ impl Engine {
                 contexts,
                 cache_mounts: self.cache_mounts.clone(),
                 secrets: req.secrets.clone(),
+                ssh: req.ssh.clone(),
+                run_options: req.run_options.clone(),
                 runtime: req.runtime,
                 registry: self.registry.clone(),
                 handle: tokio::runtime::Handle::current(),
@@ -425,6 +563,7 @@ impl Engine {
             steps,
             warnings: resp.warnings,
             frontend: frontend.name().to_owned(),
+            call_result: None,
         })
     }
 
@@ -437,6 +576,23 @@ impl Engine {
     ) -> Result<Option<Image>, Error> {
         let store = self.store.clone();
         let exports = req.exports.clone();
+        let epoch = source_date_epoch(&req.build_args)?;
+        let rewrite_timestamp = exports.iter().any(|e| {
+            matches!(
+                e,
+                Export::Oci {
+                    rewrite_timestamp: true,
+                    ..
+                }
+            )
+        });
+        if rewrite_timestamp && epoch.is_none() {
+            return Err(Error::Unsupported(
+                "--output ...,rewrite-timestamp=true needs SOURCE_DATE_EPOCH: pass \
+                 --build-arg SOURCE_DATE_EPOCH=<unix seconds> (or set it in the environment)"
+                    .into(),
+            ));
+        }
         let tags = req.tags.clone();
         let export_id = Digest::of(b"internal:export");
         let export_name = "exporting to image".to_owned();
@@ -452,14 +608,18 @@ impl Engine {
                     &store,
                     &snapshot,
                     config,
-                    Compression::Gzip,
+                    ImageOptions {
+                        compression: Compression::Gzip,
+                        source_date_epoch: epoch,
+                        rewrite_timestamp,
+                    },
                 )?)
             } else {
                 None
             };
             for e in &exports {
                 match (e, &image) {
-                    (Export::Oci { dest, tar }, Some(image)) => {
+                    (Export::Oci { dest, tar, .. }, Some(image)) => {
                         kiln_export::export_oci(&store, image, &tags, dest, *tar)?
                     }
                     (Export::Local { dest }, _) => {
@@ -494,5 +654,100 @@ impl Engine {
             }),
         }
         image
+    }
+}
+
+/// Refuses a graph whose steps need an entitlement that was not granted, before anything
+/// runs, as BuildKit validates entitlements when it loads the definition.
+fn check_entitlements(
+    def: &kiln_graph::Definition,
+    allow: &BTreeSet<Entitlement>,
+) -> Result<(), Error> {
+    use kiln_graph::{NetworkMode, Op, SecurityMode};
+    for v in &def.vertices {
+        let Op::Exec(e) = &v.op else { continue };
+        let needed = [
+            (
+                e.network == NetworkMode::Host,
+                Entitlement::NetworkHost,
+                "RUN --network=host",
+            ),
+            (
+                e.security == SecurityMode::Insecure,
+                Entitlement::SecurityInsecure,
+                "RUN --security=insecure",
+            ),
+        ];
+        for (used, entitlement, why) in needed {
+            if used && !allow.contains(&entitlement) {
+                return Err(Error::Entitlement {
+                    entitlement,
+                    why,
+                    location: v.meta.source.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `SOURCE_DATE_EPOCH` from the build args (buildx passes the environment's as one).
+fn source_date_epoch(build_args: &BTreeMap<String, String>) -> Result<Option<u64>, Error> {
+    match build_args.get("SOURCE_DATE_EPOCH").map(|v| v.trim()) {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            Error::Unsupported(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970-01-01"
+            ))
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_graph::{ExecOp, NetworkMode, Op, SecurityMode};
+
+    fn def_with(network: NetworkMode, security: SecurityMode) -> kiln_graph::Definition {
+        let op = Op::Exec(ExecOp {
+            args: vec!["true".into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            network,
+            security,
+            mounts: vec![],
+        });
+        kiln_graph::State::definition(&[kiln_graph::State::from_op(op, vec![], "RUN true")])
+    }
+
+    #[test]
+    fn entitlements_gate_host_network_and_insecure() {
+        let none = BTreeSet::new();
+        let host = def_with(NetworkMode::Host, SecurityMode::Sandbox);
+        let e = check_entitlements(&host, &none).unwrap_err().to_string();
+        assert!(e.starts_with("network.host is not allowed"), "{e}");
+        assert!(e.contains("--allow network.host"), "{e}");
+        let ok = BTreeSet::from([Entitlement::NetworkHost]);
+        assert!(check_entitlements(&host, &ok).is_ok());
+        let insecure = def_with(NetworkMode::Default, SecurityMode::Insecure);
+        let e = check_entitlements(&insecure, &ok).unwrap_err().to_string();
+        assert!(e.starts_with("security.insecure is not allowed"), "{e}");
+        assert!(
+            check_entitlements(&def_with(NetworkMode::None, SecurityMode::Sandbox), &none).is_ok()
+        );
+        assert_eq!("network.host".parse(), Ok(Entitlement::NetworkHost));
+        assert!("device".parse::<Entitlement>().is_err());
+    }
+
+    #[test]
+    fn source_date_epoch_is_seconds() {
+        let args = |v: &str| BTreeMap::from([("SOURCE_DATE_EPOCH".to_owned(), v.to_owned())]);
+        assert_eq!(
+            source_date_epoch(&args("1700000000")).unwrap(),
+            Some(1_700_000_000)
+        );
+        assert_eq!(source_date_epoch(&BTreeMap::new()).unwrap(), None);
+        assert!(source_date_epoch(&args("yesterday")).is_err());
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Condvar, Mutex};
 use kiln_graph::{CacheSharing, ExecOp, MountKind, Op};
 use kiln_plugin_host::{HostServices, PluginRegistry};
 use kiln_plugin_sdk::proto::{
-    LogLevel, PreparedMount, PreparedMountKind, PrimitiveRequest, Runtime,
+    HostEntry, LogLevel, PreparedMount, PreparedMountKind, PrimitiveRequest, Runtime, Ulimit,
 };
 use kiln_snapshot::{ReadView, Snapshot, Store, WriteView};
 use kiln_solver::CancellationToken;
@@ -43,6 +43,33 @@ impl SecretSource {
         }
     }
 }
+
+/// Where an `--ssh` id comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SshSource {
+    /// An ssh-agent socket on the host (`--ssh default`, `--ssh ID=SOCKET`).
+    Agent(PathBuf),
+}
+
+/// The per-step options of the build's RUN steps (`--add-host`, `--shm-size`, `--ulimit`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Entries added to every step's `/etc/hosts`.
+    pub extra_hosts: Vec<HostEntry>,
+    /// Size of `/dev/shm` in bytes (`None`: the exec plugin's default, 64 MiB).
+    pub shm_size: Option<u64>,
+    /// Resource limits of every step's process.
+    pub ulimits: Vec<Ulimit>,
+}
+
+impl RunOptions {
+    fn is_default(&self) -> bool {
+        self == &RunOptions::default()
+    }
+}
+
+/// The exec plugin protocol that understands [`RunOptions`].
+const RUN_OPTIONS_PROTOCOL: u32 = 2;
 
 /// Which runtime runs RUN steps (`--executor`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -221,6 +248,8 @@ pub(crate) struct ExecEnv<'a> {
     pub plugins: &'a PluginRegistry,
     pub cache_mounts: &'a CacheMounts,
     pub secrets: &'a BTreeMap<String, SecretSource>,
+    pub ssh: &'a BTreeMap<String, SshSource>,
+    pub options: &'a RunOptions,
     pub runtime: ExecRuntime,
     pub cancel: &'a CancellationToken,
     pub log: &'a (dyn Fn(String) + Send + Sync),
@@ -316,19 +345,50 @@ pub(crate) fn run_exec(
                 }
                 None => continue,
             },
-            MountKind::Ssh { .. } => {
-                return Err(Error::Unsupported(
-                    "RUN --mount=type=ssh is not supported yet".into(),
-                ))
-            }
+            // The agent's socket itself is bound at the target: the process talks to the real
+            // agent, and no key ever enters the container (BuildKit proxies it instead; a
+            // bind gives the same protocol without a forwarding thread per step).
+            MountKind::Ssh { id, required } => match env.ssh.get(id) {
+                Some(SshSource::Agent(sock)) => {
+                    check_socket(id, sock)?;
+                    PreparedMountKind::Bind {
+                        source: sock.display().to_string(),
+                    }
+                }
+                None if *required => {
+                    return Err(Error::Ssh {
+                        id: id.clone(),
+                        message: format!(
+                            "no SSH key {id:?} forwarded from the client: pass --ssh {id} \
+                             (the agent at $SSH_AUTH_SOCK) or --ssh {id}=/path/to/agent.sock"
+                        ),
+                    })
+                }
+                None => continue,
+            },
         };
         prepared.push(PreparedMount {
             dest: m.dest.clone(),
             kind,
-            readonly: m.readonly || matches!(m.kind, MountKind::Secret { .. }),
+            // connect(2) needs write access to a socket, so an agent mount stays writable.
+            readonly: match m.kind {
+                MountKind::Secret { .. } => true,
+                MountKind::Ssh { .. } => false,
+                _ => m.readonly,
+            },
         });
     }
     let plugin = env.plugins.primitive("exec")?;
+    let protocol = plugin.manifest().protocol_version;
+    if protocol < RUN_OPTIONS_PROTOCOL && !env.options.is_default() {
+        return Err(Error::Unsupported(format!(
+            "the exec plugin at {} speaks protocol {protocol}, which has no --add-host, \
+             --shm-size or --ulimit; install the exec plugin of this kiln",
+            plugin.path().display()
+        )));
+    }
+    let mut op = op.clone();
+    ssh_auth_sock(&mut op);
     let req = PrimitiveRequest {
         op: Op::Exec(op.clone()),
         inputs: Vec::new(),
@@ -341,6 +401,9 @@ pub(crate) fn run_exec(
         hostname: None,
         etc_hosts: None,
         resolv_conf: None,
+        extra_hosts: env.options.extra_hosts.clone(),
+        shm_size: env.options.shm_size,
+        ulimits: env.options.ulimits.clone(),
     };
     let services = StepServices {
         log: env.log,
@@ -360,10 +423,96 @@ pub(crate) fn run_exec(
     Ok(Snapshot { layers })
 }
 
+/// BuildKit's rule (llb `ExecState`): a step with SSH mounts gets `SSH_AUTH_SOCK` pointing at
+/// the first one, unless its environment already sets it.
+fn ssh_auth_sock(op: &mut ExecOp) {
+    let first = op.mounts.iter().find_map(|m| match m.kind {
+        MountKind::Ssh { .. } => Some(m.dest.clone()),
+        _ => None,
+    });
+    let set = op.env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK="));
+    if let (Some(dest), false) = (first, set) {
+        op.env.push(format!("SSH_AUTH_SOCK={dest}"));
+    }
+}
+
+/// The agent socket of `--ssh id=PATH` must be one, now: a key file or a stale path would
+/// otherwise surface as a confusing failure inside the step.
+fn check_socket(id: &str, sock: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(sock) {
+        Ok(m) if m.file_type().is_socket() => Ok(()),
+        Ok(_) => Err(Error::Ssh {
+            id: id.to_owned(),
+            message: format!("{} is not an ssh-agent socket", sock.display()),
+        }),
+        Err(e) => Err(Error::Ssh {
+            id: id.to_owned(),
+            message: format!(
+                "ssh-agent socket {}: {e} (is the agent still running?)",
+                sock.display()
+            ),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn ssh_auth_sock_points_at_the_first_ssh_mount() {
+        let mount = |dest: &str, kind| kiln_graph::Mount {
+            input: None,
+            selector: String::new(),
+            dest: dest.into(),
+            readonly: true,
+            kind,
+        };
+        let ssh = |id: &str| MountKind::Ssh {
+            id: id.into(),
+            required: false,
+        };
+        let mut op = ExecOp {
+            args: vec!["true".into()],
+            env: vec!["A=1".into()],
+            cwd: "/".into(),
+            user: String::new(),
+            network: Default::default(),
+            security: Default::default(),
+            mounts: vec![
+                mount("/", MountKind::Bind),
+                mount("/run/buildkit/ssh_agent.1", ssh("default")),
+                mount("/other", ssh("other")),
+            ],
+        };
+        ssh_auth_sock(&mut op);
+        assert_eq!(
+            op.env,
+            vec!["A=1", "SSH_AUTH_SOCK=/run/buildkit/ssh_agent.1"]
+        );
+        // Already set (by ENV or a second pass): left alone.
+        ssh_auth_sock(&mut op);
+        assert_eq!(op.env.len(), 2);
+        op.mounts.truncate(1);
+        op.env.truncate(1);
+        ssh_auth_sock(&mut op);
+        assert_eq!(op.env, vec!["A=1"]);
+    }
+
+    #[test]
+    fn ssh_source_must_be_a_socket() {
+        let t = tempfile::tempdir().unwrap();
+        let key = t.path().join("id_ed25519");
+        std::fs::write(&key, "not a socket").unwrap();
+        let e = check_socket("default", &key).unwrap_err().to_string();
+        assert!(e.contains("not an ssh-agent socket"), "{e}");
+        let sock = t.path().join("agent.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert!(check_socket("default", &sock).is_ok());
+        assert!(check_socket("default", &t.path().join("gone")).is_err());
+    }
 
     #[test]
     fn cache_mount_sharing_modes() {

@@ -29,22 +29,63 @@ impl Image {
     }
 }
 
+/// How an image is assembled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageOptions {
+    /// Compression of the layer blobs.
+    pub compression: Compression,
+    /// `SOURCE_DATE_EPOCH` (seconds): the image's and its history's `created` time, as
+    /// BuildKit sets them, so that the config does not depend on when the build ran.
+    pub source_date_epoch: Option<u64>,
+    /// `rewrite-timestamp=true`: clamp the file times in the layers to `source_date_epoch`.
+    pub rewrite_timestamp: bool,
+}
+
+impl ImageOptions {
+    /// Plain gzip layers, no epoch.
+    pub fn gzip() -> Self {
+        ImageOptions {
+            compression: Compression::Gzip,
+            source_date_epoch: None,
+            rewrite_timestamp: false,
+        }
+    }
+}
+
 /// Computes the layer blobs of `snapshot`, fills `rootfs.diff_ids`, reconciles `history` with
 /// the layers, and stores config and manifest blobs.
 pub fn assemble_image(
     store: &Store,
     snapshot: &Snapshot,
     mut config: ImageConfig,
-    compression: Compression,
+    options: ImageOptions,
 ) -> Result<Image> {
+    let clamp = options
+        .source_date_epoch
+        .filter(|_| options.rewrite_timestamp);
     let layers = snapshot
         .layers
         .iter()
-        .map(|l| store.layer_blob(l, compression))
+        .map(|l| store.layer_blob_clamped(l, options.compression, clamp))
         .collect::<Result<Vec<_>, _>>()?;
     config.rootfs.kind = "layers".to_owned();
     config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id).collect();
     config.history = normalize_history(std::mem::take(&mut config.history), layers.len());
+    if let Some(epoch) = options.source_date_epoch {
+        let created = rfc3339(epoch);
+        config.created = Some(created.clone());
+        // As BuildKit: history times after the epoch (or missing) become the epoch; older
+        // ones, from a base image, stay.
+        for h in &mut config.history {
+            if !h
+                .created
+                .as_deref()
+                .is_some_and(|c| utc_before(c, &created))
+            {
+                h.created = Some(created.clone());
+            }
+        }
+    }
 
     let config_bytes = serde_json::to_vec(&config).expect("image config always serializes");
     let config_digest = store.write_blob(&config_bytes)?;
@@ -102,6 +143,41 @@ fn normalize_history(mut history: Vec<History>, layers: usize) -> Vec<History> {
     history
 }
 
+/// `secs` since the Unix epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`), as Go's
+/// `time.Time` marshals it in image configs.
+fn rfc3339(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days, on days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Whether the RFC 3339 UTC time `a` is at or before `b` (both `...Z`; seconds compared as
+/// text, which orders them; any other form counts as not before).
+fn utc_before(a: &str, b: &str) -> bool {
+    let secs = |t: &str| {
+        t.ends_with('Z')
+            .then(|| t.get(..19))
+            .flatten()
+            .map(str::to_owned)
+    };
+    matches!((secs(a), secs(b)), (Some(x), Some(y)) if x <= y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +187,19 @@ mod tests {
             empty_layer: empty,
             ..History::default()
         }
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert!(utc_before("1999-01-01T00:00:00.5Z", "2000-02-29T00:00:00Z"));
+        assert!(!utc_before("2001-01-01T00:00:00Z", "2000-02-29T00:00:00Z"));
+        assert!(!utc_before(
+            "1999-01-01T00:00:00+02:00",
+            "2000-02-29T00:00:00Z"
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod image;
 mod local;
 mod oci;
 
-pub use image::{assemble_image, Image};
+pub use image::{assemble_image, Image, ImageOptions};
 pub use local::export_local;
 pub use oci::{export_oci, read_index};
 

@@ -309,6 +309,15 @@ pub struct CopyAction {
     /// Skip matching paths (`--exclude`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_patterns: Vec<String>,
+    /// Extract a source file that is a tar archive (plain, gzip, bzip2, xz or zstd, detected by
+    /// content) into `dest` instead of copying it (ADD); other files are copied as they are.
+    /// Skipped when false so that the digests of existing graphs do not change.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unpack: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl CopyAction {
@@ -327,6 +336,7 @@ impl CopyAction {
             create_dest_path: true,
             include_patterns: Vec::new(),
             exclude_patterns: Vec::new(),
+            unpack: false,
         }
     }
 }
@@ -338,4 +348,21 @@ pub struct CustomOp {
     pub primitive: String,
     /// The plugin's own request, as JSON text; part of the digest.
     pub payload: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpack_is_skipped_when_false() {
+        let mut c = CopyAction::new(Some(0), "/a", "/b");
+        let text = serde_json::to_string(&c).expect("serializes");
+        assert!(!text.contains("unpack"), "{text}");
+        c.unpack = true;
+        let text = serde_json::to_string(&c).expect("serializes");
+        assert!(text.contains("\"unpack\":true"), "{text}");
+        let back: CopyAction = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back, c);
+    }
 }

@@ -411,6 +411,9 @@ fn calls_outside_the_plugin_kinds_are_refused() {
         hostname: None,
         etc_hosts: None,
         resolv_conf: None,
+        extra_hosts: Vec::new(),
+        shm_size: None,
+        ulimits: Vec::new(),
     };
     let err = echo
         .primitive_execute(&req, &Recorder::default())

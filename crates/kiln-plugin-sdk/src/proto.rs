@@ -18,7 +18,11 @@ use serde::{Deserialize, Serialize};
 
 /// The version of the message set described in this module. Bumped when messages gain
 /// meaningful fields, so a host can tell what an older plugin understands.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// - 1: the first release.
+/// - 2: [`PrimitiveRequest`] gained `extra_hosts`, `shm_size` and `ulimits`; a host must not
+///   send them to an older exec plugin, which would silently ignore them.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 // ---------------------------------------------------------------------------------------------
 // Method names
@@ -256,6 +260,130 @@ pub struct PrimitiveRequest {
     /// For exec: the content of `/etc/resolv.conf` to provide (the host's when `None`).
     #[serde(default)]
     pub resolv_conf: Option<String>,
+    /// For exec (protocol 2): entries appended to the default `/etc/hosts` (`--add-host`);
+    /// ignored when `etc_hosts` replaces the whole file.
+    #[serde(default)]
+    pub extra_hosts: Vec<HostEntry>,
+    /// For exec (protocol 2): the size of the `/dev/shm` tmpfs in bytes (`--shm-size`); the
+    /// primitive's default (64 MiB, as Docker's) when `None`.
+    #[serde(default)]
+    pub shm_size: Option<u64>,
+    /// For exec (protocol 2): resource limits of the process (`--ulimit`), replacing the
+    /// primitive's default for the same resource.
+    #[serde(default)]
+    pub ulimits: Vec<Ulimit>,
+}
+
+/// One `/etc/hosts` entry: `ip` then `host`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEntry {
+    /// The host name.
+    pub host: String,
+    /// Its address (IPv4 or IPv6, without brackets).
+    pub ip: String,
+}
+
+/// One resource limit (`setrlimit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    /// Which resource.
+    pub resource: UlimitResource,
+    /// Soft limit; [`Ulimit::UNLIMITED`] for none.
+    pub soft: u64,
+    /// Hard limit; [`Ulimit::UNLIMITED`] for none.
+    pub hard: u64,
+}
+
+impl Ulimit {
+    /// The value meaning "no limit" (`RLIM_INFINITY`; `-1` on Docker's command line).
+    pub const UNLIMITED: u64 = u64::MAX;
+}
+
+/// The resources of [`Ulimit`], named as Docker's `--ulimit` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UlimitResource {
+    /// `RLIMIT_CORE`.
+    Core,
+    /// `RLIMIT_CPU`.
+    Cpu,
+    /// `RLIMIT_DATA`.
+    Data,
+    /// `RLIMIT_FSIZE`.
+    Fsize,
+    /// `RLIMIT_LOCKS`.
+    Locks,
+    /// `RLIMIT_MEMLOCK`.
+    Memlock,
+    /// `RLIMIT_MSGQUEUE`.
+    Msgqueue,
+    /// `RLIMIT_NICE`.
+    Nice,
+    /// `RLIMIT_NOFILE`.
+    Nofile,
+    /// `RLIMIT_NPROC`.
+    Nproc,
+    /// `RLIMIT_RSS`.
+    Rss,
+    /// `RLIMIT_RTPRIO`.
+    Rtprio,
+    /// `RLIMIT_RTTIME`.
+    Rttime,
+    /// `RLIMIT_SIGPENDING`.
+    Sigpending,
+    /// `RLIMIT_STACK`.
+    Stack,
+    /// A resource introduced by a later kiln: the primitive refuses the step.
+    #[serde(other)]
+    Unknown,
+}
+
+impl UlimitResource {
+    /// Every known resource, in name order.
+    pub const ALL: [UlimitResource; 15] = [
+        UlimitResource::Core,
+        UlimitResource::Cpu,
+        UlimitResource::Data,
+        UlimitResource::Fsize,
+        UlimitResource::Locks,
+        UlimitResource::Memlock,
+        UlimitResource::Msgqueue,
+        UlimitResource::Nice,
+        UlimitResource::Nofile,
+        UlimitResource::Nproc,
+        UlimitResource::Rss,
+        UlimitResource::Rtprio,
+        UlimitResource::Rttime,
+        UlimitResource::Sigpending,
+        UlimitResource::Stack,
+    ];
+
+    /// Docker's name of the resource (`nofile`...).
+    pub fn name(self) -> &'static str {
+        match self {
+            UlimitResource::Core => "core",
+            UlimitResource::Cpu => "cpu",
+            UlimitResource::Data => "data",
+            UlimitResource::Fsize => "fsize",
+            UlimitResource::Locks => "locks",
+            UlimitResource::Memlock => "memlock",
+            UlimitResource::Msgqueue => "msgqueue",
+            UlimitResource::Nice => "nice",
+            UlimitResource::Nofile => "nofile",
+            UlimitResource::Nproc => "nproc",
+            UlimitResource::Rss => "rss",
+            UlimitResource::Rtprio => "rtprio",
+            UlimitResource::Rttime => "rttime",
+            UlimitResource::Sigpending => "sigpending",
+            UlimitResource::Stack => "stack",
+            UlimitResource::Unknown => "unknown",
+        }
+    }
+
+    /// The resource Docker calls `name`.
+    pub fn from_name(name: &str) -> Option<UlimitResource> {
+        UlimitResource::ALL.into_iter().find(|r| r.name() == name)
+    }
 }
 
 /// A mount of an exec step, resolved to host paths by the engine.
@@ -541,6 +669,21 @@ mod tests {
         let e = PluginError::from_json(r#"{"message":"m","kind":"brand_new"}"#);
         assert_eq!(e.kind, ErrorKind::Other);
         assert_eq!(PluginError::from_json("garbage").message, "garbage");
+    }
+
+    #[test]
+    fn old_primitive_requests_still_decode() {
+        // What a protocol-1 host sends: no extra_hosts, shm_size or ulimits.
+        let old = serde_json::json!({"op": Op::Merge, "inputs": [], "output": "/x"});
+        let req: PrimitiveRequest = serde_json::from_value(old).unwrap();
+        assert!(req.extra_hosts.is_empty() && req.ulimits.is_empty());
+        assert_eq!(req.shm_size, None);
+        let u: Ulimit =
+            serde_json::from_str(r#"{"resource":"brand_new","soft":1,"hard":2}"#).unwrap();
+        assert_eq!(u.resource, UlimitResource::Unknown);
+        for r in UlimitResource::ALL {
+            assert_eq!(UlimitResource::from_name(r.name()), Some(r));
+        }
     }
 
     #[test]

@@ -65,6 +65,19 @@ pub fn write_layer_tar(
     compression: Compression,
     out: &mut dyn Write,
 ) -> Result<Digest> {
+    write_layer_tar_clamped(dir, compression, None, out)
+}
+
+/// [`write_layer_tar`], with every entry's mtime clamped to `clamp_mtime` (seconds since the
+/// epoch) when given: entries newer than it get it, older ones keep theirs. This is BuildKit's
+/// `rewrite-timestamp=true` with `SOURCE_DATE_EPOCH`, which makes a layer independent of when
+/// the build ran.
+pub fn write_layer_tar_clamped(
+    dir: &Path,
+    compression: Compression,
+    clamp_mtime: Option<u64>,
+    out: &mut dyn Write,
+) -> Result<Digest> {
     let map = |e: io::Error| crate::Error::Io {
         op: "write layer tar of",
         path: dir.to_owned(),
@@ -76,7 +89,7 @@ pub fn write_layer_tar(
                 inner: out,
                 hash: Sha256Writer::default(),
             };
-            write_tar(dir, &mut tee)?;
+            write_tar(dir, clamp_mtime, &mut tee)?;
             Ok(tee.hash.finish())
         }
         Compression::Gzip => {
@@ -85,18 +98,33 @@ pub fn write_layer_tar(
                 inner: gz,
                 hash: Sha256Writer::default(),
             };
-            write_tar(dir, &mut tee)?;
+            write_tar(dir, clamp_mtime, &mut tee)?;
             tee.inner.finish().map_err(map)?;
             Ok(tee.hash.finish())
         }
     }
 }
 
-fn write_tar(dir: &Path, out: &mut dyn Write) -> Result<()> {
+/// The newest mtime (seconds) of any entry under `dir`, `None` when it is empty: whether a
+/// clamp would change the layer at all.
+pub(crate) fn newest_mtime(dir: &Path) -> Result<Option<i64>> {
+    let mut newest = None;
+    for entry in sorted_entries(dir)? {
+        let path = entry.path();
+        let md = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
+        newest = newest.max(Some(md.mtime()));
+        if md.is_dir() {
+            newest = newest.max(newest_mtime(&path)?);
+        }
+    }
+    Ok(newest)
+}
+
+fn write_tar(dir: &Path, clamp: Option<u64>, out: &mut dyn Write) -> Result<()> {
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
-    walk(dir, "", &mut b, &mut links)?;
+    walk(dir, "", &mut b, &mut links, clamp)?;
     b.into_inner()
         .and_then(|w| w.flush())
         .map_err(io_err("finish layer tar of", dir))?;
@@ -117,6 +145,7 @@ fn walk(
     prefix: &str,
     b: &mut tar::Builder<&mut dyn Write>,
     links: &mut HashMap<(u64, u64), String>,
+    clamp: Option<u64>,
 ) -> Result<()> {
     for entry in sorted_entries(dir)? {
         let path = entry.path();
@@ -128,7 +157,7 @@ fn walk(
         let werr = io_err("add to layer", &path);
 
         if is_whiteout(&md) {
-            let mut h = header(&md, tar::EntryType::Regular);
+            let mut h = header(&md, clamp, tar::EntryType::Regular);
             h.set_size(0);
             h.set_mode(0);
             b.append_data(
@@ -141,34 +170,34 @@ fn walk(
         }
         append_xattrs(b, &path).map_err(io_err("add xattrs of", &path))?;
         if ft.is_dir() {
-            let mut h = header(&md, tar::EntryType::Directory);
+            let mut h = header(&md, clamp, tar::EntryType::Directory);
             h.set_size(0);
             b.append_data(&mut h, format!("{rel}/"), io::empty())
                 .map_err(werr)?;
             if is_opaque(&path) {
-                let mut h = header(&md, tar::EntryType::Regular);
+                let mut h = header(&md, clamp, tar::EntryType::Regular);
                 h.set_size(0);
                 h.set_mode(0);
                 b.append_data(&mut h, format!("{rel}/{OPAQUE_MARKER}"), io::empty())
                     .map_err(io_err("add to layer", &path))?;
             }
-            walk(&path, &format!("{rel}/"), b, links)?;
+            walk(&path, &format!("{rel}/"), b, links, clamp)?;
         } else if ft.is_symlink() {
             let target = fs::read_link(&path).map_err(io_err("read link", &path))?;
-            let mut h = header(&md, tar::EntryType::Symlink);
+            let mut h = header(&md, clamp, tar::EntryType::Symlink);
             h.set_size(0);
             b.append_link(&mut h, &rel, &target).map_err(werr)?;
         } else if ft.is_file() {
             if md.nlink() > 1 {
                 if let Some(first) = links.get(&(md.dev(), md.ino())) {
-                    let mut h = header(&md, tar::EntryType::Link);
+                    let mut h = header(&md, clamp, tar::EntryType::Link);
                     h.set_size(0);
                     b.append_link(&mut h, &rel, first).map_err(werr)?;
                     continue;
                 }
                 links.insert((md.dev(), md.ino()), rel.clone());
             }
-            let mut h = header(&md, tar::EntryType::Regular);
+            let mut h = header(&md, clamp, tar::EntryType::Regular);
             h.set_size(md.len());
             let f = fs::File::open(&path).map_err(io_err("open", &path))?;
             b.append_data(&mut h, &rel, f).map_err(werr)?;
@@ -180,7 +209,7 @@ fn walk(
             } else {
                 tar::EntryType::Fifo
             };
-            let mut h = header(&md, kind);
+            let mut h = header(&md, clamp, kind);
             h.set_size(0);
             if kind != tar::EntryType::Fifo {
                 let rdev = md.rdev();
@@ -195,13 +224,14 @@ fn walk(
     Ok(())
 }
 
-fn header(md: &fs::Metadata, kind: tar::EntryType) -> tar::Header {
+fn header(md: &fs::Metadata, clamp: Option<u64>, kind: tar::EntryType) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_mode(md.mode() & 0o7777);
     h.set_uid(u64::from(md.uid()));
     h.set_gid(u64::from(md.gid()));
-    h.set_mtime(md.mtime().max(0) as u64);
+    let mtime = md.mtime().max(0) as u64;
+    h.set_mtime(clamp.map_or(mtime, |max| mtime.min(max)));
     h
 }
 
@@ -295,5 +325,29 @@ mod tests {
             write_layer_tar(d, Compression::Gzip, &mut gz).unwrap(),
             diff_id
         );
+
+        // Clamped: every entry at most the epoch, older ones untouched.
+        let mut clamped = Vec::new();
+        write_layer_tar_clamped(d, Compression::Uncompressed, Some(1000), &mut clamped).unwrap();
+        let mut a = tar::Archive::new(&clamped[..]);
+        for e in a.entries().unwrap() {
+            assert!(e.unwrap().header().mtime().unwrap() <= 1000);
+        }
+        assert!(newest_mtime(d).unwrap().unwrap() > 1000);
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(10);
+        fs::File::open(d.join("etc/b"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let mut again = Vec::new();
+        write_layer_tar_clamped(d, Compression::Uncompressed, Some(1000), &mut again).unwrap();
+        let mut a = tar::Archive::new(&again[..]);
+        let b_time = a
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap().ends_with("etc/a"))
+            .map(|e| e.header().mtime().unwrap());
+        assert_eq!(b_time, Some(10), "an older file keeps its time");
     }
 }

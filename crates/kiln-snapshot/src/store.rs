@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use kiln_types::{Digest, Sha256Writer};
 use serde::{Deserialize, Serialize};
 
-use crate::layer_tar::{write_layer_tar, Compression};
+use crate::layer_tar::{newest_mtime, write_layer_tar_clamped, Compression};
 use crate::{io_err, Error, Result};
 
 /// The store root: `blobs/sha256/<hex>` (the OCI layout's blob dir, so exports can hard-link),
@@ -50,6 +50,15 @@ pub struct LayerBlob {
     pub size: u64,
     /// Its media type.
     pub media_type: String,
+}
+
+/// The name under which a layer's blob of this form is recorded: `gzip`, or `gzip-mtime<N>`
+/// for one clamped to N (the plain name stays what earlier kilns wrote).
+fn blob_key(compression: Compression, clamp_mtime: Option<u64>) -> String {
+    match clamp_mtime {
+        None => compression.name().to_owned(),
+        Some(n) => format!("{}-mtime{n}", compression.name()),
+    }
 }
 
 /// A layer being written; dropped without `commit`, it is removed.
@@ -208,8 +217,31 @@ impl Store {
 
     /// The exported blob of a layer, computing and storing it on first use.
     pub fn layer_blob(&self, id: &LayerId, compression: Compression) -> Result<LayerBlob> {
-        if let Some(blob) = self.recorded_blob(id, compression)? {
+        self.layer_blob_clamped(id, compression, None)
+    }
+
+    /// [`Store::layer_blob`] with file times clamped to `clamp_mtime` (`rewrite-timestamp`
+    /// with `SOURCE_DATE_EPOCH`). Recorded per clamp value beside the plain blob, as BuildKit
+    /// keeps one blob per compression: the plain blob of the same layer stays valid. A layer
+    /// with nothing newer than the clamp keeps its plain blob (a pulled base layer stays
+    /// byte-identical to the registry's).
+    pub fn layer_blob_clamped(
+        &self,
+        id: &LayerId,
+        compression: Compression,
+        clamp_mtime: Option<u64>,
+    ) -> Result<LayerBlob> {
+        let key = blob_key(compression, clamp_mtime);
+        if let Some(blob) = self.recorded_blob_at(id, &key)? {
             return Ok(blob);
+        }
+        if let Some(max) = clamp_mtime {
+            let newest = newest_mtime(&self.layer_dir(id))?;
+            if newest.is_none_or(|n| n <= i64::try_from(max).unwrap_or(i64::MAX)) {
+                let blob = self.layer_blob_clamped(id, compression, None)?;
+                self.record_blob_at(id, &key, &blob)?;
+                return Ok(blob);
+            }
         }
         let tmp = self.root.join("tmp").join(format!("tar-{}", unique_name()));
         let file = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
@@ -217,7 +249,8 @@ impl Store {
             file,
             hash: Sha256Writer::default(),
         };
-        let diff_id = write_layer_tar(&self.layer_dir(id), compression, &mut out)?;
+        let diff_id =
+            write_layer_tar_clamped(&self.layer_dir(id), compression, clamp_mtime, &mut out)?;
         out.file.sync_all().map_err(io_err("sync", &tmp))?;
         let size = out.hash.len();
         let digest = out.hash.finish();
@@ -229,15 +262,15 @@ impl Store {
             size,
             media_type: compression.media_type().to_owned(),
         };
-        self.record_blob(id, compression, &blob)?;
+        self.record_blob_at(id, &key, &blob)?;
         Ok(blob)
     }
 
-    fn blob_meta_path(&self, id: &LayerId, compression: Compression) -> PathBuf {
+    fn blob_meta_path(&self, id: &LayerId, key: &str) -> PathBuf {
         self.root
             .join("layers")
             .join(&id.0)
-            .join(format!("blob-{}.json", compression.name()))
+            .join(format!("blob-{key}.json"))
     }
 
     /// The recorded exported form of a layer, if there is one and its blob is present.
@@ -246,7 +279,11 @@ impl Store {
         id: &LayerId,
         compression: Compression,
     ) -> Result<Option<LayerBlob>> {
-        let meta = self.blob_meta_path(id, compression);
+        self.recorded_blob_at(id, &blob_key(compression, None))
+    }
+
+    fn recorded_blob_at(&self, id: &LayerId, key: &str) -> Result<Option<LayerBlob>> {
+        let meta = self.blob_meta_path(id, key);
         let Ok(bytes) = fs::read(&meta) else {
             return Ok(None);
         };
@@ -265,7 +302,11 @@ impl Store {
         compression: Compression,
         blob: &LayerBlob,
     ) -> Result<()> {
-        let meta = self.blob_meta_path(id, compression);
+        self.record_blob_at(id, &blob_key(compression, None), blob)
+    }
+
+    fn record_blob_at(&self, id: &LayerId, key: &str, blob: &LayerBlob) -> Result<()> {
+        let meta = self.blob_meta_path(id, key);
         let json = serde_json::to_vec(blob).map_err(|e| Error::Corrupt {
             path: meta.clone(),
             why: e.to_string(),

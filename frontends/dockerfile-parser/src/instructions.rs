@@ -268,6 +268,9 @@ impl Flags {
                 None => (body, None),
             };
             let Some(&(key, kind)) = allowed.iter().find(|(n, _)| *n == name) else {
+                if let Some(near) = crate::suggest::closest(name, allowed.iter().map(|(n, _)| *n)) {
+                    return Err(format!("unknown flag: --{name} (did you mean --{near}?)"));
+                }
                 let known: Vec<String> = allowed.iter().map(|(n, _)| format!("--{n}")).collect();
                 let hint = if known.is_empty() {
                     format!("{} takes no flags", node.keyword.to_uppercase())
@@ -795,6 +798,29 @@ fn parse_go_duration(s: &str) -> R<Duration> {
     Ok(Duration::from_nanos(total.round() as u64))
 }
 
+/// Every key `--mount` knows, for "did you mean" hints.
+const MOUNT_KEYS: [&str; 19] = [
+    "type",
+    "readonly",
+    "ro",
+    "readwrite",
+    "rw",
+    "required",
+    "target",
+    "dst",
+    "destination",
+    "source",
+    "src",
+    "from",
+    "id",
+    "sharing",
+    "mode",
+    "uid",
+    "gid",
+    "size",
+    "env",
+];
+
 fn parse_mount(raw: &str) -> R<Mount> {
     let mut m = Mount {
         kind: MountType::Bind,
@@ -867,7 +893,13 @@ fn parse_mount(raw: &str) -> R<Mount> {
             "gid" => m.gid = Some(number(&key, value, 10)?),
             "size" if m.kind == MountType::Tmpfs => m.size = Some(need(value)?),
             "env" if m.kind == MountType::Secret => m.env = Some(need(value)?),
-            _ => return Err(format!("unexpected key '{key}' in '{field}'")),
+            _ => {
+                let mut message = format!("unexpected key '{key}' in '{field}'");
+                if let Some(near) = crate::suggest::closest(&key, MOUNT_KEYS) {
+                    message.push_str(&format!(" (did you mean {near}?)"));
+                }
+                return Err(message);
+            }
         }
     }
     if m.target.is_none()
@@ -908,6 +940,8 @@ mod tests {
         assert!(msg("FROM a b").contains("FROM requires either one or three arguments"));
         assert!(msg("FROM a AS 1x").contains("invalid name for build stage"));
         assert!(msg("FROM --foo a").contains("unknown flag: --foo"));
+        assert!(msg("FROM --platfrom=x a")
+            .contains("unknown flag: --platfrom (did you mean --platform?)"));
     }
 
     #[test]
@@ -934,6 +968,11 @@ mod tests {
         assert_eq!(r.heredocs[0].content, "echo hi\n");
         assert!(msg("RUN --network=x a").contains("unsupported network mode"));
         assert!(msg("RUN --mount=type=bind,bogus=1 a").contains("unexpected key 'bogus'"));
+        assert!(msg("RUN --mount=type=bind,targt=/x a")
+            .contains("unexpected key 'targt' in 'targt=/x' (did you mean target?)"));
+        assert!(
+            msg("RUN --netwrk=host a").contains("unknown flag: --netwrk (did you mean --network?)")
+        );
         assert!(msg("RUN --network=host --network=none a").contains("duplicate flag"));
     }
 
@@ -976,7 +1015,12 @@ mod tests {
         assert_eq!(c.source_contents[0].data, "hello $X\n");
         assert!(c.source_contents[0].expand && c.sources.is_empty());
         assert!(msg("COPY a").contains("COPY requires at least two arguments"));
-        assert!(msg("COPY --foo a b").contains("unknown flag: --foo"));
+        assert!(msg("COPY --foo a b").contains("unknown flag: --foo (COPY accepts --from,"));
+        assert!(msg("COPY --form=x a b").contains("unknown flag: --form (did you mean --from?)"));
+        assert!(msg("COPY --chmdo=1 a b").contains("did you mean --chmod?"));
+        assert!(msg("ADD --checksun=x a b").contains("did you mean --checksum?"));
+        assert!(msg("HEALTHCHECK --intervl=1s CMD x").contains("did you mean --interval?"));
+        assert!(msg("ENV --x=1 a=b").contains("unknown flag: --x (ENV takes no flags)"));
         assert!(msg("COPY --link=maybe a b").contains("expecting boolean value"));
         assert!(msg("COPY --from a b").contains("missing a value on flag: --from"));
 

@@ -17,6 +17,7 @@ mod dump;
 pub mod instructions;
 mod parser;
 pub mod shell;
+pub mod suggest;
 
 pub use dump::{dump, go_quote};
 pub use parser::{parse, Directive, Heredoc, Node, Parsed, Warning};

@@ -1,7 +1,7 @@
 //! The driver: Dockerfile text → stages, global ARGs, target selection, reachable stages, FROM,
 //! and the build context; each instruction is then lowered by [`crate::dispatch`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use dockerfile_parser::instructions::{self as ins, Instruction};
 use dockerfile_parser::shell::{Env, Lexer, NoEnv};
@@ -11,8 +11,10 @@ use kiln_plugin_sdk::proto::{Diagnostic, FrontendRequest, FrontendResponse, Loca
 use kiln_types::image::{History, ImageConfig};
 use kiln_types::Platform;
 
+use crate::call::{self, ArgInfo, Outline};
 use crate::error::{Error, Result};
 use crate::host::FrontendHost;
+use crate::lint::{self, Linter, StageChecks};
 use crate::{reference, suggest};
 
 /// `comment` of every history entry, as BuildKit writes it.
@@ -86,6 +88,10 @@ pub(crate) struct Stage {
     /// The build file and line of the instruction being dispatched, recorded on its vertices
     /// so that a failing step can be shown in the file.
     pub(crate) source: Option<(String, u32)>,
+    /// An ONBUILD trigger of the base is being dispatched (progress says so, as BuildKit).
+    pub(crate) on_build: bool,
+    /// `created` of the history entries: `SOURCE_DATE_EPOCH` when given, else unset.
+    pub(crate) created: Option<String>,
 }
 
 impl Stage {
@@ -110,8 +116,9 @@ impl Stage {
         } else {
             format!("{} ", self.label)
         };
+        let onbuild = if self.on_build { "ONBUILD " } else { "" };
         format!(
-            "[{label}{:>width$}/{}] {text}",
+            "[{label}{:>width$}/{}] {onbuild}{text}",
             self.cmd_index, self.cmd_total
         )
     }
@@ -129,7 +136,7 @@ impl Stage {
     /// Records a history entry, BuildKit style.
     pub(crate) fn commit(&mut self, created_by: String, layer: bool) {
         self.config.history.push(History {
-            created: None,
+            created: self.created.clone(),
             created_by: Some(created_by),
             comment: Some(HISTORY_COMMENT.to_owned()),
             empty_layer: !layer,
@@ -195,15 +202,119 @@ pub(crate) struct Converter<'a> {
     /// Its `.dockerignore` patterns.
     pub(crate) ignore_patterns: Vec<String>,
     images: HashMap<(String, Platform), ResolvedImage>,
-    pub(crate) warnings: Vec<Diagnostic>,
+    /// What `--call outline` reports.
+    outline: Outline,
 }
 
-/// Runs the whole conversion.
+/// An ONBUILD trigger to run at the start of a stage: its text, instruction and node.
+type Trigger = (String, Instruction, Node);
+
+/// Per stage: needed or not, and its ONBUILD triggers once known.
+type Reach = (Vec<bool>, Vec<Option<Vec<Trigger>>>);
+
+/// What lowering a Dockerfile gave.
+pub(crate) struct Lowered {
+    /// The target stage, dispatched.
+    pub(crate) stage: Stage,
+    pub(crate) warnings: Vec<Diagnostic>,
+    pub(crate) outline: Outline,
+    /// `SOURCE_DATE_EPOCH` as RFC 3339, when given.
+    pub(crate) epoch: Option<String>,
+}
+
+/// Runs the whole conversion: a build, or the `--call` the request asks for.
 pub(crate) fn convert(req: &FrontendRequest, host: &dyn FrontendHost) -> Result<FrontendResponse> {
+    let call = req
+        .options
+        .get("call")
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty() && c != "build");
+    match call.as_deref() {
+        None => build_image(req, host),
+        Some("targets") => Ok(call::response(req, &call::targets(req)?)),
+        Some("outline") => {
+            let lowered = lower(req, host, &mut Linter::default(), false)?;
+            Ok(call::response(req, &lowered.outline.to_json(&req.filename)))
+        }
+        Some("check") => {
+            let mut linter = Linter::default();
+            // Without --target, BuildKit checks every stage, not only the last one's.
+            let result = lower(req, host, &mut linter, req.target.is_none());
+            let error = match result {
+                Err(e) => Some(e),
+                Ok(_) => linter.error(),
+            }
+            .map(|e| {
+                let e = e.into_plugin_error(&req.filename, &req.source);
+                serde_json::json!({
+                    "message": e.message,
+                    "location": e.location.map(|l| serde_json::json!({"file": l.file, "line": l.line})),
+                })
+            });
+            let result = serde_json::json!({
+                "warnings": linter.to_json(&req.filename),
+                "error": error,
+            });
+            Ok(call::response(req, &result))
+        }
+        Some(other) => {
+            let mut message = format!(
+                "unknown --call value {other:?}: expected one of build, check, outline, targets"
+            );
+            if let Some(s) = suggest::closest(other, call::CALLS) {
+                message.push_str(&format!(" (did you mean {s}?)"));
+            }
+            Err(Error::invalid(message))
+        }
+    }
+}
+
+/// A build: the graph, the image config and the warnings (lint findings included).
+fn build_image(req: &FrontendRequest, host: &dyn FrontendHost) -> Result<FrontendResponse> {
+    let mut linter = Linter::default();
+    let lowered = lower(req, host, &mut linter, false)?;
+    if let Some(e) = linter.error() {
+        return Err(e);
+    }
+    let mut warnings = lowered.warnings;
+    warnings.extend(linter.diagnostics(&req.filename));
+    let mut config = lowered.stage.config;
+    // `--label k=v` reaches the frontend as `label:k` (BuildKit's frontend option), and wins
+    // over LABEL in the Dockerfile.
+    for (key, value) in &req.options {
+        if let Some(name) = key.strip_prefix("label:") {
+            config
+                .config
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(name.to_owned(), value.clone());
+        }
+    }
+    // Without SOURCE_DATE_EPOCH `created` stays unset: kiln's images are reproducible by
+    // default, where BuildKit would write the build time.
+    config.created = lowered.epoch;
+    Ok(FrontendResponse {
+        definition: State::definition(&[lowered.stage.state]),
+        config,
+        warnings,
+    })
+}
+
+/// Dockerfile text → the dispatched target stage. `linter` gathers the build checks and keeps
+/// them even when lowering fails (`--call check` reports both). `all_stages` dispatches every
+/// stage, not only those the target needs.
+pub(crate) fn lower(
+    req: &FrontendRequest,
+    host: &dyn FrontendHost,
+    linter: &mut Linter,
+    all_stages: bool,
+) -> Result<Lowered> {
     if req.source.is_empty() {
         return Err(Error::invalid("the Dockerfile cannot be empty"));
     }
     let parsed = dockerfile_parser::parse(&req.source)?;
+    linter.configure(&parsed, &req.build_args)?;
+    lint::check_file(linter, &parsed);
     let mut warnings: Vec<Diagnostic> = parsed
         .warnings
         .iter()
@@ -257,29 +368,71 @@ pub(crate) fn convert(req: &FrontendRequest, host: &dyn FrontendHost) -> Result<
         context: None,
         ignore_patterns: Vec::new(),
         images: HashMap::new(),
-        warnings: Vec::new(),
+        outline: Outline::default(),
     };
     let target = conv.target_index()?;
     conv.global_args = conv.global_args(&meta_args, defs[target].from.stage_name.as_deref())?;
+    let epoch = conv.source_date_epoch()?;
+    let from_vars = conv.check_from_args(linter, &defs, &meta_args);
 
     let bases = defs
         .iter()
         .enumerate()
         .map(|(i, d)| conv.base_of(i, d))
         .collect::<Result<Vec<_>>>()?;
-    let reachable = conv.reachable(&defs, &bases, target)?;
+    let (reachable, mut triggers) = conv.reachable(&defs, &bases, target, all_stages)?;
+    for (vars, _) in from_vars.iter().zip(&reachable).filter(|(_, r)| **r) {
+        conv.outline.used.extend(vars.iter().cloned());
+    }
 
+    let mut checks: Vec<StageChecks> = Vec::with_capacity(defs.len());
     for (i, (def, (base, platform))) in defs.iter().zip(bases).enumerate() {
+        let mut stage_checks = StageChecks::after(match base {
+            Base::Stage(j) => checks.get(j),
+            _ => None,
+        });
         if !reachable[i] {
             conv.done.push(None);
+            checks.push(stage_checks);
             continue;
         }
-        let mut stage = conv.start_stage(i, def, base, platform, defs.len())?;
+        let stage_triggers = triggers
+            .get_mut(i)
+            .and_then(Option::take)
+            .unwrap_or_default();
+        let mut stage = conv.start_stage(i, def, base, platform, defs.len(), &stage_triggers)?;
+        stage.created.clone_from(&epoch);
+        let from_line = def.node.start_line;
+        stage.on_build = true;
+        for (expr, inst, node) in &stage_triggers {
+            lint::check_instruction(
+                linter,
+                &mut stage_checks,
+                &stage,
+                &conv.lexer,
+                inst,
+                from_line,
+            );
+            conv.dispatch(&mut stage, inst, node)
+                .map_err(|e| e.in_trigger(expr, from_line))?;
+            conv.capture_outline(&stage, inst, node);
+        }
+        stage.on_build = false;
         for (inst, node) in &def.commands {
             stage.source = Some((conv.req.filename.clone(), node.start_line as u32));
+            lint::check_instruction(
+                linter,
+                &mut stage_checks,
+                &stage,
+                &conv.lexer,
+                inst,
+                node.start_line,
+            );
             conv.dispatch(&mut stage, inst, node)
                 .map_err(|e| e.at(node.start_line))?;
+            conv.capture_outline(&stage, inst, node);
         }
+        checks.push(stage_checks);
         conv.done.push(Some(stage));
     }
 
@@ -288,11 +441,12 @@ pub(crate) fn convert(req: &FrontendRequest, host: &dyn FrontendHost) -> Result<
         .get_mut(target)
         .and_then(Option::take)
         .ok_or_else(|| Error::invalid("internal error: the target stage was not built"))?;
-    warnings.append(&mut conv.warnings);
-    Ok(FrontendResponse {
-        definition: State::definition(&[final_stage.state]),
-        config: final_stage.config,
+    warnings.sort_by_key(|w| w.location.as_ref().map(|l| l.line));
+    Ok(Lowered {
+        stage: final_stage,
         warnings,
+        outline: conv.outline,
+        epoch,
     })
 }
 
@@ -328,7 +482,7 @@ impl Converter<'_> {
     /// The predefined platform ARGs, then the ARGs before the first FROM, `--build-arg`
     /// values overriding both.
     fn global_args(
-        &self,
+        &mut self,
         meta: &[(Vec<ins::Arg>, &Node)],
         target_name: Option<&str>,
     ) -> Result<Vec<(String, String)>> {
@@ -354,18 +508,140 @@ impl Converter<'_> {
         .collect();
         for (list, node) in meta {
             for arg in list {
+                let mut deps = BTreeSet::new();
                 let value = match self.req.build_args.get(&arg.name) {
                     Some(v) => Some(v.clone()),
-                    None => arg
-                        .expand(&self.lexer, &args)
-                        .map_err(|e| Error::from(e).at(node.start_line))?,
+                    None => match &arg.default {
+                        None => None,
+                        Some(d) => {
+                            let (v, matched, _) = self
+                                .lexer
+                                .process_word_with_matches(d, &args)
+                                .map_err(|e| Error::from(e).at(node.start_line))?;
+                            deps = matched;
+                            deps.remove(&arg.name);
+                            Some(v)
+                        }
+                    },
                 };
+                self.outline.args.insert(
+                    arg.name.clone(),
+                    ArgInfo {
+                        value: value.clone(),
+                        description: call::description(&node.comments, &arg.name),
+                        line: node.start_line,
+                        deps,
+                        global: true,
+                    },
+                );
                 if let Some(v) = value {
                     set_pair(&mut args, &arg.name, v);
                 }
             }
         }
         Ok(args)
+    }
+
+    /// `SOURCE_DATE_EPOCH` (a build arg, or a global ARG with a value) as an RFC 3339 UTC time.
+    fn source_date_epoch(&self) -> Result<Option<String>> {
+        const KEY: &str = "SOURCE_DATE_EPOCH";
+        let value = match self.req.build_args.get(KEY) {
+            Some(v) => v.as_str(),
+            None => match self.global_args.iter().find(|(k, _)| k == KEY) {
+                Some((_, v)) if !v.is_empty() => v.as_str(),
+                _ => return Ok(None),
+            },
+        };
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let seconds: i64 = value
+            .trim()
+            .parse()
+            .map_err(|_| Error::invalid(format!("invalid SOURCE_DATE_EPOCH: {value}")))?;
+        Ok(Some(rfc3339(seconds)))
+    }
+
+    /// UndefinedArgInFrom for every stage (used or not, as BuildKit); returns the variables
+    /// each FROM used, for the outline.
+    fn check_from_args(
+        &self,
+        linter: &mut Linter,
+        defs: &[StageDef<'_>],
+        meta: &[(Vec<ins::Arg>, &Node)],
+    ) -> Vec<BTreeSet<String>> {
+        let known: BTreeSet<String> = self
+            .global_args
+            .iter()
+            .map(|(k, _)| k.clone())
+            .chain(
+                meta.iter()
+                    .flat_map(|(l, _)| l.iter().map(|a| a.name.clone())),
+            )
+            .collect();
+        defs.iter()
+            .map(|def| {
+                let mut used = BTreeSet::new();
+                let words = std::iter::once(&def.from.image).chain(def.from.platform.as_ref());
+                for word in words {
+                    // Expansion errors are reported by the build itself.
+                    if let Ok((_, matched, unmatched)) = self
+                        .lexer
+                        .process_word_with_matches(word, &self.global_args)
+                    {
+                        lint::check_from_args(linter, def.node.start_line, &unmatched, &known);
+                        used.extend(matched);
+                    }
+                }
+                used
+            })
+            .collect()
+    }
+
+    /// Proxy settings given as build args (`HTTP_PROXY`...), which RUN sees without any ARG,
+    /// as in BuildKit; they stay out of the history since no ARG declares them.
+    pub(crate) fn proxy_env(&self) -> Vec<String> {
+        const PROXIES: [&str; 5] = [
+            "http_proxy",
+            "https_proxy",
+            "ftp_proxy",
+            "no_proxy",
+            "all_proxy",
+        ];
+        self.req
+            .build_args
+            .iter()
+            .filter(|(k, _)| PROXIES.iter().any(|p| k.eq_ignore_ascii_case(p)))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
+    }
+
+    /// Outline bookkeeping after an instruction: its ARGs and its RUN secrets and SSH ids.
+    fn capture_outline(&mut self, stage: &Stage, inst: &Instruction, node: &Node) {
+        match inst {
+            Instruction::Arg(args) => {
+                for arg in args {
+                    let given = self.req.build_args.contains_key(&arg.name);
+                    let inherited = self.global_args.iter().any(|(k, _)| *k == arg.name);
+                    // A bare re-declaration of a global ARG shows the global one.
+                    let info = (arg.default.is_some() || given || !inherited).then(|| ArgInfo {
+                        value: stage
+                            .args
+                            .iter()
+                            .rev()
+                            .find(|(k, _)| *k == arg.name)
+                            .and_then(|(_, v)| v.clone()),
+                        description: call::description(&node.comments, &arg.name),
+                        line: node.start_line,
+                        deps: BTreeSet::new(),
+                        global: false,
+                    });
+                    self.outline.stage_arg(&arg.name, info);
+                }
+            }
+            Instruction::Run(run) => self.outline.run_mounts(run, node.start_line),
+            _ => {}
+        }
     }
 
     /// The expanded FROM of stage `i`: what it starts from and its platform.
@@ -395,9 +671,11 @@ impl Converter<'_> {
                     ))
                     .at(line));
                 }
-                Some(value.parse::<Platform>().map_err(|e| {
+                let p = value.parse::<Platform>().map_err(|e| {
                     Error::invalid(format!("failed to parse platform {expr}: {e}")).at(line)
-                })?)
+                })?;
+                self.check_buildable(&p).map_err(|e| e.at(line))?;
+                Some(p)
             }
         };
         let earlier = self.names.get(..i).unwrap_or_default();
@@ -416,28 +694,142 @@ impl Converter<'_> {
         Ok((base, platform))
     }
 
-    /// Which stages the target needs: its base chain, `COPY --from` and `RUN --mount from=`.
+    /// The engine runs every step on the host, so a stage can only be for the host's
+    /// platform (or the one the build was asked for, which the engine checks).
+    fn check_buildable(&self, p: &Platform) -> Result<()> {
+        let same = |a: &Platform, b: &Platform| {
+            a.os == b.os
+                && a.architecture == b.architecture
+                && (a.variant.is_none() || b.variant.is_none() || a.variant == b.variant)
+        };
+        let host = Platform::host();
+        if same(p, &host) || same(p, &self.req.platform) {
+            return Ok(());
+        }
+        Err(Error::unsupported(format!(
+            "building for {p} is not supported yet (this kiln builds for {host})"
+        )))
+    }
+
+    /// Which stages the target needs (every stage with `all`): its base chain, `COPY --from`
+    /// and `RUN --mount from=`, including those of ONBUILD triggers; and the triggers of each
+    /// needed stage. Triggers come from base images, so this resolves them, and repeats until
+    /// the triggers bring in no new stage (as BuildKit's `resolveStages`).
     fn reachable(
+        &mut self,
+        defs: &[StageDef<'_>],
+        bases: &[(Base, Platform)],
+        target: usize,
+        all: bool,
+    ) -> Result<Reach> {
+        let mut triggers: Vec<Option<Vec<Trigger>>> = vec![None; defs.len()];
+        loop {
+            let reach = self.reachable_once(defs, bases, target, all, &triggers)?;
+            let mut more = false;
+            for (i, r) in reach.iter().enumerate() {
+                if !*r || triggers.get(i).is_some_and(Option::is_some) {
+                    continue;
+                }
+                let (Some(def), Some((base, platform))) = (defs.get(i), bases.get(i)) else {
+                    continue;
+                };
+                let line = def.node.start_line;
+                let found = self
+                    .triggers_of(defs, base, platform, line)
+                    .map_err(|e| e.at(line))?;
+                more |= found.iter().any(|(_, inst, _)| !froms_of(inst).is_empty());
+                if let Some(slot) = triggers.get_mut(i) {
+                    *slot = Some(found);
+                }
+            }
+            if !more {
+                return Ok((reach, triggers));
+            }
+        }
+    }
+
+    /// The ONBUILD triggers a stage runs first: those of its base image's config, or the
+    /// ONBUILD instructions of its base stage (BuildKit does both), each parsed as if it
+    /// stood on the FROM line.
+    fn triggers_of(
+        &mut self,
+        defs: &[StageDef<'_>],
+        base: &Base,
+        platform: &Platform,
+        line: usize,
+    ) -> Result<Vec<Trigger>> {
+        let exprs: Vec<String> = match base {
+            Base::Scratch => Vec::new(),
+            Base::Stage(j) => defs
+                .get(*j)
+                .map(|d| {
+                    d.commands
+                        .iter()
+                        .filter_map(|(inst, _)| match inst {
+                            Instruction::Onbuild { expression, .. } => Some(expression.clone()),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Base::Image(reference) => self
+                .resolve_image(reference, platform)?
+                .config
+                .config
+                .on_build
+                .unwrap_or_default(),
+            Base::Named(name) => {
+                let value = self.named_context(name).unwrap_or_default().to_owned();
+                let image = value
+                    .strip_prefix("docker-image://")
+                    .map(str::to_owned)
+                    .or_else(|| value.starts_with("oci-layout://").then(|| value.clone()));
+                match image {
+                    Some(r) => self
+                        .resolve_image(&r, platform)?
+                        .config
+                        .config
+                        .on_build
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                }
+            }
+        };
+        exprs.into_iter().map(|e| parse_trigger(e, line)).collect()
+    }
+
+    fn reachable_once(
         &self,
         defs: &[StageDef<'_>],
         bases: &[(Base, Platform)],
         target: usize,
+        all: bool,
+        triggers: &[Option<Vec<Trigger>>],
     ) -> Result<Vec<bool>> {
+        if all {
+            return Ok(vec![true; defs.len()]);
+        }
         let mut deps: Vec<Vec<usize>> = Vec::with_capacity(defs.len());
-        for (def, (base, _)) in defs.iter().zip(bases) {
+        for (i, (def, (base, _))) in defs.iter().zip(bases).enumerate() {
             let mut d = Vec::new();
             if let Base::Stage(j) = base {
                 d.push(*j);
             }
-            for (inst, node) in &def.commands {
-                let froms: Vec<&str> = match inst {
-                    Instruction::Copy(c) => c.from.as_deref().into_iter().collect(),
-                    Instruction::Run(r) => {
-                        r.mounts.iter().filter_map(|m| m.from.as_deref()).collect()
+            let line = def.node.start_line;
+            for (_, inst, _) in triggers
+                .get(i)
+                .and_then(Option::as_ref)
+                .into_iter()
+                .flatten()
+            {
+                for f in froms_of(inst) {
+                    if let Some(j) = self.stage_ref(f).map_err(|e| e.at(line))? {
+                        d.push(j);
                     }
-                    _ => Vec::new(),
-                };
-                for f in froms {
+                }
+            }
+            for (inst, node) in &def.commands {
+                for f in froms_of(inst) {
                     if let Some(j) = self.stage_ref(f).map_err(|e| e.at(node.start_line))? {
                         d.push(j);
                     }
@@ -587,6 +979,7 @@ impl Converter<'_> {
         base: Base,
         platform: Platform,
         count: usize,
+        triggers: &[Trigger],
     ) -> Result<Stage> {
         let line = def.node.start_line;
         let vertex_steps = def
@@ -601,7 +994,9 @@ impl Converter<'_> {
                         | Instruction::Workdir(_)
                 )
             })
-            .count();
+            .count()
+            // BuildKit counts every trigger as a step.
+            + triggers.len();
         let name = def.from.stage_name.clone();
         let label = if count == 1 {
             String::new()
@@ -627,6 +1022,8 @@ impl Converter<'_> {
             cmd_total: vertex_steps,
             ignore_cache,
             source: Some((self.req.filename.clone(), line as u32)),
+            on_build: false,
+            created: None,
         };
         match base {
             Base::Scratch => {}
@@ -650,18 +1047,9 @@ impl Converter<'_> {
                     .map_err(|e| e.at(line))?;
                 stage.cmd_total += 1;
                 stage.config = img.config.clone();
-                if let Some(triggers) = stage.config.config.on_build.take() {
-                    let msg = format!(
-                        "base image {reference} has {} ONBUILD trigger(s); running them is not \
-                         supported yet, they were ignored",
-                        triggers.len()
-                    );
-                    self.host.warn(&msg);
-                    self.warnings.push(Diagnostic {
-                        message: msg,
-                        location: Some(location(&self.req.filename, line)),
-                    });
-                }
+                // The triggers run in this stage (see `reachable`) and are not inherited
+                // further.
+                stage.config.config.on_build = None;
                 let desc = stage.prefix(&format!("FROM {}", img.pinned));
                 stage.state = image_state(&img, &platform, desc);
             }
@@ -671,6 +1059,7 @@ impl Converter<'_> {
                     .map_err(|e| e.at(line))?;
                 stage.state = state;
                 stage.config = config;
+                stage.config.config.on_build = None;
             }
         }
         if stage.config.config.env_get("PATH").is_none() && stage.platform.os != "windows" {
@@ -755,4 +1144,67 @@ pub(crate) fn set_pair<V>(pairs: &mut Vec<(String, V)>, key: &str, value: V) {
         Some(slot) => slot.1 = value,
         None => pairs.push((key.to_owned(), value)),
     }
+}
+
+/// The stages (or images) an instruction reads from: `COPY --from`, `RUN --mount from=`.
+fn froms_of(inst: &Instruction) -> Vec<&str> {
+    match inst {
+        Instruction::Copy(c) => c.from.as_deref().into_iter().collect(),
+        Instruction::Run(r) => r.mounts.iter().filter_map(|m| m.from.as_deref()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// One ONBUILD trigger's text → its instruction, placed on the FROM `line`. Errors name the
+/// trigger.
+fn parse_trigger(expr: String, line: usize) -> Result<Trigger> {
+    let fail = |e: Error| e.in_trigger(&expr, line);
+    let parsed = dockerfile_parser::parse(&expr).map_err(|e| fail(e.into()))?;
+    let [node] = parsed.nodes.as_slice() else {
+        return Err(fail(Error::invalid(
+            "onbuild trigger should be a single expression",
+        )));
+    };
+    match node.command.as_str() {
+        "onbuild" => {
+            return Err(fail(Error::invalid(
+                "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+            )))
+        }
+        "from" | "maintainer" => {
+            return Err(fail(Error::invalid(format!(
+                "{} isn't allowed as an ONBUILD trigger",
+                node.command.to_uppercase()
+            ))))
+        }
+        _ => {}
+    }
+    let inst = ins::parse_instruction(node).map_err(|e| fail(e.into()))?;
+    // The trigger stands on the FROM line: progress, plugins and errors point there.
+    let mut node = node.clone();
+    node.start_line = line;
+    node.end_line = line;
+    Ok((expr, inst, node))
+}
+
+/// Seconds since the epoch → `YYYY-MM-DDTHH:MM:SSZ` (UTC), as Go's `time.RFC3339`.
+pub(crate) fn rfc3339(seconds: i64) -> String {
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }

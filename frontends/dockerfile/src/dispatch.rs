@@ -17,6 +17,7 @@ use kiln_types::image::{EmptyObject, Healthcheck};
 
 use kiln_ignore::PatternMatcher;
 
+use crate::add::AddFlags;
 use crate::convert::{location, set_pair, Converter, Stage, CONTEXT, KNOWN_INSTRUCTIONS};
 use crate::error::{Error, Result};
 use crate::{gofmt, paths, suggest};
@@ -123,7 +124,7 @@ impl Converter<'_> {
             Instruction::Copy(c) => self.dispatch_copy(
                 stage,
                 CopyParams {
-                    add: false,
+                    add: None,
                     sources: &c.sources,
                     contents: &c.source_contents,
                     dest: &c.dest,
@@ -137,11 +138,11 @@ impl Converter<'_> {
                 node,
             )?,
             Instruction::Add(a) => {
-                self.check_add(a)?;
+                let flags = self.add_flags(stage, a)?;
                 self.dispatch_copy(
                     stage,
                     CopyParams {
-                        add: true,
+                        add: Some(flags),
                         sources: &a.sources,
                         contents: &a.source_contents,
                         dest: &a.dest,
@@ -274,30 +275,8 @@ impl Converter<'_> {
         Ok(())
     }
 
-    fn check_add(&self, add: &ins::Add) -> Result<()> {
-        if add.checksum.is_some() {
-            return Err(Error::invalid("checksum requires HTTP(S) or Git sources"));
-        }
-        if add.unpack == Some(true) {
-            return Err(Error::unsupported(
-                "ADD --unpack is not supported yet: extract the archive with RUN, or use COPY",
-            ));
-        }
-        if add.unpack.is_none() {
-            // BuildKit extracts local tar archives given to ADD; kiln's copy cannot yet, and
-            // copying the archive unextracted would silently build a different image.
-            if let Some(src) = add.sources.iter().find(|s| looks_like_archive(s)) {
-                return Err(Error::unsupported(format!(
-                    "ADD of a local archive ({src}) would extract it, which is not supported yet: \
-                     use ADD --unpack=false to copy it as is, or extract it with RUN"
-                )));
-            }
-        }
-        Ok(())
-    }
-
     fn dispatch_copy(&mut self, stage: &mut Stage, c: CopyParams<'_>, node: &Node) -> Result<()> {
-        let name = if c.add { "ADD" } else { "COPY" };
+        let name = if c.add.is_some() { "ADD" } else { "COPY" };
         let (sources, dest, chown, chmod, exclude, contents) = {
             let scope = stage.scope();
             let ex = |w: &str| self.lexer.process_word(w, &scope).map_err(Error::from);
@@ -337,16 +316,8 @@ impl Converter<'_> {
                  directory and end with a /"
             )));
         }
-        for src in &sources {
-            if is_remote(src) {
-                return Err(if c.add {
-                    Error::unsupported(format!(
-                        "ADD from a URL or a Git repository ({src}) is not supported yet"
-                    ))
-                } else {
-                    Error::invalid("source can't be a URL for COPY")
-                });
-            }
+        if c.add.is_none() && sources.iter().any(|s| is_remote(s)) {
+            return Err(Error::invalid("source can't be a URL for COPY"));
         }
         let owner = chown.as_deref().map(parse_chown).transpose()?;
         let mode = chmod.as_deref().map(parse_chmod).transpose()?;
@@ -387,6 +358,17 @@ impl Converter<'_> {
         let mut fb = FileBuilder::new(&base);
         for src in &sources {
             msg.push_str(&format!(" {src}"));
+            if let Some(flags) = &c.add {
+                // URLs and git repositories: fetched by a primitive, then copied like the rest.
+                if let Some((fetched, mut action)) =
+                    self.remote_add_source(stage, src, &dest_path, flags)?
+                {
+                    action.owner = owner.clone();
+                    action.mode = mode.clone();
+                    fb = fb.copy(&fetched, action);
+                    continue;
+                }
+            }
             let (src_path, include) = if c.parents {
                 // `a/./b/c` copies `b/c` keeping its parents below the pivot `a`.
                 let (parent, pattern) = src.split_once("/./").unwrap_or(("/", src.as_str()));
@@ -403,6 +385,7 @@ impl Converter<'_> {
             action.mode = mode.clone();
             action.include_patterns = include;
             action.exclude_patterns = exclude.clone();
+            action.unpack = c.add.as_ref().is_some_and(AddFlags::unpack_local);
             fb = fb.copy(&source_state, action);
         }
         for (file, data) in contents {
@@ -554,6 +537,15 @@ impl Converter<'_> {
         for (k, v) in &stage.args {
             if let (Some(v), None) = (v, stage.config.config.env_get(k)) {
                 env.push(format!("{k}={v}"));
+            }
+        }
+        for kv in self.proxy_env() {
+            let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+            if !env
+                .iter()
+                .any(|e| e.split_once('=').is_some_and(|(k, _)| k == key))
+            {
+                env.push(kv);
             }
         }
         let raw = self.lexer.raw_quotes(true).skip_unset_env(true);
@@ -726,7 +718,8 @@ impl Converter<'_> {
 
 /// The flags and paths of a COPY or ADD.
 struct CopyParams<'a> {
-    add: bool,
+    /// ADD's own flags; `None` for COPY.
+    add: Option<AddFlags>,
     sources: &'a [String],
     contents: &'a [ins::SourceContent],
     dest: &'a str,
@@ -964,22 +957,13 @@ fn parse_size(s: &str) -> Result<u64> {
     Ok(bytes as u64)
 }
 
-/// URLs and Git references, which COPY refuses and ADD will fetch.
+/// URLs and Git references, which COPY refuses (ADD fetches them, see [`crate::add`]).
 fn is_remote(src: &str) -> bool {
     src.starts_with("http://")
         || src.starts_with("https://")
         || src.starts_with("git@")
         || src.starts_with("git://")
         || src.starts_with("ssh://")
-}
-
-fn looks_like_archive(src: &str) -> bool {
-    let s = src.to_lowercase();
-    [
-        ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst",
-    ]
-    .iter()
-    .any(|ext| s.ends_with(ext))
 }
 
 /// First line of a heredoc, `...` when there are more (BuildKit's `summarizeHeredoc`).

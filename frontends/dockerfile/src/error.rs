@@ -66,6 +66,28 @@ impl Error {
         }
     }
 
+    /// The same error, reported at `line` (even when it had another line) and naming the ONBUILD
+    /// `trigger` that caused it: a trigger comes from the base image, not from this file, so
+    /// its own line numbers mean nothing to the user, and BuildKit points at the FROM.
+    pub(crate) fn in_trigger(self, trigger: &str, line: usize) -> Self {
+        let prefix = format!("ONBUILD trigger {trigger:?} of the base failed: ");
+        match self {
+            Error::Input { message, kind, .. } => Error::Input {
+                message: format!("{prefix}{message}"),
+                line: Some(line),
+                kind,
+            },
+            Error::Host { mut error, .. } => {
+                error.message = format!("{prefix}{}", error.message);
+                error.location = None;
+                Error::Host {
+                    error,
+                    line: Some(line),
+                }
+            }
+        }
+    }
+
     /// The boundary error. `source` gives the text of the offending line, quoted in the message
     /// so that the user sees which instruction failed even without the file at hand.
     pub(crate) fn into_plugin_error(self, file: &str, source: &str) -> PluginError {

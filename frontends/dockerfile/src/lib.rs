@@ -12,11 +12,14 @@
 //! solver, host or any other kiln crate. No I/O: everything outside the Dockerfile text comes
 //! through the host.
 
+mod add;
+mod call;
 mod convert;
 mod dispatch;
 mod error;
 mod gofmt;
 mod host;
+mod lint;
 mod paths;
 mod reference;
 mod suggest;

@@ -17,6 +17,8 @@ use kiln_types::{Digest, Platform};
 
 use crate::{build, FrontendHost};
 
+mod add;
+
 type Lower = Box<dyn Fn(&InstructionRequest) -> Option<InstructionResponse>>;
 
 #[derive(Default)]
@@ -443,8 +445,13 @@ fn errors_carry_file_line_and_text() {
         2,
         "source can't be a URL for COPY",
     );
-    let e = fail("FROM scratch\nADD https://x/y /z\n");
-    assert_eq!(e.kind, ErrorKind::Unsupported);
+    let e = fail("FROM scratch\nADD --checksum=sha256:00 local.txt /z\n");
+    assert!(
+        e.message
+            .starts_with("checksum requires HTTP(S) or Git sources"),
+        "{}",
+        e.message
+    );
     assert_eq!(e.location.unwrap().line, 2);
 
     let e = fail("ARG ONLY=1\n");
@@ -828,4 +835,484 @@ fn conformance_dockerfiles_never_panic() {
             }
         }
     }
+}
+
+/// The JSON a `--call` put in its result label.
+fn call_result(req: &FrontendRequest, host: &FakeHost) -> serde_json::Value {
+    let resp = build(req, host).unwrap();
+    assert_eq!(resp.definition.outputs, [None], "a call builds nothing");
+    assert!(resp.definition.vertices.is_empty());
+    let labels = resp.config.config.labels.expect("result label");
+    serde_json::from_str(&labels["kiln.call.result"]).unwrap()
+}
+
+fn with_call(source: &str, call: &str) -> FrontendRequest {
+    let mut req = request(source);
+    req.options.insert("call".into(), call.into());
+    req
+}
+
+#[test]
+fn call_targets_lists_stages_with_descriptions() {
+    let source = "# build compiles the app\nFROM alpine AS build\nFROM --platform=$BUILDPLATFORM scratch AS tools\nFROM build\n";
+    let host = FakeHost::default();
+    let v = call_result(&with_call(source, "targets"), &host);
+    // Nothing was resolved: targets come from the text alone.
+    assert!(host.resolved.borrow().is_empty());
+    assert_eq!(
+        v["targets"],
+        serde_json::json!([
+            {"name": "build", "description": "compiles the app", "base": "alpine", "platform": null,
+             "default": false, "location": {"file": "Dockerfile", "line": 2}},
+            {"name": "tools", "description": "", "base": "scratch", "platform": "$BUILDPLATFORM",
+             "default": false, "location": {"file": "Dockerfile", "line": 3}},
+            {"name": null, "description": "", "base": "build", "platform": null,
+             "default": true, "location": {"file": "Dockerfile", "line": 4}},
+        ])
+    );
+    let e = build(&with_call(source, "targets2"), &host).unwrap_err();
+    assert!(
+        e.message.contains("unknown --call value \"targets2\"")
+            && e.message.contains("did you mean targets?"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn call_outline_reports_used_args_secrets_and_ssh() {
+    let source = r#"# VERSION the version to build
+ARG VERSION=1.0
+ARG UNUSED=x
+ARG BASE=scratch
+FROM ${BASE} AS build
+# GOFLAGS flags for go
+ARG GOFLAGS=-v
+RUN --mount=type=secret,id=token,required=true --mount=type=ssh echo $GOFLAGS
+FROM scratch
+ARG VERSION
+COPY --from=build /a /a
+RUN --mount=type=secret,target=/run/secrets/npmrc x
+"#;
+    let v = call_result(&with_call(source, "outline"), &FakeHost::default());
+    let loc = |line: u32| serde_json::json!({"file": "Dockerfile", "line": line});
+    assert_eq!(
+        v["args"],
+        serde_json::json!([
+            {"name": "VERSION", "value": "1.0", "description": "the version to build", "location": loc(2)},
+            {"name": "BASE", "value": "scratch", "description": "", "location": loc(4)},
+            {"name": "GOFLAGS", "value": "-v", "description": "flags for go", "location": loc(7)},
+        ])
+    );
+    assert_eq!(
+        v["secrets"],
+        serde_json::json!([
+            {"name": "token", "required": true, "location": loc(8)},
+            {"name": "npmrc", "required": false, "location": loc(12)},
+        ])
+    );
+    assert_eq!(
+        v["ssh"],
+        serde_json::json!([{"name": "default", "required": false, "location": loc(8)}])
+    );
+    // A build arg shows its value.
+    let mut req = with_call(source, "outline");
+    req.build_args.insert("VERSION".into(), "2.0".into());
+    let v = call_result(&req, &FakeHost::default());
+    let version = v["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "VERSION")
+        .unwrap();
+    assert_eq!(version["value"], "2.0");
+}
+
+const LINTED: &str = "ARG SUFFIX
+FROM scratch${SUFIX} as Build
+FROM scratch AS build
+FROM scratch AS context
+MAINTAINER me
+ENV A 1
+WORKDIR rel
+WORKDIR other
+COPY $AA /x/
+LABEL b=$A
+CMD echo hi
+cmd [\"a\"]
+";
+
+#[test]
+fn lint_checks_report_rule_message_and_line() {
+    let resp = run(LINTED);
+    let got: Vec<(String, u32)> = resp
+        .warnings
+        .iter()
+        .map(|w| (w.message.clone(), w.location.as_ref().unwrap().line))
+        .collect();
+    let want = [
+        ("StageNameCasing: Stage name 'Build' should be lowercase (line 2)", 2),
+        ("FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 2)", 2),
+        ("UndefinedArgInFrom: FROM argument 'SUFIX' is not declared (did you mean SUFFIX?) (line 2)", 2),
+        ("DuplicateStageName: Duplicate stage name \"build\", stage names should be unique (line 3)", 3),
+        ("ReservedStageName: Stage name should not use the same name as reserved stage \"context\" (line 4)", 4),
+        ("MaintainerDeprecated: Maintainer instruction is deprecated in favor of using label (line 5)", 5),
+        ("LegacyKeyValueFormat: \"ENV key=value\" should be used instead of legacy \"ENV key value\" format (line 6)", 6),
+        ("WorkdirRelativePath: Relative workdir \"rel\" can have unexpected results if the base image changes (line 7)", 7),
+        ("UndefinedVar: Usage of undefined variable '$AA' (did you mean $A?) (line 9)", 9),
+        ("JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended behavior related to OS signals (line 11)", 11),
+        ("MultipleInstructionsDisallowed: Multiple CMD instructions should not be used in the same stage because only the last one will be used (line 11)", 11),
+        ("ConsistentInstructionCasing: Command 'cmd' should match the case of the command majority (uppercase) (line 12)", 12),
+    ];
+    let want: Vec<(String, u32)> = want.iter().map(|(m, l)| (m.to_string(), *l)).collect();
+    assert_eq!(got, want);
+    assert!(resp
+        .warnings
+        .iter()
+        .all(|w| w.location.as_ref().unwrap().file == "Dockerfile"));
+
+    // ENV/LABEL legacy form and a SHELL silence their rules; a WORKDIR in the base stage makes a
+    // relative one fine.
+    let resp = run("FROM scratch AS a\nWORKDIR /app\nFROM a\nSHELL [\"/bin/sh\", \"-c\"]\nWORKDIR sub\nCMD echo\n");
+    assert!(resp.warnings.is_empty(), "{:?}", resp.warnings);
+}
+
+#[test]
+fn check_directive_and_build_arg_configure_the_checks() {
+    let resp = run("# check=skip=StageNameCasing,FromAsCasing\nFROM scratch as Build\n");
+    assert!(resp.warnings.is_empty(), "{:?}", resp.warnings);
+    let resp = run("# check=skip=all\nFROM scratch as Build\nMAINTAINER x\n");
+    assert!(resp.warnings.is_empty());
+
+    let e = fail("# check=error=true\nFROM scratch as build\nMAINTAINER x\n");
+    assert_eq!(e.kind, ErrorKind::InvalidInput);
+    assert_eq!(e.location.as_ref().unwrap().line, 2);
+    assert!(
+        e.message.starts_with("lint violation found for rules: FromAsCasing, MaintainerDeprecated (2 findings, first: FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 2)"),
+        "{}",
+        e.message
+    );
+    // No finding, no error.
+    run("# check=error=true\nFROM scratch AS build\n");
+
+    // The build arg wins over the directive.
+    let mut req = request("# check=error=true\nFROM scratch as build\n");
+    req.build_args.insert(
+        "BUILDKIT_DOCKERFILE_CHECK".into(),
+        "skip=FromAsCasing".into(),
+    );
+    let resp = build(&req, &FakeHost::default()).unwrap();
+    assert!(resp.warnings.is_empty());
+
+    let e = fail("# check=skip\nFROM scratch\n");
+    assert!(
+        e.message
+            .contains("failed to parse check options: invalid check option"),
+        "{}",
+        e.message
+    );
+    assert_eq!(e.location.unwrap().line, 1);
+}
+
+#[test]
+fn call_check_lints_every_stage_without_building() {
+    let source = "FROM scratch AS a\nCMD echo hi\nFROM scratch\nCOPY x /x\n";
+    // A build checks only the stages it builds...
+    assert!(run(source).warnings.is_empty());
+    // ...a check, every stage.
+    let v = call_result(&with_call(source, "check"), &FakeHost::default());
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "warnings": [{
+                "ruleName": "JSONArgsRecommended",
+                "description": "JSON arguments recommended for ENTRYPOINT/CMD to prevent unintended behavior related to OS signals",
+                "url": "https://docs.docker.com/go/dockerfile/rule/json-args-recommended/",
+                "detail": "JSON arguments recommended for CMD to prevent unintended behavior related to OS signals",
+                "location": {"file": "Dockerfile", "line": 2},
+            }],
+            "error": null,
+        })
+    );
+    // Findings before a failure are kept; the failure is reported with its location.
+    let v = call_result(
+        &with_call("FROM scratch as x\nCOPY --chmod=999 a /b\n", "check"),
+        &FakeHost::default(),
+    );
+    assert_eq!(v["warnings"][0]["ruleName"], "FromAsCasing");
+    assert_eq!(v["error"]["location"]["line"], 2);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("invalid chmod parameter"));
+    // error=true makes findings the check's error, not a failed call.
+    let v = call_result(
+        &with_call("# check=error=true\nFROM scratch as x\n", "check"),
+        &FakeHost::default(),
+    );
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("lint violation found for rules: FromAsCasing"));
+}
+
+fn image_with(on_build: &[&str]) -> ImageConfig {
+    let mut img = ImageConfig::scratch(&platform());
+    img.config.on_build = Some(on_build.iter().map(|s| s.to_string()).collect());
+    img.rootfs.diff_ids = vec![Digest::of(b"base layer")];
+    img.history = vec![History {
+        created_by: Some("base".into()),
+        ..History::default()
+    }];
+    img
+}
+
+#[test]
+fn onbuild_triggers_of_the_base_image_run_first() {
+    let mut host = FakeHost::default();
+    host.images.insert(
+        "onbuild:1".into(),
+        image_with(&["RUN make", "COPY --from=assets /a /a", "ENV X=1"]),
+    );
+    let source = "FROM scratch AS assets\nCOPY a /a\nFROM onbuild:1\nRUN echo after\n";
+    let resp = build(&request(source), &host).unwrap();
+    let c = &resp.config.config;
+    // Triggers are not inherited further.
+    assert_eq!(c.on_build, None);
+    assert!(c.env.as_ref().unwrap().contains(&"X=1".to_owned()));
+    let created: Vec<&str> = resp
+        .config
+        .history
+        .iter()
+        .map(|h| h.created_by.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        created,
+        [
+            "base",
+            "RUN /bin/sh -c make # buildkit",
+            "COPY /a /a # buildkit",
+            "ENV X=1",
+            "RUN /bin/sh -c echo after # buildkit"
+        ]
+    );
+    let def = &resp.definition;
+    let after = output(def);
+    assert_eq!(
+        after.meta.description,
+        "[assets 4/5] RUN echo after".replace("assets ", "stage-1 ")
+    );
+    let copy = input(def, after, 0);
+    assert_eq!(
+        copy.meta.description,
+        "[stage-1 3/5] ONBUILD COPY --from=assets /a /a"
+    );
+    // The trigger's COPY --from made the `assets` stage needed.
+    assert_eq!(
+        input(def, &copy, 1).meta.description,
+        "[assets 1/1] COPY a /a"
+    );
+    let make = input(def, &copy, 0);
+    assert_eq!(make.meta.description, "[stage-1 2/5] ONBUILD RUN make");
+    // Vertices of a trigger point at the FROM line.
+    assert_eq!(make.meta.source.as_ref().map(|s| s.line), Some(3));
+
+    // ONBUILD in a base stage fires in the stages built on it.
+    let resp = run("FROM scratch AS base\nONBUILD ENV FROM_BASE=1\nFROM base\n");
+    assert!(resp
+        .config
+        .config
+        .env
+        .unwrap()
+        .contains(&"FROM_BASE=1".to_owned()));
+    assert_eq!(resp.config.config.on_build, None);
+}
+
+#[test]
+fn onbuild_trigger_errors_point_at_the_from_line() {
+    let mut host = FakeHost::default();
+    host.images
+        .insert("bad-chmod".into(), image_with(&["COPY --chmod=999 a /b"]));
+    host.images
+        .insert("bad-kw".into(), image_with(&["BOGUS x"]));
+    host.images
+        .insert("bad-from".into(), image_with(&["FROM x"]));
+    let check = |image: &str, needle: &str| {
+        let e = build(&request(&format!("FROM scratch\n\nFROM {image}\n")), &host).unwrap_err();
+        let loc = e.location.clone().expect("located");
+        assert_eq!((loc.file.as_str(), loc.line), ("Dockerfile", 3), "{e}");
+        assert!(
+            e.message.contains(needle),
+            "{:?} lacks {needle:?}",
+            e.message
+        );
+        assert!(e.message.contains("ONBUILD trigger"), "{}", e.message);
+        assert!(
+            e.message.contains(&format!("(in `FROM {image}`)")),
+            "{}",
+            e.message
+        );
+    };
+    check(
+        "bad-chmod",
+        "\"COPY --chmod=999 a /b\" of the base failed: invalid chmod parameter",
+    );
+    check("bad-kw", "unknown instruction: BOGUS");
+    check("bad-from", "FROM isn't allowed as an ONBUILD trigger");
+}
+
+#[test]
+fn from_platform_is_the_host_or_fails_at_from() {
+    let host_platform = Platform::host();
+    run("FROM --platform=$BUILDPLATFORM scratch\n");
+    run("FROM --platform=$TARGETPLATFORM scratch\n");
+    run(&format!("FROM --platform={host_platform} scratch\n"));
+    let other = if host_platform.architecture == "riscv64" {
+        "linux/s390x"
+    } else {
+        "linux/riscv64"
+    };
+    let e = fail(&format!(
+        "FROM scratch\nFROM --platform={other} scratch AS x\n"
+    ));
+    assert_eq!(e.kind, ErrorKind::Unsupported);
+    assert_eq!(e.location.unwrap().line, 2);
+    assert!(
+        e.message.starts_with(&format!(
+            "building for {other} is not supported yet (this kiln builds for {host_platform})"
+        )),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn predefined_and_proxy_args() {
+    let source = "FROM scratch\nARG TARGETPLATFORM TARGETOS TARGETARCH TARGETVARIANT BUILDPLATFORM BUILDOS BUILDARCH\nRUN echo\n";
+    let mut req = request(source);
+    req.build_args
+        .insert("HTTP_PROXY".into(), "http://proxy:3128".into());
+    req.build_args.insert("no_proxy".into(), "localhost".into());
+    let resp = build(&req, &FakeHost::default()).unwrap();
+    let Op::Exec(exec) = &output(&resp.definition).op else {
+        panic!()
+    };
+    let host = Platform::host();
+    for kv in [
+        "TARGETPLATFORM=linux/amd64".to_owned(),
+        "TARGETOS=linux".to_owned(),
+        "TARGETARCH=amd64".to_owned(),
+        "TARGETVARIANT=".to_owned(),
+        format!("BUILDPLATFORM={host}"),
+        format!("BUILDOS={}", host.os),
+        format!("BUILDARCH={}", host.architecture),
+        // Proxies need no ARG...
+        "HTTP_PROXY=http://proxy:3128".to_owned(),
+        "no_proxy=localhost".to_owned(),
+    ] {
+        assert!(exec.env.contains(&kv), "{kv} not in {:?}", exec.env);
+    }
+    // ...and stay out of the history and the image.
+    let history = resp
+        .config
+        .history
+        .last()
+        .unwrap()
+        .created_by
+        .clone()
+        .unwrap();
+    assert!(!history.contains("proxy"), "{history}");
+    assert!(!resp
+        .config
+        .config
+        .env
+        .unwrap()
+        .iter()
+        .any(|e| e.contains("proxy")));
+}
+
+#[test]
+fn label_options_and_source_date_epoch() {
+    let source = "FROM scratch\nLABEL a=1 title=file\nCOPY x /x\n";
+    let mut req = request(source);
+    req.options.insert("label:title".into(), "cli".into());
+    req.options
+        .insert("label:org.example.extra".into(), "yes".into());
+    req.build_args
+        .insert("SOURCE_DATE_EPOCH".into(), "1700000000".into());
+    let resp = build(&req, &FakeHost::default()).unwrap();
+    let labels = resp.config.config.labels.as_ref().unwrap();
+    assert_eq!(labels["a"], "1");
+    assert_eq!(labels["title"], "cli");
+    assert_eq!(labels["org.example.extra"], "yes");
+    assert_eq!(resp.config.created.as_deref(), Some("2023-11-14T22:13:20Z"));
+    assert!(resp
+        .config
+        .history
+        .iter()
+        .all(|h| h.created.as_deref() == Some("2023-11-14T22:13:20Z")));
+
+    // A global ARG with a value works too.
+    let resp = run("ARG SOURCE_DATE_EPOCH=0\nFROM scratch\nENV A=1\n");
+    assert_eq!(resp.config.created.as_deref(), Some("1970-01-01T00:00:00Z"));
+    // Without it, nothing is dated (reproducible by default).
+    let resp = run(source);
+    assert_eq!(resp.config.created, None);
+    assert!(resp.config.history.iter().all(|h| h.created.is_none()));
+
+    let mut req = request(source);
+    req.build_args
+        .insert("SOURCE_DATE_EPOCH".into(), "yesterday".into());
+    let e = build(&req, &FakeHost::default()).unwrap_err();
+    assert_eq!(e.message, "invalid SOURCE_DATE_EPOCH: yesterday");
+    assert_eq!(crate::convert::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    assert_eq!(crate::convert::rfc3339(-1), "1969-12-31T23:59:59Z");
+}
+
+#[test]
+fn unknown_flags_suggest_the_nearest_one() {
+    let check = |source: &str, line: u32, needle: &str| {
+        let e = fail(source);
+        assert_eq!(e.location.as_ref().map(|l| l.line), Some(line), "{e}");
+        assert!(
+            e.message.contains(needle),
+            "{:?} lacks {needle:?}",
+            e.message
+        );
+    };
+    check(
+        "FROM scratch\nCOPY --form=x a b\n",
+        2,
+        "unknown flag: --form (did you mean --from?)",
+    );
+    check(
+        "FROM --platfrom=x scratch\n",
+        1,
+        "unknown flag: --platfrom (did you mean --platform?)",
+    );
+    check(
+        "FROM scratch\nRUN --mout=type=cache,target=/x a\n",
+        2,
+        "unknown flag: --mout (did you mean --mount?)",
+    );
+    check(
+        "FROM scratch\nRUN --mount=type=cache,targt=/x a\n",
+        2,
+        "(did you mean target?)",
+    );
+    check(
+        "FROM scratch\nADD --chmdo=1 a b\n",
+        2,
+        "unknown flag: --chmdo (did you mean --chmod?)",
+    );
+    check(
+        "FROM scratch\nHEALTHCHECK --retires=1 CMD x\n",
+        2,
+        "did you mean --retries?",
+    );
+    check(
+        "FROM scratch\nWORKDIR --x /a\n",
+        2,
+        "unknown flag: --x (WORKDIR takes no flags)",
+    );
 }

@@ -3,6 +3,7 @@
 
 use caps::Capability;
 use kiln_plugin_sdk::graph::SecurityMode;
+use kiln_plugin_sdk::proto::{Ulimit, UlimitResource};
 
 use crate::Error;
 
@@ -45,6 +46,44 @@ pub fn capabilities(security: SecurityMode) -> Vec<Capability> {
 /// The capabilities as a bit mask (bit n = capability n), as `/proc/<pid>/status` shows them.
 pub fn cap_mask(set: &[Capability]) -> u64 {
     set.iter().fold(0, |m, c| m | (1u64 << c.index()))
+}
+
+/// The resource limits of a step: `RLIMIT_NOFILE` at [`nofile_limit`] (BuildKit's default),
+/// then the requested `--ulimit`s, each replacing the default for its resource. Both runtimes
+/// apply this same list, in this order.
+pub fn rlimits(requested: &[Ulimit]) -> Vec<Ulimit> {
+    let mut out = vec![Ulimit {
+        resource: UlimitResource::Nofile,
+        soft: nofile_limit(),
+        hard: nofile_limit(),
+    }];
+    for u in requested {
+        out.retain(|o| o.resource != u.resource);
+        out.push(*u);
+    }
+    out
+}
+
+/// The `RLIMIT_*` constant of a resource (`None` for one this plugin does not know).
+pub fn rlimit_resource(r: UlimitResource) -> Option<libc::__rlimit_resource_t> {
+    Some(match r {
+        UlimitResource::Core => libc::RLIMIT_CORE,
+        UlimitResource::Cpu => libc::RLIMIT_CPU,
+        UlimitResource::Data => libc::RLIMIT_DATA,
+        UlimitResource::Fsize => libc::RLIMIT_FSIZE,
+        UlimitResource::Locks => libc::RLIMIT_LOCKS,
+        UlimitResource::Memlock => libc::RLIMIT_MEMLOCK,
+        UlimitResource::Msgqueue => libc::RLIMIT_MSGQUEUE,
+        UlimitResource::Nice => libc::RLIMIT_NICE,
+        UlimitResource::Nofile => libc::RLIMIT_NOFILE,
+        UlimitResource::Nproc => libc::RLIMIT_NPROC,
+        UlimitResource::Rss => libc::RLIMIT_RSS,
+        UlimitResource::Rtprio => libc::RLIMIT_RTPRIO,
+        UlimitResource::Rttime => libc::RLIMIT_RTTIME,
+        UlimitResource::Sigpending => libc::RLIMIT_SIGPENDING,
+        UlimitResource::Stack => libc::RLIMIT_STACK,
+        UlimitResource::Unknown => return None,
+    })
 }
 
 /// `RLIMIT_NOFILE` soft and hard, as BuildKit sets it.

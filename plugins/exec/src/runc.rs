@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kiln_plugin_sdk::graph::{NetworkMode, SecurityMode};
+use kiln_plugin_sdk::proto::UlimitResource;
 use oci_spec::runtime::{
     Arch, Capability, LinuxCapabilitiesBuilder, LinuxNamespaceType, LinuxSeccompAction,
     LinuxSeccompBuilder, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder,
@@ -216,12 +217,18 @@ fn spec(step: &Step) -> Result<Spec, Error> {
         .additional_gids(step.user.sgids.clone())
         .build()
         .map_err(oci_error)?;
-    let nofile = PosixRlimitBuilder::default()
-        .typ(PosixRlimitType::RlimitNofile)
-        .soft(policy::nofile_limit())
-        .hard(policy::nofile_limit())
-        .build()
-        .map_err(oci_error)?;
+    let rlimits = step
+        .rlimits
+        .iter()
+        .map(|u| {
+            PosixRlimitBuilder::default()
+                .typ(rlimit_type(u.resource)?)
+                .soft(u.soft)
+                .hard(u.hard)
+                .build()
+                .map_err(oci_error)
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
     let process = ProcessBuilder::default()
         .terminal(false)
         .args(step.args.clone())
@@ -229,7 +236,7 @@ fn spec(step: &Step) -> Result<Spec, Error> {
         .cwd(step.cwd.clone())
         .user(user)
         .capabilities(capabilities)
-        .rlimits(vec![nofile])
+        .rlimits(rlimits)
         .no_new_privileges(!insecure)
         .build()
         .map_err(oci_error)?;
@@ -244,6 +251,21 @@ fn spec(step: &Step) -> Result<Spec, Error> {
     spec.set_hostname(Some(step.hostname.clone()));
 
     let mut mounts: Vec<Mount> = spec.mounts().clone().unwrap_or_default();
+    // runc's default /dev/shm is 64 MiB, as ours: give it the step's size.
+    for m in mounts
+        .iter_mut()
+        .filter(|m| m.destination() == Path::new("/dev/shm"))
+    {
+        let options = m
+            .options()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|o| !o.starts_with("size="))
+            .chain([format!("size={}", step.shm_size)])
+            .collect();
+        m.set_options(Some(options));
+    }
     if insecure {
         for m in &mut mounts {
             if let Some(options) = m.options().clone() {
@@ -309,6 +331,32 @@ fn spec(step: &Step) -> Result<Spec, Error> {
     }
     spec.set_linux(Some(linux));
     Ok(spec)
+}
+
+/// The OCI name of a resource limit.
+fn rlimit_type(r: UlimitResource) -> Result<PosixRlimitType, Error> {
+    Ok(match r {
+        UlimitResource::Core => PosixRlimitType::RlimitCore,
+        UlimitResource::Cpu => PosixRlimitType::RlimitCpu,
+        UlimitResource::Data => PosixRlimitType::RlimitData,
+        UlimitResource::Fsize => PosixRlimitType::RlimitFsize,
+        UlimitResource::Locks => PosixRlimitType::RlimitLocks,
+        UlimitResource::Memlock => PosixRlimitType::RlimitMemlock,
+        UlimitResource::Msgqueue => PosixRlimitType::RlimitMsgqueue,
+        UlimitResource::Nice => PosixRlimitType::RlimitNice,
+        UlimitResource::Nofile => PosixRlimitType::RlimitNofile,
+        UlimitResource::Nproc => PosixRlimitType::RlimitNproc,
+        UlimitResource::Rss => PosixRlimitType::RlimitRss,
+        UlimitResource::Rtprio => PosixRlimitType::RlimitRtprio,
+        UlimitResource::Rttime => PosixRlimitType::RlimitRttime,
+        UlimitResource::Sigpending => PosixRlimitType::RlimitSigpending,
+        UlimitResource::Stack => PosixRlimitType::RlimitStack,
+        UlimitResource::Unknown => {
+            return Err(Error::Unsupported(
+                "a --ulimit names a resource this exec plugin does not know; update it".into(),
+            ))
+        }
+    })
 }
 
 /// The architectures the deny-list covers: the native one and its compat modes, so that a

@@ -187,7 +187,10 @@ struct Plan {
     hostname: CString,
     loopback: bool,
     clone_flags: libc::c_int,
-    nofile: u64,
+    /// `setrlimit` calls, in order: the resource and its soft and hard limits.
+    rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit64)>,
+    /// The mount data of `/dev/shm` (its size).
+    shm_data: CString,
     drop_bounding: Option<u64>,
     keep_caps: u64,
     uid: libc::uid_t,
@@ -261,7 +264,26 @@ impl Plan {
             hostname: cstring(&step.hostname)?,
             loopback: step.network == NetworkMode::None,
             clone_flags,
-            nofile: policy::nofile_limit(),
+            rlimits: step
+                .rlimits
+                .iter()
+                .map(|u| {
+                    let resource = policy::rlimit_resource(u.resource).ok_or_else(|| {
+                        Error::Unsupported(format!(
+                            "ulimit {} is unknown to this exec plugin",
+                            u.resource.name()
+                        ))
+                    })?;
+                    Ok((
+                        resource,
+                        libc::rlimit64 {
+                            rlim_cur: u.soft,
+                            rlim_max: u.hard,
+                        },
+                    ))
+                })
+                .collect::<Result<_, Error>>()?,
+            shm_data: cstring(&format!("mode=1777,size={}", step.shm_size))?,
             drop_bounding: (step.security != SecurityMode::Insecure)
                 .then(|| !policy::cap_mask(&keep)),
             keep_caps: if step.user.uid == 0 {
@@ -513,7 +535,12 @@ impl Failure {
             Stage::Hostname => format!("set the hostname {:?}", step.hostname),
             Stage::Loopback => "bring the loopback interface up".to_owned(),
             Stage::PivotRoot => "pivot_root into the root filesystem".to_owned(),
-            Stage::Rlimit => "set RLIMIT_NOFILE".to_owned(),
+            Stage::Rlimit => format!(
+                "set the {} limit",
+                step.rlimits
+                    .get(self.index)
+                    .map_or("?", |u| u.resource.name())
+            ),
             Stage::Bounding => "drop capabilities from the bounding set".to_owned(),
             Stage::Groups => format!("set the supplementary groups {:?}", step.user.sgids),
             Stage::Gid => format!("set gid {}", step.user.gid),
@@ -791,7 +818,7 @@ const DEV_LINKS: [(&CStr, &CStr); 6] = [
 ];
 
 /// Populates the fresh `/dev` tmpfs (`dev` is a descriptor of its root).
-unsafe fn populate_dev(dev: RawFd, report: RawFd) {
+unsafe fn populate_dev(dev: RawFd, shm_data: &CStr, report: RawFd) {
     // SAFETY: NUL-terminated constants; `dev` is ours; paths lie in a tmpfs we just mounted.
     unsafe {
         for (name, major, minor) in DEVICES {
@@ -841,7 +868,7 @@ unsafe fn populate_dev(dev: RawFd, report: RawFd) {
                 shm.as_ptr(),
                 c"tmpfs".as_ptr(),
                 nosuid_noexec | libc::MS_NODEV,
-                c"mode=1777,size=65536k".as_ptr().cast(),
+                shm_data.as_ptr().cast(),
             ),
             Stage::Dev
         );
@@ -968,7 +995,7 @@ unsafe fn child(plan: &Plan, fds: &ChildFds) -> ! {
             Stage::Dev
         );
         let dev = check!(report, open_in_root(root, c"dev"), Stage::Dev);
-        populate_dev(dev, report);
+        populate_dev(dev, &plan.shm_data, report);
         libc::close(dev);
         let sys_flags = if plan.sys_readonly {
             hardened | libc::MS_RDONLY
@@ -1077,16 +1104,15 @@ unsafe fn child(plan: &Plan, fds: &ChildFds) -> ! {
         check!(report, libc::chdir(c"/".as_ptr()), Stage::PivotRoot);
         libc::close(root);
 
-        // Raised while still privileged: the hard limit needs CAP_SYS_RESOURCE.
-        let limit = libc::rlimit64 {
-            rlim_cur: plan.nofile,
-            rlim_max: plan.nofile,
-        };
-        check!(
-            report,
-            libc::setrlimit64(libc::RLIMIT_NOFILE, &limit),
-            Stage::Rlimit
-        );
+        // Raised while still privileged: a higher hard limit needs CAP_SYS_RESOURCE.
+        for (i, (resource, limit)) in plan.rlimits.iter().enumerate() {
+            check!(
+                report,
+                libc::setrlimit64(*resource, limit),
+                Stage::Rlimit,
+                i
+            );
+        }
 
         if let Some(drop) = plan.drop_bounding {
             for cap in 0..64u32 {

@@ -6,7 +6,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use kiln_plugin_sdk::graph::{ExecOp, Mount, MountKind, NetworkMode, Op, SecurityMode};
-use kiln_plugin_sdk::proto::{PreparedMount, PreparedMountKind, PrimitiveRequest};
+use kiln_plugin_sdk::proto::{
+    HostEntry, PreparedMount, PreparedMountKind, PrimitiveRequest, Ulimit, UlimitResource,
+};
 
 use crate::rootfs::{self, StubKind, Stubs};
 use crate::user::{self, ExecUser};
@@ -17,6 +19,9 @@ pub const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
 
 /// `PATH` when the step's environment has none, as BuildKit's.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The size of `/dev/shm` when the request names none: Docker's (and BuildKit's) 64 MiB.
+pub const DEFAULT_SHM_SIZE: u64 = 64 << 20;
 
 /// Where the host's DNS configuration is read from when the request brings none.
 const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -76,6 +81,10 @@ pub struct Step {
     /// The step's mounts (the engine's prepared mounts, then `/etc/hosts` and
     /// `/etc/resolv.conf`), in mount order.
     pub mounts: Vec<StepMount>,
+    /// Size of the `/dev/shm` tmpfs in bytes.
+    pub shm_size: u64,
+    /// Resource limits, applied in order (see `policy::rlimits`).
+    pub rlimits: Vec<Ulimit>,
     /// Holds the generated `/etc/hosts` and `/etc/resolv.conf`; removed on drop.
     _files: tempfile::TempDir,
 }
@@ -121,7 +130,19 @@ impl Step {
                     e,
                 )
             })?;
-        let hosts = req.etc_hosts.unwrap_or_else(|| default_hosts(&hostname));
+        check_ulimits(&req.ulimits)?;
+        let shm_size = match req.shm_size {
+            None => DEFAULT_SHM_SIZE,
+            Some(0) => {
+                return Err(Error::InvalidInput(
+                    "the /dev/shm size must be more than 0 bytes".into(),
+                ))
+            }
+            Some(s) => s,
+        };
+        let hosts = req
+            .etc_hosts
+            .unwrap_or_else(|| hosts_file(&hostname, &req.extra_hosts));
         let resolv = match req.resolv_conf {
             Some(r) => r,
             None => host_resolv_conf()?,
@@ -196,6 +217,8 @@ impl Step {
             network: op.network,
             security: op.security,
             mounts,
+            shm_size,
+            rlimits: crate::policy::rlimits(&req.ulimits),
             _files: files,
         };
         Ok((step, stubs))
@@ -279,9 +302,36 @@ fn environment(env: &[String], user: &ExecUser) -> Vec<String> {
     out
 }
 
-/// BuildKit's default `/etc/hosts`.
-fn default_hosts(hostname: &str) -> String {
-    format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+/// BuildKit's default `/etc/hosts`, then the `--add-host` entries, one line each as BuildKit
+/// writes them (`<ip>\t<host>`).
+fn hosts_file(hostname: &str, extra: &[HostEntry]) -> String {
+    let mut out =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for e in extra {
+        out.push_str(&format!("{}\t{}\n", e.ip, e.host));
+    }
+    out
+}
+
+/// Limits this plugin can apply, with soft ≤ hard (setrlimit's rule, checked here so the
+/// message names the limit instead of a bare EINVAL from the child).
+fn check_ulimits(ulimits: &[Ulimit]) -> Result<(), Error> {
+    for u in ulimits {
+        if u.resource == UlimitResource::Unknown {
+            return Err(Error::Unsupported(
+                "a --ulimit names a resource this exec plugin does not know; update it".into(),
+            ));
+        }
+        if u.soft > u.hard {
+            return Err(Error::InvalidInput(format!(
+                "ulimit {}: the soft limit {} is above the hard limit {}",
+                u.resource.name(),
+                u.soft,
+                u.hard
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The host's resolv.conf, or public resolvers (BuildKit's fallback) when it has none.
@@ -330,6 +380,47 @@ mod tests {
             environment(&["PATH=/x".into(), "HOME=/h".into()], &u),
             vec!["PATH=/x".to_owned(), "HOME=/h".into()]
         );
+    }
+
+    #[test]
+    fn hosts_file_appends_extra_hosts() {
+        let extra = [
+            HostEntry {
+                host: "myhost".into(),
+                ip: "10.1.2.3".into(),
+            },
+            HostEntry {
+                host: "v6".into(),
+                ip: "fd00::1".into(),
+            },
+        ];
+        let text = hosts_file("box", &extra);
+        assert!(text.starts_with("127.0.0.1\tlocalhost box\n"));
+        assert!(text.ends_with("10.1.2.3\tmyhost\nfd00::1\tv6\n"));
+    }
+
+    #[test]
+    fn ulimits_are_checked_and_replace_defaults() {
+        let u = |resource, soft, hard| Ulimit {
+            resource,
+            soft,
+            hard,
+        };
+        assert!(check_ulimits(&[u(UlimitResource::Nofile, 1024, 2048)]).is_ok());
+        assert!(check_ulimits(&[u(UlimitResource::Nofile, 4096, 2048)]).is_err());
+        assert!(check_ulimits(&[u(UlimitResource::Unknown, 1, 1)]).is_err());
+        let got = crate::policy::rlimits(&[
+            u(UlimitResource::Nproc, 10, 20),
+            u(UlimitResource::Nofile, 1024, 2048),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                u(UlimitResource::Nproc, 10, 20),
+                u(UlimitResource::Nofile, 1024, 2048)
+            ]
+        );
+        assert_eq!(crate::policy::rlimits(&[]).len(), 1);
     }
 
     #[test]

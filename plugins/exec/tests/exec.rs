@@ -11,7 +11,9 @@ use std::time::Duration;
 use common::{cap_eff, exec_op, have_runc, request, sh, with_mounts, Recorder, Rootfs};
 use kiln_exec::{execute, Error};
 use kiln_plugin_sdk::graph::{NetworkMode, SecurityMode};
-use kiln_plugin_sdk::proto::{PreparedMount, PreparedMountKind, PrimitiveRequest, Runtime};
+use kiln_plugin_sdk::proto::{
+    HostEntry, PreparedMount, PreparedMountKind, PrimitiveRequest, Runtime, Ulimit, UlimitResource,
+};
 
 /// Docker's default capability set as `/proc/<pid>/status` shows it.
 const DEFAULT_CAPS: u64 = 0x00000000a80425fb;
@@ -294,6 +296,41 @@ fn etc_files(runtime: Runtime) {
     );
 }
 
+fn run_options(runtime: Runtime) {
+    let root = Rootfs::busybox();
+    let mut req = sh(
+        &root,
+        "grep myhost /etc/hosts; grep /dev/shm /proc/mounts; ulimit -n; ulimit -Hn; ulimit -u",
+    );
+    req.extra_hosts = vec![HostEntry {
+        host: "myhost".into(),
+        ip: "10.9.8.7".into(),
+    }];
+    req.shm_size = Some(3 << 20);
+    let limit = |resource, soft, hard| Ulimit {
+        resource,
+        soft,
+        hard,
+    };
+    req.ulimits = vec![
+        limit(UlimitResource::Nofile, 1024, 2048),
+        limit(UlimitResource::Nproc, 500, 600),
+    ];
+    let (code, rec) = run(req, runtime);
+    assert_eq!(code.unwrap(), 0, "{:?}", rec.stderr());
+    let out = rec.stdout();
+    assert_eq!(
+        out.first().map(String::as_str),
+        Some("10.9.8.7\tmyhost"),
+        "{out:?}"
+    );
+    assert!(
+        out.get(1).is_some_and(|l| l.contains("size=3072k")),
+        "{out:?}"
+    );
+    assert_eq!(&out[2..], ["1024", "2048", "500"], "{out:?}");
+}
+
 fn missing_executable(runtime: Runtime) {
     let root = Rootfs::busybox();
     let err = run(request(&root, &["nonexistent"]), runtime)
@@ -358,6 +395,7 @@ both_runtimes!(
     capabilities_and_hardening,
     mounts_stay_out_of_the_layer,
     etc_files,
+    run_options,
     missing_executable,
     output_is_streamed_by_stream,
     cancellation_kills_the_process,

@@ -33,10 +33,17 @@ const PACKAGES: &[&str] = &[
     "kiln-test-not-plugin",
     "kiln-test-greet",
     "kiln-exec",
+    "kiln-http",
+    "kiln-git",
 ];
 
 /// The plugins shipped with kiln (under `plugins/` and `frontends/`).
-const BUNDLED: &[&str] = &["kiln-frontend-dockerfile", "kiln-exec"];
+const BUNDLED: &[&str] = &[
+    "kiln-frontend-dockerfile",
+    "kiln-exec",
+    "kiln-http",
+    "kiln-git",
+];
 
 /// Builds the binary and plugins the tests use (a no-op after `cargo xtask test` built them).
 pub fn ensure_built() {

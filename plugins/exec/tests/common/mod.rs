@@ -155,6 +155,9 @@ pub fn request(root: &Rootfs, args: &[&str]) -> PrimitiveRequest {
         hostname: None,
         etc_hosts: None,
         resolv_conf: None,
+        extra_hosts: Vec::new(),
+        shm_size: None,
+        ulimits: Vec::new(),
     }
 }
 

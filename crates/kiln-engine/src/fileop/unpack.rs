@@ -1,0 +1,557 @@
+//! ADD's archive extraction: a source file that is a tar stream (plain, gzip, bzip2, xz or zstd,
+//! recognized by its content, never by its name, as BuildKit does) is extracted into the
+//! destination directory with `tar -x` semantics (entries merge into what is there, the archive
+//! wins file by file).
+//!
+//! Hostile archives: every entry is placed as if the destination directory were a chroot
+//! (BuildKit extracts with moby's chrootarchive). A name that climbs out with `..` is an error;
+//! absolute names are taken relative to the destination; symlinks met on the way to an entry's
+//! parent resolve inside the destination ([`crate::rootpath::resolve`]); an entry's own path is
+//! never followed (whatever is there is replaced); hard links may only point at entries inside.
+
+use std::fs;
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+
+use super::{create_dirs, FileOpError, Result};
+use crate::rootpath::resolve;
+
+/// Compression of a stream, from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Xz,
+    Zstd,
+}
+
+fn detect(head: &[u8]) -> Compression {
+    if head.starts_with(&[0x1f, 0x8b, 0x08]) {
+        Compression::Gzip
+    } else if head.starts_with(b"BZh") {
+        Compression::Bzip2
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        Compression::Xz
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    }
+}
+
+fn decompressed(file: fs::File, c: Compression) -> io::Result<Box<dyn Read>> {
+    let file = BufReader::new(file);
+    Ok(match c {
+        Compression::None => Box::new(file),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(file)),
+        Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(file)),
+        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(file)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(file)?),
+    })
+}
+
+/// Whether `block` is a tar header: not all zeros, and its checksum (the byte sum with the
+/// checksum field read as spaces, unsigned or signed as old tars wrote it) matches.
+fn is_tar_header(block: &[u8; 512]) -> bool {
+    if block.iter().all(|b| *b == 0) {
+        return false;
+    }
+    let field = &block[148..156];
+    let digits: String = field
+        .iter()
+        .map(|b| *b as char)
+        .skip_while(|c| *c == ' ')
+        .take_while(|c| c.is_digit(8))
+        .collect();
+    let Ok(stored) = u64::from_str_radix(&digits, 8) else {
+        return false;
+    };
+    let (mut unsigned, mut signed) = (0u64, 0i64);
+    for (i, b) in block.iter().enumerate() {
+        let b = if (148..156).contains(&i) { b' ' } else { *b };
+        unsigned += u64::from(b);
+        signed += i64::from(b as i8);
+    }
+    stored == unsigned || i64::try_from(stored).is_ok_and(|s| s == signed)
+}
+
+/// The decompressed tar stream of `src` when it is a tar archive; `None` for any other file
+/// (copied as is by the caller), including a compressed file that does not hold a tar.
+pub(super) fn open_archive(src: &Path) -> Result<Option<Box<dyn Read>>> {
+    let shown = src.display().to_string();
+    let mut file = fs::File::open(src).map_err(super::ioe("open", &shown))?;
+    let mut head = [0u8; 6];
+    let n = read_full(&mut file, &mut head).map_err(super::ioe("read", &shown))?;
+    let compression = detect(&head[..n]);
+    let probe = fs::File::open(src)
+        .and_then(|f| decompressed(f, compression))
+        .and_then(|mut r| {
+            let mut block = [0u8; 512];
+            let n = read_full(&mut r, &mut block)?;
+            Ok(n == 512 && is_tar_header(&block))
+        });
+    if !matches!(probe, Ok(true)) {
+        return Ok(None);
+    }
+    let file = fs::File::open(src).map_err(super::ioe("open", &shown))?;
+    decompressed(file, compression)
+        .map(Some)
+        .map_err(super::ioe("decompress", &shown))
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// An archive entry that cannot be extracted safely or at all.
+fn bad(archive: &str, entry: &str, why: impl Into<String>) -> FileOpError {
+    FileOpError::Archive {
+        archive: archive.to_owned(),
+        entry: entry.to_owned(),
+        reason: why.into(),
+    }
+}
+
+/// The normal components of an archive name, `.` dropped, `..` applied, a leading `/` ignored;
+/// `None` when `..` climbs above the top.
+fn clean(name: &Path) -> Option<Vec<String>> {
+    let mut parts: Vec<String> = Vec::new();
+    for c in name.components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    Some(parts)
+}
+
+/// Where entry `parts` goes under `dest`: its parent resolved inside `dest` (created when
+/// missing), its own name never followed.
+fn place(dest: &Path, parts: &[String]) -> io::Result<PathBuf> {
+    let (name, parent) = parts
+        .split_last()
+        .ok_or_else(|| io::Error::other("empty entry name"))?;
+    let parent = resolve(dest, &parent.join("/"), true)?;
+    Ok(parent.join(name))
+}
+
+/// Removes whatever is at `p` (without following it), unless both it and the new entry are
+/// directories (they merge).
+fn clear(p: &Path, new_is_dir: bool) -> io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(md) if md.is_dir() && new_is_dir => Ok(()),
+        Ok(md) if md.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Extracts the tar stream `reader` (named `archive` in errors) into the directory `dest`.
+/// `owner` replaces the entries' own uid/gid (`ADD --chown`).
+pub(super) fn extract(
+    reader: Box<dyn Read>,
+    dest: &Path,
+    owner: Option<(u32, u32)>,
+    archive: &str,
+) -> Result<()> {
+    create_dirs(dest, 0o755, owner)?;
+    let mut ar = tar::Archive::new(reader);
+    let entries = ar
+        .entries()
+        .map_err(|e| bad(archive, "", format!("not a readable tar archive: {e}")))?;
+    // Directory modes and times are applied last, deepest first, so that a read-only directory
+    // does not stop its own entries from being written and writing them does not change its
+    // time.
+    let mut dirs: Vec<(PathBuf, u32, u64)> = Vec::new();
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bad(archive, "", format!("corrupt archive: {e}")))?;
+        let name_path = entry
+            .path()
+            .map_err(|e| bad(archive, "", format!("bad entry name: {e}")))?
+            .into_owned();
+        let shown = name_path.display().to_string();
+        let parts = clean(&name_path).ok_or_else(|| {
+            bad(
+                archive,
+                &shown,
+                "its name climbs out of the destination with \"..\"",
+            )
+        })?;
+        if parts.is_empty() {
+            continue; // `./` itself: the destination exists already.
+        }
+        let io_err = |op: &str, e: io::Error| bad(archive, &shown, format!("{op}: {e}"));
+        let header = entry.header();
+        let kind = header.entry_type();
+        let mode = header.mode().unwrap_or(0o644) & 0o7777;
+        let mtime = header.mtime().unwrap_or(0);
+        let ids = owner.or_else(|| Some((header.uid().ok()? as u32, header.gid().ok()? as u32)));
+        let target = place(dest, &parts).map_err(|e| io_err("resolve", e))?;
+        if let Some(parent) = target.parent() {
+            create_dirs(parent, 0o755, owner)?;
+        }
+        clear(&target, kind.is_dir()).map_err(|e| io_err("replace", e))?;
+        match kind {
+            tar::EntryType::Directory => {
+                if !target.is_dir() {
+                    fs::create_dir(&target).map_err(|e| io_err("mkdir", e))?;
+                }
+                chown(&target, ids, owner.is_some()).map_err(|e| io_err("chown", e))?;
+                dirs.push((target, mode, mtime));
+                continue;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&target)
+                    .map_err(|e| io_err("create", e))?;
+                io::copy(&mut entry, &mut f).map_err(|e| io_err("write", e))?;
+                drop(f);
+                chown(&target, ids, owner.is_some()).map_err(|e| io_err("chown", e))?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+                    .map_err(|e| io_err("chmod", e))?;
+            }
+            tar::EntryType::Symlink => {
+                let to = entry
+                    .link_name()
+                    .map_err(|e| io_err("link name", e))?
+                    .ok_or_else(|| bad(archive, &shown, "symlink without a target"))?;
+                // The target is stored as written: it is only ever resolved inside a root.
+                std::os::unix::fs::symlink(&to, &target).map_err(|e| io_err("symlink", e))?;
+                chown(&target, ids, owner.is_some()).map_err(|e| io_err("chown", e))?;
+            }
+            tar::EntryType::Link => {
+                let to = entry
+                    .link_name()
+                    .map_err(|e| io_err("link name", e))?
+                    .ok_or_else(|| bad(archive, &shown, "hard link without a target"))?;
+                let to_parts = clean(&to).filter(|p| !p.is_empty()).ok_or_else(|| {
+                    bad(
+                        archive,
+                        &shown,
+                        format!("hard link to {} points outside the archive", to.display()),
+                    )
+                })?;
+                let existing = place(dest, &to_parts).map_err(|e| io_err("resolve", e))?;
+                match fs::symlink_metadata(&existing) {
+                    Ok(md) if !md.is_dir() => {}
+                    _ => {
+                        return Err(bad(
+                            archive,
+                            &shown,
+                            format!(
+                                "hard link to {} which is not an earlier file of the archive",
+                                to.display()
+                            ),
+                        ))
+                    }
+                }
+                fs::hard_link(&existing, &target).map_err(|e| io_err("link", e))?;
+                continue; // A hard link shares its target's metadata.
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let (flag, dev) = match kind {
+                    tar::EntryType::Char => (SFlag::S_IFCHR, device(header)),
+                    tar::EntryType::Block => (SFlag::S_IFBLK, device(header)),
+                    _ => (SFlag::S_IFIFO, 0),
+                };
+                mknod(&target, flag, Mode::from_bits_truncate(mode), dev)
+                    .map_err(|e| io_err("mknod", e.into()))?;
+                chown(&target, ids, owner.is_some()).map_err(|e| io_err("chown", e))?;
+            }
+            // PAX and GNU long-name records are consumed by the reader; anything else (global
+            // headers, unknown types) carries no file.
+            _ => continue,
+        }
+        set_time(&target, mtime);
+    }
+    for (dir, mode, mtime) in dirs.iter().rev() {
+        fs::set_permissions(dir, fs::Permissions::from_mode(*mode))
+            .map_err(|e| bad(archive, &dir.display().to_string(), format!("chmod: {e}")))?;
+        set_time(dir, *mtime);
+    }
+    Ok(())
+}
+
+fn device(h: &tar::Header) -> nix::libc::dev_t {
+    let major = h.device_major().ok().flatten().unwrap_or(0);
+    let minor = h.device_minor().ok().flatten().unwrap_or(0);
+    nix::sys::stat::makedev(u64::from(major), u64::from(minor))
+}
+
+/// Gives `p` the owner `ids`. Ids from the archive itself are best effort (an unprivileged
+/// build keeps its own); an explicit `--chown` must succeed.
+fn chown(p: &Path, ids: Option<(u32, u32)>, explicit: bool) -> io::Result<()> {
+    let Some((u, g)) = ids else { return Ok(()) };
+    match std::os::unix::fs::lchown(p, Some(u), Some(g)) {
+        Err(e) if explicit => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Sets the modification (and access) time of `p` itself, never of a symlink's target.
+fn set_time(p: &Path, mtime: u64) {
+    let t = TimeSpec::new(i64::try_from(mtime).unwrap_or(i64::MAX), 0);
+    let _ = utimensat(
+        nix::fcntl::AT_FDCWD,
+        p,
+        &t,
+        &t,
+        UtimensatFlags::NoFollowSymlink,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+
+    fn header(path: &str, kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        // Set the raw name so that hostile names (`..`, absolute) survive the builder's checks.
+        let name = &mut h.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_mtime(1_600_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        h
+    }
+
+    fn tar_of(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data) in entries {
+            let mut h = match kind {
+                tar::EntryType::Symlink | tar::EntryType::Link => {
+                    let mut h = header(path, *kind, 0);
+                    h.set_link_name(data).unwrap();
+                    h.set_cksum();
+                    h
+                }
+                _ => header(path, *kind, data.len() as u64),
+            };
+            if kind.is_dir() {
+                h.set_mode(0o755);
+                h.set_cksum();
+            }
+            let body: &[u8] = if matches!(kind, tar::EntryType::Regular) {
+                data.as_bytes()
+            } else {
+                &[]
+            };
+            b.append(&h, body).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn extract_bytes(bytes: &[u8], dest: &Path) -> Result<()> {
+        let src = dest.parent().unwrap().join("archive.bin");
+        fs::write(&src, bytes).unwrap();
+        let r = open_archive(&src)?.expect("an archive");
+        extract(r, dest, None, "archive.bin")
+    }
+
+    #[test]
+    fn detects_compressions_by_content() {
+        let t = tempfile::tempdir().unwrap();
+        let plain = tar_of(&[("a.txt", tar::EntryType::Regular, "hello")]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        bz.write_all(&plain).unwrap();
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        xz.write_all(&plain).unwrap();
+        let zst = zstd::stream::encode_all(&plain[..], 1).unwrap();
+        let cases = [
+            ("plain.zip", plain.clone()),
+            ("gz.txt", gz.finish().unwrap()),
+            ("bz", bz.finish().unwrap()),
+            ("xz", xz.finish().unwrap()),
+            ("zst", zst),
+        ];
+        for (name, bytes) in cases {
+            let src = t.path().join(name);
+            fs::write(&src, bytes).unwrap();
+            let r = open_archive(&src)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{name}"));
+            let dest = t.path().join(format!("out-{name}"));
+            extract(r, &dest, None, name).unwrap();
+            assert_eq!(fs::read_to_string(dest.join("a.txt")).unwrap(), "hello");
+            let md = fs::metadata(dest.join("a.txt")).unwrap();
+            assert_eq!(md.mtime(), 1_600_000_000);
+        }
+        // Not archives: text, gzip of text, an empty tar.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"just text").unwrap();
+        for (name, bytes) in [
+            ("text.tar", b"hello world".to_vec()),
+            ("text.gz", gz.finish().unwrap()),
+            ("empty.tar", vec![0u8; 1024]),
+        ] {
+            let src = t.path().join(name);
+            fs::write(&src, bytes).unwrap();
+            assert!(open_archive(&src).unwrap().is_none(), "{name}");
+        }
+    }
+
+    #[test]
+    fn dotdot_escape_is_rejected() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("dest");
+        let bytes = tar_of(&[("a/../../evil", tar::EntryType::Regular, "x")]);
+        let err = extract_bytes(&bytes, &dest).unwrap_err().to_string();
+        assert!(err.contains("climbs out"), "{err}");
+        assert!(!t.path().join("evil").exists());
+    }
+
+    #[test]
+    fn absolute_names_land_inside() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("dest");
+        let bytes = tar_of(&[("/etc/evil", tar::EntryType::Regular, "x")]);
+        extract_bytes(&bytes, &dest).unwrap();
+        assert_eq!(fs::read_to_string(dest.join("etc/evil")).unwrap(), "x");
+    }
+
+    #[test]
+    fn symlink_entries_are_never_followed_out() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("dest");
+        let outside = t.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("victim"), "safe").unwrap();
+        let out = outside.display().to_string();
+        let victim = outside.join("victim").display().to_string();
+        let bytes = tar_of(&[
+            // A symlink to a host directory, then a file "through" it.
+            ("dir", tar::EntryType::Symlink, out.as_str()),
+            ("dir/pwned", tar::EntryType::Regular, "x"),
+            // A symlink to a host file, then a file with the symlink's own name.
+            ("file", tar::EntryType::Symlink, victim.as_str()),
+            ("file", tar::EntryType::Regular, "replaced"),
+            // Relative climbing symlink.
+            ("up", tar::EntryType::Symlink, "../../.."),
+            ("up/escaped", tar::EntryType::Regular, "x"),
+        ]);
+        extract_bytes(&bytes, &dest).unwrap();
+        assert!(!outside.join("pwned").exists());
+        assert_eq!(fs::read_to_string(outside.join("victim")).unwrap(), "safe");
+        // The symlinked parent resolved inside the destination, as in a chroot.
+        let inside = dest.join(out.trim_start_matches('/')).join("pwned");
+        assert_eq!(fs::read_to_string(inside).unwrap(), "x");
+        assert_eq!(fs::read_to_string(dest.join("file")).unwrap(), "replaced");
+        assert!(!fs::symlink_metadata(dest.join("file"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read_to_string(dest.join("escaped")).unwrap(), "x");
+        assert!(!t.path().join("escaped").exists());
+    }
+
+    #[test]
+    fn hardlinks_only_inside() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("dest");
+        let ok = tar_of(&[
+            ("a", tar::EntryType::Regular, "data"),
+            ("b", tar::EntryType::Link, "a"),
+        ]);
+        extract_bytes(&ok, &dest).unwrap();
+        assert_eq!(
+            fs::metadata(dest.join("a")).unwrap().ino(),
+            fs::metadata(dest.join("b")).unwrap().ino()
+        );
+        let secret = t.path().join("secret");
+        fs::write(&secret, "s").unwrap();
+        let dest2 = t.path().join("dest2");
+        let hostile = tar_of(&[("x", tar::EntryType::Link, "../secret")]);
+        let err = extract_bytes(&hostile, &dest2).unwrap_err().to_string();
+        assert!(err.contains("outside"), "{err}");
+        let abs = secret.display().to_string();
+        let hostile = tar_of(&[("y", tar::EntryType::Link, abs.as_str())]);
+        let err = extract_bytes(&hostile, &dest2).unwrap_err().to_string();
+        assert!(err.contains("not an earlier file"), "{err}");
+    }
+
+    #[test]
+    fn merges_into_existing_and_keeps_dir_modes() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("dest");
+        fs::create_dir_all(dest.join("d")).unwrap();
+        fs::write(dest.join("d/old"), "old").unwrap();
+        let bytes = tar_of(&[
+            ("d/", tar::EntryType::Directory, ""),
+            ("d/new", tar::EntryType::Regular, "new"),
+        ]);
+        extract_bytes(&bytes, &dest).unwrap();
+        assert_eq!(fs::read_to_string(dest.join("d/old")).unwrap(), "old");
+        assert_eq!(fs::read_to_string(dest.join("d/new")).unwrap(), "new");
+        let md = fs::metadata(dest.join("d")).unwrap();
+        assert_eq!((md.mode() & 0o7777, md.mtime()), (0o755, 1_600_000_000));
+    }
+
+    #[test]
+    fn copy_action_unpacks_archives_only() {
+        use kiln_graph::{CopyAction, FileAction};
+        let t = tempfile::tempdir().unwrap();
+        let (src, root) = (t.path().join("src"), t.path().join("root"));
+        fs::create_dir_all(&src).unwrap();
+        fs::create_dir_all(&root).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar_of(&[("in/a.txt", tar::EntryType::Regular, "a")]))
+            .unwrap();
+        fs::write(src.join("app.bin"), gz.finish().unwrap()).unwrap();
+        fs::write(src.join("notes.tar.gz"), "not really").unwrap();
+        let action = |s: &str, d: &str, unpack: bool| {
+            let mut c = CopyAction::new(Some(0), s, d);
+            c.unpack = unpack;
+            FileAction::Copy(c)
+        };
+        let actions = [
+            action("/app.bin", "/x", true),
+            action("/notes.tar.gz", "/y/", true),
+            action("/app.bin", "/z/", false),
+        ];
+        super::super::apply(&root, &actions, &[src]).unwrap();
+        assert_eq!(fs::read_to_string(root.join("x/in/a.txt")).unwrap(), "a");
+        assert_eq!(
+            fs::read_to_string(root.join("y/notes.tar.gz")).unwrap(),
+            "not really"
+        );
+        assert!(root.join("z/app.bin").is_file());
+    }
+
+    #[test]
+    fn truncated_archive_fails_naming_it() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("dest");
+        let mut bytes = tar_of(&[("big", tar::EntryType::Regular, &"x".repeat(4096))]);
+        bytes.truncate(1024);
+        let err = extract_bytes(&bytes, &dest).unwrap_err().to_string();
+        assert!(err.contains("archive.bin"), "{err}");
+    }
+}

@@ -1,0 +1,302 @@
+//! ADD's sources beyond COPY's: URLs (the `http` primitive), git repositories (the `git`
+//! primitive) and archives (extracted by the file op's `unpack`), with BuildKit's rules:
+//!
+//! - a local file that is a tar archive (by content) is extracted into the destination, unless
+//!   `--unpack=false`;
+//! - a URL is downloaded as a file (named after the URL path, `__unnamed__` when it has none,
+//!   mode 0600) and is not extracted unless `--unpack=true`; `--checksum` pins its content;
+//! - `https://host/repo.git#ref:subdir`, `git@host:repo.git#ref`, `git://` and `ssh://`
+//!   sources check out `ref` (default: the remote's HEAD) and copy `subdir` (default: the
+//!   whole tree) into the destination; `--keep-git-dir` keeps `.git`; `--checksum` is the
+//!   commit the ref must resolve to.
+//!
+//! Each remote source becomes a `Custom` vertex (payload below, part of its digest) whose
+//! output is copied into the stage by the same file op as the other sources. The cache key of
+//! such a vertex covers the payload only: see the `kiln-http` and `kiln-git` plugins for what
+//! that means for unpinned URLs and refs.
+//!
+//! Payloads: http `{"url", "checksum"?, "filename"}`; git `{"remote", "ref"?, "subdir"?,
+//! "keep_git_dir", "checksum"?}`.
+
+use dockerfile_parser::instructions as ins;
+use kiln_graph::{CopyAction, CustomOp, Op, State};
+use serde::Serialize;
+
+use crate::convert::{Converter, Stage};
+use crate::error::{Error, Result};
+
+/// The ADD-only flags, as `dispatch_copy` hands them to [`Converter::remote_add_source`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct AddFlags {
+    /// `--checksum`, expanded.
+    pub checksum: Option<String>,
+    /// `--keep-git-dir`.
+    pub keep_git_dir: bool,
+    /// `--unpack`: `None` = BuildKit's default (local archives yes, URLs no).
+    pub unpack: Option<bool>,
+}
+
+impl AddFlags {
+    /// Whether a local source is extracted when it is an archive.
+    pub(crate) fn unpack_local(&self) -> bool {
+        self.unpack != Some(false)
+    }
+}
+
+#[derive(Serialize)]
+struct HttpPayload<'a> {
+    url: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checksum: Option<&'a str>,
+    filename: &'a str,
+}
+
+#[derive(Serialize)]
+struct GitPayload<'a> {
+    remote: &'a str,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subdir: Option<&'a str>,
+    keep_git_dir: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checksum: Option<&'a str>,
+}
+
+/// A git source split into remote, ref and subdir.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct GitRef<'a> {
+    pub remote: &'a str,
+    pub reference: Option<&'a str>,
+    pub subdir: Option<&'a str>,
+}
+
+/// BuildKit's `gitutil.ParseGitRef`: `git@`, `git://` and `ssh://` sources, and `http(s)://`
+/// URLs whose path ends in `.git`; the fragment is `ref[:subdir]`.
+pub(crate) fn parse_git(src: &str) -> Option<GitRef<'_>> {
+    let (remote, fragment) = match src.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (src, None),
+    };
+    let is_git =
+        if src.starts_with("git@") || src.starts_with("git://") || src.starts_with("ssh://") {
+            true
+        } else if let Some(rest) = remote
+            .strip_prefix("https://")
+            .or_else(|| remote.strip_prefix("http://"))
+        {
+            let path = rest.find('/').map_or("", |i| &rest[i..]);
+            path.split('?').next().unwrap_or_default().ends_with(".git")
+        } else {
+            false
+        };
+    if !is_git {
+        return None;
+    }
+    let (reference, subdir) = match fragment {
+        Some(f) => match f.split_once(':') {
+            Some((r, s)) => (r, Some(s)),
+            None => (f, None),
+        },
+        None => ("", None),
+    };
+    Some(GitRef {
+        remote,
+        reference: Some(reference).filter(|r| !r.is_empty()),
+        subdir: subdir.filter(|s| !s.is_empty()),
+    })
+}
+
+fn is_http(src: &str) -> bool {
+    src.starts_with("http://") || src.starts_with("https://")
+}
+
+/// BuildKit's name for a downloaded file: the last segment of the URL path (percent-decoded),
+/// `__unnamed__` when there is none.
+pub(crate) fn url_filename(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let last = path.rsplit('/').next().unwrap_or_default();
+    let decoded = percent_decode(last);
+    if decoded.is_empty() || decoded == "." || decoded == ".." || decoded.contains(['/', '\0']) {
+        "__unnamed__".to_owned()
+    } else {
+        decoded
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `algo:hex` with a digest algorithm the http primitive verifies.
+fn check_digest(s: &str) -> Result<()> {
+    let ok = s.split_once(':').is_some_and(|(algo, hex)| {
+        let len = match algo {
+            "sha256" => 64,
+            "sha384" => 96,
+            "sha512" => 128,
+            _ => return false,
+        };
+        hex.len() == len && hex.chars().all(|c| c.is_ascii_hexdigit())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid checksum digest format {s:?}: expected sha256:<64 hex digits>"
+        )))
+    }
+}
+
+fn custom(primitive: &str, payload: &impl Serialize, description: &str) -> Result<State> {
+    let payload = serde_json::to_string(payload)
+        .map_err(|e| Error::invalid(format!("internal error: {primitive} payload: {e}")))?;
+    Ok(State::from_op(
+        Op::Custom(CustomOp {
+            primitive: primitive.to_owned(),
+            payload,
+        }),
+        Vec::new(),
+        description,
+    ))
+}
+
+impl Converter<'_> {
+    /// The ADD-only flags of `add`, expanded and checked against its sources.
+    pub(crate) fn add_flags(&self, stage: &Stage, add: &ins::Add) -> Result<AddFlags> {
+        let scope = stage.scope();
+        let checksum = add
+            .checksum
+            .as_deref()
+            .map(|c| self.lexer.process_word(c, &scope))
+            .transpose()?;
+        if checksum.is_some() {
+            let all_remote = add
+                .sources
+                .iter()
+                .map(|s| self.lexer.process_word(s, &scope))
+                .collect::<Result<Vec<_>, _>>()?
+                .iter()
+                .all(|s| is_http(s) || parse_git(s).is_some());
+            if !all_remote || add.sources.is_empty() {
+                return Err(Error::invalid("checksum requires HTTP(S) or Git sources"));
+            }
+        }
+        Ok(AddFlags {
+            checksum,
+            keep_git_dir: add.keep_git_dir.unwrap_or(false),
+            unpack: add.unpack,
+        })
+    }
+
+    /// For an ADD source that is a URL or a git repository: the vertex that fetches it and the
+    /// copy that places its result at `dest` (owner and mode are the caller's). `None` for a
+    /// local source.
+    pub(crate) fn remote_add_source(
+        &self,
+        stage: &Stage,
+        src: &str,
+        dest: &str,
+        flags: &AddFlags,
+    ) -> Result<Option<(State, CopyAction)>> {
+        if let Some(git) = parse_git(src) {
+            if let Some(sum) = &flags.checksum {
+                if sum.len() < 7 || !sum.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(Error::invalid(format!(
+                        "invalid checksum {sum:?} for a Git source: expected a commit id"
+                    )));
+                }
+            }
+            let payload = GitPayload {
+                remote: git.remote,
+                reference: git.reference,
+                subdir: git.subdir,
+                keep_git_dir: flags.keep_git_dir,
+                checksum: flags.checksum.as_deref(),
+            };
+            let st = stage.finish(custom("git", &payload, src)?);
+            return Ok(Some((st, CopyAction::new(None, "/", dest))));
+        }
+        if !is_http(src) {
+            return Ok(None);
+        }
+        if let Some(sum) = &flags.checksum {
+            check_digest(sum)?;
+        }
+        let filename = url_filename(src);
+        let payload = HttpPayload {
+            url: src,
+            checksum: flags.checksum.as_deref(),
+            filename: &filename,
+        };
+        let st = stage.finish(custom("http", &payload, src)?);
+        let mut action = CopyAction::new(None, &format!("/{filename}"), dest);
+        // Remote archives are extracted only when asked (BuildKit's --unpack).
+        action.unpack = flags.unpack == Some(true);
+        Ok(Some((st, action)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_refs() {
+        assert_eq!(
+            parse_git("https://h/r.git#v1:sub/dir"),
+            Some(GitRef {
+                remote: "https://h/r.git",
+                reference: Some("v1"),
+                subdir: Some("sub/dir")
+            })
+        );
+        assert_eq!(
+            parse_git("git@github.com:o/r.git#main"),
+            Some(GitRef {
+                remote: "git@github.com:o/r.git",
+                reference: Some("main"),
+                subdir: None
+            })
+        );
+        assert_eq!(
+            parse_git("git://127.0.0.1:9418/r.git#:sub"),
+            Some(GitRef {
+                remote: "git://127.0.0.1:9418/r.git",
+                reference: None,
+                subdir: Some("sub")
+            })
+        );
+        assert_eq!(parse_git("https://h/file.tar.gz"), None);
+        assert_eq!(parse_git("local.git"), None);
+    }
+
+    #[test]
+    fn url_filenames() {
+        assert_eq!(url_filename("https://h/a/b.tar.gz?x=1"), "b.tar.gz");
+        assert_eq!(url_filename("https://h/a%20b"), "a b");
+        assert_eq!(url_filename("https://h/"), "__unnamed__");
+        assert_eq!(url_filename("https://h"), "__unnamed__");
+        assert_eq!(url_filename("https://h/%2e%2e"), "__unnamed__");
+        assert!(check_digest(&format!("sha256:{}", "a".repeat(64))).is_ok());
+        assert!(check_digest("sha256:abc").is_err());
+        assert!(check_digest("md5:abc").is_err());
+    }
+}

@@ -1,0 +1,593 @@
+//! BuildKit's build checks (`frontend/dockerfile/linter`) that need no network: the rules, the
+//! `# check=` / `BUILDKIT_DOCKERFILE_CHECK` configuration, and the checks themselves. File-wide
+//! checks run on the parsed nodes; per-instruction checks run just before an instruction is
+//! dispatched, when the stage's variables and config are known (as in BuildKit's `dispatch`).
+
+use std::collections::BTreeSet;
+
+use dockerfile_parser::instructions::{CommandLine, Instruction};
+use dockerfile_parser::shell::{Env, Lexer};
+use dockerfile_parser::{Node, Parsed};
+use kiln_plugin_sdk::proto::Diagnostic;
+use serde_json::json;
+
+use crate::convert::{location, Stage};
+use crate::error::{Error, Result};
+use crate::suggest;
+
+/// The build-arg that overrides the `# check=` directive, as in BuildKit.
+pub(crate) const CHECK_BUILD_ARG: &str = "BUILDKIT_DOCKERFILE_CHECK";
+
+/// A build check. Names, descriptions and messages are BuildKit's, so that `skip=` lists and
+/// documentation links work unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rule {
+    StageNameCasing,
+    FromAsCasing,
+    ConsistentInstructionCasing,
+    DuplicateStageName,
+    ReservedStageName,
+    JsonArgsRecommended,
+    MaintainerDeprecated,
+    UndefinedArgInFrom,
+    WorkdirRelativePath,
+    UndefinedVar,
+    MultipleInstructionsDisallowed,
+    LegacyKeyValueFormat,
+}
+
+impl Rule {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Rule::StageNameCasing => "StageNameCasing",
+            Rule::FromAsCasing => "FromAsCasing",
+            Rule::ConsistentInstructionCasing => "ConsistentInstructionCasing",
+            Rule::DuplicateStageName => "DuplicateStageName",
+            Rule::ReservedStageName => "ReservedStageName",
+            Rule::JsonArgsRecommended => "JSONArgsRecommended",
+            Rule::MaintainerDeprecated => "MaintainerDeprecated",
+            Rule::UndefinedArgInFrom => "UndefinedArgInFrom",
+            Rule::WorkdirRelativePath => "WorkdirRelativePath",
+            Rule::UndefinedVar => "UndefinedVar",
+            Rule::MultipleInstructionsDisallowed => "MultipleInstructionsDisallowed",
+            Rule::LegacyKeyValueFormat => "LegacyKeyValueFormat",
+        }
+    }
+
+    pub(crate) fn description(self) -> &'static str {
+        match self {
+            Rule::StageNameCasing => "Stage names should be lowercase",
+            Rule::FromAsCasing => "The 'as' keyword should match the case of the 'from' keyword",
+            Rule::ConsistentInstructionCasing => {
+                "All commands within the Dockerfile should use the same casing (either upper or lower)"
+            }
+            Rule::DuplicateStageName => "Stage names should be unique",
+            Rule::ReservedStageName => "Reserved words should not be used as stage names",
+            Rule::JsonArgsRecommended => {
+                "JSON arguments recommended for ENTRYPOINT/CMD to prevent unintended behavior related to OS signals"
+            }
+            Rule::MaintainerDeprecated => {
+                "The MAINTAINER instruction is deprecated, use a label instead to define an image author"
+            }
+            Rule::UndefinedArgInFrom => "FROM command must use declared ARGs",
+            Rule::WorkdirRelativePath => {
+                "Relative workdir without an absolute workdir declared within the build can have unexpected results if the base image changes"
+            }
+            Rule::UndefinedVar => "Variables should be defined before their use",
+            Rule::MultipleInstructionsDisallowed => {
+                "Multiple instructions of the same type should not be used in the same stage"
+            }
+            Rule::LegacyKeyValueFormat => {
+                "Legacy key/value format with whitespace separator should not be used"
+            }
+        }
+    }
+
+    /// BuildKit's documentation page of the rule.
+    pub(crate) fn url(self) -> String {
+        let mut slug = String::new();
+        // `JSONArgsRecommended` → `json-args-recommended`: a run of capitals is one word.
+        let chars: Vec<char> = self.name().chars().collect();
+        for (i, c) in chars.iter().enumerate() {
+            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+            let prev_lower = i > 0 && chars.get(i - 1).is_some_and(|p| p.is_ascii_lowercase());
+            if c.is_ascii_uppercase() && i > 0 && (prev_lower || next_lower) {
+                slug.push('-');
+            }
+            slug.push(c.to_ascii_lowercase());
+        }
+        format!("https://docs.docker.com/go/dockerfile/rule/{slug}/")
+    }
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Finding {
+    pub(crate) rule: Rule,
+    /// The rule's message for this case (BuildKit's `detail`).
+    pub(crate) detail: String,
+    /// 1-based line.
+    pub(crate) line: usize,
+}
+
+impl Finding {
+    /// `Rule: detail (line N)`, BuildKit's `LintFormatShort`.
+    pub(crate) fn short(&self) -> String {
+        format!("{}: {} (line {})", self.rule.name(), self.detail, self.line)
+    }
+}
+
+/// `# check=skip=A,B;error=true`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Config {
+    skip: BTreeSet<String>,
+    skip_all: bool,
+    error: bool,
+}
+
+impl Config {
+    /// Parses BuildKit's check option string.
+    pub(crate) fn parse(text: &str) -> std::result::Result<Config, String> {
+        let mut config = Config::default();
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(config);
+        }
+        for part in text.splitn(2, ';') {
+            let Some((key, value)) = part.split_once('=') else {
+                return Err(format!("invalid check option {part:?}"));
+            };
+            match key.trim() {
+                "skip" => {
+                    let value = value.trim();
+                    if value == "all" {
+                        config.skip_all = true;
+                    } else {
+                        config
+                            .skip
+                            .extend(value.split(',').map(|r| r.trim().to_owned()));
+                    }
+                }
+                "error" => {
+                    config.error = parse_go_bool(value.trim())
+                        .ok_or_else(|| format!("failed to parse check option {part:?}"))?;
+                }
+                other => return Err(format!("invalid check option {other:?}")),
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// Go's `strconv.ParseBool`.
+fn parse_go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Collects findings, honouring the configuration.
+#[derive(Debug, Default)]
+pub(crate) struct Linter {
+    config: Config,
+    pub(crate) findings: Vec<Finding>,
+}
+
+impl Linter {
+    /// Reads the configuration: `--build-arg BUILDKIT_DOCKERFILE_CHECK=` wins over the
+    /// `# check=` directive, as in BuildKit. A bad value is an error at the directive's line.
+    pub(crate) fn configure(
+        &mut self,
+        parsed: &Parsed,
+        build_args: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        let (text, line) = match build_args.get(CHECK_BUILD_ARG) {
+            Some(v) => (v.as_str(), None),
+            None => match parsed.directive("check") {
+                Some(d) => (d.value.as_str(), Some(d.line)),
+                None => ("", None),
+            },
+        };
+        self.config = Config::parse(text).map_err(|e| {
+            let e = Error::invalid(format!("failed to parse check options: {e}"));
+            match line {
+                Some(l) => e.at(l),
+                None => e,
+            }
+        })?;
+        Ok(())
+    }
+
+    pub(crate) fn report(&mut self, rule: Rule, line: usize, detail: String) {
+        if self.config.skip_all || self.config.skip.contains(rule.name()) {
+            return;
+        }
+        let finding = Finding { rule, detail, line };
+        // The same instruction can be checked twice (a stage reached twice, or a word seen
+        // by two checks); one finding is enough.
+        if !self.findings.contains(&finding) {
+            self.findings.push(finding);
+        }
+    }
+
+    /// The findings as warnings, sorted by line.
+    pub(crate) fn diagnostics(&self, file: &str) -> Vec<Diagnostic> {
+        self.sorted()
+            .into_iter()
+            .map(|f| Diagnostic {
+                message: f.short(),
+                location: Some(location(file, f.line)),
+            })
+            .collect()
+    }
+
+    fn sorted(&self) -> Vec<&Finding> {
+        let mut v: Vec<&Finding> = self.findings.iter().collect();
+        v.sort_by_key(|f| f.line);
+        v
+    }
+
+    /// With `error=true`, any finding fails the build: the error names the first finding, at
+    /// its line, and how many there are.
+    pub(crate) fn error(&self) -> Option<Error> {
+        if !self.config.error {
+            return None;
+        }
+        let sorted = self.sorted();
+        let first = sorted.first()?;
+        let rules: BTreeSet<&str> = sorted.iter().map(|f| f.rule.name()).collect();
+        let rules: Vec<&str> = rules.into_iter().collect();
+        Some(
+            Error::invalid(format!(
+                "lint violation found for rules: {} ({} finding{}, first: {}; \
+                 the check directive sets error=true)",
+                rules.join(", "),
+                sorted.len(),
+                if sorted.len() == 1 { "" } else { "s" },
+                first.short()
+            ))
+            .at(first.line),
+        )
+    }
+
+    /// The findings as the `--call check` JSON list.
+    pub(crate) fn to_json(&self, file: &str) -> Vec<serde_json::Value> {
+        self.sorted()
+            .into_iter()
+            .map(|f| {
+                json!({
+                    "ruleName": f.rule.name(),
+                    "description": f.rule.description(),
+                    "url": f.rule.url(),
+                    "detail": f.detail,
+                    "location": { "file": file, "line": f.line },
+                })
+            })
+            .collect()
+    }
+}
+
+fn self_consistent(s: &str) -> bool {
+    s == s.to_lowercase() || s == s.to_uppercase()
+}
+
+/// The checks that look at the file alone: stage names, keyword casing, MAINTAINER.
+pub(crate) fn check_file(linter: &mut Linter, parsed: &Parsed) {
+    // BuildKit counts the instructions of stages only (meta ARGs before the first FROM are not
+    // part of a stage).
+    let first_from = parsed.nodes.iter().position(|n| n.command == "from");
+    let staged = first_from.map_or(&[][..], |i| &parsed.nodes[i..]);
+    let (mut lower, mut upper) = (0usize, 0usize);
+    for n in staged {
+        if self_consistent(&n.keyword) {
+            if n.keyword == n.keyword.to_lowercase() {
+                lower += 1;
+            } else {
+                upper += 1;
+            }
+        }
+    }
+    let majority_lower = lower > upper;
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    for n in staged {
+        let wrong = if majority_lower && n.keyword.to_lowercase() != n.keyword {
+            Some("lowercase")
+        } else if !majority_lower && n.keyword.to_uppercase() != n.keyword {
+            Some("uppercase")
+        } else {
+            None
+        };
+        if let Some(casing) = wrong {
+            linter.report(
+                Rule::ConsistentInstructionCasing,
+                n.start_line,
+                format!(
+                    "Command '{}' should match the case of the command majority ({casing})",
+                    n.keyword
+                ),
+            );
+        }
+        if n.command == "from" {
+            check_from(linter, n, &mut names);
+        }
+    }
+    for n in &parsed.nodes {
+        if n.command == "maintainer" {
+            linter.report(
+                Rule::MaintainerDeprecated,
+                n.start_line,
+                "Maintainer instruction is deprecated in favor of using label".to_owned(),
+            );
+        }
+    }
+}
+
+fn check_from(linter: &mut Linter, n: &Node, names: &mut BTreeSet<String>) {
+    let [_, as_kw, stage] = n.args.as_slice() else {
+        return;
+    };
+    if *stage != stage.to_lowercase() {
+        linter.report(
+            Rule::StageNameCasing,
+            n.start_line,
+            format!("Stage name '{stage}' should be lowercase"),
+        );
+    }
+    // A keyword of mixed case is ConsistentInstructionCasing's business.
+    let as_matches = !self_consistent(&n.keyword)
+        || if n.keyword == n.keyword.to_lowercase() {
+            *as_kw == as_kw.to_lowercase()
+        } else {
+            *as_kw == as_kw.to_uppercase()
+        };
+    if !as_matches {
+        linter.report(
+            Rule::FromAsCasing,
+            n.start_line,
+            format!(
+                "'{as_kw}' and '{}' keywords' casing do not match",
+                n.keyword
+            ),
+        );
+    }
+    let name = stage.to_lowercase();
+    if name == "context" || name == "scratch" {
+        linter.report(
+            Rule::ReservedStageName,
+            n.start_line,
+            format!("Stage name should not use the same name as reserved stage {name:?}"),
+        );
+    }
+    if !names.insert(name.clone()) {
+        linter.report(
+            Rule::DuplicateStageName,
+            n.start_line,
+            format!("Duplicate stage name {name:?}, stage names should be unique"),
+        );
+    }
+}
+
+/// UndefinedArgInFrom for one FROM word (image or `--platform`): `unmatched` variables that no
+/// global ARG declares (with or without a value) nor predefines.
+pub(crate) fn check_from_args(
+    linter: &mut Linter,
+    line: usize,
+    unmatched: &BTreeSet<String>,
+    known: &BTreeSet<String>,
+) {
+    for var in unmatched.difference(known) {
+        let mut detail = format!("FROM argument '{var}' is not declared");
+        if let Some(s) = suggest::closest(var, known.iter().map(String::as_str)) {
+            detail.push_str(&format!(" (did you mean {s}?)"));
+        }
+        linter.report(Rule::UndefinedArgInFrom, line, detail);
+    }
+}
+
+/// What the per-instruction checks remember about a stage.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct StageChecks {
+    /// A WORKDIR was set in this stage or its base stages (BuildKit's `workdirSet`).
+    workdir_set: bool,
+    cmd: Option<usize>,
+    entrypoint: Option<usize>,
+    healthcheck: Option<usize>,
+}
+
+impl StageChecks {
+    /// A new stage's checks: a WORKDIR set in its base stage counts, nothing else carries over.
+    pub(crate) fn after(base: Option<&StageChecks>) -> Self {
+        StageChecks {
+            workdir_set: base.is_some_and(|b| b.workdir_set),
+            ..StageChecks::default()
+        }
+    }
+}
+
+/// The checks BuildKit runs while dispatching an instruction, before it changes the stage.
+pub(crate) fn check_instruction(
+    linter: &mut Linter,
+    checks: &mut StageChecks,
+    stage: &Stage,
+    lexer: &Lexer,
+    inst: &Instruction,
+    line: usize,
+) {
+    check_undefined_vars(linter, stage, lexer, inst, line);
+    let once = |linter: &mut Linter, slot: &mut Option<usize>, name: &str| {
+        // The earlier one is reported: it is the one that has no effect.
+        if let Some(prev) = slot.replace(line) {
+            linter.report(
+                Rule::MultipleInstructionsDisallowed,
+                prev,
+                format!(
+                    "Multiple {name} instructions should not be used in the same stage because \
+                     only the last one will be used"
+                ),
+            );
+        }
+    };
+    let json_args = |linter: &mut Linter, cmd: &CommandLine, name: &str| {
+        let shell_set = stage
+            .config
+            .config
+            .shell
+            .as_ref()
+            .is_some_and(|s| !s.is_empty());
+        if matches!(cmd, CommandLine::Shell(_)) && !shell_set {
+            linter.report(
+                Rule::JsonArgsRecommended,
+                line,
+                format!(
+                    "JSON arguments recommended for {name} to prevent unintended behavior \
+                     related to OS signals"
+                ),
+            );
+        }
+    };
+    match inst {
+        Instruction::Cmd(c) => {
+            once(linter, &mut checks.cmd, "CMD");
+            json_args(linter, c, "CMD");
+        }
+        Instruction::Entrypoint(c) => {
+            once(linter, &mut checks.entrypoint, "ENTRYPOINT");
+            json_args(linter, c, "ENTRYPOINT");
+        }
+        Instruction::Healthcheck(_) => once(linter, &mut checks.healthcheck, "HEALTHCHECK"),
+        Instruction::Env(pairs) | Instruction::Label(pairs) => {
+            let name = if matches!(inst, Instruction::Env(_)) {
+                "ENV"
+            } else {
+                "LABEL"
+            };
+            if pairs.iter().any(|p| p.no_delim) {
+                linter.report(
+                    Rule::LegacyKeyValueFormat,
+                    line,
+                    format!(
+                        "\"{name} key=value\" should be used instead of legacy \"{name} key value\" format"
+                    ),
+                );
+            }
+        }
+        Instruction::Workdir(path) => {
+            if !checks.workdir_set {
+                let path = lexer
+                    .process_word(path, &stage.scope())
+                    .unwrap_or_else(|_| path.clone());
+                let absolute = if stage.platform.os == "windows" {
+                    path.starts_with(['/', '\\']) || path.get(1..3) == Some(":\\")
+                } else {
+                    path.starts_with('/')
+                };
+                if !absolute {
+                    linter.report(
+                        Rule::WorkdirRelativePath,
+                        line,
+                        format!(
+                            "Relative workdir {path:?} can have unexpected results if the base image changes"
+                        ),
+                    );
+                }
+            }
+            checks.workdir_set = true;
+        }
+        _ => {}
+    }
+}
+
+/// The words BuildKit expands for an instruction (its `SupportsSingleWordExpansion` commands;
+/// RUN, CMD and ENTRYPOINT are left to the shell and not checked).
+fn expanded_words(inst: &Instruction) -> Vec<&str> {
+    match inst {
+        Instruction::Env(p) | Instruction::Label(p) => p
+            .iter()
+            .flat_map(|kv| [kv.key.as_str(), kv.value.as_str()])
+            .collect(),
+        Instruction::Arg(args) => args.iter().filter_map(|a| a.default.as_deref()).collect(),
+        Instruction::Copy(c) => c
+            .sources
+            .iter()
+            .map(String::as_str)
+            .chain([c.dest.as_str()])
+            .chain(c.chown.as_deref())
+            .chain(c.chmod.as_deref())
+            .collect(),
+        Instruction::Add(a) => a
+            .sources
+            .iter()
+            .map(String::as_str)
+            .chain([a.dest.as_str()])
+            .chain(a.chown.as_deref())
+            .chain(a.chmod.as_deref())
+            .collect(),
+        Instruction::Expose(v) | Instruction::Volume(v) => v.iter().map(String::as_str).collect(),
+        Instruction::Workdir(w) | Instruction::User(w) | Instruction::StopSignal(w) => vec![w],
+        _ => Vec::new(),
+    }
+}
+
+fn check_undefined_vars(
+    linter: &mut Linter,
+    stage: &Stage,
+    lexer: &Lexer,
+    inst: &Instruction,
+    line: usize,
+) {
+    let scope = stage.scope();
+    // An ARG declared without a value is defined, just empty (BuildKit drops build args from
+    // the unmatched set).
+    let declared: BTreeSet<&str> = stage.args.iter().map(|(k, _)| k.as_str()).collect();
+    let mut unmatched: BTreeSet<String> = BTreeSet::new();
+    for word in expanded_words(inst) {
+        if let Ok((_, _, missing)) = lexer.process_word_with_matches(word, &scope) {
+            unmatched.extend(
+                missing
+                    .into_iter()
+                    .filter(|v| !declared.contains(v.as_str())),
+            );
+        }
+    }
+    if unmatched.is_empty() {
+        return;
+    }
+    let env = stage.config.config.env.as_deref().unwrap_or_default();
+    let options: Vec<&str> = env
+        .iter()
+        .map(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k))
+        .chain(declared.iter().copied())
+        .filter(|k| scope.get(k).is_some())
+        .collect();
+    for var in unmatched {
+        let mut detail = format!("Usage of undefined variable '${var}'");
+        if let Some(s) = suggest::closest(&var, options.iter().copied()) {
+            detail.push_str(&format!(" (did you mean ${s}?)"));
+        }
+        linter.report(Rule::UndefinedVar, line, detail);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_and_urls() {
+        let c = Config::parse("skip=FromAsCasing, StageNameCasing;error=true").unwrap();
+        assert!(c.error && c.skip.contains("StageNameCasing") && !c.skip_all);
+        assert!(Config::parse("skip=all").unwrap().skip_all);
+        assert!(Config::parse("bogus=1").is_err());
+        assert!(Config::parse("error=maybe").is_err());
+        assert_eq!(
+            Rule::JsonArgsRecommended.url(),
+            "https://docs.docker.com/go/dockerfile/rule/json-args-recommended/"
+        );
+        assert_eq!(
+            Rule::UndefinedArgInFrom.url(),
+            "https://docs.docker.com/go/dockerfile/rule/undefined-arg-in-from/"
+        );
+    }
+}

@@ -1,0 +1,462 @@
+//! The `git` primitive plugin: checks out one ref of a git repository into the op's output
+//! directory, as BuildKit's git source does for `ADD https://host/repo.git#ref:subdir /dest`.
+//!
+//! Payload (the `Custom` op's JSON): `{"remote": "...", "ref": "..."?, "subdir": "..."?,
+//! "keep_git_dir": bool?, "checksum": "<commit>"?}`. `remote` is what `git` accepts
+//! (`https://`, `http://`, `git://`, `ssh://`, `git@host:path`, `file://`); `ref` a branch, a tag,
+//! a full ref name or a commit id (default: the remote's HEAD); `subdir` selects a directory of
+//! the tree whose contents become the output; `keep_git_dir` keeps `.git` (whole tree only);
+//! `checksum` is a commit id (or prefix) the ref must resolve to.
+//!
+//! It runs the system `git` (Debian package `git`): `ls-remote` to resolve the ref (a missing
+//! ref fails naming the remote), a shallow `fetch` of that ref into a private git directory,
+//! `checkout` into the output (or a scratch tree when a subdir is selected), then submodules.
+//! Nothing is written outside the output but the scratch directory, removed afterwards; a
+//! subdir that climbs with `..` or passes through a symlink is refused.
+//!
+//! Cache semantics: kiln's cache key covers the payload, not the commit the ref resolves to.
+//! A commit id (or `checksum`) pins the content exactly; a branch or tag is checked out once
+//! and reused until `--no-cache` (BuildKit resolves the ref with `ls-remote` on every build
+//! and keys on the commit; kiln has no way yet for a primitive to contribute to a cache key).
+//! SSH remotes use the host user's ssh configuration and agent.
+//!
+//! Architecture invariant: depends on `kiln-plugin-sdk` and third-party crates only; runs
+//! `git` as a child process, no async runtime.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+
+use kiln_plugin_sdk::graph::Op;
+use kiln_plugin_sdk::proto::{ErrorKind, PluginError, PrimitiveRequest, PrimitiveResponse};
+use kiln_plugin_sdk::{Host, Primitive};
+use serde::{Deserialize, Serialize};
+
+/// The op payload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    /// The repository, as git takes it.
+    pub remote: String,
+    /// Branch, tag, full ref or commit; empty = the remote's HEAD.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// A directory of the tree to output instead of the whole tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdir: Option<String>,
+    /// Keep the `.git` directory.
+    #[serde(default)]
+    pub keep_git_dir: bool,
+    /// The commit id (or a prefix of it) the ref must resolve to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+}
+
+/// Why a checkout failed; every message names the remote (credentials hidden).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A payload this plugin cannot run.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The ref or the subdir does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// `git` failed.
+    #[error("git {step} of {remote} failed: {stderr}")]
+    Git {
+        /// What was being done.
+        step: String,
+        /// The remote.
+        remote: String,
+        /// git's own words.
+        stderr: String,
+    },
+    /// A file operation failed.
+    #[error("checking out {remote}: {what} {}: {source}", path.display())]
+    Io {
+        /// The remote.
+        remote: String,
+        /// What was being done.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The build was cancelled.
+    #[error("the checkout of {0} was cancelled")]
+    Cancelled(String),
+}
+
+impl From<Error> for PluginError {
+    fn from(e: Error) -> Self {
+        let kind = match &e {
+            Error::InvalidInput(_) => ErrorKind::InvalidInput,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::Cancelled(_) => ErrorKind::Cancelled,
+            _ => ErrorKind::Internal,
+        };
+        PluginError::new(kind, e.to_string())
+    }
+}
+
+/// `remote` with any `user:password@` hidden, for messages.
+pub fn redact(remote: &str) -> String {
+    if let Some((scheme, rest)) = remote.split_once("://") {
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            return format!("{scheme}://xxxxx@{}", &rest[at + 1..]);
+        }
+    }
+    remote.to_owned()
+}
+
+/// Something that says whether the build was cancelled.
+pub trait Cancel {
+    /// Whether to stop.
+    fn cancelled(&self) -> bool;
+}
+
+impl Cancel for Host<'_> {
+    fn cancelled(&self) -> bool {
+        Host::cancelled(self)
+    }
+}
+
+struct Git<'a> {
+    remote: String,
+    shown: String,
+    git_dir: &'a Path,
+}
+
+impl Git<'_> {
+    /// Runs `git --git-dir=<dir> args...` without prompts or the user's global hooks; returns
+    /// stdout.
+    fn run<I, S>(&self, step: &str, args: I, work_tree: Option<&Path>) -> Result<String, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new("git");
+        cmd.arg("--git-dir").arg(self.git_dir);
+        if let Some(w) = work_tree {
+            cmd.arg("--work-tree").arg(w).current_dir(w);
+        }
+        cmd.args([
+            "-c",
+            "advice.detachedHead=false",
+            "-c",
+            "core.hooksPath=/dev/null",
+        ])
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("LC_ALL", "C");
+        let out = cmd.output().map_err(|e| Error::Git {
+            step: step.to_owned(),
+            remote: self.shown.clone(),
+            stderr: if e.kind() == io::ErrorKind::NotFound {
+                "the git command is not installed (Debian package: git)".to_owned()
+            } else {
+                e.to_string()
+            },
+        })?;
+        if !out.status.success() {
+            return Err(Error::Git {
+                step: step.to_owned(),
+                remote: self.shown.clone(),
+                stderr: String::from_utf8_lossy(&out.stderr)
+                    .trim()
+                    .replace(&self.remote, &self.shown),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn is_commit_id(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The ref of `ls-remote` output that `wanted` names, BuildKit's order: the exact ref, then
+/// `refs/tags/<wanted>`, then `refs/heads/<wanted>`. Returns (ref name, commit) — for an
+/// annotated tag, the commit it points to.
+fn pick_ref(listing: &str, wanted: &str) -> Option<(String, String)> {
+    let refs: Vec<(&str, &str)> = listing
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(sha, name)| (name.trim(), sha.trim()))
+        .collect();
+    let candidates = [
+        wanted.to_owned(),
+        format!("refs/tags/{wanted}"),
+        format!("refs/heads/{wanted}"),
+    ];
+    candidates.iter().find_map(|c| {
+        let peeled = format!("{c}^{{}}");
+        let commit = refs
+            .iter()
+            .find(|(n, _)| *n == peeled)
+            .or_else(|| refs.iter().find(|(n, _)| n == c))?;
+        Some((c.clone(), commit.1.to_owned()))
+    })
+}
+
+/// The checked-out tree's `subdir`, refusing `..` and symlinks on the way.
+fn subdir_path(tree: &Path, subdir: &str, shown: &str) -> Result<PathBuf, Error> {
+    let mut p = tree.to_path_buf();
+    for c in Path::new(subdir).components() {
+        match c {
+            Component::Normal(n) => {
+                p.push(n);
+                match fs::symlink_metadata(&p) {
+                    Ok(md) if md.file_type().is_symlink() => {
+                        return Err(Error::InvalidInput(format!(
+                            "subdirectory {subdir:?} of {shown} passes through a symlink"
+                        )))
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        return Err(Error::NotFound(format!(
+                            "subdirectory {subdir:?} not found in {shown}"
+                        )))
+                    }
+                }
+            }
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(Error::InvalidInput(format!(
+                    "subdirectory {subdir:?} of {shown} must stay inside the repository"
+                )))
+            }
+        }
+    }
+    if !p.is_dir() {
+        return Err(Error::NotFound(format!(
+            "subdirectory {subdir:?} of {shown} is not a directory"
+        )));
+    }
+    Ok(p)
+}
+
+/// Copies the contents of `from` into `to` (files, directories, symlinks as links), keeping
+/// modes; `.git` entries are skipped.
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        if e.file_name() == ".git" {
+            continue;
+        }
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let md = fs::symlink_metadata(&src)?;
+        if md.file_type().is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
+        } else if md.is_dir() {
+            fs::create_dir(&dst)?;
+            copy_tree(&src, &dst)?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(md.permissions().mode()))?;
+        } else if md.is_file() {
+            fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks out `p` into `output` (an existing empty directory); returns the commit id.
+pub fn checkout(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<String, Error> {
+    let shown = redact(&p.remote);
+    if p.remote.is_empty() || p.remote.starts_with('-') {
+        return Err(Error::InvalidInput(format!("invalid git remote {shown:?}")));
+    }
+    let wanted = p.reference.as_deref().unwrap_or("").trim();
+    if wanted.starts_with('-') {
+        return Err(Error::InvalidInput(format!("invalid git ref {wanted:?}")));
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("kiln-git-")
+        .tempdir()
+        .map_err(|e| Error::Io {
+            remote: shown.clone(),
+            what: "create scratch dir",
+            path: std::env::temp_dir(),
+            source: e,
+        })?;
+    let whole_tree = p.subdir.as_deref().is_none_or(|s| {
+        Path::new(s)
+            .components()
+            .all(|c| matches!(c, Component::CurDir | Component::RootDir))
+    });
+    let git_dir = if p.keep_git_dir && whole_tree {
+        output.join(".git")
+    } else {
+        scratch.path().join("git")
+    };
+    let work = if whole_tree {
+        output.to_path_buf()
+    } else {
+        scratch.path().join("work")
+    };
+    let io_err = |what: &'static str, path: &Path| {
+        let (remote, path) = (shown.clone(), path.to_path_buf());
+        move |source| Error::Io {
+            remote,
+            what,
+            path,
+            source,
+        }
+    };
+    fs::create_dir_all(&work).map_err(io_err("mkdir", &work))?;
+    let git = Git {
+        remote: p.remote.clone(),
+        shown: shown.clone(),
+        git_dir: &git_dir,
+    };
+    git.run("init", ["init", "-q", "--bare"], None)?;
+    // A kept .git is a normal (non-bare) repository with the remote configured, as in a clone.
+    if p.keep_git_dir && whole_tree {
+        git.run("init", ["config", "core.bare", "false"], None)?;
+    }
+    git.run(
+        "remote add",
+        ["remote", "add", "origin", p.remote.as_str()],
+        None,
+    )?;
+
+    let (fetch_ref, expected) = if is_commit_id(wanted) {
+        (wanted.to_owned(), Some(wanted.to_ascii_lowercase()))
+    } else {
+        let listing = git.run("ls-remote", ["ls-remote", "origin"], None)?;
+        if wanted.is_empty() {
+            let head = pick_ref(&listing, "HEAD").ok_or_else(|| {
+                Error::NotFound(format!("{shown} has no HEAD: name a ref with #<ref>"))
+            })?;
+            ("HEAD".to_owned(), Some(head.1))
+        } else {
+            let (name, commit) = pick_ref(&listing, wanted).ok_or_else(|| {
+                Error::NotFound(format!("git ref {wanted:?} not found in {shown}"))
+            })?;
+            (name, Some(commit))
+        }
+    };
+    if cancel.cancelled() {
+        return Err(Error::Cancelled(shown));
+    }
+    let fetched = git.run(
+        "fetch",
+        [
+            "fetch",
+            "-q",
+            "--depth=1",
+            "--no-tags",
+            "origin",
+            fetch_ref.as_str(),
+        ],
+        None,
+    );
+    if fetched.is_err() && is_commit_id(wanted) {
+        // A server that does not serve commits by id: fetch everything, then pick the commit.
+        git.run(
+            "fetch",
+            [
+                "fetch",
+                "-q",
+                "origin",
+                "+refs/heads/*:refs/remotes/origin/*",
+                "+refs/tags/*:refs/tags/*",
+            ],
+            None,
+        )?;
+    } else {
+        fetched?;
+    }
+    let target = if is_commit_id(wanted) {
+        wanted.to_owned()
+    } else {
+        "FETCH_HEAD".to_owned()
+    };
+    let commit = git
+        .run(
+            "rev-parse",
+            ["rev-parse", "--verify", &format!("{target}^{{commit}}")],
+            None,
+        )
+        .map_err(|_| Error::NotFound(format!("git ref {wanted:?} not found in {shown}")))?
+        .trim()
+        .to_owned();
+    if let Some(e) = expected.filter(|e| !e.is_empty()) {
+        if !commit.starts_with(&e) && !is_commit_id(wanted) {
+            // ls-remote and fetch disagree: the remote moved between the two calls.
+            return Err(Error::Git {
+                step: "fetch".into(),
+                remote: shown.clone(),
+                stderr: format!("{wanted} moved from {e} to {commit} while fetching; retry"),
+            });
+        }
+    }
+    if let Some(sum) = p.checksum.as_deref() {
+        let sum = sum.trim().to_ascii_lowercase();
+        if sum.len() < 7 || !commit.starts_with(&sum) {
+            return Err(Error::InvalidInput(format!(
+                "checksum mismatch for {shown}#{wanted}: expected commit {sum}, got {commit}"
+            )));
+        }
+    }
+    git.run(
+        "checkout",
+        ["checkout", "-q", "-f", "--detach", commit.as_str()],
+        Some(&work),
+    )?;
+    if work.join(".gitmodules").is_file() {
+        git.run(
+            "submodule update",
+            ["submodule", "update", "--init", "--recursive", "--depth=1"],
+            Some(&work),
+        )?;
+    }
+    if !whole_tree {
+        let sub = p.subdir.as_deref().unwrap_or_default();
+        let from = subdir_path(&work, sub, &shown)?;
+        copy_tree(&from, output).map_err(io_err("copy", output))?;
+    }
+    Ok(commit)
+}
+
+/// Runs one `git` op.
+pub fn execute(req: &PrimitiveRequest, cancel: &dyn Cancel) -> Result<PrimitiveResponse, Error> {
+    let Op::Custom(c) = &req.op else {
+        return Err(Error::InvalidInput(format!(
+            "the git primitive runs custom ops, not {} ops",
+            req.op.kind()
+        )));
+    };
+    let p: Payload = serde_json::from_str(&c.payload)
+        .map_err(|e| Error::InvalidInput(format!("invalid git payload: {e}")))?;
+    checkout(&p, Path::new(&req.output), cancel)?;
+    Ok(PrimitiveResponse { exit_code: None })
+}
+
+/// The plugin's primitive: `git` ops.
+#[derive(Debug, Default)]
+pub struct GitSource;
+
+impl Primitive for GitSource {
+    fn execute(
+        &self,
+        req: PrimitiveRequest,
+        host: &Host<'_>,
+    ) -> Result<PrimitiveResponse, PluginError> {
+        execute(&req, host).map_err(PluginError::from)
+    }
+}
+
+kiln_plugin_sdk::export_plugin! {
+    name: "git",
+    version: env!("CARGO_PKG_VERSION"),
+    primitive: GitSource => ["git"],
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,2 @@
+. ./lib.sh
+[ "$(add 2 3)" = 5 ] && echo PASS

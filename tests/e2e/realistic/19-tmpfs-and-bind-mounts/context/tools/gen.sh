@@ -1,0 +1,1 @@
+echo generated-by-bind-mounted-script

@@ -1,0 +1,408 @@
+//! ADD end to end: local archives extracted by content, URLs fetched by the `http` plugin from a
+//! server the test runs on 127.0.0.1, git repositories checked out by the `git` plugin from a
+//! `git daemon` the test runs on 127.0.0.1. Needs Debian's `git`, `bzip2` and `xz-utils`.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use kiln_e2e::*;
+
+fn build_local(k: &Kiln, ctx: &Path, out: &Path) -> Run {
+    let dest = format!("type=local,dest={}", out.display());
+    k.run(&[
+        "build",
+        "--progress=plain",
+        "--output",
+        &dest,
+        ctx.to_str().unwrap(),
+    ])
+}
+
+fn sh(dir: &Path, script: &str) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `payload/` (a.txt, dir/b.txt) packed as a tar in `dir/<name>` with `tar` flag `flag`.
+fn archive(dir: &Path, name: &str, flag: &str) {
+    sh(
+        dir,
+        &format!(
+            "mkdir -p /tmp/kiln-add-$$ && cd /tmp/kiln-add-$$ && mkdir -p dir && \
+             echo alpha > a.txt && echo beta > dir/b.txt && \
+             tar -c{flag}f {out} a.txt dir && cd / && rm -rf /tmp/kiln-add-$$",
+            out = dir.join(name).display()
+        ),
+    );
+}
+
+#[test]
+fn local_archives_are_extracted_by_content() {
+    let k = Kiln::new(&[]);
+    let ctx = k.write(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch\n\
+                 ADD plain.tar /plain\n\
+                 ADD app.tar.gz /gz/\n\
+                 ADD app.tar.bz2 /bz2/\n\
+                 ADD app.tar.xz /xz/\n\
+                 ADD disguised.dat /disguised/\n\
+                 ADD fake.tar.gz /fake/\n\
+                 ADD --unpack=false app.tar.gz /kept/\n\
+                 ADD --chown=1234:5678 app.tar.gz /owned/\n\
+                 COPY app.tar.gz /copied/\n",
+            ),
+            ("fake.tar.gz", "not an archive\n"),
+        ],
+    );
+    archive(&ctx, "plain.tar", "");
+    archive(&ctx, "app.tar.gz", "z");
+    archive(&ctx, "app.tar.bz2", "j");
+    archive(&ctx, "app.tar.xz", "J");
+    archive(&ctx, "disguised.dat", "z");
+    let out = k.path("out");
+    build_local(&k, &ctx, &out).ok();
+    for d in ["plain", "gz", "bz2", "xz", "disguised", "owned"] {
+        assert_eq!(
+            std::fs::read_to_string(out.join(d).join("a.txt")).unwrap(),
+            "alpha\n",
+            "{d}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.join(d).join("dir/b.txt")).unwrap(),
+            "beta\n",
+            "{d}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("fake/fake.tar.gz")).unwrap(),
+        "not an archive\n"
+    );
+    assert!(out.join("kept/app.tar.gz").is_file());
+    assert!(out.join("copied/app.tar.gz").is_file());
+    if nix_is_root() {
+        let md = std::fs::metadata(out.join("owned/dir/b.txt")).unwrap();
+        assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    }
+}
+
+#[test]
+fn hostile_archive_fails_without_writing_outside() {
+    let k = Kiln::new(&[]);
+    let ctx = k.write(
+        "ctx",
+        &[("Dockerfile", "FROM scratch\nADD evil.tar /dest/\n")],
+    );
+    // A tar whose entry climbs out with `..`, written by hand (GNU tar refuses to create it).
+    let mut header = [0u8; 512];
+    let name = b"../../../../../../tmp/kiln-add-escaped";
+    header[..name.len()].copy_from_slice(name);
+    header[100..108].copy_from_slice(b"0000644\0");
+    header[108..116].copy_from_slice(b"0000000\0");
+    header[116..124].copy_from_slice(b"0000000\0");
+    header[124..136].copy_from_slice(b"00000000002\0");
+    header[136..148].copy_from_slice(b"00000000000\0");
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut bytes = header.to_vec();
+    bytes.extend_from_slice(b"x\n");
+    bytes.resize(512 * 4, 0);
+    std::fs::write(ctx.join("evil.tar"), bytes).unwrap();
+    let _ = std::fs::remove_file("/tmp/kiln-add-escaped");
+    let run = build_local(&k, &ctx, &k.path("out")).fails();
+    assert!(
+        run.stderr.contains("evil.tar") && run.stderr.contains("climbs out"),
+        "{}",
+        run.stderr
+    );
+    assert!(!Path::new("/tmp/kiln-add-escaped").exists());
+}
+
+fn nix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// A tiny HTTP/1.1 server on 127.0.0.1: `/files/hello.txt` (with Last-Modified), `/app.tar.gz`,
+/// `/old` (redirects to hello.txt), anything else 404. Stops after `max` connections or when the
+/// test ends (the thread is detached and the port closes with the process).
+fn serve(dir: PathBuf, max: usize) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in l.incoming().take(max) {
+            let Ok(s) = stream else { continue };
+            let _ = answer(s, &dir);
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn answer(mut s: TcpStream, dir: &Path) -> std::io::Result<()> {
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 || h == "\r\n" {
+            break;
+        }
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("/");
+    let (status, extra, body) = match path {
+        "/files/hello.txt" => (
+            "200 OK",
+            "Last-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\n",
+            std::fs::read(dir.join("hello.txt"))?,
+        ),
+        "/app.tar.gz" => ("200 OK", "", std::fs::read(dir.join("app.tar.gz"))?),
+        "/old" => (
+            "301 Moved Permanently",
+            "Location: /files/hello.txt\r\n",
+            Vec::new(),
+        ),
+        _ => ("404 Not Found", "", b"not found".to_vec()),
+    };
+    write!(
+        s,
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+        body.len()
+    )?;
+    s.write_all(&body)
+}
+
+fn sha256_of(p: &Path) -> String {
+    let out = tool("sha256sum", &[p.to_str().unwrap()]);
+    format!("sha256:{}", out.split_whitespace().next().unwrap())
+}
+
+#[test]
+fn urls_are_downloaded_pinned_and_not_extracted() {
+    let k = Kiln::new(&[]);
+    let files = k.write("www", &[("hello.txt", "hello over http\n")]);
+    archive(&files, "app.tar.gz", "z");
+    let base = serve(files.clone(), 100);
+    let sum = sha256_of(&files.join("hello.txt"));
+    let dockerfile = format!(
+        "FROM scratch\n\
+         ADD {base}/files/hello.txt /hello.txt\n\
+         ADD --chmod=755 --chown=10:20 {base}/files/hello.txt /bin/\n\
+         ADD --checksum={sum} {base}/old /pinned\n\
+         ADD {base}/app.tar.gz /dl/\n\
+         ADD --unpack=true {base}/app.tar.gz /unpacked/\n"
+    );
+    let ctx = k.write("ctx", &[("Dockerfile", &dockerfile)]);
+    let out = k.path("out");
+    build_local(&k, &ctx, &out).ok();
+
+    let hello = out.join("hello.txt");
+    assert_eq!(
+        std::fs::read_to_string(&hello).unwrap(),
+        "hello over http\n"
+    );
+    let md = std::fs::metadata(&hello).unwrap();
+    assert_eq!(md.mtime(), 1_445_412_480, "mtime from Last-Modified");
+    assert_eq!(md.mode() & 0o7777, 0o600, "BuildKit's mode for downloads");
+    let md = std::fs::metadata(out.join("bin/hello.txt")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o755);
+    if nix_is_root() {
+        assert_eq!((md.uid(), md.gid()), (10, 20));
+    }
+    // A redirect is followed; the name is the one of the URL asked for.
+    assert_eq!(
+        std::fs::read_to_string(out.join("pinned")).unwrap(),
+        "hello over http\n"
+    );
+    // A remote archive is a file unless --unpack=true.
+    assert!(out.join("dl/app.tar.gz").is_file());
+    assert!(!out.join("dl/a.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(out.join("unpacked/dir/b.txt")).unwrap(),
+        "beta\n"
+    );
+
+    // A wrong checksum fails and says which URL and which digests.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let ctx = k.write(
+        "ctx-sum",
+        &[(
+            "Dockerfile",
+            &format!("FROM scratch\nADD --checksum={wrong} {base}/files/hello.txt /x\n"),
+        )],
+    );
+    let run = build_local(&k, &ctx, &k.path("out2")).fails();
+    assert!(
+        run.stderr.contains(&format!(
+            "checksum mismatch for {base}/files/hello.txt: expected {wrong}, got {sum}"
+        )),
+        "{}",
+        run.stderr
+    );
+
+    // A 404 fails naming the URL.
+    let ctx = k.write(
+        "ctx-404",
+        &[(
+            "Dockerfile",
+            &format!("FROM scratch\nADD {base}/missing.txt /x\n"),
+        )],
+    );
+    let run = build_local(&k, &ctx, &k.path("out3")).fails();
+    assert!(
+        run.stderr.contains(&format!(
+            "failed to download {base}/missing.txt: server answered 404 Not Found"
+        )),
+        "{}",
+        run.stderr
+    );
+}
+
+/// `git daemon` serving `base` on 127.0.0.1; killed on drop.
+struct GitDaemon {
+    child: Child,
+    url: String,
+}
+
+impl GitDaemon {
+    fn start(base: &Path) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // Run git-daemon itself, not `git daemon`: the `git` wrapper would fork it as a child
+        // that outlives a kill of the wrapper.
+        let exec_path = Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("git (Debian package git) is required");
+        let daemon =
+            Path::new(String::from_utf8_lossy(&exec_path.stdout).trim()).join("git-daemon");
+        let child = Command::new(daemon)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .args([
+                "--reuseaddr",
+                "--export-all",
+                "--informative-errors",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--base-path={}", base.display()),
+                &base.display().to_string(),
+            ])
+            .spawn()
+            .expect("git daemon (Debian package git) is required");
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        GitDaemon {
+            child,
+            url: format!("git://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn git_sources_select_ref_tag_and_subdir() {
+    let k = Kiln::new(&[]);
+    let repos = k.path("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    sh(
+        &repos,
+        "git init -q -b main src && cd src
+         echo one > a.txt && mkdir -p sub/deep && echo bee > sub/deep/b.txt
+         git add -A && git commit -qm first && git tag -a v1 -m v1
+         git checkout -qb feature && echo two > a.txt && git commit -qam second
+         git checkout -q main && echo three > a.txt && git commit -qam third
+         cd .. && git clone -q --bare src repo.git",
+    );
+    let daemon = GitDaemon::start(&repos);
+    let repo = format!("{}/repo.git", daemon.url);
+    let dockerfile = format!(
+        "FROM scratch\n\
+         ADD {repo} /head/\n\
+         ADD {repo}#feature /feature\n\
+         ADD {repo}#v1:sub /tag-sub/\n\
+         ADD --keep-git-dir=true {repo}#feature /kept/\n"
+    );
+    let ctx = k.write("ctx", &[("Dockerfile", &dockerfile)]);
+    let out = k.path("out");
+    build_local(&k, &ctx, &out).ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("head/a.txt")).unwrap(),
+        "three\n"
+    );
+    assert!(!out.join("head/.git").exists());
+    assert_eq!(
+        std::fs::read_to_string(out.join("feature/a.txt")).unwrap(),
+        "two\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("tag-sub/deep/b.txt")).unwrap(),
+        "bee\n"
+    );
+    assert!(!out.join("tag-sub/a.txt").exists());
+    assert!(out.join("kept/.git").is_dir());
+    let head = tool(
+        "git",
+        &[
+            "-C",
+            out.join("kept").to_str().unwrap(),
+            "log",
+            "-1",
+            "--format=%s",
+        ],
+    );
+    assert_eq!(head.trim(), "second");
+
+    let ctx = k.write(
+        "ctx-missing",
+        &[(
+            "Dockerfile",
+            &format!("FROM scratch\nADD {repo}#nope /x/\n"),
+        )],
+    );
+    let run = build_local(&k, &ctx, &k.path("out2")).fails();
+    assert!(
+        run.stderr
+            .contains(&format!("git ref \"nope\" not found in {repo}")),
+        "{}",
+        run.stderr
+    );
+}

@@ -1,0 +1,112 @@
+//! Dockerfile syntax end to end: every variable-expansion form and the heredoc forms, asserted
+//! on the files of the built image.
+#![allow(clippy::unwrap_used)]
+
+use kiln_e2e::*;
+
+#[test]
+fn every_expansion_form_reaches_the_image() {
+    let registry = test_registry();
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
+    let dockerfile = format!(
+        r#"FROM {registry}/busybox:latest
+ARG V=hello-world.tar.gz
+ARG EMPTY=
+ENV A=${{V:-x}} B=${{UNSET-y}} C=${{V:+set}} D=${{UNSET+nope}} E=${{EMPTY:-fallback}} F=${{EMPTY-kept}}
+ENV G=${{V#hello-}} H=${{V##*.}} I=${{V%.gz}} J=${{V%%.*}} K=${{V/world/there}} L=${{V//l/L}}
+ENV M=$V N="${{V}}-quoted" O='${{V}}-single'
+WORKDIR /out/${{J}}
+RUN printf '%s\n' "$A" "$B" "$C" "[$D]" "$E" "[$F]" "$G" "$H" "$I" "$J" "$K" "$L" "$M" "$N" "$O" > /out/expanded && pwd > /out/workdir
+"#
+    );
+    let ctx = k.write("ctx", &[("Dockerfile", &dockerfile)]);
+    let out = k.path("out");
+    k.run(&["build", "-o", out.to_str().unwrap(), ctx.to_str().unwrap()])
+        .ok();
+    let got = std::fs::read_to_string(out.join("out/expanded")).unwrap();
+    let want = [
+        "hello-world.tar.gz",
+        "y",
+        "set",
+        "[]",
+        "fallback",
+        "[]",
+        "world.tar.gz",
+        "gz",
+        "hello-world.tar",
+        "hello-world",
+        "hello-there.tar.gz",
+        "heLLo-worLd.tar.gz",
+        "hello-world.tar.gz",
+        "hello-world.tar.gz-quoted",
+        "${V}-single",
+    ]
+    .map(|l| format!("{l}\n"))
+    .concat();
+    assert_eq!(got, want);
+    assert_eq!(
+        std::fs::read_to_string(out.join("out/workdir")).unwrap(),
+        "/out/hello-world\n"
+    );
+
+    // `${V:?message}` fails the build at its line with the message.
+    let bad = k.write(
+        "bad",
+        &[(
+            "Dockerfile",
+            &format!("FROM {registry}/busybox:latest\nENV X=${{UNSET:?UNSET must be given}}\n"),
+        )],
+    );
+    let r = k.run(&["build", bad.to_str().unwrap()]).fails();
+    assert!(
+        r.stderr.contains("UNSET must be given") && r.stderr.contains("Dockerfile:2"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn heredoc_forms_reach_the_image() {
+    let registry = test_registry();
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
+    let dockerfile = format!(
+        "# syntax=docker/dockerfile:1\n\
+         FROM {registry}/busybox:latest\n\
+         ENV NAME=kiln\n\
+         RUN <<EOF\n\
+         echo \"expanded $NAME\" > /unquoted\n\
+         EOF\n\
+         RUN <<'EOF'\n\
+         echo 'literal $NAME' > /quoted\n\
+         EOF\n\
+         COPY <<-EOT /tabs\n\
+         \tindented with tabs\n\
+         \tEOT\n\
+         COPY <<one.txt <<two.txt /many/\n\
+         first ${{NAME}}\n\
+         one.txt\n\
+         second\n\
+         two.txt\n\
+         RUN <<EOF sh -e\n\
+         echo via-interpreter > /interp\n\
+         EOF\n\
+         RUN cat <<A > /from-cat && cat <<B >> /from-cat\n\
+         alpha\n\
+         A\n\
+         beta\n\
+         B\n"
+    );
+    let ctx = k.write("ctx", &[("Dockerfile", &dockerfile)]);
+    let out = k.path("out");
+    k.run(&["build", "-o", out.to_str().unwrap(), ctx.to_str().unwrap()])
+        .ok();
+    let read =
+        |p: &str| std::fs::read_to_string(out.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("unquoted"), "expanded kiln\n");
+    assert_eq!(read("quoted"), "literal $NAME\n");
+    assert_eq!(read("tabs"), "indented with tabs\n");
+    assert_eq!(read("many/one.txt"), "first kiln\n");
+    assert_eq!(read("many/two.txt"), "second\n");
+    assert_eq!(read("interp"), "via-interpreter\n");
+    assert_eq!(read("from-cat"), "alpha\nbeta\n");
+}

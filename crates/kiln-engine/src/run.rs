@@ -265,6 +265,16 @@ struct Held<'a> {
     secrets: Vec<SecretDir>,
 }
 
+/// The exec op as the plugin sees it: secret environment variables added, and secret mounts
+/// that are environment-only (no destination) left out, since nothing is mounted for them.
+fn plugin_op(op: &ExecOp, secret_env: Vec<String>) -> ExecOp {
+    let mut op = op.clone();
+    op.env.extend(secret_env);
+    op.mounts
+        .retain(|m| !(matches!(m.kind, MountKind::Secret { .. }) && m.dest.is_empty()));
+    op
+}
+
 pub(crate) fn run_exec(
     env: &ExecEnv<'_>,
     op: &ExecOp,
@@ -284,6 +294,7 @@ pub(crate) fn run_exec(
     let root = WriteView::new(env.store, &root_snap)?;
     let mut held = Held::default();
     let mut prepared = Vec::new();
+    let mut secret_env: Vec<String> = Vec::new();
     for m in op.mounts.iter().filter(|m| m.dest != "/") {
         let kind = match &m.kind {
             MountKind::Bind => {
@@ -325,9 +336,17 @@ pub(crate) fn run_exec(
                 mode,
                 uid,
                 gid,
+                env: as_env,
             } => match env.secrets.get(id) {
                 Some(src) => {
                     let bytes = src.read(id)?;
+                    if let Some(name) = as_env {
+                        // Only the process sees it: the graph (and so the cache key) never does.
+                        secret_env.push(format!("{name}={}", String::from_utf8_lossy(&bytes)));
+                    }
+                    if m.dest.is_empty() {
+                        continue;
+                    }
                     let dir = SecretDir::new()?;
                     let p = dir.write(id, &bytes, *mode, *uid, *gid)?;
                     held.secrets.push(dir);
@@ -390,7 +409,7 @@ pub(crate) fn run_exec(
     let mut op = op.clone();
     ssh_auth_sock(&mut op);
     let req = PrimitiveRequest {
-        op: Op::Exec(op.clone()),
+        op: Op::Exec(plugin_op(&op, secret_env)),
         inputs: Vec::new(),
         output: root.path().display().to_string(),
         mounts: prepared,

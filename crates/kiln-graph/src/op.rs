@@ -154,7 +154,8 @@ pub enum MountKind {
         /// Size limit in bytes.
         size: Option<u64>,
     },
-    /// A secret file; never part of a layer or a cache key.
+    /// A secret file (and/or environment variable); never part of a layer or a cache key.
+    /// A secret mount with an empty `dest` is exposed through `env` only.
     Secret {
         /// Secret id.
         id: String,
@@ -166,6 +167,10 @@ pub enum MountKind {
         uid: u32,
         /// Owner gid.
         gid: u32,
+        /// Also (or, when the mount has no destination, only) expose the secret as this
+        /// environment variable of the process (`env=`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        env: Option<String>,
     },
     /// An SSH agent socket.
     Ssh {

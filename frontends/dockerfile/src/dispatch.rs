@@ -630,11 +630,7 @@ impl Converter<'_> {
                 (State::scratch(), mount(dest_of(&target), false, kind))
             }
             MountType::Secret => {
-                if m.env.is_some() {
-                    return Err(Error::unsupported(
-                        "RUN --mount=type=secret,env= is not supported yet: mount the secret as a file",
-                    ));
-                }
+                let env_name = ex(&m.env)?;
                 let id = match (id, &target) {
                     (Some(id), _) => id,
                     (None, Some(t)) => t.rsplit('/').next().unwrap_or(t).to_owned(),
@@ -642,16 +638,19 @@ impl Converter<'_> {
                         return Err(Error::invalid("secret mount requires an id or a target"))
                     }
                 };
-                let dest = target
-                    .as_deref()
-                    .map(dest_of)
-                    .unwrap_or_else(|| format!("/run/secrets/{id}"));
+                // BuildKit: with `env=` and no target the secret is an environment variable only.
+                let dest = match (target.as_deref(), &env_name) {
+                    (Some(t), _) => dest_of(t),
+                    (None, Some(_)) => String::new(),
+                    (None, None) => format!("/run/secrets/{id}"),
+                };
                 let kind = MountKind::Secret {
                     id,
                     required: m.required.unwrap_or(false),
                     mode: m.mode.unwrap_or(0o400),
                     uid: uid_gid.0,
                     gid: uid_gid.1,
+                    env: env_name,
                 };
                 (State::scratch(), mount(dest, true, kind))
             }

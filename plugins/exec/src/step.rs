@@ -438,6 +438,7 @@ mod tests {
             mode: 0o400,
             uid: 0,
             gid: 0,
+            env: None,
         };
         let op = |mounts| ExecOp {
             args: vec!["true".into()],

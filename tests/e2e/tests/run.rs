@@ -20,6 +20,7 @@ RUN rm doomed && rm -rf dir && echo now-a-file > dir && rm /bin/vi
 RUN --mount=type=cache,target=/cache,id=e2e-cache echo filled > /cache/marker && ls /cache > /src/cache-list
 RUN --mount=type=secret,id=token wc -c < /run/secrets/token > /src/secret-len && test ! -e /run/secrets/token.copy
 RUN --mount=type=secret,id=envtok,target=/tok cat /tok | wc -c > /src/env-secret-len
+RUN --mount=type=secret,id=token,env=TOKEN_VAR echo ${{#TOKEN_VAR}} > /src/env-mount-len && test ! -e /run/secrets/token
 RUN --mount=type=bind,from=extra,source=lib.txt,target=/mnt/lib.txt cp /mnt/lib.txt /src/from-named
 RUN --network=none cat /proc/net/dev | grep -c : > /src/net-none
 RUN echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:1000:' >> /etc/group
@@ -89,6 +90,7 @@ fn check_rootfs(rootfs: &Path) {
         read("out/env-secret-len").trim(),
         "env-secret-value-93b1".len().to_string()
     );
+    assert_eq!(read("out/env-mount-len").trim(), SECRET.len().to_string());
     assert_eq!(read("out/from-named"), "named context file\n");
     // Only the loopback device exists in a --network=none step.
     assert_eq!(read("out/net-none").trim(), "1");

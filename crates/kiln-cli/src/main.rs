@@ -466,6 +466,17 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
                     output::show_location(&dockerfile, loc.line as usize);
                 }
             }
+            if let Some((id, name)) = e.step() {
+                // BuildKit's summary: the step and the last lines it printed.
+                let tail = renderer.tail(&id);
+                if !tail.is_empty() {
+                    eprintln!("------\n > {name}:");
+                    for l in tail {
+                        eprintln!("{l}");
+                    }
+                    eprintln!("------");
+                }
+            }
             if let Some(loc) = e.step_location() {
                 output::show_location(&dockerfile, loc.line as usize);
             }

@@ -142,6 +142,17 @@ impl Error {
         }
     }
 
+    /// The failing step's vertex and name, when a step failed.
+    pub fn step(&self) -> Option<(Digest, &str)> {
+        match self {
+            Error::Step {
+                source: kiln_solver::Error::Vertex { id, name, .. },
+                ..
+            } => Some((*id, name.as_str())),
+            _ => None,
+        }
+    }
+
     /// The build-file line of the failing step, when known.
     pub fn step_location(&self) -> Option<&kiln_graph::SourceLocation> {
         match self {

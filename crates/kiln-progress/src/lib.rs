@@ -39,8 +39,12 @@ impl Mode {
     }
 }
 
+/// Output lines kept per step for the error summary, as BuildKit shows them.
+const TAIL: usize = 10;
+
 struct State {
     numbers: HashMap<Digest, usize>,
+    tails: HashMap<Digest, Vec<String>>,
     next: usize,
     started: Instant,
 }
@@ -63,6 +67,7 @@ impl<W: Write + Send + 'static> Renderer<W> {
             out: Arc::new(Mutex::new(out)),
             state: Mutex::new(State {
                 numbers: HashMap::new(),
+                tails: HashMap::new(),
                 next: 1,
                 started: Instant::now(),
             }),
@@ -84,6 +89,15 @@ impl<W: Write + Send + 'static> Renderer<W> {
             });
         }
         r
+    }
+
+    /// The last output lines of step `id` (for the summary of a failed step).
+    pub fn tail(&self, id: &Digest) -> Vec<String> {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.tails.get(id).cloned())
+            .unwrap_or_default()
     }
 
     /// Ends live drawing (tty mode): one last frame, then output may follow below it.
@@ -179,6 +193,14 @@ impl<W: Write + Send + 'static> Drop for Renderer<W> {
 
 impl<W: Write + Send + 'static> ProgressSink<Digest> for Renderer<W> {
     fn send(&self, event: Event<Digest>) {
+        if let Event::Log { id, line, .. } = &event {
+            if let Ok(mut st) = self.state.lock() {
+                let tail = st.tails.entry(*id).or_default();
+                tail.extend(line.lines().map(str::to_owned));
+                let excess = tail.len().saturating_sub(TAIL);
+                tail.drain(..excess);
+            }
+        }
         if self.mode == Mode::Tty {
             if let (Ok(mut screen), Ok(mut out)) = (self.screen.lock(), self.out.lock()) {
                 screen.apply(&event);

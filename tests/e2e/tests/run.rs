@@ -219,6 +219,13 @@ fn a_failing_run_reports_step_line_and_exit_code_and_leaves_nothing_mounted() {
         ])
         .fails();
     assert!(r.stderr.contains("exit code: 3"), "{}", r.stderr);
+    // BuildKit's summary box: the step, then its last output lines.
+    assert!(
+        r.stderr
+            .contains("------\n > [3/4] RUN echo about to fail && exit 3:\nabout to fail\n------"),
+        "{}",
+        r.stderr
+    );
     assert!(
         r.stderr.contains("Dockerfile:3")
             && r.stderr.contains(">>> RUN echo about to fail && exit 3"),

@@ -90,6 +90,10 @@ fn heredoc_forms_reach_the_image() {
          RUN <<EOF sh -e\n\
          echo via-interpreter > /interp\n\
          EOF\n\
+         RUN <<EOF\n\
+         #!/bin/awk -f\n\
+         BEGIN {{ print \"run by awk\" > \"/shebang\" }}\n\
+         EOF\n\
          RUN cat <<A > /from-cat && cat <<B >> /from-cat\n\
          alpha\n\
          A\n\
@@ -109,4 +113,6 @@ fn heredoc_forms_reach_the_image() {
     assert_eq!(read("many/two.txt"), "second\n");
     assert_eq!(read("interp"), "via-interpreter\n");
     assert_eq!(read("from-cat"), "alpha\nbeta\n");
+    // A `#!` heredoc runs its own interpreter (this script is no shell syntax).
+    assert_eq!(read("shebang"), "run by awk\n");
 }

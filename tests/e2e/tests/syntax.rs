@@ -116,3 +116,46 @@ fn heredoc_forms_reach_the_image() {
     // A `#!` heredoc runs its own interpreter (this script is no shell syntax).
     assert_eq!(read("shebang"), "run by awk\n");
 }
+
+#[test]
+fn a_changed_build_arg_invalidates_from_where_it_is_declared() {
+    let registry = test_registry();
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
+    let dockerfile = format!(
+        "FROM {registry}/busybox:latest\nRUN echo before > /before\nARG V=default\nRUN echo unrelated > /unrelated\nRUN echo \"$V\" > /v\n"
+    );
+    let ctx = k.write("ctx", &[("Dockerfile", &dockerfile)]);
+    let build = |v: &str| {
+        let out = k.path(&format!("out-{v}"));
+        let arg = format!("V={v}");
+        let r = k
+            .run(&[
+                "build",
+                "--progress=plain",
+                "--build-arg",
+                &arg,
+                "-o",
+                out.to_str().unwrap(),
+                ctx.to_str().unwrap(),
+            ])
+            .ok();
+        (r, out)
+    };
+    build("one");
+    let (second, out) = build("two");
+    let state = |needle: &str| {
+        second
+            .steps()
+            .into_iter()
+            .find(|(n, _)| n.contains(needle))
+            .map(|(_, s)| s)
+            .unwrap_or_default()
+    };
+    // Before the ARG: cached. Every RUN after it sees the value in its environment, as in
+    // BuildKit, so all of them run again.
+    assert_eq!(state("RUN echo before"), "CACHED", "{}", second.stderr);
+    assert_eq!(state("RUN echo unrelated"), "DONE", "{}", second.stderr);
+    // Progress shows the instruction with its variables expanded, as BuildKit does.
+    assert_eq!(state("RUN echo \"two\" > /v"), "DONE", "{}", second.stderr);
+    assert_eq!(std::fs::read_to_string(out.join("v")).unwrap(), "two\n");
+}

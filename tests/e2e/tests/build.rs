@@ -351,3 +351,56 @@ fn named_local_contexts_serve_copy_from_and_from() {
         .fails();
     assert!(r.stderr.contains("/no/such/dir"), "{}", r.stderr);
 }
+
+#[test]
+fn another_platform_builds_without_run_steps() {
+    let k = Kiln::new(&["kiln-frontend-dockerfile"]);
+    let ctx = k.write(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM --platform=$BUILDPLATFORM scratch AS tools\nCOPY a.txt /a.txt\nFROM scratch\nARG TARGETARCH\nCOPY --from=tools /a.txt /a-$TARGETARCH.txt\n",
+            ),
+            ("a.txt", "a\n"),
+        ],
+    );
+    let tar = k.path("arm.tar");
+    let dest = format!("type=oci,dest={}", tar.display());
+    k.run(&[
+        "build",
+        "--platform",
+        "linux/arm64",
+        "-t",
+        "x:1",
+        "--output",
+        &dest,
+        ctx.to_str().unwrap(),
+    ])
+    .ok();
+    let cfg: serde_json::Value = serde_json::from_str(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--config",
+            "--raw",
+            &format!("oci-archive:{}", tar.display()),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(cfg["architecture"], "arm64");
+    let rootfs = k.unpack(&tar, "arm", "1").join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("a-arm64.txt")).unwrap(),
+        "a\n"
+    );
+    let r = k
+        .run(&[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            ctx.to_str().unwrap(),
+        ])
+        .fails();
+    assert!(r.stderr.contains("multi-platform"), "{}", r.stderr);
+}

@@ -674,7 +674,6 @@ impl Converter<'_> {
                 let p = value.parse::<Platform>().map_err(|e| {
                     Error::invalid(format!("failed to parse platform {expr}: {e}")).at(line)
                 })?;
-                self.check_buildable(&p).map_err(|e| e.at(line))?;
                 Some(p)
             }
         };
@@ -692,23 +691,6 @@ impl Converter<'_> {
         };
         let platform = platform.unwrap_or_else(|| self.req.platform.clone());
         Ok((base, platform))
-    }
-
-    /// The engine runs every step on the host, so a stage can only be for the host's
-    /// platform (or the one the build was asked for, which the engine checks).
-    fn check_buildable(&self, p: &Platform) -> Result<()> {
-        let same = |a: &Platform, b: &Platform| {
-            a.os == b.os
-                && a.architecture == b.architecture
-                && (a.variant.is_none() || b.variant.is_none() || a.variant == b.variant)
-        };
-        let host = Platform::host();
-        if same(p, &host) || same(p, &self.req.platform) {
-            return Ok(());
-        }
-        Err(Error::unsupported(format!(
-            "building for {p} is not supported yet (this kiln builds for {host})"
-        )))
     }
 
     /// Which stages the target needs (every stage with `all`): its base chain, `COPY --from`

@@ -159,3 +159,38 @@ fn a_changed_build_arg_invalidates_from_where_it_is_declared() {
     assert_eq!(state("RUN echo \"two\" > /v"), "DONE", "{}", second.stderr);
     assert_eq!(std::fs::read_to_string(out.join("v")).unwrap(), "two\n");
 }
+
+#[test]
+fn add_link_and_exclude_flags() {
+    let k = Kiln::new(&["kiln-frontend-dockerfile"]);
+    let ctx = k.write(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch\nADD --link a.txt /linked/\nADD --exclude=*.md --chmod=0600 docs/ /docs/\n",
+            ),
+            ("a.txt", "a\n"),
+            ("docs/keep.txt", "k\n"),
+            ("docs/skip.md", "s\n"),
+        ],
+    );
+    let out = k.path("out");
+    k.run(&["build", "-o", out.to_str().unwrap(), ctx.to_str().unwrap()])
+        .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("linked/a.txt")).unwrap(),
+        "a\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("docs/keep.txt")).unwrap(),
+        "k\n"
+    );
+    assert!(!out.join("docs/skip.md").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("docs/keep.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o600);
+}

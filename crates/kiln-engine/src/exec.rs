@@ -114,6 +114,24 @@ impl Executor<Digest> for OpExecutor {
                 None => h.update(k.as_bytes()),
             }
         }
+        if let Op::Custom(c) = &vertex.op {
+            // A primitive whose result depends on the outside world (a URL, a git branch) says
+            // what it depends on now, so that a moved source is fetched again.
+            let env = self.env.clone();
+            let (primitive, op) = (c.primitive.clone(), vertex.op.clone());
+            let extra = blocking(move || -> Result<Option<String>, Error> {
+                struct NoServices;
+                impl kiln_plugin_host::HostServices for NoServices {}
+                let plugin = env.plugins.primitive(&primitive)?;
+                let req = kiln_plugin_sdk::proto::CacheKeyRequest { op };
+                Ok(plugin.primitive_cache_key(&req, &NoServices)?)
+            })
+            .await?;
+            if let Some(k) = extra {
+                h.update(b"\nprimitive:");
+                h.update(k.as_bytes());
+            }
+        }
         if let Op::Source(SourceOp::Local(src)) = &vertex.op {
             let (root, index) = (context_dir(&self.env, &src.name)?, self.index.clone());
             let src = src.clone();

@@ -151,6 +151,31 @@ impl LoadedPlugin {
         )
     }
 
+    /// Asks the primitive what `req.op` currently depends on outside the graph; `None` when
+    /// it answers nothing or does not know the method (older plugins).
+    pub fn primitive_cache_key(
+        &self,
+        req: &proto::CacheKeyRequest,
+        services: &dyn HostServices,
+    ) -> Result<Option<String>, Error> {
+        let r: Result<proto::CacheKeyResponse, Error> = self.call(
+            Kind::Primitive,
+            proto::METHOD_PRIMITIVE_CACHE_KEY,
+            req,
+            services,
+        );
+        match r {
+            Ok(resp) => Ok(resp.key),
+            Err(e)
+                if e.plugin_error()
+                    .is_some_and(|pe| pe.kind == proto::ErrorKind::Unsupported) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Calls any method with raw bytes (for methods newer than this crate's typed wrappers).
     pub fn call_raw(
         &self,

@@ -111,6 +111,10 @@ impl Plugin {
                 Some((p, _)) => run(method, request, |r| p.execute(r, host)),
                 None => Err(self.lacks(method)),
             },
+            proto::METHOD_PRIMITIVE_CACHE_KEY => match &self.primitive {
+                Some((p, _)) => run(method, request, |r| p.cache_key(r, host)),
+                None => Err(self.lacks(method)),
+            },
             _ => Err(self.lacks(method)),
         }
     }

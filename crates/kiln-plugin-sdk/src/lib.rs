@@ -85,6 +85,17 @@ pub trait Primitive: Send + Sync {
         req: PrimitiveRequest,
         host: &Host<'_>,
     ) -> Result<PrimitiveResponse, PluginError>;
+
+    /// What `req.op`'s result depends on outside the graph right now (see
+    /// [`proto::METHOD_PRIMITIVE_CACHE_KEY`]); the default: nothing, the op decides.
+    fn cache_key(
+        &self,
+        req: proto::CacheKeyRequest,
+        host: &Host<'_>,
+    ) -> Result<proto::CacheKeyResponse, PluginError> {
+        let _ = (req, host);
+        Ok(proto::CacheKeyResponse::default())
+    }
 }
 
 #[doc(hidden)]

@@ -36,6 +36,11 @@ pub const METHOD_FRONTEND_BUILD: &str = "frontend.build";
 pub const METHOD_INSTRUCTION_LOWER: &str = "instruction.lower";
 /// Plugin method: run one vertex ([`PrimitiveRequest`] → [`PrimitiveResponse`]).
 pub const METHOD_PRIMITIVE_EXECUTE: &str = "primitive.execute";
+/// Plugin method: what the result of a vertex currently depends on outside the graph
+/// ([`CacheKeyRequest`] → [`CacheKeyResponse`]), e.g. a URL's ETag or the commit a git branch
+/// points to, asked before every build so that a moved source is fetched again. Optional: a
+/// plugin without it (an `Unsupported` answer) is keyed on its op alone.
+pub const METHOD_PRIMITIVE_CACHE_KEY: &str = "primitive.cache_key";
 
 /// Host callback: [`ReadFileRequest`] → the raw bytes of the file (not JSON).
 pub const HOST_CONTEXT_READ_FILE: &str = "context.read_file";
@@ -430,6 +435,21 @@ pub enum Runtime {
     /// A runtime this plugin does not know.
     #[serde(other)]
     Unknown,
+}
+
+/// Input of `primitive.cache_key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheKeyRequest {
+    /// The vertex whose key is computed.
+    pub op: Op,
+}
+
+/// Output of `primitive.cache_key`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheKeyResponse {
+    /// Extra key material (an ETag, a commit id...); `None`: the op alone decides.
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// Output of `primitive.execute`.

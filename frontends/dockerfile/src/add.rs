@@ -12,8 +12,8 @@
 //!
 //! Each remote source becomes a `Custom` vertex (payload below, part of its digest) whose
 //! output is copied into the stage by the same file op as the other sources. The cache key of
-//! such a vertex covers the payload only: see the `kiln-http` and `kiln-git` plugins for what
-//! that means for unpinned URLs and refs.
+//! such a vertex covers the payload, plus what the primitive reports at build time for
+//! unpinned sources (see the `kiln-http` and `kiln-git` plugins).
 //!
 //! Payloads: http `{"url", "checksum"?, "filename"}`; git `{"remote", "ref"?, "subdir"?,
 //! "keep_git_dir", "checksum"?}`.

@@ -14,10 +14,9 @@
 //! Nothing is written outside the output but the scratch directory, removed afterwards; a
 //! subdir that climbs with `..` or passes through a symlink is refused.
 //!
-//! Cache semantics: kiln's cache key covers the payload, not the commit the ref resolves to.
-//! A commit id (or `checksum`) pins the content exactly; a branch or tag is checked out once
-//! and reused until `--no-cache` (BuildKit resolves the ref with `ls-remote` on every build
-//! and keys on the commit; kiln has no way yet for a primitive to contribute to a cache key).
+//! Cache semantics: a full commit id pins the content exactly; a branch or tag is resolved with
+//! `ls-remote` on every build (`primitive.cache_key`) and the op is keyed on that commit, as
+//! BuildKit does, so a moved ref is fetched again.
 //! SSH remotes use the host user's ssh configuration and agent.
 //!
 //! Architecture invariant: depends on `kiln-plugin-sdk` and third-party crates only; runs
@@ -442,6 +441,47 @@ pub fn execute(req: &PrimitiveRequest, cancel: &dyn Cancel) -> Result<PrimitiveR
 #[derive(Debug, Default)]
 pub struct GitSource;
 
+/// The commit the payload's ref points to now (`None` when the payload names a commit, which
+/// the op itself pins): kiln keys the op on it, so a moved branch or tag is fetched again, as
+/// BuildKit resolves git refs with `ls-remote` on every build.
+pub fn current_commit(p: &Payload) -> Result<Option<String>, Error> {
+    let wanted = p.reference.as_deref().unwrap_or("").trim();
+    if is_commit_id(wanted) && wanted.len() == 40 {
+        return Ok(None);
+    }
+    let shown = redact(&p.remote);
+    if p.remote.is_empty() || p.remote.starts_with('-') || wanted.starts_with('-') {
+        return Err(Error::InvalidInput(format!(
+            "invalid git remote or ref for {shown:?}"
+        )));
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("kiln-git-key-")
+        .tempdir()
+        .map_err(|e| Error::Io {
+            remote: shown.clone(),
+            what: "create scratch dir",
+            path: std::env::temp_dir(),
+            source: e,
+        })?;
+    let git_dir = scratch.path().join("git");
+    let git = Git {
+        remote: p.remote.clone(),
+        shown: shown.clone(),
+        git_dir: &git_dir,
+    };
+    let listing = git.run("ls-remote", ["ls-remote", p.remote.as_str()], None)?;
+    let wanted = if wanted.is_empty() { "HEAD" } else { wanted };
+    match pick_ref(&listing, wanted) {
+        Some((_, commit)) => Ok(Some(commit)),
+        // Short commit ids are not listed: the op's own text pins them.
+        None if is_commit_id(wanted) => Ok(None),
+        None => Err(Error::NotFound(format!(
+            "git ref {wanted:?} not found in {shown}"
+        ))),
+    }
+}
+
 impl Primitive for GitSource {
     fn execute(
         &self,
@@ -449,6 +489,23 @@ impl Primitive for GitSource {
         host: &Host<'_>,
     ) -> Result<PrimitiveResponse, PluginError> {
         execute(&req, host).map_err(PluginError::from)
+    }
+
+    fn cache_key(
+        &self,
+        req: kiln_plugin_sdk::proto::CacheKeyRequest,
+        _host: &Host<'_>,
+    ) -> Result<kiln_plugin_sdk::proto::CacheKeyResponse, PluginError> {
+        let Op::Custom(c) = &req.op else {
+            return Ok(Default::default());
+        };
+        let p: Payload = serde_json::from_str(&c.payload).map_err(|e| {
+            PluginError::from(Error::InvalidInput(format!("invalid git payload: {e}")))
+        })?;
+        let key = current_commit(&p).map_err(PluginError::from)?;
+        Ok(kiln_plugin_sdk::proto::CacheKeyResponse {
+            key: key.map(|c| format!("commit:{c}")),
+        })
     }
 }
 

@@ -8,11 +8,10 @@
 //! one. Redirects are followed; a 4xx/5xx answer, a short body or a checksum mismatch fails the
 //! step naming the URL. `checksum` accepts `sha256:`, `sha384:` and `sha512:` digests.
 //!
-//! Cache semantics: kiln's cache key of the op covers the payload (URL, checksum, filename),
-//! not the remote content. With a checksum the content is pinned, so the key is exact. Without
-//! one a cached download is reused until `--no-cache` (BuildKit instead revalidates the URL with
-//! ETag/Last-Modified on every build; kiln has no way yet for a primitive to contribute to a
-//! cache key).
+//! Cache semantics: with a checksum the payload pins the content, so the op's key is exact.
+//! Without one, `primitive.cache_key` revalidates the URL on every build (ETag, else
+//! Last-Modified and length, else the digest of the content), as BuildKit does, so a changed
+//! file is fetched again and an unchanged one stays cached.
 //!
 //! Architecture invariant: depends on `kiln-plugin-sdk` and third-party crates only; blocking
 //! I/O (ureq), no async runtime.
@@ -293,13 +292,7 @@ pub fn download(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<PathB
         })?),
         None => None,
     };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(10)
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
+    let agent = agent();
     let transfer = |reason: String| Error::Transfer {
         url: url.clone(),
         reason,
@@ -395,6 +388,88 @@ pub fn download(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<PathB
     Ok(path)
 }
 
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(10)
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
+/// What the URL's content is now, as far as the server says without sending it: its ETag, or
+/// its Last-Modified and length; with neither, the digest of the content itself. `None` when a
+/// checksum pins the content (the op's own text then decides). kiln keys the op on it, so a
+/// changed remote file is fetched again, as BuildKit revalidates URLs on every build.
+pub fn current_version(p: &Payload) -> Result<Option<String>, Error> {
+    if p.checksum.is_some() {
+        return Ok(None);
+    }
+    let url = p.url.clone();
+    let transfer = |reason: String| Error::Transfer {
+        url: url.clone(),
+        reason,
+    };
+    let status_err = |status: ureq::http::StatusCode| Error::Status {
+        url: url.clone(),
+        status: format!(
+            "{} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or_default()
+        )
+        .trim_end()
+        .to_owned(),
+    };
+    let agent = agent();
+    let head = agent
+        .head(&url)
+        .call()
+        .map_err(|e| transfer(e.to_string()))?;
+    if head.status().as_u16() >= 400 && head.status().as_u16() != 405 {
+        return Err(status_err(head.status()));
+    }
+    let header = |name: &str| {
+        head.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    if head.status().is_success() {
+        if let Some(etag) = header("etag") {
+            return Ok(Some(format!("etag:{etag}")));
+        }
+        if let Some(lm) = header("last-modified") {
+            let len = header("content-length").unwrap_or_default();
+            return Ok(Some(format!("last-modified:{lm}:{len}")));
+        }
+    }
+    // Nothing to revalidate with: the content itself is the version.
+    let mut resp = agent
+        .get(&url)
+        .call()
+        .map_err(|e| transfer(e.to_string()))?;
+    if resp.status().as_u16() >= 400 {
+        return Err(status_err(resp.status()));
+    }
+    let mut hasher = sha2::Sha256::new();
+    let mut body = resp.body_mut().as_reader();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = body.read(&mut buf).map_err(|e| transfer(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Some(format!("sha256:{hex}")))
+}
+
 /// Runs one `http` op.
 pub fn execute(req: &PrimitiveRequest, cancel: &dyn Cancel) -> Result<PrimitiveResponse, Error> {
     let Op::Custom(c) = &req.op else {
@@ -420,6 +495,22 @@ impl Primitive for Http {
         host: &Host<'_>,
     ) -> Result<PrimitiveResponse, PluginError> {
         execute(&req, host).map_err(PluginError::from)
+    }
+
+    fn cache_key(
+        &self,
+        req: kiln_plugin_sdk::proto::CacheKeyRequest,
+        _host: &Host<'_>,
+    ) -> Result<kiln_plugin_sdk::proto::CacheKeyResponse, PluginError> {
+        let Op::Custom(c) = &req.op else {
+            return Ok(Default::default());
+        };
+        let p: Payload = serde_json::from_str(&c.payload).map_err(|e| {
+            PluginError::from(Error::InvalidInput(format!("invalid http payload: {e}")))
+        })?;
+        Ok(kiln_plugin_sdk::proto::CacheKeyResponse {
+            key: current_version(&p).map_err(PluginError::from)?,
+        })
     }
 }
 

@@ -406,3 +406,57 @@ fn git_sources_select_ref_tag_and_subdir() {
         run.stderr
     );
 }
+
+/// Unpinned remote sources are revalidated on every build, as in BuildKit: a changed file
+/// behind a URL and a moved branch are fetched again, an unchanged one stays cached.
+#[test]
+fn unpinned_urls_and_branches_are_revalidated() {
+    let k = Kiln::new(&[]);
+    let files = k.write("www", &[("hello.txt", "v1\n")]);
+    archive(&files, "app.tar.gz", "z");
+    let base = serve(files.clone(), 100);
+    let repos = k.path("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    sh(
+        &repos,
+        "git init -q -b main src && cd src && echo one > a.txt && git add -A && git commit -qm first
+         cd .. && git clone -q --bare src repo.git",
+    );
+    let daemon = GitDaemon::start(&repos);
+    let repo = format!("{}/repo.git", daemon.url);
+    let dockerfile = format!(
+        "FROM scratch\nADD {base}/files/hello.txt /hello.txt\nADD {base}/app.tar.gz /app.tar.gz\nADD {repo}#main /src/\n"
+    );
+    let ctx = k.write("ctx", &[("Dockerfile", &dockerfile)]);
+    build_local(&k, &ctx, &k.path("out1")).ok();
+
+    // Nothing moved: every fetch is a cache hit.
+    let again = build_local(&k, &ctx, &k.path("out2")).ok();
+    let fetched: Vec<_> = again
+        .steps()
+        .into_iter()
+        .filter(|(n, s)| n.contains("ADD") && s == "DONE")
+        .collect();
+    assert!(
+        fetched.is_empty(),
+        "unchanged sources fetched again: {fetched:?}\n{}",
+        again.stderr
+    );
+
+    // The file behind the URL changes (its length with it) and the branch moves.
+    std::fs::write(files.join("hello.txt"), "version two\n").unwrap();
+    sh(
+        &repos,
+        "cd src && echo two > a.txt && git commit -qam second && git push -q ../repo.git main",
+    );
+    let out = k.path("out3");
+    build_local(&k, &ctx, &out).ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("hello.txt")).unwrap(),
+        "version two\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("src/a.txt")).unwrap(),
+        "two\n"
+    );
+}

@@ -100,7 +100,12 @@ impl Executor<Digest> for OpExecutor {
         let vertex = self.vertex(v)?;
         let mut h = Sha256Writer::default();
         h.update(b"kiln.cachekey.v1\n");
-        h.update(&serde_json::to_vec(&vertex.op)?);
+        // The key covers the op but not its proxy variables (BuildKit does the same).
+        let mut keyed = vertex.op.clone();
+        if let Op::Exec(e) = &mut keyed {
+            e.proxy_env.clear();
+        }
+        h.update(&serde_json::to_vec(&keyed)?);
         for (i, k) in input_keys.iter().enumerate() {
             match self.copy_selection(&vertex, i) {
                 // A context used only as a COPY source: key on the copied files' content.

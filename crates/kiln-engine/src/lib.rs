@@ -728,6 +728,7 @@ mod tests {
             network,
             security,
             mounts: vec![],
+            proxy_env: vec![],
         });
         kiln_graph::State::definition(&[kiln_graph::State::from_op(op, vec![], "RUN true")])
     }

@@ -270,6 +270,20 @@ struct Held<'a> {
 fn plugin_op(op: &ExecOp, secret_env: Vec<String>) -> ExecOp {
     let mut op = op.clone();
     op.env.extend(secret_env);
+    // Proxy variables the step does not set itself (they are kept out of the cache key).
+    for kv in std::mem::take(&mut op.proxy_env) {
+        let key = kv
+            .split_once('=')
+            .map_or(kv.as_str(), |(k, _)| k)
+            .to_owned();
+        if !op
+            .env
+            .iter()
+            .any(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
+        {
+            op.env.push(kv);
+        }
+    }
     op.mounts
         .retain(|m| !(matches!(m.kind, MountKind::Secret { .. }) && m.dest.is_empty()));
     op
@@ -505,6 +519,7 @@ mod tests {
                 mount("/run/buildkit/ssh_agent.1", ssh("default")),
                 mount("/other", ssh("other")),
             ],
+            proxy_env: vec![],
         };
         ssh_auth_sock(&mut op);
         assert_eq!(

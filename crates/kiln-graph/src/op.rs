@@ -87,6 +87,11 @@ pub struct ExecOp {
     pub security: SecurityMode,
     /// Mounts; the one with `dest == "/"` is the root filesystem and the op's output.
     pub mounts: Vec<Mount>,
+    /// Proxy variables (`HTTP_PROXY=...`) added to `env` when the process runs. Kept apart
+    /// because they are not part of the cache key, as in BuildKit: a different proxy gives
+    /// the same result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_env: Vec<String>,
 }
 
 /// Network of a RUN step.

@@ -237,6 +237,7 @@ impl ExecBuilder {
                     readonly: false,
                     kind: MountKind::Bind,
                 }],
+                proxy_env: Vec::new(),
             },
         }
     }
@@ -256,6 +257,12 @@ impl ExecBuilder {
     /// Sets the user.
     pub fn user(mut self, user: impl Into<String>) -> Self {
         self.op.user = user.into();
+        self
+    }
+
+    /// Sets the proxy variables (not part of the cache key).
+    pub fn proxy_env(mut self, proxy_env: Vec<String>) -> Self {
+        self.op.proxy_env = proxy_env;
         self
     }
 

@@ -539,19 +539,14 @@ impl Converter<'_> {
                 env.push(format!("{k}={v}"));
             }
         }
-        for kv in self.proxy_env() {
-            let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
-            if !env
-                .iter()
-                .any(|e| e.split_once('=').is_some_and(|(k, _)| k == key))
-            {
-                env.push(kv);
-            }
-        }
+        // Proxies travel apart: the engine adds them to the environment (unless the step sets
+        // them) but keeps them out of the cache key, as BuildKit does.
+        let proxy_env = self.proxy_env();
         let raw = self.lexer.raw_quotes(true).skip_unset_env(true);
         let desc = self.describe(stage, node, &raw, &suffix);
         let mut b = ExecBuilder::new(&stage.state, args.clone())
             .env(env)
+            .proxy_env(proxy_env)
             .cwd(stage.workdir().to_owned())
             .user(stage.config.config.user.clone().unwrap_or_default())
             .network(match run.network {

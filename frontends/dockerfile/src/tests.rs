@@ -1202,12 +1202,15 @@ fn predefined_and_proxy_args() {
         format!("BUILDPLATFORM={host}"),
         format!("BUILDOS={}", host.os),
         format!("BUILDARCH={}", host.architecture),
-        // Proxies need no ARG...
-        "HTTP_PROXY=http://proxy:3128".to_owned(),
-        "no_proxy=localhost".to_owned(),
     ] {
         assert!(exec.env.contains(&kv), "{kv} not in {:?}", exec.env);
     }
+    // Proxies need no ARG, and travel apart from the environment (out of the cache key)...
+    assert_eq!(
+        exec.proxy_env,
+        ["HTTP_PROXY=http://proxy:3128", "no_proxy=localhost"]
+    );
+    assert!(!exec.env.iter().any(|e| e.contains("proxy")));
     // ...and stay out of the history and the image.
     let history = resp
         .config

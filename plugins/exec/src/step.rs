@@ -448,6 +448,7 @@ mod tests {
             network: NetworkMode::Default,
             security: SecurityMode::Sandbox,
             mounts,
+            proxy_env: Vec::new(),
         };
         let tmpfs = PreparedMount {
             dest: "/tmp/".into(),

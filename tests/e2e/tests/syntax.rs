@@ -194,3 +194,45 @@ fn add_link_and_exclude_flags() {
         .mode();
     assert_eq!(mode & 0o7777, 0o600);
 }
+
+#[test]
+fn proxy_args_reach_run_without_invalidating_it() {
+    let registry = test_registry();
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!("FROM {registry}/busybox:latest\nRUN echo \"$HTTP_PROXY\" > /proxy\n"),
+        )],
+    );
+    let build = |proxy: &str, out: &str| {
+        let arg = format!("HTTP_PROXY={proxy}");
+        let out = k.path(out);
+        let r = k
+            .run(&[
+                "build",
+                "--progress=plain",
+                "--build-arg",
+                &arg,
+                "-o",
+                out.to_str().unwrap(),
+                ctx.to_str().unwrap(),
+            ])
+            .ok();
+        (r, out)
+    };
+    let (_, out) = build("http://proxy-a:3128", "a");
+    assert_eq!(
+        std::fs::read_to_string(out.join("proxy")).unwrap(),
+        "http://proxy-a:3128\n"
+    );
+    // Another proxy gives the same result, so the step stays cached (BuildKit's rule).
+    let (second, _) = build("http://proxy-b:3128", "b");
+    let run = second
+        .steps()
+        .into_iter()
+        .find(|(n, _)| n.contains("RUN echo"))
+        .unwrap();
+    assert_eq!(run.1, "CACHED", "{}", second.stderr);
+}

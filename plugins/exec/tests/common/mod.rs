@@ -147,6 +147,7 @@ pub fn request(root: &Rootfs, args: &[&str]) -> PrimitiveRequest {
             network: NetworkMode::Default,
             security: SecurityMode::Sandbox,
             mounts: Vec::new(),
+            proxy_env: Vec::new(),
         }),
         inputs: Vec::new(),
         output: root.merged.display().to_string(),

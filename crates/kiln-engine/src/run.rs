@@ -93,6 +93,8 @@ pub(crate) struct CacheMounts {
 pub(crate) struct CacheLease<'a> {
     owner: &'a CacheMounts,
     dir: PathBuf,
+    /// The directory was made by this lease (empty: a seed may fill it).
+    fresh: bool,
 }
 
 impl Drop for CacheLease<'_> {
@@ -151,8 +153,13 @@ impl CacheMounts {
         };
         *in_use.entry(dir.clone()).or_insert(0) += 1;
         drop(in_use);
-        let lease = CacheLease { owner: self, dir };
-        if !lease.dir.is_dir() {
+        let fresh = !dir.is_dir();
+        let lease = CacheLease {
+            owner: self,
+            dir,
+            fresh,
+        };
+        if fresh {
             std::fs::create_dir_all(&lease.dir)
                 .map_err(|e| Error::io("create cache mount", &lease.dir, e))?;
             use std::os::unix::fs::PermissionsExt;
@@ -339,6 +346,18 @@ pub(crate) fn run_exec(
                 gid,
             } => {
                 let lease = env.cache_mounts.acquire(id, *sharing, *mode, *uid, *gid)?;
+                if lease.fresh && m.input.is_some() {
+                    // `from=`: a new cache directory starts as a copy of that filesystem.
+                    let view = ReadView::new(env.store, &snap(m.input))?;
+                    let mut copy = kiln_graph::CopyAction::new(Some(0), &m.selector, "/");
+                    copy.allow_wildcard = false;
+                    crate::fileop::apply(
+                        &lease.dir,
+                        &[kiln_graph::FileAction::Copy(copy)],
+                        &[view.path().to_owned()],
+                    )
+                    .map_err(|e| Error::Unsupported(format!("seeding cache mount {id}: {e}")))?;
+                }
                 let source = lease.dir.display().to_string();
                 held.leases.push(lease);
                 PreparedMountKind::Bind { source }

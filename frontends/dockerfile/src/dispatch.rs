@@ -598,11 +598,11 @@ impl Converter<'_> {
                 (state, mt)
             }
             MountType::Cache => {
-                if from.is_some() {
-                    return Err(Error::unsupported(
-                        "RUN --mount=type=cache,from= is not supported yet",
-                    ));
-                }
+                // `from` (and `source` in it) seeds a cache directory when it is first made.
+                let seed = match &from {
+                    Some(f) => self.state_of_from(f, stage)?,
+                    None => State::scratch(),
+                };
                 let target = target.ok_or_else(|| Error::invalid("mount target is required"))?;
                 let kind = MountKind::Cache {
                     id: id.unwrap_or_else(|| target.clone()),
@@ -616,7 +616,11 @@ impl Converter<'_> {
                     gid: uid_gid.1,
                 };
                 let ro = m.read_only.unwrap_or(false);
-                (State::scratch(), mount(dest_of(&target), ro, kind))
+                let mut mt = mount(dest_of(&target), ro, kind);
+                if from.is_some() {
+                    mt.selector = paths::clean_abs(source.as_deref().unwrap_or("/"));
+                }
+                (seed, mt)
             }
             MountType::Tmpfs => {
                 let target = target.ok_or_else(|| Error::invalid("mount target is required"))?;

@@ -236,3 +236,31 @@ fn proxy_args_reach_run_without_invalidating_it() {
         .unwrap();
     assert_eq!(run.1, "CACHED", "{}", second.stderr);
 }
+
+#[test]
+fn a_cache_mount_is_seeded_from_a_stage() {
+    let registry = test_registry();
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM {registry}/busybox:latest AS seed\nRUN mkdir -p /deps && echo seeded > /deps/x\n\
+                 FROM {registry}/busybox:latest\n\
+                 RUN --mount=type=cache,target=/c,from=seed,source=/deps,id=e2e-seeded cat /c/x > /out && echo more > /c/y\n"
+            ),
+        )],
+    );
+    let out = k.path("out");
+    k.run(&["build", "-o", out.to_str().unwrap(), ctx.to_str().unwrap()])
+        .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("out")).unwrap(),
+        "seeded\n"
+    );
+    assert!(
+        !out.join("c").join("x").exists(),
+        "the cache mount is not part of the image"
+    );
+}

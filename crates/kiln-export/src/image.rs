@@ -72,7 +72,7 @@ pub fn assemble_image(
     config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id).collect();
     config.history = normalize_history(std::mem::take(&mut config.history), layers.len());
     if let Some(epoch) = options.source_date_epoch {
-        let created = rfc3339(epoch);
+        let created = kiln_types::image::rfc3339_utc(i64::try_from(epoch).unwrap_or(i64::MAX));
         config.created = Some(created.clone());
         // As BuildKit: history times after the epoch (or missing) become the epoch; older
         // ones, from a base image, stay.
@@ -143,29 +143,6 @@ fn normalize_history(mut history: Vec<History>, layers: usize) -> Vec<History> {
     history
 }
 
-/// `secs` since the Unix epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`), as Go's
-/// `time.Time` marshals it in image configs.
-fn rfc3339(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days, on days since 1970-01-01.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// Whether the RFC 3339 UTC time `a` is at or before `b` (both `...Z`; seconds compared as
 /// text, which orders them; any other form counts as not before).
 fn utc_before(a: &str, b: &str) -> bool {
@@ -187,19 +164,6 @@ mod tests {
             empty_layer: empty,
             ..History::default()
         }
-    }
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert!(utc_before("1999-01-01T00:00:00.5Z", "2000-02-29T00:00:00Z"));
-        assert!(!utc_before("2001-01-01T00:00:00Z", "2000-02-29T00:00:00Z"));
-        assert!(!utc_before(
-            "1999-01-01T00:00:00+02:00",
-            "2000-02-29T00:00:00Z"
-        ));
     }
 
     #[test]

@@ -559,7 +559,7 @@ impl Converter<'_> {
             .trim()
             .parse()
             .map_err(|_| Error::invalid(format!("invalid SOURCE_DATE_EPOCH: {value}")))?;
-        Ok(Some(rfc3339(seconds)))
+        Ok(Some(kiln_types::image::rfc3339_utc(seconds)))
     }
 
     /// UndefinedArgInFrom for every stage (used or not, as BuildKit); returns the variables
@@ -1167,26 +1167,4 @@ fn parse_trigger(expr: String, line: usize) -> Result<Trigger> {
     node.start_line = line;
     node.end_line = line;
     Ok((expr, inst, node))
-}
-
-/// Seconds since the epoch → `YYYY-MM-DDTHH:MM:SSZ` (UTC), as Go's `time.RFC3339`.
-pub(crate) fn rfc3339(seconds: i64) -> String {
-    let days = seconds.div_euclid(86_400);
-    let secs = seconds.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
 }

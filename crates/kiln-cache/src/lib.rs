@@ -65,23 +65,86 @@ pub struct StatRecord {
 }
 
 /// The index, one redb file.
+///
+/// redb allows one process at a time, and kiln has no daemon: two `kiln build`s on one store
+/// are two processes. So a process keeps the file open only while it uses it: the handle stays
+/// open through a burst of lookups and records (fast no-op builds), and is closed once it has
+/// been idle for a moment (a long RUN step), so that another build can take its turn. A process
+/// that finds the file taken waits for it, instead of failing.
 pub struct CacheIndex {
-    db: redb::Database,
+    file: std::path::PathBuf,
     path: String,
+    held: std::sync::Arc<std::sync::Mutex<Held>>,
 }
+
+#[derive(Default)]
+struct Held {
+    db: Option<redb::Database>,
+    last_used: Option<std::time::Instant>,
+}
+
+/// How long to wait for another process to release the index before giving up.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long an unused handle stays open.
+const IDLE_CLOSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl CacheIndex {
     /// Opens or creates the index at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let p = path.display().to_string();
-        let db = redb::Database::create(path).map_err(|e| db_err(&p, e))?;
-        let index = CacheIndex { db, path: p };
+        let index = CacheIndex {
+            file: path.to_owned(),
+            path: path.display().to_string(),
+            held: std::sync::Arc::new(std::sync::Mutex::new(Held::default())),
+        };
         // Create the tables up front so read transactions never see them missing.
-        let tx = index.db.begin_write().map_err(|e| index.err(e))?;
-        tx.open_table(RESULTS).map_err(|e| index.err(e))?;
-        tx.open_table(STAT).map_err(|e| index.err(e))?;
-        tx.commit().map_err(|e| index.err(e))?;
+        index.with_db(|db| {
+            let tx = db.begin_write().map_err(|e| index.err(e))?;
+            tx.open_table(RESULTS).map_err(|e| index.err(e))?;
+            tx.open_table(STAT).map_err(|e| index.err(e))?;
+            tx.commit().map_err(|e| index.err(e))
+        })?;
+        // Close the handle when idle; the thread ends with the index.
+        let weak = std::sync::Arc::downgrade(&index.held);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(IDLE_CLOSE / 2);
+            let Some(held) = weak.upgrade() else { return };
+            let mut h = held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if h.last_used.is_some_and(|t| t.elapsed() >= IDLE_CLOSE) {
+                h.db = None;
+                h.last_used = None;
+            }
+        });
         Ok(index)
+    }
+
+    /// Runs `f` with the database, opening it first when this process does not hold it
+    /// (waiting while another process does).
+    fn with_db<T>(&self, f: impl FnOnce(&redb::Database) -> Result<T>) -> Result<T> {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.db.is_none() {
+            let started = std::time::Instant::now();
+            let mut pause = std::time::Duration::from_millis(2);
+            held.db = Some(loop {
+                match redb::Database::create(&self.file) {
+                    Ok(db) => break db,
+                    Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                        if started.elapsed() < LOCK_WAIT =>
+                    {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(db_err(&self.path, e)),
+                }
+            });
+        }
+        held.last_used = Some(std::time::Instant::now());
+        let db = held.db.as_ref().expect("opened just above");
+        f(db)
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> Error {
@@ -90,7 +153,12 @@ impl CacheIndex {
 
     /// The record for `key`, if present and all its layers still exist in `store`.
     pub fn get(&self, store: &Store, key: &Digest) -> Result<Option<CacheRecord>> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let rec = self.with_db(|db| self.read_record(db, key))?;
+        Ok(rec.filter(|rec| rec.snapshot.layers.iter().all(|l| store.has_layer(l))))
+    }
+
+    fn read_record(&self, db: &redb::Database, key: &Digest) -> Result<Option<CacheRecord>> {
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(RESULTS).map_err(|e| self.err(e))?;
         let Some(v) = table
             .get(key.as_bytes().as_slice())
@@ -103,12 +171,7 @@ impl CacheIndex {
                 path: self.path.clone(),
                 source,
             })?;
-        Ok(rec
-            .snapshot
-            .layers
-            .iter()
-            .all(|l| store.has_layer(l))
-            .then_some(rec))
+        Ok(Some(rec))
     }
 
     /// Records what `key` produced (durably, before returning).
@@ -117,27 +180,31 @@ impl CacheIndex {
             path: self.path.clone(),
             source,
         })?;
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut table = tx.open_table(RESULTS).map_err(|e| self.err(e))?;
-            table
-                .insert(key.as_bytes().as_slice(), bytes.as_slice())
-                .map_err(|e| self.err(e))?;
-        }
-        tx.commit().map_err(|e| self.err(e))
+        self.with_db(|db| {
+            let tx = db.begin_write().map_err(|e| self.err(e))?;
+            {
+                let mut table = tx.open_table(RESULTS).map_err(|e| self.err(e))?;
+                table
+                    .insert(key.as_bytes().as_slice(), bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            tx.commit().map_err(|e| self.err(e))
+        })
     }
 
     /// Looks up many stat records at once (one read transaction).
     pub fn stat_get_many(&self, keys: &[String]) -> Result<Vec<Option<StatRecord>>> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = tx.open_table(STAT).map_err(|e| self.err(e))?;
-        keys.iter()
-            .map(|k| {
-                let v = table.get(k.as_str()).map_err(|e| self.err(e))?;
-                // A stat record that does not decode is only a missed shortcut: rehash.
-                Ok(v.and_then(|v| serde_json::from_slice(v.value()).ok()))
-            })
-            .collect()
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(|e| self.err(e))?;
+            let table = tx.open_table(STAT).map_err(|e| self.err(e))?;
+            keys.iter()
+                .map(|k| {
+                    let v = table.get(k.as_str()).map_err(|e| self.err(e))?;
+                    // A stat record that does not decode is only a missed shortcut: rehash.
+                    Ok(v.and_then(|v| serde_json::from_slice(v.value()).ok()))
+                })
+                .collect()
+        })
     }
 
     /// Stores many stat records at once (one write transaction).
@@ -145,20 +212,22 @@ impl CacheIndex {
         if records.is_empty() {
             return Ok(());
         }
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut table = tx.open_table(STAT).map_err(|e| self.err(e))?;
-            for (k, r) in records {
-                let bytes = serde_json::to_vec(r).map_err(|source| Error::Corrupt {
-                    path: self.path.clone(),
-                    source,
-                })?;
-                table
-                    .insert(k.as_str(), bytes.as_slice())
-                    .map_err(|e| self.err(e))?;
+        self.with_db(|db| {
+            let tx = db.begin_write().map_err(|e| self.err(e))?;
+            {
+                let mut table = tx.open_table(STAT).map_err(|e| self.err(e))?;
+                for (k, r) in records {
+                    let bytes = serde_json::to_vec(r).map_err(|source| Error::Corrupt {
+                        path: self.path.clone(),
+                        source,
+                    })?;
+                    table
+                        .insert(k.as_str(), bytes.as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
             }
-        }
-        tx.commit().map_err(|e| self.err(e))
+            tx.commit().map_err(|e| self.err(e))
+        })
     }
 }
 
@@ -172,6 +241,36 @@ fn db_err(path: &str, e: impl Into<redb::Error>) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_holders_of_one_index_take_turns() {
+        // Two indexes on one file stand for two kiln processes on one store.
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path().join("store")).unwrap();
+        let file = t.path().join("cache.redb");
+        let a = CacheIndex::open(&file).unwrap();
+        let b = CacheIndex::open(&file).unwrap();
+        let rec = CacheRecord {
+            snapshot: Snapshot { layers: vec![] },
+            created_unix: 7,
+        };
+        std::thread::scope(|s| {
+            for (i, idx) in [&a, &b].into_iter().enumerate() {
+                let rec = rec.clone();
+                s.spawn(move || {
+                    for n in 0..50u32 {
+                        let key = Digest::of(format!("{i}-{n}").as_bytes());
+                        idx.put(&key, &rec).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            b.get(&store, &Digest::of(b"0-49")).unwrap(),
+            Some(rec.clone())
+        );
+        assert_eq!(a.get(&store, &Digest::of(b"1-49")).unwrap(), Some(rec));
+    }
 
     #[test]
     fn records_survive_reopen_and_missing_layers_miss() {

@@ -404,3 +404,28 @@ fn another_platform_builds_without_run_steps() {
         .fails();
     assert!(r.stderr.contains("multi-platform"), "{}", r.stderr);
 }
+
+#[test]
+fn concurrent_builds_share_one_store() {
+    let k = Kiln::new(&["kiln-frontend-dockerfile"]);
+    let ctx = context(&k);
+    let c = ctx.display().to_string();
+    let outs: Vec<std::path::PathBuf> = (0..4).map(|i| k.path(&format!("par-{i}"))).collect();
+    let runs: Vec<Run> = std::thread::scope(|s| {
+        let handles: Vec<_> = outs
+            .iter()
+            .map(|out| {
+                let (k, c) = (&k, c.clone());
+                s.spawn(move || k.run(&["build", "--no-cache", "-o", out.to_str().unwrap(), &c]))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (run, out) in runs.into_iter().zip(&outs) {
+        run.ok();
+        assert_eq!(
+            std::fs::read_to_string(out.join("usr/local/bin/run")).unwrap(),
+            "#!/bin/sh\necho run\n"
+        );
+    }
+}

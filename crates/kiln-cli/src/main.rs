@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln_engine::{
-    BuildRequest, Call, Engine, EngineConfig, Entitlement, ExecRuntime, RunOptions, Status,
+    BuildRequest, Call, Engine, EngineConfig, Entitlement, ExecRuntime, Export, RunOptions, Status,
 };
 use kiln_progress::{Mode, Renderer};
 use kiln_solver::CancellationToken;
@@ -93,6 +93,9 @@ struct BuildArgs {
     /// Type of progress output.
     #[arg(long, value_enum, default_value = "auto")]
     progress: ProgressArg,
+    /// Push the image to the registry of each `-t` name (shorthand for --output type=registry).
+    #[arg(long)]
+    push: bool,
     /// Do not use cache when building the image.
     #[arg(long)]
     no_cache: bool,
@@ -300,11 +303,27 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
             build_args.insert("SOURCE_DATE_EPOCH".to_owned(), v);
         }
     }
-    let exports = args
+    let mut exports = args
         .outputs
         .iter()
         .map(|o| output::parse_output(o))
         .collect::<Result<Vec<_>>>()?;
+    if args.push {
+        exports.push(Export::Registry { names: Vec::new() });
+    }
+    // A push without `name=` goes to the `-t` names, as with buildx.
+    for e in &mut exports {
+        if let Export::Registry { names } = e {
+            if names.is_empty() {
+                names.clone_from(&args.tags);
+            }
+            if names.is_empty() {
+                bail!(
+                    "pushing needs an image name: give -t registry/repo:tag (or name= in --output)"
+                );
+            }
+        }
+    }
 
     let mode = match args.progress {
         ProgressArg::Auto => Mode::auto(std::io::stderr().is_terminal()),

@@ -21,6 +21,8 @@ pub fn parse_output(spec: &str) -> Result<Export> {
     let mut dest = None;
     let mut tar = true;
     let mut rewrite_timestamp = false;
+    let mut name: Option<String> = None;
+    let mut push = false;
     let boolean = |k: &str, v: &str| match v.trim() {
         "true" => Ok(true),
         "false" => Ok(false),
@@ -37,8 +39,10 @@ pub fn parse_output(spec: &str) -> Result<Export> {
             "dest" => dest = Some(PathBuf::from(v.trim())),
             "tar" => tar = boolean("tar", v)?,
             "rewrite-timestamp" => rewrite_timestamp = boolean("rewrite-timestamp", v)?,
+            "name" => name = Some(v.trim().to_owned()),
+            "push" => push = boolean("push", v)?,
             // Accepted by buildx exporters; they do not change the result here.
-            "name" | "oci-mediatypes" | "compression" | "force-compression" => {}
+            "oci-mediatypes" | "compression" | "force-compression" => {}
             other => bail!("invalid --output {spec:?}: unknown attribute {other:?}"),
         }
     }
@@ -57,8 +61,19 @@ pub fn parse_output(spec: &str) -> Result<Export> {
         "local" => Ok(Export::Local {
             dest: need_dest(dest)?,
         }),
-        "docker" | "image" | "registry" | "tar" | "cacheonly" => {
-            bail!("--output type={kind} is not supported yet; use type=oci or type=local")
+        // The names come from `name=` or, when absent, from `-t` (filled in by the caller).
+        "registry" => Ok(Export::Registry {
+            names: name.into_iter().collect(),
+        }),
+        "image" if push => Ok(Export::Registry {
+            names: name.into_iter().collect(),
+        }),
+        "image" => bail!(
+            "--output type=image without push=true is not supported: kiln keeps no image store; \
+             use push=true, type=registry, or type=oci"
+        ),
+        "docker" | "tar" | "cacheonly" => {
+            bail!("--output type={kind} is not supported yet; use type=oci, type=local or type=registry")
         }
         other => bail!("invalid --output {spec:?}: unknown type {other:?} (oci or local)"),
     }

@@ -201,6 +201,12 @@ pub enum Export {
         /// Destination directory.
         dest: PathBuf,
     },
+    /// `type=registry` (or `type=image,push=true`, `--push`): push the image to a registry
+    /// under each name.
+    Registry {
+        /// Image names (`registry/repo:tag`).
+        names: Vec<String>,
+    },
 }
 
 /// A privilege a build must be granted explicitly (`--allow`), as BuildKit's entitlements.
@@ -566,7 +572,7 @@ impl Engine {
         let image = if req.exports.is_empty() {
             None
         } else {
-            self.export(&req, snapshot, resp.config, progress.as_ref())
+            self.export(&req, snapshot, resp.config, progress.clone())
                 .await?
         };
         Ok(BuildOutcome {
@@ -583,7 +589,7 @@ impl Engine {
         req: &BuildRequest,
         snapshot: Snapshot,
         config: kiln_types::image::ImageConfig,
-        progress: &dyn ProgressSink<Digest>,
+        progress: Arc<dyn ProgressSink<Digest>>,
     ) -> Result<Option<Image>, Error> {
         let store = self.store.clone();
         let exports = req.exports.clone();
@@ -605,6 +611,9 @@ impl Engine {
             ));
         }
         let tags = req.tags.clone();
+        let registry = self.registry.clone();
+        let handle = tokio::runtime::Handle::current();
+        let push_progress = progress.clone();
         let export_id = Digest::of(b"internal:export");
         let export_name = "exporting to image".to_owned();
         progress.send(Event::Started {
@@ -613,7 +622,9 @@ impl Engine {
         });
         let started = std::time::Instant::now();
         let image = tokio::task::spawn_blocking(move || -> Result<Option<Image>, Error> {
-            let needs_image = exports.iter().any(|e| matches!(e, Export::Oci { .. }));
+            let needs_image = exports
+                .iter()
+                .any(|e| matches!(e, Export::Oci { .. } | Export::Registry { .. }));
             let image = if needs_image {
                 Some(kiln_export::assemble_image(
                     &store,
@@ -636,7 +647,15 @@ impl Engine {
                     (Export::Local { dest }, _) => {
                         kiln_export::export_local(&store, &snapshot, dest)?
                     }
-                    (Export::Oci { .. }, None) => {}
+                    (Export::Registry { names }, Some(image)) => push(
+                        &store,
+                        &registry,
+                        &handle,
+                        image,
+                        names,
+                        push_progress.as_ref(),
+                    )?,
+                    (Export::Oci { .. } | Export::Registry { .. }, None) => {}
                 }
             }
             Ok(image)
@@ -762,4 +781,44 @@ mod tests {
         assert_eq!(source_date_epoch(&BTreeMap::new()).unwrap(), None);
         assert!(source_date_epoch(&args("yesterday")).is_err());
     }
+}
+
+/// Pushes `image` (all of its blobs in `store`) under each of `names`.
+fn push(
+    store: &Store,
+    registry: &kiln_registry::Registry,
+    handle: &tokio::runtime::Handle,
+    image: &Image,
+    names: &[String],
+    progress: &dyn ProgressSink<Digest>,
+) -> Result<(), Error> {
+    let mut blobs: Vec<(Digest, u64)> = image.layers.iter().map(|l| (l.digest, l.size)).collect();
+    blobs.push((
+        image.manifest_doc.config.digest,
+        image.manifest_doc.config.size,
+    ));
+    let manifest = store.read_blob(&image.manifest.digest)?;
+    for name in names {
+        let target = match name.parse::<kiln_registry::ImageRef>()? {
+            kiln_registry::ImageRef::Registry(r) => r,
+            kiln_registry::ImageRef::Layout(_) => {
+                return Err(Error::Unsupported(format!(
+                    "cannot push to {name}: use --output type=oci,dest=DIR,tar=false for a layout"
+                )))
+            }
+        };
+        let digest = handle.block_on(registry.push(
+            &target,
+            &blobs,
+            &manifest,
+            &image.manifest.media_type,
+            store,
+        ))?;
+        progress.send(Event::Log {
+            id: Digest::of(b"internal:export"),
+            name: "exporting to image".to_owned(),
+            line: format!("pushed {target}@{digest}"),
+        });
+    }
+    Ok(())
 }

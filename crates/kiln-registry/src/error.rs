@@ -10,6 +10,8 @@ pub enum Op {
     Resolve,
     /// Fetching layer blobs.
     FetchLayers,
+    /// Pushing an image.
+    Push,
 }
 
 impl fmt::Display for Op {
@@ -17,6 +19,7 @@ impl fmt::Display for Op {
         f.write_str(match self {
             Op::Resolve => "resolve",
             Op::FetchLayers => "fetch layers of",
+            Op::Push => "push",
         })
     }
 }

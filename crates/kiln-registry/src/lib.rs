@@ -87,6 +87,21 @@ impl Registry {
         }
     }
 
+    /// Pushes an image whose blobs are in `store` to registry reference `target` (its tag, or
+    /// `latest`): missing blobs first (streamed), then the manifest. Returns the manifest digest.
+    pub async fn push(
+        &self,
+        target: &Reference,
+        blobs: &[(Digest, u64)],
+        manifest: &[u8],
+        media_type: &str,
+        store: &Store,
+    ) -> Result<Digest, Error> {
+        self.inner
+            .push(target, blobs, manifest, media_type, store)
+            .await
+    }
+
     /// Puts every layer blob of `image` into `store`: only missing ones, streamed to disk (never
     /// the whole layer in memory), verified by digest, several in parallel (up to 3).
     pub async fn fetch_layers(&self, image: &ResolvedImage, store: &Store) -> Result<(), Error> {

@@ -116,6 +116,10 @@ impl Remote {
 
     /// A connected session for one image: client, credentials, and error context.
     async fn session<'a>(&'a self, r: &'a Reference, op: Op) -> Result<Session<'a>, Error> {
+        let operation = match op {
+            Op::Push => RegistryOperation::Push,
+            _ => RegistryOperation::Pull,
+        };
         let s = Session {
             client: self.client_for(&r.registry)?,
             auth: self.credentials(&r.registry).await?,
@@ -128,11 +132,76 @@ impl Remote {
         // unreachable registry or refused credentials are reported as such.
         let oref = s.oci_ref(r.digest.as_ref());
         retry(transient, || {
-            s.client.auth(&oref, &s.auth, RegistryOperation::Pull)
+            s.client.auth(&oref, &s.auth, operation.clone())
         })
         .await
         .map_err(|e| s.error(e))?;
         Ok(s)
+    }
+
+    /// Uploads `blobs` (missing ones only, streamed from the store) then the manifest under
+    /// the reference's tag; returns the manifest digest.
+    pub(crate) async fn push(
+        &self,
+        r: &Reference,
+        blobs: &[(Digest, u64)],
+        manifest: &[u8],
+        media_type: &str,
+        store: &Store,
+    ) -> Result<Digest, Error> {
+        let s = self.session(r, Op::Push).await?;
+        let oref = s.oci_ref(None);
+        for (digest, size) in blobs {
+            let d = digest.to_string();
+            let exists = retry(transient, || s.client.blob_exists(&oref, &d))
+                .await
+                .map_err(|e| s.error(e))?;
+            if exists {
+                continue;
+            }
+            let path = store.blob_path(digest);
+            let file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| Error::Registry {
+                    op: s.op,
+                    image: s.image.clone(),
+                    why: format!("read blob {digest} from the store: {e}"),
+                })?;
+            // Streamed in 1 MiB chunks: a layer is never held whole in memory.
+            let stream = futures_util::stream::unfold(file, |mut f| async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 1 << 20];
+                match f.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((Ok(bytes::Bytes::from(buf)), f))
+                    }
+                    Err(e) => Some((
+                        Err(OciDistributionError::GenericError(Some(e.to_string()))),
+                        f,
+                    )),
+                }
+            });
+            s.client
+                .push_blob_stream(&oref, stream, &d, Some(*size))
+                .await
+                .map_err(|e| s.error(e))?;
+        }
+        let content_type =
+            http::HeaderValue::from_str(media_type).map_err(|e| Error::Registry {
+                op: s.op,
+                image: s.image.clone(),
+                why: format!("bad media type {media_type}: {e}"),
+            })?;
+        let body = bytes::Bytes::copy_from_slice(manifest);
+        retry(transient, || {
+            s.client
+                .push_manifest_raw(&oref, body.clone(), content_type.clone())
+        })
+        .await
+        .map_err(|e| s.error(e))?;
+        Ok(Digest::of(manifest))
     }
 
     pub(crate) async fn resolve(

@@ -311,3 +311,64 @@ fn the_copy_snapshotter_builds_the_same_image_files() {
         mounts_under(k.dir.path())
     );
 }
+
+#[test]
+fn push_to_a_registry_and_build_from_it() {
+    let registry = test_registry();
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
+    let unique = format!("{}", std::process::id());
+    let name = format!("{registry}/e2e/pushed:{unique}");
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!("FROM {registry}/busybox:latest\nRUN echo pushed-{unique} > /marker\nCMD [\"cat\", \"/marker\"]\n"),
+        )],
+    );
+    let tar = k.path("pushed.tar");
+    let dest = format!("type=oci,dest={}", tar.display());
+    let r = k
+        .run(&[
+            "build",
+            "--progress=plain",
+            "-t",
+            &name,
+            "--push",
+            "--output",
+            &dest,
+            ctx.to_str().unwrap(),
+        ])
+        .ok();
+    assert!(
+        r.stderr.contains(&format!("pushed {name}@")),
+        "{}",
+        r.stderr
+    );
+    // The registry serves the very manifest kiln built (skopeo reads it over plain http).
+    let remote: serde_json::Value = serde_json::from_str(&tool(
+        "skopeo",
+        &["inspect", "--tls-verify=false", &format!("docker://{name}")],
+    ))
+    .unwrap();
+    assert_eq!(remote["Digest"].as_str().unwrap(), r.digest());
+
+    // And a build FROM it gets its files (a pull of what was pushed).
+    let next = k.write(
+        "next",
+        &[(
+            "Dockerfile",
+            &format!("FROM {name}\nRUN cp /marker /copied\n"),
+        )],
+    );
+    let out = k.path("out");
+    k.run(&["build", "-o", out.to_str().unwrap(), next.to_str().unwrap()])
+        .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("copied")).unwrap(),
+        format!("pushed-{unique}\n")
+    );
+
+    // Pushing needs a name.
+    let r = k.run(&["build", "--push", ctx.to_str().unwrap()]).fails();
+    assert!(r.stderr.contains("needs an image name"), "{}", r.stderr);
+}

@@ -131,11 +131,9 @@ impl Remote {
         // oci-client's lazy token fetch hides its errors: authenticate up front, so that an
         // unreachable registry or refused credentials are reported as such.
         let oref = s.oci_ref(r.digest.as_ref());
-        retry(transient, || {
-            s.client.auth(&oref, &s.auth, operation.clone())
-        })
-        .await
-        .map_err(|e| s.error(e))?;
+        retry(transient, || s.client.auth(&oref, &s.auth, operation))
+            .await
+            .map_err(|e| s.error(e))?;
         Ok(s)
     }
 

@@ -733,6 +733,46 @@ fn source_date_epoch(build_args: &BTreeMap<String, String>) -> Result<Option<u64
     }
 }
 
+/// Pushes `image` (all of its blobs in `store`) under each of `names`.
+fn push(
+    store: &Store,
+    registry: &kiln_registry::Registry,
+    handle: &tokio::runtime::Handle,
+    image: &Image,
+    names: &[String],
+    progress: &dyn ProgressSink<Digest>,
+) -> Result<(), Error> {
+    let mut blobs: Vec<(Digest, u64)> = image.layers.iter().map(|l| (l.digest, l.size)).collect();
+    blobs.push((
+        image.manifest_doc.config.digest,
+        image.manifest_doc.config.size,
+    ));
+    let manifest = store.read_blob(&image.manifest.digest)?;
+    for name in names {
+        let target = match name.parse::<kiln_registry::ImageRef>()? {
+            kiln_registry::ImageRef::Registry(r) => r,
+            kiln_registry::ImageRef::Layout(_) => {
+                return Err(Error::Unsupported(format!(
+                    "cannot push to {name}: use --output type=oci,dest=DIR,tar=false for a layout"
+                )))
+            }
+        };
+        let digest = handle.block_on(registry.push(
+            &target,
+            &blobs,
+            &manifest,
+            &image.manifest.media_type,
+            store,
+        ))?;
+        progress.send(Event::Log {
+            id: Digest::of(b"internal:export"),
+            name: "exporting to image".to_owned(),
+            line: format!("pushed {target}@{digest}"),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -781,44 +821,4 @@ mod tests {
         assert_eq!(source_date_epoch(&BTreeMap::new()).unwrap(), None);
         assert!(source_date_epoch(&args("yesterday")).is_err());
     }
-}
-
-/// Pushes `image` (all of its blobs in `store`) under each of `names`.
-fn push(
-    store: &Store,
-    registry: &kiln_registry::Registry,
-    handle: &tokio::runtime::Handle,
-    image: &Image,
-    names: &[String],
-    progress: &dyn ProgressSink<Digest>,
-) -> Result<(), Error> {
-    let mut blobs: Vec<(Digest, u64)> = image.layers.iter().map(|l| (l.digest, l.size)).collect();
-    blobs.push((
-        image.manifest_doc.config.digest,
-        image.manifest_doc.config.size,
-    ));
-    let manifest = store.read_blob(&image.manifest.digest)?;
-    for name in names {
-        let target = match name.parse::<kiln_registry::ImageRef>()? {
-            kiln_registry::ImageRef::Registry(r) => r,
-            kiln_registry::ImageRef::Layout(_) => {
-                return Err(Error::Unsupported(format!(
-                    "cannot push to {name}: use --output type=oci,dest=DIR,tar=false for a layout"
-                )))
-            }
-        };
-        let digest = handle.block_on(registry.push(
-            &target,
-            &blobs,
-            &manifest,
-            &image.manifest.media_type,
-            store,
-        ))?;
-        progress.send(Event::Log {
-            id: Digest::of(b"internal:export"),
-            name: "exporting to image".to_owned(),
-            line: format!("pushed {target}@{digest}"),
-        });
-    }
-    Ok(())
 }

@@ -72,8 +72,11 @@ pub fn parse_output(spec: &str) -> Result<Export> {
             "--output type=image without push=true is not supported: kiln keeps no image store; \
              use push=true, type=registry, or type=oci"
         ),
-        "docker" | "tar" | "cacheonly" => {
-            bail!("--output type={kind} is not supported yet; use type=oci, type=local or type=registry")
+        "docker" => Ok(Export::Docker {
+            dest: need_dest(dest)?,
+        }),
+        "tar" | "cacheonly" => {
+            bail!("--output type={kind} is not supported yet; use type=oci, type=docker, type=local or type=registry")
         }
         other => bail!("invalid --output {spec:?}: unknown type {other:?} (oci or local)"),
     }

@@ -201,6 +201,11 @@ pub enum Export {
         /// Destination directory.
         dest: PathBuf,
     },
+    /// `type=docker`: a docker-archive tarball, as `docker load` reads it.
+    Docker {
+        /// Destination file.
+        dest: PathBuf,
+    },
     /// `type=registry` (or `type=image,push=true`, `--push`): push the image to a registry
     /// under each name.
     Registry {
@@ -622,9 +627,7 @@ impl Engine {
         });
         let started = std::time::Instant::now();
         let image = tokio::task::spawn_blocking(move || -> Result<Option<Image>, Error> {
-            let needs_image = exports
-                .iter()
-                .any(|e| matches!(e, Export::Oci { .. } | Export::Registry { .. }));
+            let needs_image = exports.iter().any(|e| !matches!(e, Export::Local { .. }));
             let image = if needs_image {
                 Some(kiln_export::assemble_image(
                     &store,
@@ -655,7 +658,13 @@ impl Engine {
                         names,
                         push_progress.as_ref(),
                     )?,
-                    (Export::Oci { .. } | Export::Registry { .. }, None) => {}
+                    (Export::Docker { dest }, Some(image)) => {
+                        kiln_export::export_docker(&store, image, &tags, dest)?
+                    }
+                    (
+                        Export::Oci { .. } | Export::Registry { .. } | Export::Docker { .. },
+                        None,
+                    ) => {}
                 }
             }
             Ok(image)

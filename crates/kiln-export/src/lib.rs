@@ -1,15 +1,18 @@
 //! Exporters: turn a result snapshot and its image config into an image (layer blobs, config,
 //! manifest in the content store), then write it out: an OCI image layout as a directory or a
-//! tarball, or the plain filesystem into a local directory.
+//! tarball, a docker-archive tarball (`docker load`), or the plain filesystem into a local
+//! directory.
 //!
 //! Architecture invariant: exporters read snapshots and write outside the store; they know
 //! nothing of graphs, ops or plugins. Output is reproducible: the same snapshot and config give
 //! byte-identical files (sorted entries, fixed tar metadata, no timestamps invented here).
 
+mod docker;
 mod image;
 mod local;
 mod oci;
 
+pub use docker::export_docker;
 pub use image::{assemble_image, Image, ImageOptions};
 pub use local::export_local;
 pub use oci::{export_oci, read_index};

@@ -85,6 +85,26 @@ impl<R: Read> Read for HashReader<R> {
 }
 
 impl Store {
+    /// The uncompressed tar stream of layer blob `blob` (gzip, zstd or plain tar by
+    /// `media_type`): its bytes hash to the layer's diff id.
+    pub fn open_layer_tar(&self, blob: &Digest, media_type: &str) -> Result<Box<dyn Read>> {
+        let codec = codec(media_type).ok_or_else(|| Error::UnsupportedMediaType {
+            blob: *blob,
+            media_type: media_type.to_owned(),
+        })?;
+        let path = self.blob_path(blob);
+        let file =
+            io::BufReader::new(fs::File::open(&path).map_err(io_err("open layer blob", &path))?);
+        Ok(match codec {
+            Codec::Tar => Box::new(file),
+            Codec::Gzip => Box::new(MultiGzDecoder::new(file)),
+            Codec::Zstd => Box::new(
+                zstd::stream::read::Decoder::with_buffer(file)
+                    .map_err(io_err("start zstd decoder for", &path))?,
+            ),
+        })
+    }
+
     /// Unpacks layer blob `blob` (already in the store) into a new layer directory, refusing
     /// any entry that would reach outside it. The same content (by diff id) imported twice
     /// gives the same layer. For gzip and plain tar blobs, `blob` is recorded as the layer's

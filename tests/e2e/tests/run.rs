@@ -372,3 +372,66 @@ fn push_to_a_registry_and_build_from_it() {
     let r = k.run(&["build", "--push", ctx.to_str().unwrap()]).fails();
     assert!(r.stderr.contains("needs an image name"), "{}", r.stderr);
 }
+
+#[test]
+fn docker_archive_output_is_read_by_skopeo_and_umoci() {
+    let registry = test_registry();
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!("FROM {registry}/busybox:latest\nRUN echo in-docker-archive > /marker\nLABEL kind=docker-archive\n"),
+        )],
+    );
+    let tar = k.path("docker.tar");
+    let dest = format!("type=docker,dest={}", tar.display());
+    k.run(&[
+        "build",
+        "-t",
+        "app:7",
+        "--output",
+        &dest,
+        ctx.to_str().unwrap(),
+    ])
+    .ok();
+    let inspect: serde_json::Value = serde_json::from_str(&tool(
+        "skopeo",
+        &["inspect", &format!("docker-archive:{}", tar.display())],
+    ))
+    .unwrap();
+    assert_eq!(inspect["Labels"]["kind"], "docker-archive");
+    // manifest.json names the tag, as `docker load` reads it.
+    let manifest: serde_json::Value = serde_json::from_str(&tool(
+        "tar",
+        &["-xOf", tar.to_str().unwrap(), "manifest.json"],
+    ))
+    .unwrap();
+    assert_eq!(manifest[0]["RepoTags"], serde_json::json!(["app:7"]));
+    assert_eq!(manifest[0]["Layers"].as_array().unwrap().len(), 2);
+    // Converted to an OCI layout and unpacked: umoci checks every layer against its diff id.
+    let layout = k.path("from-docker");
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            &format!("docker-archive:{}", tar.display()),
+            &format!("oci:{}:1", layout.display()),
+        ],
+    );
+    let bundle = k.path("docker-bundle");
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:1", layout.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/marker")).unwrap(),
+        "in-docker-archive\n"
+    );
+    assert!(bundle.join("rootfs/bin/busybox").is_file());
+}

@@ -1,0 +1,109 @@
+//! The docker-archive tarball (`docker save` format, what `docker load` reads): one directory
+//! per layer holding its uncompressed `layer.tar`, the config as `<hex>.json`, and a
+//! `manifest.json` naming them with the image's tags.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+use kiln_snapshot::Store;
+
+use crate::{io_err, Image, Result};
+
+/// Writes `image` as a docker-archive tarball at `dest`, tagged with `names` (from `-t`).
+pub fn export_docker(store: &Store, image: &Image, names: &[String], dest: &Path) -> Result<()> {
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    // Each layer is unpacked to a scratch file first: a tar entry needs its size up front.
+    let scratch = store.temp_dir("docker-export")?;
+    let result = write(store, image, names, dest, &scratch);
+    let _ = fs::remove_dir_all(&scratch);
+    result
+}
+
+fn write(
+    store: &Store,
+    image: &Image,
+    names: &[String],
+    dest: &Path,
+    scratch: &Path,
+) -> Result<()> {
+    let tmp = dest.with_extension("kiln-tmp");
+    let file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut b = tar::Builder::new(io::BufWriter::new(file));
+    let res = (|| -> Result<()> {
+        let mut layer_paths = Vec::new();
+        for (layer, diff_id) in image.layers.iter().zip(&image.config.rootfs.diff_ids) {
+            let path = format!("{}/layer.tar", diff_id.hex());
+            if layer_paths.contains(&path) {
+                continue;
+            }
+            let unpacked = scratch.join(diff_id.hex());
+            let mut out = fs::File::create(&unpacked).map_err(io_err(&unpacked))?;
+            let mut tar_stream = store.open_layer_tar(&layer.digest, &layer.media_type)?;
+            io::copy(&mut tar_stream, &mut out).map_err(io_err(&unpacked))?;
+            out.flush().map_err(io_err(&unpacked))?;
+            let f = fs::File::open(&unpacked).map_err(io_err(&unpacked))?;
+            let size = f.metadata().map_err(io_err(&unpacked))?.len();
+            append(&mut b, &path, size, f).map_err(io_err(dest))?;
+            fs::remove_file(&unpacked).map_err(io_err(&unpacked))?;
+            layer_paths.push(path);
+        }
+        let config_name = format!("{}.json", image.manifest_doc.config.digest.hex());
+        let config = store.read_blob(&image.manifest_doc.config.digest)?;
+        append(&mut b, &config_name, config.len() as u64, config.as_slice())
+            .map_err(io_err(dest))?;
+        let repo_tags: Vec<String> = names.iter().map(|n| with_tag(n)).collect();
+        let manifest = serde_json::json!([{
+            "Config": config_name,
+            "RepoTags": repo_tags,
+            "Layers": image
+                .config
+                .rootfs
+                .diff_ids
+                .iter()
+                .map(|d| format!("{}/layer.tar", d.hex()))
+                .collect::<Vec<_>>(),
+        }]);
+        let bytes = serde_json::to_vec(&manifest).expect("a JSON value always serializes");
+        append(
+            &mut b,
+            "manifest.json",
+            bytes.len() as u64,
+            bytes.as_slice(),
+        )
+        .map_err(io_err(dest))?;
+        let mut w = b.into_inner().map_err(io_err(dest))?;
+        w.flush().map_err(io_err(dest))
+    })();
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, dest).map_err(io_err(dest))
+}
+
+fn append<W: Write>(
+    b: &mut tar::Builder<W>,
+    path: &str,
+    size: u64,
+    data: impl io::Read,
+) -> io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(size);
+    h.set_mtime(0);
+    b.append_data(&mut h, path, data)
+}
+
+/// `name` with `:latest` when it has no tag (docker's RepoTags always carry one).
+fn with_tag(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains(':') || name.contains('@') {
+        name.to_owned()
+    } else {
+        format!("{name}:latest")
+    }
+}

@@ -423,16 +423,21 @@ pub fn checkout(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<Strin
     Ok(commit)
 }
 
-/// Runs one `git` op.
-pub fn execute(req: &PrimitiveRequest, cancel: &dyn Cancel) -> Result<PrimitiveResponse, Error> {
-    let Op::Custom(c) = &req.op else {
+/// The payload of a `git` op.
+fn payload(op: &Op) -> Result<Payload, Error> {
+    let Op::Custom(c) = op else {
         return Err(Error::InvalidInput(format!(
             "the git primitive runs custom ops, not {} ops",
-            req.op.kind()
+            op.kind()
         )));
     };
-    let p: Payload = serde_json::from_str(&c.payload)
-        .map_err(|e| Error::InvalidInput(format!("invalid git payload: {e}")))?;
+    serde_json::from_str(&c.payload)
+        .map_err(|e| Error::InvalidInput(format!("invalid git payload: {e}")))
+}
+
+/// Runs one `git` op.
+pub fn execute(req: &PrimitiveRequest, cancel: &dyn Cancel) -> Result<PrimitiveResponse, Error> {
+    let p = payload(&req.op)?;
     checkout(&p, Path::new(&req.output), cancel)?;
     Ok(PrimitiveResponse { exit_code: None })
 }
@@ -496,12 +501,7 @@ impl Primitive for GitSource {
         req: kiln_plugin_sdk::proto::CacheKeyRequest,
         _host: &Host<'_>,
     ) -> Result<kiln_plugin_sdk::proto::CacheKeyResponse, PluginError> {
-        let Op::Custom(c) = &req.op else {
-            return Ok(Default::default());
-        };
-        let p: Payload = serde_json::from_str(&c.payload).map_err(|e| {
-            PluginError::from(Error::InvalidInput(format!("invalid git payload: {e}")))
-        })?;
+        let p = payload(&req.op).map_err(PluginError::from)?;
         let key = current_commit(&p).map_err(PluginError::from)?;
         Ok(kiln_plugin_sdk::proto::CacheKeyResponse {
             key: key.map(|c| format!("commit:{c}")),

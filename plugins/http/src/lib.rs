@@ -470,16 +470,21 @@ pub fn current_version(p: &Payload) -> Result<Option<String>, Error> {
     Ok(Some(format!("sha256:{hex}")))
 }
 
-/// Runs one `http` op.
-pub fn execute(req: &PrimitiveRequest, cancel: &dyn Cancel) -> Result<PrimitiveResponse, Error> {
-    let Op::Custom(c) = &req.op else {
+/// The payload of a `http` op.
+fn payload(op: &Op) -> Result<Payload, Error> {
+    let Op::Custom(c) = op else {
         return Err(Error::InvalidInput(format!(
             "the http primitive runs custom ops, not {} ops",
-            req.op.kind()
+            op.kind()
         )));
     };
-    let p: Payload = serde_json::from_str(&c.payload)
-        .map_err(|e| Error::InvalidInput(format!("invalid http payload: {e}")))?;
+    serde_json::from_str(&c.payload)
+        .map_err(|e| Error::InvalidInput(format!("invalid http payload: {e}")))
+}
+
+/// Runs one `http` op.
+pub fn execute(req: &PrimitiveRequest, cancel: &dyn Cancel) -> Result<PrimitiveResponse, Error> {
+    let p = payload(&req.op)?;
     download(&p, Path::new(&req.output), cancel)?;
     Ok(PrimitiveResponse { exit_code: None })
 }
@@ -502,12 +507,7 @@ impl Primitive for Http {
         req: kiln_plugin_sdk::proto::CacheKeyRequest,
         _host: &Host<'_>,
     ) -> Result<kiln_plugin_sdk::proto::CacheKeyResponse, PluginError> {
-        let Op::Custom(c) = &req.op else {
-            return Ok(Default::default());
-        };
-        let p: Payload = serde_json::from_str(&c.payload).map_err(|e| {
-            PluginError::from(Error::InvalidInput(format!("invalid http payload: {e}")))
-        })?;
+        let p = payload(&req.op).map_err(PluginError::from)?;
         Ok(kiln_plugin_sdk::proto::CacheKeyResponse {
             key: current_version(&p).map_err(PluginError::from)?,
         })

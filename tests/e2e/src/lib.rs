@@ -238,6 +238,16 @@ impl Run {
         names
     }
 
+    /// The final word (CACHED / DONE / ERROR / CANCELED) of the first step whose name contains
+    /// `needle`; empty when no such step was shown.
+    pub fn step_state(&self, needle: &str) -> String {
+        self.steps()
+            .into_iter()
+            .find(|(n, _)| n.contains(needle))
+            .map(|(_, s)| s)
+            .unwrap_or_default()
+    }
+
     /// The image digest from the `built sha256:...` summary line.
     pub fn digest(&self) -> String {
         self.stderr

@@ -185,14 +185,7 @@ fn unchanged_rebuild_is_all_cached_and_identical_and_an_edit_reruns_only_its_dep
     std::fs::write(ctx.join("run.sh"), "#!/bin/sh\necho run v2\n").unwrap();
     let third = build(&k, &ctx, &[]).ok();
     assert_ne!(third.digest(), first.digest());
-    let state = |needle: &str| {
-        third
-            .steps()
-            .into_iter()
-            .find(|(n, _)| n.contains(needle))
-            .map(|(_, s)| s)
-            .unwrap_or_default()
-    };
+    let state = |needle: &str| third.step_state(needle);
     // The assets stage is untouched: its COPY is a cache hit, so nothing below it is even
     // looked at (a step that is absent did not run either).
     assert_ne!(state("COPY site/ ./"), "DONE", "{}", third.stderr);

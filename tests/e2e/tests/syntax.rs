@@ -143,14 +143,7 @@ fn a_changed_build_arg_invalidates_from_where_it_is_declared() {
     };
     build("one");
     let (second, out) = build("two");
-    let state = |needle: &str| {
-        second
-            .steps()
-            .into_iter()
-            .find(|(n, _)| n.contains(needle))
-            .map(|(_, s)| s)
-            .unwrap_or_default()
-    };
+    let state = |needle: &str| second.step_state(needle);
     // Before the ARG: cached. Every RUN after it sees the value in its environment, as in
     // BuildKit, so all of them run again.
     assert_eq!(state("RUN echo before"), "CACHED", "{}", second.stderr);
@@ -229,12 +222,7 @@ fn proxy_args_reach_run_without_invalidating_it() {
     );
     // Another proxy gives the same result, so the step stays cached (BuildKit's rule).
     let (second, _) = build("http://proxy-b:3128", "b");
-    let run = second
-        .steps()
-        .into_iter()
-        .find(|(n, _)| n.contains("RUN echo"))
-        .unwrap();
-    assert_eq!(run.1, "CACHED", "{}", second.stderr);
+    assert_eq!(second.step_state("RUN echo"), "CACHED", "{}", second.stderr);
 }
 
 #[test]

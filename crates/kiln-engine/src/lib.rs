@@ -123,6 +123,20 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A `# syntax=` directive (or `BUILDKIT_SYNTAX`) names a library by path: only the
+    /// command line may choose native code to load.
+    #[error(
+        "{origin} {value:?} names a plugin library by path, which a build file may not do: \
+         a library is native code that would run inside kiln. Name a frontend found in the \
+         plugin directories (`kiln plugins ls`), or pass the library on the command line with \
+         --frontend PATH or --plugin-dir DIR"
+    )]
+    SyntaxPath {
+        /// Where the value came from (`# syntax=` or `BUILDKIT_SYNTAX`).
+        origin: &'static str,
+        /// The value as written.
+        value: String,
+    },
     /// A step failed; `location` is its build-file line when the frontend recorded it.
     #[error("{source}")]
     Step {
@@ -390,7 +404,7 @@ impl Engine {
             .unwrap_or_else(|| "Dockerfile".to_owned());
 
         // Frontend: `--frontend` > BUILDKIT_SYNTAX > `# syntax=` > the Dockerfile frontend.
-        let choice = syntax::choose(req.frontend.as_deref(), &req.build_args, &source);
+        let choice = syntax::choose(req.frontend.as_deref(), &req.build_args, &source)?;
         let frontend = syntax::resolve(&self.plugins, &choice)?;
         let load_id =
             Digest::of(format!("internal:definition:{}", req.dockerfile.display()).as_bytes());

@@ -1,5 +1,10 @@
 //! Which frontend builds a file: `--frontend`, then `--build-arg BUILDKIT_SYNTAX=`, then the
 //! `# syntax=` directive, then the Dockerfile frontend.
+//!
+//! Only `--frontend` may name a library by path: a build file is other people's input, and
+//! loading a library runs its code (constructors run at `dlopen`, before any check). A path in
+//! `# syntax=` or `BUILDKIT_SYNTAX` is refused before anything is opened; a name is looked up
+//! among the plugins already found in the plugin directories, never turned into a file name.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,7 +19,7 @@ use crate::Error;
 pub enum SyntaxChoice {
     /// A plugin name or syntax (`dockerfile`, `docker/dockerfile`, `kilnfile`...).
     Name(String),
-    /// A plugin library given by path.
+    /// A plugin library given by path (`--frontend PATH` only).
     Path(PathBuf),
 }
 
@@ -40,22 +45,39 @@ pub(crate) fn choose(
     frontend: Option<&str>,
     build_args: &BTreeMap<String, String>,
     source: &str,
-) -> SyntaxChoice {
-    let raw = frontend
-        .map(str::to_owned)
-        .or_else(|| build_args.get("BUILDKIT_SYNTAX").cloned())
-        .or_else(|| find_syntax(source))
-        .unwrap_or_else(|| "dockerfile".to_owned());
-    normalize(&raw)
+) -> Result<SyntaxChoice, Error> {
+    if let Some(flag) = frontend {
+        return Ok(normalize(flag));
+    }
+    let (origin, raw) = match build_args.get("BUILDKIT_SYNTAX") {
+        Some(v) => ("BUILDKIT_SYNTAX", v.clone()),
+        None => match find_syntax(source) {
+            Some(v) => ("# syntax=", v),
+            None => return Ok(SyntaxChoice::Name("dockerfile".to_owned())),
+        },
+    };
+    match normalize(&raw) {
+        SyntaxChoice::Path(_) => Err(Error::SyntaxPath { origin, value: raw }),
+        name => Ok(name),
+    }
+}
+
+/// Whether `raw` reads as a file rather than a plugin name or image reference.
+fn is_path(raw: &str) -> bool {
+    let lower = raw.to_ascii_lowercase();
+    raw.starts_with('/')
+        || raw.starts_with("./")
+        || raw.starts_with("../")
+        || raw.starts_with('~')
+        || raw == "."
+        || raw == ".."
+        || lower.ends_with(".so")
+        || lower.contains(".so.")
 }
 
 fn normalize(raw: &str) -> SyntaxChoice {
     let raw = raw.trim();
-    if raw.starts_with('/')
-        || raw.starts_with("./")
-        || raw.starts_with("../")
-        || raw.ends_with(".so")
-    {
+    if is_path(raw) {
         return SyntaxChoice::Path(PathBuf::from(raw));
     }
     // An image reference names the frontend by repository: drop digest, tag and docker.io.
@@ -96,22 +118,25 @@ mod tests {
         assert_eq!(find_syntax("FROM scratch\n# syntax=x\n"), None);
         assert_eq!(find_syntax("# hello world\n# syntax=x\n"), None);
         let none = BTreeMap::new();
+        let pick = |f: Option<&str>, args: &BTreeMap<String, String>, src: &str| {
+            choose(f, args, src).expect("a name, not a path")
+        };
         assert_eq!(
-            choose(None, &none, src),
+            pick(None, &none, src),
             SyntaxChoice::Name("docker/dockerfile".into())
         );
         assert_eq!(
-            choose(None, &none, "FROM scratch"),
+            pick(None, &none, "FROM scratch"),
             SyntaxChoice::Name("dockerfile".into())
         );
         let args = BTreeMap::from([("BUILDKIT_SYNTAX".to_owned(), "echo".to_owned())]);
-        assert_eq!(choose(None, &args, src), SyntaxChoice::Name("echo".into()));
+        assert_eq!(pick(None, &args, src), SyntaxChoice::Name("echo".into()));
         assert_eq!(
-            choose(Some("kilnfile"), &args, src),
+            pick(Some("kilnfile"), &args, src),
             SyntaxChoice::Name("kilnfile".into())
         );
         assert_eq!(
-            choose(None, &none, "# syntax=./libfoo.so\n"),
+            pick(Some("./libfoo.so"), &none, src),
             SyntaxChoice::Path("./libfoo.so".into())
         );
         assert_eq!(
@@ -122,5 +147,45 @@ mod tests {
             normalize("localhost:5000/fe"),
             SyntaxChoice::Name("localhost:5000/fe".into())
         );
+    }
+
+    #[test]
+    fn a_build_file_never_names_a_library_by_path() {
+        let none = BTreeMap::new();
+        for value in [
+            "/tmp/ctx/evil.so",
+            "./evil.so",
+            "../evil",
+            "evil.so",
+            "lib/EVIL.SO",
+            "libevil.so.1",
+            "~/evil",
+            "/usr/lib/kiln/plugins/libkiln_frontend_dockerfile",
+        ] {
+            let src = format!("# syntax={value}\nFROM scratch\n");
+            let err = choose(None, &none, &src).expect_err(value);
+            assert!(
+                matches!(&err, Error::SyntaxPath { origin: "# syntax=", value: v } if v == value),
+                "{value}: {err}"
+            );
+            assert!(err.to_string().contains("--frontend PATH"), "{err}");
+            let args = BTreeMap::from([("BUILDKIT_SYNTAX".to_owned(), value.to_owned())]);
+            let err = choose(None, &args, "FROM scratch\n").expect_err(value);
+            assert!(
+                matches!(
+                    &err,
+                    Error::SyntaxPath {
+                        origin: "BUILDKIT_SYNTAX",
+                        ..
+                    }
+                ),
+                "{value}: {err}"
+            );
+            // The command line may.
+            assert!(matches!(
+                choose(Some(value), &args, &src),
+                Ok(SyntaxChoice::Path(_))
+            ));
+        }
     }
 }

@@ -172,3 +172,84 @@ fn unknown_dockerfile_instructions_go_to_instruction_plugins() {
         r.stderr
     );
 }
+
+/// A shared library whose constructor (run by `dlopen`, before any check kiln can make) creates
+/// the file named by `$KILN_EVIL_MARKER`.
+fn evil_library(dir: &std::path::Path) -> std::path::PathBuf {
+    let src = dir.join("evil.c");
+    std::fs::write(
+        &src,
+        "#include <fcntl.h>\n#include <stdlib.h>\n#include <unistd.h>\n\
+         __attribute__((constructor)) static void evil(void) {\n\
+           const char *p = getenv(\"KILN_EVIL_MARKER\");\n\
+           if (p) { int fd = open(p, O_CREAT | O_WRONLY, 0644); if (fd >= 0) close(fd); }\n\
+         }\n",
+    )
+    .unwrap();
+    let lib = dir.join("evil.so");
+    let out = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .output()
+        .expect("cc (gcc) is needed to build the hostile library: apt-get install gcc");
+    assert!(
+        out.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lib
+}
+
+#[test]
+fn a_dockerfile_cannot_load_a_library_from_its_context() {
+    let k = Kiln::new(&["kiln-frontend-dockerfile"]);
+    let ctx = k.write("ctx", &[("Dockerfile", "FROM scratch\n")]);
+    let lib = evil_library(&ctx);
+    let lib = lib.to_str().unwrap();
+    let marker = k.path("constructor-ran");
+    let marker_s = marker.to_str().unwrap();
+    let env = [("KILN_EVIL_MARKER", marker_s)];
+
+    // The control: the command line may load a library, and then its constructor runs (and
+    // kiln refuses it afterwards as no plugin). So the marker does tell whether it was loaded.
+    let r = k
+        .run_env(&env, &["build", "--frontend", lib, ctx.to_str().unwrap()])
+        .fails();
+    assert!(r.stderr.contains("not a kiln plugin"), "{}", r.stderr);
+    assert!(marker.exists(), "the control did not load the library");
+    std::fs::remove_file(&marker).unwrap();
+
+    // `# syntax=` naming it by absolute path: refused before anything is opened.
+    let evil = k.write(
+        "evil",
+        &[("Dockerfile", &format!("# syntax={lib}\nFROM scratch\n"))],
+    );
+    let r = k.run_env(&env, &["build", evil.to_str().unwrap()]).fails();
+    assert!(
+        r.stderr.contains("names a plugin library by path") && r.stderr.contains(lib),
+        "{}",
+        r.stderr
+    );
+    assert!(!marker.exists(), "the library's constructor ran");
+
+    // Nor through BUILDKIT_SYNTAX, nor as a bare `*.so` name.
+    let plain = ctx.to_str().unwrap();
+    let arg = format!("BUILDKIT_SYNTAX={lib}");
+    let r = k
+        .run_env(&env, &["build", "--build-arg", &arg, plain])
+        .fails();
+    assert!(r.stderr.contains("BUILDKIT_SYNTAX"), "{}", r.stderr);
+    let bare = k.write(
+        "bare",
+        &[("Dockerfile", "# syntax=evil.so\nFROM scratch\n")],
+    );
+    std::fs::copy(lib, bare.join("evil.so")).unwrap();
+    let r = k.run_env(&env, &["build", bare.to_str().unwrap()]).fails();
+    assert!(
+        r.stderr.contains("names a plugin library by path"),
+        "{}",
+        r.stderr
+    );
+    assert!(!marker.exists(), "the library's constructor ran");
+}

@@ -8,6 +8,13 @@
 //! one. Redirects are followed; a 4xx/5xx answer, a short body or a checksum mismatch fails the
 //! step naming the URL. `checksum` accepts `sha256:`, `sha384:` and `sha512:` digests.
 //!
+//! Timeouts: the network may stay silent for at most 30 s (or `KILN_HTTP_TIMEOUT`, e.g. `2s`,
+//! `500ms`, `5m`) in each phase — resolving, connecting, sending the request, receiving the
+//! response headers, and between two reads of the body — so a stalled server fails the step
+//! naming the URL, while a slow download that keeps moving is never cut off. The transfer runs
+//! on a worker thread; the plugin's thread waits for it and asks the host every 100 ms whether
+//! the build was cancelled (Ctrl-C, or another step failed), and gives up at once when it was.
+//!
 //! Cache semantics: with a checksum the payload pins the content, so the op's key is exact.
 //! Without one, `primitive.cache_key` revalidates the URL on every build (ETag, else
 //! Last-Modified and length, else the digest of the content), as BuildKit does, so a changed
@@ -20,7 +27,8 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
 
 use kiln_plugin_sdk::graph::Op;
 use kiln_plugin_sdk::proto::{ErrorKind, PluginError, PrimitiveRequest, PrimitiveResponse};
@@ -85,6 +93,20 @@ pub enum Error {
         /// The OS error.
         #[source]
         source: io::Error,
+    },
+    /// The server stayed silent for longer than the timeout.
+    #[error(
+        "failed to download {url}: timed out after {} {waiting} \
+         (set KILN_HTTP_TIMEOUT to wait longer)",
+        show_duration(*after)
+    )]
+    Timeout {
+        /// The URL.
+        url: String,
+        /// What kiln was waiting for.
+        waiting: &'static str,
+        /// The timeout.
+        after: Duration,
     },
     /// The build was cancelled during the download.
     #[error("the download of {0} was cancelled")]
@@ -185,22 +207,9 @@ pub fn url_basename(url: &str) -> Option<String> {
 }
 
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// `filename` (or `filename*=UTF-8''...`) of a `Content-Disposition` header.
@@ -229,42 +238,6 @@ fn base_of(name: &str) -> Option<String> {
     safe_name(name.rsplit(['/', '\\']).next().unwrap_or_default())
 }
 
-/// An HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`, the IMF-fixdate of RFC 9110).
-fn parse_http_date(s: &str) -> Option<SystemTime> {
-    let f: Vec<&str> = s.split_whitespace().collect();
-    let [_, day, mon, year, time, zone] = f.as_slice() else {
-        return None;
-    };
-    if *zone != "GMT" {
-        return None;
-    }
-    let months = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let m = months.iter().position(|x| x == mon)? as i64 + 1;
-    let d: i64 = day.parse().ok()?;
-    let y: i64 = year.parse().ok()?;
-    let t: Vec<i64> = time
-        .split(':')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    let [hh, mm, ss] = t.as_slice() else {
-        return None;
-    };
-    if !(1..=31).contains(&d) || *hh > 23 || *mm > 59 || *ss > 60 {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * m2 + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
-}
-
 /// Something that says whether the build was cancelled (the host, or nothing in tests).
 pub trait Cancel {
     /// Whether to stop.
@@ -277,8 +250,255 @@ impl Cancel for Host<'_> {
     }
 }
 
-/// Downloads `p.url` into `output`; returns the path of the written file.
-pub fn download(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<PathBuf, Error> {
+/// How long the network may stay silent in one phase of a download when `KILN_HTTP_TIMEOUT`
+/// does not say otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The environment variable that sets the timeout (`30s`, `500ms`, `2m`, or plain seconds).
+pub const TIMEOUT_VAR: &str = "KILN_HTTP_TIMEOUT";
+
+/// How often a waiting download asks whether the build was cancelled: often enough that Ctrl-C
+/// stops a step well within a second, rarely enough to cost nothing.
+const POLL: Duration = Duration::from_millis(100);
+
+/// `30s`, `500ms`, `2m` or `30` (seconds) → the duration; `None` for anything else or zero
+/// (ureq would time out at once).
+pub fn parse_timeout(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        _ => return None,
+    };
+    (!d.is_zero()).then_some(d)
+}
+
+/// The timeout `KILN_HTTP_TIMEOUT` asks for, or [`DEFAULT_TIMEOUT`].
+pub fn timeout_from_env() -> Result<Duration, Error> {
+    match std::env::var(TIMEOUT_VAR) {
+        Err(_) => Ok(DEFAULT_TIMEOUT),
+        Ok(v) => parse_timeout(&v).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "invalid {TIMEOUT_VAR}={v:?}: expected a duration such as 30s, 500ms or 2m"
+            ))
+        }),
+    }
+}
+
+fn show_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// What the transfer thread hands the waiting plugin thread, in this order: the response head,
+/// body chunks, the end (or a failure at any point).
+enum Msg {
+    Head(ureq::http::response::Parts),
+    Chunk(Vec<u8>),
+    End,
+    Failed(ureq::Error),
+}
+
+/// One HTTP request running on its own thread. ureq's blocking reads cannot be interrupted, so
+/// the plugin's thread waits on a channel instead, where it can notice cancellation; the
+/// transfer thread is bounded by ureq's timeouts, so once abandoned it ends within one timeout
+/// (its next send fails, or its read times out). It only touches the network: every file is
+/// written by the caller, so nothing lands in the output after the call has returned.
+struct Exchange<'a> {
+    rx: Receiver<Msg>,
+    url: &'a str,
+    cancel: &'a dyn Cancel,
+    timeout: Duration,
+    /// The head has arrived: a silent server is now a stalled body.
+    got_head: bool,
+    last_check: Instant,
+}
+
+impl<'a> Exchange<'a> {
+    /// Starts a GET (or a HEAD when `body` is false).
+    fn start(
+        url: &'a str,
+        body: bool,
+        cancel: &'a dyn Cancel,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
+        if cancel.cancelled() {
+            return Err(Error::Cancelled(url.to_owned()));
+        }
+        // A few chunks in flight keep the socket busy while the caller writes and hashes.
+        let (tx, rx) = mpsc::sync_channel(4);
+        let (agent, target) = (agent(timeout), url.to_owned());
+        std::thread::Builder::new()
+            .name("kiln-http".into())
+            .spawn(move || transfer(&agent, &target, body, &tx))
+            .map_err(|e| Error::Transfer {
+                url: url.to_owned(),
+                reason: format!("cannot start the transfer thread: {e}"),
+            })?;
+        Ok(Exchange {
+            rx,
+            url,
+            cancel,
+            timeout,
+            got_head: false,
+            last_check: Instant::now(),
+        })
+    }
+
+    /// The next message, failures turned into errors; polls for cancellation while waiting.
+    fn next(&mut self) -> Result<Msg, Error> {
+        loop {
+            if self.last_check.elapsed() >= POLL {
+                self.last_check = Instant::now();
+                if self.cancel.cancelled() {
+                    return Err(Error::Cancelled(self.url.to_owned()));
+                }
+            }
+            match self.rx.recv_timeout(POLL) {
+                Ok(Msg::Failed(e)) => return Err(self.failure(e)),
+                Ok(m) => return Ok(m),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(self.out_of_order()),
+            }
+        }
+    }
+
+    /// The response's status and headers.
+    fn head(&mut self) -> Result<ureq::http::response::Parts, Error> {
+        match self.next()? {
+            Msg::Head(parts) => {
+                self.got_head = true;
+                Ok(parts)
+            }
+            _ => Err(self.out_of_order()),
+        }
+    }
+
+    /// The next piece of the body; `None` at its end.
+    fn chunk(&mut self) -> Result<Option<Vec<u8>>, Error> {
+        match self.next()? {
+            Msg::Chunk(c) => Ok(Some(c)),
+            Msg::End => Ok(None),
+            _ => Err(self.out_of_order()),
+        }
+    }
+
+    fn out_of_order(&self) -> Error {
+        Error::Transfer {
+            url: self.url.to_owned(),
+            reason: "the transfer thread stopped without an answer (internal error)".into(),
+        }
+    }
+
+    fn failure(&self, e: ureq::Error) -> Error {
+        use ureq::Timeout as T;
+        let url = self.url.to_owned();
+        let waiting = match e {
+            ureq::Error::Timeout(T::Resolve) => "resolving the host name",
+            ureq::Error::Timeout(T::Connect) => "connecting",
+            ureq::Error::Timeout(T::SendRequest | T::SendBody | T::PerWrite) => {
+                "sending the request"
+            }
+            ureq::Error::Timeout(T::RecvResponse) => "waiting for the response headers",
+            ureq::Error::Timeout(T::PerRead) if !self.got_head => {
+                "waiting for the response headers"
+            }
+            ureq::Error::Timeout(_) => "waiting for the next bytes of the body",
+            e if self.got_head => {
+                return Error::Transfer {
+                    url,
+                    reason: format!("reading the body: {e}"),
+                }
+            }
+            e => {
+                return Error::Transfer {
+                    url,
+                    reason: e.to_string(),
+                }
+            }
+        };
+        Error::Timeout {
+            url,
+            waiting,
+            after: self.timeout,
+        }
+    }
+}
+
+/// The transfer thread: the request, then the body in chunks, until done or nobody listens.
+fn transfer(agent: &ureq::Agent, url: &str, body: bool, tx: &SyncSender<Msg>) {
+    let resp = if body {
+        agent.get(url).call()
+    } else {
+        agent.head(url).call()
+    };
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(Msg::Failed(e));
+            return;
+        }
+    };
+    let (parts, content) = resp.into_parts();
+    let failed = parts.status.as_u16() >= 400;
+    if tx.send(Msg::Head(parts)).is_err() || !body || failed {
+        return;
+    }
+    let mut reader = content.into_reader();
+    loop {
+        let mut buf = vec![0u8; 64 * 1024];
+        let msg = match reader.read(&mut buf) {
+            Ok(0) => Msg::End,
+            Ok(n) => {
+                buf.truncate(n);
+                Msg::Chunk(buf)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Msg::Failed(ureq::Error::from(e)),
+        };
+        let last = !matches!(msg, Msg::Chunk(_));
+        if tx.send(msg).is_err() || last {
+            return;
+        }
+    }
+}
+
+fn status_error(url: &str, status: ureq::http::StatusCode) -> Error {
+    Error::Status {
+        url: url.to_owned(),
+        status: format!(
+            "{} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or_default()
+        )
+        .trim_end()
+        .to_owned(),
+    }
+}
+
+fn header(parts: &ureq::http::response::Parts, name: &str) -> Option<String> {
+    parts
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Downloads `p.url` into `output`, failing when the server stays silent for `timeout`;
+/// returns the path of the written file.
+pub fn download(
+    p: &Payload,
+    output: &Path,
+    cancel: &dyn Cancel,
+    timeout: Duration,
+) -> Result<PathBuf, Error> {
     let url = p.url.clone();
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(Error::InvalidInput(format!(
@@ -292,40 +512,17 @@ pub fn download(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<PathB
         })?),
         None => None,
     };
-    let agent = agent();
-    let transfer = |reason: String| Error::Transfer {
-        url: url.clone(),
-        reason,
-    };
-    let mut resp = agent
-        .get(&url)
-        .call()
-        .map_err(|e| transfer(e.to_string()))?;
-    let status = resp.status();
-    if status.as_u16() >= 400 {
-        return Err(Error::Status {
-            url: url.clone(),
-            status: format!(
-                "{} {}",
-                status.as_u16(),
-                status.canonical_reason().unwrap_or_default()
-            )
-            .trim_end()
-            .to_owned(),
-        });
+    let mut exchange = Exchange::start(&url, true, cancel, timeout)?;
+    let head = exchange.head()?;
+    if head.status.as_u16() >= 400 {
+        return Err(status_error(&url, head.status));
     }
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
     let name = named
-        .or_else(|| header("content-disposition").and_then(|h| disposition_name(&h)))
+        .or_else(|| header(&head, "content-disposition").and_then(|h| disposition_name(&h)))
         .or_else(|| url_basename(&url))
         .unwrap_or_else(|| "__unnamed__".to_owned());
-    let modified = header("last-modified").and_then(|h| parse_http_date(&h));
-    let expected_len = header("content-length").and_then(|h| h.parse::<u64>().ok());
+    let modified = header(&head, "last-modified").and_then(|h| httpdate::parse_http_date(&h).ok());
+    let expected_len = header(&head, "content-length").and_then(|h| h.parse::<u64>().ok());
 
     let path = output.join(&name);
     let io_err = |what: &'static str, e: io::Error| Error::Io {
@@ -341,32 +538,20 @@ pub fn download(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<PathB
         .open(&path)
         .map_err(|e| io_err("create", e))?;
     let mut hasher = pinned.as_ref().map(|(a, _)| Hasher::new(*a));
-    let mut body = resp.body_mut().as_reader();
-    let mut buf = vec![0u8; 64 * 1024];
     let mut total: u64 = 0;
-    loop {
-        let n = match body.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(transfer(format!("reading the body: {e}"))),
-        };
-        let chunk = &buf[..n];
+    while let Some(chunk) = exchange.chunk()? {
         if let Some(h) = hasher.as_mut() {
-            h.update(chunk);
+            h.update(&chunk);
         }
-        file.write_all(chunk).map_err(|e| io_err("write", e))?;
-        total += n as u64;
-        // Ask about cancellation every 4 MiB.
-        if total % (4 << 20) < n as u64 && cancel.cancelled() {
-            return Err(Error::Cancelled(url.clone()));
-        }
+        file.write_all(&chunk).map_err(|e| io_err("write", e))?;
+        total += chunk.len() as u64;
     }
     if let Some(len) = expected_len {
         if len != total {
-            return Err(transfer(format!(
-                "the body has {total} bytes, Content-Length said {len}"
-            )));
+            return Err(Error::Transfer {
+                url,
+                reason: format!("the body has {total} bytes, Content-Length said {len}"),
+            });
         }
     }
     file.sync_all().map_err(|e| io_err("sync", e))?;
@@ -388,11 +573,19 @@ pub fn download(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<PathB
     Ok(path)
 }
 
-fn agent() -> ureq::Agent {
+/// An agent whose every network phase is bounded by `timeout`. There is no deadline for the
+/// whole body: a large download may take as long as it needs while bytes keep arriving.
+fn agent(timeout: Duration) -> ureq::Agent {
+    let t = Some(timeout);
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(10)
-        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_resolve(t)
+        .timeout_connect(t)
+        .timeout_send_request(t)
+        .timeout_recv_response(t)
+        .timeout_per_read(t)
+        .timeout_per_write(t)
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
         .build()
         .into()
@@ -402,72 +595,39 @@ fn agent() -> ureq::Agent {
 /// its Last-Modified and length; with neither, the digest of the content itself. `None` when a
 /// checksum pins the content (the op's own text then decides). kiln keys the op on it, so a
 /// changed remote file is fetched again, as BuildKit revalidates URLs on every build.
-pub fn current_version(p: &Payload) -> Result<Option<String>, Error> {
+pub fn current_version(
+    p: &Payload,
+    cancel: &dyn Cancel,
+    timeout: Duration,
+) -> Result<Option<String>, Error> {
     if p.checksum.is_some() {
         return Ok(None);
     }
-    let url = p.url.clone();
-    let transfer = |reason: String| Error::Transfer {
-        url: url.clone(),
-        reason,
-    };
-    let status_err = |status: ureq::http::StatusCode| Error::Status {
-        url: url.clone(),
-        status: format!(
-            "{} {}",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or_default()
-        )
-        .trim_end()
-        .to_owned(),
-    };
-    let agent = agent();
-    let head = agent
-        .head(&url)
-        .call()
-        .map_err(|e| transfer(e.to_string()))?;
-    if head.status().as_u16() >= 400 && head.status().as_u16() != 405 {
-        return Err(status_err(head.status()));
+    let url = p.url.as_str();
+    let head = Exchange::start(url, false, cancel, timeout)?.head()?;
+    if head.status.as_u16() >= 400 && head.status.as_u16() != 405 {
+        return Err(status_error(url, head.status));
     }
-    let header = |name: &str| {
-        head.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    if head.status().is_success() {
-        if let Some(etag) = header("etag") {
+    if head.status.is_success() {
+        if let Some(etag) = header(&head, "etag") {
             return Ok(Some(format!("etag:{etag}")));
         }
-        if let Some(lm) = header("last-modified") {
-            let len = header("content-length").unwrap_or_default();
+        if let Some(lm) = header(&head, "last-modified") {
+            let len = header(&head, "content-length").unwrap_or_default();
             return Ok(Some(format!("last-modified:{lm}:{len}")));
         }
     }
     // Nothing to revalidate with: the content itself is the version.
-    let mut resp = agent
-        .get(&url)
-        .call()
-        .map_err(|e| transfer(e.to_string()))?;
-    if resp.status().as_u16() >= 400 {
-        return Err(status_err(resp.status()));
+    let mut exchange = Exchange::start(url, true, cancel, timeout)?;
+    let resp = exchange.head()?;
+    if resp.status.as_u16() >= 400 {
+        return Err(status_error(url, resp.status));
     }
-    let mut hasher = sha2::Sha256::new();
-    let mut body = resp.body_mut().as_reader();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = body.read(&mut buf).map_err(|e| transfer(e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
+    let mut hasher = Hasher::new(Algo::Sha256);
+    while let Some(chunk) = exchange.chunk()? {
+        hasher.update(&chunk);
     }
-    let hex: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok(Some(format!("sha256:{hex}")))
+    Ok(Some(hasher.finish()))
 }
 
 /// The payload of a `http` op.
@@ -483,9 +643,13 @@ fn payload(op: &Op) -> Result<Payload, Error> {
 }
 
 /// Runs one `http` op.
-pub fn execute(req: &PrimitiveRequest, cancel: &dyn Cancel) -> Result<PrimitiveResponse, Error> {
+pub fn execute(
+    req: &PrimitiveRequest,
+    cancel: &dyn Cancel,
+    timeout: Duration,
+) -> Result<PrimitiveResponse, Error> {
     let p = payload(&req.op)?;
-    download(&p, Path::new(&req.output), cancel)?;
+    download(&p, Path::new(&req.output), cancel, timeout)?;
     Ok(PrimitiveResponse { exit_code: None })
 }
 
@@ -499,17 +663,19 @@ impl Primitive for Http {
         req: PrimitiveRequest,
         host: &Host<'_>,
     ) -> Result<PrimitiveResponse, PluginError> {
-        execute(&req, host).map_err(PluginError::from)
+        let timeout = timeout_from_env()?;
+        execute(&req, host, timeout).map_err(PluginError::from)
     }
 
     fn cache_key(
         &self,
         req: kiln_plugin_sdk::proto::CacheKeyRequest,
-        _host: &Host<'_>,
+        host: &Host<'_>,
     ) -> Result<kiln_plugin_sdk::proto::CacheKeyResponse, PluginError> {
-        let p = payload(&req.op).map_err(PluginError::from)?;
+        let p = payload(&req.op)?;
+        let timeout = timeout_from_env()?;
         Ok(kiln_plugin_sdk::proto::CacheKeyResponse {
-            key: current_version(&p).map_err(PluginError::from)?,
+            key: current_version(&p, host, timeout)?,
         })
     }
 }

@@ -2,7 +2,12 @@
 
 use super::*;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// The timeout of the tests that do not test timeouts: long enough never to fire.
+const T: Duration = Duration::from_secs(60);
 
 struct NoCancel;
 impl Cancel for NoCancel {
@@ -83,7 +88,7 @@ fn downloads_with_name_mode_and_mtime() {
         checksum: Some(sha256(b"hello")),
         filename: None,
     };
-    let path = download(&p, t.path(), &NoCancel).unwrap();
+    let path = download(&p, t.path(), &NoCancel, T).unwrap();
     assert_eq!(path, t.path().join("app.txt"));
     assert_eq!(fs::read(&path).unwrap(), b"hello");
     let md = fs::metadata(&path).unwrap();
@@ -99,7 +104,7 @@ fn downloads_with_name_mode_and_mtime() {
         filename: None,
     };
     assert_eq!(
-        download(&p, &out2, &NoCancel).unwrap(),
+        download(&p, &out2, &NoCancel, T).unwrap(),
         out2.join("report.csv")
     );
 
@@ -110,7 +115,7 @@ fn downloads_with_name_mode_and_mtime() {
         checksum: None,
         filename: Some("given".into()),
     };
-    let path = download(&p, &out3, &NoCancel).unwrap();
+    let path = download(&p, &out3, &NoCancel, T).unwrap();
     assert_eq!(fs::read(path).unwrap(), b"hello");
 }
 
@@ -127,7 +132,9 @@ fn errors_name_the_url() {
         checksum: None,
         filename: None,
     };
-    let e = download(&p, t.path(), &NoCancel).unwrap_err().to_string();
+    let e = download(&p, t.path(), &NoCancel, T)
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         e,
         format!("failed to download {url}: server answered 404 Not Found")
@@ -139,7 +146,9 @@ fn errors_name_the_url() {
         checksum: Some(wrong.clone()),
         filename: None,
     };
-    let e = download(&p, t.path(), &NoCancel).unwrap_err().to_string();
+    let e = download(&p, t.path(), &NoCancel, T)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with(&format!(
             "checksum mismatch for {base}/f: expected {wrong}, got sha256:"
@@ -153,13 +162,13 @@ fn errors_name_the_url() {
         checksum: Some("md5:abc".into()),
         filename: None,
     };
-    assert!(download(&p, t.path(), &NoCancel).is_err());
+    assert!(download(&p, t.path(), &NoCancel, T).is_err());
     let p = Payload {
         url: format!("{base}/f"),
         checksum: None,
         filename: Some("../escape".into()),
     };
-    assert!(download(&p, t.path(), &NoCancel).is_err());
+    assert!(download(&p, t.path(), &NoCancel, T).is_err());
 }
 
 #[test]
@@ -182,8 +191,166 @@ fn small_parsers() {
         Some("b c")
     );
     assert_eq!(
-        parse_http_date("Thu, 01 Jan 1970 00:00:10 GMT"),
-        Some(UNIX_EPOCH + Duration::from_secs(10))
+        url_basename("https://h/caf%C3%A9%zz").as_deref(),
+        Some("café%zz")
     );
-    assert_eq!(parse_http_date("garbage"), None);
+    assert_eq!(parse_timeout("2s"), Some(Duration::from_secs(2)));
+    assert_eq!(parse_timeout(" 30 "), Some(Duration::from_secs(30)));
+    assert_eq!(parse_timeout("500ms"), Some(Duration::from_millis(500)));
+    assert_eq!(parse_timeout("2m"), Some(Duration::from_secs(120)));
+    for bad in ["", "0s", "s", "1h", "-1s", "1.5s", "99999999999999999999m"] {
+        assert_eq!(parse_timeout(bad), None, "{bad}");
+    }
+}
+
+/// A server on 127.0.0.1 that reads each request, writes `answer` (nothing when empty) and then
+/// holds the connection open without another byte. Every accepted connection is announced on
+/// the returned channel.
+fn stalling(answer: &'static [u8]) -> (String, mpsc::Receiver<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in l.incoming() {
+            let Ok(mut s) = stream else { continue };
+            read_request(&s);
+            let _ = s.write_all(answer);
+            held.push(s);
+            let _ = tx.send(());
+        }
+    });
+    (format!("http://{addr}"), rx)
+}
+
+fn read_request(s: &TcpStream) {
+    let mut r = BufReader::new(s);
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+    }
+}
+
+/// Runs `f` on a thread and returns its result, failing the test if it has not ended within
+/// `secs` seconds (the bug these tests catch is a hang).
+fn within<R: Send + 'static>(secs: u64, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("did not end within {secs} s"))
+}
+
+fn get(url: String) -> Payload {
+    Payload {
+        url,
+        checksum: None,
+        filename: Some("f".into()),
+    }
+}
+
+#[test]
+fn a_server_that_never_answers_times_out() {
+    let (base, _accepted) = stalling(b"");
+    let url = format!("{base}/x");
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().to_owned();
+    let p = get(url.clone());
+    let e = within(20, move || {
+        download(&p, &out, &NoCancel, Duration::from_secs(1)).unwrap_err()
+    });
+    assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "failed to download {url}: timed out after 1s waiting for the response headers \
+             (set KILN_HTTP_TIMEOUT to wait longer)"
+        )
+    );
+    // The cache key asks the same server (HEAD) and must not hang either.
+    let p = get(url.clone());
+    let e = within(20, move || {
+        current_version(&p, &NoCancel, Duration::from_millis(500)).unwrap_err()
+    });
+    assert!(
+        e.to_string().contains("timed out after 500ms waiting"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_body_that_stops_arriving_times_out() {
+    let (base, _accepted) = stalling(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nten bytes.");
+    let url = format!("{base}/x");
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().to_owned();
+    let p = get(url.clone());
+    let e = within(20, move || {
+        download(&p, &out, &NoCancel, Duration::from_secs(1)).unwrap_err()
+    });
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "failed to download {url}: timed out after 1s waiting for the next bytes of the \
+             body (set KILN_HTTP_TIMEOUT to wait longer)"
+        )
+    );
+}
+
+#[test]
+fn a_slow_download_that_keeps_moving_succeeds() {
+    // 12 bytes, one every 150 ms: 1.8 s in all, longer than the 1 s timeout, which bounds
+    // silence, not the whole transfer.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        read_request(&s);
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n")
+            .unwrap();
+        for b in b"slow but on." {
+            std::thread::sleep(Duration::from_millis(150));
+            s.write_all(&[*b]).unwrap();
+        }
+    });
+    let t = tempfile::tempdir().unwrap();
+    let p = get(format!("http://{addr}/slow"));
+    let path = download(&p, t.path(), &NoCancel, Duration::from_secs(1)).unwrap();
+    assert_eq!(fs::read(path).unwrap(), b"slow but on.");
+}
+
+/// Cancelled once `flag` is set.
+struct Flag(Arc<AtomicBool>);
+impl Cancel for Flag {
+    fn cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn cancellation_stops_a_stalled_download() {
+    for answer in [
+        &b""[..],
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart"[..],
+    ] {
+        let (base, accepted) = stalling(answer);
+        let flag = Arc::new(AtomicBool::new(false));
+        let cancel = Flag(flag.clone());
+        let t = tempfile::tempdir().unwrap();
+        let out = t.path().to_owned();
+        let p = get(format!("{base}/x"));
+        let done = std::thread::spawn(move || download(&p, &out, &cancel, T));
+        // Cancel once the request is on the wire, i.e. while the download waits.
+        accepted.recv_timeout(Duration::from_secs(20)).unwrap();
+        flag.store(true, Ordering::SeqCst);
+        let e = within(10, move || done.join().unwrap().unwrap_err());
+        assert!(matches!(e, Error::Cancelled(_)), "{e:?}");
+        assert_eq!(
+            PluginError::from(e).kind,
+            kiln_plugin_sdk::proto::ErrorKind::Cancelled
+        );
+    }
 }

@@ -20,7 +20,10 @@ pub mod shell;
 pub mod suggest;
 
 pub use dump::{dump, go_quote};
-pub use parser::{parse, Directive, Heredoc, Node, Parsed, Warning};
+pub use parser::{
+    parse, Directive, Heredoc, Node, Parsed, Warning, MAX_DOCKERFILE_BYTES, MAX_HEREDOC_BYTES,
+    MAX_LINE_BYTES, MAX_ONBUILD_NESTING,
+};
 
 /// Everything that can go wrong in this crate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,8 +38,11 @@ pub enum Error {
         message: String,
     },
     /// A word could not be expanded (bad substitution, unterminated quote, `${V:?}`…).
-    #[error("failed to process {}: {message}", go_quote(.word))]
+    #[error("failed to process {}: {message}", go_quote(&shorten(.word)))]
     Expand { word: String, message: String },
+    /// The whole input is over one of this crate's size limits (see [`MAX_DOCKERFILE_BYTES`]).
+    #[error("{message}")]
+    TooLarge { message: String },
     /// An instruction is malformed (bad flag, wrong argument count…).
     #[error("dockerfile parse error on line {line}: {message}{}", show_line(.text))]
     Instruction {
@@ -54,7 +60,8 @@ impl Error {
         match self {
             Error::Parse { message, .. }
             | Error::Expand { message, .. }
-            | Error::Instruction { message, .. } => message,
+            | Error::Instruction { message, .. }
+            | Error::TooLarge { message } => message,
         }
     }
 
@@ -62,7 +69,7 @@ impl Error {
     pub fn line(&self) -> Option<usize> {
         match self {
             Error::Parse { line, .. } | Error::Instruction { line, .. } => Some(*line),
-            Error::Expand { .. } => None,
+            Error::Expand { .. } | Error::TooLarge { .. } => None,
         }
     }
 }
@@ -71,6 +78,18 @@ fn show_line(text: &str) -> String {
     if text.trim().is_empty() {
         String::new()
     } else {
-        format!(" (in `{}`)", text.trim_end())
+        format!(" (in `{}`)", shorten(text.trim_end()))
+    }
+}
+
+/// Characters of a line or word quoted in an error message: enough to recognise it, while a
+/// 1 MiB line does not make a 1 MiB message.
+pub const MAX_QUOTED_CHARS: usize = 120;
+
+/// `text` cut to [`MAX_QUOTED_CHARS`] characters, with `…` when something was cut.
+pub fn shorten(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_QUOTED_CHARS) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..end])),
     }
 }

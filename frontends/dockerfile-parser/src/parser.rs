@@ -109,6 +109,23 @@ impl Parsed {
 
 const KNOWN_DIRECTIVES: [&str; 3] = ["syntax", "escape", "check"];
 
+/// Largest Dockerfile accepted, in bytes. Real ones are kilobytes; even with heredoc scripts
+/// inlined they stay far below this, while the AST of a much larger file would cost memory in
+/// proportion (per node: the logical line, its source, the split arguments).
+pub const MAX_DOCKERFILE_BYTES: usize = 8 << 20;
+
+/// Longest logical line (continuations joined), in bytes. Every word of it may be expanded,
+/// split and quoted in messages; 1 MiB is far beyond any hand-written `RUN` chain.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Largest heredoc body, in bytes. A heredoc becomes a file (COPY) or a script (RUN) held in
+/// memory and in the build graph; larger files belong in the build context.
+pub const MAX_HEREDOC_BYTES: usize = 4 << 20;
+
+/// How many `ONBUILD` keywords may wrap one instruction. BuildKit refuses `ONBUILD ONBUILD`
+/// when it reads the instruction, but its parser (like ours) recurses once per keyword first.
+pub const MAX_ONBUILD_NESTING: usize = 8;
+
 struct Directives {
     escape: char,
     done: bool,
@@ -215,6 +232,15 @@ fn split_lines(text: &str) -> Vec<&str> {
 /// Parses Dockerfile text. Fails on the first error, like BuildKit; non-fatal findings are in
 /// [`Parsed::warnings`].
 pub fn parse(text: &str) -> Result<Parsed, Error> {
+    if text.len() > MAX_DOCKERFILE_BYTES {
+        return Err(Error::TooLarge {
+            message: format!(
+                "the Dockerfile is {} bytes, more than the limit of {} MiB",
+                text.len(),
+                MAX_DOCKERFILE_BYTES >> 20
+            ),
+        });
+    }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let lines = split_lines(text);
     let line_text = |n: usize| {
@@ -257,6 +283,20 @@ pub fn parse(text: &str) -> Result<Parsed, Error> {
         if end_of_line && line.is_empty() {
             continue;
         }
+        let too_long = |line: &str| {
+            (line.len() > MAX_LINE_BYTES).then(|| {
+                err(
+                    start_line,
+                    format!(
+                        "instruction is longer than {} MiB (continuation lines joined)",
+                        MAX_LINE_BYTES >> 20
+                    ),
+                )
+            })
+        };
+        if let Some(e) = too_long(&line) {
+            return Err(e);
+        }
 
         let mut empty_continuation = false;
         while !end_of_line {
@@ -276,6 +316,9 @@ pub fn parse(text: &str) -> Result<Parsed, Error> {
             let (part, eol) = trim_continuation(token, d.escape);
             line.push_str(&part);
             end_of_line = eol;
+            if let Some(e) = too_long(&line) {
+                return Err(e);
+            }
         }
 
         if empty_continuation {
@@ -288,7 +331,7 @@ pub fn parse(text: &str) -> Result<Parsed, Error> {
             });
         }
 
-        let mut node = node_from_line(&line, d.escape).map_err(|m| err(start_line, m))?;
+        let mut node = node_from_line(&line, d.escape, 0).map_err(|m| err(start_line, m))?;
 
         if can_contain_heredoc(&node) && line.contains("<<") {
             for mut heredoc in heredocs_from_line(&line).map_err(|m| err(start_line, m))? {
@@ -305,6 +348,17 @@ pub fn parse(text: &str) -> Result<Parsed, Error> {
                         break;
                     }
                     heredoc.content.push_str(raw);
+                    if heredoc.content.len() > MAX_HEREDOC_BYTES {
+                        return Err(err(
+                            start_line,
+                            format!(
+                                "heredoc <<{} is larger than {} MiB: put the file in the build \
+                                 context and COPY it instead",
+                                crate::shorten(&heredoc.name),
+                                MAX_HEREDOC_BYTES >> 20
+                            ),
+                        ));
+                    }
                 }
                 if !terminated {
                     return Err(err(start_line, "unterminated heredoc".to_string()));
@@ -408,7 +462,8 @@ pub(crate) fn parse_heredoc(src: &str) -> Result<Option<Heredoc>, String> {
     }))
 }
 
-fn node_from_line(line: &str, escape: char) -> Result<Node, String> {
+/// `onbuild_depth` counts the `ONBUILD` keywords already seen on this line.
+fn node_from_line(line: &str, escape: char, onbuild_depth: usize) -> Result<Node, String> {
     let trimmed = line.trim();
     let (keyword, rest) = match trimmed.find(is_token_space) {
         Some(i) => (
@@ -464,8 +519,17 @@ fn node_from_line(line: &str, escape: char) -> Result<Node, String> {
             }
         }
         "onbuild" => {
+            if onbuild_depth >= MAX_ONBUILD_NESTING {
+                return Err(format!(
+                    "ONBUILD nested more than {MAX_ONBUILD_NESTING} times in one instruction"
+                ));
+            }
             if !args_text.is_empty() {
-                node.nested = Some(Box::new(node_from_line(args_text, escape)?));
+                node.nested = Some(Box::new(node_from_line(
+                    args_text,
+                    escape,
+                    onbuild_depth + 1,
+                )?));
             }
         }
         // Unknown instructions are kept with one empty argument, as BuildKit's parseIgnore.
@@ -767,6 +831,59 @@ mod tests {
         assert_eq!(p.nodes[0].args, vec!["a   b"]);
         assert_eq!((p.nodes[0].start_line, p.nodes[0].end_line), (1, 3));
         assert_eq!(p.nodes[0].source, "RUN a \\\n\n  b\n");
+    }
+
+    #[test]
+    fn size_limits_give_located_errors() {
+        // A logical line over the limit, built from continuation lines of 64 KiB each.
+        let piece = format!("{} \\\n", "a".repeat(64 << 10));
+        let text = format!("FROM a\nRUN {}b\n", piece.repeat(17));
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line(), Some(2), "{e}");
+        assert!(e.message().contains("longer than 1 MiB"), "{e}");
+        // The offending line is quoted, shortened.
+        assert!(e.to_string().contains("(in `RUN aaaa"), "{e}");
+        assert!(e.to_string().len() < 400);
+
+        let text = format!("FROM a\nLABEL x={}\n", "y".repeat(MAX_LINE_BYTES));
+        assert_eq!(parse(&text).unwrap_err().line(), Some(2));
+
+        let body = format!("{}\n", "z".repeat(1023)).repeat((MAX_HEREDOC_BYTES >> 10) + 1);
+        let text = format!("FROM a\n\nCOPY <<EOF /f\n{body}EOF\n");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line(), Some(3), "{e}");
+        assert!(
+            e.message().contains("heredoc <<EOF is larger than 4 MiB"),
+            "{e}"
+        );
+
+        let text = format!(
+            "FROM a\n{}",
+            "RUN x\n".repeat((MAX_DOCKERFILE_BYTES / 6) + 1)
+        );
+        let e = parse(&text).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+        assert!(
+            e.to_string().contains("more than the limit of 8 MiB"),
+            "{e}"
+        );
+
+        // Right under the limits, the same shapes parse.
+        let body = "z\n".repeat(1000);
+        assert!(parse(&format!("COPY <<EOF /f\n{body}EOF\n")).is_ok());
+        assert!(parse(&format!("RUN {}b\n", piece.repeat(15))).is_ok());
+    }
+
+    #[test]
+    fn onbuild_nesting_is_bounded() {
+        // Used to recurse once per keyword: 100 000 of them overflowed the stack.
+        let text = format!("FROM a\n{}RUN x\n", "ONBUILD ".repeat(100_000));
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line(), Some(2));
+        assert!(e.message().contains("ONBUILD nested more than"), "{e}");
+        // BuildKit's parser accepts a couple (the instruction layer refuses them later).
+        let p = parse("ONBUILD ONBUILD RUN x\n").unwrap();
+        assert_eq!(p.nodes[0].nested.as_ref().unwrap().command, "onbuild");
     }
 
     #[test]

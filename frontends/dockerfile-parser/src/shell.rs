@@ -10,6 +10,23 @@ use std::hash::BuildHasher;
 
 use crate::Error;
 
+/// How deeply `${...}` may nest inside one word. Each level costs a few stack frames in the
+/// recursive descent, so without a cap a 30 KB line of `${A:-${A:-...}}` overflowed the stack
+/// (an abort, not even a panic). BuildKit's lexer has no cap (Go stacks grow); no real
+/// Dockerfile nests more than a handful of levels.
+pub const MAX_EXPANSION_DEPTH: usize = 64;
+
+/// Longest result of expanding one word, in bytes. A heredoc body (at most
+/// [`crate::MAX_HEREDOC_BYTES`]) is expanded as one word, so this is twice that; the cap stops
+/// `$A$A$A...` (or `${A//?/$A}`) from multiplying a value's size without end.
+pub const MAX_EXPANDED_BYTES: usize = 2 * crate::MAX_HEREDOC_BYTES;
+
+/// Work allowed for the `#`, `%` and `/` pattern operators of one word, counted in pattern
+/// tokens times value characters visited. Matching a pattern is linear in the value, but a
+/// replacement tries every start position: `${V//*x/y}` on a long value is quadratic. Real
+/// patterns on real values use a few thousand steps.
+pub const MAX_PATTERN_STEPS: usize = 1 << 24;
+
 /// Variable lookup for expansion. `Some("")` (set but empty) differs from `None` (unset).
 pub trait Env {
     fn get(&self, name: &str) -> Option<&str>;
@@ -157,6 +174,8 @@ impl Lexer {
             env,
             lex: self,
             raw_escapes: self.raw_escapes,
+            depth: 0,
+            budget: Budget(MAX_PATTERN_STEPS),
             matched: BTreeSet::new(),
             unmatched: BTreeSet::new(),
         };
@@ -187,6 +206,10 @@ struct ShellWord<'a, E: ?Sized> {
     env: &'a E,
     lex: &'a Lexer,
     raw_escapes: bool,
+    /// `${` levels open around the current position (see [`MAX_EXPANSION_DEPTH`]).
+    depth: usize,
+    /// Pattern-matching work left (see [`MAX_PATTERN_STEPS`]).
+    budget: Budget,
     matched: BTreeSet<String>,
     unmatched: BTreeSet<String>,
 }
@@ -272,6 +295,7 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
             }
             if ch == '$' {
                 let tmp = self.process_dollar()?;
+                check_size(result.len() + tmp.len())?;
                 result.push_str(&tmp);
                 words.add_string(&tmp);
                 continue;
@@ -282,6 +306,7 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
                 } else {
                     self.double_quote()?
                 };
+                check_size(result.len() + tmp.len())?;
                 result.push_str(&tmp);
                 words.add_raw_string(&tmp);
                 continue;
@@ -365,6 +390,7 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
                 }
                 Some('$') => {
                     let v = self.process_dollar()?;
+                    check_size(result.len() + v.len())?;
                     result.push_str(&v);
                 }
                 Some(mut ch) => {
@@ -401,7 +427,21 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
         }
     }
 
+    /// Every recursion of the expander goes through here (a `${...}` word, also inside double
+    /// quotes), so this is where nesting is counted.
     fn process_dollar(&mut self) -> Step<String> {
+        if self.depth >= MAX_EXPANSION_DEPTH {
+            return Err(format!(
+                "variable expansions nested deeper than {MAX_EXPANSION_DEPTH} levels"
+            ));
+        }
+        self.depth += 1;
+        let r = self.process_dollar_inner();
+        self.depth -= 1;
+        r
+    }
+
+    fn process_dollar_inner(&mut self) -> Step<String> {
         self.pos += 1;
         if self.peek() != Some('{') {
             let name = self.process_name();
@@ -502,14 +542,18 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
                     Some(p) => (true, p),
                     None => (false, word.as_str()),
                 };
-                let toks = compile_pattern(pattern)
-                    .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
+                let toks = compile_pattern(pattern).map_err(|e| {
+                    format!(
+                        "invalid pattern ({}) in substitution: {e}",
+                        crate::shorten(pattern)
+                    )
+                })?;
                 let value: Vec<char> = value.unwrap_or_default().chars().collect();
-                Ok(if op == '#' {
-                    trim_prefix(&toks, &value, greedy)
+                if op == '#' {
+                    trim_prefix(&toks, &value, greedy, &mut self.budget)
                 } else {
-                    trim_suffix(&toks, &value, greedy)
-                })
+                    trim_suffix(&toks, &value, greedy, &mut self.budget)
+                }
             }
             _ => Err(format!("unsupported modifier ({chs}) in substitution")),
         }
@@ -536,10 +580,14 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
         if self.lex.skip_unset_env && value.is_none() {
             return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
         }
-        let toks = compile_pattern(&pattern)
-            .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
+        let toks = compile_pattern(&pattern).map_err(|e| {
+            format!(
+                "invalid pattern ({}) in substitution: {e}",
+                crate::shorten(&pattern)
+            )
+        })?;
         let value: Vec<char> = value.unwrap_or_default().chars().collect();
-        Ok(replace_pattern(&toks, &value, &replacement, all))
+        replace_pattern(&toks, &value, &replacement, all, &mut self.budget)
     }
 
     fn process_name(&mut self) -> String {
@@ -599,9 +647,38 @@ fn compile_pattern(pattern: &str) -> Result<Vec<Tok>, String> {
     Ok(toks)
 }
 
+/// Fails once an expanded word would pass [`MAX_EXPANDED_BYTES`].
+fn check_size(len: usize) -> Step<()> {
+    if len > MAX_EXPANDED_BYTES {
+        return Err(format!(
+            "expansion result is larger than {} MiB",
+            MAX_EXPANDED_BYTES >> 20
+        ));
+    }
+    Ok(())
+}
+
+/// Pattern-matching work left for one word.
+struct Budget(usize);
+
+impl Budget {
+    fn spend(&mut self, steps: usize) -> Step<()> {
+        match self.0.checked_sub(steps) {
+            Some(left) => {
+                self.0 = left;
+                Ok(())
+            }
+            None => Err(format!(
+                "pattern substitution needs more than {MAX_PATTERN_STEPS} matching steps: use a \
+                 shorter pattern or value"
+            )),
+        }
+    }
+}
+
 /// `ends[k]` tells whether the pattern matches `s[..k]` exactly. A set-of-states simulation
 /// (O(len·pattern)), so that big values cannot make trimming quadratic in the pattern.
-fn match_ends(toks: &[Tok], s: &[char]) -> Vec<bool> {
+fn match_ends(toks: &[Tok], s: &[char], budget: &mut Budget) -> Step<Vec<bool>> {
     // Indexing below stays in bounds: state vectors have `m + 1` slots and `i < m`.
     let m = toks.len();
     let close = |states: &mut Vec<bool>| {
@@ -616,8 +693,10 @@ fn match_ends(toks: &[Tok], s: &[char]) -> Vec<bool> {
     close(&mut states);
     let mut ends = Vec::with_capacity(s.len() + 1);
     ends.push(states[m]);
+    let mut next = vec![false; m + 1];
     for &c in s {
-        let mut next = vec![false; m + 1];
+        budget.spend(m + 1)?;
+        next.iter_mut().for_each(|n| *n = false);
         for (i, tok) in toks.iter().enumerate() {
             if !states[i] {
                 continue;
@@ -630,13 +709,13 @@ fn match_ends(toks: &[Tok], s: &[char]) -> Vec<bool> {
             }
         }
         close(&mut next);
-        states = next;
+        std::mem::swap(&mut states, &mut next);
         ends.push(states[m]);
         if !states.iter().any(|s| *s) {
             break;
         }
     }
-    ends
+    Ok(ends)
 }
 
 fn pick(ends: &[bool], longest: bool) -> Option<usize> {
@@ -647,30 +726,43 @@ fn pick(ends: &[bool], longest: bool) -> Option<usize> {
     }
 }
 
-fn trim_prefix(toks: &[Tok], value: &[char], greedy: bool) -> String {
-    let cut = pick(&match_ends(toks, value), greedy).unwrap_or(0);
-    value.get(cut..).unwrap_or_default().iter().collect()
+fn trim_prefix(toks: &[Tok], value: &[char], greedy: bool, budget: &mut Budget) -> Step<String> {
+    let cut = pick(&match_ends(toks, value, budget)?, greedy).unwrap_or(0);
+    Ok(value.get(cut..).unwrap_or_default().iter().collect())
 }
 
 /// Suffix matching is prefix matching of the reversed pattern on the reversed value.
-fn trim_suffix(toks: &[Tok], value: &[char], greedy: bool) -> String {
+fn trim_suffix(toks: &[Tok], value: &[char], greedy: bool, budget: &mut Budget) -> Step<String> {
     let rtoks: Vec<Tok> = toks.iter().rev().copied().collect();
     let rvalue: Vec<char> = value.iter().rev().copied().collect();
-    let cut = pick(&match_ends(&rtoks, &rvalue), greedy).unwrap_or(0);
-    value
+    let cut = pick(&match_ends(&rtoks, &rvalue, budget)?, greedy).unwrap_or(0);
+    Ok(value
         .get(..value.len().saturating_sub(cut))
         .unwrap_or_default()
         .iter()
-        .collect()
+        .collect())
 }
 
 /// Leftmost match, longest at that position (BuildKit compiles the pattern greedily).
-fn longest_match_at(toks: &[Tok], value: &[char], start: usize) -> Option<usize> {
-    let rest = value.get(start..)?;
-    pick(&match_ends(toks, rest), true).map(|len| start + len)
+fn longest_match_at(
+    toks: &[Tok],
+    value: &[char],
+    start: usize,
+    budget: &mut Budget,
+) -> Step<Option<usize>> {
+    let Some(rest) = value.get(start..) else {
+        return Ok(None);
+    };
+    Ok(pick(&match_ends(toks, rest, budget)?, true).map(|len| start + len))
 }
 
-fn replace_pattern(toks: &[Tok], value: &[char], replacement: &str, all: bool) -> String {
+fn replace_pattern(
+    toks: &[Tok],
+    value: &[char],
+    replacement: &str,
+    all: bool,
+    budget: &mut Budget,
+) -> Step<String> {
     let mut out = String::new();
     let mut i = 0;
     let mut prev_end: Option<usize> = None;
@@ -679,11 +771,12 @@ fn replace_pattern(toks: &[Tok], value: &[char], replacement: &str, all: bool) -
         let m = if replaced && !all {
             None
         } else {
-            longest_match_at(toks, value, i)
+            longest_match_at(toks, value, i, budget)?
         };
         match m {
             // Go's regexp ignores an empty match right after the previous match.
             Some(end) if !(end == i && prev_end == Some(i)) => {
+                check_size(out.len() + replacement.len())?;
                 out.push_str(replacement);
                 replaced = true;
                 prev_end = Some(end);
@@ -699,7 +792,8 @@ fn replace_pattern(toks: &[Tok], value: &[char], replacement: &str, all: bool) -
         }
         i += 1;
     }
-    out
+    check_size(out.len())?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -729,19 +823,56 @@ mod tests {
     #[test]
     fn patterns() {
         let toks = |p: &str| compile_pattern(p).unwrap();
+        let b = &mut Budget(MAX_PATTERN_STEPS);
         let v: Vec<char> = "a/b/c.tar.gz".chars().collect();
-        assert_eq!(trim_prefix(&toks("*/"), &v, false), "b/c.tar.gz");
-        assert_eq!(trim_prefix(&toks("*/"), &v, true), "c.tar.gz");
-        assert_eq!(trim_suffix(&toks(".*"), &v, false), "a/b/c.tar");
-        assert_eq!(trim_suffix(&toks(".*"), &v, true), "a/b/c");
-        assert_eq!(trim_suffix(&toks("?"), &v, false), "a/b/c.tar.g");
-        assert_eq!(replace_pattern(&toks("/"), &v, "-", true), "a-b-c.tar.gz");
         assert_eq!(
-            replace_pattern(&toks("[.]"), &v, "", true),
+            trim_prefix(&toks("*/"), &v, false, b).unwrap(),
+            "b/c.tar.gz"
+        );
+        assert_eq!(trim_prefix(&toks("*/"), &v, true, b).unwrap(), "c.tar.gz");
+        assert_eq!(trim_suffix(&toks(".*"), &v, false, b).unwrap(), "a/b/c.tar");
+        assert_eq!(trim_suffix(&toks(".*"), &v, true, b).unwrap(), "a/b/c");
+        assert_eq!(
+            trim_suffix(&toks("?"), &v, false, b).unwrap(),
+            "a/b/c.tar.g"
+        );
+        assert_eq!(
+            replace_pattern(&toks("/"), &v, "-", true, b).unwrap(),
+            "a-b-c.tar.gz"
+        );
+        assert_eq!(
+            replace_pattern(&toks("[.]"), &v, "", true, b).unwrap(),
             v.iter().collect::<String>()
         );
         let big: Vec<char> = "x".repeat(20_000).chars().collect();
-        assert_eq!(trim_prefix(&toks("*x*x*y"), &big, true).len(), 20_000);
+        assert_eq!(
+            trim_prefix(&toks("*x*x*y"), &big, true, b).unwrap().len(),
+            20_000
+        );
+    }
+
+    #[test]
+    fn quadratic_replacement_and_growth_are_capped() {
+        let l = Lexer::new('\\');
+        // Every start position of a 100 000-character value tries a pattern that never fails
+        // early: about 10^10 steps without the budget.
+        let long = vec![("V", "x".repeat(100_000))];
+        let err = l.process_word("${V//*y/z}", &long).unwrap_err();
+        assert!(err.message().contains("matching steps"), "{err}");
+        // Ordinary replacements on the same value are well inside it.
+        assert_eq!(
+            l.process_word("${V//x/y}", &long).unwrap(),
+            "y".repeat(100_000)
+        );
+        // Doubling a value word by word stops at the size cap, not at memory exhaustion.
+        let big = vec![("A", "a".repeat(1 << 20))];
+        let word = "$A".repeat(64);
+        let err = l.process_word(&word, &big).unwrap_err();
+        assert!(err.message().contains("larger than"), "{err}");
+        let err = l.process_word(&format!("\"{word}\""), &big).unwrap_err();
+        assert!(err.message().contains("larger than"), "{err}");
+        let err = l.process_word("${A//?/$A}", &big).unwrap_err();
+        assert!(err.message().contains("larger than"), "{err}");
     }
 
     #[test]
@@ -759,6 +890,53 @@ mod tests {
         );
         let words = Lexer::new('`').process_words("a` b c", &NoEnv).unwrap();
         assert_eq!(words, vec!["a b", "c"]);
+    }
+
+    /// `${A:-${A:-...x...}}`, `depth` levels deep.
+    fn nested(depth: usize) -> String {
+        format!("{}x{}", "${A:-".repeat(depth), "}".repeat(depth))
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let l = Lexer::new('\\');
+        // Used to recurse once per level until the stack overflowed (an abort, not a panic).
+        for lexer in [
+            l,
+            l.skip_unset_env(true),
+            l.raw_quotes(true).raw_escapes(true),
+        ] {
+            let err = lexer.process_word(&nested(5_000), &NoEnv).unwrap_err();
+            assert!(
+                err.message()
+                    .contains(&format!("nested deeper than {MAX_EXPANSION_DEPTH}")),
+                "{err}"
+            );
+            // The message names the word, shortened: not 30 KB of it.
+            assert!(err.to_string().len() < 400, "{}", err.to_string().len());
+        }
+        let quoted = format!("{}x{}", "\"${A:-".repeat(5_000), "}\"".repeat(5_000));
+        assert!(l.process_word(&quoted, &NoEnv).is_err());
+        // The limit itself is fine, and expands.
+        assert_eq!(
+            l.process_word(&nested(MAX_EXPANSION_DEPTH), &NoEnv)
+                .unwrap(),
+            "x"
+        );
+    }
+
+    #[test]
+    fn the_depth_limit_fits_a_small_stack() {
+        // A plugin runs on a runtime's blocking thread; a debug build must still expand the
+        // deepest allowed word on a 512 KiB stack.
+        let word = nested(MAX_EXPANSION_DEPTH);
+        let out = std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(move || Lexer::new('\\').process_word(&word, &NoEnv))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(out.unwrap(), "x");
     }
 
     #[test]

@@ -96,7 +96,7 @@ impl Error {
             line: u32::try_from(line).unwrap_or(u32::MAX),
         };
         let quote = |message: String, line: usize| match line_text(source, line) {
-            Some(text) => format!("{message} (in `{text}`)"),
+            Some(text) => format!("{message} (in `{}`)", dockerfile_parser::shorten(text)),
             None => message,
         };
         match self {

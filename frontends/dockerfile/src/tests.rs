@@ -461,6 +461,43 @@ fn errors_carry_file_line_and_text() {
 }
 
 #[test]
+fn untrusted_dockerfiles_hit_limits_not_the_stack() {
+    let nested = |depth: usize| format!("{}x{}", "${A:-".repeat(depth), "}".repeat(depth));
+    // Used to abort the whole process with a stack overflow.
+    let e = fail(&format!("FROM scratch\nLABEL a={}\n", nested(5_000)));
+    assert_eq!(e.location.as_ref().map(|l| l.line), Some(2), "{e}");
+    assert_eq!(e.kind, ErrorKind::InvalidInput);
+    assert!(
+        e.message
+            .contains("variable expansions nested deeper than 64 levels"),
+        "{}",
+        e.message
+    );
+    // The line is shown, shortened to something a terminal can take.
+    assert!(
+        e.message.contains("(in `LABEL a=${A:-${A:-"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.len() < 600, "{} bytes", e.message.len());
+    // The same in FROM (expanded against the global args) and in WORKDIR.
+    let e = fail(&format!("FROM {}\n", nested(5_000)));
+    assert_eq!(e.location.map(|l| l.line), Some(1), "{}", e.message);
+    let e = fail(&format!("FROM scratch\nWORKDIR /{}\n", nested(5_000)));
+    assert_eq!(e.location.map(|l| l.line), Some(2), "{}", e.message);
+    // At the limit it builds.
+    let def = run(&format!("FROM scratch\nLABEL a={}\n", nested(64)));
+    assert_eq!(
+        def.config.config.labels.as_ref().and_then(|l| l.get("a")),
+        Some(&"x".to_owned())
+    );
+    // A line over the line limit is refused with its line number.
+    let e = fail(&format!("FROM scratch\nLABEL a={}\n", "b".repeat(2 << 20)));
+    assert_eq!(e.location.map(|l| l.line), Some(2), "{}", e.message);
+    assert!(e.message.contains("longer than 1 MiB"), "{}", e.message);
+}
+
+#[test]
 fn base_image_config_and_run() {
     let mut base = ImageConfig::scratch(&platform());
     base.config.env = Some(vec!["PATH=/bin".into(), "HOME=/root".into()]);

@@ -19,15 +19,22 @@
 //! BuildKit does, so a moved ref is fetched again.
 //! SSH remotes use the host user's ssh configuration and agent.
 //!
+//! Cancellation: each `git` runs in its own process group and is polled every 50 ms; when the
+//! host says the build was cancelled (Ctrl-C, or another step failed) the whole group is killed
+//! — git and the helpers it started (`git-remote-https`, `ssh`) — and the step fails at once.
+//!
 //! Architecture invariant: depends on `kiln-plugin-sdk` and third-party crates only; runs
 //! `git` as a child process, no async runtime.
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use kiln_plugin_sdk::graph::Op;
 use kiln_plugin_sdk::proto::{ErrorKind, PluginError, PrimitiveRequest, PrimitiveResponse};
@@ -125,13 +132,66 @@ impl Cancel for Host<'_> {
     }
 }
 
+/// How often a running `git` is checked for exit and the build for cancellation.
+const POLL: Duration = Duration::from_millis(50);
+
 struct Git<'a> {
     remote: String,
     shown: String,
     git_dir: &'a Path,
+    cancel: &'a dyn Cancel,
+}
+
+/// Reads all of `pipe` on a thread, so that a chatty child never blocks on a full pipe while
+/// the caller polls it.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut out);
+        }
+        out
+    })
+}
+
+/// Kills `child`'s whole process group (git and its helpers). Called before `child` is reaped,
+/// so its pid — the group id — cannot have been reused.
+fn kill_group(child: &mut Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) takes no pointers; `-pid` names the group `spawn` created with
+        // `process_group(0)`, whose leader is our unreaped child.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Git<'_> {
+    /// Waits for `child`, killing its process group when the build is cancelled.
+    fn wait(&self, child: &mut Child) -> Result<ExitStatus, Error> {
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) => {}
+                Err(e) => {
+                    kill_group(child);
+                    return Err(Error::Git {
+                        step: "wait".into(),
+                        remote: self.shown.clone(),
+                        stderr: e.to_string(),
+                    });
+                }
+            }
+            if self.cancel.cancelled() {
+                kill_group(child);
+                return Err(Error::Cancelled(self.shown.clone()));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Runs `git --git-dir=<dir> args...` without prompts or the user's global hooks; returns
     /// stdout.
     fn run<I, S>(&self, step: &str, args: I, work_tree: Option<&Path>) -> Result<String, Error>
@@ -153,8 +213,16 @@ impl Git<'_> {
         .args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("LC_ALL", "C");
-        let out = cmd.output().map_err(|e| Error::Git {
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so that cancelling kills the helpers git starts along with it.
+        .process_group(0);
+        if self.cancel.cancelled() {
+            return Err(Error::Cancelled(self.shown.clone()));
+        }
+        let mut child = cmd.spawn().map_err(|e| Error::Git {
             step: step.to_owned(),
             remote: self.shown.clone(),
             stderr: if e.kind() == io::ErrorKind::NotFound {
@@ -163,16 +231,23 @@ impl Git<'_> {
                 e.to_string()
             },
         })?;
-        if !out.status.success() {
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        // On cancellation the readers are left to finish on their own: the group is dead, so
+        // its pipes close.
+        let status = self.wait(&mut child)?;
+        let stdout = stdout.join().unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default();
+        if !status.success() {
             return Err(Error::Git {
                 step: step.to_owned(),
                 remote: self.shown.clone(),
-                stderr: String::from_utf8_lossy(&out.stderr)
+                stderr: String::from_utf8_lossy(&stderr)
                     .trim()
                     .replace(&self.remote, &self.shown),
             });
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
     }
 }
 
@@ -312,6 +387,7 @@ pub fn checkout(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<Strin
         remote: p.remote.clone(),
         shown: shown.clone(),
         git_dir: &git_dir,
+        cancel,
     };
     git.run("init", ["init", "-q", "--bare"], None)?;
     // A kept .git is a normal (non-bare) repository with the remote configured, as in a clone.
@@ -340,9 +416,6 @@ pub fn checkout(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<Strin
             (name, Some(commit))
         }
     };
-    if cancel.cancelled() {
-        return Err(Error::Cancelled(shown));
-    }
     let fetched = git.run(
         "fetch",
         [
@@ -355,7 +428,7 @@ pub fn checkout(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<Strin
         ],
         None,
     );
-    if fetched.is_err() && is_commit_id(wanted) {
+    if matches!(fetched, Err(Error::Git { .. })) && is_commit_id(wanted) {
         // A server that does not serve commits by id: fetch everything, then pick the commit.
         git.run(
             "fetch",
@@ -449,7 +522,7 @@ pub struct GitSource;
 /// The commit the payload's ref points to now (`None` when the payload names a commit, which
 /// the op itself pins): kiln keys the op on it, so a moved branch or tag is fetched again, as
 /// BuildKit resolves git refs with `ls-remote` on every build.
-pub fn current_commit(p: &Payload) -> Result<Option<String>, Error> {
+pub fn current_commit(p: &Payload, cancel: &dyn Cancel) -> Result<Option<String>, Error> {
     let wanted = p.reference.as_deref().unwrap_or("").trim();
     if is_commit_id(wanted) && wanted.len() == 40 {
         return Ok(None);
@@ -474,6 +547,7 @@ pub fn current_commit(p: &Payload) -> Result<Option<String>, Error> {
         remote: p.remote.clone(),
         shown: shown.clone(),
         git_dir: &git_dir,
+        cancel,
     };
     let listing = git.run("ls-remote", ["ls-remote", p.remote.as_str()], None)?;
     let wanted = if wanted.is_empty() { "HEAD" } else { wanted };
@@ -499,10 +573,10 @@ impl Primitive for GitSource {
     fn cache_key(
         &self,
         req: kiln_plugin_sdk::proto::CacheKeyRequest,
-        _host: &Host<'_>,
+        host: &Host<'_>,
     ) -> Result<kiln_plugin_sdk::proto::CacheKeyResponse, PluginError> {
-        let p = payload(&req.op).map_err(PluginError::from)?;
-        let key = current_commit(&p).map_err(PluginError::from)?;
+        let p = payload(&req.op)?;
+        let key = current_commit(&p, host)?;
         Ok(kiln_plugin_sdk::proto::CacheKeyResponse {
             key: key.map(|c| format!("commit:{c}")),
         })

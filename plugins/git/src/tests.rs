@@ -1,6 +1,9 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 struct NoCancel;
 impl Cancel for NoCancel {
@@ -138,4 +141,81 @@ fn missing_refs_and_hostile_subdirs_fail() {
 fn credentials_are_hidden() {
     assert_eq!(redact("https://u:p@host/r.git"), "https://xxxxx@host/r.git");
     assert_eq!(redact("git@host:r.git"), "git@host:r.git");
+}
+
+/// Cancelled once the flag is set.
+struct Flag(Arc<AtomicBool>);
+impl Cancel for Flag {
+    fn cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A server on 127.0.0.1 that accepts connections and never answers; each accepted connection
+/// is handed to the test.
+fn stalling() -> (u16, mpsc::Receiver<TcpStream>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            if tx.send(s).is_err() {
+                break;
+            }
+        }
+    });
+    (port, rx)
+}
+
+/// Cancels `run` once its git has connected to the stalling server, and checks that it stops
+/// within a bounded time and that nothing of it still holds the connection (git and its
+/// helpers are dead).
+fn cancel_while_stalled(run: impl FnOnce(u16, Flag) -> Result<(), Error> + Send + 'static) {
+    let (port, accepted) = stalling();
+    let flag = Arc::new(AtomicBool::new(false));
+    let cancel = Flag(flag.clone());
+    let (tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(run(port, cancel));
+    });
+    let mut conn = accepted
+        .recv_timeout(Duration::from_secs(30))
+        .expect("git connected to the server");
+    flag.store(true, Ordering::SeqCst);
+    let e = done
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the cancelled git step ended within 10 s")
+        .unwrap_err();
+    assert!(matches!(e, Error::Cancelled(_)), "{e:?}");
+    assert_eq!(PluginError::from(e).kind, ErrorKind::Cancelled);
+    // End of stream: the process that held the connection was killed.
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest)
+        .expect("the connection was closed by the killed git");
+}
+
+#[test]
+fn cancellation_kills_a_stalled_fetch() {
+    // git:// (git itself holds the socket), pinned commit: the fetch of checkout stalls.
+    cancel_while_stalled(|port, cancel| {
+        let t = tempfile::tempdir().unwrap();
+        let p = payload(
+            &format!("git://127.0.0.1:{port}/repo.git"),
+            Some(&"a".repeat(40)),
+        );
+        checkout(&p, t.path(), &cancel).map(drop)
+    });
+    // http:// (a git-remote-http helper holds the socket), a branch: ls-remote stalls.
+    cancel_while_stalled(|port, cancel| {
+        let t = tempfile::tempdir().unwrap();
+        let p = payload(&format!("http://127.0.0.1:{port}/repo.git"), Some("main"));
+        checkout(&p, t.path(), &cancel).map(drop)
+    });
+    // The cache key's ls-remote.
+    cancel_while_stalled(|port, cancel| {
+        let p = payload(&format!("git://127.0.0.1:{port}/repo.git"), Some("main"));
+        current_commit(&p, &cancel).map(drop)
+    });
 }

@@ -1,14 +1,34 @@
 //! "Did you mean ...?" hints, as BuildKit's `util/suggest` gives them: for instructions, flags,
 //! mount keys (here) and stage names and variables (in the frontend).
 
+/// Longest word (in characters) that gets a suggestion. Instructions, flags, stage and variable
+/// names are short; a name of thousands of characters is no typo, and the edit distance costs
+/// time in the product of the two lengths.
+pub const MAX_SUGGESTION_CHARS: usize = 64;
+
 /// The option closest to `value` (case-insensitive), when it is close enough to be a typo.
+///
+/// Cheap whatever the input: words over [`MAX_SUGGESTION_CHARS`] are skipped, and so is every
+/// option whose length alone differs by more than the allowed typos, so each distance computed
+/// is between two short words.
 pub fn closest<'a>(value: &str, options: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let len = value.chars().count();
+    if len > MAX_SUGGESTION_CHARS {
+        return None;
+    }
     let value = value.to_lowercase();
     // Short words differ from everything by a couple of edits; allow fewer typos for them.
-    let limit = if value.chars().count() <= 3 { 1 } else { 2 };
+    let limit = if len <= 3 { 1 } else { 2 };
     let mut best: Option<(usize, &str)> = None;
     for opt in options {
-        let d = distance(&value, &opt.to_lowercase());
+        // Bytes bound characters from above: a cheap first cut before counting.
+        if opt.len() > 4 * (MAX_SUGGESTION_CHARS + limit)
+            || opt.chars().count().abs_diff(len) > limit
+        {
+            continue;
+        }
+        // Optimal string alignment: a swap of two neighbours (`FORM`) is one typo.
+        let d = strsim::osa_distance(&value, &opt.to_lowercase());
         if d == 0 {
             return None;
         }
@@ -17,34 +37,6 @@ pub fn closest<'a>(value: &str, options: impl IntoIterator<Item = &'a str>) -> O
         }
     }
     best.map(|(_, o)| o)
-}
-
-/// Damerau-Levenshtein distance (optimal string alignment): a swap of two neighbours (`FORM`)
-/// is one typo.
-fn distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let w = b.len() + 1;
-    let mut d = vec![0usize; (a.len() + 1) * w];
-    for i in 0..=a.len() {
-        d[i * w] = i;
-    }
-    for (j, cell) in d.iter_mut().enumerate().take(w) {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[(i - 1) * w + j] + 1)
-                .min(d[i * w + j - 1] + 1)
-                .min(d[(i - 1) * w + j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                v = v.min(d[(i - 2) * w + j - 2] + 1);
-            }
-            d[i * w + j] = v;
-        }
-    }
-    d[a.len() * w + b.len()]
 }
 
 #[cfg(test)]
@@ -59,5 +51,24 @@ mod tests {
         assert_eq!(closest("FOO", opts), None);
         assert_eq!(closest("copy", opts), None);
         assert_eq!(closest("INCLUDE", opts), None);
+        assert_eq!(closest("ENVV", opts), Some("ENV"));
+        assert_eq!(closest("RNU", opts), Some("RUN"));
+    }
+
+    #[test]
+    fn long_names_get_no_suggestion_and_cost_nothing() {
+        // A full distance matrix for these took (5 000)² cells; 25 000 characters took 4.9 GB.
+        let long = "a".repeat(5_000);
+        let near = format!("{long}b");
+        assert_eq!(closest(&long, [near.as_str()]), None);
+        let at_limit = "v".repeat(MAX_SUGGESTION_CHARS);
+        let typo = format!("{at_limit}w");
+        assert_eq!(closest(&typo, [at_limit.as_str()]), None);
+        assert_eq!(
+            closest(&at_limit[1..], [at_limit.as_str()]),
+            Some(at_limit.as_str())
+        );
+        // A short word next to a huge option: skipped on length.
+        assert_eq!(closest("FROM", [long.as_str(), "FORM"]), Some("FORM"));
     }
 }

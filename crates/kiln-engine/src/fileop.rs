@@ -7,6 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use kiln_graph::{Chmod, Chown, CopyAction, FileAction, UserRef};
+use kiln_ignore::{MatchInfo, PatternMatcher};
 
 use crate::rootpath::resolve;
 
@@ -30,6 +31,14 @@ pub enum FileOpError {
         name: String,
         /// passwd or group.
         file: &'static str,
+    },
+    /// An include or exclude pattern that cannot be matched.
+    #[error("copying {src:?}: {source}")]
+    Pattern {
+        /// The source (or the path being matched).
+        src: String,
+        /// Why.
+        source: kiln_ignore::Error,
     },
     /// A bad `--chmod`.
     #[error("invalid chmod {0:?}")]
@@ -165,12 +174,7 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
         .transpose()?;
     let dest = resolve(root, &c.dest, true).map_err(ioe("resolve", &c.dest))?;
     let dest_is_dir = c.dest.ends_with('/') || dest.is_dir() || matches.len() > 1;
-    let opts = CopyOpts {
-        ids,
-        chmod: c.mode.clone(),
-        excludes: c.exclude_patterns.clone(),
-        includes: c.include_patterns.iter().map(|p| segments(p)).collect(),
-    };
+    let opts = CopyOpts::new(c, ids)?;
     for m in &matches {
         let md = fs::metadata(m)
             .or_else(|_| fs::symlink_metadata(m))
@@ -187,7 +191,7 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
             if c.create_dest_path {
                 create_dirs(&dest, 0o755, ids)?;
             }
-            copy_dir_contents(m, &dest, m, &opts, &c.dest)?;
+            copy_dir_contents(m, &dest, m, &opts, &c.dest, &Inherited::default())?;
         } else {
             let name = m.file_name().map(PathBuf::from).unwrap_or_default();
             let target = if dest_is_dir {
@@ -200,7 +204,7 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
                     create_dirs(parent, 0o755, ids)?;
                 }
             }
-            copy_entry(m, &target, m, &opts, &c.dest)?;
+            copy_entry(m, &target, m, &opts, &c.dest, &Inherited::default())?;
         }
     }
     Ok(())
@@ -209,68 +213,103 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
 struct CopyOpts {
     ids: Option<(u32, u32)>,
     chmod: Option<Chmod>,
-    excludes: Vec<String>,
-    /// `--parents` and include filters: only these paths (relative to the copied directory)
-    /// and what is below them are copied, with the directories leading to them.
-    includes: Vec<Vec<String>>,
+    /// `--exclude`: moby/patternmatcher patterns (later `!` re-includes), as fsutil's copy
+    /// applies them in BuildKit.
+    excludes: Option<PatternMatcher>,
+    /// `--parents` and include filters: only paths matching these patterns (relative to the
+    /// copied directory) and what is below them are copied, with the directories leading to
+    /// them.
+    includes: Option<Includes>,
 }
 
-fn segments(p: &str) -> Vec<String> {
-    p.split('/')
-        .filter(|s| !s.is_empty() && *s != ".")
-        .map(str::to_owned)
-        .collect()
+/// Include patterns, matched by kiln-ignore's linear matcher (a `**` never backtracks).
+struct Includes {
+    /// Whether a path or one of its parents matches a pattern.
+    matcher: PatternMatcher,
+    /// The same patterns as `!` exclusions, only asked whether something strictly below a
+    /// directory could match them.
+    below: PatternMatcher,
 }
 
-/// Whether `path` matches `pat` segment by segment, `**` standing for any number of segments.
-fn full_match(pat: &[String], path: &[&str]) -> bool {
-    match (pat.first(), path.first()) {
-        (None, None) => true,
-        (Some(p), _) if p == "**" => {
-            full_match(&pat[1..], path) || (!path.is_empty() && full_match(pat, &path[1..]))
-        }
-        (Some(p), Some(s)) => glob_match(p, s) && full_match(&pat[1..], &path[1..]),
-        _ => false,
-    }
-}
-
-/// Whether something below directory `path` could match `pat`.
-fn prefix_match(pat: &[String], path: &[&str]) -> bool {
-    match (pat.first(), path.first()) {
-        (_, None) => true,
-        (None, Some(_)) => false,
-        (Some(p), Some(_)) if p == "**" => true,
-        (Some(p), Some(s)) => glob_match(p, s) && prefix_match(&pat[1..], &path[1..]),
-    }
-}
-
-/// (included, may hold included paths) for `rel` under the copied directory.
-fn include_state(opts: &CopyOpts, rel: &str) -> (bool, bool) {
-    if opts.includes.is_empty() {
-        return (true, true);
-    }
-    let segs: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
-    let included = opts
-        .includes
-        .iter()
-        .any(|p| (1..=segs.len()).any(|n| full_match(p, &segs[..n])));
-    let below = included || opts.includes.iter().any(|p| prefix_match(p, &segs));
-    (included, below)
-}
-
-fn excluded(opts: &CopyOpts, base: &Path, path: &Path) -> bool {
-    if opts.excludes.is_empty() {
-        return false;
-    }
-    let rel = path.strip_prefix(base).unwrap_or(path).to_string_lossy();
-    opts.excludes.iter().any(|pat| {
-        let pat = pat.trim_start_matches('/');
-        let segs: Vec<&str> = rel.split('/').collect();
-        let psegs: Vec<&str> = pat.split('/').collect();
-        // A pattern excludes a path when it matches the path or one of its parents.
-        (1..=segs.len()).any(|n| {
-            n == psegs.len() && segs[..n].iter().zip(&psegs).all(|(s, p)| glob_match(p, s))
+impl CopyOpts {
+    fn new(c: &CopyAction, ids: Option<(u32, u32)>) -> Result<CopyOpts> {
+        let pattern_err = |source| FileOpError::Pattern {
+            src: c.src.clone(),
+            source,
+        };
+        let excludes = if c.exclude_patterns.is_empty() {
+            None
+        } else {
+            Some(PatternMatcher::new(&c.exclude_patterns).map_err(pattern_err)?)
+        };
+        let includes = if c.include_patterns.is_empty() {
+            None
+        } else {
+            let negated = c.include_patterns.iter().map(|p| format!("!{p}"));
+            Some(Includes {
+                matcher: PatternMatcher::new(&c.include_patterns).map_err(pattern_err)?,
+                below: PatternMatcher::new(negated).map_err(pattern_err)?,
+            })
+        };
+        Ok(CopyOpts {
+            ids,
+            chmod: c.mode.clone(),
+            excludes,
+            includes,
         })
+    }
+}
+
+/// What the patterns said about a directory, handed to its entries so that no entry re-matches
+/// its ancestors (a deep tree stays linear).
+#[derive(Clone, Default)]
+struct Inherited {
+    include: MatchInfo,
+    exclude: MatchInfo,
+}
+
+/// How an entry fares against the include and exclude patterns.
+struct Verdict {
+    /// Copied (with everything below it, subject to the excludes).
+    included: bool,
+    /// Not included itself, but a directory below which included paths may lie.
+    walk_into: bool,
+    excluded: bool,
+    info: Inherited,
+}
+
+fn verdict(opts: &CopyOpts, rel: &str, parent: &Inherited) -> Result<Verdict> {
+    let pattern_err = |source| FileOpError::Pattern {
+        src: rel.to_owned(),
+        source,
+    };
+    let mut info = Inherited::default();
+    let (included, walk_into) = match &opts.includes {
+        None => (true, false),
+        Some(inc) => {
+            let (m, i) = inc
+                .matcher
+                .matches_using_parent_results(rel, &parent.include)
+                .map_err(pattern_err)?;
+            info.include = i;
+            (m, !m && inc.below.could_reinclude_under(rel))
+        }
+    };
+    let excluded = match &opts.excludes {
+        None => false,
+        Some(ex) => {
+            let (m, i) = ex
+                .matches_using_parent_results(rel, &parent.exclude)
+                .map_err(pattern_err)?;
+            info.exclude = i;
+            m
+        }
+    };
+    Ok(Verdict {
+        included,
+        walk_into,
+        excluded,
+        info,
     })
 }
 
@@ -280,6 +319,7 @@ fn copy_dir_contents(
     base: &Path,
     opts: &CopyOpts,
     shown: &str,
+    inherited: &Inherited,
 ) -> Result<()> {
     let mut entries = fs::read_dir(from)
         .and_then(|rd| rd.collect::<io::Result<Vec<_>>>())
@@ -287,47 +327,74 @@ fn copy_dir_contents(
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let src = e.path();
-        if excluded(opts, base, &src) {
-            continue;
-        }
         let dst = to.join(e.file_name());
         let rel = src
             .strip_prefix(base)
             .unwrap_or(&src)
             .to_string_lossy()
             .into_owned();
-        match include_state(opts, &rel) {
-            (true, _) => copy_entry(&src, &dst, base, opts, shown)?,
-            (false, true) if e.file_type().is_ok_and(|t| t.is_dir()) => {
-                // A directory on the way to included paths: made only if something lands in it.
-                let existed = dst.exists();
-                if !existed {
-                    fs::create_dir(&dst).map_err(ioe("mkdir", shown))?;
-                }
-                copy_dir_contents(&src, &dst, base, opts, shown)?;
-                let empty = fs::read_dir(&dst)
-                    .map(|mut d| d.next().is_none())
-                    .unwrap_or(false);
-                if !existed && empty {
-                    fs::remove_dir(&dst).map_err(ioe("rmdir", shown))?;
-                } else if !existed {
-                    let md = fs::symlink_metadata(&src).map_err(ioe("stat", shown))?;
-                    set_meta(
-                        &dst,
-                        Some(md.mode() & 0o7777),
-                        opts.ids.or(Some((md.uid(), md.gid()))),
-                        shown,
-                    )?;
-                    set_mtime(&dst, &md);
-                }
+        let v = verdict(opts, &rel, inherited)?;
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        // An excluded directory is still walked when a later `!` pattern may bring back
+        // something below it, as fsutil's copy does.
+        let reincluded_below = || {
+            opts.excludes
+                .as_ref()
+                .is_some_and(|ex| ex.could_reinclude_under(&rel))
+        };
+        if v.excluded {
+            if is_dir && (v.included || v.walk_into) && reincluded_below() {
+                copy_lazy_dir(&src, &dst, base, opts, shown, &v.info)?;
             }
-            _ => {}
+        } else if v.included {
+            copy_entry(&src, &dst, base, opts, shown, &v.info)?;
+        } else if v.walk_into && is_dir {
+            copy_lazy_dir(&src, &dst, base, opts, shown, &v.info)?;
         }
     }
     Ok(())
 }
 
-fn copy_entry(src: &Path, dst: &Path, base: &Path, opts: &CopyOpts, shown: &str) -> Result<()> {
+/// A directory on the way to copied paths: made only if something lands in it.
+fn copy_lazy_dir(
+    src: &Path,
+    dst: &Path,
+    base: &Path,
+    opts: &CopyOpts,
+    shown: &str,
+    info: &Inherited,
+) -> Result<()> {
+    let existed = dst.exists();
+    if !existed {
+        fs::create_dir(dst).map_err(ioe("mkdir", shown))?;
+    }
+    copy_dir_contents(src, dst, base, opts, shown, info)?;
+    let empty = fs::read_dir(dst)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false);
+    if !existed && empty {
+        fs::remove_dir(dst).map_err(ioe("rmdir", shown))?;
+    } else if !existed {
+        let md = fs::symlink_metadata(src).map_err(ioe("stat", shown))?;
+        set_meta(
+            dst,
+            Some(md.mode() & 0o7777),
+            opts.ids.or(Some((md.uid(), md.gid()))),
+            shown,
+        )?;
+        set_mtime(dst, &md);
+    }
+    Ok(())
+}
+
+fn copy_entry(
+    src: &Path,
+    dst: &Path,
+    base: &Path,
+    opts: &CopyOpts,
+    shown: &str,
+    info: &Inherited,
+) -> Result<()> {
     let md = fs::symlink_metadata(src).map_err(ioe("stat", shown))?;
     let ft = md.file_type();
     let ids = opts.ids.or(Some((md.uid(), md.gid())));
@@ -340,7 +407,7 @@ fn copy_entry(src: &Path, dst: &Path, base: &Path, opts: &CopyOpts, shown: &str)
             }
             Err(_) => fs::create_dir(dst).map_err(ioe("mkdir", shown))?,
         }
-        copy_dir_contents(src, dst, base, opts, shown)?;
+        copy_dir_contents(src, dst, base, opts, shown, info)?;
         let mode = chmod(opts.chmod.as_ref(), md.mode() & 0o7777, true)?;
         set_meta(dst, Some(mode), ids, shown)?;
         set_mtime(dst, &md);
@@ -686,6 +753,61 @@ mod tests {
         );
         assert!(!dst.join("out/pkgs/b/other.txt").exists());
         assert!(!dst.join("out/top.txt").exists());
+    }
+
+    #[test]
+    fn many_double_stars_over_a_deep_tree_match_in_linear_time() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        let dst = t.path().join("dst");
+        fs::create_dir_all(&dst).unwrap();
+        let mut dir = src.clone();
+        for i in 0..40 {
+            dir = dir.join(format!("d{i}"));
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("other.txt"), "o").unwrap();
+        }
+        fs::write(dir.join("leaf.txt"), "leaf").unwrap();
+        let mut c = CopyAction::new(Some(0), "/", "/out/");
+        c.include_patterns = vec!["**/**/**/**/**/**/**/leaf.txt".into()];
+        let start = std::time::Instant::now();
+        apply(&dst, &[FileAction::Copy(c)], &[src]).unwrap();
+        // Used to backtrack for minutes; a generous bound, not a benchmark.
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        let rel: PathBuf = (0..40).map(|i| format!("d{i}")).collect();
+        let out = dst.join("out").join(&rel);
+        assert_eq!(fs::read_to_string(out.join("leaf.txt")).unwrap(), "leaf");
+        assert!(!out.join("other.txt").exists());
+        assert!(!dst.join("out/d0/other.txt").exists());
+    }
+
+    #[test]
+    fn exclude_patterns_follow_patternmatcher() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        let dst = t.path().join("dst");
+        fs::create_dir_all(&dst).unwrap();
+        tree(
+            &src,
+            &[
+                ("a/x.md", "1"),
+                ("a/b/y.md", "2"),
+                ("a/b/keep.md", "3"),
+                ("a/z.txt", "4"),
+                ("vendor/v.txt", "5"),
+            ],
+        );
+        let mut c = CopyAction::new(Some(0), "/", "/out/");
+        c.exclude_patterns = vec!["**/*.md".into(), "!a/b/keep.md".into(), "vendor".into()];
+        apply(&dst, &[FileAction::Copy(c)], &[src]).unwrap();
+        assert!(!dst.join("out/a/x.md").exists());
+        assert!(!dst.join("out/a/b/y.md").exists());
+        assert!(!dst.join("out/vendor").exists());
+        assert_eq!(
+            fs::read_to_string(dst.join("out/a/b/keep.md")).unwrap(),
+            "3"
+        );
+        assert_eq!(fs::read_to_string(dst.join("out/a/z.txt")).unwrap(), "4");
     }
 
     #[test]

@@ -147,6 +147,42 @@ pub enum Error {
     },
 }
 
+/// Largest build file kiln reads. Frontends have their own, smaller limits (the Dockerfile
+/// parser's is 8 MiB); this one only keeps a hostile context from making kiln read without end.
+pub const MAX_BUILD_FILE_BYTES: u64 = 16 << 20;
+
+/// The build file's text: a regular file (a context's `Dockerfile` may be a symlink to
+/// `/dev/zero` or a FIFO) of at most [`MAX_BUILD_FILE_BYTES`], in UTF-8.
+fn read_build_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; a regular file ignores the flag.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_BUILD_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_BUILD_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} MiB, the most kiln reads",
+                MAX_BUILD_FILE_BYTES >> 20
+            ),
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 impl Error {
     pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
         Error::Io {
@@ -392,11 +428,10 @@ impl Engine {
         progress: Arc<dyn ProgressSink<Digest>>,
         cancel: CancellationToken,
     ) -> Result<BuildOutcome, Error> {
-        let source =
-            std::fs::read_to_string(&req.dockerfile).map_err(|source| Error::Dockerfile {
-                path: req.dockerfile.clone(),
-                source,
-            })?;
+        let source = read_build_file(&req.dockerfile).map_err(|source| Error::Dockerfile {
+            path: req.dockerfile.clone(),
+            source,
+        })?;
         let filename = req
             .dockerfile
             .file_name()
@@ -843,5 +878,26 @@ mod tests {
         );
         assert_eq!(source_date_epoch(&BTreeMap::new()).unwrap(), None);
         assert!(source_date_epoch(&args("yesterday")).is_err());
+    }
+
+    #[test]
+    fn build_file_is_a_bounded_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = read_build_file(&fifo).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let zero = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let err = read_build_file(&zero).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let big = dir.path().join("big");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_BUILD_FILE_BYTES + 1).unwrap();
+        let err = read_build_file(&big).unwrap_err();
+        assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
+        let ok = dir.path().join("Dockerfile");
+        std::fs::write(&ok, "FROM scratch\n").unwrap();
+        assert_eq!(read_build_file(&ok).unwrap(), "FROM scratch\n");
     }
 }

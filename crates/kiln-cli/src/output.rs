@@ -306,36 +306,36 @@ pub fn parse_add_host(spec: &str) -> Result<HostEntry> {
     })
 }
 
-/// Parses a size as Docker's `--shm-size`: bytes, or a number with a binary unit suffix
-/// (`b`, `k`, `m`, `g`, `t`, `p`, optionally followed by `b` or `ib`): `64m`, `1.5g`.
+/// Parses a size as Docker's `--shm-size` (go-units `RAMInBytes`; the same rules as a
+/// Dockerfile's tmpfs `size=`): a decimal number, one optional space, then an optional unit `b`,
+/// or `k` `m` `g` `t` `p` (powers of 1024) alone or followed by `b` or `ib`, any case: `64m`,
+/// `1.5g`, `512KiB`.
 pub fn parse_shm_size(spec: &str) -> Result<u64> {
-    let s = spec.trim().to_ascii_lowercase();
-    let split = s
+    let num_end = spec
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let unit = unit.trim();
-    let unit = unit
-        .strip_suffix("ib")
-        .or_else(|| unit.strip_suffix('b').filter(|u| !u.is_empty()))
-        .unwrap_or(unit);
-    let shift = match unit {
-        "" | "b" => 0,
-        "k" => 10,
-        "m" => 20,
-        "g" => 30,
-        "t" => 40,
-        "p" => 50,
-        _ => bail!("invalid --shm-size {spec:?}: unknown unit {unit:?} (use b, k, m, g)"),
+        .unwrap_or(spec.len());
+    let (num, unit) = spec.split_at(num_end);
+    let unit = unit.strip_prefix(' ').unwrap_or(unit).to_ascii_lowercase();
+    // parse-size also takes digit grouping, exponents and exa units; docker does not.
+    let docker_unit = match unit.as_bytes() {
+        [] | [b'b'] => true,
+        [u, rest @ ..] => b"kmgtp".contains(u) && matches!(rest, [] | [b'b'] | [b'i', b'b']),
     };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| anyhow::anyhow!("invalid --shm-size {spec:?}: {num:?} is not a number"))?;
-    let bytes = n * (1u64 << shift) as f64;
-    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+    let bytes = parse_size::Config::new()
+        .with_binary()
+        .parse_size(spec)
+        .ok()
+        .filter(|_| !num.is_empty() && docker_unit)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "invalid --shm-size {spec:?}: expected a number with an optional unit b, k, m, \
+                 g, t or p (e.g. 64m)"
+            )
+        })?;
+    if bytes == 0 {
         bail!("invalid --shm-size {spec:?}: the size must be at least one byte");
     }
-    Ok(bytes as u64)
+    Ok(bytes)
 }
 
 /// Parses `--ulimit type=soft[:hard]` (hard defaults to soft; `-1` is unlimited).
@@ -625,6 +625,12 @@ mod tests {
         assert!(parse_shm_size("0").is_err());
         assert!(parse_shm_size("12x").is_err());
         assert!(parse_shm_size("m").is_err());
+        // The same rules as a Dockerfile's tmpfs size (go-units RAMInBytes).
+        assert_eq!(parse_shm_size("1p").unwrap(), 1 << 50);
+        assert_eq!(parse_shm_size("32 KiB").unwrap(), 32 << 10);
+        for bad in ["10bb", "1  k", "2ki", "1e", "1_000", "1e3", "-1", " 1k"] {
+            assert!(parse_shm_size(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

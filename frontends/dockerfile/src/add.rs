@@ -118,31 +118,14 @@ pub(crate) fn url_filename(url: &str) -> String {
     let path = rest.find('/').map_or("", |i| &rest[i..]);
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let last = path.rsplit('/').next().unwrap_or_default();
-    let decoded = percent_decode(last);
+    let decoded = percent_encoding::percent_decode_str(last)
+        .decode_utf8_lossy()
+        .into_owned();
     if decoded.is_empty() || decoded == "." || decoded == ".." || decoded.contains(['/', '\0']) {
         "__unnamed__".to_owned()
     } else {
         decoded
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `algo:hex` with a digest algorithm the http primitive verifies.

@@ -930,29 +930,32 @@ fn check_signal(sig: &str) -> Result<()> {
     }
 }
 
-/// A tmpfs size: bytes, or a number with a binary unit (`64m`, `1g`, `512kb`).
+/// A tmpfs `size=`, read as BuildKit reads it (go-units `RAMInBytes`; the same rules as
+/// `kiln build --shm-size`): a decimal number, one optional space, then an optional unit `b`,
+/// or `k` `m` `g` `t` `p` (powers of 1024) alone or followed by `b` or `ib`, any case.
 fn parse_size(s: &str) -> Result<u64> {
-    let lower = s.trim().to_lowercase();
-    let digits_end = lower
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(lower.len());
-    let (num, unit) = lower.split_at(digits_end);
-    let mult: u64 = match unit.trim().trim_end_matches('b').trim_end_matches('i') {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        _ => return Err(Error::invalid(format!("invalid size: {s:?}"))),
+    let invalid = || {
+        Error::invalid(format!(
+            "invalid size: {s:?} (a number with an optional unit b, k, m, g, t, p, e.g. 64m)"
+        ))
     };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| Error::invalid(format!("invalid size: {s:?}")))?;
-    let bytes = n * mult as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(Error::invalid(format!("invalid size: {s:?}")));
+    let num_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(num_end);
+    let unit = unit.strip_prefix(' ').unwrap_or(unit).to_ascii_lowercase();
+    // parse-size also takes digit grouping, exponents and exa units; docker does not.
+    let docker_unit = match unit.as_bytes() {
+        [] | [b'b'] => true,
+        [u, rest @ ..] => b"kmgtp".contains(u) && matches!(rest, [] | [b'b'] | [b'i', b'b']),
+    };
+    if num.is_empty() || !docker_unit {
+        return Err(invalid());
     }
-    Ok(bytes as u64)
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|_| invalid())
 }
 
 /// URLs and Git references, which COPY refuses (ADD fetches them, see [`crate::add`]).
@@ -1041,5 +1044,33 @@ mod tests {
         assert_eq!(strip_flags("--a=1 --b=\"x y\" rest of it", 2), "rest of it");
         assert_eq!(strip_flags("plain", 0), "plain");
         assert_eq!(summarize_heredoc("a\nb\n"), "a...");
+    }
+    #[test]
+    fn sizes_follow_go_units_ram_in_bytes() {
+        for (text, bytes) in [
+            ("100", 100),
+            ("32b", 32),
+            ("32 B", 32),
+            ("64m", 64 << 20),
+            ("32k", 32 << 10),
+            ("32Kb", 32 << 10),
+            ("32KiB", 32 << 10),
+            ("32 kib", 32 << 10),
+            ("2G", 2 << 30),
+            ("1t", 1 << 40),
+            ("1p", 1 << 50),
+            ("1.5k", 1536),
+            ("0", 0),
+        ] {
+            assert_eq!(parse_size(text).ok(), Some(bytes), "{text:?}");
+        }
+        // What go-units refuses: two spaces, a doubled or unknown suffix, `ki`, exa, digit
+        // grouping, exponents, signs, no number.
+        for text in [
+            "10bb", "1  k", "1kbb", "2ki", "1e", "1eb", "1_000", "1e3", "-1", "m", "", " 1k", "1k ",
+        ] {
+            let e = parse_size(text).unwrap_err();
+            assert!(e.to_string().contains("invalid size"), "{text:?}: {e}");
+        }
     }
 }

@@ -112,3 +112,24 @@ fn add_errors_carry_the_line() {
     let e = fail("FROM scratch\nADD --checksum=zz https://example.com/r.git /d\n");
     assert!(e.message.contains("expected a commit id"), "{}", e.message);
 }
+
+#[test]
+fn url_filenames_are_percent_decoded() {
+    use crate::add::url_filename;
+    for (url, name) in [
+        ("https://h/dir/tool.tar.gz?x=1#f", "tool.tar.gz"),
+        ("https://h/a%20b%E2%99%A5", "a b\u{2665}"),
+        // Malformed escapes stay as written; bytes that are not UTF-8 become U+FFFD.
+        ("https://h/100%25%zz%4", "100%%zz%4"),
+        ("https://h/x%FF", "x\u{fffd}"),
+        // A decoded separator or NUL, or no name at all, gives BuildKit's placeholder.
+        ("https://h/a%2Fb", "__unnamed__"),
+        ("https://h/a%00", "__unnamed__"),
+        ("https://h/..", "__unnamed__"),
+        ("https://h/%2E%2E", "__unnamed__"),
+        ("https://h", "__unnamed__"),
+        ("https://h/dir/", "__unnamed__"),
+    ] {
+        assert_eq!(url_filename(url), name, "{url}");
+    }
+}

@@ -28,13 +28,8 @@ impl fmt::Display for Op {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The reference cannot be parsed.
-    #[error("invalid image reference {input:?}: {why}")]
-    InvalidReference {
-        /// What was given.
-        input: String,
-        /// What is wrong with it.
-        why: String,
-    },
+    #[error(transparent)]
+    InvalidReference(#[from] kiln_types::reference::ReferenceError),
     /// The registry cannot be reached (after retries).
     #[error("failed to {op} {image}: cannot connect to {registry}: {why}")]
     Connect {
@@ -85,6 +80,27 @@ pub enum Error {
         expected: String,
         /// The digest of what arrived.
         actual: String,
+    },
+    /// A layer does not unpack to the diff id the image config lists for it.
+    #[error(
+        "failed to {} {}: layer {} ({}) unpacks to diff id {}, but the image config lists {} \
+         (rootfs.diff_ids[{}]): the image is corrupt or was tampered with, so it is refused",
+        .0.op, .0.image, .0.index, .0.layer, .0.computed, .0.expected, .0.index
+    )]
+    DiffIdMismatch(Box<DiffIdMismatch>),
+    /// A layer blob that cannot be read as a (compressed) tar.
+    #[error("failed to {op} {image}: layer {index} ({layer}) cannot be read: {why}")]
+    BadLayer {
+        /// What was being done.
+        op: Op,
+        /// The image.
+        image: String,
+        /// The layer's position in the manifest, base first, from 0.
+        index: usize,
+        /// The layer blob.
+        layer: kiln_types::Digest,
+        /// What is wrong.
+        why: String,
     },
     /// An index has no manifest for the requested platform.
     #[error(
@@ -160,4 +176,22 @@ pub enum Error {
     /// The http client cannot be set up.
     #[error("cannot create the registry client: {0}")]
     Client(String),
+}
+
+/// The details of [`Error::DiffIdMismatch`] (boxed: three digests would make every `Result`
+/// of this crate large).
+#[derive(Debug)]
+pub struct DiffIdMismatch {
+    /// What was being done.
+    pub op: Op,
+    /// The image.
+    pub image: String,
+    /// The layer's position in the manifest, base first, from 0.
+    pub index: usize,
+    /// The layer blob.
+    pub layer: kiln_types::Digest,
+    /// The diff id the config lists.
+    pub expected: kiln_types::Digest,
+    /// The digest of the layer's uncompressed tar.
+    pub computed: kiln_types::Digest,
 }

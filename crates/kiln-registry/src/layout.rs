@@ -9,7 +9,10 @@ use kiln_types::image::{Descriptor, Index, ANNOTATION_REF_NAME};
 use kiln_types::{Digest, Platform, Sha256Writer};
 
 use crate::remote::read_config;
-use crate::select::{parse_document, select_platform, Document, MAX_NESTING};
+use crate::select::{
+    check_layer_count, check_size, parse_document, select_platform, Document, MAX_CONFIG_SIZE,
+    MAX_MANIFEST_SIZE, MAX_NESTING,
+};
 use crate::{Error, ImageRef, LayoutRef, Op, ResolvedImage};
 
 /// Error context for one layout image.
@@ -32,11 +35,11 @@ impl Ctx {
         self.dir.join("blobs/sha256").join(digest.hex())
     }
 
-    /// Reads a small blob (manifest, index, config) whole, verified.
-    fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+    /// Reads a manifest or index whole, size-checked before it is read, verified.
+    fn read_manifest(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
         let path = self.blob_path(digest);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| self.err(format!("cannot read {}: {e}", path.display())))?;
+        let bytes = read_limited(&path, &format!("manifest {digest}"), MAX_MANIFEST_SIZE)
+            .map_err(|why| self.err(why))?;
         let actual = Digest::of(&bytes);
         if actual != *digest {
             return Err(self.mismatch(digest, &actual));
@@ -123,7 +126,7 @@ fn resolve_blocking(
         None => pick_by_tag(&c, &read_index(&c)?, l.tag.as_deref())?.digest,
     };
     for _ in 0..=MAX_NESTING {
-        let bytes = c.read_blob(&digest)?;
+        let bytes = c.read_manifest(&digest)?;
         match parse_document(&bytes).map_err(|why| c.err(why))? {
             Document::Index(index) => {
                 digest = select_platform(&index, platform)
@@ -137,9 +140,20 @@ fn resolve_blocking(
             Document::Manifest(manifest) => {
                 let config_digest = manifest.config.digest;
                 if !store.has_blob(&config_digest) {
+                    let path = c.blob_path(&config_digest);
+                    let size = std::fs::metadata(&path)
+                        .map_err(|e| c.err(format!("cannot read {}: {e}", path.display())))?
+                        .len();
+                    check_size(
+                        &format!("image config {config_digest}"),
+                        size,
+                        MAX_CONFIG_SIZE,
+                    )
+                    .map_err(|why| c.err(why))?;
                     c.copy_blob(&config_digest, store)?;
                 }
                 let config = read_config(store, &config_digest).map_err(|why| c.err(why))?;
+                check_layer_count(&manifest, &config).map_err(|why| c.err(why))?;
                 return Ok(ResolvedImage {
                     reference: ImageRef::Layout(l.clone()).pinned(digest),
                     manifest_digest: digest,
@@ -156,14 +170,29 @@ fn resolve_blocking(
 
 fn read_index(c: &Ctx) -> Result<Index, Error> {
     let path = c.dir.join("index.json");
-    let bytes = std::fs::read(&path).map_err(|e| {
-        c.err(format!(
+    if let Err(e) = std::fs::metadata(&path) {
+        return Err(c.err(format!(
             "cannot read {}: {e} (is {} an OCI image layout?)",
             path.display(),
             c.dir.display()
-        ))
-    })?;
+        )));
+    }
+    let bytes = read_limited(&path, &path.display().to_string(), MAX_MANIFEST_SIZE)
+        .map_err(|why| c.err(why))?;
     serde_json::from_slice(&bytes).map_err(|e| c.err(format!("invalid {}: {e}", path.display())))
+}
+
+/// Reads `path` whole when it holds at most `max` bytes. The file is read through a bound too,
+/// so one that grows after the size check still cannot make kiln read more.
+fn read_limited(path: &std::path::Path, what: &str, max: u64) -> Result<Vec<u8>, String> {
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let size = file.metadata().map_err(cannot)?.len();
+    check_size(what, size, max)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.take(max + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    check_size(what, bytes.len() as u64, max)?;
+    Ok(bytes)
 }
 
 /// The `index.json` entry named `tag` (`org.opencontainers.image.ref.name`; a full reference

@@ -8,6 +8,7 @@
 //! on `kiln-snapshot` (for the blob store) only; it knows nothing of builds, graphs or plugins.
 
 mod auth;
+mod diff_ids;
 mod error;
 mod layout;
 mod reference;
@@ -21,8 +22,9 @@ use kiln_snapshot::Store;
 use kiln_types::image::{Descriptor, ImageConfig, Manifest};
 use kiln_types::{Digest, Platform};
 
-pub use error::{Error, Op};
+pub use error::{DiffIdMismatch, Error, Op};
 pub use reference::{ImageRef, LayoutRef, Reference};
+pub use select::{parse_config, parse_document, Document, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE};
 
 /// How to reach registries.
 #[derive(Clone, Debug, Default)]
@@ -103,7 +105,9 @@ impl Registry {
     }
 
     /// Puts every layer blob of `image` into `store`: only missing ones, streamed to disk (never
-    /// the whole layer in memory), verified by digest, several in parallel (up to 3).
+    /// the whole layer in memory), verified by digest, several in parallel (up to 3). Then
+    /// checks that every layer, fetched now or earlier, unpacks to the diff id the image
+    /// config lists for it: only then may the layers be imported.
     pub async fn fetch_layers(&self, image: &ResolvedImage, store: &Store) -> Result<(), Error> {
         let mut missing: Vec<&Descriptor> = Vec::new();
         for l in &image.layers {
@@ -111,12 +115,21 @@ impl Registry {
                 missing.push(l);
             }
         }
-        if missing.is_empty() {
-            return Ok(());
+        if !missing.is_empty() {
+            match &image.reference {
+                ImageRef::Registry(r) => self.inner.fetch_blobs(r, &missing, store).await?,
+                ImageRef::Layout(l) => layout::copy_blobs(l, &missing, store).await?,
+            }
         }
-        match &image.reference {
-            ImageRef::Registry(r) => self.inner.fetch_blobs(r, &missing, store).await,
-            ImageRef::Layout(l) => layout::copy_blobs(l, &missing, store).await,
-        }
+        let (image, store) = (image.clone(), store.clone());
+        let name = image.reference.to_string();
+        // Decompressing every layer is blocking work.
+        tokio::task::spawn_blocking(move || diff_ids::verify(&image, &store))
+            .await
+            .map_err(|e| Error::Registry {
+                op: Op::FetchLayers,
+                image: name,
+                why: format!("diff id check failed to run: {e}"),
+            })?
     }
 }

@@ -19,7 +19,10 @@ use oci_client::{Client, Reference as OciRef, RegistryOperation};
 
 use crate::auth::DockerConfig;
 use crate::reference::is_loopback;
-use crate::select::{parse_document, select_platform, Document, ACCEPTED, MAX_NESTING};
+use crate::select::{
+    check_layer_count, check_size, parse_config, parse_document, select_platform, Document,
+    ACCEPTED, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, MAX_NESTING,
+};
 use crate::{Error, Op, Reference, RegistryOptions, ResolvedImage};
 
 /// Attempts per request, and the first back-off delay (multiplied by 4 each time: 200 ms,
@@ -217,17 +220,21 @@ impl Remote {
             })
             .await
             .map_err(|e| s.error(e))?;
+            // oci-client hands the body over whole (it has no streaming manifest call); check
+            // its size before hashing or parsing it.
+            check_size(
+                &expected.map_or_else(|| "manifest".to_owned(), |d| format!("manifest {d}")),
+                bytes.len() as u64,
+                MAX_MANIFEST_SIZE,
+            )
+            .map_err(|why| s.bad_document(why))?;
             let digest = Digest::of(&bytes);
             if let Some(want) = expected {
                 if want != digest {
                     return Err(s.mismatch("manifest", &want, &digest));
                 }
             }
-            let doc = parse_document(&bytes).map_err(|why| Error::BadDocument {
-                op: s.op,
-                image: s.image.clone(),
-                why,
-            })?;
+            let doc = parse_document(&bytes).map_err(|why| s.bad_document(why))?;
             match doc {
                 Document::Index(index) => {
                     let d = select_platform(&index, platform).map_err(|available| {
@@ -240,16 +247,19 @@ impl Remote {
                     expected = Some(d.digest);
                 }
                 Document::Manifest(manifest) => {
+                    // The download stops at the descriptor's size, so this bounds it.
+                    check_size(
+                        &format!("image config {}", manifest.config.digest),
+                        manifest.config.size,
+                        MAX_CONFIG_SIZE,
+                    )
+                    .map_err(|why| s.bad_document(why))?;
                     if !store.has_blob(&manifest.config.digest) {
                         s.fetch_blob(&manifest.config, store).await?;
                     }
-                    let config = read_config(store, &manifest.config.digest).map_err(|why| {
-                        Error::BadDocument {
-                            op: s.op,
-                            image: s.image.clone(),
-                            why,
-                        }
-                    })?;
+                    let config = read_config(store, &manifest.config.digest)
+                        .map_err(|why| s.bad_document(why))?;
+                    check_layer_count(&manifest, &config).map_err(|why| s.bad_document(why))?;
                     return Ok(ResolvedImage {
                         reference: crate::ImageRef::Registry(Reference {
                             digest: Some(digest),
@@ -300,10 +310,15 @@ impl Remote {
     }
 }
 
-/// Reads and parses a config blob from the store.
+/// Reads and parses a config blob from the store, size-checked before it is read.
 pub(crate) fn read_config(store: &Store, digest: &Digest) -> Result<ImageConfig, String> {
+    let path = store.blob_path(digest);
+    let size = std::fs::metadata(&path)
+        .map_err(|e| format!("cannot read image config {}: {e}", path.display()))?
+        .len();
+    check_size(&format!("image config {digest}"), size, MAX_CONFIG_SIZE)?;
     let bytes = store.read_blob(digest).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("invalid image config {digest}: {e}"))
+    parse_config(&bytes).map_err(|e| format!("image config {digest}: {e}"))
 }
 
 struct Session<'a> {
@@ -337,6 +352,14 @@ impl Session<'_> {
                 r.repository.clone(),
                 "latest".to_owned(),
             ),
+        }
+    }
+
+    fn bad_document(&self, why: String) -> Error {
+        Error::BadDocument {
+            op: self.op,
+            image: self.image.clone(),
+            why,
         }
     }
 

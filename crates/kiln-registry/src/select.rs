@@ -1,8 +1,9 @@
-//! Manifest documents as fetched (OCI or docker schema 2, image or index) and platform choice.
+//! Manifest documents as fetched (OCI or docker schema 2, image or index), image configs, and
+//! platform choice. Every document is size-checked before it is parsed.
 
 use kiln_types::image::{
-    Descriptor, Index, Manifest, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST,
-    MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
+    Descriptor, ImageConfig, Index, Manifest, MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
 };
 use kiln_types::Platform;
 
@@ -17,14 +18,40 @@ pub(crate) const ACCEPTED: &[&str] = &[
 /// How deep nested indexes are followed before giving up (a loop would otherwise never end).
 pub(crate) const MAX_NESTING: usize = 4;
 
+/// Largest manifest or index accepted, in bytes: 4 MiB, the distribution registry's own limit
+/// on manifests it stores (containerd's resolver allows about as much, `4 * 1048 * 1048`).
+/// Real manifests are a few KiB; an index of hundreds of platforms stays far below.
+pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+
+/// Largest image config accepted, in bytes: 8 MiB. Configs grow with history entries and
+/// labels, but real ones stay under a few hundred KiB.
+pub const MAX_CONFIG_SIZE: u64 = 8 << 20;
+
 /// A parsed manifest document.
-pub(crate) enum Document {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Document {
+    /// An image manifest.
     Manifest(Manifest),
+    /// An image index (docker manifest list).
     Index(Index),
 }
 
-/// Parses a manifest or index; the error says why it is not usable.
-pub(crate) fn parse_document(bytes: &[u8]) -> Result<Document, String> {
+/// `what` of `size` bytes is refused when above `max`; the error says both sizes.
+pub(crate) fn check_size(what: &str, size: u64, max: u64) -> Result<(), String> {
+    if size > max {
+        return Err(format!(
+            "{what} is {size} bytes, more than the {max} bytes ({} MiB) kiln accepts",
+            max >> 20
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a manifest or index (at most [`MAX_MANIFEST_SIZE`] bytes); the error says why it is
+/// not usable. JSON nesting is bounded by serde_json's recursion limit (128 levels), which
+/// `from_slice` always applies.
+pub fn parse_document(bytes: &[u8]) -> Result<Document, String> {
+    check_size("manifest", bytes.len() as u64, MAX_MANIFEST_SIZE)?;
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| format!("manifest is not JSON: {e}"))?;
     let schema = value.get("schemaVersion").and_then(|v| v.as_u64());
@@ -51,6 +78,26 @@ pub(crate) fn parse_document(bytes: &[u8]) -> Result<Document, String> {
             .map(Document::Manifest)
             .map_err(|e| format!("invalid image manifest: {e}"))
     }
+}
+
+/// Parses an image config (at most [`MAX_CONFIG_SIZE`] bytes); the error says why it is not
+/// usable.
+pub fn parse_config(bytes: &[u8]) -> Result<ImageConfig, String> {
+    check_size("image config", bytes.len() as u64, MAX_CONFIG_SIZE)?;
+    serde_json::from_slice(bytes).map_err(|e| format!("invalid image config: {e}"))
+}
+
+/// A manifest's layers must be the config's `rootfs.diff_ids`, one for one, as containerd
+/// checks: the diff ids are what the image says its layers unpack to.
+pub(crate) fn check_layer_count(manifest: &Manifest, config: &ImageConfig) -> Result<(), String> {
+    let (layers, diff_ids) = (manifest.layers.len(), config.rootfs.diff_ids.len());
+    if layers != diff_ids {
+        return Err(format!(
+            "the manifest lists {layers} layers but the image config lists {diff_ids} diff ids \
+             (rootfs.diff_ids): the image is corrupt"
+        ));
+    }
+    Ok(())
 }
 
 /// os, architecture and variant with the defaults filled in, so that `linux/arm64` equals
@@ -183,5 +230,32 @@ mod tests {
             .err()
             .unwrap()
             .contains("schema version 1"));
+    }
+
+    #[test]
+    fn documents_are_bounded_before_parsing() {
+        // serde_json's recursion limit (128) turns deep nesting into an error, not a stack
+        // overflow: one more level than any real manifest has, 100,000 deep.
+        let deep = format!(
+            r#"{{"schemaVersion":2,"annotations":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let err = parse_document(deep.as_bytes()).err().unwrap();
+        assert!(err.contains("recursion limit exceeded"), "{err}");
+        // Typed fields stop at the first bracket; an unknown one is skipped without recursing.
+        assert!(parse_config(deep.as_bytes()).is_err());
+
+        let size = usize::try_from(MAX_MANIFEST_SIZE).unwrap() + 1;
+        let err = parse_document(&vec![b' '; size]).err().unwrap();
+        assert!(
+            err.contains(&format!(
+                "manifest is {size} bytes, more than the 4194304 bytes"
+            )),
+            "{err}"
+        );
+        let size = usize::try_from(MAX_CONFIG_SIZE).unwrap() + 1;
+        let err = parse_config(&vec![b' '; size]).err().unwrap();
+        assert!(err.contains("more than the 8388608 bytes (8 MiB)"), "{err}");
     }
 }

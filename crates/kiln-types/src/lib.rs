@@ -1,5 +1,5 @@
-//! Pure data shared by every kiln crate and by plugins: content digests, platforms, and the OCI
-//! image config / manifest / index documents.
+//! Pure data shared by every kiln crate and by plugins: content digests, platforms, image
+//! references (kiln's one parser of them), and the OCI image config / manifest / index documents.
 //!
 //! Architecture invariant: no I/O and no dependency on any other kiln crate. Everything here
 //! must be cheap for a plugin to compile.
@@ -7,6 +7,7 @@
 mod digest;
 pub mod image;
 mod platform;
+pub mod reference;
 
 pub use digest::{Digest, DigestError, Sha256Writer};
 pub use platform::{Platform, PlatformError};

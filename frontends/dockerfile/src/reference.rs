@@ -1,55 +1,36 @@
 //! Image references as BuildKit writes them into the graph: normalized (`docker.io/library/`,
-//! `:latest`) and pinned to the manifest digest the host resolved.
+//! `:latest`) and pinned to the manifest digest the host resolved. The parsing is
+//! `kiln_types::reference`'s, the same the host uses to pull.
+
+use kiln_types::reference::{LayoutRef, Reference, LAYOUT_SCHEME};
 
 /// `alpine` → `docker.io/library/alpine:latest`; `localhost:5000/x` → `localhost:5000/x:latest`.
-/// References with a scheme (`oci-layout://...`) are left alone.
+/// References with a scheme (`oci-layout://...`) are left alone, and so are those that do not
+/// parse: the host parses every reference before it resolves one, and refuses those.
 pub(crate) fn normalize(reference: &str) -> String {
     if reference.contains("://") {
         return reference.to_owned();
     }
-    let (name, digest) = match reference.split_once('@') {
-        Some((n, d)) => (n, Some(d)),
-        None => (reference, None),
-    };
-    let has_domain = name.split_once('/').is_some_and(|(first, _)| {
-        first.contains('.') || first.contains(':') || first == "localhost"
-    });
-    let mut full = if has_domain {
-        name.to_owned()
-    } else if name.contains('/') {
-        format!("docker.io/{name}")
-    } else {
-        format!("docker.io/library/{name}")
-    };
-    let last = full.rsplit('/').next().unwrap_or_default();
-    let has_tag = last.contains(':');
-    match digest {
-        Some(d) => {
-            full.push('@');
-            full.push_str(d);
-        }
-        None if !has_tag => full.push_str(":latest"),
-        None => {}
-    }
-    full
+    reference
+        .parse::<Reference>()
+        .map_or_else(|_| reference.to_owned(), |r| r.to_string())
 }
 
 /// The normalized reference pinned to `digest`, unless it already names one. An
 /// `oci-layout://DIR[:tag]` becomes `oci-layout://DIR@digest`, so that the graph (and with it
 /// the cache key) changes when the layout's image does.
 pub(crate) fn pinned(reference: &str, digest: &str) -> String {
-    let n = normalize(reference);
-    if n.contains('@') || digest.is_empty() {
-        return n;
-    }
-    if let Some(rest) = n.strip_prefix("oci-layout://") {
-        let dir = match rest.rsplit_once(':') {
-            Some((dir, tag)) if !tag.contains('/') && !dir.is_empty() => dir,
-            _ => rest,
+    if reference.starts_with(LAYOUT_SCHEME) {
+        return match reference.parse::<LayoutRef>() {
+            Ok(l) if l.digest.is_none() && !digest.is_empty() => {
+                format!("{LAYOUT_SCHEME}{}@{digest}", l.dir.display())
+            }
+            Ok(l) => l.to_string(),
+            Err(_) => reference.to_owned(),
         };
-        return format!("oci-layout://{dir}@{digest}");
     }
-    if n.contains("://") {
+    let n = normalize(reference);
+    if n.contains('@') || n.contains("://") || digest.is_empty() {
         n
     } else {
         format!("{n}@{digest}")
@@ -83,5 +64,24 @@ mod tests {
             pinned("oci-layout:///l/d@sha256:cd", "sha256:ab"),
             "oci-layout:///l/d@sha256:cd"
         );
+    }
+
+    #[test]
+    fn docker_hub_spellings_normalize_as_the_host_does() {
+        // The graph must name an image the way the host pulls it, whatever the spelling.
+        let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        for spelling in [
+            "busybox",
+            "library/busybox",
+            "docker.io/busybox",
+            "index.docker.io/busybox",
+            "docker.io/library/busybox:latest",
+        ] {
+            assert_eq!(
+                pinned(spelling, d),
+                format!("docker.io/library/busybox:latest@{d}"),
+                "{spelling}"
+            );
+        }
     }
 }

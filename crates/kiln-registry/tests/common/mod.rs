@@ -231,6 +231,19 @@ pub fn build_layout(
     tag: &str,
     platforms: &[(&'static str, &'static str, Option<&'static str>)],
 ) -> TestLayout {
+    build_layout_with(dir, tag, platforms, &|_| {}, &|_| {})
+}
+
+/// [`build_layout`] with the config and the manifest JSON of each image changed by `config`
+/// and `manifest` before they are written (to make broken or hostile images).
+pub fn build_layout_with(
+    dir: &Path,
+    tag: &str,
+    platforms: &[(&'static str, &'static str, Option<&'static str>)],
+    config: &dyn Fn(&mut serde_json::Value),
+    manifest: &dyn Fn(&mut serde_json::Value),
+) -> TestLayout {
+    let (tamper_config, tamper_manifest) = (config, manifest);
     std::fs::create_dir_all(dir).expect("mkdir layout");
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
         .expect("write oci-layout");
@@ -271,15 +284,17 @@ pub fn build_layout(
         if let Some(v) = variant {
             config["variant"] = json!(v);
         }
+        tamper_config(&mut config);
         let (config_digest, config_size) =
             write_blob(dir, &serde_json::to_vec(&config).expect("config json"));
-        let manifest = json!({
+        let mut manifest = json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                        "digest": config_digest.to_string(), "size": config_size},
             "layers": layer_descs
         });
+        tamper_manifest(&mut manifest);
         let (manifest_digest, manifest_size) =
             write_blob(dir, &serde_json::to_vec(&manifest).expect("manifest json"));
         let mut platform = json!({"os": os, "architecture": arch});

@@ -9,7 +9,7 @@
 //! ```
 //! use kiln_ignore::{read_ignore_file, PatternMatcher};
 //!
-//! let patterns = read_ignore_file("# build output\ntarget\n*.log\n!keep.log\n");
+//! let patterns = read_ignore_file("# build output\ntarget\n*.log\n!keep.log\n")?;
 //! let matcher = PatternMatcher::new(&patterns)?;
 //! assert!(matcher.matches_or_parent_matches("target/debug/kiln")?);
 //! assert!(!matcher.matches_or_parent_matches("keep.log")?);
@@ -27,6 +27,15 @@ mod syntax;
 pub use ignorefile::read_ignore_file;
 pub use matcher::{MatchInfo, PatternMatcher};
 pub use pattern::{MatchKind, Pattern};
+
+/// Most patterns one matcher (or one `.dockerignore` file) may hold. Every path of the context
+/// is checked against every pattern, so the count multiplies the cost of a walk; real files
+/// list tens to hundreds.
+pub const MAX_PATTERNS: usize = 10_000;
+
+/// Longest pattern, in bytes: `PATH_MAX`. A longer pattern can only match through `*`s, and each
+/// pattern is compiled to a program in proportion to its length.
+pub const MAX_PATTERN_BYTES: usize = 4096;
 
 /// Why patterns could not be built or matched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +58,30 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// More than [`MAX_PATTERNS`] patterns.
+    #[error(
+        "{}more than {limit} patterns: exclude whole directories (e.g. \"node_modules\") or use \
+         `**` instead of listing files one by one",
+        at_line(.line)
+    )]
+    TooManyPatterns {
+        /// Line of a `.dockerignore` file where the limit was passed, when read from one.
+        line: Option<usize>,
+        limit: usize,
+    },
+    /// A pattern longer than [`MAX_PATTERN_BYTES`].
+    #[error(
+        "{}pattern of {len} bytes is longer than the limit of {limit} bytes (it starts {start:?})",
+        at_line(.line)
+    )]
+    PatternTooLong {
+        /// Line of a `.dockerignore` file, when read from one.
+        line: Option<usize>,
+        /// The first characters of the pattern.
+        start: String,
+        len: usize,
+        limit: usize,
+    },
     /// A [`MatchInfo`] from a matcher with a different number of patterns.
     #[error(
         "match info holds {got} pattern results but this matcher has {expected} patterns: pass \
@@ -60,4 +93,18 @@ pub enum Error {
         /// Results in the info passed in.
         got: usize,
     },
+}
+
+fn at_line(line: &Option<usize>) -> String {
+    line.map(|l| format!("line {l}: ")).unwrap_or_default()
+}
+
+/// The error for a pattern over [`MAX_PATTERN_BYTES`], quoting only its start.
+pub(crate) fn too_long(pattern: &str, line: Option<usize>) -> Error {
+    Error::PatternTooLong {
+        line,
+        start: pattern.chars().take(40).collect(),
+        len: pattern.len(),
+        limit: MAX_PATTERN_BYTES,
+    }
 }

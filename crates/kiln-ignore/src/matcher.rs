@@ -1,7 +1,7 @@
 //! The ordered pattern list and the "later `!` re-includes, parents count" evaluation.
 
 use crate::pattern::Pattern;
-use crate::{path, syntax, Error};
+use crate::{path, syntax, too_long, Error, MAX_PATTERNS, MAX_PATTERN_BYTES};
 
 /// An ordered list of `.dockerignore` patterns, ready to decide which context paths are excluded.
 ///
@@ -39,6 +39,15 @@ impl PatternMatcher {
             let source = raw.as_ref().trim();
             if source.is_empty() {
                 continue;
+            }
+            if matcher.patterns.len() == MAX_PATTERNS {
+                return Err(Error::TooManyPatterns {
+                    line: None,
+                    limit: MAX_PATTERNS,
+                });
+            }
+            if source.len() > MAX_PATTERN_BYTES {
+                return Err(too_long(source, None));
             }
             // Upstream cleans before looking at `!`, so `!./a` keeps its `./`.
             let cleaned = path::clean(source);
@@ -190,6 +199,24 @@ mod tests {
         assert!(m.exclusions());
         assert!(m.patterns()[1].is_exclusion());
         assert_eq!(m.patterns()[1].as_str(), "docs/README.md");
+    }
+
+    #[test]
+    fn pattern_count_and_length_are_bounded() {
+        let many: Vec<String> = (0..=MAX_PATTERNS).map(|i| format!("p{i}")).collect();
+        assert_eq!(
+            PatternMatcher::new(&many).unwrap_err(),
+            Error::TooManyPatterns {
+                line: None,
+                limit: MAX_PATTERNS
+            }
+        );
+        assert!(PatternMatcher::new(&many[1..]).is_ok());
+        let long = format!("{}*", "a".repeat(MAX_PATTERN_BYTES));
+        assert!(matches!(
+            PatternMatcher::new([long.as_str()]).unwrap_err(),
+            Error::PatternTooLong { line: None, len, .. } if len == MAX_PATTERN_BYTES + 1
+        ));
     }
 
     #[test]

@@ -7,7 +7,9 @@ use dockerfile_parser::instructions::{self as ins, Instruction};
 use dockerfile_parser::shell::{Env, Lexer, NoEnv};
 use dockerfile_parser::Node;
 use kiln_graph::{ImageSource, LocalSource, State};
-use kiln_plugin_sdk::proto::{Diagnostic, FrontendRequest, FrontendResponse, Location};
+use kiln_plugin_sdk::proto::{
+    Diagnostic, ErrorKind, FrontendRequest, FrontendResponse, Location, PluginError,
+};
 use kiln_types::image::{History, ImageConfig};
 use kiln_types::Platform;
 
@@ -1086,9 +1088,22 @@ impl Converter<'_> {
         candidates.push(".dockerignore".to_owned());
         for path in candidates {
             if let Some(bytes) = self.host.read_context_file(CONTEXT, &path)? {
-                return Ok(kiln_ignore::read_ignore_file(&String::from_utf8_lossy(
-                    &bytes,
-                )));
+                return kiln_ignore::read_ignore_file(&String::from_utf8_lossy(&bytes)).map_err(
+                    |e| {
+                        // The limits name a line of the ignore file, not of the Dockerfile.
+                        let line = match &e {
+                            kiln_ignore::Error::TooManyPatterns { line, .. }
+                            | kiln_ignore::Error::PatternTooLong { line, .. } => *line,
+                            _ => None,
+                        };
+                        let mut error = PluginError::new(
+                            ErrorKind::InvalidInput,
+                            format!("failed to read {path}: {e}"),
+                        );
+                        error.location = line.map(|l| location(&path, l));
+                        Error::from(error)
+                    },
+                );
             }
         }
         Ok(Vec::new())

@@ -365,6 +365,39 @@ fn dockerignore_patterns_become_excludes() {
 }
 
 #[test]
+fn dockerignore_limits_point_at_the_ignore_file() {
+    let source = "FROM scratch\nCOPY . /src/\n";
+    let mut host = FakeHost::default();
+    let long = format!(
+        "# big\nkeep\n{}\n",
+        "x".repeat(kiln_ignore::MAX_PATTERN_BYTES + 1)
+    );
+    host.files.insert(".dockerignore".into(), long);
+    let e = build(&request(source), &host).unwrap_err();
+    let loc = e.location.clone().expect("located");
+    assert_eq!((loc.file.as_str(), loc.line), (".dockerignore", 3), "{e}");
+    assert_eq!(e.kind, ErrorKind::InvalidInput);
+    assert!(
+        e.message
+            .starts_with("failed to read .dockerignore: line 3: pattern of 4097 bytes"),
+        "{}",
+        e.message
+    );
+    let many = "p\n".repeat(kiln_ignore::MAX_PATTERNS + 1);
+    host.files.insert(".dockerignore".into(), many);
+    let e = build(&request(source), &host).unwrap_err();
+    assert_eq!(
+        e.location.map(|l| l.line),
+        Some(u32::try_from(kiln_ignore::MAX_PATTERNS + 1).unwrap())
+    );
+    assert!(
+        e.message.contains("more than 10000 patterns"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
 fn copy_from_stage_index() {
     let source = "FROM scratch\nCOPY a /a\nFROM scratch\nCOPY --from=0 /a /b\n";
     let resp = run(source);

@@ -33,6 +33,7 @@ use xattr::FileExt;
 use crate::format::{is_image_xattr, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX};
 use crate::layer_tar::Compression;
 use crate::store::{LayerBlob, LayerId, Store};
+use crate::tar_limits::{check_entry, shown_name, GuardedReader, HeaderGuard};
 use crate::{io_err, Error, Result};
 
 /// A layer made from a blob by [`Store::import_layer`].
@@ -142,25 +143,7 @@ impl Store {
                     .map_err(io_err("start zstd decoder for", &path))?,
             ),
         };
-        let mut reader = HashReader {
-            inner: stream,
-            hash: Sha256Writer::default(),
-        };
-
-        let layer = self.new_layer()?;
-        let root_path = layer.fs_dir();
-        let notes = Extractor::new(&root_path, blob)?.run(&mut reader)?;
-        let diff_id = reader.hash.finish();
-
-        let id = match self.layer_by_diff_id(&diff_id)? {
-            // The same content is already a layer: keep that one, drop this copy.
-            Some(id) => id,
-            None => {
-                let id = layer.commit()?;
-                self.index_put("by-diff-id", &diff_id, &id.0)?;
-                id
-            }
-        };
+        let (id, diff_id, notes) = self.import_stream(stream, blob)?;
         self.index_put("by-blob", blob, &diff_id.hex())?;
         let compression = match codec {
             Codec::Tar => Some(Compression::Uncompressed),
@@ -183,6 +166,42 @@ impl Store {
         Ok(ImportedLayer { id, diff_id, notes })
     }
 
+    /// Imports an uncompressed layer tar held in memory, with every check of
+    /// [`import_layer`](Self::import_layer) (errors name the tar by its digest, which is also its
+    /// diff id), but no blob in the store and no exported form recorded. Meant for fuzzing and
+    /// tests: open a `Store` on a temporary directory and hand it arbitrary bytes.
+    pub fn import_tar_bytes(&self, tar: &[u8]) -> Result<ImportedLayer> {
+        let (id, diff_id, notes) = self.import_stream(Box::new(tar), &Digest::of(tar))?;
+        Ok(ImportedLayer { id, diff_id, notes })
+    }
+
+    /// Extracts the tar `stream` into a new layer (or finds the layer it duplicates) and
+    /// indexes it by diff id; `blob` names it in errors.
+    fn import_stream(
+        &self,
+        stream: Box<dyn Read + '_>,
+        blob: &Digest,
+    ) -> Result<(LayerId, Digest, Vec<String>)> {
+        let mut reader = HashReader {
+            inner: stream,
+            hash: Sha256Writer::default(),
+        };
+        let layer = self.new_layer()?;
+        let root_path = layer.fs_dir();
+        let notes = Extractor::new(&root_path, blob)?.run(&mut reader)?;
+        let diff_id = reader.hash.finish();
+        let id = match self.layer_by_diff_id(&diff_id)? {
+            // The same content is already a layer: keep that one, drop this copy.
+            Some(id) => id,
+            None => {
+                let id = layer.commit()?;
+                self.index_put("by-diff-id", &diff_id, &id.0)?;
+                id
+            }
+        };
+        Ok((id, diff_id, notes))
+    }
+
     /// The layer holding the tar with this diff id, if it was imported and still exists.
     pub fn layer_by_diff_id(&self, diff_id: &Digest) -> Result<Option<LayerId>> {
         Ok(self
@@ -191,6 +210,9 @@ impl Store {
             .filter(|id| self.has_layer(id)))
     }
 }
+
+/// The stream the tar reader reads: decompressed, hashed, its headers bounded.
+type Stream<'r, 's> = GuardedReader<&'r mut HashReader<Box<dyn Read + 's>>>;
 
 /// Metadata of a directory entry, applied once all entries are written (creating children
 /// changes a directory's mtime, and a read-only mode would stop a non-root extractor).
@@ -212,7 +234,13 @@ struct Extractor<'a> {
     notes: Vec<String>,
     /// The entry being extracted, for error messages.
     entry: String,
+    /// Bytes of xattrs held in `dirs` until the end: bounded, as a tar of many directories each
+    /// with large xattrs would otherwise hold them all in memory.
+    dir_xattr_bytes: usize,
 }
+
+/// Most bytes of directory xattrs one layer may hold for the end of its extraction.
+const MAX_DIR_XATTR_BYTES: usize = 64 << 20;
 
 /// A refusal, turned into [`Error::BadEntry`] with the blob and entry by `Extractor::bad`.
 type Refusal = String;
@@ -234,6 +262,7 @@ impl<'a> Extractor<'a> {
             dirs: BTreeMap::new(),
             notes: Vec::new(),
             entry: String::new(),
+            dir_xattr_bytes: 0,
         })
     }
 
@@ -258,9 +287,12 @@ impl<'a> Extractor<'a> {
         move |e| (self.io(op))(e.into())
     }
 
-    fn run(mut self, reader: &mut HashReader<Box<dyn Read>>) -> Result<Vec<String>> {
-        let mut archive = tar::Archive::new(&mut *reader);
-        let entries = archive.entries().map_err(self.io("read layer tar"))?;
+    fn run(mut self, reader: &mut HashReader<Box<dyn Read + '_>>) -> Result<Vec<String>> {
+        let (guarded, guard) = HeaderGuard::new(&mut *reader);
+        let mut archive = tar::Archive::new(guarded);
+        let entries = guard
+            .entries(&mut archive)
+            .map_err(self.io("read layer tar"))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| {
                 self.entry = if self.entry.is_empty() {
@@ -270,7 +302,8 @@ impl<'a> Extractor<'a> {
                 };
                 (self.io("read layer tar"))(e)
             })?;
-            self.entry = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            self.entry = shown_name(&entry.path_bytes());
+            check_entry(&mut entry).map_err(|why| self.bad(why))?;
             self.extract(&mut entry)?;
         }
         self.entry = "(end of tar)".into();
@@ -281,10 +314,7 @@ impl<'a> Extractor<'a> {
         Ok(self.notes)
     }
 
-    fn extract(
-        &mut self,
-        entry: &mut tar::Entry<'_, &mut HashReader<Box<dyn Read>>>,
-    ) -> Result<()> {
+    fn extract(&mut self, entry: &mut tar::Entry<'_, Stream<'_, '_>>) -> Result<()> {
         let kind = entry.header().entry_type();
         if matches!(
             kind,
@@ -333,6 +363,14 @@ impl<'a> Extractor<'a> {
                             .map_err(self.sys("create directory"))?;
                     }
                 }
+                self.dir_xattr_bytes +=
+                    xattrs.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>();
+                if self.dir_xattr_bytes > MAX_DIR_XATTR_BYTES {
+                    return Err(self.bad(format!(
+                        "the layer's directories carry more than {MAX_DIR_XATTR_BYTES} bytes \
+                         of xattrs"
+                    )));
+                }
                 let meta = DirMeta {
                     mode,
                     owner,
@@ -355,7 +393,13 @@ impl<'a> Extractor<'a> {
                 )
                 .map_err(self.sys("create file"))?;
                 let mut file = fs::File::from(fd);
-                io::copy(entry, &mut file).map_err(self.io("write file"))?;
+                let written = io::copy(entry, &mut file).map_err(self.io("write file"))?;
+                if written != entry.size() {
+                    return Err(self.bad(format!(
+                        "its header says {} bytes but the tar ends after {written}",
+                        entry.size()
+                    )));
+                }
                 self.set_meta_fd(file.as_fd(), mode, owner, mtime, &xattrs)?;
                 self.files.insert(comps);
             }
@@ -512,10 +556,7 @@ impl<'a> Extractor<'a> {
 
     /// The image xattrs of an entry (PAX `SCHILY.xattr.*`); `trusted.*` and other host
     /// namespaces are dropped.
-    fn xattrs(
-        &self,
-        entry: &mut tar::Entry<'_, &mut HashReader<Box<dyn Read>>>,
-    ) -> Result<Vec<(String, Vec<u8>)>> {
+    fn xattrs(&self, entry: &mut tar::Entry<'_, Stream<'_, '_>>) -> Result<Vec<(String, Vec<u8>)>> {
         let mut out = Vec::new();
         let Some(exts) = entry.pax_extensions().map_err(self.io("read PAX header"))? else {
             return Ok(out);

@@ -15,6 +15,7 @@ mod gzip;
 mod import;
 mod layer_tar;
 mod store;
+pub mod tar_limits;
 mod view;
 
 pub use import::ImportedLayer;

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
@@ -385,4 +385,184 @@ fn an_imported_whiteout_hides_a_lower_file_with_either_snapshotter() {
         assert_eq!(fs::read(v.path().join("etc/keep")).unwrap(), b"k");
         assert_eq!(fs::read(v.path().join("etc/new")).unwrap(), b"n");
     }
+}
+
+/// A ustar header of `kind` for `name`, with `size` bytes of data to follow.
+fn raw_header(name: &str, kind: tar::EntryType, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name).unwrap();
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(size);
+    h.set_cksum();
+    h
+}
+
+/// PAX records (`<len> <key>=<value>\n`, the length counting itself).
+fn pax_records(records: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in records {
+        let body = k.len() + v.len() + 3; // ' ', '=', '\n'
+        let mut len = body + 1;
+        while (len.to_string().len() + body) != len {
+            len = len.to_string().len() + body;
+        }
+        out.extend_from_slice(format!("{len} {k}=").as_bytes());
+        out.extend_from_slice(v);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// A tar of: a PAX header with `records`, then the file `name` holding `data`.
+fn tar_with_pax(records: &[(&str, &[u8])], name: &str, data: &[u8]) -> Vec<u8> {
+    let pax = pax_records(records);
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(
+        &raw_header("PaxHeaders/x", tar::EntryType::XHeader, pax.len() as u64),
+        &pax[..],
+    )
+    .unwrap();
+    b.append(
+        &raw_header(name, tar::EntryType::Regular, data.len() as u64),
+        data,
+    )
+    .unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn names_and_link_targets_beyond_linux_limits_are_refused() {
+    let f = fixture();
+    // A GNU long name of 4,200 bytes in 2-byte components: every component fits, the path does
+    // not fit PATH_MAX.
+    let long = format!("{}f", "a/".repeat(2100));
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(1);
+    b.append_data(&mut h, &long, &b"x"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let shown = format!("{}… (4201 bytes)", &long[..200]);
+    assert_refused(&f, &tar, &shown, "PATH_MAX");
+    // One component longer than NAME_MAX.
+    let name = format!("d/{}", "n".repeat(300));
+    let tar = tar_of(&[E::File("ok", b"1")]);
+    let mut tar = tar[..tar.len() - 1024].to_vec();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(1);
+    b.append_data(&mut h, &name, &b"x"[..]).unwrap();
+    tar.extend(b.into_inner().unwrap());
+    let shown = format!("{}… (302 bytes)", &name[..200]);
+    assert_refused(&f, &tar, &shown, "NAME_MAX");
+    // A symlink target longer than PATH_MAX (a PAX linkpath).
+    let target = "t/".repeat(2500);
+    let pax = pax_records(&[("linkpath", target.as_bytes())]);
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(
+        &raw_header("PaxHeaders/l", tar::EntryType::XHeader, pax.len() as u64),
+        &pax[..],
+    )
+    .unwrap();
+    b.append(&raw_header("lnk", tar::EntryType::Symlink, 0), &[][..])
+        .unwrap();
+    assert_refused(
+        &f,
+        &b.into_inner().unwrap(),
+        "lnk",
+        "link target is 5000 bytes",
+    );
+}
+
+#[test]
+fn oversized_extended_headers_are_refused_before_they_are_read() {
+    let f = fixture();
+    // 2 MiB of PAX comment before an ordinary file: the reader would hold it all in memory.
+    let comment = vec![b'c'; 2 << 20];
+    let tar = tar_with_pax(&[("comment", &comment)], "f", b"data");
+    assert_refused(&f, &tar, "(start of tar)", "exceed 1048576 bytes");
+    // The same after a first entry: the error names the entry before.
+    let mut tar = tar_of(&[E::File("first", b"1")]);
+    tar.truncate(tar.len() - 1024);
+    tar.extend(tar_with_pax(&[("comment", &comment)], "f", b"data"));
+    assert_refused(&f, &tar, "(tar stream after \"first\")", "exceed 1048576");
+    // A GNU long-name record of 8 MiB.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_size(8 << 20);
+    h.set_cksum();
+    b.append(&h, std::io::repeat(b'n').take(8 << 20)).unwrap();
+    b.append(&raw_header("f", tar::EntryType::Regular, 1), &b"x"[..])
+        .unwrap();
+    assert_refused(&f, &b.into_inner().unwrap(), "(start of tar)", "exceed");
+}
+
+#[test]
+fn xattrs_beyond_linux_limits_are_refused() {
+    let f = fixture();
+    let big = vec![b'v'; 70_000];
+    let tar = tar_with_pax(&[("SCHILY.xattr.user.big", &big)], "f", b"1");
+    assert_refused(&f, &tar, "f", "70000-byte value");
+    let name = format!("SCHILY.xattr.user.{}", "k".repeat(300));
+    let tar = tar_with_pax(&[(&name, b"v")], "f", b"1");
+    assert_refused(&f, &tar, "f", "Linux allows 1 to 255");
+    let names: Vec<String> = (0..300)
+        .map(|i| format!("SCHILY.xattr.user.a{i}"))
+        .collect();
+    let records: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"1"[..])).collect();
+    let tar = tar_with_pax(&records, "f", b"1");
+    assert_refused(&f, &tar, "f", "more than 256 xattrs");
+}
+
+#[test]
+fn sizes_that_do_not_match_the_data_are_refused() {
+    let f = fixture();
+    // The header promises 10,000 bytes; the stream ends after 600.
+    let mut tar = raw_header("short", tar::EntryType::Regular, 10_000)
+        .as_bytes()
+        .to_vec();
+    tar.extend(vec![b'x'; 600]);
+    assert_refused(
+        &f,
+        &tar,
+        "short",
+        "says 10000 bytes but the tar ends after 600",
+    );
+    // A GNU sparse file of 4 GiB holes around 512 stored bytes.
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..6].copy_from_slice(b"sparse");
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(512);
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.sparse[0].offset = *b"37777777000\0";
+    gnu.sparse[0].numbytes = *b"00000001000\0";
+    gnu.realsize = *b"40000000000\0";
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &[7u8; 512][..]).unwrap();
+    assert_refused(
+        &f,
+        &b.into_inner().unwrap(),
+        "sparse",
+        "more than 1073741824 bytes of holes",
+    );
 }

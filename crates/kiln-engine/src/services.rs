@@ -83,6 +83,20 @@ fn info(name: String, md: &std::fs::Metadata, link: Option<String>) -> FileInfo 
     }
 }
 
+/// A registry failure as a plugin sees it: the registry's message (what, which image, why)
+/// with the kind of failure, so that a frontend can tell "no such image" from the rest.
+fn registry_error(e: &kiln_registry::Error) -> PluginError {
+    use kiln_registry::Category;
+    let kind = match e.category() {
+        Category::NotFound => ErrorKind::NotFound,
+        Category::Invalid => ErrorKind::InvalidInput,
+        // The protocol has no "unauthorized" or "unavailable" kind yet; Internal ("a bug or an
+        // environment failure") is the closest, and the message names the cause.
+        Category::Unauthorized | Category::Unavailable | Category::Internal => ErrorKind::Internal,
+    };
+    PluginError::new(kind, e.to_string())
+}
+
 impl HostServices for EngineServices {
     fn read_context_file(&self, context: &str, path: &str) -> Result<Vec<u8>, PluginError> {
         let p = self.path(context, path, true)?;
@@ -138,16 +152,15 @@ impl HostServices for EngineServices {
         reference: &str,
         platform: &kiln_types::Platform,
     ) -> Result<ResolveImageConfigResponse, PluginError> {
-        let image: kiln_registry::ImageRef =
-            reference.parse().map_err(|e: kiln_registry::Error| {
-                PluginError::new(ErrorKind::InvalidInput, e.to_string())
-            })?;
+        let image: kiln_registry::ImageRef = reference
+            .parse()
+            .map_err(|e: kiln_registry::Error| registry_error(&e))?;
         self.log(LogLevel::Info, &format!("resolve image config for {image}"));
         // Plugin calls run on a blocking thread of the runtime, where blocking on it is allowed.
         let resolved = self
             .handle
             .block_on(self.registry.resolve(&image, platform, &self.store))
-            .map_err(|e| PluginError::new(ErrorKind::NotFound, e.to_string()))?;
+            .map_err(|e| registry_error(&e))?;
         Ok(ResolveImageConfigResponse {
             digest: resolved.manifest_digest,
             config: resolved.config,
@@ -183,5 +196,78 @@ impl HostServices for EngineServices {
 
     fn cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> kiln_registry::Registry {
+        let docker = tempfile::tempdir().expect("tempdir");
+        kiln_registry::Registry::new(kiln_registry::RegistryOptions {
+            insecure: Vec::new(),
+            docker_config: Some(docker.path().to_owned()),
+        })
+        .expect("registry client")
+    }
+
+    /// The error a real resolve of `reference` gives, as the plugin would see it.
+    fn resolve_error(reference: &str) -> PluginError {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = kiln_snapshot::Store::open(tmp.path().join("store")).expect("store");
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let image: kiln_registry::ImageRef = match reference.parse() {
+            Ok(i) => i,
+            Err(e) => return registry_error(&e),
+        };
+        let err = rt
+            .block_on(registry().resolve(&image, &kiln_types::Platform::host(), &store))
+            .expect_err(reference);
+        registry_error(&err)
+    }
+
+    #[test]
+    fn registry_failures_keep_their_kind() {
+        // Nothing listens on port 1 of loopback: the registry is unreachable, not the image
+        // missing.
+        let e = resolve_error("127.0.0.1:1/app:1");
+        assert_eq!(e.kind, ErrorKind::Internal, "{e}");
+        assert!(e.message.contains("cannot connect to 127.0.0.1:1"), "{e}");
+
+        let e = resolve_error("Bad//Reference");
+        assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
+        assert!(e.message.contains("invalid image reference"), "{e}");
+
+        let e = resolve_error("oci-layout:///nonexistent/kiln-layout:v1");
+        assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+
+        let e = registry_error(&kiln_registry::Error::Unauthorized {
+            op: kiln_registry::Op::Resolve,
+            image: "registry.example/private/app:1".to_owned(),
+            why: "authentication required".to_owned(),
+            config: PathBuf::from("/root/.docker/config.json"),
+        });
+        assert_eq!(e.kind, ErrorKind::Internal, "{e}");
+        assert!(
+            e.message.contains("unauthorized: authentication required"),
+            "{e}"
+        );
+
+        let e = registry_error(&kiln_registry::Error::NotFound {
+            op: kiln_registry::Op::Resolve,
+            image: "127.0.0.1:5000/nope:1".to_owned(),
+            why: "manifest unknown".to_owned(),
+        });
+        assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+
+        let e = registry_error(&kiln_registry::Error::DigestMismatch {
+            op: kiln_registry::Op::Resolve,
+            image: "127.0.0.1:5000/x:1".to_owned(),
+            what: "manifest",
+            expected: Digest::of(b"a").to_string(),
+            actual: Digest::of(b"b").to_string(),
+        });
+        assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
     }
 }

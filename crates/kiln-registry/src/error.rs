@@ -24,6 +24,24 @@ impl fmt::Display for Op {
     }
 }
 
+/// What kind of failure an [`Error`] is, for callers that must tell them apart (the engine
+/// answers plugins with an error kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Category {
+    /// The image, tag, platform or layout does not exist.
+    NotFound,
+    /// The registry refused the credentials, or there were none (401/403), or they could not
+    /// be read.
+    Unauthorized,
+    /// The registry cannot be reached or fails (connection refused, timeouts, 5xx).
+    Unavailable,
+    /// The reference, or the image itself, is invalid: bad syntax, content that does not match
+    /// its digest, documents too large or inconsistent.
+    Invalid,
+    /// A local failure: the content store, the http client setup.
+    Internal,
+}
+
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -176,6 +194,27 @@ pub enum Error {
     /// The http client cannot be set up.
     #[error("cannot create the registry client: {0}")]
     Client(String),
+}
+
+impl Error {
+    /// The kind of failure.
+    pub fn category(&self) -> Category {
+        match self {
+            Error::NotFound { .. } | Error::NoMatchingPlatform { .. } | Error::Layout { .. } => {
+                Category::NotFound
+            }
+            Error::Unauthorized { .. }
+            | Error::DockerConfig { .. }
+            | Error::CredentialHelper { .. } => Category::Unauthorized,
+            Error::Connect { .. } | Error::Registry { .. } => Category::Unavailable,
+            Error::InvalidReference(_)
+            | Error::DigestMismatch { .. }
+            | Error::DiffIdMismatch(_)
+            | Error::BadLayer { .. }
+            | Error::BadDocument { .. } => Category::Invalid,
+            Error::Store { .. } | Error::Client(_) => Category::Internal,
+        }
+    }
 }
 
 /// The details of [`Error::DiffIdMismatch`] (boxed: three digests would make every `Result`

@@ -31,6 +31,15 @@ impl Ctx {
         }
     }
 
+    /// A manifest, index or config that cannot be used (too large, not JSON, inconsistent).
+    fn bad(&self, why: impl Into<String>) -> Error {
+        Error::BadDocument {
+            op: self.op,
+            image: self.image.clone(),
+            why: why.into(),
+        }
+    }
+
     fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.dir.join("blobs/sha256").join(digest.hex())
     }
@@ -38,8 +47,12 @@ impl Ctx {
     /// Reads a manifest or index whole, size-checked before it is read, verified.
     fn read_manifest(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
         let path = self.blob_path(digest);
-        let bytes = read_limited(&path, &format!("manifest {digest}"), MAX_MANIFEST_SIZE)
-            .map_err(|why| self.err(why))?;
+        let bytes = read_limited(
+            self,
+            &path,
+            &format!("manifest {digest}"),
+            MAX_MANIFEST_SIZE,
+        )?;
         let actual = Digest::of(&bytes);
         if actual != *digest {
             return Err(self.mismatch(digest, &actual));
@@ -127,7 +140,7 @@ fn resolve_blocking(
     };
     for _ in 0..=MAX_NESTING {
         let bytes = c.read_manifest(&digest)?;
-        match parse_document(&bytes).map_err(|why| c.err(why))? {
+        match parse_document(&bytes).map_err(|why| c.bad(why))? {
             Document::Index(index) => {
                 digest = select_platform(&index, platform)
                     .map_err(|available| Error::NoMatchingPlatform {
@@ -149,11 +162,11 @@ fn resolve_blocking(
                         size,
                         MAX_CONFIG_SIZE,
                     )
-                    .map_err(|why| c.err(why))?;
+                    .map_err(|why| c.bad(why))?;
                     c.copy_blob(&config_digest, store)?;
                 }
-                let config = read_config(store, &config_digest).map_err(|why| c.err(why))?;
-                check_layer_count(&manifest, &config).map_err(|why| c.err(why))?;
+                let config = read_config(store, &config_digest).map_err(|why| c.bad(why))?;
+                check_layer_count(&manifest, &config).map_err(|why| c.bad(why))?;
                 return Ok(ResolvedImage {
                     reference: ImageRef::Layout(l.clone()).pinned(digest),
                     manifest_digest: digest,
@@ -165,7 +178,7 @@ fn resolve_blocking(
             }
         }
     }
-    Err(c.err(format!("image indexes nested more than {MAX_NESTING} deep")))
+    Err(c.bad(format!("image indexes nested more than {MAX_NESTING} deep")))
 }
 
 fn read_index(c: &Ctx) -> Result<Index, Error> {
@@ -177,21 +190,20 @@ fn read_index(c: &Ctx) -> Result<Index, Error> {
             c.dir.display()
         )));
     }
-    let bytes = read_limited(&path, &path.display().to_string(), MAX_MANIFEST_SIZE)
-        .map_err(|why| c.err(why))?;
-    serde_json::from_slice(&bytes).map_err(|e| c.err(format!("invalid {}: {e}", path.display())))
+    let bytes = read_limited(c, &path, &path.display().to_string(), MAX_MANIFEST_SIZE)?;
+    serde_json::from_slice(&bytes).map_err(|e| c.bad(format!("invalid {}: {e}", path.display())))
 }
 
 /// Reads `path` whole when it holds at most `max` bytes. The file is read through a bound too,
 /// so one that grows after the size check still cannot make kiln read more.
-fn read_limited(path: &std::path::Path, what: &str, max: u64) -> Result<Vec<u8>, String> {
-    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+fn read_limited(c: &Ctx, path: &std::path::Path, what: &str, max: u64) -> Result<Vec<u8>, Error> {
+    let cannot = |e: std::io::Error| c.err(format!("cannot read {}: {e}", path.display()));
     let file = std::fs::File::open(path).map_err(cannot)?;
     let size = file.metadata().map_err(cannot)?.len();
-    check_size(what, size, max)?;
+    check_size(what, size, max).map_err(|why| c.bad(why))?;
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     file.take(max + 1).read_to_end(&mut bytes).map_err(cannot)?;
-    check_size(what, bytes.len() as u64, max)?;
+    check_size(what, bytes.len() as u64, max).map_err(|why| c.bad(why))?;
     Ok(bytes)
 }
 

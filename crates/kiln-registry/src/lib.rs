@@ -22,7 +22,7 @@ use kiln_snapshot::Store;
 use kiln_types::image::{Descriptor, ImageConfig, Manifest};
 use kiln_types::{Digest, Platform};
 
-pub use error::{DiffIdMismatch, Error, Op};
+pub use error::{Category, DiffIdMismatch, Error, Op};
 pub use reference::{ImageRef, LayoutRef, Reference};
 pub use select::{parse_config, parse_document, Document, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE};
 

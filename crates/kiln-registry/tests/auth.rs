@@ -7,7 +7,7 @@ mod common;
 
 use base64::Engine as _;
 use common::{build_layout, host_platform, TestRegistry};
-use kiln_registry::{Error, ImageRef, Registry, RegistryOptions};
+use kiln_registry::{Category, Error, ImageRef, Registry, RegistryOptions};
 use kiln_snapshot::Store;
 use kiln_types::Platform;
 
@@ -40,6 +40,7 @@ async fn basic_auth_from_docker_config() {
     let anonymous = registry_with_config(&tmp.path().join("anon"), None);
     let err = anonymous.resolve(&image, &host, &store).await.unwrap_err();
     assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
+    assert_eq!(err.category(), Category::Unauthorized);
     let msg = err.to_string();
     assert!(
         msg.starts_with(&format!(
@@ -61,6 +62,7 @@ async fn basic_auth_from_docker_config() {
     );
     let err = wrong.resolve(&image, &host, &store).await.unwrap_err();
     assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
+    assert_eq!(err.category(), Category::Unauthorized);
 
     // The right credentials, keyed the way `docker login` writes them.
     let good = registry_with_config(

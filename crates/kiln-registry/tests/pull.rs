@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{build_layout, free_port, host_platform, other_platform, store_blobs, TestRegistry};
-use kiln_registry::{Error, ImageRef, Registry, RegistryOptions};
+use kiln_registry::{Category, Error, ImageRef, Registry, RegistryOptions};
 use kiln_snapshot::Store;
 use kiln_types::{Digest, Platform};
 
@@ -209,6 +209,7 @@ async fn a_corrupt_blob_is_refused() {
 
     let err = e.registry.fetch_layers(&got, &e.store).await.unwrap_err();
     assert!(matches!(err, Error::DigestMismatch { .. }), "{err:?}");
+    assert_eq!(err.category(), Category::Invalid);
     let msg = err.to_string();
     assert!(msg.contains(&victim.to_string()), "{msg}");
     assert!(msg.contains("test/hello"), "{msg}");
@@ -320,6 +321,7 @@ async fn unreachable_registry_fails_fast() {
     let err = e.registry.resolve(&r, &host(), &e.store).await.unwrap_err();
     let took = start.elapsed();
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert_eq!(err.category(), Category::Unavailable);
     assert_eq!(
         err.to_string(),
         format!(
@@ -346,6 +348,7 @@ async fn missing_images_are_not_found() {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::NotFound { .. }), "{missing}: {err:?}");
+        assert_eq!(err.category(), Category::NotFound);
         let msg = err.to_string();
         assert!(
             msg.starts_with(&format!("failed to resolve {missing}")),

@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::path::Path;
 
 use common::{build_layout_with, host_platform, TestLayout, TestRegistry};
-use kiln_registry::{Error, ImageRef, Registry, RegistryOptions, MAX_MANIFEST_SIZE};
+use kiln_registry::{Category, Error, ImageRef, Registry, RegistryOptions, MAX_MANIFEST_SIZE};
 use kiln_snapshot::Store;
 use kiln_types::{Digest, Platform};
 use serde_json::{json, Value};
@@ -85,6 +85,7 @@ fn assert_diff_id_refused(err: &Error, layout: &TestLayout) {
         }
         other => panic!("expected a diff id mismatch, got {other:?}"),
     }
+    assert_eq!(err.category(), Category::Invalid);
     let msg = err.to_string();
     for part in [
         "layer 0",
@@ -305,6 +306,7 @@ async fn an_oversized_manifest_from_a_registry_is_refused_before_parsing() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::BadDocument { .. }), "{err:?}");
+    assert_eq!(err.category(), Category::Invalid);
     let msg = err.to_string();
     assert!(
         msg.starts_with(&format!("failed to resolve {addr}/x:big")),

@@ -10,12 +10,14 @@
 //! never followed (whatever is there is replaced); hard links may only point at entries inside.
 
 use std::fs;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
+
+use kiln_snapshot::tar_limits::{check_entry, shown_name, HeaderGuard};
 
 use super::{create_dirs, FileOpError, Result};
 use crate::rootpath::resolve;
@@ -44,8 +46,7 @@ fn detect(head: &[u8]) -> Compression {
     }
 }
 
-fn decompressed(file: fs::File, c: Compression) -> io::Result<Box<dyn Read>> {
-    let file = BufReader::new(file);
+fn decompressed<'a>(file: impl BufRead + 'a, c: Compression) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match c {
         Compression::None => Box::new(file),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(file)),
@@ -84,11 +85,18 @@ fn is_tar_header(block: &[u8; 512]) -> bool {
 /// (copied as is by the caller), including a compressed file that does not hold a tar.
 pub(super) fn open_archive(src: &Path) -> Result<Option<Box<dyn Read>>> {
     let shown = src.display().to_string();
-    let mut file = fs::File::open(src).map_err(super::ioe("open", &shown))?;
+    tar_stream(|| fs::File::open(src).map(BufReader::new)).map_err(super::ioe("open", &shown))
+}
+
+/// The decompressed stream of what `open` reads when it holds a tar archive. `open` is called
+/// once to sniff the compression, once to check that a tar header follows, once for the stream.
+fn tar_stream<'a, R: BufRead + 'a>(
+    open: impl Fn() -> io::Result<R>,
+) -> io::Result<Option<Box<dyn Read + 'a>>> {
     let mut head = [0u8; 6];
-    let n = read_full(&mut file, &mut head).map_err(super::ioe("read", &shown))?;
+    let n = read_full(&mut open()?, &mut head)?;
     let compression = detect(&head[..n]);
-    let probe = fs::File::open(src)
+    let probe = open()
         .and_then(|f| decompressed(f, compression))
         .and_then(|mut r| {
             let mut block = [0u8; 512];
@@ -98,13 +106,26 @@ pub(super) fn open_archive(src: &Path) -> Result<Option<Box<dyn Read>>> {
     if !matches!(probe, Ok(true)) {
         return Ok(None);
     }
-    let file = fs::File::open(src).map_err(super::ioe("open", &shown))?;
-    decompressed(file, compression)
-        .map(Some)
-        .map_err(super::ioe("decompress", &shown))
+    decompressed(open()?, compression).map(Some)
 }
 
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+/// ADD's archive extraction of `archive` (plain, gzip, bzip2, xz or zstd, as ADD detects it)
+/// into the directory `dest`, with every check a build applies; `Ok(false)` when the bytes are
+/// not a tar archive (ADD copies such a file as it is).
+///
+/// The entry point for fuzzing: no store, no build, no registry. The caller makes `dest` (a
+/// temporary directory) and removes it.
+#[cfg_attr(not(test), allow(dead_code))]
+pub fn extract_archive_bytes(archive: &[u8], dest: &Path) -> Result<bool> {
+    let shown = "archive";
+    let Some(stream) = tar_stream(|| Ok(archive)).map_err(super::ioe("read", shown))? else {
+        return Ok(false);
+    };
+    extract(stream, dest, None, shown)?;
+    Ok(true)
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
@@ -167,27 +188,40 @@ fn clear(p: &Path, new_is_dir: bool) -> io::Result<()> {
 /// Extracts the tar stream `reader` (named `archive` in errors) into the directory `dest`.
 /// `owner` replaces the entries' own uid/gid (`ADD --chown`).
 pub(super) fn extract(
-    reader: Box<dyn Read>,
+    reader: impl Read,
     dest: &Path,
     owner: Option<(u32, u32)>,
     archive: &str,
 ) -> Result<()> {
     create_dirs(dest, 0o755, owner)?;
+    // Header fields are bounded as for layer import (long names, PAX records, xattrs, sparse
+    // holes): an archive is as untrusted as a pulled layer.
+    let (reader, guard) = HeaderGuard::new(reader);
     let mut ar = tar::Archive::new(reader);
-    let entries = ar
-        .entries()
+    let entries = guard
+        .entries(&mut ar)
         .map_err(|e| bad(archive, "", format!("not a readable tar archive: {e}")))?;
     // Directory modes and times are applied last, deepest first, so that a read-only directory
     // does not stop its own entries from being written and writing them does not change its
     // time.
     let mut dirs: Vec<(PathBuf, u32, u64)> = Vec::new();
+    let mut previous = String::new();
     for entry in entries {
-        let mut entry = entry.map_err(|e| bad(archive, "", format!("corrupt archive: {e}")))?;
+        let mut entry = entry.map_err(|e| {
+            let after = if previous.is_empty() {
+                String::new()
+            } else {
+                format!(" after entry {previous:?}")
+            };
+            bad(archive, "", format!("corrupt archive{after}: {e}"))
+        })?;
+        let shown = shown_name(&entry.path_bytes());
+        check_entry(&mut entry).map_err(|why| bad(archive, &shown, why))?;
+        previous.clone_from(&shown);
         let name_path = entry
             .path()
-            .map_err(|e| bad(archive, "", format!("bad entry name: {e}")))?
+            .map_err(|e| bad(archive, &shown, format!("bad entry name: {e}")))?
             .into_owned();
-        let shown = name_path.display().to_string();
         let parts = clean(&name_path).ok_or_else(|| {
             bad(
                 archive,
@@ -224,7 +258,17 @@ pub(super) fn extract(
                     .create_new(true)
                     .open(&target)
                     .map_err(|e| io_err("create", e))?;
-                io::copy(&mut entry, &mut f).map_err(|e| io_err("write", e))?;
+                let written = io::copy(&mut entry, &mut f).map_err(|e| io_err("write", e))?;
+                if written != entry.size() {
+                    return Err(bad(
+                        archive,
+                        &shown,
+                        format!(
+                            "its header says {} bytes but the archive ends after {written}",
+                            entry.size()
+                        ),
+                    ));
+                }
                 drop(f);
                 chown(&target, ids, owner.is_some()).map_err(|e| io_err("chown", e))?;
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode))
@@ -371,7 +415,17 @@ mod tests {
         let src = dest.parent().unwrap().join("archive.bin");
         fs::write(&src, bytes).unwrap();
         let r = open_archive(&src)?.expect("an archive");
-        extract(r, dest, None, "archive.bin")
+        let from_file = extract(r, dest, None, "archive.bin");
+        // The fuzzing entry point agrees with the build's path.
+        let dest2 = dest.with_extension("bytes");
+        let from_bytes = extract_archive_bytes(bytes, &dest2);
+        assert_eq!(
+            from_file
+                .as_ref()
+                .map_err(|e| e.to_string().replace("archive.bin", "archive")),
+            from_bytes.as_ref().map(|_| &()).map_err(|e| e.to_string())
+        );
+        from_file
     }
 
     #[test]
@@ -543,6 +597,94 @@ mod tests {
             "not really"
         );
         assert!(root.join("z/app.bin").is_file());
+    }
+
+    /// A PAX header holding `records` (`<len> <key>=<value>\n`), then a file `name`.
+    fn tar_with_pax(records: &[(&str, &[u8])], name: &str, kind: tar::EntryType) -> Vec<u8> {
+        let mut pax = Vec::new();
+        for (k, v) in records {
+            let body = k.len() + v.len() + 3;
+            let mut len = body + 1;
+            while len.to_string().len() + body != len {
+                len = len.to_string().len() + body;
+            }
+            pax.extend_from_slice(format!("{len} {k}=").as_bytes());
+            pax.extend_from_slice(v);
+            pax.push(b'\n');
+        }
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_path("PaxHeaders/x").unwrap();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_size(pax.len() as u64);
+        h.set_cksum();
+        b.append(&h, &pax[..]).unwrap();
+        let data: &[u8] = if kind.is_file() { b"x" } else { b"" };
+        b.append(&header(name, kind, data.len() as u64), data)
+            .unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn header_fields_beyond_linux_limits_are_refused_writing_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("dest");
+        use tar::EntryType::{Regular, Symlink};
+        let refused = |bytes: &[u8], entry: &str, why: &str| {
+            let err = extract_bytes(bytes, &dest).unwrap_err().to_string();
+            assert!(err.contains("archive.bin"), "{err}");
+            assert!(err.contains(&format!("entry {entry:?}")), "{err}");
+            assert!(err.contains(why), "{why:?}: {err}");
+        };
+        // A PAX path of 4,200 bytes, every component short.
+        let long = format!("{}f", "a/".repeat(2100));
+        let shown = format!("{}… (4201 bytes)", &long[..200]);
+        refused(
+            &tar_with_pax(&[("path", long.as_bytes())], "f", Regular),
+            &shown,
+            "PATH_MAX",
+        );
+        // A 300-byte component.
+        let name = "n".repeat(300);
+        let shown = format!("{}… (300 bytes)", &name[..200]);
+        refused(
+            &tar_with_pax(&[("path", name.as_bytes())], "f", Regular),
+            &shown,
+            "NAME_MAX",
+        );
+        // A symlink target longer than PATH_MAX.
+        let target = "t/".repeat(2500);
+        let bytes = tar_with_pax(&[("linkpath", target.as_bytes())], "lnk", Symlink);
+        refused(&bytes, "lnk", "link target is 5000 bytes");
+        // 2 MiB of PAX records before one file.
+        let comment = vec![b'c'; 2 << 20];
+        let err = extract_bytes(&tar_with_pax(&[("comment", &comment)], "f", Regular), &dest)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exceed 1048576 bytes"), "{err}");
+        // A file whose data stops short of its size.
+        let mut bytes = header("short", tar::EntryType::Regular, 10_000)
+            .as_bytes()
+            .to_vec();
+        bytes.extend(vec![b'x'; 600]);
+        refused(
+            &bytes,
+            "short",
+            "says 10000 bytes but the archive ends after 600",
+        );
+        // Nothing of the refused entries was written, in or out of the destination.
+        let written: Vec<_> = fs::read_dir(&dest)
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            written.iter().all(|n| n != "a" && n != "lnk"),
+            "{written:?}"
+        );
+        assert_eq!(
+            fs::read_dir(t.path()).unwrap().count(),
+            3,
+            "only dest, dest.bytes and archive.bin"
+        );
     }
 
     #[test]

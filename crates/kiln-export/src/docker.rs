@@ -7,6 +7,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use kiln_snapshot::Store;
+use kiln_types::reference::Reference;
 
 use crate::{io_err, Image, Result};
 
@@ -15,9 +16,10 @@ pub fn export_docker(store: &Store, image: &Image, names: &[String], dest: &Path
     if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
+    let repo_tags = repo_tags(names)?;
     // Each layer is unpacked to a scratch file first: a tar entry needs its size up front.
     let scratch = store.temp_dir("docker-export")?;
-    let result = write(store, image, names, dest, &scratch);
+    let result = write(store, image, &repo_tags, dest, &scratch);
     let _ = fs::remove_dir_all(&scratch);
     result
 }
@@ -25,7 +27,7 @@ pub fn export_docker(store: &Store, image: &Image, names: &[String], dest: &Path
 fn write(
     store: &Store,
     image: &Image,
-    names: &[String],
+    repo_tags: &[String],
     dest: &Path,
     scratch: &Path,
 ) -> Result<()> {
@@ -54,7 +56,6 @@ fn write(
         let config = store.read_blob(&image.manifest_doc.config.digest)?;
         append(&mut b, &config_name, config.len() as u64, config.as_slice())
             .map_err(io_err(dest))?;
-        let repo_tags: Vec<String> = names.iter().map(|n| with_tag(n)).collect();
         let manifest = serde_json::json!([{
             "Config": config_name,
             "RepoTags": repo_tags,
@@ -98,12 +99,45 @@ fn append<W: Write>(
     b.append_data(&mut h, path, data)
 }
 
-/// `name` with `:latest` when it has no tag (docker's RepoTags always carry one).
-fn with_tag(name: &str) -> String {
-    let last = name.rsplit('/').next().unwrap_or(name);
-    if last.contains(':') || name.contains('@') {
-        name.to_owned()
-    } else {
-        format!("{name}:latest")
+/// The `RepoTags` of `names`, as `docker save` writes them: familiar names with a tag
+/// (`latest` when none: docker's tags always carry one). A name pinned by digest alone has no
+/// tag, and `docker load` refuses a digest there, so it is left out.
+fn repo_tags(names: &[String]) -> Result<Vec<String>> {
+    let mut tags = Vec::new();
+    for name in names {
+        let r = Reference::parse_normalized(name)?;
+        if r.tag.is_some() || r.digest.is_none() {
+            tags.push(r.familiar_tagged());
+        }
+    }
+    Ok(tags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_tags_are_familiar_and_tagged() {
+        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let pinned = format!("app@{}", kiln_types::Digest::of(b"x"));
+        assert_eq!(
+            repo_tags(&names(&[
+                "app:7",
+                "app",
+                "docker.io/library/app:1",
+                "localhost:5000/x/app",
+                &pinned,
+            ]))
+            .unwrap(),
+            [
+                "app:7",
+                "app:latest",
+                "app:1",
+                "localhost:5000/x/app:latest"
+            ]
+        );
+        let err = repo_tags(&names(&["App"])).unwrap_err().to_string();
+        assert!(err.contains("must be lowercase"), "{err}");
     }
 }

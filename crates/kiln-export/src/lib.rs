@@ -23,6 +23,9 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Snapshot(#[from] kiln_snapshot::Error),
+    /// A `-t` name is not a valid image reference.
+    #[error("cannot name the image: {0}")]
+    Name(#[from] kiln_types::reference::ReferenceError),
     /// Writing the output failed.
     #[error("export to {path}: {source}")]
     Io {

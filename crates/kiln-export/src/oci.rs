@@ -4,6 +4,7 @@ use std::path::Path;
 
 use kiln_snapshot::Store;
 use kiln_types::image::{Index, ANNOTATION_REF_NAME, MEDIA_TYPE_INDEX};
+use kiln_types::reference::{Reference, DEFAULT_TAG};
 use kiln_types::Digest;
 
 use crate::{io_err, Image, Result};
@@ -25,8 +26,8 @@ pub fn export_oci(
     let mut desc = image.manifest.clone();
     desc.platform = Some(image.config.platform());
     let (full, tag) = match names.first() {
-        Some(n) => (Some(n.clone()), tag_of(n)),
-        None => (None, "latest".to_owned()),
+        Some(n) => (Some(n.clone()), tag_of(n)?),
+        None => (None, DEFAULT_TAG.to_owned()),
     };
     if let Some(full) = full {
         desc.annotations
@@ -51,14 +52,10 @@ pub fn export_oci(
     }
 }
 
-/// The tag of `name[:tag]` (ignoring a registry port), `latest` when absent.
-fn tag_of(name: &str) -> String {
-    let last = name.rsplit('/').next().unwrap_or(name);
-    let last = last.split('@').next().unwrap_or(last);
-    match last.split_once(':') {
-        Some((_, t)) if !t.is_empty() => t.to_owned(),
-        _ => "latest".to_owned(),
-    }
+/// The tag of image name `name`, `latest` when it has none.
+fn tag_of(name: &str) -> Result<String> {
+    let r = Reference::parse_normalized(name)?;
+    Ok(r.tag.unwrap_or_else(|| DEFAULT_TAG.to_owned()))
 }
 
 fn write_dir(store: &Store, blobs: &[Digest], index: &[u8], dest: &Path) -> Result<()> {
@@ -146,9 +143,14 @@ mod tests {
 
     #[test]
     fn tags() {
-        assert_eq!(tag_of("app:1"), "1");
-        assert_eq!(tag_of("localhost:5000/app"), "latest");
-        assert_eq!(tag_of("localhost:5000/app:v2"), "v2");
-        assert_eq!(tag_of("app@sha256:abc"), "latest");
+        assert_eq!(tag_of("app:1").unwrap(), "1");
+        assert_eq!(tag_of("localhost:5000/app").unwrap(), "latest");
+        assert_eq!(tag_of("localhost:5000/app:v2").unwrap(), "v2");
+        let pinned = format!("app@{}", Digest::of(b"x"));
+        assert_eq!(tag_of(&pinned).unwrap(), "latest");
+        // Names are references: what docker refuses is refused, not guessed at.
+        let err = tag_of("App:1").unwrap_err().to_string();
+        assert!(err.contains("must be lowercase"), "{err}");
+        assert!(tag_of("app:").is_err());
     }
 }

@@ -3,9 +3,8 @@
 //! them to the `exec` primitive plugin, and commits what the process changed as a new layer.
 //! Secrets never touch the store: they live on a tmpfs for the duration of the step only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
 
 use kiln_graph::{CacheSharing, ExecOp, MountKind, Op};
 use kiln_plugin_host::{HostServices, PluginRegistry};
@@ -83,126 +82,284 @@ pub enum ExecRuntime {
 
 /// Persistent cache mount directories, `$KILN_ROOT/cache-mounts/<sha256 of id>`, with the
 /// sharing modes of BuildKit: shared (concurrent users share), locked (they wait), private
-/// (a concurrent user gets its own directory).
+/// (a concurrent user gets its own directory, `<sha256 of id>.p<n>`).
+///
+/// kiln has no daemon: two `kiln build` processes on one store are as concurrent as two steps
+/// of one build. So the modes are kept with `flock(2)` on a lock file beside each directory
+/// (`<dir>.lock`), not with bookkeeping inside one process. A flock belongs to an open file
+/// description and every acquisition opens the lock file anew, so two steps of one build
+/// exclude each other exactly as two processes do; the kernel drops the lock of a build that
+/// dies, so a killed build never leaves a cache mount locked.
 pub(crate) struct CacheMounts {
     root: PathBuf,
-    in_use: Mutex<HashMap<PathBuf, usize>>,
-    freed: Condvar,
 }
 
-pub(crate) struct CacheLease<'a> {
-    owner: &'a CacheMounts,
+/// How a new cache directory is made: `mode`, `uid`, `gid` of the mount options.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NewCacheDir {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Fills a new cache directory before anyone can see it (`from=`, `source=`).
+pub(crate) type Seed<'s> = &'s dyn Fn(&Path) -> Result<(), Error>;
+
+/// What a step waiting for a cache mount listens to.
+pub(crate) struct Waiting<'w> {
+    /// A cancelled build stops waiting.
+    pub cancel: &'w CancellationToken,
+    /// Told once when the mount is busy, so that a slow step says why it is slow.
+    pub log: &'w (dyn Fn(String) + Send + Sync),
+}
+
+/// One use of a cache mount directory: its lock is held until the lease is dropped.
+pub(crate) struct CacheLease {
     dir: PathBuf,
-    /// The directory was made by this lease (empty: a seed may fill it).
-    fresh: bool,
+    /// The flock (shared for `sharing=shared`, exclusive otherwise); closing the file on drop
+    /// releases it.
+    _lock: std::fs::File,
 }
 
-impl Drop for CacheLease<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.owner.in_use.lock() {
-            if let Some(n) = m.get_mut(&self.dir) {
-                *n = n.saturating_sub(1);
-            }
-        }
-        self.owner.freed.notify_all();
-    }
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LockKind {
+    Shared,
+    Exclusive,
 }
+
+/// How often a step blocked on a cache mount lock looks whether its build was cancelled.
+const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl CacheMounts {
     pub(crate) fn new(root: PathBuf) -> Self {
-        CacheMounts {
-            root,
-            in_use: Mutex::new(HashMap::new()),
-            freed: Condvar::new(),
-        }
+        CacheMounts { root }
     }
 
-    fn acquire(
+    /// The directory of `id` for `sharing=shared|locked` (the first instance for `private`).
+    fn dir_of(&self, id: &str) -> PathBuf {
+        self.root.join(Digest::of(id.as_bytes()).hex())
+    }
+
+    /// Leases the cache directory of `id`, creating (and seeding) it when it does not exist.
+    /// Blocks while another step or build holds it `locked`; a cancelled build stops waiting.
+    pub(crate) fn acquire(
         &self,
         id: &str,
         sharing: CacheSharing,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    ) -> Result<CacheLease<'_>, Error> {
-        let base = self.root.join(Digest::of(id.as_bytes()).hex());
-        let poisoned = || Error::Unsupported("cache mount bookkeeping poisoned".into());
-        let mut in_use = self.in_use.lock().map_err(|_| poisoned())?;
-        let dir = match sharing {
-            CacheSharing::Shared => base,
-            CacheSharing::Locked => {
-                while in_use.get(&base).copied().unwrap_or(0) > 0 {
-                    in_use = self.freed.wait(in_use).map_err(|_| poisoned())?;
+        new_dir: NewCacheDir,
+        seed: Option<Seed<'_>>,
+        waiting: &Waiting<'_>,
+    ) -> Result<CacheLease, Error> {
+        std::fs::create_dir_all(&self.root)
+            .map_err(|e| Error::io("create cache mount directory", &self.root, e))?;
+        let base = self.dir_of(id);
+        let lock_path = |dir: &Path| {
+            let mut name = dir.as_os_str().to_owned();
+            name.push(".lock");
+            PathBuf::from(name)
+        };
+        let (dir, lock) = match sharing {
+            CacheSharing::Shared => {
+                let lp = lock_path(&base);
+                if !base.is_dir() {
+                    // Made under the exclusive lock, so that two sharers never both seed it.
+                    let _ex = wait_lock(&lp, LockKind::Exclusive, id, waiting)?;
+                    if !base.is_dir() {
+                        create_cache_dir(&base, new_dir, seed)?;
+                    }
                 }
-                base
+                let lock = wait_lock(&lp, LockKind::Shared, id, waiting)?;
+                (base, lock)
             }
+            CacheSharing::Locked => {
+                let lock = wait_lock(&lock_path(&base), LockKind::Exclusive, id, waiting)?;
+                (base, lock)
+            }
+            // BuildKit: the first instance nobody holds, else a new one; never a wait.
             CacheSharing::Private => {
-                let mut n = 0;
+                let mut n = 0u64;
                 loop {
                     let d = if n == 0 {
                         base.clone()
                     } else {
-                        base.with_extension(format!("p{n}"))
+                        let mut name = base.as_os_str().to_owned();
+                        name.push(format!(".p{n}"));
+                        PathBuf::from(name)
                     };
-                    if in_use.get(&d).copied().unwrap_or(0) == 0 {
-                        break d;
+                    let lp = lock_path(&d);
+                    let file = open_lock(&lp)?;
+                    match file.try_lock() {
+                        Ok(()) => break (d, file),
+                        Err(std::fs::TryLockError::WouldBlock) => n += 1,
+                        Err(std::fs::TryLockError::Error(e)) => {
+                            return Err(Error::io("lock cache mount", &lp, e))
+                        }
                     }
-                    n += 1;
                 }
             }
         };
-        *in_use.entry(dir.clone()).or_insert(0) += 1;
-        drop(in_use);
-        let fresh = !dir.is_dir();
-        let lease = CacheLease {
-            owner: self,
-            dir,
-            fresh,
-        };
-        if fresh {
-            std::fs::create_dir_all(&lease.dir)
-                .map_err(|e| Error::io("create cache mount", &lease.dir, e))?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&lease.dir, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| Error::io("chmod cache mount", &lease.dir, e))?;
-            std::os::unix::fs::chown(&lease.dir, Some(uid), Some(gid))
-                .map_err(|e| Error::io("chown cache mount", &lease.dir, e))?;
+        // Under an exclusive lock for locked and private: nobody else creates this directory.
+        if !dir.is_dir() {
+            create_cache_dir(&dir, new_dir, seed)?;
         }
-        Ok(lease)
+        Ok(CacheLease { dir, _lock: lock })
     }
+}
+
+fn open_lock(path: &Path) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io("open cache mount lock", path, e))
+}
+
+/// Takes a flock on `path`, waiting as long as another holder keeps it, unless the build is
+/// cancelled first.
+fn wait_lock(
+    path: &Path,
+    kind: LockKind,
+    id: &str,
+    waiting: &Waiting<'_>,
+) -> Result<std::fs::File, Error> {
+    let file = open_lock(path)?;
+    let tried = match kind {
+        LockKind::Shared => file.try_lock_shared(),
+        LockKind::Exclusive => file.try_lock(),
+    };
+    match tried {
+        Ok(()) => return Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock cache mount", path, e)),
+    }
+    (waiting.log)(format!(
+        "waiting for cache mount {id:?}: another step or build holds it (sharing=locked)"
+    ));
+    // flock(2) cannot be interrupted by a cancellation token: a thread of its own waits, and
+    // this one watches the token. A thread whose waiter gave up drops the file once it gets
+    // the lock, which releases it.
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("kiln-cache-lock".into())
+        .spawn(move || {
+            let r = match kind {
+                LockKind::Shared => file.lock_shared(),
+                LockKind::Exclusive => file.lock(),
+            }
+            .map(|()| file);
+            let _ = tx.send(r);
+        })
+        .map_err(|e| Error::io("start a thread to wait for cache mount lock", path, e))?;
+    loop {
+        match rx.recv_timeout(CANCEL_POLL) {
+            Ok(r) => return r.map_err(|e| Error::io("lock cache mount", path, e)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if waiting.cancel.is_cancelled() {
+                    return Err(Error::io(
+                        "wait for cache mount lock",
+                        path,
+                        std::io::Error::new(std::io::ErrorKind::Interrupted, "build cancelled"),
+                    ));
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::io(
+                    "wait for cache mount lock",
+                    path,
+                    std::io::Error::other("the waiting thread ended without an answer"),
+                ))
+            }
+        }
+    }
+}
+
+/// Makes a cache directory beside its final place (mode, owner, seed) and renames it in, so
+/// that a build killed half-way never leaves a half-seeded directory that looks complete.
+/// The caller holds the directory's exclusive lock.
+fn create_cache_dir(dir: &Path, new_dir: NewCacheDir, seed: Option<Seed<'_>>) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut name = std::ffi::OsString::from(".");
+    name.push(dir.file_name().unwrap_or_default());
+    name.push(format!(".new-{}", std::process::id()));
+    let tmp = dir.with_file_name(name);
+    // A leftover of a killed build with the same pid.
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)
+            .map_err(|e| Error::io("remove stale cache mount", &tmp, e))?;
+    }
+    let made = (|| {
+        std::fs::create_dir(&tmp).map_err(|e| Error::io("create cache mount", &tmp, e))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(new_dir.mode))
+            .map_err(|e| Error::io("chmod cache mount", &tmp, e))?;
+        std::os::unix::fs::chown(&tmp, Some(new_dir.uid), Some(new_dir.gid))
+            .map_err(|e| Error::io("chown cache mount", &tmp, e))?;
+        if let Some(seed) = seed {
+            seed(&tmp)?;
+        }
+        std::fs::rename(&tmp, dir).map_err(|e| Error::io("create cache mount", dir, e))
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    made
 }
 
 /// A private tmpfs holding one step's secrets, unmounted and removed when dropped.
 struct SecretDir {
     dir: PathBuf,
-    mounted: bool,
+}
+
+/// Mounts the private tmpfs that holds a step's secrets at `dir`.
+fn mount_secret_tmpfs(dir: &Path) -> nix::Result<()> {
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        Some("mode=0700,size=4m"),
+    )
 }
 
 impl SecretDir {
-    fn new() -> Result<Self, Error> {
-        let dir = std::env::temp_dir().join(format!(
+    fn new(id: &str) -> Result<Self, Error> {
+        Self::new_in(&std::env::temp_dir(), id)
+    }
+
+    /// A secret directory under `base` (the system's temporary directory outside tests).
+    fn new_in(base: &Path, id: &str) -> Result<Self, Error> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = base.join(format!(
             "kiln-secrets-{}",
             Digest::of(
                 format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes()
             )
             .short()
         ));
-        std::fs::create_dir(&dir).map_err(|e| Error::io("create secret dir", &dir, e))?;
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
-        // A tmpfs keeps secret bytes off every disk; without the privilege to mount one the
-        // directory is still private to root and outside the store.
-        let mounted = nix::mount::mount(
-            Some("tmpfs"),
-            &dir,
-            Some("tmpfs"),
-            nix::mount::MsFlags::MS_NOSUID
-                | nix::mount::MsFlags::MS_NODEV
-                | nix::mount::MsFlags::MS_NOEXEC,
-            Some("mode=0700,size=4m"),
-        )
-        .is_ok();
-        Ok(SecretDir { dir, mounted })
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::io("create secret dir", &dir, e))?;
+        // Secrets live in memory only, as documented: without a tmpfs they would land on the
+        // disk under the temporary directory, so the step fails instead.
+        if let Err(e) = mount_secret_tmpfs(&dir) {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(Error::Secret {
+                id: id.to_owned(),
+                message: format!(
+                    "cannot mount the private tmpfs that keeps it off the disk at {}: {e}; kiln \
+                     never writes secrets to disk, so the step stops here: run kiln as root (or \
+                     with CAP_SYS_ADMIN) where it may mount a tmpfs",
+                    dir.display()
+                ),
+            });
+        }
+        Ok(SecretDir { dir })
     }
 
     fn write(
@@ -226,9 +383,7 @@ impl SecretDir {
 
 impl Drop for SecretDir {
     fn drop(&mut self) {
-        if self.mounted {
-            let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
-        }
+        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -265,10 +420,10 @@ pub(crate) struct ExecEnv<'a> {
 /// What a step holds while it runs: released (views unmounted, leases returned, secrets
 /// wiped) when dropped, on every path out.
 #[derive(Default)]
-struct Held<'a> {
+struct Held {
     reads: Vec<ReadView>,
     writes: Vec<WriteView>,
-    leases: Vec<CacheLease<'a>>,
+    leases: Vec<CacheLease>,
     secrets: Vec<SecretDir>,
 }
 
@@ -345,22 +500,48 @@ pub(crate) fn run_exec(
                 uid,
                 gid,
             } => {
-                let lease = env.cache_mounts.acquire(id, *sharing, *mode, *uid, *gid)?;
-                if lease.fresh && m.input.is_some() {
-                    // `from=`: a new cache directory starts as a copy of that filesystem.
-                    let view = ReadView::new(env.store, &snap(m.input))?;
-                    let mut copy = kiln_graph::CopyAction::new(Some(0), &m.selector, "/");
-                    copy.allow_wildcard = false;
-                    crate::fileop::apply(
-                        &lease.dir,
-                        &[kiln_graph::FileAction::Copy(copy)],
-                        &[view.path().to_owned()],
-                    )
-                    .map_err(|e| Error::Unsupported(format!("seeding cache mount {id}: {e}")))?;
+                let base = env.cache_mounts.dir_of(id);
+                let source = match held.leases.iter().find(|l| l.dir == base) {
+                    // The same id mounted twice in one step: one lease, or the second mount
+                    // would wait for the first forever.
+                    Some(lease) if *sharing != CacheSharing::Private => lease.dir.clone(),
+                    _ => {
+                        // `from=`: a new cache directory starts as a copy of that filesystem.
+                        let seed = |dir: &Path| -> Result<(), Error> {
+                            let view = ReadView::new(env.store, &snap(m.input))?;
+                            let mut copy = kiln_graph::CopyAction::new(Some(0), &m.selector, "/");
+                            copy.allow_wildcard = false;
+                            crate::fileop::apply(
+                                dir,
+                                &[kiln_graph::FileAction::Copy(copy)],
+                                &[view.path().to_owned()],
+                            )
+                            .map_err(|e| {
+                                Error::Unsupported(format!("seeding cache mount {id}: {e}"))
+                            })
+                        };
+                        let lease = env.cache_mounts.acquire(
+                            id,
+                            *sharing,
+                            NewCacheDir {
+                                mode: *mode,
+                                uid: *uid,
+                                gid: *gid,
+                            },
+                            m.input.is_some().then_some(&seed as Seed<'_>),
+                            &Waiting {
+                                cancel: env.cancel,
+                                log: env.log,
+                            },
+                        )?;
+                        let dir = lease.dir.clone();
+                        held.leases.push(lease);
+                        dir
+                    }
+                };
+                PreparedMountKind::Bind {
+                    source: source.display().to_string(),
                 }
-                let source = lease.dir.display().to_string();
-                held.leases.push(lease);
-                PreparedMountKind::Bind { source }
             }
             MountKind::Tmpfs { size } => PreparedMountKind::Tmpfs { size: *size },
             MountKind::Secret {
@@ -380,7 +561,7 @@ pub(crate) fn run_exec(
                     if m.dest.is_empty() {
                         continue;
                     }
-                    let dir = SecretDir::new()?;
+                    let dir = SecretDir::new(id)?;
                     let p = dir.write(id, &bytes, *mode, *uid, *gid)?;
                     held.secrets.push(dir);
                     PreparedMountKind::Bind {
@@ -512,6 +693,7 @@ fn check_socket(id: &str, sock: &Path) -> Result<(), Error> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
 
     #[test]
     fn ssh_auth_sock_points_at_the_first_ssh_mount() {
@@ -567,27 +749,50 @@ mod tests {
         assert!(check_socket("default", &t.path().join("gone")).is_err());
     }
 
+    /// A [`Waiting`] whose log lines go to `tx` (the test's synchronization point: a waiter
+    /// logs once, right before it blocks).
+    fn waiting<'w>(
+        cancel: &'w CancellationToken,
+        log: &'w (dyn Fn(String) + Send + Sync),
+    ) -> Waiting<'w> {
+        Waiting { cancel, log }
+    }
+
+    const DIR: NewCacheDir = NewCacheDir {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    };
+
     #[test]
     fn cache_mount_sharing_modes() {
         let t = tempfile::tempdir().unwrap();
         let cm = CacheMounts::new(t.path().join("cache-mounts"));
+        let cancel = CancellationToken::new();
+        let quiet = |_: String| {};
+        let w = waiting(&cancel, &quiet);
         // shared: concurrent users get the same directory.
-        let a = cm.acquire("go", CacheSharing::Shared, 0o755, 0, 0).unwrap();
-        let b = cm.acquire("go", CacheSharing::Shared, 0o755, 0, 0).unwrap();
+        let a = cm
+            .acquire("go", CacheSharing::Shared, DIR, None, &w)
+            .unwrap();
+        let b = cm
+            .acquire("go", CacheSharing::Shared, DIR, None, &w)
+            .unwrap();
         assert_eq!(a.dir, b.dir);
         drop((a, b));
         // private: a second concurrent user gets its own directory; the first one is reused later.
+        let private = NewCacheDir { mode: 0o700, ..DIR };
         let p1 = cm
-            .acquire("apt", CacheSharing::Private, 0o700, 0, 0)
+            .acquire("apt", CacheSharing::Private, private, None, &w)
             .unwrap();
         let p2 = cm
-            .acquire("apt", CacheSharing::Private, 0o700, 0, 0)
+            .acquire("apt", CacheSharing::Private, private, None, &w)
             .unwrap();
         assert_ne!(p1.dir, p2.dir);
         let first = p1.dir.clone();
         drop((p1, p2));
         assert_eq!(
-            cm.acquire("apt", CacheSharing::Private, 0o700, 0, 0)
+            cm.acquire("apt", CacheSharing::Private, private, None, &w)
                 .unwrap()
                 .dir,
             first
@@ -597,26 +802,265 @@ mod tests {
             std::fs::metadata(&first).unwrap().permissions().mode() & 0o7777,
             0o700
         );
+
         // locked: the second user waits until the first is done.
         let held = cm
-            .acquire("npm", CacheSharing::Locked, 0o755, 0, 0)
+            .acquire("npm", CacheSharing::Locked, DIR, None, &w)
             .unwrap();
+        let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
+        let log_tx = Mutex::new(log_tx);
+        let log = move |line: String| {
+            let _ = log_tx.lock().unwrap().send(line);
+        };
+        let (got_tx, got_rx) = std::sync::mpsc::channel::<PathBuf>();
         let released = AtomicBool::new(false);
         std::thread::scope(|s| {
-            let waiter = s.spawn(|| {
+            s.spawn(|| {
                 let l = cm
-                    .acquire("npm", CacheSharing::Locked, 0o755, 0, 0)
+                    .acquire(
+                        "npm",
+                        CacheSharing::Locked,
+                        DIR,
+                        None,
+                        &waiting(&cancel, &log),
+                    )
                     .unwrap();
                 assert!(
                     released.load(Ordering::SeqCst),
                     "got the lock while it was held"
                 );
-                l.dir.clone()
+                got_tx.send(l.dir.clone()).unwrap();
             });
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            // The waiter says it waits right before it blocks, and it cannot get the lock
+            // while `held` lives.
+            let line = log_rx.recv().unwrap();
+            assert!(line.contains("waiting for cache mount \"npm\""), "{line}");
+            assert!(got_rx.try_recv().is_err(), "got the lock while it was held");
             released.store(true, Ordering::SeqCst);
             drop(held);
-            assert!(waiter.join().unwrap().ends_with(Digest::of(b"npm").hex()));
+            let dir = got_rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("the waiter gets the lock once it is released");
+            assert!(dir.ends_with(Digest::of(b"npm").hex()));
         });
+    }
+
+    /// Another process holding the lock file (a flock taken on a file opened on its own, as
+    /// a second `kiln build` does) makes `locked` wait and `private` take a new directory.
+    #[test]
+    fn cache_mount_locks_hold_across_processes() {
+        let t = tempfile::tempdir().unwrap();
+        let cm = CacheMounts::new(t.path().join("cache-mounts"));
+        let cancel = CancellationToken::new();
+        let quiet = |_: String| {};
+        let w = waiting(&cancel, &quiet);
+        // Made once, so the lock file exists where another process would find it.
+        let dir = cm
+            .acquire("cargo", CacheSharing::Locked, DIR, None, &w)
+            .unwrap()
+            .dir;
+        let lock_file = t
+            .path()
+            .join("cache-mounts")
+            .join(format!("{}.lock", Digest::of(b"cargo").hex()));
+        let other = std::fs::File::open(&lock_file).unwrap();
+        other.lock().unwrap();
+        let p = cm
+            .acquire("cargo", CacheSharing::Private, DIR, None, &w)
+            .unwrap();
+        assert_ne!(p.dir, dir, "private took the directory another build holds");
+        drop(p);
+        let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
+        let log_tx = Mutex::new(log_tx);
+        let log = move |line: String| {
+            let _ = log_tx.lock().unwrap().send(line);
+        };
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                cm.acquire(
+                    "cargo",
+                    CacheSharing::Locked,
+                    DIR,
+                    None,
+                    &waiting(&cancel, &log),
+                )
+                .map(|l| l.dir.clone())
+            });
+            let line = log_rx.recv().unwrap();
+            assert!(line.contains("another step or build holds it"), "{line}");
+            other.unlock().unwrap();
+            assert_eq!(waiter.join().unwrap().unwrap(), dir);
+        });
+        // shared takes a shared lock, so that a build holding it locked excludes it too.
+        let s1 = cm
+            .acquire("cargo", CacheSharing::Shared, DIR, None, &w)
+            .unwrap();
+        assert!(matches!(
+            other.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
+        assert!(other.try_lock_shared().is_ok());
+        drop(s1);
+    }
+
+    #[test]
+    fn a_cancelled_build_stops_waiting_for_a_cache_mount() {
+        let t = tempfile::tempdir().unwrap();
+        let cm = CacheMounts::new(t.path().join("cache-mounts"));
+        let cancel = CancellationToken::new();
+        let quiet = |_: String| {};
+        let held = cm
+            .acquire(
+                "m",
+                CacheSharing::Locked,
+                DIR,
+                None,
+                &waiting(&cancel, &quiet),
+            )
+            .unwrap();
+        let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
+        let log_tx = Mutex::new(log_tx);
+        let log = move |line: String| {
+            let _ = log_tx.lock().unwrap().send(line);
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let r = cm
+                    .acquire(
+                        "m",
+                        CacheSharing::Locked,
+                        DIR,
+                        None,
+                        &waiting(&cancel, &log),
+                    )
+                    .map(|_| ());
+                done_tx.send(r).unwrap();
+            });
+            log_rx.recv().unwrap();
+            cancel.cancel();
+            // Hanging is the bug: a generous bound, far above the poll interval.
+            let r = done_rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("the waiter stops once the build is cancelled");
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("cancelled"), "{e}");
+        });
+        drop(held);
+    }
+
+    #[test]
+    fn a_new_cache_directory_is_seeded_once_before_use() {
+        let t = tempfile::tempdir().unwrap();
+        let cm = CacheMounts::new(t.path().join("cache-mounts"));
+        let cancel = CancellationToken::new();
+        let quiet = |_: String| {};
+        let w = waiting(&cancel, &quiet);
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let seed = |dir: &Path| -> Result<(), Error> {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::fs::write(dir.join("seeded"), "yes").unwrap();
+            Ok(())
+        };
+        for sharing in [
+            CacheSharing::Shared,
+            CacheSharing::Locked,
+            CacheSharing::Private,
+        ] {
+            let l = cm.acquire("s", sharing, DIR, Some(&seed), &w).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(l.dir.join("seeded")).unwrap(),
+                "yes"
+            );
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "seeded only when made");
+        // A failed seed leaves nothing that looks like a cache directory.
+        let failing = |_: &Path| -> Result<(), Error> { Err(Error::Unsupported("no".into())) };
+        assert!(cm
+            .acquire("f", CacheSharing::Locked, DIR, Some(&failing), &w)
+            .is_err());
+        let names: Vec<String> = std::fs::read_dir(t.path().join("cache-mounts"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        assert_eq!(names, vec![Digest::of(b"s").hex()]);
+    }
+
+    /// Drops CAP_SYS_ADMIN from the calling thread's effective set (capabilities are per
+    /// thread on Linux), so that mount(2) fails in it as it does for an unprivileged kiln.
+    fn drop_sys_admin_in_this_thread() {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Default, Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const CAP_V3: u32 = 0x2008_0522;
+        const CAP_SYS_ADMIN: u32 = 21;
+        let mut header = Header {
+            version: CAP_V3,
+            pid: 0,
+        };
+        let mut data = [Data::default(); 2];
+        // SAFETY: capget/capset with a v3 header and the two data words v3 expects.
+        unsafe {
+            assert_eq!(
+                nix::libc::syscall(nix::libc::SYS_capget, &mut header, data.as_mut_ptr()),
+                0
+            );
+            data[0].effective &= !(1 << CAP_SYS_ADMIN);
+            assert_eq!(
+                nix::libc::syscall(nix::libc::SYS_capset, &mut header, data.as_ptr()),
+                0
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_never_go_to_disk_when_no_tmpfs_can_be_mounted() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().to_owned();
+        let e = std::thread::spawn(move || {
+            drop_sys_admin_in_this_thread();
+            match SecretDir::new_in(&base, "token") {
+                Ok(d) => {
+                    let p = d.write("token", b"s3cret", 0o400, 0, 0).unwrap();
+                    panic!("the secret went to {} without a tmpfs", p.display());
+                }
+                Err(e) => e.to_string(),
+            }
+        })
+        .join()
+        .unwrap();
+        assert!(e.starts_with("secret token: "), "{e}");
+        assert!(e.contains("tmpfs") && e.contains("CAP_SYS_ADMIN"), "{e}");
+        // Nothing is left behind, not even the empty directory.
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn secrets_live_on_a_tmpfs_removed_after_the_step() {
+        let t = tempfile::tempdir().unwrap();
+        let d = SecretDir::new_in(t.path(), "token").unwrap();
+        let p = d.write("token", b"s3cret", 0o400, 0, 0).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"s3cret");
+        let dir = d.dir.display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = mounts
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(dir.as_str()))
+            .unwrap_or_else(|| panic!("{dir} is not a mount point"));
+        assert!(line.contains(" - tmpfs "), "{line}");
+        drop(d);
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(&dir));
     }
 }

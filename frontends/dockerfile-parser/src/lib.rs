@@ -22,7 +22,7 @@ pub mod suggest;
 pub use dump::{dump, go_quote};
 pub use parser::{
     parse, Directive, Heredoc, Node, Parsed, Warning, MAX_DOCKERFILE_BYTES, MAX_HEREDOC_BYTES,
-    MAX_LINE_BYTES, MAX_ONBUILD_NESTING,
+    MAX_INSTRUCTIONS, MAX_LINE_BYTES, MAX_ONBUILD_NESTING,
 };
 
 /// Everything that can go wrong in this crate.

@@ -122,6 +122,11 @@ pub const MAX_LINE_BYTES: usize = 1 << 20;
 /// memory and in the build graph; larger files belong in the build context.
 pub const MAX_HEREDOC_BYTES: usize = 4 << 20;
 
+/// Most instructions in one Dockerfile. Each instruction adds a step to a chain of build-graph
+/// states, and kiln-graph drops (and walks) such chains recursively: about 9 000 chained COPYs
+/// overflowed a 2 MiB thread stack in a debug build. Real Dockerfiles have tens to hundreds.
+pub const MAX_INSTRUCTIONS: usize = 4096;
+
 /// How many `ONBUILD` keywords may wrap one instruction. BuildKit refuses `ONBUILD ONBUILD`
 /// when it reads the instruction, but its parser (like ours) recurses once per keyword first.
 pub const MAX_ONBUILD_NESTING: usize = 8;
@@ -331,6 +336,12 @@ pub fn parse(text: &str) -> Result<Parsed, Error> {
             });
         }
 
+        if nodes.len() == MAX_INSTRUCTIONS {
+            return Err(err(
+                start_line,
+                format!("more than {MAX_INSTRUCTIONS} instructions in one Dockerfile"),
+            ));
+        }
         let mut node = node_from_line(&line, d.escape, 0).map_err(|m| err(start_line, m))?;
 
         if can_contain_heredoc(&node) && line.contains("<<") {
@@ -872,6 +883,17 @@ mod tests {
         let body = "z\n".repeat(1000);
         assert!(parse(&format!("COPY <<EOF /f\n{body}EOF\n")).is_ok());
         assert!(parse(&format!("RUN {}b\n", piece.repeat(15))).is_ok());
+    }
+
+    #[test]
+    fn instruction_count_is_bounded() {
+        let text = format!("FROM a\n{}", "RUN x\n".repeat(MAX_INSTRUCTIONS));
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line(), Some(MAX_INSTRUCTIONS + 1), "{e}");
+        assert!(e.message().contains("more than 4096 instructions"), "{e}");
+        // Comments and blank lines are not instructions.
+        let text = format!("# c\n\n{}", "RUN x\n".repeat(MAX_INSTRUCTIONS));
+        assert_eq!(parse(&text).unwrap().nodes.len(), MAX_INSTRUCTIONS);
     }
 
     #[test]

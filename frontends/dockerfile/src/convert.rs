@@ -197,6 +197,12 @@ pub(crate) struct Converter<'a> {
     pub(crate) global_args: Vec<(String, String)>,
     /// Stage names (`AS`), by position.
     names: Vec<Option<String>>,
+    /// The first stage of each name: looking names up by scanning `names` was quadratic in
+    /// the number of stages.
+    first_named: HashMap<String, usize>,
+    /// Bytes of image config copied into stages from their bases so far (see
+    /// [`MAX_COPIED_CONFIG_BYTES`]).
+    copied_config_bytes: usize,
     /// Dispatched stages, by position.
     done: Vec<Option<Stage>>,
     /// The build context source, made on first use.
@@ -207,6 +213,12 @@ pub(crate) struct Converter<'a> {
     /// What `--call outline` reports.
     outline: Outline,
 }
+
+/// Most image-config bytes all stages together may copy from their bases. A stage starts with a
+/// copy of its base's config, history included, so a chain of stages (or many stages on one
+/// big base) costs memory in the product of stages and history: 2 000 chained one-line stages
+/// took 300 MB. Real builds copy a few megabytes at most.
+pub(crate) const MAX_COPIED_CONFIG_BYTES: usize = 64 << 20;
 
 /// An ONBUILD trigger to run at the start of a stage: its text, instruction and node.
 type Trigger = (String, Instruction, Node);
@@ -366,12 +378,19 @@ pub(crate) fn lower(
         lexer: Lexer::new(parsed.escape),
         global_args: Vec::new(),
         names: defs.iter().map(|d| d.from.stage_name.clone()).collect(),
+        first_named: HashMap::new(),
+        copied_config_bytes: 0,
         done: Vec::new(),
         context: None,
         ignore_patterns: Vec::new(),
         images: HashMap::new(),
         outline: Outline::default(),
     };
+    for (i, name) in conv.names.iter().enumerate() {
+        if let Some(name) = name {
+            conv.first_named.entry(name.clone()).or_insert(i);
+        }
+    }
     let target = conv.target_index()?;
     conv.global_args = conv.global_args(&meta_args, defs[target].from.stage_name.as_deref())?;
     let epoch = conv.source_date_epoch()?;
@@ -679,12 +698,11 @@ impl Converter<'_> {
                 Some(p)
             }
         };
-        let earlier = self.names.get(..i).unwrap_or_default();
         let base = if self.named_context(&name).is_some() {
             Base::Named(name)
         } else if name == "scratch" {
             Base::Scratch
-        } else if let Some(j) = earlier.iter().position(|n| n.as_deref() == Some(&name)) {
+        } else if let Some(&j) = self.first_named.get(&name).filter(|j| **j < i) {
             Base::Stage(j)
         } else if let Some(j) = name.parse::<usize>().ok().filter(|j| *j < i) {
             Base::Stage(j)
@@ -779,6 +797,16 @@ impl Converter<'_> {
                 }
             }
         };
+        // A base image's triggers run as instructions of this stage: the same bound as for the
+        // instructions of a Dockerfile.
+        if exprs.len() > dockerfile_parser::MAX_INSTRUCTIONS {
+            return Err(Error::invalid(format!(
+                "the base has {} ONBUILD triggers, more than the limit of {}",
+                exprs.len(),
+                dockerfile_parser::MAX_INSTRUCTIONS
+            ))
+            .at(line));
+        }
         exprs.into_iter().map(|e| parse_trigger(e, line)).collect()
     }
 
@@ -891,11 +919,7 @@ impl Converter<'_> {
                 None => Err(Error::invalid(format!("invalid stage index {n}"))),
             };
         }
-        let wanted = from.to_lowercase();
-        Ok(self
-            .names
-            .iter()
-            .position(|n| n.as_deref() == Some(&wanted)))
+        Ok(self.first_named.get(&from.to_lowercase()).copied())
     }
 
     /// The filesystem of `--from=<stage|index|image>` for an instruction of stage `current`.
@@ -1009,6 +1033,7 @@ impl Converter<'_> {
             on_build: false,
             created: None,
         };
+        let copies_config = !matches!(base, Base::Scratch);
         match base {
             Base::Scratch => {}
             Base::Stage(j) => {
@@ -1046,10 +1071,38 @@ impl Converter<'_> {
                 stage.config.config.on_build = None;
             }
         }
+        if copies_config {
+            self.count_config_copy(&stage.config)
+                .map_err(|e| e.at(line))?;
+        }
         if stage.config.config.env_get("PATH").is_none() && stage.platform.os != "windows" {
             stage.config.config.env_set("PATH", DEFAULT_PATH);
         }
         Ok(stage)
+    }
+
+    /// Counts a config copied into a new stage against [`MAX_COPIED_CONFIG_BYTES`].
+    fn count_config_copy(&mut self, config: &ImageConfig) -> Result<()> {
+        // An estimate of the memory the copy holds: the container config (env, labels...) at
+        // its serialized size, history and layers by their strings plus a fixed overhead.
+        let opt_len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let history: usize = config
+            .history
+            .iter()
+            .map(|h| 64 + opt_len(&h.created) + opt_len(&h.created_by) + opt_len(&h.comment))
+            .sum();
+        let bytes = serde_json::to_vec(&config.config).map_or(0, |v| v.len())
+            + history
+            + 96 * config.rootfs.diff_ids.len();
+        self.copied_config_bytes = self.copied_config_bytes.saturating_add(bytes);
+        if self.copied_config_bytes > MAX_COPIED_CONFIG_BYTES {
+            return Err(Error::invalid(format!(
+                "stages copy more than {} MiB of image config (history, env, labels) from their \
+                 bases: build fewer stages on top of one another or on one large base",
+                MAX_COPIED_CONFIG_BYTES >> 20
+            )));
+        }
+        Ok(())
     }
 
     /// The build context, `.dockerignore` patterns excluded; read on first use.

@@ -1519,3 +1519,63 @@ fn random_dockerfiles_never_panic() {
         "the generator should reach both outcomes"
     );
 }
+
+#[test]
+fn stage_and_instruction_counts_are_bounded() {
+    // Each stage copies its base's config, history included: 1 000s of chained stages cost
+    // memory in the square of their number (2 000 took 300 MB). Now a budget stops them.
+    let mut chain = String::from("FROM scratch AS s0\n");
+    for i in 1..2_000 {
+        chain.push_str(&format!("FROM s{} AS s{i}\nENV V{i}=x\n", i - 1));
+    }
+    let e = fail(&chain);
+    assert!(
+        e.message
+            .starts_with("stages copy more than 64 MiB of image config"),
+        "{}",
+        e.message
+    );
+    let line = e.location.expect("located").line as usize;
+    assert!(
+        chain.lines().nth(line - 1).unwrap().starts_with("FROM s"),
+        "line {line}"
+    );
+    // Many independent stages are fine (and stage names are looked up by hash, not by scan).
+    let mut fan = String::from("FROM scratch AS s0\nCOPY a /a\n");
+    for i in 1..2_000 {
+        fan.push_str(&format!(
+            "FROM scratch AS s{i}\nCOPY --from=s{} /a /a\n",
+            i / 2
+        ));
+    }
+    let def = run(&fan).definition;
+    let copies = def
+        .vertices
+        .iter()
+        .filter(|v| matches!(v.op, Op::File(_)))
+        .count();
+    assert_eq!(
+        copies, 12,
+        "only the target's chain of --from stages is built"
+    );
+    // More instructions than the parser takes: refused at the first one over.
+    let e = fail(&format!("FROM scratch\n{}", "COPY a /a\n".repeat(5_000)));
+    assert_eq!(e.location.map(|l| l.line), Some(4097), "{}", e.message);
+    assert!(
+        e.message.contains("more than 4096 instructions"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn too_many_onbuild_triggers_in_a_base_are_refused() {
+    let mut host = FakeHost::default();
+    let triggers = vec!["ENV A=1".to_owned(); dockerfile_parser::MAX_INSTRUCTIONS + 1];
+    let mut config = ImageConfig::scratch(&platform());
+    config.config.on_build = Some(triggers);
+    host.images.insert("base:1".to_owned(), config);
+    let e = build(&request("FROM scratch\nFROM base:1\n"), &host).unwrap_err();
+    assert_eq!(e.location.map(|l| l.line), Some(2), "{}", e.message);
+    assert!(e.message.contains("4097 ONBUILD triggers"), "{}", e.message);
+}

@@ -8,7 +8,7 @@ mod common;
 use std::fs;
 use std::time::Duration;
 
-use common::{cap_eff, exec_op, have_runc, request, sh, with_mounts, Recorder, Rootfs};
+use common::{cap_eff, exec_op, request, require_runc, sh, with_mounts, Recorder, Rootfs};
 use kiln_exec::{execute, Error};
 use kiln_plugin_sdk::graph::{NetworkMode, SecurityMode};
 use kiln_plugin_sdk::proto::{
@@ -379,7 +379,7 @@ macro_rules! both_runtimes {
             $(#[test] fn $case() { super::$case(super::Runtime::Embedded) })*
         }
         mod runc {
-            $(#[test] fn $case() { if super::have_runc() { super::$case(super::Runtime::Runc) } })*
+            $(#[test] fn $case() { super::require_runc(); super::$case(super::Runtime::Runc) })*
         }
     };
 }

@@ -230,16 +230,20 @@ impl Sink for Recorder {
     }
 }
 
-/// Whether runc is installed (the runc tests say so and pass vacuously without it).
-pub fn have_runc() -> bool {
-    let ok = std::process::Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("runc is not installed: skipping");
+/// Fails the test unless runc is installed: a runc case that cannot run must not pass.
+pub fn require_runc() {
+    match std::process::Command::new("runc").arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "runc --version failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => panic!(
+            "runc not found on PATH ({e}): install it (apt-get install runc) — cargo xtask test \
+             does"
+        ),
     }
-    ok
 }
 
 /// The `CapEff` line of a `/proc/self/status` dump, as a number.

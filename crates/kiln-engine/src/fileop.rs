@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use kiln_graph::{Chmod, Chown, CopyAction, FileAction, UserRef};
 use kiln_ignore::{MatchInfo, PatternMatcher};
 
-use crate::rootpath::resolve;
+use crate::rootpath::resolve_in;
 
 mod unpack;
 
@@ -92,9 +92,9 @@ pub fn apply(root: &Path, actions: &[FileAction], sources: &[PathBuf]) -> Result
                 owner,
             } => {
                 let ids = owner.as_ref().map(|o| resolve_owner(root, o)).transpose()?;
-                let p = resolve(root, path, true).map_err(ioe("resolve", path))?;
+                let p = resolve_in(root, path, true).map_err(ioe("resolve", path))?;
                 if *make_parents {
-                    create_dirs(&p, *mode, ids)?;
+                    create_dirs(&p, *mode, ids, path)?;
                 } else if !p.is_dir() {
                     fs::create_dir(&p).map_err(ioe("mkdir", path))?;
                     set_meta(&p, Some(*mode), ids, path)?;
@@ -107,9 +107,9 @@ pub fn apply(root: &Path, actions: &[FileAction], sources: &[PathBuf]) -> Result
                 owner,
             } => {
                 let ids = owner.as_ref().map(|o| resolve_owner(root, o)).transpose()?;
-                let p = resolve(root, path, true).map_err(ioe("resolve", path))?;
+                let p = resolve_in(root, path, true).map_err(ioe("resolve", path))?;
                 if let Some(parent) = p.parent() {
-                    create_dirs(parent, 0o755, ids)?;
+                    create_dirs(parent, 0o755, ids, path)?;
                 }
                 fs::write(&p, data).map_err(ioe("write", path))?;
                 set_meta(&p, Some(*mode), ids, path)?;
@@ -122,9 +122,10 @@ pub fn apply(root: &Path, actions: &[FileAction], sources: &[PathBuf]) -> Result
                 let targets = if *allow_wildcard && has_meta(path) {
                     expand(root, path)?
                 } else {
-                    vec![resolve(root, path, false).map_err(ioe("resolve", path))?]
+                    vec![path.clone()]
                 };
                 for t in targets {
+                    let t = resolve_in(root, &t, false).map_err(ioe("resolve", path))?;
                     match fs::symlink_metadata(&t) {
                         Ok(md) if md.is_dir() => fs::remove_dir_all(&t).map_err(ioe("rm", path))?,
                         Ok(_) => fs::remove_file(&t).map_err(ioe("rm", path))?,
@@ -134,11 +135,11 @@ pub fn apply(root: &Path, actions: &[FileAction], sources: &[PathBuf]) -> Result
                 }
             }
             FileAction::Symlink { target, link } => {
-                let p = resolve(root, link, false).map_err(ioe("resolve", link))?;
+                let p = resolve_in(root, link, false).map_err(ioe("resolve", link))?;
                 if let Some(parent) = p.parent() {
-                    create_dirs(parent, 0o755, None)?;
+                    create_dirs(parent, 0o755, None, link)?;
                 }
-                std::os::unix::fs::symlink(target, &p).map_err(ioe("symlink", link))?;
+                std::os::unix::fs::symlink(target, &*p).map_err(ioe("symlink", link))?;
             }
         }
     }
@@ -151,14 +152,16 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
         Some(i) => sources.get(i as usize).unwrap_or(&empty),
         None => &empty,
     };
+    // Matches are paths inside the source as written; each is resolved (and its directory held
+    // open) only while it is copied, so that many matches do not hold many descriptors.
     let matches = if src_root.as_os_str().is_empty() {
         Vec::new()
     } else if c.allow_wildcard && has_meta(&c.src) {
         expand(src_root, &c.src)?
     } else {
-        let p = resolve(src_root, &c.src, c.follow_symlinks).map_err(ioe("resolve", &c.src))?;
+        let p = resolve_in(src_root, &c.src, c.follow_symlinks).map_err(ioe("resolve", &c.src))?;
         if fs::symlink_metadata(&p).is_ok() {
-            vec![p]
+            vec![c.src.clone()]
         } else {
             Vec::new()
         }
@@ -177,39 +180,44 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
         .as_ref()
         .map(|o| resolve_owner(root, o))
         .transpose()?;
-    let dest = resolve(root, &c.dest, true).map_err(ioe("resolve", &c.dest))?;
+    let dest = resolve_in(root, &c.dest, true).map_err(ioe("resolve", &c.dest))?;
     let dest_is_dir = c.dest.ends_with('/') || dest.is_dir() || matches.len() > 1;
     let opts = CopyOpts::new(c, ids)?;
-    for m in &matches {
-        let md = fs::metadata(m)
-            .or_else(|_| fs::symlink_metadata(m))
-            .map_err(ioe("stat", &c.src))?;
+    for rel in &matches {
+        let m = resolve_in(src_root, rel, c.follow_symlinks).map_err(ioe("resolve", rel))?;
+        // Never `metadata`: a symlink that is not followed inside the root must not be
+        // followed on the host either.
+        let md = fs::symlink_metadata(&m).map_err(ioe("stat", rel))?;
         if c.unpack && md.is_file() {
-            if let Some(reader) = unpack::open_archive(m)? {
+            if let Some(reader) = unpack::open_archive(&m)? {
                 // An archive always unpacks into `dest` as a directory, as in BuildKit.
-                let shown = m.strip_prefix(src_root).unwrap_or(m).display().to_string();
-                unpack::extract(reader, &dest, ids, &shown)?;
+                unpack::extract(reader, &dest, ids, rel.trim_start_matches('/'))?;
                 continue;
             }
         }
         if md.is_dir() && c.dir_contents_only {
             if c.create_dest_path {
-                create_dirs(&dest, 0o755, ids)?;
+                create_dirs(&dest, 0o755, ids, &c.dest)?;
             }
-            copy_dir_contents(m, &dest, m, &opts, &c.dest, &Inherited::default())?;
+            copy_dir_contents(&m, &dest, &m, &opts, &c.dest, &Inherited::default())?;
         } else {
-            let name = m.file_name().map(PathBuf::from).unwrap_or_default();
+            // The name of what was found (a followed symlink gives its target's name).
+            let name = m
+                .name()
+                .or_else(|| Path::new(rel).file_name())
+                .map(PathBuf::from)
+                .unwrap_or_default();
             let target = if dest_is_dir {
                 dest.join(name)
             } else {
-                dest.clone()
+                dest.to_path_buf()
             };
             if let Some(parent) = target.parent() {
                 if c.create_dest_path {
-                    create_dirs(parent, 0o755, ids)?;
+                    create_dirs(parent, 0o755, ids, &c.dest)?;
                 }
             }
-            copy_entry(m, &target, m, &opts, &c.dest, &Inherited::default())?;
+            copy_entry(&m, &target, &m, &opts, &c.dest, &Inherited::default())?;
         }
     }
     Ok(())
@@ -324,72 +332,15 @@ fn copy_dir_contents(
     base: &Path,
     opts: &CopyOpts,
     shown: &str,
-    inherited: &Inherited,
-) -> Result<()> {
-    let mut entries = fs::read_dir(from)
-        .and_then(|rd| rd.collect::<io::Result<Vec<_>>>())
-        .map_err(ioe("read dir", shown))?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let src = e.path();
-        let dst = to.join(e.file_name());
-        let rel = src
-            .strip_prefix(base)
-            .unwrap_or(&src)
-            .to_string_lossy()
-            .into_owned();
-        let v = verdict(opts, &rel, inherited)?;
-        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-        // An excluded directory is still walked when a later `!` pattern may bring back
-        // something below it, as fsutil's copy does.
-        let reincluded_below = || {
-            opts.excludes
-                .as_ref()
-                .is_some_and(|ex| ex.could_reinclude_under(&rel))
-        };
-        if v.excluded {
-            if is_dir && (v.included || v.walk_into) && reincluded_below() {
-                copy_lazy_dir(&src, &dst, base, opts, shown, &v.info)?;
-            }
-        } else if v.included {
-            copy_entry(&src, &dst, base, opts, shown, &v.info)?;
-        } else if v.walk_into && is_dir {
-            copy_lazy_dir(&src, &dst, base, opts, shown, &v.info)?;
-        }
-    }
-    Ok(())
-}
-
-/// A directory on the way to copied paths: made only if something lands in it.
-fn copy_lazy_dir(
-    src: &Path,
-    dst: &Path,
-    base: &Path,
-    opts: &CopyOpts,
-    shown: &str,
     info: &Inherited,
 ) -> Result<()> {
-    let existed = dst.exists();
-    if !existed {
-        fs::create_dir(dst).map_err(ioe("mkdir", shown))?;
-    }
-    copy_dir_contents(src, dst, base, opts, shown, info)?;
-    let empty = fs::read_dir(dst)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false);
-    if !existed && empty {
-        fs::remove_dir(dst).map_err(ioe("rmdir", shown))?;
-    } else if !existed {
-        let md = fs::symlink_metadata(src).map_err(ioe("stat", shown))?;
-        set_meta(
-            dst,
-            Some(md.mode() & 0o7777),
-            opts.ids.or(Some((md.uid(), md.gid()))),
-            shown,
-        )?;
-        set_mtime(dst, &md);
-    }
-    Ok(())
+    let job = Job {
+        src: from.to_owned(),
+        dst: to.to_owned(),
+        info: info.clone(),
+        step: Step::Contents,
+    };
+    walk(job, base, opts, shown)
 }
 
 fn copy_entry(
@@ -400,24 +351,179 @@ fn copy_entry(
     shown: &str,
     info: &Inherited,
 ) -> Result<()> {
-    let md = fs::symlink_metadata(src).map_err(ioe("stat", shown))?;
+    let job = Job {
+        src: src.to_owned(),
+        dst: dst.to_owned(),
+        info: info.clone(),
+        step: Step::Entry,
+    };
+    walk(job, base, opts, shown)
+}
+
+/// One step of a copy walk.
+struct Job {
+    src: PathBuf,
+    dst: PathBuf,
+    /// What the patterns said about `src` (for its entries).
+    info: Inherited,
+    step: Step,
+}
+
+enum Step {
+    /// Copy `src` to `dst`: a file or symlink at once, a directory with its contents.
+    Entry,
+    /// Copy the entries of directory `src` into `dst`, as the patterns allow.
+    Contents,
+    /// A directory on the way to copied paths: made only if something lands in it.
+    Lazy,
+    /// The entries of a copied directory are done: give it its metadata (last, so that a
+    /// read-only mode does not stop its entries and writing them does not change its time).
+    FinishDir(fs::Metadata),
+    /// The entries of a lazy directory are done: drop it if it stayed empty and was new.
+    FinishLazy { existed: bool },
+}
+
+/// Copies a tree depth first with an explicit stack: a tree thousands of directories deep
+/// (which a RUN step can make) must not overflow the thread's stack.
+fn walk(first: Job, base: &Path, opts: &CopyOpts, shown: &str) -> Result<()> {
+    let mut stack = vec![first];
+    while let Some(job) = stack.pop() {
+        let Job {
+            src,
+            dst,
+            info,
+            step,
+        } = job;
+        match step {
+            Step::Contents => {
+                let mut entries = fs::read_dir(&src)
+                    .and_then(|rd| rd.collect::<io::Result<Vec<_>>>())
+                    .map_err(ioe("read dir", shown))?;
+                entries.sort_by_key(|e| e.file_name());
+                // Pushed last to first, so that they are copied in name order.
+                for e in entries.iter().rev() {
+                    let child_src = e.path();
+                    let rel = child_src
+                        .strip_prefix(base)
+                        .unwrap_or(&child_src)
+                        .to_string_lossy()
+                        .into_owned();
+                    let v = verdict(opts, &rel, &info)?;
+                    let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                    // An excluded directory is still walked when a later `!` pattern may
+                    // bring back something below it, as fsutil's copy does.
+                    let reincluded_below = || {
+                        opts.excludes
+                            .as_ref()
+                            .is_some_and(|ex| ex.could_reinclude_under(&rel))
+                    };
+                    let step = if v.excluded {
+                        if is_dir && (v.included || v.walk_into) && reincluded_below() {
+                            Step::Lazy
+                        } else {
+                            continue;
+                        }
+                    } else if v.included {
+                        Step::Entry
+                    } else if v.walk_into && is_dir {
+                        Step::Lazy
+                    } else {
+                        continue;
+                    };
+                    stack.push(Job {
+                        dst: dst.join(e.file_name()),
+                        src: child_src,
+                        info: v.info,
+                        step,
+                    });
+                }
+            }
+            Step::Lazy => {
+                let existed = dst.exists();
+                if !existed {
+                    fs::create_dir(&dst).map_err(ioe("mkdir", shown))?;
+                }
+                stack.push(Job {
+                    src: src.clone(),
+                    dst: dst.clone(),
+                    info: Inherited::default(),
+                    step: Step::FinishLazy { existed },
+                });
+                stack.push(Job {
+                    src,
+                    dst,
+                    info,
+                    step: Step::Contents,
+                });
+            }
+            Step::FinishLazy { existed } => {
+                if existed {
+                    continue;
+                }
+                let empty = fs::read_dir(&dst)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(false);
+                if empty {
+                    fs::remove_dir(&dst).map_err(ioe("rmdir", shown))?;
+                } else {
+                    let md = fs::symlink_metadata(&src).map_err(ioe("stat", shown))?;
+                    set_meta(
+                        &dst,
+                        Some(md.mode() & 0o7777),
+                        opts.ids.or(Some((md.uid(), md.gid()))),
+                        shown,
+                    )?;
+                    set_mtime(&dst, &md);
+                }
+            }
+            Step::FinishDir(md) => {
+                let ids = opts.ids.or(Some((md.uid(), md.gid())));
+                let mode = chmod(opts.chmod.as_ref(), md.mode() & 0o7777, true)?;
+                set_meta(&dst, Some(mode), ids, shown)?;
+                set_mtime(&dst, &md);
+            }
+            Step::Entry => {
+                let md = fs::symlink_metadata(&src).map_err(ioe("stat", shown))?;
+                if md.is_dir() {
+                    match fs::symlink_metadata(&dst) {
+                        Ok(d) if d.is_dir() => {}
+                        Ok(_) => {
+                            fs::remove_file(&dst).map_err(ioe("replace", shown))?;
+                            fs::create_dir(&dst).map_err(ioe("mkdir", shown))?;
+                        }
+                        Err(_) => fs::create_dir(&dst).map_err(ioe("mkdir", shown))?,
+                    }
+                    stack.push(Job {
+                        src: src.clone(),
+                        dst: dst.clone(),
+                        info: Inherited::default(),
+                        step: Step::FinishDir(md),
+                    });
+                    stack.push(Job {
+                        src,
+                        dst,
+                        info,
+                        step: Step::Contents,
+                    });
+                } else {
+                    copy_leaf(&src, &dst, &md, opts, shown)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies a file or symlink `src` (of metadata `md`) to `dst`, replacing what is there.
+fn copy_leaf(
+    src: &Path,
+    dst: &Path,
+    md: &fs::Metadata,
+    opts: &CopyOpts,
+    shown: &str,
+) -> Result<()> {
     let ft = md.file_type();
     let ids = opts.ids.or(Some((md.uid(), md.gid())));
-    if ft.is_dir() {
-        match fs::symlink_metadata(dst) {
-            Ok(d) if d.is_dir() => {}
-            Ok(_) => {
-                fs::remove_file(dst).map_err(ioe("replace", shown))?;
-                fs::create_dir(dst).map_err(ioe("mkdir", shown))?;
-            }
-            Err(_) => fs::create_dir(dst).map_err(ioe("mkdir", shown))?,
-        }
-        copy_dir_contents(src, dst, base, opts, shown, info)?;
-        let mode = chmod(opts.chmod.as_ref(), md.mode() & 0o7777, true)?;
-        set_meta(dst, Some(mode), ids, shown)?;
-        set_mtime(dst, &md);
-        return Ok(());
-    }
     if let Ok(existing) = fs::symlink_metadata(dst) {
         if existing.is_dir() {
             fs::remove_dir_all(dst).map_err(ioe("replace", shown))?;
@@ -437,7 +543,7 @@ fn copy_entry(
         fs::copy(src, dst).map_err(ioe("copy", shown))?;
         let mode = chmod(opts.chmod.as_ref(), md.mode() & 0o7777, false)?;
         set_meta(dst, Some(mode), ids, shown)?;
-        set_mtime(dst, &md);
+        set_mtime(dst, md);
     }
     // Sockets, fifos and devices are not copied, as in BuildKit's COPY.
     Ok(())
@@ -466,9 +572,8 @@ fn set_meta(p: &Path, mode: Option<u32>, ids: Option<(u32, u32)>, shown: &str) -
     Ok(())
 }
 
-/// `mkdir -p`, giving new directories `mode` and owner.
-fn create_dirs(p: &Path, mode: u32, ids: Option<(u32, u32)>) -> Result<()> {
-    let shown = p.display().to_string();
+/// `mkdir -p`, giving new directories `mode` and owner; `shown` names `p` in errors.
+fn create_dirs(p: &Path, mode: u32, ids: Option<(u32, u32)>, shown: &str) -> Result<()> {
     if p.is_dir() {
         return Ok(());
     }
@@ -482,8 +587,8 @@ fn create_dirs(p: &Path, mode: u32, ids: Option<(u32, u32)>) -> Result<()> {
         }
     }
     for d in missing.iter().rev() {
-        fs::create_dir(d).map_err(ioe("mkdir", &shown))?;
-        set_meta(d, Some(mode), ids, &shown)?;
+        fs::create_dir(d).map_err(ioe("mkdir", shown))?;
+        set_meta(d, Some(mode), ids, shown)?;
     }
     Ok(())
 }
@@ -561,8 +666,8 @@ fn lookup(root: &Path, file: &'static str, name: &str) -> Result<(u32, u32)> {
         name: name.to_owned(),
         file,
     };
-    let p = resolve(root, &format!("/etc/{file}"), true).map_err(|_| unknown())?;
-    let text = fs::read_to_string(p).map_err(|_| unknown())?;
+    let p = resolve_in(root, &format!("/etc/{file}"), true).map_err(|_| unknown())?;
+    let text = fs::read_to_string(&p).map_err(|_| unknown())?;
     text.lines()
         .find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
@@ -584,31 +689,49 @@ fn has_meta(p: &str) -> bool {
     p.contains(['*', '?', '['])
 }
 
-/// All paths under `root` matching the `/`-separated glob `pattern`, sorted.
-fn expand(root: &Path, pattern: &str) -> Result<Vec<PathBuf>> {
-    let mut cur = vec![root.to_path_buf()];
+/// The paths inside `root` (as written, `/`-separated, relative to it) matching the glob
+/// `pattern`, sorted. Directories are read inside the root: a symlink on the way cannot list a
+/// host directory.
+fn expand(root: &Path, pattern: &str) -> Result<Vec<String>> {
+    let mut cur = vec![String::new()];
     for seg in pattern.split('/').filter(|s| !s.is_empty() && *s != ".") {
         let mut next = Vec::new();
-        for dir in &cur {
+        for rel in &cur {
+            let join = |name: &str| {
+                if rel.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{rel}/{name}")
+                }
+            };
             if !has_meta(seg) {
-                let p = dir.join(seg);
-                if fs::symlink_metadata(&p).is_ok() {
-                    next.push(p);
+                let candidate = join(seg);
+                let exists = resolve_in(root, &candidate, false)
+                    .is_ok_and(|p| fs::symlink_metadata(&p).is_ok());
+                if exists {
+                    next.push(candidate);
                 }
                 continue;
             }
-            let Ok(rd) = fs::read_dir(dir) else { continue };
-            let mut names: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+            let Ok(dir) = resolve_in(root, rel, true) else {
+                continue;
+            };
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            let mut names: Vec<String> = rd
+                .filter_map(|e| e.ok())
+                // A name that is not UTF-8 cannot be named again through a `&str` path.
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect();
             names.sort();
             for n in names {
-                if glob_match(seg, &n.to_string_lossy()) {
-                    next.push(dir.join(n));
+                if glob_match(seg, &n) {
+                    next.push(join(&n));
                 }
             }
         }
         cur = next;
     }
-    if cur.len() == 1 && cur[0] == root {
+    if cur.len() == 1 && cur[0].is_empty() {
         return Ok(Vec::new());
     }
     Ok(cur)
@@ -901,6 +1024,68 @@ mod tests {
             .join(outside.strip_prefix("/").unwrap())
             .join("pwned")
             .exists());
+    }
+
+    #[test]
+    fn sources_never_reach_the_host_through_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        let outside = t.path().join("outside");
+        fs::create_dir_all(&dst).unwrap();
+        tree(&outside, &[("secret", "host")]);
+        tree(&src, &[("ok.txt", "ok")]);
+        std::os::unix::fs::symlink(&outside, src.join("d")).unwrap();
+        // A wildcard below a symlink to a host directory lists the source's own tree.
+        let mut c = CopyAction::new(Some(0), "/d/*", "/w/");
+        c.allow_empty_wildcard = false;
+        let sources = std::slice::from_ref(&src);
+        let err = apply(&dst, &[FileAction::Copy(c)], sources).unwrap_err();
+        assert!(matches!(err, FileOpError::NoMatch(_)), "{err}");
+        assert!(!dst.join("w/secret").exists());
+        // A symlink that is not followed is copied as a symlink, not as the host directory.
+        let mut c = CopyAction::new(Some(0), "/d", "/nf/");
+        c.follow_symlinks = false;
+        apply(&dst, &[FileAction::Copy(c)], sources).unwrap();
+        assert!(!dst.join("nf/secret").exists());
+        assert!(fs::symlink_metadata(dst.join("nf/d"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // Removing through a wildcard stays inside too.
+        let rm = FileAction::Rm {
+            path: "/d/*".into(),
+            allow_not_found: true,
+            allow_wildcard: true,
+        };
+        apply(&src, &[rm], &[]).unwrap();
+        assert_eq!(fs::read_to_string(outside.join("secret")).unwrap(), "host");
+    }
+
+    #[test]
+    fn deep_tree_copy_fits_a_blocking_thread_stack() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("s"), t.path().join("d"));
+        fs::create_dir_all(&dst).unwrap();
+        let depth = (4000 - src.as_os_str().len()) / 2;
+        let rel: PathBuf = std::iter::repeat_n("a", depth).collect();
+        fs::create_dir_all(src.join(&rel)).unwrap();
+        fs::write(src.join(&rel).join("f"), "deep").unwrap();
+        let (s2, d2) = (src.clone(), dst.clone());
+        // Tokio's blocking threads, where file ops run, have 2 MiB stacks.
+        let r = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let c = CopyAction::new(Some(0), "/", "/");
+                apply(&d2, &[FileAction::Copy(c)], &[s2]).map_err(|e| e.to_string())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        r.unwrap();
+        assert_eq!(
+            fs::read_to_string(dst.join(&rel).join("f")).unwrap(),
+            "deep"
+        );
     }
 
     #[test]

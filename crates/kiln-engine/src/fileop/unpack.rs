@@ -12,15 +12,17 @@
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
-use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::{fchmod, futimens, mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
 use kiln_snapshot::tar_limits::{check_entry, shown_name, HeaderGuard};
 
 use super::{create_dirs, FileOpError, Result};
-use crate::rootpath::resolve;
+use crate::rootpath::{resolve_in, InRoot};
 
 /// Compression of a stream, from its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,14 +165,13 @@ fn clean(name: &Path) -> Option<Vec<String>> {
     Some(parts)
 }
 
-/// Where entry `parts` goes under `dest`: its parent resolved inside `dest` (created when
-/// missing), its own name never followed.
-fn place(dest: &Path, parts: &[String]) -> io::Result<PathBuf> {
-    let (name, parent) = parts
-        .split_last()
-        .ok_or_else(|| io::Error::other("empty entry name"))?;
-    let parent = resolve(dest, &parent.join("/"), true)?;
-    Ok(parent.join(name))
+/// Where entry `parts` goes under `dest`: its parent resolved inside `dest` by the kernel (and
+/// held open), its own name never followed.
+fn place(dest: &Path, parts: &[String]) -> io::Result<InRoot> {
+    if parts.is_empty() {
+        return Err(io::Error::other("empty entry name"));
+    }
+    resolve_in(dest, &parts.join("/"), false)
 }
 
 /// Removes whatever is at `p` (without following it), unless both it and the new entry are
@@ -193,7 +194,7 @@ pub(super) fn extract(
     owner: Option<(u32, u32)>,
     archive: &str,
 ) -> Result<()> {
-    create_dirs(dest, 0o755, owner)?;
+    create_dirs(dest, 0o755, owner, archive)?;
     // Header fields are bounded as for layer import (long names, PAX records, xattrs, sparse
     // holes): an archive is as untrusted as a pulled layer.
     let (reader, guard) = HeaderGuard::new(reader);
@@ -204,7 +205,7 @@ pub(super) fn extract(
     // Directory modes and times are applied last, deepest first, so that a read-only directory
     // does not stop its own entries from being written and writing them does not change its
     // time.
-    let mut dirs: Vec<(PathBuf, u32, u64)> = Vec::new();
+    let mut dirs: Vec<(Vec<String>, u32, u64)> = Vec::new();
     let mut previous = String::new();
     for entry in entries {
         let mut entry = entry.map_err(|e| {
@@ -240,7 +241,7 @@ pub(super) fn extract(
         let ids = owner.or_else(|| Some((header.uid().ok()? as u32, header.gid().ok()? as u32)));
         let target = place(dest, &parts).map_err(|e| io_err("resolve", e))?;
         if let Some(parent) = target.parent() {
-            create_dirs(parent, 0o755, owner)?;
+            create_dirs(parent, 0o755, owner, &shown)?;
         }
         clear(&target, kind.is_dir()).map_err(|e| io_err("replace", e))?;
         match kind {
@@ -249,7 +250,7 @@ pub(super) fn extract(
                     fs::create_dir(&target).map_err(|e| io_err("mkdir", e))?;
                 }
                 chown(&target, ids, owner.is_some()).map_err(|e| io_err("chown", e))?;
-                dirs.push((target, mode, mtime));
+                dirs.push((parts, mode, mtime));
                 continue;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
@@ -318,7 +319,7 @@ pub(super) fn extract(
                     tar::EntryType::Block => (SFlag::S_IFBLK, device(header)),
                     _ => (SFlag::S_IFIFO, 0),
                 };
-                mknod(&target, flag, Mode::from_bits_truncate(mode), dev)
+                mknod(target.path(), flag, Mode::from_bits_truncate(mode), dev)
                     .map_err(|e| io_err("mknod", e.into()))?;
                 chown(&target, ids, owner.is_some()).map_err(|e| io_err("chown", e))?;
             }
@@ -328,10 +329,24 @@ pub(super) fn extract(
         }
         set_time(&target, mtime);
     }
-    for (dir, mode, mtime) in dirs.iter().rev() {
-        fs::set_permissions(dir, fs::Permissions::from_mode(*mode))
-            .map_err(|e| bad(archive, &dir.display().to_string(), format!("chmod: {e}")))?;
-        set_time(dir, *mtime);
+    for (parts, mode, mtime) in dirs.iter().rev() {
+        let shown = parts.join("/");
+        let chmod_err = |e: io::Error| bad(archive, &shown, format!("chmod: {e}"));
+        let path = place(dest, parts).map_err(chmod_err)?;
+        // Opened without following: a later entry may have replaced the directory with a
+        // symlink, whose target (anywhere on the host) must not get this mode.
+        let dir = match nix::fcntl::open(
+            path.path(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::ELOOP | Errno::ENOTDIR | Errno::ENOENT) => continue,
+            Err(e) => return Err(chmod_err(e.into())),
+        };
+        fchmod(&dir, Mode::from_bits_truncate(*mode)).map_err(|e| chmod_err(e.into()))?;
+        let t = TimeSpec::new(i64::try_from(*mtime).unwrap_or(i64::MAX), 0);
+        let _ = futimens(&dir, &t, &t);
     }
     Ok(())
 }
@@ -524,6 +539,30 @@ mod tests {
             .is_symlink());
         assert_eq!(fs::read_to_string(dest.join("escaped")).unwrap(), "x");
         assert!(!t.path().join("escaped").exists());
+    }
+
+    #[test]
+    fn a_directory_replaced_by_a_symlink_does_not_pass_its_mode_to_the_host() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("dest");
+        let victim = t.path().join("victim");
+        fs::write(&victim, "host").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        let target = victim.display().to_string();
+        let mut bytes = tar_of(&[("d/", tar::EntryType::Directory, "")]);
+        bytes.truncate(bytes.len() - 1024);
+        let mut h = tar::Header::from_byte_slice(&bytes[..512]).clone();
+        h.set_mode(0o777);
+        h.set_cksum();
+        bytes[..512].copy_from_slice(h.as_bytes());
+        bytes.extend(tar_of(&[("d", tar::EntryType::Symlink, target.as_str())]));
+        extract_bytes(&bytes, &dest).unwrap();
+        let mode = fs::metadata(&victim).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "the host file's mode changed");
+        assert!(fs::symlink_metadata(dest.join("d"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use kiln_plugin_sdk::proto::{
     self, FrontendRequest, FrontendResponse, InstructionRequest, InstructionResponse, Kind,
     Manifest, PluginError, PrimitiveRequest, PrimitiveResponse,
 };
+use kiln_types::reference::Reference;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -91,10 +92,10 @@ impl LoadedPlugin {
         let Some(caps) = &self.manifest.frontend else {
             return false;
         };
-        let bare = strip_reference_suffix(value);
+        let bare = syntax_name(value);
         self.name() == value
             || self.name() == bare
-            || caps.syntaxes.iter().any(|s| s == value || s == bare)
+            || caps.syntaxes.iter().any(|s| s == value || *s == bare)
     }
 
     /// Whether this instruction plugin lowers `keyword` (case-insensitive).
@@ -237,13 +238,11 @@ impl LoadedPlugin {
     }
 }
 
-/// `docker/dockerfile:1.7@sha256:…` → `docker/dockerfile` (a registry port is kept).
-fn strip_reference_suffix(value: &str) -> &str {
-    let value = value.split('@').next().unwrap_or(value);
-    match value.rfind(':') {
-        Some(i) if !value[i..].contains('/') => &value[..i],
-        _ => value,
-    }
+/// The frontend a `# syntax=` value names: an image reference's familiar repository name
+/// (`docker.io/docker/dockerfile:1.7@sha256:…` → `docker/dockerfile`, a registry port kept), or
+/// the value itself when docker's grammar does not make it a reference.
+fn syntax_name(value: &str) -> String {
+    Reference::parse_normalized(value).map_or_else(|_| value.to_owned(), |r| r.familiar_name())
 }
 
 fn load(path: &Path) -> Result<LoadedPlugin, Refusal> {
@@ -396,21 +395,25 @@ mod tests {
 
     #[test]
     fn syntax_suffixes() {
-        assert_eq!(
-            strip_reference_suffix("docker/dockerfile:1.7"),
-            "docker/dockerfile"
-        );
-        assert_eq!(
-            strip_reference_suffix("docker/dockerfile@sha256:abc"),
-            "docker/dockerfile"
-        );
-        assert_eq!(
-            strip_reference_suffix("localhost:5000/df"),
-            "localhost:5000/df"
-        );
-        assert_eq!(
-            strip_reference_suffix("localhost:5000/df:1"),
-            "localhost:5000/df"
-        );
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        for (value, want) in [
+            ("docker/dockerfile:1.7", "docker/dockerfile"),
+            (&format!("docker/dockerfile@{digest}"), "docker/dockerfile"),
+            (
+                &format!("docker.io/docker/dockerfile:1@{digest}"),
+                "docker/dockerfile",
+            ),
+            ("docker.io/library/dockerfile", "dockerfile"),
+            ("localhost:5000/df", "localhost:5000/df"),
+            ("localhost:5000/df:1", "localhost:5000/df"),
+            // Not references: kept as written.
+            ("Kilnfile", "Kilnfile"),
+            (
+                "docker/dockerfile@sha256:abc",
+                "docker/dockerfile@sha256:abc",
+            ),
+        ] {
+            assert_eq!(syntax_name(value), want, "{value}");
+        }
     }
 }

@@ -237,7 +237,7 @@ pub fn parse_instruction(node: &Node) -> Result<Instruction, Error> {
             .next()
             .unwrap_or(node.original.as_str())
             .to_string(),
-        message,
+        message: crate::short_message(message),
     })
 }
 

@@ -86,9 +86,25 @@ fn show_line(text: &str) -> String {
 /// 1 MiB line does not make a 1 MiB message.
 pub const MAX_QUOTED_CHARS: usize = 120;
 
+/// Characters of an error or warning message. Messages quote words and values of the input
+/// (`can't find = in "…"`); cutting here keeps every one of them short, whatever it quotes.
+pub const MAX_MESSAGE_CHARS: usize = 4 * MAX_QUOTED_CHARS;
+
 /// `text` cut to [`MAX_QUOTED_CHARS`] characters, with `…` when something was cut.
 pub fn shorten(text: &str) -> std::borrow::Cow<'_, str> {
-    match text.char_indices().nth(MAX_QUOTED_CHARS) {
+    shorten_to(text, MAX_QUOTED_CHARS)
+}
+
+/// A message cut to [`MAX_MESSAGE_CHARS`] characters.
+pub(crate) fn short_message(message: String) -> String {
+    match shorten_to(&message, MAX_MESSAGE_CHARS) {
+        std::borrow::Cow::Borrowed(_) => message,
+        std::borrow::Cow::Owned(cut) => cut,
+    }
+}
+
+fn shorten_to(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
         None => std::borrow::Cow::Borrowed(text),
         Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..end])),
     }

@@ -257,7 +257,7 @@ pub fn parse(text: &str) -> Result<Parsed, Error> {
     let err = |line: usize, message: String| Error::Parse {
         line,
         text: line_text(line),
-        message,
+        message: crate::short_message(message),
     };
 
     let mut d = Directives {
@@ -330,7 +330,7 @@ pub fn parse(text: &str) -> Result<Parsed, Error> {
             warnings.push(Warning {
                 start_line,
                 end_line: current_line,
-                message: format!("Empty continuation line found in: {line}"),
+                message: crate::short_message(format!("Empty continuation line found in: {line}")),
                 detail: "Empty continuation lines will become errors in a future release"
                     .to_string(),
             });
@@ -883,6 +883,21 @@ mod tests {
         let body = "z\n".repeat(1000);
         assert!(parse(&format!("COPY <<EOF /f\n{body}EOF\n")).is_ok());
         assert!(parse(&format!("RUN {}b\n", piece.repeat(15))).is_ok());
+    }
+
+    #[test]
+    fn messages_quoting_input_stay_short() {
+        // The message used to quote the whole 10 000-character word.
+        let e = parse(&format!("LABEL a=b {}\n", "x".repeat(10_000))).unwrap_err();
+        assert!(
+            e.message()
+                .starts_with("Syntax error - can't find = in \"xxx"),
+            "{e}"
+        );
+        assert!(e.message().ends_with('…'), "{e}");
+        assert!(e.to_string().len() < 700, "{}", e.to_string().len());
+        let p = parse(&format!("RUN a \\\n\n{}\n", "y".repeat(10_000))).unwrap();
+        assert!(p.warnings[0].message.chars().count() <= crate::MAX_MESSAGE_CHARS + 1);
     }
 
     #[test]

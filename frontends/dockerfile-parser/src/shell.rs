@@ -188,7 +188,7 @@ impl Lexer {
             }),
             Err(message) => Err(Error::Expand {
                 word: word.to_string(),
-                message,
+                message: crate::short_message(message),
             }),
         }
     }

@@ -1410,9 +1410,10 @@ fn unknown_flags_suggest_the_nearest_one() {
     );
 }
 
-/// A seeded random walk over Dockerfile fragments (instructions, flags, heredocs, expansions,
-/// broken quoting): whatever the input, `build` answers with a graph or an error, never a
-/// panic. Deterministic (a fixed LCG seed), so a failure reproduces.
+/// A seeded random walk over Dockerfile fragments (instructions, flags, heredocs, expansions
+/// nested past the depth limit, long lines, broken quoting): whatever the input, `build`
+/// answers with a graph the host's validation accepts, or an error whose location is a line of
+/// the file, never a panic. Deterministic (a fixed LCG seed), so a failure reproduces.
 #[test]
 fn random_dockerfiles_never_panic() {
     const PIECES: &[&str] = &[
@@ -1463,6 +1464,8 @@ fn random_dockerfiles_never_panic() {
         "ONBUILD ONBUILD RUN x",
         "MAINTAINER me",
         "GREET x",
+        "LABEL deep=${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-x}}}}}}}}",
+        "ENV E=${V:+${V:+${V:+\"${V}\"}}}",
         "# check=error=true",
         "# syntax=x",
         "${",
@@ -1493,11 +1496,29 @@ fn random_dockerfiles_never_panic() {
         ((seed >> 33) as usize) % n
     };
     let (mut ok, mut err) = (0, 0);
-    for _ in 0..20_000 {
-        let lines = 1 + next(8);
+    for _ in 0..10_000 {
+        let lines = 1 + next(12);
         let mut text = String::new();
         for _ in 0..lines {
-            text.push_str(PIECES[next(PIECES.len())]);
+            match next(40) {
+                // Expansions nested around and past the depth limit.
+                0 => {
+                    let depth = [63, 64, 65, 500][next(4)];
+                    text.push_str(&format!(
+                        "LABEL n={}x{}",
+                        "${N:-".repeat(depth),
+                        "}".repeat(depth)
+                    ));
+                }
+                // A long logical line of continuations.
+                1 => {
+                    text.push_str("RUN echo");
+                    for _ in 0..next(300) {
+                        text.push_str(" \\\n  $V ${V:-word}");
+                    }
+                }
+                _ => text.push_str(PIECES[next(PIECES.len())]),
+            }
             // Glue pieces into one line now and then, to reach odd argument shapes.
             text.push(if next(5) == 0 { ' ' } else { '\n' });
         }
@@ -1508,9 +1529,29 @@ fn random_dockerfiles_never_panic() {
                 ["targets", "outline", "check"][next(3)].into(),
             );
         }
+        let call = req.options.contains_key("call");
         match build(&req, &host) {
-            Ok(_) => ok += 1,
-            Err(_) => err += 1,
+            Ok(resp) => {
+                ok += 1;
+                if !call {
+                    resp.definition
+                        .validate()
+                        .unwrap_or_else(|e| panic!("invalid graph for {text:?}: {e}"));
+                }
+            }
+            Err(e) => {
+                err += 1;
+                assert!(!e.message.is_empty());
+                assert!(e.message.len() < 2_000, "{} bytes", e.message.len());
+                if let Some(loc) = &e.location {
+                    let lines = text.lines().count() as u32;
+                    assert!(
+                        loc.file == "Dockerfile" && (1..=lines).contains(&loc.line),
+                        "{loc:?} outside {lines} lines: {}",
+                        e.message
+                    );
+                }
+            }
         }
     }
     println!("random Dockerfiles: {ok} built, {err} refused, 0 panics");

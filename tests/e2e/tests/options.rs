@@ -358,9 +358,11 @@ fn run_options_embedded() {
 
 #[test]
 fn run_options_runc() {
-    if have("runc") {
-        run_options("runc");
-    }
+    assert!(
+        have("runc"),
+        "runc not found on PATH: install it (apt-get install runc) — cargo xtask test does"
+    );
+    run_options("runc");
 }
 
 #[test]
@@ -370,7 +372,11 @@ fn run_option_values_are_checked() {
     for (flag, value, message) in [
         ("--add-host", "nohost", "expected host:ip"),
         ("--add-host", "h:300.1.1.1", "is not an IP address"),
-        ("--shm-size", "12q", "unknown unit"),
+        (
+            "--shm-size",
+            "12q",
+            "expected a number with an optional unit",
+        ),
         ("--ulimit", "nofile=4096:1024", "above the hard limit"),
         ("--ulimit", "files=1", "unknown type"),
     ] {

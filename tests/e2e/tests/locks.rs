@@ -1,0 +1,250 @@
+//! Cache mount sharing modes across processes: two `kiln build` processes on one store
+//! (`KILN_ROOT`) use one cache mount, as two builds from two terminals or two CI jobs do.
+//! kiln has no daemon, so `sharing=locked|private` must hold between processes, not only
+//! between the steps of one build.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use kiln_e2e::*;
+
+/// Hanging is the failure these tests look for: every wait has this generous bound.
+const BOUND: Duration = Duration::from_secs(120);
+
+/// A `kiln build` running in the background, its progress read line by line.
+struct Build {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Build {
+    /// Starts `kiln build --progress=plain --no-cache` of `ctx` on `k`'s store, exporting to
+    /// the local directory `out`.
+    fn start(k: &Kiln, ctx: &Path, out: &Path) -> Build {
+        let mut child = Command::new(target_dir().join("kiln"))
+            .env("KILN_ROOT", k.path("store"))
+            .env("KILN_PLUGIN_PATH", k.plugin_dir())
+            .args(["build", "--progress=plain", "--no-cache", "--output"])
+            .arg(format!("type=local,dest={}", out.display()))
+            .arg(ctx)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kiln build");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Build {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads progress until a line contains `needle` (true) or the build ends first (false).
+    fn wait_for_line(&mut self, needle: &str) -> bool {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.seen.push(line);
+                    if found {
+                        return true;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return false,
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "no {needle:?} from kiln within {BOUND:?}:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits for the build to end; its exit code and its whole progress output.
+    fn finish(mut self) -> (i32, String) {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "kiln did not end within {BOUND:?}:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+            }
+        }
+        let status = self.child.wait().unwrap();
+        (status.code().unwrap_or(-1), self.seen.join("\n"))
+    }
+}
+
+/// A build context whose only step holds cache mount `id` (`sharing`) in a critical section:
+/// it makes `/c/busy` (failing if the directory is there, that is if another step is inside),
+/// records `start NAME` in `/c/log`, writes `/c/inside-NAME`, then stays until the file
+/// `/c/go-NAME` appears (the test creates it) or `BOUND` passes, records `end NAME` and removes
+/// `/c/busy`.
+fn context(k: &Kiln, name: &str, sharing: &str, reg: &str) -> PathBuf {
+    let rounds = BOUND.as_secs() * 10;
+    let dockerfile = format!(
+        r#"FROM {reg}/busybox:latest
+RUN --mount=type=cache,id=e2e-locks,target=/c,sharing={sharing} \
+    mkdir /c/busy || {{ echo "OVERLAP: another step holds the cache mount" >&2; exit 1; }}; \
+    echo "start {name}" >> /c/log; echo {name} > /c/inside-{name}; \
+    i=0; while [ ! -e /c/go-{name} ] && [ $i -lt {rounds} ]; do sleep 0.1; i=$((i+1)); done; \
+    echo "end {name}" >> /c/log; rmdir /c/busy
+"#
+    );
+    k.write(&format!("ctx-{name}"), &[("Dockerfile", &dockerfile)])
+}
+
+/// Polls `found` (a file another process makes) until it answers, failing if `build` ends
+/// first or `BOUND` passes.
+fn wait_until<T>(build: &mut Build, what: &str, mut found: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        if let Some(t) = found() {
+            return t;
+        }
+        if let Some(status) = build.child.try_wait().unwrap() {
+            let rest: Vec<String> = build.lines.try_iter().collect();
+            panic!(
+                "kiln ended ({status}) before {what}:\n{}\n{}",
+                build.seen.join("\n"),
+                rest.join("\n")
+            );
+        }
+        assert!(Instant::now() < deadline, "not within {BOUND:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The instance directories of the cache mount under the store (`<sha256>`, `<sha256>.p1`...),
+/// not the lock files beside them nor a directory still being made (`.<name>.new-<pid>`).
+fn cache_dirs(k: &Kiln) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(k.path("store/cache-mounts"))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().path())
+                .filter(|p| {
+                    p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// The cache directory holding `inside-NAME`: the step of build NAME is in its critical section.
+fn dir_with(k: &Kiln, name: &str) -> Option<PathBuf> {
+    cache_dirs(k)
+        .into_iter()
+        .find(|d| d.join(format!("inside-{name}")).exists())
+}
+
+#[test]
+fn two_processes_take_turns_on_a_locked_cache_mount() {
+    let reg = test_registry();
+    let k = Kiln::new(&[]);
+    let ctx_a = context(&k, "a", "locked", &reg);
+    let ctx_b = context(&k, "b", "locked", &reg);
+
+    let mut a = Build::start(&k, &ctx_a, &k.path("out-a"));
+    let dir = wait_until(&mut a, "build a entered its step", || dir_with(&k, "a"));
+    // B will not wait for the test once it is inside: only A's leaving is up to the test.
+    std::fs::write(dir.join("go-b"), "").unwrap();
+
+    // B starts while A holds the mount: it must say it waits, and not run beside A.
+    let mut b = Build::start(&k, &ctx_b, &k.path("out-b"));
+    if !b.wait_for_line("waiting for cache mount \"e2e-locks\"") {
+        std::fs::write(dir.join("go-a"), "").unwrap();
+        let (code, out) = b.finish();
+        a.finish();
+        panic!("build b did not wait for build a's locked cache mount (exit {code}):\n{out}");
+    }
+    assert!(
+        !dir.join("inside-b").exists(),
+        "build b entered its step while build a held the cache mount"
+    );
+    // A leaves; only then does B get the mount.
+    std::fs::write(dir.join("go-a"), "").unwrap();
+    let (code_a, out_a) = a.finish();
+    assert_eq!(code_a, 0, "build a:\n{out_a}");
+    let (code_b, out_b) = b.finish();
+    assert_eq!(code_b, 0, "build b:\n{out_b}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("log")).unwrap(),
+        "start a\nend a\nstart b\nend b\n",
+        "the critical sections overlapped"
+    );
+    assert_eq!(cache_dirs(&k), vec![dir], "locked uses one directory");
+    assert!(
+        mounts_under(&k.path("store")).is_empty(),
+        "{:?}",
+        mounts_under(&k.path("store"))
+    );
+}
+
+#[test]
+fn a_second_process_gets_its_own_private_cache_mount() {
+    let reg = test_registry();
+    let k = Kiln::new(&[]);
+    let ctx_a = context(&k, "a", "private", &reg);
+    let ctx_b = context(&k, "b", "private", &reg);
+
+    let mut a = Build::start(&k, &ctx_a, &k.path("out-a"));
+    let first = wait_until(&mut a, "build a entered its step", || dir_with(&k, "a"));
+    // Were B given A's directory, it would find `/c/busy` there and fail; were it to get
+    // through, this file lets it end.
+    std::fs::write(first.join("go-b"), "").unwrap();
+
+    // B runs to its end while A still holds the first directory: it got one of its own.
+    let mut b = Build::start(&k, &ctx_b, &k.path("out-b"));
+    let second = wait_until(&mut b, "build b entered its step", || dir_with(&k, "b"));
+    assert_ne!(
+        second, first,
+        "build b was given the directory build a holds"
+    );
+    std::fs::write(second.join("go-b"), "").unwrap();
+    let (code_b, out_b) = b.finish();
+    assert_eq!(code_b, 0, "build b:\n{out_b}");
+    assert!(
+        a.child.try_wait().unwrap().is_none(),
+        "build a ended before the test let it go"
+    );
+    std::fs::write(first.join("go-a"), "").unwrap();
+    let (code_a, out_a) = a.finish();
+    assert_eq!(code_a, 0, "build a:\n{out_a}");
+    assert_eq!(
+        std::fs::read_to_string(first.join("log")).unwrap(),
+        "start a\nend a\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(second.join("log")).unwrap(),
+        "start b\nend b\n"
+    );
+    assert!(
+        second.to_string_lossy().ends_with(".p1"),
+        "{}",
+        second.display()
+    );
+}

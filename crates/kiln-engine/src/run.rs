@@ -352,9 +352,9 @@ impl SecretDir {
             return Err(Error::Secret {
                 id: id.to_owned(),
                 message: format!(
-                    "cannot mount the private tmpfs that keeps it off the disk at {}: {e}; kiln \
-                     never writes secrets to disk, so the step stops here: run kiln as root (or \
-                     with CAP_SYS_ADMIN) where it may mount a tmpfs",
+                    "cannot mount a private tmpfs at {} to hold it in memory ({e}); kiln never \
+                     writes secrets to disk, so the step stops here: run kiln as root with \
+                     CAP_SYS_ADMIN, where it can mount a tmpfs",
                     dir.display()
                 ),
             });

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
+use std::process::Command;
 
 use kiln_e2e::*;
 
@@ -259,6 +260,57 @@ fn a_failing_run_reports_step_line_and_exit_code_and_leaves_nothing_mounted() {
     );
     let r = k.run(&["build", bad.to_str().unwrap()]).fails();
     assert!(r.stderr.contains("no-such-image"), "{}", r.stderr);
+}
+
+/// Without the privilege to mount a tmpfs (CAP_SYS_ADMIN dropped with `setpriv`; the copy
+/// snapshotter needs none), a step with a secret fails and says why, instead of putting the
+/// secret in an ordinary directory on disk.
+#[test]
+fn a_secret_fails_its_step_when_no_tmpfs_can_hold_it() {
+    let registry = test_registry();
+    let k = Kiln::new(&[]);
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM {registry}/busybox:latest\nRUN --mount=type=secret,id=token cat /run/secrets/token\n"
+            ),
+        )],
+    );
+    let secret = k.path("token.txt");
+    std::fs::write(&secret, SECRET).unwrap();
+    let tmp = k.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--inh-caps=-sys_admin", "--bounding-set=-sys_admin"])
+        .arg(target_dir().join("kiln"))
+        .args(["build", "--progress=plain", "--secret"])
+        .arg(format!("id=token,src={}", secret.display()))
+        .arg(&ctx)
+        .env("KILN_ROOT", k.path("store"))
+        .env("KILN_PLUGIN_PATH", k.plugin_dir())
+        .env("KILN_SNAPSHOTTER", "copy")
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("setpriv is required for this test (Debian package util-linux): {e}")
+        });
+    let r = Run::from(out).fails();
+    assert!(
+        r.stderr
+            .contains("secret token: cannot mount a private tmpfs")
+            && r.stderr.contains("never writes secrets to disk")
+            && r.stderr.contains("Dockerfile:2"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "left in TMPDIR"
+    );
+    assert!(files_containing(&k.path("store"), SECRET.as_bytes()).is_empty());
 }
 
 #[test]

@@ -90,9 +90,9 @@ fn registry_error(e: &kiln_registry::Error) -> PluginError {
     let kind = match e.category() {
         Category::NotFound => ErrorKind::NotFound,
         Category::Invalid => ErrorKind::InvalidInput,
-        // The protocol has no "unauthorized" or "unavailable" kind yet; Internal ("a bug or an
-        // environment failure") is the closest, and the message names the cause.
-        Category::Unauthorized | Category::Unavailable | Category::Internal => ErrorKind::Internal,
+        Category::Unauthorized => ErrorKind::Unauthorized,
+        Category::Unavailable => ErrorKind::Unavailable,
+        Category::Internal => ErrorKind::Internal,
     };
     PluginError::new(kind, e.to_string())
 }
@@ -232,7 +232,7 @@ mod tests {
         // Nothing listens on port 1 of loopback: the registry is unreachable, not the image
         // missing.
         let e = resolve_error("127.0.0.1:1/app:1");
-        assert_eq!(e.kind, ErrorKind::Internal, "{e}");
+        assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
         assert!(e.message.contains("cannot connect to 127.0.0.1:1"), "{e}");
 
         let e = resolve_error("Bad//Reference");
@@ -248,7 +248,7 @@ mod tests {
             why: "authentication required".to_owned(),
             config: PathBuf::from("/root/.docker/config.json"),
         });
-        assert_eq!(e.kind, ErrorKind::Internal, "{e}");
+        assert_eq!(e.kind, ErrorKind::Unauthorized, "{e}");
         assert!(
             e.message.contains("unauthorized: authentication required"),
             "{e}"

@@ -80,18 +80,12 @@ fn normalize(raw: &str) -> SyntaxChoice {
     if is_path(raw) {
         return SyntaxChoice::Path(PathBuf::from(raw));
     }
-    // An image reference names the frontend by repository: drop digest, tag and docker.io.
-    let no_digest = raw.split('@').next().unwrap_or(raw);
-    let last_slash = no_digest.rfind('/').map_or(0, |i| i + 1);
-    let no_tag = match no_digest[last_slash..].find(':') {
-        Some(i) => &no_digest[..last_slash + i],
-        None => no_digest,
-    };
-    let name = no_tag
-        .strip_prefix("docker.io/")
-        .unwrap_or(no_tag)
-        .to_ascii_lowercase();
-    SyntaxChoice::Name(name)
+    // An image reference names the frontend by repository (`docker/dockerfile:1.7` →
+    // `docker/dockerfile`); a value that is no reference (`Echo`) is a plugin name as written.
+    match kiln_types::reference::split_familiar(raw) {
+        Ok((name, _tag, _digest)) => SyntaxChoice::Name(name),
+        Err(_) => SyntaxChoice::Name(raw.to_ascii_lowercase()),
+    }
 }
 
 pub(crate) fn resolve(
@@ -140,7 +134,9 @@ mod tests {
             SyntaxChoice::Path("./libfoo.so".into())
         );
         assert_eq!(
-            normalize("docker.io/docker/dockerfile:1@sha256:abc"),
+            normalize(
+                "docker.io/docker/dockerfile:1@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            ),
             SyntaxChoice::Name("docker/dockerfile".into())
         );
         assert_eq!(

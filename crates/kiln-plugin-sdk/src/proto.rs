@@ -488,6 +488,12 @@ pub enum ErrorKind {
     Unsupported,
     /// A file, image or name does not exist.
     NotFound,
+    /// Access was refused: a registry answered 401/403, or credentials are missing or wrong.
+    /// (A plugin built before this kind existed reads it as [`ErrorKind::Other`].)
+    Unauthorized,
+    /// A service the call needs cannot be reached (network, DNS, TLS, a registry's 5xx).
+    /// (A plugin built before this kind existed reads it as [`ErrorKind::Other`].)
+    Unavailable,
     /// The build was cancelled.
     Cancelled,
     /// The plugin panicked.

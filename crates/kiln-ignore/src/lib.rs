@@ -3,8 +3,9 @@
 //! excludes, incrementally during a directory walk, and how a `.dockerignore` file is read.
 //!
 //! Pure logic on `/`-separated strings relative to the context root. This crate must not depend on
-//! I/O (no filesystem, no walking: callers walk and ask), on any other kiln crate, or on a regex
-//! engine (the small engine in `re` runs the translation upstream feeds to Go's RE2).
+//! I/O (no filesystem, no walking: callers walk and ask) or on any other kiln crate. The
+//! translation upstream feeds to Go's RE2 is parsed with RE2's rules in `re` and matched by
+//! `regex-automata`'s lazy DFA (linear in the path).
 //!
 //! ```
 //! use kiln_ignore::{read_ignore_file, PatternMatcher};

@@ -202,6 +202,38 @@ mod tests {
     }
 
     #[test]
+    fn one_matcher_serves_many_threads() {
+        // Each compiled pattern keeps one lazy-DFA cache behind a lock: threads sharing a
+        // matcher must see the answers a single thread sees.
+        let m = matcher(&["**/*.log", "!**/keep?.log", "b[0-9]/**", "*/x*y*z"]);
+        let paths: Vec<String> = (0..200)
+            .flat_map(|i| {
+                [
+                    format!("d{i}/a.log"),
+                    format!("d{i}/keep{}.log", i % 10),
+                    format!("b{}/f{i}", i % 12),
+                    format!("d{i}/x{i}y{i}z"),
+                ]
+            })
+            .collect();
+        let alone: Vec<bool> = paths
+            .iter()
+            .map(|p| m.matches_or_parent_matches(p).unwrap())
+            .collect();
+        assert!(alone.iter().any(|b| *b) && alone.iter().any(|b| !*b));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for (p, want) in paths.iter().zip(&alone).rev() {
+                        assert_eq!(m.matches_or_parent_matches(p).unwrap(), *want, "{p}");
+                        assert!(m.could_reinclude_under(p.split('/').next().unwrap()));
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
     fn pattern_count_and_length_are_bounded() {
         let many: Vec<String> = (0..=MAX_PATTERNS).map(|i| format!("p{i}")).collect();
         assert_eq!(

@@ -1,5 +1,5 @@
 //! One cleaned pattern and how it is matched: upstream's fast paths (exact, prefix, suffix) or its
-//! glob → regexp translation, run by our own engine.
+//! glob → regexp translation, matched by `regex-automata` (see `re`).
 
 use crate::re::Regex;
 use crate::Error;
@@ -39,7 +39,8 @@ enum Compiled {
     /// the pattern is evaluated, so the failure is kept rather than raised by `new`.
     Regexp {
         expr: String,
-        program: Result<Regex, String>,
+        /// Boxed: a compiled lazy DFA is large next to the other variants.
+        program: Result<Box<Regex>, String>,
     },
 }
 
@@ -52,7 +53,7 @@ impl Pattern {
             MatchKind::Prefix => Compiled::Prefix,
             MatchKind::Suffix => Compiled::Suffix,
             MatchKind::Regexp => {
-                let program = Regex::new(&expr);
+                let program = Regex::new(&expr).map(Box::new);
                 Compiled::Regexp { expr, program }
             }
         };

@@ -1,28 +1,45 @@
-//! A small regular-expression engine for the slice of Go RE2 syntax that upstream's glob → regexp
-//! translation can produce, run as a Pike VM (linear in path length, no backtracking blow-up).
+//! The slice of Go RE2 syntax that upstream's glob → regexp translation can produce: parsed here
+//! with RE2's rules, matched by `regex-automata` (linear in path length, no backtracking).
 //!
 //! Why not a glob matcher: upstream defines matching *through* that translation, and in odd corners
 //! (`*` inside `[...]`, `[[:alpha:]]`, `\d`, `^`, `\Q`) the regexp means something other than the
 //! glob. Parsing the translated text with RE2's rules is the only way to agree with it there too.
+//! Why not hand the text to `regex-syntax`: Rust's syntax is not Go's (`\Q...\E`, octal escapes,
+//! ASCII-only `\d`/`\w`/`\b`, what `a**` means), so the parser below builds the `Hir` itself.
 //! Go's flags for `regexp.Compile` apply: `.` does not match `\n`, negated classes do, `^`/`$` are
 //! start/end of text.
 //!
 //! Not supported (reported as a bad pattern): Unicode classes `\p{..}`/`\P{..}`, alternation,
 //! counted repetition `{n,m}` and `(?flags)`; the translation never produces the last three.
 
-/// A compiled program.
-#[derive(Debug, Clone)]
+use std::sync::{Mutex, PoisonError};
+
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::hybrid::LazyStateID;
+use regex_automata::nfa::thompson::{self, WhichCaptures, NFA};
+use regex_automata::{Anchored, Input};
+use regex_syntax::hir::{self, Hir};
+
+/// A compiled expression: one lazy DFA, searched for matches and walked byte by byte to tell
+/// whether a path prefix can still lead to one. Linear in the text; states are built on demand.
+///
+/// Just the lazy DFA, not `regex-automata`'s meta regex: that one compiles a reverse automaton
+/// and caches for engines whose answers (match positions, captures) nobody reads here, about
+/// ten times the memory per pattern, and a `.dockerignore` may hold thousands of patterns.
+#[derive(Debug)]
 pub(crate) struct Regex {
-    insts: Vec<Inst>,
+    dfa: DFA,
+    /// The DFA's state cache, made on first use.
+    cache: Mutex<Option<Cache>>,
 }
 
-#[derive(Debug, Clone)]
-enum Inst {
-    Char(Class),
-    Split(usize, usize),
-    Jmp(usize),
-    Look(Look),
-    Match,
+impl Clone for Regex {
+    fn clone(&self) -> Self {
+        Regex {
+            dfa: self.dfa.clone(),
+            cache: Mutex::new(None),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,21 +110,6 @@ impl Class {
             out.push((next, MAX_RUNE));
         }
         Class { ranges: out }
-    }
-
-    fn contains(&self, c: char) -> bool {
-        let c = c as u32;
-        self.ranges
-            .binary_search_by(|&(lo, hi)| {
-                if hi < c {
-                    std::cmp::Ordering::Less
-                } else if lo > c {
-                    std::cmp::Ordering::Greater
-                } else {
-                    std::cmp::Ordering::Equal
-                }
-            })
-            .is_ok()
     }
 }
 
@@ -433,107 +435,43 @@ fn display_rune(r: u32) -> String {
     char::from_u32(r).map_or_else(|| format!("\\x{{{r:X}}}"), String::from)
 }
 
-struct Compiler {
-    insts: Vec<Inst>,
-}
-
-impl Compiler {
-    fn emit(&mut self, node: &Node) {
-        match node {
-            Node::Class(class) => self.insts.push(Inst::Char(class.clone())),
-            Node::Look(look) => self.insts.push(Inst::Look(*look)),
-            Node::Group(nodes) => {
-                for node in nodes {
-                    self.emit(node);
-                }
-            }
-            Node::Repeat(sub, Rep::Star) => {
-                let split = self.insts.len();
-                self.insts.push(Inst::Match); // patched below
-                self.emit(sub);
-                self.insts.push(Inst::Jmp(split));
-                self.insts[split] = Inst::Split(split + 1, self.insts.len());
-            }
-            Node::Repeat(sub, Rep::Opt) => {
-                let split = self.insts.len();
-                self.insts.push(Inst::Match); // patched below
-                self.emit(sub);
-                self.insts[split] = Inst::Split(split + 1, self.insts.len());
-            }
-            Node::Repeat(sub, Rep::Plus) => {
-                let start = self.insts.len();
-                self.emit(sub);
-                self.insts.push(Inst::Split(start, self.insts.len() + 1));
-            }
+/// Go's RE2 semantics as a `Hir`: groups are plain concatenations (nothing reads captures) and
+/// `\b`/`\B` are ASCII word boundaries, as in RE2.
+fn to_hir(node: &Node) -> Hir {
+    match node {
+        Node::Class(class) => {
+            // Surrogates are no `char`: a class of only those (`\x{D800}`) never matches, in
+            // Go as here.
+            let ranges = class.ranges.iter().flat_map(|&(lo, hi)| {
+                [(lo, hi.min(0xD7FF)), (lo.max(0xE000), hi)]
+                    .into_iter()
+                    .filter(|(lo, hi)| lo <= hi)
+                    .filter_map(|(lo, hi)| Some((char::from_u32(lo)?, char::from_u32(hi)?)))
+                    .map(|(lo, hi)| hir::ClassUnicodeRange::new(lo, hi))
+            });
+            Hir::class(hir::Class::Unicode(hir::ClassUnicode::new(ranges)))
+        }
+        Node::Look(look) => Hir::look(match look {
+            Look::Start => hir::Look::Start,
+            Look::End => hir::Look::End,
+            Look::WordBoundary => hir::Look::WordAscii,
+            Look::NotWordBoundary => hir::Look::WordAsciiNegate,
+        }),
+        Node::Group(nodes) => Hir::concat(nodes.iter().map(to_hir).collect()),
+        Node::Repeat(sub, rep) => {
+            let (min, max) = match rep {
+                Rep::Star => (0, None),
+                Rep::Plus => (1, None),
+                Rep::Opt => (0, Some(1)),
+            };
+            Hir::repetition(hir::Repetition {
+                min,
+                max,
+                greedy: true,
+                sub: Box::new(to_hir(sub)),
+            })
         }
     }
-}
-
-/// What the character after the current position is, for look-arounds.
-#[derive(Debug, Clone, Copy)]
-enum Next {
-    End,
-    Char(char),
-    /// Some character we do not know yet (prefix viability checks).
-    Unknown,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Ctx {
-    prev: Option<char>,
-    next: Next,
-}
-
-fn is_word(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_'
-}
-
-impl Ctx {
-    fn holds(self, look: Look) -> bool {
-        let boundary = |next_word: bool| self.prev.is_some_and(is_word) != next_word;
-        match (look, self.next) {
-            (Look::Start, _) => self.prev.is_none(),
-            (Look::End, next) => matches!(next, Next::End),
-            (Look::WordBoundary | Look::NotWordBoundary, Next::Unknown) => true,
-            (Look::WordBoundary, Next::End) => boundary(false),
-            (Look::WordBoundary, Next::Char(c)) => boundary(is_word(c)),
-            (Look::NotWordBoundary, Next::End) => !boundary(false),
-            (Look::NotWordBoundary, Next::Char(c)) => !boundary(is_word(c)),
-        }
-    }
-}
-
-/// The set of live program counters, in insertion order.
-struct Threads {
-    seen: Vec<bool>,
-    pcs: Vec<usize>,
-    matched: bool,
-}
-
-impl Threads {
-    fn new(len: usize) -> Self {
-        Threads {
-            seen: vec![false; len],
-            pcs: Vec::with_capacity(len),
-            matched: false,
-        }
-    }
-
-    fn clear(&mut self) {
-        for &pc in &self.pcs {
-            self.seen[pc] = false;
-        }
-        self.pcs.clear();
-        self.matched = false;
-    }
-}
-
-enum Outcome {
-    /// The program reached `Match`.
-    Matched,
-    /// Input ran out with threads still waiting for characters.
-    Alive,
-    Dead,
 }
 
 impl Regex {
@@ -544,99 +482,67 @@ impl Regex {
             pos: 0,
         };
         let nodes = parser.seq(0)?;
-        let mut compiler = Compiler { insts: Vec::new() };
-        for node in &nodes {
-            compiler.emit(node);
-        }
-        compiler.insts.push(Inst::Match);
+        let hir = Hir::concat(nodes.iter().map(to_hir).collect());
+        let nfa = NFA::compiler()
+            .configure(thompson::Config::new().which_captures(WhichCaptures::None))
+            .build_from_hir(&hir)
+            .map_err(|e| format!("cannot compile {expr:?}: {e}"))?;
+        // The default configuration never gives up on a search (no minimum cache clear count)
+        // and never quits (no Unicode word boundaries: RE2's `\b` is ASCII).
+        let dfa = DFA::builder()
+            .build_from_nfa(nfa)
+            .map_err(|e| format!("cannot compile {expr:?}: {e}"))?;
         Ok(Regex {
-            insts: compiler.insts,
+            dfa,
+            cache: Mutex::new(None),
         })
+    }
+
+    /// Runs `f` with this expression's cache; a poisoned lock only means another search
+    /// panicked, and a cache is always in a usable state between calls.
+    fn with_cache<T>(&self, f: impl FnOnce(&mut Cache) -> T) -> T {
+        let mut slot = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        f(slot.get_or_insert_with(|| self.dfa.create_cache()))
     }
 
     /// Go `Regexp.MatchString`, for expressions that begin with `^` (all translated patterns do):
     /// the match must start at 0 but may end anywhere.
     pub(crate) fn is_match(&self, text: &str) -> bool {
-        matches!(self.run(text, Next::End), Outcome::Matched)
+        let input = Input::new(text).anchored(Anchored::Yes).earliest(true);
+        self.with_cache(|cache| {
+            // An error cannot happen with this configuration (see `new`).
+            matches!(self.dfa.try_search_fwd(cache, &input), Ok(Some(_)))
+        })
     }
 
-    /// Whether some text `prefix + x`, with `x` non-empty, could match (conservative: word
-    /// boundaries right after the prefix are assumed to hold).
+    /// Whether some text `prefix + x`, with `x` non-empty, could match. Conservative: `true`
+    /// when the DFA cannot tell.
     pub(crate) fn may_match_after(&self, prefix: &str) -> bool {
-        !matches!(self.run(prefix, Next::Unknown), Outcome::Dead)
+        self.with_cache(|cache| self.viable_after(cache, prefix).unwrap_or(true))
     }
 
-    fn run(&self, text: &str, tail: Next) -> Outcome {
-        let mut current = Threads::new(self.insts.len());
-        let mut next = Threads::new(self.insts.len());
-        let mut chars = text.chars().peekable();
-        let peek = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
-            chars.peek().map_or(tail, |&c| Next::Char(c))
-        };
-        let ctx = Ctx {
-            prev: None,
-            next: peek(&mut chars),
-        };
-        self.add(&mut current, 0, ctx);
-        loop {
-            if current.matched {
-                return Outcome::Matched;
+    /// `None` when the DFA's cache gives up (it does not with this configuration).
+    fn viable_after(&self, cache: &mut Cache, prefix: &str) -> Option<bool> {
+        let dfa = &self.dfa;
+        let input = Input::new(prefix).anchored(Anchored::Yes);
+        let mut state: LazyStateID = dfa.start_state_forward(cache, &input).ok()?;
+        for &byte in prefix.as_bytes() {
+            state = dfa.next_state(cache, state, byte).ok()?;
+            // A match ending inside the prefix: the match may end anywhere, so any `x` works.
+            if state.is_match() || state.is_quit() {
+                return Some(true);
             }
-            let Some(c) = chars.next() else {
-                let waiting = current
-                    .pcs
-                    .iter()
-                    .any(|&pc| matches!(self.insts[pc], Inst::Char(_)));
-                return if waiting && matches!(tail, Next::Unknown) {
-                    Outcome::Alive
-                } else {
-                    Outcome::Dead
-                };
-            };
-            let ctx = Ctx {
-                prev: Some(c),
-                next: peek(&mut chars),
-            };
-            next.clear();
-            for i in 0..current.pcs.len() {
-                let pc = current.pcs[i];
-                if let Inst::Char(class) = &self.insts[pc] {
-                    if class.contains(c) {
-                        self.add(&mut next, pc + 1, ctx);
-                    }
-                }
-            }
-            std::mem::swap(&mut current, &mut next);
-            if current.pcs.is_empty() {
-                return Outcome::Dead;
+            if state.is_dead() {
+                return Some(false);
             }
         }
-    }
-
-    /// Adds `pc` and everything reachable from it without consuming input.
-    fn add(&self, threads: &mut Threads, pc: usize, ctx: Ctx) {
-        let mut stack = vec![pc];
-        while let Some(pc) = stack.pop() {
-            if threads.seen[pc] {
-                continue;
-            }
-            threads.seen[pc] = true;
-            threads.pcs.push(pc);
-            match &self.insts[pc] {
-                Inst::Char(_) => {}
-                Inst::Match => threads.matched = true,
-                Inst::Jmp(to) => stack.push(*to),
-                Inst::Split(a, b) => {
-                    stack.push(*b);
-                    stack.push(*a);
-                }
-                Inst::Look(look) => {
-                    if ctx.holds(*look) {
-                        stack.push(pc + 1);
-                    }
-                }
+        // `x` is non-empty: some next byte must keep the search alive.
+        for byte in 0..=u8::MAX {
+            if !dfa.next_state(cache, state, byte).ok()?.is_dead() {
+                return Some(true);
             }
         }
+        Some(false)
     }
 }
 

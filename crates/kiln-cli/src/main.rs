@@ -303,6 +303,12 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
             build_args.insert("SOURCE_DATE_EPOCH".to_owned(), v);
         }
     }
+    // As buildx: a bad `-t` name fails before the build, not at export time.
+    for tag in &args.tags {
+        if let Err(e) = kiln_types::reference::Reference::parse_normalized(tag) {
+            bail!("invalid tag {tag:?}: {e}");
+        }
+    }
     let mut exports = args
         .outputs
         .iter()

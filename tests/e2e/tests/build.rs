@@ -422,3 +422,21 @@ fn concurrent_builds_share_one_store() {
         );
     }
 }
+
+#[test]
+fn a_bad_tag_fails_before_the_build() {
+    let k = Kiln::new(&["kiln-frontend-dockerfile"]);
+    let ctx = k.write(
+        "ctx",
+        &[("Dockerfile", "FROM scratch\nCOPY Dockerfile /\n")],
+    );
+    let long = format!("app:{}", "t".repeat(129));
+    for tag in ["Bad/Name:1", "app:with space", long.as_str()] {
+        let r = k.run(&["build", "-t", tag, ctx.to_str().unwrap()]).fails();
+        assert!(
+            r.stderr.contains("invalid tag") && !r.stderr.contains("COPY Dockerfile"),
+            "{tag}: {}",
+            r.stderr
+        );
+    }
+}

@@ -848,12 +848,17 @@ mod tests {
         }
     }
 
+    /// A temporary directory with `src` and an existing `dst` in it.
+    fn src_and_dst() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        fs::create_dir_all(&dst).unwrap();
+        (t, src, dst)
+    }
+
     #[test]
     fn include_patterns_keep_only_matching_paths_and_their_parents() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        let dst = t.path().join("dst");
-        fs::create_dir_all(&dst).unwrap();
+        let (_t, src, dst) = src_and_dst();
         tree(
             &src,
             &[
@@ -885,10 +890,7 @@ mod tests {
 
     #[test]
     fn many_double_stars_over_a_deep_tree_match_in_linear_time() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        let dst = t.path().join("dst");
-        fs::create_dir_all(&dst).unwrap();
+        let (_t, src, dst) = src_and_dst();
         let mut dir = src.clone();
         for i in 0..40 {
             dir = dir.join(format!("d{i}"));
@@ -911,10 +913,7 @@ mod tests {
 
     #[test]
     fn exclude_patterns_follow_patternmatcher() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        let dst = t.path().join("dst");
-        fs::create_dir_all(&dst).unwrap();
+        let (_t, src, dst) = src_and_dst();
         tree(
             &src,
             &[
@@ -950,10 +949,7 @@ mod tests {
 
     #[test]
     fn copy_semantics() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        let dst = t.path().join("dst");
-        fs::create_dir_all(&dst).unwrap();
+        let (_t, src, dst) = src_and_dst();
         tree(
             &src,
             &[
@@ -1028,10 +1024,8 @@ mod tests {
 
     #[test]
     fn sources_never_reach_the_host_through_symlinks() {
-        let t = tempfile::tempdir().unwrap();
-        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        let (t, src, dst) = src_and_dst();
         let outside = t.path().join("outside");
-        fs::create_dir_all(&dst).unwrap();
         tree(&outside, &[("secret", "host")]);
         tree(&src, &[("ok.txt", "ok")]);
         std::os::unix::fs::symlink(&outside, src.join("d")).unwrap();
@@ -1063,9 +1057,7 @@ mod tests {
 
     #[test]
     fn deep_tree_copy_fits_a_blocking_thread_stack() {
-        let t = tempfile::tempdir().unwrap();
-        let (src, dst) = (t.path().join("s"), t.path().join("d"));
-        fs::create_dir_all(&dst).unwrap();
+        let (_t, src, dst) = src_and_dst();
         let depth = (4000 - src.as_os_str().len()) / 2;
         let rel: PathBuf = std::iter::repeat_n("a", depth).collect();
         fs::create_dir_all(src.join(&rel)).unwrap();

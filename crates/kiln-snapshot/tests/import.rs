@@ -434,38 +434,34 @@ fn tar_with_pax(records: &[(&str, &[u8])], name: &str, data: &[u8]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
+/// A tar of one file named `name` (a GNU long-name record when it needs one) holding `x`.
+fn long_named_file(name: &str) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(1);
+    b.append_data(&mut h, name, &b"x"[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
 #[test]
 fn names_and_link_targets_beyond_linux_limits_are_refused() {
     let f = fixture();
     // A GNU long name of 4,200 bytes in 2-byte components: every component fits, the path does
     // not fit PATH_MAX.
     let long = format!("{}f", "a/".repeat(2100));
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(1_700_000_000);
-    h.set_size(1);
-    b.append_data(&mut h, &long, &b"x"[..]).unwrap();
-    let tar = b.into_inner().unwrap();
+    let tar = long_named_file(&long);
     let shown = format!("{}… (4201 bytes)", &long[..200]);
     assert_refused(&f, &tar, &shown, "PATH_MAX");
     // One component longer than NAME_MAX.
     let name = format!("d/{}", "n".repeat(300));
     let tar = tar_of(&[E::File("ok", b"1")]);
     let mut tar = tar[..tar.len() - 1024].to_vec();
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(1_700_000_000);
-    h.set_size(1);
-    b.append_data(&mut h, &name, &b"x"[..]).unwrap();
-    tar.extend(b.into_inner().unwrap());
+    tar.extend(long_named_file(&name));
     let shown = format!("{}… (302 bytes)", &name[..200]);
     assert_refused(&f, &tar, &shown, "NAME_MAX");
     // A symlink target longer than PATH_MAX (a PAX linkpath).

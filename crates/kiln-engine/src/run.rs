@@ -471,7 +471,8 @@ pub(crate) fn run_exec(
     let mut held = Held::default();
     let mut prepared = Vec::new();
     let mut secret_env: Vec<String> = Vec::new();
-    for m in op.mounts.iter().filter(|m| m.dest != "/") {
+    let cache_dirs = lease_cache_mounts(env, op, &snap, &mut held)?;
+    for (i, m) in op.mounts.iter().enumerate().filter(|(_, m)| m.dest != "/") {
         let kind = match &m.kind {
             MountKind::Bind => {
                 let s = snap(m.input);
@@ -493,56 +494,13 @@ pub(crate) fn run_exec(
                     source: source.display().to_string(),
                 }
             }
-            MountKind::Cache {
-                id,
-                sharing,
-                mode,
-                uid,
-                gid,
-            } => {
-                let base = env.cache_mounts.dir_of(id);
-                let source = match held.leases.iter().find(|l| l.dir == base) {
-                    // The same id mounted twice in one step: one lease, or the second mount
-                    // would wait for the first forever.
-                    Some(lease) if *sharing != CacheSharing::Private => lease.dir.clone(),
-                    _ => {
-                        // `from=`: a new cache directory starts as a copy of that filesystem.
-                        let seed = |dir: &Path| -> Result<(), Error> {
-                            let view = ReadView::new(env.store, &snap(m.input))?;
-                            let mut copy = kiln_graph::CopyAction::new(Some(0), &m.selector, "/");
-                            copy.allow_wildcard = false;
-                            crate::fileop::apply(
-                                dir,
-                                &[kiln_graph::FileAction::Copy(copy)],
-                                &[view.path().to_owned()],
-                            )
-                            .map_err(|e| {
-                                Error::Unsupported(format!("seeding cache mount {id}: {e}"))
-                            })
-                        };
-                        let lease = env.cache_mounts.acquire(
-                            id,
-                            *sharing,
-                            NewCacheDir {
-                                mode: *mode,
-                                uid: *uid,
-                                gid: *gid,
-                            },
-                            m.input.is_some().then_some(&seed as Seed<'_>),
-                            &Waiting {
-                                cancel: env.cancel,
-                                log: env.log,
-                            },
-                        )?;
-                        let dir = lease.dir.clone();
-                        held.leases.push(lease);
-                        dir
-                    }
-                };
-                PreparedMountKind::Bind {
-                    source: source.display().to_string(),
-                }
-            }
+            MountKind::Cache { .. } => PreparedMountKind::Bind {
+                source: cache_dirs
+                    .get(&i)
+                    .expect("every cache mount was leased above")
+                    .display()
+                    .to_string(),
+            },
             MountKind::Tmpfs { size } => PreparedMountKind::Tmpfs { size: *size },
             MountKind::Secret {
                 id,
@@ -654,6 +612,88 @@ pub(crate) fn run_exec(
     let mut layers = root_snap.layers;
     layers.push(layer);
     Ok(Snapshot { layers })
+}
+
+/// The cache mounts of `op` (mount index, mount, directory) in the order their locks are
+/// taken: by directory, so that every step and every build takes them in one order.
+fn in_lock_order<'m>(
+    op: &'m ExecOp,
+    cache_mounts: &CacheMounts,
+) -> Vec<(usize, &'m kiln_graph::Mount, PathBuf)> {
+    let mut caches: Vec<_> = op
+        .mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.dest != "/")
+        .filter_map(|(i, m)| match &m.kind {
+            MountKind::Cache { id, .. } => Some((i, m, cache_mounts.dir_of(id))),
+            _ => None,
+        })
+        .collect();
+    caches.sort_by(|a, b| a.2.cmp(&b.2));
+    caches
+}
+
+/// Leases the step's cache mounts, by mount index. They are taken in the order of their
+/// directories, the same in every step and every build, so that two steps locking the same
+/// two caches never each hold one and wait for the other.
+fn lease_cache_mounts(
+    env: &ExecEnv<'_>,
+    op: &ExecOp,
+    snap: &dyn Fn(Option<u32>) -> Snapshot,
+    held: &mut Held,
+) -> Result<BTreeMap<usize, PathBuf>, Error> {
+    let mut dirs = BTreeMap::new();
+    for (i, m, base) in in_lock_order(op, env.cache_mounts) {
+        let MountKind::Cache {
+            id,
+            sharing,
+            mode,
+            uid,
+            gid,
+        } = &m.kind
+        else {
+            continue;
+        };
+        let dir = match held.leases.iter().find(|l| l.dir == base) {
+            // The same id mounted twice in one step: one lease, or the second mount would
+            // wait for the first forever.
+            Some(lease) if *sharing != CacheSharing::Private => lease.dir.clone(),
+            _ => {
+                // `from=`: a new cache directory starts as a copy of that filesystem.
+                let seed = |dir: &Path| -> Result<(), Error> {
+                    let view = ReadView::new(env.store, &snap(m.input))?;
+                    let mut copy = kiln_graph::CopyAction::new(Some(0), &m.selector, "/");
+                    copy.allow_wildcard = false;
+                    crate::fileop::apply(
+                        dir,
+                        &[kiln_graph::FileAction::Copy(copy)],
+                        &[view.path().to_owned()],
+                    )
+                    .map_err(|e| Error::Unsupported(format!("seeding cache mount {id}: {e}")))
+                };
+                let lease = env.cache_mounts.acquire(
+                    id,
+                    *sharing,
+                    NewCacheDir {
+                        mode: *mode,
+                        uid: *uid,
+                        gid: *gid,
+                    },
+                    m.input.is_some().then_some(&seed as Seed<'_>),
+                    &Waiting {
+                        cancel: env.cancel,
+                        log: env.log,
+                    },
+                )?;
+                let dir = lease.dir.clone();
+                held.leases.push(lease);
+                dir
+            }
+        };
+        dirs.insert(i, dir);
+    }
+    Ok(dirs)
 }
 
 /// BuildKit's rule (llb `ExecState`): a step with SSH mounts gets `SSH_AUTH_SOCK` pointing at
@@ -901,6 +941,57 @@ mod tests {
         ));
         assert!(other.try_lock_shared().is_ok());
         drop(s1);
+    }
+
+    #[test]
+    fn cache_mounts_are_locked_in_one_order_whatever_the_step_says() {
+        let cm = CacheMounts::new(PathBuf::from("/store/cache-mounts"));
+        let mount = |dest: &str, kind| kiln_graph::Mount {
+            input: None,
+            selector: String::new(),
+            dest: dest.into(),
+            readonly: false,
+            kind,
+        };
+        let cache = |id: &str| MountKind::Cache {
+            id: id.into(),
+            sharing: CacheSharing::Locked,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        };
+        let op = |ids: &[&str]| ExecOp {
+            args: vec!["true".into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            network: Default::default(),
+            security: Default::default(),
+            mounts: std::iter::once(mount("/", MountKind::Bind))
+                .chain(std::iter::once(mount(
+                    "/tmp",
+                    MountKind::Tmpfs { size: None },
+                )))
+                .chain(ids.iter().map(|id| mount(&format!("/{id}"), cache(id))))
+                .collect(),
+            proxy_env: vec![],
+        };
+        let order = |op: &ExecOp| -> Vec<String> {
+            in_lock_order(op, &cm)
+                .into_iter()
+                .map(|(i, m, dir)| {
+                    assert_eq!(op.mounts[i].dest, m.dest);
+                    assert!(dir.starts_with("/store/cache-mounts"));
+                    m.dest.clone()
+                })
+                .collect()
+        };
+        // Two steps naming the same caches in opposite orders lock them in one order: neither
+        // can hold one while waiting for the other's.
+        let ab = order(&op(&["apt", "go", "npm"]));
+        let ba = order(&op(&["npm", "go", "apt"]));
+        assert_eq!(ab, ba);
+        assert_eq!(ab.len(), 3);
     }
 
     #[test]

@@ -248,3 +248,40 @@ fn a_second_process_gets_its_own_private_cache_mount() {
         second.display()
     );
 }
+
+/// One step mounting one locked cache twice gets one directory at both targets (it used to
+/// wait for itself forever), and two stages of one build that lock one cache both finish.
+#[test]
+fn one_build_shares_a_locked_cache_between_its_steps_and_mounts() {
+    let reg = test_registry();
+    let k = Kiln::new(&[]);
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!(
+                r#"FROM {reg}/busybox:latest AS one
+RUN --mount=type=cache,id=twice,target=/a,sharing=locked \
+    --mount=type=cache,id=twice,target=/b,sharing=locked \
+    mkdir /a/busy && echo one > /a/f && cat /b/f > /seen && rmdir /b/busy
+
+FROM {reg}/busybox:latest AS two
+RUN --mount=type=cache,id=twice,target=/c,sharing=locked \
+    mkdir /c/busy && echo two > /c/g && rmdir /c/busy && echo done > /seen
+
+FROM scratch
+COPY --from=one /seen /one
+COPY --from=two /seen /two
+"#
+            ),
+        )],
+    );
+    let (code, out) = Build::start(&k, &ctx, &k.path("out")).finish();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(std::fs::read_to_string(k.path("out/one")).unwrap(), "one\n");
+    assert_eq!(
+        std::fs::read_to_string(k.path("out/two")).unwrap(),
+        "done\n"
+    );
+    assert_eq!(cache_dirs(&k).len(), 1, "{:?}", cache_dirs(&k));
+}

@@ -96,7 +96,7 @@ pub fn shorten(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// A message cut to [`MAX_MESSAGE_CHARS`] characters.
-pub(crate) fn short_message(message: String) -> String {
+pub fn short_message(message: String) -> String {
     match shorten_to(&message, MAX_MESSAGE_CHARS) {
         std::borrow::Cow::Borrowed(_) => message,
         std::borrow::Cow::Owned(cut) => cut,

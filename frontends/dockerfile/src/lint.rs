@@ -20,7 +20,7 @@ pub(crate) const CHECK_BUILD_ARG: &str = "BUILDKIT_DOCKERFILE_CHECK";
 
 /// A build check. Names, descriptions and messages are BuildKit's, so that `skip=` lists and
 /// documentation links work unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Rule {
     StageNameCasing,
     FromAsCasing,
@@ -101,7 +101,7 @@ impl Rule {
 }
 
 /// One finding.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Finding {
     pub(crate) rule: Rule,
     /// The rule's message for this case (BuildKit's `detail`).
@@ -173,6 +173,9 @@ fn parse_go_bool(v: &str) -> Option<bool> {
 pub(crate) struct Linter {
     config: Config,
     pub(crate) findings: Vec<Finding>,
+    /// The same findings, for the duplicate check: scanning `findings` made a line with
+    /// thousands of undefined variables quadratic.
+    seen: std::collections::HashSet<Finding>,
 }
 
 impl Linter {
@@ -204,10 +207,12 @@ impl Linter {
         if self.config.skip_all || self.config.skip.contains(rule.name()) {
             return;
         }
+        // Details quote names from the file, which can be as long as a line.
+        let detail = dockerfile_parser::short_message(detail);
         let finding = Finding { rule, detail, line };
         // The same instruction can be checked twice (a stage reached twice, or a word seen
         // by two checks); one finding is enough.
-        if !self.findings.contains(&finding) {
+        if self.seen.insert(finding.clone()) {
             self.findings.push(finding);
         }
     }

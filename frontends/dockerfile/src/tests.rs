@@ -1102,6 +1102,7 @@ fn huge_names_get_no_suggestion_and_stay_cheap() {
         "{}",
         &undefined[0][..80]
     );
+    assert!(undefined[0].len() < 700, "{} bytes", undefined[0].len());
     // Short names still get their hint.
     let resp = run("ARG SUFFIX\nFROM scratch${SUFIX}\n");
     assert!(resp
@@ -1619,4 +1620,28 @@ fn too_many_onbuild_triggers_in_a_base_are_refused() {
     let e = build(&request("FROM scratch\nFROM base:1\n"), &host).unwrap_err();
     assert_eq!(e.location.map(|l| l.line), Some(2), "{}", e.message);
     assert!(e.message.contains("4097 ONBUILD triggers"), "{}", e.message);
+}
+
+#[test]
+fn many_lint_findings_stay_linear() {
+    // 100 000 undefined variables on one line: the duplicate check scanned every earlier
+    // finding, about 75 s of work. The bound is generous; the fix takes well under a second.
+    let vars: Vec<String> = (0..100_000).map(|i| format!("$v{i}")).collect();
+    let source = format!("FROM scratch\nLABEL x=\"{}\"\n", vars.join(" "));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let warnings = build(&request(&source), &FakeHost::default()).map(|r| r.warnings);
+        tx.send(warnings).ok();
+    });
+    let warnings = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the build ends within 10 s")
+        .unwrap();
+    assert_eq!(warnings.len(), 100_000);
+    assert!(warnings[0]
+        .message
+        .contains("Usage of undefined variable '$v"));
+    assert!(warnings
+        .iter()
+        .all(|w| w.location.as_ref().unwrap().line == 2));
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use kiln_cache::{CacheIndex, CacheRecord};
 use kiln_graph::{Definition, FileAction, LocalSource, Op, SourceOp, Vertex};
-use kiln_plugin_host::PluginRegistry;
-use kiln_plugin_sdk::proto::PrimitiveRequest;
+use kiln_plugin_host::{HostServices, PluginRegistry};
+use kiln_plugin_sdk::proto::{LogLevel, PrimitiveRequest};
 use kiln_snapshot::{ReadView, Snapshot, Store, WriteView};
 use kiln_solver::{BoxError, CancellationToken, ExecContext, Executor};
 use kiln_types::{Digest, Sha256Writer};
@@ -78,6 +78,28 @@ impl OpExecutor {
     }
 }
 
+/// What a custom primitive (http, git, third-party) may ask of the host during a call: whether
+/// the solve was cancelled — Ctrl-C, or fail-fast after another step failed — so that a
+/// download or a fetch stops instead of holding the build; and, while it executes, progress
+/// lines under its step.
+struct PrimitiveServices<'a> {
+    cancel: &'a CancellationToken,
+    log: Option<&'a ExecContext<Digest>>,
+}
+
+impl HostServices for PrimitiveServices<'_> {
+    fn log(&self, level: LogLevel, message: &str) {
+        let _ = level;
+        if let Some(cx) = self.log {
+            cx.log(message.to_owned());
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, BoxError> {
@@ -95,7 +117,7 @@ impl Executor<Digest> for OpExecutor {
         &self,
         v: &Digest,
         input_keys: &[Digest],
-        _cancel: &CancellationToken,
+        cancel: &CancellationToken,
     ) -> Result<Digest, BoxError> {
         let vertex = self.vertex(v)?;
         let mut h = Sha256Writer::default();
@@ -122,14 +144,19 @@ impl Executor<Digest> for OpExecutor {
         if let Op::Custom(c) = &vertex.op {
             // A primitive whose result depends on the outside world (a URL, a git branch) says
             // what it depends on now, so that a moved source is fetched again.
+            // It may ask the network (HEAD, ls-remote): it gets the token, so Ctrl-C or another
+            // step's failure stops it.
             let env = self.env.clone();
             let (primitive, op) = (c.primitive.clone(), vertex.op.clone());
+            let cancel = cancel.clone();
             let extra = blocking(move || -> Result<Option<String>, Error> {
-                struct NoServices;
-                impl kiln_plugin_host::HostServices for NoServices {}
                 let plugin = env.plugins.primitive(&primitive)?;
                 let req = kiln_plugin_sdk::proto::CacheKeyRequest { op };
-                Ok(plugin.primitive_cache_key(&req, &NoServices)?)
+                let services = PrimitiveServices {
+                    cancel: &cancel,
+                    log: None,
+                };
+                Ok(plugin.primitive_cache_key(&req, &services)?)
             })
             .await?;
             if let Some(k) = extra {
@@ -260,9 +287,11 @@ fn run(
                 shm_size: None,
                 ulimits: Vec::new(),
             };
-            struct NoServices;
-            impl kiln_plugin_host::HostServices for NoServices {}
-            plugin.primitive_execute(&req, &NoServices)?;
+            let services = PrimitiveServices {
+                cancel: cx.cancel(),
+                log: Some(cx),
+            };
+            plugin.primitive_execute(&req, &services)?;
             drop(views);
             Ok(Snapshot {
                 layers: vec![out.commit()?],
@@ -316,4 +345,24 @@ fn context_dir(env: &BuildEnv, name: &str) -> Result<PathBuf, Error> {
             context: name.to_owned(),
             message: "no such build context: pass --build-context NAME=DIR".into(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primitives_see_the_solve_cancelled() {
+        let token = CancellationToken::new();
+        let solve = token.child_token();
+        let services = PrimitiveServices {
+            cancel: &solve,
+            log: None,
+        };
+        assert!(!services.cancelled());
+        // Ctrl-C cancels the caller's token; fail-fast cancels the solve's child token.
+        token.cancel();
+        assert!(services.cancelled());
+        services.log(LogLevel::Info, "dropped without a step");
+    }
 }

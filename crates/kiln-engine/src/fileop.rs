@@ -15,7 +15,6 @@ mod unpack;
 
 // The fuzzing entry point of ADD's extraction; the crate root re-exports it (until it does,
 // nothing outside the tests calls it).
-#[allow(unused_imports, dead_code)]
 pub use unpack::extract_archive_bytes;
 
 /// Why a file action failed; the message is what the user sees under the step.

@@ -27,6 +27,7 @@ use kiln_solver::{CancellationToken, Event, ProgressSink};
 use kiln_types::{Digest, Platform};
 
 pub use kiln_plugin_sdk::proto::{HostEntry, Ulimit, UlimitResource};
+pub use fileop::{extract_archive_bytes, FileOpError};
 pub use kiln_solver::Status;
 pub use run::{ExecRuntime, RunOptions, SecretSource, SshSource};
 pub use syntax::{find_syntax, SyntaxChoice};

@@ -117,7 +117,6 @@ fn tar_stream<'a, R: BufRead + 'a>(
 ///
 /// The entry point for fuzzing: no store, no build, no registry. The caller makes `dest` (a
 /// temporary directory) and removes it.
-#[cfg_attr(not(test), allow(dead_code))]
 pub fn extract_archive_bytes(archive: &[u8], dest: &Path) -> Result<bool> {
     let shown = "archive";
     let Some(stream) = tar_stream(|| Ok(archive)).map_err(super::ioe("read", shown))? else {

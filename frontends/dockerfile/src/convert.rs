@@ -99,6 +99,11 @@ pub(crate) struct Stage {
 impl Stage {
     /// The variables instructions are expanded with: the config's ENV first (ENV always
     /// overrides an ARG of the same name), then the stage's ARGs.
+    /// ENV entries plus ARGs, see [`MAX_VARIABLES`].
+    pub(crate) fn variable_count(&self) -> usize {
+        self.config.config.env.as_ref().map_or(0, Vec::len) + self.args.len()
+    }
+
     pub(crate) fn scope(&self) -> Scope<'_> {
         Scope {
             env: self.config.config.env.as_deref().unwrap_or_default(),
@@ -219,6 +224,22 @@ pub(crate) struct Converter<'a> {
 /// big base) costs memory in the product of stages and history: 2 000 chained one-line stages
 /// took 300 MB. Real builds copy a few megabytes at most.
 pub(crate) const MAX_COPIED_CONFIG_BYTES: usize = 64 << 20;
+
+/// Most variables (ENV entries plus ARGs) one stage, or the global scope, may hold. Variables
+/// live in ordered lists searched on every set and every lookup, so their number multiplies the
+/// cost of each `ENV` and each expansion: one `ENV` line of 8 000 pairs took over a second.
+/// Real stages hold tens.
+pub(crate) const MAX_VARIABLES: usize = 1024;
+
+/// Fails when a scope holds more than [`MAX_VARIABLES`] variables.
+pub(crate) fn check_variables(count: usize) -> Result<()> {
+    if count > MAX_VARIABLES {
+        return Err(Error::invalid(format!(
+            "more than {MAX_VARIABLES} variables (ENV and ARG) in one stage"
+        )));
+    }
+    Ok(())
+}
 
 /// An ONBUILD trigger to run at the start of a stage: its text, instruction and node.
 type Trigger = (String, Instruction, Node);
@@ -557,6 +578,7 @@ impl Converter<'_> {
                 );
                 if let Some(v) = value {
                     set_pair(&mut args, &arg.name, v);
+                    check_variables(args.len()).map_err(|e| e.at(node.start_line))?;
                 }
             }
         }
@@ -1078,6 +1100,8 @@ impl Converter<'_> {
         if stage.config.config.env_get("PATH").is_none() && stage.platform.os != "windows" {
             stage.config.config.env_set("PATH", DEFAULT_PATH);
         }
+        // A base image's env counts too: it is searched like the stage's own.
+        check_variables(stage.variable_count()).map_err(|e| e.at(line))?;
         Ok(stage)
     }
 

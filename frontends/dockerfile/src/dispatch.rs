@@ -18,7 +18,9 @@ use kiln_types::image::{EmptyObject, Healthcheck};
 use kiln_ignore::PatternMatcher;
 
 use crate::add::AddFlags;
-use crate::convert::{location, set_pair, Converter, Stage, CONTEXT, KNOWN_INSTRUCTIONS};
+use crate::convert::{
+    check_variables, location, set_pair, Converter, Stage, CONTEXT, KNOWN_INSTRUCTIONS,
+};
 use crate::error::{Error, Result};
 use crate::{gofmt, paths, suggest};
 
@@ -39,6 +41,7 @@ impl Converter<'_> {
                 for (k, v) in expanded {
                     msg.push_str(&format!(" {k}={v}"));
                     stage.config.config.env_set(&k, &v);
+                    check_variables(stage.variable_count())?;
                 }
                 stage.commit(msg, false);
             }
@@ -218,6 +221,7 @@ impl Converter<'_> {
                 None => arg.name.clone(),
             });
             set_pair(&mut stage.args, &arg.name, value);
+            check_variables(stage.variable_count())?;
         }
         stage.commit(format!("ARG {}", shown.join(" ")), false);
         Ok(())

@@ -1568,7 +1568,7 @@ fn stage_and_instruction_counts_are_bounded() {
     // memory in the square of their number (2 000 took 300 MB). Now a budget stops them.
     let mut chain = String::from("FROM scratch AS s0\n");
     for i in 1..2_000 {
-        chain.push_str(&format!("FROM s{} AS s{i}\nENV V{i}=x\n", i - 1));
+        chain.push_str(&format!("FROM s{} AS s{i}\nLABEL l{i}=x\n", i - 1));
     }
     let e = fail(&chain);
     assert!(
@@ -1644,4 +1644,54 @@ fn many_lint_findings_stay_linear() {
     assert!(warnings
         .iter()
         .all(|w| w.location.as_ref().unwrap().line == 2));
+}
+
+#[test]
+fn variables_per_stage_are_bounded() {
+    let pairs = |prefix: &str, n: usize| {
+        (0..n)
+            .map(|i| format!("{prefix}{i}=1"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let check = |source: String, host: &FakeHost, line: u32| {
+        let e = build(&request(&source), host).unwrap_err();
+        assert_eq!(e.location.map(|l| l.line), Some(line), "{}", e.message);
+        assert!(
+            e.message
+                .starts_with("more than 1024 variables (ENV and ARG) in one stage"),
+            "{}",
+            e.message
+        );
+    };
+    let host = FakeHost::default();
+    // ENV and ARG in a stage count together; so do global ARGs.
+    check(
+        format!("FROM scratch\nENV {}\n", pairs("e", 2_000)),
+        &host,
+        2,
+    );
+    check(
+        format!(
+            "FROM scratch\nENV {}\nARG {}\n",
+            pairs("e", 600),
+            pairs("a", 600)
+        ),
+        &host,
+        3,
+    );
+    check(
+        format!("ARG {}\nFROM scratch\n", pairs("g", 2_000)),
+        &host,
+        1,
+    );
+    // A base image's env too.
+    let mut host = FakeHost::default();
+    let mut config = ImageConfig::scratch(&platform());
+    config.config.env = Some((0..2_000).map(|i| format!("V{i}=x")).collect());
+    host.images.insert("wide:1".to_owned(), config);
+    check("FROM scratch\n\nFROM wide:1\n".to_owned(), &host, 3);
+    // Up to the limit, fine.
+    let resp = run(&format!("FROM scratch\nENV {}\n", pairs("e", 1_000)));
+    assert_eq!(resp.config.config.env.unwrap().len(), 1_001);
 }

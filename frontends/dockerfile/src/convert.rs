@@ -212,8 +212,9 @@ pub(crate) struct Converter<'a> {
     done: Vec<Option<Stage>>,
     /// The build context source, made on first use.
     context: Option<State>,
-    /// Its `.dockerignore` patterns.
-    pub(crate) ignore_patterns: Vec<String>,
+    /// Its `.dockerignore` patterns, compiled once (`None` when they do not compile: the
+    /// engine reports that when it reads the context).
+    pub(crate) ignore_matcher: Option<kiln_ignore::PatternMatcher>,
     images: HashMap<(String, Platform), ResolvedImage>,
     /// What `--call outline` reports.
     outline: Outline,
@@ -403,7 +404,7 @@ pub(crate) fn lower(
         copied_config_bytes: 0,
         done: Vec::new(),
         context: None,
-        ignore_patterns: Vec::new(),
+        ignore_matcher: None,
         images: HashMap::new(),
         outline: Outline::default(),
     };
@@ -1135,7 +1136,7 @@ impl Converter<'_> {
             return Ok(s.clone());
         }
         let exclude_patterns = self.read_ignore_patterns()?;
-        self.ignore_patterns.clone_from(&exclude_patterns);
+        self.ignore_matcher = kiln_ignore::PatternMatcher::new(&exclude_patterns).ok();
         let state = State::local(
             LocalSource {
                 name: CONTEXT.to_owned(),

@@ -446,8 +446,8 @@ impl Converter<'_> {
         Ok(())
     }
 
-    /// How many context entries a wildcard source matches, when the wildcard is in its last
-    /// component only (else 0). Best effort: a listing error counts as no match, leaving the
+    /// How many context entries (up to 2) a wildcard source matches, when the wildcard is in its
+    /// last component only (else 0). Best effort: a listing error counts as no match, leaving the
     /// copy itself to report at solve time.
     fn wildcard_matches(&self, src: &str) -> usize {
         if !paths::has_wildcards(src) {
@@ -458,9 +458,9 @@ impl Converter<'_> {
         if paths::has_wildcards(dir) {
             return 0;
         }
-        let (Ok(glob), Ok(ignore)) = (
+        let (Ok(glob), Some(ignore)) = (
             PatternMatcher::new([rel.as_str()]),
-            PatternMatcher::new(&self.ignore_patterns),
+            self.ignore_matcher.as_ref(),
         ) else {
             return 0;
         };
@@ -481,6 +481,8 @@ impl Converter<'_> {
             })
             .filter(|p| glob.matches_or_parent_matches(p).unwrap_or(false))
             .filter(|p| !ignore.matches_or_parent_matches(p).unwrap_or(false))
+            // The caller only asks whether there is more than one.
+            .take(2)
             .count()
     }
 

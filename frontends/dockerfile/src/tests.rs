@@ -365,6 +365,42 @@ fn dockerignore_patterns_become_excludes() {
 }
 
 #[test]
+fn dockerignore_is_compiled_once_per_build() {
+    // 2 000 glob patterns and 2 000 wildcard COPYs: the patterns were compiled again for every
+    // COPY, 4 million compilations. The bound is generous; compiling once takes about a second
+    // in a debug build.
+    // A destination without a trailing `/` makes the frontend count the wildcard's matches.
+    let source = format!("FROM scratch\n{}", "COPY a*.txt /file\n".repeat(2_000));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut host = FakeHost::default();
+        let ignore: String = (0..2_000).map(|i| format!("dir{i}/*.tmp\n")).collect();
+        host.files.insert(".dockerignore".into(), ignore);
+        host.files.insert("a1.txt".into(), "1".into());
+        host.files.insert("b.txt".into(), "2".into());
+        let copies = build(&request(&source), &host).map(|r| r.definition.vertices.len());
+        tx.send(copies).ok();
+    });
+    let vertices = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the build ends within 10 s")
+        .unwrap();
+    assert!(vertices > 2_000, "{vertices}");
+    // The count still tells one match from several.
+    let mut host = FakeHost::default();
+    host.files.insert("a1.txt".into(), "1".into());
+    host.files.insert("a2.txt".into(), "2".into());
+    let e = build(&request("FROM scratch\nCOPY a*.txt /file\n"), &host).unwrap_err();
+    assert!(
+        e.message.contains("more than one source file"),
+        "{}",
+        e.message
+    );
+    host.files.insert(".dockerignore".into(), "a2.txt\n".into());
+    assert!(build(&request("FROM scratch\nCOPY a*.txt /file\n"), &host).is_ok());
+}
+
+#[test]
 fn dockerignore_limits_point_at_the_ignore_file() {
     let source = "FROM scratch\nCOPY . /src/\n";
     let mut host = FakeHost::default();

@@ -237,6 +237,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Ctrl-C cancels the build: steps stop and kiln cleans up (unmounts, removes scratch data)
+/// before it exits. A wait that cannot be cancelled would leave the user no way out, since the
+/// handler keeps SIGINT from killing the process, so a second Ctrl-C exits at once, as
+/// `docker compose` does. One listener serves both presses, so a quick second one is not lost.
+async fn interrupts(cancel: CancellationToken) {
+    let Ok(mut sigint) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+    else {
+        return;
+    };
+    if sigint.recv().await.is_none() {
+        return;
+    }
+    eprintln!("\nCancelling the build (press Ctrl-C again to stop kiln at once)");
+    cancel.cancel();
+    if sigint.recv().await.is_some() {
+        eprintln!("ERROR: interrupted twice: kiln stopped without cleaning up");
+        std::process::exit(130);
+    }
+}
+
 fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
     if output::is_remote_context(&args.context) {
         bail!(
@@ -433,12 +453,7 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     let cancel = CancellationToken::new();
     let result = rt.block_on(async {
-        let c = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                c.cancel();
-            }
-        });
+        tokio::spawn(interrupts(cancel.clone()));
         engine.build(req, renderer.clone(), cancel.clone()).await
     });
     renderer.finish();

@@ -408,3 +408,33 @@ fn a_stalled_server_fails_add_after_its_timeout() {
         run.stderr
     );
 }
+
+#[test]
+fn a_second_sigint_stops_a_wait_that_cannot_be_cancelled() {
+    // A registry that accepts and never answers: resolving the base image does not watch for
+    // cancellation (yet), so the first Ctrl-C cannot end it; the second must.
+    let k = Kiln::new(&[]);
+    let (addr, accepted) = stalling(b"");
+    let ctx = k.write(
+        "ctx",
+        &[("Dockerfile", &format!("FROM {addr}/base:1\nCOPY . /\n"))],
+    );
+    let mut b = Build::start(&k, &[], &ctx);
+    accepted
+        .recv_timeout(Duration::from_secs(60))
+        .expect("kiln connected to the registry");
+    b.interrupt();
+    b.wait_for("the cancel notice", |l| {
+        l.contains("press Ctrl-C again to stop kiln at once")
+    });
+    b.interrupt();
+    let (run, _) = b.finish_within(10);
+    assert_eq!(run.code, 130, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("ERROR: interrupted twice: kiln stopped without cleaning up"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked at"), "{}", run.stderr);
+}

@@ -237,7 +237,7 @@ fn wait_lock(
         Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock cache mount", path, e)),
     }
     (waiting.log)(format!(
-        "waiting for cache mount {id:?}: another step or build holds it (sharing=locked)"
+        "waiting for cache mount {id:?}: another step or build holds it"
     ));
     // flock(2) cannot be interrupted by a cancellation token: a thread of its own waits, and
     // this one watches the token. A thread whose waiter gave up drops the file once it gets
@@ -334,10 +334,18 @@ impl SecretDir {
     /// A secret directory under `base` (the system's temporary directory outside tests).
     fn new_in(base: &Path, id: &str) -> Result<Self, Error> {
         use std::os::unix::fs::DirBuilderExt;
+        // Unique among the steps of this process (the counter) and other processes (the pid).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = base.join(format!(
             "kiln-secrets-{}",
             Digest::of(
-                format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes()
+                format!(
+                    "{:?}{}.{n}",
+                    std::time::SystemTime::now(),
+                    std::process::id()
+                )
+                .as_bytes()
             )
             .short()
         ));

@@ -242,6 +242,11 @@ pub(crate) fn check_variables(count: usize) -> Result<()> {
     Ok(())
 }
 
+/// Most ONBUILD triggers a base may hand to a stage. They run as instructions of the stage, on
+/// top of the Dockerfile's own ([`dockerfile_parser::MAX_INSTRUCTIONS`]), lengthening the same
+/// chain of states; images carry a handful.
+pub(crate) const MAX_ONBUILD_TRIGGERS: usize = 256;
+
 /// An ONBUILD trigger to run at the start of a stage: its text, instruction and node.
 type Trigger = (String, Instruction, Node);
 
@@ -820,13 +825,10 @@ impl Converter<'_> {
                 }
             }
         };
-        // A base image's triggers run as instructions of this stage: the same bound as for the
-        // instructions of a Dockerfile.
-        if exprs.len() > dockerfile_parser::MAX_INSTRUCTIONS {
+        if exprs.len() > MAX_ONBUILD_TRIGGERS {
             return Err(Error::invalid(format!(
-                "the base has {} ONBUILD triggers, more than the limit of {}",
+                "the base has {} ONBUILD triggers, more than the limit of {MAX_ONBUILD_TRIGGERS}",
                 exprs.len(),
-                dockerfile_parser::MAX_INSTRUCTIONS
             ))
             .at(line));
         }

@@ -201,69 +201,55 @@ fn assert_cancelled(run: &Run, took: Duration) {
 /// Long enough that a test ending quickly proves cancellation, not the timeout, stopped a step.
 const NO_TIMEOUT: (&str, &str) = ("KILN_HTTP_TIMEOUT", "300s");
 
-#[test]
-fn sigint_stops_a_stalled_download() {
-    let k = Kiln::new(&[]);
-    let (addr, accepted) = stalling(b"");
-    let url = format!("http://{addr}/big.iso");
-    let ctx = k.write(
-        "ctx",
-        &[(
-            "Dockerfile",
-            &format!("FROM scratch\nADD --checksum={} {url} /x\n", zero_sum()),
-        )],
-    );
-    let mut b = Build::start(&k, &[NO_TIMEOUT], &ctx);
-    b.wait_for_step(&url);
+/// Builds `dockerfile` (in context directory `name`), waits until kiln waits on the stalled
+/// server — the step `step` has started, when one is named (a wait while computing cache keys
+/// shows no step), and the server has the connection — then presses Ctrl-C once and asserts
+/// that kiln ends cancelled within 10 s, the step marked CANCELED.
+fn interrupt_while_stalled(
+    k: &Kiln,
+    name: &str,
+    dockerfile: &str,
+    step: Option<&str>,
+    accepted: &Receiver<()>,
+) {
+    let ctx = k.write(name, &[("Dockerfile", dockerfile)]);
+    let mut b = Build::start(k, &[NO_TIMEOUT], &ctx);
+    if let Some(step) = step {
+        b.wait_for_step(step);
+    }
     accepted
         .recv_timeout(Duration::from_secs(60))
         .expect("kiln connected to the server");
     b.interrupt();
     let (run, took) = b.finish_within(10);
     assert_cancelled(&run, took);
-    assert_eq!(run.step_state(&url), "CANCELED", "{}", run.stderr);
+    if let Some(step) = step {
+        assert_eq!(run.step_state(step), "CANCELED", "{}", run.stderr);
+    }
 }
 
 #[test]
-fn sigint_stops_a_stalled_body_and_revalidation() {
-    // Without a checksum kiln first asks the server what the URL holds now (HEAD, while
-    // computing cache keys, before any step shows): the connection is the sign it waits.
+fn sigint_stops_stalled_downloads() {
     let k = Kiln::new(&[]);
+    for (i, answer) in [
+        // No answer at all.
+        &b""[..],
+        // Headers, then a body that stops arriving.
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nsome"[..],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (addr, accepted) = stalling(answer);
+        let url = format!("http://{addr}/big.iso");
+        let dockerfile = format!("FROM scratch\nADD --checksum={} {url} /x\n", zero_sum());
+        interrupt_while_stalled(&k, &format!("ctx{i}"), &dockerfile, Some(&url), &accepted);
+    }
+    // Without a checksum kiln first asks the server what the URL holds now (HEAD, while
+    // computing cache keys).
     let (addr, accepted) = stalling(b"");
-    let ctx = k.write(
-        "ctx",
-        &[(
-            "Dockerfile",
-            &format!("FROM scratch\nADD http://{addr}/file /x\n"),
-        )],
-    );
-    let b = Build::start(&k, &[NO_TIMEOUT], &ctx);
-    accepted
-        .recv_timeout(Duration::from_secs(60))
-        .expect("kiln connected to the server");
-    b.interrupt();
-    let (run, took) = b.finish_within(10);
-    assert_cancelled(&run, took);
-
-    // Headers, then a body that stops arriving.
-    let (addr, accepted) = stalling(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nsome");
-    let url = format!("http://{addr}/file");
-    let ctx = k.write(
-        "ctx2",
-        &[(
-            "Dockerfile",
-            &format!("FROM scratch\nADD --checksum={} {url} /x\n", zero_sum()),
-        )],
-    );
-    let mut b = Build::start(&k, &[NO_TIMEOUT], &ctx);
-    b.wait_for_step(&url);
-    accepted
-        .recv_timeout(Duration::from_secs(60))
-        .expect("kiln connected to the server");
-    b.interrupt();
-    let (run, took) = b.finish_within(10);
-    assert_cancelled(&run, took);
-    assert_eq!(run.step_state(&url), "CANCELED", "{}", run.stderr);
+    let dockerfile = format!("FROM scratch\nADD http://{addr}/file /x\n");
+    interrupt_while_stalled(&k, "ctx-head", &dockerfile, None, &accepted);
 }
 
 #[test]
@@ -271,38 +257,13 @@ fn sigint_stops_a_stalled_git_fetch() {
     let k = Kiln::new(&[]);
     // A git daemon that accepts and never answers: git waits for the ref advertisement forever.
     let (addr, accepted) = stalling(b"");
-    let commit = "a".repeat(40);
-    let source = format!("git://{addr}/repo.git#{commit}");
-    let ctx = k.write(
-        "ctx",
-        &[("Dockerfile", &format!("FROM scratch\nADD {source} /src/\n"))],
-    );
-    let mut b = Build::start(&k, &[], &ctx);
-    b.wait_for_step(&source);
-    accepted
-        .recv_timeout(Duration::from_secs(60))
-        .expect("git connected to the server");
-    b.interrupt();
-    let (run, took) = b.finish_within(10);
-    assert_cancelled(&run, took);
-    assert_eq!(run.step_state(&source), "CANCELED", "{}", run.stderr);
-
-    // A branch is resolved with ls-remote while computing cache keys: Ctrl-C stops that too.
+    let source = format!("git://{addr}/repo.git#{}", "a".repeat(40));
+    let dockerfile = format!("FROM scratch\nADD {source} /src/\n");
+    interrupt_while_stalled(&k, "ctx", &dockerfile, Some(&source), &accepted);
+    // A branch is resolved with ls-remote while computing cache keys.
     let (addr, accepted) = stalling(b"");
-    let ctx = k.write(
-        "ctx2",
-        &[(
-            "Dockerfile",
-            &format!("FROM scratch\nADD git://{addr}/repo.git#main /src/\n"),
-        )],
-    );
-    let b = Build::start(&k, &[], &ctx);
-    accepted
-        .recv_timeout(Duration::from_secs(60))
-        .expect("git connected to the server");
-    b.interrupt();
-    let (run, took) = b.finish_within(10);
-    assert_cancelled(&run, took);
+    let dockerfile = format!("FROM scratch\nADD git://{addr}/repo.git#main /src/\n");
+    interrupt_while_stalled(&k, "ctx-ls-remote", &dockerfile, None, &accepted);
 }
 
 #[test]

@@ -393,7 +393,11 @@ pub fn parse(text: &str) -> Result<Parsed, Error> {
     }
 
     if nodes.is_empty() {
-        return Err(err(current_line, "file with no instructions".to_string()));
+        // Line 1 even for an empty file: a location is never line 0.
+        return Err(err(
+            current_line.max(1),
+            "file with no instructions".to_string(),
+        ));
     }
     Ok(Parsed {
         directives: d.found,
@@ -921,6 +925,15 @@ mod tests {
         // BuildKit's parser accepts a couple (the instruction layer refuses them later).
         let p = parse("ONBUILD ONBUILD RUN x\n").unwrap();
         assert_eq!(p.nodes[0].nested.as_ref().unwrap().command, "onbuild");
+    }
+
+    #[test]
+    fn no_instructions_is_located_at_a_real_line() {
+        for text in ["", "\u{feff}", "# only a comment\n", "\n\n"] {
+            let e = parse(text).unwrap_err();
+            assert!(e.message().contains("file with no instructions"), "{e}");
+            assert!(e.line().is_some_and(|l| l >= 1), "{text:?}: {e}");
+        }
     }
 
     #[test]

@@ -166,7 +166,7 @@ fn generate(rng: &mut Lcg) -> String {
     text
 }
 
-/// A located refusal must point inside the text (line 0 only for a file without any line).
+/// A located refusal must point inside the text (line 1 for a text without any line).
 fn assert_located(err: &Error, text: &str) {
     // A leading byte-order mark is not part of the first line.
     let lines = text
@@ -176,7 +176,7 @@ fn assert_located(err: &Error, text: &str) {
         .count();
     if let Some(line) = err.line() {
         assert!(
-            line <= lines.max(1) && (line >= 1 || lines == 0),
+            (1..=lines.max(1)).contains(&line),
             "line {line} of {lines}: {err}"
         );
     }

@@ -309,8 +309,10 @@ enum Msg {
 /// One HTTP request running on its own thread. ureq's blocking reads cannot be interrupted, so
 /// the plugin's thread waits on a channel instead, where it can notice cancellation; the
 /// transfer thread is bounded by ureq's timeouts, so once abandoned it ends within one timeout
-/// (its next send fails, or its read times out). It only touches the network: every file is
-/// written by the caller, so nothing lands in the output after the call has returned.
+/// (its next send fails, or its read times out); it may outlive the plugin call because kiln
+/// never unloads a plugin library (abi_stable keeps it open for the life of the process). It
+/// only touches the network: every file is written by the caller, so nothing lands in the
+/// output after the call has returned.
 struct Exchange<'a> {
     rx: Receiver<Msg>,
     url: &'a str,

@@ -7,6 +7,7 @@
 mod bench;
 mod demo;
 mod fixtures;
+mod fuzz;
 mod registry;
 mod test;
 mod tidy;
@@ -36,6 +37,12 @@ tasks:
         build a release kiln and time the workloads of ../shared/bench (steps, parallel,
         cachemount, bigfile, context) against the busybox fixture; prints medians next to
         BuildKit's figures and writes target/kiln-bench/results.md
+  fuzz [TARGET...] [--seconds N]
+        run the libFuzzer targets of fuzz/ (cargo-fuzz on the nightly toolchain; installs
+        cargo-fuzz when missing) for N seconds each (default 60), corpora seeded from
+        ../shared/conformance and tests/e2e/realistic under target/kiln-fuzz/; fails on a finding.
+        Targets: dockerfile_parse dockerfile_frontend shell_expand dockerignore image_reference
+        image_documents layer_import add_unpack
   tidy  check the dependency rule of DESIGN.md (layers, plugins vs core) and the //! crate docs
   help  print this text
 ";
@@ -50,6 +57,7 @@ fn main() -> ExitCode {
         Some("fixtures") => no_args("fixtures", &rest).and_then(|()| fixtures::run_standalone()),
         Some("tidy") => no_args("tidy", &rest).and_then(|()| tidy::run()),
         Some("bench") => bench::run(&rest),
+        Some("fuzz") => fuzz::run(&rest),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)

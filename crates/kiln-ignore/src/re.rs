@@ -23,9 +23,10 @@ use regex_syntax::hir::{self, Hir};
 /// A compiled expression: one lazy DFA, searched for matches and walked byte by byte to tell
 /// whether a path prefix can still lead to one. Linear in the text; states are built on demand.
 ///
-/// Just the lazy DFA, not `regex-automata`'s meta regex: that one compiles a reverse automaton
-/// and caches for engines whose answers (match positions, captures) nobody reads here, about
-/// ten times the memory per pattern, and a `.dockerignore` may hold thousands of patterns.
+/// Just the lazy DFA, not `regex-automata`'s meta regex: that one also compiles a reverse
+/// automaton and engines whose answers (match positions, captures) nobody reads here, three times
+/// the memory per compiled pattern (measured: 9 KB against 3 KB, before caches), and a
+/// `.dockerignore` may hold thousands of patterns.
 #[derive(Debug)]
 pub(crate) struct Regex {
     dfa: DFA,

@@ -308,9 +308,13 @@ fn pull(
     img: &kiln_graph::ImageSource,
 ) -> Result<Snapshot, Error> {
     let image: kiln_registry::ImageRef = img.reference.parse()?;
-    let resolved = env
-        .handle
-        .block_on(env.registry.resolve(&image, &img.platform, &env.store))?;
+    let cancel = cx.cancel();
+    let resolved = crate::block_unless_cancelled(
+        &env.handle,
+        cancel,
+        env.registry.resolve(&image, &img.platform, &env.store),
+    )
+    .ok_or(Error::Cancelled)??;
     let missing = resolved
         .layers
         .iter()
@@ -322,8 +326,12 @@ fn pull(
             resolved.layers.len()
         ));
     }
-    env.handle
-        .block_on(env.registry.fetch_layers(&resolved, &env.store))?;
+    crate::block_unless_cancelled(
+        &env.handle,
+        cancel,
+        env.registry.fetch_layers(&resolved, &env.store),
+    )
+    .ok_or(Error::Cancelled)??;
     let layers = resolved
         .layers
         .iter()

@@ -26,8 +26,8 @@ use kiln_snapshot::{Compression, Snapshot, Store};
 use kiln_solver::{CancellationToken, Event, ProgressSink};
 use kiln_types::{Digest, Platform};
 
-pub use kiln_plugin_sdk::proto::{HostEntry, Ulimit, UlimitResource};
 pub use fileop::{extract_archive_bytes, FileOpError};
+pub use kiln_plugin_sdk::proto::{HostEntry, Ulimit, UlimitResource};
 pub use kiln_solver::Status;
 pub use run::{ExecRuntime, RunOptions, SecretSource, SshSource};
 pub use syntax::{find_syntax, SyntaxChoice};
@@ -138,6 +138,9 @@ pub enum Error {
         /// The value as written.
         value: String,
     },
+    /// The build was cancelled (Ctrl-C, or another step failed) while this waited.
+    #[error("the build was cancelled")]
+    Cancelled,
     /// A step failed; `location` is its build-file line when the frontend recorded it.
     #[error("{source}")]
     Step {
@@ -146,6 +149,21 @@ pub enum Error {
         /// The failure.
         source: kiln_solver::Error<Digest>,
     },
+}
+
+/// Runs `fut` on `handle` from a blocking thread until it ends, or until `cancel` fires
+/// (`None`): a registry that stalls must not keep Ctrl-C or fail-fast from stopping the build.
+pub(crate) fn block_unless_cancelled<F: std::future::Future>(
+    handle: &tokio::runtime::Handle,
+    cancel: &CancellationToken,
+    fut: F,
+) -> Option<F::Output> {
+    handle.block_on(async {
+        tokio::select! {
+            out = fut => Some(out),
+            () = cancel.cancelled() => None,
+        }
+    })
 }
 
 /// Largest build file kiln reads. Frontends have their own, smaller limits (the Dockerfile
@@ -508,6 +526,15 @@ impl Engine {
             .map_err(|e| Error::Unsupported(format!("frontend task failed: {e}")))?;
         let resp = match resp {
             Ok(r) => r,
+            // A frontend whose host callbacks were cancelled (Ctrl-C while it resolved a base
+            // image) fails; the build was cancelled, not the Dockerfile wrong.
+            Err(_) if cancel.is_cancelled() => {
+                progress.send(Event::Cancelled {
+                    id: load_id,
+                    name: load_name,
+                });
+                return Err(Error::Cancelled);
+            }
             Err(e) => {
                 progress.send(Event::Error {
                     id: load_id,

@@ -157,10 +157,13 @@ impl HostServices for EngineServices {
             .map_err(|e: kiln_registry::Error| registry_error(&e))?;
         self.log(LogLevel::Info, &format!("resolve image config for {image}"));
         // Plugin calls run on a blocking thread of the runtime, where blocking on it is allowed.
-        let resolved = self
-            .handle
-            .block_on(self.registry.resolve(&image, platform, &self.store))
-            .map_err(|e| registry_error(&e))?;
+        let resolved = crate::block_unless_cancelled(
+            &self.handle,
+            &self.cancel,
+            self.registry.resolve(&image, platform, &self.store),
+        )
+        .ok_or_else(|| PluginError::new(ErrorKind::Cancelled, "the build was cancelled"))?
+        .map_err(|e| registry_error(&e))?;
         Ok(ResolveImageConfigResponse {
             digest: resolved.manifest_digest,
             config: resolved.config,

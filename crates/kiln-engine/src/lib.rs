@@ -173,6 +173,15 @@ pub const MAX_BUILD_FILE_BYTES: u64 = 16 << 20;
 /// The build file's text: a regular file (a context's `Dockerfile` may be a symlink to
 /// `/dev/zero` or a FIFO) of at most [`MAX_BUILD_FILE_BYTES`], in UTF-8.
 fn read_build_file(path: &Path) -> std::io::Result<String> {
+    let bytes = read_regular_file(path, MAX_BUILD_FILE_BYTES)?;
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// The content of `path`, which must be a regular file of at most `limit` bytes: files of a
+/// build context are other people's, and a FIFO would block kiln forever, a device or a huge
+/// file exhaust it.
+pub(crate) fn read_regular_file(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     // O_NONBLOCK: opening a FIFO must not wait for a writer; a regular file ignores the flag.
@@ -187,19 +196,14 @@ fn read_build_file(path: &Path) -> std::io::Result<String> {
         ));
     }
     let mut bytes = Vec::new();
-    file.take(MAX_BUILD_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_BUILD_FILE_BYTES {
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!(
-                "larger than {} MiB, the most kiln reads",
-                MAX_BUILD_FILE_BYTES >> 20
-            ),
+            format!("larger than {} MiB, the most kiln reads", limit >> 20),
         ));
     }
-    String::from_utf8(bytes)
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+    Ok(bytes)
 }
 
 impl Error {

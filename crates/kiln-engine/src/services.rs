@@ -100,10 +100,16 @@ fn registry_error(e: &kiln_registry::Error) -> PluginError {
 impl HostServices for EngineServices {
     fn read_context_file(&self, context: &str, path: &str) -> Result<Vec<u8>, PluginError> {
         let p = self.path(context, path, true)?;
-        std::fs::read(&p).map_err(|e| match e.kind() {
+        // A frontend reads small files (`.dockerignore`, a build file): never a FIFO that
+        // blocks forever, nor more than a build file may weigh.
+        crate::read_regular_file(&p, crate::MAX_BUILD_FILE_BYTES).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {
                 PluginError::not_found(format!("{path} not found in {context}"))
             }
+            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => PluginError::new(
+                ErrorKind::InvalidInput,
+                format!("read {path} in {context}: {e}"),
+            ),
             _ => PluginError::internal(format!("read {path} in {context}: {e}")),
         })
     }

@@ -440,3 +440,34 @@ fn a_bad_tag_fails_before_the_build() {
         );
     }
 }
+
+#[test]
+fn a_fifo_or_a_huge_file_in_the_context_never_hangs_the_frontend() {
+    let k = Kiln::new(&["kiln-frontend-dockerfile"]);
+    let ctx = k.write(
+        "ctx",
+        &[("Dockerfile", "FROM scratch\nCOPY Dockerfile /\n")],
+    );
+    let ignore = ctx.join(".dockerignore");
+    tool("mkfifo", &[ignore.to_str().unwrap()]);
+    let r = k.run(&["build", ctx.to_str().unwrap()]).fails();
+    assert!(
+        r.stderr.contains(".dockerignore") && r.stderr.contains("not a regular file"),
+        "{}",
+        r.stderr
+    );
+    std::fs::remove_file(&ignore).unwrap();
+    std::fs::File::create(&ignore)
+        .unwrap()
+        .set_len(17 << 20)
+        .unwrap();
+    let r = k.run(&["build", ctx.to_str().unwrap()]).fails();
+    assert!(r.stderr.contains("larger than 16 MiB"), "{}", r.stderr);
+    // The Dockerfile itself.
+    std::fs::remove_file(&ignore).unwrap();
+    let df = ctx.join("Dockerfile");
+    std::fs::remove_file(&df).unwrap();
+    tool("mkfifo", &[df.to_str().unwrap()]);
+    let r = k.run(&["build", ctx.to_str().unwrap()]).fails();
+    assert!(r.stderr.contains("not a regular file"), "{}", r.stderr);
+}

@@ -311,27 +311,12 @@ pub fn parse_add_host(spec: &str) -> Result<HostEntry> {
 /// or `k` `m` `g` `t` `p` (powers of 1024) alone or followed by `b` or `ib`, any case: `64m`,
 /// `1.5g`, `512KiB`.
 pub fn parse_shm_size(spec: &str) -> Result<u64> {
-    let num_end = spec
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(spec.len());
-    let (num, unit) = spec.split_at(num_end);
-    let unit = unit.strip_prefix(' ').unwrap_or(unit).to_ascii_lowercase();
-    // parse-size also takes digit grouping, exponents and exa units; docker does not.
-    let docker_unit = match unit.as_bytes() {
-        [] | [b'b'] => true,
-        [u, rest @ ..] => b"kmgtp".contains(u) && matches!(rest, [] | [b'b'] | [b'i', b'b']),
-    };
-    let bytes = parse_size::Config::new()
-        .with_binary()
-        .parse_size(spec)
-        .ok()
-        .filter(|_| !num.is_empty() && docker_unit)
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "invalid --shm-size {spec:?}: expected a number with an optional unit b, k, m, \
-                 g, t or p (e.g. 64m)"
-            )
-        })?;
+    let bytes = kiln_types::size::parse_ram_size(spec).ok_or_else(|| {
+        anyhow::anyhow!(
+            "invalid --shm-size {spec:?}: expected a number with an optional unit b, k, m, g, t \
+             or p (e.g. 64m)"
+        )
+    })?;
     if bytes == 0 {
         bail!("invalid --shm-size {spec:?}: the size must be at least one byte");
     }

@@ -8,6 +8,7 @@ mod digest;
 pub mod image;
 mod platform;
 pub mod reference;
+pub mod size;
 
 pub use digest::{Digest, DigestError, Sha256Writer};
 pub use platform::{Platform, PlatformError};

@@ -137,10 +137,25 @@ fn location_lines(dockerfile: &Path, line: usize) -> Vec<String> {
     for (i, l) in lines.iter().enumerate().take(to).skip(from - 1) {
         let n = i + 1;
         let mark = if n == line { ">>>" } else { "   " };
-        out.push(format!("{n:>4} | {mark} {l}"));
+        out.push(format!("{n:>4} | {mark} {}", shorten_line(l)));
     }
     out.push("--------------------".to_owned());
     out
+}
+
+/// Lines longer than this are cut in the error box: a hostile Dockerfile's 30 KB line would
+/// only bury the message.
+const MAX_SHOWN_LINE: usize = 240;
+
+fn shorten_line(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.len() <= MAX_SHOWN_LINE {
+        return line.into();
+    }
+    let mut end = MAX_SHOWN_LINE;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} more bytes)", &line[..end], line.len() - end).into()
 }
 
 /// An error and its causes, without repeating a cause already quoted by its parent.
@@ -569,6 +584,22 @@ fn check_text(v: &serde_json::Value, dockerfile: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_error_box_cuts_long_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let df = dir.path().join("Dockerfile");
+        let long = format!("LABEL a={}", "é".repeat(15_000));
+        std::fs::write(&df, format!("FROM scratch\n{long}\nCOPY a /\n")).unwrap();
+        let lines = location_lines(&df, 2);
+        assert_eq!(lines[0], "Dockerfile:2");
+        let shown = lines.iter().find(|l| l.contains(">>>")).unwrap();
+        assert!(
+            shown.len() < 300 && shown.contains("more bytes)"),
+            "{shown}"
+        );
+        assert!(lines.iter().any(|l| l.ends_with("COPY a /")), "{lines:?}");
+    }
 
     #[test]
     fn output_rewrite_timestamp() {

@@ -14,6 +14,21 @@ struct Node {
     edge: Edge,
 }
 
+/// A long chain of states (one per Dockerfile instruction, thousands in a hostile file) would
+/// drop recursively, one stack frame per node: drop the inputs this node alone owns on a heap
+/// stack instead.
+impl Drop for Node {
+    fn drop(&mut self) {
+        let mut owned: Vec<Arc<Node>> = self.inputs.drain(..).filter_map(|s| s.0).collect();
+        while let Some(node) = owned.pop() {
+            // `into_inner` succeeds for the last owner only; the others just let go.
+            if let Some(mut node) = Arc::into_inner(node) {
+                owned.extend(node.inputs.drain(..).filter_map(|s| s.0));
+            }
+        }
+    }
+}
+
 /// A filesystem state: the empty filesystem (`scratch`) or the output of a vertex.
 /// Cloning is cheap.
 #[derive(Clone, Default)]

@@ -112,3 +112,29 @@ fn definition_rebuilds_states() {
     );
     assert!(def.state(None).unwrap().is_scratch());
 }
+
+#[test]
+fn a_long_chain_of_states_drops_on_a_small_stack() {
+    // 200,000 chained file ops dropped on a 256 KiB thread: a recursive drop overflows.
+    let handle = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(|| {
+            let mut state = State::scratch();
+            for i in 0..200_000u32 {
+                state = FileBuilder::new(&state)
+                    .action(FileAction::Mkdir {
+                        path: format!("/d{i}"),
+                        mode: 0o755,
+                        make_parents: false,
+                        owner: None,
+                    })
+                    .build("mkdir");
+            }
+            let shared = state.clone();
+            drop(state);
+            assert!(!shared.is_scratch());
+            drop(shared);
+        })
+        .unwrap();
+    handle.join().expect("the drop overflowed the stack");
+}

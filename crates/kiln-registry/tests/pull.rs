@@ -6,40 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{build_layout, free_port, host_platform, other_platform, store_blobs, TestRegistry};
-use kiln_registry::{Category, Error, ImageRef, Registry, RegistryOptions};
-use kiln_snapshot::Store;
+use common::{
+    build_layout, env, free_port, host_platform, image, other_platform, store_blobs, TestRegistry,
+};
+use kiln_registry::{Category, Error, ImageRef};
 use kiln_types::{Digest, Platform};
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    store: Store,
-    layouts: std::path::PathBuf,
-    registry: Registry,
-}
-
-fn env() -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path().join("store")).unwrap();
-    // An empty docker config dir: anonymous, whatever the machine's ~/.docker says.
-    let docker = tmp.path().join("docker");
-    std::fs::create_dir_all(&docker).unwrap();
-    let registry = Registry::new(RegistryOptions {
-        insecure: Vec::new(),
-        docker_config: Some(docker),
-    })
-    .unwrap();
-    Env {
-        layouts: tmp.path().join("layouts"),
-        _tmp: tmp,
-        store,
-        registry,
-    }
-}
-
-fn image(s: &str) -> ImageRef {
-    s.parse().unwrap()
-}
 
 fn host() -> Platform {
     Platform::host()

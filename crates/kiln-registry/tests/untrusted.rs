@@ -9,38 +9,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
 
-use common::{build_layout_with, host_platform, TestLayout, TestRegistry};
-use kiln_registry::{Category, Error, ImageRef, Registry, RegistryOptions, MAX_MANIFEST_SIZE};
+use common::{build_layout_with, env, host_platform, image, TestLayout, TestRegistry};
+use kiln_registry::{Category, Error, MAX_MANIFEST_SIZE};
 use kiln_snapshot::Store;
 use kiln_types::{Digest, Platform};
 use serde_json::{json, Value};
-
-struct Env {
-    tmp: tempfile::TempDir,
-    store: Store,
-    registry: Registry,
-}
-
-fn env() -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path().join("store")).unwrap();
-    let docker = tmp.path().join("docker");
-    std::fs::create_dir_all(&docker).unwrap();
-    let registry = Registry::new(RegistryOptions {
-        insecure: Vec::new(),
-        docker_config: Some(docker),
-    })
-    .unwrap();
-    Env {
-        tmp,
-        store,
-        registry,
-    }
-}
-
-fn image(s: &str) -> ImageRef {
-    s.parse().unwrap()
-}
 
 /// A one-platform layout whose config lists its two diff ids in the wrong order.
 fn swapped_diff_ids(dir: &Path) -> TestLayout {

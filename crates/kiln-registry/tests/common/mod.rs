@@ -386,3 +386,34 @@ pub fn store_blobs(store: &kiln_snapshot::Store) -> Vec<Digest> {
     v.sort();
     v
 }
+
+/// A store and a registry client in a temporary directory, with an empty docker config dir
+/// (anonymous, whatever the machine's ~/.docker says); `layouts` is scratch space beside them.
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+    pub store: kiln_snapshot::Store,
+    pub layouts: PathBuf,
+    pub registry: kiln_registry::Registry,
+}
+
+pub fn env() -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = kiln_snapshot::Store::open(tmp.path().join("store")).unwrap();
+    let docker = tmp.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let registry = kiln_registry::Registry::new(kiln_registry::RegistryOptions {
+        insecure: Vec::new(),
+        docker_config: Some(docker),
+    })
+    .unwrap();
+    Env {
+        layouts: tmp.path().join("layouts"),
+        tmp,
+        store,
+        registry,
+    }
+}
+
+pub fn image(s: &str) -> kiln_registry::ImageRef {
+    s.parse().unwrap()
+}

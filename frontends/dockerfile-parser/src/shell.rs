@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::Error;
 
@@ -26,6 +28,16 @@ pub const MAX_EXPANDED_BYTES: usize = 2 * crate::MAX_HEREDOC_BYTES;
 /// replacement tries every start position: `${V//*x/y}` on a long value is quadratic. Real
 /// patterns on real values use a few thousand steps.
 pub const MAX_PATTERN_STEPS: usize = 1 << 24;
+
+/// Bytes that all the words expanded by one [`Lexer`] (and its clones: one Dockerfile) may
+/// produce together. Each word is capped by [`MAX_EXPANDED_BYTES`], but a few bytes such as
+/// `${B//?/${B//?/${B}}}` grow to megabytes, and a Dockerfile may hold thousands of them: without
+/// a total, 6 KB of LABELs took 2 GB. Real Dockerfiles expand to kilobytes.
+pub const MAX_TOTAL_EXPANDED_BYTES: usize = 64 << 20;
+
+/// Pattern-matching steps (see [`MAX_PATTERN_STEPS`]) that one Dockerfile may spend in total, so
+/// that thousands of expensive words cannot add up to minutes.
+pub const MAX_TOTAL_PATTERN_STEPS: usize = 1 << 26;
 
 /// Variable lookup for expansion. `Some("")` (set but empty) differs from `None` (unset).
 pub trait Env {
@@ -78,13 +90,24 @@ impl<T: Env + ?Sized> Env for &T {
 
 /// The word expander. Plain mode (the default) removes quotes and escapes; the switches give
 /// BuildKit's `RawQuotes`, `RawEscapes`, `SkipUnsetEnv` and `SkipProcessQuotes` modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Clones share one budget of output bytes and pattern work ([`MAX_TOTAL_EXPANDED_BYTES`],
+/// [`MAX_TOTAL_PATTERN_STEPS`]): make one lexer per Dockerfile and derive the others from it.
+#[derive(Debug, Clone)]
 pub struct Lexer {
     escape: char,
     raw_quotes: bool,
     raw_escapes: bool,
     skip_unset_env: bool,
     skip_process_quotes: bool,
+    spent: Arc<Spent>,
+}
+
+/// What the words of one Dockerfile have used so far.
+#[derive(Debug, Default)]
+struct Spent {
+    bytes: AtomicUsize,
+    steps: AtomicUsize,
 }
 
 /// Everything one expansion produced.
@@ -110,7 +133,14 @@ impl Lexer {
             raw_escapes: false,
             skip_unset_env: false,
             skip_process_quotes: false,
+            spent: Arc::default(),
         }
+    }
+
+    /// The same lexer (and budget) with another escape token.
+    pub fn with_escape(mut self, escape: char) -> Self {
+        self.escape = escape;
+        self
     }
 
     /// Keep quote characters in the output (still honouring their meaning).
@@ -168,6 +198,13 @@ impl Lexer {
 
     /// Expand, returning the value, the split words and the variable bookkeeping at once.
     pub fn process<E: Env + ?Sized>(&self, word: &str, env: &E) -> Result<Expansion, Error> {
+        let fail = |message: String| Error::Expand {
+            word: word.to_string(),
+            message: crate::short_message(message),
+        };
+        let steps_left =
+            MAX_TOTAL_PATTERN_STEPS.saturating_sub(self.spent.steps.load(Ordering::Relaxed));
+        let steps = steps_left.min(MAX_PATTERN_STEPS);
         let mut sw = ShellWord {
             chars: word.chars().collect(),
             pos: 0,
@@ -175,22 +212,31 @@ impl Lexer {
             lex: self,
             raw_escapes: self.raw_escapes,
             depth: 0,
-            budget: Budget(MAX_PATTERN_STEPS),
+            budget: Budget {
+                left: steps,
+                of_total: steps < MAX_PATTERN_STEPS,
+            },
             matched: BTreeSet::new(),
             unmatched: BTreeSet::new(),
         };
-        match sw.process_stop_on(None, self.raw_escapes) {
-            Ok((value, words)) => Ok(Expansion {
-                value,
-                words,
-                matched: sw.matched,
-                unmatched: sw.unmatched,
-            }),
-            Err(message) => Err(Error::Expand {
-                word: word.to_string(),
-                message: crate::short_message(message),
-            }),
+        let result = sw.process_stop_on(None, self.raw_escapes);
+        self.spent
+            .steps
+            .fetch_add(steps - sw.budget.left, Ordering::Relaxed);
+        let (value, words) = result.map_err(fail)?;
+        let total = self.spent.bytes.fetch_add(value.len(), Ordering::Relaxed) + value.len();
+        if total > MAX_TOTAL_EXPANDED_BYTES {
+            return Err(fail(format!(
+                "the expansions of this Dockerfile produce more than {} MiB in total",
+                MAX_TOTAL_EXPANDED_BYTES >> 20
+            )));
         }
+        Ok(Expansion {
+            value,
+            words,
+            matched: sw.matched,
+            unmatched: sw.unmatched,
+        })
     }
 }
 
@@ -659,15 +705,23 @@ fn check_size(len: usize) -> Step<()> {
 }
 
 /// Pattern-matching work left for one word.
-struct Budget(usize);
+struct Budget {
+    left: usize,
+    /// Whether what is left is the Dockerfile's remaining total rather than the word's own.
+    of_total: bool,
+}
 
 impl Budget {
     fn spend(&mut self, steps: usize) -> Step<()> {
-        match self.0.checked_sub(steps) {
+        match self.left.checked_sub(steps) {
             Some(left) => {
-                self.0 = left;
+                self.left = left;
                 Ok(())
             }
+            None if self.of_total => Err(format!(
+                "pattern substitutions of this Dockerfile need more than \
+                 {MAX_TOTAL_PATTERN_STEPS} matching steps in total"
+            )),
             None => Err(format!(
                 "pattern substitution needs more than {MAX_PATTERN_STEPS} matching steps: use a \
                  shorter pattern or value"
@@ -823,7 +877,10 @@ mod tests {
     #[test]
     fn patterns() {
         let toks = |p: &str| compile_pattern(p).unwrap();
-        let b = &mut Budget(MAX_PATTERN_STEPS);
+        let b = &mut Budget {
+            left: MAX_PATTERN_STEPS,
+            of_total: false,
+        };
         let v: Vec<char> = "a/b/c.tar.gz".chars().collect();
         assert_eq!(
             trim_prefix(&toks("*/"), &v, false, b).unwrap(),
@@ -876,6 +933,60 @@ mod tests {
     }
 
     #[test]
+    fn one_dockerfile_shares_one_budget() {
+        // 9^7 ≈ 4.8 MB from 40 bytes: under the per-word cap, so only a total stops a file of
+        // such words (6 KB of them took 2 GB and 40 s before).
+        let mut word = "${B}".to_owned();
+        for _ in 0..6 {
+            word = format!("${{B//?/{word}}}");
+        }
+        let env = vec![("B", "abcdefghi")];
+        let l = Lexer::new('\\');
+        let derived = l.clone().raw_quotes(true).with_escape('`');
+        let mut made = 0;
+        let err = loop {
+            // Clones and derived lexers draw on the same budget.
+            let lexer = if made % 2 == 0 { &l } else { &derived };
+            match lexer.process_word(&word, &env) {
+                Ok(v) => made += v.len(),
+                Err(e) => break e,
+            }
+            assert!(made <= MAX_TOTAL_EXPANDED_BYTES, "no total budget");
+        };
+        assert!(err.message().contains("64 MiB in total"), "{err}");
+        assert!(made > MAX_TOTAL_EXPANDED_BYTES / 2, "{made}");
+        // A fresh lexer (another Dockerfile) starts with a full budget.
+        assert!(Lexer::new('\\').process_word(&word, &env).is_ok());
+
+        // Pattern work adds up too: each word below stays under the per-word budget.
+        let long = vec![("V", "x".repeat(1_000))];
+        let l = Lexer::new('\\');
+        let err = (0..100_000)
+            .find_map(|_| l.process_word("${V//*y/z}", &long).err())
+            .expect("the total pattern budget ends it");
+        assert!(err.message().contains("in total"), "{err}");
+    }
+
+    #[test]
+    fn fuzz_finding_nested_replacements_multiply_within_the_caps() {
+        // `cargo xtask fuzz shell_expand`: nested `${B//…/…}` turned 122 bytes into 7704. Not a
+        // bug in itself (replacements multiply), but it showed that only a Dockerfile-wide
+        // total bounds such growth: see `one_dockerfile_shares_one_budget`.
+        let word = "DL/  ${B///////하/  ${B///////하세Ɛ<<<<<<<O-DL\u{1}\u{0}\u{0}A{BPPF/AR////////하세세Ɛ<\\}^$.\\*\\?|\\{FO]\\[{})^$.\\*\\?|\\]{\\}^$.d\\/}";
+        let env = vec![
+            ("A", "a"),
+            ("B", "two words"),
+            ("EMPTY", ""),
+            ("P", "/usr/bin"),
+        ];
+        let out = Lexer::new('\\')
+            .raw_escapes(true)
+            .process_word(word, &env)
+            .expect("expands");
+        assert!(out.len() > 10 * word.len() && out.len() <= MAX_EXPANDED_BYTES);
+    }
+
+    #[test]
     fn raw_modes() {
         let e = env();
         let raw = Lexer::new('\\').raw_quotes(true);
@@ -902,9 +1013,9 @@ mod tests {
         let l = Lexer::new('\\');
         // Used to recurse once per level until the stack overflowed (an abort, not a panic).
         for lexer in [
-            l,
-            l.skip_unset_env(true),
-            l.raw_quotes(true).raw_escapes(true),
+            l.clone(),
+            l.clone().skip_unset_env(true),
+            l.clone().raw_quotes(true).raw_escapes(true),
         ] {
             let err = lexer.process_word(&nested(5_000), &NoEnv).unwrap_err();
             assert!(

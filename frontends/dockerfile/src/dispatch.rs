@@ -284,7 +284,11 @@ impl Converter<'_> {
         let (sources, dest, chown, chmod, exclude, contents) = {
             let scope = stage.scope();
             let ex = |w: &str| self.lexer.process_word(w, &scope).map_err(Error::from);
-            let raw = Lexer::new('\\').skip_process_quotes(true);
+            let raw = self
+                .lexer
+                .clone()
+                .with_escape('\\')
+                .skip_process_quotes(true);
             let sources = c
                 .sources
                 .iter()
@@ -548,7 +552,7 @@ impl Converter<'_> {
         // Proxies travel apart: the engine adds them to the environment (unless the step sets
         // them) but keeps them out of the cache key, as BuildKit does.
         let proxy_env = self.proxy_env();
-        let raw = self.lexer.raw_quotes(true).skip_unset_env(true);
+        let raw = self.lexer.clone().raw_quotes(true).skip_unset_env(true);
         let desc = self.describe(stage, node, &raw, &suffix);
         let mut b = ExecBuilder::new(&stage.state, args.clone())
             .env(env)

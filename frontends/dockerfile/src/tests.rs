@@ -530,6 +530,25 @@ fn errors_carry_file_line_and_text() {
 }
 
 #[test]
+fn amplifying_expansions_hit_the_dockerfile_budget() {
+    // Each LABEL value expands 40 bytes into 9^7 ≈ 4.8 MB: 100 of them (6 KB) took 2 GB and
+    // 40 s before the Dockerfile had a total budget.
+    let mut word = "${B}".to_owned();
+    for _ in 0..6 {
+        word = format!("${{B//?/{word}}}");
+    }
+    let mut df = "FROM scratch\nARG B=abcdefghi\n".to_owned();
+    for i in 0..100 {
+        df.push_str(&format!("LABEL a{i}={word}\n"));
+    }
+    let e = fail(&df);
+    assert!(e.message.contains("64 MiB in total"), "{}", e.message);
+    let line = e.location.map(|l| l.line).expect("located");
+    // 64 MiB of 4.8 MB values: the 14th LABEL (line 16) passes the budget.
+    assert!((10..=20).contains(&line), "line {line}");
+}
+
+#[test]
 fn untrusted_dockerfiles_hit_limits_not_the_stack() {
     let nested = |depth: usize| format!("{}x{}", "${A:-".repeat(depth), "}".repeat(depth));
     // Used to abort the whole process with a stack overflow.

@@ -71,6 +71,9 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         let corpus = work.join("corpus").join(target);
         let artifacts = work.join("artifacts").join(target);
         std::fs::create_dir_all(&corpus)?;
+        // Only this run's findings count: earlier ones became regression tests (or are still
+        // in the earlier run's output).
+        crate::remove_if_exists(&artifacts)?;
         std::fs::create_dir_all(&artifacts)?;
         let log = work.join(format!("{target}.log"));
         println!("fuzz {target}: {n} seeds, {seconds} s ...");

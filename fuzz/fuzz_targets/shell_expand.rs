@@ -28,9 +28,9 @@ fuzz_target!(|data: &[u8]| {
         .raw_escapes(flags & 4 != 0)
         .skip_unset_env(flags & 8 != 0);
     if let Ok(out) = lexer.process_word(word, &env) {
-        // Each `$` can at most bring in the longest value (or an operand of the word itself).
+        // Nested replacements multiply sizes (`${B//?/${B//?/$B}}`), but never past the cap.
         assert!(
-            out.len() <= word.len() * 32 + 64,
+            out.len() <= MAX_EXPANDED_BYTES,
             "{} from {}",
             out.len(),
             word.len()

@@ -15,6 +15,16 @@ use kiln_snapshot::Store;
 use kiln_types::{Digest, Platform};
 use serde_json::{json, Value};
 
+/// Resolves the `v1` tag of `layout` for the host platform, which must fail; the message.
+async fn resolve_layout_err(e: &common::Env, layout: &TestLayout) -> String {
+    let r = image(&format!("oci-layout://{}:v1", layout.dir.display()));
+    e.registry
+        .resolve(&r, &Platform::host(), &e.store)
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 /// A one-platform layout whose config lists its two diff ids in the wrong order.
 fn swapped_diff_ids(dir: &Path) -> TestLayout {
     build_layout_with(
@@ -136,13 +146,7 @@ async fn layers_and_diff_ids_must_pair_up() {
         },
         &|_| {},
     );
-    let r = image(&format!("oci-layout://{}:v1", layout.dir.display()));
-    let err = e
-        .registry
-        .resolve(&r, &Platform::host(), &e.store)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = resolve_layout_err(&e, &layout).await;
     assert!(
         err.contains("the manifest lists 2 layers but the image config lists 1 diff ids"),
         "{err}"
@@ -165,13 +169,7 @@ async fn oversized_documents_in_a_layout_are_refused_before_parsing() {
         &|_| {},
         &|m| m["annotations"] = json!({ "pad": filler(big) }),
     );
-    let r = image(&format!("oci-layout://{}:v1", layout.dir.display()));
-    let err = e
-        .registry
-        .resolve(&r, &Platform::host(), &e.store)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = resolve_layout_err(&e, &layout).await;
     let digest = layout.images[0].manifest_digest.to_string();
     assert!(err.contains(&format!("manifest {digest} is ")), "{err}");
     assert!(
@@ -187,13 +185,7 @@ async fn oversized_documents_in_a_layout_are_refused_before_parsing() {
         &|c| c["config"]["Labels"]["pad"] = json!(filler(9 << 20)),
         &|_| {},
     );
-    let r = image(&format!("oci-layout://{}:v1", layout.dir.display()));
-    let err = e
-        .registry
-        .resolve(&r, &Platform::host(), &e.store)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = resolve_layout_err(&e, &layout).await;
     let digest = layout.images[0].config_digest.to_string();
     assert!(err.contains(&format!("image config {digest} is ")), "{err}");
     assert!(err.contains("(8 MiB) kiln accepts"), "{err}");

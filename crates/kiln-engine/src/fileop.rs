@@ -198,7 +198,15 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
             if c.create_dest_path {
                 create_dirs(&dest, 0o755, ids, &c.dest)?;
             }
-            copy_dir_contents(&m, &dest, &m, &opts, &c.dest, &Inherited::default())?;
+            copy_from(
+                Step::Contents,
+                &m,
+                &dest,
+                &m,
+                &opts,
+                &c.dest,
+                &Inherited::default(),
+            )?;
         } else {
             // The name of what was found (a followed symlink gives its target's name).
             let name = m
@@ -216,7 +224,15 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
                     create_dirs(parent, 0o755, ids, &c.dest)?;
                 }
             }
-            copy_entry(&m, &target, &m, &opts, &c.dest, &Inherited::default())?;
+            copy_from(
+                Step::Entry,
+                &m,
+                &target,
+                &m,
+                &opts,
+                &c.dest,
+                &Inherited::default(),
+            )?;
         }
     }
     Ok(())
@@ -325,24 +341,10 @@ fn verdict(opts: &CopyOpts, rel: &str, parent: &Inherited) -> Result<Verdict> {
     })
 }
 
-fn copy_dir_contents(
-    from: &Path,
-    to: &Path,
-    base: &Path,
-    opts: &CopyOpts,
-    shown: &str,
-    info: &Inherited,
-) -> Result<()> {
-    let job = Job {
-        src: from.to_owned(),
-        dst: to.to_owned(),
-        info: info.clone(),
-        step: Step::Contents,
-    };
-    walk(job, base, opts, shown)
-}
-
-fn copy_entry(
+/// Copies `src` to `dst` (`Step::Entry`) or the entries of directory `src` into `dst`
+/// (`Step::Contents`).
+fn copy_from(
+    step: Step,
     src: &Path,
     dst: &Path,
     base: &Path,
@@ -354,7 +356,7 @@ fn copy_entry(
         src: src.to_owned(),
         dst: dst.to_owned(),
         info: info.clone(),
-        step: Step::Entry,
+        step,
     };
     walk(job, base, opts, shown)
 }

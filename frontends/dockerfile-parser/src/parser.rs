@@ -74,7 +74,9 @@ pub struct Node {
     /// The verbatim source text of lines `start_line..=end_line`.
     pub source: String,
     pub heredocs: Vec<Heredoc>,
-    /// Comment lines directly above the instruction, `#` and surrounding spaces removed.
+    /// The comment block directly above the instruction (blank lines allowed, a bare `#` ends
+    /// it), parser directives excluded: each line without its first byte and surrounding
+    /// spaces, as BuildKit's `PrevComment`.
     pub comments: Vec<String>,
 }
 
@@ -138,18 +140,19 @@ struct Directives {
 }
 
 impl Directives {
-    fn possible_directive(&mut self, line: &str, line_no: usize) -> Result<(), String> {
+    /// Records `line` if it is a parser directive; tells whether it was one.
+    fn possible_directive(&mut self, line: &str, line_no: usize) -> Result<bool, String> {
         if self.done {
-            return Ok(());
+            return Ok(false);
         }
         let Some((key, value)) = match_directive(line) else {
             self.done = true;
-            return Ok(());
+            return Ok(false);
         };
         let key = key.to_ascii_lowercase();
         if !KNOWN_DIRECTIVES.contains(&key.as_str()) {
             self.done = true;
-            return Ok(());
+            return Ok(false);
         }
         if self.found.iter().any(|d| d.name == key) {
             return Err(format!("only one {key} parser directive can be used"));
@@ -170,7 +173,7 @@ impl Directives {
             value: value.to_string(),
             line: line_no,
         });
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -274,12 +277,23 @@ pub fn parse(text: &str) -> Result<Parsed, Error> {
     while let Some(&raw) = lines.get(idx) {
         idx += 1;
         if is_comment(raw) {
-            let c = trim_newline(raw).trim_start();
-            comments.push(c.get(1..).unwrap_or("").trim().to_string());
+            // As BuildKit: the line's first byte is dropped, not its first `#`, so an indented
+            // comment keeps its `#` (and never names a stage); a bare `#` ends the block, so
+            // the comments above it do not describe the next instruction.
+            let rest = String::from_utf8_lossy(raw.as_bytes().get(1..).unwrap_or_default());
+            match rest.trim() {
+                "" => comments.clear(),
+                c => comments.push(c.to_string()),
+            }
         }
         let token = trim_newline(raw).trim_start();
-        d.possible_directive(token, current_line + 1)
+        let directive = d
+            .possible_directive(token, current_line + 1)
             .map_err(|m| err(current_line + 1, m))?;
+        if directive {
+            // A parser directive is not part of any instruction's comments.
+            comments.pop();
+        }
         let token = if token.starts_with('#') { "" } else { token };
         current_line += 1;
         let start_line = current_line;
@@ -944,5 +958,45 @@ mod tests {
             e.to_string(),
             "dockerfile parse error on line 2: ENV must have two arguments (in `ENV PATH`)"
         );
+    }
+}
+
+#[cfg(test)]
+mod comment_tests {
+    use super::*;
+
+    fn comments(text: &str) -> Vec<Vec<String>> {
+        parse(text)
+            .unwrap()
+            .nodes
+            .into_iter()
+            .map(|n| n.comments)
+            .collect()
+    }
+
+    #[test]
+    fn comment_block_above_an_instruction_matches_buildkit() {
+        // A bare `#` ends the block; blank lines do not; a directive is left out.
+        let text = "# syntax=docker/dockerfile:1\n# base the image\n#\n# build compiles\n\n# more\nFROM a AS build\n# above RUN\nRUN x \\\n# inside a continuation\n  y\nFROM b\n";
+        assert_eq!(
+            comments(text),
+            [
+                vec!["build compiles".to_owned(), "more".to_owned()],
+                vec!["above RUN".to_owned()],
+                vec![],
+            ]
+        );
+        // Only the first byte goes: an indented comment keeps its `#`; an indented bare `#`
+        // is then not empty and does not end the block.
+        assert_eq!(
+            comments("# a x\n  #\n  # b y\n\t#c\nFROM a\n"),
+            [vec![
+                "a x".to_owned(),
+                "#".to_owned(),
+                "# b y".to_owned(),
+                "#c".to_owned()
+            ]]
+        );
+        assert_eq!(comments("# a\n#   \r\nFROM a\n"), [Vec::<String>::new()]);
     }
 }

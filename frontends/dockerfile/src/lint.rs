@@ -5,10 +5,11 @@
 
 use std::collections::BTreeSet;
 
-use dockerfile_parser::instructions::{CommandLine, Instruction};
+use dockerfile_parser::instructions::{parse_instruction, Arg, CommandLine, From, Instruction};
 use dockerfile_parser::shell::{Env, Lexer};
 use dockerfile_parser::{Node, Parsed};
 use kiln_plugin_sdk::proto::Diagnostic;
+use kiln_types::reference::Reference;
 use serde_json::json;
 
 use crate::convert::{location, Stage};
@@ -34,6 +35,12 @@ pub(crate) enum Rule {
     UndefinedVar,
     MultipleInstructionsDisallowed,
     LegacyKeyValueFormat,
+    InvalidDefaultArgInFrom,
+    SecretsUsedInArgOrEnv,
+    RedundantTargetPlatform,
+    FromPlatformFlagConstDisallowed,
+    ExposeProtoCasing,
+    ExposeInvalidFormat,
 }
 
 impl Rule {
@@ -51,6 +58,12 @@ impl Rule {
             Rule::UndefinedVar => "UndefinedVar",
             Rule::MultipleInstructionsDisallowed => "MultipleInstructionsDisallowed",
             Rule::LegacyKeyValueFormat => "LegacyKeyValueFormat",
+            Rule::InvalidDefaultArgInFrom => "InvalidDefaultArgInFrom",
+            Rule::SecretsUsedInArgOrEnv => "SecretsUsedInArgOrEnv",
+            Rule::RedundantTargetPlatform => "RedundantTargetPlatform",
+            Rule::FromPlatformFlagConstDisallowed => "FromPlatformFlagConstDisallowed",
+            Rule::ExposeProtoCasing => "ExposeProtoCasing",
+            Rule::ExposeInvalidFormat => "ExposeInvalidFormat",
         }
     }
 
@@ -79,6 +92,22 @@ impl Rule {
             }
             Rule::LegacyKeyValueFormat => {
                 "Legacy key/value format with whitespace separator should not be used"
+            }
+            Rule::InvalidDefaultArgInFrom => {
+                "Default value for global ARG results in an empty or invalid base image name"
+            }
+            Rule::SecretsUsedInArgOrEnv => {
+                "Sensitive data should not be used in the ARG or ENV commands"
+            }
+            Rule::RedundantTargetPlatform => {
+                "Setting platform to predefined $TARGETPLATFORM in FROM is redundant as this is the default behavior"
+            }
+            Rule::FromPlatformFlagConstDisallowed => {
+                "FROM --platform flag should not use a constant value"
+            }
+            Rule::ExposeProtoCasing => "Protocol in EXPOSE instruction should be lowercase",
+            Rule::ExposeInvalidFormat => {
+                "IP address and host-port mapping should not be used in EXPOSE instruction. This will become an error in a future release"
             }
         }
     }
@@ -327,6 +356,185 @@ pub(crate) fn check_file(linter: &mut Linter, parsed: &Parsed) {
             );
         }
     }
+    check_from_defaults(linter, parsed);
+}
+
+/// The checks of every FROM against the global ARGs as written, without `--build-arg`s
+/// (BuildKit's `validateBaseImagesWithDefaultArgs`, `reportRedundantTargetPlatform` and
+/// `reportConstPlatformDisallowed`): InvalidDefaultArgInFrom, RedundantTargetPlatform,
+/// FromPlatformFlagConstDisallowed.
+///
+/// The predefined platform ARGs take this machine's platform for both build and target: the
+/// checks only ask whether a name is a valid reference, whether a word is `$TARGETPLATFORM`
+/// alone, or whether it holds a variable at all, which no platform value changes.
+fn check_from_defaults(linter: &mut Linter, parsed: &Parsed) {
+    let lexer = Lexer::new(parsed.escape);
+    let mut froms: Vec<(usize, From)> = Vec::new();
+    let mut meta: Vec<(usize, Vec<Arg>)> = Vec::new();
+    for n in &parsed.nodes {
+        match parse_instruction(n) {
+            Ok(Instruction::From(f)) => froms.push((n.start_line, f)),
+            Ok(Instruction::Arg(a)) if froms.is_empty() => meta.push((n.start_line, a)),
+            _ => {}
+        }
+    }
+    let host = kiln_types::Platform::host();
+    let target_stage = froms
+        .last()
+        .and_then(|(_, f)| f.stage_name.clone())
+        .unwrap_or_default();
+    let mut args: Vec<(String, String)> = [
+        ("BUILDPLATFORM", host.to_string()),
+        ("BUILDOS", host.os.clone()),
+        ("BUILDARCH", host.architecture.clone()),
+        ("BUILDVARIANT", host.variant.clone().unwrap_or_default()),
+        ("TARGETPLATFORM", host.to_string()),
+        ("TARGETOS", host.os.clone()),
+        ("TARGETARCH", host.architecture.clone()),
+        ("TARGETVARIANT", host.variant.clone().unwrap_or_default()),
+        ("TARGETSTAGE", target_stage),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    // An ARG without a default stays undeclared here: that is what makes `FROM $IMAGE` empty.
+    // An expansion error stops the checks, as in BuildKit; the build reports it.
+    for (_, list) in &meta {
+        for arg in list {
+            if let Some(d) = &arg.default {
+                let Ok(v) = lexer.process_word(d, &args) else {
+                    return;
+                };
+                args.push((arg.name.clone(), v));
+            }
+        }
+    }
+    for (line, from) in &froms {
+        let Ok((name, _, _)) = lexer.process_word_with_matches(&from.image, &args) else {
+            return;
+        };
+        // `oci-layout://` bases are kiln's own; they are not registry references.
+        if !name.contains("://") && Reference::parse_normalized(&name).is_err() {
+            linter.report(
+                Rule::InvalidDefaultArgInFrom,
+                *line,
+                format!(
+                    "Default value for ARG {} results in empty or invalid base image name",
+                    from.image
+                ),
+            );
+        }
+        let Some(platform) = &from.platform else {
+            continue;
+        };
+        let Ok((value, matched, unmatched)) = lexer.process_word_with_matches(platform, &args)
+        else {
+            continue;
+        };
+        // `$TARGETPLATFORM` alone: one variable, found, and the word is its whole value (a
+        // modifier such as `${TARGETPLATFORM%/*}` changes it).
+        let target = Env::get(&args, "TARGETPLATFORM");
+        if unmatched.is_empty()
+            && matched.len() == 1
+            && matched.contains("TARGETPLATFORM")
+            && Some(value.as_str()) == target
+        {
+            linter.report(
+                Rule::RedundantTargetPlatform,
+                *line,
+                format!(
+                    "Setting platform to predefined {platform} in FROM is redundant as this is the default behavior"
+                ),
+            );
+        }
+        // A constant platform is fine in a stage named after it (`AS build_amd64`).
+        if matched.is_empty() && unmatched.is_empty() {
+            if let Ok(p) = value.parse::<kiln_types::Platform>() {
+                let stage = from.stage_name.as_deref().unwrap_or_default();
+                if !stage.contains(p.os.as_str()) && !stage.contains(p.architecture.as_str()) {
+                    linter.report(
+                        Rule::FromPlatformFlagConstDisallowed,
+                        *line,
+                        format!("FROM --platform flag should not use constant value {value:?}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// SecretsUsedInArgOrEnv for one ARG or ENV name. BuildKit's pattern,
+/// `(?i)(?:_|^)(?:apikey|auth|...)(?:_|$)`, matches a whole `_`-separated part of the name;
+/// a part in the allow list (`public`, `file`, `version`) clears it.
+fn check_secret_name(linter: &mut Linter, instruction: &str, key: &str, line: usize) {
+    const DENY: [&str; 10] = [
+        "apikey",
+        "auth",
+        "credential",
+        "credentials",
+        "key",
+        "password",
+        "pword",
+        "passwd",
+        "secret",
+        "token",
+    ];
+    const ALLOW: [&str; 3] = ["public", "file", "version"];
+    let has = |words: &[&str]| {
+        key.split('_')
+            .any(|part| words.iter().any(|w| part.eq_ignore_ascii_case(w)))
+    };
+    if has(&DENY) && !has(&ALLOW) {
+        linter.report(
+            Rule::SecretsUsedInArgOrEnv,
+            line,
+            format!(
+                "Do not use ARG or ENV instructions for sensitive data ({instruction} {key:?})"
+            ),
+        );
+    }
+}
+
+/// ExposeProtoCasing and ExposeInvalidFormat for the expanded words of an EXPOSE, split as
+/// BuildKit's `parsePort` does (`[ip:][hostPort:]containerPort[/proto]`). A port the build
+/// refuses (no port, unknown protocol) is left to that error.
+fn check_expose(linter: &mut Linter, stage: &Stage, lexer: &Lexer, words: &[String], line: usize) {
+    let scope = stage.scope();
+    for word in words {
+        let Ok(ports) = lexer.process_words(word, &scope) else {
+            continue;
+        };
+        for raw in ports {
+            let parts: Vec<&str> = raw.split(':').collect();
+            let (ip, host_port, container) = match parts.as_slice() {
+                [c] => ("", "", *c),
+                [h, c] => ("", *h, *c),
+                [.., h, c] => (&raw[..raw.len() - h.len() - c.len() - 2], *h, *c),
+                [] => continue,
+            };
+            let (port, proto) = container.split_once('/').unwrap_or((container, ""));
+            let known = ["", "tcp", "udp", "sctp"].contains(&proto.to_lowercase().as_str());
+            if port.is_empty() || !known {
+                continue;
+            }
+            if proto != proto.to_lowercase() {
+                linter.report(
+                    Rule::ExposeProtoCasing,
+                    line,
+                    format!("Defined protocol '{raw}' in EXPOSE instruction should be lowercase"),
+                );
+            }
+            if !ip.is_empty() || !host_port.is_empty() {
+                linter.report(
+                    Rule::ExposeInvalidFormat,
+                    line,
+                    format!(
+                        "EXPOSE instruction should not define an IP address or host-port mapping, found '{raw}'"
+                    ),
+                );
+            }
+        }
+    }
 }
 
 fn check_from(linter: &mut Linter, n: &Node, names: &mut BTreeSet<String>) {
@@ -477,7 +685,18 @@ pub(crate) fn check_instruction(
                     ),
                 );
             }
+            if name == "ENV" {
+                for p in pairs {
+                    check_secret_name(linter, "ENV", &p.key, line);
+                }
+            }
         }
+        Instruction::Arg(args) => {
+            for a in args {
+                check_secret_name(linter, "ARG", &a.name, line);
+            }
+        }
+        Instruction::Expose(words) => check_expose(linter, stage, lexer, words, line),
         Instruction::Workdir(path) => {
             if !checks.workdir_set {
                 let path = lexer

@@ -1,0 +1,340 @@
+//! The build checks kiln gained from BuildKit v0.32's rule set, each with the Dockerfiles of
+//! BuildKit's own tests (frontend/dockerfile/dockerfile_check_test.go): those that trigger the
+//! rule, with its name, message and line, and those that must not.
+
+use super::*;
+
+/// A finding as `--call check` reports it: rule, detail, line.
+type Found = (String, String, u64);
+
+/// `--call check` on `source` with `build_args`: the findings of `rule`, after asserting that
+/// the check itself succeeded and that every finding of the rule carries BuildKit's
+/// description and documentation URL.
+fn check_rule(source: &str, build_args: &[(&str, &str)], rule: &str) -> Vec<Found> {
+    let v = check_json(source, build_args);
+    assert_eq!(v["error"], serde_json::Value::Null, "{source:?}: {v:#}");
+    of_rule(&v, rule)
+}
+
+/// The `--call check` result, whether or not the build would fail.
+fn check_json(source: &str, build_args: &[(&str, &str)]) -> serde_json::Value {
+    let mut host = FakeHost::default();
+    for image in ["busybox", "busybox:latest", "busybox:stable-musl"] {
+        host.images
+            .insert(image.to_owned(), ImageConfig::scratch(&platform()));
+    }
+    let mut req = with_call(source, "check");
+    for (k, v) in build_args {
+        req.build_args.insert((*k).to_owned(), (*v).to_owned());
+    }
+    call_result(&req, &host)
+}
+
+/// The findings of `rule` in a `--call check` result, after asserting that each carries
+/// BuildKit's description and documentation URL.
+fn of_rule(v: &serde_json::Value, rule: &str) -> Vec<Found> {
+    let (description, url) = described(rule);
+    v["warnings"]
+        .as_array()
+        .expect("a warnings list")
+        .iter()
+        .filter(|w| w["ruleName"] == rule)
+        .map(|w| {
+            assert_eq!(w["description"], description, "{w:#}");
+            assert_eq!(w["url"], url, "{w:#}");
+            assert_eq!(w["location"]["file"], "Dockerfile");
+            (
+                rule.to_owned(),
+                w["detail"].as_str().expect("a detail").to_owned(),
+                w["location"]["line"].as_u64().expect("a line"),
+            )
+        })
+        .collect()
+}
+
+/// BuildKit's description and URL of a rule (linter/ruleset.go).
+fn described(rule: &str) -> (&'static str, &'static str) {
+    match rule {
+        "InvalidDefaultArgInFrom" => (
+            "Default value for global ARG results in an empty or invalid base image name",
+            "https://docs.docker.com/go/dockerfile/rule/invalid-default-arg-in-from/",
+        ),
+        "SecretsUsedInArgOrEnv" => (
+            "Sensitive data should not be used in the ARG or ENV commands",
+            "https://docs.docker.com/go/dockerfile/rule/secrets-used-in-arg-or-env/",
+        ),
+        "RedundantTargetPlatform" => (
+            "Setting platform to predefined $TARGETPLATFORM in FROM is redundant as this is the default behavior",
+            "https://docs.docker.com/go/dockerfile/rule/redundant-target-platform/",
+        ),
+        "FromPlatformFlagConstDisallowed" => (
+            "FROM --platform flag should not use a constant value",
+            "https://docs.docker.com/go/dockerfile/rule/from-platform-flag-const-disallowed/",
+        ),
+        "ExposeProtoCasing" => (
+            "Protocol in EXPOSE instruction should be lowercase",
+            "https://docs.docker.com/go/dockerfile/rule/expose-proto-casing/",
+        ),
+        "ExposeInvalidFormat" => (
+            "IP address and host-port mapping should not be used in EXPOSE instruction. This will become an error in a future release",
+            "https://docs.docker.com/go/dockerfile/rule/expose-invalid-format/",
+        ),
+        other => panic!("no expectation for rule {other}"),
+    }
+}
+
+fn found(rule: &str, detail: &str, line: u64) -> Found {
+    (rule.to_owned(), detail.to_owned(), line)
+}
+
+/// Sorted, since BuildKit does not promise an order between findings of one line.
+fn sorted(mut v: Vec<Found>) -> Vec<Found> {
+    v.sort();
+    v
+}
+
+#[test]
+fn invalid_default_arg_in_from() {
+    const RULE: &str = "InvalidDefaultArgInFrom";
+    // The value given with --build-arg does not count: the defaults alone must make a name.
+    let cases = [
+        (
+            "\nARG VERSION\nFROM busybox:$VERSION\n",
+            ("VERSION", "latest"),
+            "busybox:$VERSION",
+        ),
+        (
+            "\nARG IMAGE\nFROM $IMAGE\n",
+            ("IMAGE", "busybox:latest"),
+            "$IMAGE",
+        ),
+        (
+            "\nARG SFX=\"box:\"\nFROM busy${SFX}\n",
+            ("SFX", "box:latest"),
+            "busy${SFX}",
+        ),
+    ];
+    for (source, arg, base) in cases {
+        assert_eq!(
+            check_rule(source, &[arg], RULE),
+            [found(
+                RULE,
+                &format!(
+                    "Default value for ARG {base} results in empty or invalid base image name"
+                ),
+                3
+            )],
+            "{source:?}"
+        );
+    }
+    // Defaults that make a valid name, or an empty variable in a tag that stays valid.
+    for (source, arg) in [
+        (
+            "\nARG VERSION=\"latest\"\nFROM busybox:${VERSION}\n",
+            ("VERSION", "latest"),
+        ),
+        (
+            "\nARG BUSYBOX_VARIANT=\"\"\nFROM busybox:stable${BUSYBOX_VARIANT}\n",
+            ("BUSYBOX_VARIANT", "-musl"),
+        ),
+        (
+            "\nARG BUSYBOX_VARIANT\nFROM busybox:stable${BUSYBOX_VARIANT}\n",
+            ("BUSYBOX_VARIANT", "-musl"),
+        ),
+    ] {
+        assert_eq!(check_rule(source, &[arg], RULE), [], "{source:?}");
+    }
+    // A plain build warns too, at the FROM line (kubernetes' `ARG BASEIMAGE` / `FROM
+    // $BASEIMAGE` built with --build-arg BASEIMAGE=...).
+    let mut host = FakeHost::default();
+    host.images.insert(
+        "registry.k8s.io/build-image/debian-base:v1".to_owned(),
+        ImageConfig::scratch(&platform()),
+    );
+    let mut req = request("ARG BASEIMAGE\n\nFROM ${BASEIMAGE}\nCOPY a /a\n");
+    req.build_args.insert(
+        "BASEIMAGE".into(),
+        "registry.k8s.io/build-image/debian-base:v1".into(),
+    );
+    let resp = build(&req, &host).unwrap();
+    let warned: Vec<(&str, u32)> = resp
+        .warnings
+        .iter()
+        .map(|w| (w.message.as_str(), w.location.as_ref().unwrap().line))
+        .collect();
+    assert_eq!(
+        warned,
+        [(
+            "InvalidDefaultArgInFrom: Default value for ARG ${BASEIMAGE} results in empty or invalid base image name (line 3)",
+            3
+        )]
+    );
+    // Stage names, scratch and defaults built from other global ARGs are fine.
+    let source =
+        "ARG REPO=busybox\nARG IMG=${REPO}:latest\nFROM $IMG AS base\nFROM base\nFROM scratch\n";
+    assert_eq!(check_rule(source, &[], RULE), []);
+}
+
+#[test]
+fn secrets_used_in_arg_or_env() {
+    const RULE: &str = "SecretsUsedInArgOrEnv";
+    // BuildKit's test without its per-instruction `# check=` comments, which kiln does not read.
+    let source = r#"# check=skip=InvalidDefinitionDescription
+
+FROM scratch
+ARG SECRET_PASSPHRASE
+ENV SUPER_Secret=foo
+ENV password=bar secret=baz
+ARG super_duper_secret_token=foo auth=bar
+ENV apikey=bar sunflower=foo
+ENV git_key=
+ENV PUBLIC_KEY=
+ARG public_token
+ARG SECRET_PASSPHRASE_FILE
+ENV password_file=bar secret_File=baz
+ARG AUTH_MODULE_VERSION
+"#;
+    let detail = |inst: &str, key: &str| {
+        format!("Do not use ARG or ENV instructions for sensitive data ({inst} \"{key}\")")
+    };
+    let want = [
+        ("ARG", "SECRET_PASSPHRASE", 4),
+        ("ENV", "SUPER_Secret", 5),
+        ("ENV", "password", 6),
+        ("ENV", "secret", 6),
+        ("ARG", "auth", 7),
+        ("ARG", "super_duper_secret_token", 7),
+        ("ENV", "apikey", 8),
+        ("ENV", "git_key", 9),
+    ]
+    .map(|(inst, key, line)| found(RULE, &detail(inst, key), line));
+    assert_eq!(sorted(check_rule(source, &[], RULE)), sorted(want.to_vec()));
+    // Global ARGs are not dispatched in BuildKit, so not checked; `skip=` silences the rule.
+    assert_eq!(
+        check_rule("ARG GITHUB_TOKEN\nFROM scratch\n", &[], RULE),
+        []
+    );
+    assert_eq!(
+        check_rule(
+            "# check=skip=SecretsUsedInArgOrEnv\nFROM scratch\nENV password=bar\n",
+            &[],
+            RULE
+        ),
+        []
+    );
+    // Names that merely contain a token are fine: it has to be a whole `_`-separated part.
+    assert_eq!(
+        check_rule(
+            "FROM scratch\nENV KEYBOARD=1 MONKEY=2 AUTHOR=3 TOKENS=4\n",
+            &[],
+            RULE
+        ),
+        []
+    );
+}
+
+#[test]
+fn redundant_target_platform() {
+    const RULE: &str = "RedundantTargetPlatform";
+    for (source, word) in [
+        (
+            "\nFROM --platform=$TARGETPLATFORM scratch\n",
+            "$TARGETPLATFORM",
+        ),
+        (
+            "\nFROM --platform=${TARGETPLATFORM} scratch\n",
+            "${TARGETPLATFORM}",
+        ),
+    ] {
+        assert_eq!(
+            check_rule(source, &[], RULE),
+            [found(
+                RULE,
+                &format!("Setting platform to predefined {word} in FROM is redundant as this is the default behavior"),
+                2
+            )],
+            "{source:?}"
+        );
+        // A variable is not a constant.
+        assert_eq!(
+            check_rule(source, &[], "FromPlatformFlagConstDisallowed"),
+            []
+        );
+    }
+    for source in [
+        "# check=skip=RedundantTargetPlatform\nFROM --platform=$TARGETPLATFORM scratch\n",
+        "FROM --platform=$BUILDPLATFORM scratch\n",
+        "FROM --platform=$TARGETOS/$TARGETARCH scratch\n",
+    ] {
+        assert_eq!(check_rule(source, &[], RULE), [], "{source:?}");
+    }
+}
+
+#[test]
+fn from_platform_flag_const_disallowed() {
+    const RULE: &str = "FromPlatformFlagConstDisallowed";
+    assert_eq!(
+        check_rule("\nFROM --platform=linux/amd64 scratch\n", &[], RULE),
+        [found(
+            RULE,
+            "FROM --platform flag should not use constant value \"linux/amd64\"",
+            2
+        )]
+    );
+    // A stage named after the platform's OS or architecture is meant to be that platform.
+    for source in [
+        "\nFROM --platform=linux/amd64 scratch AS my_amd64_stage\n",
+        "\nFROM --platform=linux/amd64 scratch AS linux\n",
+        "\nFROM --platform=$BUILDPLATFORM scratch\n",
+    ] {
+        assert_eq!(check_rule(source, &[], RULE), [], "{source:?}");
+    }
+}
+
+#[test]
+fn expose_proto_casing() {
+    const RULE: &str = "ExposeProtoCasing";
+    let source = "\nFROM scratch\nEXPOSE 80/TcP 8080/TCP 8080/udp\n";
+    let detail =
+        |p: &str| format!("Defined protocol '{p}' in EXPOSE instruction should be lowercase");
+    assert_eq!(
+        check_rule(source, &[], RULE),
+        [
+            found(RULE, &detail("80/TcP"), 3),
+            found(RULE, &detail("8080/TCP"), 3)
+        ]
+    );
+    // The words are checked once expanded.
+    let source = "FROM scratch\nENV P=UDP\nEXPOSE 53/udp 54/$P\n";
+    assert_eq!(
+        check_rule(source, &[], RULE),
+        [found(RULE, &detail("54/UDP"), 3)]
+    );
+}
+
+#[test]
+fn expose_invalid_format() {
+    const RULE: &str = "ExposeInvalidFormat";
+    let source = "\nFROM scratch\nEXPOSE 127.0.0.1:80:80 [::1]:8080:8080 5000:5000 8000\n";
+    let detail = |p: &str| {
+        format!(
+            "EXPOSE instruction should not define an IP address or host-port mapping, found '{p}'"
+        )
+    };
+    // kiln's EXPOSE still refuses an address (BuildKit accepts it with this warning); the
+    // check reports the findings before that error.
+    let v = check_json(source, &[]);
+    assert_eq!(v["error"]["location"]["line"], 3, "{v:#}");
+    assert_eq!(
+        of_rule(&v, RULE),
+        [
+            found(RULE, &detail("127.0.0.1:80:80"), 3),
+            found(RULE, &detail("[::1]:8080:8080"), 3),
+            found(RULE, &detail("5000:5000"), 3),
+        ]
+    );
+    assert_eq!(
+        check_rule("FROM scratch\nEXPOSE 80 443/tcp 53/udp\n", &[], RULE),
+        []
+    );
+}

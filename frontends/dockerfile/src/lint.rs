@@ -41,6 +41,7 @@ pub(crate) enum Rule {
     FromPlatformFlagConstDisallowed,
     ExposeProtoCasing,
     ExposeInvalidFormat,
+    InvalidDefinitionDescription,
 }
 
 impl Rule {
@@ -64,6 +65,7 @@ impl Rule {
             Rule::FromPlatformFlagConstDisallowed => "FromPlatformFlagConstDisallowed",
             Rule::ExposeProtoCasing => "ExposeProtoCasing",
             Rule::ExposeInvalidFormat => "ExposeInvalidFormat",
+            Rule::InvalidDefinitionDescription => "InvalidDefinitionDescription",
         }
     }
 
@@ -109,7 +111,16 @@ impl Rule {
             Rule::ExposeInvalidFormat => {
                 "IP address and host-port mapping should not be used in EXPOSE instruction. This will become an error in a future release"
             }
+            Rule::InvalidDefinitionDescription => {
+                "Comment for build stage or argument should follow the format: `# <arg/stage name> <description>`. If this is not intended to be a description comment, add an empty line or comment between the instruction and the comment."
+            }
         }
+    }
+
+    /// An experimental rule runs only when `experimental=` names it (or says `all`), and
+    /// `skip=` does not apply to it, as in BuildKit.
+    pub(crate) fn experimental(self) -> bool {
+        matches!(self, Rule::InvalidDefinitionDescription)
     }
 
     /// BuildKit's documentation page of the rule.
@@ -146,11 +157,13 @@ impl Finding {
     }
 }
 
-/// `# check=skip=A,B;error=true`.
+/// `# check=skip=A,B;error=true;experimental=C`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Config {
     skip: BTreeSet<String>,
     skip_all: bool,
+    experimental: BTreeSet<String>,
+    experimental_all: bool,
     error: bool,
 }
 
@@ -162,7 +175,7 @@ impl Config {
         if text.is_empty() {
             return Ok(config);
         }
-        for part in text.splitn(2, ';') {
+        for part in text.splitn(3, ';') {
             let Some((key, value)) = part.split_once('=') else {
                 return Err(format!("invalid check option {part:?}"));
             };
@@ -174,6 +187,16 @@ impl Config {
                     } else {
                         config
                             .skip
+                            .extend(value.split(',').map(|r| r.trim().to_owned()));
+                    }
+                }
+                "experimental" => {
+                    let value = value.trim();
+                    if value == "all" {
+                        config.experimental_all = true;
+                    } else {
+                        config
+                            .experimental
                             .extend(value.split(',').map(|r| r.trim().to_owned()));
                     }
                 }
@@ -233,7 +256,12 @@ impl Linter {
     }
 
     pub(crate) fn report(&mut self, rule: Rule, line: usize, detail: String) {
-        if self.config.skip_all || self.config.skip.contains(rule.name()) {
+        let enabled = if rule.experimental() {
+            self.config.experimental_all || self.config.experimental.contains(rule.name())
+        } else {
+            !self.config.skip_all && !self.config.skip.contains(rule.name())
+        };
+        if !enabled {
             return;
         }
         // Details quote names from the file, which can be as long as a line.
@@ -357,6 +385,41 @@ pub(crate) fn check_file(linter: &mut Linter, parsed: &Parsed) {
         }
     }
     check_from_defaults(linter, parsed);
+    check_descriptions(linter, parsed);
+}
+
+/// InvalidDefinitionDescription: the comment right above an ARG or a named FROM describes it
+/// only if its first word is the name (`# version the release to build`). The last comment
+/// line counts, as in BuildKit's `validateDefinitionDescription`.
+fn check_descriptions(linter: &mut Linter, parsed: &Parsed) {
+    for n in &parsed.nodes {
+        let Some(last) = n.comments.last() else {
+            continue;
+        };
+        let (instruction, keys): (&str, Vec<String>) = match parse_instruction(n) {
+            Ok(Instruction::From(f)) => match f.stage_name {
+                Some(name) => ("FROM", vec![name]),
+                None => continue,
+            },
+            Ok(Instruction::Arg(args)) => ("ARG", args.into_iter().map(|a| a.name).collect()),
+            _ => continue,
+        };
+        let first = last.split(' ').next().unwrap_or_default();
+        if keys.is_empty() || keys.iter().any(|k| k == first) {
+            continue;
+        }
+        let example = match keys.as_slice() {
+            [one] => one.as_str(),
+            _ => "<arg_key>",
+        };
+        linter.report(
+            Rule::InvalidDefinitionDescription,
+            n.start_line,
+            format!(
+                "Comment for {instruction} should follow the format: `# {example} <description>`"
+            ),
+        );
+    }
 }
 
 /// The checks of every FROM against the global ARGs as written, without `--build-arg`s
@@ -805,6 +868,12 @@ mod tests {
         assert!(Config::parse("skip=all").unwrap().skip_all);
         assert!(Config::parse("bogus=1").is_err());
         assert!(Config::parse("error=maybe").is_err());
+        // Three options fit in one directive, as in BuildKit.
+        let c =
+            Config::parse("skip=all;error=true;experimental=InvalidDefinitionDescription").unwrap();
+        assert!(c.skip_all && c.error && !c.experimental_all);
+        assert!(c.experimental.contains("InvalidDefinitionDescription"));
+        assert!(Config::parse("experimental=all").unwrap().experimental_all);
         assert_eq!(
             Rule::JsonArgsRecommended.url(),
             "https://docs.docker.com/go/dockerfile/rule/json-args-recommended/"

@@ -79,6 +79,10 @@ fn described(rule: &str) -> (&'static str, &'static str) {
             "IP address and host-port mapping should not be used in EXPOSE instruction. This will become an error in a future release",
             "https://docs.docker.com/go/dockerfile/rule/expose-invalid-format/",
         ),
+        "InvalidDefinitionDescription" => (
+            "Comment for build stage or argument should follow the format: `# <arg/stage name> <description>`. If this is not intended to be a description comment, add an empty line or comment between the instruction and the comment.",
+            "https://docs.docker.com/go/dockerfile/rule/invalid-definition-description/",
+        ),
         other => panic!("no expectation for rule {other}"),
     }
 }
@@ -337,4 +341,60 @@ fn expose_invalid_format() {
         check_rule("FROM scratch\nEXPOSE 80 443/tcp 53/udp\n", &[], RULE),
         []
     );
+}
+
+#[test]
+fn invalid_definition_description_is_experimental() {
+    const RULE: &str = "InvalidDefinitionDescription";
+    // Comments that describe what follows, or are cut off by a bare `#` or an empty line.
+    let fine = "# check=skip=all;experimental=InvalidDefinitionDescription
+# foo this is the foo
+ARG foo=bar
+
+# base this is the base image
+FROM scratch AS base
+
+# version this is the version number
+ARG version=latest
+
+# baz this is the baz
+ARG foo=baz bar=qux baz=quux
+#
+ARG bit=bat
+
+# comment for something other than ARG or FROM
+COPY Dockerfile .
+";
+    assert_eq!(check_rule(fine, &[], RULE), []);
+    let bad = "# check=experimental=InvalidDefinitionDescription
+# bar this is the bar
+ARG foo=bar
+# BasE this is the BasE image
+FROM scratch AS base
+# definitely a bad comment
+ARG version=latest
+# definitely a bad comment
+ARG foo=baz bar=qux baz=quux
+";
+    let detail = |inst: &str, key: &str| {
+        format!("Comment for {inst} should follow the format: `# {key} <description>`")
+    };
+    assert_eq!(
+        check_rule(bad, &[], RULE),
+        [
+            found(RULE, &detail("ARG", "foo"), 3),
+            found(RULE, &detail("FROM", "base"), 5),
+            found(RULE, &detail("ARG", "version"), 7),
+            found(RULE, &detail("ARG", "<arg_key>"), 9),
+        ]
+    );
+    // Experimental: without `experimental=` the rule is off, and `skip=all` does not turn it
+    // off once it is on.
+    let off = bad.replace("# check=experimental=InvalidDefinitionDescription", "#");
+    assert_eq!(check_rule(&off, &[], RULE), []);
+    let all = bad.replace(
+        "# check=experimental=InvalidDefinitionDescription",
+        "# check=skip=all;experimental=all",
+    );
+    assert_eq!(check_rule(&all, &[], RULE).len(), 4);
 }

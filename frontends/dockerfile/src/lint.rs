@@ -393,9 +393,13 @@ pub(crate) fn check_file(linter: &mut Linter, parsed: &Parsed) {
 /// line counts, as in BuildKit's `validateDefinitionDescription`.
 fn check_descriptions(linter: &mut Linter, parsed: &Parsed) {
     for n in &parsed.nodes {
+        // Only ARG and FROM are parsed again: the rest cannot carry a description.
         let Some(last) = n.comments.last() else {
             continue;
         };
+        if n.command != "arg" && n.command != "from" {
+            continue;
+        }
         let (instruction, keys): (&str, Vec<String>) = match parse_instruction(n) {
             Ok(Instruction::From(f)) => match f.stage_name {
                 Some(name) => ("FROM", vec![name]),
@@ -434,7 +438,11 @@ fn check_from_defaults(linter: &mut Linter, parsed: &Parsed) {
     let lexer = Lexer::new(parsed.escape);
     let mut froms: Vec<(usize, From)> = Vec::new();
     let mut meta: Vec<(usize, Vec<Arg>)> = Vec::new();
-    for n in &parsed.nodes {
+    for n in parsed
+        .nodes
+        .iter()
+        .filter(|n| n.command == "from" || n.command == "arg")
+    {
         match parse_instruction(n) {
             Ok(Instruction::From(f)) => froms.push((n.start_line, f)),
             Ok(Instruction::Arg(a)) if froms.is_empty() => meta.push((n.start_line, a)),

@@ -173,6 +173,21 @@ fn invalid_default_arg_in_from() {
             3
         )]
     );
+    // The base quoted, as kubernetes' server images write it: the detail keeps the word as
+    // written.
+    let source = "ARG BASEIMAGE\nARG BINARY\n\nFROM \"${BASEIMAGE}\"\nCOPY ${BINARY} /usr/local/bin/${BINARY}\n";
+    assert_eq!(
+        check_rule(
+            source,
+            &[("BASEIMAGE", "busybox:latest"), ("BINARY", "a")],
+            RULE
+        ),
+        [found(
+            RULE,
+            "Default value for ARG \"${BASEIMAGE}\" results in empty or invalid base image name",
+            4
+        )]
+    );
     // Stage names, scratch and defaults built from other global ARGs are fine.
     let source =
         "ARG REPO=busybox\nARG IMG=${REPO}:latest\nFROM $IMG AS base\nFROM base\nFROM scratch\n";

@@ -82,38 +82,85 @@ pub(crate) struct ArgInfo {
     pub(crate) line: usize,
     /// Other global ARGs its default used: used too when it is.
     pub(crate) deps: BTreeSet<String>,
-    /// Declared before the first FROM.
-    pub(crate) global: bool,
+}
+
+/// A secret or SSH id a RUN mounts: required or not, and where (its first mount in a stage).
+type MountInfo = (bool, usize);
+
+/// What one stage contributes to the outline (BuildKit keeps one such capture per stage).
+#[derive(Debug, Default, Clone)]
+struct StageOutline {
+    /// The stage's `AS` name and its description (the `# <name> <text>` comment above FROM).
+    name: Option<String>,
+    description: String,
+    /// ARGs the stage declares; a later declaration replaces an earlier one, as in BuildKit.
+    args: BTreeMap<String, ArgInfo>,
+    /// Variables its FROM expands and ARGs it declares.
+    used: BTreeSet<String>,
+    secrets: BTreeMap<String, MountInfo>,
+    ssh: BTreeMap<String, MountInfo>,
+    /// The stage it is built on (`FROM <stage>`).
+    base: Option<usize>,
+    /// Stages it reads from (`COPY --from`, `RUN --mount from=`), in order of first use.
+    deps: Vec<usize>,
 }
 
 /// What `--call outline` reports, captured while the target's stages are dispatched.
 #[derive(Debug, Default)]
 pub(crate) struct Outline {
-    pub(crate) args: BTreeMap<String, ArgInfo>,
-    pub(crate) used: BTreeSet<String>,
-    /// Secret id → (required, first line).
-    pub(crate) secrets: BTreeMap<String, (bool, usize)>,
-    /// SSH id → (required, first line).
-    pub(crate) ssh: BTreeMap<String, (bool, usize)>,
+    /// The ARGs before the first FROM.
+    pub(crate) globals: BTreeMap<String, ArgInfo>,
+    /// By stage position.
+    stages: Vec<StageOutline>,
 }
 
 impl Outline {
-    /// Records an ARG of a stage (BuildKit keeps the first stage-level definition; a bare
-    /// re-declaration of a global ARG only marks the global one used).
-    pub(crate) fn stage_arg(&mut self, name: &str, info: Option<ArgInfo>) {
-        self.used.insert(name.to_owned());
-        if let Some(info) = info {
-            match self.args.get(name) {
-                Some(existing) if !existing.global => {}
-                _ => {
-                    self.args.insert(name.to_owned(), info);
-                }
-            }
+    fn stage_mut(&mut self, stage: usize) -> &mut StageOutline {
+        if self.stages.len() <= stage {
+            self.stages.resize_with(stage + 1, StageOutline::default);
+        }
+        &mut self.stages[stage]
+    }
+
+    /// Records stage `stage`: its name, the comments above its FROM, the stage it is built on
+    /// and the global ARGs its FROM line uses.
+    pub(crate) fn stage(
+        &mut self,
+        stage: usize,
+        name: Option<&str>,
+        comments: &[String],
+        base: Option<usize>,
+        from_vars: &BTreeSet<String>,
+    ) {
+        let s = self.stage_mut(stage);
+        s.name = name.map(str::to_owned);
+        s.description = description(comments, name.unwrap_or_default());
+        s.base = base;
+        s.used.extend(from_vars.iter().cloned());
+    }
+
+    /// Records that stage `stage` reads from stage `dep`.
+    pub(crate) fn stage_dep(&mut self, stage: usize, dep: usize) {
+        let s = self.stage_mut(stage);
+        if !s.deps.contains(&dep) {
+            s.deps.push(dep);
         }
     }
 
-    /// Records the secrets and SSH sockets a RUN mounts.
-    pub(crate) fn run_mounts(&mut self, run: &ins::Run, line: usize) {
+    /// Records an ARG of a stage. `info` is `None` for a bare re-declaration of a global ARG
+    /// that no build arg sets: that only marks the global one used (BuildKit's `skipArgInfo`).
+    pub(crate) fn stage_arg(&mut self, stage: usize, name: &str, info: Option<ArgInfo>) {
+        let s = self.stage_mut(stage);
+        s.used.insert(name.to_owned());
+        if let Some(info) = info {
+            s.args.insert(name.to_owned(), info);
+        }
+    }
+
+    /// Records the secrets and SSH sockets a RUN of stage `stage` mounts. The first mount of
+    /// an id in a stage is the one reported, `required` included, as in BuildKit.
+    pub(crate) fn run_mounts(&mut self, stage: usize, run: &ins::Run, line: usize) {
+        let s = self.stage_mut(stage);
         for m in &run.mounts {
             let required = m.required.unwrap_or(false);
             let (map, id) = match m.kind {
@@ -123,49 +170,98 @@ impl Outline {
                             .as_deref()
                             .map(|t| t.rsplit('/').next().unwrap_or(t).to_owned())
                     });
-                    (&mut self.secrets, id)
+                    (&mut s.secrets, id)
                 }
                 ins::MountType::Ssh => (
-                    &mut self.ssh,
+                    &mut s.ssh,
                     Some(m.id.clone().unwrap_or_else(|| "default".to_owned())),
                 ),
                 _ => continue,
             };
             if let Some(id) = id {
-                let slot = map.entry(id).or_insert((required, line));
-                slot.0 |= required;
+                map.entry(id).or_insert((required, line));
             }
         }
     }
 
-    pub(crate) fn to_json(&self, file: &str) -> Value {
-        // A used ARG makes the ARGs its default refers to used as well.
+    /// The stages whose captures make the outline of `target`, in BuildKit's precedence: the
+    /// target, then (depth first) its base, then the stages it reads from. Where two stages
+    /// know the same ARG, secret or SSH id, the earlier one in this order is reported. (BuildKit
+    /// walks the stages read from in map order, which varies from run to run; kiln takes them
+    /// in order of first use.)
+    fn walk(&self, target: usize) -> Vec<usize> {
+        let mut order = Vec::new();
+        let mut seen = BTreeSet::new();
+        // An explicit stack instead of recursion: chains of stages can be long.
+        let mut todo = vec![target];
+        while let Some(i) = todo.pop() {
+            let Some(s) = self.stages.get(i) else {
+                continue;
+            };
+            if !seen.insert(i) {
+                continue;
+            }
+            order.push(i);
+            todo.extend(s.deps.iter().rev());
+            todo.extend(s.base);
+        }
+        order
+    }
+
+    /// The ARGs stage `s` reports: what it declares or uses, global ARGs included, and the
+    /// global ARGs their defaults refer to.
+    fn stage_args<'a>(&'a self, s: &'a StageOutline) -> Vec<(&'a String, &'a ArgInfo)> {
+        let known = |name: &str| s.args.get(name).or_else(|| self.globals.get(name));
         let mut used = BTreeSet::new();
-        let mut todo: Vec<&String> = self.used.iter().collect();
+        let mut todo: Vec<&String> = s.used.iter().collect();
         while let Some(name) = todo.pop() {
-            if used.insert(name.clone()) {
-                if let Some(info) = self.args.get(name) {
+            if used.insert(name) {
+                if let Some(info) = known(name) {
                     todo.extend(info.deps.iter());
                 }
             }
         }
-        let mut args: Vec<(&String, &ArgInfo)> = self
-            .args
-            .iter()
-            .filter(|(name, _)| used.contains(*name))
-            .collect();
-        args.sort_by_key(|(name, info)| (info.line, (*name).clone()));
+        used.into_iter()
+            .filter_map(|name| known(name).map(|info| (name, info)))
+            .collect()
+    }
+
+    /// The outline of stage `target` as JSON (see docs/dockerfile-support.md).
+    pub(crate) fn to_json(&self, file: &str, target: usize) -> Value {
+        let order = self.walk(target);
+        let stages: Vec<&StageOutline> = order.iter().filter_map(|i| self.stages.get(*i)).collect();
+        let mut args: BTreeMap<&String, &ArgInfo> = BTreeMap::new();
+        let mut secrets: BTreeMap<&String, &MountInfo> = BTreeMap::new();
+        let mut ssh: BTreeMap<&String, &MountInfo> = BTreeMap::new();
+        for s in &stages {
+            for (name, info) in self.stage_args(s) {
+                args.entry(name).or_insert(info);
+            }
+            for (name, info) in &s.secrets {
+                secrets.entry(name).or_insert(info);
+            }
+            for (name, info) in &s.ssh {
+                ssh.entry(name).or_insert(info);
+            }
+        }
+        let mut args: Vec<(&String, &ArgInfo)> = args.into_iter().collect();
+        args.sort_by_key(|(name, info)| (info.line, *name));
         let loc = |line: usize| json!({ "file": file, "line": line });
-        let ids = |map: &BTreeMap<String, (bool, usize)>| {
-            let mut v: Vec<(&String, &(bool, usize))> = map.iter().collect();
-            v.sort_by_key(|(name, (_, line))| (*line, (*name).clone()));
+        let ids = |map: BTreeMap<&String, &MountInfo>| {
+            let mut v: Vec<(&String, &MountInfo)> = map.into_iter().collect();
+            v.sort_by_key(|(name, (_, line))| (*line, *name));
             v.into_iter()
                 .map(|(name, (required, line))| {
                     json!({ "name": name, "required": required, "location": loc(*line) })
                 })
                 .collect::<Vec<_>>()
         };
+        let (name, description) = stages
+            .first()
+            .map_or((None, ""), |s| (s.name.as_deref(), s.description.as_str()));
         json!({
+            "name": name,
+            "description": description,
             "args": args
                 .into_iter()
                 .map(|(name, info)| json!({
@@ -175,8 +271,8 @@ impl Outline {
                     "location": loc(info.line),
                 }))
                 .collect::<Vec<_>>(),
-            "secrets": ids(&self.secrets),
-            "ssh": ids(&self.ssh),
+            "secrets": ids(secrets),
+            "ssh": ids(ssh),
         })
     }
 }

@@ -275,7 +275,8 @@ pub(crate) fn convert(req: &FrontendRequest, host: &dyn FrontendHost) -> Result<
         Some("targets") => Ok(call::response(req, &call::targets(req)?)),
         Some("outline") => {
             let lowered = lower(req, host, &mut Linter::default(), false)?;
-            Ok(call::response(req, &lowered.outline.to_json(&req.filename)))
+            let outline = lowered.outline.to_json(&req.filename, lowered.stage.index);
+            Ok(call::response(req, &outline))
         }
         Some("check") => {
             let mut linter = Linter::default();
@@ -429,8 +430,13 @@ pub(crate) fn lower(
         .map(|(i, d)| conv.base_of(i, d))
         .collect::<Result<Vec<_>>>()?;
     let (reachable, mut triggers) = conv.reachable(&defs, &bases, target, all_stages)?;
-    for (vars, _) in from_vars.iter().zip(&reachable).filter(|(_, r)| **r) {
-        conv.outline.used.extend(vars.iter().cloned());
+    for (i, (def, vars)) in defs.iter().zip(&from_vars).enumerate() {
+        let base = match bases.get(i) {
+            Some((Base::Stage(j), _)) => Some(*j),
+            _ => None,
+        };
+        let name = def.from.stage_name.as_deref();
+        conv.outline.stage(i, name, &def.node.comments, base, vars);
     }
 
     let mut checks: Vec<StageChecks> = Vec::with_capacity(defs.len());
@@ -572,14 +578,13 @@ impl Converter<'_> {
                         }
                     },
                 };
-                self.outline.args.insert(
+                self.outline.globals.insert(
                     arg.name.clone(),
                     ArgInfo {
                         value: value.clone(),
                         description: call::description(&node.comments, &arg.name),
                         line: node.start_line,
                         deps,
-                        global: true,
                     },
                 );
                 if let Some(v) = value {
@@ -683,13 +688,18 @@ impl Converter<'_> {
                         description: call::description(&node.comments, &arg.name),
                         line: node.start_line,
                         deps: BTreeSet::new(),
-                        global: false,
                     });
-                    self.outline.stage_arg(&arg.name, info);
+                    self.outline.stage_arg(stage.index, &arg.name, info);
                 }
             }
-            Instruction::Run(run) => self.outline.run_mounts(run, node.start_line),
+            Instruction::Run(run) => self.outline.run_mounts(stage.index, run, node.start_line),
             _ => {}
+        }
+        for from in froms_of(inst) {
+            // A bad reference fails the build elsewhere; an image is no stage.
+            if let Ok(Some(j)) = self.stage_ref(from) {
+                self.outline.stage_dep(stage.index, j);
+            }
         }
     }
 

@@ -18,6 +18,7 @@ use kiln_types::{Digest, Platform};
 use crate::{build, FrontendHost};
 
 mod add;
+mod call_outline;
 mod lint_rules;
 
 type Lower = Box<dyn Fn(&InstructionRequest) -> Option<InstructionResponse>>;

@@ -138,6 +138,29 @@ pub enum Error {
         /// The value as written.
         value: String,
     },
+    /// A `# syntax=` directive (or `BUILDKIT_SYNTAX`) names a frontend no installed plugin
+    /// answers to. kiln runs frontend plugins, never frontend images.
+    #[error(
+        "{origin} {value:?}: no installed frontend plugin answers to {name:?}, and kiln does not \
+         run frontend images ({}). To build this file, choose a frontend on the command line \
+         with --frontend NAME|PATH, or install a frontend plugin that declares the syntax \
+         {name:?} into a plugin directory ({}; more with --plugin-dir DIR or ${})",
+        installed(available),
+        plugin_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+        kiln_plugin_host::PLUGIN_PATH_ENV
+    )]
+    UnknownSyntax {
+        /// Where the value came from (`# syntax=` or `BUILDKIT_SYNTAX`).
+        origin: &'static str,
+        /// The value as written.
+        value: String,
+        /// The frontend name looked up (`example.com/other/frontend`).
+        name: String,
+        /// The installed frontends and their syntaxes.
+        available: Vec<String>,
+        /// The plugin directories searched, in order.
+        plugin_dirs: Vec<PathBuf>,
+    },
     /// The build was cancelled (Ctrl-C, or another step failed) while this waited.
     #[error("the build was cancelled")]
     Cancelled,
@@ -149,6 +172,14 @@ pub enum Error {
         /// The failure.
         source: kiln_solver::Error<Digest>,
     },
+}
+
+fn installed(available: &[String]) -> String {
+    if available.is_empty() {
+        "no frontend plugin is installed".to_owned()
+    } else {
+        format!("installed: {}", available.join("; "))
+    }
 }
 
 /// Runs `fut` on `handle` from a blocking thread until it ends, or until `cancel` fires
@@ -411,6 +442,8 @@ pub struct Engine {
     store: Store,
     index: Arc<CacheIndex>,
     plugins: Arc<PluginRegistry>,
+    /// The directories the plugins were looked for in (named by errors about missing ones).
+    plugin_dirs: Vec<PathBuf>,
     concurrency: Option<usize>,
     cache_mounts: Arc<run::CacheMounts>,
     registry: kiln_registry::Registry,
@@ -425,11 +458,13 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Result<Self, Error> {
         let store = Store::open(&config.root)?;
         let index = CacheIndex::open(&config.root.join("cache.redb"))?;
-        let plugins = PluginRegistry::discover(&SearchPath::standard(&config.plugin_dirs));
+        let search = SearchPath::standard(&config.plugin_dirs);
+        let plugins = PluginRegistry::discover(&search);
         Ok(Engine {
             store,
             index: Arc::new(index),
             plugins: Arc::new(plugins),
+            plugin_dirs: search.dirs().to_vec(),
             concurrency: config.concurrency,
             cache_mounts: Arc::new(run::CacheMounts::new(config.root.join("cache-mounts"))),
             registry: kiln_registry::Registry::new(kiln_registry::RegistryOptions {
@@ -462,8 +497,8 @@ impl Engine {
             .unwrap_or_else(|| "Dockerfile".to_owned());
 
         // Frontend: `--frontend` > BUILDKIT_SYNTAX > `# syntax=` > the Dockerfile frontend.
-        let choice = syntax::choose(req.frontend.as_deref(), &req.build_args, &source)?;
-        let frontend = syntax::resolve(&self.plugins, &choice)?;
+        let chosen = syntax::choose(req.frontend.as_deref(), &req.build_args, &source)?;
+        let frontend = syntax::resolve(&self.plugins, &chosen, &self.plugin_dirs)?;
         let load_id =
             Digest::of(format!("internal:definition:{}", req.dockerfile.display()).as_bytes());
         let load_name = format!("[internal] load build definition from {filename}");
@@ -471,6 +506,13 @@ impl Engine {
             id: load_id,
             name: load_name.clone(),
         });
+        if let Some(line) = syntax::resolved_line(&chosen, &frontend) {
+            progress.send(Event::Log {
+                id: load_id,
+                name: load_name.clone(),
+                line,
+            });
+        }
         let started = std::time::Instant::now();
         let mut build_args = req.build_args.clone();
         build_args.remove("BUILDKIT_SYNTAX");

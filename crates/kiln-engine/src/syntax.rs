@@ -41,26 +41,52 @@ pub fn find_syntax(source: &str) -> Option<String> {
     None
 }
 
+/// What a build asked for and where the request came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Chosen {
+    /// The frontend to look up.
+    pub(crate) choice: SyntaxChoice,
+    /// `Some((origin, value as written))` when the build file (`# syntax=`) or
+    /// `BUILDKIT_SYNTAX` chose, `None` for `--frontend` and the default.
+    pub(crate) requested: Option<(&'static str, String)>,
+}
+
 pub(crate) fn choose(
     frontend: Option<&str>,
     build_args: &BTreeMap<String, String>,
     source: &str,
-) -> Result<SyntaxChoice, Error> {
+) -> Result<Chosen, Error> {
     if let Some(flag) = frontend {
-        return Ok(normalize(flag));
+        return Ok(Chosen {
+            choice: normalize(flag),
+            requested: None,
+        });
     }
     let (origin, raw) = match build_args.get("BUILDKIT_SYNTAX") {
         Some(v) => ("BUILDKIT_SYNTAX", v.clone()),
         None => match find_syntax(source) {
             Some(v) => ("# syntax=", v),
-            None => return Ok(SyntaxChoice::Name("dockerfile".to_owned())),
+            None => {
+                return Ok(Chosen {
+                    choice: SyntaxChoice::Name("dockerfile".to_owned()),
+                    requested: None,
+                })
+            }
         },
     };
     match normalize(&raw) {
         SyntaxChoice::Path(_) => Err(Error::SyntaxPath { origin, value: raw }),
-        name => Ok(name),
+        choice => Ok(Chosen {
+            choice,
+            requested: Some((origin, raw)),
+        }),
     }
 }
+
+/// Frontend images that are builds of the Dockerfile frontend under another name:
+/// `docker/dockerfile-upstream` is BuildKit's master-branch build of `docker/dockerfile`
+/// (same syntax, same labs features), so the bundled Dockerfile frontend serves it.
+const DOCKERFILE_ALIASES: &[&str] = &["docker/dockerfile-upstream"];
 
 /// Whether `raw` reads as a file rather than a plugin name or image reference.
 fn is_path(raw: &str) -> bool {
@@ -83,22 +109,57 @@ fn normalize(raw: &str) -> SyntaxChoice {
     // An image reference names the frontend by repository (`docker/dockerfile:1.7` →
     // `docker/dockerfile`); a value that is no reference (`Echo`) is a plugin name as written.
     match kiln_types::reference::split_familiar(raw) {
+        Ok((name, _tag, _digest)) if DOCKERFILE_ALIASES.contains(&name.as_str()) => {
+            SyntaxChoice::Name("docker/dockerfile".to_owned())
+        }
         Ok((name, _tag, _digest)) => SyntaxChoice::Name(name),
         Err(_) => SyntaxChoice::Name(raw.to_ascii_lowercase()),
     }
 }
 
+/// The plugin for `chosen`. A syntax the build file asked for that no plugin answers to is
+/// an [`Error::UnknownSyntax`] naming `plugin_dirs`: kiln runs no frontend images, so the way
+/// on is `--frontend` or a plugin installed into one of them.
 pub(crate) fn resolve(
     registry: &PluginRegistry,
-    choice: &SyntaxChoice,
+    chosen: &Chosen,
+    plugin_dirs: &[PathBuf],
 ) -> Result<Arc<LoadedPlugin>, Error> {
-    match choice {
+    match &chosen.choice {
         SyntaxChoice::Path(p) => {
             let abs = std::path::absolute(p).map_err(|e| Error::io("resolve", p, e))?;
             Ok(registry.load_file(&abs)?)
         }
-        SyntaxChoice::Name(n) => Ok(registry.frontend(n)?),
+        SyntaxChoice::Name(n) => match (registry.frontend(n), &chosen.requested) {
+            (Ok(p), _) => Ok(p),
+            (
+                Err(kiln_plugin_host::Error::NotFound {
+                    name, available, ..
+                }),
+                Some((origin, value)),
+            ) => Err(Error::UnknownSyntax {
+                origin,
+                value: value.clone(),
+                name,
+                available,
+                plugin_dirs: plugin_dirs.to_vec(),
+            }),
+            (Err(e), _) => Err(e.into()),
+        },
     }
+}
+
+/// The progress line saying which plugin serves a syntax the build file asked for, as
+/// BuildKit shows the frontend image it resolves; `None` when nothing was asked for.
+pub(crate) fn resolved_line(chosen: &Chosen, plugin: &LoadedPlugin) -> Option<String> {
+    let (origin, value) = chosen.requested.as_ref()?;
+    let sep = if origin.ends_with('=') { "" } else { "=" };
+    Some(format!(
+        "{origin}{sep}{value}: served by the installed frontend plugin {} {} (kiln runs frontend \
+         plugins, not frontend images)",
+        plugin.name(),
+        plugin.version()
+    ))
 }
 
 #[cfg(test)]
@@ -113,7 +174,7 @@ mod tests {
         assert_eq!(find_syntax("# hello world\n# syntax=x\n"), None);
         let none = BTreeMap::new();
         let pick = |f: Option<&str>, args: &BTreeMap<String, String>, src: &str| {
-            choose(f, args, src).expect("a name, not a path")
+            choose(f, args, src).expect("a name, not a path").choice
         };
         assert_eq!(
             pick(None, &none, src),
@@ -180,8 +241,71 @@ mod tests {
             // The command line may.
             assert!(matches!(
                 choose(Some(value), &args, &src),
-                Ok(SyntaxChoice::Path(_))
+                Ok(Chosen {
+                    choice: SyntaxChoice::Path(_),
+                    requested: None
+                })
             ));
         }
+    }
+
+    #[test]
+    fn dockerfile_upstream_is_the_dockerfile_frontend() {
+        let none = BTreeMap::new();
+        for value in [
+            "docker/dockerfile-upstream:master",
+            "docker/dockerfile-upstream:master-labs",
+            "docker.io/docker/dockerfile-upstream:1.7",
+            "docker/dockerfile:1-labs",
+            "docker/dockerfile",
+        ] {
+            let src = format!("# syntax={value}\nFROM scratch\n");
+            let chosen = choose(None, &none, &src).expect(value);
+            assert_eq!(
+                chosen.choice,
+                SyntaxChoice::Name("docker/dockerfile".into()),
+                "{value}"
+            );
+            assert_eq!(chosen.requested, Some(("# syntax=", value.to_owned())));
+        }
+        // Other repositories are not the Dockerfile frontend.
+        assert_eq!(
+            normalize("example.com/docker/dockerfile-upstream:1"),
+            SyntaxChoice::Name("example.com/docker/dockerfile-upstream".into())
+        );
+    }
+
+    #[test]
+    fn an_unknown_syntax_image_says_how_to_proceed() {
+        let none = BTreeMap::new();
+        let registry = PluginRegistry::new();
+        let dirs = [PathBuf::from("/opt/kiln/plugins"), PathBuf::from("/p2")];
+        let chosen = choose(
+            None,
+            &none,
+            "# syntax=example.com/other/frontend:1\nFROM scratch\n",
+        )
+        .expect("a name");
+        let err = resolve(&registry, &chosen, &dirs).expect_err("nothing installed");
+        assert!(
+            matches!(&err, Error::UnknownSyntax { name, .. } if name == "example.com/other/frontend"),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        for want in [
+            "# syntax= \"example.com/other/frontend:1\"",
+            "--frontend NAME|PATH",
+            "/opt/kiln/plugins, /p2",
+            "--plugin-dir DIR",
+            "KILN_PLUGIN_PATH",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from: {text}");
+        }
+        // `--frontend` naming a missing plugin keeps the host's own error.
+        let flag = choose(Some("nope"), &none, "FROM scratch\n").expect("a name");
+        assert!(matches!(
+            resolve(&registry, &flag, &dirs),
+            Err(Error::Plugin(_))
+        ));
     }
 }

@@ -17,6 +17,7 @@ use crate::call::{self, ArgInfo, Outline};
 use crate::error::{Error, Result};
 use crate::host::FrontendHost;
 use crate::lint::{self, Linter, StageChecks};
+use crate::named::NamedContexts;
 use crate::{reference, suggest};
 
 /// `comment` of every history entry, as BuildKit writes it.
@@ -216,6 +217,8 @@ pub(crate) struct Converter<'a> {
     /// engine reports that when it reads the context).
     pub(crate) ignore_matcher: Option<kiln_ignore::PatternMatcher>,
     images: HashMap<(String, Platform), ResolvedImage>,
+    /// `--build-context`s, by normalized name.
+    named: NamedContexts,
     /// What `--call outline` reports.
     outline: Outline,
 }
@@ -412,6 +415,7 @@ pub(crate) fn lower(
         context: None,
         ignore_matcher: None,
         images: HashMap::new(),
+        named: NamedContexts::from_options(&req.options),
         outline: Outline::default(),
     };
     for (i, name) in conv.names.iter().enumerate() {
@@ -495,6 +499,7 @@ pub(crate) fn lower(
         .get_mut(target)
         .and_then(Option::take)
         .ok_or_else(|| Error::invalid("internal error: the target stage was not built"))?;
+    warnings.extend(conv.named.unused_warnings());
     warnings.sort_by_key(|w| w.location.as_ref().map(|l| l.line));
     Ok(Lowered {
         stage: final_stage,
@@ -897,12 +902,10 @@ impl Converter<'_> {
         Ok(seen)
     }
 
-    /// The value of named context `name` (`--build-context name=value`), if the build has one.
+    /// The value of the named context `name` refers to (`--build-context name=value`, names
+    /// compared as normalized references), if the build has one.
     pub(crate) fn named_context(&self, name: &str) -> Option<&str> {
-        self.req
-            .options
-            .get(&format!("context:{name}"))
-            .map(String::as_str)
+        self.named.get(name).map(|c| c.value.as_str())
     }
 
     /// The filesystem and config of named context `name`: an image (`docker-image://`,
@@ -913,11 +916,15 @@ impl Converter<'_> {
         platform: &Platform,
         description: String,
     ) -> Result<(State, ImageConfig)> {
+        self.named.mark_used(name);
         let value = self.named_context(name).unwrap_or_default().to_owned();
         let image = value
             .strip_prefix("docker-image://")
             .map(str::to_owned)
             .or_else(|| value.starts_with("oci-layout://").then(|| value.clone()));
+        // A directory is served under the name it was given, which may be another spelling
+        // of the reference written here (`alpine` for `FROM docker.io/library/alpine`).
+        let local = value.strip_prefix("local:").unwrap_or(name).to_owned();
         match image {
             Some(reference) => {
                 let img = self.resolve_image(&reference, platform)?;
@@ -931,7 +938,7 @@ impl Converter<'_> {
             None => Ok((
                 State::local(
                     LocalSource {
-                        name: name.to_owned(),
+                        name: local,
                         include_patterns: Vec::new(),
                         exclude_patterns: Vec::new(),
                     },

@@ -20,6 +20,7 @@ mod error;
 mod gofmt;
 mod host;
 mod lint;
+mod named;
 mod paths;
 mod reference;
 mod suggest;

@@ -20,6 +20,7 @@ use crate::{build, FrontendHost};
 mod add;
 mod call_outline;
 mod lint_rules;
+mod named_contexts;
 
 type Lower = Box<dyn Fn(&InstructionRequest) -> Option<InstructionResponse>>;
 

@@ -180,7 +180,6 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
         .map(|o| resolve_owner(root, o))
         .transpose()?;
     let dest = resolve_in(root, &c.dest, true).map_err(ioe("resolve", &c.dest))?;
-    let dest_is_dir = c.dest.ends_with('/') || dest.is_dir() || matches.len() > 1;
     let opts = CopyOpts::new(c, ids)?;
     for rel in &matches {
         let m = resolve_in(src_root, rel, c.follow_symlinks).map_err(ioe("resolve", rel))?;
@@ -214,7 +213,11 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
                 .or_else(|| Path::new(rel).file_name())
                 .map(PathBuf::from)
                 .unwrap_or_default();
-            let target = if dest_is_dir {
+            // As fsutil's copy in BuildKit: into the destination when it ends with `/` or is
+            // a directory by now (an earlier match may have made it), else onto it. Several
+            // matches onto a path that is not a directory replace one another there.
+            let into = c.dest.ends_with('/') || dest.is_dir();
+            let target = if into {
                 dest.join(name)
             } else {
                 dest.to_path_buf()
@@ -999,6 +1002,45 @@ mod tests {
         );
         let err = apply(&dst, &[FileAction::Copy(c4)], &sources).unwrap_err();
         assert_eq!(err.to_string(), "\"missing\" not found");
+    }
+
+    #[test]
+    fn destination_without_slash_is_a_directory_only_if_one_exists() {
+        // `WORKDIR /src` + `COPY go.mod go.sum ..`-style copies: the frontend sends `/src`
+        // without a trailing slash; the copy decides at solve time, as fsutil's does in BuildKit.
+        let (_t, src, dst) = src_and_dst();
+        tree(
+            &src,
+            &[
+                ("go.mod", "module x"),
+                ("go.sum", "sums"),
+                ("pkg/a.go", "a"),
+                ("one.go", "1"),
+                ("two.go", "2"),
+            ],
+        );
+        fs::create_dir_all(dst.join("src")).unwrap();
+        let sources = vec![src.clone()];
+        let copies = [
+            CopyAction::new(Some(0), "go.*", "/src"),
+            CopyAction::new(Some(0), "pkg", "/src"),
+            // Several wildcard matches onto a path that is not a directory: each replaces the
+            // last (BuildKit's result), not a directory made up for them.
+            CopyAction::new(Some(0), "*.go", "/file"),
+            // A directory copied first makes the destination a directory for the file after it.
+            CopyAction::new(Some(0), "pkg", "/made"),
+            CopyAction::new(Some(0), "one.go", "/made"),
+        ];
+        apply(&dst, &copies.map(FileAction::Copy), &sources).unwrap();
+        let read = |p: &str| fs::read_to_string(dst.join(p)).unwrap();
+        assert_eq!(read("src/go.mod"), "module x");
+        assert_eq!(read("src/go.sum"), "sums");
+        assert_eq!(read("src/a.go"), "a");
+        assert_eq!(read("file"), "2");
+        assert_eq!(
+            (read("made/a.go"), read("made/one.go")),
+            ("a".into(), "1".into())
+        );
     }
 
     #[test]

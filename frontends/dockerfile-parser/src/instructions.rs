@@ -902,14 +902,8 @@ fn parse_mount(raw: &str) -> R<Mount> {
             }
         }
     }
-    if m.target.is_none()
-        && matches!(
-            m.kind,
-            MountType::Bind | MountType::Cache | MountType::Tmpfs
-        )
-    {
-        return Err(format!("mount {raw:?}: target is required"));
-    }
+    // No `target` is fine for every type: BuildKit mounts bind, cache and tmpfs mounts at the
+    // working directory, and secret and ssh mounts have their own defaults.
     Ok(m)
 }
 
@@ -974,6 +968,26 @@ mod tests {
             msg("RUN --netwrk=host a").contains("unknown flag: --netwrk (did you mean --network?)")
         );
         assert!(msg("RUN --network=host --network=none a").contains("duplicate flag"));
+    }
+
+    #[test]
+    fn mounts_without_target_parse() {
+        // buildx's `RUN --mount=from=binaries cp buildx* /out`: a bind mount (the default type)
+        // with no target, which the frontend mounts at the working directory.
+        for (flag, kind) in [
+            ("--mount=from=binaries", MountType::Bind),
+            ("--mount=type=bind,source=dist", MountType::Bind),
+            ("--mount=type=cache", MountType::Cache),
+            ("--mount=type=tmpfs,size=1m", MountType::Tmpfs),
+        ] {
+            let Instruction::Run(r) = one(&format!("RUN {flag} cp a /out")).unwrap() else {
+                panic!("not RUN")
+            };
+            assert_eq!(
+                (r.mounts[0].kind, r.mounts[0].target.as_deref()),
+                (kind, None)
+            );
+        }
     }
 
     #[test]

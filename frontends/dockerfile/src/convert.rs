@@ -213,9 +213,6 @@ pub(crate) struct Converter<'a> {
     done: Vec<Option<Stage>>,
     /// The build context source, made on first use.
     context: Option<State>,
-    /// Its `.dockerignore` patterns, compiled once (`None` when they do not compile: the
-    /// engine reports that when it reads the context).
-    pub(crate) ignore_matcher: Option<kiln_ignore::PatternMatcher>,
     images: HashMap<(String, Platform), ResolvedImage>,
     /// `--build-context`s, by normalized name.
     named: NamedContexts,
@@ -413,7 +410,6 @@ pub(crate) fn lower(
         copied_config_bytes: 0,
         done: Vec::new(),
         context: None,
-        ignore_matcher: None,
         images: HashMap::new(),
         named: NamedContexts::from_options(&req.options),
         outline: Outline::default(),
@@ -1155,7 +1151,6 @@ impl Converter<'_> {
             return Ok(s.clone());
         }
         let exclude_patterns = self.read_ignore_patterns()?;
-        self.ignore_matcher = kiln_ignore::PatternMatcher::new(&exclude_patterns).ok();
         let state = State::local(
             LocalSource {
                 name: CONTEXT.to_owned(),

@@ -15,12 +15,8 @@ use kiln_graph::{
 use kiln_plugin_sdk::proto::{InstructionRequest, PluginError};
 use kiln_types::image::{EmptyObject, Healthcheck};
 
-use kiln_ignore::PatternMatcher;
-
 use crate::add::AddFlags;
-use crate::convert::{
-    check_variables, location, set_pair, Converter, Stage, CONTEXT, KNOWN_INSTRUCTIONS,
-};
+use crate::convert::{check_variables, location, set_pair, Converter, Stage, KNOWN_INSTRUCTIONS};
 use crate::error::{Error, Result};
 use crate::{gofmt, paths, suggest};
 
@@ -318,12 +314,6 @@ impl Converter<'_> {
                 contents,
             )
         };
-        if sources.len() + contents.len() > 1 && !dest.ends_with('/') {
-            return Err(Error::invalid(format!(
-                "When using {name} with more than one source file, the destination must be a \
-                 directory and end with a /"
-            )));
-        }
         if c.add.is_none() && sources.iter().any(|s| is_remote(s)) {
             return Err(Error::invalid("source can't be a URL for COPY"));
         }
@@ -334,14 +324,10 @@ impl Converter<'_> {
             None if sources.is_empty() => State::scratch(),
             None => self.context()?,
         };
-        if let ([src], true, None) = (sources.as_slice(), contents.is_empty(), c.from) {
-            if !dest.ends_with('/') && self.wildcard_matches(src) > 1 {
-                return Err(Error::invalid(format!(
-                    "When using {name} with more than one source file, the destination must be a \
-                     directory and end with a /"
-                )));
-            }
-        }
+        // Several sources need no directory-looking destination: BuildKit (unlike docker's
+        // classic builder) checks nothing here. Its copy decides per source, at solve time,
+        // whether the destination is an existing directory to copy into (`COPY go.mod go.sum
+        // ..`, `COPY a b /existing-dir`), so the engine's file op does too.
         let dest_path = paths::dest_in_workdir(stage.workdir(), &dest);
 
         let mut msg = String::from(name);
@@ -398,11 +384,6 @@ impl Converter<'_> {
         }
         for (file, data) in contents {
             msg.push_str(&format!(" <<{file}"));
-            let path = if dest_path.ends_with('/') {
-                format!("{dest_path}{file}")
-            } else {
-                dest_path.clone()
-            };
             let file_mode = match &mode {
                 None => 0o644,
                 Some(Chmod::Octal(m)) => *m,
@@ -412,6 +393,26 @@ impl Converter<'_> {
                     )))
                 }
             };
+            let Some(dir) = dest_path.strip_suffix('/') else {
+                // Whether the destination is an existing directory (the document goes into it
+                // by name) is known only at solve time: copy the document from a scratch file,
+                // as BuildKit does, and let the copy decide.
+                let doc = format!("/{file}");
+                let scratch = FileBuilder::new(&State::scratch())
+                    .action(FileAction::Mkfile {
+                        path: doc.clone(),
+                        mode: file_mode,
+                        data,
+                        owner: None,
+                    })
+                    .build("preparing inline document");
+                let mut action = CopyAction::new(None, &doc, &dest_path);
+                action.owner = owner.clone();
+                action.allow_wildcard = false;
+                fb = fb.copy(&scratch, action);
+                continue;
+            };
+            let path = format!("{dir}/{file}");
             if let Some((parent, _)) = path.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
                 // The copy it stands for creates missing parents of the destination.
                 fb = fb.action(FileAction::Mkdir {
@@ -448,46 +449,6 @@ impl Converter<'_> {
         };
         stage.commit(format!("{msg} # buildkit"), true);
         Ok(())
-    }
-
-    /// How many context entries (up to 2) a wildcard source matches, when the wildcard is in its
-    /// last component only (else 0). Best effort: a listing error counts as no match, leaving the
-    /// copy itself to report at solve time.
-    fn wildcard_matches(&self, src: &str) -> usize {
-        if !paths::has_wildcards(src) {
-            return 0;
-        }
-        let rel = paths::clean_abs(src).trim_start_matches('/').to_owned();
-        let (dir, _) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
-        if paths::has_wildcards(dir) {
-            return 0;
-        }
-        let (Ok(glob), Some(ignore)) = (
-            PatternMatcher::new([rel.as_str()]),
-            self.ignore_matcher.as_ref(),
-        ) else {
-            return 0;
-        };
-        let Ok(names) = self
-            .host
-            .read_dir(CONTEXT, if dir.is_empty() { "." } else { dir })
-        else {
-            return 0;
-        };
-        names
-            .iter()
-            .map(|n| {
-                if dir.is_empty() {
-                    n.clone()
-                } else {
-                    format!("{dir}/{n}")
-                }
-            })
-            .filter(|p| glob.matches_or_parent_matches(p).unwrap_or(false))
-            .filter(|p| !ignore.matches_or_parent_matches(p).unwrap_or(false))
-            // The caller only asks whether there is more than one.
-            .take(2)
-            .count()
     }
 
     fn dispatch_run(&mut self, stage: &mut Stage, run: &ins::Run, node: &Node) -> Result<()> {
@@ -539,8 +500,8 @@ impl Converter<'_> {
                 args
             }
         };
-        for (n, m) in run.mounts.iter().enumerate() {
-            extra.push(self.run_mount(stage, m, n)?);
+        for (n, (m, raw)) in run.mounts.iter().zip(&run.mounts_raw).enumerate() {
+            extra.push(self.run_mount(stage, m, raw, n)?);
         }
 
         let mut env = stage.config.config.env.clone().unwrap_or_default();
@@ -577,13 +538,32 @@ impl Converter<'_> {
         Ok(())
     }
 
-    /// One `RUN --mount` → the filesystem to mount and the mount.
-    fn run_mount(&mut self, stage: &Stage, m: &ins::Mount, n: usize) -> Result<(State, Mount)> {
+    /// One `RUN --mount` (`raw` as written) → the filesystem to mount and the mount.
+    fn run_mount(
+        &mut self,
+        stage: &Stage,
+        m: &ins::Mount,
+        raw: &str,
+        n: usize,
+    ) -> Result<(State, Mount)> {
         let ex = |v: &Option<String>| -> Result<Option<String>> {
             v.as_deref().map(|w| self.expand(stage, w)).transpose()
         };
         let (target, source, from, id) = (ex(&m.target)?, ex(&m.source)?, ex(&m.from)?, ex(&m.id)?);
         let dest_of = |t: &str| paths::join(stage.workdir(), t);
+        // BuildKit mounts a bind, cache or tmpfs mount without a target at the working
+        // directory (a relative target is resolved against it), and refuses one over `/`.
+        let mount_point = |t: Option<&str>| -> Result<String> {
+            let dest = dest_of(t.unwrap_or(""));
+            if dest == "/" {
+                return Err(Error::invalid(format!(
+                    "invalid mount target {dest:?} in --mount={raw}: a mount cannot cover the \
+                     root filesystem; set target= to a directory (without target=, the mount \
+                     goes at the WORKDIR)",
+                )));
+            }
+            Ok(dest)
+        };
         let uid_gid = (m.uid.unwrap_or(0), m.gid.unwrap_or(0));
         let mount = |dest: String, readonly: bool, kind: MountKind| Mount {
             input: None,
@@ -594,16 +574,12 @@ impl Converter<'_> {
         };
         Ok(match m.kind {
             MountType::Bind => {
-                let target = target.ok_or_else(|| Error::invalid("mount target is required"))?;
+                let dest = mount_point(target.as_deref())?;
                 let state = match &from {
                     Some(f) => self.state_of_from(f, stage)?,
                     None => self.context()?,
                 };
-                let mut mt = mount(
-                    dest_of(&target),
-                    m.read_only.unwrap_or(true),
-                    MountKind::Bind,
-                );
+                let mut mt = mount(dest, m.read_only.unwrap_or(true), MountKind::Bind);
                 mt.selector = paths::clean_abs(source.as_deref().unwrap_or("/"));
                 (state, mt)
             }
@@ -613,9 +589,13 @@ impl Converter<'_> {
                     Some(f) => self.state_of_from(f, stage)?,
                     None => State::scratch(),
                 };
-                let target = target.ok_or_else(|| Error::invalid("mount target is required"))?;
+                let dest = mount_point(target.as_deref())?;
                 let kind = MountKind::Cache {
-                    id: id.unwrap_or_else(|| target.clone()),
+                    // BuildKit defaults the id to the target as written (`.` when none).
+                    id: id.unwrap_or_else(|| match target.as_deref() {
+                        None | Some("") => ".".to_owned(),
+                        Some(t) => t.to_owned(),
+                    }),
                     sharing: match m.sharing {
                         None | Some(ins::CacheSharing::Shared) => CacheSharing::Shared,
                         Some(ins::CacheSharing::Private) => CacheSharing::Private,
@@ -626,17 +606,17 @@ impl Converter<'_> {
                     gid: uid_gid.1,
                 };
                 let ro = m.read_only.unwrap_or(false);
-                let mut mt = mount(dest_of(&target), ro, kind);
+                let mut mt = mount(dest, ro, kind);
                 if from.is_some() {
                     mt.selector = paths::clean_abs(source.as_deref().unwrap_or("/"));
                 }
                 (seed, mt)
             }
             MountType::Tmpfs => {
-                let target = target.ok_or_else(|| Error::invalid("mount target is required"))?;
+                let dest = mount_point(target.as_deref())?;
                 let size = m.size.as_deref().map(parse_size).transpose()?;
                 let kind = MountKind::Tmpfs { size };
-                (State::scratch(), mount(dest_of(&target), false, kind))
+                (State::scratch(), mount(dest, false, kind))
             }
             MountType::Secret => {
                 let env_name = ex(&m.env)?;

@@ -42,21 +42,6 @@ pub(crate) fn dest_in_workdir(workdir: &str, dest: &str) -> String {
     }
 }
 
-/// Whether a source path uses glob characters.
-pub(crate) fn has_wildcards(p: &str) -> bool {
-    let mut chars = p.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '*' | '?' | '[' => return true,
-            '\\' => {
-                chars.next();
-            }
-            _ => {}
-        }
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +56,5 @@ mod tests {
         assert_eq!(dest_in_workdir("/app", "."), "/app/");
         assert_eq!(dest_in_workdir("/", "./"), "/");
         assert_eq!(dest_in_workdir("/app", "/x/"), "/x/");
-        assert!(has_wildcards("*.txt") && !has_wildcards("a\\*b"));
     }
 }

@@ -46,6 +46,19 @@ pub enum MountType {
     Ssh,
 }
 
+impl MountType {
+    /// The name `type=` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            MountType::Bind => "bind",
+            MountType::Cache => "cache",
+            MountType::Tmpfs => "tmpfs",
+            MountType::Secret => "secret",
+            MountType::Ssh => "ssh",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheSharing {
     Shared,
@@ -875,7 +888,15 @@ fn parse_mount(raw: &str) -> R<Mount> {
             "type" => {}
             "readonly" | "ro" => m.read_only = Some(flag_bool(&key, value)?),
             "readwrite" | "rw" => m.read_only = Some(!flag_bool(&key, value)?),
-            "required" => m.required = Some(flag_bool(&key, value)?),
+            "required" if matches!(m.kind, MountType::Secret | MountType::Ssh) => {
+                m.required = Some(flag_bool(&key, value)?)
+            }
+            "required" => {
+                return Err(format!(
+                    "unexpected key 'required' for mount type '{}'",
+                    m.kind.name()
+                ))
+            }
             "target" | "dst" | "destination" => m.target = Some(need(value)?),
             "source" | "src" => m.source = Some(need(value)?),
             "from" => m.from = Some(need(value)?),
@@ -904,7 +925,53 @@ fn parse_mount(raw: &str) -> R<Mount> {
     }
     // No `target` is fine for every type: BuildKit mounts bind, cache and tmpfs mounts at the
     // working directory, and secret and ssh mounts have their own defaults.
+    validate_mount(&m)?;
     Ok(m)
+}
+
+/// The combinations of keys BuildKit's `validateMount` (and its secret and ssh conversions)
+/// refuse, with its messages.
+fn validate_mount(m: &Mount) -> R<()> {
+    let kind = m.kind.name();
+    if !matches!(
+        m.kind,
+        MountType::Secret | MountType::Ssh | MountType::Cache
+    ) {
+        for (key, set) in [
+            ("mode", m.mode.is_some()),
+            ("uid", m.uid.is_some()),
+            ("gid", m.gid.is_some()),
+        ] {
+            if set {
+                return Err(format!("{key} not allowed for {kind:?} type mounts"));
+            }
+        }
+    }
+    match m.kind {
+        MountType::Secret => {
+            if m.from.is_some() {
+                return Err("secret mount should not have a from".into());
+            }
+            if m.sharing.is_some() {
+                return Err("secret mount should not define sharing".into());
+            }
+            if m.source.is_none() && m.target.is_none() && m.id.is_none() {
+                return Err("invalid secret mount. one of source, target required".into());
+            }
+            if m.source.is_some() && m.id.is_some() {
+                return Err("both source and id can't be set".into());
+            }
+        }
+        MountType::Ssh if m.source.is_some() => {
+            return Err("ssh does not support source".into());
+        }
+        MountType::Cache => {}
+        _ if m.sharing.is_some() => {
+            return Err(format!("invalid cache sharing set for {kind} mount"));
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -987,6 +1054,57 @@ mod tests {
                 (r.mounts[0].kind, r.mounts[0].target.as_deref()),
                 (kind, None)
             );
+        }
+    }
+
+    #[test]
+    fn mount_combinations_buildkit_refuses() {
+        for (flag, want) in [
+            (
+                "type=bind,mode=0644",
+                "mode not allowed for \"bind\" type mounts",
+            ),
+            (
+                "type=tmpfs,uid=1",
+                "uid not allowed for \"tmpfs\" type mounts",
+            ),
+            ("gid=1", "gid not allowed for \"bind\" type mounts"),
+            (
+                "type=bind,required",
+                "unexpected key 'required' for mount type 'bind'",
+            ),
+            (
+                "type=secret,id=a,from=b",
+                "secret mount should not have a from",
+            ),
+            (
+                "type=secret,id=a,sharing=locked",
+                "secret mount should not define sharing",
+            ),
+            (
+                "type=secret",
+                "invalid secret mount. one of source, target required",
+            ),
+            (
+                "type=secret,id=a,source=b",
+                "both source and id can't be set",
+            ),
+            ("type=ssh,source=x", "ssh does not support source"),
+            (
+                "type=tmpfs,sharing=private",
+                "invalid cache sharing set for tmpfs mount",
+            ),
+        ] {
+            let m = msg(&format!("RUN --mount={flag} true"));
+            assert!(m.contains(want), "{flag}: {m}");
+        }
+        // What they allow.
+        for flag in [
+            "type=cache,mode=0700,uid=1,gid=2,sharing=locked",
+            "type=secret,source=npmrc,target=/root/.npmrc,mode=0444,required",
+            "type=ssh,id=gh,uid=1000,required=false",
+        ] {
+            one(&format!("RUN --mount={flag} true")).unwrap_or_else(|e| panic!("{flag}: {e}"));
         }
     }
 

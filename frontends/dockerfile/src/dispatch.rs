@@ -620,9 +620,10 @@ impl Converter<'_> {
             }
             MountType::Secret => {
                 let env_name = ex(&m.env)?;
-                let id = match (id, &target) {
+                // BuildKit: `source` names the secret as `id` does (the parser refuses both).
+                let id = match (source.or(id), &target) {
                     (Some(id), _) => id,
-                    (None, Some(t)) => t.rsplit('/').next().unwrap_or(t).to_owned(),
+                    (None, Some(t)) => go_base(t).to_owned(),
                     (None, None) => {
                         return Err(Error::invalid("secret mount requires an id or a target"))
                     }
@@ -631,7 +632,7 @@ impl Converter<'_> {
                 let dest = match (target.as_deref(), &env_name) {
                     (Some(t), _) => dest_of(t),
                     (None, Some(_)) => String::new(),
-                    (None, None) => format!("/run/secrets/{id}"),
+                    (None, None) => format!("/run/secrets/{}", go_base(&id)),
                 };
                 let kind = MountKind::Secret {
                     id,
@@ -720,6 +721,15 @@ struct CopyParams<'a> {
 }
 
 /// The SHELL in force, `/bin/sh -c` by default.
+/// Go's `path.Base`: the last element, trailing slashes ignored (`/` for only slashes).
+fn go_base(p: &str) -> &str {
+    let trimmed = p.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return if p.is_empty() { "." } else { "/" };
+    }
+    trimmed.rsplit('/').next().unwrap_or(trimmed)
+}
+
 fn shell_of(stage: &Stage) -> Vec<String> {
     match stage.config.config.shell.as_ref().filter(|s| !s.is_empty()) {
         Some(s) => s.clone(),

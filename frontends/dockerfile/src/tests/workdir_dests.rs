@@ -119,3 +119,28 @@ fn several_sources_need_no_trailing_slash() {
     let c = copy_action(output(&resp.definition), 0);
     assert_eq!((c.src.as_str(), c.dest.as_str()), ("/src/*.txt", "/out"));
 }
+
+#[test]
+fn a_secret_source_names_the_secret() {
+    // `--mount=type=secret,source=npmrc,target=/root/.npmrc`: BuildKit reads `source` as the id
+    // (the file name of the target is only the default).
+    let e = exec(
+        "FROM scratch\nWORKDIR /app\n\
+         RUN --mount=type=secret,source=npmrc,target=/root/.npmrc \
+         --mount=type=secret,source=dir/token true\n",
+    );
+    let ids: Vec<_> = e.mounts[1..]
+        .iter()
+        .map(|m| match &m.kind {
+            MountKind::Secret { id, .. } => (id.as_str(), m.dest.as_str()),
+            other => panic!("not a secret: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("npmrc", "/root/.npmrc"),
+            ("dir/token", "/run/secrets/token")
+        ]
+    );
+}

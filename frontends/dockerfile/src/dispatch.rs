@@ -591,11 +591,9 @@ impl Converter<'_> {
                 };
                 let dest = mount_point(target.as_deref())?;
                 let kind = MountKind::Cache {
-                    // BuildKit defaults the id to the target as written (`.` when none).
-                    id: id.unwrap_or_else(|| match target.as_deref() {
-                        None | Some("") => ".".to_owned(),
-                        Some(t) => t.to_owned(),
-                    }),
+                    // BuildKit defaults the id to `path.Clean` of the target as written, so
+                    // `/go/pkg/mod/` and `/go/pkg/mod` share a cache (`.` for no target).
+                    id: id.unwrap_or_else(|| paths::clean(target.as_deref().unwrap_or(""))),
                     sharing: match m.sharing {
                         None | Some(ins::CacheSharing::Shared) => CacheSharing::Shared,
                         Some(ins::CacheSharing::Private) => CacheSharing::Private,
@@ -623,7 +621,7 @@ impl Converter<'_> {
                 // BuildKit: `source` names the secret as `id` does (the parser refuses both).
                 let id = match (source.or(id), &target) {
                     (Some(id), _) => id,
-                    (None, Some(t)) => go_base(t).to_owned(),
+                    (None, Some(t)) => paths::base(t).to_owned(),
                     (None, None) => {
                         return Err(Error::invalid("secret mount requires an id or a target"))
                     }
@@ -632,7 +630,7 @@ impl Converter<'_> {
                 let dest = match (target.as_deref(), &env_name) {
                     (Some(t), _) => dest_of(t),
                     (None, Some(_)) => String::new(),
-                    (None, None) => format!("/run/secrets/{}", go_base(&id)),
+                    (None, None) => format!("/run/secrets/{}", paths::base(&id)),
                 };
                 let kind = MountKind::Secret {
                     id,
@@ -721,15 +719,6 @@ struct CopyParams<'a> {
 }
 
 /// The SHELL in force, `/bin/sh -c` by default.
-/// Go's `path.Base`: the last element, trailing slashes ignored (`/` for only slashes).
-fn go_base(p: &str) -> &str {
-    let trimmed = p.trim_end_matches('/');
-    if trimmed.is_empty() {
-        return if p.is_empty() { "." } else { "/" };
-    }
-    trimmed.rsplit('/').next().unwrap_or(trimmed)
-}
-
 fn shell_of(stage: &Stage) -> Vec<String> {
     match stage.config.config.shell.as_ref().filter(|s| !s.is_empty()) {
         Some(s) => s.clone(),

@@ -1,19 +1,40 @@
 //! Container path arithmetic with BuildKit's rules (`path.Join`/`path.Clean` of Go, and the
 //! "a trailing slash means into the directory" convention of COPY destinations).
 
-/// Go's `path.Clean` for absolute paths: `.` and `..` resolved, duplicate slashes removed.
+/// Go's `path.Clean` of `p` made absolute: `.` and `..` resolved, duplicate slashes removed.
 pub(crate) fn clean_abs(p: &str) -> String {
+    clean(&format!("/{p}"))
+}
+
+/// Go's `path.Clean`, for relative paths too: `..` that cannot go up is kept, `.` for nothing.
+pub(crate) fn clean(p: &str) -> String {
+    let rooted = p.starts_with('/');
     let mut parts: Vec<&str> = Vec::new();
     for part in p.split('/') {
         match part {
             "" | "." => {}
-            ".." => {
+            ".." if parts.last().is_some_and(|l| *l != "..") => {
                 parts.pop();
             }
+            // Above the root is the root; above a relative start is kept.
+            ".." if rooted => {}
             other => parts.push(other),
         }
     }
-    format!("/{}", parts.join("/"))
+    match (rooted, parts.join("/")) {
+        (true, body) => format!("/{body}"),
+        (false, body) if body.is_empty() => ".".to_owned(),
+        (false, body) => body,
+    }
+}
+
+/// Go's `path.Base`: the last element, trailing slashes ignored (`/` for only slashes).
+pub(crate) fn base(p: &str) -> &str {
+    let trimmed = p.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return if p.is_empty() { "." } else { "/" };
+    }
+    trimmed.rsplit('/').next().unwrap_or(trimmed)
 }
 
 /// `p` resolved against `dir` (when relative) and cleaned.
@@ -45,6 +66,23 @@ pub(crate) fn dest_in_workdir(workdir: &str, dest: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clean_and_base_like_go() {
+        for (p, want) in [
+            ("", "."),
+            ("/go/pkg/mod/", "/go/pkg/mod"),
+            ("a//b/./c/..", "a/b"),
+            ("../x/../..", "../.."),
+            ("/../a", "/a"),
+            ("/", "/"),
+        ] {
+            assert_eq!(clean(p), want, "{p:?}");
+        }
+        for (p, want) in [("", "."), ("/", "/"), ("a/b/", "b"), ("tok", "tok")] {
+            assert_eq!(base(p), want, "{p:?}");
+        }
+    }
 
     #[test]
     fn joins_like_go() {

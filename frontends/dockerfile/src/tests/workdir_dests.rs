@@ -120,27 +120,47 @@ fn several_sources_need_no_trailing_slash() {
     assert_eq!((c.src.as_str(), c.dest.as_str()), ("/src/*.txt", "/out"));
 }
 
+/// (id, mount point) of each secret or cache mount of a RUN, after its root filesystem.
+fn ids_and_dests(source: &str) -> Vec<(String, String)> {
+    exec(source).mounts[1..]
+        .iter()
+        .map(|m| match &m.kind {
+            MountKind::Secret { id, .. } | MountKind::Cache { id, .. } => {
+                (id.clone(), m.dest.clone())
+            }
+            other => panic!("not a secret or cache: {other:?}"),
+        })
+        .collect()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
 #[test]
 fn a_secret_source_names_the_secret() {
     // `--mount=type=secret,source=npmrc,target=/root/.npmrc`: BuildKit reads `source` as the id
     // (the file name of the target is only the default).
-    let e = exec(
+    let got = ids_and_dests(
         "FROM scratch\nWORKDIR /app\n\
          RUN --mount=type=secret,source=npmrc,target=/root/.npmrc \
          --mount=type=secret,source=dir/token true\n",
     );
-    let ids: Vec<_> = e.mounts[1..]
-        .iter()
-        .map(|m| match &m.kind {
-            MountKind::Secret { id, .. } => (id.as_str(), m.dest.as_str()),
-            other => panic!("not a secret: {other:?}"),
-        })
-        .collect();
-    assert_eq!(
-        ids,
-        [
-            ("npmrc", "/root/.npmrc"),
-            ("dir/token", "/run/secrets/token")
-        ]
+    let want = [
+        ("npmrc", "/root/.npmrc"),
+        ("dir/token", "/run/secrets/token"),
+    ];
+    assert_eq!(got, pairs(&want));
+}
+
+#[test]
+fn cache_ids_default_to_the_cleaned_target() {
+    let got = ids_and_dests(
+        "FROM scratch\nWORKDIR /w\n\
+         RUN --mount=type=cache,target=/go/pkg/mod/ --mount=type=cache,target=./build/../cache true\n",
     );
+    let want = [("/go/pkg/mod", "/go/pkg/mod"), ("cache", "/w/cache")];
+    assert_eq!(got, pairs(&want));
 }

@@ -5,6 +5,8 @@
 //! Architecture invariant: the CLI parses, wires and prints; it holds no build logic and never
 //! depends on a frontend or plugin crate.
 
+mod call;
+mod flags;
 mod output;
 
 use std::collections::BTreeMap;
@@ -258,7 +260,7 @@ async fn interrupts(cancel: CancellationToken) {
 }
 
 fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
-    if output::is_remote_context(&args.context) {
+    if flags::is_remote_context(&args.context) {
         bail!(
             "remote build contexts are not supported yet: {:?}; clone it and pass the directory",
             args.context
@@ -280,7 +282,7 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
     // `-f -`: the Dockerfile comes from stdin. It is kept in a private file for the build, so
     // that error messages can show its lines like those of any other Dockerfile.
     let stdin_file = match &args.file {
-        Some(f) if f.as_os_str() == "-" => Some(output::StdinDockerfile::read()?),
+        Some(f) if f.as_os_str() == "-" => Some(flags::StdinDockerfile::read()?),
         _ => None,
     };
     let dockerfile = match (&stdin_file, &args.file) {
@@ -290,8 +292,9 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
     };
     let call = match (&args.call, args.check) {
         (_, true) => Some((Call::Check, args.format == FormatArg::Json)),
-        (Some(c), false) => output::parse_call(c)?
-            .map(|(call, json)| (call, json || args.format == FormatArg::Json)),
+        (Some(c), false) => {
+            call::parse_call(c)?.map(|(call, json)| (call, json || args.format == FormatArg::Json))
+        }
         (None, false) => None,
     };
     // Another platform than the host's builds as long as no RUN step needs to execute its
@@ -332,7 +335,7 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
     let mut exports = args
         .outputs
         .iter()
-        .map(|o| output::parse_output(o))
+        .map(|o| flags::parse_output(o))
         .collect::<Result<Vec<_>>>()?;
     if args.push {
         exports.push(Export::Registry { names: Vec::new() });
@@ -384,7 +387,7 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
         secrets: args
             .secrets
             .iter()
-            .map(|s| output::parse_secret(s))
+            .map(|s| flags::parse_secret(s))
             .collect::<Result<_>>()?,
         build_contexts: args
             .build_contexts
@@ -405,7 +408,7 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
         ssh: args
             .ssh
             .iter()
-            .map(|s| output::parse_ssh(s))
+            .map(|s| flags::parse_ssh(s))
             .collect::<Result<_>>()?,
         allow: args
             .allow
@@ -417,17 +420,17 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
             extra_hosts: args
                 .add_hosts
                 .iter()
-                .map(|h| output::parse_add_host(h))
+                .map(|h| flags::parse_add_host(h))
                 .collect::<Result<_>>()?,
             shm_size: args
                 .shm_size
                 .as_deref()
-                .map(output::parse_shm_size)
+                .map(flags::parse_shm_size)
                 .transpose()?,
             ulimits: args
                 .ulimits
                 .iter()
-                .map(|u| output::parse_ulimit(u))
+                .map(|u| flags::parse_ulimit(u))
                 .collect::<Result<_>>()?,
         },
         no_cache_filter: args
@@ -464,7 +467,7 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
         }) => {
             // The engine answers a call only when one was asked for.
             let (call, raw) = call.unwrap_or((Call::Targets, true));
-            output::print_call(call, &json, raw, &dockerfile)
+            call::print_call(call, &json, raw, &dockerfile)
         }
         Ok(outcome) => {
             for w in &outcome.warnings {

@@ -1,0 +1,386 @@
+//! Parsers of build flags given as specs (`--output`, `--secret`, `--ssh`, `--add-host`,
+//! `--shm-size`, `--ulimit`), the remote-context check, and `-f -` (the Dockerfile on stdin).
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use kiln_engine::{Export, HostEntry, SecretSource, SshSource, Ulimit, UlimitResource};
+
+/// Parses buildx's `--output` syntax: `type=oci,dest=x.tar`, `type=local,dest=dir`, or a bare
+/// path (a local directory; `-` is not supported).
+pub fn parse_output(spec: &str) -> Result<Export> {
+    if !spec.contains('=') {
+        if spec == "-" {
+            bail!("--output -: writing to stdout is not supported yet");
+        }
+        return Ok(Export::Local {
+            dest: PathBuf::from(spec),
+        });
+    }
+    let mut kind = None;
+    let mut dest = None;
+    let mut tar = true;
+    let mut rewrite_timestamp = false;
+    let mut name: Option<String> = None;
+    let mut push = false;
+    let boolean = |k: &str, v: &str| match v.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(anyhow::anyhow!(
+            "invalid --output {spec:?}: {k}={other} is not true or false"
+        )),
+    };
+    for part in spec.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            anyhow::anyhow!("invalid --output {spec:?}: {part:?} is not key=value")
+        })?;
+        match k.trim() {
+            "type" => kind = Some(v.trim().to_owned()),
+            "dest" => dest = Some(PathBuf::from(v.trim())),
+            "tar" => tar = boolean("tar", v)?,
+            "rewrite-timestamp" => rewrite_timestamp = boolean("rewrite-timestamp", v)?,
+            "name" => name = Some(v.trim().to_owned()),
+            "push" => push = boolean("push", v)?,
+            // Accepted by buildx exporters; they do not change the result here.
+            "oci-mediatypes" | "compression" | "force-compression" => {}
+            other => bail!("invalid --output {spec:?}: unknown attribute {other:?}"),
+        }
+    }
+    let Some(kind) = kind else {
+        bail!("invalid --output {spec:?}: missing type= (oci or local)");
+    };
+    let need_dest = |dest: Option<PathBuf>| {
+        dest.ok_or_else(|| anyhow::anyhow!("invalid --output {spec:?}: type={kind} needs dest="))
+    };
+    match kind.as_str() {
+        "oci" => Ok(Export::Oci {
+            dest: need_dest(dest)?,
+            tar,
+            rewrite_timestamp,
+        }),
+        "local" => Ok(Export::Local {
+            dest: need_dest(dest)?,
+        }),
+        // The names come from `name=` or, when absent, from `-t` (filled in by the caller).
+        "registry" => Ok(Export::Registry {
+            names: name.into_iter().collect(),
+        }),
+        "image" if push => Ok(Export::Registry {
+            names: name.into_iter().collect(),
+        }),
+        "image" => bail!(
+            "--output type=image without push=true is not supported: kiln keeps no image store; \
+             use push=true, type=registry, or type=oci"
+        ),
+        "docker" => Ok(Export::Docker {
+            dest: need_dest(dest)?,
+        }),
+        "tar" | "cacheonly" => {
+            bail!("--output type={kind} is not supported yet; use type=oci, type=docker, type=local or type=registry")
+        }
+        other => bail!("invalid --output {spec:?}: unknown type {other:?} (oci or local)"),
+    }
+}
+
+/// Parses buildx's `--secret`: `id=X,src=FILE` (or `source=`), `id=X,env=VAR`, or `id=X`
+/// alone (the environment variable X, as buildx does when it is set).
+pub fn parse_secret(spec: &str) -> Result<(String, SecretSource)> {
+    let mut id = None;
+    let mut src = None;
+    let mut env = None;
+    for part in spec.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            anyhow::anyhow!("invalid --secret {spec:?}: {part:?} is not key=value")
+        })?;
+        match k.trim() {
+            "id" => id = Some(v.trim().to_owned()),
+            "src" | "source" => src = Some(PathBuf::from(v.trim())),
+            "env" => env = Some(v.trim().to_owned()),
+            "type" if matches!(v.trim(), "file" | "env") => {}
+            other => bail!("invalid --secret {spec:?}: unknown attribute {other:?}"),
+        }
+    }
+    let Some(id) = id.filter(|i| !i.is_empty()) else {
+        bail!("invalid --secret {spec:?}: missing id=");
+    };
+    let source = match (src, env) {
+        (Some(p), None) => SecretSource::File(p),
+        (None, Some(v)) => SecretSource::Env(v),
+        (None, None) if std::env::var_os(&id).is_some() => SecretSource::Env(id.clone()),
+        (None, None) => bail!("invalid --secret {spec:?}: give src=FILE or env=VAR"),
+        (Some(_), Some(_)) => bail!("invalid --secret {spec:?}: src= and env= exclude each other"),
+    };
+    Ok((id, source))
+}
+
+/// Whether the CONTEXT argument names a remote context (a URL or a git remote), as buildx
+/// recognizes them.
+pub fn is_remote_context(context: &str) -> bool {
+    [
+        "http://",
+        "https://",
+        "git://",
+        "ssh://",
+        "git@",
+        "github.com/",
+    ]
+    .iter()
+    .any(|p| context.starts_with(p))
+}
+
+/// The Dockerfile read from stdin (`-f -`), in a private directory removed when dropped.
+pub struct StdinDockerfile {
+    dir: PathBuf,
+}
+
+impl StdinDockerfile {
+    /// Reads stdin to its end.
+    pub fn read() -> Result<Self> {
+        use std::io::Read;
+        let mut text = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut text)
+            .context("reading the Dockerfile from stdin (-f -)")?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!("kiln-stdin-{}-{nanos}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let me = StdinDockerfile { dir };
+        std::fs::write(me.path(), text)
+            .with_context(|| format!("writing {}", me.path().display()))?;
+        Ok(me)
+    }
+
+    /// The file holding it (named `Dockerfile`, as buildx shows it).
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("Dockerfile")
+    }
+}
+
+impl Drop for StdinDockerfile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Parses buildx's `--ssh`: `default`, `ID` (both the agent at `$SSH_AUTH_SOCK`) or
+/// `ID=SOCKET`. Key files (`ID=KEY[,KEY]`) are refused: kiln forwards agents only.
+pub fn parse_ssh(spec: &str) -> Result<(String, SshSource)> {
+    let (id, paths) = match spec.split_once('=') {
+        Some((id, p)) => (id.trim(), Some(p)),
+        None => (spec.trim(), None),
+    };
+    if id.is_empty() {
+        bail!("invalid --ssh {spec:?}: missing id (use --ssh default)");
+    }
+    let Some(paths) = paths else {
+        let sock = std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty());
+        let Some(sock) = sock else {
+            bail!(
+                "invalid --ssh {spec}: invalid empty ssh agent socket: make sure SSH_AUTH_SOCK \
+                 is set (start ssh-agent), or pass --ssh {id}=/path/to/agent.sock"
+            );
+        };
+        return Ok((id.to_owned(), SshSource::Agent(PathBuf::from(sock))));
+    };
+    let list: Vec<&str> = paths.split(',').map(str::trim).collect();
+    let key_files_refused = || {
+        anyhow::anyhow!(
+            "--ssh {spec}: key files are not supported yet; load the key into an agent \
+             (ssh-add KEY) and pass --ssh {id} or --ssh {id}=/path/to/agent.sock"
+        )
+    };
+    let [path] = list.as_slice() else {
+        return Err(key_files_refused());
+    };
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("invalid --ssh {spec}: cannot use {path}"))?;
+    if !meta.file_type().is_socket() {
+        return Err(key_files_refused());
+    }
+    Ok((id.to_owned(), SshSource::Agent(PathBuf::from(path))))
+}
+
+/// Parses `--add-host`: `host:ip` or `host=ip` (an IPv6 address may be in brackets).
+pub fn parse_add_host(spec: &str) -> Result<HostEntry> {
+    let (host, ip) = spec
+        .split_once('=')
+        .or_else(|| spec.split_once(':'))
+        .ok_or_else(|| anyhow::anyhow!("invalid --add-host {spec:?}: expected host:ip"))?;
+    let host = host.trim();
+    let ip = ip.trim().trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        bail!("invalid --add-host {spec:?}: {host:?} is not a host name");
+    }
+    if ip == "host-gateway" {
+        bail!("--add-host {spec}: host-gateway is not supported yet; give the address");
+    }
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid --add-host {spec:?}: {ip:?} is not an IP address"))?;
+    Ok(HostEntry {
+        host: host.to_owned(),
+        ip: ip.to_string(),
+    })
+}
+
+/// Parses a size as Docker's `--shm-size` (go-units `RAMInBytes`; the same rules as a
+/// Dockerfile's tmpfs `size=`): a decimal number, one optional space, then an optional unit `b`,
+/// or `k` `m` `g` `t` `p` (powers of 1024) alone or followed by `b` or `ib`, any case: `64m`,
+/// `1.5g`, `512KiB`.
+pub fn parse_shm_size(spec: &str) -> Result<u64> {
+    let bytes = kiln_types::size::parse_ram_size(spec).ok_or_else(|| {
+        anyhow::anyhow!(
+            "invalid --shm-size {spec:?}: expected a number with an optional unit b, k, m, g, t \
+             or p (e.g. 64m)"
+        )
+    })?;
+    if bytes == 0 {
+        bail!("invalid --shm-size {spec:?}: the size must be at least one byte");
+    }
+    Ok(bytes)
+}
+
+/// Parses `--ulimit type=soft[:hard]` (hard defaults to soft; `-1` is unlimited).
+pub fn parse_ulimit(spec: &str) -> Result<Ulimit> {
+    let (name, values) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("invalid --ulimit {spec:?}: expected type=soft[:hard]"))?;
+    let resource = UlimitResource::from_name(name.trim()).ok_or_else(|| {
+        let names: Vec<&str> = UlimitResource::ALL.iter().map(|r| r.name()).collect();
+        anyhow::anyhow!(
+            "invalid --ulimit {spec:?}: unknown type {name:?} (one of {})",
+            names.join(", ")
+        )
+    })?;
+    let value = |v: &str| -> Result<u64> {
+        match v.trim() {
+            "-1" => Ok(Ulimit::UNLIMITED),
+            v => v.parse().map_err(|_| {
+                anyhow::anyhow!("invalid --ulimit {spec:?}: {v:?} is not a number or -1")
+            }),
+        }
+    };
+    let (soft, hard) = match values.split_once(':') {
+        Some((s, h)) => (value(s)?, value(h)?),
+        None => (value(values)?, value(values)?),
+    };
+    if soft > hard {
+        bail!("invalid --ulimit {spec:?}: the soft limit {soft} is above the hard limit {hard}");
+    }
+    Ok(Ulimit {
+        resource,
+        soft,
+        hard,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_rewrite_timestamp() {
+        assert_eq!(
+            parse_output("type=oci,dest=a.tar,rewrite-timestamp=true").unwrap(),
+            Export::Oci {
+                dest: "a.tar".into(),
+                tar: true,
+                rewrite_timestamp: true
+            }
+        );
+        assert!(parse_output("type=oci,dest=a.tar,rewrite-timestamp=maybe").is_err());
+    }
+
+    #[test]
+    fn add_hosts() {
+        let h = parse_add_host("myhost:10.0.0.7").unwrap();
+        assert_eq!((h.host.as_str(), h.ip.as_str()), ("myhost", "10.0.0.7"));
+        let h = parse_add_host("v6=[fd00::1]").unwrap();
+        assert_eq!((h.host.as_str(), h.ip.as_str()), ("v6", "fd00::1"));
+        let h = parse_add_host("v6:::1").unwrap();
+        assert_eq!(h.ip, "::1");
+        assert!(parse_add_host("nohost").is_err());
+        assert!(parse_add_host("a:not-an-ip").is_err());
+        assert!(parse_add_host("a:host-gateway")
+            .unwrap_err()
+            .to_string()
+            .contains("not supported yet"));
+    }
+
+    #[test]
+    fn shm_sizes() {
+        assert_eq!(parse_shm_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_shm_size("128m").unwrap(), 128 << 20);
+        assert_eq!(parse_shm_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_shm_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_shm_size("1.5k").unwrap(), 1536);
+        assert_eq!(parse_shm_size("10kb").unwrap(), 10 << 10);
+        assert!(parse_shm_size("0").is_err());
+        assert!(parse_shm_size("12x").is_err());
+        assert!(parse_shm_size("m").is_err());
+        // The same rules as a Dockerfile's tmpfs size (go-units RAMInBytes).
+        assert_eq!(parse_shm_size("1p").unwrap(), 1 << 50);
+        assert_eq!(parse_shm_size("32 KiB").unwrap(), 32 << 10);
+        for bad in ["10bb", "1  k", "2ki", "1e", "1_000", "1e3", "-1", " 1k"] {
+            assert!(parse_shm_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ulimits() {
+        let u = parse_ulimit("nofile=1024:2048").unwrap();
+        assert_eq!(
+            (u.resource, u.soft, u.hard),
+            (UlimitResource::Nofile, 1024, 2048)
+        );
+        let u = parse_ulimit("core=-1").unwrap();
+        assert_eq!((u.soft, u.hard), (Ulimit::UNLIMITED, Ulimit::UNLIMITED));
+        assert!(parse_ulimit("nofile=4096:1024").is_err());
+        assert!(parse_ulimit("files=1").is_err());
+        assert!(parse_ulimit("nofile").is_err());
+    }
+
+    #[test]
+    fn ssh_specs() {
+        let t = std::env::temp_dir().join(format!("kiln-cli-ssh-{}", std::process::id()));
+        std::fs::create_dir_all(&t).unwrap();
+        let sock = t.join("agent.sock");
+        let _ = std::fs::remove_file(&sock);
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let spec = format!("default={}", sock.display());
+        assert_eq!(
+            parse_ssh(&spec).unwrap(),
+            ("default".to_owned(), SshSource::Agent(sock.clone()))
+        );
+        let key = t.join("id_ed25519");
+        std::fs::write(&key, "key").unwrap();
+        let e = parse_ssh(&format!("deploy={}", key.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key files are not supported yet"), "{e}");
+        assert!(parse_ssh(&format!("x={},{}", key.display(), key.display())).is_err());
+        assert!(parse_ssh("=x").is_err());
+        let _ = std::fs::remove_dir_all(&t);
+    }
+
+    #[test]
+    fn remote_contexts() {
+        for c in [
+            "https://github.com/moby/buildkit.git",
+            "git@github.com:moby/buildkit.git",
+            "github.com/moby/buildkit",
+            "http://example.com/ctx.tar.gz",
+        ] {
+            assert!(is_remote_context(c), "{c}");
+        }
+        assert!(!is_remote_context("./https"));
+        assert!(!is_remote_context("."));
+    }
+}

@@ -8,6 +8,7 @@ mod bench;
 mod demo;
 mod fixtures;
 mod fuzz;
+mod install;
 mod registry;
 mod test;
 mod tidy;
@@ -43,6 +44,12 @@ tasks:
         ../shared/conformance and tests/e2e/realistic under target/kiln-fuzz/; fails on a finding.
         Targets: dockerfile_parse dockerfile_frontend shell_expand dockerignore image_reference
         image_documents layer_import add_unpack
+  install [--prefix DIR] [--debug]
+        build kiln and the bundled plugins (release, or debug with --debug) and install
+        DIR/bin/kiln and DIR/lib/kiln/plugins/*.so (DIR defaults to /usr/local); each file is
+        copied to a temporary name, then renamed into place
+  dist  build a release tarball target/dist/kiln-<version>-<target>.tar.gz holding bin/kiln and
+        lib/kiln/plugins/ (no shell completions or man page yet)
   tidy  check the dependency rule of DESIGN.md (layers, plugins vs core) and the //! crate docs
   help  print this text
 ";
@@ -56,6 +63,8 @@ fn main() -> ExitCode {
         Some("demo") => no_args("demo", &rest).and_then(|()| demo::run()),
         Some("fixtures") => no_args("fixtures", &rest).and_then(|()| fixtures::run_standalone()),
         Some("tidy") => no_args("tidy", &rest).and_then(|()| tidy::run()),
+        Some("install") => install::run_install(&rest),
+        Some("dist") => install::run_dist(&rest),
         Some("bench") => bench::run(&rest),
         Some("fuzz") => fuzz::run(&rest),
         Some("help" | "-h" | "--help") => {

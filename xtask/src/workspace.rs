@@ -14,6 +14,7 @@ pub struct Workspace {
 
 pub struct Package {
     pub name: String,
+    pub version: String,
     /// The directory of its `Cargo.toml`.
     pub dir: PathBuf,
     pub deps: Vec<Dep>,
@@ -71,6 +72,7 @@ fn parse(meta: &Value) -> Result<Workspace> {
     let mut packages = Vec::new();
     for p in array(meta, "packages")? {
         let name = str_field(p, "name")?.to_owned();
+        let version = str_field(p, "version")?.to_owned();
         let manifest = path_field(p, "manifest_path")?;
         let dir = manifest
             .parent()
@@ -96,6 +98,7 @@ fn parse(meta: &Value) -> Result<Workspace> {
         }
         packages.push(Package {
             name,
+            version,
             dir,
             deps,
             targets,
@@ -143,34 +146,21 @@ pub fn install_plugins(ws: &Workspace, profile_dir: &Path) -> Result<()> {
     let dest = profile_dir.join("plugins");
     std::fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
     let mut wanted = Vec::new();
-    for pkg in &ws.packages {
-        let rel = ws.relative(&pkg.dir);
-        if !(rel.starts_with("plugins/") || rel.starts_with("frontends/")) {
-            continue;
+    for (pkg, file) in bundled_plugins(ws) {
+        let built = profile_dir.join(&file);
+        if !built.is_file() {
+            bail!(
+                "{pkg} declares a cdylib but {} was not built; run `cargo build -p {pkg}` to see why",
+                built.display(),
+            );
         }
-        for t in pkg
-            .targets
-            .iter()
-            .filter(|t| t.kinds.iter().any(|k| k == "cdylib"))
-        {
-            let file = format!("lib{}.so", t.name);
-            let built = profile_dir.join(&file);
-            if !built.is_file() {
-                bail!(
-                    "{} declares a cdylib but {} was not built; run `cargo build -p {}` to see why",
-                    pkg.name,
-                    built.display(),
-                    pkg.name
-                );
-            }
-            // Copy beside, then rename: a `kiln` still running keeps its mapping of the old file.
-            let tmp = dest.join(format!(".{file}.tmp"));
-            std::fs::copy(&built, &tmp)
-                .with_context(|| format!("cannot copy {} to {}", built.display(), tmp.display()))?;
-            std::fs::rename(&tmp, dest.join(&file))
-                .with_context(|| format!("cannot move {} into place", tmp.display()))?;
-            wanted.push(file);
-        }
+        // Copy beside, then rename: a `kiln` still running keeps its mapping of the old file.
+        let tmp = dest.join(format!(".{file}.tmp"));
+        std::fs::copy(&built, &tmp)
+            .with_context(|| format!("cannot copy {} to {}", built.display(), tmp.display()))?;
+        std::fs::rename(&tmp, dest.join(&file))
+            .with_context(|| format!("cannot move {} into place", tmp.display()))?;
+        wanted.push(file);
     }
     // A plugin that was renamed or deleted must not linger and be loaded by the next run.
     for entry in
@@ -191,6 +181,26 @@ pub fn install_plugins(ws: &Workspace, profile_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The plugins shipped with kiln: (package, library file name) of every cdylib of a package
+/// under `plugins/` or `frontends/`. Test plugins (`tests/plugins/`) are not shipped.
+pub fn bundled_plugins(ws: &Workspace) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for pkg in &ws.packages {
+        let rel = ws.relative(&pkg.dir);
+        if !(rel.starts_with("plugins/") || rel.starts_with("frontends/")) {
+            continue;
+        }
+        for t in pkg
+            .targets
+            .iter()
+            .filter(|t| t.kinds.iter().any(|k| k == "cdylib"))
+        {
+            out.push((pkg.name.clone(), format!("lib{}.so", t.name)));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +212,7 @@ mod tests {
             "target_directory": "/w/target",
             "packages": [{
                 "name": "kiln-frontend-dockerfile",
+                "version": "0.1.0",
                 "manifest_path": "/w/frontends/dockerfile/Cargo.toml",
                 "dependencies": [
                     {"name": "kiln-plugin-sdk", "kind": null},

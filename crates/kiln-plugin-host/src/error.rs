@@ -13,7 +13,7 @@ pub enum Error {
     #[error("{}", .0)]
     Refused(Refused),
     /// No plugin answers to a name, syntax, keyword or op.
-    #[error("no {kind} plugin for {name:?}; {}", found(available))]
+    #[error("no {kind} plugin for {name:?}; {}", found(available, searched))]
     NotFound {
         /// The kind looked for.
         kind: Kind,
@@ -21,6 +21,8 @@ pub enum Error {
         name: String,
         /// What the registry has for that kind (names and what they answer to).
         available: Vec<String>,
+        /// The directories the registry scanned, in search order.
+        searched: Vec<PathBuf>,
     },
     /// The plugin reported an error (or panicked). `error.location` points into the build file.
     #[error("{}", plugin_failed(plugin, error))]
@@ -86,12 +88,27 @@ impl Error {
     }
 }
 
-fn found(available: &[String]) -> String {
-    if available.is_empty() {
-        "none is installed (see `kiln plugins ls` for the search path and refused files)".to_owned()
-    } else {
-        format!("found: {}", available.join(", "))
+fn found(available: &[String], searched: &[PathBuf]) -> String {
+    if !available.is_empty() {
+        return format!("found: {}", available.join(", "));
     }
+    // A fresh `cargo build --release` has no plugins beside its binary: say where kiln looked
+    // and how to put them there, so the first run does not end in a dead end.
+    let looked = if searched.is_empty() {
+        String::new()
+    } else {
+        let dirs: Vec<String> = searched.iter().map(|d| d.display().to_string()).collect();
+        format!(" in {}", dirs.join(", "))
+    };
+    format!(
+        "none is installed{looked} (the search path: <dir of kiln>/plugins, \
+         <dir of kiln>/../lib/kiln/plugins, ${}, --plugin-dir). From a kiln source tree, \
+         `cargo xtask install` installs kiln with its bundled plugins; or point ${} or \
+         --plugin-dir at a directory holding them (`kiln plugins ls` shows the search path and \
+         refused files)",
+        crate::discovery::PLUGIN_PATH_ENV,
+        crate::discovery::PLUGIN_PATH_ENV,
+    )
 }
 
 fn plugin_failed(plugin: &str, error: &PluginError) -> String {

@@ -17,6 +17,8 @@ pub struct PluginRegistry {
     refused: Vec<Refused>,
     /// Every file tried, by canonical path, with its outcome.
     seen: HashMap<PathBuf, Result<Arc<LoadedPlugin>, Refused>>,
+    /// The directories scanned, in order (named when nothing answers a lookup).
+    searched: Vec<PathBuf>,
 }
 
 impl PluginRegistry {
@@ -38,6 +40,9 @@ impl PluginRegistry {
     /// Loads every `*.so` of `dir`, after what is already registered.
     pub fn scan_dir(&mut self, dir: &Path) {
         let dir = absolute(dir);
+        if !self.searched.contains(&dir) {
+            self.searched.push(dir.clone());
+        }
         match candidates(&dir) {
             Ok(files) => {
                 for file in files {
@@ -107,6 +112,11 @@ impl PluginRegistry {
         &self.refused
     }
 
+    /// The directories scanned, in search order (missing ones included).
+    pub fn searched(&self) -> &[PathBuf] {
+        &self.searched
+    }
+
     /// The frontend named `name_or_syntax`, or answering to that `# syntax=` value. Names win
     /// over syntaxes; earlier plugins win over later ones.
     pub fn frontend(&self, name_or_syntax: &str) -> Result<Arc<LoadedPlugin>, Error> {
@@ -133,6 +143,7 @@ impl PluginRegistry {
                         }
                     })
                     .collect(),
+                searched: self.searched.clone(),
             })
     }
 
@@ -189,6 +200,43 @@ impl PluginRegistry {
                             .map(move |o| format!("{o} (plugin {})", p.name()))
                     })
                     .collect(),
+                searched: self.searched.clone(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_frontend_names_the_directories_searched_and_the_install_command() {
+        let tmp = std::env::temp_dir().join(format!("kiln-no-frontend-{}", std::process::id()));
+        let bin_plugins = tmp.join("bin/plugins");
+        let lib_plugins = tmp.join("lib/kiln/plugins");
+        // One directory exists but is empty, the other does not exist: both were searched.
+        std::fs::create_dir_all(&bin_plugins).expect("create plugin dir");
+        let search = SearchPath::from_parts(Some(&tmp.join("bin")), None, &[]);
+        let registry = PluginRegistry::discover(&search);
+        assert_eq!(
+            registry.searched(),
+            [bin_plugins.clone(), lib_plugins.clone()]
+        );
+
+        let err = registry
+            .frontend("dockerfile")
+            .expect_err("no plugin is installed")
+            .to_string();
+        std::fs::remove_dir_all(&tmp).expect("remove temp dir");
+        assert!(
+            err.starts_with(&format!(
+                "no frontend plugin for \"dockerfile\"; none is installed in {}, {} (",
+                bin_plugins.display(),
+                lib_plugins.display()
+            )),
+            "{err}"
+        );
+        assert!(err.contains("$KILN_PLUGIN_PATH, --plugin-dir"), "{err}");
+        assert!(err.contains("`cargo xtask install`"), "{err}");
     }
 }

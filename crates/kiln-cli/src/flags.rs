@@ -1,11 +1,13 @@
 //! Parsers of build flags given as specs (`--output`, `--secret`, `--ssh`, `--add-host`,
-//! `--shm-size`, `--ulimit`), the remote-context check, and `-f -` (the Dockerfile on stdin).
+//! `--shm-size`, `--ulimit`), `--progress` with `-q` and its environment defaults, the
+//! remote-context check, and `-f -` (the Dockerfile on stdin).
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use kiln_engine::{Export, HostEntry, SecretSource, SshSource, Ulimit, UlimitResource};
+use kiln_progress::Mode;
 
 /// Parses buildx's `--output` syntax: `type=oci,dest=x.tar`, `type=local,dest=dir`, or a bare
 /// path (a local directory; `-` is not supported).
@@ -281,6 +283,78 @@ pub fn parse_ulimit(spec: &str) -> Result<Ulimit> {
     })
 }
 
+/// `--progress` values, buildx's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Progress {
+    /// tty on a terminal, plain elsewhere (or the environment's choice).
+    Auto,
+    /// Nothing while building.
+    Quiet,
+    /// One line per event.
+    Plain,
+    /// A live view redrawn in place.
+    Tty,
+    /// JSON lines.
+    Rawjson,
+}
+
+/// How a build shows itself, from `--progress`, `-q` and the environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Display {
+    /// The renderer's mode; `None` shows nothing (quiet).
+    pub mode: Option<Mode>,
+    /// `-q` (or `--progress=quiet`): print the image ID on stdout at the end, as buildx does.
+    pub print_id: bool,
+}
+
+/// The environment variables that choose the mode when `--progress` is `auto`, first wins:
+/// kiln's own, then BuildKit's (which buildx honours).
+pub const PROGRESS_ENV: [&str; 2] = ["KILN_PROGRESS", "BUILDKIT_PROGRESS"];
+
+/// Resolves the display as buildx does: `-q` means `--progress=quiet` and refuses another
+/// explicit mode; only `auto` defers to [`PROGRESS_ENV`] (a quiet mode chosen there shows
+/// nothing but prints no ID, as in buildx, whose ID printing follows the flags alone).
+pub fn resolve_progress(
+    flag: Progress,
+    quiet: bool,
+    env: impl Fn(&str) -> Option<String>,
+    is_terminal: bool,
+) -> Result<Display> {
+    let flag = match (flag, quiet) {
+        (Progress::Auto | Progress::Quiet, true) => Progress::Quiet,
+        (other, true) => {
+            let name = clap::ValueEnum::to_possible_value(&other)
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default();
+            bail!("--progress={name} and --quiet cannot be used together")
+        }
+        (flag, false) => flag,
+    };
+    let print_id = flag == Progress::Quiet;
+    let mut chosen = flag;
+    if flag == Progress::Auto {
+        for var in PROGRESS_ENV {
+            let Some(value) = env(var).filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            chosen = <Progress as clap::ValueEnum>::from_str(&value, true).map_err(|_| {
+                anyhow::anyhow!(
+                    "invalid {var}={value:?}: expected auto, quiet, plain, tty or rawjson"
+                )
+            })?;
+            break;
+        }
+    }
+    let mode = match chosen {
+        Progress::Auto => Some(Mode::auto(is_terminal)),
+        Progress::Quiet => None,
+        Progress::Plain => Some(Mode::Plain),
+        Progress::Tty => Some(Mode::Tty),
+        Progress::Rawjson => Some(Mode::RawJson),
+    };
+    Ok(Display { mode, print_id })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,5 +456,83 @@ mod tests {
         }
         assert!(!is_remote_context("./https"));
         assert!(!is_remote_context("."));
+    }
+
+    #[test]
+    fn progress_quiet_and_environment() {
+        let none = |_: &str| None;
+        let plain = Display {
+            mode: Some(Mode::Plain),
+            print_id: false,
+        };
+        assert_eq!(
+            resolve_progress(Progress::Auto, false, none, false).unwrap(),
+            plain
+        );
+        let quiet = Display {
+            mode: None,
+            print_id: true,
+        };
+        assert_eq!(
+            resolve_progress(Progress::Auto, true, none, true).unwrap(),
+            quiet
+        );
+        assert_eq!(
+            resolve_progress(Progress::Quiet, false, none, true).unwrap(),
+            quiet
+        );
+        let e = resolve_progress(Progress::Plain, true, none, false)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "--progress=plain and --quiet cannot be used together");
+
+        // The environment is asked only when the flag is auto; kiln's variable first.
+        let env = |var: &str| match var {
+            "KILN_PROGRESS" => Some("rawjson".to_owned()),
+            "BUILDKIT_PROGRESS" => Some("plain".to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            resolve_progress(Progress::Auto, false, env, true)
+                .unwrap()
+                .mode,
+            Some(Mode::RawJson)
+        );
+        assert_eq!(
+            resolve_progress(Progress::Tty, false, env, false)
+                .unwrap()
+                .mode,
+            Some(Mode::Tty)
+        );
+        let buildkit = |var: &str| (var == "BUILDKIT_PROGRESS").then(|| "plain".to_owned());
+        assert_eq!(
+            resolve_progress(Progress::Auto, false, buildkit, true)
+                .unwrap()
+                .mode,
+            Some(Mode::Plain)
+        );
+        // -q wins over the environment; a quiet environment prints no ID.
+        assert_eq!(
+            resolve_progress(Progress::Auto, true, buildkit, true).unwrap(),
+            quiet
+        );
+        let env_quiet = |var: &str| (var == "BUILDKIT_PROGRESS").then(|| "quiet".to_owned());
+        assert_eq!(
+            resolve_progress(Progress::Auto, false, env_quiet, true).unwrap(),
+            Display {
+                mode: None,
+                print_id: false
+            }
+        );
+        let empty = |_: &str| Some(String::new());
+        assert_eq!(
+            resolve_progress(Progress::Auto, false, empty, false).unwrap(),
+            plain
+        );
+        let bad = |var: &str| (var == "BUILDKIT_PROGRESS").then(|| "fancy".to_owned());
+        let e = resolve_progress(Progress::Auto, false, bad, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid BUILDKIT_PROGRESS=\"fancy\""), "{e}");
     }
 }

@@ -62,14 +62,6 @@ enum PluginsCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum ProgressArg {
-    Auto,
-    Plain,
-    Tty,
-    Rawjson,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
 enum ExecutorArg {
     Embedded,
     Runc,
@@ -92,9 +84,18 @@ struct BuildArgs {
     /// Output destination (format: type=local,dest=path | type=oci,dest=file.tar[,tar=false]).
     #[arg(short = 'o', long = "output")]
     outputs: Vec<String>,
-    /// Type of progress output.
+    /// Type of progress output (auto defers to $KILN_PROGRESS, then $BUILDKIT_PROGRESS).
     #[arg(long, value_enum, default_value = "auto")]
-    progress: ProgressArg,
+    progress: flags::Progress,
+    /// Suppress the build output and print the image ID on success.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Write the image ID (the config digest) to the file.
+    #[arg(long)]
+    iidfile: Option<PathBuf>,
+    /// Write build result metadata (image digests, descriptor, names) to the file, as JSON.
+    #[arg(long = "metadata-file")]
+    metadata_file: Option<PathBuf>,
     /// Push the image to the registry of each `-t` name (shorthand for --output type=registry).
     #[arg(long)]
     push: bool,
@@ -332,6 +333,17 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
             bail!("invalid tag {tag:?}: {e}");
         }
     }
+    // The time BuildKit puts on the descriptor it reports (`--metadata-file`).
+    let created = kiln_types::image::rfc3339_utc(
+        build_args
+            .get("SOURCE_DATE_EPOCH")
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            }),
+    );
     let mut exports = args
         .outputs
         .iter()
@@ -354,13 +366,19 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
         }
     }
 
-    let mode = match args.progress {
-        ProgressArg::Auto => Mode::auto(std::io::stderr().is_terminal()),
-        ProgressArg::Plain => Mode::Plain,
-        ProgressArg::Tty => Mode::Tty,
-        ProgressArg::Rawjson => Mode::RawJson,
+    let display = flags::resolve_progress(
+        args.progress,
+        args.quiet,
+        |var| std::env::var(var).ok(),
+        std::io::stderr().is_terminal(),
+    )?;
+    // Quiet still renders, into nothing: the renderer keeps each step's last lines either way.
+    let (mode, sink): (Mode, Box<dyn std::io::Write + Send>) = match display.mode {
+        Some(mode) => (mode, Box::new(std::io::stderr())),
+        None => (Mode::Plain, Box::new(std::io::sink())),
     };
-    let renderer = Arc::new(Renderer::new(mode, std::io::stderr()));
+    let quiet = display.mode.is_none();
+    let renderer = Arc::new(Renderer::new(mode, sink));
 
     let engine = Engine::new(EngineConfig {
         root,
@@ -450,6 +468,9 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
             .collect(),
         call: call.map(|(c, _)| c),
     };
+    if let Some(path) = &args.iidfile {
+        output::remove_stale_iidfile(path)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -460,6 +481,24 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
         engine.build(req, renderer.clone(), cancel.clone()).await
     });
     renderer.finish();
+    // What scripts read back, written once the build succeeded, as buildx writes it.
+    if let Ok(outcome) = &result {
+        let image = outcome.image.as_ref().map(|img| output::BuiltImage {
+            manifest: img.manifest.clone(),
+            config: img.manifest_doc.config.digest,
+            created: created.clone(),
+        });
+        if let Some(path) = &args.iidfile {
+            output::write_iidfile(path, &output::image_id(image.as_ref()))?;
+        }
+        if let Some(path) = &args.metadata_file {
+            let doc = output::metadata(image.as_ref(), &exports, &args.tags);
+            output::write_metadata_file(path, &doc)?;
+        }
+        if display.print_id && outcome.call_result.is_none() {
+            println!("{}", output::image_id(image.as_ref()));
+        }
+    }
     match result {
         Ok(kiln_engine::BuildOutcome {
             call_result: Some(json),
@@ -469,6 +508,7 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
             let (call, raw) = call.unwrap_or((Call::Targets, true));
             call::print_call(call, &json, raw, &dockerfile)
         }
+        Ok(_) if quiet => Ok(ExitCode::SUCCESS),
         Ok(outcome) => {
             for w in &outcome.warnings {
                 let at = w
@@ -507,7 +547,8 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
                     output::show_location(&dockerfile, loc.line as usize);
                 }
             }
-            if let Some((id, name)) = e.step() {
+            // Quiet shows no step output, failed or not, as buildx's quiet display.
+            if let Some((id, name)) = e.step().filter(|_| !quiet) {
                 // BuildKit's summary: the step and the last lines it printed.
                 let tail = renderer.tail(&id);
                 if !tail.is_empty() {

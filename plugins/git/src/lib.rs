@@ -2,11 +2,14 @@
 //! directory, as BuildKit's git source does for `ADD https://host/repo.git#ref:subdir /dest`.
 //!
 //! Payload (the `Custom` op's JSON): `{"remote": "...", "ref": "..."?, "subdir": "..."?,
-//! "keep_git_dir": bool?, "checksum": "<commit>"?}`. `remote` is what `git` accepts
+//! "keep_git_dir": bool?, "checksum": "<commit>"?, "submodules": false?, "mtime_commit": true?,
+//! "fetch_by_commit": true?}` (the last three from BuildKit's query-string options). `remote` is what `git` accepts
 //! (`https://`, `http://`, `git://`, `ssh://`, `git@host:path`, `file://`); `ref` a branch, a tag,
 //! a full ref name or a commit id (default: the remote's HEAD); `subdir` selects a directory of
 //! the tree whose contents become the output; `keep_git_dir` keeps `.git` (whole tree only);
-//! `checksum` is a commit id (or prefix) the ref must resolve to.
+//! `checksum` is a commit id (or prefix) the ref must resolve to, checked when the ref is
+//! resolved for the cache key and again after the fetch; `fetch_by_commit` fetches that commit
+//! without listing the remote; `mtime_commit` gives every file the commit's time.
 //!
 //! It runs the system `git` (Debian package `git`): `ls-remote` to resolve the ref (a missing
 //! ref fails naming the remote), a shallow `fetch` of that ref into a private git directory,
@@ -42,7 +45,7 @@ use kiln_plugin_sdk::{Host, Primitive};
 use serde::{Deserialize, Serialize};
 
 /// The op payload.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payload {
     /// The repository, as git takes it.
     pub remote: String,
@@ -55,9 +58,43 @@ pub struct Payload {
     /// Keep the `.git` directory.
     #[serde(default)]
     pub keep_git_dir: bool,
-    /// The commit id (or a prefix of it) the ref must resolve to.
+    /// The commit id (or a prefix of it) the ref must resolve to; for an annotated tag, the
+    /// tag object's id is accepted too, as BuildKit does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
+    /// Check out submodules (`?submodules=false` says no).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub submodules: bool,
+    /// Give every file the commit's time (`?mtime=commit`) instead of the checkout's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mtime_commit: bool,
+    /// Fetch `checksum` (a full commit id) directly, without listing the remote's refs
+    /// (`?fetch-by-commit`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fetch_by_commit: bool,
+}
+
+impl Default for Payload {
+    fn default() -> Self {
+        Payload {
+            remote: String::new(),
+            reference: None,
+            subdir: None,
+            keep_git_dir: false,
+            checksum: None,
+            submodules: true,
+            mtime_commit: false,
+            fetch_by_commit: false,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Why a checkout failed; every message names the remote (credentials hidden).
@@ -255,10 +292,33 @@ fn is_commit_id(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.chars().all(|c| c.is_ascii_hexdigit())
 }
 
+/// A ref of `ls-remote` output.
+#[derive(Debug, PartialEq, Eq)]
+struct Listed {
+    /// Its full name.
+    name: String,
+    /// The commit it points to (for an annotated tag, the tag's commit).
+    commit: String,
+    /// For an annotated tag, the tag object's id.
+    tag_object: Option<String>,
+}
+
+impl Listed {
+    /// Whether `sum` (a commit id prefix) names this ref: its commit or, as BuildKit accepts,
+    /// its annotated tag object.
+    fn matches(&self, sum: &str) -> bool {
+        self.commit.starts_with(sum)
+            || self
+                .tag_object
+                .as_deref()
+                .is_some_and(|t| t.starts_with(sum))
+    }
+}
+
 /// The ref of `ls-remote` output that `wanted` names, BuildKit's order: the exact ref, then
-/// `refs/tags/<wanted>`, then `refs/heads/<wanted>`. Returns (ref name, commit) — for an
-/// annotated tag, the commit it points to.
-fn pick_ref(listing: &str, wanted: &str) -> Option<(String, String)> {
+/// `refs/heads/<wanted>`, then `refs/tags/<wanted>` (git checkout prefers a branch when a tag
+/// has the same name).
+fn pick_ref(listing: &str, wanted: &str) -> Option<Listed> {
     let refs: Vec<(&str, &str)> = listing
         .lines()
         .filter_map(|l| l.split_once('\t'))
@@ -266,17 +326,83 @@ fn pick_ref(listing: &str, wanted: &str) -> Option<(String, String)> {
         .collect();
     let candidates = [
         wanted.to_owned(),
-        format!("refs/tags/{wanted}"),
         format!("refs/heads/{wanted}"),
+        format!("refs/tags/{wanted}"),
     ];
+    let find = |n: &str| {
+        refs.iter()
+            .find(|(name, _)| *name == n)
+            .map(|(_, sha)| *sha)
+    };
     candidates.iter().find_map(|c| {
-        let peeled = format!("{c}^{{}}");
-        let commit = refs
-            .iter()
-            .find(|(n, _)| *n == peeled)
-            .or_else(|| refs.iter().find(|(n, _)| n == c))?;
-        Some((c.clone(), commit.1.to_owned()))
+        let direct = find(c)?;
+        let peeled = find(&format!("{c}^{{}}"));
+        Some(Listed {
+            name: c.clone(),
+            commit: peeled.unwrap_or(direct).to_owned(),
+            tag_object: peeled.map(|_| direct.to_owned()),
+        })
     })
+}
+
+/// `checksum` trimmed and lowercased; an error unless it is hex of at least 7 digits.
+fn checksum_of(p: &Payload, shown: &str) -> Result<Option<String>, Error> {
+    let Some(sum) = p.checksum.as_deref() else {
+        return Ok(None);
+    };
+    let sum = sum.trim().to_ascii_lowercase();
+    if sum.len() < 7 || !sum.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Error::InvalidInput(format!(
+            "invalid checksum {sum:?} for {shown}: expected a commit id"
+        )));
+    }
+    Ok(Some(sum))
+}
+
+fn checksum_mismatch(shown: &str, wanted: &str, sum: &str, got: &str) -> Error {
+    Error::InvalidInput(format!(
+        "checksum mismatch for {shown}#{wanted}: expected commit {sum}, got {got}"
+    ))
+}
+
+/// Sets the modification time of every file, link and directory under `root` to `secs`
+/// (directories after their contents, so that setting a child's time leaves the parent's).
+fn set_mtimes(root: &Path, secs: i64) -> io::Result<()> {
+    for e in fs::read_dir(root)? {
+        let path = e?.path();
+        if fs::symlink_metadata(&path)?.is_dir() {
+            set_mtimes(&path, secs)?;
+        } else {
+            set_mtime(&path, secs)?;
+        }
+    }
+    set_mtime(root, secs)
+}
+
+fn set_mtime(path: &Path, secs: i64) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let t = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: 0,
+    };
+    let times = [t, t];
+    // SAFETY: `c` is a NUL-terminated path and `times` two valid timespecs, both alive for the
+    // call; AT_SYMLINK_NOFOLLOW sets a link's own time, never its target's.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The checked-out tree's `subdir`, refusing `..` and symlinks on the way.
@@ -400,21 +526,41 @@ pub fn checkout(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<Strin
         None,
     )?;
 
-    let (fetch_ref, expected) = if is_commit_id(wanted) {
-        (wanted.to_owned(), Some(wanted.to_ascii_lowercase()))
+    let sum = checksum_of(p, &shown)?;
+    let mut tag_object = None;
+    // With fetch-by-commit the checksum is the commit: no listing of the remote's refs.
+    let by_commit = if p.fetch_by_commit {
+        match sum.as_deref().filter(|s| is_commit_id(s)) {
+            Some(s) => Some(s.to_owned()),
+            None => {
+                return Err(Error::InvalidInput(format!(
+                    "fetch-by-commit of {shown} requires a full commit id as checksum"
+                )))
+            }
+        }
+    } else if is_commit_id(wanted) {
+        Some(wanted.to_owned())
+    } else {
+        None
+    };
+    let (fetch_ref, expected) = if let Some(c) = &by_commit {
+        (c.clone(), Some(c.to_ascii_lowercase()))
     } else {
         let listing = git.run("ls-remote", ["ls-remote", "origin"], None)?;
-        if wanted.is_empty() {
-            let head = pick_ref(&listing, "HEAD").ok_or_else(|| {
+        let listed = if wanted.is_empty() {
+            pick_ref(&listing, "HEAD").ok_or_else(|| {
                 Error::NotFound(format!("{shown} has no HEAD: name a ref with #<ref>"))
-            })?;
-            ("HEAD".to_owned(), Some(head.1))
+            })?
         } else {
-            let (name, commit) = pick_ref(&listing, wanted).ok_or_else(|| {
+            pick_ref(&listing, wanted).ok_or_else(|| {
                 Error::NotFound(format!("git ref {wanted:?} not found in {shown}"))
-            })?;
-            (name, Some(commit))
+            })?
+        };
+        if let Some(sum) = sum.as_deref().filter(|s| !listed.matches(s)) {
+            return Err(checksum_mismatch(&shown, wanted, sum, &listed.commit));
         }
+        tag_object = listed.tag_object.clone();
+        (listed.name, Some(listed.commit))
     };
     let fetched = git.run(
         "fetch",
@@ -428,7 +574,7 @@ pub fn checkout(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<Strin
         ],
         None,
     );
-    if matches!(fetched, Err(Error::Git { .. })) && is_commit_id(wanted) {
+    if matches!(fetched, Err(Error::Git { .. })) && by_commit.is_some() {
         // A server that does not serve commits by id: fetch everything, then pick the commit.
         git.run(
             "fetch",
@@ -444,8 +590,8 @@ pub fn checkout(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<Strin
     } else {
         fetched?;
     }
-    let target = if is_commit_id(wanted) {
-        wanted.to_owned()
+    let target = if let Some(c) = &by_commit {
+        c.clone()
     } else {
         "FETCH_HEAD".to_owned()
     };
@@ -459,7 +605,7 @@ pub fn checkout(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<Strin
         .trim()
         .to_owned();
     if let Some(e) = expected.filter(|e| !e.is_empty()) {
-        if !commit.starts_with(&e) && !is_commit_id(wanted) {
+        if !commit.starts_with(&e) && by_commit.is_none() {
             // ls-remote and fetch disagree: the remote moved between the two calls.
             return Err(Error::Git {
                 step: "fetch".into(),
@@ -468,12 +614,10 @@ pub fn checkout(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<Strin
             });
         }
     }
-    if let Some(sum) = p.checksum.as_deref() {
-        let sum = sum.trim().to_ascii_lowercase();
-        if sum.len() < 7 || !commit.starts_with(&sum) {
-            return Err(Error::InvalidInput(format!(
-                "checksum mismatch for {shown}#{wanted}: expected commit {sum}, got {commit}"
-            )));
+    if let Some(sum) = sum.as_deref() {
+        let tag_ok = tag_object.as_deref().is_some_and(|t| t.starts_with(sum));
+        if !commit.starts_with(sum) && !tag_ok {
+            return Err(checksum_mismatch(&shown, wanted, sum, &commit));
         }
     }
     git.run(
@@ -481,7 +625,7 @@ pub fn checkout(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<Strin
         ["checkout", "-q", "-f", "--detach", commit.as_str()],
         Some(&work),
     )?;
-    if work.join(".gitmodules").is_file() {
+    if p.submodules && work.join(".gitmodules").is_file() {
         git.run(
             "submodule update",
             ["submodule", "update", "--init", "--recursive", "--depth=1"],
@@ -492,6 +636,15 @@ pub fn checkout(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<Strin
         let sub = p.subdir.as_deref().unwrap_or_default();
         let from = subdir_path(&work, sub, &shown)?;
         copy_tree(&from, output).map_err(io_err("copy", output))?;
+    }
+    if p.mtime_commit {
+        let time = git.run("log", ["log", "-1", "--format=%ct", commit.as_str()], None)?;
+        let secs: i64 = time.trim().parse().map_err(|_| Error::Git {
+            step: "log".into(),
+            remote: shown.clone(),
+            stderr: format!("unexpected commit time {:?}", time.trim()),
+        })?;
+        set_mtimes(output, secs).map_err(io_err("set the modification times in", output))?;
     }
     Ok(commit)
 }
@@ -524,10 +677,11 @@ pub struct GitSource;
 /// BuildKit resolves git refs with `ls-remote` on every build.
 pub fn current_commit(p: &Payload, cancel: &dyn Cancel) -> Result<Option<String>, Error> {
     let wanted = p.reference.as_deref().unwrap_or("").trim();
-    if is_commit_id(wanted) && wanted.len() == 40 {
+    if (is_commit_id(wanted) && wanted.len() == 40) || p.fetch_by_commit {
         return Ok(None);
     }
     let shown = redact(&p.remote);
+    let sum = checksum_of(p, &shown)?;
     if p.remote.is_empty() || p.remote.starts_with('-') || wanted.starts_with('-') {
         return Err(Error::InvalidInput(format!(
             "invalid git remote or ref for {shown:?}"
@@ -552,7 +706,11 @@ pub fn current_commit(p: &Payload, cancel: &dyn Cancel) -> Result<Option<String>
     let listing = git.run("ls-remote", ["ls-remote", p.remote.as_str()], None)?;
     let wanted = if wanted.is_empty() { "HEAD" } else { wanted };
     match pick_ref(&listing, wanted) {
-        Some((_, commit)) => Ok(Some(commit)),
+        // BuildKit checks the checksum when it resolves the ref, before any cache lookup.
+        Some(l) => match sum.filter(|s| !l.matches(s)) {
+            Some(s) => Err(checksum_mismatch(&shown, wanted, &s, &l.commit)),
+            None => Ok(Some(l.commit)),
+        },
         // Short commit ids are not listed: the op's own text pins them.
         None if is_commit_id(wanted) => Ok(None),
         None => Err(Error::NotFound(format!(

@@ -219,3 +219,117 @@ fn cancellation_kills_a_stalled_fetch() {
         current_commit(&p, &cancel).map(drop)
     });
 }
+
+/// BuildKit's query-string options: a checksum pins the commit (an annotated tag's object id
+/// is accepted too) and a moved ref fails; a branch wins over a tag of the same name;
+/// fetch-by-commit needs no listing; mtime=commit gives every file the commit's time.
+#[test]
+fn checksums_fetch_by_commit_and_commit_mtimes() {
+    let t = tempfile::tempdir().unwrap();
+    let remote = repo(t.path());
+    let rev = |r: &str| {
+        let out = Command::new("git")
+            .args([
+                "-C",
+                t.path().join("repo.git").to_str().unwrap(),
+                "rev-parse",
+                r,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (first, second) = (rev("v1^{commit}"), rev("feature"));
+    let tag_object = rev("v1");
+    assert_ne!(tag_object, first);
+    let n = std::cell::Cell::new(0);
+    let out = || {
+        n.set(n.get() + 1);
+        let p = t.path().join(format!("out{}", n.get()));
+        fs::create_dir(&p).unwrap();
+        p
+    };
+    let with_sum = |r: &str, sum: &str| Payload {
+        checksum: Some(sum.to_owned()),
+        ..payload(&remote, Some(r))
+    };
+
+    assert_eq!(
+        checkout(&with_sum("v1", &first[..7]), &out(), &NoCancel).unwrap(),
+        first
+    );
+    assert_eq!(
+        checkout(&with_sum("v1", &tag_object), &out(), &NoCancel).unwrap(),
+        first
+    );
+    assert_eq!(
+        current_commit(&with_sum("v1", &tag_object), &NoCancel).unwrap(),
+        Some(first.clone())
+    );
+    let e = checkout(&with_sum("feature", &first), &out(), &NoCancel).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("expected commit {first}, got {second}")),
+        "{e}"
+    );
+    let e = current_commit(&with_sum("feature", &first), &NoCancel).unwrap_err();
+    assert!(e.to_string().contains("checksum mismatch"), "{e}");
+
+    // A tag named like a branch: git (and BuildKit) take the branch.
+    sh(
+        &t.path().join("src"),
+        "git tag feature v1 && git push -q ../repo.git refs/tags/feature",
+    );
+    let o = out();
+    checkout(&payload(&remote, Some("feature")), &o, &NoCancel).unwrap();
+    assert_eq!(fs::read_to_string(o.join("a.txt")).unwrap(), "two\n");
+    let o = out();
+    checkout(&payload(&remote, Some("refs/tags/feature")), &o, &NoCancel).unwrap();
+    assert_eq!(fs::read_to_string(o.join("a.txt")).unwrap(), "one\n");
+
+    let by_commit = Payload {
+        fetch_by_commit: true,
+        ..with_sum("feature", &second)
+    };
+    assert_eq!(current_commit(&by_commit, &NoCancel).unwrap(), None);
+    let o = out();
+    assert_eq!(checkout(&by_commit, &o, &NoCancel).unwrap(), second);
+    assert_eq!(fs::read_to_string(o.join("a.txt")).unwrap(), "two\n");
+    let e = checkout(
+        &Payload {
+            fetch_by_commit: true,
+            ..with_sum("feature", &second[..7])
+        },
+        &out(),
+        &NoCancel,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("requires a full commit id"), "{e}");
+
+    // A commit dated long ago, so that the checkout's own time cannot pass for it.
+    sh(
+        &t.path().join("src"),
+        "git checkout -qb old v1 && echo old > a.txt && \
+         GIT_COMMITTER_DATE='2001-02-03T04:05:06Z' git commit -qam old && \
+         git push -q ../repo.git old",
+    );
+    let o = out();
+    checkout(
+        &Payload {
+            mtime_commit: true,
+            ..payload(&remote, Some("old"))
+        },
+        &o,
+        &NoCancel,
+    )
+    .unwrap();
+    use std::os::unix::fs::MetadataExt;
+    for p in [o.join("a.txt"), o.join("sub"), o.join("sub/up"), o.clone()] {
+        assert_eq!(
+            fs::symlink_metadata(&p).unwrap().mtime(),
+            981_173_106,
+            "{}",
+            p.display()
+        );
+    }
+}

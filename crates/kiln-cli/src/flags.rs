@@ -220,9 +220,16 @@ pub fn parse_add_host(spec: &str) -> Result<HostEntry> {
     if host.is_empty() || host.contains(char::is_whitespace) {
         bail!("invalid --add-host {spec:?}: {host:?} is not a host name");
     }
-    if ip == "host-gateway" {
-        bail!("--add-host {spec}: host-gateway is not supported yet; give the address");
-    }
+    // `host-gateway` is the address at which a build step reaches the host. dockerd answers
+    // with the gateway of its default bridge, from a container's own network namespace; kiln's
+    // RUN steps share the host's network namespace, where the host is its own loopback (as
+    // with `docker run --network=host`). A `RUN --network=none` step has a loopback of its own
+    // and nothing of the host to reach, whatever the entry says.
+    let ip = if ip == "host-gateway" {
+        "127.0.0.1"
+    } else {
+        ip
+    };
     let ip: std::net::IpAddr = ip
         .parse()
         .map_err(|_| anyhow::anyhow!("invalid --add-host {spec:?}: {ip:?} is not an IP address"))?;
@@ -382,10 +389,12 @@ mod tests {
         assert_eq!(h.ip, "::1");
         assert!(parse_add_host("nohost").is_err());
         assert!(parse_add_host("a:not-an-ip").is_err());
-        assert!(parse_add_host("a:host-gateway")
-            .unwrap_err()
-            .to_string()
-            .contains("not supported yet"));
+        let h = parse_add_host("host.docker.internal:host-gateway").unwrap();
+        assert_eq!(
+            (h.host.as_str(), h.ip.as_str()),
+            ("host.docker.internal", "127.0.0.1")
+        );
+        assert_eq!(parse_add_host("gw=host-gateway").unwrap().ip, "127.0.0.1");
     }
 
     #[test]

@@ -533,6 +533,10 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
                 Some(img) => img.manifest.digest.to_string(),
                 None => "the result".to_owned(),
             };
+            // Programs reading rawjson get no human summary line; buildx prints none either.
+            if mode == Mode::RawJson {
+                return Ok(ExitCode::SUCCESS);
+            }
             eprintln!(
                 "\nbuilt {what} ({} steps, {} cached) with frontend {}",
                 outcome.steps.len(),

@@ -1,0 +1,217 @@
+//! BuildKit's git query-string refs in ADD (`repo.git?ref=&subdir=&checksum=`...), checked out
+//! by the `git` plugin from a `git daemon` the test runs on 127.0.0.1, and `--add-host
+//! NAME:host-gateway` seen by a RUN step. Needs Debian's `git` and `busybox-static`.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use kiln_e2e::*;
+
+fn build_local(k: &Kiln, ctx: &Path, out: &Path, extra: &[&str]) -> Run {
+    let dest = format!("type=local,dest={}", out.display());
+    let mut args = vec!["build", "--progress=plain", "--output", &dest];
+    args.extend_from_slice(extra);
+    let c = ctx.display().to_string();
+    args.push(&c);
+    k.run(&args)
+}
+
+fn sh(dir: &Path, script: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `git daemon` serving `base` on 127.0.0.1; killed on drop. (tests/e2e/tests/add.rs has the
+/// same helper; a test file cannot share it without a harness change.)
+struct GitDaemon {
+    child: Child,
+    url: String,
+}
+
+impl GitDaemon {
+    fn start(base: &Path) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // git-daemon itself, not `git daemon`, whose wrapper would outlive a kill.
+        let exec_path = Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("git (Debian package git) is required");
+        let daemon =
+            Path::new(String::from_utf8_lossy(&exec_path.stdout).trim()).join("git-daemon");
+        let child = Command::new(daemon)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .args([
+                "--reuseaddr",
+                "--export-all",
+                "--informative-errors",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--base-path={}", base.display()),
+                &base.display().to_string(),
+            ])
+            .spawn()
+            .expect("git daemon (Debian package git) is required");
+        // Wait for the listening socket (bounded), not for a fixed time.
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        GitDaemon {
+            child,
+            url: format!("git://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn git_query_strings_select_ref_subdir_and_pin_the_commit() {
+    let k = Kiln::new(&[]);
+    let repos = k.path("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    sh(
+        &repos,
+        "git init -q -b main src && cd src
+         echo one > a.txt && mkdir -p docs/api && echo guide > docs/api/g.txt
+         git add -A && git commit -qm first && git tag -a v1.2 -m v1.2
+         git checkout -qb feature && echo two > a.txt && git commit -qam second
+         git checkout -q main && echo three > a.txt && git commit -qam third
+         cd .. && git clone -q --bare src repo.git",
+    );
+    let first = sh(&repos, "git -C repo.git rev-parse 'v1.2^{commit}'");
+    let second = sh(&repos, "git -C repo.git rev-parse feature");
+    let daemon = GitDaemon::start(&repos);
+    let repo = format!("{}/repo.git", daemon.url);
+    let dockerfile = format!(
+        "FROM scratch\n\
+         ADD {repo}?ref=v1.2&subdir=docs&checksum={first} /docs/\n\
+         ADD {repo}?branch=feature /feature/\n\
+         ADD {repo}?tag=v1.2&keep-git-dir=true /kept/\n\
+         ADD {repo}?subdir=docs/api#feature /api/\n"
+    );
+    let ctx = k.write("ctx", &[("Dockerfile", &dockerfile)]);
+    let out = k.path("out");
+    build_local(&k, &ctx, &out, &[]).ok();
+    let read =
+        |p: &str| std::fs::read_to_string(out.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("docs/api/g.txt"), "guide\n");
+    assert!(
+        !out.join("docs/a.txt").exists(),
+        "subdir= selects docs only"
+    );
+    assert_eq!(read("feature/a.txt"), "two\n");
+    assert_eq!(read("kept/a.txt"), "one\n");
+    assert!(
+        out.join("kept/.git").is_dir(),
+        "keep-git-dir=true keeps .git"
+    );
+    let kept = tool(
+        "git",
+        &[
+            "-C",
+            out.join("kept").to_str().unwrap(),
+            "rev-parse",
+            "HEAD",
+        ],
+    );
+    assert_eq!(kept.trim(), first);
+    assert_eq!(read("api/g.txt"), "guide\n");
+
+    // A checksum the ref does not resolve to fails the build and names both commits.
+    let ctx = k.write(
+        "ctx-moved",
+        &[(
+            "Dockerfile",
+            &format!("FROM scratch\nADD {repo}?ref=feature&checksum={first} /x/\n"),
+        )],
+    );
+    let run = build_local(&k, &ctx, &k.path("out2"), &[]).fails();
+    assert!(
+        run.stderr
+            .contains(&format!("expected commit {first}, got {second}")),
+        "{}",
+        run.stderr
+    );
+
+    // BuildKit's refusals come with the Dockerfile line.
+    let ctx = k.write(
+        "ctx-conflict",
+        &[(
+            "Dockerfile",
+            &format!("FROM scratch\nADD {repo}?ref=main#feature /x/\n"),
+        )],
+    );
+    let run = build_local(&k, &ctx, &k.path("out3"), &[]).fails();
+    assert!(
+        run.stderr.contains(r#"ref conflicts: "feature" vs "main""#),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("Dockerfile:2"), "{}", run.stderr);
+}
+
+#[test]
+fn add_host_gateway_is_the_hosts_loopback() {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("busybox not found: install Debian's busybox-static (a static busybox)");
+    let k = Kiln::new(&[]);
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM scratch\n\
+             COPY busybox /bin/busybox\n\
+             RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox grep -E 'gw|host.docker.internal' /etc/hosts > /hosts\"]\n",
+        )],
+    );
+    std::fs::copy(busybox, ctx.join("busybox")).unwrap();
+    let out = k.path("out");
+    build_local(
+        &k,
+        &ctx,
+        &out,
+        &[
+            "--add-host",
+            "host.docker.internal:host-gateway",
+            "--add-host",
+            "gw=host-gateway",
+        ],
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("hosts")).unwrap(),
+        "127.0.0.1\thost.docker.internal\n127.0.0.1\tgw\n"
+    );
+}

@@ -307,7 +307,7 @@ pub enum Progress {
 
 /// How a build shows itself, from `--progress`, `-q` and the environment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Display {
+pub struct ProgressChoice {
     /// The renderer's mode; `None` shows nothing (quiet).
     pub mode: Option<Mode>,
     /// `-q` (or `--progress=quiet`): print the image ID on stdout at the end, as buildx does.
@@ -326,7 +326,7 @@ pub fn resolve_progress(
     quiet: bool,
     env: impl Fn(&str) -> Option<String>,
     is_terminal: bool,
-) -> Result<Display> {
+) -> Result<ProgressChoice> {
     let flag = match (flag, quiet) {
         (Progress::Auto | Progress::Quiet, true) => Progress::Quiet,
         (other, true) => {
@@ -359,7 +359,7 @@ pub fn resolve_progress(
         Progress::Tty => Some(Mode::Tty),
         Progress::Rawjson => Some(Mode::RawJson),
     };
-    Ok(Display { mode, print_id })
+    Ok(ProgressChoice { mode, print_id })
 }
 
 #[cfg(test)]
@@ -470,7 +470,7 @@ mod tests {
     #[test]
     fn progress_quiet_and_environment() {
         let none = |_: &str| None;
-        let plain = Display {
+        let plain = ProgressChoice {
             mode: Some(Mode::Plain),
             print_id: false,
         };
@@ -478,7 +478,7 @@ mod tests {
             resolve_progress(Progress::Auto, false, none, false).unwrap(),
             plain
         );
-        let quiet = Display {
+        let quiet = ProgressChoice {
             mode: None,
             print_id: true,
         };
@@ -528,7 +528,7 @@ mod tests {
         let env_quiet = |var: &str| (var == "BUILDKIT_PROGRESS").then(|| "quiet".to_owned());
         assert_eq!(
             resolve_progress(Progress::Auto, false, env_quiet, true).unwrap(),
-            Display {
+            ProgressChoice {
                 mode: None,
                 print_id: false
             }

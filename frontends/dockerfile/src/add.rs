@@ -338,6 +338,47 @@ fn custom(primitive: &str, payload: &impl Serialize, description: &str) -> Resul
     ))
 }
 
+/// The vertex that checks out `git` (a parsed ADD source or build context), with ADD's
+/// `--keep-git-dir` and `--checksum` when given, which must agree with the URL's query.
+pub(crate) fn git_source(
+    git: &GitRef<'_>,
+    keep_git_dir_flag: Option<bool>,
+    checksum_flag: Option<&str>,
+    description: &str,
+) -> Result<State> {
+    // BuildKit: the query's options and the flags must agree where both are given.
+    let keep_git_dir = match (keep_git_dir_flag, git.keep_git_dir) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(Error::invalid("inconsistent keep-git-dir configuration"))
+        }
+        (a, b) => b.or(a).unwrap_or(false),
+    };
+    let checksum = match (checksum_flag, git.checksum.as_deref()) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(Error::invalid(format!("checksum mismatch {a:?} != {b:?}")))
+        }
+        (a, b) => b.or(a),
+    };
+    if let Some(sum) = checksum {
+        if sum.len() < 7 || !sum.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::invalid(format!(
+                "invalid checksum {sum:?} for a Git source: expected a commit id"
+            )));
+        }
+    }
+    let payload = GitPayload {
+        remote: git.remote,
+        reference: git.reference.as_deref(),
+        subdir: git.subdir.as_deref(),
+        keep_git_dir,
+        checksum,
+        submodules: git.submodules != Some(false),
+        mtime_commit: git.mtime_commit,
+        fetch_by_commit: git.fetch_by_commit,
+    };
+    custom("git", &payload, description)
+}
+
 impl Converter<'_> {
     /// The ADD-only flags of `add`, expanded and checked against its sources.
     pub(crate) fn add_flags(&self, stage: &Stage, add: &ins::Add) -> Result<AddFlags> {
@@ -377,39 +418,8 @@ impl Converter<'_> {
         flags: &AddFlags,
     ) -> Result<Option<(State, CopyAction)>> {
         if let Some(git) = parse_git(src) {
-            let git = git?;
-            // BuildKit: the query's options and the flags must agree where both are given.
-            let keep_git_dir = match (flags.keep_git_dir, git.keep_git_dir) {
-                (Some(a), Some(b)) if a != b => {
-                    return Err(Error::invalid("inconsistent keep-git-dir configuration"))
-                }
-                (a, b) => b.or(a).unwrap_or(false),
-            };
-            let checksum = match (flags.checksum.as_deref(), git.checksum.as_deref()) {
-                (Some(a), Some(b)) if a != b => {
-                    return Err(Error::invalid(format!("checksum mismatch {a:?} != {b:?}")))
-                }
-                (a, b) => b.or(a),
-            };
-            if let Some(sum) = checksum {
-                if sum.len() < 7 || !sum.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(Error::invalid(format!(
-                        "invalid checksum {sum:?} for a Git source: expected a commit id"
-                    )));
-                }
-            }
-            let payload = GitPayload {
-                remote: git.remote,
-                reference: git.reference.as_deref(),
-                subdir: git.subdir.as_deref(),
-                keep_git_dir,
-                checksum,
-                submodules: git.submodules != Some(false),
-                mtime_commit: git.mtime_commit,
-                fetch_by_commit: git.fetch_by_commit,
-            };
-            let st = stage.finish(custom("git", &payload, src)?);
-            return Ok(Some((st, CopyAction::new(None, "/", dest))));
+            let st = git_source(&git?, flags.keep_git_dir, flags.checksum.as_deref(), src)?;
+            return Ok(Some((stage.finish(st), CopyAction::new(None, "/", dest))));
         }
         if !is_http(src) {
             return Ok(None);

@@ -249,3 +249,46 @@ fn progress_defaults_come_from_the_environment() {
         r.stderr
     );
 }
+
+#[test]
+fn push_metadata_names_the_pushed_image() {
+    let registry = test_registry();
+    let k = Kiln::new(&[]);
+    let ctx = context(&k);
+    let name = format!("{registry}/e2e/metadata:{}", std::process::id());
+    let meta = k.path("metadata.json");
+    k.run(&[
+        "build",
+        "--progress=plain",
+        "-t",
+        &name,
+        "--push",
+        "--metadata-file",
+        meta.to_str().unwrap(),
+        &ctx,
+    ])
+    .ok();
+    let doc = json_file(&meta);
+    // A push reports the names as given, not normalized (BuildKit's image exporter).
+    assert_eq!(doc["image.name"], name.as_str(), "{doc}");
+    let remote: Value = serde_json::from_str(&tool(
+        "skopeo",
+        &["inspect", "--tls-verify=false", &format!("docker://{name}")],
+    ))
+    .unwrap();
+    assert_eq!(doc["containerimage.digest"], remote["Digest"], "{doc}");
+    let manifest: Value = serde_json::from_str(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{name}"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        doc["containerimage.config.digest"], manifest["config"]["digest"],
+        "{doc}"
+    );
+}

@@ -158,23 +158,35 @@ impl Outline {
     }
 
     /// Records the secrets and SSH sockets a RUN of stage `stage` mounts. The first mount of
-    /// an id in a stage is the one reported, `required` included, as in BuildKit.
-    pub(crate) fn run_mounts(&mut self, stage: usize, run: &ins::Run, line: usize) {
+    /// an id in a stage is the one reported, `required` included, as in BuildKit. `expand`
+    /// expands a mount's value in the stage: BuildKit names them expanded, as the build does.
+    pub(crate) fn run_mounts(
+        &mut self,
+        stage: usize,
+        run: &ins::Run,
+        line: usize,
+        expand: impl Fn(&str) -> String,
+    ) {
         let s = self.stage_mut(stage);
         for m in &run.mounts {
             let required = m.required.unwrap_or(false);
+            let ex = |v: &Option<String>| v.as_deref().map(&expand);
             let (map, id) = match m.kind {
-                ins::MountType::Secret => {
-                    let id = m.id.clone().or_else(|| {
-                        m.target
-                            .as_deref()
-                            .map(|t| t.rsplit('/').next().unwrap_or(t).to_owned())
-                    });
-                    (&mut s.secrets, id)
-                }
+                ins::MountType::Secret => (
+                    &mut s.secrets,
+                    crate::dispatch::secret_id(
+                        ex(&m.source).as_deref(),
+                        ex(&m.id).as_deref(),
+                        ex(&m.target).as_deref(),
+                    ),
+                ),
                 ins::MountType::Ssh => (
                     &mut s.ssh,
-                    Some(m.id.clone().unwrap_or_else(|| "default".to_owned())),
+                    Some(
+                        ex(&m.id)
+                            .filter(|i| !i.is_empty())
+                            .unwrap_or_else(|| "default".to_owned()),
+                    ),
                 ),
                 _ => continue,
             };

@@ -213,6 +213,13 @@ pub(crate) struct Converter<'a> {
     done: Vec<Option<Stage>>,
     /// The build context source, made on first use.
     context: Option<State>,
+    /// Its `.dockerignore` patterns, compiled when the context is made; `None` without
+    /// patterns, or when they do not compile (the engine reports that when it reads the
+    /// context). The CopyIgnoredFile check reads it.
+    pub(crate) ignore_matcher: Option<kiln_ignore::PatternMatcher>,
+    /// Build-check findings made while dispatching or starting a stage, which the caller
+    /// hands to its [`Linter`] (rule, line, detail).
+    pub(crate) lints: Vec<(lint::Rule, usize, String)>,
     images: HashMap<(String, Platform), ResolvedImage>,
     /// `--build-context`s, by normalized name.
     named: NamedContexts,
@@ -410,6 +417,8 @@ pub(crate) fn lower(
         copied_config_bytes: 0,
         done: Vec::new(),
         context: None,
+        ignore_matcher: None,
+        lints: Vec::new(),
         images: HashMap::new(),
         named: NamedContexts::from_options(&req.options),
         outline: Outline::default(),
@@ -454,7 +463,9 @@ pub(crate) fn lower(
             .get_mut(i)
             .and_then(Option::take)
             .unwrap_or_default();
-        let mut stage = conv.start_stage(i, def, base, platform, defs.len(), &stage_triggers)?;
+        let started = conv.start_stage(i, def, base, platform, defs.len(), &stage_triggers);
+        conv.flush_lints(linter);
+        let mut stage = started?;
         stage.created.clone_from(&epoch);
         let from_line = def.node.start_line;
         stage.on_build = true;
@@ -467,8 +478,9 @@ pub(crate) fn lower(
                 inst,
                 from_line,
             );
-            conv.dispatch(&mut stage, inst, node)
-                .map_err(|e| e.in_trigger(expr, from_line))?;
+            let dispatched = conv.dispatch(&mut stage, inst, node);
+            conv.flush_lints(linter);
+            dispatched.map_err(|e| e.in_trigger(expr, from_line))?;
             conv.capture_outline(&stage, inst, node);
         }
         stage.on_build = false;
@@ -482,8 +494,9 @@ pub(crate) fn lower(
                 inst,
                 node.start_line,
             );
-            conv.dispatch(&mut stage, inst, node)
-                .map_err(|e| e.at(node.start_line))?;
+            let dispatched = conv.dispatch(&mut stage, inst, node);
+            conv.flush_lints(linter);
+            dispatched.map_err(|e| e.at(node.start_line))?;
             conv.capture_outline(&stage, inst, node);
         }
         checks.push(stage_checks);
@@ -513,6 +526,14 @@ pub(crate) fn location(file: &str, line: usize) -> Location {
 }
 
 impl Converter<'_> {
+    /// Hands the findings made since the last call to `linter` (also when the step failed:
+    /// `--call check` reports both).
+    fn flush_lints(&mut self, linter: &mut Linter) {
+        for (rule, line, detail) in self.lints.drain(..) {
+            linter.report(rule, line, detail);
+        }
+    }
+
     /// The stage `--target` names, else the last one.
     fn target_index(&self) -> Result<usize> {
         let Some(target) = self.req.target.as_deref().filter(|t| !t.is_empty()) else {
@@ -693,7 +714,16 @@ impl Converter<'_> {
                     self.outline.stage_arg(stage.index, &arg.name, info);
                 }
             }
-            Instruction::Run(run) => self.outline.run_mounts(stage.index, run, node.start_line),
+            Instruction::Run(run) => {
+                let (lexer, scope) = (&self.lexer, stage.scope());
+                let expand = |w: &str| {
+                    lexer
+                        .process_word(w, &scope)
+                        .unwrap_or_else(|_| w.to_owned())
+                };
+                self.outline
+                    .run_mounts(stage.index, run, node.start_line, expand);
+            }
             _ => {}
         }
         for from in froms_of(inst) {
@@ -1099,6 +1129,16 @@ impl Converter<'_> {
                 stage.config.config.on_build = None;
                 let desc = stage.prefix(&format!("FROM {}", img.pinned));
                 stage.state = image_state(&img, &platform, desc);
+                // BuildKit checks the platform of images it pulls, not of empty ones (which
+                // become scratch).
+                if !img.no_layers() {
+                    if let Some(detail) =
+                        lint::base_image_platform(&reference, &platform, &img.config)
+                    {
+                        self.lints
+                            .push((lint::Rule::InvalidBaseImagePlatform, line, detail));
+                    }
+                }
             }
             Base::Named(name) => {
                 let (state, config) = self
@@ -1151,6 +1191,9 @@ impl Converter<'_> {
             return Ok(s.clone());
         }
         let exclude_patterns = self.read_ignore_patterns()?;
+        if !exclude_patterns.is_empty() {
+            self.ignore_matcher = kiln_ignore::PatternMatcher::new(&exclude_patterns).ok();
+        }
         let state = State::local(
             LocalSource {
                 name: CONTEXT.to_owned(),
@@ -1211,11 +1254,16 @@ impl Converter<'_> {
     }
 }
 
+impl ResolvedImage {
+    /// No layer at all: BuildKit takes such an image for scratch.
+    fn no_layers(&self) -> bool {
+        self.config.rootfs.diff_ids.is_empty() && self.config.history.iter().all(|h| h.empty_layer)
+    }
+}
+
 /// The state of a resolved image: scratch when it has no layers, as BuildKit does.
 fn image_state(img: &ResolvedImage, platform: &Platform, description: String) -> State {
-    let no_layers =
-        img.config.rootfs.diff_ids.is_empty() && img.config.history.iter().all(|h| h.empty_layer);
-    if no_layers {
+    if img.no_layers() {
         return State::scratch();
     }
     State::image(

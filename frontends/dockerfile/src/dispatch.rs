@@ -1,7 +1,7 @@
 //! One instruction → changes to its stage: config fields, history, and graph vertices, with
 //! BuildKit's semantics (`dispatch*` functions of `dockerfile2llb`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use dockerfile_parser::instructions::{
     self as ins, CommandLine, Healthcheck as HealthcheckInst, Instruction, MountType,
@@ -18,7 +18,7 @@ use kiln_types::image::{EmptyObject, Healthcheck};
 use crate::add::AddFlags;
 use crate::convert::{check_variables, location, set_pair, Converter, Stage, KNOWN_INSTRUCTIONS};
 use crate::error::{Error, Result};
-use crate::{gofmt, paths, suggest};
+use crate::{gofmt, lint, paths, suggest};
 
 impl Converter<'_> {
     /// Lowers one instruction onto `stage`.
@@ -255,10 +255,13 @@ impl Converter<'_> {
     }
 
     fn dispatch_expose(&self, stage: &mut Stage, ports: &[String]) -> Result<()> {
-        let mut set = BTreeSet::new();
-        for p in ports {
+        // BuildKit sorts the words as written, then expands and parses them in that order.
+        let mut words: Vec<&String> = ports.iter().collect();
+        words.sort();
+        let mut list = Vec::new();
+        for p in words {
             for word in self.lexer.process_words(p, &stage.scope())? {
-                set.extend(parse_port(&word)?);
+                list.extend(parse_port(&word)?);
             }
         }
         let exposed = stage
@@ -266,12 +269,11 @@ impl Converter<'_> {
             .config
             .exposed_ports
             .get_or_insert_with(BTreeMap::new);
-        for p in &set {
+        for p in &list {
             exposed.insert(p.clone(), EmptyObject {});
         }
-        // Go prints the map `map[53/udp:{} 80/tcp:{}]`, keys sorted.
-        let shown: Vec<String> = set.iter().map(|p| format!("{p}:{{}}")).collect();
-        stage.commit(format!("EXPOSE map[{}]", shown.join(" ")), false);
+        // Go prints the list `[53/udp 80/tcp]` (BuildKit v0.25 and later; a map before).
+        stage.commit(format!("EXPOSE [{}]", list.join(" ")), false);
         Ok(())
     }
 
@@ -361,6 +363,18 @@ impl Converter<'_> {
                     action.mode = mode.clone();
                     fb = fb.copy(&fetched, action);
                     continue;
+                }
+            }
+            // A source from the context that `.dockerignore` excludes (BuildKit checks COPY
+            // without --from and ADD).
+            if c.from.is_none() {
+                if let Some(detail) = self
+                    .ignore_matcher
+                    .as_ref()
+                    .and_then(|m| lint::copy_ignored_file(m, src, c.add.is_some()))
+                {
+                    self.lints
+                        .push((lint::Rule::CopyIgnoredFile, node.start_line, detail));
                 }
             }
             let (src_path, include) = if c.parents {
@@ -618,13 +632,9 @@ impl Converter<'_> {
             }
             MountType::Secret => {
                 let env_name = ex(&m.env)?;
-                // BuildKit: `source` names the secret as `id` does (the parser refuses both).
-                let id = match (source.or(id), &target) {
-                    (Some(id), _) => id,
-                    (None, Some(t)) => paths::base(t).to_owned(),
-                    (None, None) => {
-                        return Err(Error::invalid("secret mount requires an id or a target"))
-                    }
+                let Some(id) = secret_id(source.as_deref(), id.as_deref(), target.as_deref())
+                else {
+                    return Err(Error::invalid("secret mount requires an id or a target"));
                 };
                 // BuildKit: with `env=` and no target the secret is an environment variable only.
                 let dest = match (target.as_deref(), &env_name) {
@@ -648,7 +658,10 @@ impl Converter<'_> {
                     .map(dest_of)
                     .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{n}"));
                 let kind = MountKind::Ssh {
-                    id: id.unwrap_or_else(|| "default".to_owned()),
+                    // BuildKit: an empty id is the default one.
+                    id: id
+                        .filter(|i| !i.is_empty())
+                        .unwrap_or_else(|| "default".to_owned()),
                     required: m.required.unwrap_or(false),
                 };
                 (State::scratch(), mount(dest, true, kind))
@@ -862,32 +875,94 @@ pub(crate) fn parse_chmod(s: &str) -> Result<Chmod> {
     }
 }
 
-/// One EXPOSE word → `port/proto` keys (`80`, `80/tcp`, `53/udp`, `8000-8002/tcp`).
-fn parse_port(word: &str) -> Result<Vec<String>> {
-    let (ports, proto) = match word.split_once('/') {
-        Some((p, proto)) => (p, proto.to_lowercase()),
-        None => (word, "tcp".to_owned()),
-    };
-    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(Error::invalid(format!("invalid proto: {proto}")));
+/// The id of a secret mount from its expanded `source`, `id` and `target`, as BuildKit's
+/// `dispatchSecret`: `source` names the secret as `id` does (the parser refuses both), else
+/// the target's base name (Go's `path.Base`).
+pub(crate) fn secret_id(
+    source: Option<&str>,
+    id: Option<&str>,
+    target: Option<&str>,
+) -> Option<String> {
+    let given = source.or(id).filter(|s| !s.is_empty());
+    given
+        .or_else(|| target.filter(|t| !t.is_empty()).map(paths::base))
+        .map(str::to_owned)
+}
+
+/// An EXPOSE word split as BuildKit's `splitParts` does: `[ip:][hostPort:]containerPort[/proto]`
+/// → (ip, host port, container port with its protocol). An IPv6 address may hold `:`s: the last
+/// two parts are the ports.
+pub(crate) fn split_port(raw: &str) -> (&str, &str, &str) {
+    let mut parts = raw.rsplitn(3, ':');
+    let container = parts.next().unwrap_or_default();
+    match (parts.next(), parts.next()) {
+        (None, _) => ("", "", container),
+        (Some(host), None) => ("", host, container),
+        (Some(host), Some(ip)) => (ip, host, container),
     }
-    let num = |p: &str| {
-        p.parse::<u16>()
-            .map_err(|_| Error::invalid(format!("invalid containerPort: {p}")))
+}
+
+/// BuildKit's `splitProtoPort`: `80/TCP` → (`TCP`, `80`); the protocol as written, `tcp` when
+/// there is none.
+pub(crate) fn split_proto_port(container: &str) -> std::result::Result<(&str, &str), String> {
+    let (port, proto) = container.split_once('/').unwrap_or((container, ""));
+    if port.is_empty() {
+        return Err("no port specified".to_owned());
+    }
+    match proto.to_lowercase().as_str() {
+        "" => Ok(("tcp", port)),
+        "tcp" | "udp" | "sctp" => Ok((proto, port)),
+        _ => Err(format!("invalid proto: {proto}")),
+    }
+}
+
+/// One EXPOSE word → `port/proto` keys (`80`, `80/tcp`, `53/udp`, `8000-8002/tcp`), as
+/// BuildKit's `parsePort`. An address and a host port are accepted (the ExposeInvalidFormat
+/// check warns about them) and checked, but only the container port reaches the config.
+fn parse_port(raw: &str) -> Result<Vec<String>> {
+    let (ip, host_port, container) = split_port(raw);
+    let (proto, container) = split_proto_port(container)
+        .map_err(|e| Error::invalid(format!("invalid port: {raw:?}: {e}")))?;
+    // `[::1]` is an IPv6 address in brackets.
+    let address = match ip.strip_prefix('[') {
+        Some(inner) => inner
+            .strip_suffix(']')
+            .filter(|a| !a.contains(['[', ']']))
+            .ok_or_else(|| {
+                Error::invalid(format!("invalid IP address {ip}: missing ']' in address"))
+            })?,
+        None => ip,
     };
-    let (start, end) = match ports.split_once('-') {
-        Some((a, b)) => (num(a)?, num(b)?),
-        None => {
-            let p = num(ports)?;
-            (p, p)
+    if !address.is_empty() && address.parse::<std::net::IpAddr>().is_err() {
+        return Err(Error::invalid(format!("invalid IP address: {address}")));
+    }
+    let (start, end) = port_range(container)
+        .ok_or_else(|| Error::invalid(format!("invalid containerPort: {container}")))?;
+    if !host_port.is_empty() {
+        let (host_start, host_end) = port_range(host_port)
+            .ok_or_else(|| Error::invalid(format!("invalid hostPort: {host_port}")))?;
+        // A host range for a single container port is the range to allocate from.
+        if end - start != host_end - host_start && end != start {
+            return Err(Error::invalid(format!(
+                "invalid ranges specified for container and host Ports: {container} and {host_port}"
+            )));
         }
-    };
-    if end < start {
-        return Err(Error::invalid(format!(
-            "invalid range specified for containerPort: {ports}"
-        )));
     }
+    let proto = proto.to_lowercase();
     Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
+}
+
+/// `8000` or `8000-9000` → the first and last port (BuildKit's `parsePortRange`): numbers as
+/// Go's `ParseInt` reads them, 0 to 65535.
+fn port_range(ports: &str) -> Option<(u32, u32)> {
+    let number = |p: &str| p.parse::<i64>().ok().and_then(|n| u16::try_from(n).ok());
+    let (start, end) = ports.split_once('-').unwrap_or((ports, ports));
+    let first = u32::from(number(start)?);
+    if start == end {
+        return Some((first, first));
+    }
+    let last = u32::from(number(end)?);
+    (last >= first).then_some((first, last))
 }
 
 /// STOPSIGNAL values docker accepts: a positive number or a signal name (`SIGKILL`, `KILL`).

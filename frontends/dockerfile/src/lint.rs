@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::convert::{location, Stage};
 use crate::error::{Error, Result};
-use crate::suggest;
+use crate::{dispatch, suggest};
 
 /// The build-arg that overrides the `# check=` directive, as in BuildKit.
 pub(crate) const CHECK_BUILD_ARG: &str = "BUILDKIT_DOCKERFILE_CHECK";
@@ -42,6 +42,8 @@ pub(crate) enum Rule {
     ExposeProtoCasing,
     ExposeInvalidFormat,
     InvalidDefinitionDescription,
+    InvalidBaseImagePlatform,
+    CopyIgnoredFile,
 }
 
 impl Rule {
@@ -66,6 +68,8 @@ impl Rule {
             Rule::ExposeProtoCasing => "ExposeProtoCasing",
             Rule::ExposeInvalidFormat => "ExposeInvalidFormat",
             Rule::InvalidDefinitionDescription => "InvalidDefinitionDescription",
+            Rule::InvalidBaseImagePlatform => "InvalidBaseImagePlatform",
+            Rule::CopyIgnoredFile => "CopyIgnoredFile",
         }
     }
 
@@ -114,6 +118,10 @@ impl Rule {
             Rule::InvalidDefinitionDescription => {
                 "Comment for build stage or argument should follow the format: `# <arg/stage name> <description>`. If this is not intended to be a description comment, add an empty line or comment between the instruction and the comment."
             }
+            Rule::InvalidBaseImagePlatform => {
+                "Base image platform does not match expected target platform"
+            }
+            Rule::CopyIgnoredFile => "Attempting to Copy file that is excluded by .dockerignore",
         }
     }
 
@@ -123,8 +131,11 @@ impl Rule {
         matches!(self, Rule::InvalidDefinitionDescription)
     }
 
-    /// BuildKit's documentation page of the rule.
-    pub(crate) fn url(self) -> String {
+    /// BuildKit's documentation page of the rule; InvalidBaseImagePlatform has none.
+    pub(crate) fn url(self) -> Option<String> {
+        if self == Rule::InvalidBaseImagePlatform {
+            return None;
+        }
         let mut slug = String::new();
         // `JSONArgsRecommended` → `json-args-recommended`: a run of capitals is one word.
         let chars: Vec<char> = self.name().chars().collect();
@@ -136,7 +147,9 @@ impl Rule {
             }
             slug.push(c.to_ascii_lowercase());
         }
-        format!("https://docs.docker.com/go/dockerfile/rule/{slug}/")
+        Some(format!(
+            "https://docs.docker.com/go/dockerfile/rule/{slug}/"
+        ))
     }
 }
 
@@ -319,13 +332,17 @@ impl Linter {
         self.sorted()
             .into_iter()
             .map(|f| {
-                json!({
+                let mut v = json!({
                     "ruleName": f.rule.name(),
                     "description": f.rule.description(),
-                    "url": f.rule.url(),
                     "detail": f.detail,
                     "location": { "file": file, "line": f.line },
-                })
+                });
+                // BuildKit leaves out an empty URL (`omitempty`).
+                if let (Some(url), Some(map)) = (f.rule.url(), v.as_object_mut()) {
+                    map.insert("url".to_owned(), url.into());
+                }
+                v
             })
             .collect()
     }
@@ -568,7 +585,8 @@ fn check_secret_name(linter: &mut Linter, instruction: &str, key: &str, line: us
 
 /// ExposeProtoCasing and ExposeInvalidFormat for the expanded words of an EXPOSE, split as
 /// BuildKit's `parsePort` does (`[ip:][hostPort:]containerPort[/proto]`). A port the build
-/// refuses (no port, unknown protocol) is left to that error.
+/// refuses for its protocol part (no port, unknown protocol) is left to that error; BuildKit
+/// checks before it looks at the address and the numbers.
 fn check_expose(linter: &mut Linter, stage: &Stage, lexer: &Lexer, words: &[String], line: usize) {
     let scope = stage.scope();
     for word in words {
@@ -576,18 +594,10 @@ fn check_expose(linter: &mut Linter, stage: &Stage, lexer: &Lexer, words: &[Stri
             continue;
         };
         for raw in ports {
-            let parts: Vec<&str> = raw.split(':').collect();
-            let (ip, host_port, container) = match parts.as_slice() {
-                [c] => ("", "", *c),
-                [h, c] => ("", *h, *c),
-                [.., h, c] => (&raw[..raw.len() - h.len() - c.len() - 2], *h, *c),
-                [] => continue,
-            };
-            let (port, proto) = container.split_once('/').unwrap_or((container, ""));
-            let known = ["", "tcp", "udp", "sctp"].contains(&proto.to_lowercase().as_str());
-            if port.is_empty() || !known {
+            let (ip, host_port, container) = dispatch::split_port(&raw);
+            let Ok((proto, _)) = dispatch::split_proto_port(container) else {
                 continue;
-            }
+            };
             if proto != proto.to_lowercase() {
                 linter.report(
                     Rule::ExposeProtoCasing,
@@ -606,6 +616,102 @@ fn check_expose(linter: &mut Linter, stage: &Stage, lexer: &Lexer, words: &[Stri
             }
         }
     }
+}
+
+/// InvalidBaseImagePlatform: the detail when the config of the image `name` (as the FROM
+/// names it) is for another OS or architecture than `expected`, the platform asked for.
+/// BuildKit compares the fields as the config writes them and shows both normalized.
+pub(crate) fn base_image_platform(
+    name: &str,
+    expected: &kiln_types::Platform,
+    actual: &kiln_types::image::ImageConfig,
+) -> Option<String> {
+    let (os, arch, _) = normalize(&expected.os, &expected.architecture, None);
+    if os == actual.os && arch == actual.architecture {
+        return None;
+    }
+    let expected = format_platform(
+        &expected.os,
+        &expected.architecture,
+        expected.variant.as_deref(),
+    );
+    let actual = format_platform(&actual.os, &actual.architecture, actual.variant.as_deref());
+    Some(format!(
+        "Base image {name} was pulled with platform {actual:?}, expected {expected:?} for current build"
+    ))
+}
+
+/// containerd's `platforms.FormatAll(platforms.Normalize(p))` for a platform without OS
+/// version or features: `os/arch[/variant]`, empty parts left out.
+fn format_platform(os: &str, arch: &str, variant: Option<&str>) -> String {
+    let (os, arch, variant) = normalize(os, arch, variant);
+    [os, arch, variant]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// containerd's `platforms.Normalize` of OS, architecture and variant (`x86_64` → `amd64`,
+/// `aarch64/v8` → `arm64`, `arm` → `arm/v7`...); an empty OS is the host's.
+fn normalize(os: &str, arch: &str, variant: Option<&str>) -> (String, String, String) {
+    let os = match os.to_lowercase().as_str() {
+        "" => kiln_types::Platform::host().os,
+        "macos" => "darwin".to_owned(),
+        other => other.to_owned(),
+    };
+    let (arch, variant) = (
+        arch.to_lowercase(),
+        variant.unwrap_or_default().to_lowercase(),
+    );
+    let (arch, variant) = match (arch.as_str(), variant.as_str()) {
+        ("i386", _) => ("386", ""),
+        ("x86_64" | "x86-64" | "amd64", "v1") => ("amd64", ""),
+        ("x86_64" | "x86-64" | "amd64", v) => ("amd64", v),
+        ("aarch64" | "arm64", "8" | "v8" | "v8.0") => ("arm64", ""),
+        ("aarch64" | "arm64", "9" | "9.0" | "v9.0") => ("arm64", "v9"),
+        ("aarch64" | "arm64", v) => ("arm64", v),
+        ("armhf", _) => ("arm", "v7"),
+        ("armel", _) => ("arm", "v6"),
+        ("arm", "" | "7") => ("arm", "v7"),
+        ("arm", "5") => ("arm", "v5"),
+        ("arm", "6") => ("arm", "v6"),
+        ("arm", "8") => ("arm", "v8"),
+        (a, v) => (a, v),
+    };
+    (os, arch.to_owned(), variant.to_owned())
+}
+
+/// CopyIgnoredFile for one local source of a COPY or ADD (`add`), as BuildKit's
+/// `validateCopySourcePath`: the detail when `.dockerignore` excludes it. Nothing is said when
+/// the patterns re-include anything (`!`): whether a file below an excluded directory comes back
+/// cannot be told from the patterns alone. The context root (`.`, `/`) counts only for a
+/// pattern that excludes every top-level entry.
+pub(crate) fn copy_ignored_file(
+    matcher: &kiln_ignore::PatternMatcher,
+    source: &str,
+    add: bool,
+) -> Option<String> {
+    if matcher.exclusions() {
+        return None;
+    }
+    let source = crate::paths::clean(source);
+    if (source == "." || source == "/")
+        && !matcher
+            .patterns()
+            .iter()
+            .any(|p| !p.is_exclusion() && ["*", "**", "**/*"].contains(&p.as_str()))
+    {
+        return None;
+    }
+    // A pattern that cannot be evaluated fails the context transfer; the check stays silent.
+    if !matcher.matches_or_parent_matches(&source).unwrap_or(false) {
+        return None;
+    }
+    let verb = if add { "Add" } else { "Copy" };
+    Some(format!(
+        "Attempting to {verb} file {source:?} that is excluded by .dockerignore"
+    ))
 }
 
 fn check_from(linter: &mut Linter, n: &Node, names: &mut BTreeSet<String>) {
@@ -883,12 +989,17 @@ mod tests {
         assert!(c.experimental.contains("InvalidDefinitionDescription"));
         assert!(Config::parse("experimental=all").unwrap().experimental_all);
         assert_eq!(
-            Rule::JsonArgsRecommended.url(),
-            "https://docs.docker.com/go/dockerfile/rule/json-args-recommended/"
+            Rule::JsonArgsRecommended.url().as_deref(),
+            Some("https://docs.docker.com/go/dockerfile/rule/json-args-recommended/")
         );
         assert_eq!(
-            Rule::UndefinedArgInFrom.url(),
-            "https://docs.docker.com/go/dockerfile/rule/undefined-arg-in-from/"
+            Rule::UndefinedArgInFrom.url().as_deref(),
+            Some("https://docs.docker.com/go/dockerfile/rule/undefined-arg-in-from/")
         );
+        assert_eq!(
+            Rule::CopyIgnoredFile.url().as_deref(),
+            Some("https://docs.docker.com/go/dockerfile/rule/copy-ignored-file/")
+        );
+        assert_eq!(Rule::InvalidBaseImagePlatform.url(), None);
     }
 }

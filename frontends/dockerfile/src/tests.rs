@@ -196,7 +196,7 @@ fn multi_stage_scratch_gives_config_and_graph() {
             "WORKDIR /app",
             "COPY --chown=1000:1000 /src ./src/ # buildkit",
             "LABEL org.example.name=app with space=yes",
-            "EXPOSE map[53/udp:{} 80/tcp:{}]",
+            "EXPOSE [53/udp 80/tcp]",
             "USER 1000",
             r#"CMD ["/app/run" "--serve"]"#,
         ]

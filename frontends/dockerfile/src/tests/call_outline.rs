@@ -160,3 +160,31 @@ RUN --mount=type=secret,id=tok,required=true --mount=type=ssh y
     );
     assert_eq!((&v["name"], &v["description"]), (&json!(null), &json!("")));
 }
+
+#[test]
+fn a_secrets_name_comes_from_source_then_the_targets_base_name() {
+    // BuildKit's `dispatchSecret`: `source=` names the secret as `id=` does; without either,
+    // the target's `path.Base` (a trailing slash ignored); values are expanded first.
+    let source = "\
+FROM scratch
+ARG TOKEN_NAME=gh
+RUN --mount=type=secret,source=npmrc,target=/root/.npmrc a
+RUN --mount=type=secret,target=/run/keys/signing/ b
+RUN --mount=type=secret,id=$TOKEN_NAME c
+RUN --mount=type=ssh,id= d
+";
+    let v = outline(source);
+    assert_eq!(
+        v["secrets"],
+        json!([
+            {"name": "npmrc", "required": false, "location": loc(3)},
+            {"name": "signing", "required": false, "location": loc(4)},
+            {"name": "gh", "required": false, "location": loc(5)},
+        ])
+    );
+    // An empty SSH id is the default one.
+    assert_eq!(
+        v["ssh"],
+        json!([{"name": "default", "required": false, "location": loc(6)}])
+    );
+}

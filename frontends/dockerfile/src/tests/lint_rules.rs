@@ -23,17 +23,28 @@ fn check_json(source: &str, build_args: &[(&str, &str)]) -> serde_json::Value {
         host.images
             .insert(image.to_owned(), ImageConfig::scratch(&platform()));
     }
+    check_on(&host, source, build_args)
+}
+
+/// The `--call check` result against `host`.
+fn check_on(host: &FakeHost, source: &str, build_args: &[(&str, &str)]) -> serde_json::Value {
     let mut req = with_call(source, "check");
     for (k, v) in build_args {
         req.build_args.insert((*k).to_owned(), (*v).to_owned());
     }
-    call_result(&req, &host)
+    call_result(&req, host)
 }
 
 /// The findings of `rule` in a `--call check` result, after asserting that each carries
 /// BuildKit's description and documentation URL.
 fn of_rule(v: &serde_json::Value, rule: &str) -> Vec<Found> {
     let (description, url) = described(rule);
+    // A rule without a page has no `url` at all, as BuildKit's `omitempty`.
+    let url = if url.is_empty() {
+        serde_json::Value::Null
+    } else {
+        url.into()
+    };
     v["warnings"]
         .as_array()
         .expect("a warnings list")
@@ -82,6 +93,14 @@ fn described(rule: &str) -> (&'static str, &'static str) {
         "InvalidDefinitionDescription" => (
             "Comment for build stage or argument should follow the format: `# <arg/stage name> <description>`. If this is not intended to be a description comment, add an empty line or comment between the instruction and the comment.",
             "https://docs.docker.com/go/dockerfile/rule/invalid-definition-description/",
+        ),
+        "CopyIgnoredFile" => (
+            "Attempting to Copy file that is excluded by .dockerignore",
+            "https://docs.docker.com/go/dockerfile/rule/copy-ignored-file/",
+        ),
+        "InvalidBaseImagePlatform" => (
+            "Base image platform does not match expected target platform",
+            "",
         ),
         other => panic!("no expectation for rule {other}"),
     }
@@ -340,12 +359,9 @@ fn expose_invalid_format() {
             "EXPOSE instruction should not define an IP address or host-port mapping, found '{p}'"
         )
     };
-    // kiln's EXPOSE still refuses an address (BuildKit accepts it with this warning); the
-    // check reports the findings before that error.
-    let v = check_json(source, &[]);
-    assert_eq!(v["error"]["location"]["line"], 3, "{v:#}");
+    // The build goes on, as in BuildKit: only the container ports reach the config.
     assert_eq!(
-        of_rule(&v, RULE),
+        check_rule(source, &[], RULE),
         [
             found(RULE, &detail("127.0.0.1:80:80"), 3),
             found(RULE, &detail("[::1]:8080:8080"), 3),
@@ -412,4 +428,221 @@ ARG foo=baz bar=qux baz=quux
         "# check=skip=all;experimental=all",
     );
     assert_eq!(check_rule(&all, &[], RULE).len(), 4);
+}
+
+/// A host serving `.dockerignore` with `ignore`.
+fn with_ignore(ignore: &str) -> FakeHost {
+    let mut host = FakeHost::default();
+    host.files.insert(".dockerignore".into(), ignore.into());
+    host.files
+        .insert("Dockerfile".into(), "FROM scratch\n".into());
+    host
+}
+
+/// The findings of `rule` for `source` checked against `host`, the check itself succeeding.
+fn check_rule_on(host: &FakeHost, source: &str, rule: &str) -> Vec<Found> {
+    let v = check_on(host, source, &[]);
+    assert_eq!(v["error"], serde_json::Value::Null, "{source:?}: {v:#}");
+    of_rule(&v, rule)
+}
+
+#[test]
+fn copy_ignored_file() {
+    const RULE: &str = "CopyIgnoredFile";
+    let ignored = |verb: &str, file: &str, line| {
+        let detail =
+            format!("Attempting to {verb} file {file:?} that is excluded by .dockerignore");
+        found(RULE, &detail, line)
+    };
+    // BuildKit's testCopyIgnoredFiles.
+    let host = with_ignore("\nDockerfile\n");
+    let source = "\nFROM scratch\nCOPY Dockerfile .\nADD Dockerfile /windy\n";
+    assert_eq!(
+        check_rule_on(&host, source, RULE),
+        [
+            ignored("Copy", "Dockerfile", 3),
+            ignored("Add", "Dockerfile", 4),
+        ]
+    );
+    let skipped =
+        "# check=skip=CopyIgnoredFile\n\nFROM scratch\nCOPY Dockerfile .\nADD Dockerfile /windy\n";
+    assert_eq!(check_rule_on(&host, skipped, RULE), []);
+    // COPY --from reads a stage, not the context.
+    let host = with_ignore("\nfoobar\n");
+    let source = "\nFROM scratch AS base\nCOPY Dockerfile /foobar\nADD Dockerfile /windy\n\nFROM base\nCOPY --from=base /foobar /Dockerfile\n";
+    assert_eq!(check_rule_on(&host, source, RULE), []);
+    // Patterns with a `!` say nothing: a re-included file cannot be told apart.
+    let host = with_ignore("\n**\n!Dockerfile\n");
+    for source in [
+        "\nFROM scratch\nCOPY ./Dockerfile .\n",
+        "\nFROM scratch\nCOPY . .\n",
+    ] {
+        assert_eq!(check_rule_on(&host, source, RULE), [], "{source:?}");
+    }
+    // Sources are checked expanded and cleaned, a parent directory's pattern counts.
+    let host = with_ignore("build\n*.key\n");
+    let source = "FROM scratch\nARG KEY=signing.key\nCOPY ./build/out/../app.bin $KEY /\n";
+    assert_eq!(
+        check_rule_on(&host, source, RULE),
+        [
+            ignored("Copy", "build/app.bin", 3),
+            ignored("Copy", "signing.key", 3),
+        ]
+    );
+    // A plain build warns too, at the line.
+    let resp = build(
+        &request("FROM scratch\nCOPY secret.key /\n"),
+        &with_ignore("*.key\n"),
+    )
+    .unwrap();
+    let warned: Vec<(&str, u32)> = resp
+        .warnings
+        .iter()
+        .map(|w| (w.message.as_str(), w.location.as_ref().unwrap().line))
+        .collect();
+    assert_eq!(
+        warned,
+        [(
+            "CopyIgnoredFile: Attempting to Copy file \"secret.key\" that is excluded by .dockerignore (line 2)",
+            2
+        )]
+    );
+}
+
+#[test]
+fn copy_ignored_file_context_root() {
+    const RULE: &str = "CopyIgnoredFile";
+    // BuildKit's testCopyIgnoredFileContextRoot: the root counts only for a pattern that
+    // excludes every top-level entry.
+    let source = "\nFROM scratch\nCOPY . .\n";
+    assert_eq!(check_rule_on(&with_ignore("\n.*\n"), source, RULE), []);
+    assert_eq!(
+        check_rule_on(&with_ignore("\n*\n"), source, RULE),
+        [found(
+            RULE,
+            "Attempting to Copy file \".\" that is excluded by .dockerignore",
+            3
+        )]
+    );
+    // No .dockerignore, no check.
+    assert_eq!(check_rule_on(&FakeHost::default(), source, RULE), []);
+}
+
+/// An image config for `platform` with one layer (an image without layers is scratch, which
+/// BuildKit does not check).
+fn layered(platform: &str) -> ImageConfig {
+    let mut config = ImageConfig::scratch(&platform.parse().unwrap());
+    config.rootfs.diff_ids.push(Digest::of(b"layer"));
+    config
+}
+
+#[test]
+fn invalid_base_image_platform() {
+    const RULE: &str = "InvalidBaseImagePlatform";
+    // BuildKit's testInvalidBaseImagePlatform: an image pushed for another platform than
+    // the build's (linux/amd64 here).
+    let mut host = FakeHost::default();
+    host.images
+        .insert("registry.test/base:arm".into(), layered("linux/arm64"));
+    host.images
+        .insert("registry.test/base:armv7".into(), layered("linux/arm/v7"));
+    host.images
+        .insert("registry.test/base:amd".into(), layered("linux/amd64"));
+    host.images.insert(
+        "registry.test/empty:arm".into(),
+        ImageConfig::scratch(&"linux/arm64".parse().unwrap()),
+    );
+    let source = "\nFROM registry.test/base:arm\nENV foo=bar\n";
+    assert_eq!(
+        check_rule_on(&host, source, RULE),
+        [found(
+            RULE,
+            "Base image registry.test/base:arm was pulled with platform \"linux/arm64\", expected \"linux/amd64\" for current build",
+            2
+        )]
+    );
+    // The name as the FROM gives it, expanded; the variant shown.
+    let source = "ARG BASE=registry.test/base:armv7\nFROM ${BASE}\n";
+    assert_eq!(
+        check_rule_on(&host, source, RULE),
+        [found(
+            RULE,
+            "Base image registry.test/base:armv7 was pulled with platform \"linux/arm/v7\", expected \"linux/amd64\" for current build",
+            2
+        )]
+    );
+    // The platform asked for, the image's own, an empty image: nothing.
+    for source in [
+        "FROM --platform=linux/arm64 registry.test/base:arm AS arm64\n",
+        "FROM registry.test/base:amd\n",
+        "FROM registry.test/empty:arm\n",
+    ] {
+        assert_eq!(check_rule_on(&host, source, RULE), [], "{source:?}");
+    }
+    // A build warns too; a stage the target does not need is not pulled, so not checked.
+    let source = "FROM registry.test/base:arm AS unused\nFROM registry.test/base:amd\n";
+    let resp = build(&request(source), &host).unwrap();
+    assert!(
+        resp.warnings.iter().all(|w| !w.message.contains(RULE)),
+        "{:?}",
+        resp.warnings
+    );
+    let resp = build(&request("FROM registry.test/base:arm\n"), &host).unwrap();
+    let warned: Vec<&str> = resp.warnings.iter().map(|w| w.message.as_str()).collect();
+    assert_eq!(
+        warned,
+        ["InvalidBaseImagePlatform: Base image registry.test/base:arm was pulled with platform \"linux/arm64\", expected \"linux/amd64\" for current build (line 1)"]
+    );
+}
+
+#[test]
+fn expose_with_an_address_builds_as_buildkit() {
+    // BuildKit accepts an address and a host port (ExposeInvalidFormat warns) and keeps the
+    // container port; the words are sorted as written, then expanded.
+    let resp = run("FROM scratch\nEXPOSE 127.0.0.1:80:80 [::1]:8080:8080/udp 5000:5000 8000 ::1:9000:9000 7000-7001:7000-7001\n");
+    let ports: Vec<&String> = resp
+        .config
+        .config
+        .exposed_ports
+        .as_ref()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(
+        ports,
+        ["5000/tcp", "7000/tcp", "7001/tcp", "80/tcp", "8000/tcp", "8080/udp", "9000/tcp"]
+    );
+    let history = resp.config.history.last().unwrap();
+    assert_eq!(
+        history.created_by.as_deref(),
+        Some("EXPOSE [80/tcp 5000/tcp 7000/tcp 7001/tcp 8000/tcp 9000/tcp 8080/udp]")
+    );
+    // A host port range for one container port is allowed; bad parts are refused with
+    // BuildKit's messages, at the line.
+    run("FROM scratch\nEXPOSE 8000-8010:80\n");
+    // An empty host port is no host port.
+    run("FROM scratch\nEXPOSE 1.2.3.4::80\n");
+    for (word, message) in [
+        ("1.2.3:80:80", "invalid IP address: 1.2.3"),
+        (
+            "[::1:80:80",
+            "invalid IP address [::1: missing ']' in address",
+        ),
+        ("x:80", "invalid hostPort: x"),
+        ("70000", "invalid containerPort: 70000"),
+        ("90-80", "invalid containerPort: 90-80"),
+        (
+            "80-81:90-95",
+            "invalid ranges specified for container and host Ports: 90-95 and 80-81",
+        ),
+        ("80/foo", "invalid port: \"80/foo\": invalid proto: foo"),
+    ] {
+        let e = fail(&format!("FROM scratch\nEXPOSE {word}\n"));
+        assert_eq!(e.location.as_ref().map(|l| l.line), Some(2), "{word}");
+        assert_eq!(
+            e.message,
+            format!("{message} (in `EXPOSE {word}`)"),
+            "{word}"
+        );
+    }
 }

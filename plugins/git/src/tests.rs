@@ -333,3 +333,38 @@ fn checksums_fetch_by_commit_and_commit_mtimes() {
         );
     }
 }
+
+/// `?submodules=false`: the submodule's directory stays empty and no submodule is fetched.
+#[test]
+fn submodules_can_be_skipped() {
+    let t = tempfile::tempdir().unwrap();
+    sh(
+        t.path(),
+        "git init -q -b main lib && cd lib && echo lib > l.txt && git add -A && git commit -qm lib
+         cd .. && git init -q -b main app && cd app && echo app > a.txt
+         git -c protocol.file.allow=always submodule add -q ../lib vendor/lib
+         git add -A && git commit -qm app
+         cd .. && git clone -q --bare app app.git",
+    );
+    let remote = format!("file://{}", t.path().join("app.git").display());
+    let o = t.path().join("out");
+    fs::create_dir(&o).unwrap();
+    let p = Payload {
+        submodules: false,
+        ..payload(&remote, Some("main"))
+    };
+    checkout(&p, &o, &NoCancel).unwrap();
+    assert_eq!(fs::read_to_string(o.join("a.txt")).unwrap(), "app\n");
+    assert!(o.join(".gitmodules").is_file());
+    assert_eq!(fs::read_dir(o.join("vendor/lib")).unwrap().count(), 0);
+    // The payload of an op without the option keeps its old JSON (and so its digest).
+    assert_eq!(
+        serde_json::to_string(&payload("r", None)).unwrap(),
+        r#"{"remote":"r","keep_git_dir":false}"#
+    );
+    assert!(
+        serde_json::from_str::<Payload>(r#"{"remote":"r"}"#)
+            .unwrap()
+            .submodules
+    );
+}

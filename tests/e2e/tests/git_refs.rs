@@ -147,6 +147,32 @@ fn git_query_strings_select_ref_subdir_and_pin_the_commit() {
     assert_eq!(kept.trim(), first);
     assert_eq!(read("api/g.txt"), "guide\n");
 
+    // mtime=commit: the files keep the commit's time through the copy into the stage.
+    sh(
+        &repos,
+        "cd src && git checkout -qb old v1.2 && echo old > a.txt && \
+         GIT_COMMITTER_DATE='2001-02-03T04:05:06Z' git commit -qam old && \
+         git push -q ../repo.git old",
+    );
+    let ctx = k.write(
+        "ctx-mtime",
+        &[(
+            "Dockerfile",
+            &format!("FROM scratch\nADD {repo}?branch=old&mtime=commit /m/\nADD {repo}#old /c/\n"),
+        )],
+    );
+    let out_m = k.path("out-mtime");
+    build_local(&k, &ctx, &out_m, &[]).ok();
+    use std::os::unix::fs::MetadataExt;
+    let mtime = |p: &str| std::fs::metadata(out_m.join(p)).unwrap().mtime();
+    assert_eq!(mtime("m/a.txt"), 981_173_106);
+    assert_eq!(mtime("m/docs/api/g.txt"), 981_173_106);
+    assert_ne!(
+        mtime("c/a.txt"),
+        981_173_106,
+        "without mtime=commit: the checkout's time"
+    );
+
     // A checksum the ref does not resolve to fails the build and names both commits.
     let ctx = k.write(
         "ctx-moved",

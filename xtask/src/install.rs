@@ -112,6 +112,7 @@ pub fn run_dist(args: &[String]) -> Result<ExitCode> {
     let stage = dist.join(&name);
     crate::remove_if_exists(&stage)?;
     install_into(&built, &stage)?;
+    generate_docs(&stage)?;
     for doc in ["README.md", "LICENSE"] {
         let src = ws.root.join(doc);
         if src.is_file() {
@@ -132,10 +133,43 @@ pub fn run_dist(args: &[String]) -> Result<ExitCode> {
     .context("could not pack the release tarball (needs GNU tar and gzip)")?;
     crate::remove_if_exists(&stage)?;
     println!(
-        "xtask: {} (bin/kiln, lib/kiln/plugins/; no shell completions or man page yet)",
+        "xtask: {} (bin/kiln, lib/kiln/plugins/, share/: completions for bash, zsh and fish, \
+         man page)",
         tarball.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where each generated file goes under the prefix (the paths bash-completion, zsh, fish and
+/// man look in), and the `kiln generate` arguments that print it.
+const GENERATED: &[(&str, &[&str])] = &[
+    (
+        "share/bash-completion/completions/kiln",
+        &["completions", "bash"],
+    ),
+    ("share/zsh/site-functions/_kiln", &["completions", "zsh"]),
+    (
+        "share/fish/vendor_completions.d/kiln.fish",
+        &["completions", "fish"],
+    ),
+    ("share/man/man1/kiln.1", &["man"]),
+];
+
+/// Asks the staged `bin/kiln` for its completions and man page (xtask cannot link the CLI's clap
+/// command: it must not depend on kiln crates).
+fn generate_docs(stage: &Path) -> Result<()> {
+    let kiln = stage.join("bin/kiln");
+    for (rel, args) in GENERATED {
+        let text = crate::output(Command::new(&kiln).arg("generate").args(*args))
+            .context("the built kiln cannot generate its completions and man page")?;
+        let dest = stage.join(rel);
+        let dir = dest
+            .parent()
+            .with_context(|| format!("{} has no parent", dest.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::write(&dest, text).with_context(|| format!("cannot write {}", dest.display()))?;
+    }
+    Ok(())
 }
 
 /// The Rust target triple of this machine (`rustc -vV`'s `host:` line).

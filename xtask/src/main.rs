@@ -48,8 +48,8 @@ tasks:
         build kiln and the bundled plugins (release, or debug with --debug) and install
         DIR/bin/kiln and DIR/lib/kiln/plugins/*.so (DIR defaults to /usr/local); each file is
         copied to a temporary name, then renamed into place
-  dist  build a release tarball target/dist/kiln-<version>-<target>.tar.gz holding bin/kiln and
-        lib/kiln/plugins/ (no shell completions or man page yet)
+  dist  build a release tarball target/dist/kiln-<version>-<target>.tar.gz holding bin/kiln,
+        lib/kiln/plugins/, shell completions (bash, zsh, fish) and the kiln(1) man page under share/
   tidy  check the dependency rule of DESIGN.md (layers, plugins vs core) and the //! crate docs
   help  print this text
 ";

@@ -7,6 +7,7 @@
 
 mod call;
 mod flags;
+mod generate;
 mod output;
 
 use std::collections::BTreeMap;
@@ -49,6 +50,7 @@ enum Command {
     },
     /// Show the kiln version and plugin ABI.
     Version,
+    Generate(generate::GenerateArgs),
 }
 
 #[derive(Subcommand)]
@@ -237,6 +239,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Build(args) => build(root, *args),
+        Command::Generate(args) => generate::run(&args),
     }
 }
 

@@ -324,3 +324,100 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     }
     hits
 }
+
+/// `kiln build --progress=plain --output type=local,dest=OUT [EXTRA...] CTX`.
+pub fn build_local(k: &Kiln, ctx: &Path, out: &Path) -> Run {
+    build_local_with(k, ctx, out, &[])
+}
+
+/// [`build_local`] with extra flags before the context.
+pub fn build_local_with(k: &Kiln, ctx: &Path, out: &Path, extra: &[&str]) -> Run {
+    let dest = format!("type=local,dest={}", out.display());
+    let mut args = vec!["build", "--progress=plain", "--output", &dest];
+    args.extend_from_slice(extra);
+    let c = ctx.display().to_string();
+    args.push(&c);
+    k.run(&args)
+}
+
+/// Runs `script` with `sh -e` in `dir`, with a git identity set; fails the test when it fails.
+/// Returns its standard output, trimmed.
+pub fn sh(dir: &Path, script: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `git daemon` serving `base` on 127.0.0.1; killed on drop.
+pub struct GitDaemon {
+    child: std::process::Child,
+    /// `git://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl GitDaemon {
+    /// Starts it and waits (bounded) until it listens.
+    pub fn start(base: &Path) -> Self {
+        use std::net::{TcpListener, TcpStream};
+        use std::process::Stdio;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // Run git-daemon itself, not `git daemon`: the `git` wrapper would fork it as a child
+        // that outlives a kill of the wrapper.
+        let exec_path = Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("git (Debian package git) is required");
+        let daemon =
+            Path::new(String::from_utf8_lossy(&exec_path.stdout).trim()).join("git-daemon");
+        let child = Command::new(daemon)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .args([
+                "--reuseaddr",
+                "--export-all",
+                "--informative-errors",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--base-path={}", base.display()),
+                &base.display().to_string(),
+            ])
+            .spawn()
+            .expect("git daemon (Debian package git) is required");
+        // Wait for the listening socket (bounded), not for a fixed time.
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        GitDaemon {
+            child,
+            url: format!("git://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -7,38 +7,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 
 use kiln_e2e::*;
-
-fn build_local(k: &Kiln, ctx: &Path, out: &Path) -> Run {
-    let dest = format!("type=local,dest={}", out.display());
-    k.run(&[
-        "build",
-        "--progress=plain",
-        "--output",
-        &dest,
-        ctx.to_str().unwrap(),
-    ])
-}
-
-fn sh(dir: &Path, script: &str) {
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// `payload/` (a.txt, dir/b.txt) packed as a tar in `dir/<name>` with `tar` flag `flag`.
 fn archive(dir: &Path, name: &str, flag: &str) {
@@ -285,62 +255,6 @@ fn urls_are_downloaded_pinned_and_not_extracted() {
         "{}",
         run.stderr
     );
-}
-
-/// `git daemon` serving `base` on 127.0.0.1; killed on drop.
-struct GitDaemon {
-    child: Child,
-    url: String,
-}
-
-impl GitDaemon {
-    fn start(base: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // Run git-daemon itself, not `git daemon`: the `git` wrapper would fork it as a child
-        // that outlives a kill of the wrapper.
-        let exec_path = Command::new("git")
-            .arg("--exec-path")
-            .output()
-            .expect("git (Debian package git) is required");
-        let daemon =
-            Path::new(String::from_utf8_lossy(&exec_path.stdout).trim()).join("git-daemon");
-        let child = Command::new(daemon)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .args([
-                "--reuseaddr",
-                "--export-all",
-                "--informative-errors",
-                "--listen=127.0.0.1",
-                &format!("--port={port}"),
-                &format!("--base-path={}", base.display()),
-                &base.display().to_string(),
-            ])
-            .spawn()
-            .expect("git daemon (Debian package git) is required");
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        GitDaemon {
-            child,
-            url: format!("git://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -3,96 +3,9 @@
 //! NAME:host-gateway` seen by a RUN step. Needs Debian's `git` and `busybox-static`.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 use kiln_e2e::*;
-
-fn build_local(k: &Kiln, ctx: &Path, out: &Path, extra: &[&str]) -> Run {
-    let dest = format!("type=local,dest={}", out.display());
-    let mut args = vec!["build", "--progress=plain", "--output", &dest];
-    args.extend_from_slice(extra);
-    let c = ctx.display().to_string();
-    args.push(&c);
-    k.run(&args)
-}
-
-fn sh(dir: &Path, script: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
-        .output()
-        .expect("sh");
-    assert!(
-        out.status.success(),
-        "{script}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// `git daemon` serving `base` on 127.0.0.1; killed on drop. (tests/e2e/tests/add.rs has the
-/// same helper; a test file cannot share it without a harness change.)
-struct GitDaemon {
-    child: Child,
-    url: String,
-}
-
-impl GitDaemon {
-    fn start(base: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // git-daemon itself, not `git daemon`, whose wrapper would outlive a kill.
-        let exec_path = Command::new("git")
-            .arg("--exec-path")
-            .output()
-            .expect("git (Debian package git) is required");
-        let daemon =
-            Path::new(String::from_utf8_lossy(&exec_path.stdout).trim()).join("git-daemon");
-        let child = Command::new(daemon)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .args([
-                "--reuseaddr",
-                "--export-all",
-                "--informative-errors",
-                "--listen=127.0.0.1",
-                &format!("--port={port}"),
-                &format!("--base-path={}", base.display()),
-                &base.display().to_string(),
-            ])
-            .spawn()
-            .expect("git daemon (Debian package git) is required");
-        // Wait for the listening socket (bounded), not for a fixed time.
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        GitDaemon {
-            child,
-            url: format!("git://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn git_query_strings_select_ref_subdir_and_pin_the_commit() {
@@ -121,7 +34,7 @@ fn git_query_strings_select_ref_subdir_and_pin_the_commit() {
     );
     let ctx = k.write("ctx", &[("Dockerfile", &dockerfile)]);
     let out = k.path("out");
-    build_local(&k, &ctx, &out, &[]).ok();
+    build_local_with(&k, &ctx, &out, &[]).ok();
     let read =
         |p: &str| std::fs::read_to_string(out.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
     assert_eq!(read("docs/api/g.txt"), "guide\n");
@@ -162,7 +75,7 @@ fn git_query_strings_select_ref_subdir_and_pin_the_commit() {
         )],
     );
     let out_m = k.path("out-mtime");
-    build_local(&k, &ctx, &out_m, &[]).ok();
+    build_local_with(&k, &ctx, &out_m, &[]).ok();
     use std::os::unix::fs::MetadataExt;
     let mtime = |p: &str| std::fs::metadata(out_m.join(p)).unwrap().mtime();
     assert_eq!(mtime("m/a.txt"), 981_173_106);
@@ -181,7 +94,7 @@ fn git_query_strings_select_ref_subdir_and_pin_the_commit() {
             &format!("FROM scratch\nADD {repo}?ref=feature&checksum={first} /x/\n"),
         )],
     );
-    let run = build_local(&k, &ctx, &k.path("out2"), &[]).fails();
+    let run = build_local_with(&k, &ctx, &k.path("out2"), &[]).fails();
     assert!(
         run.stderr
             .contains(&format!("expected commit {first}, got {second}")),
@@ -197,7 +110,7 @@ fn git_query_strings_select_ref_subdir_and_pin_the_commit() {
             &format!("FROM scratch\nADD {repo}?ref=main#feature /x/\n"),
         )],
     );
-    let run = build_local(&k, &ctx, &k.path("out3"), &[]).fails();
+    let run = build_local_with(&k, &ctx, &k.path("out3"), &[]).fails();
     assert!(
         run.stderr.contains(r#"ref conflicts: "feature" vs "main""#),
         "{}",
@@ -224,7 +137,7 @@ fn add_host_gateway_is_the_hosts_loopback() {
     );
     std::fs::copy(busybox, ctx.join("busybox")).unwrap();
     let out = k.path("out");
-    build_local(
+    build_local_with(
         &k,
         &ctx,
         &out,

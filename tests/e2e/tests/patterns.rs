@@ -8,17 +8,6 @@ use std::path::Path;
 
 use kiln_e2e::*;
 
-fn build_local(k: &Kiln, ctx: &Path, out: &Path) -> Run {
-    let dest = format!("type=local,dest={}", out.display());
-    k.run(&[
-        "build",
-        "--progress=plain",
-        "--output",
-        &dest,
-        ctx.to_str().unwrap(),
-    ])
-}
-
 fn read(root: &Path, p: &str) -> String {
     std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
 }

@@ -22,17 +22,7 @@ fn a_short_context_name_serves_from_and_copy_from_in_any_spelling() {
     let out = k.path("out");
     let bc = format!("alpine={}", alpine.display());
     // Without the context this would pull alpine from Docker Hub; with it nothing is pulled.
-    let r = k
-        .run(&[
-            "build",
-            "--progress=plain",
-            "--build-context",
-            &bc,
-            "-o",
-            out.to_str().unwrap(),
-            ctx.to_str().unwrap(),
-        ])
-        .ok();
+    let r = build_local_with(&k, &ctx, &out, &["--build-context", &bc]).ok();
     for f in ["from-stage", "from-copy"] {
         assert_eq!(
             std::fs::read_to_string(out.join(f)).unwrap(),
@@ -78,15 +68,7 @@ fn a_registry_context_name_serves_from_with_latest_from_an_oci_layout() {
     );
     let out = k.path("out");
     let bc = format!("quay.io/org/img=oci-layout://{}:latest", layout.display());
-    k.run(&[
-        "build",
-        "--build-context",
-        &bc,
-        "-o",
-        out.to_str().unwrap(),
-        ctx.to_str().unwrap(),
-    ])
-    .ok();
+    build_local_with(&k, &ctx, &out, &["--build-context", &bc]).ok();
     assert_eq!(
         std::fs::read_to_string(out.join("marker")).unwrap(),
         "from the layout\n"
@@ -104,16 +86,7 @@ fn an_unused_build_context_warns() {
     );
     let out = k.path("out");
     let bc = format!("alpine:3.19={}", spare.display());
-    let r = k
-        .run(&[
-            "build",
-            "--build-context",
-            &bc,
-            "-o",
-            out.to_str().unwrap(),
-            ctx.to_str().unwrap(),
-        ])
-        .ok();
+    let r = build_local_with(&k, &ctx, &out, &["--build-context", &bc]).ok();
     assert!(
         r.stderr.contains("unused build context \"alpine:3.19\""),
         "{}",
@@ -141,15 +114,7 @@ fn dockerfile_upstream_syntax_builds_with_the_bundled_frontend_and_says_so() {
             ],
         );
         let out = k.path(&format!("{syntax}-out"));
-        let r = k
-            .run(&[
-                "build",
-                "--progress=plain",
-                "-o",
-                out.to_str().unwrap(),
-                ctx.to_str().unwrap(),
-            ])
-            .ok();
+        let r = build_local_with(&k, &ctx, &out, &[]).ok();
         assert_eq!(
             std::fs::read_to_string(out.join("a")).unwrap(),
             "a\n",

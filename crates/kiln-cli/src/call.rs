@@ -31,22 +31,29 @@ pub fn parse_call(spec: &str) -> Result<Option<(Call, bool)>> {
     Ok(Some((call, json)))
 }
 
-/// Prints the frontend's answer to a `--call` on stdout, as buildx does: JSON when `raw`,
-/// otherwise text for people. A check with findings exits 1.
+/// Prints the frontend's answer to a `--call` as buildx does: JSON when `raw`, otherwise text
+/// for people, on stdout. A check with findings exits 1; a check whose Dockerfile fails to
+/// convert prints the error as buildx does (after the findings), on stderr.
 pub fn print_call(call: Call, json: &str, raw: bool, dockerfile: &Path) -> Result<ExitCode> {
     let value: serde_json::Value = serde_json::from_str(json)
         .with_context(|| format!("the frontend's --call={} result is not JSON", call.name()))?;
     let failed = call == Call::Check && check_failed(&value);
-    let text = if raw {
-        serde_json::to_string_pretty(&value).context("printing the --call result")?
+    if raw {
+        let text = serde_json::to_string_pretty(&value).context("printing the --call result")?;
+        println!("{text}");
     } else {
-        match call {
+        let text = match call {
             Call::Targets => targets_text(&value),
             Call::Outline => outline_text(&value),
             Call::Check => check_text(&value, dockerfile),
+        };
+        print!("{text}");
+        if call == Call::Check {
+            if let Some(error) = check_error_text(&value, dockerfile) {
+                eprint!("{error}");
+            }
         }
-    };
-    println!("{}", text.trim_end());
+    }
     Ok(if failed {
         ExitCode::FAILURE
     } else {
@@ -64,36 +71,37 @@ fn list_of<'a>(v: &'a serde_json::Value, key: &str) -> &'a [serde_json::Value] {
         .map_or(&[], |a| a.as_slice())
 }
 
-/// Columns separated by at least two spaces, as Go's tabwriter in buildx.
-fn table(rows: &[Vec<String>]) -> String {
+/// Rows laid out as Go's `text/tabwriter` lays them out for buildx (`minwidth 0`, `padchar ' '`,
+/// no flags): every cell but a row's last is padded to its column's widest cell plus
+/// `padding`, trailing spaces included; the last cell is written as it is.
+fn tabwriter(rows: &[Vec<String>], padding: usize) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
+    let widths: Vec<usize> = (0..cols.saturating_sub(1))
         .map(|c| {
             rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|x| x.chars().count())
+                .filter(|r| c + 1 < r.len())
+                .map(|r| r[c].chars().count())
                 .max()
                 .unwrap_or(0)
+                + padding
         })
         .collect();
     let mut out = String::new();
     for r in rows {
-        let mut line = String::new();
         for (c, cell) in r.iter().enumerate() {
             if c + 1 == r.len() {
-                line.push_str(cell);
+                out.push_str(cell);
             } else {
                 let w = widths.get(c).copied().unwrap_or(0);
-                line.push_str(&format!("{cell:<w$}  "));
+                out.push_str(&format!("{cell:<w$}"));
             }
         }
-        out.push_str(line.trim_end());
         out.push('\n');
     }
     out
 }
 
-/// `TARGET  DESCRIPTION`, the default target marked as buildx marks it.
+/// `TARGET DESCRIPTION`, the default target marked, as BuildKit's `targets.PrintTargets`.
 fn targets_text(v: &serde_json::Value) -> String {
     let mut rows = vec![vec!["TARGET".to_owned(), "DESCRIPTION".to_owned()]];
     for t in list_of(v, "targets") {
@@ -106,19 +114,23 @@ fn targets_text(v: &serde_json::Value) -> String {
         };
         rows.push(vec![name, str_of(t, "description").to_owned()]);
     }
-    table(&rows)
+    tabwriter(&rows, 1)
 }
 
-/// The target, then its build arguments, secrets and SSH mounts.
+/// The target, then its build arguments, secrets and SSH mounts, each block followed by an
+/// empty line, as BuildKit's `outline.PrintOutline`.
 fn outline_text(v: &serde_json::Value) -> String {
     let mut out = String::new();
     let name = str_of(v, "name");
-    if !name.is_empty() {
-        out.push_str(&format!("TARGET:      {name}\n"));
-    }
     let description = str_of(v, "description");
-    if !description.is_empty() {
-        out.push_str(&format!("DESCRIPTION: {description}\n"));
+    if !name.is_empty() || !description.is_empty() {
+        let name = if name.is_empty() { "(default)" } else { name };
+        let mut rows = vec![vec!["TARGET:".to_owned(), name.to_owned()]];
+        if !description.is_empty() {
+            rows.push(vec!["DESCRIPTION:".to_owned(), description.to_owned()]);
+        }
+        out.push_str(&tabwriter(&rows, 1));
+        out.push('\n');
     }
     let args = list_of(v, "args");
     if !args.is_empty() {
@@ -134,8 +146,8 @@ fn outline_text(v: &serde_json::Value) -> String {
                 str_of(a, "description").to_owned(),
             ]);
         }
+        out.push_str(&tabwriter(&rows, 3));
         out.push('\n');
-        out.push_str(&table(&rows));
     }
     for (key, title) in [("secrets", "SECRET"), ("ssh", "SSH")] {
         let items = list_of(v, key);
@@ -150,14 +162,18 @@ fn outline_text(v: &serde_json::Value) -> String {
                 if required { "true" } else { "" }.to_owned(),
             ]);
         }
+        out.push_str(&tabwriter(&rows, 3));
         out.push('\n');
-        out.push_str(&table(&rows));
     }
     out
 }
 
+fn check_error(v: &serde_json::Value) -> Option<&serde_json::Value> {
+    v.get("error").filter(|e| !e.is_null())
+}
+
 fn check_failed(v: &serde_json::Value) -> bool {
-    !list_of(v, "warnings").is_empty() || v.get("error").is_some_and(|e| !e.is_null())
+    !list_of(v, "warnings").is_empty() || check_error(v).is_some()
 }
 
 /// The 1-based line of a check finding (`location.ranges[0].start.line`).
@@ -172,48 +188,52 @@ fn finding_line(w: &serde_json::Value) -> Option<usize> {
     usize::try_from(line.as_u64()?).ok()
 }
 
-/// Each finding as buildx prints it, then the summary line.
+/// What buildx prints on stdout for `--call check`: the count first, then each finding after
+/// an empty line with the Dockerfile lines around it (`lint.LintResults.PrintTo`); "no
+/// warnings found" only when there is neither a finding nor an error.
 fn check_text(v: &serde_json::Value, dockerfile: &Path) -> String {
     let mut out = String::new();
     let warnings = list_of(v, "warnings");
+    match warnings.len() {
+        0 if check_error(v).is_some() => {}
+        0 => out.push_str("Check complete, no warnings found.\n"),
+        1 => out.push_str("Check complete, 1 warning has been found!\n"),
+        n => out.push_str(&format!("Check complete, {n} warnings have been found!\n")),
+    }
     for w in warnings {
-        let rule = str_of(w, "ruleName");
+        out.push_str(&format!("\nWARNING: {}", str_of(w, "ruleName")));
         let url = str_of(w, "url");
-        out.push_str(&format!("WARNING: {rule}"));
         if !url.is_empty() {
             out.push_str(&format!(" - {url}"));
         }
-        out.push('\n');
         let detail = match str_of(w, "detail") {
             "" => str_of(w, "description"),
             d => d,
         };
-        out.push_str(&format!("{detail}\n"));
+        out.push_str(&format!("\n{detail}\n"));
         if let Some(line) = finding_line(w) {
             for l in location_lines(dockerfile, line) {
                 out.push_str(&format!("{l}\n"));
             }
         }
-        out.push('\n');
     }
-    if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
-        out.push_str(&format!("ERROR: {}\n", str_of(e, "message")));
-        if let Some(line) = finding_line(e) {
-            for l in location_lines(dockerfile, line) {
-                out.push_str(&format!("{l}\n"));
-            }
-        }
+    if check_error(v).is_some() && !warnings.is_empty() {
         out.push('\n');
-    }
-    match warnings.len() {
-        0 if v.get("error").is_some_and(|e| !e.is_null()) => {
-            out.push_str("Check complete, an error was found!\n")
-        }
-        0 => out.push_str("Check complete, no warnings found.\n"),
-        1 => out.push_str("Check complete, 1 warning has been found!\n"),
-        n => out.push_str(&format!("Check complete, {n} warnings have been found!\n")),
     }
     out
+}
+
+/// A check whose Dockerfile fails: buildx returns the error (message, then the lines around
+/// it), which its main prints as `ERROR: ...` on stderr.
+fn check_error_text(v: &serde_json::Value, dockerfile: &Path) -> Option<String> {
+    let e = check_error(v)?;
+    let mut out = format!("ERROR: {}\n", str_of(e, "message"));
+    if let Some(line) = finding_line(e) {
+        for l in location_lines(dockerfile, line) {
+            out.push_str(&format!("{l}\n"));
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -236,22 +256,46 @@ mod tests {
     fn call_texts() {
         let v: serde_json::Value = serde_json::from_str(
             r#"{"targets":[{"name":"build","description":"compile it"},
+                {"name":"test"},
                 {"name":"release","default":true,"description":"the image"}]}"#,
         )
         .unwrap();
+        // tabwriter, padding 1: the column is as wide as its widest cell plus one, and a
+        // target without a description keeps its padding.
         assert_eq!(
             targets_text(&v),
-            "TARGET             DESCRIPTION\nbuild              compile it\nrelease (default)  the image\n"
+            "TARGET            DESCRIPTION\nbuild             compile it\ntest              \nrelease (default) the image\n"
         );
         let v: serde_json::Value = serde_json::from_str(
-            r#"{"name":"app","args":[{"name":"VERSION","value":"1.0","description":"the version"}],
-                "secrets":[{"name":"token","required":true}]}"#,
+            r#"{"name":"app","args":[{"name":"VERSION","value":"1.0","description":"the version"},
+                {"name":"GO_VERSION","value":"1.23"}],
+                "secrets":[{"name":"token","required":true},{"name":"npmrc"}]}"#,
         )
         .unwrap();
-        let text = outline_text(&v);
-        assert!(text.starts_with("TARGET:      app\n"), "{text}");
-        assert!(text.contains("VERSION    1.0    the version"), "{text}");
-        assert!(text.contains("token   true"), "{text}");
+        assert_eq!(
+            outline_text(&v),
+            "TARGET: app\n\n\
+             BUILD ARG    VALUE   DESCRIPTION\n\
+             VERSION      1.0     the version\n\
+             GO_VERSION   1.23    \n\n\
+             SECRET   REQUIRED\n\
+             token    true\n\
+             npmrc    \n\n"
+        );
+        // A description widens the TARGET: column; no name reads "(default)".
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"description":"the image"}"#).unwrap();
+        assert_eq!(
+            outline_text(&v),
+            "TARGET:      (default)\nDESCRIPTION: the image\n\n"
+        );
+    }
+
+    #[test]
+    fn check_texts() {
+        let dir = tempfile::tempdir().unwrap();
+        let df = dir.path().join("Dockerfile");
+        std::fs::write(&df, "FROM scratch AS Build\nCOPY a /\n").unwrap();
         let v: serde_json::Value = serde_json::from_str(
             r#"{"warnings":[{"ruleName":"StageNameCasing","url":"https://docs.docker.com/go/dockerfile/rule/stage-name-casing/",
                 "detail":"Stage name 'Build' should be lowercase",
@@ -259,17 +303,37 @@ mod tests {
         )
         .unwrap();
         assert!(check_failed(&v));
-        let text = check_text(&v, Path::new("/nonexistent/Dockerfile"));
-        assert!(
-            text.starts_with("WARNING: StageNameCasing - https://"),
-            "{text}"
+        assert_eq!(
+            check_text(&v, &df),
+            "Check complete, 1 warning has been found!\n\
+             \n\
+             WARNING: StageNameCasing - https://docs.docker.com/go/dockerfile/rule/stage-name-casing/\n\
+             Stage name 'Build' should be lowercase\n\
+             Dockerfile:1\n\
+             --------------------\n   \
+             1 | >>> FROM scratch AS Build\n   \
+             2 |     COPY a /\n   \
+             3 |     \n\
+             --------------------\n"
         );
-        assert!(
-            text.ends_with("Check complete, 1 warning has been found!\n"),
-            "{text}"
-        );
+        assert!(check_error_text(&v, &df).is_none());
         let clean: serde_json::Value = serde_json::from_str(r#"{"warnings":[]}"#).unwrap();
         assert!(!check_failed(&clean));
-        assert!(check_text(&clean, Path::new("x")).contains("no warnings found"));
+        assert_eq!(
+            check_text(&clean, &df),
+            "Check complete, no warnings found.\n"
+        );
+        // An error alone: no count line on stdout, the error on stderr.
+        let broken: serde_json::Value = serde_json::from_str(
+            r#"{"warnings":[],"error":{"message":"invalid chmod parameter","location":{"file":"Dockerfile","line":2}}}"#,
+        )
+        .unwrap();
+        assert!(check_failed(&broken));
+        assert_eq!(check_text(&broken, &df), "");
+        let e = check_error_text(&broken, &df).unwrap();
+        assert!(
+            e.starts_with("ERROR: invalid chmod parameter\nDockerfile:2\n"),
+            "{e}"
+        );
     }
 }

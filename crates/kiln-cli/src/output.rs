@@ -49,12 +49,14 @@ pub fn show_location(dockerfile: &Path, line: usize) {
     }
 }
 
-/// The lines around `line` of the build file, BuildKit style (none when it cannot be read).
+/// The lines around `line` of the build file, BuildKit style (none when it cannot be read):
+/// as BuildKit's `errdefs.Source.Print`, two lines either side of a one-line range, and the
+/// file split on `\n`, so that the empty line after the last newline can be shown too.
 pub fn location_lines(dockerfile: &Path, line: usize) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(dockerfile) else {
         return Vec::new();
     };
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text.split('\n').collect();
     if line == 0 || line > lines.len() {
         return Vec::new();
     }
@@ -63,12 +65,12 @@ pub fn location_lines(dockerfile: &Path, line: usize) -> Vec<String> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut out = vec![format!("{name}:{line}"), "--------------------".to_owned()];
-    let from = line.saturating_sub(3).max(1);
+    let from = line.saturating_sub(2).max(1);
     let to = (line + 2).min(lines.len());
     for (i, l) in lines.iter().enumerate().take(to).skip(from - 1) {
         let n = i + 1;
         let mark = if n == line { ">>>" } else { "   " };
-        out.push(format!("{n:>4} | {mark} {}", shorten_line(l)));
+        out.push(format!(" {n:>3} | {mark} {}", shorten_line(l)));
     }
     out.push("--------------------".to_owned());
     out
@@ -237,6 +239,38 @@ mod tests {
             "{shown}"
         );
         assert!(lines.iter().any(|l| l.ends_with("COPY a /")), "{lines:?}");
+    }
+
+    #[test]
+    fn the_error_box_is_buildkits() {
+        let dir = tempfile::tempdir().unwrap();
+        let df = dir.path().join("Dockerfile");
+        std::fs::write(&df, "FROM scratch\nCOPY a /\nCOPY b /\nCOPY c /\nCOPY d /\nCOPY e /\n")
+            .unwrap();
+        // Two lines either side, ` %3d | ` numbers, as errdefs.Source.Print.
+        assert_eq!(
+            location_lines(&df, 4),
+            [
+                "Dockerfile:4",
+                "--------------------",
+                "   2 |     COPY a /",
+                "   3 |     COPY b /",
+                "   4 | >>> COPY c /",
+                "   5 |     COPY d /",
+                "   6 |     COPY e /",
+                "--------------------",
+            ]
+        );
+        // The last line: BuildKit shows the empty line after its newline.
+        assert_eq!(
+            location_lines(&df, 6)[2..6],
+            [
+                "   4 |     COPY c /",
+                "   5 |     COPY d /",
+                "   6 | >>> COPY e /",
+                "   7 |     ",
+            ]
+        );
     }
 
     fn image() -> BuiltImage {

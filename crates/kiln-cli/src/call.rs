@@ -283,8 +283,7 @@ mod tests {
              npmrc    \n\n"
         );
         // A description widens the TARGET: column; no name reads "(default)".
-        let v: serde_json::Value =
-            serde_json::from_str(r#"{"description":"the image"}"#).unwrap();
+        let v: serde_json::Value = serde_json::from_str(r#"{"description":"the image"}"#).unwrap();
         assert_eq!(
             outline_text(&v),
             "TARGET:      (default)\nDESCRIPTION: the image\n\n"

@@ -245,8 +245,11 @@ mod tests {
     fn the_error_box_is_buildkits() {
         let dir = tempfile::tempdir().unwrap();
         let df = dir.path().join("Dockerfile");
-        std::fs::write(&df, "FROM scratch\nCOPY a /\nCOPY b /\nCOPY c /\nCOPY d /\nCOPY e /\n")
-            .unwrap();
+        std::fs::write(
+            &df,
+            "FROM scratch\nCOPY a /\nCOPY b /\nCOPY c /\nCOPY d /\nCOPY e /\n",
+        )
+        .unwrap();
         // Two lines either side, ` %3d | ` numbers, as errdefs.Source.Print.
         assert_eq!(
             location_lines(&df, 4),

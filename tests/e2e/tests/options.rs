@@ -519,7 +519,7 @@ fn call_targets_and_check() {
         "ctx",
         &[(
             "Dockerfile",
-            "# Builds the app\nFROM scratch AS build\nCOPY . /\n\nFROM scratch AS Release\nCOPY --from=build / /\n",
+            "# build compiles the app\nFROM scratch AS build\nCOPY . /\n\nFROM scratch AS Release\nCOPY --from=build / /\n",
         )],
     );
     let r = build(&k, &ctx, &["--call", "targets"]).ok();
@@ -535,10 +535,26 @@ fn call_targets_and_check() {
     assert!(v["targets"].is_array(), "{v}");
     // `Release` breaks the stage-name casing rule: check reports it and fails.
     let r = build(&k, &ctx, &["--call", "check"]).fails();
+    // As buildx: the count first, then each finding after an empty line, with its lines.
     assert!(
-        r.stdout.contains("WARNING: StageNameCasing"),
+        r.stdout.starts_with(
+            "Check complete, 1 warning has been found!\n\nWARNING: StageNameCasing - \
+             https://docs.docker.com/go/dockerfile/rule/stage-name-casing/\n\
+             Stage name 'Release' should be lowercase\nDockerfile:5\n"
+        ),
         "{}",
         r.stdout
+    );
+    assert!(
+        r.stdout.contains(" 5 | >>> FROM scratch AS Release\n"),
+        "{}",
+        r.stdout
+    );
+    // `TARGET DESCRIPTION` laid out by tabwriter with padding 1, the comment as description.
+    let r = build(&k, &ctx, &["--call", "targets"]).ok();
+    assert_eq!(
+        r.stdout,
+        "TARGET            DESCRIPTION\nbuild             compiles the app\nrelease (default) \n"
     );
 }
 

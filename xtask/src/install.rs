@@ -86,11 +86,15 @@ pub fn run_install(args: &[String]) -> Result<ExitCode> {
     let ws = Workspace::load()?;
     let built = build(&ws, args.profile)?;
     install_into(&built, &prefix)?;
+    // Completions and the man page where bash-completion, zsh, fish and man look, as a
+    // distribution package would place them.
+    generate_docs(&prefix)?;
     println!(
-        "xtask: installed {} and {} plugin(s) into {}",
+        "xtask: installed {} and {} plugin(s) into {}, completions and the man page under {}",
         prefix.join("bin/kiln").display(),
         built.plugins.len(),
-        prefix.join("lib/kiln/plugins").display()
+        prefix.join("lib/kiln/plugins").display(),
+        prefix.join("share").display()
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -155,7 +159,7 @@ const GENERATED: &[(&str, &[&str])] = &[
     ("share/man/man1/kiln.1", &["man"]),
 ];
 
-/// Asks the staged `bin/kiln` for its completions and man page (xtask cannot link the CLI's clap
+/// Asks the installed or staged `bin/kiln` for its completions and man page (xtask cannot link the CLI's clap
 /// command: it must not depend on kiln crates).
 fn generate_docs(stage: &Path) -> Result<()> {
     let kiln = stage.join("bin/kiln");

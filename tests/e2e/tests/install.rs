@@ -64,6 +64,18 @@ fn installed_debug_build_finds_its_plugins_from_another_directory() {
             "libkiln_http.so"
         ]
     );
+    // Completions and the man page come with the install, not only with `cargo xtask dist`.
+    let bash = std::fs::read_to_string(prefix.join("share/bash-completion/completions/kiln"))
+        .expect("bash completion installed");
+    assert!(bash.contains("--build-context"), "{bash}");
+    let man = std::fs::read_to_string(prefix.join("share/man/man1/kiln.1")).expect("man page");
+    assert!(man.starts_with(".ie") || man.contains(".TH kiln"), "{man}");
+    for rel in [
+        "share/zsh/site-functions/_kiln",
+        "share/fish/vendor_completions.d/kiln.fish",
+    ] {
+        assert!(prefix.join(rel).is_file(), "{rel} not installed");
+    }
 
     let work = k.write(
         "work",

@@ -6,9 +6,11 @@
 //! depends on a frontend or plugin crate.
 
 mod call;
+mod config;
 mod flags;
 mod generate;
 mod output;
+mod output_spec;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -32,9 +34,13 @@ use kiln_types::Platform;
     about = "Build OCI container images from Dockerfiles"
 )]
 struct Cli {
-    /// Store root (default: $KILN_ROOT, /var/lib/kiln as root, ~/.local/share/kiln otherwise).
-    #[arg(long, global = true, env = "KILN_ROOT")]
+    /// Store root (default: $KILN_ROOT, then `root` in kiln.toml, then /var/lib/kiln as root,
+    /// ~/.local/share/kiln otherwise).
+    #[arg(long, global = true)]
     root: Option<PathBuf>,
+    /// Configuration file, read instead of /etc/kiln/kiln.toml and ~/.config/kiln/kiln.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,6 +56,11 @@ enum Command {
     },
     /// Show the kiln version and plugin ABI.
     Version,
+    /// Show the configuration (kiln.toml, environment, flags).
+    Config {
+        #[command(subcommand)]
+        command: config::ConfigCommand,
+    },
     Generate(generate::GenerateArgs),
 }
 
@@ -63,10 +74,12 @@ enum PluginsCommand {
     },
 }
 
+/// buildx's `--network` modes.
 #[derive(Clone, Copy, ValueEnum)]
-enum ExecutorArg {
-    Embedded,
-    Runc,
+enum NetworkArg {
+    Default,
+    None,
+    Host,
 }
 
 #[derive(clap::Args)]
@@ -101,6 +114,18 @@ struct BuildArgs {
     /// Push the image to the registry of each `-t` name (shorthand for --output type=registry).
     #[arg(long)]
     push: bool,
+    /// Load the image into docker (shorthand for --output type=docker): `docker load`, which
+    /// honours DOCKER_HOST.
+    #[arg(long)]
+    load: bool,
+    /// Add an annotation to the image (format: [type[platform]:]key=value; type is manifest,
+    /// manifest-descriptor, index or index-descriptor).
+    #[arg(long = "annotation")]
+    annotations: Vec<String>,
+    /// Always look base image tags up in their registry. kiln does at every build already
+    /// (it keeps no tag-to-digest cache), so this is accepted for buildx's scripts.
+    #[arg(long)]
+    pull: bool,
     /// Do not use cache when building the image.
     #[arg(long)]
     no_cache: bool,
@@ -119,15 +144,19 @@ struct BuildArgs {
     /// Secret to expose to the build (format: id=mysecret[,src=/local/secret] or id=X,env=VAR).
     #[arg(long = "secret")]
     secrets: Vec<String>,
-    /// Runtime for RUN steps: kiln's embedded sandbox or runc.
-    #[arg(long, value_enum, default_value = "embedded")]
-    executor: ExecutorArg,
+    /// Runtime for RUN steps: kiln's embedded sandbox or runc (default: `worker.executor` in
+    /// kiln.toml, else embedded).
+    #[arg(long, value_enum)]
+    executor: Option<config::Executor>,
     /// Target platform (os/arch[/variant]); RUN steps need the host's platform or emulation.
     #[arg(long)]
     platform: Option<String>,
-    /// SSH agent socket to expose to the build (format: default|<id>[=<socket>]).
+    /// SSH agent socket or keys to expose to the build (format: default|<id>[=<socket>|<key>[,<key>]]).
     #[arg(long = "ssh")]
     ssh: Vec<String>,
+    /// Networking mode of the RUN instructions (host needs --allow network.host).
+    #[arg(long, value_enum, default_value = "default")]
+    network: NetworkArg,
     /// Allow extra privileged entitlement (network.host, security.insecure).
     #[arg(long = "allow")]
     allow: Vec<String>,
@@ -163,23 +192,6 @@ struct BuildArgs {
 enum FormatArg {
     Text,
     Json,
-}
-
-fn default_root() -> PathBuf {
-    let is_root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
-        || std::fs::metadata("/proc/self")
-            .map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                m.uid() == 0
-            })
-            .unwrap_or(false);
-    if is_root {
-        return PathBuf::from("/var/lib/kiln");
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".local/share/kiln"),
-        None => PathBuf::from(".kiln"),
-    }
 }
 
 fn main() -> ExitCode {
@@ -219,7 +231,8 @@ fn chain(e: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let root = cli.root.clone().unwrap_or_else(default_root);
+    // Read only by the commands that use it: a broken kiln.toml must not stop `kiln version`.
+    let config = || config::Config::from_process(cli.config.as_deref(), cli.root.clone());
     match cli.command {
         Command::Version => {
             println!(
@@ -233,12 +246,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             command: PluginsCommand::Ls { plugin_dirs },
         } => {
             let registry = kiln_plugin_host::PluginRegistry::discover(
-                &kiln_plugin_host::SearchPath::standard(&plugin_dirs),
+                &kiln_plugin_host::SearchPath::standard(&config()?.plugin_dirs_with(&plugin_dirs)),
             );
             output::plugins_table(&registry);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Build(args) => build(root, *args),
+        Command::Build(args) => build(&config()?, *args),
+        Command::Config { command } => config::run(&command, &config()?),
         Command::Generate(args) => generate::run(&args),
     }
 }
@@ -263,21 +277,11 @@ async fn interrupts(cancel: CancellationToken) {
     }
 }
 
-fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
-    if flags::is_remote_context(&args.context) {
-        bail!(
-            "remote build contexts are not supported yet: {:?}; clone it and pass the directory",
-            args.context
-        );
-    }
-    if args.context == "-" {
-        bail!(
-            "reading the build context from stdin is not supported yet; pass a directory \
-             (`-f -` reads only the Dockerfile from stdin)"
-        );
-    }
+fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
+    // A URL or `-`: the engine fetches (or reads) it into a local context before the build.
+    let remote = flags::remote_context(&args.context, args.file.as_deref())?;
     let context = PathBuf::from(&args.context);
-    if !context.is_dir() {
+    if remote.is_none() && !context.is_dir() {
         bail!(
             "unable to prepare context: path {:?} not found",
             context.display().to_string()
@@ -350,14 +354,37 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
     let mut exports = args
         .outputs
         .iter()
-        .map(|o| flags::parse_output(o))
+        .map(|o| output_spec::parse_output(o))
         .collect::<Result<Vec<_>>>()?;
     if args.push {
-        exports.push(Export::Registry { names: Vec::new() });
+        exports.push(Export::Registry {
+            names: Vec::new(),
+            format: Default::default(),
+        });
+    }
+    if args.load {
+        exports.push(Export::Load {
+            format: Default::default(),
+        });
+    }
+    // As buildx: `--annotation` applies to every image output.
+    let annotations = args
+        .annotations
+        .iter()
+        .map(|a| output_spec::parse_annotation(a))
+        .collect::<Result<Vec<_>>>()?;
+    if !annotations.is_empty() && !exports.iter().any(|e| e.image_format().is_some()) {
+        bail!(
+            "--annotation needs an image output: --output type=oci|docker|registry, --push or \
+             --load"
+        );
+    }
+    for format in exports.iter_mut().filter_map(Export::image_format_mut) {
+        format.annotations.extend(annotations.iter().cloned());
     }
     // A push without `name=` goes to the `-t` names, as with buildx.
     for e in &mut exports {
-        if let Export::Registry { names } = e {
+        if let Export::Registry { names, .. } = e {
             if names.is_empty() {
                 names.clone_from(&args.tags);
             }
@@ -384,10 +411,11 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
     let renderer = Arc::new(Renderer::new(mode, sink));
 
     let engine = Engine::new(EngineConfig {
-        root,
-        plugin_dirs: args.plugin_dirs.clone(),
-        concurrency: None,
+        root: settings.root.value.clone(),
+        plugin_dirs: settings.plugin_dirs_with(&args.plugin_dirs),
+        concurrency: settings.max_parallelism.value.map(std::num::NonZeroUsize::get),
         insecure_registries: args.insecure_registries.clone(),
+        registries: settings.registry_hosts(),
     })
     .context("opening the kiln store")?;
     for r in engine.plugins().refused() {
@@ -422,15 +450,20 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
                     })
             })
             .collect::<Result<_>>()?,
-        runtime: match args.executor {
-            ExecutorArg::Embedded => ExecRuntime::Embedded,
-            ExecutorArg::Runc => ExecRuntime::Runc,
+        runtime: match args.executor.unwrap_or(settings.executor.value) {
+            config::Executor::Embedded => ExecRuntime::Embedded,
+            config::Executor::Runc => ExecRuntime::Runc,
         },
         ssh: args
             .ssh
             .iter()
             .map(|s| flags::parse_ssh(s))
             .collect::<Result<_>>()?,
+        network: match args.network {
+            NetworkArg::Default => kiln_engine::NetworkMode::Default,
+            NetworkArg::None => kiln_engine::NetworkMode::None,
+            NetworkArg::Host => kiln_engine::NetworkMode::Host,
+        },
         allow: args
             .allow
             .iter()
@@ -479,10 +512,42 @@ fn build(root: PathBuf, args: BuildArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let cancel = CancellationToken::new();
-    let result = rt.block_on(async {
+    // `-f` with a remote context names a file inside it (or, absolute, a local file).
+    let remote_file = stdin_file.as_ref().map(|s| s.path()).or(args.file.clone());
+    let (prepared, result) = rt.block_on(async {
         tokio::spawn(interrupts(cancel.clone()));
-        engine.build(req, renderer.clone(), cancel.clone()).await
+        let mut req = req;
+        let prepared = match remote {
+            Some(remote) => {
+                let fetched = engine
+                    .prepare_context(
+                        remote,
+                        remote_file.as_deref(),
+                        &req.build_args,
+                        renderer.clone(),
+                        cancel.clone(),
+                    )
+                    .await;
+                match fetched {
+                    Ok(p) => {
+                        req.context = p.context().to_owned();
+                        req.dockerfile = p.dockerfile().to_owned();
+                        Some(p)
+                    }
+                    Err(e) => return (None, Err(e)),
+                }
+            }
+            None => None,
+        };
+        (
+            prepared,
+            engine.build(req, renderer.clone(), cancel.clone()).await,
+        )
     });
+    // The fetched context (and its Dockerfile, whose lines errors show) lives until kiln exits.
+    let dockerfile = prepared
+        .as_ref()
+        .map_or(dockerfile, |p| p.dockerfile().to_owned());
     renderer.finish();
     // What scripts read back, written once the build succeeded, as buildx writes it.
     if let Ok(outcome) = &result {

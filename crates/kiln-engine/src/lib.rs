@@ -7,11 +7,14 @@
 //! them only through `kiln-plugin-host`. It does no rendering: progress leaves as events.
 
 mod exec;
+mod export;
 mod fileop;
 mod local;
+mod remote_context;
 mod rootpath;
 mod run;
 mod services;
+mod ssh_agent;
 mod syntax;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,16 +22,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_cache::CacheIndex;
-use kiln_export::{Image, ImageOptions};
+use kiln_export::Image;
+pub use kiln_export::{Annotation, AnnotationKind, CompressionKind, ImageFormat, TarDest};
 use kiln_plugin_host::{PluginRegistry, SearchPath};
 use kiln_plugin_sdk::proto::{Diagnostic, FrontendRequest, PluginError};
-use kiln_snapshot::{Compression, Snapshot, Store};
+use kiln_snapshot::{Snapshot, Store};
 use kiln_solver::{CancellationToken, Event, ProgressSink};
 use kiln_types::{Digest, Platform};
 
 pub use fileop::{extract_archive_bytes, FileOpError};
+pub use kiln_graph::NetworkMode;
 pub use kiln_plugin_sdk::proto::{HostEntry, Ulimit, UlimitResource};
+pub use kiln_registry::{is_loopback, HostOptions};
 pub use kiln_solver::Status;
+pub use remote_context::{PreparedContext, RemoteContext, MAX_STDIN_CONTEXT_BYTES};
 pub use run::{ExecRuntime, RunOptions, SecretSource, SshSource};
 pub use syntax::{find_syntax, SyntaxChoice};
 
@@ -52,6 +59,14 @@ pub enum Error {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// A remote build context (git, http, stdin) that could not be fetched or used.
+    #[error("unable to prepare context {url}: {message}")]
+    RemoteContext {
+        /// The URL (or `stdin`).
+        url: String,
+        /// Why.
+        message: String,
     },
     /// A local context problem.
     #[error("context {context:?}: {message}")]
@@ -286,9 +301,19 @@ pub struct EngineConfig {
     pub concurrency: Option<usize>,
     /// Registries reached over plain http (`--insecure-registry`); loopback always is.
     pub insecure_registries: Vec<String>,
+    /// Per-host registry settings (mirrors, http, insecure), from kiln.toml's `[registry]`.
+    pub registries: BTreeMap<String, HostOptions>,
 }
 
-/// An export destination, parsed from `--output`.
+/// The parallel steps allowed when [`EngineConfig::concurrency`] is `None`: four per core, at
+/// least 8. Steps mostly wait (on processes, disks, registries), so more of them are in flight
+/// than there are cores; BuildKit does not cap them at all by default.
+pub fn default_concurrency() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores * 4).max(8)
+}
+
+/// An export destination, parsed from `--output` (and `--push`, `--load`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Export {
     /// `type=oci`: an OCI image layout, as a tarball (`tar=true`) or a directory.
@@ -297,25 +322,63 @@ pub enum Export {
         dest: PathBuf,
         /// Write a tarball.
         tar: bool,
-        /// `rewrite-timestamp=true`: clamp file times in the layers to `SOURCE_DATE_EPOCH`.
-        rewrite_timestamp: bool,
+        /// Compression, media types, annotations, `rewrite-timestamp`.
+        format: ImageFormat,
     },
     /// `type=local`: the result's files.
     Local {
         /// Destination directory.
         dest: PathBuf,
     },
+    /// `type=tar`: the result's files as one tar.
+    Tar {
+        /// A file or standard output.
+        dest: TarDest,
+    },
     /// `type=docker`: a docker-archive tarball, as `docker load` reads it.
     Docker {
         /// Destination file.
         dest: PathBuf,
+        /// Compression, media types, annotations, `rewrite-timestamp`.
+        format: ImageFormat,
+    },
+    /// `--load` (`type=docker` without `dest`): the docker-archive streamed into `docker load`.
+    Load {
+        /// Compression, media types, annotations, `rewrite-timestamp`.
+        format: ImageFormat,
     },
     /// `type=registry` (or `type=image,push=true`, `--push`): push the image to a registry
     /// under each name.
     Registry {
         /// Image names (`registry/repo:tag`).
         names: Vec<String>,
+        /// Compression, media types, annotations, `rewrite-timestamp`.
+        format: ImageFormat,
     },
+}
+
+impl Export {
+    /// The image format of an image export; `None` for the filesystem exports.
+    pub fn image_format(&self) -> Option<&ImageFormat> {
+        match self {
+            Export::Oci { format, .. }
+            | Export::Docker { format, .. }
+            | Export::Load { format }
+            | Export::Registry { format, .. } => Some(format),
+            Export::Local { .. } | Export::Tar { .. } => None,
+        }
+    }
+
+    /// [`Export::image_format`], mutable (to add `--annotation`s to every image export).
+    pub fn image_format_mut(&mut self) -> Option<&mut ImageFormat> {
+        match self {
+            Export::Oci { format, .. }
+            | Export::Docker { format, .. }
+            | Export::Load { format }
+            | Export::Registry { format, .. } => Some(format),
+            Export::Local { .. } | Export::Tar { .. } => None,
+        }
+    }
 }
 
 /// A privilege a build must be granted explicitly (`--allow`), as BuildKit's entitlements.
@@ -406,10 +469,13 @@ pub struct BuildRequest {
     pub secrets: BTreeMap<String, SecretSource>,
     /// `--executor`.
     pub runtime: ExecRuntime,
-    /// `--build-context NAME=VALUE`: a directory, `docker-image://REF` or `oci-layout://DIR`.
+    /// `--build-context NAME=VALUE`: a directory, `docker-image://REF`, `oci-layout://DIR`,
+    /// a git URL or an http(s) URL.
     pub build_contexts: BTreeMap<String, String>,
     /// `--ssh` agents by id.
     pub ssh: BTreeMap<String, SshSource>,
+    /// `--network`: the network of every RUN step that does not choose its own.
+    pub network: NetworkMode,
     /// `--allow`: the entitlements granted.
     pub allow: BTreeSet<Entitlement>,
     /// `--add-host`, `--shm-size`, `--ulimit`.
@@ -470,6 +536,7 @@ impl Engine {
             registry: kiln_registry::Registry::new(kiln_registry::RegistryOptions {
                 insecure: config.insecure_registries.clone(),
                 docker_config: None,
+                hosts: config.registries.clone(),
             })?,
         })
     }
@@ -527,12 +594,36 @@ impl Engine {
         if let Some(call) = req.call {
             options.insert("call".to_owned(), call.name().to_owned());
         }
+        // buildx's `--network`: a frontend option, so that the frontend makes it each RUN's
+        // default (and a RUN's own `--network` wins), as BuildKit's Dockerfile frontend does.
+        match req.network {
+            NetworkMode::Default => {}
+            NetworkMode::None => {
+                options.insert("force-network-mode".to_owned(), "none".to_owned());
+            }
+            NetworkMode::Host => {
+                if !req.allow.contains(&Entitlement::NetworkHost) {
+                    return Err(Error::Entitlement {
+                        entitlement: Entitlement::NetworkHost,
+                        why: "--network host",
+                        location: None,
+                    });
+                }
+                options.insert("force-network-mode".to_owned(), "host".to_owned());
+            }
+        }
         for (name, value) in &req.build_contexts {
-            if value.starts_with("docker-image://") || value.starts_with("oci-layout://") {
+            // Images and remote URLs (git, http) go to the frontend as they are, as buildx
+            // passes them to BuildKit; it makes the sources that fetch them.
+            if value.starts_with("docker-image://")
+                || value.starts_with("oci-layout://")
+                || remote_context::is_remote_url(value)
+            {
                 options.insert(format!("context:{name}"), value.clone());
             } else if value.contains("://") {
                 return Err(Error::Unsupported(format!(
-                    "--build-context {name}={value}: only directories, docker-image:// and oci-layout:// are supported"
+                    "--build-context {name}={value}: expected a directory, docker-image://, \
+                     oci-layout://, a git URL or an http(s) URL"
                 )));
             } else {
                 let dir = std::fs::canonicalize(value).map_err(|e| Error::Context {
@@ -627,6 +718,8 @@ impl Engine {
         // Solve.
         let mut def = resp.definition;
         check_entitlements(&def, &req.allow)?;
+        // Key files get an agent of their own for the build; dropped (killed) on every way out.
+        let (ssh, _agents) = ssh_agent::serve(&req.ssh)?;
         if req.no_cache {
             for v in &mut def.vertices {
                 v.meta.ignore_cache = true;
@@ -640,7 +733,7 @@ impl Engine {
                 contexts,
                 cache_mounts: self.cache_mounts.clone(),
                 secrets: req.secrets.clone(),
-                ssh: req.ssh.clone(),
+                ssh,
                 run_options: req.run_options.clone(),
                 runtime: req.runtime,
                 registry: self.registry.clone(),
@@ -656,10 +749,7 @@ impl Engine {
             )
         }))?;
         let mut solver = kiln_solver::Solver::new(ops).with_progress(progress.clone());
-        // Steps mostly wait (on processes, disks, registries), so the default allows more of
-        // them in flight than there are cores, as BuildKit does not cap them at all by default.
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        solver = solver.with_concurrency(self.concurrency.unwrap_or((cores * 4).max(8)));
+        solver = solver.with_concurrency(self.concurrency.unwrap_or_else(default_concurrency));
         let target = def.outputs.first().copied().flatten();
         let (snapshot, steps) = match target {
             Some(edge) => {
@@ -722,22 +812,7 @@ impl Engine {
         let store = self.store.clone();
         let exports = req.exports.clone();
         let epoch = source_date_epoch(&req.build_args)?;
-        let rewrite_timestamp = exports.iter().any(|e| {
-            matches!(
-                e,
-                Export::Oci {
-                    rewrite_timestamp: true,
-                    ..
-                }
-            )
-        });
-        if rewrite_timestamp && epoch.is_none() {
-            return Err(Error::Unsupported(
-                "--output ...,rewrite-timestamp=true needs SOURCE_DATE_EPOCH: pass \
-                 --build-arg SOURCE_DATE_EPOCH=<unix seconds> (or set it in the environment)"
-                    .into(),
-            ));
-        }
+        export::check(&exports, epoch)?;
         let tags = req.tags.clone();
         let registry = self.registry.clone();
         let handle = tokio::runtime::Handle::current();
@@ -750,47 +825,15 @@ impl Engine {
         });
         let started = std::time::Instant::now();
         let image = tokio::task::spawn_blocking(move || -> Result<Option<Image>, Error> {
-            let needs_image = exports.iter().any(|e| !matches!(e, Export::Local { .. }));
-            let image = if needs_image {
-                Some(kiln_export::assemble_image(
-                    &store,
-                    &snapshot,
-                    config,
-                    ImageOptions {
-                        compression: Compression::Gzip,
-                        source_date_epoch: epoch,
-                        rewrite_timestamp,
-                    },
-                )?)
-            } else {
-                None
+            let cx = export::ExportContext {
+                store: &store,
+                registry: &registry,
+                handle: &handle,
+                tags: &tags,
+                epoch,
+                progress: push_progress.as_ref(),
             };
-            for e in &exports {
-                match (e, &image) {
-                    (Export::Oci { dest, tar, .. }, Some(image)) => {
-                        kiln_export::export_oci(&store, image, &tags, dest, *tar)?
-                    }
-                    (Export::Local { dest }, _) => {
-                        kiln_export::export_local(&store, &snapshot, dest)?
-                    }
-                    (Export::Registry { names }, Some(image)) => push(
-                        &store,
-                        &registry,
-                        &handle,
-                        image,
-                        names,
-                        push_progress.as_ref(),
-                    )?,
-                    (Export::Docker { dest }, Some(image)) => {
-                        kiln_export::export_docker(&store, image, &tags, dest)?
-                    }
-                    (
-                        Export::Oci { .. } | Export::Registry { .. } | Export::Docker { .. },
-                        None,
-                    ) => {}
-                }
-            }
-            Ok(image)
+            export::run(&cx, &exports, &snapshot, &config)
         })
         .await
         .map_err(|e| Error::Unsupported(format!("export task failed: {e}")))?;
@@ -825,7 +868,7 @@ fn check_entitlements(
     def: &kiln_graph::Definition,
     allow: &BTreeSet<Entitlement>,
 ) -> Result<(), Error> {
-    use kiln_graph::{NetworkMode, Op, SecurityMode};
+    use kiln_graph::{Op, SecurityMode};
     for v in &def.vertices {
         let Op::Exec(e) = &v.op else { continue };
         let needed = [
@@ -920,6 +963,7 @@ mod tests {
             security,
             mounts: vec![],
             proxy_env: vec![],
+            devices: Vec::new(),
         });
         kiln_graph::State::definition(&[kiln_graph::State::from_op(op, vec![], "RUN true")])
     }

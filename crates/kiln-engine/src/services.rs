@@ -217,6 +217,7 @@ mod tests {
         kiln_registry::Registry::new(kiln_registry::RegistryOptions {
             insecure: Vec::new(),
             docker_config: Some(docker.path().to_owned()),
+            hosts: Default::default(),
         })
         .expect("registry client")
     }

@@ -1,8 +1,9 @@
 //! Pulls images for `FROM <image>`: resolves a reference (registry or `oci-layout://`
 //! directory) to one platform's manifest and config, and puts the layer blobs into the
 //! content store. Registry access goes through oci-client (rustls with the ring provider),
-//! with credentials from the docker client's configuration, bounded retries, and plain http
-//! for loopback and `--insecure-registry` hosts.
+//! with credentials from the docker client's configuration, bounded retries, plain http
+//! for loopback and `--insecure-registry` hosts, and per-host settings (mirrors tried before
+//! the host for pulls, plain http, unverified TLS) as kiln.toml's `[registry."host"]` gives them.
 //!
 //! Architecture invariant: a layer-1 crate. Among kiln crates it depends on `kiln-types` and
 //! on `kiln-snapshot` (for the blob store) only; it knows nothing of builds, graphs or plugins.
@@ -15,6 +16,7 @@ mod reference;
 mod remote;
 mod select;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -23,7 +25,7 @@ use kiln_types::image::{Descriptor, ImageConfig, Manifest};
 use kiln_types::{Digest, Platform};
 
 pub use error::{Category, DiffIdMismatch, Error, Op};
-pub use reference::{ImageRef, LayoutRef, Reference};
+pub use reference::{is_loopback, ImageRef, LayoutRef, Reference};
 pub use select::{parse_config, parse_document, Document, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE};
 
 /// How to reach registries.
@@ -35,6 +37,22 @@ pub struct RegistryOptions {
     /// The docker configuration directory holding `config.json`; default `$DOCKER_CONFIG`, else
     /// `~/.docker`.
     pub docker_config: Option<PathBuf>,
+    /// Settings of registry hosts (`docker.io`, `host:port`), by host.
+    pub hosts: BTreeMap<String, HostOptions>,
+}
+
+/// How to reach one registry host: BuildKit's `[registry."host"]` of buildkitd.toml.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostOptions {
+    /// Mirrors of this host, tried in order before the host itself when pulling (never when
+    /// pushing): `host[:port][/path]`, where a path is put before the repository, as BuildKit
+    /// does for a mirror like `harbor.example.com/proxy.docker.io`. How a mirror is reached
+    /// (http, insecure) is the mirror's own host entry.
+    pub mirrors: Vec<String>,
+    /// Plain http (`true`) or https (`false`); `None`: plain http for loopback hosts only.
+    pub http: Option<bool>,
+    /// https without verifying the server's certificate.
+    pub insecure: bool,
 }
 
 /// A registry client: cheap to clone and share between tasks.

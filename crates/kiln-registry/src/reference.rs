@@ -67,7 +67,7 @@ impl fmt::Display for ImageRef {
 
 /// Whether the registry is reached over plain http by default, as docker does: `localhost`,
 /// `127.0.0.0/8` and `::1`, with or without a port.
-pub(crate) fn is_loopback(registry: &str) -> bool {
+pub fn is_loopback(registry: &str) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
         rest.split_once(']').map_or(rest, |(h, _)| h)
     } else {

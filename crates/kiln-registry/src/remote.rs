@@ -1,7 +1,7 @@
 //! Registry access over oci-client: auth, manifests, streamed and verified blob downloads,
 //! retries, and the mapping of transport errors to errors a user can act on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +23,7 @@ use crate::select::{
     check_layer_count, check_size, parse_config, parse_document, select_platform, Document,
     ACCEPTED, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, MAX_NESTING,
 };
-use crate::{Error, Op, Reference, RegistryOptions, ResolvedImage};
+use crate::{Category, Error, HostOptions, Op, Reference, RegistryOptions, ResolvedImage};
 
 /// Attempts per request, and the first back-off delay (multiplied by 4 each time: 200 ms,
 /// 800 ms), so that an unreachable registry fails in about a second.
@@ -40,12 +40,15 @@ pub(crate) struct Remote {
     // that only uses loopback registries (or none) should not pay for.
     https: std::sync::OnceLock<Client>,
     http: std::sync::OnceLock<Client>,
+    /// https that accepts any certificate: hosts with `insecure = true`.
+    https_unverified: std::sync::OnceLock<Client>,
     insecure: Vec<String>,
+    hosts: BTreeMap<String, HostOptions>,
     config: Arc<DockerConfig>,
     credentials: Mutex<HashMap<String, RegistryAuth>>,
 }
 
-fn new_client(protocol: ClientProtocol) -> Result<Client, Error> {
+fn new_client(protocol: ClientProtocol, unverified: bool) -> Result<Client, Error> {
     let config = ClientConfig {
         protocol: protocol.clone(),
         connect_timeout: Some(CONNECT_TIMEOUT),
@@ -54,8 +57,9 @@ fn new_client(protocol: ClientProtocol) -> Result<Client, Error> {
         platform_resolver: None,
         // The plain-http client serves loopback and `--insecure-registry` hosts only, which
         // docker does not verify either; skipping verification also skips loading the system's
-        // CA certificates, a large part of a no-op build's time.
-        accept_invalid_certificates: matches!(protocol, ClientProtocol::Http),
+        // CA certificates, a large part of a no-op build's time. `insecure = true` hosts are
+        // https whose certificate the user chose not to verify.
+        accept_invalid_certificates: unverified || matches!(protocol, ClientProtocol::Http),
         ..ClientConfig::default()
     };
     // `Client::new` would swallow the error and fall back to a default client.
@@ -70,23 +74,32 @@ impl Remote {
         Ok(Remote {
             https: std::sync::OnceLock::new(),
             http: std::sync::OnceLock::new(),
+            https_unverified: std::sync::OnceLock::new(),
             insecure: opts.insecure,
+            hosts: opts.hosts,
             config: Arc::new(DockerConfig::load(opts.docker_config.as_deref())?),
             credentials: Mutex::new(HashMap::new()),
         })
     }
 
     fn client_for(&self, registry: &str) -> Result<&Client, Error> {
-        let (cell, protocol) =
-            if is_loopback(registry) || self.insecure.iter().any(|h| h == registry) {
-                (&self.http, ClientProtocol::Http)
-            } else {
-                (&self.https, ClientProtocol::Https)
-            };
+        let host = self.hosts.get(registry);
+        // As BuildKit: `http` decides when given, else loopback hosts are plain http.
+        let http = self.insecure.iter().any(|h| h == registry)
+            || host
+                .and_then(|h| h.http)
+                .unwrap_or_else(|| is_loopback(registry));
+        let (cell, protocol, unverified) = if http {
+            (&self.http, ClientProtocol::Http, false)
+        } else if host.is_some_and(|h| h.insecure) {
+            (&self.https_unverified, ClientProtocol::Https, true)
+        } else {
+            (&self.https, ClientProtocol::Https, false)
+        };
         if let Some(c) = cell.get() {
             return Ok(c);
         }
-        let client = new_client(protocol)?;
+        let client = new_client(protocol, unverified)?;
         // A concurrent first use may have set it meanwhile; either client is as good.
         Ok(cell.get_or_init(|| client))
     }
@@ -205,7 +218,54 @@ impl Remote {
         Ok(Digest::of(manifest))
     }
 
+    /// Where a pull of `r` may come from, in the order to try them: the mirrors of its
+    /// registry, then the registry itself (BuildKit's resolver hosts).
+    fn pull_sources(&self, r: &Reference) -> Vec<Reference> {
+        let mut sources = Vec::new();
+        for mirror in self.hosts.get(&r.registry).map_or(&[][..], |h| &h.mirrors) {
+            let (host, path) = split_mirror(mirror);
+            let repository = if path.is_empty() {
+                r.repository.clone()
+            } else {
+                format!("{path}/{}", r.repository)
+            };
+            sources.push(Reference {
+                registry: host.to_owned(),
+                repository,
+                ..r.clone()
+            });
+        }
+        sources.push(r.clone());
+        sources
+    }
+
+    /// Resolves `r` from the first of its sources that answers; the result names `r` itself,
+    /// whichever mirror served it (the content is the same: it is verified by digest).
     pub(crate) async fn resolve(
+        &self,
+        r: &Reference,
+        platform: &Platform,
+        store: &Store,
+    ) -> Result<ResolvedImage, Error> {
+        let mut failures = Vec::new();
+        for source in self.pull_sources(r) {
+            match self.resolve_at(&source, platform, store).await {
+                Ok(image) => {
+                    return Ok(ResolvedImage {
+                        reference: crate::ImageRef::Registry(Reference {
+                            digest: Some(image.manifest_digest),
+                            ..r.clone()
+                        }),
+                        ..image
+                    })
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        Err(first_failure(failures))
+    }
+
+    async fn resolve_at(
         &self,
         r: &Reference,
         platform: &Platform,
@@ -281,7 +341,33 @@ impl Remote {
         })
     }
 
+    /// Fetches `blobs` from the sources of `r` in order: what one source could not give, the
+    /// next one is asked for (every blob is verified by digest, whoever serves it).
     pub(crate) async fn fetch_blobs(
+        &self,
+        r: &Reference,
+        blobs: &[&Descriptor],
+        store: &Store,
+    ) -> Result<(), Error> {
+        let mut failures = Vec::new();
+        for source in self.pull_sources(r) {
+            let missing: Vec<&Descriptor> = blobs
+                .iter()
+                .copied()
+                .filter(|d| !store.has_blob(&d.digest))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            match self.fetch_blobs_at(&source, &missing, store).await {
+                Ok(()) => return Ok(()),
+                Err(e) => failures.push(e),
+            }
+        }
+        Err(first_failure(failures))
+    }
+
+    async fn fetch_blobs_at(
         &self,
         r: &Reference,
         blobs: &[&Descriptor],
@@ -307,6 +393,30 @@ impl Remote {
             .collect()
             .await;
         results.into_iter().collect()
+    }
+}
+
+/// `host[:port][/path]` of a mirror → (host, path without slashes at its ends).
+pub(crate) fn split_mirror(mirror: &str) -> (&str, &str) {
+    match mirror.split_once('/') {
+        Some((host, path)) => (host, path.trim_matches('/')),
+        None => (mirror, ""),
+    }
+}
+
+/// The error to report when every source failed, as containerd's resolver picks it: the first
+/// that is not "not found" (a mirror that lacks the image is normal), else the last one.
+fn first_failure(mut failures: Vec<Error>) -> Error {
+    match failures
+        .iter()
+        .position(|e| e.category() != Category::NotFound)
+    {
+        Some(i) => failures.swap_remove(i),
+        None => failures.pop().unwrap_or_else(|| Error::Registry {
+            op: Op::Resolve,
+            image: String::new(),
+            why: "no registry to pull from".to_owned(),
+        }),
     }
 }
 

@@ -19,6 +19,7 @@ fn registry_with_config(dir: &std::path::Path, config_json: Option<String>) -> R
     Registry::new(RegistryOptions {
         insecure: Vec::new(),
         docker_config: Some(dir.to_owned()),
+        hosts: Default::default(),
     })
     .unwrap()
 }

@@ -404,6 +404,7 @@ pub fn env() -> Env {
     let registry = kiln_registry::Registry::new(kiln_registry::RegistryOptions {
         insecure: Vec::new(),
         docker_config: Some(docker),
+        hosts: Default::default(),
     })
     .unwrap();
     Env {

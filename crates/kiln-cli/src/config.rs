@@ -1,0 +1,943 @@
+//! `kiln.toml`: the settings a user or an administrator keeps between builds (store root,
+//! registry mirrors and transports, plugin directories, the default executor, parallelism),
+//! and `kiln config show`, which prints each effective value with where it came from.
+//!
+//! Precedence, key by key: a command-line flag > an environment variable > the configuration
+//! files > the built-in default. The files are `--config FILE` alone when it is given (a
+//! missing one is an error), else `/etc/kiln/kiln.toml` then `$XDG_CONFIG_HOME/kiln/kiln.toml`
+//! (`~/.config` when unset), the later overriding the earlier; missing ones are skipped.
+//! The names follow buildkitd.toml where kiln has the same setting; docs/config.md is the
+//! reference and says where kiln differs.
+//!
+//! The tables are laid out for growth: `[registry."host"]` will take CAs, `[worker]` GC limits,
+//! and new top-level tables (builders) sit beside them; unknown keys are refused with their
+//! file:line:column, so a typo never silently does nothing.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::{json, Value as Json};
+
+/// The system-wide file.
+pub const SYSTEM_FILE: &str = "/etc/kiln/kiln.toml";
+
+/// A configuration file is a few lines; anything larger is a wrong path.
+const MAX_FILE_SIZE: u64 = 1 << 20;
+
+/// The runtime of RUN steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    /// kiln's embedded sandbox.
+    Embedded,
+    /// runc with an OCI bundle.
+    Runc,
+}
+
+impl Executor {
+    fn name(self) -> &'static str {
+        match self {
+            Executor::Embedded => "embedded",
+            Executor::Runc => "runc",
+        }
+    }
+}
+
+/// `kiln config` subcommands.
+#[derive(clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Print every setting's effective value and where it came from (default, a file, an
+    /// environment variable, a flag).
+    Show {
+        /// text for people (TOML lines with the source as a comment), json for programs.
+        #[arg(long, value_enum, default_value = "text")]
+        format: crate::FormatArg,
+    },
+}
+
+/// Where a value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// kiln's built-in default.
+    Default,
+    /// A configuration file.
+    File(PathBuf),
+    /// An environment variable.
+    Env(&'static str),
+    /// A command-line flag.
+    Flag(&'static str),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Env(name) => write!(f, "env {name}"),
+            Source::Flag(name) => f.write_str(name),
+        }
+    }
+}
+
+/// A value and its source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Setting<T> {
+    /// The effective value.
+    pub value: T,
+    /// Where it came from.
+    pub source: Source,
+}
+
+impl<T> Setting<T> {
+    fn default(value: T) -> Self {
+        Setting {
+            value,
+            source: Source::Default,
+        }
+    }
+
+    fn set(&mut self, value: T, source: Source) {
+        *self = Setting { value, source };
+    }
+}
+
+/// The settings of one registry host (`[registry."host"]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// Mirrors tried in order before the host when pulling.
+    pub mirrors: Setting<Vec<String>>,
+    /// Plain http (default: for loopback hosts only).
+    pub http: Setting<bool>,
+    /// https without certificate verification.
+    pub insecure: Setting<bool>,
+}
+
+impl RegistrySettings {
+    fn new(host: &str) -> Self {
+        RegistrySettings {
+            mirrors: Setting::default(Vec::new()),
+            http: Setting::default(kiln_engine::is_loopback(host)),
+            insecure: Setting::default(false),
+        }
+    }
+}
+
+/// A configuration file kiln looked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileStatus {
+    /// Its path.
+    pub path: PathBuf,
+    /// Whether it exists (and was read).
+    pub read: bool,
+}
+
+/// The effective configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The files looked for, in the order they apply.
+    pub files: Vec<FileStatus>,
+    /// The store root.
+    pub root: Setting<PathBuf>,
+    /// Plugin directories searched after `$KILN_PLUGIN_PATH`, before `--plugin-dir`.
+    pub plugin_dirs: Setting<Vec<PathBuf>>,
+    /// The default runtime of RUN steps (`--executor` overrides it per build).
+    pub executor: Setting<Executor>,
+    /// Steps run at once; `None`: the engine's default.
+    pub max_parallelism: Setting<Option<NonZeroUsize>>,
+    /// Registry hosts with settings, by host.
+    pub registries: BTreeMap<String, RegistrySettings>,
+}
+
+/// What the configuration is computed from: the global flags and the process environment
+/// (injected, so that tests need not change the real one).
+pub struct Inputs<'a> {
+    /// `--config FILE`.
+    pub config_flag: Option<&'a Path>,
+    /// `--root DIR`.
+    pub root_flag: Option<PathBuf>,
+    /// The system-wide file (`/etc/kiln/kiln.toml`).
+    pub system_file: PathBuf,
+    /// Reads an environment variable.
+    pub env: &'a dyn Fn(&str) -> Option<OsString>,
+}
+
+impl Inputs<'_> {
+    /// A variable's value, with an empty one treated as unset (as `KILN_ROOT=` in a script).
+    fn var(&self, name: &str) -> Option<OsString> {
+        (self.env)(name).filter(|v| !v.is_empty())
+    }
+
+    /// The per-user file: `$XDG_CONFIG_HOME/kiln/kiln.toml`, `$HOME/.config/...` when the
+    /// variable is unset or not absolute (the XDG spec says to ignore a relative one).
+    fn user_file(&self) -> Option<PathBuf> {
+        let base = match self.var("XDG_CONFIG_HOME").map(PathBuf::from) {
+            Some(dir) if dir.is_absolute() => dir,
+            _ => PathBuf::from(self.var("HOME")?).join(".config"),
+        };
+        Some(base.join("kiln").join("kiln.toml"))
+    }
+
+    /// Where the store lives when nothing says: /var/lib/kiln as root, else
+    /// ~/.local/share/kiln (as BuildKit's rootless default lives under the user's data dir).
+    fn default_root(&self) -> PathBuf {
+        let is_root = self.var("USER").is_some_and(|u| u == "root")
+            || std::fs::metadata("/proc/self")
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.uid() == 0
+                })
+                .unwrap_or(false);
+        if is_root {
+            return PathBuf::from("/var/lib/kiln");
+        }
+        match self.var("HOME") {
+            Some(h) => PathBuf::from(h).join(".local/share/kiln"),
+            None => PathBuf::from(".kiln"),
+        }
+    }
+}
+
+// The file format. Every table refuses unknown keys, so a typo is an error with its position.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    root: Option<PathBuf>,
+    #[serde(default)]
+    registry: BTreeMap<toml::Spanned<String>, RegistryTable>,
+    plugins: Option<PluginsTable>,
+    worker: Option<WorkerTable>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryTable {
+    mirrors: Option<Vec<Mirror>>,
+    http: Option<bool>,
+    insecure: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginsTable {
+    dirs: Option<Vec<PathBuf>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct WorkerTable {
+    executor: Option<Executor>,
+    max_parallelism: Option<NonZeroUsize>,
+}
+
+/// A mirror, checked as it is read so that a bad one is reported at its position.
+#[derive(Debug)]
+struct Mirror(String);
+
+impl<'de> Deserialize<'de> for Mirror {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        check_mirror(&s).map_err(serde::de::Error::custom)?;
+        Ok(Mirror(s))
+    }
+}
+
+/// A registry host as docker names it: `name[:port]`, or `[v6]:port`. No scheme, no path.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.contains("://") {
+        return Err(format!(
+            "{host:?} has a scheme: write the host alone (`host[:port]`); plain http is \
+             `http = true` in the host's [registry.\"HOST\"] table"
+        ));
+    }
+    let ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if !ok {
+        return Err(format!(
+            "{host:?} is not a registry host (`name[:port]`, e.g. `docker.io` or `127.0.0.1:5000`)"
+        ));
+    }
+    Ok(())
+}
+
+/// `host[:port][/path]`, the path being repository components put before the image's own.
+fn check_mirror(mirror: &str) -> Result<(), String> {
+    if mirror.contains("://") {
+        return Err(format!(
+            "mirror {mirror:?} has a scheme: write `host[:port][/path]`; plain http is \
+             `http = true` in the mirror's own [registry.\"HOST\"] table"
+        ));
+    }
+    let (host, path) = mirror.split_once('/').unwrap_or((mirror, ""));
+    check_host(host).map_err(|e| format!("mirror {mirror:?}: {e}"))?;
+    let path = path.trim_matches('/');
+    if !path.is_empty()
+        && kiln_types::reference::Reference::parse_normalized(&format!("localhost/{path}/x"))
+            .is_err()
+    {
+        return Err(format!(
+            "mirror {mirror:?}: {path:?} is not a repository path (lowercase components \
+             separated by `/`)"
+        ));
+    }
+    Ok(())
+}
+
+/// `path:line:column: message`, then the line with a caret under the column.
+fn located(path: &Path, text: &str, offset: usize, message: &str) -> anyhow::Error {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let source = text[line_start..].lines().next().unwrap_or("");
+    anyhow::anyhow!(
+        "invalid configuration {}:{line}:{column}: {}\n {line:>4} | {source}\n      | {}^",
+        path.display(),
+        message.trim_end(),
+        " ".repeat(column - 1)
+    )
+}
+
+fn parse(path: &Path, text: &str) -> Result<File> {
+    let file: File = toml::from_str(text).map_err(|e| {
+        let at = e.span().map_or(0, |s| s.start);
+        located(path, text, at, e.message())
+    })?;
+    for host in file.registry.keys() {
+        check_host(host.get_ref()).map_err(|why| {
+            located(
+                path,
+                text,
+                host.span().start,
+                &format!("[registry.{:?}]: {why}", host.get_ref()),
+            )
+        })?;
+    }
+    Ok(file)
+}
+
+/// Reads a file; `Ok(None)` when it does not exist.
+fn read(path: &Path) -> Result<Option<String>> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => bail!("cannot read the configuration file {}: {e}", path.display()),
+    };
+    if !meta.is_file() {
+        bail!(
+            "the configuration file {} is not a regular file",
+            path.display()
+        );
+    }
+    if meta.len() > MAX_FILE_SIZE {
+        bail!(
+            "the configuration file {} is {} bytes, more than the {MAX_FILE_SIZE} allowed",
+            path.display(),
+            meta.len()
+        );
+    }
+    std::fs::read_to_string(path)
+        .map(Some)
+        .with_context(|| format!("cannot read the configuration file {}", path.display()))
+}
+
+impl Config {
+    /// Reads the configuration from the real process environment.
+    pub fn from_process(config_flag: Option<&Path>, root_flag: Option<PathBuf>) -> Result<Self> {
+        let env = |name: &str| std::env::var_os(name);
+        Config::load(&Inputs {
+            config_flag,
+            root_flag,
+            system_file: PathBuf::from(SYSTEM_FILE),
+            env: &env,
+        })
+    }
+
+    /// Computes the effective configuration: defaults, then each file, then the environment,
+    /// then the flags.
+    pub fn load(inputs: &Inputs<'_>) -> Result<Self> {
+        let mut config = Config {
+            files: Vec::new(),
+            root: Setting::default(inputs.default_root()),
+            plugin_dirs: Setting::default(Vec::new()),
+            executor: Setting::default(Executor::Embedded),
+            max_parallelism: Setting::default(None),
+            registries: BTreeMap::new(),
+        };
+        if let Some(path) = inputs.config_flag {
+            let text = read(path)?.with_context(|| {
+                format!(
+                    "the configuration file {} given by --config does not exist",
+                    path.display()
+                )
+            })?;
+            config.apply(path, parse(path, &text)?);
+        } else {
+            let files = std::iter::once(inputs.system_file.clone()).chain(inputs.user_file());
+            for path in files {
+                match read(&path)? {
+                    Some(text) => config.apply(&path, parse(&path, &text)?),
+                    None => config.files.push(FileStatus { path, read: false }),
+                }
+            }
+        }
+        if let Some(root) = inputs.var("KILN_ROOT") {
+            config
+                .root
+                .set(PathBuf::from(root), Source::Env("KILN_ROOT"));
+        }
+        if let Some(v) = inputs.var("KILN_EXECUTOR") {
+            let e = match v.to_str() {
+                Some("embedded") => Executor::Embedded,
+                Some("runc") => Executor::Runc,
+                _ => bail!("KILN_EXECUTOR={v:?}: expected embedded or runc"),
+            };
+            config.executor.set(e, Source::Env("KILN_EXECUTOR"));
+        }
+        if let Some(v) = inputs.var("KILN_MAX_PARALLELISM") {
+            let n = v
+                .to_str()
+                .and_then(|s| s.trim().parse::<NonZeroUsize>().ok())
+                .with_context(|| {
+                    format!("KILN_MAX_PARALLELISM={v:?}: expected a number of steps, at least 1")
+                })?;
+            config
+                .max_parallelism
+                .set(Some(n), Source::Env("KILN_MAX_PARALLELISM"));
+        }
+        if let Some(root) = &inputs.root_flag {
+            config.root.set(root.clone(), Source::Flag("--root"));
+        }
+        Ok(config)
+    }
+
+    /// Lays one file over the values so far, key by key. Relative paths in a file are relative
+    /// to the file's directory, so that a file means the same wherever kiln runs.
+    fn apply(&mut self, path: &Path, file: File) {
+        self.files.push(FileStatus {
+            path: path.to_owned(),
+            read: true,
+        });
+        let source = Source::File(path.to_owned());
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if let Some(root) = file.root {
+            self.root.set(dir.join(root), source.clone());
+        }
+        if let Some(dirs) = file.plugins.and_then(|p| p.dirs) {
+            let dirs = dirs.into_iter().map(|d| dir.join(d)).collect();
+            self.plugin_dirs.set(dirs, source.clone());
+        }
+        if let Some(worker) = file.worker {
+            if let Some(e) = worker.executor {
+                self.executor.set(e, source.clone());
+            }
+            if let Some(n) = worker.max_parallelism {
+                self.max_parallelism.set(Some(n), source.clone());
+            }
+        }
+        for (host, table) in file.registry {
+            let host = host.into_inner();
+            let entry = self
+                .registries
+                .entry(host.clone())
+                .or_insert_with(|| RegistrySettings::new(&host));
+            if let Some(mirrors) = table.mirrors {
+                let mirrors = mirrors.into_iter().map(|m| m.0).collect();
+                entry.mirrors.set(mirrors, source.clone());
+            }
+            if let Some(http) = table.http {
+                entry.http.set(http, source.clone());
+            }
+            if let Some(insecure) = table.insecure {
+                entry.insecure.set(insecure, source.clone());
+            }
+        }
+    }
+
+    /// The plugin directories to search after the standard ones: the configured ones, then
+    /// those given on the command line.
+    pub fn plugin_dirs_with(&self, flag_dirs: &[PathBuf]) -> Vec<PathBuf> {
+        let mut dirs = self.plugin_dirs.value.clone();
+        dirs.extend(flag_dirs.iter().cloned());
+        dirs
+    }
+
+    /// The registry settings as the engine takes them.
+    pub fn registry_hosts(&self) -> BTreeMap<String, kiln_engine::HostOptions> {
+        self.registries
+            .iter()
+            .map(|(host, r)| {
+                let options = kiln_engine::HostOptions {
+                    mirrors: r.mirrors.value.clone(),
+                    http: Some(r.http.value),
+                    insecure: r.insecure.value,
+                };
+                (host.clone(), options)
+            })
+            .collect()
+    }
+
+    /// Every key, its value (as JSON, which prints as TOML for these types) and its source, in
+    /// the order `config show` prints them.
+    fn entries(&self) -> Vec<(String, Json, &Source)> {
+        let path = |p: &Path| Json::String(p.display().to_string());
+        let mut out = vec![
+            ("root".to_owned(), path(&self.root.value), &self.root.source),
+            (
+                "plugins.dirs".to_owned(),
+                Json::Array(self.plugin_dirs.value.iter().map(|p| path(p)).collect()),
+                &self.plugin_dirs.source,
+            ),
+            (
+                "worker.executor".to_owned(),
+                json!(self.executor.value.name()),
+                &self.executor.source,
+            ),
+            (
+                "worker.max-parallelism".to_owned(),
+                json!(self
+                    .max_parallelism
+                    .value
+                    .map_or_else(kiln_engine::default_concurrency, NonZeroUsize::get)),
+                &self.max_parallelism.source,
+            ),
+        ];
+        for (host, r) in &self.registries {
+            // A quoted key, as in the file: hosts hold dots.
+            let key = |name: &str| format!("registry.{}.{name}", Json::String(host.clone()));
+            out.push((key("mirrors"), json!(r.mirrors.value), &r.mirrors.source));
+            out.push((key("http"), json!(r.http.value), &r.http.source));
+            out.push((key("insecure"), json!(r.insecure.value), &r.insecure.source));
+        }
+        out
+    }
+
+    /// `kiln config show` as text: the files looked at, then `key = value  # source` lines.
+    pub fn show_text(&self) -> String {
+        let mut out = String::from("# configuration files (each overrides the one before):\n");
+        if self.files.is_empty() {
+            out.push_str("#   (none)\n");
+        }
+        for f in &self.files {
+            let state = if f.read { "read" } else { "not found" };
+            out.push_str(&format!("#   {} ({state})\n", f.path.display()));
+        }
+        let lines: Vec<(String, String)> = self
+            .entries()
+            .into_iter()
+            .map(|(key, value, source)| {
+                (
+                    format!("{key} = {}", toml_value(&value)),
+                    source.to_string(),
+                )
+            })
+            .collect();
+        let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+        for (line, source) in lines {
+            out.push_str(&format!("{line:width$}  # {source}\n"));
+        }
+        out
+    }
+
+    /// `kiln config show --format json`.
+    pub fn show_json(&self) -> Json {
+        let values: serde_json::Map<String, Json> = self
+            .entries()
+            .into_iter()
+            .map(|(key, value, source)| {
+                (key, json!({ "value": value, "source": source.to_string() }))
+            })
+            .collect();
+        let files: Vec<Json> = self
+            .files
+            .iter()
+            .map(|f| json!({ "path": f.path.display().to_string(), "read": f.read }))
+            .collect();
+        json!({ "files": files, "values": values })
+    }
+}
+
+/// A JSON value written as TOML: strings, numbers, booleans and arrays of them read the same.
+fn toml_value(v: &Json) -> String {
+    match v {
+        Json::Array(items) => {
+            let items: Vec<String> = items.iter().map(toml_value).collect();
+            format!("[{}]", items.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Runs `kiln config ...`.
+pub fn run(command: &ConfigCommand, config: &Config) -> Result<std::process::ExitCode> {
+    match command {
+        ConfigCommand::Show { format } => {
+            let text = match format {
+                crate::FormatArg::Text => config.show_text(),
+                crate::FormatArg::Json => {
+                    serde_json::to_string_pretty(&config.show_json())
+                        .context("encoding the configuration as JSON")?
+                        + "\n"
+                }
+            };
+            use std::io::Write;
+            match std::io::stdout().lock().write_all(text.as_bytes()) {
+                // `kiln config show | head` closes the pipe early: not an error.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(e).context("writing to standard output")?
+                }
+                _ => {}
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Env {
+        dir: tempfile::TempDir,
+        vars: BTreeMap<String, String>,
+    }
+
+    impl Env {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let mut vars = BTreeMap::new();
+            vars.insert(
+                "XDG_CONFIG_HOME".to_owned(),
+                dir.path().join("xdg").display().to_string(),
+            );
+            vars.insert(
+                "HOME".to_owned(),
+                dir.path().join("home").display().to_string(),
+            );
+            vars.insert("USER".to_owned(), "someone".to_owned());
+            Env { dir, vars }
+        }
+        fn system(&self) -> PathBuf {
+            self.dir.path().join("etc/kiln/kiln.toml")
+        }
+        fn user(&self) -> PathBuf {
+            self.dir.path().join("xdg/kiln/kiln.toml")
+        }
+        fn write(&self, path: &Path, text: &str) {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        fn load_with(&self, config: Option<&Path>, root: Option<&str>) -> Result<Config> {
+            let vars = self.vars.clone();
+            let env = move |name: &str| vars.get(name).map(OsString::from);
+            Config::load(&Inputs {
+                config_flag: config,
+                root_flag: root.map(PathBuf::from),
+                system_file: self.system(),
+                env: &env,
+            })
+        }
+        fn load(&self) -> Config {
+            self.load_with(None, None).unwrap()
+        }
+    }
+
+    #[test]
+    fn defaults_without_files() {
+        let env = Env::new();
+        let c = env.load();
+        assert_eq!(
+            c.files,
+            vec![
+                FileStatus {
+                    path: env.system(),
+                    read: false
+                },
+                FileStatus {
+                    path: env.user(),
+                    read: false
+                },
+            ]
+        );
+        if !std::fs::metadata("/proc/self")
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.uid() == 0
+            })
+            .unwrap_or(false)
+        {
+            assert_eq!(c.root.value, env.dir.path().join("home/.local/share/kiln"));
+        }
+        assert_eq!(c.root.source, Source::Default);
+        assert_eq!(c.executor, Setting::default(Executor::Embedded));
+        assert_eq!(c.max_parallelism, Setting::default(None));
+        assert!(c.registries.is_empty());
+    }
+
+    #[test]
+    fn user_file_overrides_system_file_key_by_key() {
+        let env = Env::new();
+        env.write(
+            &env.system(),
+            "root = \"/srv/kiln\"\n[worker]\nexecutor = \"runc\"\nmax-parallelism = 3\n\
+             [registry.\"docker.io\"]\nmirrors = [\"mirror.example.com\"]\n\
+             [registry.\"quay.io\"]\ninsecure = true\n",
+        );
+        env.write(
+            &env.user(),
+            "[worker]\nmax-parallelism = 5\n[registry.\"docker.io\"]\nhttp = true\n\
+             [plugins]\ndirs = [\"plugins\", \"/opt/kiln\"]\n",
+        );
+        let c = env.load();
+        let sys = Source::File(env.system());
+        let user = Source::File(env.user());
+        assert!(c.files.iter().all(|f| f.read), "{:?}", c.files);
+        assert_eq!(
+            c.root,
+            Setting {
+                value: "/srv/kiln".into(),
+                source: sys.clone()
+            }
+        );
+        assert_eq!(
+            c.executor,
+            Setting {
+                value: Executor::Runc,
+                source: sys.clone()
+            }
+        );
+        assert_eq!(c.max_parallelism.value.map(NonZeroUsize::get), Some(5));
+        assert_eq!(c.max_parallelism.source, user);
+        // Relative directories are relative to the file that names them.
+        assert_eq!(
+            c.plugin_dirs.value,
+            vec![
+                env.dir.path().join("xdg/kiln/plugins"),
+                PathBuf::from("/opt/kiln")
+            ]
+        );
+        let hub = &c.registries["docker.io"];
+        assert_eq!(hub.mirrors.value, vec!["mirror.example.com".to_owned()]);
+        assert_eq!(hub.mirrors.source, sys);
+        assert_eq!(
+            hub.http,
+            Setting {
+                value: true,
+                source: user
+            }
+        );
+        assert_eq!(hub.insecure, Setting::default(false));
+        assert!(c.registries["quay.io"].insecure.value);
+        let hosts = c.registry_hosts();
+        assert_eq!(
+            hosts["docker.io"].mirrors,
+            vec!["mirror.example.com".to_owned()]
+        );
+        assert_eq!(hosts["docker.io"].http, Some(true));
+    }
+
+    #[test]
+    fn env_overrides_files_and_flags_override_env() {
+        let mut env = Env::new();
+        env.write(
+            &env.user(),
+            "root = \"/from/file\"\n[worker]\nexecutor = \"embedded\"\nmax-parallelism = 2\n",
+        );
+        env.vars.insert("KILN_ROOT".into(), "/from/env".into());
+        env.vars.insert("KILN_EXECUTOR".into(), "runc".into());
+        env.vars.insert("KILN_MAX_PARALLELISM".into(), "7".into());
+        let c = env.load();
+        assert_eq!(
+            c.root,
+            Setting {
+                value: "/from/env".into(),
+                source: Source::Env("KILN_ROOT")
+            }
+        );
+        assert_eq!(c.executor.value, Executor::Runc);
+        assert_eq!(c.executor.source, Source::Env("KILN_EXECUTOR"));
+        assert_eq!(c.max_parallelism.value.map(NonZeroUsize::get), Some(7));
+        let c = env.load_with(None, Some("/from/flag")).unwrap();
+        assert_eq!(
+            c.root,
+            Setting {
+                value: "/from/flag".into(),
+                source: Source::Flag("--root")
+            }
+        );
+
+        env.vars.insert("KILN_EXECUTOR".into(), "docker".into());
+        let e = env.load_with(None, None).unwrap_err().to_string();
+        assert!(
+            e.contains("KILN_EXECUTOR=\"docker\": expected embedded or runc"),
+            "{e}"
+        );
+        env.vars.insert("KILN_EXECUTOR".into(), "runc".into());
+        env.vars.insert("KILN_MAX_PARALLELISM".into(), "0".into());
+        let e = env.load_with(None, None).unwrap_err().to_string();
+        assert!(e.contains("KILN_MAX_PARALLELISM=\"0\""), "{e}");
+    }
+
+    #[test]
+    fn config_flag_replaces_the_searched_files() {
+        let env = Env::new();
+        env.write(&env.system(), "root = \"/system\"\n");
+        env.write(
+            &env.user(),
+            "root = \"/user\"\n[worker]\nexecutor = \"runc\"\n",
+        );
+        let given = env.dir.path().join("given.toml");
+        env.write(&given, "root = \"/given\"\n");
+        let c = env.load_with(Some(&given), None).unwrap();
+        assert_eq!(
+            c.files,
+            vec![FileStatus {
+                path: given.clone(),
+                read: true
+            }]
+        );
+        assert_eq!(c.root.value, PathBuf::from("/given"));
+        assert_eq!(c.executor, Setting::default(Executor::Embedded));
+
+        let missing = env.dir.path().join("missing.toml");
+        let e = format!("{:#}", env.load_with(Some(&missing), None).unwrap_err());
+        assert!(
+            e.contains("missing.toml given by --config does not exist"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_located() {
+        let env = Env::new();
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "root = \"/x\"\n[worker]\nmax-paralelism = 4\n",
+                ":3:1:",
+                "unknown field `max-paralelism`",
+            ),
+            ("roots = \"/x\"\n", ":1:1:", "unknown field `roots`"),
+            (
+                "[worker]\nexecutor = \"docker\"\n",
+                ":2:12:",
+                "unknown variant `docker`",
+            ),
+            ("[worker]\nmax-parallelism = 0\n", ":2:19:", "nonzero"),
+            (
+                "[registry.\"docker.io\"]\nmirror = [\"m\"]\n",
+                ":2:1:",
+                "unknown field `mirror`",
+            ),
+            (
+                "[registry.\"docker.io\"]\nmirrors = [\"https://m.example.com\"]\n",
+                ":2:11:",
+                "has a scheme",
+            ),
+            (
+                "[registry.\"http://docker.io\"]\nhttp = true\n",
+                ":1:11:",
+                "has a scheme",
+            ),
+            ("root = \n", ":1:", "string"),
+        ];
+        for (text, at, why) in cases {
+            env.write(&env.user(), text);
+            let e = format!("{:#}", env.load_with(None, None).unwrap_err());
+            let want = format!("invalid configuration {}{at}", env.user().display());
+            assert!(e.contains(&want), "{text:?}: want {want}: {e}");
+            assert!(e.contains(why), "{text:?}: want {why}: {e}");
+        }
+        // The line is shown under the message, with a caret at the column.
+        env.write(&env.user(), "[worker]\nexecutor = \"docker\"\n");
+        let e = format!("{:#}", env.load_with(None, None).unwrap_err());
+        assert!(
+            e.contains("\n    2 | executor = \"docker\"\n      |            ^"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mirrors_with_paths_and_ports_are_accepted() {
+        for ok in [
+            "mirror.gcr.io",
+            "127.0.0.1:5000",
+            "harbor.example.com/proxy.docker.io",
+            "[::1]:5000",
+        ] {
+            check_mirror(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in ["", "http://x", "a b", "host/Upper"] {
+            assert!(check_mirror(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn show_prints_every_key_with_its_source() {
+        let mut env = Env::new();
+        env.write(
+            &env.user(),
+            "[registry.\"docker.io\"]\nmirrors = [\"127.0.0.1:5000\"]\n",
+        );
+        env.vars.insert("KILN_EXECUTOR".into(), "runc".into());
+        let c = env.load_with(None, Some("/flag/root")).unwrap();
+        let text = c.show_text();
+        let line = |key: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{key} = ")))
+                .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+                .to_owned()
+        };
+        assert!(
+            line("root").contains("\"/flag/root\"") && line("root").ends_with("# --root"),
+            "{text}"
+        );
+        assert!(line("worker.executor").contains("= \"runc\""), "{text}");
+        assert!(
+            line("worker.executor").ends_with("# env KILN_EXECUTOR"),
+            "{text}"
+        );
+        assert!(
+            line("worker.max-parallelism").ends_with("# default"),
+            "{text}"
+        );
+        assert!(
+            line("plugins.dirs").starts_with("plugins.dirs = []"),
+            "{text}"
+        );
+        let mirrors = line("registry.\"docker.io\".mirrors");
+        assert!(mirrors.contains("[\"127.0.0.1:5000\"]"), "{text}");
+        assert!(
+            mirrors.ends_with(&format!("# {}", env.user().display())),
+            "{text}"
+        );
+        assert!(
+            line("registry.\"docker.io\".http").contains("= false"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("#   {} (not found)", env.system().display())),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("#   {} (read)", env.user().display())),
+            "{text}"
+        );
+
+        let j = c.show_json();
+        assert_eq!(j["values"]["root"]["source"], "--root");
+        assert_eq!(j["values"]["worker.executor"]["value"], "runc");
+        assert_eq!(
+            j["values"]["registry.\"docker.io\".mirrors"]["value"][0],
+            "127.0.0.1:5000"
+        );
+        assert_eq!(j["files"][1]["read"], true);
+    }
+}

@@ -363,22 +363,10 @@ pub(crate) fn lower(
     }
     let parsed = dockerfile_parser::parse(&req.source)?;
     linter.configure(&parsed, &req.build_args)?;
+    // The parser's warnings (empty continuation lines) are a build check, NoEmptyContinuation,
+    // reported by `check_file` with the other findings.
     lint::check_file(linter, &parsed);
-    let mut warnings: Vec<Diagnostic> = parsed
-        .warnings
-        .iter()
-        .map(|w| Diagnostic {
-            message: if w.detail.is_empty() {
-                w.message.clone()
-            } else {
-                format!("{}: {}", w.message, w.detail)
-            },
-            location: Some(location(&req.filename, w.start_line)),
-        })
-        .collect();
-    for w in &warnings {
-        host.warn(&w.message);
-    }
+    let mut warnings: Vec<Diagnostic> = Vec::new();
 
     // Every instruction is parsed before anything is dispatched, as BuildKit does: a typo in an
     // unused stage still fails the build.
@@ -751,18 +739,26 @@ impl Converter<'_> {
         let platform = match &def.from.platform {
             None => None,
             Some(expr) => {
-                let value = self
+                let (value, _, unmatched) = self
                     .lexer
-                    .process_word(expr, &self.global_args)
+                    .process_word_with_matches(expr, &self.global_args)
                     .map_err(|e| Error::from(e).at(line))?;
+                // A misspelt ARG is the usual cause: name the closest one, as BuildKit does.
+                let hint = unmatched
+                    .iter()
+                    .find_map(|v| {
+                        suggest::closest(v, self.global_args.iter().map(|(k, _)| k.as_str()))
+                    })
+                    .map(|s| format!(" (did you mean {s}?)"))
+                    .unwrap_or_default();
                 if value.is_empty() {
                     return Err(Error::invalid(format!(
-                        "empty platform value from expression {expr}"
+                        "empty platform value from expression {expr}{hint}"
                     ))
                     .at(line));
                 }
                 let p = value.parse::<Platform>().map_err(|e| {
-                    Error::invalid(format!("failed to parse platform {expr}: {e}")).at(line)
+                    Error::invalid(format!("failed to parse platform {expr}: {e}{hint}")).at(line)
                 })?;
                 Some(p)
             }

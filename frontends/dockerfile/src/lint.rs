@@ -25,6 +25,7 @@ pub(crate) const CHECK_BUILD_ARG: &str = "BUILDKIT_DOCKERFILE_CHECK";
 pub(crate) enum Rule {
     StageNameCasing,
     FromAsCasing,
+    NoEmptyContinuation,
     ConsistentInstructionCasing,
     DuplicateStageName,
     ReservedStageName,
@@ -51,6 +52,7 @@ impl Rule {
         match self {
             Rule::StageNameCasing => "StageNameCasing",
             Rule::FromAsCasing => "FromAsCasing",
+            Rule::NoEmptyContinuation => "NoEmptyContinuation",
             Rule::ConsistentInstructionCasing => "ConsistentInstructionCasing",
             Rule::DuplicateStageName => "DuplicateStageName",
             Rule::ReservedStageName => "ReservedStageName",
@@ -77,6 +79,9 @@ impl Rule {
         match self {
             Rule::StageNameCasing => "Stage names should be lowercase",
             Rule::FromAsCasing => "The 'as' keyword should match the case of the 'from' keyword",
+            Rule::NoEmptyContinuation => {
+                "Empty continuation lines will become errors in a future release"
+            }
             Rule::ConsistentInstructionCasing => {
                 "All commands within the Dockerfile should use the same casing (either upper or lower)"
             }
@@ -224,6 +229,23 @@ impl Config {
     }
 }
 
+/// The configuration a `check=` comment above an instruction adds: the first comment that
+/// reads as a `check` directive counts, its value up to the first space; one that does not
+/// parse adds nothing (BuildKit ignores it there). `error=` is not merged, as in BuildKit.
+fn comment_config(comments: &[String]) -> Option<Config> {
+    let value = comments.iter().find_map(|c| {
+        let (name, value) = c.split_once('=')?;
+        let name = name.trim();
+        let valid =
+            name.eq_ignore_ascii_case("check") && name.chars().all(|ch| ch.is_ascii_alphanumeric());
+        valid.then(|| value.trim())
+    })?;
+    let value = value.split(' ').next().unwrap_or_default();
+    let mut config = Config::parse(value).ok()?;
+    config.error = false;
+    Some(config)
+}
+
 /// Go's `strconv.ParseBool`.
 fn parse_go_bool(v: &str) -> Option<bool> {
     match v {
@@ -237,6 +259,10 @@ fn parse_go_bool(v: &str) -> Option<bool> {
 #[derive(Debug, Default)]
 pub(crate) struct Linter {
     config: Config,
+    /// `# check=` in the comment block right above an instruction: first line of the
+    /// instruction → (its last line, the configuration added for findings on it), as
+    /// BuildKit's `WithMergedConfigFromComments`.
+    local: std::collections::BTreeMap<usize, (usize, Config)>,
     pub(crate) findings: Vec<Finding>,
     /// The same findings, for the duplicate check: scanning `findings` made a line with
     /// thousands of undefined variables quadratic.
@@ -265,14 +291,32 @@ impl Linter {
                 None => e,
             }
         })?;
+        self.local = parsed
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.start_line, (n.end_line, comment_config(&n.comments)?))))
+            .collect();
         Ok(())
     }
 
     pub(crate) fn report(&mut self, rule: Rule, line: usize, detail: String) {
+        let local = self
+            .local
+            .range(..=line)
+            .next_back()
+            .filter(|(_, (end, _))| line <= *end)
+            .map(|(_, (_, c))| c);
+        let name = rule.name();
         let enabled = if rule.experimental() {
-            self.config.experimental_all || self.config.experimental.contains(rule.name())
+            [Some(&self.config), local]
+                .into_iter()
+                .flatten()
+                .any(|c| c.experimental_all || c.experimental.contains(name))
         } else {
-            !self.config.skip_all && !self.config.skip.contains(rule.name())
+            [Some(&self.config), local]
+                .into_iter()
+                .flatten()
+                .all(|c| !c.skip_all && !c.skip.contains(name))
         };
         if !enabled {
             return;
@@ -403,6 +447,15 @@ pub(crate) fn check_file(linter: &mut Linter, parsed: &Parsed) {
     }
     check_from_defaults(linter, parsed);
     check_descriptions(linter, parsed);
+    // The parser's only warning is an empty line inside a continuation; BuildKit turns it into
+    // this rule, at the instruction's last line.
+    for w in &parsed.warnings {
+        linter.report(
+            Rule::NoEmptyContinuation,
+            w.end_line,
+            "Empty continuation line".to_owned(),
+        );
+    }
 }
 
 /// InvalidDefinitionDescription: the comment right above an ARG or a named FROM describes it

@@ -20,6 +20,7 @@ use crate::{build, FrontendHost};
 mod add;
 mod call_outline;
 mod git_query;
+mod lint_buildkit_cases;
 mod lint_rules;
 mod named_contexts;
 mod workdir_dests;

@@ -245,8 +245,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plugins {
             command: PluginsCommand::Ls { plugin_dirs },
         } => {
+            let dirs = config()?.plugin_dirs_with(&plugin_dirs);
             let registry = kiln_plugin_host::PluginRegistry::discover(
-                &kiln_plugin_host::SearchPath::standard(&config()?.plugin_dirs_with(&plugin_dirs)),
+                &kiln_plugin_host::SearchPath::standard(&dirs),
             );
             output::plugins_table(&registry);
             Ok(ExitCode::SUCCESS)
@@ -413,7 +414,10 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
     let engine = Engine::new(EngineConfig {
         root: settings.root.value.clone(),
         plugin_dirs: settings.plugin_dirs_with(&args.plugin_dirs),
-        concurrency: settings.max_parallelism.value.map(std::num::NonZeroUsize::get),
+        concurrency: settings
+            .max_parallelism
+            .value
+            .map(std::num::NonZeroUsize::get),
         insecure_registries: args.insecure_registries.clone(),
         registries: settings.registry_hosts(),
     })

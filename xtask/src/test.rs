@@ -19,6 +19,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("bzip2", "bzip2"),
     ("xz", "xz-utils"),
     ("python3", "python3"),
+    // `--load` e2e: the test starts its own dockerd and runs the image with the docker CLI.
+    ("dockerd", "docker.io"),
 ];
 
 pub fn run(args: &[String]) -> Result<ExitCode> {

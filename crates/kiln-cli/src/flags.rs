@@ -1,89 +1,13 @@
-//! Parsers of build flags given as specs (`--output`, `--secret`, `--ssh`, `--add-host`,
+//! Parsers of build flags given as specs (`--secret`, `--ssh`, `--add-host`,
 //! `--shm-size`, `--ulimit`), `--progress` with `-q` and its environment defaults, the
 //! remote-context check, and `-f -` (the Dockerfile on stdin).
 
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use kiln_engine::{Export, HostEntry, SecretSource, SshSource, Ulimit, UlimitResource};
+use kiln_engine::{HostEntry, RemoteContext, SecretSource, SshSource, Ulimit, UlimitResource};
 use kiln_progress::Mode;
-
-/// Parses buildx's `--output` syntax: `type=oci,dest=x.tar`, `type=local,dest=dir`, or a bare
-/// path (a local directory; `-` is not supported).
-pub fn parse_output(spec: &str) -> Result<Export> {
-    if !spec.contains('=') {
-        if spec == "-" {
-            bail!("--output -: writing to stdout is not supported yet");
-        }
-        return Ok(Export::Local {
-            dest: PathBuf::from(spec),
-        });
-    }
-    let mut kind = None;
-    let mut dest = None;
-    let mut tar = true;
-    let mut rewrite_timestamp = false;
-    let mut name: Option<String> = None;
-    let mut push = false;
-    let boolean = |k: &str, v: &str| match v.trim() {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        other => Err(anyhow::anyhow!(
-            "invalid --output {spec:?}: {k}={other} is not true or false"
-        )),
-    };
-    for part in spec.split(',') {
-        let (k, v) = part.split_once('=').ok_or_else(|| {
-            anyhow::anyhow!("invalid --output {spec:?}: {part:?} is not key=value")
-        })?;
-        match k.trim() {
-            "type" => kind = Some(v.trim().to_owned()),
-            "dest" => dest = Some(PathBuf::from(v.trim())),
-            "tar" => tar = boolean("tar", v)?,
-            "rewrite-timestamp" => rewrite_timestamp = boolean("rewrite-timestamp", v)?,
-            "name" => name = Some(v.trim().to_owned()),
-            "push" => push = boolean("push", v)?,
-            // Accepted by buildx exporters; they do not change the result here.
-            "oci-mediatypes" | "compression" | "force-compression" => {}
-            other => bail!("invalid --output {spec:?}: unknown attribute {other:?}"),
-        }
-    }
-    let Some(kind) = kind else {
-        bail!("invalid --output {spec:?}: missing type= (oci or local)");
-    };
-    let need_dest = |dest: Option<PathBuf>| {
-        dest.ok_or_else(|| anyhow::anyhow!("invalid --output {spec:?}: type={kind} needs dest="))
-    };
-    match kind.as_str() {
-        "oci" => Ok(Export::Oci {
-            dest: need_dest(dest)?,
-            tar,
-            rewrite_timestamp,
-        }),
-        "local" => Ok(Export::Local {
-            dest: need_dest(dest)?,
-        }),
-        // The names come from `name=` or, when absent, from `-t` (filled in by the caller).
-        "registry" => Ok(Export::Registry {
-            names: name.into_iter().collect(),
-        }),
-        "image" if push => Ok(Export::Registry {
-            names: name.into_iter().collect(),
-        }),
-        "image" => bail!(
-            "--output type=image without push=true is not supported: kiln keeps no image store; \
-             use push=true, type=registry, or type=oci"
-        ),
-        "docker" => Ok(Export::Docker {
-            dest: need_dest(dest)?,
-        }),
-        "tar" | "cacheonly" => {
-            bail!("--output type={kind} is not supported yet; use type=oci, type=docker, type=local or type=registry")
-        }
-        other => bail!("invalid --output {spec:?}: unknown type {other:?} (oci or local)"),
-    }
-}
 
 /// Parses buildx's `--secret`: `id=X,src=FILE` (or `source=`), `id=X,env=VAR`, or `id=X`
 /// alone (the environment variable X, as buildx does when it is set).
@@ -116,19 +40,24 @@ pub fn parse_secret(spec: &str) -> Result<(String, SecretSource)> {
     Ok((id, source))
 }
 
-/// Whether the CONTEXT argument names a remote context (a URL or a git remote), as buildx
-/// recognizes them.
-pub fn is_remote_context(context: &str) -> bool {
-    [
-        "http://",
-        "https://",
-        "git://",
-        "ssh://",
-        "git@",
-        "github.com/",
-    ]
-    .iter()
-    .any(|p| context.starts_with(p))
+/// The CONTEXT argument when it is not a local directory, as buildx takes it: a git URL or an
+/// http(s) URL (fetched by the engine), or `-` (stdin holds a tar archive or a Dockerfile).
+/// `-f -` cannot go with `-`: stdin holds one of them only.
+pub fn remote_context(context: &str, file: Option<&Path>) -> Result<Option<RemoteContext>> {
+    if context == "-" {
+        if file.is_some_and(|f| f.as_os_str() == "-") {
+            bail!("invalid argument: can't use stdin for both build context and dockerfile");
+        }
+        // Reading a terminal would wait for typing that never comes as a tar.
+        if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            bail!(
+                "`kiln build -` reads the build context from stdin, which is a terminal: pipe a \
+                 tar archive of the context or a Dockerfile into it"
+            );
+        }
+        return Ok(Some(RemoteContext::Stdin(Box::new(std::io::stdin()))));
+    }
+    Ok(RemoteContext::from_url(context))
 }
 
 /// The Dockerfile read from stdin (`-f -`), in a private directory removed when dropped.
@@ -170,8 +99,10 @@ impl Drop for StdinDockerfile {
     }
 }
 
-/// Parses buildx's `--ssh`: `default`, `ID` (both the agent at `$SSH_AUTH_SOCK`) or
-/// `ID=SOCKET`. Key files (`ID=KEY[,KEY]`) are refused: kiln forwards agents only.
+/// Parses buildx's `--ssh`: `default`, `ID` (both the agent at `$SSH_AUTH_SOCK`), `ID=SOCKET`
+/// or `ID=KEY[,KEY]` (private key files, which the engine loads into an agent of the build's
+/// own). BuildKit's rules: a path is a socket when `stat` (following links) says so, otherwise
+/// a key file; one socket at most, and never a socket with keys.
 pub fn parse_ssh(spec: &str) -> Result<(String, SshSource)> {
     let (id, paths) = match spec.split_once('=') {
         Some((id, p)) => (id.trim(), Some(p)),
@@ -180,33 +111,41 @@ pub fn parse_ssh(spec: &str) -> Result<(String, SshSource)> {
     if id.is_empty() {
         bail!("invalid --ssh {spec:?}: missing id (use --ssh default)");
     }
+    let paths = paths.filter(|p| !p.trim().is_empty());
     let Some(paths) = paths else {
         let sock = std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty());
         let Some(sock) = sock else {
             bail!(
                 "invalid --ssh {spec}: invalid empty ssh agent socket: make sure SSH_AUTH_SOCK \
-                 is set (start ssh-agent), or pass --ssh {id}=/path/to/agent.sock"
+                 is set (start ssh-agent), or pass --ssh {id}=/path/to/agent.sock or \
+                 --ssh {id}=/path/to/private_key"
             );
         };
         return Ok((id.to_owned(), SshSource::Agent(PathBuf::from(sock))));
     };
-    let list: Vec<&str> = paths.split(',').map(str::trim).collect();
-    let key_files_refused = || {
-        anyhow::anyhow!(
-            "--ssh {spec}: key files are not supported yet; load the key into an agent \
-             (ssh-add KEY) and pass --ssh {id} or --ssh {id}=/path/to/agent.sock"
-        )
-    };
-    let [path] = list.as_slice() else {
-        return Err(key_files_refused());
-    };
     use std::os::unix::fs::FileTypeExt;
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("invalid --ssh {spec}: cannot use {path}"))?;
-    if !meta.file_type().is_socket() {
-        return Err(key_files_refused());
+    let mut socket = None;
+    let mut keys = Vec::new();
+    for path in paths.split(',').map(str::trim) {
+        if socket.is_some() {
+            bail!("invalid --ssh {spec}: only a single socket is allowed");
+        }
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("invalid --ssh {spec}: cannot use {path}"))?;
+        if meta.file_type().is_socket() {
+            socket = Some(PathBuf::from(path));
+        } else {
+            keys.push(PathBuf::from(path));
+        }
     }
-    Ok((id.to_owned(), SshSource::Agent(PathBuf::from(path))))
+    match socket {
+        Some(_) if !keys.is_empty() => bail!(
+            "invalid --ssh {spec}: invalid combination of keys and sockets (give an agent \
+             socket or key files)"
+        ),
+        Some(sock) => Ok((id.to_owned(), SshSource::Agent(sock))),
+        None => Ok((id.to_owned(), SshSource::Keys(keys))),
+    }
 }
 
 /// Parses `--add-host`: `host:ip` or `host=ip` (an IPv6 address may be in brackets).
@@ -367,19 +306,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn output_rewrite_timestamp() {
-        assert_eq!(
-            parse_output("type=oci,dest=a.tar,rewrite-timestamp=true").unwrap(),
-            Export::Oci {
-                dest: "a.tar".into(),
-                tar: true,
-                rewrite_timestamp: true
-            }
-        );
-        assert!(parse_output("type=oci,dest=a.tar,rewrite-timestamp=maybe").is_err());
-    }
-
-    #[test]
     fn add_hosts() {
         let h = parse_add_host("myhost:10.0.0.7").unwrap();
         assert_eq!((h.host.as_str(), h.ip.as_str()), ("myhost", "10.0.0.7"));
@@ -444,27 +370,58 @@ mod tests {
         );
         let key = t.join("id_ed25519");
         std::fs::write(&key, "key").unwrap();
-        let e = parse_ssh(&format!("deploy={}", key.display()))
+        let key2 = t.join("id_rsa");
+        std::fs::write(&key2, "key").unwrap();
+        // Files that are not sockets are key files, one or several (the engine reads them).
+        assert_eq!(
+            parse_ssh(&format!("deploy={}", key.display())).unwrap(),
+            ("deploy".to_owned(), SshSource::Keys(vec![key.clone()]))
+        );
+        assert_eq!(
+            parse_ssh(&format!("deploy={},{}", key.display(), key2.display())).unwrap(),
+            (
+                "deploy".to_owned(),
+                SshSource::Keys(vec![key.clone(), key2.clone()])
+            )
+        );
+        let mixed = parse_ssh(&format!("x={},{}", key.display(), sock.display()))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("key files are not supported yet"), "{e}");
-        assert!(parse_ssh(&format!("x={},{}", key.display(), key.display())).is_err());
+        assert!(mixed.contains("invalid combination of keys and sockets"), "{mixed}");
+        let two = parse_ssh(&format!("x={},{}", sock.display(), sock.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(two.contains("only a single socket"), "{two}");
+        let gone = parse_ssh(&format!("x={}", t.join("gone").display()))
+            .unwrap_err()
+            .to_string();
+        assert!(gone.contains("cannot use"), "{gone}");
         assert!(parse_ssh("=x").is_err());
         let _ = std::fs::remove_dir_all(&t);
     }
 
     #[test]
     fn remote_contexts() {
+        let remote = |c: &str| remote_context(c, None).unwrap();
         for c in [
-            "https://github.com/moby/buildkit.git",
+            "https://github.com/moby/buildkit.git#master:frontend",
             "git@github.com:moby/buildkit.git",
-            "github.com/moby/buildkit",
-            "http://example.com/ctx.tar.gz",
+            "git://127.0.0.1/r.git?ref=v1",
         ] {
-            assert!(is_remote_context(c), "{c}");
+            assert!(matches!(remote(c), Some(RemoteContext::Git(_))), "{c}");
         }
-        assert!(!is_remote_context("./https"));
-        assert!(!is_remote_context("."));
+        assert!(matches!(
+            remote("http://example.com/ctx.tar.gz"),
+            Some(RemoteContext::Http(_))
+        ));
+        // buildx's IsRemoteURL: a bare host path is a local path.
+        for c in ["./https", ".", "github.com/moby/buildkit"] {
+            assert!(remote(c).is_none(), "{c}");
+        }
+        let e = remote_context("-", Some(Path::new("-")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("can't use stdin for both"), "{e}");
     }
 
     #[test]

@@ -140,22 +140,30 @@ pub fn metadata(image: Option<&BuiltImage>, exports: &[Export], tags: &[String])
         "containerimage.config.digest".to_owned(),
         json!(image.config.to_string()),
     );
+    // BuildKit's descriptor carries the manifest-descriptor annotations, then `created`.
+    let mut annotations = image.manifest.annotations.clone();
+    annotations
+        .entry("org.opencontainers.image.created".to_owned())
+        .or_insert_with(|| image.created.clone());
     out.insert(
         "containerimage.descriptor".to_owned(),
         json!({
             "mediaType": image.manifest.media_type,
             "digest": image.manifest.digest.to_string(),
             "size": image.manifest.size,
-            "annotations": {"org.opencontainers.image.created": image.created},
+            "annotations": annotations,
         }),
     );
     let pushed = exports.iter().find_map(|e| match e {
-        Export::Registry { names } if !names.is_empty() => Some(names.join(",")),
+        Export::Registry { names, .. } if !names.is_empty() => Some(names.join(",")),
         _ => None,
     });
-    let tarball = exports
-        .iter()
-        .any(|e| matches!(e, Export::Oci { .. } | Export::Docker { .. }));
+    let tarball = exports.iter().any(|e| {
+        matches!(
+            e,
+            Export::Oci { .. } | Export::Docker { .. } | Export::Load { .. }
+        )
+    });
     let name = match pushed {
         Some(names) => Some(names),
         None if tarball && !tags.is_empty() => Some(
@@ -294,7 +302,7 @@ mod tests {
         let exports = [Export::Oci {
             dest: "a.tar".into(),
             tar: true,
-            rewrite_timestamp: false,
+            format: Default::default(),
         }];
         let tags = ["app:1".to_owned(), "quay.io/org/tool".to_owned()];
         let doc = metadata(Some(&img), &exports, &tags);
@@ -325,6 +333,7 @@ mod tests {
                     "localhost:5000/app:1".to_owned(),
                     "localhost:5000/app:2".to_owned(),
                 ],
+                format: Default::default(),
             }],
             &[],
         );
@@ -337,6 +346,7 @@ mod tests {
             Some(&img),
             &[Export::Docker {
                 dest: "d.tar".into(),
+                format: Default::default(),
             }],
             &[],
         );

@@ -1,15 +1,17 @@
 //! The docker-archive tarball (`docker save` format, what `docker load` reads): one directory
 //! per layer holding its uncompressed `layer.tar`, the config as `<hex>.json`, and a
-//! `manifest.json` naming them with the image's tags.
+//! `manifest.json` naming them with the image's tags; written to a file, or streamed into
+//! `docker load` (`--load`).
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
+use std::process::{Command, Stdio};
 
 use kiln_snapshot::Store;
 use kiln_types::reference::Reference;
 
-use crate::{io_err, Image, Result};
+use crate::{io_err, Error, Image, Result};
 
 /// Writes `image` as a docker-archive tarball at `dest`, tagged with `names` (from `-t`).
 pub fn export_docker(store: &Store, image: &Image, names: &[String], dest: &Path) -> Result<()> {
@@ -17,24 +19,121 @@ pub fn export_docker(store: &Store, image: &Image, names: &[String], dest: &Path
         fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
     let repo_tags = repo_tags(names)?;
-    // Each layer is unpacked to a scratch file first: a tar entry needs its size up front.
+    let tmp = dest.with_extension("kiln-tmp");
+    let file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    let res = with_scratch(store, |scratch| {
+        let mut w = write(
+            store,
+            image,
+            &repo_tags,
+            dest,
+            scratch,
+            io::BufWriter::new(file),
+        )?;
+        w.flush().map_err(io_err(dest))
+    });
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, dest).map_err(io_err(dest))
+}
+
+/// `--load`: streams `image` as a docker-archive into `docker load` (the `docker` CLI, so
+/// `DOCKER_HOST` and docker's contexts apply), tagged with `names`. The daemon is asked first,
+/// so that a missing one gives one clear error rather than a broken pipe.
+pub fn load_docker(store: &Store, image: &Image, names: &[String]) -> Result<()> {
+    let repo_tags = repo_tags(names)?;
+    let load_err = |why: String| Error::Load(why);
+    let probe = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| load_err(format!("cannot run the docker CLI ({e}): install docker")))?;
+    if !probe.status.success() {
+        return Err(load_err(format!(
+            "no docker daemon answers{}: {}",
+            std::env::var("DOCKER_HOST")
+                .map(|h| format!(" at DOCKER_HOST={h}"))
+                .unwrap_or_default(),
+            String::from_utf8_lossy(&probe.stderr).trim()
+        )));
+    }
+    let mut child = Command::new("docker")
+        .arg("load")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| load_err(format!("cannot run `docker load`: {e}")))?;
+    let stdin = child.stdin.take().expect("stdin was piped");
+    // Read docker's answers while writing, so that a full pipe never stalls either side.
+    let mut stdout = child.stdout.take().expect("stdout was piped");
+    let mut stderr = child.stderr.take().expect("stderr was piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let dest = Path::new("docker load");
+    let written = with_scratch(store, |scratch| {
+        let mut w = write(
+            store,
+            image,
+            &repo_tags,
+            dest,
+            scratch,
+            io::BufWriter::new(stdin),
+        )?;
+        w.flush().map_err(io_err(dest))
+    });
+    let status = child
+        .wait()
+        .map_err(|e| load_err(format!("waiting for `docker load`: {e}")))?;
+    let out = out_reader.join().unwrap_or_default();
+    let err = err_reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(load_err(format!(
+            "`docker load` failed ({status}): {}",
+            err.trim()
+        )));
+    }
+    written?;
+    if !out.contains("Loaded image") {
+        return Err(load_err(format!(
+            "`docker load` loaded nothing: {}{}",
+            out.trim(),
+            err.trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs `f` with a scratch directory of the store, removed afterwards.
+fn with_scratch<T>(store: &Store, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let scratch = store.temp_dir("docker-export")?;
-    let result = write(store, image, &repo_tags, dest, &scratch);
+    let result = f(&scratch);
     let _ = fs::remove_dir_all(&scratch);
     result
 }
 
-fn write(
+/// Writes the archive into `out`. Each layer is unpacked to a file in `scratch` first: a tar
+/// entry needs its size up front.
+fn write<W: Write>(
     store: &Store,
     image: &Image,
     repo_tags: &[String],
     dest: &Path,
     scratch: &Path,
-) -> Result<()> {
-    let tmp = dest.with_extension("kiln-tmp");
-    let file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut b = tar::Builder::new(io::BufWriter::new(file));
-    let res = (|| -> Result<()> {
+    out: W,
+) -> Result<W> {
+    let mut b = tar::Builder::new(out);
+    {
         let mut layer_paths = Vec::new();
         for (layer, diff_id) in image.layers.iter().zip(&image.config.rootfs.diff_ids) {
             let path = format!("{}/layer.tar", diff_id.hex());
@@ -75,14 +174,8 @@ fn write(
             bytes.as_slice(),
         )
         .map_err(io_err(dest))?;
-        let mut w = b.into_inner().map_err(io_err(dest))?;
-        w.flush().map_err(io_err(dest))
-    })();
-    if let Err(e) = res {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
     }
-    fs::rename(&tmp, dest).map_err(io_err(dest))
+    b.into_inner().map_err(io_err(dest))
 }
 
 fn append<W: Write>(

@@ -1,10 +1,11 @@
-use kiln_snapshot::{Compression, LayerBlob, Snapshot, Store};
-use kiln_types::image::{
-    Descriptor, History, ImageConfig, Manifest, MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST,
-};
+use std::io::Write;
+
+use kiln_snapshot::{Compression, LayerBlob, LayerId, Snapshot, Store};
+use kiln_types::image::{Descriptor, History, ImageConfig, Manifest};
 use kiln_types::Digest;
 
-use crate::Result;
+use crate::format::{CompressionKind, ImageFormat};
+use crate::{Error, Result};
 
 /// An image whose blobs are all in the store.
 #[derive(Clone, Debug)]
@@ -30,25 +31,19 @@ impl Image {
 }
 
 /// How an image is assembled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImageOptions {
-    /// Compression of the layer blobs.
-    pub compression: Compression,
+    /// Compression, media types, annotations, `rewrite-timestamp`.
+    pub format: ImageFormat,
     /// `SOURCE_DATE_EPOCH` (seconds): the image's and its history's `created` time, as
     /// BuildKit sets them, so that the config does not depend on when the build ran.
     pub source_date_epoch: Option<u64>,
-    /// `rewrite-timestamp=true`: clamp the file times in the layers to `source_date_epoch`.
-    pub rewrite_timestamp: bool,
 }
 
 impl ImageOptions {
-    /// Plain gzip layers, no epoch.
+    /// Plain gzip layers with OCI media types, no epoch.
     pub fn gzip() -> Self {
-        ImageOptions {
-            compression: Compression::Gzip,
-            source_date_epoch: None,
-            rewrite_timestamp: false,
-        }
+        ImageOptions::default()
     }
 }
 
@@ -60,14 +55,16 @@ pub fn assemble_image(
     mut config: ImageConfig,
     options: ImageOptions,
 ) -> Result<Image> {
+    let format = &options.format;
+    let placed = format.validate(&config.platform())?;
     let clamp = options
         .source_date_epoch
-        .filter(|_| options.rewrite_timestamp);
+        .filter(|_| format.rewrite_timestamp);
     let layers = snapshot
         .layers
         .iter()
-        .map(|l| store.layer_blob_clamped(l, options.compression, clamp))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|l| layer_blob(store, l, format, clamp))
+        .collect::<Result<Vec<_>>>()?;
     config.rootfs.kind = "layers".to_owned();
     config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id).collect();
     config.history = normalize_history(std::mem::take(&mut config.history), layers.len());
@@ -89,27 +86,103 @@ pub fn assemble_image(
 
     let config_bytes = serde_json::to_vec(&config).expect("image config always serializes");
     let config_digest = store.write_blob(&config_bytes)?;
+    let (manifest_type, config_type) = format.manifest_types();
     let manifest_doc = Manifest {
         schema_version: 2,
-        media_type: Some(MEDIA_TYPE_MANIFEST.to_owned()),
-        config: Descriptor::new(MEDIA_TYPE_CONFIG, config_digest, config_bytes.len() as u64),
+        media_type: Some(manifest_type.to_owned()),
+        config: Descriptor::new(config_type, config_digest, config_bytes.len() as u64),
         layers: layers
             .iter()
             .map(|l| Descriptor::new(&l.media_type, l.digest, l.size))
             .collect(),
-        annotations: Default::default(),
+        annotations: placed.manifest,
     };
     let manifest_bytes = serde_json::to_vec(&manifest_doc).expect("manifest always serializes");
     let manifest_digest = store.write_blob(&manifest_bytes)?;
+    let mut manifest = Descriptor::new(manifest_type, manifest_digest, manifest_bytes.len() as u64);
+    manifest.annotations = placed.manifest_descriptor;
     Ok(Image {
-        manifest: Descriptor::new(
-            MEDIA_TYPE_MANIFEST,
-            manifest_digest,
-            manifest_bytes.len() as u64,
-        ),
+        manifest,
         manifest_doc,
         config,
         layers,
+    })
+}
+
+/// The blob of layer `id` in `format`, as BuildKit picks it: a layer that came from a base
+/// image keeps the blob it was pulled as unless `force-compression`; a layer of this build is
+/// compressed as asked. The store keeps gzip and plain-tar blobs of a layer; a zstd blob or a
+/// chosen gzip level is made here from the plain tar.
+fn layer_blob(
+    store: &Store,
+    id: &LayerId,
+    format: &ImageFormat,
+    clamp: Option<u64>,
+) -> Result<LayerBlob> {
+    let stored = |c| store.layer_blob_clamped(id, c, clamp);
+    let mut blob = match (format.compression, format.compression_level) {
+        (CompressionKind::Gzip, None) => stored(Compression::Gzip)?,
+        (kind, level) => {
+            // Pulled layers are the ones indexed by diff id; their gzip blob is the pulled one.
+            let gzip = stored(Compression::Gzip)?;
+            let pulled = store
+                .layer_by_diff_id(&gzip.diff_id)?
+                .is_some_and(|l| &l == id);
+            if pulled && !format.force_compression {
+                gzip
+            } else if kind == CompressionKind::Uncompressed {
+                stored(Compression::Uncompressed)?
+            } else {
+                compress(store, &stored(Compression::Uncompressed)?, kind, level)?
+            }
+        }
+    };
+    blob.media_type = format
+        .layer_media_type(&blob.media_type)
+        .ok_or_else(|| {
+            Error::Options(format!(
+                "layer {} is {}, which has no counterpart in docker media types: use \
+                 oci-mediatypes=true, or force-compression=true with compression=gzip",
+                blob.digest, blob.media_type
+            ))
+        })?
+        .to_owned();
+    Ok(blob)
+}
+
+/// Compresses the plain tar blob `tar` with `kind` (zstd, or gzip) at `level` into a new blob.
+fn compress(
+    store: &Store,
+    tar: &LayerBlob,
+    kind: CompressionKind,
+    level: Option<i32>,
+) -> Result<LayerBlob> {
+    let path = store.blob_path(&tar.digest);
+    let io = |e: std::io::Error| crate::io_err(&path)(e);
+    let mut input = std::io::BufReader::new(std::fs::File::open(&path).map_err(io)?);
+    let mut out = store.blob_writer()?;
+    let media_type = if kind == CompressionKind::Zstd {
+        // Level 0 is zstd's default (3), as in BuildKit.
+        let mut enc =
+            zstd::stream::write::Encoder::new(&mut out, level.unwrap_or(0)).map_err(io)?;
+        std::io::copy(&mut input, &mut enc).map_err(io)?;
+        enc.finish().map_err(io)?;
+        kiln_types::image::MEDIA_TYPE_LAYER_ZSTD
+    } else {
+        let level = level.and_then(|l| u32::try_from(l).ok()).unwrap_or(6);
+        let mut enc = flate2::write::GzEncoder::new(&mut out, flate2::Compression::new(level));
+        std::io::copy(&mut input, &mut enc).map_err(io)?;
+        enc.finish().map_err(io)?;
+        kiln_types::image::MEDIA_TYPE_LAYER_GZIP
+    };
+    out.flush().map_err(io)?;
+    let size = out.len();
+    let digest = out.commit(None)?;
+    Ok(LayerBlob {
+        diff_id: tar.diff_id,
+        digest,
+        size,
+        media_type: media_type.to_owned(),
     })
 }
 

@@ -1,21 +1,25 @@
 //! Exporters: turn a result snapshot and its image config into an image (layer blobs, config,
 //! manifest in the content store), then write it out: an OCI image layout as a directory or a
-//! tarball, a docker-archive tarball (`docker load`), or the plain filesystem into a local
-//! directory.
+//! tarball, a docker-archive tarball or a `docker load` stream, or the plain filesystem into a
+//! local directory or one tar.
 //!
 //! Architecture invariant: exporters read snapshots and write outside the store; they know
 //! nothing of graphs, ops or plugins. Output is reproducible: the same snapshot and config give
 //! byte-identical files (sorted entries, fixed tar metadata, no timestamps invented here).
 
 mod docker;
+mod format;
 mod image;
 mod local;
 mod oci;
+mod tar_fs;
 
-pub use docker::export_docker;
+pub use docker::{export_docker, load_docker};
+pub use format::{Annotation, AnnotationKind, CompressionKind, ImageFormat};
 pub use image::{assemble_image, Image, ImageOptions};
 pub use local::export_local;
 pub use oci::{export_oci, read_index};
+pub use tar_fs::{export_tar, TarDest};
 
 /// Errors of the exporters.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +30,13 @@ pub enum Error {
     /// A `-t` name is not a valid image reference.
     #[error("cannot name the image: {0}")]
     Name(#[from] kiln_types::reference::ReferenceError),
+    /// The export options do not fit together or the image (compression, media types,
+    /// annotations).
+    #[error("invalid export options: {0}")]
+    Options(String),
+    /// `--load`: docker could not take the image.
+    #[error("--load: {0}")]
+    Load(String),
     /// Writing the output failed.
     #[error("export to {path}: {source}")]
     Io {

@@ -48,6 +48,9 @@ impl SecretSource {
 pub enum SshSource {
     /// An ssh-agent socket on the host (`--ssh default`, `--ssh ID=SOCKET`).
     Agent(PathBuf),
+    /// Private key files (`--ssh ID=KEY[,KEY]`), loaded into an agent kiln runs for the
+    /// build.
+    Keys(Vec<PathBuf>),
 }
 
 /// The per-step options of the build's RUN steps (`--add-host`, `--shm-size`, `--ulimit`).
@@ -554,6 +557,13 @@ pub(crate) fn run_exec(
                         source: sock.display().to_string(),
                     }
                 }
+                // The build replaces key files with its own agent before anything runs.
+                Some(SshSource::Keys(_)) => {
+                    return Err(Error::Ssh {
+                        id: id.clone(),
+                        message: "its key files were not loaded into an agent".to_owned(),
+                    })
+                }
                 None if *required => {
                     return Err(Error::Ssh {
                         id: id.clone(),
@@ -769,6 +779,7 @@ mod tests {
                 mount("/other", ssh("other")),
             ],
             proxy_env: vec![],
+            devices: Vec::new(),
         };
         ssh_auth_sock(&mut op);
         assert_eq!(
@@ -983,6 +994,7 @@ mod tests {
                 .chain(ids.iter().map(|id| mount(&format!("/{id}"), cache(id))))
                 .collect(),
             proxy_env: vec![],
+            devices: Vec::new(),
         };
         let order = |op: &ExecOp| -> Vec<String> {
             in_lock_order(op, &cm)

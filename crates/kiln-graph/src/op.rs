@@ -92,6 +92,21 @@ pub struct ExecOp {
     /// the same result.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub proxy_env: Vec<String>,
+    /// CDI devices the process gets (`RUN --device`). Written only when set, so that the
+    /// digests of steps without devices stay what they were.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Device>,
+}
+
+/// A CDI device asked for by a RUN step: `vendor.com/class=name`, `vendor.com/class` (the
+/// first device of the class) or `vendor.com/class=*` (every device of the class).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// The qualified CDI name.
+    pub name: String,
+    /// Fail the step when no such device is registered; otherwise it runs without it.
+    #[serde(default)]
+    pub required: bool,
 }
 
 /// Network of a RUN step.

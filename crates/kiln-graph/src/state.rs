@@ -253,6 +253,7 @@ impl ExecBuilder {
                     kind: MountKind::Bind,
                 }],
                 proxy_env: Vec::new(),
+                devices: Vec::new(),
             },
         }
     }
@@ -290,6 +291,12 @@ impl ExecBuilder {
     /// Sets the security mode.
     pub fn security(mut self, security: SecurityMode) -> Self {
         self.op.security = security;
+        self
+    }
+
+    /// CDI devices of the step (`RUN --device`).
+    pub fn devices(mut self, devices: Vec<Device>) -> Self {
+        self.op.devices = devices;
         self
     }
 

@@ -106,8 +106,20 @@ pub struct Run {
     pub mounts: Vec<Mount>,
     pub network: Option<NetworkMode>,
     pub security: Option<Security>,
+    /// `--device` values (CDI devices), in order.
+    pub devices: Vec<Device>,
     /// Heredoc bodies (tab-stripped for `<<-`).
     pub heredocs: Vec<Heredoc>,
+}
+
+/// A CDI device of `RUN --device=NAME[,required[=BOOL]]`, as BuildKit's `ParseDevice` reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// `vendor.com/class=name`, `vendor.com/class` (the first device of the class) or
+    /// `vendor.com/class=*` (all of them).
+    pub name: String,
+    /// Fail when no such device is registered (otherwise the step runs without it).
+    pub required: bool,
 }
 
 /// Inline file content for COPY/ADD from a heredoc.
@@ -388,6 +400,7 @@ fn parse_inner(node: &Node) -> R<Instruction> {
                     ("mount", Kind::Strings),
                     ("network", Kind::Str),
                     ("security", Kind::Str),
+                    ("device", Kind::Strings),
                 ],
             )?;
             if node.args.is_empty() && !node.json {
@@ -415,12 +428,18 @@ fn parse_inner(node: &Node) -> R<Instruction> {
                     _ => Err(format!("unsupported security mode {s:?}")),
                 })
                 .transpose()?;
+            let devices = flags
+                .strings("device")
+                .iter()
+                .map(|d| parse_device(d))
+                .collect::<R<Vec<_>>>()?;
             Instruction::Run(Run {
                 command: CommandLine::from_node(node),
                 mounts_raw,
                 mounts,
                 network,
                 security,
+                devices,
                 heredocs: chomped(&node.heredocs),
             })
         }
@@ -834,6 +853,59 @@ const MOUNT_KEYS: [&str; 19] = [
     "env",
 ];
 
+/// BuildKit's `ParseDevice`: CSV fields; the first bare field (or `name=`) is the device,
+/// `required` alone means `required=true`. The name must be a qualified CDI name
+/// (`vendor.com/class[=name]`).
+fn parse_device(raw: &str) -> R<Device> {
+    let mut d = Device {
+        name: String::new(),
+        required: false,
+    };
+    for field in raw.split(',').filter(|f| !f.is_empty()) {
+        let (key, value) = match field.split_once('=') {
+            Some((k, v)) => (k.to_ascii_lowercase(), Some(v)),
+            None => (field.to_ascii_lowercase(), None),
+        };
+        match (key.as_str(), value) {
+            ("required", None) => d.required = true,
+            ("required", Some(v)) => {
+                d.required = match v.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "t" => true,
+                    "false" | "0" | "f" => false,
+                    _ => return Err(format!("invalid value for {key}: {v}")),
+                }
+            }
+            ("name", Some(v)) => {
+                if !d.name.is_empty() {
+                    return Err(format!("device name already set to {}", d.name));
+                }
+                d.name = v.to_owned();
+            }
+            // A CDI name has an `=` of its own (`vendor.com/class=name`): the first field
+            // that is no option is the name, whole.
+            _ if d.name.is_empty() => d.name = field.to_owned(),
+            (_, None) => {
+                return Err(format!("invalid field '{field}' must be a key=value pair"));
+            }
+            _ => {
+                let mut message = format!("unexpected key '{key}' in '{field}'");
+                if let Some(near) = crate::suggest::closest(&key, ["name", "required"]) {
+                    message.push_str(&format!(" (did you mean {near}?)"));
+                }
+                return Err(message);
+            }
+        }
+    }
+    let kind = d.name.split_once('=').map_or(d.name.as_str(), |(k, _)| k);
+    match kind.split_once('/') {
+        Some((vendor, class)) if !vendor.is_empty() && !class.is_empty() => Ok(d),
+        _ => Err(format!(
+            "invalid device name {0}: unqualified device {0:?}, missing vendor",
+            d.name
+        )),
+    }
+}
+
 fn parse_mount(raw: &str) -> R<Mount> {
     let mut m = Mount {
         kind: MountType::Bind,
@@ -1003,6 +1075,58 @@ mod tests {
         assert!(msg("FROM --foo a").contains("unknown flag: --foo"));
         assert!(msg("FROM --platfrom=x a")
             .contains("unknown flag: --platfrom (did you mean --platform?)"));
+    }
+
+    /// BuildKit's `TestParseDevice` cases, and the flag on RUN.
+    #[test]
+    fn run_devices() {
+        let dev = |name: &str, required| Device {
+            name: name.into(),
+            required,
+        };
+        for (raw, want) in [
+            ("vendor1.com/device=foo", dev("vendor1.com/device=foo", false)),
+            ("vendor1.com/device=foo,required", dev("vendor1.com/device=foo", true)),
+            ("vendor1.com/device=foo,required=true", dev("vendor1.com/device=foo", true)),
+            ("vendor1.com/device=foo,required=false", dev("vendor1.com/device=foo", false)),
+            ("name=vendor1.com/device=foo", dev("vendor1.com/device=foo", false)),
+            ("name=vendor1.com/device=foo,required", dev("vendor1.com/device=foo", true)),
+            ("vendor1.com/device", dev("vendor1.com/device", false)),
+        ] {
+            assert_eq!(parse_device(raw).unwrap(), want, "{raw}");
+        }
+        for (raw, err) in [
+            (
+                "vendor1.com/device=foo,name=vendor2.com/device=bar",
+                "device name already set to vendor1.com/device=foo",
+            ),
+            (
+                "invalid-device-name",
+                "invalid device name invalid-device-name: unqualified device \"invalid-device-name\", missing vendor",
+            ),
+            (
+                "name=invalid-device-name",
+                "invalid device name invalid-device-name: unqualified device \"invalid-device-name\", missing vendor",
+            ),
+            ("vendor1.com/device=foo,required=maybe", "invalid value for required: maybe"),
+            ("vendor1.com/device=foo,bar", "invalid field 'bar' must be a key=value pair"),
+            (
+                "vendor1.com/device=foo,requird=true",
+                "unexpected key 'requird' in 'requird=true' (did you mean required?)",
+            ),
+        ] {
+            assert_eq!(parse_device(raw).unwrap_err(), err, "{raw}");
+        }
+        let Instruction::Run(r) =
+            one("RUN --device=vendor1.com/device=foo --device=x.com/gpu=*,required a").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            r.devices,
+            [dev("vendor1.com/device=foo", false), dev("x.com/gpu=*", true)]
+        );
+        assert!(msg("RUN --device=nope a").contains("missing vendor"));
     }
 
     #[test]
@@ -1289,6 +1413,7 @@ mod tests {
                 command: CommandLine::Shell("echo hi".into()),
                 mounts_raw: vec![],
                 mounts: vec![],
+                devices: vec![],
                 network: None,
                 security: None,
                 heredocs: vec![],

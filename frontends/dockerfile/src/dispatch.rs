@@ -535,14 +535,18 @@ impl Converter<'_> {
             .cwd(stage.workdir().to_owned())
             .user(stage.config.config.user.clone().unwrap_or_default())
             .network(match run.network {
-                None | Some(ins::NetworkMode::Default) => NetworkMode::Default,
+                // `kiln build --network` is the default; a RUN's own flag wins.
+                None | Some(ins::NetworkMode::Default) => {
+                    crate::run_opts::default_network(&self.req.options)?
+                }
                 Some(ins::NetworkMode::Host) => NetworkMode::Host,
                 Some(ins::NetworkMode::None) => NetworkMode::None,
             })
             .security(match run.security {
                 Some(ins::Security::Insecure) => SecurityMode::Insecure,
                 _ => SecurityMode::Sandbox,
-            });
+            })
+            .devices(crate::run_opts::devices(&run.devices));
         for (state, mount) in &extra {
             b = b.mount(state, mount.clone());
         }

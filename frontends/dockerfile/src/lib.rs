@@ -23,6 +23,7 @@ mod lint;
 mod named;
 mod paths;
 mod reference;
+mod run_opts;
 mod suggest;
 
 #[cfg(test)]

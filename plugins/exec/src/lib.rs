@@ -30,6 +30,7 @@
 //! kiln-types) and third-party crates only — never on the engine, solver, snapshotter, cache or
 //! plugin host; no async runtime (calls are synchronous, on one of kiln's blocking threads).
 
+mod cdi;
 mod error;
 mod output;
 mod policy;
@@ -80,7 +81,16 @@ pub fn execute(req: PrimitiveRequest, sink: &dyn Sink) -> Result<PrimitiveRespon
                 .into(),
         ));
     }
-    let (step, stubs) = Step::prepare(req)?;
+    // CDI devices (`RUN --device`) resolved against the host's specs now, so that a missing
+    // optional device or an edit kiln skips is said in the step's log.
+    let injected = match &req.op {
+        kiln_plugin_sdk::graph::Op::Exec(op) => cdi::resolve(&op.devices, &cdi::spec_dirs())?,
+        _ => cdi::Injected::default(),
+    };
+    for w in &injected.warnings {
+        sink.log(LogLevel::Warn, w);
+    }
+    let (step, stubs) = Step::prepare(req, injected)?;
     let result = match runtime {
         Runtime::Runc => runc::run(&step, sink),
         _ => sandbox::run(&step, sink),

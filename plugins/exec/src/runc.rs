@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use kiln_plugin_sdk::graph::{NetworkMode, SecurityMode};
 use kiln_plugin_sdk::proto::UlimitResource;
 use oci_spec::runtime::{
-    Arch, Capability, LinuxCapabilitiesBuilder, LinuxNamespaceType, LinuxSeccompAction,
+    Arch, Capability, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+    LinuxNamespaceType, LinuxSeccompAction,
     LinuxSeccompBuilder, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder,
     PosixRlimitType, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
@@ -306,6 +307,29 @@ fn spec(step: &Step) -> Result<Spec, Error> {
                 .filter(|n| keep_net || n.typ() != LinuxNamespaceType::Network)
                 .collect(),
         ));
+    }
+    // CDI device nodes are bound from the host (see `step`); runc's device cgroup must let
+    // the process use them.
+    if !step.devices.is_empty() {
+        let mut resources = linux.resources().clone().unwrap_or_default();
+        let mut rules = resources.devices().clone().unwrap_or_default();
+        for d in &step.devices {
+            let rule = LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(if d.kind == 'b' {
+                    LinuxDeviceType::B
+                } else {
+                    LinuxDeviceType::C
+                })
+                .major(i64::try_from(d.major).unwrap_or(i64::MAX))
+                .minor(i64::try_from(d.minor).unwrap_or(i64::MAX))
+                .access("rwm")
+                .build()
+                .map_err(oci_error)?;
+            rules.push(rule);
+        }
+        resources.set_devices(Some(rules));
+        linux.set_resources(Some(resources));
     }
     linux.set_masked_paths(Some(policy::masked_paths(step.security)));
     linux.set_readonly_paths(Some(policy::readonly_paths(step.security)));

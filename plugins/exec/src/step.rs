@@ -85,6 +85,9 @@ pub struct Step {
     pub shm_size: u64,
     /// Resource limits, applied in order (see `policy::rlimits`).
     pub rlimits: Vec<Ulimit>,
+    /// Host device nodes of the step's CDI devices (bound among `mounts`; runc's device
+    /// cgroup must also allow them).
+    pub devices: Vec<crate::cdi::Node>,
     /// Holds the generated `/etc/hosts` and `/etc/resolv.conf`; removed on drop.
     _files: tempfile::TempDir,
 }
@@ -92,7 +95,10 @@ pub struct Step {
 impl Step {
     /// Checks and resolves `req`, writes the hosts and resolv.conf files, and creates the
     /// missing mountpoints in the rootfs (recorded in the returned [`Stubs`]).
-    pub fn prepare(req: PrimitiveRequest) -> Result<(Step, Stubs), Error> {
+    pub fn prepare(
+        req: PrimitiveRequest,
+        injected: crate::cdi::Injected,
+    ) -> Result<(Step, Stubs), Error> {
         let Op::Exec(op) = req.op else {
             return Err(Error::Unsupported(format!(
                 "the exec primitive runs exec ops, not {} ops",
@@ -111,8 +117,9 @@ impl Step {
             )));
         }
         check_mounts(&op, &req.mounts)?;
-        let user = user::resolve(&rootfs, &op.user)?;
-        let env = environment(&op.env, &user);
+        let mut user = user::resolve(&rootfs, &op.user)?;
+        user.sgids.extend(&injected.gids);
+        let env = with_cdi_env(environment(&op.env, &user), &injected.env);
         let cwd = rootfs::clean(&op.cwd);
         rootfs::mkdir_all(&rootfs, &cwd)?;
         let hostname = req
@@ -176,6 +183,31 @@ impl Step {
                 nested: false,
             });
         }
+        // CDI edits: the devices' bind mounts, then their nodes, bound from the host's.
+        for m in &injected.mounts {
+            let meta = fs::metadata(&m.host_path)
+                .map_err(|e| Error::io("cannot use the CDI mount source", &m.host_path, e))?;
+            mounts.push(StepMount {
+                dest: rootfs::clean(&m.container_path),
+                kind: MountSource::Bind {
+                    source: m.host_path.clone(),
+                    dir: meta.is_dir(),
+                },
+                readonly: m.readonly,
+                nested: false,
+            });
+        }
+        for n in &injected.nodes {
+            mounts.push(StepMount {
+                dest: rootfs::clean(&n.path),
+                kind: MountSource::Bind {
+                    source: n.host_path.clone(),
+                    dir: false,
+                },
+                readonly: false,
+                nested: false,
+            });
+        }
         for (dest, source) in [
             ("/etc/hosts", hosts_path),
             ("/etc/resolv.conf", resolv_path),
@@ -219,6 +251,7 @@ impl Step {
             mounts,
             shm_size,
             rlimits: crate::policy::rlimits(&req.ulimits),
+            devices: injected.nodes,
             _files: files,
         };
         Ok((step, stubs))
@@ -283,6 +316,18 @@ fn check_mounts(op: &ExecOp, prepared: &[PreparedMount]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The step's environment with the CDI devices' variables, which replace the step's own of
+/// the same name (CDI's rule).
+fn with_cdi_env(mut env: Vec<String>, cdi: &[String]) -> Vec<String> {
+    let key = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_owned();
+    for kv in cdi {
+        let k = key(kv);
+        env.retain(|e| key(e) != k);
+        env.push(kv.clone());
+    }
+    env
 }
 
 /// The step's environment with `PATH` (BuildKit's default) and `HOME` (the user's, as runc
@@ -449,6 +494,7 @@ mod tests {
             security: SecurityMode::Sandbox,
             mounts,
             proxy_env: Vec::new(),
+            devices: Vec::new(),
         };
         let tmpfs = PreparedMount {
             dest: "/tmp/".into(),

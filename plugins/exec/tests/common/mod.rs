@@ -148,6 +148,7 @@ pub fn request(root: &Rootfs, args: &[&str]) -> PrimitiveRequest {
             security: SecurityMode::Sandbox,
             mounts: Vec::new(),
             proxy_env: Vec::new(),
+            devices: Vec::new(),
         }),
         inputs: Vec::new(),
         output: root.merged.display().to_string(),

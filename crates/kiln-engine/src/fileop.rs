@@ -16,6 +16,7 @@ mod unpack;
 // The fuzzing entry point of ADD's extraction; the crate root re-exports it (until it does,
 // nothing outside the tests calls it).
 pub use unpack::extract_archive_bytes;
+pub(crate) use unpack::extract_archive_file;
 
 /// Why a file action failed; the message is what the user sees under the step.
 #[derive(Debug, thiserror::Error)]

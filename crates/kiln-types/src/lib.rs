@@ -1,10 +1,11 @@
 //! Pure data shared by every kiln crate and by plugins: content digests, platforms, image
-//! references (kiln's one parser of them), and the OCI image config / manifest / index documents.
+//! references (kiln's one parser of them), git source URLs (likewise), and the OCI image config / manifest / index documents.
 //!
 //! Architecture invariant: no I/O and no dependency on any other kiln crate. Everything here
 //! must be cheap for a plugin to compile.
 
 mod digest;
+pub mod git_url;
 pub mod image;
 mod platform;
 pub mod reference;

@@ -931,7 +931,8 @@ impl Converter<'_> {
     }
 
     /// The filesystem and config of named context `name`: an image (`docker-image://`,
-    /// `oci-layout://`) or a local directory the host serves under that name.
+    /// `oci-layout://`), a git or http(s) URL, or a local directory the host serves under that
+    /// name.
     fn named_state(
         &mut self,
         name: &str,
@@ -947,6 +948,9 @@ impl Converter<'_> {
         // A directory is served under the name it was given, which may be another spelling
         // of the reference written here (`alpine` for `FROM docker.io/library/alpine`).
         let local = value.strip_prefix("local:").unwrap_or(name).to_owned();
+        if let Some(remote) = crate::add::named_remote_context(name, &value) {
+            return Ok((remote?, ImageConfig::scratch(platform)));
+        }
         match image {
             Some(reference) => {
                 let img = self.resolve_image(&reference, platform)?;

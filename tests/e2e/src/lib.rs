@@ -151,6 +151,26 @@ impl Kiln {
         self.run_env(&[], args)
     }
 
+    /// [`Kiln::run`] with `input` written to kiln's standard input (then closed).
+    pub fn run_stdin(&self, input: &[u8], args: &[&str]) -> Run {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = Command::new(target_dir().join("kiln"))
+            .env("KILN_ROOT", self.path("store"))
+            .env("KILN_PLUGIN_PATH", self.plugin_dir())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kiln");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        // kiln may stop reading early (a refused input): a broken pipe is its answer, not ours.
+        let _ = stdin.write_all(input);
+        drop(stdin);
+        Run::from(child.wait_with_output().expect("wait for kiln"))
+    }
+
     /// [`Kiln::run`] with extra environment variables.
     pub fn run_env(&self, env: &[(&str, &str)], args: &[&str]) -> Run {
         let mut cmd = Command::new(target_dir().join("kiln"));
@@ -420,4 +440,44 @@ impl Drop for GitDaemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 serving the files under `dir` by path (`GET /a/b` →
+/// `dir/a/b`), 404 for anything else, `Connection: close`. It runs on a detached thread for the
+/// rest of the test process. Returns `http://127.0.0.1:<port>`.
+pub fn serve_files(dir: &Path) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    let addr = listener.local_addr().expect("local address");
+    let dir = dir.to_owned();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let answer = |s: &mut std::net::TcpStream| -> std::io::Result<()> {
+                let mut r = BufReader::new(s.try_clone()?);
+                let mut line = String::new();
+                r.read_line(&mut line)?;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h)? == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("/");
+                let file = dir.join(path.trim_start_matches('/'));
+                let (status, body) = match (path.contains(".."), std::fs::read(&file)) {
+                    (false, Ok(body)) => ("200 OK", body),
+                    _ => ("404 Not Found", b"not found".to_vec()),
+                };
+                write!(
+                    s,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )?;
+                s.write_all(&body)
+            };
+            let _ = answer(&mut s);
+        }
+    });
+    format!("http://{addr}")
 }

@@ -1,6 +1,6 @@
 //! Build options end to end, through the real binary: `--ssh` with a real ssh-agent,
 //! `--allow` entitlements, `--add-host` / `--shm-size` / `--ulimit` in both runtimes, `-f -`,
-//! remote contexts refused, `--no-cache-filter`, `--label`, `--call`, and reproducible layers
+//! `--no-cache-filter`, `--label`, `--call`, and reproducible layers
 //! with `SOURCE_DATE_EPOCH` and `rewrite-timestamp=true`.
 #![allow(clippy::unwrap_used)]
 
@@ -386,7 +386,7 @@ fn run_option_values_are_checked() {
     }
 }
 
-// --- -f -, remote contexts ------------------------------------------------------------------
+// --- -f - (remote contexts: remote_contexts.rs) ------------------------------------------------
 
 #[test]
 fn dockerfile_from_stdin() {
@@ -416,24 +416,6 @@ fn dockerfile_from_stdin() {
         r.stderr
     );
     assert_eq!(read(&dest, "copied"), "from the context\n");
-}
-
-#[test]
-fn remote_contexts_are_refused() {
-    let k = Kiln::new(&[]);
-    for ctx in [
-        "https://github.com/moby/buildkit.git",
-        "git@github.com:moby/buildkit.git",
-    ] {
-        let r = k.run(&["build", ctx]).fails();
-        assert!(
-            r.stderr
-                .contains("remote build contexts are not supported yet")
-                && r.stderr.contains("clone it and pass the directory"),
-            "{}",
-            r.stderr
-        );
-    }
 }
 
 // --- --no-cache-filter, --label, --call ----------------------------------------------------

@@ -126,6 +126,18 @@ pub fn extract_archive_bytes(archive: &[u8], dest: &Path) -> Result<bool> {
     Ok(true)
 }
 
+/// Extracts the file `src` into the directory `dest` (named `shown` in errors) when it is a tar
+/// archive, with ADD's checks; `Ok(false)` when it is not one. Remote build contexts use it.
+pub(crate) fn extract_archive_file(src: &Path, dest: &Path, shown: &str) -> Result<bool> {
+    let Some(stream) = tar_stream(|| fs::File::open(src).map(BufReader::new))
+        .map_err(super::ioe("read", shown))?
+    else {
+        return Ok(false);
+    };
+    extract(stream, dest, None, shown)?;
+    Ok(true)
+}
+
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {

@@ -21,9 +21,12 @@ pub(crate) struct ExportContext<'a> {
     pub progress: &'a dyn ProgressSink<Digest>,
 }
 
-/// Refuses options that cannot work before anything is built (`rewrite-timestamp` without
-/// `SOURCE_DATE_EPOCH`).
+/// Refuses outputs that cannot be written, before anything is built: `rewrite-timestamp`
+/// without `SOURCE_DATE_EPOCH`, `--load` without a docker daemon.
 pub(crate) fn check(exports: &[Export], epoch: Option<u64>) -> Result<(), Error> {
+    if exports.iter().any(|e| matches!(e, Export::Load { .. })) {
+        kiln_export::docker_daemon_answers()?;
+    }
     let rewrite = exports
         .iter()
         .any(|e| e.image_format().is_some_and(|f| f.rewrite_timestamp));

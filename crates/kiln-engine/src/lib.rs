@@ -718,6 +718,8 @@ impl Engine {
         // Solve.
         let mut def = resp.definition;
         check_entitlements(&def, &req.allow)?;
+        // Outputs that cannot be written fail now, not after the build.
+        export::check(&req.exports, source_date_epoch(&req.build_args)?)?;
         // Key files get an agent of their own for the build; dropped (killed) on every way out.
         let (ssh, _agents) = ssh_agent::serve(&req.ssh)?;
         if req.no_cache {
@@ -812,7 +814,6 @@ impl Engine {
         let store = self.store.clone();
         let exports = req.exports.clone();
         let epoch = source_date_epoch(&req.build_args)?;
-        export::check(&exports, epoch)?;
         let tags = req.tags.clone();
         let registry = self.registry.clone();
         let handle = tokio::runtime::Handle::current();

@@ -44,21 +44,8 @@ pub fn export_docker(store: &Store, image: &Image, names: &[String], dest: &Path
 /// so that a missing one gives one clear error rather than a broken pipe.
 pub fn load_docker(store: &Store, image: &Image, names: &[String]) -> Result<()> {
     let repo_tags = repo_tags(names)?;
+    docker_daemon_answers()?;
     let load_err = |why: String| Error::Load(why);
-    let probe = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| load_err(format!("cannot run the docker CLI ({e}): install docker")))?;
-    if !probe.status.success() {
-        return Err(load_err(format!(
-            "no docker daemon answers{}: {}",
-            std::env::var("DOCKER_HOST")
-                .map(|h| format!(" at DOCKER_HOST={h}"))
-                .unwrap_or_default(),
-            String::from_utf8_lossy(&probe.stderr).trim()
-        )));
-    }
     let mut child = Command::new("docker")
         .arg("load")
         .stdin(Stdio::piped())
@@ -109,6 +96,26 @@ pub fn load_docker(store: &Store, image: &Image, names: &[String]) -> Result<()>
             "`docker load` loaded nothing: {}{}",
             out.trim(),
             err.trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Asks the docker daemon the `docker` CLI reaches (`DOCKER_HOST`, docker's context) for its
+/// version: an error names where it looked when none answers.
+pub fn docker_daemon_answers() -> Result<()> {
+    let probe = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Load(format!("cannot run the docker CLI ({e}): install docker")))?;
+    if !probe.status.success() {
+        return Err(Error::Load(format!(
+            "no docker daemon answers{}: {}",
+            std::env::var("DOCKER_HOST")
+                .map(|h| format!(" at DOCKER_HOST={h}"))
+                .unwrap_or_default(),
+            String::from_utf8_lossy(&probe.stderr).trim()
         )));
     }
     Ok(())

@@ -578,4 +578,6 @@ fn load_streams_the_image_into_docker() {
         run.stderr
     );
     assert!(run.stderr.contains(&gone), "{}", run.stderr);
+    // Before the build, not after it.
+    assert!(!run.stderr.contains("exporting to image"), "{}", run.stderr);
 }

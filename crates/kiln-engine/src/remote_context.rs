@@ -397,7 +397,7 @@ mod tests {
         let dest = dir.path().join("body");
         let n = copy_bounded(&mut &b"FROM scratch\n"[..], &dest, 64).unwrap();
         assert_eq!(n, 13);
-        let big = vec![b'x'; 65];
+        let big = [b'x'; 65];
         let e = copy_bounded(&mut &big[..], &dest, 64)
             .unwrap_err()
             .to_string();
@@ -502,7 +502,7 @@ mod tests {
         h.set_entry_type(tar::EntryType::Regular);
         h.set_cksum();
         let mut bytes = h.as_bytes().to_vec();
-        bytes.extend_from_slice(&[b'x']);
+        bytes.extend_from_slice(b"x");
         bytes.resize(512 * 2, 0);
         bytes.extend_from_slice(&[0; 1024]);
         let (dir, r) = fetch_stdin(bytes, None);

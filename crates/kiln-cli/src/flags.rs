@@ -387,7 +387,10 @@ mod tests {
         let mixed = parse_ssh(&format!("x={},{}", key.display(), sock.display()))
             .unwrap_err()
             .to_string();
-        assert!(mixed.contains("invalid combination of keys and sockets"), "{mixed}");
+        assert!(
+            mixed.contains("invalid combination of keys and sockets"),
+            "{mixed}"
+        );
         let two = parse_ssh(&format!("x={},{}", sock.display(), sock.display()))
             .unwrap_err()
             .to_string();

@@ -567,7 +567,16 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
             let doc = output::metadata(image.as_ref(), &exports, &args.tags);
             output::write_metadata_file(path, &doc)?;
         }
-        if display.print_id && outcome.call_result.is_none() {
+        // A tar on stdout (`-o -`) must stay a tar: the ID is not appended to it.
+        let stdout_taken = exports.iter().any(|e| {
+            matches!(
+                e,
+                Export::Tar {
+                    dest: kiln_engine::TarDest::Stdout
+                }
+            )
+        });
+        if display.print_id && outcome.call_result.is_none() && !stdout_taken {
             println!("{}", output::image_id(image.as_ref()));
         }
     }

@@ -328,12 +328,19 @@ fn tar_output_to_a_file_and_to_stdout() {
     let hello = entries.iter().find(|(p, _)| p == "srv/hello.txt").unwrap();
     assert_eq!(hello.1.as_deref(), Some("hello from kiln\n"));
 
-    // `-o -` and `type=tar,dest=-` write it to standard output, the progress to stderr.
-    for spec in ["-", "type=tar,dest=-"] {
+    // `-o -` and `type=tar,dest=-` write it to standard output, the progress to stderr; with
+    // `-q`, no image ID is appended to the tar.
+    for args in [
+        ["--progress=plain", "--output", "-"],
+        ["--progress=plain", "--output", "type=tar,dest=-"],
+        ["-q", "--output", "-"],
+    ] {
         let out = Command::new(target_dir().join("kiln"))
             .env("KILN_ROOT", k.path("store"))
             .env("KILN_PLUGIN_PATH", k.plugin_dir())
-            .args(["build", "--progress=plain", "--output", spec, &ctx])
+            .arg("build")
+            .args(args)
+            .arg(&ctx)
             .output()
             .unwrap();
         assert!(
@@ -344,7 +351,7 @@ fn tar_output_to_a_file_and_to_stdout() {
         assert_eq!(
             out.stdout,
             std::fs::read(&file).unwrap(),
-            "{spec}: the same tar as dest=FILE"
+            "{args:?}: the same tar as dest=FILE"
         );
     }
 }

@@ -136,6 +136,21 @@ impl Rule {
         matches!(self, Rule::InvalidDefinitionDescription)
     }
 
+    /// Whether a `# check=` comment above an instruction can turn the rule off there. BuildKit
+    /// runs these file-wide rules with the file's configuration only, before (or outside) the
+    /// per-instruction parsing and dispatch that merge the comment's.
+    fn per_instruction(self) -> bool {
+        !matches!(
+            self,
+            Rule::NoEmptyContinuation
+                | Rule::ConsistentInstructionCasing
+                | Rule::DuplicateStageName
+                | Rule::ReservedStageName
+                | Rule::InvalidDefaultArgInFrom
+                | Rule::InvalidBaseImagePlatform
+        )
+    }
+
     /// BuildKit's documentation page of the rule; InvalidBaseImagePlatform has none.
     pub(crate) fn url(self) -> Option<String> {
         if self == Rule::InvalidBaseImagePlatform {
@@ -304,7 +319,7 @@ impl Linter {
             .local
             .range(..=line)
             .next_back()
-            .filter(|(_, (end, _))| line <= *end)
+            .filter(|(_, (end, _))| line <= *end && rule.per_instruction())
             .map(|(_, (_, c))| c);
         let name = rule.name();
         let enabled = if rule.experimental() {

@@ -345,6 +345,37 @@ fn maintainer_deprecated() {
         "\nFROM scratch\n# check=skip=MaintainerDeprecated\nMAINTAINER me@example.org\n",
         &[],
     );
+    // `error=` in such a comment is not merged: the finding stays a warning.
+    clean_and_same(
+        "FROM scratch\n# check=error=true\nMAINTAINER me@example.org\n",
+        &[found(
+            "MaintainerDeprecated",
+            "Maintainer instruction is deprecated in favor of using label",
+            3,
+        )],
+    );
+    // File-wide rules run with the file's configuration only: such a comment does not turn
+    // them off (BuildKit checks casing, stage names and empty continuations before it looks at
+    // an instruction's comments).
+    clean_and_same(
+        "FROM scratch\nCOPY a /a\n# check=skip=ConsistentInstructionCasing,NoEmptyContinuation\ncopy b \\\n\n/b\n",
+        &[
+            found(
+                "ConsistentInstructionCasing",
+                "Command 'copy' should match the case of the command majority (uppercase)",
+                4,
+            ),
+            found("NoEmptyContinuation", "Empty continuation line", 6),
+        ],
+    );
+    clean_and_same(
+        "FROM scratch AS a\n# check=skip=DuplicateStageName\nFROM scratch AS a\n",
+        &[found(
+            "DuplicateStageName",
+            "Duplicate stage name \"a\", stage names should be unique",
+            3,
+        )],
+    );
 }
 
 #[test]

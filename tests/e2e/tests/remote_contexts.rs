@@ -81,6 +81,24 @@ fn git_url_context_builds_the_ref_and_subdir() {
     .ok();
     assert_eq!(read(&out, "other/hello.txt"), "v2\n");
 
+    // `-f -`: the Dockerfile from stdin, the context from the URL; an absolute -f is local.
+    let out = k.path("out-stdin-df");
+    let dest = format!("type=local,dest={}", out.display());
+    k.run_stdin(
+        b"FROM scratch\nCOPY hello.txt /stdin/\n",
+        &["build", "--progress=plain", "-o", &dest, "-f", "-", &url],
+    )
+    .ok();
+    assert_eq!(read(&out, "stdin/hello.txt"), "v2\n");
+    let local_df = k.write(
+        "local",
+        &[("Local.df", "FROM scratch\nCOPY hello.txt /local/\n")],
+    );
+    let local_df = local_df.join("Local.df").display().to_string();
+    let out = k.path("out-abs-df");
+    build_url(&k, &url, &out, &["-f", &local_df]).ok();
+    assert_eq!(read(&out, "local/hello.txt"), "v2\n");
+
     // No ref: the remote's HEAD.
     let out = k.path("out-head");
     build_url(&k, &format!("{repo}#:app"), &out, &[]).ok();

@@ -250,10 +250,9 @@ impl Config {
 fn comment_config(comments: &[String]) -> Option<Config> {
     let value = comments.iter().find_map(|c| {
         let (name, value) = c.split_once('=')?;
-        let name = name.trim();
-        let valid =
-            name.eq_ignore_ascii_case("check") && name.chars().all(|ch| ch.is_ascii_alphanumeric());
-        valid.then(|| value.trim())
+        name.trim()
+            .eq_ignore_ascii_case("check")
+            .then(|| value.trim())
     })?;
     let value = value.split(' ').next().unwrap_or_default();
     let mut config = Config::parse(value).ok()?;

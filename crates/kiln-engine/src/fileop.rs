@@ -196,7 +196,7 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
         }
         if md.is_dir() && c.dir_contents_only {
             if c.create_dest_path {
-                create_dirs(&dest, 0o755, ids, &c.dest)?;
+                create_dirs(&dest, opts.created_dir_mode(), ids, &c.dest)?;
             }
             copy_from(
                 Step::Contents,
@@ -208,10 +208,12 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
                 &Inherited::default(),
             )?;
         } else {
-            // The name of what was found (a followed symlink gives its target's name).
-            let name = m
-                .name()
-                .or_else(|| Path::new(rel).file_name())
+            // The name as the source was written or matched: a followed symlink keeps the
+            // link's name with its target's content, as fsutil's copy (`filepath.Base(src)`)
+            // in BuildKit. A path without a last name (`/`) takes the found one's.
+            let name = Path::new(rel)
+                .file_name()
+                .or_else(|| m.name())
                 .map(PathBuf::from)
                 .unwrap_or_default();
             // As fsutil's copy in BuildKit: into the destination when it ends with `/` or is
@@ -225,7 +227,7 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
             };
             if let Some(parent) = target.parent() {
                 if c.create_dest_path {
-                    create_dirs(parent, 0o755, ids, &c.dest)?;
+                    create_dirs(parent, opts.created_dir_mode(), ids, &c.dest)?;
                 }
             }
             copy_from(
@@ -264,6 +266,16 @@ struct Includes {
 }
 
 impl CopyOpts {
+    /// The mode of directories the copy creates on the way to its destination: an octal
+    /// `--chmod`'s, else 0755 (a symbolic one too), as fsutil's `MkdirAll` in BuildKit
+    /// (moby/buildkit#4945). Directories that exist keep theirs.
+    fn created_dir_mode(&self) -> u32 {
+        match &self.chmod {
+            Some(Chmod::Octal(m)) => *m & 0o7777,
+            _ => 0o755,
+        }
+    }
+
     fn new(c: &CopyAction, ids: Option<(u32, u32)>) -> Result<CopyOpts> {
         let pattern_err = |source| FileOpError::Pattern {
             src: c.src.clone(),
@@ -914,6 +926,59 @@ mod tests {
         assert_eq!(fs::read_to_string(out.join("leaf.txt")).unwrap(), "leaf");
         assert!(!out.join("other.txt").exists());
         assert!(!dst.join("out/d0/other.txt").exists());
+    }
+
+    #[test]
+    fn a_followed_symlink_keeps_its_name() {
+        // BuildKit's testCopySymlinks: named or matched by a wildcard, a symlink is followed
+        // and the copy is named after the link, not its target.
+        let (_t, src, dst) = src_and_dst();
+        tree(&src, &[("tool-2.1", "tool"), ("sub/baz", "baz")]);
+        std::os::unix::fs::symlink("tool-2.1", src.join("tool")).unwrap();
+        std::os::unix::fs::symlink("baz", src.join("sub/l0")).unwrap();
+        let named = CopyAction::new(Some(0), "/tool", "/bin/");
+        let mut matched = CopyAction::new(Some(0), "/sub/l*", "/links/");
+        matched.allow_wildcard = true;
+        apply(
+            &dst,
+            &[FileAction::Copy(named), FileAction::Copy(matched)],
+            &[src],
+        )
+        .unwrap();
+        let tool = dst.join("bin/tool");
+        assert!(fs::symlink_metadata(&tool).unwrap().is_file());
+        assert_eq!(fs::read_to_string(&tool).unwrap(), "tool");
+        assert!(!dst.join("bin/tool-2.1").exists());
+        assert_eq!(fs::read_to_string(dst.join("links/l0")).unwrap(), "baz");
+        assert!(!dst.join("links/baz").exists());
+    }
+
+    #[test]
+    fn an_octal_chmod_sets_the_mode_of_created_directories() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let (_t, src, dst) = src_and_dst();
+        tree(&src, &[("app.conf", "k=v")]);
+        fs::create_dir(dst.join("etc")).unwrap();
+        fs::set_permissions(dst.join("etc"), fs::Permissions::from_mode(0o755)).unwrap();
+        let mut octal = CopyAction::new(Some(0), "/app.conf", "/etc/app/conf.d/");
+        octal.mode = Some(Chmod::Octal(0o750));
+        let mut symbolic = CopyAction::new(Some(0), "/app.conf", "/etc/other/conf.d/");
+        symbolic.mode = Some(Chmod::Symbolic("u=rw,go=r".into()));
+        apply(
+            &dst,
+            &[FileAction::Copy(octal), FileAction::Copy(symbolic)],
+            &[src],
+        )
+        .unwrap();
+        // Created ones take the octal mode (moby/buildkit#4945); an existing one keeps its own.
+        assert_eq!(mode(dst.join("etc")), 0o755);
+        assert_eq!(mode(dst.join("etc/app")), 0o750);
+        assert_eq!(mode(dst.join("etc/app/conf.d")), 0o750);
+        assert_eq!(mode(dst.join("etc/app/conf.d/app.conf")), 0o750);
+        assert_eq!(mode(dst.join("etc/other")), 0o755);
+        assert_eq!(mode(dst.join("etc/other/conf.d")), 0o755);
+        assert_eq!(mode(dst.join("etc/other/conf.d/app.conf")), 0o644);
     }
 
     #[test]

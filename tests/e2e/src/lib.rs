@@ -174,6 +174,9 @@ impl Kiln {
     /// [`Kiln::run`] with extra environment variables.
     pub fn run_env(&self, env: &[(&str, &str)], args: &[&str]) -> Run {
         let mut cmd = Command::new(target_dir().join("kiln"));
+        // A developer's own ~/.config/kiln/kiln.toml must not steer the tests; a test may
+        // still give its own.
+        cmd.env("XDG_CONFIG_HOME", self.path("xdg-config"));
         cmd.envs(env.iter().copied());
         cmd.env("KILN_ROOT", self.path("store"))
             .env("KILN_PLUGIN_PATH", self.plugin_dir());

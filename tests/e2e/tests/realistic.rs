@@ -230,8 +230,8 @@ fn realistic_dockerfiles_build_as_expected() {
     let mut failures: BTreeMap<String, String> = BTreeMap::new();
     let all = cases();
     assert!(
-        all.len() >= 25,
-        "expected at least 25 cases, found {}",
+        all.len() >= 61,
+        "expected at least 61 cases, found {}",
         all.len()
     );
     for dir in &all {

@@ -157,7 +157,7 @@ struct BuildArgs {
     /// Networking mode of the RUN instructions (host needs --allow network.host).
     #[arg(long, value_enum, default_value = "default")]
     network: NetworkArg,
-    /// Allow extra privileged entitlement (network.host, security.insecure).
+    /// Allow extra privileged entitlement (network.host, security.insecure, device).
     #[arg(long = "allow")]
     allow: Vec<String>,
     /// Add a custom host-to-IP mapping to RUN steps (format: host:ip).

@@ -388,6 +388,8 @@ pub enum Entitlement {
     NetworkHost,
     /// `security.insecure`: `RUN --security=insecure`.
     SecurityInsecure,
+    /// `device`: `RUN --device` (CDI devices of the host).
+    Device,
 }
 
 impl Entitlement {
@@ -396,6 +398,7 @@ impl Entitlement {
         match self {
             Entitlement::NetworkHost => "network.host",
             Entitlement::SecurityInsecure => "security.insecure",
+            Entitlement::Device => "device",
         }
     }
 }
@@ -412,8 +415,15 @@ impl std::str::FromStr for Entitlement {
         match s {
             "network.host" => Ok(Entitlement::NetworkHost),
             "security.insecure" => Ok(Entitlement::SecurityInsecure),
+            "device" => Ok(Entitlement::Device),
+            // BuildKit also grants single devices (`device=NAME[,alias=A]`); kiln grants
+            // devices as a whole rather than read a grant wider than it means.
+            other if other.starts_with("device=") => Err(format!(
+                "--allow {other}: kiln grants host devices as a whole; pass --allow device"
+            )),
             other => Err(format!(
-                "unknown entitlement {other:?}: expected network.host or security.insecure"
+                "unknown entitlement {other:?}: expected network.host, security.insecure or \
+                 device"
             )),
         }
     }
@@ -883,6 +893,9 @@ fn check_entitlements(
                 Entitlement::SecurityInsecure,
                 "RUN --security=insecure",
             ),
+            // BuildKit lets a device marked auto-allowed by its spec (or the daemon) through;
+            // kiln reads no spec here, so every RUN --device needs the grant.
+            (!e.devices.is_empty(), Entitlement::Device, "RUN --device"),
         ];
         for (used, entitlement, why) in needed {
             if used && !allow.contains(&entitlement) {
@@ -985,7 +998,36 @@ mod tests {
             check_entitlements(&def_with(NetworkMode::None, SecurityMode::Sandbox), &none).is_ok()
         );
         assert_eq!("network.host".parse(), Ok(Entitlement::NetworkHost));
-        assert!("device".parse::<Entitlement>().is_err());
+        assert_eq!("device".parse(), Ok(Entitlement::Device));
+        assert!("device=nvidia.com/gpu"
+            .parse::<Entitlement>()
+            .unwrap_err()
+            .contains("--allow device"));
+        let Op::Exec(mut op) = def_with(NetworkMode::Default, SecurityMode::Sandbox)
+            .vertices
+            .remove(0)
+            .op
+        else {
+            panic!("an exec")
+        };
+        op.devices.push(kiln_graph::Device {
+            name: "nvidia.com/gpu=0".into(),
+            required: false,
+        });
+        let with_device = kiln_graph::State::definition(&[kiln_graph::State::from_op(
+            Op::Exec(op),
+            vec![],
+            "RUN",
+        )]);
+        let e = check_entitlements(&with_device, &none)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "device is not allowed: RUN --device needs it; pass --allow device to grant it"
+        );
+        let devices = BTreeSet::from([Entitlement::Device]);
+        assert!(check_entitlements(&with_device, &devices).is_ok());
     }
 
     #[test]

@@ -436,6 +436,7 @@ struct Held {
     writes: Vec<WriteView>,
     leases: Vec<CacheLease>,
     secrets: Vec<SecretDir>,
+    ssh: Vec<crate::ssh_agent::StepSocket>,
 }
 
 /// The exec op as the plugin sees it: secret environment variables added, and secret mounts
@@ -547,15 +548,22 @@ pub(crate) fn run_exec(
                 }
                 None => continue,
             },
-            // The agent's socket itself is bound at the target: the process talks to the real
-            // agent, and no key ever enters the container (BuildKit proxies it instead; a
-            // bind gives the same protocol without a forwarding thread per step).
-            MountKind::Ssh { id, required } => match env.ssh.get(id) {
+            // A socket of the step's own, with the mount's mode and owner, forwards to the
+            // agent (as BuildKit's per-mount socket): no key ever enters the container.
+            MountKind::Ssh {
+                id,
+                required,
+                mode,
+                uid,
+                gid,
+            } => match env.ssh.get(id) {
                 Some(SshSource::Agent(sock)) => {
                     check_socket(id, sock)?;
-                    PreparedMountKind::Bind {
-                        source: sock.display().to_string(),
-                    }
+                    let step_sock =
+                        crate::ssh_agent::StepSocket::start(id, sock, *mode, *uid, *gid)?;
+                    let source = step_sock.path().display().to_string();
+                    held.ssh.push(step_sock);
+                    PreparedMountKind::Bind { source }
                 }
                 // The build replaces key files with its own agent before anything runs.
                 Some(SshSource::Keys(_)) => {
@@ -765,6 +773,9 @@ mod tests {
         let ssh = |id: &str| MountKind::Ssh {
             id: id.into(),
             required: false,
+            mode: kiln_graph::SSH_DEFAULT_MODE,
+            uid: 0,
+            gid: 0,
         };
         let mut op = ExecOp {
             args: vec!["true".into()],

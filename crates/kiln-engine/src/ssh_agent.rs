@@ -171,6 +171,163 @@ pub(crate) fn serve(
     Ok((served, agents))
 }
 
+/// The socket a RUN step's SSH mount binds: a listener of its own, with the mount's `mode`,
+/// `uid` and `gid` (as BuildKit gives each mount a socket of its own), whose connections are
+/// forwarded to the agent, read-only (see [`relay`]). Binding the agent's own socket would leave its owner and mode to
+/// whoever started the agent, and a `USER 1000` step could not reach it. Stopped, and its
+/// directory removed, when dropped (after the step).
+pub(crate) struct StepSocket {
+    dir: PathBuf,
+    sock: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StepSocket {
+    pub(crate) fn start(
+        id: &str,
+        agent: &Path,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<StepSocket, Error> {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::net::UnixListener;
+        let dir = private_dir(id)?;
+        let sock = dir.join("agent.sock");
+        let made = (|| {
+            let listener =
+                UnixListener::bind(&sock).map_err(|e| Error::io("listen on", &sock, e))?;
+            std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(|e| Error::io("chmod ssh socket", &sock, e))?;
+            std::os::unix::fs::chown(&sock, Some(uid), Some(gid))
+                .map_err(|e| Error::io("chown ssh socket", &sock, e))?;
+            Ok::<_, Error>(listener)
+        })();
+        let listener = match made {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let agent = agent.to_owned();
+        let stopped = stop.clone();
+        let accept = std::thread::Builder::new()
+            .name("kiln-ssh-socket".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    // A client that cannot be served sees its connection closed, as with an
+                    // agent that went away.
+                    if let Ok(client) = conn {
+                        forward(client, &agent);
+                    }
+                }
+            })
+            .map_err(|e| Error::io("start the ssh socket thread for", &sock, e));
+        let accept = match accept {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        Ok(StepSocket {
+            dir,
+            sock,
+            stop,
+            accept: Some(accept),
+        })
+    }
+
+    /// The socket to bind into the step.
+    pub(crate) fn path(&self) -> &Path {
+        &self.sock
+    }
+}
+
+/// The agent protocol's message types a step may send: list the keys, sign with one. As
+/// BuildKit's read-only agent, everything else (adding, removing or locking keys,
+/// extensions) is answered with a failure and never reaches the agent.
+const SSH_AGENTC_REQUEST_IDENTITIES: u8 = 11;
+const SSH_AGENTC_SIGN_REQUEST: u8 = 13;
+const SSH_AGENT_FAILURE: u8 = 5;
+
+/// OpenSSH's own bound on an agent message.
+const MAX_AGENT_MESSAGE: usize = 256 * 1024;
+
+/// Serves one client connection on a thread of its own until either side closes.
+fn forward(client: std::os::unix::net::UnixStream, agent: &Path) {
+    let agent = agent.to_owned();
+    let _ = std::thread::Builder::new()
+        .name("kiln-ssh-forward".into())
+        .spawn(move || {
+            if let Ok(upstream) = std::os::unix::net::UnixStream::connect(&agent) {
+                let _ = relay(client, upstream);
+            }
+        });
+}
+
+/// The agent protocol is request/response, one at a time: each request of the client is
+/// read whole, checked, and either passed on (and the agent's one answer passed back) or
+/// refused.
+fn relay(
+    mut client: impl std::io::Read + std::io::Write,
+    mut agent: impl std::io::Read + std::io::Write,
+) -> std::io::Result<()> {
+    while let Some(request) = read_message(&mut client)? {
+        match request.get(4) {
+            Some(&(SSH_AGENTC_REQUEST_IDENTITIES | SSH_AGENTC_SIGN_REQUEST)) => {
+                agent.write_all(&request)?;
+                let Some(answer) = read_message(&mut agent)? else {
+                    return Ok(());
+                };
+                client.write_all(&answer)?;
+            }
+            _ => client.write_all(&[0, 0, 0, 1, SSH_AGENT_FAILURE])?,
+        }
+    }
+    Ok(())
+}
+
+/// One length-prefixed message, prefix included; `None` at a clean end of stream.
+fn read_message(r: &mut impl std::io::Read) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let n = u32::from_be_bytes(len) as usize;
+    if n == 0 || n > MAX_AGENT_MESSAGE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "agent message of an invalid length",
+        ));
+    }
+    let mut msg = vec![0u8; 4 + n];
+    msg[..4].copy_from_slice(&len);
+    r.read_exact(&mut msg[4..])?;
+    Ok(Some(msg))
+}
+
+impl Drop for StepSocket {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // accept(2) has no timeout: a connection of our own wakes the thread, which then sees
+        // the flag.
+        let _ = std::os::unix::net::UnixStream::connect(&self.sock);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn ssh_error(id: &str, message: String) -> Error {
     Error::Ssh {
         id: id.to_owned(),
@@ -352,11 +509,65 @@ mod tests {
         assert!(!Path::new(&format!("/proc/{pid}")).exists());
     }
 
+    /// `[len][type][payload]` as the agent protocol frames it.
+    fn message(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut m = ((payload.len() + 1) as u32).to_be_bytes().to_vec();
+        m.push(kind);
+        m.extend_from_slice(payload);
+        m
+    }
+
+    #[test]
+    fn step_socket_has_the_mount_owner_and_mode_and_reaches_the_agent() {
+        use std::io::Write as _;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let t = tempfile::tempdir().unwrap();
+        // A stand-in agent that answers each request with its payload reversed, as type 12.
+        let agent_path = t.path().join("agent");
+        let agent = std::os::unix::net::UnixListener::bind(&agent_path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = agent.accept().unwrap();
+            while let Some(req) = read_message(&mut c).unwrap() {
+                let mut payload = req[5..].to_vec();
+                payload.reverse();
+                c.write_all(&message(12, &payload)).unwrap();
+            }
+        });
+        let step = StepSocket::start("default", &agent_path, 0o640, 1000, 1001).unwrap();
+        let md = std::fs::metadata(step.path()).unwrap();
+        assert_eq!(
+            (md.permissions().mode() & 0o7777, md.uid(), md.gid()),
+            (0o640, 1000, 1001)
+        );
+        let dir_mode = std::fs::metadata(step.path().parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        let mut c = std::os::unix::net::UnixStream::connect(step.path()).unwrap();
+        let mut ask = |m: Vec<u8>| {
+            c.write_all(&m).unwrap();
+            read_message(&mut c).unwrap().unwrap()
+        };
+        assert_eq!(ask(message(11, b"")), message(12, b""));
+        assert_eq!(ask(message(13, b"abc")), message(12, b"cba"));
+        // Adding, removing, locking keys and extensions never reach the agent.
+        for kind in [17, 18, 19, 22, 25, 27] {
+            assert_eq!(ask(message(kind, b"x")), message(5, b""), "type {kind}");
+        }
+        assert_eq!(ask(message(13, b"xy")), message(12, b"yx"));
+        drop(c);
+        server.join().unwrap();
+        let sock = step.path().to_owned();
+        drop(step);
+        assert!(!sock.exists() && !sock.parent().unwrap().exists());
+    }
+
     #[test]
     fn passphrase_keys_are_refused_before_anything_starts() {
         let t = tempfile::tempdir().unwrap();
         let key = keygen(t.path(), "enc", "secret", &[]);
-        let e = BuildAgent::start("deploy", &[key.clone()])
+        let e = BuildAgent::start("deploy", &[key])
             .err()
             .unwrap()
             .to_string();

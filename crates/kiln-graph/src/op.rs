@@ -198,7 +198,36 @@ pub enum MountKind {
         id: String,
         /// Fail when the agent is missing.
         required: bool,
+        /// Mode of the socket in the step (BuildKit's default 0600). The three fields are
+        /// written only when they differ from the defaults, so that the digests of steps that
+        /// do not set them stay what they were.
+        #[serde(
+            default = "ssh_default_mode",
+            skip_serializing_if = "is_ssh_default_mode"
+        )]
+        mode: u32,
+        /// Owner uid of the socket.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        uid: u32,
+        /// Owner gid of the socket.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        gid: u32,
     },
+}
+
+/// The mode of an SSH socket mount without `mode=`, as in BuildKit.
+pub const SSH_DEFAULT_MODE: u32 = 0o600;
+
+fn ssh_default_mode() -> u32 {
+    SSH_DEFAULT_MODE
+}
+
+fn is_ssh_default_mode(mode: &u32) -> bool {
+    *mode == SSH_DEFAULT_MODE
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Sharing modes of cache mounts.
@@ -389,5 +418,32 @@ mod tests {
         assert!(text.contains("\"unpack\":true"), "{text}");
         let back: CopyAction = serde_json::from_str(&text).expect("parses");
         assert_eq!(back, c);
+    }
+
+    /// Steps written before `mode`/`uid`/`gid` existed keep their encoding, hence their
+    /// digests (the golden digests cover `ExecOp::devices` the same way).
+    #[test]
+    fn ssh_mount_defaults_are_not_written() {
+        let ssh = |mode, uid, gid| MountKind::Ssh {
+            id: "default".into(),
+            required: false,
+            mode,
+            uid,
+            gid,
+        };
+        let text = serde_json::to_string(&ssh(0o600, 0, 0)).expect("serializes");
+        assert_eq!(text, r#"{"ssh":{"id":"default","required":false}}"#);
+        let back: MountKind = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back, ssh(0o600, 0, 0));
+        let set = ssh(0o666, 1000, 1001);
+        let text = serde_json::to_string(&set).expect("serializes");
+        assert!(
+            text.contains(r#""mode":438,"uid":1000,"gid":1001"#),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::from_str::<MountKind>(&text).expect("parses"),
+            set
+        );
     }
 }

@@ -667,6 +667,9 @@ impl Converter<'_> {
                         .filter(|i| !i.is_empty())
                         .unwrap_or_else(|| "default".to_owned()),
                     required: m.required.unwrap_or(false),
+                    mode: m.mode.unwrap_or(kiln_graph::SSH_DEFAULT_MODE),
+                    uid: uid_gid.0,
+                    gid: uid_gid.1,
                 };
                 (State::scratch(), mount(dest, true, kind))
             }

@@ -110,6 +110,8 @@ fn ssh_key_files_are_served_by_an_agent_of_the_build() {
             &format!(
                 "FROM {reg}/busybox:latest\n\
                  RUN --mount=type=ssh --mount=type=bind,from=hostbin,target=/h \
+                 /h/{ld} --library-path /h /h/ssh-add -D 2> /removal || echo refused >> /removal\n\
+                 RUN --mount=type=ssh --mount=type=bind,from=hostbin,target=/h \
                  /h/{ld} --library-path /h /h/ssh-add -l > /keys\n\
                  RUN --mount=type=ssh,id=deploy --mount=type=bind,from=hostbin,target=/h \
                  /h/{ld} --library-path /h /h/ssh-add -l > /deploy\n"
@@ -151,6 +153,12 @@ fn ssh_key_files_are_served_by_an_agent_of_the_build() {
         keys.contains("kiln-key-one") && keys.contains("kiln-key-two"),
         "{keys}"
     );
+    // The agent is read-only to the steps, as BuildKit's: removing keys is refused.
+    assert!(
+        read(&out, "removal").ends_with("refused\n"),
+        "{}",
+        read(&out, "removal")
+    );
     let deploy_keys = read(&out, "deploy");
     assert!(
         deploy_keys.contains(&fp2) && !deploy_keys.contains(&fp1),
@@ -165,6 +173,57 @@ fn ssh_key_files_are_served_by_an_agent_of_the_build() {
     assert!(left.is_empty(), "agent directories left: {left:?}");
     let agents = processes_mentioning(&format!("{}/kiln-ssh-", tmp.display()));
     assert!(agents.is_empty(), "agents still running: {agents:?}");
+}
+
+#[test]
+fn ssh_mount_mode_uid_gid_apply_to_the_socket() {
+    let k = Kiln::new(&[]);
+    let reg = test_registry();
+    let (key, fp) = keygen(&k, "id_ed25519", "", "kiln-key-user");
+    let (hostbin, ld) = host_ssh_add(&k);
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM {reg}/busybox:latest\n\
+                 RUN --mount=type=ssh stat -c '%a %u %g' \"$SSH_AUTH_SOCK\" > /perm_default\n\
+                 RUN --mount=type=ssh,mode=0666,uid=1000,gid=1001 \
+                 stat -c '%a %u %g' \"$SSH_AUTH_SOCK\" > /perm_set\n\
+                 USER 1000:1000\n\
+                 RUN --mount=type=ssh,uid=1000 --mount=type=bind,from=hostbin,target=/h \
+                 /h/{ld} --library-path /h /h/ssh-add -l > /tmp/user_keys\n"
+            ),
+        )],
+    );
+    let out = k.path("out");
+    let spec = format!("default={}", key.display());
+    let bc = format!("hostbin={}", hostbin.display());
+    let o = format!("type=local,dest={}", out.display());
+    for executor in ["embedded", "runc"] {
+        build(
+            &k,
+            &ctx,
+            &[
+                "--ssh",
+                &spec,
+                "--build-context",
+                &bc,
+                "--executor",
+                executor,
+                "--no-cache",
+                "-o",
+                &o,
+            ],
+            &[],
+        )
+        .ok();
+        // BuildKit's defaults: 0600, root.
+        assert_eq!(read(&out, "perm_default"), "600 0 0\n", "{executor}");
+        assert_eq!(read(&out, "perm_set"), "666 1000 1001\n", "{executor}");
+        // A non-root step reaches the agent through a socket it owns.
+        assert!(read(&out, "tmp/user_keys").contains(&fp), "{executor}");
+    }
 }
 
 #[test]
@@ -285,7 +344,15 @@ fn run_device_exposes_cdi_devices_in_both_runtimes() {
         let r = build(
             &k,
             &ctx,
-            &["--no-cache", "--executor", executor, "-o", &o],
+            &[
+                "--no-cache",
+                "--executor",
+                executor,
+                "--allow",
+                "device",
+                "-o",
+                &o,
+            ],
             &env,
         )
         .ok();
@@ -320,13 +387,17 @@ fn run_device_that_is_required_and_missing_fails_clearly() {
             &format!("FROM {reg}/busybox:latest\nRUN --device=kiln.dev/gpu=0,required true\n"),
         )],
     );
-    let r = build(
-        &k,
-        &ctx,
-        &[],
-        &[("KILN_CDI_SPEC_DIRS", cdi.to_str().unwrap())],
-    )
-    .fails();
+    let env = [("KILN_CDI_SPEC_DIRS", cdi.to_str().unwrap())];
+    // Host devices are a privilege, as in BuildKit: without --allow device nothing runs.
+    let r = build(&k, &ctx, &[], &env).fails();
+    assert!(
+        r.stderr.contains(
+            "device is not allowed: RUN --device needs it; pass --allow device to grant it"
+        ),
+        "{}",
+        r.stderr
+    );
+    let r = build(&k, &ctx, &["--allow", "device"], &env).fails();
     assert!(
         r.stderr.contains(&format!(
             "required device \"kiln.dev/gpu=0\" is not registered: no CDI spec in {} defines it",

@@ -1,5 +1,6 @@
-//! Build-wide RUN settings passed as frontend options: `force-network-mode` (buildx's
-//! `--network`) is every RUN's network unless the RUN sets its own.
+//! RUN settings beyond the command: `force-network-mode` (buildx's `--network`) is every RUN's
+//! network unless the RUN sets its own; `RUN --device` and the SSH mount's `mode`/`uid`/`gid`
+//! reach the exec op.
 
 use kiln_graph::{Definition, NetworkMode, Op};
 
@@ -84,5 +85,42 @@ fn run_devices_reach_the_exec_op() {
     assert!(
         e.contains("unqualified device \"gpu\", missing vendor"),
         "{e}"
+    );
+}
+
+#[test]
+fn ssh_mount_mode_uid_gid_reach_the_graph() {
+    let source = "FROM scratch\n\
+                  RUN --mount=type=ssh,mode=0644,uid=1000,gid=1001 --mount=type=ssh,id=x,target=/s a\n";
+    let resp = build(&request(source), &FakeHost::default()).unwrap();
+    let exec = resp
+        .definition
+        .vertices
+        .iter()
+        .find_map(|v| match &v.op {
+            Op::Exec(e) => Some(e.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let kinds: Vec<_> = exec.mounts.iter().skip(1).map(|m| m.kind.clone()).collect();
+    assert_eq!(
+        kinds,
+        [
+            kiln_graph::MountKind::Ssh {
+                id: "default".into(),
+                required: false,
+                mode: 0o644,
+                uid: 1000,
+                gid: 1001,
+            },
+            // BuildKit's defaults: 0600, root.
+            kiln_graph::MountKind::Ssh {
+                id: "x".into(),
+                required: false,
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+            },
+        ]
     );
 }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use kiln_e2e::*;
 
@@ -224,6 +225,116 @@ fn ssh_mount_mode_uid_gid_apply_to_the_socket() {
         // A non-root step reaches the agent through a socket it owns.
         assert!(read(&out, "tmp/user_keys").contains(&fp), "{executor}");
     }
+}
+
+/// Agent directories (`kiln-ssh-*`) left in `tmp`, and processes still naming one.
+fn agents_left(tmp: &Path) -> (Vec<String>, Vec<String>) {
+    let dirs = std::fs::read_dir(tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("kiln-ssh-"))
+        .collect();
+    (
+        dirs,
+        processes_mentioning(&format!("{}/kiln-ssh-", tmp.display())),
+    )
+}
+
+#[test]
+fn ssh_agent_is_gone_after_a_failed_or_interrupted_build() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let k = Kiln::new(&[]);
+    let reg = test_registry();
+    let (key, _) = keygen(&k, "id_ed25519", "", "kiln-key");
+    let spec = format!("default={}", key.display());
+    let tmp = k.path("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+
+    // A step that fails.
+    let failing = k.write(
+        "failing",
+        &[(
+            "Dockerfile",
+            &format!("FROM {reg}/busybox:latest\nRUN --mount=type=ssh false\n"),
+        )],
+    );
+    build(
+        &k,
+        &failing,
+        &["--ssh", &spec],
+        &[("TMPDIR", tmp.to_str().unwrap())],
+    )
+    .fails();
+    assert_eq!(agents_left(&tmp), (vec![], vec![]));
+
+    // Ctrl-C while a step that holds the agent runs.
+    let slow = k.write(
+        "slow",
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM {reg}/busybox:latest\n\
+                 RUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && echo step-started && sleep 600\n"
+            ),
+        )],
+    );
+    let mut child = Command::new(target_dir().join("kiln"))
+        .env("KILN_ROOT", k.path("store"))
+        .env("KILN_PLUGIN_PATH", k.plugin_dir())
+        .env("TMPDIR", &tmp)
+        .args(["build", "--progress=plain", "--ssh", &spec])
+        .arg(&slow)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kiln");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("step-started")) {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(l) => seen.push(l),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("the step never started ({e:?}):\n{}", seen.join("\n"));
+            }
+        }
+    }
+    // While it runs, the agent is there (beside the step's own socket).
+    assert_eq!(agents_left(&tmp).1.len(), 1, "{:?}", agents_left(&tmp));
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill (procps) is required for this test");
+    assert!(st.success());
+    // Interrupting must end the build long before the step's sleep would.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kiln did not stop within 30 s of Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    assert_eq!(agents_left(&tmp), (vec![], vec![]));
 }
 
 #[test]

@@ -156,6 +156,7 @@ impl Kiln {
         use std::io::Write;
         use std::process::Stdio;
         let mut child = Command::new(target_dir().join("kiln"))
+            .env("XDG_CONFIG_HOME", self.path("xdg-config"))
             .env("KILN_ROOT", self.path("store"))
             .env("KILN_PLUGIN_PATH", self.plugin_dir())
             .args(args)

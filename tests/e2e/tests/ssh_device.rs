@@ -166,14 +166,7 @@ fn ssh_key_files_are_served_by_an_agent_of_the_build() {
         "{deploy_keys}"
     );
     // The build is over: its agents are gone, and so are their sockets.
-    let left: Vec<_> = std::fs::read_dir(&tmp)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("kiln-ssh-"))
-        .collect();
-    assert!(left.is_empty(), "agent directories left: {left:?}");
-    let agents = processes_mentioning(&format!("{}/kiln-ssh-", tmp.display()));
-    assert!(agents.is_empty(), "agents still running: {agents:?}");
+    assert_eq!(agents_left(&tmp), (vec![], vec![]));
 }
 
 #[test]
@@ -387,17 +380,28 @@ fn ssh_key_file_errors_are_clear() {
         "{}",
         r.stderr
     );
-    let left = std::fs::read_dir(&tmp)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("kiln-ssh-")
-        })
-        .count();
-    assert_eq!(left, 0, "a failed build left an agent directory");
+
+    // No OpenSSH on the PATH: the error says which package brings it.
+    let (key, _) = keygen(&k, "id_ok", "", "ok");
+    let spec = format!("default={}", key.display());
+    let empty = k.path("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let r = build(
+        &k,
+        &ctx,
+        &["--ssh", &spec],
+        &[
+            ("TMPDIR", tmp.to_str().unwrap()),
+            ("PATH", empty.to_str().unwrap()),
+        ],
+    )
+    .fails();
+    assert!(
+        r.stderr.contains("ssh-agent was not found") && r.stderr.contains("openssh-client"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(agents_left(&tmp), (vec![], vec![]));
 }
 
 // --- RUN --device --------------------------------------------------------------------------

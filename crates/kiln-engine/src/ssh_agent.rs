@@ -319,9 +319,10 @@ impl Drop for StepSocket {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         // accept(2) has no timeout: a connection of our own wakes the thread, which then sees
-        // the flag.
-        let _ = std::os::unix::net::UnixStream::connect(&self.sock);
-        if let Some(t) = self.accept.take() {
+        // the flag. Should that connection fail, the thread is left to end with the process
+        // rather than waited for forever.
+        let woken = std::os::unix::net::UnixStream::connect(&self.sock).is_ok();
+        if let (true, Some(t)) = (woken, self.accept.take()) {
             let _ = t.join();
         }
         let _ = std::fs::remove_dir_all(&self.dir);

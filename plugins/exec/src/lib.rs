@@ -14,6 +14,9 @@
 //!   groups from the image's own `/etc/passwd` and `/etc/group`;
 //! - **runc** (`runc`): the same step as an OCI bundle run by `runc run`.
 //!
+//! `RUN --device` names CDI devices; `cdi` resolves them against the host's spec files when the
+//! step runs, and both runtimes apply their edits (device nodes, env, mounts, groups).
+//!
 //! Results, as BuildKit reports them: a process that exits non-zero is not an error of the
 //! plugin, its code is the result (a signal `n` gives `128 + n`). An executable that is not
 //! found is an error of kind `NotFound` reading `unable to start container process: exec:

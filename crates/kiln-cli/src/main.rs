@@ -154,7 +154,7 @@ struct BuildArgs {
     /// SSH agent socket or keys to expose to the build (format: default|<id>[=<socket>|<key>[,<key>]]).
     #[arg(long = "ssh")]
     ssh: Vec<String>,
-    /// Networking mode of the RUN instructions (host needs --allow network.host).
+    /// Networking mode of the RUN instructions (host grants the network.host entitlement, as buildx).
     #[arg(long, value_enum, default_value = "default")]
     network: NetworkArg,
     /// Allow extra privileged entitlement (network.host, security.insecure, device).
@@ -468,12 +468,20 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
             NetworkArg::None => kiln_engine::NetworkMode::None,
             NetworkArg::Host => kiln_engine::NetworkMode::Host,
         },
-        allow: args
-            .allow
-            .iter()
-            .flat_map(|a| a.split(','))
-            .map(|a| a.trim().parse::<Entitlement>().map_err(anyhow::Error::msg))
-            .collect::<Result<_>>()?,
+        allow: {
+            let mut allow = args
+                .allow
+                .iter()
+                .flat_map(|a| a.split(','))
+                .map(|a| a.trim().parse::<Entitlement>().map_err(anyhow::Error::msg))
+                .collect::<Result<Vec<_>>>()?;
+            // As buildx: asking for `--network host` on the command line is the consent the
+            // entitlement stands for (a Dockerfile alone never gets it).
+            if matches!(args.network, NetworkArg::Host) {
+                allow.push(Entitlement::NetworkHost);
+            }
+            allow.into_iter().collect()
+        },
         run_options: RunOptions {
             extra_hosts: args
                 .add_hosts

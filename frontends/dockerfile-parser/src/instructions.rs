@@ -1085,12 +1085,30 @@ mod tests {
             required,
         };
         for (raw, want) in [
-            ("vendor1.com/device=foo", dev("vendor1.com/device=foo", false)),
-            ("vendor1.com/device=foo,required", dev("vendor1.com/device=foo", true)),
-            ("vendor1.com/device=foo,required=true", dev("vendor1.com/device=foo", true)),
-            ("vendor1.com/device=foo,required=false", dev("vendor1.com/device=foo", false)),
-            ("name=vendor1.com/device=foo", dev("vendor1.com/device=foo", false)),
-            ("name=vendor1.com/device=foo,required", dev("vendor1.com/device=foo", true)),
+            (
+                "vendor1.com/device=foo",
+                dev("vendor1.com/device=foo", false),
+            ),
+            (
+                "vendor1.com/device=foo,required",
+                dev("vendor1.com/device=foo", true),
+            ),
+            (
+                "vendor1.com/device=foo,required=true",
+                dev("vendor1.com/device=foo", true),
+            ),
+            (
+                "vendor1.com/device=foo,required=false",
+                dev("vendor1.com/device=foo", false),
+            ),
+            (
+                "name=vendor1.com/device=foo",
+                dev("vendor1.com/device=foo", false),
+            ),
+            (
+                "name=vendor1.com/device=foo,required",
+                dev("vendor1.com/device=foo", true),
+            ),
             ("vendor1.com/device", dev("vendor1.com/device", false)),
         ] {
             assert_eq!(parse_device(raw).unwrap(), want, "{raw}");
@@ -1124,7 +1142,10 @@ mod tests {
         };
         assert_eq!(
             r.devices,
-            [dev("vendor1.com/device=foo", false), dev("x.com/gpu=*", true)]
+            [
+                dev("vendor1.com/device=foo", false),
+                dev("x.com/gpu=*", true)
+            ]
         );
         assert!(msg("RUN --device=nope a").contains("missing vendor"));
     }

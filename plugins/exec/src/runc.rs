@@ -18,9 +18,9 @@ use kiln_plugin_sdk::graph::{NetworkMode, SecurityMode};
 use kiln_plugin_sdk::proto::UlimitResource;
 use oci_spec::runtime::{
     Arch, Capability, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
-    LinuxNamespaceType, LinuxSeccompAction,
-    LinuxSeccompBuilder, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxNamespaceType, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    UserBuilder,
 };
 
 use crate::output::{self, Process};

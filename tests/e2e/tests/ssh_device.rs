@@ -598,12 +598,21 @@ fn network_flag_sets_the_default_of_every_run() {
         r.stderr
     );
 
-    // `--network host` needs the entitlement, as RUN --network=host does.
-    let r = build(&k, &ctx, &["--network", "host"], &[]).fails();
+    // `--network host` on the command line grants the entitlement, as buildx does (the
+    // Dockerfile's `RUN --network=host` is allowed by it too); every step sees the host's.
+    let out3 = k.path("host-flag");
+    let o3 = format!("type=local,dest={}", out3.display());
+    let r = build(&k, &ctx, &["--network", "host", "-o", &o3], &[]).ok();
+    assert_eq!(
+        interfaces(&read(&out3, "default")),
+        host_ifaces,
+        "{}",
+        r.stderr
+    );
+    // Without it, the Dockerfile's own `RUN --network=host` still needs `--allow`.
+    let r = build(&k, &ctx, &[], &[]).fails();
     assert!(
-        r.stderr.contains(
-            "network.host is not allowed: --network host needs it; pass --allow network.host"
-        ),
+        r.stderr.contains("network.host is not allowed"),
         "{}",
         r.stderr
     );

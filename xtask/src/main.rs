@@ -12,6 +12,7 @@ mod install;
 mod registry;
 mod test;
 mod tidy;
+mod umoci;
 mod workspace;
 
 use std::ffi::OsStr;

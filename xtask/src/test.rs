@@ -56,6 +56,16 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         crate::fixtures::build(&ws, registry_addr)?;
     }
 
+    // The zstd e2e unpacks kiln's zstd layers with umoci itself, which Debian 12's cannot do.
+    // Without it only that test fails (naming this), not the whole run.
+    let zstd_umoci = match crate::umoci::zstd_capable(&ws.test_dir().join("tools")) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            println!("xtask: no zstd-capable umoci: {e:#}");
+            None
+        }
+    };
+
     let mut tests = crate::cargo();
     if has_nextest() {
         tests.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
@@ -65,6 +75,9 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     tests.args(&passthrough).current_dir(&ws.root);
     if let Some(addr) = registry_addr {
         tests.env("KILN_TEST_REGISTRY", addr);
+    }
+    if let Some(umoci) = &zstd_umoci {
+        tests.env("KILN_TEST_UMOCI_ZSTD", umoci);
     }
     println!("xtask: running {}", crate::show(&tests));
     let status = tests

@@ -271,22 +271,14 @@ fn run(
                 .map(|s| ReadView::new(store, s))
                 .collect::<Result<Vec<_>, _>>()?;
             let out = WriteView::new(store, &Snapshot::default())?;
-            let req = PrimitiveRequest {
-                op: op.clone(),
-                inputs: views
+            let req = PrimitiveRequest::new(
+                op.clone(),
+                views
                     .iter()
                     .map(|v| v.path().display().to_string())
                     .collect(),
-                output: out.path().display().to_string(),
-                mounts: Vec::new(),
-                runtime: Default::default(),
-                hostname: None,
-                etc_hosts: None,
-                resolv_conf: None,
-                extra_hosts: Vec::new(),
-                shm_size: None,
-                ulimits: Vec::new(),
-            };
+                out.path().display().to_string(),
+            );
             let services = PrimitiveServices {
                 cancel: cx.cancel(),
                 log: Some(cx),

@@ -273,22 +273,14 @@ fn run_primitive(
 ) -> Result<(), Error> {
     let plugin = plugins.primitive(primitive)?;
     std::fs::create_dir_all(output).map_err(|e| Error::io("create", output, e))?;
-    let req = PrimitiveRequest {
-        op: Op::Custom(CustomOp {
+    let req = PrimitiveRequest::new(
+        Op::Custom(CustomOp {
             primitive: primitive.to_owned(),
             payload,
         }),
-        inputs: Vec::new(),
-        output: output.display().to_string(),
-        mounts: Vec::new(),
-        runtime: Default::default(),
-        hostname: None,
-        etc_hosts: None,
-        resolv_conf: None,
-        extra_hosts: Vec::new(),
-        shm_size: None,
-        ulimits: Vec::new(),
-    };
+        Vec::new(),
+        output.display().to_string(),
+    );
     plugin.primitive_execute(&req, services)?;
     Ok(())
 }

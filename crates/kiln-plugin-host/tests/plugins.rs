@@ -402,19 +402,11 @@ fn a_tampered_graph_is_rejected() {
 #[test]
 fn calls_outside_the_plugin_kinds_are_refused() {
     let echo = LoadedPlugin::load(&lib("kiln-test-echo-frontend")).unwrap();
-    let req = kiln_plugin_host::proto::PrimitiveRequest {
-        op: kiln_graph::Op::Merge,
-        inputs: Vec::new(),
-        output: "/tmp/out".into(),
-        mounts: Vec::new(),
-        runtime: Default::default(),
-        hostname: None,
-        etc_hosts: None,
-        resolv_conf: None,
-        extra_hosts: Vec::new(),
-        shm_size: None,
-        ulimits: Vec::new(),
-    };
+    let req = kiln_plugin_host::proto::PrimitiveRequest::new(
+        kiln_graph::Op::Merge,
+        Vec::new(),
+        "/tmp/out".into(),
+    );
     let err = echo
         .primitive_execute(&req, &Recorder::default())
         .unwrap_err();

@@ -279,6 +279,26 @@ pub struct PrimitiveRequest {
     pub ulimits: Vec<Ulimit>,
 }
 
+impl PrimitiveRequest {
+    /// A request for a primitive that is not exec: `op` on `inputs`, writing `output`; the
+    /// exec-only fields at their defaults.
+    pub fn new(op: Op, inputs: Vec<String>, output: String) -> Self {
+        PrimitiveRequest {
+            op,
+            inputs,
+            output,
+            mounts: Vec::new(),
+            runtime: Runtime::default(),
+            hostname: None,
+            etc_hosts: None,
+            resolv_conf: None,
+            extra_hosts: Vec::new(),
+            shm_size: None,
+            ulimits: Vec::new(),
+        }
+    }
+}
+
 /// One `/etc/hosts` entry: `ip` then `host`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostEntry {

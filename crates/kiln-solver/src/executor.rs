@@ -37,6 +37,21 @@ pub trait Executor<K>: Send + Sync + 'static {
         key: &Self::Key,
     ) -> impl Future<Output = Result<Option<Self::Output>, BoxError>> + Send;
 
+    /// Whether `key` has a result, without producing it. The solver asks this of the vertices
+    /// below a cache hit, only to report them as cached: an executor whose `load` does real work
+    /// (fetching layers of an imported cache) answers from its indexes instead, so that a step
+    /// nothing needs costs nothing. By default, a [`load`](Self::load) whose result is dropped.
+    fn has_cached(
+        &self,
+        v: &K,
+        key: &Self::Key,
+    ) -> impl Future<Output = Result<bool, BoxError>> + Send
+    where
+        K: Sync,
+    {
+        async move { Ok(self.load(v, key).await?.is_some()) }
+    }
+
     /// Runs `v` on its inputs' outputs (`inputs[i]` belongs to `inputs[i]` of the vertex) and
     /// records the result in the cache under `key` itself. `cx` carries the cancellation token,
     /// which the executor must honour (the solve waits for every started call to return), and a

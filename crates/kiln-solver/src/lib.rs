@@ -6,7 +6,8 @@
 //! 1. computes the cache key of every vertex the targets need, in DAG order, independent ones in
 //!    parallel ([`Executor::cache_key`] gets the inputs' keys, not their outputs);
 //! 2. resolves the targets top-down: [`Executor::load`] first; a hit is reported
-//!    [`Event::Cached`] and its inputs are left alone; a miss resolves the inputs in parallel and
+//!    [`Event::Cached`] and its inputs are left alone (only [`Executor::has_cached`] is asked,
+//!    to report them as cached); a miss resolves the inputs in parallel and
 //!    then calls [`Executor::execute`];
 //! 3. resolves each cache key once: a vertex needed by several dependents, or two vertices with
 //!    equal keys, share one load/execution (the others are reported cached);

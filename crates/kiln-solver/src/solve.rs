@@ -138,6 +138,8 @@ enum Outcome<Key, O> {
     NotStarted,
     Key(Key),
     Loaded(Option<O>),
+    /// Answer of [`Executor::has_cached`] for a vertex below a hit.
+    Probed(bool),
     Executed(O, Duration),
 }
 
@@ -263,12 +265,12 @@ where
             .collect();
         for &v in &skipped {
             if let Some(key) = r.keys[v].clone() {
-                self.spawn_load(v, key);
+                self.spawn_probe(v, key);
             }
         }
         let mut hits = vec![false; needed.len()];
         while let Some(done) = self.next().await {
-            if let Ok(Outcome::Loaded(Some(_))) = done.result {
+            if let Ok(Outcome::Probed(true)) = done.result {
                 hits[done.vertex] = true;
             }
         }
@@ -457,7 +459,7 @@ where
                     self.start_execute(r, n);
                 }
             }
-            Ok(Outcome::Key(_) | Outcome::NotStarted) => {}
+            Ok(Outcome::Key(_) | Outcome::NotStarted | Outcome::Probed(_)) => {}
         }
     }
 
@@ -518,6 +520,18 @@ where
                 return Ok(Outcome::NotStarted);
             }
             Ok(Outcome::Loaded(executor.load(&id, &key).await?))
+        });
+    }
+
+    fn spawn_probe(&mut self, v: usize, key: E::Key) {
+        let executor = Arc::clone(&self.executor);
+        let cancel = self.cancel.clone();
+        let id = self.id(v);
+        self.spawn(v, Phase::Load, async move {
+            if cancel.is_cancelled() {
+                return Ok(Outcome::NotStarted);
+            }
+            Ok(Outcome::Probed(executor.has_cached(&id, &key).await?))
         });
     }
 

@@ -7,6 +7,7 @@
 
 mod call;
 mod config;
+mod explain;
 mod flags;
 mod generate;
 mod output;
@@ -181,6 +182,9 @@ struct BuildArgs {
     /// Shorthand for `--call=check`.
     #[arg(long, conflicts_with = "call")]
     check: bool,
+    /// Print, for each step that ran, what changed since the last build of the same target.
+    #[arg(long = "explain-cache")]
+    explain_cache: bool,
     /// Format of a --call result: text for people, json for programs.
     #[arg(long, value_enum, default_value = "text")]
     format: FormatArg,
@@ -410,6 +414,8 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
     };
     let quiet = display.mode.is_none();
     let renderer = Arc::new(Renderer::new(mode, sink));
+    // The steps' display numbers, which `--explain-cache` refers to.
+    let progress = Arc::new(explain::Numbered::new(renderer.clone()));
 
     let engine = Engine::new(EngineConfig {
         root: settings.root.value.clone(),
@@ -515,6 +521,7 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
             })
             .collect(),
         call: call.map(|(c, _)| c),
+        explain_cache: args.explain_cache,
     };
     if let Some(path) = &args.iidfile {
         output::remove_stale_iidfile(path)?;
@@ -536,7 +543,7 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
                         remote,
                         remote_file.as_deref(),
                         &req.build_args,
-                        renderer.clone(),
+                        progress.clone(),
                         cancel.clone(),
                     )
                     .await;
@@ -553,7 +560,7 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
         };
         (
             prepared,
-            engine.build(req, renderer.clone(), cancel.clone()).await,
+            engine.build(req, progress.clone(), cancel.clone()).await,
         )
     });
     // The fetched context (and its Dockerfile, whose lines errors show) lives until kiln exits.
@@ -612,6 +619,11 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
                     "No output specified: the build result stays only in kiln's cache. \
                      Use --output type=oci,dest=FILE.tar or --output type=local,dest=DIR",
                 );
+            }
+            if args.explain_cache {
+                for line in explain::lines(&outcome.explain, &progress, mode == Mode::RawJson) {
+                    eprintln!("{line}");
+                }
             }
             let ran = outcome
                 .steps

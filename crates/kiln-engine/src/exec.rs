@@ -29,6 +29,8 @@ pub(crate) struct BuildEnv {
     pub runtime: ExecRuntime,
     pub registry: kiln_registry::Registry,
     pub handle: tokio::runtime::Handle,
+    /// What each key was made of, for `--explain-cache`.
+    pub explain: Arc<crate::explain::Recorder>,
 }
 
 pub(crate) struct OpExecutor {
@@ -128,6 +130,7 @@ impl Executor<Digest> for OpExecutor {
             e.proxy_env.clear();
         }
         h.update(&serde_json::to_vec(&keyed)?);
+        let mut keyed_inputs = Vec::with_capacity(input_keys.len());
         for (i, k) in input_keys.iter().enumerate() {
             match self.copy_selection(&vertex, i) {
                 // A context used only as a COPY source: key on the copied files' content.
@@ -137,8 +140,12 @@ impl Executor<Digest> for OpExecutor {
                         blocking(move || local::selection_key(&root, &src, &selectors, &index))
                             .await?;
                     h.update(key.as_bytes());
+                    keyed_inputs.push(key);
                 }
-                None => h.update(k.as_bytes()),
+                None => {
+                    h.update(k.as_bytes());
+                    keyed_inputs.push(*k);
+                }
             }
         }
         if let Op::Custom(c) = &vertex.op {
@@ -167,10 +174,14 @@ impl Executor<Digest> for OpExecutor {
         if let Op::Source(SourceOp::Local(src)) = &vertex.op {
             let (root, index) = (context_dir(&self.env, &src.name)?, self.index.clone());
             let src = src.clone();
-            let content = blocking(move || local::content_key(&root, &src, &index)).await?;
+            let (content, entries) =
+                blocking(move || local::content_key_with_entries(&root, &src, &index)).await?;
             h.update(content.as_bytes());
+            self.env.explain.note_entries(*v, entries);
         }
-        Ok(h.finish())
+        let key = h.finish();
+        self.env.explain.note_key(*v, key, keyed_inputs);
+        Ok(key)
     }
 
     async fn load(&self, v: &Digest, key: &Digest) -> Result<Option<Snapshot>, BoxError> {

@@ -7,6 +7,7 @@
 //! them only through `kiln-plugin-host`. It does no rendering: progress leaves as events.
 
 mod exec;
+mod explain;
 mod export;
 mod fileop;
 mod local;
@@ -30,6 +31,7 @@ use kiln_snapshot::{Snapshot, Store};
 use kiln_solver::{CancellationToken, Event, ProgressSink};
 use kiln_types::{Digest, Platform};
 
+pub use explain::{ArgState, Cause, FileChange, Miss};
 pub use fileop::{extract_archive_bytes, FileOpError};
 pub use kiln_graph::NetworkMode;
 pub use kiln_plugin_sdk::proto::{HostEntry, Ulimit, UlimitResource};
@@ -496,6 +498,8 @@ pub struct BuildRequest {
     pub labels: BTreeMap<String, String>,
     /// `--call`: ask the frontend instead of building (`None`: build).
     pub call: Option<Call>,
+    /// `--explain-cache`: say why each step that ran was not cached.
+    pub explain_cache: bool,
 }
 
 /// What a build produced.
@@ -511,6 +515,8 @@ pub struct BuildOutcome {
     pub frontend: String,
     /// For a `--call`: the frontend's answer (JSON); nothing was solved or exported.
     pub call_result: Option<String>,
+    /// With `--explain-cache`: each step that ran and why, in graph order.
+    pub explain: Vec<Miss>,
 }
 
 /// The build engine: a store, a cache index and the discovered plugins.
@@ -722,6 +728,7 @@ impl Engine {
                 warnings: resp.warnings,
                 frontend: frontend.name().to_owned(),
                 call_result: Some(answer),
+                explain: Vec::new(),
             });
         }
 
@@ -737,6 +744,9 @@ impl Engine {
                 v.meta.ignore_cache = true;
             }
         }
+        let mut warnings = resp.warnings;
+        let recorder = Arc::new(explain::Recorder::default());
+        let mut explained = Vec::new();
         let ops = Arc::new(exec::OpExecutor::new(
             exec::BuildEnv {
                 store: self.store.clone(),
@@ -750,6 +760,7 @@ impl Engine {
                 runtime: req.runtime,
                 registry: self.registry.clone(),
                 handle: tokio::runtime::Handle::current(),
+                explain: recorder.clone(),
             },
             &def,
         ));
@@ -791,6 +802,32 @@ impl Engine {
                         (name, *st)
                     })
                     .collect();
+                // Every successful build is kept as the last one of its target, so that the
+                // next `--explain-cache` has something to compare with.
+                let kept = explain::finish(
+                    self.store.root(),
+                    &explain::Target {
+                        context: &req.context,
+                        dockerfile: &req.dockerfile,
+                        target: req.target.as_deref(),
+                        platform: &req.platform,
+                    },
+                    &req.build_args,
+                    &def,
+                    &solution.vertices,
+                    &recorder,
+                    req.explain_cache,
+                );
+                match kept {
+                    Ok(misses) => explained = misses,
+                    Err(e) => warnings.push(Diagnostic {
+                        message: format!(
+                            "could not keep this build for --explain-cache in {}: {e}",
+                            self.store.root().join("explain").display()
+                        ),
+                        location: None,
+                    }),
+                }
                 let snap = solution.outputs.into_iter().next().unwrap_or_default();
                 (snap, steps)
             }
@@ -808,9 +845,10 @@ impl Engine {
         Ok(BuildOutcome {
             image,
             steps,
-            warnings: resp.warnings,
+            warnings,
             frontend: frontend.name().to_owned(),
             call_result: None,
+            explain: explained,
         })
     }
 

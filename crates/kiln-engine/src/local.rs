@@ -79,8 +79,39 @@ fn walk(root: &Path, src: &LocalSource) -> Result<Vec<Entry>, Error> {
 
 /// The content hash of the selected part of `root`: paths, types, modes, sizes, file contents
 /// and link targets, but not mtimes, so a `touch` does not invalidate the cache (as BuildKit).
-pub fn content_key(root: &Path, src: &LocalSource, index: &CacheIndex) -> Result<Digest, Error> {
-    hash_entries(root, src, index, walk(root, src)?)
+/// With it, each entry's own digest (path → type, mode, size, content or link target), which
+/// `--explain-cache` keeps to name the file an edit changed.
+pub fn content_key_with_entries(
+    root: &Path,
+    src: &LocalSource,
+    index: &CacheIndex,
+) -> Result<(Digest, Vec<(String, Digest)>), Error> {
+    let mut entries = Vec::new();
+    let key = hash_entries(root, src, index, walk(root, src)?, Some(&mut entries))?;
+    Ok((key, entries))
+}
+
+/// Whether context path `rel` is picked by one of the COPY sources `selectors` (each a path
+/// whose components may hold wildcards; a picked directory brings everything under it).
+pub fn selection_matcher(selectors: &[String]) -> impl Fn(&str) -> bool {
+    let patterns: Vec<Vec<String>> = selectors
+        .iter()
+        .map(|s| {
+            s.split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect();
+    move |rel: &str| {
+        let comps: Vec<&str> = rel.split('/').collect();
+        patterns.iter().any(|p| {
+            comps.len() >= p.len()
+                && p.iter()
+                    .zip(&comps)
+                    .all(|(pat, c)| crate::fileop::glob_match(pat, c))
+        })
+    }
 }
 
 /// The content hash of only the paths that COPY sources `selectors` pick from the context, so
@@ -92,24 +123,7 @@ pub fn selection_key(
     selectors: &[String],
     index: &CacheIndex,
 ) -> Result<Digest, Error> {
-    let patterns: Vec<Vec<String>> = selectors
-        .iter()
-        .map(|s| {
-            s.split('/')
-                .filter(|c| !c.is_empty() && *c != ".")
-                .map(str::to_owned)
-                .collect()
-        })
-        .collect();
-    let selected = |rel: &str| {
-        let comps: Vec<&str> = rel.split('/').collect();
-        patterns.iter().any(|p| {
-            comps.len() >= p.len()
-                && p.iter()
-                    .zip(&comps)
-                    .all(|(pat, c)| crate::fileop::glob_match(pat, c))
-        })
-    };
+    let selected = selection_matcher(selectors);
     let entries = walk(root, src)?
         .into_iter()
         .filter(|e| selected(&e.rel))
@@ -120,7 +134,7 @@ pub fn selection_key(
         h.update(s.as_bytes());
         h.update(b"\n");
     }
-    h.update(hash_entries(root, src, index, entries)?.as_bytes());
+    h.update(hash_entries(root, src, index, entries, None)?.as_bytes());
     Ok(h.finish())
 }
 
@@ -129,6 +143,7 @@ fn hash_entries(
     src: &LocalSource,
     index: &CacheIndex,
     entries: Vec<Entry>,
+    mut each: Option<&mut Vec<(String, Digest)>>,
 ) -> Result<Digest, Error> {
     let root_id = root.display().to_string();
     let keys: Vec<String> = entries
@@ -155,15 +170,14 @@ fn hash_entries(
         } else {
             "o"
         };
-        h.update(
-            format!(
-                "{}\0{kind}\0{:o}\0{}\0",
-                e.rel,
-                md.mode() & 0o7777,
-                md.len()
-            )
-            .as_bytes(),
-        );
+        // The entry's bytes of the key, gathered so that `each` can get their digest too.
+        let mut chunk = format!(
+            "{}\0{kind}\0{:o}\0{}\0",
+            e.rel,
+            md.mode() & 0o7777,
+            md.len()
+        )
+        .into_bytes();
         if md.is_file() {
             let (key, rec) = cached.next().expect("one stat key per file entry");
             let fresh = |r: &StatRecord| {
@@ -190,13 +204,17 @@ fn hash_entries(
                     hash
                 }
             };
-            h.update(hash.as_bytes());
+            chunk.extend_from_slice(hash.as_bytes());
         } else if md.file_type().is_symlink() {
             let path = root.join(&e.rel);
             let t = fs::read_link(&path).map_err(|e| Error::io("readlink", &path, e))?;
-            h.update(t.to_string_lossy().as_bytes());
+            chunk.extend_from_slice(t.to_string_lossy().as_bytes());
         }
-        h.update(b"\n");
+        chunk.push(b'\n');
+        h.update(&chunk);
+        if let Some(each) = each.as_deref_mut() {
+            each.push((e.rel.clone(), Digest::of(&chunk)));
+        }
     }
     index.stat_put_many(&updates)?;
     Ok(h.finish())

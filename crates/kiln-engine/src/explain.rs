@@ -777,27 +777,26 @@ pub(crate) fn finish(
     explain_misses: bool,
 ) -> std::io::Result<Vec<Miss>> {
     let notes = recorder.take();
-    let (ids, steps): (Vec<Digest>, Vec<Step>) = steps_of(def, &notes).into_iter().unzip();
-    let build = Build {
-        def,
-        ids,
-        steps,
-        args: build_args
-            .iter()
-            .map(|(k, v)| (k.clone(), ArgValue::of(v)))
-            .collect(),
-    };
+    let args: BTreeMap<String, ArgValue> = build_args
+        .iter()
+        .map(|(k, v)| (k.clone(), ArgValue::of(v)))
+        .collect();
+    // Every key (in graph order) and the arguments: equal means the same record.
     let mut all = kiln_types::Sha256Writer::default();
-    for s in &build.steps {
-        all.update(s.key.as_bytes());
+    for key in def
+        .vertices
+        .iter()
+        .filter_map(|v| notes.get(&v.digest)?.key)
+    {
+        all.update(key.hex().as_bytes());
     }
-    for (k, v) in &build.args {
+    for (k, v) in &args {
         all.update(format!("\0{k}\0{v:?}").as_bytes());
     }
     let header = Header {
         version: VERSION,
         keys: all.finish().hex(),
-        build_args: build.args.clone(),
+        build_args: args,
     };
     let path = record_path(root, target);
     let ran: Vec<Digest> = statuses
@@ -805,16 +804,32 @@ pub(crate) fn finish(
         .filter(|(_, s)| matches!(s, Status::Executed { .. }))
         .map(|(id, _)| *id)
         .collect();
+    let unchanged = read_header(&path).as_ref() == Some(&header);
+    let touch = || {
+        // The record stays; it is marked as recently built, for pruning.
+        if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    };
+    // A no-op rebuild stops here, before the steps (and a large context's entries) are made.
+    if unchanged && (!explain_misses || ran.is_empty()) {
+        touch();
+        return Ok(Vec::new());
+    }
+    let (ids, steps): (Vec<Digest>, Vec<Step>) = steps_of(def, &notes).into_iter().unzip();
+    let build = Build {
+        def,
+        ids,
+        steps,
+        args: header.build_args.clone(),
+    };
     let misses = if explain_misses && !ran.is_empty() {
         explain(read_record(&path).as_ref(), &build, &ran)
     } else {
         Vec::new()
     };
-    if read_header(&path).as_ref() == Some(&header) {
-        // Nothing changed: keep the record, mark it as recently built.
-        if let Ok(f) = std::fs::File::options().append(true).open(&path) {
-            let _ = f.set_modified(std::time::SystemTime::now());
-        }
+    if unchanged {
+        touch();
     } else {
         write_record(&path, &header, &build.steps)?;
         if let Some(dir) = path.parent() {

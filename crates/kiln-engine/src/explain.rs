@@ -1174,6 +1174,61 @@ mod tests {
     }
 
     #[test]
+    fn an_inserted_step_is_new_and_the_steps_after_it_name_it() {
+        let f = Fixture::new();
+        let files = [("a", "1")];
+        let base = || {
+            State::image(
+                ImageSource {
+                    reference: format!("busybox:1@{}", pin("aaa")),
+                    platform: Platform::host(),
+                },
+                format!("[1/3] FROM busybox:1@{}", pin("aaa")),
+            )
+        };
+        let run = |root: &State, cmd: &str, env: &str, name: &str, line: u32| {
+            ExecBuilder::new(root, vec!["sh".into(), "-c".into(), cmd.into()])
+                .env(vec![env.to_owned()])
+                .build(name)
+                .with_source("Dockerfile", line)
+        };
+        let before = {
+            let one = run(&base(), "make", "HOME=/root", "[2/3] RUN make", 2);
+            run(&one, "make test", "HOME=/root", "[3/3] RUN make test", 3)
+        };
+        f.build(&State::definition(&[before]), &files, &[]);
+        let after = {
+            let one = run(&base(), "make", "HOME=/root", "[2/4] RUN make", 2);
+            let new = run(&one, "make lint", "HOME=/root", "[3/4] RUN make lint", 3);
+            run(&new, "make test", "HOME=/root", "[4/4] RUN make test", 4)
+        };
+        let out = f.build(&State::definition(&[after.clone()]), &files, &[]);
+        assert_eq!(
+            out,
+            [
+                "[3/4] RUN make lint: instruction changed: new step",
+                "[4/4] RUN make test: input changed: [3/4] RUN make lint",
+            ]
+        );
+        // An ENV above a step changes its environment.
+        let env = {
+            let one = run(&base(), "make", "HOME=/home", "[2/4] RUN make", 2);
+            let new = run(&one, "make lint", "HOME=/root", "[3/4] RUN make lint", 3);
+            run(&new, "make test", "HOME=/root", "[4/4] RUN make test", 4)
+        };
+        let out = f.build(&State::definition(&[env]), &files, &[]);
+        assert_eq!(out[0], "[2/4] RUN make: environment variable HOME changed");
+        // --no-cache: the same keys, run anyway.
+        let def = State::definition(&[after.ignore_cache(true)]);
+        f.build(&def, &files, &[]);
+        let out = f.build_ran(&def, &files, &[], Some(&[3]));
+        assert_eq!(
+            out,
+            ["[4/4] RUN make test: cache disabled for this step (--no-cache)"]
+        );
+    }
+
+    #[test]
     fn identity_drops_the_counter_only() {
         assert_eq!(identity("[build 3/4] COPY . /app"), "[build] COPY . /app");
         assert_eq!(identity("[2/3] RUN x"), "[] RUN x");

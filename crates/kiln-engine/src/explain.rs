@@ -1202,7 +1202,11 @@ mod tests {
             let new = run(&one, "make lint", "HOME=/root", "[3/4] RUN make lint", 3);
             run(&new, "make test", "HOME=/root", "[4/4] RUN make test", 4)
         };
-        let out = f.build(&State::definition(&[after.clone()]), &files, &[]);
+        let out = f.build(
+            &State::definition(std::slice::from_ref(&after)),
+            &files,
+            &[],
+        );
         assert_eq!(
             out,
             [

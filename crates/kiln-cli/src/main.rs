@@ -5,6 +5,7 @@
 //! Architecture invariant: the CLI parses, wires and prints; it holds no build logic and never
 //! depends on a frontend or plugin crate.
 
+mod cache_spec;
 mod call;
 mod config;
 mod explain;
@@ -170,6 +171,12 @@ struct BuildArgs {
     /// Ulimit of RUN steps (format: type=soft[:hard], e.g. nofile=1024:2048).
     #[arg(long = "ulimit")]
     ulimits: Vec<String>,
+    /// Cache export destination (format: type=local,dest=DIR[,mode=min|max][,tag=T]).
+    #[arg(long = "cache-to")]
+    cache_to: Vec<String>,
+    /// Cache import source (format: type=local,src=DIR[,tag=T]).
+    #[arg(long = "cache-from")]
+    cache_from: Vec<String>,
     /// Do not cache the specified stages.
     #[arg(long = "no-cache-filter")]
     no_cache_filter: Vec<String>,
@@ -521,6 +528,16 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
             })
             .collect(),
         call: call.map(|(c, _)| c),
+        cache_to: args
+            .cache_to
+            .iter()
+            .map(|c| cache_spec::parse_cache_to(c))
+            .collect::<Result<_>>()?,
+        cache_from: args
+            .cache_from
+            .iter()
+            .map(|c| cache_spec::parse_cache_from(c))
+            .collect::<Result<_>>()?,
         explain_cache: args.explain_cache,
     };
     if let Some(path) = &args.iidfile {

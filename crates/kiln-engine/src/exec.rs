@@ -12,6 +12,7 @@ use kiln_snapshot::{ReadView, Snapshot, Store, WriteView};
 use kiln_solver::{BoxError, CancellationToken, ExecContext, Executor};
 use kiln_types::{Digest, Sha256Writer};
 
+use crate::remote_cache::{Imported, Tracker};
 use crate::run::{self, CacheMounts, ExecRuntime, RunOptions, SecretSource, SshSource};
 use crate::{fileop, local, Error};
 
@@ -29,6 +30,8 @@ pub(crate) struct BuildEnv {
     pub runtime: ExecRuntime,
     pub registry: kiln_registry::Registry,
     pub handle: tokio::runtime::Handle,
+    /// Records of `--cache-from`, answering local misses.
+    pub imported: Arc<Imported>,
     /// What each key was made of, for `--explain-cache`.
     pub explain: Arc<crate::explain::Recorder>,
 }
@@ -38,6 +41,8 @@ pub(crate) struct OpExecutor {
     store: Store,
     index: Arc<CacheIndex>,
     vertices: HashMap<Digest, Vertex>,
+    /// Keys and results, for `--cache-to`.
+    tracker: Arc<Tracker>,
 }
 
 impl OpExecutor {
@@ -47,7 +52,13 @@ impl OpExecutor {
             index: env.index.clone(),
             env: Arc::new(env),
             vertices: def.vertices.iter().map(|v| (v.digest, v.clone())).collect(),
+            tracker: Arc::default(),
         }
+    }
+
+    /// What the solve records for `--cache-to`.
+    pub(crate) fn tracker(&self) -> Arc<Tracker> {
+        self.tracker.clone()
     }
 
     /// When input `i` of a file op is a local source used only by COPY actions, the source and
@@ -180,6 +191,7 @@ impl Executor<Digest> for OpExecutor {
             self.env.explain.note_entries(*v, entries);
         }
         let key = h.finish();
+        self.tracker.key(*v, key);
         self.env.explain.note_key(*v, key, keyed_inputs);
         Ok(key)
     }
@@ -188,7 +200,42 @@ impl Executor<Digest> for OpExecutor {
         if self.vertex(v)?.meta.ignore_cache {
             return Ok(None);
         }
-        Ok(self.index.get(&self.store, key)?.map(|r| r.snapshot))
+        if let Some(rec) = self.index.get(&self.store, key)? {
+            self.tracker.result(*key, &rec.snapshot);
+            return Ok(Some(rec.snapshot));
+        }
+        if !self.env.imported.has(key) {
+            return Ok(None);
+        }
+        // A record of an imported cache: its layers are fetched now, and only now.
+        let (env, k) = (self.env.clone(), *key);
+        let found = tokio::task::spawn_blocking(move || {
+            env.imported.materialize(&env.store, &env.index, &k)
+        })
+        .await
+        .map_err(|e| format!("cache import task failed: {e}"))?;
+        match found {
+            Ok(snapshot) => {
+                if let Some(s) = &snapshot {
+                    self.tracker.result(*key, s);
+                }
+                Ok(snapshot)
+            }
+            // A layer that cannot be imported is a miss: the step runs.
+            Err(why) => {
+                let name = &self.vertex(v)?.meta.description;
+                self.tracker
+                    .warn(format!("cache import for {name:?} not used: {why}"));
+                Ok(None)
+            }
+        }
+    }
+
+    async fn has_cached(&self, v: &Digest, key: &Digest) -> Result<bool, BoxError> {
+        if self.vertex(v)?.meta.ignore_cache {
+            return Ok(false);
+        }
+        Ok(self.index.get(&self.store, key)?.is_some() || self.env.imported.has(key))
     }
 
     async fn execute(
@@ -214,6 +261,7 @@ impl Executor<Digest> for OpExecutor {
                 created_unix: now,
             },
         )?;
+        self.tracker.result(*key, &snapshot);
         Ok(snapshot)
     }
 }

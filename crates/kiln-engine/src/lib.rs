@@ -11,6 +11,7 @@ mod explain;
 mod export;
 mod fileop;
 mod local;
+mod remote_cache;
 mod remote_context;
 mod rootpath;
 mod run;
@@ -37,6 +38,7 @@ pub use kiln_graph::NetworkMode;
 pub use kiln_plugin_sdk::proto::{HostEntry, Ulimit, UlimitResource};
 pub use kiln_registry::{is_loopback, HostOptions};
 pub use kiln_solver::Status;
+pub use remote_cache::{CacheCompression, CacheExport, CacheImport, CacheLocation, CacheMode};
 pub use remote_context::{PreparedContext, RemoteContext, MAX_STDIN_CONTEXT_BYTES};
 pub use run::{ExecRuntime, RunOptions, SecretSource, SshSource};
 pub use syntax::{find_syntax, SyntaxChoice};
@@ -177,6 +179,14 @@ pub enum Error {
         available: Vec<String>,
         /// The plugin directories searched, in order.
         plugin_dirs: Vec<PathBuf>,
+    },
+    /// A `--cache-to` that could not be written (without `ignore-error=true`).
+    #[error("exporting cache to {dest}: {message}")]
+    CacheExport {
+        /// The destination.
+        dest: String,
+        /// Why.
+        message: String,
     },
     /// The build was cancelled (Ctrl-C, or another step failed) while this waited.
     #[error("the build was cancelled")]
@@ -500,6 +510,10 @@ pub struct BuildRequest {
     pub call: Option<Call>,
     /// `--explain-cache`: say why each step that ran was not cached.
     pub explain_cache: bool,
+    /// `--cache-to`: where to export the build's cache records.
+    pub cache_to: Vec<CacheExport>,
+    /// `--cache-from`: caches whose records may answer a local miss.
+    pub cache_from: Vec<CacheImport>,
 }
 
 /// What a build produced.
@@ -739,12 +753,13 @@ impl Engine {
         export::check(&req.exports, source_date_epoch(&req.build_args)?)?;
         // Key files get an agent of their own for the build; dropped (killed) on every way out.
         let (ssh, _agents) = ssh_agent::serve(&req.ssh)?;
+        let mut warnings = resp.warnings;
+        let imported = remote_cache::read_imports(&req.cache_from, &mut warnings).await?;
         if req.no_cache {
             for v in &mut def.vertices {
                 v.meta.ignore_cache = true;
             }
         }
-        let mut warnings = resp.warnings;
         let recorder = Arc::new(explain::Recorder::default());
         let mut explained = Vec::new();
         let ops = Arc::new(exec::OpExecutor::new(
@@ -760,10 +775,12 @@ impl Engine {
                 runtime: req.runtime,
                 registry: self.registry.clone(),
                 handle: tokio::runtime::Handle::current(),
+                imported: imported.clone(),
                 explain: recorder.clone(),
             },
             &def,
         ));
+        let tracker = ops.tracker();
         let graph = kiln_solver::Graph::new(def.vertices.iter().map(|v| {
             kiln_solver::Vertex::new(
                 v.digest,
@@ -842,6 +859,17 @@ impl Engine {
             self.export(&req, snapshot, resp.config, progress.clone())
                 .await?
         };
+        if let Some(edge) = target {
+            let cx = remote_cache::ExportCx {
+                store: self.store.clone(),
+                index: self.index.clone(),
+                imported,
+                tracker,
+                def: Arc::new(def),
+                target: edge.vertex,
+            };
+            remote_cache::export_all(cx, &req.cache_to, progress.as_ref(), &mut warnings).await?;
+        }
         Ok(BuildOutcome {
             image,
             steps,

@@ -1,0 +1,202 @@
+//! Parsers of buildx's `--cache-to` and `--cache-from` specs (`type=local,dest=DIR,mode=max`,
+//! `type=local,src=DIR`) into the engine's typed cache exports and imports.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Result};
+use kiln_engine::{CacheExport, CacheImport, CacheLocation, CacheMode};
+
+/// The `key=value` pairs of a spec, in order; a part without `=` is an error.
+fn pairs<'a>(flag: &str, spec: &'a str) -> Result<Vec<(&'a str, &'a str)>> {
+    spec.split(',')
+        .map(|part| {
+            part.split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .ok_or_else(|| anyhow!("invalid {flag} {spec:?}: {part:?} is not key=value"))
+        })
+        .collect()
+}
+
+fn boolean(flag: &str, spec: &str, key: &str, value: &str) -> Result<bool> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => bail!("invalid {flag} {spec:?}: {key}={other} is not true or false"),
+    }
+}
+
+/// The types kiln does not write or read yet, with what to use instead.
+fn unsupported(flag: &str, kind: &str) -> anyhow::Error {
+    anyhow!(
+        "{flag} type={kind} is not supported yet: kiln reads and writes type=local caches \
+         (an OCI layout directory)"
+    )
+}
+
+/// Parses one `--cache-to`.
+pub fn parse_cache_to(spec: &str) -> Result<CacheExport> {
+    const FLAG: &str = "--cache-to";
+    let mut kind = None;
+    let mut dest = None;
+    let mut tag = "latest".to_owned();
+    let mut out = CacheExport {
+        location: CacheLocation::Local {
+            dir: PathBuf::new(),
+            tag: String::new(),
+        },
+        mode: CacheMode::Min,
+        compression: Default::default(),
+        oci_mediatypes: true,
+        image_manifest: false,
+        ignore_error: false,
+    };
+    for (k, v) in pairs(FLAG, spec)? {
+        match k {
+            "type" => kind = Some(v),
+            "dest" => dest = Some(PathBuf::from(v)),
+            "tag" => tag = v.to_owned(),
+            "mode" => {
+                out.mode = match v {
+                    "min" => CacheMode::Min,
+                    "max" => CacheMode::Max,
+                    other => bail!("invalid {FLAG} {spec:?}: mode={other}: expected min or max"),
+                }
+            }
+            "compression" => {
+                out.compression = v
+                    .parse()
+                    .map_err(|e: String| anyhow!("invalid {FLAG} {spec:?}: {e}"))?
+            }
+            "oci-mediatypes" => out.oci_mediatypes = boolean(FLAG, spec, k, v)?,
+            "image-manifest" => out.image_manifest = boolean(FLAG, spec, k, v)?,
+            "ignore-error" => out.ignore_error = boolean(FLAG, spec, k, v)?,
+            // BuildKit's knobs of how blobs are compressed; kiln compresses its way, and a
+            // layer it pulled keeps its blob, as BuildKit without force-compression.
+            "compression-level" | "force-compression" => {}
+            other => bail!("invalid {FLAG} {spec:?}: unknown option {other:?}"),
+        }
+    }
+    match kind {
+        Some("local") => {}
+        Some(other) => return Err(unsupported(FLAG, other)),
+        None => bail!("invalid {FLAG} {spec:?}: missing type= (e.g. type=local,dest=DIR)"),
+    }
+    let dir = dest.ok_or_else(|| anyhow!("invalid {FLAG} {spec:?}: type=local needs dest=DIR"))?;
+    if tag.is_empty() {
+        bail!("invalid {FLAG} {spec:?}: tag= is empty");
+    }
+    if out.image_manifest && !out.oci_mediatypes {
+        bail!("invalid {FLAG} {spec:?}: image-manifest=true needs oci-mediatypes=true");
+    }
+    out.location = CacheLocation::Local { dir, tag };
+    Ok(out)
+}
+
+/// Parses one `--cache-from`. A bare value is an image reference, as buildx reads it
+/// (`type=registry,ref=VALUE`), which kiln does not read yet.
+pub fn parse_cache_from(spec: &str) -> Result<CacheImport> {
+    const FLAG: &str = "--cache-from";
+    if !spec.contains('=') {
+        return Err(unsupported(FLAG, "registry"));
+    }
+    let mut kind = None;
+    let mut src = None;
+    let mut tag = "latest".to_owned();
+    for (k, v) in pairs(FLAG, spec)? {
+        match k {
+            "type" => kind = Some(v),
+            "src" => src = Some(PathBuf::from(v)),
+            "tag" => tag = v.to_owned(),
+            // A digest pins the manifest in BuildKit; kiln checks every blob it reads anyway.
+            "digest" => {}
+            other => bail!("invalid {FLAG} {spec:?}: unknown option {other:?}"),
+        }
+    }
+    match kind {
+        Some("local") => {}
+        Some(other) => return Err(unsupported(FLAG, other)),
+        None => bail!("invalid {FLAG} {spec:?}: missing type= (e.g. type=local,src=DIR)"),
+    }
+    let dir = src.ok_or_else(|| anyhow!("invalid {FLAG} {spec:?}: type=local needs src=DIR"))?;
+    Ok(CacheImport {
+        location: CacheLocation::Local { dir, tag },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_engine::CacheCompression;
+
+    #[test]
+    fn cache_to_local_with_options() {
+        let e = parse_cache_to("type=local,dest=/tmp/c,mode=max,compression=uncompressed").unwrap();
+        assert_eq!(
+            e.location,
+            CacheLocation::Local {
+                dir: "/tmp/c".into(),
+                tag: "latest".into()
+            }
+        );
+        assert_eq!(e.mode, CacheMode::Max);
+        assert_eq!(e.compression, CacheCompression::Uncompressed);
+        assert!(e.oci_mediatypes && !e.image_manifest && !e.ignore_error);
+        let e = parse_cache_to(
+            "type=local,dest=c,tag=v2,image-manifest=true,ignore-error=true,oci-mediatypes=true",
+        )
+        .unwrap();
+        assert_eq!(e.mode, CacheMode::Min);
+        assert!(e.image_manifest && e.ignore_error);
+        assert!(matches!(e.location, CacheLocation::Local { tag, .. } if tag == "v2"));
+    }
+
+    #[test]
+    fn cache_to_errors_say_what_to_write() {
+        for (spec, want) in [
+            ("type=local", "needs dest=DIR"),
+            ("dest=x", "missing type="),
+            ("type=local,dest=x,mode=all", "expected min or max"),
+            (
+                "type=local,dest=x,compression=zstd",
+                "not supported for caches",
+            ),
+            ("type=local,dest=x,bogus=1", "unknown option \"bogus\""),
+            ("type=local,dest=x,ignore-error=yes", "not true or false"),
+            (
+                "type=registry,ref=r/c",
+                "type=registry is not supported yet",
+            ),
+            (
+                "type=local,dest=x,image-manifest=true,oci-mediatypes=false",
+                "needs oci-mediatypes",
+            ),
+            ("type=local,dest", "is not key=value"),
+        ] {
+            let err = parse_cache_to(spec).unwrap_err().to_string();
+            assert!(err.contains(want), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn cache_from_local_and_refusals() {
+        let i = parse_cache_from("type=local,src=/c,tag=t").unwrap();
+        assert_eq!(
+            i.location,
+            CacheLocation::Local {
+                dir: "/c".into(),
+                tag: "t".into()
+            }
+        );
+        for (spec, want) in [
+            (
+                "registry.example/app:cache",
+                "type=registry is not supported yet",
+            ),
+            ("type=gha", "type=gha is not supported yet"),
+            ("type=local", "needs src=DIR"),
+        ] {
+            let err = parse_cache_from(spec).unwrap_err().to_string();
+            assert!(err.contains(want), "{spec}: {err}");
+        }
+    }
+}

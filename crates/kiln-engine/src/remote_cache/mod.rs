@@ -1,0 +1,535 @@
+//! Cache that travels: `--cache-to` writes the records of a build (cache key → the layer blobs
+//! of its result) in BuildKit's cache manifest format; `--cache-from` reads them back, so that a
+//! step missing from the local index may still be a hit.
+//!
+//! Imports are lazy: reading a cache reads its manifest and config only. A layer blob is copied
+//! into the store (checked against its digest) only when a step the build needs is a hit on a
+//! record that names it; steps below a hit are only asked whether they are cached, which the
+//! records answer without any blob (`Executor::has_cached`). An imported hit is recorded in the
+//! local index, so that the next build finds it there.
+//!
+//! A cache that cannot be read is a warning and the build goes on, as in BuildKit; a layer that
+//! cannot be imported is a miss, and the step runs.
+
+mod format;
+mod layout;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use kiln_cache::{CacheIndex, CacheRecord};
+use kiln_graph::{Definition, Op, SourceOp};
+use kiln_plugin_sdk::proto::Diagnostic;
+use kiln_snapshot::{Compression, LayerId, Snapshot, Store};
+use kiln_solver::{Event, ProgressSink};
+use kiln_types::image::{Descriptor, MEDIA_TYPE_DOCKER_LAYER_GZIP};
+use kiln_types::Digest;
+
+use crate::Error;
+use format::{LayerRef, ANNOTATION_UNCOMPRESSED};
+
+/// Where a cache lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheLocation {
+    /// `type=local`: an OCI image layout directory (`dest=` / `src=`), the cache under `tag`.
+    Local {
+        /// The layout directory.
+        dir: PathBuf,
+        /// The tag naming the cache in `index.json` (`latest` by default).
+        tag: String,
+    },
+}
+
+impl std::fmt::Display for CacheLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheLocation::Local { dir, .. } => write!(f, "{}", dir.display()),
+        }
+    }
+}
+
+/// Which records an export holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheMode {
+    /// The result's chain only: the steps whose results are a prefix of the result's layers.
+    #[default]
+    Min,
+    /// Every step of the build, other stages included.
+    Max,
+}
+
+/// How the layers of an exported cache are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheCompression {
+    /// gzip (the default, as BuildKit's).
+    #[default]
+    Gzip,
+    /// Plain tar.
+    Uncompressed,
+}
+
+impl std::str::FromStr for CacheCompression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gzip" => Ok(CacheCompression::Gzip),
+            "uncompressed" => Ok(CacheCompression::Uncompressed),
+            "zstd" => Err(
+                "compression=zstd is not supported for caches yet: use gzip or \
+                 uncompressed"
+                    .to_owned(),
+            ),
+            other => Err(format!(
+                "unknown compression {other:?}: expected gzip or uncompressed"
+            )),
+        }
+    }
+}
+
+/// One `--cache-to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheExport {
+    /// Where.
+    pub location: CacheLocation,
+    /// `mode=min|max`.
+    pub mode: CacheMode,
+    /// `compression=`.
+    pub compression: CacheCompression,
+    /// `oci-mediatypes=` (default true): OCI media types, else docker's.
+    pub oci_mediatypes: bool,
+    /// `image-manifest=true`: an image manifest whose config is the cache config, instead of
+    /// an index.
+    pub image_manifest: bool,
+    /// `ignore-error=true`: a failed export is a warning, not a failed build.
+    pub ignore_error: bool,
+}
+
+/// One `--cache-from`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheImport {
+    /// Where.
+    pub location: CacheLocation,
+}
+
+/// A layer of an imported record: where its blob is and what the cache says of it.
+#[derive(Clone, Debug)]
+struct SourcedLayer {
+    dir: Arc<PathBuf>,
+    layer: LayerRef,
+}
+
+/// The records of every `--cache-from`, the first source naming a key winning.
+#[derive(Default)]
+pub(crate) struct Imported {
+    records: HashMap<Digest, Vec<SourcedLayer>>,
+}
+
+impl Imported {
+    /// Reads every source; a source that cannot be read is a warning (returned), as in
+    /// BuildKit.
+    pub(crate) fn read(imports: &[CacheImport]) -> (Self, Vec<String>) {
+        let mut imported = Imported::default();
+        let mut warnings = Vec::new();
+        for import in imports {
+            match &import.location {
+                CacheLocation::Local { dir, tag } => match layout::read_cache(dir, tag) {
+                    Ok(records) => {
+                        let dir = Arc::new(dir.clone());
+                        for (key, layers) in records {
+                            let layers = layers
+                                .into_iter()
+                                .map(|layer| SourcedLayer {
+                                    dir: dir.clone(),
+                                    layer,
+                                })
+                                .collect();
+                            imported.records.entry(key).or_insert(layers);
+                        }
+                    }
+                    Err(why) => warnings.push(format!(
+                        "local cache import at {} not found due to err: {why}",
+                        dir.display()
+                    )),
+                },
+            }
+        }
+        (imported, warnings)
+    }
+
+    /// Whether a record names `key` (no blob is read).
+    pub(crate) fn has(&self, key: &Digest) -> bool {
+        self.records.contains_key(key)
+    }
+
+    /// The result of `key` as a snapshot of this store: each layer found by its diff id, or
+    /// its blob copied in (checked) and unpacked. Recorded in `index` for the next builds.
+    /// `Ok(None)`: no record.
+    pub(crate) fn materialize(
+        &self,
+        store: &Store,
+        index: &CacheIndex,
+        key: &Digest,
+    ) -> Result<Option<Snapshot>, String> {
+        let Some(layers) = self.records.get(key) else {
+            return Ok(None);
+        };
+        let mut snapshot = Snapshot::default();
+        for l in layers {
+            snapshot.layers.push(import_layer(store, l)?);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        index
+            .put(
+                key,
+                &CacheRecord {
+                    snapshot: snapshot.clone(),
+                    created_unix: now,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(Some(snapshot))
+    }
+}
+
+fn import_layer(store: &Store, l: &SourcedLayer) -> Result<LayerId, String> {
+    let LayerRef {
+        digest,
+        media_type,
+        diff_id,
+        ..
+    } = &l.layer;
+    if let Some(id) = diff_id
+        .as_ref()
+        .map(|d| store.layer_by_diff_id(d))
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        return Ok(id);
+    }
+    if !store.has_blob(digest) {
+        let path = layout::blob_path(&l.dir, digest);
+        let mut w = store.blob_writer().map_err(|e| e.to_string())?;
+        layout::copy_verified(&path, digest, &mut w)?;
+        w.commit(Some(digest)).map_err(|e| e.to_string())?;
+    }
+    let imported = store
+        .import_layer(digest, media_type)
+        .map_err(|e| e.to_string())?;
+    if let Some(want) = diff_id {
+        if *want != imported.diff_id {
+            return Err(format!(
+                "layer {digest} unpacks to {}, but the cache says {want}",
+                imported.diff_id
+            ));
+        }
+    }
+    Ok(imported.id)
+}
+
+/// What a build's steps produced, for `--cache-to`: each vertex's key, and each key's result
+/// when this build loaded or ran it.
+#[derive(Default)]
+pub(crate) struct Tracker {
+    keys: Mutex<HashMap<Digest, Digest>>,
+    results: Mutex<HashMap<Digest, Snapshot>>,
+    warnings: Mutex<Vec<String>>,
+}
+
+impl Tracker {
+    pub(crate) fn key(&self, vertex: Digest, key: Digest) {
+        lock(&self.keys).insert(vertex, key);
+    }
+
+    pub(crate) fn result(&self, key: Digest, snapshot: &Snapshot) {
+        lock(&self.results).insert(key, snapshot.clone());
+    }
+
+    pub(crate) fn warn(&self, message: String) {
+        lock(&self.warnings).push(message);
+    }
+
+    /// The warnings gathered while solving (imported layers that could not be used).
+    pub(crate) fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.warnings))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A layer of an exported record: in the store, or only in an imported cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Source {
+    Store(LayerId),
+    Imported(PathBuf, LayerRef),
+}
+
+/// Reads every `--cache-from` (off the async threads); what cannot be read becomes a warning.
+pub(crate) async fn read_imports(
+    imports: &[CacheImport],
+    warnings: &mut Vec<Diagnostic>,
+) -> Result<Arc<Imported>, Error> {
+    if imports.is_empty() {
+        return Ok(Arc::new(Imported::default()));
+    }
+    let imports = imports.to_vec();
+    let (imported, found) = tokio::task::spawn_blocking(move || Imported::read(&imports))
+        .await
+        .map_err(|e| Error::Unsupported(format!("cache import task failed: {e}")))?;
+    warnings.extend(found.into_iter().map(diagnostic));
+    Ok(Arc::new(imported))
+}
+
+fn diagnostic(message: String) -> Diagnostic {
+    Diagnostic {
+        message,
+        location: None,
+    }
+}
+
+/// What an export reads.
+#[derive(Clone)]
+pub(crate) struct ExportCx {
+    pub store: Store,
+    pub index: Arc<CacheIndex>,
+    pub imported: Arc<Imported>,
+    pub tracker: Arc<Tracker>,
+    pub def: Arc<Definition>,
+    pub target: Digest,
+}
+
+/// Writes every `--cache-to`, each as a step of its own in the progress. A failed export fails
+/// the build unless it says `ignore-error=true` (then it is a warning). Warnings gathered while
+/// solving (imported layers that could not be used) are added to `warnings`.
+pub(crate) async fn export_all(
+    cx: ExportCx,
+    specs: &[CacheExport],
+    progress: &dyn ProgressSink<Digest>,
+    warnings: &mut Vec<Diagnostic>,
+) -> Result<(), Error> {
+    warnings.extend(cx.tracker.take_warnings().into_iter().map(diagnostic));
+    for spec in specs {
+        let id = Digest::of(format!("internal:cache-export:{}", spec.location).as_bytes());
+        let name = match &spec.location {
+            CacheLocation::Local { dir, .. } => {
+                format!("exporting cache to client directory {}", dir.display())
+            }
+        };
+        progress.send(Event::Started {
+            id,
+            name: name.clone(),
+        });
+        let started = std::time::Instant::now();
+        let (job_cx, job_spec) = (cx.clone(), spec.clone());
+        let result = tokio::task::spawn_blocking(move || export(&job_cx, &job_spec))
+            .await
+            .map_err(|e| Error::Unsupported(format!("cache export task failed: {e}")))?
+            .map_err(|e| match e {
+                e @ Error::CacheExport { .. } => e,
+                other => Error::CacheExport {
+                    dest: spec.location.to_string(),
+                    message: other.to_string(),
+                },
+            });
+        match result {
+            Ok(()) => progress.send(Event::Done {
+                id,
+                name,
+                duration: started.elapsed(),
+            }),
+            Err(e) => {
+                progress.send(Event::Error {
+                    id,
+                    name,
+                    message: e.to_string(),
+                });
+                if !spec.ignore_error {
+                    return Err(e);
+                }
+                warnings.push(diagnostic(format!("{e} (ignored: ignore-error=true)")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes one `--cache-to`.
+fn export(input: &ExportCx, spec: &CacheExport) -> Result<(), Error> {
+    let def = &input.def;
+    let keys = lock(&input.tracker.keys).clone();
+    // The target and everything it needs.
+    let mut needed = HashSet::new();
+    let mut stack = vec![input.target];
+    while let Some(v) = stack.pop() {
+        if needed.insert(v) {
+            if let Some(vx) = def.vertex(&v) {
+                stack.extend(vx.inputs.iter().map(|e| e.vertex));
+            }
+        }
+    }
+    let mut chosen: Vec<(Digest, Vec<Source>, Vec<Digest>)> = Vec::new();
+    let mut seen = HashSet::new();
+    for v in def.vertices.iter().filter(|v| needed.contains(&v.digest)) {
+        // A local context is hashed again by every build that uses it; its files are the
+        // user's, and no step below it needs its layer once the steps above it are records.
+        if matches!(v.op, Op::Source(SourceOp::Local(_))) {
+            continue;
+        }
+        let Some(key) = keys.get(&v.digest).copied() else {
+            continue;
+        };
+        if !seen.insert(key) {
+            continue;
+        }
+        let Some(layers) = result_of(input, &key)? else {
+            continue;
+        };
+        if layers.is_empty() {
+            continue;
+        }
+        let inputs = v
+            .inputs
+            .iter()
+            .filter_map(|e| keys.get(&e.vertex).copied())
+            .collect();
+        chosen.push((key, layers, inputs));
+    }
+    if spec.mode == CacheMode::Min {
+        // The result's chain: the records whose layers the result starts with.
+        let target_layers = keys
+            .get(&input.target)
+            .and_then(|k| chosen.iter().find(|(key, _, _)| key == k))
+            .map(|(_, l, _)| l.clone())
+            .unwrap_or_default();
+        chosen.retain(|(_, l, _)| target_layers.starts_with(l));
+    }
+    // Blobs, once each.
+    let mut blob_of: HashMap<Source, LayerRef> = HashMap::new();
+    let mut blobs: Vec<(Descriptor, PathBuf, bool)> = Vec::new();
+    let mut records = Vec::new();
+    for (key, layers, inputs) in &chosen {
+        let mut refs = Vec::new();
+        for s in layers {
+            let layer = match blob_of.get(s) {
+                Some(l) => l.clone(),
+                None => {
+                    let (layer, path, verify) = blob(&input.store, s, spec)?;
+                    if !blobs.iter().any(|(d, _, _)| d.digest == layer.digest) {
+                        let mut d = Descriptor::new(&layer.media_type, layer.digest, layer.size);
+                        if let Some(id) = layer.diff_id {
+                            d.annotations
+                                .insert(ANNOTATION_UNCOMPRESSED.to_owned(), id.to_string());
+                        }
+                        blobs.push((d, path, verify));
+                    }
+                    blob_of.insert(s.clone(), layer.clone());
+                    layer
+                }
+            };
+            refs.push(layer);
+        }
+        records.push((*key, refs, inputs.clone()));
+    }
+    let config = format::build_config(&records);
+    match &spec.location {
+        CacheLocation::Local { dir, tag } => {
+            if spec.image_manifest && !spec.oci_mediatypes {
+                return Err(Error::CacheExport {
+                    dest: dir.display().to_string(),
+                    message: "image-manifest=true needs oci-mediatypes=true".to_owned(),
+                });
+            }
+            layout::write_cache(
+                dir,
+                tag,
+                &blobs,
+                &config,
+                spec.image_manifest,
+                spec.oci_mediatypes,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+impl std::hash::Hash for Source {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        match self {
+            Source::Store(id) => id.hash(h),
+            Source::Imported(_, l) => l.digest.hash(h),
+        }
+    }
+}
+
+/// The layers of `key`'s result: this build's, the local index's, or an imported record's
+/// (as store layers where they were imported already).
+fn result_of(input: &ExportCx, key: &Digest) -> Result<Option<Vec<Source>>, Error> {
+    if let Some(s) = lock(&input.tracker.results).get(key) {
+        return Ok(Some(s.layers.iter().cloned().map(Source::Store).collect()));
+    }
+    if let Some(rec) = input.index.get(&input.store, key)? {
+        return Ok(Some(
+            rec.snapshot.layers.into_iter().map(Source::Store).collect(),
+        ));
+    }
+    let Some(layers) = input.imported.records.get(key) else {
+        return Ok(None);
+    };
+    layers
+        .iter()
+        .map(|l| {
+            let local = match &l.layer.diff_id {
+                Some(d) => input.store.layer_by_diff_id(d)?,
+                None => None,
+            };
+            Ok(match local {
+                Some(id) => Source::Store(id),
+                None => {
+                    Source::Imported(layout::blob_path(&l.dir, &l.layer.digest), l.layer.clone())
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()
+        .map(Some)
+}
+
+/// The blob of one layer in the export's compression and media types, its file, and whether
+/// that file must be checked when copied (it is not the store's).
+fn blob(store: &Store, s: &Source, spec: &CacheExport) -> Result<(LayerRef, PathBuf, bool), Error> {
+    let (mut layer, path, verify) = match s {
+        Source::Store(id) => {
+            let c = match spec.compression {
+                CacheCompression::Gzip => Compression::Gzip,
+                CacheCompression::Uncompressed => Compression::Uncompressed,
+            };
+            let b = store.layer_blob(id, c)?;
+            let path = store.blob_path(&b.digest);
+            (
+                LayerRef {
+                    digest: b.digest,
+                    media_type: b.media_type,
+                    size: b.size,
+                    diff_id: Some(b.diff_id),
+                },
+                path,
+                false,
+            )
+        }
+        Source::Imported(path, l) => (l.clone(), path.clone(), true),
+    };
+    if !spec.oci_mediatypes {
+        layer.media_type = match layer.media_type.as_str() {
+            kiln_types::image::MEDIA_TYPE_LAYER_GZIP => MEDIA_TYPE_DOCKER_LAYER_GZIP.to_owned(),
+            kiln_types::image::MEDIA_TYPE_LAYER_TAR => {
+                "application/vnd.docker.image.rootfs.diff.tar".to_owned()
+            }
+            other => other.to_owned(),
+        };
+    }
+    Ok((layer, path, verify))
+}

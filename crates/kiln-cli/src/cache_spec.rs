@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
 use kiln_engine::{CacheExport, CacheImport, CacheLocation, CacheMode};
+use kiln_types::reference::Reference;
 
 /// The `key=value` pairs of a spec, in order; a part without `=` is an error.
 fn pairs<'a>(flag: &str, spec: &'a str) -> Result<Vec<(&'a str, &'a str)>> {
@@ -28,9 +29,20 @@ fn boolean(flag: &str, spec: &str, key: &str, value: &str) -> Result<bool> {
 /// The types kiln does not write or read yet, with what to use instead.
 fn unsupported(flag: &str, kind: &str) -> anyhow::Error {
     anyhow!(
-        "{flag} type={kind} is not supported yet: kiln reads and writes type=local caches \
-         (an OCI layout directory)"
+        "{flag} type={kind} is not supported yet: kiln reads and writes type=local (an OCI \
+         layout directory) and type=registry caches"
     )
+}
+
+/// A registry reference for `ref=` (`latest` when it has no tag).
+fn registry(flag: &str, spec: &str, reference: Option<&str>) -> Result<CacheLocation> {
+    let r = reference
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| anyhow!("invalid {flag} {spec:?}: type=registry needs ref=REF"))?;
+    let reference = r
+        .parse::<Reference>()
+        .map_err(|e| anyhow!("invalid {flag} {spec:?}: ref={r}: {e}"))?;
+    Ok(CacheLocation::Registry { reference })
 }
 
 /// Parses one `--cache-to`.
@@ -38,6 +50,7 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheExport> {
     const FLAG: &str = "--cache-to";
     let mut kind = None;
     let mut dest = None;
+    let mut reference = None;
     let mut tag = "latest".to_owned();
     let mut out = CacheExport {
         location: CacheLocation::Local {
@@ -54,6 +67,7 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheExport> {
         match k {
             "type" => kind = Some(v),
             "dest" => dest = Some(PathBuf::from(v)),
+            "ref" => reference = Some(v),
             "tag" => tag = v.to_owned(),
             "mode" => {
                 out.mode = match v {
@@ -76,51 +90,60 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheExport> {
             other => bail!("invalid {FLAG} {spec:?}: unknown option {other:?}"),
         }
     }
-    match kind {
-        Some("local") => {}
-        Some(other) => return Err(unsupported(FLAG, other)),
-        None => bail!("invalid {FLAG} {spec:?}: missing type= (e.g. type=local,dest=DIR)"),
-    }
-    let dir = dest.ok_or_else(|| anyhow!("invalid {FLAG} {spec:?}: type=local needs dest=DIR"))?;
-    if tag.is_empty() {
-        bail!("invalid {FLAG} {spec:?}: tag= is empty");
-    }
     if out.image_manifest && !out.oci_mediatypes {
         bail!("invalid {FLAG} {spec:?}: image-manifest=true needs oci-mediatypes=true");
     }
-    out.location = CacheLocation::Local { dir, tag };
+    out.location = match kind {
+        Some("local") => {
+            let dir =
+                dest.ok_or_else(|| anyhow!("invalid {FLAG} {spec:?}: type=local needs dest=DIR"))?;
+            if tag.is_empty() {
+                bail!("invalid {FLAG} {spec:?}: tag= is empty");
+            }
+            CacheLocation::Local { dir, tag }
+        }
+        Some("registry") => registry(FLAG, spec, reference)?,
+        Some(other) => return Err(unsupported(FLAG, other)),
+        None => bail!("invalid {FLAG} {spec:?}: missing type= (e.g. type=local,dest=DIR)"),
+    };
     Ok(out)
 }
 
 /// Parses one `--cache-from`. A bare value is an image reference, as buildx reads it
-/// (`type=registry,ref=VALUE`), which kiln does not read yet.
+/// (`type=registry,ref=VALUE`).
 pub fn parse_cache_from(spec: &str) -> Result<CacheImport> {
     const FLAG: &str = "--cache-from";
     if !spec.contains('=') {
-        return Err(unsupported(FLAG, "registry"));
+        return Ok(CacheImport {
+            location: registry(FLAG, spec, Some(spec))?,
+        });
     }
     let mut kind = None;
     let mut src = None;
+    let mut reference = None;
     let mut tag = "latest".to_owned();
     for (k, v) in pairs(FLAG, spec)? {
         match k {
             "type" => kind = Some(v),
             "src" => src = Some(PathBuf::from(v)),
+            "ref" => reference = Some(v),
             "tag" => tag = v.to_owned(),
             // A digest pins the manifest in BuildKit; kiln checks every blob it reads anyway.
             "digest" => {}
             other => bail!("invalid {FLAG} {spec:?}: unknown option {other:?}"),
         }
     }
-    match kind {
-        Some("local") => {}
+    let location = match kind {
+        Some("local") => {
+            let dir =
+                src.ok_or_else(|| anyhow!("invalid {FLAG} {spec:?}: type=local needs src=DIR"))?;
+            CacheLocation::Local { dir, tag }
+        }
+        Some("registry") => registry(FLAG, spec, reference)?,
         Some(other) => return Err(unsupported(FLAG, other)),
         None => bail!("invalid {FLAG} {spec:?}: missing type= (e.g. type=local,src=DIR)"),
-    }
-    let dir = src.ok_or_else(|| anyhow!("invalid {FLAG} {spec:?}: type=local needs src=DIR"))?;
-    Ok(CacheImport {
-        location: CacheLocation::Local { dir, tag },
-    })
+    };
+    Ok(CacheImport { location })
 }
 
 #[cfg(test)]
@@ -162,10 +185,9 @@ mod tests {
             ),
             ("type=local,dest=x,bogus=1", "unknown option \"bogus\""),
             ("type=local,dest=x,ignore-error=yes", "not true or false"),
-            (
-                "type=registry,ref=r/c",
-                "type=registry is not supported yet",
-            ),
+            ("type=inline", "type=inline is not supported yet"),
+            ("type=registry", "needs ref=REF"),
+            ("type=registry,ref=reg.example/UPPER", "ref=reg.example/UPPER"),
             (
                 "type=local,dest=x,image-manifest=true,oci-mediatypes=false",
                 "needs oci-mediatypes",
@@ -187,11 +209,17 @@ mod tests {
                 tag: "t".into()
             }
         );
+        let bare = parse_cache_from("registry.example/app:cache").unwrap();
+        let typed = parse_cache_from("type=registry,ref=registry.example/app:cache").unwrap();
+        assert_eq!(bare, typed);
+        let CacheLocation::Registry { reference } = bare.location else {
+            panic!("a registry cache")
+        };
+        assert_eq!(reference.to_string(), "registry.example/app:cache");
+        let to = parse_cache_to("type=registry,ref=localhost:5000/c,mode=max").unwrap();
+        assert!(matches!(to.location, CacheLocation::Registry { .. }));
+        assert_eq!(to.mode, CacheMode::Max);
         for (spec, want) in [
-            (
-                "registry.example/app:cache",
-                "type=registry is not supported yet",
-            ),
             ("type=gha", "type=gha is not supported yet"),
             ("type=local", "needs src=DIR"),
         ] {

@@ -754,7 +754,13 @@ impl Engine {
         // Key files get an agent of their own for the build; dropped (killed) on every way out.
         let (ssh, _agents) = ssh_agent::serve(&req.ssh)?;
         let mut warnings = resp.warnings;
-        let imported = remote_cache::read_imports(&req.cache_from, &mut warnings).await?;
+        let net = remote_cache::Net {
+            registry: self.registry.clone(),
+            handle: tokio::runtime::Handle::current(),
+        };
+        let imported =
+            remote_cache::read_imports(&req.cache_from, net, self.store.clone(), &mut warnings)
+                .await?;
         if req.no_cache {
             for v in &mut def.vertices {
                 v.meta.ignore_cache = true;

@@ -107,8 +107,9 @@ impl Registry {
         }
     }
 
-    /// Pushes an image whose blobs are in `store` to registry reference `target` (its tag, or
-    /// `latest`): missing blobs first (streamed), then the manifest. Returns the manifest digest.
+    /// Pushes an image (or a build cache) whose blobs are in `store` to registry reference
+    /// `target` (its tag, or `latest`): the blobs the registry lacks first (streamed, several
+    /// at once), then the manifest. Returns the manifest digest.
     pub async fn push(
         &self,
         target: &Reference,
@@ -120,6 +121,25 @@ impl Registry {
         self.inner
             .push(target, blobs, manifest, media_type, store)
             .await
+    }
+
+    /// The manifest or index `r` names, as it is (size-checked, verified when `r` has a
+    /// digest), with its digest: for documents that are not images, such as build caches.
+    pub async fn fetch_manifest(&self, r: &Reference) -> Result<(Digest, Vec<u8>), Error> {
+        self.inner.fetch_manifest(r).await
+    }
+
+    /// Puts `blobs` of repository `r` into `store`: only missing ones, streamed, verified by
+    /// digest, several in parallel. Unlike [`Registry::fetch_layers`], nothing is unpacked
+    /// or checked against an image config.
+    pub async fn fetch_blobs(
+        &self,
+        r: &Reference,
+        blobs: &[Descriptor],
+        store: &Store,
+    ) -> Result<(), Error> {
+        let refs: Vec<&Descriptor> = blobs.iter().collect();
+        self.inner.fetch_blobs(r, &refs, store).await
     }
 
     /// Puts every layer blob of `image` into `store`: only missing ones, streamed to disk (never

@@ -165,13 +165,49 @@ impl Remote {
     ) -> Result<Digest, Error> {
         let s = self.session(r, Op::Push).await?;
         let oref = s.oci_ref(None);
-        for (digest, size) in blobs {
+        // Blobs go up several at once (the registry may already hold any of them: those are
+        // only asked about); the manifest goes last, once every blob it names is there.
+        let (s_ref, oref_ref) = (&s, &oref);
+        let uploads: Vec<Result<(), Error>> = futures_util::stream::iter(
+            blobs
+                .iter()
+                .map(|(digest, size)| Self::push_blob(s_ref, oref_ref, digest, *size, store)),
+        )
+        .buffer_unordered(PARALLEL_BLOBS)
+        .collect()
+        .await;
+        uploads.into_iter().collect::<Result<(), Error>>()?;
+        let content_type =
+            http::HeaderValue::from_str(media_type).map_err(|e| Error::Registry {
+                op: s.op,
+                image: s.image.clone(),
+                why: format!("bad media type {media_type}: {e}"),
+            })?;
+        let body = bytes::Bytes::copy_from_slice(manifest);
+        retry(transient, || {
+            s.client
+                .push_manifest_raw(&oref, body.clone(), content_type.clone())
+        })
+        .await
+        .map_err(|e| s.error(e))?;
+        Ok(Digest::of(manifest))
+    }
+
+    /// Uploads one blob of the store, unless the registry has it already.
+    async fn push_blob(
+        s: &Session<'_>,
+        oref: &OciRef,
+        digest: &Digest,
+        size: u64,
+        store: &Store,
+    ) -> Result<(), Error> {
+        {
             let d = digest.to_string();
-            let exists = retry(transient, || s.client.blob_exists(&oref, &d))
+            let exists = retry(transient, || s.client.blob_exists(oref, &d))
                 .await
                 .map_err(|e| s.error(e))?;
             if exists {
-                continue;
+                return Ok(());
             }
             let path = store.blob_path(digest);
             let file = tokio::fs::File::open(&path)
@@ -198,24 +234,44 @@ impl Remote {
                 }
             });
             s.client
-                .push_blob_stream(&oref, stream, &d, Some(*size))
+                .push_blob_stream(oref, stream, &d, Some(size))
                 .await
                 .map_err(|e| s.error(e))?;
         }
-        let content_type =
-            http::HeaderValue::from_str(media_type).map_err(|e| Error::Registry {
-                op: s.op,
-                image: s.image.clone(),
-                why: format!("bad media type {media_type}: {e}"),
-            })?;
-        let body = bytes::Bytes::copy_from_slice(manifest);
-        retry(transient, || {
-            s.client
-                .push_manifest_raw(&oref, body.clone(), content_type.clone())
+        Ok(())
+    }
+
+    /// The document `r` names, as it is: size-checked and, when `r` has a digest, verified,
+    /// but neither parsed nor narrowed to a platform (build caches are not images). Mirrors
+    /// are tried first, as for pulls.
+    pub(crate) async fn fetch_manifest(&self, r: &Reference) -> Result<(Digest, Vec<u8>), Error> {
+        let mut failures = Vec::new();
+        for source in self.pull_sources(r) {
+            match self.fetch_manifest_at(&source).await {
+                Ok(found) => return Ok(found),
+                Err(e) => failures.push(e),
+            }
+        }
+        Err(first_failure(failures))
+    }
+
+    async fn fetch_manifest_at(&self, r: &Reference) -> Result<(Digest, Vec<u8>), Error> {
+        let s = self.session(r, Op::Resolve).await?;
+        let oref = s.oci_ref(r.digest.as_ref());
+        let (bytes, _) = retry(transient, || {
+            s.client.pull_manifest_raw(&oref, &s.auth, ACCEPTED)
         })
         .await
         .map_err(|e| s.error(e))?;
-        Ok(Digest::of(manifest))
+        check_size("manifest", bytes.len() as u64, MAX_MANIFEST_SIZE)
+            .map_err(|why| s.bad_document(why))?;
+        let digest = Digest::of(&bytes);
+        if let Some(want) = r.digest {
+            if want != digest {
+                return Err(s.mismatch("manifest", &want, &digest));
+            }
+        }
+        Ok((digest, bytes.to_vec()))
     }
 
     /// Where a pull of `r` may come from, in the order to try them: the mirrors of its

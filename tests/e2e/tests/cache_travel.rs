@@ -264,3 +264,91 @@ fn a_bad_cache_to_fails_unless_ignore_error() {
     .ok();
     assert!(run.stderr.contains("WARNING"), "{}", run.stderr);
 }
+
+/// A repository of the test registry no other run has used.
+fn fresh_repo(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{}/cache-travel-{what}-{}-{nanos}",
+        test_registry(),
+        std::process::id()
+    )
+}
+
+#[test]
+fn a_fresh_store_rebuilds_from_a_registry_cache() {
+    let first = Kiln::new(&[]);
+    let repo = fresh_repo("registry");
+    let ctx = context(&first, "");
+    // The default index form, and an image manifest (for registries that refuse an index of
+    // layers), both pushed by one build.
+    let built = build(
+        &first,
+        &ctx,
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={repo}:index,mode=max"),
+            "--cache-to",
+            &format!("type=registry,ref={repo}:manifest,image-manifest=true"),
+        ],
+    )
+    .ok();
+    assert!(
+        built
+            .stderr
+            .contains(&format!("exporting cache to registry {repo}:index")),
+        "{}",
+        built.stderr
+    );
+    for (tag, from) in [
+        ("index", format!("type=registry,ref={repo}:index")),
+        // buildx's bare form: a registry reference.
+        ("manifest", format!("{repo}:manifest")),
+    ] {
+        let second = Kiln::new(&[]);
+        let again = build(&second, &context(&second, ""), &["--cache-from", &from]).ok();
+        let ran: Vec<_> = again
+            .steps()
+            .into_iter()
+            .filter(|(name, state)| name.contains("RUN") && state != "CACHED")
+            .collect();
+        assert!(
+            ran.is_empty(),
+            "{tag}: RUN steps ran: {ran:?}\n{}",
+            again.stderr
+        );
+        assert_eq!(again.digest(), built.digest(), "{tag}");
+        for f in ["stamp", "built"] {
+            assert_eq!(read(&first, f), read(&second, f), "{tag}: {f}");
+        }
+    }
+    // Exported again: every blob is already there, and the cache still reads.
+    let again = build(
+        &first,
+        &ctx,
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={repo}:index,mode=max"),
+        ],
+    )
+    .ok();
+    assert_eq!(again.step_state(FINAL_RUN), "CACHED", "{}", again.stderr);
+}
+
+#[test]
+fn a_missing_registry_cache_warns_and_builds() {
+    let k = Kiln::new(&[]);
+    let from = format!("type=registry,ref={}:nothing", fresh_repo("missing"));
+    let run = build(&k, &context(&k, ""), &["--cache-from", &from]).ok();
+    assert_eq!(run.step_state(FINAL_RUN), "DONE", "{}", run.stderr);
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.starts_with("WARNING") && l.contains("failed to import cache from registry")),
+        "{}",
+        run.stderr
+    );
+}

@@ -17,7 +17,7 @@ use crate::{read_regular_file, Error};
 /// Largest `index.json` or cache manifest read (as kiln-registry's manifest limit).
 const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 /// Largest cache config read: one record per step, a few hundred bytes each.
-const MAX_CONFIG_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_CONFIG_BYTES: u64 = 64 << 20;
 
 /// The path of blob `digest` in layout `dir`.
 pub(crate) fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {

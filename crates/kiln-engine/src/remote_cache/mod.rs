@@ -24,6 +24,7 @@ use kiln_plugin_sdk::proto::Diagnostic;
 use kiln_snapshot::{Compression, LayerId, Snapshot, Store};
 use kiln_solver::{Event, ProgressSink};
 use kiln_types::image::{Descriptor, MEDIA_TYPE_DOCKER_LAYER_GZIP};
+use kiln_types::reference::Reference;
 use kiln_types::Digest;
 
 use crate::Error;
@@ -39,12 +40,18 @@ pub enum CacheLocation {
         /// The tag naming the cache in `index.json` (`latest` by default).
         tag: String,
     },
+    /// `type=registry,ref=REF`: a cache manifest pushed to (or pulled from) a registry.
+    Registry {
+        /// Where (`latest` when no tag is given).
+        reference: Reference,
+    },
 }
 
 impl std::fmt::Display for CacheLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CacheLocation::Local { dir, .. } => write!(f, "{}", dir.display()),
+            CacheLocation::Registry { reference } => write!(f, "{reference}"),
         }
     }
 }
@@ -112,46 +119,89 @@ pub struct CacheImport {
     pub location: CacheLocation,
 }
 
+/// Where the blobs of an imported cache are.
+#[derive(Debug)]
+enum Origin {
+    Local(PathBuf),
+    Registry(Reference),
+}
+
 /// A layer of an imported record: where its blob is and what the cache says of it.
 #[derive(Clone, Debug)]
 struct SourcedLayer {
-    dir: Arc<PathBuf>,
+    origin: Arc<Origin>,
     layer: LayerRef,
 }
 
+/// The registry client and the runtime its calls run on, from a blocking thread.
+#[derive(Clone)]
+pub(crate) struct Net {
+    pub registry: kiln_registry::Registry,
+    pub handle: tokio::runtime::Handle,
+}
+
+impl Net {
+    fn block<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, kiln_registry::Error>>,
+    ) -> Result<T, String> {
+        self.handle.block_on(fut).map_err(|e| e.to_string())
+    }
+}
+
 /// The records of every `--cache-from`, the first source naming a key winning.
-#[derive(Default)]
 pub(crate) struct Imported {
     records: HashMap<Digest, Vec<SourcedLayer>>,
+    net: Net,
 }
 
 impl Imported {
-    /// Reads every source; a source that cannot be read is a warning (returned), as in
-    /// BuildKit.
-    pub(crate) fn read(imports: &[CacheImport]) -> (Self, Vec<String>) {
-        let mut imported = Imported::default();
+    /// No records.
+    pub(crate) fn empty(net: Net) -> Self {
+        Imported {
+            records: HashMap::new(),
+            net,
+        }
+    }
+
+    /// Reads every source (from a blocking thread); a source that cannot be read is a
+    /// warning (returned), as in BuildKit. Only manifests and configs are read.
+    pub(crate) fn read(imports: &[CacheImport], net: Net, store: &Store) -> (Self, Vec<String>) {
+        let mut imported = Imported::empty(net);
         let mut warnings = Vec::new();
         for import in imports {
-            match &import.location {
-                CacheLocation::Local { dir, tag } => match layout::read_cache(dir, tag) {
-                    Ok(records) => {
-                        let dir = Arc::new(dir.clone());
-                        for (key, layers) in records {
-                            let layers = layers
-                                .into_iter()
-                                .map(|layer| SourcedLayer {
-                                    dir: dir.clone(),
-                                    layer,
-                                })
-                                .collect();
-                            imported.records.entry(key).or_insert(layers);
-                        }
+            let (origin, found) = match &import.location {
+                CacheLocation::Local { dir, tag } => (
+                    Origin::Local(dir.clone()),
+                    layout::read_cache(dir, tag).map_err(|why| {
+                        format!(
+                            "local cache import at {} not found due to err: {why}",
+                            dir.display()
+                        )
+                    }),
+                ),
+                CacheLocation::Registry { reference } => (
+                    Origin::Registry(reference.clone()),
+                    read_registry(&imported.net, reference, store).map_err(|why| {
+                        format!("failed to import cache from registry {reference}: {why}")
+                    }),
+                ),
+            };
+            match found {
+                Ok(records) => {
+                    let origin = Arc::new(origin);
+                    for (key, layers) in records {
+                        let layers = layers
+                            .into_iter()
+                            .map(|layer| SourcedLayer {
+                                origin: origin.clone(),
+                                layer,
+                            })
+                            .collect();
+                        imported.records.entry(key).or_insert(layers);
                     }
-                    Err(why) => warnings.push(format!(
-                        "local cache import at {} not found due to err: {why}",
-                        dir.display()
-                    )),
-                },
+                }
+                Err(warning) => warnings.push(warning),
             }
         }
         (imported, warnings)
@@ -176,7 +226,7 @@ impl Imported {
         };
         let mut snapshot = Snapshot::default();
         for l in layers {
-            snapshot.layers.push(import_layer(store, l)?);
+            snapshot.layers.push(self.import_layer(store, l)?);
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -192,42 +242,89 @@ impl Imported {
             .map_err(|e| e.to_string())?;
         Ok(Some(snapshot))
     }
+
+    /// Puts the blob of `l` into the store (checked against its digest) unless it is there.
+    fn fetch(&self, store: &Store, l: &SourcedLayer) -> Result<(), String> {
+        let LayerRef {
+            digest,
+            media_type,
+            size,
+            ..
+        } = &l.layer;
+        if store.has_blob(digest) {
+            return Ok(());
+        }
+        match &*l.origin {
+            Origin::Local(dir) => {
+                let path = layout::blob_path(dir, digest);
+                let mut w = store.blob_writer().map_err(|e| e.to_string())?;
+                layout::copy_verified(&path, digest, &mut w)?;
+                w.commit(Some(digest)).map_err(|e| e.to_string())?;
+            }
+            Origin::Registry(r) => {
+                let desc = Descriptor::new(media_type, *digest, *size);
+                self.net
+                    .block(self.net.registry.fetch_blobs(r, &[desc], store))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn import_layer(&self, store: &Store, l: &SourcedLayer) -> Result<LayerId, String> {
+        let LayerRef {
+            digest,
+            media_type,
+            diff_id,
+            ..
+        } = &l.layer;
+        if let Some(id) = diff_id
+            .as_ref()
+            .map(|d| store.layer_by_diff_id(d))
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .flatten()
+        {
+            return Ok(id);
+        }
+        self.fetch(store, l)?;
+        let imported = store
+            .import_layer(digest, media_type)
+            .map_err(|e| e.to_string())?;
+        if let Some(want) = diff_id {
+            if *want != imported.diff_id {
+                return Err(format!(
+                    "layer {digest} unpacks to {}, but the cache says {want}",
+                    imported.diff_id
+                ));
+            }
+        }
+        Ok(imported.id)
+    }
 }
 
-fn import_layer(store: &Store, l: &SourcedLayer) -> Result<LayerId, String> {
-    let LayerRef {
-        digest,
-        media_type,
-        diff_id,
-        ..
-    } = &l.layer;
-    if let Some(id) = diff_id
-        .as_ref()
-        .map(|d| store.layer_by_diff_id(d))
-        .transpose()
-        .map_err(|e| e.to_string())?
-        .flatten()
-    {
-        return Ok(id);
+/// The records of the cache manifest `r` names in its registry: the manifest and the config
+/// blob are fetched (checked), no layer.
+fn read_registry(net: &Net, r: &Reference, store: &Store) -> Result<format::Records, String> {
+    let (_, manifest) = net.block(net.registry.fetch_manifest(r))?;
+    let (config_desc, layers) = format::parse_manifest(&manifest)?;
+    if config_desc.size > layout::MAX_CONFIG_BYTES {
+        return Err(format!(
+            "cache config {} is {} bytes, more than kiln reads ({})",
+            config_desc.digest,
+            config_desc.size,
+            layout::MAX_CONFIG_BYTES
+        ));
     }
-    if !store.has_blob(digest) {
-        let path = layout::blob_path(&l.dir, digest);
-        let mut w = store.blob_writer().map_err(|e| e.to_string())?;
-        layout::copy_verified(&path, digest, &mut w)?;
-        w.commit(Some(digest)).map_err(|e| e.to_string())?;
-    }
-    let imported = store
-        .import_layer(digest, media_type)
+    net.block(
+        net.registry
+            .fetch_blobs(r, std::slice::from_ref(&config_desc), store),
+    )?;
+    let bytes = store
+        .read_blob(&config_desc.digest)
         .map_err(|e| e.to_string())?;
-    if let Some(want) = diff_id {
-        if *want != imported.diff_id {
-            return Err(format!(
-                "layer {digest} unpacks to {}, but the cache says {want}",
-                imported.diff_id
-            ));
-        }
-    }
-    Ok(imported.id)
+    let config: format::CacheConfig = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("cache config {}: {e}", config_desc.digest))?;
+    Ok(format::records(&config, &layers))
 }
 
 /// What a build's steps produced, for `--cache-to`: each vertex's key, and each key's result
@@ -263,24 +360,39 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A layer of an exported record: in the store, or only in an imported cache.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 enum Source {
     Store(LayerId),
-    Imported(PathBuf, LayerRef),
+    Imported(SourcedLayer),
 }
+
+impl PartialEq for Source {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Source::Store(a), Source::Store(b)) => a == b,
+            (Source::Imported(a), Source::Imported(b)) => a.layer.digest == b.layer.digest,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Source {}
 
 /// Reads every `--cache-from` (off the async threads); what cannot be read becomes a warning.
 pub(crate) async fn read_imports(
     imports: &[CacheImport],
+    net: Net,
+    store: Store,
     warnings: &mut Vec<Diagnostic>,
 ) -> Result<Arc<Imported>, Error> {
     if imports.is_empty() {
-        return Ok(Arc::new(Imported::default()));
+        return Ok(Arc::new(Imported::empty(net)));
     }
     let imports = imports.to_vec();
-    let (imported, found) = tokio::task::spawn_blocking(move || Imported::read(&imports))
-        .await
-        .map_err(|e| Error::Unsupported(format!("cache import task failed: {e}")))?;
+    let (imported, found) =
+        tokio::task::spawn_blocking(move || Imported::read(&imports, net, &store))
+            .await
+            .map_err(|e| Error::Unsupported(format!("cache import task failed: {e}")))?;
     warnings.extend(found.into_iter().map(diagnostic));
     Ok(Arc::new(imported))
 }
@@ -318,6 +430,9 @@ pub(crate) async fn export_all(
         let name = match &spec.location {
             CacheLocation::Local { dir, .. } => {
                 format!("exporting cache to client directory {}", dir.display())
+            }
+            CacheLocation::Registry { reference } => {
+                format!("exporting cache to registry {reference}")
             }
         };
         progress.send(Event::Started {
@@ -418,7 +533,7 @@ fn export(input: &ExportCx, spec: &CacheExport) -> Result<(), Error> {
             let layer = match blob_of.get(s) {
                 Some(l) => l.clone(),
                 None => {
-                    let (layer, path, verify) = blob(&input.store, s, spec)?;
+                    let (layer, path, verify) = blob(input, s, spec)?;
                     if !blobs.iter().any(|(d, _, _)| d.digest == layer.digest) {
                         let mut d = Descriptor::new(&layer.media_type, layer.digest, layer.size);
                         if let Some(id) = layer.diff_id {
@@ -453,6 +568,39 @@ fn export(input: &ExportCx, spec: &CacheExport) -> Result<(), Error> {
                 spec.oci_mediatypes,
             )?;
         }
+        CacheLocation::Registry { reference } => {
+            let fail = |message: String| Error::CacheExport {
+                dest: reference.to_string(),
+                message,
+            };
+            if spec.image_manifest && !spec.oci_mediatypes {
+                return Err(fail(
+                    "image-manifest=true needs oci-mediatypes=true".to_owned(),
+                ));
+            }
+            let bytes = serde_json::to_vec(&config).expect("a cache config always serializes");
+            let config_desc = Descriptor::new(
+                format::MEDIA_TYPE_CACHE_CONFIG,
+                input.store.write_blob(&bytes)?,
+                bytes.len() as u64,
+            );
+            let layers: Vec<Descriptor> = blobs.into_iter().map(|(d, _, _)| d).collect();
+            let mut upload: Vec<(Digest, u64)> =
+                layers.iter().map(|d| (d.digest, d.size)).collect();
+            upload.push((config_desc.digest, config_desc.size));
+            let (media_type, manifest) = format::manifest(
+                config_desc,
+                layers,
+                spec.image_manifest,
+                spec.oci_mediatypes,
+            );
+            let net = &input.imported.net;
+            net.block(
+                net.registry
+                    .push(reference, &upload, &manifest, &media_type, &input.store),
+            )
+            .map_err(fail)?;
+        }
     }
     Ok(())
 }
@@ -461,7 +609,7 @@ impl std::hash::Hash for Source {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
         match self {
             Source::Store(id) => id.hash(h),
-            Source::Imported(_, l) => l.digest.hash(h),
+            Source::Imported(l) => l.layer.digest.hash(h),
         }
     }
 }
@@ -489,18 +637,21 @@ fn result_of(input: &ExportCx, key: &Digest) -> Result<Option<Vec<Source>>, Erro
             };
             Ok(match local {
                 Some(id) => Source::Store(id),
-                None => {
-                    Source::Imported(layout::blob_path(&l.dir, &l.layer.digest), l.layer.clone())
-                }
+                None => Source::Imported(l.clone()),
             })
         })
         .collect::<Result<Vec<_>, Error>>()
         .map(Some)
 }
 
-/// The blob of one layer in the export's compression and media types, its file, and whether
-/// that file must be checked when copied (it is not the store's).
-fn blob(store: &Store, s: &Source, spec: &CacheExport) -> Result<(LayerRef, PathBuf, bool), Error> {
+/// The blob of one layer in the export's compression and media types, and its file in the
+/// store (a layer only in an imported cache is fetched into the store first, and checked).
+fn blob(
+    input: &ExportCx,
+    s: &Source,
+    spec: &CacheExport,
+) -> Result<(LayerRef, PathBuf, bool), Error> {
+    let store = &input.store;
     let (mut layer, path, verify) = match s {
         Source::Store(id) => {
             let c = match spec.compression {
@@ -520,7 +671,16 @@ fn blob(store: &Store, s: &Source, spec: &CacheExport) -> Result<(LayerRef, Path
                 false,
             )
         }
-        Source::Imported(path, l) => (l.clone(), path.clone(), true),
+        Source::Imported(l) => {
+            input
+                .imported
+                .fetch(store, l)
+                .map_err(|message| Error::CacheExport {
+                    dest: spec.location.to_string(),
+                    message,
+                })?;
+            (l.layer.clone(), store.blob_path(&l.layer.digest), false)
+        }
     };
     if !spec.oci_mediatypes {
         layer.media_type = match layer.media_type.as_str() {

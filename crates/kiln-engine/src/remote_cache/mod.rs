@@ -224,6 +224,28 @@ impl Imported {
         let Some(layers) = self.records.get(key) else {
             return Ok(None);
         };
+        // The blobs a registry must send are asked for together, so that they come several
+        // at once over one session (a chain of 30 RUN layers is 30 blobs).
+        let mut wanted: Vec<(&Reference, Descriptor)> = Vec::new();
+        for l in layers {
+            if let Origin::Registry(r) = &*l.origin {
+                if self.local_layer(store, l)?.is_none() && !store.has_blob(&l.layer.digest) {
+                    let desc = Descriptor::new(&l.layer.media_type, l.layer.digest, l.layer.size);
+                    wanted.push((r, desc));
+                }
+            }
+        }
+        let mut origins: Vec<&Reference> = wanted.iter().map(|(r, _)| *r).collect();
+        origins.dedup();
+        for r in origins {
+            let descs: Vec<Descriptor> = wanted
+                .iter()
+                .filter(|(o, _)| *o == r)
+                .map(|(_, d)| d.clone())
+                .collect();
+            self.net
+                .block(self.net.registry.fetch_blobs(r, &descs, store))?;
+        }
         let mut snapshot = Snapshot::default();
         for l in layers {
             snapshot.layers.push(self.import_layer(store, l)?);
@@ -270,6 +292,14 @@ impl Imported {
         Ok(())
     }
 
+    /// The layer of the store with the diff id the cache gives `l`, if there is one.
+    fn local_layer(&self, store: &Store, l: &SourcedLayer) -> Result<Option<LayerId>, String> {
+        match &l.layer.diff_id {
+            Some(d) => store.layer_by_diff_id(d).map_err(|e| e.to_string()),
+            None => Ok(None),
+        }
+    }
+
     fn import_layer(&self, store: &Store, l: &SourcedLayer) -> Result<LayerId, String> {
         let LayerRef {
             digest,
@@ -277,13 +307,7 @@ impl Imported {
             diff_id,
             ..
         } = &l.layer;
-        if let Some(id) = diff_id
-            .as_ref()
-            .map(|d| store.layer_by_diff_id(d))
-            .transpose()
-            .map_err(|e| e.to_string())?
-            .flatten()
-        {
+        if let Some(id) = self.local_layer(store, l)? {
             return Ok(id);
         }
         self.fetch(store, l)?;

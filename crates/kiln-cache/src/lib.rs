@@ -10,11 +10,14 @@ use std::path::Path;
 
 use kiln_snapshot::{Snapshot, Store};
 use kiln_types::Digest;
-use redb::{ReadableDatabase, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 const RESULTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("results");
 const STAT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("stat");
+/// GC's bookkeeping per result key ([`RecordUse`]), beside the records so that their encoding
+/// stays what it was.
+const USAGE: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("usage");
 
 /// Errors of the cache index.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,14 @@ pub enum Error {
         path: String,
         /// Why.
         source: Box<redb::Error>,
+    },
+    /// The store's use lock could not be taken.
+    #[error("cache index {path}: {source}")]
+    Store {
+        /// The index file.
+        path: String,
+        /// Why.
+        source: kiln_snapshot::Error,
     },
     /// A record that cannot be decoded.
     #[error("cache index {path}: corrupt record: {source}")]
@@ -47,6 +58,38 @@ pub struct CacheRecord {
     pub snapshot: Snapshot,
     /// When it was recorded (seconds since the epoch), for GC.
     pub created_unix: u64,
+}
+
+/// How a cache record has been used, for garbage collection (least recently used first) and
+/// `kiln du`. Every field defaults, so that a record written before it existed reads as never
+/// used since it was created.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordUse {
+    /// Last time a build produced or reused it (milliseconds since the epoch, so that the
+    /// steps of one build keep their order); 0: never recorded.
+    #[serde(default)]
+    pub last_used_ms: u64,
+    /// How many builds produced or reused it.
+    #[serde(default)]
+    pub usage_count: u64,
+    /// The step that produced it (`[2/3] RUN make`).
+    #[serde(default)]
+    pub description: String,
+    /// What kind of result it is, with BuildKit's record type names (`regular`,
+    /// `source.local`, `source.git.checkout`...).
+    #[serde(default)]
+    pub kind: String,
+}
+
+/// A record with its use, as GC lists them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedRecord {
+    /// The cache key.
+    pub key: Digest,
+    /// The record.
+    pub record: CacheRecord,
+    /// Its use.
+    pub usage: RecordUse,
 }
 
 /// What the stat cache remembers of one context file.
@@ -81,6 +124,9 @@ pub struct CacheIndex {
 struct Held {
     db: Option<redb::Database>,
     last_used: Option<std::time::Instant>,
+    /// Keys found by [`CacheIndex::get`] since the last [`CacheIndex::flush_use`]: their use
+    /// is written once per build, not once per lookup.
+    hits: std::collections::BTreeSet<[u8; 32]>,
 }
 
 /// How long to wait for another process to release the index before giving up.
@@ -101,6 +147,7 @@ impl CacheIndex {
             let tx = db.begin_write().map_err(|e| index.err(e))?;
             tx.open_table(RESULTS).map_err(|e| index.err(e))?;
             tx.open_table(STAT).map_err(|e| index.err(e))?;
+            tx.open_table(USAGE).map_err(|e| index.err(e))?;
             tx.commit().map_err(|e| index.err(e))
         })?;
         // Close the handle when idle; the thread ends with the index.
@@ -127,34 +174,199 @@ impl CacheIndex {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if held.db.is_none() {
-            let started = std::time::Instant::now();
-            let mut pause = std::time::Duration::from_millis(2);
-            held.db = Some(loop {
-                match redb::Database::create(&self.file) {
-                    Ok(db) => break db,
-                    Err(redb::DatabaseError::DatabaseAlreadyOpen)
-                        if started.elapsed() < LOCK_WAIT =>
-                    {
-                        std::thread::sleep(pause);
-                        pause = (pause * 2).min(std::time::Duration::from_millis(20));
-                    }
-                    Err(e) => return Err(db_err(&self.path, e)),
-                }
-            });
+            held.db = Some(self.open_waiting()?);
         }
         held.last_used = Some(std::time::Instant::now());
         let db = held.db.as_ref().expect("opened just above");
         f(db)
     }
 
+    /// Opens the file, waiting while another process holds it.
+    fn open_waiting(&self) -> Result<redb::Database> {
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(2);
+        loop {
+            match redb::Database::create(&self.file) {
+                Ok(db) => return Ok(db),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(db_err(&self.path, e)),
+            }
+        }
+    }
+
     fn err(&self, e: impl Into<redb::Error>) -> Error {
         db_err(&self.path, e)
     }
 
-    /// The record for `key`, if present and all its layers still exist in `store`.
+    /// The record for `key`, if present and all its layers still exist in `store`. A hit is
+    /// remembered as a use, written by [`CacheIndex::flush_use`].
+    ///
+    /// The layers of a hit are touched under the store's use lock, so that a collector running
+    /// at the same time spares them while this build runs (`kiln_snapshot::gc`).
     pub fn get(&self, store: &Store, key: &Digest) -> Result<Option<CacheRecord>> {
         let rec = self.with_db(|db| self.read_record(db, key))?;
-        Ok(rec.filter(|rec| rec.snapshot.layers.iter().all(|l| store.has_layer(l))))
+        let Some(rec) = rec else { return Ok(None) };
+        let _taking = store.use_lock().map_err(|source| Error::Store {
+            path: self.path.clone(),
+            source,
+        })?;
+        if !rec.snapshot.layers.iter().all(|l| store.has_layer(l)) {
+            return Ok(None);
+        }
+        for layer in &rec.snapshot.layers {
+            // A store this process may not write (another user's) is only read: no touch.
+            let _ = store.touch_layer(layer);
+        }
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .hits
+            .insert(*key.as_bytes());
+        Ok(Some(rec))
+    }
+
+    /// Records what `key` produced, with its use (durably, in one transaction).
+    pub fn put_used(&self, key: &Digest, rec: &CacheRecord, usage: &RecordUse) -> Result<()> {
+        let bytes = self.encode(rec)?;
+        let use_bytes = self.encode(usage)?;
+        self.with_db(|db| {
+            let tx = db.begin_write().map_err(|e| self.err(e))?;
+            {
+                let mut table = tx.open_table(RESULTS).map_err(|e| self.err(e))?;
+                table
+                    .insert(key.as_bytes().as_slice(), bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+                let mut table = tx.open_table(USAGE).map_err(|e| self.err(e))?;
+                table
+                    .insert(key.as_bytes().as_slice(), use_bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            tx.commit().map_err(|e| self.err(e))
+        })
+    }
+
+    fn encode(&self, value: &impl Serialize) -> Result<Vec<u8>> {
+        serde_json::to_vec(value).map_err(|source| Error::Corrupt {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Writes the use of every key [`CacheIndex::get`] found since the last call: last used
+    /// `now_ms` (milliseconds since the epoch), one more use. One transaction.
+    pub fn flush_use(&self, now_ms: u64) -> Result<()> {
+        let hits = std::mem::take(
+            &mut self
+                .held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .hits,
+        );
+        if hits.is_empty() {
+            return Ok(());
+        }
+        self.with_db(|db| {
+            let tx = db.begin_write().map_err(|e| self.err(e))?;
+            {
+                let mut table = tx.open_table(USAGE).map_err(|e| self.err(e))?;
+                for key in &hits {
+                    let mut usage: RecordUse = table
+                        .get(key.as_slice())
+                        .map_err(|e| self.err(e))?
+                        .and_then(|v| serde_json::from_slice(v.value()).ok())
+                        .unwrap_or_default();
+                    usage.last_used_ms = usage.last_used_ms.max(now_ms);
+                    usage.usage_count += 1;
+                    let bytes = self.encode(&usage)?;
+                    table
+                        .insert(key.as_slice(), bytes.as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            tx.commit().map_err(|e| self.err(e))
+        })
+    }
+
+    /// Every record with its use (a record whose use was never written gets its creation time
+    /// as last use). Records that do not decode are listed with an empty snapshot, so that GC
+    /// can remove them.
+    pub fn list(&self) -> Result<Vec<ListedRecord>> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(|e| self.err(e))?;
+            let results = tx.open_table(RESULTS).map_err(|e| self.err(e))?;
+            let usage = tx.open_table(USAGE).map_err(|e| self.err(e))?;
+            let mut out = Vec::new();
+            for entry in results.iter().map_err(|e| self.err(e))? {
+                let (k, v) = entry.map_err(|e| self.err(e))?;
+                let Ok(bytes) = <[u8; 32]>::try_from(k.value()) else {
+                    continue;
+                };
+                let record: CacheRecord =
+                    serde_json::from_slice(v.value()).unwrap_or(CacheRecord {
+                        snapshot: Snapshot::default(),
+                        created_unix: 0,
+                    });
+                let mut used: RecordUse = usage
+                    .get(k.value())
+                    .map_err(|e| self.err(e))?
+                    .and_then(|u| serde_json::from_slice(u.value()).ok())
+                    .unwrap_or_default();
+                if used.last_used_ms == 0 {
+                    used.last_used_ms = record.created_unix.saturating_mul(1000);
+                }
+                out.push(ListedRecord {
+                    key: Digest::from_bytes(bytes),
+                    record,
+                    usage: used,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Removes the records (and their use) of `keys`, in one transaction.
+    pub fn remove(&self, keys: &[Digest]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.with_db(|db| {
+            let tx = db.begin_write().map_err(|e| self.err(e))?;
+            {
+                let mut results = tx.open_table(RESULTS).map_err(|e| self.err(e))?;
+                let mut usage = tx.open_table(USAGE).map_err(|e| self.err(e))?;
+                for key in keys {
+                    results
+                        .remove(key.as_bytes().as_slice())
+                        .map_err(|e| self.err(e))?;
+                    usage
+                        .remove(key.as_bytes().as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            tx.commit().map_err(|e| self.err(e))
+        })
+    }
+
+    /// Empties the stat cache (the next build hashes its context files again), then gives the
+    /// file's free pages back to the disk. For `kiln prune --all`.
+    pub fn clear_stat_and_compact(&self) -> Result<()> {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Compaction needs the only handle: open one here, as `with_db` does.
+        held.db = None;
+        let mut db = self.open_waiting()?;
+        let tx = db.begin_write().map_err(|e| self.err(e))?;
+        tx.delete_table(STAT).map_err(|e| self.err(e))?;
+        tx.open_table(STAT).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        // Compaction stops at a page a reader holds; it is retried until it has nothing to do.
+        while db.compact().map_err(|e| self.err(e))? {}
+        Ok(())
     }
 
     fn read_record(&self, db: &redb::Database, key: &Digest) -> Result<Option<CacheRecord>> {
@@ -305,6 +517,75 @@ mod tests {
         assert_eq!(
             idx.stat_get_many(&["a".into(), "b".into()]).unwrap(),
             vec![Some(s), None]
+        );
+    }
+
+    #[test]
+    fn use_is_kept_beside_records_and_records_can_be_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path().join("store")).unwrap();
+        let idx = CacheIndex::open(&t.path().join("cache.redb")).unwrap();
+        let rec = |n| CacheRecord {
+            snapshot: Snapshot { layers: vec![] },
+            created_unix: n,
+        };
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let made = RecordUse {
+            last_used_ms: 100_000,
+            usage_count: 1,
+            description: "RUN make".into(),
+            kind: "regular".into(),
+        };
+        idx.put_used(&a, &rec(100), &made).unwrap();
+        // A record written without its use (an older kiln): last used when it was created.
+        idx.put(&b, &rec(50)).unwrap();
+        idx.get(&store, &a).unwrap().unwrap();
+        idx.get(&store, &a).unwrap().unwrap();
+        idx.flush_use(200_000).unwrap();
+        idx.flush_use(300_000).unwrap(); // nothing found since: nothing changes
+        let mut listed = idx.list().unwrap();
+        listed.sort_by_key(|l| l.record.created_unix);
+        assert_eq!(listed[0].key, b);
+        assert_eq!(listed[0].usage.last_used_ms, 50_000);
+        assert_eq!(listed[0].usage.usage_count, 0);
+        assert_eq!(listed[1].key, a);
+        assert_eq!(
+            listed[1].usage,
+            RecordUse {
+                last_used_ms: 200_000,
+                usage_count: 2,
+                ..made
+            }
+        );
+        idx.remove(&[a]).unwrap();
+        assert_eq!(idx.get(&store, &a).unwrap(), None);
+        assert_eq!(idx.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn clearing_the_stat_cache_gives_the_space_back() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("cache.redb");
+        let idx = CacheIndex::open(&file).unwrap();
+        let s = StatRecord {
+            ino: 1,
+            size: 2,
+            mtime_ns: 3,
+            ctime_ns: 4,
+            hash: Digest::of(b"x"),
+        };
+        let many: Vec<(String, StatRecord)> = (0..20_000)
+            .map(|i| (format!("some/context/path/{i:08}"), s.clone()))
+            .collect();
+        idx.stat_put_many(&many).unwrap();
+        let full = std::fs::metadata(&file).unwrap().len();
+        idx.clear_stat_and_compact().unwrap();
+        let after = std::fs::metadata(&file).unwrap().len();
+        assert!(after < full / 2, "{after} of {full}");
+        assert_eq!(
+            idx.stat_get_many(&["some/context/path/00000001".into()])
+                .unwrap(),
+            vec![None]
         );
     }
 }

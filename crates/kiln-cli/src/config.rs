@@ -149,6 +149,11 @@ pub struct Config {
     pub executor: Setting<Executor>,
     /// Steps run at once; `None`: the engine's default.
     pub max_parallelism: Setting<Option<NonZeroUsize>>,
+    /// Garbage collection after each build (`[worker] gc`).
+    pub gc: Setting<bool>,
+    /// The size the collection keeps the store under (`[worker] gckeepstorage`); `None`: 10 %
+    /// of the store's disk, at most 20 GB.
+    pub gc_keep_storage: Setting<Option<KeepStorage>>,
     /// Registry hosts with settings, by host.
     pub registries: BTreeMap<String, RegistrySettings>,
 }
@@ -233,6 +238,53 @@ struct PluginsTable {
 struct WorkerTable {
     executor: Option<Executor>,
     max_parallelism: Option<NonZeroUsize>,
+    // buildkitd.toml's `[worker.oci]` names, kept as they are there.
+    gc: Option<bool>,
+    gckeepstorage: Option<KeepStorage>,
+}
+
+/// `gckeepstorage`, as buildkitd.toml's disk space values: a number of bytes, a size with a
+/// unit (`"5GB"`, docker's binary units), or a percentage of the store's disk (`"10%"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawKeepStorage")]
+pub enum KeepStorage {
+    /// Bytes.
+    Bytes(u64),
+    /// Percent of the file system holding the store.
+    Percent(u8),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawKeepStorage {
+    Int(u64),
+    Text(String),
+}
+
+impl TryFrom<RawKeepStorage> for KeepStorage {
+    type Error = String;
+    fn try_from(raw: RawKeepStorage) -> Result<Self, String> {
+        let text = match raw {
+            RawKeepStorage::Int(n) => return Ok(KeepStorage::Bytes(n)),
+            RawKeepStorage::Text(t) => t,
+        };
+        if let Some(p) = text.strip_suffix('%') {
+            return match p.trim().parse::<u8>() {
+                Ok(p @ 1..=100) => Ok(KeepStorage::Percent(p)),
+                _ => Err(format!(
+                    "gckeepstorage {text:?}: a percentage of the disk is 1% to 100%"
+                )),
+            };
+        }
+        kiln_types::size::parse_ram_size(&text)
+            .map(KeepStorage::Bytes)
+            .ok_or_else(|| {
+                format!(
+                    "gckeepstorage {text:?}: expected a size (\"5GB\", bytes as a number) or a \
+                     percentage of the disk (\"10%\")"
+                )
+            })
+    }
 }
 
 /// A mirror, checked as it is read so that a bad one is reported at its position.
@@ -370,6 +422,8 @@ impl Config {
             plugin_dirs: Setting::default(Vec::new()),
             executor: Setting::default(Executor::Embedded),
             max_parallelism: Setting::default(None),
+            gc: Setting::default(true),
+            gc_keep_storage: Setting::default(None),
             registries: BTreeMap::new(),
         };
         if let Some(path) = inputs.config_flag {
@@ -442,6 +496,12 @@ impl Config {
             if let Some(n) = worker.max_parallelism {
                 self.max_parallelism.set(Some(n), source.clone());
             }
+            if let Some(gc) = worker.gc {
+                self.gc.set(gc, source.clone());
+            }
+            if let Some(keep) = worker.gckeepstorage {
+                self.gc_keep_storage.set(Some(keep), source.clone());
+            }
         }
         for (host, table) in file.registry {
             let host = host.into_inner();
@@ -468,6 +528,19 @@ impl Config {
         let mut dirs = self.plugin_dirs.value.clone();
         dirs.extend(flag_dirs.iter().cloned());
         dirs
+    }
+
+    /// The collection after each build, as the engine takes it.
+    pub fn gc_policy(&self) -> kiln_engine::gc::GcPolicy {
+        kiln_engine::gc::GcPolicy {
+            enabled: self.gc.value,
+            keep_storage: self.gc_keep_storage.value.map(|k| match k {
+                KeepStorage::Bytes(n) => n,
+                KeepStorage::Percent(p) => {
+                    kiln_engine::gc::keep_storage_percent(&self.root.value, p)
+                }
+            }),
+        }
     }
 
     /// The registry settings as the engine takes them.
@@ -508,6 +581,20 @@ impl Config {
                     .value
                     .map_or_else(kiln_engine::default_concurrency, NonZeroUsize::get)),
                 &self.max_parallelism.source,
+            ),
+            (
+                "worker.gc".to_owned(),
+                json!(self.gc.value),
+                &self.gc.source,
+            ),
+            (
+                "worker.gckeepstorage".to_owned(),
+                match self.gc_keep_storage.value {
+                    Some(KeepStorage::Percent(p)) => json!(format!("{p}%")),
+                    Some(KeepStorage::Bytes(n)) => json!(n),
+                    None => json!(kiln_engine::gc::default_keep_storage(&self.root.value)),
+                },
+                &self.gc_keep_storage.source,
             ),
         ];
         for (host, r) in &self.registries {
@@ -679,6 +766,8 @@ mod tests {
         assert_eq!(c.root.source, Source::Default);
         assert_eq!(c.executor, Setting::default(Executor::Embedded));
         assert_eq!(c.max_parallelism, Setting::default(None));
+        assert_eq!(c.gc, Setting::default(true));
+        assert_eq!(c.gc_keep_storage, Setting::default(None));
         assert!(c.registries.is_empty());
     }
 
@@ -939,5 +1028,40 @@ mod tests {
             "127.0.0.1:5000"
         );
         assert_eq!(j["files"][1]["read"], true);
+    }
+
+    #[test]
+    fn gc_keys_follow_buildkitd_names_and_units() {
+        let env = Env::new();
+        env.write(
+            &env.user(),
+            "[worker]\ngc = false\ngckeepstorage = \"5GB\"\n",
+        );
+        let c = env.load();
+        assert!(!c.gc.value);
+        assert_eq!(c.gc_keep_storage.value, Some(KeepStorage::Bytes(5 << 30)));
+        assert_eq!(c.gc_keep_storage.source, Source::File(env.user()));
+        let policy = c.gc_policy();
+        assert!(!policy.enabled);
+        assert_eq!(policy.keep_storage, Some(5 << 30));
+        assert!(c.show_text().contains("worker.gckeepstorage = 5368709120"));
+
+        env.write(&env.user(), "[worker]\ngckeepstorage = 8000000\n");
+        assert_eq!(
+            env.load().gc_keep_storage.value,
+            Some(KeepStorage::Bytes(8_000_000))
+        );
+        env.write(&env.user(), "[worker]\ngckeepstorage = \"10%\"\n");
+        let c = env.load();
+        assert_eq!(c.gc_keep_storage.value, Some(KeepStorage::Percent(10)));
+        assert!(c.gc_policy().keep_storage.is_some_and(|n| n > 0));
+        assert!(c.show_text().contains("worker.gckeepstorage = \"10%\""));
+
+        env.write(&env.user(), "[worker]\ngckeepstorage = \"lots\"\n");
+        let e = env.load_with(None, None).unwrap_err().to_string();
+        assert!(
+            e.contains(":2:") && e.contains("gckeepstorage \"lots\""),
+            "{e}"
+        );
     }
 }

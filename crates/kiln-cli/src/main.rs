@@ -8,6 +8,7 @@
 mod cache_spec;
 mod call;
 mod config;
+mod du;
 mod explain;
 mod flags;
 mod generate;
@@ -64,6 +65,10 @@ enum Command {
         command: config::ConfigCommand,
     },
     Generate(generate::GenerateArgs),
+    /// Disk usage of the store: each cache record, cache mount and blob, with a total.
+    Du(du::DuArgs),
+    /// Remove build cache (least recently used first; nothing a running build uses).
+    Prune(du::PruneArgs),
 }
 
 #[derive(Subcommand)]
@@ -266,6 +271,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Build(args) => build(&config()?, *args),
         Command::Config { command } => config::run(&command, &config()?),
         Command::Generate(args) => generate::run(&args),
+        Command::Du(args) => du::du(&config()?.root.value, &args),
+        Command::Prune(args) => du::prune(&config()?.root.value, &args),
     }
 }
 
@@ -433,6 +440,7 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
             .map(std::num::NonZeroUsize::get),
         insecure_registries: args.insecure_registries.clone(),
         registries: settings.registry_hosts(),
+        gc: settings.gc_policy(),
     })
     .context("opening the kiln store")?;
     for r in engine.plugins().refused() {

@@ -246,6 +246,7 @@ impl Executor<Digest> for OpExecutor {
         cx: &ExecContext<Digest>,
     ) -> Result<Snapshot, BoxError> {
         let vertex = self.vertex(v)?;
+        let used = crate::gc::record_use(&vertex);
         let env = self.env.clone();
         let cx = cx.clone();
         let snapshot = blocking(move || run(&env, &cx, &vertex.op, inputs)).await?;
@@ -254,12 +255,13 @@ impl Executor<Digest> for OpExecutor {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         // The layers are committed before the record that names them (crash safety).
-        self.index.put(
+        self.index.put_used(
             key,
             &CacheRecord {
                 snapshot: snapshot.clone(),
                 created_unix: now,
             },
+            &used,
         )?;
         self.tracker.result(*key, &snapshot);
         Ok(snapshot)
@@ -383,13 +385,16 @@ fn pull(
         env.registry.fetch_layers(&resolved, &env.store),
     )
     .ok_or(Error::Cancelled)??;
+    // A layer already in the store (another image's) is taken as a cache hit is: touched under
+    // the use lock, so that a collector spares it until its record exists (gc.rs).
+    let _taking = env.store.use_lock()?;
     let layers = resolved
         .layers
         .iter()
         .map(|l| {
-            env.store
-                .import_layer(&l.digest, &l.media_type)
-                .map(|i| i.id)
+            let layer = env.store.import_layer(&l.digest, &l.media_type)?;
+            let _ = env.store.touch_layer(&layer.id);
+            Ok::<_, kiln_snapshot::Error>(layer.id)
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Snapshot { layers })

@@ -10,6 +10,7 @@ mod exec;
 mod explain;
 mod export;
 mod fileop;
+pub mod gc;
 mod local;
 mod remote_cache;
 mod remote_context;
@@ -315,6 +316,8 @@ pub struct EngineConfig {
     pub insecure_registries: Vec<String>,
     /// Per-host registry settings (mirrors, http, insecure), from kiln.toml's `[registry]`.
     pub registries: BTreeMap<String, HostOptions>,
+    /// The collection after each build (kiln.toml `[worker] gc`, `gckeepstorage`).
+    pub gc: gc::GcPolicy,
 }
 
 /// The parallel steps allowed when [`EngineConfig::concurrency`] is `None`: four per core, at
@@ -543,6 +546,7 @@ pub struct Engine {
     concurrency: Option<usize>,
     cache_mounts: Arc<run::CacheMounts>,
     registry: kiln_registry::Registry,
+    gc: gc::GcPolicy,
 }
 
 /// Progress events of a build; the id is the vertex digest (or a synthetic one for internal
@@ -568,6 +572,7 @@ impl Engine {
                 docker_config: None,
                 hosts: config.registries.clone(),
             })?,
+            gc: config.gc,
         })
     }
 
@@ -583,6 +588,8 @@ impl Engine {
         progress: Arc<dyn ProgressSink<Digest>>,
         cancel: CancellationToken,
     ) -> Result<BuildOutcome, Error> {
+        // While it is held, a collector spares what this build takes and makes (gc.rs).
+        let lease = self.store.lease()?;
         let source = read_build_file(&req.dockerfile).map_err(|source| Error::Dockerfile {
             path: req.dockerfile.clone(),
             source,
@@ -875,6 +882,23 @@ impl Engine {
                 target: edge.vertex,
             };
             remote_cache::export_all(cx, &req.cache_to, progress.as_ref(), &mut warnings).await?;
+        }
+        // The store keeps itself: this build's cache uses are recorded, then, its lease ended,
+        // the store is collected down to its limit. A failure there fails no build.
+        drop(lease);
+        let (store, index, policy) = (self.store.clone(), self.index.clone(), self.gc);
+        let collected =
+            tokio::task::spawn_blocking(move || gc::after_build(&store, &index, &policy)).await;
+        let failed = match collected {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = failed {
+            warnings.push(Diagnostic {
+                message: format!("garbage collection of the store failed: {why}"),
+                location: None,
+            });
         }
         Ok(BuildOutcome {
             image,

@@ -205,6 +205,8 @@ impl CacheMounts {
         if !dir.is_dir() {
             create_cache_dir(&dir, new_dir, seed)?;
         }
+        // The lock file's mtime is the mount's last use, for GC (gc.rs).
+        let _ = lock.set_modified(std::time::SystemTime::now());
         Ok(CacheLease { dir, _lock: lock })
     }
 }

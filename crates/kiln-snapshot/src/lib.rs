@@ -11,6 +11,7 @@
 
 mod copy;
 mod format;
+pub mod gc;
 mod gzip;
 mod import;
 mod layer_tar;

@@ -1,0 +1,591 @@
+//! What garbage collection needs from the store: the size of every layer and blob (apparent
+//! sizes, as `du -sb` counts them), their deletion, and the protocol that keeps a running
+//! build's layers and blobs from being deleted under it.
+//!
+//! The protocol. A build holds a [`Lease`] while it runs: a file under `leases/` on which it
+//! keeps an exclusive `flock`, so the lease ends with the process, even one killed by SIGKILL.
+//! Everything a build uses is *recent*: the layers and blobs it writes are new, and every
+//! existing layer it takes from the cache is touched (its directory's mtime set to now) as it
+//! is taken. So a collector spares every layer and blob whose mtime is not older than the
+//! oldest live lease ([`Store::protected_since`]). Taking (a lookup plus the touch) and
+//! collecting (the choice plus the renames out of the store) exclude each other through one
+//! lock file, `gc.lock`: takers hold it shared, a collector exclusive.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use kiln_types::Digest;
+
+use crate::store::{LayerBlob, LayerId, Store};
+use crate::{io_err, Error, Result};
+
+/// Store entries that are not layers or blobs, and are not GC's own: named by what they are.
+const LEASES: &str = "leases";
+const GC_LOCK: &str = "gc.lock";
+/// The file caching a layer's `fs/` size (a committed layer's files never change).
+const SIZE_FILE: &str = "fs.size";
+/// A margin of safety: the lease's start and the layers' mtimes both come from the kernel's
+/// coarse file-system clock (a tick or two of error), but the wall clock may be stepped.
+const CLOCK_SLACK: Duration = Duration::from_millis(100);
+
+/// One layer as GC sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerUsage {
+    /// Bytes of the layer directory (files, metadata, the directories themselves).
+    pub size: u64,
+    /// The blobs recorded as its exported forms.
+    pub blobs: Vec<Digest>,
+    /// Last time it was written or taken by a build.
+    pub mtime: SystemTime,
+}
+
+/// One blob as GC sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobUsage {
+    /// Its size.
+    pub size: u64,
+    /// When it was written.
+    pub mtime: SystemTime,
+}
+
+/// The whole store, measured.
+#[derive(Clone, Debug, Default)]
+pub struct StoreUsage {
+    /// Every committed layer.
+    pub layers: BTreeMap<LayerId, LayerUsage>,
+    /// Every blob.
+    pub blobs: BTreeMap<Digest, BlobUsage>,
+    /// The store's own bookkeeping: its directories, the import indexes, leases, `tmp/`.
+    pub internal: u64,
+    /// The other top-level entries (the cache index, cache mounts...), by name, with their
+    /// sizes. Their owners break them down.
+    pub others: BTreeMap<OsString, u64>,
+}
+
+impl StoreUsage {
+    /// Everything, as `du -sb` of the store root counts it.
+    pub fn total(&self) -> u64 {
+        self.layers.values().map(|l| l.size).sum::<u64>()
+            + self.blobs.values().map(|b| b.size).sum::<u64>()
+            + self.internal
+            + self.others.values().sum::<u64>()
+    }
+}
+
+/// The apparent size of `path` and everything under it (symlinks not followed; a file with
+/// several links inside the tree counted once), as `du -sb` counts it. Entries that vanish
+/// while it walks count as nothing.
+pub fn tree_size(path: &Path) -> Result<u64> {
+    let mut seen = HashSet::new();
+    tree_size_in(path, &mut seen)
+}
+
+fn tree_size_in(path: &Path, seen: &mut HashSet<(u64, u64)>) -> Result<u64> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err("stat", path)(e)),
+    };
+    if !meta.is_dir() && meta.nlink() > 1 && !seen.insert((meta.dev(), meta.ino())) {
+        return Ok(0);
+    }
+    let mut size = meta.len();
+    if meta.is_dir() {
+        let entries = match fs::read_dir(path) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err("read directory", path)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err("read directory", path))?;
+            size += tree_size_in(&entry.path(), seen)?;
+        }
+    }
+    Ok(size)
+}
+
+/// A name no other process or call uses: pid, time, counter.
+fn unique_name() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{t}-{n}", std::process::id())
+}
+
+fn mtime(meta: &fs::Metadata) -> SystemTime {
+    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// A running build's claim on the store; see the module documentation. Dropped, it ends.
+#[derive(Debug)]
+pub struct Lease {
+    path: PathBuf,
+    _file: fs::File,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Removed before the lock goes with the file, so a collector never reads it as stale
+        // while this process still runs.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// The store-wide `gc.lock`, held shared by a build taking a layer and exclusively by a
+/// collector. Released when dropped.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: fs::File,
+}
+
+/// Where a collector moves what it deletes: out of the store's namespace at once (renames,
+/// under the lock), removed from disk after the lock is released. Removed when dropped.
+#[derive(Debug)]
+pub struct Trash {
+    dir: PathBuf,
+    n: u64,
+}
+
+impl Trash {
+    fn take(&mut self, path: &Path) -> Result<bool> {
+        self.n += 1;
+        let dest = self.dir.join(self.n.to_string());
+        match fs::rename(path, &dest) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("move to the trash", path)(e)),
+        }
+    }
+
+    /// Deletes what was moved here.
+    pub fn empty(self) -> Result<()> {
+        let dir = self.dir.clone();
+        drop(self);
+        if dir.exists() {
+            return Err(Error::Corrupt {
+                path: dir,
+                why: "the GC trash could not be removed".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Trash {
+    fn drop(&mut self) {
+        let _ = make_writable_and_remove(&self.dir);
+    }
+}
+
+/// `remove_dir_all`, after giving the owner write access to directories a layer made
+/// read-only (a non-root store cannot delete inside a `dr-x` directory otherwise).
+fn make_writable_and_remove(dir: &Path) -> std::io::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            fn open_up(p: &Path) {
+                use std::os::unix::fs::PermissionsExt;
+                let Ok(meta) = fs::symlink_metadata(p) else {
+                    return;
+                };
+                if meta.is_dir() {
+                    let mode = meta.permissions().mode() | 0o700;
+                    let _ = fs::set_permissions(p, fs::Permissions::from_mode(mode));
+                    if let Ok(entries) = fs::read_dir(p) {
+                        for e in entries.flatten() {
+                            open_up(&e.path());
+                        }
+                    }
+                }
+            }
+            open_up(dir);
+            fs::remove_dir_all(dir)
+        }
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err("open", path))
+}
+
+impl Store {
+    /// Starts a lease for a build; see the module documentation.
+    pub fn lease(&self) -> Result<Lease> {
+        let dir = self.root().join(LEASES);
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let path = dir.join(unique_name());
+        let file = open_lock_file(&path)?;
+        file.lock().map_err(io_err("lock", &path))?;
+        Ok(Lease { path, _file: file })
+    }
+
+    /// The time from which layers and blobs are spared because a running build may use them:
+    /// the start of the oldest live lease (less a margin), or `None` when no build runs.
+    /// Leases of processes that ended are removed.
+    pub fn protected_since(&self) -> Result<Option<SystemTime>> {
+        let dir = self.root().join(LEASES);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read directory", &dir)(e)),
+        };
+        let mut oldest: Option<SystemTime> = None;
+        for entry in entries {
+            let path = entry.map_err(io_err("read directory", &dir))?.path();
+            let Ok(file) = fs::File::open(&path) else {
+                continue; // ended meanwhile
+            };
+            let started = file.metadata().map(|m| mtime(&m));
+            match file.try_lock_shared() {
+                Ok(()) => {
+                    // Nobody holds it: its build ended without removing it (killed).
+                    let _ = fs::remove_file(&path);
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    let started = started.map_err(io_err("stat", &path))?;
+                    oldest = Some(oldest.map_or(started, |o| o.min(started)));
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &path)(e)),
+            }
+        }
+        Ok(oldest.map(|t| t.checked_sub(CLOCK_SLACK).unwrap_or(SystemTime::UNIX_EPOCH)))
+    }
+
+    /// Holds `gc.lock` shared: while it is held, no collector chooses or moves anything.
+    pub fn use_lock(&self) -> Result<StoreLock> {
+        let path = self.root().join(GC_LOCK);
+        let file = open_lock_file(&path)?;
+        file.lock_shared().map_err(io_err("lock", &path))?;
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Holds `gc.lock` exclusively, for a collector.
+    pub fn gc_lock(&self) -> Result<StoreLock> {
+        let path = self.root().join(GC_LOCK);
+        let file = open_lock_file(&path)?;
+        file.lock().map_err(io_err("lock", &path))?;
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Marks a layer as used now, so that a collector spares it while this build runs. Call
+    /// it under [`Store::use_lock`], before relying on the layer.
+    pub fn touch_layer(&self, id: &LayerId) -> Result<()> {
+        let dir = self.root().join("layers").join(&id.0);
+        let now = nix::sys::time::TimeSpec::UTIME_NOW;
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &dir,
+            &now,
+            &now,
+            nix::sys::stat::UtimensatFlags::FollowSymlink,
+        )
+        .map_err(|e| io_err("touch", &dir)(std::io::Error::from(e)))
+    }
+
+    /// Measures the store. A layer's `fs/` is walked once and its size kept beside it (the
+    /// layer's mtime, which says when a build last took it, is kept as it was). Call it under
+    /// [`Store::gc_lock`], so that no build touches a layer meanwhile.
+    pub fn usage(&self) -> Result<StoreUsage> {
+        let root = self.root();
+        let mut usage = StoreUsage::default();
+        let root_meta = fs::symlink_metadata(root).map_err(io_err("stat", root))?;
+        usage.internal += root_meta.len();
+        for entry in fs::read_dir(root).map_err(io_err("read directory", root))? {
+            let entry = entry.map_err(io_err("read directory", root))?;
+            let name = entry.file_name();
+            let path = entry.path();
+            match name.to_str() {
+                Some("blobs") => self.blob_usage(&path, &mut usage)?,
+                Some("layers") => self.layer_usage(&path, &mut usage)?,
+                Some("tmp" | LEASES | GC_LOCK) => usage.internal += tree_size(&path)?,
+                _ => {
+                    usage.others.insert(name, tree_size(&path)?);
+                }
+            }
+        }
+        Ok(usage)
+    }
+
+    fn blob_usage(&self, blobs: &Path, usage: &mut StoreUsage) -> Result<()> {
+        usage.internal += tree_size_shallow(blobs)?;
+        let dir = blobs.join("sha256");
+        usage.internal += tree_size_shallow(&dir)?;
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("read directory", &dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err("read directory", &dir))?;
+            let Ok(meta) = entry.metadata() else { continue };
+            let digest = entry
+                .file_name()
+                .to_str()
+                .and_then(|h| Digest::from_hex(h).ok());
+            match digest {
+                Some(d) if meta.is_file() => {
+                    usage.blobs.insert(
+                        d,
+                        BlobUsage {
+                            size: meta.len(),
+                            mtime: mtime(&meta),
+                        },
+                    );
+                }
+                // Not a blob kiln wrote: counted, never deleted by GC.
+                _ => usage.internal += tree_size(&entry.path())?,
+            }
+        }
+        Ok(())
+    }
+
+    fn layer_usage(&self, layers: &Path, usage: &mut StoreUsage) -> Result<()> {
+        usage.internal += tree_size_shallow(layers)?;
+        for entry in fs::read_dir(layers).map_err(io_err("read directory", layers))? {
+            let entry = entry.map_err(io_err("read directory", layers))?;
+            let name = entry.file_name();
+            let path = entry.path();
+            let Some(id) = name.to_str().map(|s| LayerId(s.to_owned())) else {
+                usage.internal += tree_size(&path)?;
+                continue;
+            };
+            if matches!(id.0.as_str(), "by-diff-id" | "by-blob") || !self.has_layer(&id) {
+                usage.internal += tree_size(&path)?;
+                continue;
+            }
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let mut size = meta.len();
+            let mut blobs = Vec::new();
+            for e in fs::read_dir(&path).map_err(io_err("read directory", &path))? {
+                let e = e.map_err(io_err("read directory", &path))?;
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                if n == "fs" {
+                    size += self.fs_size(&path)?;
+                    continue;
+                }
+                size += tree_size(&e.path())?;
+                if n.starts_with("blob-") && n.ends_with(".json") {
+                    let blob: Option<LayerBlob> = fs::read(e.path())
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok());
+                    if let Some(b) = blob {
+                        if !blobs.contains(&b.digest) {
+                            blobs.push(b.digest);
+                        }
+                    }
+                }
+            }
+            usage.layers.insert(
+                id,
+                LayerUsage {
+                    size,
+                    blobs,
+                    mtime: mtime(&meta),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The size of a layer's `fs/`, walked once and then read from `fs.size`.
+    fn fs_size(&self, layer_dir: &Path) -> Result<u64> {
+        let cached = layer_dir.join(SIZE_FILE);
+        if let Some(n) = fs::read_to_string(&cached)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return Ok(n);
+        }
+        let n = tree_size(&layer_dir.join("fs"))?;
+        // Best effort: a store someone else owns is still measured, only not cached.
+        let before = fs::symlink_metadata(layer_dir).map_err(io_err("stat", layer_dir))?;
+        let tmp = layer_dir.join(format!("{SIZE_FILE}.{}", unique_name()));
+        let written = fs::write(&tmp, n.to_string()).and_then(|()| fs::rename(&tmp, &cached));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        } else {
+            // Writing the file moved the directory's mtime: put back the time of last use.
+            let at = |s: i64, ns: i64| nix::sys::time::TimeSpec::new(s, ns);
+            let _ = nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                layer_dir,
+                &at(before.atime(), before.atime_nsec()),
+                &at(before.mtime(), before.mtime_nsec()),
+                nix::sys::stat::UtimensatFlags::FollowSymlink,
+            );
+        }
+        Ok(n)
+    }
+
+    /// A fresh trash directory under `tmp/` for a collector.
+    pub fn trash(&self) -> Result<Trash> {
+        let dir = self.temp_dir("gc")?;
+        Ok(Trash { dir, n: 0 })
+    }
+
+    /// Moves layer `id` to `trash` (see [`Store::sweep_import_indexes`] for the index entries
+    /// that name it). Whether it was there.
+    pub fn remove_layer(&self, id: &LayerId, trash: &mut Trash) -> Result<bool> {
+        trash.take(&self.root().join("layers").join(&id.0))
+    }
+
+    /// Moves blob `digest` to `trash`. Whether it was there.
+    pub fn remove_blob(&self, digest: &Digest, trash: &mut Trash) -> Result<bool> {
+        trash.take(&self.blob_path(digest))
+    }
+
+    /// Removes the import index entries (`by-diff-id`, `by-blob`) that lead to no layer any
+    /// more. Returns how many were removed.
+    pub fn sweep_import_indexes(&self) -> Result<usize> {
+        let mut removed = 0;
+        let layers = self.root().join("layers");
+        let by_diff = layers.join("by-diff-id");
+        let mut live_diff_ids = HashSet::new();
+        for entry in fs::read_dir(&by_diff).map_err(io_err("read directory", &by_diff))? {
+            let entry = entry.map_err(io_err("read directory", &by_diff))?;
+            let id = fs::read_to_string(entry.path()).unwrap_or_default();
+            if self.has_layer(&LayerId(id.trim().to_owned())) {
+                live_diff_ids.insert(entry.file_name());
+            } else if fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        let by_blob = layers.join("by-blob");
+        for entry in fs::read_dir(&by_blob).map_err(io_err("read directory", &by_blob))? {
+            let entry = entry.map_err(io_err("read directory", &by_blob))?;
+            let diff_id = fs::read_to_string(entry.path()).unwrap_or_default();
+            if !live_diff_ids.contains(std::ffi::OsStr::new(diff_id.trim()))
+                && fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The size of a directory entry itself, not its contents.
+fn tree_size_shallow(path: &Path) -> Result<u64> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(m.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(io_err("stat", path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn du_sb(path: &Path) -> u64 {
+        let out = std::process::Command::new("du")
+            .arg("-sb")
+            .arg(path)
+            .output()
+            .expect("du (coreutils) must be installed");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn usage_total_is_what_du_counts() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open_with(t.path().join("s"), crate::SnapshotterKind::Copy).unwrap();
+        let b = store.new_layer().unwrap();
+        fs::write(b.fs_dir().join("a"), vec![1u8; 10_000]).unwrap();
+        fs::create_dir(b.fs_dir().join("d")).unwrap();
+        fs::write(b.fs_dir().join("d/x"), b"x").unwrap();
+        fs::hard_link(b.fs_dir().join("a"), b.fs_dir().join("a2")).unwrap();
+        let id = b.commit().unwrap();
+        let blob = store
+            .layer_blob(&id, crate::Compression::Uncompressed)
+            .unwrap();
+        store.write_blob(b"a config").unwrap();
+        fs::create_dir(t.path().join("s/cache-mounts")).unwrap();
+        fs::write(t.path().join("s/cache-mounts/f"), vec![0u8; 3000]).unwrap();
+        let u = store.usage().unwrap();
+        // The first measure writes the layer's cached size (a few bytes it did not count).
+        assert!(du_sb(&t.path().join("s")) - u.total() < 16);
+        assert_eq!(u.layers[&id].blobs, vec![blob.digest]);
+        assert_eq!(u.blobs.len(), 2);
+        assert!(u.others.contains_key(std::ffi::OsStr::new("cache-mounts")));
+        // The second measure reads the cached size, and agrees.
+        assert!(t
+            .path()
+            .join("s/layers")
+            .join(&id.0)
+            .join(SIZE_FILE)
+            .is_file());
+        let again = store.usage().unwrap();
+        assert_eq!(
+            again.layers[&id].mtime, u.layers[&id].mtime,
+            "the last use is kept"
+        );
+        assert_eq!(again.total(), du_sb(&t.path().join("s")));
+
+        let mut trash = store.trash().unwrap();
+        assert!(store.remove_layer(&id, &mut trash).unwrap());
+        assert!(store.remove_blob(&blob.digest, &mut trash).unwrap());
+        trash.empty().unwrap();
+        assert!(!store.has_layer(&id) && !store.has_blob(&blob.digest));
+        assert!(fs::read_dir(t.path().join("s/tmp"))
+            .unwrap()
+            .next()
+            .is_none());
+    }
+
+    #[test]
+    fn leases_end_with_their_holder_and_protect_from_their_start() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open_with(t.path().join("s"), crate::SnapshotterKind::Copy).unwrap();
+        assert_eq!(store.protected_since().unwrap(), None);
+        let lease = store.lease().unwrap();
+        let since = store.protected_since().unwrap().expect("a live lease");
+        assert!(since <= SystemTime::now());
+        let layer = store.new_layer().unwrap().commit().unwrap();
+        let u = store.usage().unwrap();
+        assert!(u.layers[&layer].mtime >= since);
+        drop(lease);
+        assert_eq!(store.protected_since().unwrap(), None);
+        // A lease file nobody holds (its process was killed) is stale and removed.
+        fs::write(t.path().join("s/leases/12345-dead"), b"").unwrap();
+        assert_eq!(store.protected_since().unwrap(), None);
+        assert!(!t.path().join("s/leases/12345-dead").exists());
+    }
+
+    #[test]
+    fn removing_read_only_directories_works_without_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open_with(t.path().join("s"), crate::SnapshotterKind::Copy).unwrap();
+        let b = store.new_layer().unwrap();
+        fs::create_dir(b.fs_dir().join("ro")).unwrap();
+        fs::write(b.fs_dir().join("ro/f"), b"f").unwrap();
+        fs::set_permissions(b.fs_dir().join("ro"), fs::Permissions::from_mode(0o500)).unwrap();
+        let id = b.commit().unwrap();
+        let mut trash = store.trash().unwrap();
+        store.remove_layer(&id, &mut trash).unwrap();
+        trash.empty().unwrap();
+        assert!(!store.has_layer(&id));
+    }
+}

@@ -352,3 +352,43 @@ fn a_missing_registry_cache_warns_and_builds() {
         run.stderr
     );
 }
+
+fn blob_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_cache_passed_from_job_to_job_stays_whole() {
+    // CI: each job starts empty, imports the cache and exports it again to the same place.
+    let first = Kiln::new(&[]);
+    let cache = first.path("cache");
+    let to = format!("type=local,dest={},mode=max", cache.display());
+    let from = format!("type=local,src={}", cache.display());
+    build(&first, &context(&first, ""), &["--cache-to", &to]).ok();
+    let blobs = blob_names(&cache);
+
+    let second = Kiln::new(&[]);
+    let run = build(
+        &second,
+        &context(&second, ""),
+        &["--cache-from", &from, "--cache-to", &to],
+    )
+    .ok();
+    assert_eq!(run.step_state(FINAL_RUN), "CACHED", "{}", run.stderr);
+    // The steps below the hit were not needed, yet they stay in the cache.
+    assert_eq!(blob_names(&cache), blobs);
+
+    let third = Kiln::new(&[]);
+    let run = build(
+        &third,
+        &context(&third, "RUN echo v2 > /v2"),
+        &["--cache-from", &from],
+    )
+    .ok();
+    assert_eq!(run.step_state(BUILDER_RUN), "CACHED", "{}", run.stderr);
+}

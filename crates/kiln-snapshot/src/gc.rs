@@ -77,19 +77,23 @@ impl StoreUsage {
 }
 
 /// The apparent size of `path` and everything under it (symlinks not followed; a file with
-/// several links inside the tree counted once), as `du -sb` counts it. Entries that vanish
-/// while it walks count as nothing.
+/// several links inside the tree counted once), as `du -sbx` counts it: a running build's
+/// mounts (overlay views, secret tmpfs) are not the store's bytes. Entries that vanish while
+/// it walks count as nothing.
 pub fn tree_size(path: &Path) -> Result<u64> {
     let mut seen = HashSet::new();
-    tree_size_in(path, &mut seen)
+    tree_size_in(path, None, &mut seen)
 }
 
-fn tree_size_in(path: &Path, seen: &mut HashSet<(u64, u64)>) -> Result<u64> {
+fn tree_size_in(path: &Path, dev: Option<u64>, seen: &mut HashSet<(u64, u64)>) -> Result<u64> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(io_err("stat", path)(e)),
     };
+    if dev.is_some_and(|d| d != meta.dev()) {
+        return Ok(0);
+    }
     if !meta.is_dir() && meta.nlink() > 1 && !seen.insert((meta.dev(), meta.ino())) {
         return Ok(0);
     }
@@ -102,7 +106,7 @@ fn tree_size_in(path: &Path, seen: &mut HashSet<(u64, u64)>) -> Result<u64> {
         };
         for entry in entries {
             let entry = entry.map_err(io_err("read directory", path))?;
-            size += tree_size_in(&entry.path(), seen)?;
+            size += tree_size_in(&entry.path(), Some(meta.dev()), seen)?;
         }
     }
     Ok(size)

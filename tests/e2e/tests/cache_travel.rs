@@ -392,3 +392,39 @@ fn a_cache_passed_from_job_to_job_stays_whole() {
     .ok();
     assert_eq!(run.step_state(BUILDER_RUN), "CACHED", "{}", run.stderr);
 }
+
+#[test]
+fn a_tampered_cache_blob_is_a_miss_with_a_warning() {
+    let first = Kiln::new(&[]);
+    let cache = first.path("cache");
+    let to = format!(
+        "type=local,dest={},compression=uncompressed",
+        cache.display()
+    );
+    build(&first, &context(&first, ""), &["--cache-to", &to]).ok();
+    // The final RUN's layer: the one blob holding the stamp it wrote. One byte changes.
+    let stamp = read(&first, "stamp");
+    let hits = files_containing(&cache.join("blobs"), stamp.trim().as_bytes());
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    let mut bytes = std::fs::read(&hits[0]).unwrap();
+    let at = bytes
+        .windows(stamp.trim().len())
+        .position(|w| w == stamp.trim().as_bytes())
+        .unwrap();
+    bytes[at] = if bytes[at] == b'1' { b'2' } else { b'1' };
+    std::fs::write(&hits[0], &bytes).unwrap();
+
+    let second = Kiln::new(&[]);
+    let from = format!("type=local,src={}", cache.display());
+    let run = build(&second, &context(&second, ""), &["--cache-from", &from]).ok();
+    assert_eq!(run.step_state(FINAL_RUN), "DONE", "{}", run.stderr);
+    assert_eq!(run.step_state("COPY hello.txt"), "CACHED", "{}", run.stderr);
+    let warning = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("WARNING") && l.contains("not used"))
+        .unwrap_or_else(|| panic!("no warning:\n{}", run.stderr));
+    let name = hits[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(warning.contains(&name), "{warning}");
+    assert_ne!(read(&second, "stamp"), stamp, "the RUN ran again");
+}

@@ -94,8 +94,48 @@ pub(crate) struct LayerRef {
     pub diff_id: Option<Digest>,
 }
 
-/// The records of a parsed cache: cache key → the layers of its result, base first.
-pub(crate) type Records = HashMap<Digest, Vec<LayerRef>>;
+/// A parsed cache: each record's key and the top layer of its result, and the layer table.
+/// A record's chain of layers is walked only when it is asked for, so that a hostile config of
+/// many records with long chains costs its own size in memory, never records × depth.
+#[derive(Debug)]
+pub(crate) struct Parsed {
+    config: CacheConfig,
+    layers: HashMap<Digest, Descriptor>,
+    tops: HashMap<Digest, i64>,
+}
+
+impl Parsed {
+    /// The records of `config` whose digest is a digest and that have a result (the first
+    /// record of a key wins); `layers` describes the blobs.
+    pub(crate) fn new(mut config: CacheConfig, layers: HashMap<Digest, Descriptor>) -> Self {
+        let mut tops = HashMap::new();
+        for rec in std::mem::take(&mut config.records) {
+            let Some(key) = rec.digest.as_deref().and_then(|d| d.parse::<Digest>().ok()) else {
+                continue;
+            };
+            if let Some(result) = rec.results.first() {
+                tops.entry(key).or_insert(result.layer);
+            }
+        }
+        Parsed {
+            config,
+            layers,
+            tops,
+        }
+    }
+
+    /// The keys of the records.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &Digest> {
+        self.tops.keys()
+    }
+
+    /// The layers of `key`'s result, base first; `None` when there is no such record or its
+    /// chain is broken (an index out of range, parents that loop, a blob not described): a
+    /// record that cannot be used is a miss, never an error.
+    pub(crate) fn chain(&self, key: &Digest) -> Option<Vec<LayerRef>> {
+        chain(&self.config, &self.layers, *self.tops.get(key)?)
+    }
+}
 
 /// Reads a cache manifest (an index or, `image-manifest=true`, an image manifest) and returns
 /// the config blob's descriptor and the layer descriptors by digest.
@@ -134,25 +174,6 @@ pub(crate) fn parse_manifest(
         .map(|d| (d.digest, d))
         .collect();
     Ok((config, layers))
-}
-
-/// The records of `config`: every record whose digest is a digest and whose result's layer
-/// chain is well formed and described by `layers`. Anything else is skipped (a record that
-/// cannot be used is a miss, never an error).
-pub(crate) fn records(config: &CacheConfig, layers: &HashMap<Digest, Descriptor>) -> Records {
-    let mut out = Records::new();
-    for rec in &config.records {
-        let Some(key) = rec.digest.as_deref().and_then(|d| d.parse::<Digest>().ok()) else {
-            continue;
-        };
-        let Some(result) = rec.results.first() else {
-            continue;
-        };
-        if let Some(chain) = chain(config, layers, result.layer) {
-            out.insert(key, chain);
-        }
-    }
-    out
 }
 
 /// The layers from the base up to layer `top`; `None` when an index is out of range, the
@@ -331,10 +352,11 @@ mod tests {
         assert!(text.contains("\"parent\":-1"), "{text}");
         assert!(text.contains("\"diffID\""), "{text}");
         let back: CacheConfig = serde_json::from_slice(&json).unwrap();
-        let read = records(&back, &descriptors(&[layer(1), layer(2), layer(3)]));
-        assert_eq!(read.len(), 3);
-        assert_eq!(read[&k2], vec![layer(1), layer(2)]);
-        assert_eq!(read[&k3], vec![layer(1), layer(3)]);
+        let read = Parsed::new(back, descriptors(&[layer(1), layer(2), layer(3)]));
+        assert_eq!(read.keys().count(), 3);
+        assert_eq!(read.chain(&k1), Some(vec![layer(1)]));
+        assert_eq!(read.chain(&k2), Some(vec![layer(1), layer(2)]));
+        assert_eq!(read.chain(&k3), Some(vec![layer(1), layer(3)]));
     }
 
     #[test]
@@ -358,10 +380,21 @@ mod tests {
                 inputs: vec![],
             });
         }
-        let read = records(&config, &descriptors(&[layer(1), layer(2)]));
-        assert_eq!(read.keys().collect::<Vec<_>>(), [&good]);
-        let read = records(&config, &HashMap::new());
-        assert!(read.is_empty(), "undescribed blobs are no result");
+        let usable = |p: &Parsed| {
+            let mut keys: Vec<Digest> =
+                p.keys().filter(|k| p.chain(k).is_some()).copied().collect();
+            keys.sort();
+            keys
+        };
+        let read = Parsed::new(config.clone(), descriptors(&[layer(1), layer(2)]));
+        assert_eq!(usable(&read), [good]);
+        assert_eq!(
+            read.keys().count(),
+            3,
+            "the record without a digest is no record"
+        );
+        let read = Parsed::new(config, HashMap::new());
+        assert!(usable(&read).is_empty(), "undescribed blobs are no result");
     }
 
     #[test]

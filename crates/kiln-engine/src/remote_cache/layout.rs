@@ -52,7 +52,7 @@ fn ref_name(d: &Descriptor) -> Option<&str> {
 }
 
 /// The records of the cache tagged `tag` in layout `dir`.
-pub(crate) fn read_cache(dir: &Path, tag: &str) -> Result<format::Records, String> {
+pub(crate) fn read_cache(dir: &Path, tag: &str) -> Result<format::Parsed, String> {
     let index = read_index(dir)?;
     let entry = index
         .manifests
@@ -69,7 +69,7 @@ pub(crate) fn read_cache(dir: &Path, tag: &str) -> Result<format::Records, Strin
     let config = read_blob(dir, &config_desc, MAX_CONFIG_BYTES)?;
     let config: CacheConfig = serde_json::from_slice(&config)
         .map_err(|e| format!("cache config {}: {e}", config_desc.digest))?;
-    Ok(format::records(&config, &layers))
+    Ok(format::Parsed::new(config, layers))
 }
 
 /// Writes a cache into layout `dir` under `tag`: the blobs first (each copied from its path),
@@ -315,7 +315,7 @@ mod tests {
         )
         .unwrap();
         let read = read_cache(&cache, "latest").unwrap();
-        assert_eq!(read[&key1].len(), 2);
+        assert_eq!(read.chain(&key1).unwrap().len(), 2);
         assert!(blob_path(&cache, &b.0.digest).is_file());
 
         // Again under `latest`, without blob b: b goes, a stays, c stays (tag `other`).
@@ -331,12 +331,12 @@ mod tests {
         )
         .unwrap();
         let read = read_cache(&cache, "latest").unwrap();
-        assert!(!read.contains_key(&key1));
-        assert_eq!(read[&key2], vec![layer(&a.0)]);
+        assert!(read.chain(&key1).is_none());
+        assert_eq!(read.chain(&key2), Some(vec![layer(&a.0)]));
         assert!(!blob_path(&cache, &b.0.digest).exists(), "unused blob kept");
         assert!(blob_path(&cache, &a.0.digest).is_file());
         assert!(blob_path(&cache, &c.0.digest).is_file());
-        assert_eq!(read_cache(&cache, "other").unwrap().len(), 1);
+        assert_eq!(read_cache(&cache, "other").unwrap().keys().count(), 1);
         let index = read_index(&cache).unwrap();
         assert_eq!(index.manifests.len(), 2);
         assert!(cache.join("oci-layout").is_file());

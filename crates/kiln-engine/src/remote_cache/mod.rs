@@ -149,9 +149,10 @@ impl Net {
     }
 }
 
-/// The records of every `--cache-from`, the first source naming a key winning.
+/// The records of every `--cache-from`, the first source naming a key winning: by key, the
+/// cache that has it.
 pub(crate) struct Imported {
-    records: HashMap<Digest, Vec<SourcedLayer>>,
+    records: HashMap<Digest, (Arc<Origin>, Arc<format::Parsed>)>,
     net: Net,
 }
 
@@ -188,17 +189,13 @@ impl Imported {
                 ),
             };
             match found {
-                Ok(records) => {
-                    let origin = Arc::new(origin);
-                    for (key, layers) in records {
-                        let layers = layers
-                            .into_iter()
-                            .map(|layer| SourcedLayer {
-                                origin: origin.clone(),
-                                layer,
-                            })
-                            .collect();
-                        imported.records.entry(key).or_insert(layers);
+                Ok(parsed) => {
+                    let (origin, parsed) = (Arc::new(origin), Arc::new(parsed));
+                    for key in parsed.keys() {
+                        imported
+                            .records
+                            .entry(*key)
+                            .or_insert_with(|| (origin.clone(), parsed.clone()));
                     }
                 }
                 Err(warning) => warnings.push(warning),
@@ -212,6 +209,22 @@ impl Imported {
         self.records.contains_key(key)
     }
 
+    /// The layers of `key`'s record, base first, with where their blobs are; `None` without a
+    /// usable record.
+    fn layers_of(&self, key: &Digest) -> Option<Vec<SourcedLayer>> {
+        let (origin, parsed) = self.records.get(key)?;
+        let chain = parsed.chain(key)?;
+        Some(
+            chain
+                .into_iter()
+                .map(|layer| SourcedLayer {
+                    origin: origin.clone(),
+                    layer,
+                })
+                .collect(),
+        )
+    }
+
     /// The result of `key` as a snapshot of this store: each layer found by its diff id, or
     /// its blob copied in (checked) and unpacked. Recorded in `index` for the next builds.
     /// `Ok(None)`: no record.
@@ -221,9 +234,14 @@ impl Imported {
         index: &CacheIndex,
         key: &Digest,
     ) -> Result<Option<Snapshot>, String> {
-        let Some(layers) = self.records.get(key) else {
-            return Ok(None);
+        let Some(layers) = self.layers_of(key) else {
+            return if self.has(key) {
+                Err("its chain of layers is broken in the cache".to_owned())
+            } else {
+                Ok(None)
+            };
         };
+        let layers = &layers;
         // The blobs a registry must send are asked for together, so that they come several
         // at once over one session (a chain of 30 RUN layers is 30 blobs).
         let mut wanted: Vec<(&Reference, Descriptor)> = Vec::new();
@@ -328,7 +346,7 @@ impl Imported {
 
 /// The records of the cache manifest `r` names in its registry: the manifest and the config
 /// blob are fetched (checked), no layer.
-fn read_registry(net: &Net, r: &Reference, store: &Store) -> Result<format::Records, String> {
+fn read_registry(net: &Net, r: &Reference, store: &Store) -> Result<format::Parsed, String> {
     let (_, manifest) = net.block(net.registry.fetch_manifest(r))?;
     let (config_desc, layers) = format::parse_manifest(&manifest)?;
     if config_desc.size > layout::MAX_CONFIG_BYTES {
@@ -348,7 +366,7 @@ fn read_registry(net: &Net, r: &Reference, store: &Store) -> Result<format::Reco
         .map_err(|e| e.to_string())?;
     let config: format::CacheConfig = serde_json::from_slice(&bytes)
         .map_err(|e| format!("cache config {}: {e}", config_desc.digest))?;
-    Ok(format::records(&config, &layers))
+    Ok(format::Parsed::new(config, layers))
 }
 
 /// What a build's steps produced, for `--cache-to`: each vertex's key, and each key's result
@@ -649,7 +667,7 @@ fn result_of(input: &ExportCx, key: &Digest) -> Result<Option<Vec<Source>>, Erro
             rec.snapshot.layers.into_iter().map(Source::Store).collect(),
         ));
     }
-    let Some(layers) = input.imported.records.get(key) else {
+    let Some(layers) = input.imported.layers_of(key) else {
         return Ok(None);
     };
     layers

@@ -297,6 +297,11 @@ async fn interrupts(cancel: CancellationToken) {
 }
 
 fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
+    // First, while kiln is one thread: the build's mounts live in a namespace of its own and
+    // vanish with it, even when it is killed. Where that is not permitted nothing is mounted.
+    if let Err(e) = kiln_engine::isolate_mounts() {
+        eprintln!("WARNING: {e}: a killed build may leave mounts behind");
+    }
     // A URL or `-`: the engine fetches (or reads) it into a local context before the build.
     let remote = flags::remote_context(&args.context, args.file.as_deref())?;
     let context = PathBuf::from(&args.context);

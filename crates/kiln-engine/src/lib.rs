@@ -38,6 +38,8 @@ pub use fileop::{extract_archive_bytes, FileOpError};
 pub use kiln_graph::NetworkMode;
 pub use kiln_plugin_sdk::proto::{HostEntry, Ulimit, UlimitResource};
 pub use kiln_registry::{is_loopback, HostOptions};
+// Process setup for the CLI: a build's mounts in a namespace of its own, before any thread.
+pub use kiln_snapshot::{isolate_mounts, Isolation};
 pub use kiln_solver::Status;
 pub use remote_cache::{CacheCompression, CacheExport, CacheImport, CacheLocation, CacheMode};
 pub use remote_context::{PreparedContext, RemoteContext, MAX_STDIN_CONTEXT_BYTES};

@@ -15,12 +15,15 @@ pub mod gc;
 mod gzip;
 mod import;
 mod layer_tar;
+mod mount_ns;
+mod session;
 mod store;
 pub mod tar_limits;
 mod view;
 
 pub use import::ImportedLayer;
 pub use layer_tar::{write_layer_tar, Compression};
+pub use mount_ns::{isolate_mounts, Isolation};
 pub use store::{BlobWriter, LayerBlob, LayerBuilder, LayerId, Snapshot, SnapshotterKind, Store};
 pub use view::{ReadView, WriteView};
 
@@ -77,6 +80,14 @@ pub enum Error {
         op: &'static str,
         /// Why it failed.
         source: std::io::Error,
+    },
+    /// The process could not get a mount namespace of its own.
+    #[error("{what}: {why}")]
+    Namespace {
+        /// What was attempted.
+        what: &'static str,
+        /// Why it failed.
+        why: String,
     },
     /// `KILN_SNAPSHOTTER` names no snapshotter.
     #[error("KILN_SNAPSHOTTER={0:?}: expected `overlay` or `copy`")]

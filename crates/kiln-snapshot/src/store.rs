@@ -2,20 +2,26 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use kiln_types::{Digest, Sha256Writer};
 use serde::{Deserialize, Serialize};
 
 use crate::layer_tar::{newest_mtime, write_layer_tar_clamped, Compression};
+use crate::session::{self, Session};
 use crate::{io_err, Error, Result};
 
 /// The store root: `blobs/sha256/<hex>` (the OCI layout's blob dir, so exports can hard-link),
 /// `layers/<id>/{fs,layer.json,blob-<compression>.json}`, the import indexes
 /// `layers/by-diff-id/<hex>` (→ layer id) and `layers/by-blob/<hex>` (→ diff id hex), `tmp/`.
+///
+/// Every temporary under `tmp/` belongs to the session of the process that opened the store
+/// (see `session`): opening a store removes what dead processes left there.
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
     kind: SnapshotterKind,
+    session: Arc<Session>,
 }
 
 /// How views stack layers.
@@ -107,14 +113,34 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens (creating) a store at `root` whose views use `kind`, without probing.
+    /// Opens (creating) a store at `root` whose views use `kind`, without probing. Starts this
+    /// process's session and removes the temporaries of processes that died.
     pub fn open_with(root: impl Into<PathBuf>, kind: SnapshotterKind) -> Result<Self> {
         let root = root.into();
-        for sub in ["blobs/sha256", "layers/by-diff-id", "layers/by-blob", "tmp"] {
+        for sub in [
+            "blobs/sha256",
+            "layers/by-diff-id",
+            "layers/by-blob",
+            "tmp",
+            session::SESSIONS,
+        ] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
-        Ok(Store { root, kind })
+        let session = Session::start(&root, unique_name)?;
+        session::sweep(&root, session.id());
+        Ok(Store {
+            root,
+            kind,
+            session: Arc::new(session),
+        })
+    }
+
+    /// A fresh name under `tmp/` for a temporary of this session.
+    fn tmp_path(&self, what: &str) -> PathBuf {
+        self.root
+            .join("tmp")
+            .join(format!("{}-{what}-{}", self.session.id(), unique_name()))
     }
 
     /// How this store's views stack layers.
@@ -129,10 +155,7 @@ impl Store {
 
     /// A fresh private directory under `tmp/`, removed by the caller.
     pub fn temp_dir(&self, what: &str) -> Result<PathBuf> {
-        let p = self
-            .root
-            .join("tmp")
-            .join(format!("{what}-{}", unique_name()));
+        let p = self.tmp_path(what);
         fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         Ok(p)
     }
@@ -154,10 +177,7 @@ impl Store {
         if path.is_file() {
             return Ok(digest);
         }
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("blob-{}", unique_name()));
+        let tmp = self.tmp_path("blob");
         let mut f = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
         f.write_all(bytes)
             .and_then(|()| f.sync_all())
@@ -169,10 +189,7 @@ impl Store {
     /// Starts writing a blob of unknown content; [`BlobWriter::commit`] verifies and publishes
     /// it. Dropped without commit, nothing is left behind.
     pub fn blob_writer(&self) -> Result<BlobWriter> {
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("blob-{}", unique_name()));
+        let tmp = self.tmp_path("blob");
         let file = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
         Ok(BlobWriter {
             out: HashingFile {
@@ -193,10 +210,7 @@ impl Store {
 
     /// Starts a new layer directory.
     pub fn new_layer(&self) -> Result<LayerBuilder> {
-        let dir = self
-            .root
-            .join("tmp")
-            .join(format!("layer-{}", unique_name()));
+        let dir = self.tmp_path("layer");
         fs::create_dir_all(dir.join("fs")).map_err(io_err("create", &dir))?;
         Ok(LayerBuilder {
             dir,
@@ -243,7 +257,7 @@ impl Store {
                 return Ok(blob);
             }
         }
-        let tmp = self.root.join("tmp").join(format!("tar-{}", unique_name()));
+        let tmp = self.tmp_path("tar");
         let file = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
         let mut out = HashingFile {
             file,
@@ -332,10 +346,7 @@ impl Store {
 
     fn write_atomically(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
         // The temp file lives under tmp/ so a crash leaves nothing beside the real entries.
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("meta-{}", unique_name()));
+        let tmp = self.tmp_path("meta");
         fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
         fs::rename(&tmp, dest).map_err(io_err("rename", dest))
     }

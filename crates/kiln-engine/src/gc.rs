@@ -72,7 +72,8 @@ pub struct UsageItem {
     pub size: u64,
     /// A running build uses it (or it is the store's bookkeeping): not reclaimable.
     pub in_use: bool,
-    /// Held by more than one cache record: deleting one of them does not free it.
+    /// Results of different steps build on it (two builds branch from it): deleting one of
+    /// them does not free it.
     pub shared: bool,
     /// Last use, seconds since the epoch.
     pub last_used: Option<u64>,
@@ -358,7 +359,19 @@ impl Model {
                 .unwrap_or_else(|| "regular".to_owned()),
             size: l.size + blob_bytes,
             in_use: self.protected(l.mtime),
-            shared: holders.len() > 1,
+            // Shared: results of different steps build on it (a base two builds branch from),
+            // not merely the steps of one chain, each of which holds the layers below it.
+            shared: {
+                let next: BTreeSet<&LayerId> = holders
+                    .iter()
+                    .filter_map(|&i| {
+                        let layers = &live[i].record.snapshot.layers;
+                        let at = layers.iter().position(|l| l == id)?;
+                        layers.get(at + 1)
+                    })
+                    .collect();
+                next.len() > 1
+            },
             last_used: Some(last_used),
             created: holders
                 .iter()
@@ -745,6 +758,8 @@ mod tests {
         assert!(total > 500_000, "{total}");
         let base_item = du.items.iter().find(|i| i.id == base.0).unwrap();
         assert!(base_item.shared && !base_item.in_use);
+        // A layer only one chain builds on is the chain's own.
+        assert!(!du.items.iter().find(|i| i.id == old.0).unwrap().shared);
         assert_eq!(base_item.description, "base");
 
         // Room for everything but one 200 kB layer (and its blob): the oldest record goes.

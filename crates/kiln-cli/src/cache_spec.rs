@@ -103,6 +103,8 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheExport> {
             CacheLocation::Local { dir, tag }
         }
         Some("registry") => registry(FLAG, spec, reference)?,
+        // The cache goes into the image's config; BuildKit's inline cache is min only.
+        Some("inline") => CacheLocation::Inline,
         Some(other) => return Err(unsupported(FLAG, other)),
         None => bail!("invalid {FLAG} {spec:?}: missing type= (e.g. type=local,dest=DIR)"),
     };
@@ -140,6 +142,10 @@ pub fn parse_cache_from(spec: &str) -> Result<CacheImport> {
             CacheLocation::Local { dir, tag }
         }
         Some("registry") => registry(FLAG, spec, reference)?,
+        Some("inline") => bail!(
+            "invalid {FLAG} {spec:?}: an inline cache is read from its image: \
+             --cache-from type=registry,ref=IMAGE"
+        ),
         Some(other) => return Err(unsupported(FLAG, other)),
         None => bail!("invalid {FLAG} {spec:?}: missing type= (e.g. type=local,src=DIR)"),
     };
@@ -185,9 +191,12 @@ mod tests {
             ),
             ("type=local,dest=x,bogus=1", "unknown option \"bogus\""),
             ("type=local,dest=x,ignore-error=yes", "not true or false"),
-            ("type=inline", "type=inline is not supported yet"),
+            ("type=gha", "type=gha is not supported yet"),
             ("type=registry", "needs ref=REF"),
-            ("type=registry,ref=reg.example/UPPER", "ref=reg.example/UPPER"),
+            (
+                "type=registry,ref=reg.example/UPPER",
+                "ref=reg.example/UPPER",
+            ),
             (
                 "type=local,dest=x,image-manifest=true,oci-mediatypes=false",
                 "needs oci-mediatypes",
@@ -216,11 +225,14 @@ mod tests {
             panic!("a registry cache")
         };
         assert_eq!(reference.to_string(), "registry.example/app:cache");
+        let inline = parse_cache_to("type=inline").unwrap();
+        assert_eq!(inline.location, CacheLocation::Inline);
         let to = parse_cache_to("type=registry,ref=localhost:5000/c,mode=max").unwrap();
         assert!(matches!(to.location, CacheLocation::Registry { .. }));
         assert_eq!(to.mode, CacheMode::Max);
         for (spec, want) in [
             ("type=gha", "type=gha is not supported yet"),
+            ("type=inline", "type=registry,ref=IMAGE"),
             ("type=local", "needs src=DIR"),
         ] {
             let err = parse_cache_from(spec).unwrap_err().to_string();

@@ -176,10 +176,11 @@ struct BuildArgs {
     /// Ulimit of RUN steps (format: type=soft[:hard], e.g. nofile=1024:2048).
     #[arg(long = "ulimit")]
     ulimits: Vec<String>,
-    /// Cache export destination (format: type=local,dest=DIR[,mode=min|max][,tag=T]).
+    /// Cache export destination (format: type=local,dest=DIR | type=registry,ref=REF |
+    /// type=inline, with [,mode=min|max] and more: docs/cache.md).
     #[arg(long = "cache-to")]
     cache_to: Vec<String>,
-    /// Cache import source (format: type=local,src=DIR[,tag=T]).
+    /// Cache import source (format: type=local,src=DIR[,tag=T] | type=registry,ref=REF | REF).
     #[arg(long = "cache-from")]
     cache_from: Vec<String>,
     /// Do not cache the specified stages.

@@ -19,6 +19,8 @@ pub(crate) struct ExportContext<'a> {
     pub tags: &'a [String],
     pub epoch: Option<u64>,
     pub progress: &'a dyn ProgressSink<Digest>,
+    /// `--cache-to type=inline`: the cache config to put into each image's config.
+    pub inline_cache: Option<&'a str>,
 }
 
 /// Refuses outputs that cannot be written, before anything is built: `rewrite-timestamp`
@@ -53,7 +55,7 @@ pub(crate) fn run(
         let image = match images.iter().find(|(f, _)| f == format) {
             Some((_, i)) => i.clone(),
             None => {
-                let i = kiln_export::assemble_image(
+                let mut i = kiln_export::assemble_image(
                     cx.store,
                     snapshot,
                     config.clone(),
@@ -62,6 +64,9 @@ pub(crate) fn run(
                         source_date_epoch: cx.epoch,
                     },
                 )?;
+                if let Some(cache) = cx.inline_cache {
+                    i = crate::remote_cache::embed_inline(cx.store, i, cache)?;
+                }
                 images.push((format.clone(), i.clone()));
                 i
             }

@@ -866,23 +866,28 @@ impl Engine {
             None => (Snapshot::default(), Vec::new()),
         };
 
+        // What `--cache-to` exports; a `type=inline` cache goes into the image's config.
+        let cache = target.map(|edge| remote_cache::ExportCx {
+            store: self.store.clone(),
+            index: self.index.clone(),
+            imported,
+            tracker,
+            def: Arc::new(def),
+            target: edge.vertex,
+        });
+        let inline = match &cache {
+            Some(cx) => remote_cache::inline_config(cx, &req.cache_to).await?,
+            None => None,
+        };
         // Export. Layer blobs are made only for an image export: a local export copies files,
         // and a build without output only fills the cache, as in BuildKit.
         let image = if req.exports.is_empty() {
             None
         } else {
-            self.export(&req, snapshot, resp.config, progress.clone())
+            self.export(&req, snapshot, resp.config, inline, progress.clone())
                 .await?
         };
-        if let Some(edge) = target {
-            let cx = remote_cache::ExportCx {
-                store: self.store.clone(),
-                index: self.index.clone(),
-                imported,
-                tracker,
-                def: Arc::new(def),
-                target: edge.vertex,
-            };
+        if let Some(cx) = cache {
             remote_cache::export_all(cx, &req.cache_to, progress.as_ref(), &mut warnings).await?;
         }
         // The store keeps itself: this build's cache uses are recorded, then, its lease ended,
@@ -917,6 +922,7 @@ impl Engine {
         req: &BuildRequest,
         snapshot: Snapshot,
         config: kiln_types::image::ImageConfig,
+        inline_cache: Option<String>,
         progress: Arc<dyn ProgressSink<Digest>>,
     ) -> Result<Option<Image>, Error> {
         let store = self.store.clone();
@@ -941,6 +947,7 @@ impl Engine {
                 tags: &tags,
                 epoch,
                 progress: push_progress.as_ref(),
+                inline_cache: inline_cache.as_deref(),
             };
             export::run(&cx, &exports, &snapshot, &config)
         })

@@ -428,3 +428,61 @@ fn a_tampered_cache_blob_is_a_miss_with_a_warning() {
     assert!(warning.contains(&name), "{warning}");
     assert_ne!(read(&second, "stamp"), stamp, "the RUN ran again");
 }
+
+#[test]
+fn an_inline_cache_travels_inside_the_pushed_image() {
+    let first = Kiln::new(&[]);
+    let image = format!("{}:inline", fresh_repo("inline"));
+    let pushed = build(
+        &first,
+        &context(&first, ""),
+        &[
+            "--output",
+            &format!("type=registry,name={image}"),
+            "--cache-to",
+            "type=inline",
+        ],
+    )
+    .ok();
+    let config = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--config",
+            "--raw",
+            &format!("docker://{image}"),
+        ],
+    );
+    assert!(config.contains("\"moby.buildkit.cache.v0\""), "{config}");
+
+    // A fresh store: the image's cache, read as a registry cache, runs no RUN step; with the
+    // same inline cache asked for, the image is the same.
+    let second = Kiln::new(&[]);
+    let again = build(
+        &second,
+        &context(&second, ""),
+        &["--cache-from", &image, "--cache-to", "type=inline"],
+    )
+    .ok();
+    assert_eq!(again.step_state(FINAL_RUN), "CACHED", "{}", again.stderr);
+    assert_ne!(again.step_state(BUILDER_RUN), "DONE", "{}", again.stderr);
+    assert_eq!(again.digest(), pushed.digest());
+    assert_eq!(read(&second, "stamp"), read(&first, "stamp"));
+
+    // An image without an inline cache is a warning.
+    let third = Kiln::new(&[]);
+    let plain = format!("{}:plain", fresh_repo("inline"));
+    build(
+        &third,
+        &context(&third, ""),
+        &["--output", &format!("type=registry,name={plain}")],
+    )
+    .ok();
+    let run = build(&third, &context(&third, ""), &["--cache-from", &plain]).ok();
+    assert!(
+        run.stderr.contains("the image has no inline cache"),
+        "{}",
+        run.stderr
+    );
+}

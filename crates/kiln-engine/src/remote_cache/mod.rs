@@ -45,6 +45,10 @@ pub enum CacheLocation {
         /// Where (`latest` when no tag is given).
         reference: Reference,
     },
+    /// `type=inline` (export only): the cache config inside the image's config, naming the
+    /// image's own layers (the result's chain: `mode=min`). Read back with `type=registry`
+    /// from the pushed image.
+    Inline,
 }
 
 impl std::fmt::Display for CacheLocation {
@@ -52,6 +56,7 @@ impl std::fmt::Display for CacheLocation {
         match self {
             CacheLocation::Local { dir, .. } => write!(f, "{}", dir.display()),
             CacheLocation::Registry { reference } => write!(f, "{reference}"),
+            CacheLocation::Inline => f.write_str("inline"),
         }
     }
 }
@@ -187,6 +192,14 @@ impl Imported {
                         format!("failed to import cache from registry {reference}: {why}")
                     }),
                 ),
+                CacheLocation::Inline => {
+                    warnings.push(
+                        "--cache-from type=inline reads nothing: an inline cache is read from \
+                         its image, with type=registry,ref=IMAGE"
+                            .to_owned(),
+                    );
+                    continue;
+                }
             };
             match found {
                 Ok(parsed) => {
@@ -344,11 +357,56 @@ impl Imported {
     }
 }
 
+/// The records of the cache inside the config of image `r` (`manifest`), naming its layers.
+fn read_inline(
+    net: &Net,
+    r: &Reference,
+    store: &Store,
+    manifest: &[u8],
+) -> Result<format::Parsed, String> {
+    let m: kiln_types::image::Manifest = serde_json::from_slice(manifest)
+        .map_err(|_| "not an image manifest either (an index is not read)".to_owned())?;
+    if m.config.size > kiln_registry::MAX_CONFIG_SIZE {
+        return Err(format!("image config {} is too large", m.config.digest));
+    }
+    net.block(
+        net.registry
+            .fetch_blobs(r, std::slice::from_ref(&m.config), store),
+    )?;
+    let bytes = store
+        .read_blob(&m.config.digest)
+        .map_err(|e| e.to_string())?;
+    #[derive(serde::Deserialize)]
+    struct WithCache {
+        #[serde(rename = "moby.buildkit.cache.v0", default)]
+        cache: Option<String>,
+    }
+    let inline = serde_json::from_slice::<WithCache>(&bytes)
+        .ok()
+        .and_then(|c| c.cache)
+        .ok_or_else(|| format!("the image has no inline cache ({INLINE_KEY} in its config)"))?;
+    use base64::Engine as _;
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(inline.trim())
+        .map_err(|e| format!("inline cache: {e}"))?;
+    let config: format::CacheConfig =
+        serde_json::from_slice(&json).map_err(|e| format!("inline cache: {e}"))?;
+    let layers = m.layers.into_iter().map(|d| (d.digest, d)).collect();
+    Ok(format::Parsed::new(config, layers))
+}
+
 /// The records of the cache manifest `r` names in its registry: the manifest and the config
 /// blob are fetched (checked), no layer.
 fn read_registry(net: &Net, r: &Reference, store: &Store) -> Result<format::Parsed, String> {
     let (_, manifest) = net.block(net.registry.fetch_manifest(r))?;
-    let (config_desc, layers) = format::parse_manifest(&manifest)?;
+    let (config_desc, layers) = match format::parse_manifest(&manifest) {
+        Ok(found) => found,
+        // Not a cache manifest: an image may carry its cache inline.
+        Err(not_cache) => {
+            return read_inline(net, r, store, &manifest)
+                .map_err(|why| format!("{not_cache}; {why}"))
+        }
+    };
     if config_desc.size > layout::MAX_CONFIG_BYTES {
         return Err(format!(
             "cache config {} is {} bytes, more than kiln reads ({})",
@@ -467,7 +525,8 @@ pub(crate) async fn export_all(
     warnings: &mut Vec<Diagnostic>,
 ) -> Result<(), Error> {
     warnings.extend(cx.tracker.take_warnings().into_iter().map(diagnostic));
-    for spec in specs {
+    // Inline caches went into the image (`inline_config`).
+    for spec in specs.iter().filter(|s| s.location != CacheLocation::Inline) {
         let id = Digest::of(format!("internal:cache-export:{}", spec.location).as_bytes());
         let name = match &spec.location {
             CacheLocation::Local { dir, .. } => {
@@ -476,6 +535,7 @@ pub(crate) async fn export_all(
             CacheLocation::Registry { reference } => {
                 format!("exporting cache to registry {reference}")
             }
+            CacheLocation::Inline => continue,
         };
         progress.send(Event::Started {
             id,
@@ -515,8 +575,72 @@ pub(crate) async fn export_all(
     Ok(())
 }
 
+/// The key under which BuildKit keeps an inline cache in an image config: the cache config's
+/// JSON, base64-encoded (Go's encoding of a byte slice).
+const INLINE_KEY: &str = "moby.buildkit.cache.v0";
+
+/// With a `--cache-to type=inline`: the result chain's cache config, as it goes into the image
+/// config (`embed_inline`). Its layers are the image's (gzip, as the image's by default).
+pub(crate) async fn inline_config(
+    cx: &ExportCx,
+    specs: &[CacheExport],
+) -> Result<Option<String>, Error> {
+    let Some(spec) = specs.iter().find(|s| s.location == CacheLocation::Inline) else {
+        return Ok(None);
+    };
+    let spec = CacheExport {
+        mode: CacheMode::Min,
+        compression: CacheCompression::Gzip,
+        ..spec.clone()
+    };
+    let cx = cx.clone();
+    let config = tokio::task::spawn_blocking(move || collect(&cx, &spec).map(|(c, _)| c))
+        .await
+        .map_err(|e| Error::Unsupported(format!("cache export task failed: {e}")))??;
+    use base64::Engine as _;
+    let json = serde_json::to_vec(&config).expect("a cache config always serializes");
+    Ok(Some(base64::engine::general_purpose::STANDARD.encode(json)))
+}
+
+/// `image` with `inline` (from `inline_config`) in its config: new config and manifest blobs.
+pub(crate) fn embed_inline(
+    store: &Store,
+    mut image: kiln_export::Image,
+    inline: &str,
+) -> Result<kiln_export::Image, Error> {
+    let fail = |message: String| Error::CacheExport {
+        dest: "inline".to_owned(),
+        message,
+    };
+    let bytes = store.read_blob(&image.manifest_doc.config.digest)?;
+    let mut config: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes).map_err(|e| fail(format!("image config: {e}")))?;
+    config.insert(
+        INLINE_KEY.to_owned(),
+        serde_json::Value::String(inline.to_owned()),
+    );
+    let bytes = serde_json::to_vec(&config).expect("a JSON object always serializes");
+    image.manifest_doc.config.digest = store.write_blob(&bytes)?;
+    image.manifest_doc.config.size = bytes.len() as u64;
+    let manifest = serde_json::to_vec(&image.manifest_doc).expect("a manifest always serializes");
+    image.manifest.digest = store.write_blob(&manifest)?;
+    image.manifest.size = manifest.len() as u64;
+    Ok(image)
+}
+
 /// Writes one `--cache-to`.
 fn export(input: &ExportCx, spec: &CacheExport) -> Result<(), Error> {
+    let (config, blobs) = collect(input, spec)?;
+    write(input, spec, &config, blobs)
+}
+
+/// The cache config of a `--cache-to` and its layer blobs (in the store, or to be checked when
+/// copied).
+#[allow(clippy::type_complexity)]
+fn collect(
+    input: &ExportCx,
+    spec: &CacheExport,
+) -> Result<(format::CacheConfig, Vec<(Descriptor, PathBuf, bool)>), Error> {
     let def = &input.def;
     let keys = lock(&input.tracker.keys).clone();
     // The target and everything it needs.
@@ -592,7 +716,16 @@ fn export(input: &ExportCx, spec: &CacheExport) -> Result<(), Error> {
         }
         records.push((*key, refs, inputs.clone()));
     }
-    let config = format::build_config(&records);
+    Ok((format::build_config(&records), blobs))
+}
+
+/// Writes a collected cache where `spec` says.
+fn write(
+    input: &ExportCx,
+    spec: &CacheExport,
+    config: &format::CacheConfig,
+    blobs: Vec<(Descriptor, PathBuf, bool)>,
+) -> Result<(), Error> {
     match &spec.location {
         CacheLocation::Local { dir, tag } => {
             if spec.image_manifest && !spec.oci_mediatypes {
@@ -605,7 +738,7 @@ fn export(input: &ExportCx, spec: &CacheExport) -> Result<(), Error> {
                 dir,
                 tag,
                 &blobs,
-                &config,
+                config,
                 spec.image_manifest,
                 spec.oci_mediatypes,
             )?;
@@ -620,7 +753,7 @@ fn export(input: &ExportCx, spec: &CacheExport) -> Result<(), Error> {
                     "image-manifest=true needs oci-mediatypes=true".to_owned(),
                 ));
             }
-            let bytes = serde_json::to_vec(&config).expect("a cache config always serializes");
+            let bytes = serde_json::to_vec(config).expect("a cache config always serializes");
             let config_desc = Descriptor::new(
                 format::MEDIA_TYPE_CACHE_CONFIG,
                 input.store.write_blob(&bytes)?,
@@ -643,6 +776,8 @@ fn export(input: &ExportCx, spec: &CacheExport) -> Result<(), Error> {
             )
             .map_err(fail)?;
         }
+        // Written into the image by the image export (`embed_inline`).
+        CacheLocation::Inline => {}
     }
     Ok(())
 }

@@ -265,7 +265,7 @@ where
             .collect();
         for &v in &skipped {
             if let Some(key) = r.keys[v].clone() {
-                self.spawn_probe(v, key);
+                self.spawn_load(v, key, true);
             }
         }
         let mut hits = vec![false; needed.len()];
@@ -405,7 +405,7 @@ where
                 r.nodes[n].rep = v;
                 r.nodes[n].state = NodeState::Loading;
                 let key = r.keys[v].clone().expect("needed vertices are keyed");
-                self.spawn_load(v, key);
+                self.spawn_load(v, key, false);
             }
             _ => {}
         }
@@ -511,7 +511,9 @@ where
         });
     }
 
-    fn spawn_load(&mut self, v: usize, key: E::Key) {
+    /// Looks `key` up for vertex `v`: its output ([`Executor::load`]), or with `probe` only
+    /// whether it has one ([`Executor::has_cached`]), for a vertex below a hit.
+    fn spawn_load(&mut self, v: usize, key: E::Key, probe: bool) {
         let executor = Arc::clone(&self.executor);
         let cancel = self.cancel.clone();
         let id = self.id(v);
@@ -519,19 +521,11 @@ where
             if cancel.is_cancelled() {
                 return Ok(Outcome::NotStarted);
             }
-            Ok(Outcome::Loaded(executor.load(&id, &key).await?))
-        });
-    }
-
-    fn spawn_probe(&mut self, v: usize, key: E::Key) {
-        let executor = Arc::clone(&self.executor);
-        let cancel = self.cancel.clone();
-        let id = self.id(v);
-        self.spawn(v, Phase::Load, async move {
-            if cancel.is_cancelled() {
-                return Ok(Outcome::NotStarted);
-            }
-            Ok(Outcome::Probed(executor.has_cached(&id, &key).await?))
+            Ok(if probe {
+                Outcome::Probed(executor.has_cached(&id, &key).await?)
+            } else {
+                Outcome::Loaded(executor.load(&id, &key).await?)
+            })
         });
     }
 

@@ -59,6 +59,7 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheExport> {
         },
         mode: CacheMode::Min,
         compression: Default::default(),
+        force_compression: false,
         oci_mediatypes: true,
         image_manifest: false,
         ignore_error: false,
@@ -84,9 +85,12 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheExport> {
             "oci-mediatypes" => out.oci_mediatypes = boolean(FLAG, spec, k, v)?,
             "image-manifest" => out.image_manifest = boolean(FLAG, spec, k, v)?,
             "ignore-error" => out.ignore_error = boolean(FLAG, spec, k, v)?,
-            // BuildKit's knobs of how blobs are compressed; kiln compresses its way, and a
-            // layer it pulled keeps its blob, as BuildKit without force-compression.
-            "compression-level" | "force-compression" => {}
+            // BuildKit reads a bare `force-compression` as true.
+            "force-compression" => {
+                out.force_compression = v.is_empty() || boolean(FLAG, spec, k, v)?
+            }
+            // kiln compresses at the default level.
+            "compression-level" => {}
             other => bail!("invalid {FLAG} {spec:?}: unknown option {other:?}"),
         }
     }
@@ -186,8 +190,8 @@ mod tests {
             ("dest=x", "missing type="),
             ("type=local,dest=x,mode=all", "expected min or max"),
             (
-                "type=local,dest=x,compression=zstd",
-                "not supported for caches",
+                "type=local,dest=x,compression=brotli",
+                "expected gzip, zstd or uncompressed",
             ),
             ("type=local,dest=x,bogus=1", "unknown option \"bogus\""),
             ("type=local,dest=x,ignore-error=yes", "not true or false"),

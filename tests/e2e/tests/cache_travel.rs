@@ -486,3 +486,29 @@ fn an_inline_cache_travels_inside_the_pushed_image() {
         run.stderr
     );
 }
+
+#[test]
+fn a_zstd_cache_gives_the_same_image() {
+    let first = Kiln::new(&[]);
+    let cache = first.path("cache");
+    let to = format!("type=local,dest={},compression=zstd", cache.display());
+    let built = build(&first, &context(&first, ""), &["--cache-to", &to]).ok();
+    // This build's layers are zstd; the base image's keeps the blob it was pulled as.
+    let manifests: Vec<_> = files_containing(&cache.join("blobs"), b"\"manifests\"");
+    assert_eq!(manifests.len(), 1, "one cache manifest: {manifests:?}");
+    let manifest = std::fs::read_to_string(&manifests[0]).unwrap();
+    assert!(
+        manifest.contains("application/vnd.oci.image.layer.v1.tar+zstd"),
+        "{manifest}"
+    );
+    assert!(
+        manifest.contains("application/vnd.oci.image.layer.v1.tar+gzip"),
+        "{manifest}"
+    );
+
+    let second = Kiln::new(&[]);
+    let from = format!("type=local,src={}", cache.display());
+    let again = build(&second, &context(&second, ""), &["--cache-from", &from]).ok();
+    assert_eq!(again.step_state(FINAL_RUN), "CACHED", "{}", again.stderr);
+    assert_eq!(again.digest(), built.digest());
+}

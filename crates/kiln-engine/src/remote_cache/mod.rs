@@ -79,6 +79,8 @@ pub enum CacheCompression {
     Gzip,
     /// Plain tar.
     Uncompressed,
+    /// zstd.
+    Zstd,
 }
 
 impl std::str::FromStr for CacheCompression {
@@ -87,13 +89,9 @@ impl std::str::FromStr for CacheCompression {
         match s {
             "gzip" => Ok(CacheCompression::Gzip),
             "uncompressed" => Ok(CacheCompression::Uncompressed),
-            "zstd" => Err(
-                "compression=zstd is not supported for caches yet: use gzip or \
-                 uncompressed"
-                    .to_owned(),
-            ),
+            "zstd" => Ok(CacheCompression::Zstd),
             other => Err(format!(
-                "unknown compression {other:?}: expected gzip or uncompressed"
+                "unknown compression {other:?}: expected gzip, zstd or uncompressed"
             )),
         }
     }
@@ -108,6 +106,9 @@ pub struct CacheExport {
     pub mode: CacheMode,
     /// `compression=`.
     pub compression: CacheCompression,
+    /// `force-compression=true`: layers that came as blobs (base images) are compressed as
+    /// asked too, instead of keeping their blob.
+    pub force_compression: bool,
     /// `oci-mediatypes=` (default true): OCI media types, else docker's.
     pub oci_mediatypes: bool,
     /// `image-manifest=true`: an image manifest whose config is the cache config, instead of
@@ -591,6 +592,7 @@ pub(crate) async fn inline_config(
     let spec = CacheExport {
         mode: CacheMode::Min,
         compression: CacheCompression::Gzip,
+        force_compression: false,
         ..spec.clone()
     };
     let cx = cx.clone();
@@ -821,6 +823,29 @@ fn result_of(input: &ExportCx, key: &Digest) -> Result<Option<Vec<Source>>, Erro
         .map(Some)
 }
 
+/// The zstd blob of a layer, made from its plain tar blob `tar`. The store keeps a layer's gzip and
+/// plain forms only, so it is made again by each export (the same bytes: one thread, the
+/// default level).
+fn zstd_blob(
+    store: &Store,
+    tar: &kiln_snapshot::LayerBlob,
+) -> Result<kiln_snapshot::LayerBlob, Error> {
+    let path = store.blob_path(&tar.digest);
+    let io = |e: std::io::Error| Error::io("compress", &path, e);
+    let mut input = std::io::BufReader::new(std::fs::File::open(&path).map_err(io)?);
+    let mut out = store.blob_writer()?;
+    let mut enc = zstd::stream::write::Encoder::new(&mut out, 0).map_err(io)?;
+    std::io::copy(&mut input, &mut enc).map_err(io)?;
+    enc.finish().map_err(io)?;
+    let size = out.len();
+    Ok(kiln_snapshot::LayerBlob {
+        diff_id: tar.diff_id,
+        digest: out.commit(None)?,
+        size,
+        media_type: kiln_types::image::MEDIA_TYPE_LAYER_ZSTD.to_owned(),
+    })
+}
+
 /// The blob of one layer in the export's compression and media types, and its file in the
 /// store (a layer only in an imported cache is fetched into the store first, and checked).
 fn blob(
@@ -831,11 +856,27 @@ fn blob(
     let store = &input.store;
     let (mut layer, path, verify) = match s {
         Source::Store(id) => {
-            let c = match spec.compression {
-                CacheCompression::Gzip => Compression::Gzip,
-                CacheCompression::Uncompressed => Compression::Uncompressed,
+            let b = match spec.compression {
+                CacheCompression::Gzip => store.layer_blob(id, Compression::Gzip)?,
+                other => {
+                    // As BuildKit without force-compression: a layer that came as a blob (a
+                    // base image's, indexed by the diff id of its gzip form, the pulled blob)
+                    // keeps that blob, so that an image built from the cache names the same
+                    // layers. An image export has usually made the gzip form already.
+                    let gzip = store.layer_blob(id, Compression::Gzip)?;
+                    let pulled = store.layer_by_diff_id(&gzip.diff_id)?.as_ref() == Some(id);
+                    if pulled && !spec.force_compression {
+                        gzip
+                    } else {
+                        let tar = store.layer_blob(id, Compression::Uncompressed)?;
+                        if other == CacheCompression::Zstd {
+                            zstd_blob(store, &tar)?
+                        } else {
+                            tar
+                        }
+                    }
+                }
             };
-            let b = store.layer_blob(id, c)?;
             let path = store.blob_path(&b.digest);
             (
                 LayerRef {

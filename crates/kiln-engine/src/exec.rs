@@ -247,6 +247,22 @@ impl Executor<Digest> for OpExecutor {
     ) -> Result<Snapshot, BoxError> {
         let vertex = self.vertex(v)?;
         let used = crate::gc::record_use(&vertex);
+        // Held until the record is written: another kiln process that needs this key waits,
+        // then takes the record below instead of running the step too.
+        let _running = if vertex.meta.ignore_cache {
+            None
+        } else {
+            let (root, k, c) = (self.store.root().to_owned(), *key, cx.clone());
+            let held = blocking(move || {
+                crate::running::hold(&root, &k, c.cancel(), &|line: String| c.log(line))
+            })
+            .await?;
+            if let Some(rec) = self.index.get(&self.store, key)? {
+                self.tracker.result(*key, &rec.snapshot);
+                return Ok(rec.snapshot);
+            }
+            Some(held)
+        };
         let env = self.env.clone();
         let cx = cx.clone();
         let snapshot = blocking(move || run(&env, &cx, &vertex.op, inputs)).await?;

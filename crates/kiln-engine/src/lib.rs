@@ -16,6 +16,7 @@ mod remote_cache;
 mod remote_context;
 mod rootpath;
 mod run;
+mod running;
 mod services;
 mod ssh_agent;
 mod syntax;

@@ -218,3 +218,98 @@ fn sigkill_at_random_moments_leaves_a_usable_store_and_nothing_behind() {
         "the last build after the kills differs from an uninterrupted one"
     );
 }
+
+/// Issue 9: 8 builds at once on one store, 4 of one build and 4 of others, all succeed; the
+/// identical ones give one digest, and the RUN step they share ran once (in one of them: the
+/// others waited for it and took its result), as with BuildKit's daemon.
+#[test]
+fn eight_builds_at_once_on_one_store_run_a_shared_step_once() {
+    let registry = test_registry();
+    let k = Kiln::new(&[]);
+    // The step prints `ran-42` only when it really runs (its name shows the unexpanded text),
+    // and writes a stamp that differs at each run, so that two runs give two digests. It lasts
+    // a second so that the identical builds reach it together.
+    let same = k.write(
+        "same",
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM {registry}/busybox:latest\n\
+                 RUN echo \"ran-$((6*7))\" && sleep 1 && cat /proc/uptime > /stamp\n\
+                 RUN cat /stamp > /copy\n"
+            ),
+        )],
+    );
+    let others: Vec<_> = (0..4)
+        .map(|i| {
+            k.write(
+                &format!("other-{i}"),
+                &[(
+                    "Dockerfile",
+                    &format!(
+                        "FROM {registry}/busybox:latest\n\
+                         RUN echo other {i} > /other && sleep 1\n"
+                    ),
+                )],
+            )
+        })
+        .collect();
+    let store = k.path("store");
+    let start = |ctx: &Path, n: usize| {
+        let out = k.path(&format!("out-{n}.tar"));
+        kiln(&store, &k)
+            .args([
+                "build",
+                "--progress=plain",
+                "--build-arg",
+                "SOURCE_DATE_EPOCH=0",
+            ])
+            .arg("--output")
+            .arg(format!("type=oci,dest={}", out.display()))
+            .arg(ctx)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kiln build")
+    };
+    let mut children = Vec::new();
+    for n in 0..4 {
+        children.push((true, start(&same, n)));
+        children.push((false, start(&others[n], 4 + n)));
+    }
+    let runs: Vec<(bool, Run)> = children
+        .into_iter()
+        .map(|(same, c)| (same, Run::from(c.wait_with_output().unwrap())))
+        .collect();
+    for (_, r) in &runs {
+        assert_eq!(r.code, 0, "a concurrent build failed:\n{}", r.stderr);
+    }
+    let same_runs: Vec<&Run> = runs.iter().filter(|(s, _)| *s).map(|(_, r)| r).collect();
+    let digests: Vec<String> = same_runs.iter().map(|r| r.digest()).collect();
+    assert!(
+        digests.iter().all(|d| *d == digests[0]),
+        "identical builds gave {digests:?}"
+    );
+    let ran: usize = same_runs
+        .iter()
+        .map(|r| r.stderr.lines().filter(|l| l.ends_with(" ran-42")).count())
+        .sum();
+    assert_eq!(
+        ran,
+        1,
+        "the shared RUN step ran {ran} times:\n{}",
+        same_runs
+            .iter()
+            .map(|r| r.stderr.as_str())
+            .collect::<Vec<_>>()
+            .join("\n=====\n")
+    );
+    let other_digests: std::collections::BTreeSet<String> = runs
+        .iter()
+        .filter(|(s, _)| !*s)
+        .map(|(_, r)| r.digest())
+        .collect();
+    assert_eq!(other_digests.len(), 4, "the different builds differ");
+    assert_eq!(entries(&store.join("tmp")), Vec::<String>::new());
+    assert_eq!(entries(&store.join("running")), Vec::<String>::new());
+}

@@ -209,8 +209,9 @@ impl Executor<Digest> for OpExecutor {
         }
         // A record of an imported cache: its layers are fetched now, and only now.
         let (env, k) = (self.env.clone(), *key);
+        let usage = crate::gc::record_use(&self.vertex(v)?);
         let found = tokio::task::spawn_blocking(move || {
-            env.imported.materialize(&env.store, &env.index, &k)
+            env.imported.materialize(&env.store, &env.index, &k, &usage)
         })
         .await
         .map_err(|e| format!("cache import task failed: {e}"))?;

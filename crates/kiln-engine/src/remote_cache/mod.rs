@@ -247,6 +247,7 @@ impl Imported {
         store: &Store,
         index: &CacheIndex,
         key: &Digest,
+        usage: &kiln_cache::RecordUse,
     ) -> Result<Option<Snapshot>, String> {
         let Some(layers) = self.layers_of(key) else {
             return if self.has(key) {
@@ -278,20 +279,22 @@ impl Imported {
             self.net
                 .block(self.net.registry.fetch_blobs(r, &descs, store))?;
         }
+        // Layers are taken as a cache hit takes them: under the use lock, so that a collector
+        // spares those already in the store (touched) and those made now until the record
+        // names them (gc.rs).
+        let _taking = store.use_lock().map_err(|e| e.to_string())?;
         let mut snapshot = Snapshot::default();
         for l in layers {
             snapshot.layers.push(self.import_layer(store, l)?);
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         index
-            .put(
+            .put_used(
                 key,
                 &CacheRecord {
                     snapshot: snapshot.clone(),
-                    created_unix: now,
+                    created_unix: usage.last_used_ms / 1000,
                 },
+                usage,
             )
             .map_err(|e| e.to_string())?;
         Ok(Some(snapshot))
@@ -340,6 +343,7 @@ impl Imported {
             ..
         } = &l.layer;
         if let Some(id) = self.local_layer(store, l)? {
+            let _ = store.touch_layer(&id);
             return Ok(id);
         }
         self.fetch(store, l)?;

@@ -560,6 +560,8 @@ impl Engine {
     /// Opens the store and discovers plugins.
     pub fn new(config: EngineConfig) -> Result<Self, Error> {
         let store = Store::open(&config.root)?;
+        // What builds killed while running a step left (the store's tmp/ is swept by open).
+        running::sweep(&config.root);
         let index = CacheIndex::open(&config.root.join("cache.redb"))?;
         let search = SearchPath::standard(&config.plugin_dirs);
         let plugins = PluginRegistry::discover(&search);

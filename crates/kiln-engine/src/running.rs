@@ -92,6 +92,24 @@ pub(crate) fn hold(
     }
 }
 
+/// Removes the lock files that builds killed while running a step left behind (those nobody
+/// holds). Best effort: a file that cannot be removed now is removed by its next holder.
+pub(crate) fn sweep(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root.join(RUNNING)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(file) = File::open(e.path()) else {
+            continue;
+        };
+        // Held: a live build runs that step. A holder that opened the file but locks it only
+        // after this removal sees the path gone and starts over (see `hold`).
+        if file.try_lock().is_ok() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// flock(2) cannot be interrupted by a cancellation token: a thread of its own waits, and this
 /// one watches the token. A thread whose waiter gave up drops the file once it gets the lock,
 /// which releases it.
@@ -164,6 +182,19 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn a_sweep_removes_what_nobody_holds() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let cancel = CancellationToken::new();
+        let live = hold(t.path(), &Digest::of(b"live"), &cancel, &|_| {}).expect("live");
+        // As a build killed while running the step leaves it.
+        let dead = t.path().join(RUNNING).join(Digest::of(b"dead").hex());
+        std::fs::write(&dead, b"").expect("write");
+        sweep(t.path());
+        assert!(!dead.exists());
+        assert!(live.path.exists());
     }
 
     #[test]

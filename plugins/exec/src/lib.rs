@@ -40,6 +40,7 @@ mod policy;
 mod rootfs;
 mod runc;
 mod sandbox;
+mod scratch;
 mod step;
 mod user;
 

@@ -89,7 +89,7 @@ pub struct Step {
     /// cgroup must also allow them).
     pub devices: Vec<crate::cdi::Node>,
     /// Holds the generated `/etc/hosts` and `/etc/resolv.conf`; removed on drop.
-    _files: tempfile::TempDir,
+    _files: crate::scratch::Scratch,
 }
 
 impl Step {
@@ -127,16 +127,7 @@ impl Step {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| DEFAULT_HOSTNAME.to_owned());
 
-        let files = tempfile::Builder::new()
-            .prefix("kiln-exec-")
-            .tempdir()
-            .map_err(|e| {
-                Error::io(
-                    "cannot create a temporary directory in",
-                    std::env::temp_dir(),
-                    e,
-                )
-            })?;
+        let files = crate::scratch::Scratch::new("kiln-step-")?;
         check_ulimits(&req.ulimits)?;
         let shm_size = match req.shm_size {
             None => DEFAULT_SHM_SIZE,

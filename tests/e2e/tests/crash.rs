@@ -4,7 +4,8 @@
 //! - it succeeds, and every step the killed build had finished (its `DONE` was printed) comes
 //!   from the cache;
 //! - no mount under the store is left in this (the host's) mount table;
-//! - the store's `tmp/` (and its session locks) are empty once it is done;
+//! - the store's `tmp/` (and its session and step locks) are empty once it is done, and so
+//!   is the temp dir kiln was given (`TMPDIR`, where the sandbox keeps its scratch files);
 //! - the last one gives the digest of an uninterrupted build in a fresh store.
 //!
 //! The moments are drawn from a seeded generator printed by the test; set `KILN_CRASH_SEED`
@@ -69,7 +70,11 @@ fn args(out: &Path, ctx: &Path, round: u32) -> Vec<String> {
 
 fn kiln(store: &Path, k: &Kiln) -> Command {
     let mut cmd = Command::new(target_dir().join("kiln"));
+    // A temp dir of the test's own, to see what kiln leaves outside its store.
+    let tmpdir = k.path("tmpdir");
+    std::fs::create_dir_all(&tmpdir).unwrap();
     cmd.env("XDG_CONFIG_HOME", k.path("xdg-config"))
+        .env("TMPDIR", tmpdir)
         .env("KILN_ROOT", store)
         .env("KILN_PLUGIN_PATH", k.plugin_dir())
         .stdin(Stdio::null());
@@ -202,6 +207,13 @@ fn sigkill_at_random_moments_leaves_a_usable_store_and_nothing_behind() {
             entries(&store.join("sessions")),
             Vec::<String>::new(),
             "{what}: session locks outlived the next build"
+        );
+        // The sandbox's scratch (hosts, resolv.conf) of a step killed mid-run goes when the
+        // step runs again.
+        assert_eq!(
+            entries(&k.path("tmpdir")),
+            Vec::<String>::new(),
+            "{what}: scratch directories outlived the next build"
         );
         assert_eq!(
             entries(&store.join("running")),

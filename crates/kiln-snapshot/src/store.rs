@@ -171,10 +171,13 @@ impl Store {
     }
 
     /// Stores `bytes`, returning their digest.
+    /// A blob already there is kept only if it holds these very bytes: one changed on disk is
+    /// replaced, never trusted by its name.
     pub fn write_blob(&self, bytes: &[u8]) -> Result<Digest> {
         let digest = Digest::of(bytes);
         let path = self.blob_path(&digest);
-        if path.is_file() {
+        let same_len = fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64);
+        if same_len && fs::read(&path).is_ok_and(|have| have == bytes) {
             return Ok(digest);
         }
         let tmp = self.tmp_path("blob");

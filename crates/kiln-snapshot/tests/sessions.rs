@@ -1,7 +1,8 @@
 //! The store's `tmp/` after crashes: a process killed with SIGKILL leaves its temporaries
 //! behind, and the next `Store::open` removes them, while the temporaries of a process that
 //! still runs on the same store stay. The "other process" is this test binary run again as a
-//! child (`child_holds_temporaries`), so that its death is a real one.
+//! child (`child_holds_temporaries`), so that its death is a real one. And a blob written
+//! again over a copy changed on disk repairs it.
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
@@ -147,4 +148,15 @@ fn isolating_mounts_refuses_once_threads_run() {
     // others, so the call must refuse rather than half-work.
     let err = isolate_mounts().unwrap_err();
     assert!(err.to_string().contains("threads"), "{err}");
+}
+
+#[test]
+fn writing_a_blob_repairs_a_copy_changed_on_disk() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open_with(t.path(), SnapshotterKind::Copy).unwrap();
+    let digest = store.write_blob(b"a config").unwrap();
+    // Changed behind kiln's back (same size, one byte flipped).
+    fs::write(store.blob_path(&digest), b"a confiG").unwrap();
+    assert_eq!(store.write_blob(b"a config").unwrap(), digest);
+    assert_eq!(store.read_blob(&digest).unwrap(), b"a config");
 }

@@ -94,14 +94,18 @@ fn entries(dir: &Path) -> Vec<String> {
     }
 }
 
-/// Steps the build executed to the end (not the build's own bookkeeping).
+/// Steps the build executed to the end (not the build's own bookkeeping), by their
+/// instruction: a step two stages share (their FROM) may be shown under either stage's label.
 fn finished(run: &Run) -> Vec<String> {
     run.steps()
         .into_iter()
         .filter(|(name, state)| {
             state == "DONE" && !name.starts_with("[internal]") && !name.starts_with("exporting")
         })
-        .map(|(name, _)| name)
+        .map(|(name, _)| match name.split_once("] ") {
+            Some((_, instruction)) if name.starts_with('[') => instruction.to_owned(),
+            _ => name,
+        })
         .collect()
 }
 

@@ -14,6 +14,7 @@ mod flags;
 mod generate;
 mod output;
 mod output_spec;
+mod verify;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -69,6 +70,8 @@ enum Command {
     Du(du::DuArgs),
     /// Remove build cache (least recently used first; nothing a running build uses).
     Prune(du::PruneArgs),
+    /// Check every blob of the store against its digest, and the records that use them.
+    Verify(verify::VerifyArgs),
 }
 
 #[derive(Subcommand)]
@@ -274,6 +277,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Generate(args) => generate::run(&args),
         Command::Du(args) => du::du(&config()?.root.value, &args),
         Command::Prune(args) => du::prune(&config()?.root.value, &args),
+        Command::Verify(args) => verify::run(&config()?.root.value, &args),
     }
 }
 

@@ -42,8 +42,81 @@ pub(crate) fn check(exports: &[Export], epoch: Option<u64>) -> Result<(), Error>
     Ok(())
 }
 
+/// Most changed blobs one export rebuilds before it gives up (each costs a new attempt).
+const MAX_REBUILT_BLOBS: usize = 16;
+
 /// Writes every export of `snapshot`; returns the image of the first image export.
+///
+/// No blob whose bytes changed on disk is ever exported or pushed: every blob is checked
+/// against its digest as it is written out (before it is pushed or loaded, where a stream
+/// cannot be taken back). A changed blob is then dropped with what was derived from it and the
+/// exports start again: a layer's blob is computed again from the layer's directory (the
+/// files every build used), the same bytes for a layer kiln made; a pulled layer gets
+/// kiln's compression of the same files (the same diff id, another blob digest); configs and
+/// manifests are written again. Rebuilding rather than failing keeps a build that can be
+/// correct from failing; the layer directory is the source of truth.
 pub(crate) fn run(
+    cx: &ExportContext<'_>,
+    exports: &[Export],
+    snapshot: &Snapshot,
+    config: &ImageConfig,
+) -> Result<Option<Image>, Error> {
+    let mut rebuilt: Vec<Digest> = Vec::new();
+    loop {
+        let err = match run_once(cx, exports, snapshot, config) {
+            Ok(image) => return Ok(image),
+            Err(e) => e,
+        };
+        let Some(digest) = changed_blob(&err) else {
+            return Err(err);
+        };
+        // The same blob changed again right after it was written: the disk is failing.
+        if rebuilt.contains(&digest) || rebuilt.len() >= MAX_REBUILT_BLOBS {
+            return Err(err);
+        }
+        let dropped = cx.store.drop_blob(&digest)?;
+        let users = if dropped.layers.is_empty() {
+            String::new()
+        } else {
+            let ids: Vec<&str> = dropped.layers.iter().map(|l| l.0.as_str()).collect();
+            format!(" (exported form of layer {})", ids.join(", "))
+        };
+        cx.progress.send(kiln_solver::Event::Log {
+            id: Digest::of(b"internal:export"),
+            name: "exporting to image".to_owned(),
+            line: format!(
+                "blob {digest}{users} changed on disk: removed from the store, rebuilding it"
+            ),
+        });
+        rebuilt.push(digest);
+    }
+}
+
+/// The blob of the store found changed on disk, when that is why an export failed.
+fn changed_blob(e: &Error) -> Option<Digest> {
+    match e {
+        Error::Snapshot(kiln_snapshot::Error::BlobChanged(m)) => Some(m.digest),
+        Error::Export(e) => e.changed_blob().copied(),
+        _ => None,
+    }
+}
+
+/// Checks every blob of `image` against its digest, streamed: for destinations that cannot
+/// take back what they were sent (a registry, `docker load`).
+fn check_blobs(store: &Store, image: &Image) -> Result<(), Error> {
+    let mut blobs = image.blobs();
+    blobs.sort();
+    blobs.dedup();
+    for d in &blobs {
+        if let kiln_snapshot::verify::BlobState::Changed(m) = store.check_blob(d)? {
+            return Err(kiln_snapshot::Error::BlobChanged(m).into());
+        }
+    }
+    Ok(())
+}
+
+/// One attempt at every export of `snapshot`.
+fn run_once(
     cx: &ExportContext<'_>,
     exports: &[Export],
     snapshot: &Snapshot,
@@ -83,16 +156,15 @@ pub(crate) fn run(
                 kiln_export::export_docker(cx.store, &image_for(format)?, cx.tags, dest)?
             }
             Export::Load { format } => {
-                kiln_export::load_docker(cx.store, &image_for(format)?, cx.tags)?
+                let image = image_for(format)?;
+                check_blobs(cx.store, &image)?;
+                kiln_export::load_docker(cx.store, &image, cx.tags)?
             }
-            Export::Registry { names, format } => push(
-                cx.store,
-                cx.registry,
-                cx.handle,
-                &image_for(format)?,
-                names,
-                cx.progress,
-            )?,
+            Export::Registry { names, format } => {
+                let image = image_for(format)?;
+                check_blobs(cx.store, &image)?;
+                push(cx.store, cx.registry, cx.handle, &image, names, cx.progress)?
+            }
             Export::Local { dest } => kiln_export::export_local(cx.store, snapshot, dest)?,
             Export::Tar { dest } => kiln_export::export_tar(cx.store, snapshot, dest)?,
         }

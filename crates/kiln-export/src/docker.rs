@@ -148,9 +148,32 @@ fn write<W: Write>(
                 continue;
             }
             let unpacked = scratch.join(diff_id.hex());
-            let mut out = fs::File::create(&unpacked).map_err(io_err(&unpacked))?;
+            let out = fs::File::create(&unpacked).map_err(io_err(&unpacked))?;
             let mut tar_stream = store.open_layer_tar(&layer.digest, &layer.media_type)?;
-            io::copy(&mut tar_stream, &mut out).map_err(io_err(&unpacked))?;
+            // What is shipped is the uncompressed tar: it must hash to the layer's diff id.
+            let mut out = HashingWriter {
+                out,
+                hash: kiln_types::Sha256Writer::default(),
+            };
+            let copied = io::copy(&mut tar_stream, &mut out);
+            if copied.is_err() || out.hash.clone().finish() != *diff_id {
+                // A blob changed on disk is the likely cause (a broken gzip stream, other
+                // content): say so by its digest, so that the caller can rebuild it.
+                if let kiln_snapshot::verify::BlobState::Changed(m) =
+                    store.check_blob(&layer.digest)?
+                {
+                    return Err(kiln_snapshot::Error::BlobChanged(m).into());
+                }
+                copied.map_err(io_err(&unpacked))?;
+                return Err(Error::Layer {
+                    layer: layer.digest,
+                    why: format!(
+                        "unpacks to {}, not to its diff id {diff_id}",
+                        out.hash.finish()
+                    ),
+                });
+            }
+            let mut out = out.out;
             out.flush().map_err(io_err(&unpacked))?;
             let f = fs::File::open(&unpacked).map_err(io_err(&unpacked))?;
             let size = f.metadata().map_err(io_err(&unpacked))?.len();
@@ -159,7 +182,7 @@ fn write<W: Write>(
             layer_paths.push(path);
         }
         let config_name = format!("{}.json", image.manifest_doc.config.digest.hex());
-        let config = store.read_blob(&image.manifest_doc.config.digest)?;
+        let config = store.read_blob_verified(&image.manifest_doc.config.digest)?;
         append(&mut b, &config_name, config.len() as u64, config.as_slice())
             .map_err(io_err(dest))?;
         let manifest = serde_json::json!([{
@@ -183,6 +206,23 @@ fn write<W: Write>(
         .map_err(io_err(dest))?;
     }
     b.into_inner().map_err(io_err(dest))
+}
+
+/// Writes through to `out`, hashing what it writes.
+struct HashingWriter {
+    out: fs::File,
+    hash: kiln_types::Sha256Writer,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }
 
 fn append<W: Write>(

@@ -159,19 +159,21 @@ fn compress(
 ) -> Result<LayerBlob> {
     let path = store.blob_path(&tar.digest);
     let io = |e: std::io::Error| crate::io_err(&path)(e);
-    let mut input = std::io::BufReader::new(std::fs::File::open(&path).map_err(io)?);
+    // Read verified: a blob made from a changed one would carry the damage under a digest of
+    // its own, which no later check could catch.
+    let mut input = std::io::BufReader::new(store.open_blob_verified(&tar.digest)?);
     let mut out = store.blob_writer()?;
     let media_type = if kind == CompressionKind::Zstd {
         // Level 0 is zstd's default (3), as in BuildKit.
         let mut enc =
             zstd::stream::write::Encoder::new(&mut out, level.unwrap_or(0)).map_err(io)?;
-        std::io::copy(&mut input, &mut enc).map_err(io)?;
+        std::io::copy(&mut input, &mut enc).map_err(changed_or(&path))?;
         enc.finish().map_err(io)?;
         kiln_types::image::MEDIA_TYPE_LAYER_ZSTD
     } else {
         let level = level.and_then(|l| u32::try_from(l).ok()).unwrap_or(6);
         let mut enc = flate2::write::GzEncoder::new(&mut out, flate2::Compression::new(level));
-        std::io::copy(&mut input, &mut enc).map_err(io)?;
+        std::io::copy(&mut input, &mut enc).map_err(changed_or(&path))?;
         enc.finish().map_err(io)?;
         kiln_types::image::MEDIA_TYPE_LAYER_GZIP
     };
@@ -184,6 +186,14 @@ fn compress(
         size,
         media_type: media_type.to_owned(),
     })
+}
+
+/// An error reading a verified blob: the blob's change when that is what it is.
+fn changed_or(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| match kiln_snapshot::verify::blob_mismatch(&e) {
+        Some(m) => kiln_snapshot::Error::BlobChanged(m.clone()).into(),
+        None => crate::io_err(path)(e),
+    }
 }
 
 /// Makes the non-empty history entries match the layers one to one, as BuildKit's exporter

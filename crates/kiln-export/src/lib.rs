@@ -34,6 +34,14 @@ pub enum Error {
     /// annotations).
     #[error("invalid export options: {0}")]
     Options(String),
+    /// A layer blob whose content is not what the image says it is.
+    #[error("layer {layer}: {why}")]
+    Layer {
+        /// The layer blob.
+        layer: kiln_types::Digest,
+        /// What is wrong.
+        why: String,
+    },
     /// `--load`: docker could not take the image.
     #[error("--load: {0}")]
     Load(String),
@@ -45,6 +53,18 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// The store's blob whose bytes no longer match its digest, when that is why the export
+    /// failed: the caller may drop it (`Store::drop_blob`), assemble the image again (which
+    /// computes a layer's blob again from its directory) and retry.
+    pub fn changed_blob(&self) -> Option<&kiln_types::Digest> {
+        match self {
+            Error::Snapshot(kiln_snapshot::Error::BlobChanged(m)) => Some(&m.digest),
+            _ => None,
+        }
+    }
 }
 
 /// Result of this crate.

@@ -66,6 +66,10 @@ fn write_dir(store: &Store, blobs: &[Digest], index: &[u8], dest: &Path) -> Resu
         if to.exists() {
             continue;
         }
+        // A blob changed on disk is never exported: it is read through once, hashed.
+        if let kiln_snapshot::verify::BlobState::Changed(m) = store.check_blob(d)? {
+            return Err(kiln_snapshot::Error::BlobChanged(m).into());
+        }
         let from = store.blob_path(d);
         // Blobs are immutable: a hard link is a free copy when on the same filesystem.
         if fs::hard_link(&from, &to).is_err() {
@@ -103,6 +107,7 @@ fn write_tar(store: &Store, blobs: &[Digest], index: &[u8], dest: &Path) -> Resu
         h.set_mtime(0);
         b.append_data(&mut h, path, std::io::empty())
     };
+    let mut changed = None;
     let res = (|| -> std::io::Result<()> {
         dir(&mut b, "blobs/")?;
         dir(&mut b, "blobs/sha256/")?;
@@ -110,7 +115,17 @@ fn write_tar(store: &Store, blobs: &[Digest], index: &[u8], dest: &Path) -> Resu
             let p = store.blob_path(d);
             let f = fs::File::open(&p)?;
             let size = f.metadata()?.len();
-            entry(&mut b, &format!("blobs/sha256/{}", d.hex()), size, &mut &f)?;
+            // Hashed as it streams: a blob changed on disk fails the copy at its end, and the
+            // half-written tarball is removed below.
+            let mut data = kiln_snapshot::verify::VerifyingReader::new(f, *d);
+            let written = entry(
+                &mut b,
+                &format!("blobs/sha256/{}", d.hex()),
+                size,
+                &mut data,
+            );
+            changed = data.mismatch().cloned();
+            written?;
         }
         entry(&mut b, "index.json", index.len() as u64, &mut &index[..])?;
         entry(
@@ -125,7 +140,10 @@ fn write_tar(store: &Store, blobs: &[Digest], index: &[u8], dest: &Path) -> Resu
     })();
     if let Err(e) = res {
         let _ = fs::remove_file(&tmp);
-        return Err(io_err(dest)(e));
+        return Err(match changed {
+            Some(m) => kiln_snapshot::Error::BlobChanged(m).into(),
+            None => io_err(dest)(e),
+        });
     }
     fs::rename(&tmp, dest).map_err(io_err(dest))
 }
@@ -152,5 +170,134 @@ mod tests {
         let err = tag_of("App:1").unwrap_err().to_string();
         assert!(err.contains("must be lowercase"), "{err}");
         assert!(tag_of("app:").is_err());
+    }
+
+    /// Flips one bit of `path` at `at`, as a bad disk would.
+    pub(crate) fn flip_byte(path: &Path, at: u64) {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        b[0] ^= 0x01;
+        f.write_all_at(&b, at).unwrap();
+    }
+
+    /// A store holding an image of one layer (its blob in the store).
+    pub(crate) fn store_with_image(
+        t: &tempfile::TempDir,
+    ) -> (Store, kiln_snapshot::Snapshot, Image) {
+        let store =
+            Store::open_with(t.path().join("s"), kiln_snapshot::SnapshotterKind::Copy).unwrap();
+        let b = store.new_layer().unwrap();
+        fs::write(b.fs_dir().join("f"), vec![7u8; 50_000]).unwrap();
+        let snap = kiln_snapshot::Snapshot {
+            layers: vec![b.commit().unwrap()],
+        };
+        let config: kiln_types::image::ImageConfig = serde_json::from_str(
+            r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+        )
+        .unwrap();
+        let image =
+            crate::assemble_image(&store, &snap, config, crate::ImageOptions::gzip()).unwrap();
+        (store, snap, image)
+    }
+
+    #[test]
+    fn a_blob_changed_on_disk_is_never_exported() {
+        let t = tempfile::tempdir().unwrap();
+        let (store, _, image) = store_with_image(&t);
+        let layer = image.layers[0].digest;
+        flip_byte(&store.blob_path(&layer), image.layers[0].size / 2);
+
+        let tar = t.path().join("out/app.tar");
+        let err = export_oci(&store, &image, &[], &tar, true).unwrap_err();
+        assert_eq!(err.changed_blob(), Some(&layer), "{err}");
+        assert!(err.to_string().contains(&layer.to_string()), "{err}");
+        assert!(!tar.exists(), "no tarball is left");
+        assert!(
+            !tar.with_extension("kiln-tmp").exists(),
+            "nor its temporary"
+        );
+
+        let dir = t.path().join("layout");
+        let err = export_oci(&store, &image, &[], &dir, false).unwrap_err();
+        assert_eq!(err.changed_blob(), Some(&layer), "{err}");
+        assert!(!dir.join("blobs/sha256").join(layer.hex()).exists());
+
+        let err = crate::export_docker(&store, &image, &[], &t.path().join("d.tar")).unwrap_err();
+        assert_eq!(err.changed_blob(), Some(&layer), "{err}");
+
+        // A changed config is refused too, by every exporter.
+        let t = tempfile::tempdir().unwrap();
+        let (store, _, image) = store_with_image(&t);
+        let config = image.manifest_doc.config.digest;
+        flip_byte(&store.blob_path(&config), 2);
+        let err = export_oci(&store, &image, &[], &tar, true).unwrap_err();
+        assert_eq!(err.changed_blob(), Some(&config), "{err}");
+        let err = crate::export_docker(&store, &image, &[], &t.path().join("d.tar")).unwrap_err();
+        assert_eq!(err.changed_blob(), Some(&config), "{err}");
+    }
+
+    #[test]
+    fn a_layer_is_never_recompressed_from_a_changed_blob() {
+        let t = tempfile::tempdir().unwrap();
+        let (store, snap, image) = store_with_image(&t);
+        let zstd = crate::ImageOptions {
+            format: crate::ImageFormat {
+                compression: crate::CompressionKind::Zstd,
+                ..crate::ImageFormat::default()
+            },
+            source_date_epoch: None,
+        };
+        let first =
+            crate::assemble_image(&store, &snap, image.config.clone(), zstd.clone()).unwrap();
+        let tar = store
+            .layer_blob(&snap.layers[0], kiln_snapshot::Compression::Uncompressed)
+            .unwrap();
+        flip_byte(&store.blob_path(&tar.digest), 600);
+        let err =
+            crate::assemble_image(&store, &snap, image.config.clone(), zstd.clone()).unwrap_err();
+        assert_eq!(err.changed_blob(), Some(&tar.digest), "{err}");
+        store.drop_blob(&tar.digest).unwrap();
+        let again = crate::assemble_image(&store, &snap, image.config, zstd).unwrap();
+        assert_eq!(again.layers, first.layers);
+    }
+
+    #[test]
+    fn after_the_changed_blob_is_dropped_the_same_image_is_exported() {
+        let t = tempfile::tempdir().unwrap();
+        let (store, snap, image) = store_with_image(&t);
+        let layer = image.layers[0].digest;
+        flip_byte(&store.blob_path(&layer), 40);
+        let tar = t.path().join("app.tar");
+        let err = export_oci(&store, &image, &[], &tar, true).unwrap_err();
+        let bad = *err.changed_blob().unwrap();
+        store.drop_blob(&bad).unwrap();
+        let config: kiln_types::image::ImageConfig = serde_json::from_str(
+            r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+        )
+        .unwrap();
+        let again =
+            crate::assemble_image(&store, &snap, config, crate::ImageOptions::gzip()).unwrap();
+        assert_eq!(again.manifest.digest, image.manifest.digest);
+        export_oci(&store, &again, &[], &tar, true).unwrap();
+        // Every blob of the tarball hashes to its name.
+        let mut archive = tar::Archive::new(fs::File::open(&tar).unwrap());
+        let mut blobs = 0;
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            if let Some(hex) = path.strip_prefix("blobs/sha256/").filter(|h| !h.is_empty()) {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut bytes).unwrap();
+                assert_eq!(Digest::of(&bytes).hex(), hex);
+                blobs += 1;
+            }
+        }
+        assert_eq!(blobs, 3);
     }
 }

@@ -19,6 +19,7 @@ mod mount_ns;
 mod session;
 mod store;
 pub mod tar_limits;
+pub mod verify;
 mod view;
 
 pub use import::ImportedLayer;
@@ -92,6 +93,9 @@ pub enum Error {
     /// `KILN_SNAPSHOTTER` names no snapshotter.
     #[error("KILN_SNAPSHOTTER={0:?}: expected `overlay` or `copy`")]
     BadSnapshotter(String),
+    /// A blob of the store whose bytes no longer match its digest.
+    #[error(transparent)]
+    BlobChanged(#[from] verify::BlobMismatch),
     /// Store metadata that cannot be read.
     #[error("corrupt store entry {path}: {why}")]
     Corrupt {

@@ -1,0 +1,318 @@
+//! A store whose blobs changed on disk behind kiln's back: `kiln verify` names the blob by its
+//! digest (with the layer and cache records that use it) and exits 1; the next export never
+//! ships the changed bytes (the blob is rebuilt from its layer, so the image stays the same);
+//! `kiln verify --repair` removes it; a push never sends it.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use kiln_e2e::*;
+use serde_json::Value;
+
+/// `n` bytes that do not compress (a layer blob is as large as its files), from `seed`.
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A context `FROM scratch` + `COPY data /data` (200 kB of noise) + `COPY note /note`.
+fn context(k: &Kiln) -> (PathBuf, Vec<u8>) {
+    let ctx = k.write(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch\nCOPY data /data\nCOPY note /note\n",
+            ),
+            ("note", "kept intact\n"),
+        ],
+    );
+    let data = noise(7, 200_000);
+    std::fs::write(ctx.join("data"), &data).unwrap();
+    (ctx, data)
+}
+
+/// `kiln build --output type=oci,dest=TAR CTX [EXTRA...]`, which must succeed.
+fn build_oci(k: &Kiln, ctx: &Path, tar: &Path, extra: &[&str]) -> Run {
+    let dest = format!("type=oci,dest={}", tar.display());
+    let mut args = vec!["build", "--progress=plain", "--output", &dest];
+    args.extend_from_slice(extra);
+    let c = ctx.display().to_string();
+    args.push(&c);
+    k.run(&args).ok()
+}
+
+/// Extracts OCI tarball `tar` (with `tar`) into a fresh directory beside it.
+fn extract(tar: &Path) -> PathBuf {
+    let dir = tar.with_extension("extracted");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    tool(
+        "tar",
+        &["-xf", tar.to_str().unwrap(), "-C", dir.to_str().unwrap()],
+    );
+    dir
+}
+
+/// Every blob of OCI tarball `tar`, by name (hex), with its bytes.
+fn tar_blobs(tar: &Path) -> Vec<(String, Vec<u8>)> {
+    let blobs = extract(tar).join("blobs/sha256");
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// sha256 of `bytes`, in hex, as `sha256sum` computes it.
+fn sha256_hex(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("b");
+    std::fs::write(&f, bytes).unwrap();
+    tool("sha256sum", &[f.to_str().unwrap()])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// The layer digests (`sha256:...`) of the single image of OCI tarball `tar`.
+fn layer_digests(tar: &Path) -> Vec<String> {
+    let dir = extract(tar);
+    let read =
+        |p: PathBuf| -> Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let index = read(dir.join("index.json"));
+    let manifest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest = read(
+        dir.join("blobs/sha256")
+            .join(manifest.strip_prefix("sha256:").unwrap()),
+    );
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Flips one bit in the middle of `path`, keeping its size, as a bad disk would.
+fn flip_byte(path: &Path) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let at = f.metadata().unwrap().len() / 2;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x20;
+    f.write_all_at(&b, at).unwrap();
+}
+
+fn store_blob(k: &Kiln, digest: &str) -> PathBuf {
+    k.path("store/blobs/sha256")
+        .join(digest.strip_prefix("sha256:").unwrap())
+}
+
+/// Every blob of the tarball hashes to its name, and none is `bad`'s changed bytes.
+fn assert_blobs_match(tar: &Path, changed: &[u8]) {
+    let blobs = tar_blobs(tar);
+    assert_eq!(blobs.len(), 4, "two layers, config, manifest");
+    for (hex, bytes) in &blobs {
+        assert_eq!(
+            &sha256_hex(bytes),
+            hex,
+            "a blob of {} does not match its name",
+            tar.display()
+        );
+        assert_ne!(bytes.as_slice(), changed, "the changed bytes were exported");
+    }
+}
+
+/// The files of the image in OCI tarball `tar`, unpacked by umoci, are the context's.
+fn assert_image_is_correct(k: &Kiln, tar: &Path, name: &str, data: &[u8]) {
+    let bundle = k.unpack(tar, name, "latest");
+    assert_eq!(std::fs::read(bundle.join("rootfs/data")).unwrap(), data);
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/note")).unwrap(),
+        "kept intact\n"
+    );
+}
+
+#[test]
+fn verify_names_a_changed_layer_blob_and_the_next_export_does_not_ship_it() {
+    let k = Kiln::new(&[]);
+    let (ctx, data) = context(&k);
+    let first_tar = k.path("first.tar");
+    let first = build_oci(&k, &ctx, &first_tar, &[]);
+    let ok = k.run(&["verify"]).ok();
+    assert!(ok.stdout.contains("no problem"), "{}", ok.stdout);
+
+    // The layer holding `data`: the larger one.
+    let layers = layer_digests(&first_tar);
+    assert_eq!(layers.len(), 2);
+    let big = layers
+        .iter()
+        .max_by_key(|d| std::fs::metadata(store_blob(&k, d)).unwrap().len())
+        .unwrap()
+        .clone();
+    let blob = store_blob(&k, &big);
+    flip_byte(&blob);
+    let changed = std::fs::read(&blob).unwrap();
+
+    let bad = k.run(&["verify"]);
+    assert_eq!(
+        bad.code, 1,
+        "verify must fail:\n{}\n{}",
+        bad.stdout, bad.stderr
+    );
+    let line = bad
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&big))
+        .unwrap_or_else(|| panic!("{big} is not named:\n{}", bad.stdout));
+    assert!(line.contains("changed on disk"), "{line}");
+    assert!(bad.stdout.contains("used by layer"), "{}", bad.stdout);
+    assert!(
+        bad.stdout.contains("used by cache record") && bad.stdout.contains("COPY data /data"),
+        "the cache record of the step is named:\n{}",
+        bad.stdout
+    );
+    assert!(bad.stdout.contains("1 problem"), "{}", bad.stdout);
+
+    // The next export: the blob is rebuilt from its layer, the image is the same.
+    let second_tar = k.path("second.tar");
+    let second = build_oci(&k, &ctx, &second_tar, &[]);
+    assert!(
+        second.stderr.contains(&format!("blob {big}")) && second.stderr.contains("changed on disk"),
+        "the export says what it rebuilt:\n{}",
+        second.stderr
+    );
+    assert_eq!(second.digest(), first.digest());
+    assert_blobs_match(&second_tar, &changed);
+    assert_eq!(layer_digests(&second_tar), layers);
+    assert_image_is_correct(&k, &second_tar, "second", &data);
+    // skopeo reads it back, checking every digest.
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            &format!("oci-archive:{}", second_tar.display()),
+            &format!("oci:{}:latest", k.path("copied").display()),
+        ],
+    );
+    // And the store is whole again.
+    let again = k.run(&["verify"]).ok();
+    assert!(again.stdout.contains("no problem"), "{}", again.stdout);
+}
+
+#[test]
+fn verify_repair_removes_the_changed_blob_and_the_next_build_rebuilds_it() {
+    let k = Kiln::new(&[]);
+    let (ctx, data) = context(&k);
+    let first_tar = k.path("first.tar");
+    let first = build_oci(&k, &ctx, &first_tar, &[]);
+    let layers = layer_digests(&first_tar);
+    let mut changed = Vec::new();
+    for d in &layers {
+        flip_byte(&store_blob(&k, d));
+        changed.push(std::fs::read(store_blob(&k, d)).unwrap());
+    }
+
+    let repair = k.run(&["verify", "--repair"]).ok();
+    for d in &layers {
+        assert!(
+            repair
+                .stdout
+                .contains(&format!("repaired: removed blob {d}")),
+            "{}",
+            repair.stdout
+        );
+        assert!(!store_blob(&k, d).exists(), "{d} is still in the store");
+    }
+    assert!(repair.stdout.contains("2 problems"), "{}", repair.stdout);
+    let clean = k.run(&["verify"]).ok();
+    assert!(clean.stdout.contains("no problem"), "{}", clean.stdout);
+
+    // Every step is still cached (the layers are whole); the export makes the same blobs.
+    let tar = k.path("after.tar");
+    let after = build_oci(&k, &ctx, &tar, &[]);
+    assert_eq!(after.digest(), first.digest());
+    for c in &changed {
+        assert_blobs_match(&tar, c);
+    }
+    assert_image_is_correct(&k, &tar, "after", &data);
+}
+
+#[test]
+fn a_push_never_sends_a_changed_blob() {
+    let registry = test_registry();
+    let k = Kiln::new(&[]);
+    let (ctx, data) = context(&k);
+    let first_tar = k.path("first.tar");
+    let first = build_oci(&k, &ctx, &first_tar, &[]);
+    let layers = layer_digests(&first_tar);
+    let mut changed = Vec::new();
+    for d in &layers {
+        flip_byte(&store_blob(&k, d));
+        changed.push(std::fs::read(store_blob(&k, d)).unwrap());
+    }
+    // A name of this test's own: the registry holds nothing of it yet.
+    let name = format!("{registry}/e2e/verify:{}", std::process::id());
+    let c = ctx.display().to_string();
+    let pushed = k
+        .run(&["build", "--progress=plain", "-t", &name, "--push", &c])
+        .ok();
+    assert_eq!(pushed.digest(), first.digest());
+    assert!(
+        pushed.stderr.contains("changed on disk"),
+        "{}",
+        pushed.stderr
+    );
+
+    // What the registry holds: skopeo fetches it (checking every digest) into a layout.
+    let layout = k.path("pulled");
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{name}"),
+            &format!("oci:{}:latest", layout.display()),
+        ],
+    );
+    for d in &layers {
+        let bytes = std::fs::read(layout.join("blobs/sha256").join(&d[7..])).unwrap();
+        assert_eq!(sha256_hex(&bytes), d[7..]);
+        assert!(
+            !changed.contains(&bytes),
+            "the registry holds changed bytes of {d}"
+        );
+    }
+    let bundle = k.path("pulled-bundle");
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:latest", layout.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read(bundle.join("rootfs/data")).unwrap(), data);
+}

@@ -294,9 +294,9 @@ fn eight_builds_at_once_on_one_store_run_a_shared_step_once() {
             .expect("start kiln build")
     };
     let mut children = Vec::new();
-    for n in 0..4 {
+    for (n, other) in others.iter().enumerate() {
         children.push((true, start(&same, n)));
-        children.push((false, start(&others[n], 4 + n)));
+        children.push((false, start(other, 4 + n)));
     }
     let runs: Vec<(bool, Run)> = children
         .into_iter()

@@ -107,40 +107,35 @@ pub struct StatRecord {
     pub hash: Digest,
 }
 
-/// The index, one redb file.
+/// The index, one redb file shared by every kiln process on the store.
 ///
-/// redb allows one process at a time, and kiln has no daemon: two `kiln build`s on one store
-/// are two processes. So a process keeps the file open only while it uses it: the handle stays
-/// open through a burst of lookups and records (fast no-op builds), and is closed once it has
-/// been idle for a moment (a long RUN step), so that another build can take its turn. A process
-/// that finds the file taken waits for it, instead of failing.
+/// kiln has no daemon: two `kiln build`s on one store are two processes. The file is opened in
+/// redb's multi-writer mode, made for that: each process keeps its handle for as long as it
+/// runs, any number of them read at once, and a write transaction waits (in the kernel, on a
+/// byte-range lock) only for another process's write transaction, which lasts one commit. No
+/// timer, no close and reopen between steps: a step's lookups and records cost what the
+/// transactions cost.
 pub struct CacheIndex {
-    file: std::path::PathBuf,
     path: String,
-    held: std::sync::Arc<std::sync::Mutex<Held>>,
-}
-
-#[derive(Default)]
-struct Held {
-    db: Option<redb::Database>,
-    last_used: Option<std::time::Instant>,
+    /// Read-locked by every transaction (redb's handle is shared between threads); written
+    /// only by compaction, which needs the handle to itself.
+    db: std::sync::RwLock<redb::Database>,
     /// Keys found by [`CacheIndex::get`] since the last [`CacheIndex::flush_use`]: their use
     /// is written once per build, not once per lookup.
-    hits: std::collections::BTreeSet<[u8; 32]>,
+    hits: std::sync::Mutex<std::collections::BTreeSet<[u8; 32]>>,
 }
-
-/// How long to wait for another process to release the index before giving up.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
-/// How long an unused handle stays open.
-const IDLE_CLOSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl CacheIndex {
     /// Opens or creates the index at `path`.
     pub fn open(path: &Path) -> Result<Self> {
+        let shown = path.display().to_string();
+        let mut builder = redb::Builder::new();
+        builder.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
+        let db = builder.create(path).map_err(|e| db_err(&shown, e))?;
         let index = CacheIndex {
-            file: path.to_owned(),
-            path: path.display().to_string(),
-            held: std::sync::Arc::new(std::sync::Mutex::new(Held::default())),
+            path: shown,
+            db: std::sync::RwLock::new(db),
+            hits: std::sync::Mutex::default(),
         };
         // Create the tables up front so read transactions never see them missing.
         index.with_db(|db| {
@@ -150,51 +145,16 @@ impl CacheIndex {
             tx.open_table(USAGE).map_err(|e| index.err(e))?;
             tx.commit().map_err(|e| index.err(e))
         })?;
-        // Close the handle when idle; the thread ends with the index.
-        let weak = std::sync::Arc::downgrade(&index.held);
-        std::thread::spawn(move || loop {
-            std::thread::sleep(IDLE_CLOSE / 2);
-            let Some(held) = weak.upgrade() else { return };
-            let mut h = held
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if h.last_used.is_some_and(|t| t.elapsed() >= IDLE_CLOSE) {
-                h.db = None;
-                h.last_used = None;
-            }
-        });
         Ok(index)
     }
 
-    /// Runs `f` with the database, opening it first when this process does not hold it
-    /// (waiting while another process does).
+    /// Runs `f` with the database.
     fn with_db<T>(&self, f: impl FnOnce(&redb::Database) -> Result<T>) -> Result<T> {
-        let mut held = self
-            .held
-            .lock()
+        let db = self
+            .db
+            .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if held.db.is_none() {
-            held.db = Some(self.open_waiting()?);
-        }
-        held.last_used = Some(std::time::Instant::now());
-        let db = held.db.as_ref().expect("opened just above");
-        f(db)
-    }
-
-    /// Opens the file, waiting while another process holds it.
-    fn open_waiting(&self) -> Result<redb::Database> {
-        let started = std::time::Instant::now();
-        let mut pause = std::time::Duration::from_millis(2);
-        loop {
-            match redb::Database::create(&self.file) {
-                Ok(db) => return Ok(db),
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) if started.elapsed() < LOCK_WAIT => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(std::time::Duration::from_millis(20));
-                }
-                Err(e) => return Err(db_err(&self.path, e)),
-            }
-        }
+        f(&db)
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> Error {
@@ -220,10 +180,9 @@ impl CacheIndex {
             // A store this process may not write (another user's) is only read: no touch.
             let _ = store.touch_layer(layer);
         }
-        self.held
+        self.hits
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .hits
             .insert(*key.as_bytes());
         Ok(Some(rec))
     }
@@ -259,11 +218,10 @@ impl CacheIndex {
     /// `now_ms` (milliseconds since the epoch), one more use. One transaction.
     pub fn flush_use(&self, now_ms: u64) -> Result<()> {
         let hits = std::mem::take(
-            &mut self
-                .held
+            &mut *self
+                .hits
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .hits,
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         if hits.is_empty() {
             return Ok(());
@@ -353,20 +311,24 @@ impl CacheIndex {
     /// Empties the stat cache (the next build hashes its context files again), then gives the
     /// file's free pages back to the disk. For `kiln prune --all`.
     pub fn clear_stat_and_compact(&self) -> Result<()> {
-        let mut held = self
-            .held
-            .lock()
+        let mut db = self
+            .db
+            .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Compaction needs the only handle: open one here, as `with_db` does.
-        held.db = None;
-        let mut db = self.open_waiting()?;
         let tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.delete_table(STAT).map_err(|e| self.err(e))?;
         tx.open_table(STAT).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         // Compaction stops at a page a reader holds; it is retried until it has nothing to do.
-        while db.compact().map_err(|e| self.err(e))? {}
-        Ok(())
+        // Another kiln process in a transaction right now refuses it: the stat cache is empty
+        // all the same, and the space comes back at the next prune.
+        loop {
+            match db.compact() {
+                Ok(true) => {}
+                Ok(false) | Err(redb::CompactionError::TransactionInProgress) => return Ok(()),
+                Err(e) => return Err(self.err(e)),
+            }
+        }
     }
 
     fn read_record(&self, db: &redb::Database, key: &Digest) -> Result<Option<CacheRecord>> {
@@ -482,6 +444,45 @@ mod tests {
             Some(rec.clone())
         );
         assert_eq!(a.get(&store, &Digest::of(b"1-49")).unwrap(), Some(rec));
+    }
+
+    #[test]
+    fn a_reader_does_not_keep_another_process_out() {
+        // `a` reads through a long transaction (GC listing the records) while `b`, another
+        // build, records a step: `b` must not wait for `a`. With one process admitted at a time
+        // they wait for each other, and the bound below is what ends it.
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path().join("store")).unwrap();
+        let file = t.path().join("cache.redb");
+        let a = std::sync::Arc::new(CacheIndex::open(&file).unwrap());
+        let b = std::sync::Arc::new(CacheIndex::open(&file).unwrap());
+        let key = Digest::of(b"written by b");
+        let rec = CacheRecord {
+            snapshot: Snapshot { layers: vec![] },
+            created_unix: 9,
+        };
+        let (done, ended) = std::sync::mpsc::channel();
+        {
+            let (a, b, key, rec) = (a.clone(), b.clone(), key, rec.clone());
+            std::thread::spawn(move || {
+                let r = a.with_db(|db| {
+                    let before = db.begin_read().map_err(|e| a.err(e))?;
+                    b.put(&key, &rec)?;
+                    // The transaction begun before reads as it began.
+                    let table = before.open_table(RESULTS).map_err(|e| a.err(e))?;
+                    Ok(table
+                        .get(key.as_bytes().as_slice())
+                        .map_err(|e| a.err(e))?
+                        .is_none())
+                });
+                let _ = done.send(r.map_err(|e| e.to_string()));
+            });
+        }
+        let isolated = ended
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a write waited for another holder's read");
+        assert_eq!(isolated, Ok(true));
+        assert_eq!(a.get(&store, &key).unwrap(), Some(rec));
     }
 
     #[test]

@@ -88,8 +88,12 @@ pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
         let _ignored = child.wait();
         return Err(Error::Runc("runc's output pipes are missing".into()));
     };
+    let pidfd = libc::pid_t::try_from(child.id())
+        .ok()
+        .and_then(output::pidfd_open);
     let mut proc = Runc {
         child,
+        pidfd,
         state: state.path().to_path_buf(),
         id: id.clone(),
     };
@@ -130,6 +134,8 @@ pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
 
 struct Runc {
     child: Child,
+    /// `runc run`'s pidfd, readable once it has exited.
+    pidfd: Option<OwnedFd>,
     state: PathBuf,
     id: String,
 }
@@ -152,6 +158,11 @@ impl Process for Runc {
     fn try_wait(&mut self) -> io::Result<Option<i32>> {
         use std::os::unix::process::ExitStatusExt;
         Ok(self.child.try_wait()?.map(|s| s.into_raw()))
+    }
+
+    fn exit_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.pidfd.as_ref().map(AsRawFd::as_raw_fd)
     }
 }
 

@@ -69,7 +69,11 @@ pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
     let pid = spawn(&plan, &fds)?;
     // The parent keeps only the read ends: EOF on them means the child side is done.
     drop(fds);
-    let mut child = Child { pid, reaped: false };
+    let mut child = Child {
+        pid,
+        pidfd: output::pidfd_open(pid),
+        reaped: false,
+    };
     let ended = output::pump(&mut child, out_r, err_r, Some(rep_r), sink)
         .map_err(|e| Error::io("cannot read the output of", "the process", e));
     let ended = match ended {
@@ -99,6 +103,8 @@ struct ChildFds {
 
 struct Child {
     pid: libc::pid_t,
+    /// Readable once it has exited: what the output pump waits on.
+    pidfd: Option<OwnedFd>,
     reaped: bool,
 }
 
@@ -145,6 +151,10 @@ impl Process for Child {
                 }
             }
         }
+    }
+
+    fn exit_fd(&self) -> Option<RawFd> {
+        self.pidfd.as_ref().map(AsRawFd::as_raw_fd)
     }
 }
 

@@ -63,6 +63,7 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheExport> {
         oci_mediatypes: true,
         image_manifest: false,
         ignore_error: false,
+        cache_mounts: false,
     };
     for (k, v) in pairs(FLAG, spec)? {
         match k {
@@ -85,6 +86,7 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheExport> {
             "oci-mediatypes" => out.oci_mediatypes = boolean(FLAG, spec, k, v)?,
             "image-manifest" => out.image_manifest = boolean(FLAG, spec, k, v)?,
             "ignore-error" => out.ignore_error = boolean(FLAG, spec, k, v)?,
+            "cache-mounts" => out.cache_mounts = boolean(FLAG, spec, k, v)?,
             // BuildKit reads a bare `force-compression` as true.
             "force-compression" => {
                 out.force_compression = v.is_empty() || boolean(FLAG, spec, k, v)?
@@ -108,6 +110,12 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheExport> {
         }
         Some("registry") => registry(FLAG, spec, reference)?,
         // The cache goes into the image's config; BuildKit's inline cache is min only.
+        Some("inline") if out.cache_mounts => bail!(
+            "invalid {FLAG} {spec:?}: cache-mounts=true needs type=local or type=registry: an \
+             inline cache lives in the image's config and names only the image's layers, and \
+             the contents of cache mounts (package caches, often larger than the image) would \
+             have to become layers of the image"
+        ),
         Some("inline") => CacheLocation::Inline,
         Some(other) => return Err(unsupported(FLAG, other)),
         None => bail!("invalid {FLAG} {spec:?}: missing type= (e.g. type=local,dest=DIR)"),
@@ -179,8 +187,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.mode, CacheMode::Min);
-        assert!(e.image_manifest && e.ignore_error);
+        assert!(e.image_manifest && e.ignore_error && !e.cache_mounts);
         assert!(matches!(e.location, CacheLocation::Local { tag, .. } if tag == "v2"));
+        let e = parse_cache_to("type=registry,ref=localhost:5000/c,cache-mounts=true").unwrap();
+        assert!(e.cache_mounts);
+        assert!(parse_cache_to("type=inline,cache-mounts=false").is_ok());
     }
 
     #[test]
@@ -206,6 +217,11 @@ mod tests {
                 "needs oci-mediatypes",
             ),
             ("type=local,dest", "is not key=value"),
+            ("type=local,dest=x,cache-mounts=1", "not true or false"),
+            (
+                "type=inline,cache-mounts=true",
+                "cache-mounts=true needs type=local or type=registry",
+            ),
         ] {
             let err = parse_cache_to(spec).unwrap_err().to_string();
             assert!(err.contains(want), "{spec}: {err}");

@@ -786,7 +786,12 @@ impl Engine {
                 index: self.index.clone(),
                 plugins: self.plugins.clone(),
                 contexts,
-                cache_mounts: self.cache_mounts.clone(),
+                // Restored from the `--cache-from` caches that carry cache mounts.
+                cache_mounts: remote_cache::cache_mounts_for(
+                    &self.cache_mounts,
+                    &imported,
+                    &self.store,
+                ),
                 secrets: req.secrets.clone(),
                 ssh,
                 run_options: req.run_options.clone(),

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kiln_graph::{CacheSharing, ExecOp, MountKind, Op};
 use kiln_plugin_host::{HostServices, PluginRegistry};
@@ -95,7 +96,34 @@ pub enum ExecRuntime {
 /// dies, so a killed build never leaves a cache mount locked.
 pub(crate) struct CacheMounts {
     root: PathBuf,
+    /// The cache mounts of this build's `--cache-from` (remote_cache::mounts): a directory
+    /// that is new or empty is filled from them.
+    imports: Option<Arc<dyn MountImports>>,
 }
+
+/// Contents a cache directory may be restored from.
+pub(crate) trait MountImports: Send + Sync {
+    /// Whether `id` has contents to restore that this build has not taken yet.
+    fn pending(&self, id: &str) -> bool;
+    /// Takes the contents of `id`, once per build: a restore that failed is not tried again
+    /// by the next step, and a directory the build emptied itself is not refilled.
+    fn take(&self, id: &str) -> Option<Restorable>;
+    /// Records a warning for the build's summary.
+    fn warn(&self, message: String);
+}
+
+/// The imported contents of one cache mount.
+pub(crate) struct Restorable {
+    /// The directory as it was exported (mode, owner).
+    pub new_dir: NewCacheDir,
+    /// Where it comes from, for messages.
+    pub origin: String,
+    /// Fills the new directory (checked, unpacked with every check of a pulled layer).
+    pub fill: Fill,
+}
+
+/// How a [`Restorable`] fills a directory; the error says why it could not.
+pub(crate) type Fill = Box<dyn Fn(&Path) -> Result<(), String> + Send + Sync>;
 
 /// How a new cache directory is made: `mode`, `uid`, `gid` of the mount options.
 #[derive(Clone, Copy, Debug)]
@@ -124,6 +152,13 @@ pub(crate) struct CacheLease {
     _lock: std::fs::File,
 }
 
+impl CacheLease {
+    /// The directory held.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum LockKind {
     Shared,
@@ -135,12 +170,99 @@ const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl CacheMounts {
     pub(crate) fn new(root: PathBuf) -> Self {
-        CacheMounts { root }
+        CacheMounts {
+            root,
+            imports: None,
+        }
+    }
+
+    /// The cache mounts of the store at `store_root` (`<root>/cache-mounts`).
+    pub(crate) fn of_store(store_root: &Path) -> Self {
+        CacheMounts::new(store_root.join("cache-mounts"))
+    }
+
+    /// These directories for one build, whose new or empty ones are restored from `imports`.
+    pub(crate) fn with_imports(&self, imports: Arc<dyn MountImports>) -> Self {
+        CacheMounts {
+            root: self.root.clone(),
+            imports: Some(imports),
+        }
     }
 
     /// The directory of `id` for `sharing=shared|locked` (the first instance for `private`).
-    fn dir_of(&self, id: &str) -> PathBuf {
+    pub(crate) fn dir_of(&self, id: &str) -> PathBuf {
         self.root.join(Digest::of(id.as_bytes()).hex())
+    }
+
+    /// Whether `dir` must be made, or filled from an import, before it is used: it does not
+    /// exist, or it is empty and the build imported contents for `id`.
+    fn wants_fill(&self, id: &str, dir: &Path) -> bool {
+        !dir.is_dir() || (self.imports.as_ref().is_some_and(|i| i.pending(id)) && is_empty_dir(dir))
+    }
+
+    /// Makes (or fills) the directory of `id` under its exclusive lock. An imported content
+    /// wins over `from=` (the cache it comes from started from that seed too); a local
+    /// directory that is not empty wins over the import (it is this store's newer state).
+    /// An import that cannot be restored is a warning, and the directory starts as a new one.
+    fn fill(
+        &self,
+        id: &str,
+        dir: &Path,
+        new_dir: NewCacheDir,
+        seed: Option<Seed<'_>>,
+        waiting: &Waiting<'_>,
+    ) -> Result<(), Error> {
+        if !self.wants_fill(id, dir) {
+            return Ok(());
+        }
+        let Some((imports, found)) = self
+            .imports
+            .as_ref()
+            .and_then(|i| i.take(id).map(|r| (i, r)))
+        else {
+            if !dir.is_dir() {
+                create_cache_dir(dir, new_dir, seed)?;
+            }
+            return Ok(());
+        };
+        if dir.is_dir() {
+            // Empty (wants_fill): replaced by the restored one.
+            std::fs::remove_dir(dir).map_err(|e| Error::io("replace empty cache mount", dir, e))?;
+        }
+        let restore =
+            |tmp: &Path| -> Result<(), Error> { (found.fill)(tmp).map_err(Error::Unsupported) };
+        match create_cache_dir(dir, found.new_dir, Some(&restore)) {
+            Ok(()) => {
+                (waiting.log)(format!("restored cache mount {id:?} from {}", found.origin));
+                Ok(())
+            }
+            Err(e) => {
+                let message = format!(
+                    "cache mount {id:?} from {} could not be restored, it starts empty: {e}",
+                    found.origin
+                );
+                (waiting.log)(format!("WARNING: {message}"));
+                imports.warn(message);
+                create_cache_dir(dir, new_dir, seed)
+            }
+        }
+    }
+
+    /// Holds the lock of `id`'s directory shared, so that a step using it `locked` does not
+    /// write while it is read (a `shared` user may: it shares, as in BuildKit). Waits for a
+    /// step holding it locked to end. `None` when there is no such directory.
+    pub(crate) fn read(&self, id: &str) -> Result<Option<CacheLease>, Error> {
+        let dir = self.dir_of(id);
+        let mut lock_path = dir.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let lock = open_lock(&lock_path)?;
+        lock.lock_shared()
+            .map_err(|e| Error::io("lock cache mount", &lock_path, e))?;
+        Ok(dir.is_dir().then_some(CacheLease { dir, _lock: lock }))
     }
 
     /// Leases the cache directory of `id`, creating (and seeding) it when it does not exist.
@@ -164,12 +286,10 @@ impl CacheMounts {
         let (dir, lock) = match sharing {
             CacheSharing::Shared => {
                 let lp = lock_path(&base);
-                if !base.is_dir() {
+                if self.wants_fill(id, &base) {
                     // Made under the exclusive lock, so that two sharers never both seed it.
                     let _ex = wait_lock(&lp, LockKind::Exclusive, id, waiting)?;
-                    if !base.is_dir() {
-                        create_cache_dir(&base, new_dir, seed)?;
-                    }
+                    self.fill(id, &base, new_dir, seed, waiting)?;
                 }
                 let lock = wait_lock(&lp, LockKind::Shared, id, waiting)?;
                 (base, lock)
@@ -202,7 +322,10 @@ impl CacheMounts {
             }
         };
         // Under an exclusive lock for locked and private: nobody else creates this directory.
-        if !dir.is_dir() {
+        if sharing != CacheSharing::Shared {
+            self.fill(id, &dir, new_dir, seed, waiting)?;
+        } else if !dir.is_dir() {
+            // Collected between the two locks: made again, as new.
             create_cache_dir(&dir, new_dir, seed)?;
         }
         // The lock file's mtime is the mount's last use, for GC (gc.rs).
@@ -311,6 +434,10 @@ fn create_cache_dir(dir: &Path, new_dir: NewCacheDir, seed: Option<Seed<'_>>) ->
         let _ = std::fs::remove_dir_all(&tmp);
     }
     made
+}
+
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
 }
 
 /// A private tmpfs holding one step's secrets, unmounted and removed when dropped.
@@ -1109,6 +1236,163 @@ mod tests {
             .filter(|n| !n.ends_with(".lock"))
             .collect();
         assert_eq!(names, vec![Digest::of(b"s").hex()]);
+    }
+
+    /// Imported contents for `ids`: the fill writes `restored` (or fails for `bad`).
+    struct FakeImports {
+        ids: Vec<&'static str>,
+        taken: Mutex<Vec<String>>,
+        warnings: Mutex<Vec<String>>,
+    }
+
+    impl MountImports for FakeImports {
+        fn pending(&self, id: &str) -> bool {
+            self.ids.contains(&id) && !self.taken.lock().unwrap().iter().any(|t| t == id)
+        }
+        fn take(&self, id: &str) -> Option<Restorable> {
+            if !self.pending(id) {
+                return None;
+            }
+            self.taken.lock().unwrap().push(id.to_owned());
+            let bad = id == "bad";
+            Some(Restorable {
+                new_dir: NewCacheDir {
+                    mode: 0o1777,
+                    uid: 0,
+                    gid: 0,
+                },
+                origin: "cache /c".into(),
+                fill: Box::new(move |dir: &Path| {
+                    std::fs::write(dir.join("restored"), "yes").unwrap();
+                    if bad {
+                        Err("blob does not match its digest".into())
+                    } else {
+                        Ok(())
+                    }
+                }),
+            })
+        }
+        fn warn(&self, message: String) {
+            self.warnings.lock().unwrap().push(message);
+        }
+    }
+
+    #[test]
+    fn imported_cache_mounts_fill_new_or_empty_directories_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let local = CacheMounts::new(t.path().join("cache-mounts"));
+        let cancel = CancellationToken::new();
+        let lines = Mutex::new(Vec::<String>::new());
+        let log = |l: String| lines.lock().unwrap().push(l);
+        let w = waiting(&cancel, &log);
+        // Before the import: `kept` has files here, `empty` is an empty directory.
+        let kept = local
+            .acquire("kept", CacheSharing::Locked, DIR, None, &w)
+            .unwrap();
+        std::fs::write(kept.dir.join("local"), "mine").unwrap();
+        drop(kept);
+        drop(
+            local
+                .acquire("empty", CacheSharing::Shared, DIR, None, &w)
+                .unwrap(),
+        );
+        let imports = Arc::new(FakeImports {
+            ids: vec!["new", "kept", "empty", "bad", "private"],
+            taken: Mutex::new(Vec::new()),
+            warnings: Mutex::new(Vec::new()),
+        });
+        let cm = local.with_imports(imports.clone());
+        let seeded = |dir: &Path| -> Result<(), Error> {
+            std::fs::write(dir.join("seeded"), "yes").unwrap();
+            Ok(())
+        };
+        let restored = |id: &str, sharing| {
+            let l = cm.acquire(id, sharing, DIR, Some(&seeded), &w).unwrap();
+            let md = std::fs::metadata(&l.dir).unwrap();
+            let files: Vec<String> = std::fs::read_dir(&l.dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            (files, md.permissions().mode() & 0o7777, l)
+        };
+
+        // A new directory: the import wins over `from=`, made as it was exported.
+        let (files, mode, l) = restored("new", CacheSharing::Shared);
+        assert_eq!((files, mode), (vec!["restored".to_owned()], 0o1777));
+        // Emptied by a step: not refilled in the same build.
+        std::fs::remove_file(l.dir.join("restored")).unwrap();
+        drop(l);
+        assert!(restored("new", CacheSharing::Shared).0.is_empty());
+        // A local directory with files wins; an empty one is filled.
+        assert_eq!(restored("kept", CacheSharing::Locked).0, vec!["local"]);
+        assert_eq!(restored("empty", CacheSharing::Shared).0, vec!["restored"]);
+        assert_eq!(
+            restored("private", CacheSharing::Private).0,
+            vec!["restored"]
+        );
+        // A fill that fails: a warning, and the directory starts as a new one (seeded).
+        let (files, mode, _) = restored("bad", CacheSharing::Locked);
+        assert_eq!((files, mode), (vec!["seeded".to_owned()], 0o755));
+        let warnings = imports.warnings.lock().unwrap().clone();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("\"bad\" from cache /c could not be restored")
+                && warnings[0].contains("does not match its digest"),
+            "{warnings:?}"
+        );
+        let lines = lines.lock().unwrap().clone();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("WARNING: cache mount \"bad\"")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l == "restored cache mount \"new\" from cache /c"),
+            "{lines:?}"
+        );
+        // Nothing half-made is left beside the directories.
+        let names: Vec<String> = std::fs::read_dir(t.path().join("cache-mounts"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
+    }
+
+    /// A read of a cache mount waits for a step holding it locked, and takes the lock shared.
+    #[test]
+    fn reading_a_cache_mount_takes_its_lock_shared() {
+        let t = tempfile::tempdir().unwrap();
+        let cm = CacheMounts::new(t.path().join("cache-mounts"));
+        let cancel = CancellationToken::new();
+        let quiet = |_: String| {};
+        let w = waiting(&cancel, &quiet);
+        assert!(cm.read("none").unwrap().is_none());
+        let held = cm
+            .acquire("pkgs", CacheSharing::Locked, DIR, None, &w)
+            .unwrap();
+        let released = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let l = cm.read("pkgs").unwrap().unwrap();
+                assert!(released.load(Ordering::SeqCst), "read while held locked");
+                l.dir().to_owned()
+            });
+            let dir = held.dir.clone();
+            released.store(true, Ordering::SeqCst);
+            drop(held);
+            assert_eq!(reader.join().unwrap(), dir);
+        });
+        // Shared with a shared user.
+        let a = cm
+            .acquire("pkgs", CacheSharing::Shared, DIR, None, &w)
+            .unwrap();
+        let b = cm.read("pkgs").unwrap().unwrap();
+        assert_eq!(a.dir, b.dir);
     }
 
     /// Drops CAP_SYS_ADMIN from the calling thread's effective set (capabilities are per

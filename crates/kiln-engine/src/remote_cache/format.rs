@@ -102,6 +102,8 @@ pub(crate) struct Parsed {
     config: CacheConfig,
     layers: HashMap<Digest, Descriptor>,
     tops: HashMap<Digest, i64>,
+    /// The manifest's cache mount blobs (kiln's media type, `mounts.rs`).
+    pub mounts: Vec<Descriptor>,
 }
 
 impl Parsed {
@@ -121,7 +123,14 @@ impl Parsed {
             config,
             layers,
             tops,
+            mounts: Vec::new(),
         }
+    }
+
+    /// With the cache mount blobs the manifest lists.
+    pub(crate) fn with_mounts(mut self, mounts: Vec<Descriptor>) -> Self {
+        self.mounts = mounts;
+        self
     }
 
     /// The keys of the records.
@@ -137,11 +146,13 @@ impl Parsed {
     }
 }
 
+/// What a cache manifest names: the config blob, the layer blobs by digest, and kiln's cache
+/// mount blobs (a list: two mounts may hold the same bytes).
+pub(crate) type ManifestParts = (Descriptor, HashMap<Digest, Descriptor>, Vec<Descriptor>);
+
 /// Reads a cache manifest (an index or, `image-manifest=true`, an image manifest) and returns
-/// the config blob's descriptor and the layer descriptors by digest.
-pub(crate) fn parse_manifest(
-    bytes: &[u8],
-) -> Result<(Descriptor, HashMap<Digest, Descriptor>), String> {
+/// the config blob's descriptor, the layer descriptors by digest and the cache mount blobs.
+pub(crate) fn parse_manifest(bytes: &[u8]) -> Result<ManifestParts, String> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Probe {
@@ -168,12 +179,15 @@ pub(crate) fn parse_manifest(
         .find(|d| d.media_type == MEDIA_TYPE_CACHE_CONFIG)
         .cloned()
         .ok_or_else(|| format!("no {MEDIA_TYPE_CACHE_CONFIG} blob: not a build cache"))?;
+    let (mounts, descriptors): (Vec<Descriptor>, Vec<Descriptor>) = descriptors
+        .into_iter()
+        .partition(|d| d.media_type == super::mounts::MEDIA_TYPE_CACHE_MOUNT);
     let layers = descriptors
         .into_iter()
         .filter(|d| d.media_type != MEDIA_TYPE_CACHE_CONFIG)
         .map(|d| (d.digest, d))
         .collect();
-    Ok((config, layers))
+    Ok((config, layers, mounts))
 }
 
 /// The layers from the base up to layer `top`; `None` when an index is out of range, the
@@ -404,7 +418,7 @@ mod tests {
         for image_manifest in [false, true] {
             let (mt, bytes) = manifest(cfg.clone(), l.clone(), image_manifest, true);
             assert_eq!(mt == MEDIA_TYPE_MANIFEST, image_manifest);
-            let (c, layers) = parse_manifest(&bytes).unwrap();
+            let (c, layers, _) = parse_manifest(&bytes).unwrap();
             assert_eq!(c, cfg);
             assert_eq!(layers.len(), 1);
         }

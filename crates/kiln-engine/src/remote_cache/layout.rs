@@ -65,11 +65,11 @@ pub(crate) fn read_cache(dir: &Path, tag: &str) -> Result<format::Parsed, String
             )
         })?;
     let manifest = read_blob(dir, entry, MAX_MANIFEST_BYTES)?;
-    let (config_desc, layers) = format::parse_manifest(&manifest)?;
+    let (config_desc, layers, mounts) = format::parse_manifest(&manifest)?;
     let config = read_blob(dir, &config_desc, MAX_CONFIG_BYTES)?;
     let config: CacheConfig = serde_json::from_slice(&config)
         .map_err(|e| format!("cache config {}: {e}", config_desc.digest))?;
-    Ok(format::Parsed::new(config, layers))
+    Ok(format::Parsed::new(config, layers).with_mounts(mounts))
 }
 
 /// Writes a cache into layout `dir` under `tag`: the blobs first (each copied from its path),

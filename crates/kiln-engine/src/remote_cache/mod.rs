@@ -13,6 +13,9 @@
 
 mod format;
 mod layout;
+mod mounts;
+
+pub(crate) use mounts::cache_mounts_for;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -116,6 +119,9 @@ pub struct CacheExport {
     pub image_manifest: bool,
     /// `ignore-error=true`: a failed export is a warning, not a failed build.
     pub ignore_error: bool,
+    /// `cache-mounts=true`: the contents of the build's `RUN --mount=type=cache` directories
+    /// go into the cache too (not for `type=inline`).
+    pub cache_mounts: bool,
 }
 
 /// One `--cache-from`.
@@ -159,7 +165,11 @@ impl Net {
 /// cache that has it.
 pub(crate) struct Imported {
     records: HashMap<Digest, (Arc<Origin>, Arc<format::Parsed>)>,
+    /// The cache mounts, by id, the first source naming an id winning.
+    mounts: HashMap<String, (Arc<Origin>, mounts::MountBlob)>,
     net: Net,
+    /// Cache mounts that could not be restored or exported again.
+    warnings: Mutex<Vec<String>>,
 }
 
 impl Imported {
@@ -167,8 +177,14 @@ impl Imported {
     pub(crate) fn empty(net: Net) -> Self {
         Imported {
             records: HashMap::new(),
+            mounts: HashMap::new(),
             net,
+            warnings: Mutex::new(Vec::new()),
         }
+    }
+
+    fn warn(&self, message: String) {
+        lock(&self.warnings).push(message);
     }
 
     /// Reads every source (from a blocking thread); a source that cannot be read is a
@@ -205,6 +221,14 @@ impl Imported {
             match found {
                 Ok(parsed) => {
                     let (origin, parsed) = (Arc::new(origin), Arc::new(parsed));
+                    let (found, bad) = mounts::from_descriptors(&parsed.mounts);
+                    warnings.extend(bad);
+                    for m in found {
+                        imported
+                            .mounts
+                            .entry(m.id.clone())
+                            .or_insert_with(|| (origin.clone(), m));
+                    }
                     for key in parsed.keys() {
                         imported
                             .records
@@ -404,7 +428,7 @@ fn read_inline(
 /// blob are fetched (checked), no layer.
 fn read_registry(net: &Net, r: &Reference, store: &Store) -> Result<format::Parsed, String> {
     let (_, manifest) = net.block(net.registry.fetch_manifest(r))?;
-    let (config_desc, layers) = match format::parse_manifest(&manifest) {
+    let (config_desc, layers, mounts) = match format::parse_manifest(&manifest) {
         Ok(found) => found,
         // Not a cache manifest: an image may carry its cache inline.
         Err(not_cache) => {
@@ -429,7 +453,7 @@ fn read_registry(net: &Net, r: &Reference, store: &Store) -> Result<format::Pars
         .map_err(|e| e.to_string())?;
     let config: format::CacheConfig = serde_json::from_slice(&bytes)
         .map_err(|e| format!("cache config {}: {e}", config_desc.digest))?;
-    Ok(format::Parsed::new(config, layers))
+    Ok(format::Parsed::new(config, layers).with_mounts(mounts))
 }
 
 /// What a build's steps produced, for `--cache-to`: each vertex's key, and each key's result
@@ -530,6 +554,7 @@ pub(crate) async fn export_all(
     warnings: &mut Vec<Diagnostic>,
 ) -> Result<(), Error> {
     warnings.extend(cx.tracker.take_warnings().into_iter().map(diagnostic));
+
     // Inline caches went into the image (`inline_config`).
     for spec in specs.iter().filter(|s| s.location != CacheLocation::Inline) {
         let id = Digest::of(format!("internal:cache-export:{}", spec.location).as_bytes());
@@ -577,6 +602,9 @@ pub(crate) async fn export_all(
             }
         }
     }
+    // Cache mounts that could not be restored while solving, or exported again.
+    let mounts = std::mem::take(&mut *lock(&cx.imported.warnings));
+    warnings.extend(mounts.into_iter().map(diagnostic));
     Ok(())
 }
 
@@ -636,8 +664,25 @@ pub(crate) fn embed_inline(
 
 /// Writes one `--cache-to`.
 fn export(input: &ExportCx, spec: &CacheExport) -> Result<(), Error> {
-    let (config, blobs) = collect(input, spec)?;
+    let (config, mut blobs) = collect(input, spec)?;
+    if spec.cache_mounts {
+        blobs.extend(mounts::export(input, &needed(input))?);
+    }
     write(input, spec, &config, blobs)
+}
+
+/// The target and every vertex it needs.
+fn needed(input: &ExportCx) -> HashSet<Digest> {
+    let mut needed = HashSet::new();
+    let mut stack = vec![input.target];
+    while let Some(v) = stack.pop() {
+        if needed.insert(v) {
+            if let Some(vx) = input.def.vertex(&v) {
+                stack.extend(vx.inputs.iter().map(|e| e.vertex));
+            }
+        }
+    }
+    needed
 }
 
 /// The cache config of a `--cache-to` and its layer blobs (in the store, or to be checked when
@@ -649,16 +694,7 @@ fn collect(
 ) -> Result<(format::CacheConfig, Vec<(Descriptor, PathBuf, bool)>), Error> {
     let def = &input.def;
     let keys = lock(&input.tracker.keys).clone();
-    // The target and everything it needs.
-    let mut needed = HashSet::new();
-    let mut stack = vec![input.target];
-    while let Some(v) = stack.pop() {
-        if needed.insert(v) {
-            if let Some(vx) = def.vertex(&v) {
-                stack.extend(vx.inputs.iter().map(|e| e.vertex));
-            }
-        }
-    }
+    let needed = needed(input);
     let mut chosen: Vec<(Digest, Vec<Source>, Vec<Digest>)> = Vec::new();
     let mut seen = HashSet::new();
     for v in def.vertices.iter().filter(|v| needed.contains(&v.digest)) {
@@ -766,8 +802,13 @@ fn write(
                 bytes.len() as u64,
             );
             let layers: Vec<Descriptor> = blobs.into_iter().map(|(d, _, _)| d).collect();
-            let mut upload: Vec<(Digest, u64)> =
-                layers.iter().map(|d| (d.digest, d.size)).collect();
+            // Two cache mounts may hold the same bytes: each blob is sent once.
+            let mut upload: Vec<(Digest, u64)> = Vec::new();
+            for d in &layers {
+                if !upload.iter().any(|(u, _)| *u == d.digest) {
+                    upload.push((d.digest, d.size));
+                }
+            }
             upload.push((config_desc.digest, config_desc.size));
             let (media_type, manifest) = format::manifest(
                 config_desc,

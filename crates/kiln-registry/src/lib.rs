@@ -146,6 +146,9 @@ impl Registry {
     /// the whole layer in memory), verified by digest, several in parallel (up to 3). Then
     /// checks that every layer, fetched now or earlier, unpacks to the diff id the image
     /// config lists for it: only then may the layers be imported.
+    ///
+    /// A layer blob that was in the store before and fails that check is hashed: one that
+    /// changed on disk is removed (with what the store derived from it) and fetched again.
     pub async fn fetch_layers(&self, image: &ResolvedImage, store: &Store) -> Result<(), Error> {
         let mut missing: Vec<&Descriptor> = Vec::new();
         for l in &image.layers {
@@ -153,21 +156,90 @@ impl Registry {
                 missing.push(l);
             }
         }
-        if !missing.is_empty() {
-            match &image.reference {
-                ImageRef::Registry(r) => self.inner.fetch_blobs(r, &missing, store).await?,
-                ImageRef::Layout(l) => layout::copy_blobs(l, &missing, store).await?,
+        self.fetch_missing(image, &missing, store).await?;
+        let checked = verify_diff_ids(image, store).await;
+        if checked.is_ok() {
+            return checked;
+        }
+        let had: Vec<Descriptor> = image
+            .layers
+            .iter()
+            .filter(|l| !missing.iter().any(|m| m.digest == l.digest))
+            .cloned()
+            .collect();
+        let changed = drop_changed_blobs(image, had, store).await?;
+        if changed.is_empty() {
+            return checked;
+        }
+        let changed: Vec<&Descriptor> = changed.iter().collect();
+        self.fetch_missing(image, &changed, store).await?;
+        verify_diff_ids(image, store).await
+    }
+
+    /// Puts `missing` blobs of `image` into `store`, from where the image comes from.
+    async fn fetch_missing(
+        &self,
+        image: &ResolvedImage,
+        missing: &[&Descriptor],
+        store: &Store,
+    ) -> Result<(), Error> {
+        if missing.is_empty() {
+            return Ok(());
+        }
+        match &image.reference {
+            ImageRef::Registry(r) => self.inner.fetch_blobs(r, missing, store).await,
+            ImageRef::Layout(l) => layout::copy_blobs(l, missing, store).await,
+        }
+    }
+}
+
+/// Checks every layer of `image` against the config's diff ids (blocking work: decompresses
+/// every layer).
+async fn verify_diff_ids(image: &ResolvedImage, store: &Store) -> Result<(), Error> {
+    let (image, store) = (image.clone(), store.clone());
+    let name = image.reference.to_string();
+    tokio::task::spawn_blocking(move || diff_ids::verify(&image, &store))
+        .await
+        .map_err(|e| Error::Registry {
+            op: Op::FetchLayers,
+            image: name,
+            why: format!("diff id check failed to run: {e}"),
+        })?
+}
+
+/// Hashes the blobs `had` (in the store before this pull) and removes those whose bytes
+/// changed on disk, with what the store derived from them; returns them, to be fetched again.
+async fn drop_changed_blobs(
+    image: &ResolvedImage,
+    had: Vec<Descriptor>,
+    store: &Store,
+) -> Result<Vec<Descriptor>, Error> {
+    let store = store.clone();
+    let name = image.reference.to_string();
+    let store_err = {
+        let name = name.clone();
+        move |source| Error::Store {
+            op: Op::FetchLayers,
+            image: name.clone(),
+            source,
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut changed = Vec::new();
+        for l in had {
+            if let kiln_snapshot::verify::BlobState::Changed(_) =
+                store.check_blob(&l.digest).map_err(&store_err)?
+            {
+                store.drop_blob(&l.digest).map_err(&store_err)?;
+                changed.push(l);
             }
         }
-        let (image, store) = (image.clone(), store.clone());
-        let name = image.reference.to_string();
-        // Decompressing every layer is blocking work.
-        tokio::task::spawn_blocking(move || diff_ids::verify(&image, &store))
-            .await
-            .map_err(|e| Error::Registry {
-                op: Op::FetchLayers,
-                image: name,
-                why: format!("diff id check failed to run: {e}"),
-            })?
-    }
+        Ok(changed)
+    })
+    .await
+    .map_err(|e| Error::Registry {
+        op: Op::FetchLayers,
+        image: name,
+        why: format!("blob check failed to run: {e}"),
+    })?
 }

@@ -130,6 +130,19 @@ fn a_fresh_store_gets_the_cache_mount_back_from_a_local_cache() {
         "{}",
         run.stderr
     );
+    // The store keeps the files once, in the mount's directory: the blob and its unpacked
+    // copy that served the restore are gone (LOOK's own layer holds what it saw, `/seen`).
+    let store = second.path("store");
+    assert_eq!(
+        files_containing(&store.join("cache-mounts"), b"pkg-42").len(),
+        1
+    );
+    let elsewhere: Vec<_> = files_containing(&store, b"pkg-42")
+        .into_iter()
+        .filter(|p| !p.starts_with(store.join("cache-mounts")) && p.ends_with("pkg.txt"))
+        .collect();
+    assert!(elsewhere.is_empty(), "{elsewhere:?}");
+    assert!(!store.join("blobs/sha256").join(&blob[7..]).exists());
 
     // Another fresh store where the filling step changed: it runs again, on the restored
     // files.

@@ -288,8 +288,47 @@ pub(crate) fn cache_mounts_for(
 
 /// Fills the new directory `dir` with the contents of `blob`: copied into the store (checked
 /// against its digest), unpacked as a layer is (every check of a pulled layer), then copied
-/// with owners and modes; the directory gets the mode and owner it was exported with.
+/// with owners and modes; the directory gets the mode and owner it was exported with. The
+/// blob and the unpacked layer served only this copy: those this restore brought into the
+/// store are removed again, so that a package cache is not kept three times.
 fn restore(
+    imported: &Imported,
+    store: &Store,
+    origin: &Arc<Origin>,
+    blob: &MountBlob,
+    dir: &Path,
+) -> Result<(), String> {
+    let digest = blob.layer.digest;
+    let new_blob = !store.has_blob(&digest);
+    // Without a diff id in the cache, which layer is new cannot be told: the collector's.
+    let new_layer = blob
+        .layer
+        .diff_id
+        .filter(|d| matches!(store.layer_by_diff_id(d), Ok(None)));
+    let filled = fill(imported, store, origin, blob, dir);
+    let layer = new_layer.and_then(|d| store.layer_by_diff_id(&d).ok().flatten());
+    if layer.is_some() || (new_blob && store.has_blob(&digest)) {
+        // Deleted as the collector deletes: under gc.lock, through a trash.
+        let removed = (|| -> Result<(), kiln_snapshot::Error> {
+            let mut trash = store.trash()?;
+            {
+                let _collecting = store.gc_lock()?;
+                if let Some(id) = &layer {
+                    store.remove_layer(id, &mut trash)?;
+                }
+                if new_blob {
+                    store.remove_blob(&digest, &mut trash)?;
+                }
+            }
+            trash.empty()
+        })();
+        // What stays is unused, and the next collection takes it.
+        let _ = removed;
+    }
+    filled
+}
+
+fn fill(
     imported: &Imported,
     store: &Store,
     origin: &Arc<Origin>,

@@ -1,10 +1,13 @@
 //! `cargo xtask bench`: the workloads of `../shared/bench/workloads` built by a release `kiln`
 //! against the busybox fixture in a loopback registry, timed as wall-clock medians and put next
 //! to the figures BuildKit reached on this kind of machine (`../shared/bench/README.md`).
-//! Benchmarks only measure and report; nothing here asserts on time.
+//! Each phase also reports the peak RSS of the `kiln` process (its `ru_maxrss`, the largest of
+//! the phase's runs). Benchmarks only measure and report; nothing here asserts on time.
 
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -18,6 +21,10 @@ const BUILDKIT: &[(&str, &str, f64)] = &[
     ("steps", "no-op", 0.077),
     ("parallel", "cold", 1.31),
     ("parallel", "no-op", 0.057),
+    // An empty builder importing the registry cache of the same build, every step cached
+    // (`--import-cache type=registry`, OCI tarball output).
+    ("steps", "cache-from registry", 0.81),
+    ("parallel", "cache-from registry", 0.13),
     ("cachemount", "cold", 0.47),
     ("cachemount", "rerun", 0.13),
     ("bigfile", "build+oci.tar.gz", 2.56),
@@ -29,10 +36,30 @@ const BUILDKIT: &[(&str, &str, f64)] = &[
 
 struct Bench {
     kiln: PathBuf,
+    /// The loopback registry (`127.0.0.1:PORT`), which also holds the exported caches.
+    registry: String,
     base: String,
     work: PathBuf,
     runs: usize,
-    rows: Vec<(String, String, f64)>,
+    rows: Vec<Row>,
+}
+
+/// One phase's result.
+struct Row {
+    workload: String,
+    phase: String,
+    /// Median wall-clock seconds.
+    median: f64,
+    /// The largest peak RSS of the `kiln` process over the runs, in KiB.
+    peak_rss_kib: u64,
+}
+
+/// One timed run.
+struct Run {
+    secs: f64,
+    peak_rss_kib: u64,
+    /// The build's progress output.
+    log: String,
 }
 
 pub fn run(args: &[String]) -> Result<ExitCode> {
@@ -81,6 +108,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     }
     let mut b = Bench {
         kiln: release.join("kiln"),
+        registry: registry.addr.clone(),
         base: format!("{}/busybox:latest", registry.addr),
         work: work.clone(),
         runs,
@@ -89,6 +117,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     let want = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
     if want("steps") {
         b.cold_and_noop("steps", &workloads.join("steps"), &workloads.join("steps"))?;
+        b.cache_from_registry("steps", &workloads.join("steps"))?;
     }
     if want("parallel") {
         b.cold_and_noop(
@@ -96,6 +125,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
             &workloads.join("parallel"),
             &workloads.join("parallel"),
         )?;
+        b.cache_from_registry("parallel", &workloads.join("parallel"))?;
     }
     if want("cachemount") {
         b.cachemount(&workloads.join("cachemount"))?;
@@ -122,8 +152,9 @@ impl Bench {
         Ok(())
     }
 
-    /// One timed `kiln build`; fails loudly when the build fails.
-    fn build(&self, dockerfile_dir: &Path, context: &Path, extra: &[String]) -> Result<f64> {
+    /// One timed `kiln build`, with the peak RSS of the `kiln` process; fails loudly when the
+    /// build fails.
+    fn build(&self, dockerfile_dir: &Path, context: &Path, extra: &[String]) -> Result<Run> {
         let mut cmd = Command::new(&self.kiln);
         cmd.env("KILN_ROOT", self.root())
             .arg("build")
@@ -134,29 +165,96 @@ impl Bench {
             .arg(format!("BASE={}", self.base))
             .args(extra)
             .arg(context)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let start = Instant::now();
-        let out = cmd
-            .output()
+        let mut child = cmd
+            .spawn()
             .with_context(|| format!("cannot run {}", self.kiln.display()))?;
+        let mut stderr = child
+            .stderr
+            .take()
+            .context("kiln's stderr pipe is missing")?;
+        let reader = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = stderr.read_to_end(&mut text);
+            text
+        });
+        let (status, peak_rss_kib) = wait_with_rusage(child.id())
+            .with_context(|| format!("cannot wait for {}", self.kiln.display()))?;
         let secs = start.elapsed().as_secs_f64();
-        if !out.status.success() {
+        let stderr = reader.join().unwrap_or_default();
+        if !status.success() {
             bail!(
-                "kiln build of {} failed:\n{}",
+                "kiln build of {} failed ({status}):\n{}",
                 dockerfile_dir.display(),
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&stderr)
             );
         }
-        Ok(secs)
+        Ok(Run {
+            secs,
+            peak_rss_kib,
+            log: String::from_utf8_lossy(&stderr).into_owned(),
+        })
     }
 
-    fn record(&mut self, workload: &str, phase: &str, mut times: Vec<f64>) {
+    fn record(&mut self, workload: &str, phase: &str, runs: Vec<Run>) {
+        let peak_rss_kib = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
+        let mut times: Vec<f64> = runs.iter().map(|r| r.secs).collect();
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
-        println!("xtask bench: {workload} {phase}: median {median:.3}s of {times:.3?}");
-        self.rows
-            .push((workload.to_owned(), phase.to_owned(), median));
+        println!(
+            "xtask bench: {workload} {phase}: median {median:.3}s of {times:.3?}, peak RSS {:.1} MiB",
+            peak_rss_kib as f64 / 1024.0
+        );
+        self.rows.push(Row {
+            workload: workload.to_owned(),
+            phase: phase.to_owned(),
+            median,
+            peak_rss_kib,
+        });
+    }
+
+    /// A CI run: the build's cache is in the registry (exported once, `mode=max`), and each
+    /// timed build starts from an empty store with `--cache-from type=registry` and an OCI
+    /// tarball output, as BuildKit's figure was taken.
+    fn cache_from_registry(&mut self, name: &str, dir: &Path) -> Result<()> {
+        let cache = format!(
+            "type=registry,ref={}/kiln-bench-cache/{name}:latest",
+            self.registry
+        );
+        self.fresh_root()?;
+        self.build(
+            dir,
+            dir,
+            &["--cache-to".into(), format!("{cache},mode=max")],
+        )?;
+        let out = self.work.join(format!("{name}-cache.tar"));
+        let mut runs = Vec::new();
+        for _ in 0..self.runs {
+            self.fresh_root()?;
+            let run = self.build(
+                dir,
+                dir,
+                &[
+                    "--cache-from".into(),
+                    cache.clone(),
+                    "--output".into(),
+                    format!("type=oci,dest={}", out.display()),
+                ],
+            )?;
+            // A step that ran makes the figure another phase's: say so rather than report it.
+            if !all_cached(&run.log) {
+                bail!(
+                    "{name}: a build from the registry cache ran steps, the import missed:\n{}",
+                    run.log
+                );
+            }
+            runs.push(run);
+        }
+        self.record(name, "cache-from registry", runs);
+        Ok(())
     }
 
     fn cold_and_noop(&mut self, name: &str, dir: &Path, ctx: &Path) -> Result<()> {
@@ -240,9 +338,10 @@ impl Bench {
 
     fn report(&self) -> Result<ExitCode> {
         let mut md = String::from(
-            "| workload | phase | kiln (s, median) | BuildKit v0.32 (s) | BuildKit / kiln |\n|---|---|---|---|---|\n",
+            "| workload | phase | kiln (s, median) | BuildKit v0.32 (s) | BuildKit / kiln | kiln peak RSS (MiB) |\n|---|---|---|---|---|---|\n",
         );
-        for (w, p, t) in &self.rows {
+        for row in &self.rows {
+            let (w, p, t) = (&row.workload, &row.phase, row.median);
             let bk = BUILDKIT
                 .iter()
                 .find(|(bw, bp, _)| bw == w && bp == p)
@@ -251,10 +350,13 @@ impl Bench {
                 Some(v) => (format!("{v:.3}"), format!("{:.1}×", v / t)),
                 None => ("–".into(), "–".into()),
             };
-            md.push_str(&format!("| {w} | {p} | {t:.3} | {bk_s} | {ratio} |\n"));
+            let rss = row.peak_rss_kib as f64 / 1024.0;
+            md.push_str(&format!(
+                "| {w} | {p} | {t:.3} | {bk_s} | {ratio} | {rss:.1} |\n"
+            ));
             if w == "steps" && p == "cold" {
                 md.push_str(&format!(
-                    "| steps | per step (cold / 30) | {:.4} | 0.07 | |\n",
+                    "| steps | per step (cold / 30) | {:.4} | 0.07 | | |\n",
                     t / 30.0
                 ));
             }
@@ -267,5 +369,56 @@ impl Bench {
             self.runs
         );
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Whether kiln's closing line (`built … (N steps, M cached) …`) says every step was cached.
+fn all_cached(log: &str) -> bool {
+    log.lines().rev().find_map(|l| {
+        let counts = l
+            .strip_prefix("built ")?
+            .split_once(" (")?
+            .1
+            .split_once(')')?
+            .0;
+        let (steps, cached) = counts.split_once(" steps, ")?;
+        let cached = cached.strip_suffix(" cached")?;
+        Some(steps == cached)
+    }) == Some(true)
+}
+
+/// Waits for the child `pid` and returns its exit status with its peak RSS in KiB
+/// (`wait4`'s `ru_maxrss`: the child's own, not its children's).
+fn wait_with_rusage(pid: u32) -> std::io::Result<(ExitStatus, u64)> {
+    let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
+    loop {
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 on our own child with valid status and rusage pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            let kib = u64::try_from(usage.ru_maxrss).unwrap_or(0);
+            return Ok((ExitStatus::from_raw(status), kib));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_closing_line_tells_whether_every_step_was_cached() {
+        let hit =
+            "#11 DONE 0.0s\n\nbuilt sha256:906e (9 steps, 9 cached) with frontend dockerfile\n";
+        assert!(all_cached(hit));
+        let miss = "built sha256:906e (9 steps, 7 cached) with frontend dockerfile\n";
+        assert!(!all_cached(miss));
+        assert!(!all_cached("no summary"));
     }
 }

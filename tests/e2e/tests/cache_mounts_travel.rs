@@ -156,6 +156,36 @@ fn a_fresh_store_gets_the_cache_mount_back_from_a_local_cache() {
     let fourth = Kiln::new(&[]);
     let run = build(&fourth, &[LOOK], &["--cache-from", &local(&without)]).ok();
     assert_eq!(seen(&fourth), "missing\n", "{}", run.stderr);
+
+    // A job whose steps all hit restores no mount, and passes the imported one on.
+    let fifth = Kiln::new(&[]);
+    let passed = fifth.path("passed");
+    let run = build(
+        &fifth,
+        &[FILL],
+        &[
+            "--cache-from",
+            &local(&with),
+            "--cache-to",
+            &format!("type=local,dest={},cache-mounts=true", passed.display()),
+        ],
+    )
+    .ok();
+    assert!(
+        !run.stderr.contains("restored cache mount"),
+        "{}",
+        run.stderr
+    );
+    assert!(!fifth.path("store/cache-mounts").exists());
+    let (_, manifest) = manifest_of(&passed);
+    assert_eq!(
+        mount_descriptors(&manifest)[0]["digest"],
+        blob,
+        "{manifest}"
+    );
+    let sixth = Kiln::new(&[]);
+    let run = build(&sixth, &[LOOK], &["--cache-from", &local(&passed)]).ok();
+    assert_eq!(seen(&sixth), RESTORED, "{}", run.stderr);
 }
 
 /// A repository of the test registry no other run has used.

@@ -52,8 +52,8 @@ const MAX_REBUILT_BLOBS: usize = 16;
 /// cannot be taken back). A changed blob is then dropped with what was derived from it and the
 /// exports start again: a layer's blob is computed again from the layer's directory (the
 /// files every build used), the same bytes for a layer kiln made; a pulled layer gets
-/// kiln's compression of the same files (the same diff id, another blob digest); configs and
-/// manifests are written again. Rebuilding rather than failing keeps a build that can be
+/// kiln's tar of the same files (another diff id and digest) until a pull of it brings the
+/// registry's blob back as its form; configs and manifests are written again. Rebuilding rather than failing keeps a build that can be
 /// correct from failing; the layer directory is the source of truth.
 pub(crate) fn run(
     cx: &ExportContext<'_>,

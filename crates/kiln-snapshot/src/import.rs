@@ -151,9 +151,12 @@ impl Store {
             Codec::Zstd => None,
         };
         // A layer that already has an exported form keeps it: images built on it already
-        // name that blob.
+        // name that blob. Unless that form is another tar of the same files (its blob changed
+        // on disk, and an export made one from the layer's directory: see `verify`): the
+        // pulled blob comes back, so that images name the registry's layer again.
         if let Some(c) = compression {
-            if self.recorded_blob(&id, c)?.is_none() {
+            let kept = self.recorded_blob(&id, c)?;
+            if kept.is_none_or(|k| k.diff_id != diff_id) {
                 let record = LayerBlob {
                     diff_id,
                     digest: *blob,

@@ -546,6 +546,54 @@ mod tests {
     }
 
     #[test]
+    fn a_pulled_blob_rebuilt_from_its_layer_comes_back_with_the_next_pull() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open_with(t.path().join("s"), SnapshotterKind::Copy).unwrap();
+        // A layer as a registry sends it: a tar from another writer than kiln's, gzipped.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        h.set_mtime(1);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, "hello.txt", &b"hello"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(9));
+        gz.write_all(&tar).unwrap();
+        let pulled = gz.finish().unwrap();
+        let media = kiln_types::image::MEDIA_TYPE_LAYER_GZIP;
+        let digest = store.write_blob(&pulled).unwrap();
+        let layer = store.import_layer(&digest, media).unwrap();
+        assert_eq!(
+            store
+                .layer_blob(&layer.id, Compression::Gzip)
+                .unwrap()
+                .digest,
+            digest
+        );
+
+        // Changed on disk, dropped, rebuilt from the layer's files: another tar.
+        flip_byte(&store.blob_path(&digest), 12);
+        store.drop_blob(&digest).unwrap();
+        let rebuilt = store.layer_blob(&layer.id, Compression::Gzip).unwrap();
+        assert_ne!(rebuilt.digest, digest);
+        assert_ne!(rebuilt.diff_id, layer.diff_id);
+
+        // Pulled again: the same layer, and the registry's blob is its form again.
+        assert_eq!(store.write_blob(&pulled).unwrap(), digest);
+        let again = store.import_layer(&digest, media).unwrap();
+        assert_eq!(again.id, layer.id);
+        assert_eq!(
+            store
+                .layer_blob(&layer.id, Compression::Gzip)
+                .unwrap()
+                .digest,
+            digest
+        );
+    }
+
+    #[test]
     fn a_changed_config_blob_is_refused_when_read_verified() {
         let t = tempfile::tempdir().unwrap();
         let store = Store::open_with(t.path().join("s"), SnapshotterKind::Copy).unwrap();

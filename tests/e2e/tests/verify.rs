@@ -316,3 +316,109 @@ fn a_push_never_sends_a_changed_blob() {
     );
     assert_eq!(std::fs::read(bundle.join("rootfs/data")).unwrap(), data);
 }
+
+/// The `rootfs.diff_ids` of the image in OCI tarball `tar`.
+fn diff_ids(tar: &Path) -> Value {
+    let dir = extract(tar);
+    let read =
+        |p: PathBuf| -> Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let index = read(dir.join("index.json"));
+    let hex = |d: &Value| {
+        d.as_str()
+            .unwrap()
+            .strip_prefix("sha256:")
+            .unwrap()
+            .to_owned()
+    };
+    let manifest = read(
+        dir.join("blobs/sha256")
+            .join(hex(&index["manifests"][0]["digest"])),
+    );
+    let config = read(
+        dir.join("blobs/sha256")
+            .join(hex(&manifest["config"]["digest"])),
+    );
+    config["rootfs"]["diff_ids"].clone()
+}
+
+#[test]
+fn a_changed_base_layer_is_fetched_again_by_a_pull_and_never_exported() {
+    let registry = test_registry();
+    let k = Kiln::new(&[]);
+    let dockerfile = format!("FROM {registry}/busybox:latest\nCOPY note /note\n");
+    let ctx = k.write(
+        "ctx",
+        &[
+            ("Dockerfile", dockerfile.as_str()),
+            ("note", "kept intact\n"),
+        ],
+    );
+    let first_tar = k.path("first.tar");
+    let first = build_oci(&k, &ctx, &first_tar, &[]);
+    let layers = layer_digests(&first_tar);
+    let base = layers[0].clone();
+    // Every blob matches its name, none is the changed bytes, and umoci unpacks the files.
+    let check_image = |tar: &Path, name: &str, changed: &[u8]| {
+        for (hex, bytes) in tar_blobs(tar) {
+            assert_eq!(
+                sha256_hex(&bytes),
+                hex,
+                "a blob of {name} does not match its name"
+            );
+            assert_ne!(bytes.as_slice(), changed, "the changed bytes were exported");
+        }
+        let bundle = k.unpack(tar, name, "latest");
+        assert!(bundle.join("rootfs/bin/busybox").is_file());
+        assert_eq!(
+            std::fs::read_to_string(bundle.join("rootfs/note")).unwrap(),
+            "kept intact\n"
+        );
+    };
+
+    // A build that pulls finds the base layer changed and fetches it again: the same image.
+    flip_byte(&store_blob(&k, &base));
+    let changed = std::fs::read(store_blob(&k, &base)).unwrap();
+    let bad = k.run(&["verify"]);
+    assert_eq!(bad.code, 1, "{}", bad.stdout);
+    assert!(
+        bad.stdout.lines().any(|l| l.starts_with(&base)),
+        "{base} is not named:\n{}",
+        bad.stdout
+    );
+    let pulled_tar = k.path("pulled.tar");
+    let pulled = build_oci(&k, &ctx, &pulled_tar, &["--no-cache"]);
+    assert_eq!(pulled.digest(), first.digest());
+    check_image(&pulled_tar, "pulled", &changed);
+    assert!(k.run(&["verify"]).ok().stdout.contains("no problem"));
+
+    // A build whose steps are all cached pulls nothing: the export rebuilds the layer's blob
+    // from its files (the same layer, kiln's compression of it).
+    flip_byte(&store_blob(&k, &base));
+    let changed = std::fs::read(store_blob(&k, &base)).unwrap();
+    let cached_tar = k.path("cached.tar");
+    let cached = build_oci(&k, &ctx, &cached_tar, &[]);
+    assert!(
+        cached.stderr.contains(&format!("blob {base}")),
+        "{}",
+        cached.stderr
+    );
+    check_image(&cached_tar, "cached", &changed);
+    let rebuilt = diff_ids(&cached_tar);
+    assert_ne!(
+        rebuilt[0],
+        diff_ids(&first_tar)[0],
+        "kiln's tar of the same files"
+    );
+    assert_eq!(
+        rebuilt[1],
+        diff_ids(&first_tar)[1],
+        "the COPY layer is the same"
+    );
+    assert!(k.run(&["verify"]).ok().stdout.contains("no problem"));
+
+    // The next pull brings the registry's blob back as the layer's form: the first image.
+    let again_tar = k.path("again.tar");
+    let again = build_oci(&k, &ctx, &again_tar, &["--no-cache"]);
+    assert_eq!(again.digest(), first.digest());
+    check_image(&again_tar, "again", &changed);
+}

@@ -152,7 +152,7 @@ fn resolve_blocking(
             }
             Document::Manifest(manifest) => {
                 let config_digest = manifest.config.digest;
-                if !store.has_blob(&config_digest) {
+                if !crate::remote::has_intact_blob(store, &config_digest) {
                     let path = c.blob_path(&config_digest);
                     let size = std::fs::metadata(&path)
                         .map_err(|e| c.err(format!("cannot read {}: {e}", path.display())))?

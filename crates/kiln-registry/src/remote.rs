@@ -370,7 +370,7 @@ impl Remote {
                         MAX_CONFIG_SIZE,
                     )
                     .map_err(|why| s.bad_document(why))?;
-                    if !store.has_blob(&manifest.config.digest) {
+                    if !has_intact_blob(store, &manifest.config.digest) {
                         s.fetch_blob(&manifest.config, store).await?;
                     }
                     let config = read_config(store, &manifest.config.digest)
@@ -476,6 +476,15 @@ fn first_failure(mut failures: Vec<Error>) -> Error {
     }
 }
 
+/// Whether blob `digest` is in the store with bytes that match it: a config changed on disk
+/// behind kiln's back is fetched again (and overwritten), never read. Configs are small.
+pub(crate) fn has_intact_blob(store: &Store, digest: &Digest) -> bool {
+    matches!(
+        store.check_blob(digest),
+        Ok(kiln_snapshot::verify::BlobState::Good { .. })
+    )
+}
+
 /// Reads and parses a config blob from the store, size-checked before it is read.
 pub(crate) fn read_config(store: &Store, digest: &Digest) -> Result<ImageConfig, String> {
     let path = store.blob_path(digest);
@@ -483,7 +492,9 @@ pub(crate) fn read_config(store: &Store, digest: &Digest) -> Result<ImageConfig,
         .map_err(|e| format!("cannot read image config {}: {e}", path.display()))?
         .len();
     check_size(&format!("image config {digest}"), size, MAX_CONFIG_SIZE)?;
-    let bytes = store.read_blob(digest).map_err(|e| e.to_string())?;
+    let bytes = store
+        .read_blob_verified(digest)
+        .map_err(|e| e.to_string())?;
     parse_config(&bytes).map_err(|e| format!("image config {digest}: {e}"))
 }
 

@@ -46,5 +46,35 @@ async fn a_changed_layer_blob_is_fetched_again() {
     ));
     // The next pull of the image finds it changed, and fetches it again.
     e.registry.fetch_layers(&got, &e.store).await.unwrap();
-    assert_eq!(e.store.check_blob(&layer).unwrap(), BlobState::Good { size });
+    assert_eq!(
+        e.store.check_blob(&layer).unwrap(),
+        BlobState::Good { size }
+    );
+}
+
+#[tokio::test]
+async fn a_changed_config_is_fetched_again_never_read() {
+    let e = env();
+    let dir = e.layouts.join("lay");
+    build_layout(&dir, "v1", &[host_platform()]);
+    let r = image(&format!("oci-layout://{}:v1", dir.display()));
+    let got = e
+        .registry
+        .resolve(&r, &Platform::host(), &e.store)
+        .await
+        .unwrap();
+    let config = got.config_digest;
+    let size = std::fs::metadata(e.store.blob_path(&config)).unwrap().len();
+    flip_byte(&e.store.blob_path(&config));
+
+    let again = e
+        .registry
+        .resolve(&r, &Platform::host(), &e.store)
+        .await
+        .unwrap();
+    assert_eq!(again.config.config.cmd, Some(vec!["/bin/hello".to_owned()]));
+    assert_eq!(
+        e.store.check_blob(&config).unwrap(),
+        BlobState::Good { size }
+    );
 }

@@ -32,6 +32,7 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
@@ -169,7 +170,8 @@ impl Cancel for Host<'_> {
     }
 }
 
-/// How often a running `git` is checked for exit and the build for cancellation.
+/// How often the build is checked for cancellation while `git` runs; its exit wakes the wait
+/// at once (a pidfd), whatever this is.
 const POLL: Duration = Duration::from_millis(50);
 
 struct Git<'a> {
@@ -191,6 +193,29 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
     })
 }
 
+/// A pidfd of the child `pid`, readable once it has exited; `None` where the kernel has none.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits until `fd` is readable or `timeout` has passed (a plain wait of `timeout` without
+/// one). An interrupted wait returns early: the caller looks again.
+fn wait_readable(fd: Option<&OwnedFd>, timeout: Duration) {
+    let mut pfd = libc::pollfd {
+        fd: fd.map_or(-1, AsRawFd::as_raw_fd),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd; a negative fd is ignored by poll(2).
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+}
+
 /// Kills `child`'s whole process group (git and its helpers). Called before `child` is reaped,
 /// so its pid — the group id — cannot have been reused.
 fn kill_group(child: &mut Child) {
@@ -208,6 +233,14 @@ fn kill_group(child: &mut Child) {
 impl Git<'_> {
     /// Waits for `child`, killing its process group when the build is cancelled.
     fn wait(&self, child: &mut Child) -> Result<ExitStatus, Error> {
+        self.wait_ticking(child, POLL)
+    }
+
+    /// [`Git::wait`], asking about cancellation every `tick`. The wait is a `poll(2)` on the
+    /// child's pidfd, so that its exit ends it at once; only a kernel without pidfds (before
+    /// 5.3) makes it look again each tick.
+    fn wait_ticking(&self, child: &mut Child, tick: Duration) -> Result<ExitStatus, Error> {
+        let pidfd = pidfd_open(child.id());
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => return Ok(status),
@@ -225,7 +258,7 @@ impl Git<'_> {
                 kill_group(child);
                 return Err(Error::Cancelled(self.shown.clone()));
             }
-            std::thread::sleep(POLL);
+            wait_readable(pidfd.as_ref(), tick);
         }
     }
 

@@ -368,3 +368,40 @@ fn submodules_can_be_skipped() {
             .submodules
     );
 }
+
+/// Closes the child's stdin (its signal to exit) the first time it is asked.
+struct ReleasesChild(std::sync::Mutex<Option<std::process::ChildStdin>>);
+impl Cancel for ReleasesChild {
+    fn cancelled(&self) -> bool {
+        drop(self.0.lock().unwrap().take());
+        false
+    }
+}
+
+#[test]
+fn the_exit_of_git_ends_the_wait_without_a_tick() {
+    // The child exits right after the wait first found it running. Its exit must end the wait,
+    // not the next look after a tick: with a tick of an hour, a wait that sleeps never returns
+    // in time.
+    let mut child = Command::new("sh")
+        .args(["-c", "read line; exit 3"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cancel = ReleasesChild(std::sync::Mutex::new(child.stdin.take()));
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let git = Git {
+            remote: "r".into(),
+            shown: "r".into(),
+            git_dir: Path::new("/nonexistent"),
+            cancel: &cancel,
+        };
+        let status = git.wait_ticking(&mut child, Duration::from_secs(3600));
+        let _ = tx.send(status.map(|s| s.code()).map_err(|e| e.to_string()));
+    });
+    let status = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the wait did not end when git exited");
+    assert_eq!(status, Ok(Some(3)));
+}

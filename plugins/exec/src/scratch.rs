@@ -31,11 +31,13 @@ impl Scratch {
                 .prefix(prefix)
                 .tempdir_in(base)
                 .map_err(|e| Error::io("cannot create a temporary directory in", base, e))?;
-            let lock = File::open(dir.path())
-                .and_then(|f| f.lock().map(|()| f))
-                .map_err(|e| Error::io("cannot lock", dir.path(), e))?;
-            // Between its creation and the lock, another step's sweep may have taken it for a
-            // leftover and removed it: then make another.
+            // Between its creation and the lock, another step's sweep (in this build or
+            // another) may take it for a leftover and remove it: then make another.
+            let lock = match File::open(dir.path()).and_then(|f| f.lock().map(|()| f)) {
+                Ok(lock) => lock,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("cannot lock", dir.path(), e)),
+            };
             let ours = lock
                 .metadata()
                 .map_err(|e| Error::io("cannot stat", dir.path(), e))?;

@@ -40,8 +40,8 @@ impl Rng {
 
 fn seed() -> u64 {
     match std::env::var("KILN_CRASH_SEED") {
-        Ok(s) => s.parse().expect("KILN_CRASH_SEED is a number"),
-        Err(_) => {
+        Ok(s) if !s.is_empty() => s.parse().expect("KILN_CRASH_SEED is a number"),
+        _ => {
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap();
@@ -205,7 +205,11 @@ fn sigkill_at_random_moments_leaves_a_usable_store_and_nothing_behind() {
         assert_eq!(
             entries(&store.join("tmp")),
             Vec::<String>::new(),
-            "{what}: the store's tmp/ is not empty after the next build"
+            "{what}: the store's tmp/ is not empty after the next build (sessions: {:?}):\n{}\n\
+             --- the killed build:\n{}",
+            entries(&store.join("sessions")),
+            again.stderr,
+            killed.stderr
         );
         assert_eq!(
             entries(&store.join("sessions")),

@@ -30,6 +30,15 @@ pub enum Error {
         /// Why.
         source: Box<redb::Error>,
     },
+    /// Another process holds the index alone: a kiln from before the index was shared.
+    #[error(
+        "cache index {path}: held by another kiln process of an older version, which keeps it \
+         to itself; let that build finish, then run this one again"
+    )]
+    HeldByOlderKiln {
+        /// The index file.
+        path: String,
+    },
     /// The store's use lock could not be taken.
     #[error("cache index {path}: {source}")]
     Store {
@@ -131,7 +140,13 @@ impl CacheIndex {
         let shown = path.display().to_string();
         let mut builder = redb::Builder::new();
         builder.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
-        let db = builder.create(path).map_err(|e| db_err(&shown, e))?;
+        let db = builder.create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen
+            | redb::DatabaseError::LockProtocolMismatch => Error::HeldByOlderKiln {
+                path: shown.clone(),
+            },
+            e => db_err(&shown, e),
+        })?;
         let index = CacheIndex {
             path: shown,
             db: std::sync::RwLock::new(db),
@@ -483,6 +498,17 @@ mod tests {
             .expect("a write waited for another holder's read");
         assert_eq!(isolated, Ok(true));
         assert_eq!(a.get(&store, &key).unwrap(), Some(rec));
+    }
+
+    #[test]
+    fn an_index_held_whole_by_an_older_kiln_is_named_as_such() {
+        // Earlier kilns opened the file in redb's exclusive mode.
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("cache.redb");
+        let _older = redb::Database::create(&file).unwrap();
+        let e = CacheIndex::open(&file).err().unwrap();
+        assert!(matches!(e, Error::HeldByOlderKiln { .. }), "{e}");
+        assert!(e.to_string().contains("older version"), "{e}");
     }
 
     #[test]

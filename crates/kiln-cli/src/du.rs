@@ -334,7 +334,8 @@ fn tab_lines(lines: &[(&str, String)]) -> String {
         .collect()
 }
 
-fn write_stdout(text: &str) -> Result<()> {
+/// Writes `text` to standard output; a reader that stopped early (`| head`) is no error.
+pub(crate) fn write_stdout(text: &str) -> Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         // `kiln du | head` closes the pipe early: not an error.
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {

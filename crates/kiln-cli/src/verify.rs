@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -18,7 +17,7 @@ use kiln_snapshot::verify::{Problem, ProblemKind};
 use kiln_snapshot::{LayerId, SnapshotterKind, Store};
 use kiln_types::Digest;
 
-use crate::du::human_size;
+use crate::du::{human_size, write_stdout};
 
 /// The cache index file of a store (kiln-engine's `gc` opens the same one).
 const CACHE_INDEX: &str = "cache.redb";
@@ -208,16 +207,6 @@ fn broken_records(store: &Store, records: &[ListedRecord]) -> Vec<BrokenRecord> 
             })
         })
         .collect()
-}
-
-fn write_stdout(text: &str) -> Result<()> {
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        // `kiln verify | head` closes the pipe early: not an error.
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(e).context("writing to standard output")
-        }
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

@@ -124,6 +124,17 @@ fn flip_byte(path: &Path) {
     f.write_all_at(&b, at).unwrap();
 }
 
+/// Flips a byte in the store's blob of each of `layers`; returns their changed bytes.
+fn flip_layers(k: &Kiln, layers: &[String]) -> Vec<Vec<u8>> {
+    layers
+        .iter()
+        .map(|d| {
+            flip_byte(&store_blob(k, d));
+            std::fs::read(store_blob(k, d)).unwrap()
+        })
+        .collect()
+}
+
 fn store_blob(k: &Kiln, digest: &str) -> PathBuf {
     k.path("store/blobs/sha256")
         .join(digest.strip_prefix("sha256:").unwrap())
@@ -228,11 +239,7 @@ fn verify_repair_removes_the_changed_blob_and_the_next_build_rebuilds_it() {
     let first_tar = k.path("first.tar");
     let first = build_oci(&k, &ctx, &first_tar, &[]);
     let layers = layer_digests(&first_tar);
-    let mut changed = Vec::new();
-    for d in &layers {
-        flip_byte(&store_blob(&k, d));
-        changed.push(std::fs::read(store_blob(&k, d)).unwrap());
-    }
+    let changed = flip_layers(&k, &layers);
 
     let repair = k.run(&["verify", "--repair"]).ok();
     for d in &layers {
@@ -267,11 +274,7 @@ fn a_push_never_sends_a_changed_blob() {
     let first_tar = k.path("first.tar");
     let first = build_oci(&k, &ctx, &first_tar, &[]);
     let layers = layer_digests(&first_tar);
-    let mut changed = Vec::new();
-    for d in &layers {
-        flip_byte(&store_blob(&k, d));
-        changed.push(std::fs::read(store_blob(&k, d)).unwrap());
-    }
+    let changed = flip_layers(&k, &layers);
     // A name of this test's own: the registry holds nothing of it yet.
     let name = format!("{registry}/e2e/verify:{}", std::process::id());
     let c = ctx.display().to_string();

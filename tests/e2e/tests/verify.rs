@@ -425,3 +425,60 @@ fn a_changed_base_layer_is_fetched_again_by_a_pull_and_never_exported() {
     assert_eq!(again.digest(), first.digest());
     check_image(&again_tar, "again", &changed);
 }
+
+#[test]
+fn a_cache_export_never_ships_a_changed_blob() {
+    let k = Kiln::new(&[]);
+    let (ctx, data) = context(&k);
+    let first_tar = k.path("first.tar");
+    build_oci(&k, &ctx, &first_tar, &[]);
+    let layers = layer_digests(&first_tar);
+    let changed = flip_layers(&k, &layers);
+
+    // `--cache-to` alone (no image export that would rebuild the blobs first), nothing to
+    // run: the cache is made of the store's blobs, two of them changed.
+    let cache = k.path("cache");
+    let to = format!("type=local,dest={},mode=max", cache.display());
+    k.run(&[
+        "build",
+        "--progress=plain",
+        "--cache-to",
+        &to,
+        ctx.to_str().unwrap(),
+    ])
+    .ok();
+    let blobs = cache.join("blobs/sha256");
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(&blobs).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let bytes = std::fs::read(e.path()).unwrap();
+        assert_eq!(
+            sha256_hex(&bytes),
+            name,
+            "a cache blob does not match its name"
+        );
+        assert!(
+            !changed.iter().any(|c| c == &bytes),
+            "the changed bytes went into the cache"
+        );
+        names.push(name);
+    }
+    // The layers are there, rebuilt from their directories (kiln's own: the same digests).
+    for d in &layers {
+        assert!(
+            names.iter().any(|n| d.ends_with(n.as_str())),
+            "{d} missing from the cache: {names:?}"
+        );
+    }
+
+    // And a fresh store that imports it builds the same image without running anything.
+    let other = Kiln::new(&[]);
+    let from = format!("type=local,src={}", cache.display());
+    let third_tar = other.path("third.tar");
+    build_oci(&other, &ctx, &third_tar, &["--cache-from", &from]);
+    assert_image_is_correct(&other, &third_tar, "third", &data);
+}

@@ -868,6 +868,27 @@ fn result_of(input: &ExportCx, key: &Digest) -> Result<Option<Vec<Source>>, Erro
         .map(Some)
 }
 
+/// Layer `id`'s blob in `compression`, checked against its digest: as for image exports, a
+/// blob whose bytes changed on disk is never exported; it is dropped from the store and made
+/// again from the layer's directory (see `export::run`). Changed again at once: an error.
+fn checked_layer_blob(
+    store: &Store,
+    id: &kiln_snapshot::LayerId,
+    compression: Compression,
+) -> Result<kiln_snapshot::LayerBlob, Error> {
+    use kiln_snapshot::verify::BlobState;
+    let b = store.layer_blob(id, compression)?;
+    let BlobState::Changed(_) = store.check_blob(&b.digest)? else {
+        return Ok(b);
+    };
+    store.drop_blob(&b.digest)?;
+    let b = store.layer_blob(id, compression)?;
+    match store.check_blob(&b.digest)? {
+        BlobState::Changed(m) => Err(kiln_snapshot::Error::BlobChanged(m).into()),
+        _ => Ok(b),
+    }
+}
+
 /// The zstd blob of a layer, made from its plain tar blob `tar`. The store keeps a layer's gzip and
 /// plain forms only, so it is made again by each export (the same bytes: one thread, the
 /// default level).
@@ -877,7 +898,8 @@ fn zstd_blob(
 ) -> Result<kiln_snapshot::LayerBlob, Error> {
     let path = store.blob_path(&tar.digest);
     let io = |e: std::io::Error| Error::io("compress", &path, e);
-    let mut input = std::io::BufReader::new(std::fs::File::open(&path).map_err(io)?);
+    // Read checked: a changed tar must not become a new blob under a valid digest.
+    let mut input = std::io::BufReader::new(store.open_blob_verified(&tar.digest)?);
     let mut out = store.blob_writer()?;
     let mut enc = zstd::stream::write::Encoder::new(&mut out, 0).map_err(io)?;
     std::io::copy(&mut input, &mut enc).map_err(io)?;
@@ -902,18 +924,18 @@ fn blob(
     let (mut layer, path, verify) = match s {
         Source::Store(id) => {
             let b = match spec.compression {
-                CacheCompression::Gzip => store.layer_blob(id, Compression::Gzip)?,
+                CacheCompression::Gzip => checked_layer_blob(store, id, Compression::Gzip)?,
                 other => {
                     // As BuildKit without force-compression: a layer that came as a blob (a
                     // base image's, indexed by the diff id of its gzip form, the pulled blob)
                     // keeps that blob, so that an image built from the cache names the same
                     // layers. An image export has usually made the gzip form already.
-                    let gzip = store.layer_blob(id, Compression::Gzip)?;
+                    let gzip = checked_layer_blob(store, id, Compression::Gzip)?;
                     let pulled = store.layer_by_diff_id(&gzip.diff_id)?.as_ref() == Some(id);
                     if pulled && !spec.force_compression {
                         gzip
                     } else {
-                        let tar = store.layer_blob(id, Compression::Uncompressed)?;
+                        let tar = checked_layer_blob(store, id, Compression::Uncompressed)?;
                         if other == CacheCompression::Zstd {
                             zstd_blob(store, &tar)?
                         } else {

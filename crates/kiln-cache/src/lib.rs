@@ -152,8 +152,16 @@ impl CacheIndex {
             db: std::sync::RwLock::new(db),
             hits: std::sync::Mutex::default(),
         };
-        // Create the tables up front so read transactions never see them missing.
+        // Create the tables up front so read transactions never see them missing; a commit
+        // (and its flushes) only when one is missing, not at every start of kiln.
         index.with_db(|db| {
+            let tx = db.begin_read().map_err(|e| index.err(e))?;
+            let all = tx.open_table(RESULTS).is_ok()
+                && tx.open_table(STAT).is_ok()
+                && tx.open_table(USAGE).is_ok();
+            if all {
+                return Ok(());
+            }
             let tx = db.begin_write().map_err(|e| index.err(e))?;
             tx.open_table(RESULTS).map_err(|e| index.err(e))?;
             tx.open_table(STAT).map_err(|e| index.err(e))?;
@@ -509,6 +517,25 @@ mod tests {
         let e = CacheIndex::open(&file).err().unwrap();
         assert!(matches!(e, Error::HeldByOlderKiln { .. }), "{e}");
         assert!(e.to_string().contains("older version"), "{e}");
+    }
+
+    #[test]
+    fn an_index_from_before_the_usage_table_gains_it() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("cache.redb");
+        {
+            let db = redb::Database::create(&file).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(RESULTS).unwrap();
+            tx.open_table(STAT).unwrap();
+            tx.commit().unwrap();
+        }
+        let idx = CacheIndex::open(&file).unwrap();
+        assert_eq!(idx.list().unwrap(), vec![]);
+        drop(idx);
+        // Reopened with every table there: nothing to create.
+        let idx = CacheIndex::open(&file).unwrap();
+        assert_eq!(idx.list().unwrap(), vec![]);
     }
 
     #[test]

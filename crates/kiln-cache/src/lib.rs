@@ -440,7 +440,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn two_holders_of_one_index_take_turns() {
+    fn two_holders_of_one_index_write_at_once() {
         // Two indexes on one file stand for two kiln processes on one store.
         let t = tempfile::tempdir().unwrap();
         let store = Store::open(t.path().join("store")).unwrap();

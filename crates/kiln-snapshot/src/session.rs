@@ -80,6 +80,12 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // Swept again on the way out: a killed build's lock can outlive it for a moment in a
+        // child that inherited it (a RUN sandbox between its clone and its exec, killed by
+        // PDEATHSIG soon after), and a build started right then takes that session for live.
+        if let Some(root) = self.lock_path.parent().and_then(Path::parent) {
+            sweep(root, &self.id);
+        }
         // Unlinked while still locked: a sweeper that opened it meanwhile takes it for dead
         // once the lock drops, which it is.
         let _ = fs::remove_file(&self.lock_path);

@@ -124,6 +124,19 @@ fn temporaries_without_a_live_session_are_leftovers() {
 }
 
 #[test]
+fn a_session_sweeps_again_when_it_ends() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open_with(t.path(), SnapshotterKind::Copy).unwrap();
+    // A dead session that looked live when this one started (its lock still held for a
+    // moment by a dying child): its lock file, now free, and its temporaries.
+    fs::write(t.path().join("sessions/s0123456789ab"), b"").unwrap();
+    fs::create_dir_all(t.path().join("tmp/s0123456789ab-layer-ffffffffffff/fs")).unwrap();
+    drop(store);
+    assert_eq!(entries(&t.path().join("tmp")), Vec::<String>::new());
+    assert_eq!(entries(&t.path().join("sessions")), Vec::<String>::new());
+}
+
+#[test]
 fn stores_on_one_root_share_it_and_leave_nothing() {
     let t = tempfile::tempdir().unwrap();
     let a = Store::open_with(t.path(), SnapshotterKind::Copy).unwrap();

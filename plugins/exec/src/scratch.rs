@@ -7,15 +7,28 @@
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::Error;
 
 /// A scratch directory held while it lives; removed when dropped.
 pub(crate) struct Scratch {
-    // Declared first, so dropped first: the directory goes while it is still locked.
-    dir: tempfile::TempDir,
+    /// Always `Some` until dropped.
+    dir: Option<tempfile::TempDir>,
     _lock: File,
+    base: PathBuf,
+    prefix: String,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // The directory goes while it is still locked.
+        drop(self.dir.take());
+        // Swept again once the step is over: a killed build's scratch can stay locked for a
+        // moment by its sandbox child (between clone and exec, until PDEATHSIG ends it), so
+        // the sweep at this step's start may have had to spare it.
+        sweep(&self.base, &self.prefix);
+    }
 }
 
 impl Scratch {
@@ -43,7 +56,12 @@ impl Scratch {
                 .map_err(|e| Error::io("cannot stat", dir.path(), e))?;
             match std::fs::metadata(dir.path()) {
                 Ok(seen) if seen.ino() == ours.ino() && seen.dev() == ours.dev() => {
-                    return Ok(Scratch { dir, _lock: lock })
+                    return Ok(Scratch {
+                        dir: Some(dir),
+                        _lock: lock,
+                        base: base.to_owned(),
+                        prefix: prefix.to_owned(),
+                    })
                 }
                 _ => continue,
             }
@@ -52,7 +70,10 @@ impl Scratch {
 
     /// The directory.
     pub(crate) fn path(&self) -> &Path {
-        self.dir.path()
+        self.dir
+            .as_ref()
+            .expect("a scratch keeps its directory until it is dropped")
+            .path()
     }
 }
 

@@ -140,6 +140,14 @@ impl Executor<Digest> for OpExecutor {
         if let Op::Exec(e) = &mut keyed {
             e.proxy_env.clear();
         }
+        // An image pinned by digest is keyed on its content, not on the name it was reached
+        // by (as BuildKit keys image sources by digest): the same image through a mirror or
+        // another registry name is the same step, and an imported cache keeps hitting.
+        if let Op::Source(SourceOp::Image(img)) = &mut keyed {
+            if let Some(at) = img.reference.rfind("@sha256:") {
+                img.reference = img.reference[at..].to_owned();
+            }
+        }
         h.update(&serde_json::to_vec(&keyed)?);
         let mut keyed_inputs = Vec::with_capacity(input_keys.len());
         for (i, k) in input_keys.iter().enumerate() {

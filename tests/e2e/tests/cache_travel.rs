@@ -512,3 +512,39 @@ fn a_zstd_cache_gives_the_same_image() {
     assert_eq!(again.step_state(FINAL_RUN), "CACHED", "{}", again.stderr);
     assert_eq!(again.digest(), built.digest());
 }
+
+#[test]
+fn a_cache_hits_when_the_same_base_image_is_reached_by_another_name() {
+    // The fixture under another repository name: the same manifest, byte for byte.
+    let alias = fresh_repo("alias");
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{}/busybox:latest", test_registry()),
+            &format!("docker://{alias}:latest"),
+        ],
+    );
+    let (first, second) = (Kiln::new(&[]), Kiln::new(&[]));
+    let cache = first.path("cache");
+    let to = format!("type=local,dest={},mode=max", cache.display());
+    let ctx = context(&first, "");
+    build(&first, &ctx, &["--cache-to", &to]).ok();
+    let stamp = read(&first, "stamp");
+
+    // The second machine names the base by the other name (a mirror, a copy in its own
+    // registry): the image is the same, so no step runs.
+    let text = dockerfile(&test_registry(), "").replace(
+        &format!("{}/busybox:latest", test_registry()),
+        &format!("{alias}:latest"),
+    );
+    let ctx2 = second.write("ctx", &[("Dockerfile", &text), ("hello.txt", "hello\n")]);
+    let from = format!("type=local,src={}", cache.display());
+    let again = build(&second, &ctx2, &["--cache-from", &from]).ok();
+    assert_eq!(again.step_state(BUILDER_RUN), "CACHED", "{}", again.stderr);
+    assert_eq!(again.step_state(FINAL_RUN), "CACHED", "{}", again.stderr);
+    assert_eq!(read(&second, "stamp"), stamp);
+}

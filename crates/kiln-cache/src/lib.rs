@@ -47,6 +47,14 @@ pub enum Error {
         /// Why.
         source: kiln_snapshot::Error,
     },
+    /// A new index file could not be made.
+    #[error("cache index {path}: cannot create it: {source}")]
+    Create {
+        /// The index file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A record that cannot be decoded.
     #[error("cache index {path}: corrupt record: {source}")]
     Corrupt {
@@ -134,10 +142,63 @@ pub struct CacheIndex {
     hits: std::sync::Mutex<std::collections::BTreeSet<[u8; 32]>>,
 }
 
+/// Creates a new index file at `path` whole: redb writes a new file's header last, so a kiln
+/// killed while creating it in place would leave a file no later kiln can open. The file is
+/// made under a temporary name beside `path` (its tables included) and linked into place; a
+/// process that lost the race to another uses the other's. Temporaries of killed creators
+/// (their pid gone) are removed.
+fn create_whole(path: &Path) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!(".{name}.");
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let pid = file
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(".new"));
+            if let Some(pid) = pid {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+    let tmp = dir.join(format!("{prefix}{}.new", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let made = (|| -> std::io::Result<()> {
+        let mut builder = redb::Builder::new();
+        builder.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
+        let db = builder.create(&tmp).map_err(std::io::Error::other)?;
+        let tx = db.begin_write().map_err(std::io::Error::other)?;
+        tx.open_table(RESULTS).map_err(std::io::Error::other)?;
+        tx.open_table(STAT).map_err(std::io::Error::other)?;
+        tx.open_table(USAGE).map_err(std::io::Error::other)?;
+        tx.commit().map_err(std::io::Error::other)?;
+        drop(db);
+        std::fs::File::open(&tmp)?.sync_all()?;
+        match std::fs::hard_link(&tmp, path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+            _ => Ok(()),
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    made
+}
+
 impl CacheIndex {
     /// Opens or creates the index at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let shown = path.display().to_string();
+        if !path.exists() {
+            create_whole(path).map_err(|e| Error::Create {
+                path: shown.clone(),
+                source: e,
+            })?;
+        }
         let mut builder = redb::Builder::new();
         builder.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
         let db = builder.create(path).map_err(|e| match e {
@@ -437,6 +498,25 @@ fn db_err(path: &str, e: impl Into<redb::Error>) -> Error {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_new_index_appears_whole_and_dead_creators_leftovers_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.redb");
+        // What a creator killed before linking leaves: a half-made file under its own name.
+        let leftover = dir.path().join(".cache.redb.999999999.new");
+        std::fs::write(&leftover, [0u8; 4096]).unwrap();
+        let index = super::CacheIndex::open(&path).unwrap();
+        assert!(!leftover.exists(), "a dead creator's temporary stays");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["cache.redb"]);
+        drop(index);
+        // Opened again: the file made by linking is a whole index.
+        super::CacheIndex::open(&path).unwrap();
+    }
+
     use super::*;
 
     #[test]

@@ -314,7 +314,10 @@ impl Store {
             match name.to_str() {
                 Some("blobs") => self.blob_usage(&path, &mut usage)?,
                 Some("layers") => self.layer_usage(&path, &mut usage)?,
-                Some("tmp" | LEASES | GC_LOCK) => usage.internal += tree_size(&path)?,
+                // Lock files of live builds: their sessions, leases and running steps.
+                Some("tmp" | LEASES | GC_LOCK | "sessions" | "running") => {
+                    usage.internal += tree_size(&path)?
+                }
                 _ => {
                     usage.others.insert(name, tree_size(&path)?);
                 }

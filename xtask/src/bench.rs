@@ -1,8 +1,13 @@
 //! `cargo xtask bench`: the workloads of `../shared/bench/workloads` built by a release `kiln`
 //! against the busybox fixture in a loopback registry, timed as wall-clock medians and put next
 //! to the figures BuildKit reached on this kind of machine (`../shared/bench/README.md`).
-//! Each phase also reports the peak RSS of the `kiln` process (its `ru_maxrss`, the largest of
-//! the phase's runs). Benchmarks only measure and report; nothing here asserts on time.
+//! Each phase also reports, over its runs, the peak RSS of the `kiln` process itself (its
+//! `VmHWM`, read while it runs) and the peak of the whole process tree (`wait4`'s `ru_maxrss`,
+//! which counts reaped descendants too: a RUN's `apt-get` weighs there, not in kiln).
+//! `cargo xtask bench debian` (run only when named: it needs debootstrap and the Debian
+//! mirror) builds `RUN apt-get install hello` FROM a debootstrap base kept under
+//! `target/kiln-bench/debian/`. Benchmarks only measure and report; nothing here asserts on
+//! time.
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -52,12 +57,15 @@ struct Row {
     median: f64,
     /// The largest peak RSS of the `kiln` process over the runs, in KiB.
     peak_rss_kib: u64,
+    /// The largest peak RSS of any process of the build's tree (kiln, RUN children), in KiB.
+    tree_rss_kib: u64,
 }
 
 /// One timed run.
 struct Run {
     secs: f64,
     peak_rss_kib: u64,
+    tree_rss_kib: u64,
     /// The build's progress output.
     log: String,
 }
@@ -136,6 +144,10 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     if want("context") {
         b.context(&workloads.join("context"))?;
     }
+    // Not in the default set: it needs debootstrap, root and the Debian mirror.
+    if only.iter().any(|o| o == "debian") {
+        b.debian()?;
+    }
     drop(registry);
     b.report()
 }
@@ -181,7 +193,11 @@ impl Bench {
             let _ = stderr.read_to_end(&mut text);
             text
         });
-        let (status, peak_rss_kib) = wait_with_rusage(child.id())
+        let Peak {
+            status,
+            own_kib: peak_rss_kib,
+            tree_kib: tree_rss_kib,
+        } = wait_with_peaks(child.id())
             .with_context(|| format!("cannot wait for {}", self.kiln.display()))?;
         let secs = start.elapsed().as_secs_f64();
         let stderr = reader.join().unwrap_or_default();
@@ -195,24 +211,28 @@ impl Bench {
         Ok(Run {
             secs,
             peak_rss_kib,
+            tree_rss_kib,
             log: String::from_utf8_lossy(&stderr).into_owned(),
         })
     }
 
     fn record(&mut self, workload: &str, phase: &str, runs: Vec<Run>) {
         let peak_rss_kib = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
+        let tree_rss_kib = runs.iter().map(|r| r.tree_rss_kib).max().unwrap_or(0);
         let mut times: Vec<f64> = runs.iter().map(|r| r.secs).collect();
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
         println!(
-            "xtask bench: {workload} {phase}: median {median:.3}s of {times:.3?}, peak RSS {:.1} MiB",
-            peak_rss_kib as f64 / 1024.0
+            "xtask bench: {workload} {phase}: median {median:.3}s of {times:.3?}, peak RSS {:.1} MiB (with children {:.1} MiB)",
+            peak_rss_kib as f64 / 1024.0,
+            tree_rss_kib as f64 / 1024.0
         );
         self.rows.push(Row {
             workload: workload.to_owned(),
             phase: phase.to_owned(),
             median,
             peak_rss_kib,
+            tree_rss_kib,
         });
     }
 
@@ -336,9 +356,60 @@ impl Bench {
         Ok(())
     }
 
+    /// A build FROM a debootstrap base (one ~60 MB gzip layer, made once and kept under
+    /// `target/kiln-bench/debian/`) with `RUN apt-get install hello`, for the peak RSS of a
+    /// large layer's import and a RUN's export; the base goes through the loopback registry.
+    fn debian(&mut self) -> Result<()> {
+        let dir = self.work.join("debian");
+        let layout = dir.join("layout");
+        if !layout.join("index.json").is_file() {
+            make_debian_layout(&dir, &layout)?;
+        }
+        let base = format!("{}/debian-minbase:bookworm", self.registry);
+        crate::run(Command::new("skopeo").args([
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:latest", layout.display()),
+            &format!("docker://{base}"),
+        ]))
+        .context("skopeo could not push the debootstrap base to the loopback registry")?;
+        let ctx = dir.join("context");
+        std::fs::create_dir_all(&ctx).context("create the debian workload's context")?;
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            "ARG BASE\nFROM ${BASE}\nRUN apt-get update && apt-get install -y --no-install-recommends hello && hello\n",
+        )
+        .context("write the debian workload's Dockerfile")?;
+        let out = self.work.join("debian.tar");
+        let mut runs = Vec::new();
+        let busybox = std::mem::replace(&mut self.base, base);
+        for _ in 0..self.runs {
+            let run = self.fresh_root().and_then(|()| {
+                self.build(
+                    &ctx,
+                    &ctx,
+                    &[
+                        "--output".into(),
+                        format!("type=oci,dest={}", out.display()),
+                    ],
+                )
+            });
+            match run {
+                Ok(run) => runs.push(run),
+                Err(e) => {
+                    self.base = busybox;
+                    return Err(e);
+                }
+            }
+        }
+        self.base = busybox;
+        self.record("debian", "apt-get install + oci.tar", runs);
+        Ok(())
+    }
+
     fn report(&self) -> Result<ExitCode> {
         let mut md = String::from(
-            "| workload | phase | kiln (s, median) | BuildKit v0.32 (s) | BuildKit / kiln | kiln peak RSS (MiB) |\n|---|---|---|---|---|---|\n",
+            "| workload | phase | kiln (s, median) | BuildKit v0.32 (s) | BuildKit / kiln | kiln peak RSS (MiB) | with RUN children (MiB) |\n|---|---|---|---|---|---|---|\n",
         );
         for row in &self.rows {
             let (w, p, t) = (&row.workload, &row.phase, row.median);
@@ -351,12 +422,13 @@ impl Bench {
                 None => ("–".into(), "–".into()),
             };
             let rss = row.peak_rss_kib as f64 / 1024.0;
+            let tree = row.tree_rss_kib as f64 / 1024.0;
             md.push_str(&format!(
-                "| {w} | {p} | {t:.3} | {bk_s} | {ratio} | {rss:.1} |\n"
+                "| {w} | {p} | {t:.3} | {bk_s} | {ratio} | {rss:.1} | {tree:.1} |\n"
             ));
             if w == "steps" && p == "cold" {
                 md.push_str(&format!(
-                    "| steps | per step (cold / 30) | {:.4} | 0.07 | | |\n",
+                    "| steps | per step (cold / 30) | {:.4} | 0.07 | | | |\n",
                     t / 30.0
                 ));
             }
@@ -370,6 +442,111 @@ impl Bench {
         );
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// debootstraps Debian bookworm (minbase, no .deb files left) into `dir/rootfs` and packs it
+/// as one gzip layer in the OCI layout `layout`.
+fn make_debian_layout(dir: &Path, layout: &Path) -> Result<()> {
+    let Some(debootstrap) = crate::find_on_path("debootstrap") else {
+        bail!("the debian workload needs debootstrap: `apt-get install debootstrap`");
+    };
+    let rootfs = dir.join("rootfs");
+    crate::remove_if_exists(&rootfs)?;
+    crate::remove_if_exists(layout)?;
+    crate::run(
+        Command::new(debootstrap)
+            .args(["--variant=minbase", "bookworm"])
+            .arg(&rootfs)
+            .arg(debian_mirror()),
+    )
+    .context("debootstrap failed (it needs root and the Debian mirror)")?;
+    let archives = rootfs.join("var/cache/apt/archives");
+    for e in std::fs::read_dir(&archives).context("read the base's apt archives")? {
+        let path = e.context("read the base's apt archives")?.path();
+        if path.extension().is_some_and(|x| x == "deb") {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).context("create the debian layout")?;
+    let tar = dir.join("layer.tar");
+    crate::run(
+        Command::new("tar")
+            .args(["--numeric-owner", "--xattrs", "-C"])
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."),
+    )?;
+    let diff_id = sha256_of(&tar)?;
+    crate::run(Command::new("gzip").args(["-f", "-6"]).arg(&tar))?;
+    let gz = dir.join("layer.tar.gz");
+    let layer = sha256_of(&gz)?;
+    let layer_size = std::fs::metadata(&gz).context("stat the layer")?.len();
+    std::fs::rename(&gz, blobs.join(&layer)).context("move the layer into the layout")?;
+    let put = |value: serde_json::Value| -> Result<(String, usize)> {
+        let bytes = serde_json::to_vec(&value)?;
+        let path = dir.join("blob.json");
+        std::fs::write(&path, &bytes).context("write a layout blob")?;
+        let digest = sha256_of(&path)?;
+        std::fs::rename(&path, blobs.join(&digest)).context("move a blob into the layout")?;
+        Ok((digest, bytes.len()))
+    };
+    let (config, config_size) = put(serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["bash"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_id}")]},
+    }))?;
+    let (manifest, manifest_size) = put(serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{config}"), "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": format!("sha256:{layer}"), "size": layer_size}],
+    }))?;
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .context("write oci-layout")?;
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{manifest}"), "size": manifest_size, "annotations": {"org.opencontainers.image.ref.name": "latest"}}],
+        }))?,
+    )
+    .context("write index.json")?;
+    Ok(())
+}
+
+/// The first `URIs:` of the system's deb822 sources, else deb.debian.org.
+fn debian_mirror() -> String {
+    let mut names: Vec<PathBuf> = std::fs::read_dir("/etc/apt/sources.list.d")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .find_map(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("URIs:"))
+                .and_then(|u| u.split_whitespace().next().map(str::to_owned))
+        })
+        .unwrap_or_else(|| "http://deb.debian.org/debian".to_owned())
+}
+
+/// `sha256sum FILE`'s hex digest.
+fn sha256_of(path: &Path) -> Result<String> {
+    let out = crate::output(Command::new("sha256sum").arg(path))?;
+    out.split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .with_context(|| format!("sha256sum printed nothing for {}", path.display()))
 }
 
 /// Whether kiln's closing line (`built … (N steps, M cached) …`) says every step was cached.
@@ -387,25 +564,102 @@ fn all_cached(log: &str) -> bool {
     }) == Some(true)
 }
 
-/// Waits for the child `pid` and returns its exit status with its peak RSS in KiB
-/// (`wait4`'s `ru_maxrss`: the child's own, not its children's).
-fn wait_with_rusage(pid: u32) -> std::io::Result<(ExitStatus, u64)> {
-    let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
+/// How a child ended, and how much memory it and its tree held at most.
+struct Peak {
+    status: ExitStatus,
+    /// The child's own peak RSS (`VmHWM`), in KiB.
+    own_kib: u64,
+    /// The peak RSS of the child or any descendant it reaped (`wait4`'s `ru_maxrss`), in KiB.
+    tree_kib: u64,
+}
+
+/// Waits for the child `pid`. `ru_maxrss` alone would charge kiln with the memory of the
+/// programs its RUN steps start (the kernel folds reaped descendants into it), so the child's
+/// own peak is read from `/proc/PID/status` while it runs: `VmHWM` only grows, and the last
+/// reading before the exit is the peak but for the final few milliseconds. The child is
+/// left a zombie until the reader stops (`WNOWAIT`), so that its pid cannot name another
+/// process meanwhile.
+fn wait_with_peaks(pid: u32) -> std::io::Result<Peak> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let pid_t = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
+    let status_file = PathBuf::from(format!("/proc/{pid}/status"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut own = 0;
+            loop {
+                // Read before checking `stop`: the reading after the exit finds no `VmHWM`.
+                if let Some(kib) = std::fs::read_to_string(&status_file)
+                    .ok()
+                    .as_deref()
+                    .and_then(vm_hwm_kib)
+                {
+                    own = kib;
+                }
+                if stop.load(Ordering::Relaxed) {
+                    return own;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        })
+    };
+    let exited = wait_exited(pid_t);
+    stop.store(true, Ordering::Relaxed);
+    let own_kib = reader
+        .join()
+        .map_err(|_| std::io::Error::other("the RSS reader thread panicked"))?;
+    exited?;
     loop {
         let mut status = 0;
         // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         // SAFETY: wait4 on our own child with valid status and rusage pointers.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            let kib = u64::try_from(usage.ru_maxrss).unwrap_or(0);
-            return Ok((ExitStatus::from_raw(status), kib));
+        let r = unsafe { libc::wait4(pid_t, &mut status, 0, &mut usage) };
+        if r == pid_t {
+            let tree_kib = u64::try_from(usage.ru_maxrss).unwrap_or(0);
+            return Ok(Peak {
+                status: ExitStatus::from_raw(status),
+                own_kib,
+                tree_kib,
+            });
         }
         let e = std::io::Error::last_os_error();
         if e.kind() != std::io::ErrorKind::Interrupted {
             return Err(e);
         }
     }
+}
+
+/// Blocks until child `pid` has exited, without reaping it.
+fn wait_exited(pid: libc::pid_t) -> std::io::Result<()> {
+    let id = libc::id_t::try_from(pid).map_err(std::io::Error::other)?;
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid value for waitid to overwrite.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid on our own child with a valid siginfo pointer.
+        let r = unsafe { libc::waitid(libc::P_PID, id, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// The `VmHWM:` line of a `/proc/PID/status` (`VmHWM:\t  24260 kB`), in KiB.
+fn vm_hwm_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -420,5 +674,41 @@ mod tests {
         let miss = "built sha256:906e (9 steps, 7 cached) with frontend dockerfile\n";
         assert!(!all_cached(miss));
         assert!(!all_cached("no summary"));
+    }
+
+    #[test]
+    fn vm_hwm_is_read_from_proc_status() {
+        let status = "Name:\tkiln\nVmPeak:\t  900000 kB\nVmHWM:\t   24260 kB\nVmRSS:\t 1 kB\n";
+        assert_eq!(vm_hwm_kib(status), Some(24260));
+        assert_eq!(vm_hwm_kib("Name:\tzombie\nState:\tZ (zombie)\n"), None);
+    }
+
+    /// A child whose own child holds 64 MiB: `ru_maxrss` (the tree) sees those 64 MiB, the
+    /// child's own peak does not. Before, the bench reported the tree's figure as kiln's.
+    #[test]
+    fn the_own_peak_leaves_out_what_a_grandchild_held() {
+        // `; true` keeps sh from exec'ing dd in its place; dd's 64 MiB block is touched by the
+        // reads from /dev/zero.
+        // Reaped by wait_with_peaks, which clippy cannot see.
+        #[allow(clippy::zombie_processes)]
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                "dd if=/dev/zero of=/dev/null bs=64M count=2 2>/dev/null; true",
+            ])
+            .spawn()
+            .expect("sh runs");
+        let peak = wait_with_peaks(child.id()).expect("waiting for sh");
+        assert!(peak.status.success());
+        assert!(
+            peak.tree_kib >= 60 * 1024,
+            "the tree's peak ({} KiB) should hold dd's 64 MiB block",
+            peak.tree_kib
+        );
+        assert!(
+            peak.own_kib > 0 && peak.own_kib < 16 * 1024,
+            "sh's own peak ({} KiB) should be sh's, not dd's",
+            peak.own_kib
+        );
     }
 }

@@ -13,7 +13,8 @@
 //! Chunks are concatenated as raw deflate: each compressed chunk comes from a fresh compressor
 //! ended with a sync flush, which closes its last block (non-final) and byte-aligns the stream,
 //! and nothing in it refers back before the chunk. Stored blocks start on that byte boundary. One
-//! empty final stored block ends the stream.
+//! empty final stored block ends the stream. A batch of chunks is compressed in the background
+//! while the caller fills the next one (reading a layer's files overlaps compressing them).
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,6 +38,9 @@ pub(crate) struct AdaptiveGz<W: Write> {
     /// Full chunks waiting to be compressed, and the partial one being filled (last).
     pending: Vec<Vec<u8>>,
     threads: usize,
+    /// The batch being compressed in the background while the next one is filled, so that
+    /// reading the layer's files overlaps compressing them.
+    inflight: Option<std::thread::JoinHandle<io::Result<Vec<Vec<u8>>>>>,
 }
 
 /// How one chunk is written.
@@ -59,6 +63,7 @@ impl<W: Write> AdaptiveGz<W> {
             crc: Crc::new(),
             pending: Vec::new(),
             threads,
+            inflight: None,
         })
     }
 
@@ -72,7 +77,23 @@ impl<W: Write> AdaptiveGz<W> {
         for c in &chunks {
             self.crc.update(c);
         }
-        let encoded = encode_all(&chunks, self.threads)?;
+        self.drain()?;
+        let threads = self.threads;
+        let handle = std::thread::Builder::new()
+            .name("kiln-gzip".into())
+            .spawn(move || encode_all(&chunks, threads))?;
+        self.inflight = Some(handle);
+        Ok(())
+    }
+
+    /// Writes the output of the batch compressed in the background, once it is done.
+    fn drain(&mut self) -> io::Result<()> {
+        let Some(handle) = self.inflight.take() else {
+            return Ok(());
+        };
+        let encoded = handle
+            .join()
+            .map_err(|_| io::Error::other("a gzip thread failed"))??;
         for e in &encoded {
             self.out.write_all(e)?;
         }
@@ -82,6 +103,7 @@ impl<W: Write> AdaptiveGz<W> {
     /// Ends the stream (final empty block, CRC-32, size) and returns the writer.
     pub(crate) fn finish(mut self) -> io::Result<W> {
         self.flush_batch()?;
+        self.drain()?;
         // BFINAL=1, BTYPE=00 (stored), length 0: ends the deflate stream on a byte boundary.
         self.out.write_all(&[1, 0, 0, 0xff, 0xff])?;
         let crc = self.crc.sum();

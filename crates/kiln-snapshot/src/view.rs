@@ -161,12 +161,29 @@ impl WriteView {
         layer.commit()
     }
 
+    /// A strict unmount (not a lazy detach): the upper dir is committed next, so nothing may
+    /// still be writing through the mount. A mount can stay busy for a moment after a step's
+    /// process exits (its namespace and files are released as the kernel tears the sandbox
+    /// down), so EBUSY is retried for up to two seconds, as containerd's unmount does; only
+    /// that failure waits, never a clean unmount.
     fn unmount(&mut self) -> Result<()> {
         if self.mounted {
-            umount2(&self.merged, MntFlags::empty()).map_err(|source| Error::Mount {
-                what: format!("unmount {}", self.merged.display()),
-                source,
-            })?;
+            let mut tries = 0;
+            loop {
+                match umount2(&self.merged, MntFlags::empty()) {
+                    Ok(()) => break,
+                    Err(nix::errno::Errno::EBUSY) if tries < 200 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(source) => {
+                        return Err(Error::Mount {
+                            what: format!("unmount {}", self.merged.display()),
+                            source,
+                        })
+                    }
+                }
+            }
             self.mounted = false;
         }
         Ok(())

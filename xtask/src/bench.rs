@@ -340,13 +340,20 @@ impl Bench {
         )];
         let (mut cold, mut noop, mut edit, mut touch, mut bare_edit) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Edits never repeat a content built before: the context stays between invocations,
+        // and a run's cold build starts from the last invocation's final edit, which an edit
+        // of the same text would find cached.
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         for i in 0..self.runs {
             self.fresh_root()?;
             // The shared README warns that creating many files right after deletes is slow here.
             std::thread::sleep(std::time::Duration::from_secs(2));
             cold.push(self.build(dir, &ctx, &out)?);
             noop.push(self.build(dir, &ctx, &out)?);
-            std::fs::write(&edited, format!("edit {i}\n")).context("edit a context file")?;
+            std::fs::write(&edited, format!("edit {nonce} {i}\n"))
+                .context("edit a context file")?;
             edit.push(self.build(dir, &ctx, &out)?);
             let t = std::time::SystemTime::now() + std::time::Duration::from_secs(i as u64 + 1);
             std::fs::File::options()
@@ -356,7 +363,8 @@ impl Bench {
                 .context("touch a context file")?;
             touch.push(self.build(dir, &ctx, &out)?);
             // The same edit with no output: the build alone.
-            std::fs::write(&edited, format!("bare edit {i}\n")).context("edit a context file")?;
+            std::fs::write(&edited, format!("bare edit {nonce} {i}\n"))
+                .context("edit a context file")?;
             bare_edit.push(self.build(dir, &ctx, &[])?);
         }
         self.record("context", "cold", cold);

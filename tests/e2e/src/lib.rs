@@ -174,6 +174,12 @@ impl Kiln {
 
     /// [`Kiln::run`] with extra environment variables.
     pub fn run_env(&self, env: &[(&str, &str)], args: &[&str]) -> Run {
+        let out = self.command(env, args).output().expect("run kiln");
+        Run::from(out)
+    }
+
+    /// The `kiln` command on this test's store and plugins.
+    fn command(&self, env: &[(&str, &str)], args: &[&str]) -> Command {
         let mut cmd = Command::new(target_dir().join("kiln"));
         // A developer's own ~/.config/kiln/kiln.toml must not steer the tests; a test may
         // still give its own.
@@ -182,8 +188,108 @@ impl Kiln {
         cmd.env("KILN_ROOT", self.path("store"))
             .env("KILN_PLUGIN_PATH", self.plugin_dir());
         cmd.args(args);
-        let out = cmd.output().expect("run kiln");
-        Run::from(out)
+        cmd
+    }
+
+    /// Starts `kiln` in the background (stdin and stdout closed), its stderr (the progress)
+    /// read line by line, for tests that act while a build runs.
+    pub fn spawn(&self, env: &[(&str, &str)], args: &[&str]) -> Background {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = self
+            .command(env, args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kiln");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Background {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+}
+
+/// A `kiln` started by [`Kiln::spawn`].
+pub struct Background {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// The progress lines read so far.
+    pub seen: Vec<String>,
+}
+
+impl Background {
+    /// Its process id (to signal it).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// When kiln has ended already: its exit status and the progress it printed.
+    pub fn ended(&mut self) -> Option<(std::process::ExitStatus, String)> {
+        let status = self.child.try_wait().expect("poll kiln")?;
+        self.seen.extend(self.lines.try_iter());
+        Some((status, self.seen.join("\n")))
+    }
+
+    /// Reads progress until a line contains `needle` (true) or kiln ends first (false); kills
+    /// it and panics when `bound` passes first (hanging is what such tests look for).
+    pub fn wait_for_line(&mut self, needle: &str, bound: std::time::Duration) -> bool {
+        use std::sync::mpsc::RecvTimeoutError;
+        let deadline = std::time::Instant::now() + bound;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.seen.push(line);
+                    if found {
+                        return true;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return false,
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "no {needle:?} from kiln within {bound:?}:\n{}",
+                        self.seen.join("\n")
+                    )
+                }
+            }
+        }
+    }
+
+    /// Waits for kiln to end within `bound` (else kills it and panics): its exit code (-1 when
+    /// a signal ended it) and its whole progress output.
+    pub fn finish(mut self, bound: std::time::Duration) -> (i32, String) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let deadline = std::time::Instant::now() + bound;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "kiln did not end within {bound:?}:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+            }
+        }
+        let status = self.child.wait().expect("wait for kiln");
+        (status.code().unwrap_or(-1), self.seen.join("\n"))
     }
 }
 

@@ -4,10 +4,7 @@
 //! between the steps of one build.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use kiln_e2e::*;
@@ -15,87 +12,21 @@ use kiln_e2e::*;
 /// Hanging is the failure these tests look for: every wait has this generous bound.
 const BOUND: Duration = Duration::from_secs(120);
 
-/// A `kiln build` running in the background, its progress read line by line.
-struct Build {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Build {
-    /// Starts `kiln build --progress=plain --no-cache` of `ctx` on `k`'s store, exporting to
-    /// the local directory `out`.
-    fn start(k: &Kiln, ctx: &Path, out: &Path) -> Build {
-        let mut child = Command::new(target_dir().join("kiln"))
-            .env("KILN_ROOT", k.path("store"))
-            .env("KILN_PLUGIN_PATH", k.plugin_dir())
-            .args(["build", "--progress=plain", "--no-cache", "--output"])
-            .arg(format!("type=local,dest={}", out.display()))
-            .arg(ctx)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start kiln build");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Build {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Reads progress until a line contains `needle` (true) or the build ends first (false).
-    fn wait_for_line(&mut self, needle: &str) -> bool {
-        let deadline = Instant::now() + BOUND;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.contains(needle);
-                    self.seen.push(line);
-                    if found {
-                        return true;
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => return false,
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "no {needle:?} from kiln within {BOUND:?}:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Waits for the build to end; its exit code and its whole progress output.
-    fn finish(mut self) -> (i32, String) {
-        let deadline = Instant::now() + BOUND;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.child.kill();
-                    panic!(
-                        "kiln did not end within {BOUND:?}:\n{}",
-                        self.seen.join("\n")
-                    );
-                }
-            }
-        }
-        let status = self.child.wait().unwrap();
-        (status.code().unwrap_or(-1), self.seen.join("\n"))
-    }
+/// Starts `kiln build --progress=plain --no-cache` of `ctx` on `k`'s store in the background,
+/// exporting to the local directory `out`.
+fn start(k: &Kiln, ctx: &Path, out: &Path) -> Background {
+    let dest = format!("type=local,dest={}", out.display());
+    k.spawn(
+        &[],
+        &[
+            "build",
+            "--progress=plain",
+            "--no-cache",
+            "--output",
+            &dest,
+            ctx.to_str().unwrap(),
+        ],
+    )
 }
 
 /// A build context whose only step holds cache mount `id` (`sharing`) in a critical section:
@@ -119,19 +50,14 @@ RUN --mount=type=cache,id=e2e-locks,target=/c,sharing={sharing} \
 
 /// Polls `found` (a file another process makes) until it answers, failing if `build` ends
 /// first or `BOUND` passes.
-fn wait_until<T>(build: &mut Build, what: &str, mut found: impl FnMut() -> Option<T>) -> T {
+fn wait_until<T>(build: &mut Background, what: &str, mut found: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + BOUND;
     loop {
         if let Some(t) = found() {
             return t;
         }
-        if let Some(status) = build.child.try_wait().unwrap() {
-            let rest: Vec<String> = build.lines.try_iter().collect();
-            panic!(
-                "kiln ended ({status}) before {what}:\n{}\n{}",
-                build.seen.join("\n"),
-                rest.join("\n")
-            );
+        if let Some((status, out)) = build.ended() {
+            panic!("kiln ended ({status}) before {what}:\n{out}");
         }
         assert!(Instant::now() < deadline, "not within {BOUND:?}: {what}");
         std::thread::sleep(Duration::from_millis(20));
@@ -168,17 +94,17 @@ fn two_processes_take_turns_on_a_locked_cache_mount() {
     let ctx_a = context(&k, "a", "locked", &reg);
     let ctx_b = context(&k, "b", "locked", &reg);
 
-    let mut a = Build::start(&k, &ctx_a, &k.path("out-a"));
+    let mut a = start(&k, &ctx_a, &k.path("out-a"));
     let dir = wait_until(&mut a, "build a entered its step", || dir_with(&k, "a"));
     // B will not wait for the test once it is inside: only A's leaving is up to the test.
     std::fs::write(dir.join("go-b"), "").unwrap();
 
     // B starts while A holds the mount: it must say it waits, and not run beside A.
-    let mut b = Build::start(&k, &ctx_b, &k.path("out-b"));
-    if !b.wait_for_line("waiting for cache mount \"e2e-locks\"") {
+    let mut b = start(&k, &ctx_b, &k.path("out-b"));
+    if !b.wait_for_line("waiting for cache mount \"e2e-locks\"", BOUND) {
         std::fs::write(dir.join("go-a"), "").unwrap();
-        let (code, out) = b.finish();
-        a.finish();
+        let (code, out) = b.finish(BOUND);
+        a.finish(BOUND);
         panic!("build b did not wait for build a's locked cache mount (exit {code}):\n{out}");
     }
     assert!(
@@ -187,9 +113,9 @@ fn two_processes_take_turns_on_a_locked_cache_mount() {
     );
     // A leaves; only then does B get the mount.
     std::fs::write(dir.join("go-a"), "").unwrap();
-    let (code_a, out_a) = a.finish();
+    let (code_a, out_a) = a.finish(BOUND);
     assert_eq!(code_a, 0, "build a:\n{out_a}");
-    let (code_b, out_b) = b.finish();
+    let (code_b, out_b) = b.finish(BOUND);
     assert_eq!(code_b, 0, "build b:\n{out_b}");
     assert_eq!(
         std::fs::read_to_string(dir.join("log")).unwrap(),
@@ -211,28 +137,28 @@ fn a_second_process_gets_its_own_private_cache_mount() {
     let ctx_a = context(&k, "a", "private", &reg);
     let ctx_b = context(&k, "b", "private", &reg);
 
-    let mut a = Build::start(&k, &ctx_a, &k.path("out-a"));
+    let mut a = start(&k, &ctx_a, &k.path("out-a"));
     let first = wait_until(&mut a, "build a entered its step", || dir_with(&k, "a"));
     // Were B given A's directory, it would find `/c/busy` there and fail; were it to get
     // through, this file lets it end.
     std::fs::write(first.join("go-b"), "").unwrap();
 
     // B runs to its end while A still holds the first directory: it got one of its own.
-    let mut b = Build::start(&k, &ctx_b, &k.path("out-b"));
+    let mut b = start(&k, &ctx_b, &k.path("out-b"));
     let second = wait_until(&mut b, "build b entered its step", || dir_with(&k, "b"));
     assert_ne!(
         second, first,
         "build b was given the directory build a holds"
     );
     std::fs::write(second.join("go-b"), "").unwrap();
-    let (code_b, out_b) = b.finish();
+    let (code_b, out_b) = b.finish(BOUND);
     assert_eq!(code_b, 0, "build b:\n{out_b}");
     assert!(
-        a.child.try_wait().unwrap().is_none(),
+        a.ended().is_none(),
         "build a ended before the test let it go"
     );
     std::fs::write(first.join("go-a"), "").unwrap();
-    let (code_a, out_a) = a.finish();
+    let (code_a, out_a) = a.finish(BOUND);
     assert_eq!(code_a, 0, "build a:\n{out_a}");
     assert_eq!(
         std::fs::read_to_string(first.join("log")).unwrap(),
@@ -276,7 +202,7 @@ COPY --from=two /seen /two
             ),
         )],
     );
-    let (code, out) = Build::start(&k, &ctx, &k.path("out")).finish();
+    let (code, out) = start(&k, &ctx, &k.path("out")).finish(BOUND);
     assert_eq!(code, 0, "{out}");
     assert_eq!(std::fs::read_to_string(k.path("out/one")).unwrap(), "one\n");
     assert_eq!(

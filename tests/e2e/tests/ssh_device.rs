@@ -235,9 +235,7 @@ fn agents_left(tmp: &Path) -> (Vec<String>, Vec<String>) {
 
 #[test]
 fn ssh_agent_is_gone_after_a_failed_or_interrupted_build() {
-    use std::io::BufRead;
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let k = Kiln::new(&[]);
     let reg = test_registry();
     let (key, _) = keygen(&k, "id_ed25519", "", "kiln-key");
@@ -273,60 +271,31 @@ fn ssh_agent_is_gone_after_a_failed_or_interrupted_build() {
             ),
         )],
     );
-    let mut child = Command::new(target_dir().join("kiln"))
-        .env("KILN_ROOT", k.path("store"))
-        .env("KILN_PLUGIN_PATH", k.plugin_dir())
-        .env("TMPDIR", &tmp)
-        .args(["build", "--progress=plain", "--ssh", &spec])
-        .arg(&slow)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kiln");
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l.contains("step-started")) {
-        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(l) => seen.push(l),
-            Err(e) => {
-                let _ = child.kill();
-                panic!("the step never started ({e:?}):\n{}", seen.join("\n"));
-            }
-        }
-    }
+    let mut slow_build = k.spawn(
+        &[("TMPDIR", tmp.to_str().unwrap())],
+        &[
+            "build",
+            "--progress=plain",
+            "--ssh",
+            &spec,
+            slow.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        slow_build.wait_for_line("step-started", Duration::from_secs(60)),
+        "the step never started:\n{}",
+        slow_build.seen.join("\n")
+    );
     // While it runs, the agent is there (beside the step's own socket).
     assert_eq!(agents_left(&tmp).1.len(), 1, "{:?}", agents_left(&tmp));
     let st = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &slow_build.id().to_string()])
         .status()
         .expect("kill (procps) is required for this test");
     assert!(st.success());
     // Interrupting must end the build long before the step's sleep would.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("kiln did not stop within 30 s of Ctrl-C");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(!status.success());
+    let (code, _) = slow_build.finish(Duration::from_secs(30));
+    assert!(code != 0);
     assert_eq!(agents_left(&tmp), (vec![], vec![]));
 }
 

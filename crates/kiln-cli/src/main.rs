@@ -14,6 +14,7 @@ mod flags;
 mod generate;
 mod output;
 mod output_spec;
+mod setup;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -72,6 +73,11 @@ enum Command {
     Prune(du::PruneArgs),
     /// Check every blob of the store against its digest, and the records that use them.
     Verify(verify::VerifyArgs),
+    /// Prepare this host: `kiln setup emulation` registers QEMU for other platforms.
+    Setup {
+        #[command(subcommand)]
+        command: setup::SetupCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -278,6 +284,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Du(args) => du::du(&config()?.root.value, &args),
         Command::Prune(args) => du::prune(&config()?.root.value, &args),
         Command::Verify(args) => verify::run(&config()?.root.value, &args),
+        Command::Setup { command } => setup::run(&command),
     }
 }
 
@@ -341,7 +348,8 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
         Some(p) if p.contains(',') => {
             bail!("--platform {p}: multi-platform builds are not supported yet; build one platform at a time")
         }
-        Some(p) => p.parse()?,
+        // Normalized as BuildKit's frontends do: `linux/arm64/v8` builds `linux/arm64`.
+        Some(p) => p.parse::<Platform>()?.normalize(),
     };
     let mut build_args = BTreeMap::new();
     for a in &args.build_args {

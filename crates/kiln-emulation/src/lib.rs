@@ -221,9 +221,9 @@ impl Emulation {
         }
         let Some(qemu) = self.find_qemu(emulator) else {
             return Err(unavailable(format!(
-                "no binfmt_misc handler is registered for it and no static {} was found in {} \
+                "no binfmt_misc handler is registered for it and no {} was found in {} \
                  (${QEMU_DIR_ENV}); install the {PACKAGE} package (Debian and Ubuntu: \
-                 `apt-get install {PACKAGE}`), then run the build again",
+                 `apt-get install {PACKAGE}`), then try again",
                 emulator.binary_name(),
                 self.search_path(),
             )));
@@ -292,8 +292,13 @@ impl Emulation {
 
     /// `kiln setup emulation`: [`Emulation::ensure`] for each of `platforms`, or, when it is
     /// empty, for every platform whose emulator is installed (tonistiigi/binfmt's
-    /// `--install all`). One outcome per platform; a failure does not stop the others.
-    pub fn setup(&self, platforms: &[Platform]) -> Vec<SetupOutcome> {
+    /// `--install all`). One outcome per platform; a failure does not stop the others. As
+    /// root, binfmt_misc is mounted first when it is not, so that the handlers already
+    /// registered are seen.
+    pub fn setup(&self, platforms: &[Platform]) -> Result<Vec<SetupOutcome>, Error> {
+        if self.root && !binfmt::is_mounted(&self.binfmt_dir) {
+            binfmt::mount(&self.binfmt_dir)?;
+        }
         let wanted: Vec<Platform> = if platforms.is_empty() {
             EMULATORS
                 .iter()
@@ -304,13 +309,13 @@ impl Emulation {
         } else {
             platforms.to_vec()
         };
-        wanted
+        Ok(wanted
             .into_iter()
             .map(|platform| SetupOutcome {
                 result: self.ensure(&platform).map_err(|e| e.to_string()),
                 platform,
             })
-            .collect()
+            .collect())
     }
 
     /// What the host runs now: native platforms, then those of enabled `F` handlers; and the
@@ -521,7 +526,7 @@ mod tests {
         f.install("qemu-riscv64-static");
         f.handler("qemu-aarch64", "F", "aarch64");
         f.install("qemu-aarch64-static");
-        let outcomes = f.emulation().setup(&[]);
+        let outcomes = f.emulation().setup(&[]).expect("mounted");
         let names: Vec<String> = outcomes.iter().map(|o| o.platform.to_string()).collect();
         assert_eq!(names, ["linux/arm64", "linux/riscv64"]);
         assert!(matches!(

@@ -49,13 +49,13 @@ pub struct ImportedLayer {
 }
 
 #[derive(Clone, Copy)]
-enum Codec {
+pub(crate) enum Codec {
     Tar,
     Gzip,
     Zstd,
 }
 
-fn codec(media_type: &str) -> Option<Codec> {
+pub(crate) fn codec(media_type: &str) -> Option<Codec> {
     match media_type {
         MEDIA_TYPE_LAYER_TAR
         | "application/vnd.docker.image.rootfs.diff.tar"
@@ -94,16 +94,8 @@ impl Store {
             media_type: media_type.to_owned(),
         })?;
         let path = self.blob_path(blob);
-        let file =
-            io::BufReader::new(fs::File::open(&path).map_err(io_err("open layer blob", &path))?);
-        Ok(match codec {
-            Codec::Tar => Box::new(file),
-            Codec::Gzip => Box::new(MultiGzDecoder::new(file)),
-            Codec::Zstd => Box::new(
-                zstd::stream::read::Decoder::with_buffer(file)
-                    .map_err(io_err("start zstd decoder for", &path))?,
-            ),
-        })
+        let file = fs::File::open(&path).map_err(io_err("open layer blob", &path))?;
+        decoder(codec, file, &path)
     }
 
     /// Unpacks layer blob `blob` (already in the store) into a new layer directory, refusing
@@ -134,15 +126,7 @@ impl Store {
             .metadata()
             .map_err(io_err("stat layer blob", &path))?
             .len();
-        let file = io::BufReader::new(file);
-        let stream: Box<dyn Read> = match codec {
-            Codec::Tar => Box::new(file),
-            Codec::Gzip => Box::new(MultiGzDecoder::new(file)),
-            Codec::Zstd => Box::new(
-                zstd::stream::read::Decoder::with_buffer(file)
-                    .map_err(io_err("start zstd decoder for", &path))?,
-            ),
-        };
+        let stream = decoder(codec, file, &path)?;
         let (id, diff_id, notes) = self.import_stream(stream, blob)?;
         self.index_put("by-blob", blob, &diff_id.hex())?;
         let compression = match codec {
@@ -185,14 +169,8 @@ impl Store {
         stream: Box<dyn Read + '_>,
         blob: &Digest,
     ) -> Result<(LayerId, Digest, Vec<String>)> {
-        let mut reader = HashReader {
-            inner: stream,
-            hash: Sha256Writer::default(),
-        };
         let layer = self.new_layer()?;
-        let root_path = layer.fs_dir();
-        let notes = Extractor::new(&root_path, blob)?.run(&mut reader)?;
-        let diff_id = reader.hash.finish();
+        let (diff_id, notes) = extract_tar(stream, blob, &layer.fs_dir())?;
         let id = match self.layer_by_diff_id(&diff_id)? {
             // The same content is already a layer: keep that one, drop this copy.
             Some(id) => id,
@@ -212,6 +190,39 @@ impl Store {
             .map(LayerId)
             .filter(|id| self.has_layer(id)))
     }
+}
+
+/// The uncompressed tar stream of a layer blob read from `input` (`path` names it in errors).
+pub(crate) fn decoder<'r>(
+    codec: Codec,
+    input: impl Read + 'r,
+    path: &Path,
+) -> Result<Box<dyn Read + 'r>> {
+    let input = io::BufReader::new(input);
+    Ok(match codec {
+        Codec::Tar => Box::new(input),
+        Codec::Gzip => Box::new(MultiGzDecoder::new(input)),
+        Codec::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(input)
+                .map_err(io_err("start zstd decoder for", path))?,
+        ),
+    })
+}
+
+/// Extracts the tar `stream` into the empty directory `root` with every check of
+/// [`Store::import_layer`] (`blob` names it in errors); returns its diff id (the digest of the
+/// whole stream) and the notes of skipped entries.
+pub(crate) fn extract_tar(
+    stream: Box<dyn Read + '_>,
+    blob: &Digest,
+    root: &Path,
+) -> Result<(Digest, Vec<String>)> {
+    let mut reader = HashReader {
+        inner: stream,
+        hash: Sha256Writer::default(),
+    };
+    let notes = Extractor::new(root, blob)?.run(&mut reader)?;
+    Ok((reader.hash.finish(), notes))
 }
 
 /// The stream the tar reader reads: decompressed, hashed, its headers bounded.

@@ -15,6 +15,7 @@ pub mod gc;
 mod gzip;
 mod import;
 mod layer_tar;
+mod lazy;
 mod mount_ns;
 mod session;
 mod store;

@@ -227,9 +227,10 @@ impl Store {
         self.root.join("layers").join(&id.0).join("fs")
     }
 
-    /// Whether a layer exists (cache entries are checked against this).
+    /// Whether a layer exists (cache entries are checked against this): its files, or its
+    /// blob when it exists as a blob only (`lazy`).
     pub fn has_layer(&self, id: &LayerId) -> bool {
-        self.layer_dir(id).is_dir()
+        self.layer_dir(id).is_dir() || self.lazy_blob(id).is_some_and(|b| self.has_blob(&b.digest))
     }
 
     /// The exported blob of a layer, computing and storing it on first use.
@@ -252,6 +253,8 @@ impl Store {
         if let Some(blob) = self.recorded_blob_at(id, &key)? {
             return Ok(blob);
         }
+        // Another form is made from the files.
+        self.unpack_layer(id)?;
         if let Some(max) = clamp_mtime {
             let newest = newest_mtime(&self.layer_dir(id))?;
             if newest.is_none_or(|n| n <= i64::try_from(max).unwrap_or(i64::MAX)) {

@@ -23,6 +23,7 @@ pub struct ReadView {
 impl ReadView {
     /// A view of `snap`. One layer is its own directory; more are stacked with overlayfs.
     pub fn new(store: &Store, snap: &Snapshot) -> Result<Self> {
+        store.unpack_layers(&snap.layers)?;
         match snap.layers.as_slice() {
             [] => {
                 let dir = store.temp_dir("empty")?;
@@ -96,6 +97,7 @@ pub struct WriteView {
 impl WriteView {
     /// A writable view on top of `snap`.
     pub fn new(store: &Store, snap: &Snapshot) -> Result<Self> {
+        store.unpack_layers(&snap.layers)?;
         let layer = store.new_layer()?;
         if snap.layers.is_empty() {
             // Nothing below: write straight into the layer, no mount needed.

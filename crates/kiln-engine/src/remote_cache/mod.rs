@@ -5,8 +5,10 @@
 //! Imports are lazy: reading a cache reads its manifest and config only. A layer blob is copied
 //! into the store (checked against its digest) only when a step the build needs is a hit on a
 //! record that names it; steps below a hit are only asked whether they are cached, which the
-//! records answer without any blob (`Executor::has_cached`). An imported hit is recorded in the
-//! local index, so that the next build finds it there.
+//! records answer without any blob (`Executor::has_cached`). The layer is then taken as its
+//! blob (kiln-snapshot's blob-only layers, with the cache's diff id): its files are written
+//! only when a step runs on it or reads it, and an export streams the blob. An imported hit is
+//! recorded in the local index, so that the next build finds it there.
 //!
 //! A cache that cannot be read is a warning and the build goes on, as in BuildKit; a layer that
 //! cannot be imported is a miss, and the step runs.
@@ -264,7 +266,8 @@ impl Imported {
     }
 
     /// The result of `key` as a snapshot of this store: each layer found by its diff id, or
-    /// its blob copied in (checked) and unpacked. Recorded in `index` for the next builds.
+    /// its blob copied in (checked) and taken as a blob-only layer (unpacked at once when the
+    /// cache gives no diff id). Recorded in `index` for the next builds.
     /// `Ok(None)`: no record.
     pub(crate) fn materialize(
         &self,
@@ -371,6 +374,15 @@ impl Imported {
             return Ok(id);
         }
         self.fetch(store, l)?;
+        // With the cache's diff id the layer is taken as its blob, unpacked only when a step
+        // must run on it or read it (and checked against that diff id then); an export needs
+        // the blob alone. BuildKit's imported layers are as lazy.
+        if let Some(d) = diff_id {
+            return store
+                .import_layer_lazy(digest, media_type, d)
+                .map(|l| l.id)
+                .map_err(|e| e.to_string());
+        }
         let imported = store
             .import_layer(digest, media_type)
             .map_err(|e| e.to_string())?;

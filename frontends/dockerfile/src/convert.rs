@@ -550,26 +550,18 @@ impl Converter<'_> {
         meta: &[(Vec<ins::Arg>, &Node)],
         target_name: Option<&str>,
     ) -> Result<Vec<(String, String)>> {
-        let target = &self.req.platform;
-        // The build runs where this plugin runs, so the host is the build platform.
+        // The build runs where this plugin runs, so the host is the build platform. BuildKit's
+        // values (kiln-types has the one definition); an unnamed target stage is `default`.
         let build = Platform::host();
-        let mut args: Vec<(String, String)> = [
-            ("BUILDPLATFORM", build.to_string()),
-            ("BUILDOS", build.os.clone()),
-            ("BUILDARCH", build.architecture.clone()),
-            ("BUILDVARIANT", build.variant.clone().unwrap_or_default()),
-            ("TARGETPLATFORM", target.to_string()),
-            ("TARGETOS", target.os.clone()),
-            ("TARGETARCH", target.architecture.clone()),
-            ("TARGETVARIANT", target.variant.clone().unwrap_or_default()),
-            ("TARGETSTAGE", target_name.unwrap_or_default().to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| {
-            let v = self.req.build_args.get(k).cloned().unwrap_or(v);
-            (k.to_owned(), v)
-        })
-        .collect();
+        let mut args: Vec<(String, String)> =
+            kiln_types::platform::build_args(&build, &self.req.platform)
+                .into_iter()
+                .chain([("TARGETSTAGE", target_name.unwrap_or("default").to_owned())])
+                .map(|(k, v)| {
+                    let v = self.req.build_args.get(k).cloned().unwrap_or(v);
+                    (k.to_owned(), v)
+                })
+                .collect();
         for (list, node) in meta {
             for arg in list {
                 let mut deps = BTreeSet::new();

@@ -537,21 +537,12 @@ fn check_from_defaults(linter: &mut Linter, parsed: &Parsed) {
     let target_stage = froms
         .last()
         .and_then(|(_, f)| f.stage_name.clone())
-        .unwrap_or_default();
-    let mut args: Vec<(String, String)> = [
-        ("BUILDPLATFORM", host.to_string()),
-        ("BUILDOS", host.os.clone()),
-        ("BUILDARCH", host.architecture.clone()),
-        ("BUILDVARIANT", host.variant.clone().unwrap_or_default()),
-        ("TARGETPLATFORM", host.to_string()),
-        ("TARGETOS", host.os.clone()),
-        ("TARGETARCH", host.architecture.clone()),
-        ("TARGETVARIANT", host.variant.clone().unwrap_or_default()),
-        ("TARGETSTAGE", target_stage),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+        .unwrap_or_else(|| "default".to_owned());
+    let mut args: Vec<(String, String)> = kiln_types::platform::build_args(&host, &host)
+        .into_iter()
+        .chain([("TARGETSTAGE", target_stage)])
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     // An ARG without a default stays undeclared here: that is what makes `FROM $IMAGE` empty.
     // An expansion error stops the checks, as in BuildKit; the build reports it.
     for (_, list) in &meta {

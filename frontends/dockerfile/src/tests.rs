@@ -23,6 +23,7 @@ mod git_query;
 mod lint_buildkit_cases;
 mod lint_rules;
 mod named_contexts;
+mod platform_args;
 mod remote_named_contexts;
 mod run_network_device;
 mod workdir_dests;

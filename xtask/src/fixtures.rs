@@ -223,16 +223,8 @@ pub fn build(ws: &Workspace, registry: Option<&str>) -> Result<()> {
         crate::output(Command::new("skopeo").args(["inspect", &oci_ref]))
             .context("skopeo refuses the busybox fixture")?;
         if let Some(registry) = registry {
-            let dest = format!("docker://{registry}/busybox:latest");
-            crate::run(Command::new("skopeo").args([
-                "copy",
-                "--quiet",
-                "--insecure-policy",
-                "--dest-tls-verify=false",
-                &oci_ref,
-                &dest,
-            ]))
-            .context("cannot push the busybox fixture to the test registry")?;
+            push(&oci_ref, &format!("{registry}/busybox:latest"))
+                .context("cannot push the busybox fixture to the test registry")?;
             println!("xtask: pushed it as {registry}/busybox:latest");
         }
     } else if registry.is_some() {
@@ -241,6 +233,20 @@ pub fn build(ws: &Workspace, registry: Option<&str>) -> Result<()> {
         println!("xtask: skopeo is not installed; the fixture was not checked");
     }
     Ok(())
+}
+
+/// Copies the layout image `oci_ref` (`oci:DIR:TAG`) to the plain-http registry reference
+/// `dest` with skopeo; an index goes with every image it lists.
+pub fn push(oci_ref: &str, dest: &str) -> Result<()> {
+    crate::run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--all",
+        "--insecure-policy",
+        "--dest-tls-verify=false",
+        oci_ref,
+        &format!("docker://{dest}"),
+    ]))
 }
 
 /// `bin/busybox` and one symlink per applet, `etc/passwd`, `etc/group`, `root`, `tmp` (1777).

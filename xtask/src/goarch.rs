@@ -187,19 +187,9 @@ pub fn build(ws: &Workspace, registry: Option<&str>) -> Result<()> {
         crate::output(Command::new("skopeo").args(["inspect", "--raw", &oci_ref]))
             .with_context(|| format!("skopeo refuses the goarch fixture {tag}"))?;
         if let Some(registry) = registry {
-            let dest = format!("docker://{registry}/goarch:{tag}");
-            crate::run(Command::new("skopeo").args([
-                "copy",
-                "--quiet",
-                "--all",
-                "--insecure-policy",
-                "--dest-tls-verify=false",
-                &oci_ref,
-                &dest,
-            ]))
-            .with_context(|| {
-                format!("cannot push the goarch fixture {tag} to the test registry")
-            })?;
+            crate::fixtures::push(&oci_ref, &format!("{registry}/goarch:{tag}")).with_context(
+                || format!("cannot push the goarch fixture {tag} to the test registry"),
+            )?;
         }
     }
     if let Some(registry) = registry {

@@ -194,6 +194,17 @@ pub enum Error {
     /// The http client cannot be set up.
     #[error("cannot create the registry client: {0}")]
     Client(String),
+    /// https to a registry needs CA certificates to verify it, and the system has none.
+    #[error(
+        "cannot reach registry {registry} over https: no CA certificates were found on this \
+         system to verify it (install the ca-certificates package, or point SSL_CERT_FILE or \
+         SSL_CERT_DIR at PEM certificates); registries reached over plain http (loopback, \
+         --insecure-registry, `http = true` in kiln.toml) need none"
+    )]
+    NoCaCertificates {
+        /// The registry host.
+        registry: String,
+    },
 }
 
 impl Error {
@@ -206,7 +217,9 @@ impl Error {
             Error::Unauthorized { .. }
             | Error::DockerConfig { .. }
             | Error::CredentialHelper { .. } => Category::Unauthorized,
-            Error::Connect { .. } | Error::Registry { .. } => Category::Unavailable,
+            Error::Connect { .. } | Error::Registry { .. } | Error::NoCaCertificates { .. } => {
+                Category::Unavailable
+            }
             Error::InvalidReference(_)
             | Error::DigestMismatch { .. }
             | Error::DiffIdMismatch(_)

@@ -48,7 +48,7 @@ pub(crate) struct Remote {
     credentials: Mutex<HashMap<String, RegistryAuth>>,
 }
 
-fn new_client(protocol: ClientProtocol, unverified: bool) -> Result<Client, Error> {
+fn new_client(registry: &str, protocol: ClientProtocol, unverified: bool) -> Result<Client, Error> {
     let config = ClientConfig {
         protocol: protocol.clone(),
         connect_timeout: Some(CONNECT_TIMEOUT),
@@ -63,7 +63,32 @@ fn new_client(protocol: ClientProtocol, unverified: bool) -> Result<Client, Erro
         ..ClientConfig::default()
     };
     // `Client::new` would swallow the error and fall back to a default client.
-    Client::try_from(config).map_err(|e| Error::Client(e.to_string()))
+    Client::try_from(config).map_err(|e| {
+        let why = error_chain(&e);
+        // rustls-platform-verifier's words when the system gave it no root certificate.
+        if why.contains("No CA certificates were loaded") {
+            Error::NoCaCertificates {
+                registry: registry.to_owned(),
+            }
+        } else {
+            Error::Client(why)
+        }
+    })
+}
+
+/// An error with its sources, as one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = cause.source();
+    }
+    s
 }
 
 impl Remote {
@@ -99,7 +124,7 @@ impl Remote {
         if let Some(c) = cell.get() {
             return Ok(c);
         }
-        let client = new_client(protocol, unverified)?;
+        let client = new_client(registry, protocol, unverified)?;
         // A concurrent first use may have set it meanwhile; either client is as good.
         Ok(cell.get_or_init(|| client))
     }

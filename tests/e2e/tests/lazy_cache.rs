@@ -144,3 +144,60 @@ fn a_registry_cache_hit_exports_blobs_without_unpacking_and_unpacks_when_a_step_
     assert!(unpacked >= 6, "{now:?}");
     assert_eq!(mounts_under(&second.path("store")), Vec::<String>::new());
 }
+
+/// The environment of a machine without CA certificates: rustls reads these two variables
+/// instead of the system's locations, and finds nothing in an empty file and directory.
+fn no_ca_certificates(k: &Kiln) -> (String, String) {
+    let file = k.path("no-certs.pem");
+    std::fs::write(&file, "").unwrap();
+    let dir = k.path("no-certs");
+    std::fs::create_dir_all(&dir).unwrap();
+    (file.display().to_string(), dir.display().to_string())
+}
+
+#[test]
+fn plain_http_registries_need_no_ca_certificates_and_https_says_what_is_missing() {
+    let k = Kiln::new(&[]);
+    let (file, dir) = no_ca_certificates(&k);
+    let env = [
+        ("SSL_CERT_FILE", file.as_str()),
+        ("SSL_CERT_DIR", dir.as_str()),
+    ];
+    // The loopback registry is plain http: pulled, run on, and a cache pushed to it.
+    let ctx = k.write(
+        "http",
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM {}/busybox:latest\nRUN echo ok > /ok\n",
+                test_registry()
+            ),
+        )],
+    );
+    let repo = fresh_repo();
+    let to = format!("type=registry,ref={repo}:certless,mode=max");
+    let c = ctx.display().to_string();
+    let run = k
+        .run_env(&env, &["build", "--progress=plain", "--cache-to", &to, &c])
+        .ok();
+    assert_eq!(run.step_state("RUN echo ok"), "DONE", "{}", run.stderr);
+    // An https registry needs certificates to be verified: a clear error, not a panic.
+    let ctx = k.write(
+        "https",
+        &[("Dockerfile", "FROM registry.example.invalid/app:1\n")],
+    );
+    let c = ctx.display().to_string();
+    let run = k.run_env(&env, &["build", "--progress=plain", &c]).fails();
+    assert!(
+        run.stderr
+            .contains("cannot reach registry registry.example.invalid over https"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("no CA certificates were found"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("internal error"), "{}", run.stderr);
+}

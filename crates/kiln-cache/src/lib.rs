@@ -6,9 +6,10 @@
 //! before the record that names it, so a visible record never points at a missing layer. A
 //! record whose layers vanished anyway (manual deletion) reads as a miss.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use kiln_snapshot::{Snapshot, Store};
+use kiln_snapshot::{LayerId, Snapshot, Store};
 use kiln_types::Digest;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,9 @@ const STAT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("stat");
 /// GC's bookkeeping per result key ([`RecordUse`]), beside the records so that their encoding
 /// stays what it was.
 const USAGE: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("usage");
+/// The last layer materialized from each local context (by its directory), with what each of
+/// its files holds: the next materialization of that context links unchanged files from it.
+const CONTEXT_LAYERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("context-layers");
 
 /// Errors of the cache index.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +181,8 @@ fn create_whole(path: &Path) -> std::io::Result<()> {
         tx.open_table(RESULTS).map_err(std::io::Error::other)?;
         tx.open_table(STAT).map_err(std::io::Error::other)?;
         tx.open_table(USAGE).map_err(std::io::Error::other)?;
+        tx.open_table(CONTEXT_LAYERS)
+            .map_err(std::io::Error::other)?;
         tx.commit().map_err(std::io::Error::other)?;
         drop(db);
         std::fs::File::open(&tmp)?.sync_all()?;
@@ -219,7 +225,8 @@ impl CacheIndex {
             let tx = db.begin_read().map_err(|e| index.err(e))?;
             let all = tx.open_table(RESULTS).is_ok()
                 && tx.open_table(STAT).is_ok()
-                && tx.open_table(USAGE).is_ok();
+                && tx.open_table(USAGE).is_ok()
+                && tx.open_table(CONTEXT_LAYERS).is_ok();
             if all {
                 return Ok(());
             }
@@ -227,6 +234,7 @@ impl CacheIndex {
             tx.open_table(RESULTS).map_err(|e| index.err(e))?;
             tx.open_table(STAT).map_err(|e| index.err(e))?;
             tx.open_table(USAGE).map_err(|e| index.err(e))?;
+            tx.open_table(CONTEXT_LAYERS).map_err(|e| index.err(e))?;
             tx.commit().map_err(|e| index.err(e))
         })?;
         Ok(index)
@@ -402,6 +410,8 @@ impl CacheIndex {
         let tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.delete_table(STAT).map_err(|e| self.err(e))?;
         tx.open_table(STAT).map_err(|e| self.err(e))?;
+        tx.delete_table(CONTEXT_LAYERS).map_err(|e| self.err(e))?;
+        tx.open_table(CONTEXT_LAYERS).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         // Compaction stops at a page a reader holds; it is retried until it has nothing to do.
         // Another kiln process in a transaction right now refuses it: the stat cache is empty
@@ -458,10 +468,29 @@ impl CacheIndex {
             keys.iter()
                 .map(|k| {
                     let v = table.get(k.as_str()).map_err(|e| self.err(e))?;
-                    // A stat record that does not decode is only a missed shortcut: rehash.
-                    Ok(v.and_then(|v| serde_json::from_slice(v.value()).ok()))
+                    Ok(v.and_then(|v| StatRecord::decode(v.value())))
                 })
                 .collect()
+        })
+    }
+
+    /// Every stat record whose key starts with `prefix`, keyed by the rest of the key: one
+    /// range read, in key order, instead of a lookup per file.
+    pub fn stat_scan(&self, prefix: &str) -> Result<HashMap<String, StatRecord>> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(|e| self.err(e))?;
+            let table = tx.open_table(STAT).map_err(|e| self.err(e))?;
+            let mut out = HashMap::new();
+            for entry in table.range(prefix..).map_err(|e| self.err(e))? {
+                let (k, v) = entry.map_err(|e| self.err(e))?;
+                let Some(rest) = k.value().strip_prefix(prefix) else {
+                    break;
+                };
+                if let Some(r) = StatRecord::decode(v.value()) {
+                    out.insert(rest.to_owned(), r);
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -475,17 +504,164 @@ impl CacheIndex {
             {
                 let mut table = tx.open_table(STAT).map_err(|e| self.err(e))?;
                 for (k, r) in records {
-                    let bytes = serde_json::to_vec(r).map_err(|source| Error::Corrupt {
-                        path: self.path.clone(),
-                        source,
-                    })?;
                     table
-                        .insert(k.as_str(), bytes.as_slice())
+                        .insert(k.as_str(), r.encode().as_slice())
                         .map_err(|e| self.err(e))?;
                 }
             }
             tx.commit().map_err(|e| self.err(e))
         })
+    }
+
+    /// The last layer materialized from the context `context` (an identifier of its
+    /// directory), if one was recorded and decodes.
+    pub fn context_layer(&self, context: &str) -> Result<Option<ContextLayer>> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(|e| self.err(e))?;
+            let table = tx.open_table(CONTEXT_LAYERS).map_err(|e| self.err(e))?;
+            let v = table.get(context).map_err(|e| self.err(e))?;
+            // One that does not decode is only a missed shortcut: everything is copied.
+            Ok(v.and_then(|v| ContextLayer::decode(v.value())))
+        })
+    }
+
+    /// Records `layer` as the last layer materialized from context `context`.
+    pub fn put_context_layer(&self, context: &str, layer: &ContextLayer) -> Result<()> {
+        let bytes = layer.encode();
+        self.with_db(|db| {
+            let tx = db.begin_write().map_err(|e| self.err(e))?;
+            {
+                let mut table = tx.open_table(CONTEXT_LAYERS).map_err(|e| self.err(e))?;
+                table
+                    .insert(context, bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            tx.commit().map_err(|e| self.err(e))
+        })
+    }
+}
+
+/// The first byte of a stat record in kiln's binary form (earlier ones were JSON, which still
+/// reads).
+const STAT_V1: u8 = 1;
+const STAT_LEN: usize = 1 + 8 + 8 + 16 + 16 + 32;
+
+impl StatRecord {
+    /// Fixed-size binary: the stat cache of a 20 000-file context is read whole at every
+    /// build, so a record costs 81 bytes and no parsing.
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(STAT_LEN);
+        b.push(STAT_V1);
+        b.extend_from_slice(&self.ino.to_le_bytes());
+        b.extend_from_slice(&self.size.to_le_bytes());
+        b.extend_from_slice(&self.mtime_ns.to_le_bytes());
+        b.extend_from_slice(&self.ctime_ns.to_le_bytes());
+        b.extend_from_slice(self.hash.as_bytes());
+        b
+    }
+
+    /// A record that does not decode is only a missed shortcut: the file is hashed again.
+    fn decode(b: &[u8]) -> Option<StatRecord> {
+        if b.len() != STAT_LEN || b[0] != STAT_V1 {
+            return serde_json::from_slice(b).ok();
+        }
+        let mut r = Reader(&b[1..]);
+        Some(StatRecord {
+            ino: u64::from_le_bytes(r.array()?),
+            size: u64::from_le_bytes(r.array()?),
+            mtime_ns: i128::from_le_bytes(r.array()?),
+            ctime_ns: i128::from_le_bytes(r.array()?),
+            hash: Digest::from_bytes(r.array()?),
+        })
+    }
+}
+
+/// The last layer materialized from a local context: its id and, for each regular file in it,
+/// what the file holds there. Files of a new materialization with the same content, mode and
+/// mtime are hard links to these (layers never change once committed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContextLayer {
+    /// The layer.
+    pub layer: LayerId,
+    /// Its regular files, by path relative to the layer root.
+    pub files: Vec<ContextFile>,
+}
+
+/// One regular file of a [`ContextLayer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContextFile {
+    /// Path relative to the layer root.
+    pub rel: String,
+    /// Content hash.
+    pub hash: Digest,
+    /// Permission bits.
+    pub mode: u32,
+    /// mtime in nanoseconds.
+    pub mtime_ns: i128,
+}
+
+const CONTEXT_V1: u8 = 1;
+
+impl ContextLayer {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64 + self.files.len() * 80);
+        b.push(CONTEXT_V1);
+        put_str(&mut b, &self.layer.0);
+        b.extend_from_slice(&(self.files.len() as u64).to_le_bytes());
+        for f in &self.files {
+            put_str(&mut b, &f.rel);
+            b.extend_from_slice(f.hash.as_bytes());
+            b.extend_from_slice(&f.mode.to_le_bytes());
+            b.extend_from_slice(&f.mtime_ns.to_le_bytes());
+        }
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<ContextLayer> {
+        let (&version, rest) = b.split_first()?;
+        if version != CONTEXT_V1 {
+            return None;
+        }
+        let mut r = Reader(rest);
+        let layer = LayerId(r.string()?);
+        let n = u64::from_le_bytes(r.array()?);
+        // Bounded by what the bytes can hold, not by what they claim.
+        let mut files = Vec::with_capacity((n as usize).min(r.0.len() / 60));
+        for _ in 0..n {
+            files.push(ContextFile {
+                rel: r.string()?,
+                hash: Digest::from_bytes(r.array()?),
+                mode: u32::from_le_bytes(r.array()?),
+                mtime_ns: i128::from_le_bytes(r.array()?),
+            });
+        }
+        r.0.is_empty().then_some(ContextLayer { layer, files })
+    }
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    b.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    b.extend_from_slice(s.as_bytes());
+}
+
+/// Reads the binary records above; `None` at any short or malformed field.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let n = u32::from_le_bytes(self.array()?) as usize;
+        if self.0.len() < n {
+            return None;
+        }
+        let (s, rest) = self.0.split_at(n);
+        self.0 = rest;
+        String::from_utf8(s.to_vec()).ok()
     }
 }
 
@@ -694,6 +870,86 @@ mod tests {
         idx.remove(&[a]).unwrap();
         assert_eq!(idx.get(&store, &a).unwrap(), None);
         assert_eq!(idx.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_context_is_read_whole_by_its_prefix_and_old_records_still_read() {
+        let t = tempfile::tempdir().unwrap();
+        let idx = CacheIndex::open(&t.path().join("cache.redb")).unwrap();
+        let rec = |n: u64| StatRecord {
+            ino: n,
+            size: n * 10,
+            mtime_ns: -(i128::from(n)),
+            ctime_ns: i128::from(n) << 70,
+            hash: Digest::of(&n.to_le_bytes()),
+        };
+        idx.stat_put_many(&[
+            ("/ctx\0a".into(), rec(1)),
+            ("/ctx\0d/b".into(), rec(2)),
+            // Neighbours of the prefix in key order: another context, a longer name.
+            ("/ctx2\0a".into(), rec(3)),
+            ("/ct\0a".into(), rec(4)),
+        ])
+        .unwrap();
+        // A JSON record, as kilns before the binary form wrote them.
+        idx.with_db(|db| {
+            let tx = db.begin_write().map_err(|e| idx.err(e))?;
+            {
+                let mut table = tx.open_table(STAT).map_err(|e| idx.err(e))?;
+                let json = serde_json::to_vec(&rec(5)).unwrap();
+                table
+                    .insert("/ctx\0old", json.as_slice())
+                    .map_err(|e| idx.err(e))?;
+                table
+                    .insert("/ctx\0garbage", b"\x01short".as_slice())
+                    .map_err(|e| idx.err(e))?;
+            }
+            tx.commit().map_err(|e| idx.err(e))
+        })
+        .unwrap();
+        let all = idx.stat_scan("/ctx\0").unwrap();
+        let mut names: Vec<&str> = all.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["a", "d/b", "old"]);
+        assert_eq!(all["a"], rec(1));
+        assert_eq!(all["d/b"], rec(2));
+        assert_eq!(all["old"], rec(5));
+        assert_eq!(
+            idx.stat_get_many(&["/ctx2\0a".into()]).unwrap(),
+            vec![Some(rec(3))]
+        );
+    }
+
+    #[test]
+    fn the_last_context_layer_round_trips_and_prune_all_forgets_it() {
+        let t = tempfile::tempdir().unwrap();
+        let idx = CacheIndex::open(&t.path().join("cache.redb")).unwrap();
+        assert_eq!(idx.context_layer("/ctx").unwrap(), None);
+        let layer = ContextLayer {
+            layer: LayerId("abc".into()),
+            files: vec![
+                ContextFile {
+                    rel: "d/é.txt".into(),
+                    hash: Digest::of(b"x"),
+                    mode: 0o4755,
+                    mtime_ns: -5,
+                },
+                ContextFile {
+                    rel: "z".into(),
+                    hash: Digest::of(b"z"),
+                    mode: 0o600,
+                    mtime_ns: 1_700_000_000_123_456_789,
+                },
+            ],
+        };
+        idx.put_context_layer("/ctx", &layer).unwrap();
+        assert_eq!(idx.context_layer("/ctx").unwrap(), Some(layer.clone()));
+        assert_eq!(idx.context_layer("/other").unwrap(), None);
+        // A truncated record is no record.
+        let bytes = layer.encode();
+        assert_eq!(ContextLayer::decode(&bytes[..bytes.len() - 1]), None);
+        idx.clear_stat_and_compact().unwrap();
+        assert_eq!(idx.context_layer("/ctx").unwrap(), None);
     }
 
     #[test]

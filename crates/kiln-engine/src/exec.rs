@@ -43,7 +43,13 @@ pub(crate) struct OpExecutor {
     vertices: HashMap<Digest, Vertex>,
     /// Keys and results, for `--cache-to`.
     tracker: Arc<Tracker>,
+    /// The one walk of each local context this build makes (by name and ignore patterns),
+    /// shared by its source key, every COPY selection key and its layer.
+    scans: std::sync::Mutex<HashMap<String, ScanSlot>>,
 }
+
+/// A context's scan, made by the first step that needs it while the others wait.
+type ScanSlot = Arc<std::sync::Mutex<Option<Arc<local::Scan>>>>;
 
 impl OpExecutor {
     pub(crate) fn new(env: BuildEnv, def: &Definition) -> Self {
@@ -53,7 +59,34 @@ impl OpExecutor {
             env: Arc::new(env),
             vertices: def.vertices.iter().map(|v| (v.digest, v.clone())).collect(),
             tracker: Arc::default(),
+            scans: std::sync::Mutex::default(),
         }
+    }
+
+    /// The scan of local source `src` for this build, made on first use.
+    async fn scan(&self, src: &LocalSource) -> Result<Arc<local::Scan>, BoxError> {
+        let name = format!("{}\0{}", src.name, src.exclude_patterns.join("\0"));
+        let slot = self
+            .scans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(name)
+            .or_default()
+            .clone();
+        let root = context_dir(&self.env, &src.name)?;
+        let (store, index, src) = (self.store.clone(), self.index.clone(), src.clone());
+        blocking(move || {
+            let mut made = slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(scan) = &*made {
+                return Ok(scan.clone());
+            }
+            let scan = Arc::new(local::scan(&root, &src, &store, &index)?);
+            *made = Some(scan.clone());
+            Ok(scan)
+        })
+        .await
     }
 
     /// What the solve records for `--cache-to`.
@@ -154,10 +187,7 @@ impl Executor<Digest> for OpExecutor {
             match self.copy_selection(&vertex, i) {
                 // A context used only as a COPY source: key on the copied files' content.
                 Some((src, selectors)) => {
-                    let (root, index) = (context_dir(&self.env, &src.name)?, self.index.clone());
-                    let key =
-                        blocking(move || local::selection_key(&root, &src, &selectors, &index))
-                            .await?;
+                    let key = local::selection_key(&*self.scan(&src).await?, &src, &selectors);
                     h.update(key.as_bytes());
                     keyed_inputs.push(key);
                 }
@@ -191,10 +221,7 @@ impl Executor<Digest> for OpExecutor {
             }
         }
         if let Op::Source(SourceOp::Local(src)) = &vertex.op {
-            let (root, index) = (context_dir(&self.env, &src.name)?, self.index.clone());
-            let src = src.clone();
-            let (content, entries) =
-                blocking(move || local::content_key_with_entries(&root, &src, &index)).await?;
+            let (content, entries) = local::content_key_with_entries(&*self.scan(src).await?, src);
             h.update(content.as_bytes());
             self.env.explain.note_entries(*v, entries);
         }
@@ -272,9 +299,13 @@ impl Executor<Digest> for OpExecutor {
             }
             Some(held)
         };
+        let scan = match &vertex.op {
+            Op::Source(SourceOp::Local(src)) => Some(self.scan(src).await?),
+            _ => None,
+        };
         let env = self.env.clone();
         let cx = cx.clone();
-        let snapshot = blocking(move || run(&env, &cx, &vertex.op, inputs)).await?;
+        let snapshot = blocking(move || run(&env, &cx, &vertex.op, inputs, scan)).await?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -298,11 +329,16 @@ fn run(
     cx: &ExecContext<Digest>,
     op: &Op,
     inputs: Vec<Snapshot>,
+    scan: Option<Arc<local::Scan>>,
 ) -> Result<Snapshot, Error> {
     let (store, plugins) = (&env.store, &*env.plugins);
     match op {
         Op::Source(SourceOp::Local(src)) => {
-            let layer = local::materialize(&context_dir(env, &src.name)?, src, store)?;
+            let scan = scan.ok_or_else(|| Error::Context {
+                context: src.name.clone(),
+                message: "the context was not scanned before its step ran".into(),
+            })?;
+            let layer = local::materialize(&scan, store, &env.index)?;
             Ok(Snapshot {
                 layers: vec![layer],
             })

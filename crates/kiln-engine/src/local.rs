@@ -1,22 +1,29 @@
-//! Local directory sources (the build context): content-based cache keys and the copy of the
-//! selected files into a layer. An unchanged file costs one `stat`: its content hash comes from
-//! the stat cache when inode, size, mtime and ctime are unchanged.
+//! Local directory sources (the build context): content-based cache keys and the layer of the
+//! selected files.
+//!
+//! A context is walked once per build ([`scan`]), and that one walk serves the source's key and
+//! every COPY selection key. An unchanged file costs one `stat`: its content hash comes from the
+//! stat cache (read whole, by one range read) when inode, size, mtime and ctime are unchanged.
+//! A file that must be hashed is read once, into a staged copy beside the store's layers while
+//! it is hashed, so that the layer made from it holds the very bytes its key was made of.
+//! The layer is built from the last one made of the same context: unchanged files are hard
+//! links to it (layers never change), changed ones are the staged copies.
 
+use std::collections::HashMap;
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use kiln_cache::{CacheIndex, StatRecord};
+use kiln_cache::{CacheIndex, ContextFile, ContextLayer, StatRecord};
 use kiln_graph::LocalSource;
 use kiln_ignore::PatternMatcher;
 use kiln_snapshot::{LayerId, Store};
 use kiln_types::{Digest, Sha256Writer};
 
-use crate::fileop::set_mtime;
 use crate::Error;
 
-/// One selected entry of a context.
+/// One selected entry of a context, as the walk found it.
 struct Entry {
     rel: String,
     md: fs::Metadata,
@@ -77,18 +84,257 @@ fn walk(root: &Path, src: &LocalSource) -> Result<Vec<Entry>, Error> {
     Ok(out)
 }
 
-/// The content hash of the selected part of `root`: paths, types, modes, sizes, file contents
-/// and link targets, but not mtimes, so a `touch` does not invalidate the cache (as BuildKit).
-/// With it, each entry's own digest (path → type, mode, size, content or link target), which
-/// `--explain-cache` keeps to name the file an edit changed.
-pub fn content_key_with_entries(
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    Symlink,
+    Other,
+}
+
+/// One entry of a scanned context: what its key is made of, and where its bytes are.
+struct Scanned {
+    rel: String,
+    kind: Kind,
+    mode: u32,
+    size: u64,
+    mtime: (i64, i64),
+    /// A file's content hash.
+    hash: Option<Digest>,
+    /// A symlink's target.
+    target: Option<String>,
+    /// A file read during the scan: its copy in the staging directory (owner 0:0, mode and
+    /// mtime already the layer's).
+    staged: Option<PathBuf>,
+}
+
+impl Scanned {
+    /// The entry's bytes of a key (the same bytes whichever key it is part of).
+    fn chunk(&self) -> Vec<u8> {
+        let kind = match self.kind {
+            Kind::Dir => "d",
+            Kind::Symlink => "l",
+            Kind::File => "f",
+            Kind::Other => "o",
+        };
+        let mut chunk =
+            format!("{}\0{kind}\0{:o}\0{}\0", self.rel, self.mode, self.size).into_bytes();
+        if let Some(h) = &self.hash {
+            chunk.extend_from_slice(h.as_bytes());
+        }
+        if let Some(t) = &self.target {
+            chunk.extend_from_slice(t.as_bytes());
+        }
+        chunk.push(b'\n');
+        chunk
+    }
+
+    fn mtime_ns(&self) -> i128 {
+        nanos(self.mtime.0, self.mtime.1)
+    }
+}
+
+/// One walk of a context for one build: every selected entry with its hash, and the staged
+/// copies of the files that had to be read. The staging directory goes when the scan does.
+pub(crate) struct Scan {
+    root: PathBuf,
+    /// The context's name, for errors.
+    name: String,
+    entries: Vec<Scanned>,
+    stage: Option<PathBuf>,
+}
+
+impl Drop for Scan {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.stage {
+            // Best effort: what is left under tmp/ goes when the next kiln opens the store.
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The stat cache's and the context layer record's name for a context directory.
+fn context_id(root: &Path) -> String {
+    root.display().to_string()
+}
+
+/// Walks `root` as `src` selects it, hashing what the stat cache does not know. Files read are
+/// staged (under the store's `tmp/`) as they are hashed.
+pub(crate) fn scan(
     root: &Path,
     src: &LocalSource,
+    store: &Store,
     index: &CacheIndex,
-) -> Result<(Digest, Vec<(String, Digest)>), Error> {
-    let mut entries = Vec::new();
-    let key = hash_entries(root, src, index, walk(root, src)?, Some(&mut entries))?;
-    Ok((key, entries))
+) -> Result<Scan, Error> {
+    let walked = walk(root, src)?;
+    let prefix = format!("{}\0", context_id(root));
+    let cached = index.stat_scan(&prefix)?;
+    let mut scan = Scan {
+        root: root.to_owned(),
+        name: src.name.clone(),
+        entries: Vec::with_capacity(walked.len()),
+        stage: None,
+    };
+    let mut updates = Vec::new();
+    for e in walked {
+        let md = &e.md;
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_file() {
+            Kind::File
+        } else {
+            Kind::Other
+        };
+        let mut s = Scanned {
+            rel: e.rel,
+            kind,
+            mode: md.mode() & 0o7777,
+            size: md.len(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            hash: None,
+            target: None,
+            staged: None,
+        };
+        match kind {
+            Kind::File => {
+                let stamp = StatRecord {
+                    ino: md.ino(),
+                    size: md.len(),
+                    mtime_ns: nanos(md.mtime(), md.mtime_nsec()),
+                    ctime_ns: nanos(md.ctime(), md.ctime_nsec()),
+                    hash: Digest::of(b""),
+                };
+                let fresh = cached.get(&s.rel).filter(|r| {
+                    (r.ino, r.size, r.mtime_ns, r.ctime_ns)
+                        == (stamp.ino, stamp.size, stamp.mtime_ns, stamp.ctime_ns)
+                });
+                match fresh {
+                    Some(r) => s.hash = Some(r.hash),
+                    None => {
+                        let dir = match &scan.stage {
+                            Some(d) => d.clone(),
+                            None => scan.stage.insert(store.temp_dir("context")?).clone(),
+                        };
+                        let to = dir.join(scan.entries.len().to_string());
+                        let from = root.join(&s.rel);
+                        let read = stage_file(&from, &to, &s)?;
+                        s.hash = Some(read.hash);
+                        s.size = read.len;
+                        s.staged = Some(to);
+                        // A file written while it was read is hashed again next time.
+                        if read.unchanged_since(md) {
+                            updates.push((
+                                format!("{prefix}{}", s.rel),
+                                StatRecord {
+                                    hash: read.hash,
+                                    ..stamp
+                                },
+                            ));
+                        }
+                    }
+                }
+            }
+            Kind::Symlink => {
+                let path = root.join(&s.rel);
+                let t = fs::read_link(&path).map_err(|e| Error::io("readlink", &path, e))?;
+                s.target = Some(t.to_string_lossy().into_owned());
+            }
+            Kind::Dir | Kind::Other => {}
+        }
+        scan.entries.push(s);
+    }
+    index.stat_put_many(&updates)?;
+    Ok(scan)
+}
+
+/// What reading a context file found.
+struct FileRead {
+    hash: Digest,
+    len: u64,
+    /// The file's own stat after the read.
+    after: fs::Metadata,
+}
+
+impl FileRead {
+    fn unchanged_since(&self, before: &fs::Metadata) -> bool {
+        let a = &self.after;
+        (
+            a.ino(),
+            a.len(),
+            a.mtime(),
+            a.mtime_nsec(),
+            a.ctime(),
+            a.ctime_nsec(),
+        ) == (
+            before.ino(),
+            before.len(),
+            before.mtime(),
+            before.mtime_nsec(),
+            before.ctime(),
+            before.ctime_nsec(),
+        )
+    }
+}
+
+/// Reads `from` once, writing its bytes to the new file `to` as they are hashed; `to` gets
+/// owner 0:0 (as docker sends a context), the entry's mode and mtime.
+fn stage_file(from: &Path, to: &Path, e: &Scanned) -> Result<FileRead, Error> {
+    let mut src = fs::File::open(from).map_err(|err| Error::io("read", from, err))?;
+    let mut dst = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(|err| Error::io("create", to, err))?;
+    let (hash, len) = copy_hashing(&mut src, from, &mut dst, to)?;
+    let after = src.metadata().map_err(|err| Error::io("stat", from, err))?;
+    let _ = std::os::unix::fs::fchown(&dst, Some(0), Some(0));
+    dst.set_permissions(fs::Permissions::from_mode(e.mode))
+        .map_err(|err| Error::io("chmod", to, err))?;
+    dst.set_modified(system_time(e.mtime))
+        .map_err(|err| Error::io("set mtime of", to, err))?;
+    Ok(FileRead { hash, len, after })
+}
+
+fn copy_hashing(
+    src: &mut fs::File,
+    from: &Path,
+    dst: &mut fs::File,
+    to: &Path,
+) -> Result<(Digest, u64), Error> {
+    let mut h = Sha256Writer::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = src.read(&mut buf).map_err(|e| Error::io("read", from, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        dst.write_all(&buf[..n])
+            .map_err(|e| Error::io("write", to, e))?;
+    }
+    let len = h.len();
+    Ok((h.finish(), len))
+}
+
+fn system_time((s, ns): (i64, i64)) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH
+        + std::time::Duration::new(s.max(0) as u64, ns.clamp(0, 999_999_999) as u32)
+}
+
+/// The content hash of the selected part of the context: paths, types, modes, sizes, file
+/// contents and link targets, but not mtimes, so a `touch` does not invalidate the cache (as
+/// BuildKit). With it, each entry's own digest (path → type, mode, size, content or link
+/// target), which `--explain-cache` keeps to name the file an edit changed.
+pub(crate) fn content_key_with_entries(
+    scan: &Scan,
+    src: &LocalSource,
+) -> (Digest, Vec<(String, Digest)>) {
+    let mut each = Vec::with_capacity(scan.entries.len());
+    let key = hash_entries(src, scan.entries.iter(), Some(&mut each));
+    (key, each)
 }
 
 /// Whether context path `rel` is picked by one of the COPY sources `selectors` (each a path
@@ -117,165 +363,332 @@ pub fn selection_matcher(selectors: &[String]) -> impl Fn(&str) -> bool {
 /// The content hash of only the paths that COPY sources `selectors` pick from the context, so
 /// that editing one file does not invalidate a COPY of other files (BuildKit's content-based
 /// cache keys for COPY).
-pub fn selection_key(
-    root: &Path,
-    src: &LocalSource,
-    selectors: &[String],
-    index: &CacheIndex,
-) -> Result<Digest, Error> {
+pub(crate) fn selection_key(scan: &Scan, src: &LocalSource, selectors: &[String]) -> Digest {
     let selected = selection_matcher(selectors);
-    let entries = walk(root, src)?
-        .into_iter()
-        .filter(|e| selected(&e.rel))
-        .collect();
     let mut h = Sha256Writer::default();
     h.update(b"kiln.selection.v1\n");
     for s in selectors {
         h.update(s.as_bytes());
         h.update(b"\n");
     }
-    h.update(hash_entries(root, src, index, entries, None)?.as_bytes());
-    Ok(h.finish())
+    let entries = scan.entries.iter().filter(|e| selected(&e.rel));
+    h.update(hash_entries(src, entries, None).as_bytes());
+    h.finish()
 }
 
-fn hash_entries(
-    root: &Path,
+fn hash_entries<'a>(
     src: &LocalSource,
-    index: &CacheIndex,
-    entries: Vec<Entry>,
+    entries: impl Iterator<Item = &'a Scanned>,
     mut each: Option<&mut Vec<(String, Digest)>>,
-) -> Result<Digest, Error> {
-    let root_id = root.display().to_string();
-    let keys: Vec<String> = entries
-        .iter()
-        .filter(|e| e.md.is_file())
-        .map(|e| format!("{root_id}\0{}", e.rel))
-        .collect();
-    let cached = index.stat_get_many(&keys)?;
-    let mut cached = keys.into_iter().zip(cached);
-    let mut updates = Vec::new();
+) -> Digest {
     let mut h = Sha256Writer::default();
     h.update(b"kiln.local.v1\n");
     for p in &src.include_patterns {
         h.update(format!("include {p}\n").as_bytes());
     }
-    for e in &entries {
-        let md = &e.md;
-        let kind = if md.is_dir() {
-            "d"
-        } else if md.file_type().is_symlink() {
-            "l"
-        } else if md.is_file() {
-            "f"
-        } else {
-            "o"
-        };
-        // The entry's bytes of the key, gathered so that `each` can get their digest too.
-        let mut chunk = format!(
-            "{}\0{kind}\0{:o}\0{}\0",
-            e.rel,
-            md.mode() & 0o7777,
-            md.len()
-        )
-        .into_bytes();
-        if md.is_file() {
-            let (key, rec) = cached.next().expect("one stat key per file entry");
-            let fresh = |r: &StatRecord| {
-                r.ino == md.ino()
-                    && r.size == md.len()
-                    && r.mtime_ns == nanos(md.mtime(), md.mtime_nsec())
-                    && r.ctime_ns == nanos(md.ctime(), md.ctime_nsec())
-            };
-            let hash = match rec.filter(fresh) {
-                Some(r) => r.hash,
-                None => {
-                    let path = root.join(&e.rel);
-                    let hash = hash_file(&path)?;
-                    updates.push((
-                        key,
-                        StatRecord {
-                            ino: md.ino(),
-                            size: md.len(),
-                            mtime_ns: nanos(md.mtime(), md.mtime_nsec()),
-                            ctime_ns: nanos(md.ctime(), md.ctime_nsec()),
-                            hash,
-                        },
-                    ));
-                    hash
-                }
-            };
-            chunk.extend_from_slice(hash.as_bytes());
-        } else if md.file_type().is_symlink() {
-            let path = root.join(&e.rel);
-            let t = fs::read_link(&path).map_err(|e| Error::io("readlink", &path, e))?;
-            chunk.extend_from_slice(t.to_string_lossy().as_bytes());
-        }
-        chunk.push(b'\n');
+    for e in entries {
+        let chunk = e.chunk();
         h.update(&chunk);
         if let Some(each) = each.as_deref_mut() {
             each.push((e.rel.clone(), Digest::of(&chunk)));
         }
     }
-    index.stat_put_many(&updates)?;
-    Ok(h.finish())
+    h.finish()
 }
 
 fn nanos(s: i64, ns: i64) -> i128 {
     i128::from(s) * 1_000_000_000 + i128::from(ns)
 }
 
-fn hash_file(path: &Path) -> Result<Digest, Error> {
-    let mut f = fs::File::open(path).map_err(|e| Error::io("read", path, e))?;
-    let mut h = Sha256Writer::default();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io("read", path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finish())
-}
-
-/// Copies the selected files into a new layer: modes and mtimes kept, owned by root (as docker
-/// sends a context).
-pub fn materialize(root: &Path, src: &LocalSource, store: &Store) -> Result<LayerId, Error> {
-    let entries = walk(root, src)?;
+/// The layer of a scanned context: modes and mtimes kept, owned by root (as docker sends a
+/// context). A file comes from its staged copy, else from the last layer made of this context
+/// when that holds the same bytes, mode and mtime (a hard link, either way), else it is copied
+/// from the context (and must still hash as it did when the key was made).
+pub(crate) fn materialize(
+    scan: &Scan,
+    store: &Store,
+    index: &CacheIndex,
+) -> Result<LayerId, Error> {
+    let id = context_id(&scan.root);
+    let prev = index
+        .context_layer(&id)?
+        .filter(|p| store.layer_dir(&p.layer).is_dir());
+    let prev_files: HashMap<&str, &ContextFile> = prev
+        .iter()
+        .flat_map(|p| &p.files)
+        .map(|f| (f.rel.as_str(), f))
+        .collect();
+    let prev_dir = prev.as_ref().map(|p| store.layer_dir(&p.layer));
     let layer = store.new_layer()?;
     let dest_root: PathBuf = layer.fs_dir();
     let mut dirs = Vec::new();
-    for e in &entries {
-        let from = root.join(&e.rel);
+    let mut files = Vec::new();
+    let mut linked_prev = false;
+    for e in &scan.entries {
         let to = dest_root.join(&e.rel);
         if let Some(parent) = to.parent() {
             // Parents of re-included files whose directory entry was excluded.
-            fs::create_dir_all(parent).map_err(|err| Error::io("mkdir", parent, err))?;
+            if !parent.is_dir() {
+                fs::create_dir_all(parent).map_err(|err| Error::io("mkdir", parent, err))?;
+            }
         }
-        let ft = e.md.file_type();
-        if ft.is_dir() {
-            fs::create_dir_all(&to).map_err(|err| Error::io("mkdir", &to, err))?;
-            dirs.push((to.clone(), e.md.clone()));
-        } else if ft.is_symlink() {
-            let t = fs::read_link(&from).map_err(|err| Error::io("readlink", &from, err))?;
-            std::os::unix::fs::symlink(&t, &to).map_err(|err| Error::io("symlink", &to, err))?;
-            let _ = std::os::unix::fs::lchown(&to, Some(0), Some(0));
-            continue;
-        } else if ft.is_file() {
-            fs::copy(&from, &to).map_err(|err| Error::io("copy", &from, err))?;
-        } else {
-            continue;
-        }
-        let _ = std::os::unix::fs::lchown(&to, Some(0), Some(0));
-        fs::set_permissions(&to, fs::Permissions::from_mode(e.md.mode() & 0o7777))
-            .map_err(|err| Error::io("chmod", &to, err))?;
-        if ft.is_file() {
-            set_mtime(&to, &e.md);
+        match e.kind {
+            Kind::Dir => {
+                fs::create_dir_all(&to).map_err(|err| Error::io("mkdir", &to, err))?;
+                let _ = std::os::unix::fs::lchown(&to, Some(0), Some(0));
+                fs::set_permissions(&to, fs::Permissions::from_mode(e.mode))
+                    .map_err(|err| Error::io("chmod", &to, err))?;
+                dirs.push((to, e.mtime));
+            }
+            Kind::Symlink => {
+                let t = e.target.as_deref().unwrap_or_default();
+                std::os::unix::fs::symlink(t, &to).map_err(|err| Error::io("symlink", &to, err))?;
+                let _ = std::os::unix::fs::lchown(&to, Some(0), Some(0));
+            }
+            Kind::File => {
+                let hash = e.hash.expect("a scanned file has its hash");
+                let from_prev = prev_files
+                    .get(e.rel.as_str())
+                    .filter(|f| f.hash == hash && f.mode == e.mode && f.mtime_ns == e.mtime_ns())
+                    .and(prev_dir.as_ref());
+                let linked = match (&e.staged, from_prev) {
+                    (Some(staged), _) => fs::hard_link(staged, &to).is_ok(),
+                    (None, Some(dir)) => {
+                        let ok = fs::hard_link(dir.join(&e.rel), &to).is_ok();
+                        linked_prev |= ok;
+                        ok
+                    }
+                    (None, None) => false,
+                };
+                if !linked {
+                    copy_checked(scan, e, &to, hash)?;
+                }
+                files.push(ContextFile {
+                    rel: e.rel.clone(),
+                    hash,
+                    mode: e.mode,
+                    mtime_ns: e.mtime_ns(),
+                });
+            }
+            Kind::Other => {}
         }
     }
     // Directory mtimes last: creating their children changed them.
-    for (d, md) in dirs.iter().rev() {
-        set_mtime(d, md);
+    for (d, mtime) in dirs.iter().rev() {
+        if let Ok(f) = fs::File::open(d) {
+            let _ = f.set_modified(system_time(*mtime));
+        }
     }
-    Ok(layer.commit()?)
+    let committed = layer.commit()?;
+    if let (true, Some(p)) = (linked_prev, &prev) {
+        // The older layer's cached size may count as its own what the new one now shares.
+        store.forget_size(&p.layer)?;
+    }
+    index.put_context_layer(
+        &id,
+        &ContextLayer {
+            layer: committed.clone(),
+            files,
+        },
+    )?;
+    Ok(committed)
+}
+
+/// Copies a context file into the layer, checking that it still holds what its key says.
+fn copy_checked(scan: &Scan, e: &Scanned, to: &Path, want: Digest) -> Result<(), Error> {
+    let from = scan.root.join(&e.rel);
+    let mut src = fs::File::open(&from).map_err(|err| Error::io("read", &from, err))?;
+    let mut dst = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(|err| Error::io("create", to, err))?;
+    let (hash, _) = copy_hashing(&mut src, &from, &mut dst, to)?;
+    if hash != want {
+        return Err(Error::Context {
+            context: scan.name.clone(),
+            message: format!(
+                "{}: the file changed while kiln was building (its content is not what the \
+                 build's cache key was made of); build again",
+                e.rel
+            ),
+        });
+    }
+    let _ = std::os::unix::fs::fchown(&dst, Some(0), Some(0));
+    dst.set_permissions(fs::Permissions::from_mode(e.mode))
+        .map_err(|err| Error::io("chmod", to, err))?;
+    dst.set_modified(system_time(e.mtime))
+        .map_err(|err| Error::io("set mtime of", to, err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    struct Fixture {
+        _t: tempfile::TempDir,
+        ctx: PathBuf,
+        store: Store,
+        index: CacheIndex,
+        src: LocalSource,
+    }
+
+    fn fixture() -> Fixture {
+        let t = tempfile::tempdir().unwrap();
+        let ctx = t.path().join("ctx");
+        fs::create_dir_all(ctx.join("d/e")).unwrap();
+        for (p, c) in [("a", "aa"), ("d/b", "bb"), ("d/e/c", "cc"), ("gone", "g")] {
+            fs::write(ctx.join(p), c).unwrap();
+        }
+        symlink("a", ctx.join("l")).unwrap();
+        fs::write(ctx.join("skipped.log"), "x").unwrap();
+        let store =
+            Store::open_with(t.path().join("store"), kiln_snapshot::SnapshotterKind::Copy).unwrap();
+        let index = CacheIndex::open(&t.path().join("cache.redb")).unwrap();
+        let src = LocalSource {
+            name: "context".into(),
+            include_patterns: vec![],
+            exclude_patterns: vec!["*.log".into()],
+        };
+        Fixture {
+            _t: t,
+            ctx,
+            store,
+            index,
+            src,
+        }
+    }
+
+    /// Every entry of a layer: path → (kind, mode, uid, mtime, content or target).
+    fn tree(dir: &Path) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let md = fs::symlink_metadata(&p).unwrap();
+                let what = if md.is_dir() {
+                    stack.push(p.clone());
+                    "dir".to_owned()
+                } else if md.file_type().is_symlink() {
+                    format!("-> {}", fs::read_link(&p).unwrap().display())
+                } else {
+                    fs::read_to_string(&p).unwrap()
+                };
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                let meta = format!(
+                    "{:o} {} {} {}",
+                    md.mode(),
+                    md.uid(),
+                    if md.file_type().is_symlink() {
+                        0
+                    } else {
+                        md.mtime_nsec() + md.mtime()
+                    },
+                    what
+                );
+                out.push((rel, meta));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn ino(p: PathBuf) -> u64 {
+        fs::metadata(p).unwrap().ino()
+    }
+
+    #[test]
+    fn one_scan_serves_every_key_and_an_unchanged_context_reads_no_file() {
+        let f = fixture();
+        let scan = scan(&f.ctx, &f.src, &f.store, &f.index).unwrap();
+        // Read once, into the staging area: every file.
+        assert_eq!(
+            scan.entries.iter().filter(|e| e.staged.is_some()).count(),
+            4
+        );
+        let (key, entries) = content_key_with_entries(&scan, &f.src);
+        assert!(entries.iter().all(|(rel, _)| rel != "skipped.log"));
+        let sel = selection_key(&scan, &f.src, &["d".into()]);
+        let again = super::scan(&f.ctx, &f.src, &f.store, &f.index).unwrap();
+        assert!(again.entries.iter().all(|e| e.staged.is_none()));
+        assert!(again.stage.is_none());
+        assert_eq!(content_key_with_entries(&again, &f.src).0, key);
+        assert_eq!(selection_key(&again, &f.src, &["d".into()]), sel);
+        // Editing a file outside the selection changes the context key only.
+        fs::write(f.ctx.join("a"), "changed").unwrap();
+        let edited = super::scan(&f.ctx, &f.src, &f.store, &f.index).unwrap();
+        let staged: Vec<&str> = edited
+            .entries
+            .iter()
+            .filter(|e| e.staged.is_some())
+            .map(|e| e.rel.as_str())
+            .collect();
+        assert_eq!(staged, ["a"]);
+        assert_ne!(content_key_with_entries(&edited, &f.src).0, key);
+        assert_eq!(selection_key(&edited, &f.src, &["d".into()]), sel);
+        // The staging area goes with the scan.
+        let dir = edited.stage.clone().unwrap();
+        drop(edited);
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn an_incremental_layer_links_what_did_not_change_and_equals_a_fresh_one() {
+        let f = fixture();
+        let first = materialize(
+            &scan(&f.ctx, &f.src, &f.store, &f.index).unwrap(),
+            &f.store,
+            &f.index,
+        )
+        .unwrap();
+        // An edit, a deletion, a new file, a mode change, a symlink change.
+        fs::write(f.ctx.join("d/b"), "edited").unwrap();
+        fs::remove_file(f.ctx.join("gone")).unwrap();
+        fs::write(f.ctx.join("d/new"), "new").unwrap();
+        fs::set_permissions(f.ctx.join("d/e/c"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::remove_file(f.ctx.join("l")).unwrap();
+        symlink("d/b", f.ctx.join("l")).unwrap();
+        let second = materialize(
+            &scan(&f.ctx, &f.src, &f.store, &f.index).unwrap(),
+            &f.store,
+            &f.index,
+        )
+        .unwrap();
+        let (one, two) = (f.store.layer_dir(&first), f.store.layer_dir(&second));
+        assert_eq!(ino(one.join("a")), ino(two.join("a")), "unchanged: linked");
+        assert_ne!(ino(one.join("d/b")), ino(two.join("d/b")));
+        assert_ne!(ino(one.join("d/e/c")), ino(two.join("d/e/c")));
+        assert_eq!(fs::read_to_string(one.join("d/b")).unwrap(), "bb");
+        assert_eq!(fs::read_to_string(one.join("d/e/c")).unwrap(), "cc");
+        assert!(!two.join("gone").exists() && one.join("gone").exists());
+        // The same layer as one made from nothing (a fresh store and index).
+        let fresh = fixture();
+        let store = Store::open_with(
+            fresh._t.path().join("other"),
+            kiln_snapshot::SnapshotterKind::Copy,
+        )
+        .unwrap();
+        let index = CacheIndex::open(&fresh._t.path().join("other.redb")).unwrap();
+        let scratch = materialize(
+            &scan(&f.ctx, &f.src, &store, &index).unwrap(),
+            &store,
+            &index,
+        )
+        .unwrap();
+        assert_eq!(tree(&two), tree(&store.layer_dir(&scratch)));
+    }
+
+    #[test]
+    fn a_file_changed_after_its_key_was_made_fails_the_layer() {
+        let f = fixture();
+        // Hashed once (stat cache filled), never materialized: nothing to link from.
+        drop(scan(&f.ctx, &f.src, &f.store, &f.index).unwrap());
+        let keyed = scan(&f.ctx, &f.src, &f.store, &f.index).unwrap();
+        assert!(keyed.stage.is_none());
+        fs::write(f.ctx.join("d/e/c"), "xx").unwrap();
+        let err = materialize(&keyed, &f.store, &f.index).unwrap_err();
+        assert!(err.to_string().contains("d/e/c: the file changed"), "{err}");
+    }
 }

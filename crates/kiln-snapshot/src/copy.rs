@@ -29,6 +29,10 @@ use crate::{io_err, Result};
 /// materialized.
 pub(crate) struct Node {
     src: PathBuf,
+    /// Which layer `src` is in (its index, base first): names of one inode are hard links of
+    /// each other only inside one layer. Across layers (a file a later layer shares with an
+    /// earlier one, `link`) they are separate files, as overlayfs shows them.
+    layer: usize,
     dir: bool,
     children: BTreeMap<OsString, Node>,
     made: Option<Stamp>,
@@ -78,9 +82,10 @@ impl Stamp {
 }
 
 impl Node {
-    fn new(src: PathBuf, dir: bool) -> Self {
+    fn new(src: PathBuf, layer: usize, dir: bool) -> Self {
         Node {
             src,
+            layer,
             dir,
             children: BTreeMap::new(),
             made: None,
@@ -91,16 +96,17 @@ impl Node {
 /// The merged tree of `layers` (base first), resolved as overlayfs would: whiteouts remove,
 /// opaque directories and non-directories replace, other directories merge.
 pub(crate) fn lower_tree(store: &Store, layers: &[LayerId]) -> Result<Node> {
-    let mut root = Node::new(PathBuf::new(), true);
-    for l in layers {
-        overlay_dir(&mut root, &store.layer_dir(l))?;
+    let mut root = Node::new(PathBuf::new(), 0, true);
+    for (i, l) in layers.iter().enumerate() {
+        overlay_dir(&mut root, &store.layer_dir(l), i)?;
     }
     Ok(root)
 }
 
-fn overlay_dir(node: &mut Node, dir: &Path) -> Result<()> {
+fn overlay_dir(node: &mut Node, dir: &Path, layer: usize) -> Result<()> {
     // A merged directory shows its top-most version's metadata.
     node.src = dir.to_owned();
+    node.layer = layer;
     for entry in fs::read_dir(dir).map_err(io_err("read dir", dir))? {
         let entry = entry.map_err(io_err("read dir", dir))?;
         let path = entry.path();
@@ -112,14 +118,14 @@ fn overlay_dir(node: &mut Node, dir: &Path) -> Result<()> {
             let child = match node.children.entry(name) {
                 MapEntry::Occupied(o) if o.get().dir && !is_opaque(&path) => o.into_mut(),
                 MapEntry::Occupied(mut o) => {
-                    *o.get_mut() = Node::new(path.clone(), true);
+                    *o.get_mut() = Node::new(path.clone(), layer, true);
                     o.into_mut()
                 }
-                MapEntry::Vacant(v) => v.insert(Node::new(path.clone(), true)),
+                MapEntry::Vacant(v) => v.insert(Node::new(path.clone(), layer, true)),
             };
-            overlay_dir(child, &path)?;
+            overlay_dir(child, &path, layer)?;
         } else {
-            node.children.insert(name, Node::new(path, false));
+            node.children.insert(name, Node::new(path, layer, false));
         }
     }
     Ok(())
@@ -137,7 +143,8 @@ pub(crate) fn materialize(tree: &mut Node, dest: &Path) -> Result<()> {
     stamp(tree, dest)
 }
 
-type Links = HashMap<(u64, u64), PathBuf>;
+/// The first copy of each inode of several links, by (layer, device, inode).
+type Links = HashMap<(usize, u64, u64), PathBuf>;
 
 fn copy_children(node: &Node, dest: &Path, links: &mut Links) -> Result<()> {
     for (name, child) in &node.children {
@@ -147,7 +154,7 @@ fn copy_children(node: &Node, dest: &Path, links: &mut Links) -> Result<()> {
             copy_children(child, &to, links)?;
             copy_meta(&child.src, &to)?;
         } else {
-            copy_entry(&child.src, &to, links)?;
+            copy_entry(&child.src, child.layer, &to, links)?;
         }
     }
     Ok(())
@@ -282,7 +289,8 @@ fn read_full(f: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
 fn copy_tree(src: &Path, dst: &Path, links: &mut Links) -> Result<()> {
     let md = fs::symlink_metadata(src).map_err(io_err("stat", src))?;
     if !md.is_dir() {
-        return copy_entry(src, dst, links);
+        // One tree (a view's): its names of one inode stay links.
+        return copy_entry(src, 0, dst, links);
     }
     fs::create_dir(dst).map_err(io_err("create", dst))?;
     for entry in fs::read_dir(src).map_err(io_err("read dir", src))? {
@@ -292,16 +300,16 @@ fn copy_tree(src: &Path, dst: &Path, links: &mut Links) -> Result<()> {
     copy_meta(src, dst)
 }
 
-/// Copies one non-directory with its metadata; names of one inode stay hard links.
-fn copy_entry(src: &Path, dst: &Path, links: &mut Links) -> Result<()> {
+/// Copies one non-directory with its metadata; names of one inode in one layer stay hard links.
+fn copy_entry(src: &Path, layer: usize, dst: &Path, links: &mut Links) -> Result<()> {
     let md = fs::symlink_metadata(src).map_err(io_err("stat", src))?;
     let ft = md.file_type();
     if ft.is_file() {
         if md.nlink() > 1 {
-            if let Some(first) = links.get(&(md.dev(), md.ino())) {
+            if let Some(first) = links.get(&(layer, md.dev(), md.ino())) {
                 return fs::hard_link(first, dst).map_err(io_err("link", dst));
             }
-            links.insert((md.dev(), md.ino()), dst.to_owned());
+            links.insert((layer, md.dev(), md.ino()), dst.to_owned());
         }
         // std's copy uses copy_file_range, which reflinks where the file system can.
         fs::copy(src, dst).map_err(io_err("copy", src))?;

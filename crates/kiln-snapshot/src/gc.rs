@@ -11,7 +11,7 @@
 //! collecting (the choice plus the renames out of the store) exclude each other through one
 //! lock file, `gc.lock`: takers hold it shared, a collector exclusive.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -26,8 +26,12 @@ use crate::{io_err, Error, Result};
 /// Store entries that are not layers or blobs, and are not GC's own: named by what they are.
 const LEASES: &str = "leases";
 const GC_LOCK: &str = "gc.lock";
-/// The file caching a layer's `fs/` size (a committed layer's files never change).
+/// The file caching a layer's `fs/` size (a committed layer's files never change), without
+/// its files of several links: those are listed in `fs.links` and counted once for the store.
 const SIZE_FILE: &str = "fs.size";
+/// The regular files of a layer's `fs/` that had more than one link when it was measured
+/// (hard links shared with other layers): `dev`, `ino`, `size`, 8 bytes each, little-endian.
+const LINKS_FILE: &str = "fs.links";
 /// A margin of safety: the lease's start and the layers' mtimes both come from the kernel's
 /// coarse file-system clock (a tick or two of error), but the wall clock may be stepped.
 const CLOCK_SLACK: Duration = Duration::from_millis(100);
@@ -86,6 +90,17 @@ pub fn tree_size(path: &Path) -> Result<u64> {
 }
 
 fn tree_size_in(path: &Path, dev: Option<u64>, seen: &mut HashSet<(u64, u64)>) -> Result<u64> {
+    walk_sizes(path, dev, seen, &mut |_, _| false)
+}
+
+/// Sums the apparent sizes under `path` (one device, each inode once), except the regular
+/// files of several links that `shared(key, size)` takes (returning true) to count elsewhere.
+fn walk_sizes(
+    path: &Path,
+    dev: Option<u64>,
+    seen: &mut HashSet<(u64, u64)>,
+    shared: &mut dyn FnMut((u64, u64), u64) -> bool,
+) -> Result<u64> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -94,8 +109,11 @@ fn tree_size_in(path: &Path, dev: Option<u64>, seen: &mut HashSet<(u64, u64)>) -
     if dev.is_some_and(|d| d != meta.dev()) {
         return Ok(0);
     }
-    if !meta.is_dir() && meta.nlink() > 1 && !seen.insert((meta.dev(), meta.ino())) {
-        return Ok(0);
+    if !meta.is_dir() && meta.nlink() > 1 {
+        let key = (meta.dev(), meta.ino());
+        if !seen.insert(key) || (meta.is_file() && shared(key, meta.len())) {
+            return Ok(0);
+        }
     }
     let mut size = meta.len();
     if meta.is_dir() {
@@ -106,10 +124,44 @@ fn tree_size_in(path: &Path, dev: Option<u64>, seen: &mut HashSet<(u64, u64)>) -
         };
         for entry in entries {
             let entry = entry.map_err(io_err("read directory", path))?;
-            size += tree_size_in(&entry.path(), Some(meta.dev()), seen)?;
+            size += walk_sizes(&entry.path(), Some(meta.dev()), seen, shared)?;
         }
     }
     Ok(size)
+}
+
+/// `(dev, ino)` and size of each regular file of several links in a layer.
+type SharedFiles = Vec<((u64, u64), u64)>;
+
+/// A layer's `fs/` measured: the bytes only it holds, and its files of several links.
+#[derive(Debug, Default)]
+struct FsSize {
+    own: u64,
+    shared: SharedFiles,
+}
+
+impl FsSize {
+    fn encode_links(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(self.shared.len() * 24);
+        for ((dev, ino), size) in &self.shared {
+            for n in [dev, ino, size] {
+                b.extend_from_slice(&n.to_le_bytes());
+            }
+        }
+        b
+    }
+
+    fn decode_links(b: &[u8]) -> Option<SharedFiles> {
+        if !b.len().is_multiple_of(24) {
+            return None;
+        }
+        let n = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("8-byte chunk"));
+        Some(
+            b.chunks_exact(24)
+                .map(|c| ((n(&c[..8]), n(&c[8..16])), n(&c[16..])))
+                .collect(),
+        )
+    }
 }
 
 /// A name no other process or call uses: pid, time, counter.
@@ -361,6 +413,9 @@ impl Store {
 
     fn layer_usage(&self, layers: &Path, usage: &mut StoreUsage) -> Result<()> {
         usage.internal += tree_size_shallow(layers)?;
+        // Files hard-linked between layers (an unchanged context file, a COPY of one) are one
+        // inode: `du -sb` counts each once, so each is split between the layers that hold it.
+        let mut shared: Vec<(LayerId, SharedFiles)> = Vec::new();
         for entry in fs::read_dir(layers).map_err(io_err("read directory", layers))? {
             let entry = entry.map_err(io_err("read directory", layers))?;
             let name = entry.file_name();
@@ -383,7 +438,11 @@ impl Store {
                 let n = e.file_name();
                 let n = n.to_string_lossy();
                 if n == "fs" {
-                    size += self.fs_size(&path)?;
+                    let fs_size = self.fs_size(&path)?;
+                    size += fs_size.own;
+                    if !fs_size.shared.is_empty() {
+                        shared.push((id.clone(), fs_size.shared));
+                    }
                     continue;
                 }
                 size += tree_size(&e.path())?;
@@ -407,37 +466,107 @@ impl Store {
                 },
             );
         }
+        let mut holders: HashMap<(u64, u64), (u64, u64)> = HashMap::new();
+        for (_, files) in &shared {
+            for (key, size) in files {
+                holders.entry(*key).or_insert((*size, 0)).1 += 1;
+            }
+        }
+        // Each holder gets an equal part; the first (by id) the remainder, so that the parts
+        // add up to the file's size exactly.
+        shared.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut first = HashSet::new();
+        for (id, files) in &shared {
+            let mut part = 0;
+            for (key, _) in files {
+                let (size, n) = holders[key];
+                part += size / n;
+                if first.insert(*key) {
+                    part += size % n;
+                }
+            }
+            if let Some(l) = usage.layers.get_mut(id) {
+                l.size += part;
+            }
+        }
         Ok(())
     }
 
-    /// The size of a layer's `fs/`, walked once and then read from `fs.size`.
-    fn fs_size(&self, layer_dir: &Path) -> Result<u64> {
+    /// The size of a layer's `fs/`, walked once and then read from `fs.size` and `fs.links`.
+    fn fs_size(&self, layer_dir: &Path) -> Result<FsSize> {
         let cached = layer_dir.join(SIZE_FILE);
-        if let Some(n) = fs::read_to_string(&cached)
+        if let Some(own) = fs::read_to_string(&cached)
             .ok()
             .and_then(|s| s.trim().parse().ok())
         {
-            return Ok(n);
+            // No list: a layer measured before lists existed, or with no shared file.
+            let shared = match fs::read(layer_dir.join(LINKS_FILE)) {
+                Ok(b) => FsSize::decode_links(&b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Vec::new()),
+                Err(_) => None,
+            };
+            if let Some(shared) = shared {
+                return Ok(FsSize { own, shared });
+            }
         }
-        let n = tree_size(&layer_dir.join("fs"))?;
+        let mut shared = Vec::new();
+        let own = walk_sizes(
+            &layer_dir.join("fs"),
+            None,
+            &mut HashSet::new(),
+            &mut |key, size| {
+                shared.push((key, size));
+                true
+            },
+        )?;
+        let measured = FsSize { own, shared };
         // Best effort: a store someone else owns is still measured, only not cached.
         let before = fs::symlink_metadata(layer_dir).map_err(io_err("stat", layer_dir))?;
-        let tmp = layer_dir.join(format!("{SIZE_FILE}.{}", unique_name()));
-        let written = fs::write(&tmp, n.to_string()).and_then(|()| fs::rename(&tmp, &cached));
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
+        let write = |name: &str, bytes: &[u8]| {
+            let tmp = layer_dir.join(format!("{name}.{}", unique_name()));
+            let written =
+                fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, layer_dir.join(name)));
+            if written.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            written.is_ok()
+        };
+        // The list first: `fs.size` says the cache is whole.
+        let links = measured.encode_links();
+        let listed = if links.is_empty() {
+            match fs::remove_file(layer_dir.join(LINKS_FILE)) {
+                Ok(()) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            }
         } else {
-            // Writing the file moved the directory's mtime: put back the time of last use.
-            let at = |s: i64, ns: i64| nix::sys::time::TimeSpec::new(s, ns);
-            let _ = nix::sys::stat::utimensat(
-                nix::fcntl::AT_FDCWD,
-                layer_dir,
-                &at(before.atime(), before.atime_nsec()),
-                &at(before.mtime(), before.mtime_nsec()),
-                nix::sys::stat::UtimensatFlags::FollowSymlink,
-            );
+            write(LINKS_FILE, &links)
+        };
+        if listed {
+            write(SIZE_FILE, measured.own.to_string().as_bytes());
         }
-        Ok(n)
+        restore_mtime(layer_dir, &before);
+        Ok(measured)
+    }
+
+    /// Forgets the cached size of layer `id`: a new layer just made hard links to its files,
+    /// which it may have counted as its own. Holds `gc.lock` shared, so that a collector
+    /// measuring right now does not write back what it measured before the links.
+    pub fn forget_size(&self, id: &LayerId) -> Result<()> {
+        let _lock = self.use_lock()?;
+        let dir = self.root().join("layers").join(&id.0);
+        let Ok(before) = fs::symlink_metadata(&dir) else {
+            return Ok(());
+        };
+        for name in [SIZE_FILE, LINKS_FILE] {
+            match fs::remove_file(dir.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_err("remove", &dir.join(name))(e))
+                }
+                _ => {}
+            }
+        }
+        restore_mtime(&dir, &before);
+        Ok(())
     }
 
     /// A fresh trash directory under `tmp/` for a collector.
@@ -487,6 +616,19 @@ impl Store {
     }
 }
 
+/// Puts back a layer directory's times after its bookkeeping files changed: its mtime says when
+/// a build last took it.
+fn restore_mtime(dir: &Path, before: &fs::Metadata) {
+    let at = |s: i64, ns: i64| nix::sys::time::TimeSpec::new(s, ns);
+    let _ = nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        dir,
+        &at(before.atime(), before.atime_nsec()),
+        &at(before.mtime(), before.mtime_nsec()),
+        nix::sys::stat::UtimensatFlags::FollowSymlink,
+    );
+}
+
 /// The size of a directory entry itself, not its contents.
 fn tree_size_shallow(path: &Path) -> Result<u64> {
     match fs::symlink_metadata(path) {
@@ -531,8 +673,9 @@ mod tests {
         fs::create_dir(t.path().join("s/cache-mounts")).unwrap();
         fs::write(t.path().join("s/cache-mounts/f"), vec![0u8; 3000]).unwrap();
         let u = store.usage().unwrap();
-        // The first measure writes the layer's cached size (a few bytes it did not count).
-        assert!(du_sb(&t.path().join("s")) - u.total() < 16);
+        // The first measure writes the layer's cached size and its list of files of several
+        // links (a few bytes it did not count).
+        assert!(du_sb(&t.path().join("s")) - u.total() < 64);
         assert_eq!(u.layers[&id].blobs, vec![blob.digest]);
         assert_eq!(u.blobs.len(), 2);
         assert!(u.others.contains_key(std::ffi::OsStr::new("cache-mounts")));
@@ -559,6 +702,77 @@ mod tests {
             .unwrap()
             .next()
             .is_none());
+    }
+
+    #[test]
+    fn layers_sharing_files_count_them_once_and_outlive_each_other() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("s");
+        let store = Store::open_with(&root, crate::SnapshotterKind::Copy).unwrap();
+        let big = |n: u8| vec![n; 100_000];
+        let first = store.new_layer().unwrap();
+        for n in 0..5u8 {
+            fs::write(first.fs_dir().join(format!("f{n}")), big(n)).unwrap();
+        }
+        let first = first.commit().unwrap();
+        // Measured while its files have one link each: all its own.
+        store.usage().unwrap();
+        assert_eq!(store.usage().unwrap().total(), du_sb(&root));
+        // A second layer shares four of them and has one of its own, as an incremental
+        // context layer does; a third shares two with both.
+        let share = |from: &LayerId, names: &[&str], own: &str| {
+            let b = store.new_layer().unwrap();
+            for n in names {
+                fs::hard_link(store.layer_dir(from).join(n), b.fs_dir().join(n)).unwrap();
+            }
+            fs::write(b.fs_dir().join(own), big(9)).unwrap();
+            let id = b.commit().unwrap();
+            store.forget_size(from).unwrap();
+            id
+        };
+        let second = share(&first, &["f0", "f1", "f2", "f3"], "g");
+        let third = share(&second, &["f0", "f1"], "h");
+        for _ in 0..2 {
+            // Measured, then read back from the cache: the same.
+            let u = store.usage().unwrap();
+            assert!(
+                du_sb(&root).abs_diff(u.total()) < 400,
+                "{} {}",
+                du_sb(&root),
+                u.total()
+            );
+        }
+        let u = store.usage().unwrap();
+        assert_eq!(u.total(), du_sb(&root));
+        // Each shared file is split between its holders.
+        assert!(u.layers[&third].size < u.layers[&second].size);
+        // Deleting the first leaves the others whole, and the count still right.
+        let mut trash = store.trash().unwrap();
+        store.remove_layer(&first, &mut trash).unwrap();
+        trash.empty().unwrap();
+        for (id, names) in [
+            (&second, &["f0", "f1", "f2", "f3", "g"][..]),
+            (&third, &["f0", "f1", "h"]),
+        ] {
+            for n in names {
+                let want = if n.starts_with('f') {
+                    big(n.as_bytes()[1] - b'0')
+                } else {
+                    big(9)
+                };
+                assert_eq!(fs::read(store.layer_dir(id).join(n)).unwrap(), want, "{n}");
+            }
+        }
+        let u = store.usage().unwrap();
+        assert_eq!(u.total(), du_sb(&root));
+        let mut trash = store.trash().unwrap();
+        store.remove_layer(&second, &mut trash).unwrap();
+        trash.empty().unwrap();
+        assert_eq!(
+            fs::read(store.layer_dir(&third).join("f1")).unwrap(),
+            big(1)
+        );
+        assert_eq!(store.usage().unwrap().total(), du_sb(&root));
     }
 
     #[test]

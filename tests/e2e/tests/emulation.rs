@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
-use kiln_e2e::{workspace, Kiln};
+use kiln_e2e::{tool, workspace, Kiln};
 
 const BINFMT: &str = "/proc/sys/fs/binfmt_misc";
 
@@ -268,4 +268,70 @@ fn setup_without_platforms_registers_every_installed_emulator() {
         .run(&["setup", "emulation", "--platform", "linux/arm/v7/x"])
         .fails();
     assert!(r.stderr.contains("too many components"), "{}", r.stderr);
+}
+
+/// Once the handler is registered (by `kiln setup emulation`), an exec-form RUN of the arm64
+/// program under `--platform linux/arm64` runs under QEMU in both runtimes and writes `arm64`
+/// into the image, whose config says arm64. (A build does not register the handler itself
+/// yet: that is the engine's next step, with `kiln_emulation::Emulation::ensure`.)
+#[test]
+fn an_arm64_run_step_runs_under_emulation_in_both_runtimes() {
+    let _lock = binfmt_lock();
+    require_root_and_foreign_arm64();
+    goarch("arm64");
+    let layout = workspace().join("target/kiln-test/fixtures/goarch-oci");
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
+    k.run(&["setup", "emulation", "--platform", "linux/arm64"])
+        .ok();
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM base\nRUN [\"/goarch\", \"/out/arch\"]\nFROM scratch\n\
+             COPY --from=0 /out/arch /arch\n",
+        )],
+    );
+    let base = format!("base=oci-layout://{}:arm64", layout.display());
+    for executor in ["embedded", "runc"] {
+        let tar = k.path(&format!("{executor}.tar"));
+        let r = k
+            .run_env(
+                &[("KILN_EXECUTOR", executor)],
+                &[
+                    "build",
+                    "--progress=plain",
+                    // The runtime is not part of a step's cache key: run the step each time.
+                    "--no-cache",
+                    "--platform",
+                    "linux/arm64",
+                    "--build-context",
+                    &base,
+                    "-t",
+                    "x:1",
+                    "--output",
+                    &format!("type=oci,dest={}", tar.display()),
+                    ctx.to_str().unwrap(),
+                ],
+            )
+            .ok();
+        // The program's stdout, in the step's log.
+        assert!(r.stderr.contains(" arm64\n"), "{executor}: {}", r.stderr);
+        let rootfs = k.unpack(&tar, executor, "1").join("rootfs");
+        assert_eq!(
+            std::fs::read_to_string(rootfs.join("arch")).unwrap(),
+            "arm64\n",
+            "{executor}"
+        );
+        let cfg: serde_json::Value = serde_json::from_str(&tool(
+            "skopeo",
+            &[
+                "inspect",
+                "--config",
+                "--raw",
+                &format!("oci-archive:{}", tar.display()),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(cfg["architecture"], "arm64", "{executor}");
+    }
 }

@@ -266,6 +266,10 @@ impl Emulation {
             }
         }
         let line = binfmt::register_line(emulator, qemu)?;
+        // Some kernels list a new entry only once the mount point was touched (tonistiigi/binfmt
+        // does the same); best effort, the check below says if it did not help.
+        let _ = std::fs::File::open(&self.binfmt_dir)
+            .and_then(|d| d.set_modified(std::time::SystemTime::now()));
         binfmt::register(&self.binfmt_dir, &name, &line)?;
         self.handlers()?
             .into_iter()

@@ -1,16 +1,17 @@
 //! `--ssh ID=KEYFILE[,KEYFILE]`: the keys are loaded into an OpenSSH agent that kiln runs for
 //! the build alone, on a socket in a private (0700) directory, and RUN steps reach that agent as
 //! they reach a forwarded one. The agent is killed and its directory removed when the build
-//! ends, however it ends (the guard is dropped on success, error and cancellation).
+//! ends, however it ends (the guard is dropped on success, error and cancellation), and also
+//! when kiln itself is killed (SIGKILL runs no destructor): see [`DeathWatch`].
 //!
 //! BuildKit's client keeps such keys in an in-process keyring; kiln would need a signing stack
 //! (ed25519, RSA, ECDSA) for that, so it runs the system's `ssh-agent` instead and checks each
 //! key itself first: a passphrase-protected key is refused, as BuildKit refuses it, before any
 //! process could prompt for a passphrase.
 
-use std::io::{BufRead, Read};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,8 @@ pub(crate) struct BuildAgent {
     child: Child,
     dir: PathBuf,
     sock: PathBuf,
+    /// Kills the agent should kiln die without dropping this.
+    watch: Option<DeathWatch>,
 }
 
 impl BuildAgent {
@@ -48,6 +51,15 @@ impl BuildAgent {
                 return Err(e);
             }
         };
+        // Started before the agent, so that the agent never runs unwatched but for the moment
+        // between its start and its pid reaching the watch. Without a watch (no `sh`), the
+        // agent only lives as long as kiln ends normally, as before.
+        let watch = DeathWatch::start(
+            "read -r pid; read -r said; [ \"$said\" = done ] && exit 0; \
+             [ -n \"$pid\" ] && kill -KILL \"$pid\"; rm -rf \"$KILN_SSH_AGENT_DIR\"",
+            &[("KILN_SSH_AGENT_DIR", dir.as_os_str())],
+        )
+        .ok();
         // -D: no fork, so that the child kiln holds is the agent itself and can be killed by
         // its id.
         let spawned = Command::new("ssh-agent")
@@ -65,7 +77,16 @@ impl BuildAgent {
                 return Err(ssh_error(id, missing_tool("ssh-agent", &e)));
             }
         };
-        let mut agent = BuildAgent { child, dir, sock };
+        let mut watch = watch;
+        if let Some(w) = &mut watch {
+            w.tell(&child.id().to_string());
+        }
+        let mut agent = BuildAgent {
+            child,
+            dir,
+            sock,
+            watch,
+        };
         agent.wait_listening(id, &log_path)?;
         agent.add(id, keys)?;
         Ok(agent)
@@ -143,9 +164,57 @@ impl BuildAgent {
 
 impl Drop for BuildAgent {
     fn drop(&mut self) {
+        // The watch is told first: once the agent is reaped its pid may be another process's.
+        drop(self.watch.take());
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `sh` that cleans up after kiln should kiln die first: it reads a pipe whose write end only
+/// kiln holds (close-on-exec, so no other child inherits it), and runs `script` with what kiln
+/// [`told`](DeathWatch::tell) it. Dropping the watch says `done` (kiln cleaned up itself) and
+/// reaps it; end of file without `done` means kiln is gone, killed or crashed, and the script
+/// runs. `PR_SET_PDEATHSIG` cannot do this for the agent: Debian's `ssh-agent` is set-group-id,
+/// and executing it clears the parent-death signal. The watch has a process group of its own,
+/// so that a Ctrl-C meant for kiln does not kill it (kiln then cleans up itself).
+struct DeathWatch {
+    child: Child,
+    pipe: Option<ChildStdin>,
+}
+
+impl DeathWatch {
+    /// `script` reads the lines kiln tells it, then one more: `done`, or nothing at all.
+    fn start(script: &str, env: &[(&str, &std::ffi::OsStr)]) -> std::io::Result<DeathWatch> {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        let pipe = child.stdin.take();
+        Ok(DeathWatch { child, pipe })
+    }
+
+    /// One line for the script. Best effort: a watch that went away cannot be helped.
+    fn tell(&mut self, line: &str) {
+        if let Some(p) = &mut self.pipe {
+            let _ = writeln!(p, "{line}");
+        }
+    }
+}
+
+impl Drop for DeathWatch {
+    fn drop(&mut self) {
+        self.tell("done");
+        drop(self.pipe.take());
+        // It exits as soon as it reads that line.
+        let _ = self.child.wait();
     }
 }
 
@@ -508,6 +577,34 @@ mod tests {
         assert!(!sock.parent().unwrap().exists());
         // Reaped by the drop: no process of that id remains (not even a zombie).
         assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    /// kiln dying (here: the watch's pipe closed without `done`, as the kernel closes it when
+    /// kiln is killed) takes the agent and its directory with it.
+    #[test]
+    fn agent_dies_when_kiln_dies() {
+        let t = tempfile::tempdir().unwrap();
+        let key = keygen(t.path(), "id", "", &[]);
+        let mut agent = BuildAgent::start("default", &[key]).unwrap();
+        let dir = agent.dir.clone();
+        let mut watch = agent.watch.take().expect("a watch runs beside the agent");
+        drop(watch.pipe.take());
+        watch.child.wait().unwrap();
+        // Bounded: the watch has exited, so the kill was sent; only the reaping is left.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = agent.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent outlived kiln"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(!dir.exists(), "{} remains", dir.display());
     }
 
     /// `[len][type][payload]` as the agent protocol frames it.

@@ -3,15 +3,17 @@
 //! embedded sandbox.
 //!
 //! runc keeps its state in a private `--root` directory per step, removed afterwards, so steps
-//! never see each other's containers and nothing outlives the call. `runc run` (not detached)
+//! never see each other's containers and nothing outlives the call — not even kiln: when kiln
+//! is killed (SIGKILL runs no destructor), `runc run` gets the parent-death signal and a
+//! [`DeathWatch`] deletes the container by its state directory. `runc run` (not detached)
 //! passes its stdio to the container's process and exits with its exit code (128 + n for a
 //! signal); when runc itself fails, it says so at level `error` in its JSON log, which is how
 //! the two are told apart.
 
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kiln_plugin_sdk::graph::{NetworkMode, SecurityMode};
@@ -60,6 +62,19 @@ pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
     let log = bundle.path().join("runc.log");
     let id = container_id();
 
+    // Started before runc, so that runc never runs unwatched but for the moment between its
+    // start and its pid reaching the watch. Without a watch (no `sh`), the container only
+    // dies with kiln when kiln ends normally, as before.
+    let mut watch = DeathWatch::start(
+        WATCH_RUNC,
+        &[
+            ("KILN_RUNC_ROOT", state.path().as_os_str()),
+            ("KILN_RUNC_BUNDLE", bundle.path().as_os_str()),
+            ("KILN_RUNC_ID", std::ffi::OsStr::new(&id)),
+        ],
+    )
+    .ok();
+
     let mut cmd = Command::new(RUNC);
     cmd.arg("--root")
         .arg(state.path())
@@ -74,6 +89,7 @@ pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    die_with_parent(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             Error::NotFound(
@@ -88,6 +104,9 @@ pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
         let _ignored = child.wait();
         return Err(Error::Runc("runc's output pipes are missing".into()));
     };
+    if let Some(w) = &mut watch {
+        w.tell(&child.id().to_string());
+    }
     let pidfd = libc::pid_t::try_from(child.id())
         .ok()
         .and_then(output::pidfd_open);
@@ -116,6 +135,7 @@ pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
     // `runc run` deletes its container when the process exits; after a kill that may not have
     // happened yet, and nothing must be left running.
     delete(state.path(), &id);
+    drop(watch);
     if ended.cancelled {
         return Err(Error::Cancelled);
     }
@@ -163,6 +183,86 @@ impl Process for Runc {
     fn exit_fd(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
         self.pidfd.as_ref().map(AsRawFd::as_raw_fd)
+    }
+}
+
+/// `runc run` gets SIGKILL when the thread that starts it ends. That thread waits for it
+/// (the output pump) and so outlives it, unless kiln dies: then runc goes too, and cannot go
+/// on creating a container that the [`DeathWatch`] has already looked for.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid before the fork; prctl and getppid in the child are async-signal-safe
+    // and touch no memory of the parent.
+    let parent = unsafe { libc::getpid() };
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl: then nothing would signal us.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The watch's script: told `runc run`'s pid, then `done`; without `done` (kiln died), it
+/// waits (bounded) for `runc run` to be gone (it got SIGKILL with kiln, and a zombie counts as
+/// gone), deletes the container by its state directory (`--force` kills its init, and the
+/// rest of its pid namespace goes with it), and removes the step's directories.
+const WATCH_RUNC: &str = r#"read -r pid; read -r said; [ "$said" = done ] && exit 0
+n=0
+while [ -n "$pid" ] && [ "$n" -lt 100 ] && read -r _ _ s _ < "/proc/$pid/stat" && [ "$s" != Z ]; do
+  sleep 0.05; n=$((n + 1))
+done
+runc --root "$KILN_RUNC_ROOT" delete --force "$KILN_RUNC_ID"
+rm -rf "$KILN_RUNC_ROOT" "$KILN_RUNC_BUNDLE""#;
+
+/// A `sh` that cleans up after kiln should kiln die first: it reads a pipe whose write end only
+/// kiln holds (close-on-exec, so no other child inherits it), and runs `script` with what kiln
+/// [`told`](DeathWatch::tell) it. Dropping the watch says `done` (kiln cleaned up itself) and
+/// reaps it; end of file without `done` means kiln is gone, killed or crashed, and the script
+/// runs. It has a process group of its own, so that a Ctrl-C meant for kiln does not kill it
+/// (kiln then cleans up itself). The same scheme keeps kiln's ssh-agent (kiln-engine) from
+/// outliving it; a plugin cannot share the engine's code.
+struct DeathWatch {
+    child: Child,
+    pipe: Option<ChildStdin>,
+}
+
+impl DeathWatch {
+    /// `script` reads the lines kiln tells it, then one more: `done`, or nothing at all.
+    fn start(script: &str, env: &[(&str, &std::ffi::OsStr)]) -> io::Result<DeathWatch> {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        let pipe = child.stdin.take();
+        Ok(DeathWatch { child, pipe })
+    }
+
+    /// One line for the script. Best effort: a watch that went away cannot be helped.
+    fn tell(&mut self, line: &str) {
+        if let Some(p) = &mut self.pipe {
+            let _ignored = writeln!(p, "{line}");
+        }
+    }
+}
+
+impl Drop for DeathWatch {
+    fn drop(&mut self) {
+        self.tell("done");
+        drop(self.pipe.take());
+        // It exits as soon as it reads that line.
+        let _ignored = self.child.wait();
     }
 }
 
@@ -403,5 +503,95 @@ fn seccomp_arches() -> Vec<Arch> {
         vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm]
     } else {
         vec![Arch::ScmpArchNative]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A watch with a stand-in `runc` that records its arguments in `calls`; returns it with
+    /// the state and bundle directories it was given.
+    fn watch(t: &Path) -> (DeathWatch, PathBuf, PathBuf, PathBuf) {
+        let bin = t.join("bin");
+        let (root, bundle) = (t.join("state"), t.join("bundle"));
+        for d in [&bin, &root, &bundle] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let calls = t.join("calls");
+        let runc = bin.join("runc");
+        std::fs::write(
+            &runc,
+            format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&runc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let w = DeathWatch::start(
+            WATCH_RUNC,
+            &[
+                ("PATH", std::ffi::OsStr::new(&path)),
+                ("KILN_RUNC_ROOT", root.as_os_str()),
+                ("KILN_RUNC_BUNDLE", bundle.as_os_str()),
+                ("KILN_RUNC_ID", std::ffi::OsStr::new("kiln-1-0")),
+            ],
+        )
+        .unwrap();
+        (w, calls, root, bundle)
+    }
+
+    /// kiln dying (its end of the pipe closed without `done`, as the kernel closes it on a
+    /// SIGKILL): once `runc run` is gone, the container is deleted by its state directory and
+    /// the step's directories are removed.
+    #[test]
+    fn watch_deletes_the_container_when_kiln_dies() {
+        let t = tempfile::tempdir().unwrap();
+        let (mut w, calls, root, bundle) = watch(t.path());
+        // A stand-in for `runc run`, which the parent-death signal ends with kiln.
+        let mut runc_run = Command::new("sleep").arg("600").spawn().unwrap();
+        w.tell(&runc_run.id().to_string());
+        drop(w.pipe.take());
+        runc_run.kill().unwrap();
+        runc_run.wait().unwrap();
+        w.child.wait().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&calls).unwrap(),
+            format!("--root {} delete --force kiln-1-0\n", root.display())
+        );
+        assert!(!root.exists() && !bundle.exists());
+    }
+
+    /// A step that ended normally: the watch is told `done` and touches nothing.
+    #[test]
+    fn watch_does_nothing_after_done() {
+        let t = tempfile::tempdir().unwrap();
+        let (mut w, calls, root, bundle) = watch(t.path());
+        w.tell("1");
+        drop(w);
+        assert!(!calls.exists());
+        assert!(root.exists() && bundle.exists());
+    }
+
+    /// `runc run` started with the parent-death signal: it dies with the thread that started
+    /// it (here a thread that ends; in kiln the whole process when it is killed).
+    #[test]
+    fn runc_run_gets_the_parent_death_signal() {
+        let child = std::thread::spawn(|| {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("600");
+            die_with_parent(&mut cmd);
+            cmd.spawn().unwrap()
+        })
+        .join()
+        .unwrap();
+        let mut child = child;
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
     }
 }

@@ -698,6 +698,20 @@ impl Engine {
             load_name.clone(),
             cancel.clone(),
         ));
+        // The `--cache-from` caches do not depend on the graph: they are read (manifest and
+        // config, round trips to a registry) while the frontend runs. A build that ends
+        // before it needs them (a frontend error, `--call`) stops their reading.
+        let net_cancel = cancel.child_token();
+        let _stop_net = net_cancel.clone().drop_guard();
+        let imports = tokio::spawn(remote_cache::read_imports(
+            req.cache_from.clone(),
+            remote_cache::Net {
+                registry: self.registry.clone(),
+                handle: tokio::runtime::Handle::current(),
+                cancel: net_cancel,
+            },
+            self.store.clone(),
+        ));
         let fe = frontend.clone();
         let svc = services.clone();
         let resp = tokio::task::spawn_blocking(move || fe.frontend_build(&freq, svc.as_ref()))
@@ -766,13 +780,10 @@ impl Engine {
         // Key files get an agent of their own for the build; dropped (killed) on every way out.
         let (ssh, _agents) = ssh_agent::serve(&req.ssh)?;
         let mut warnings = resp.warnings;
-        let net = remote_cache::Net {
-            registry: self.registry.clone(),
-            handle: tokio::runtime::Handle::current(),
-        };
-        let imported =
-            remote_cache::read_imports(&req.cache_from, net, self.store.clone(), &mut warnings)
-                .await?;
+        let (imported, import_warnings) = imports
+            .await
+            .map_err(|e| Error::Unsupported(format!("cache import task failed: {e}")))??;
+        warnings.extend(import_warnings);
         if req.no_cache {
             for v in &mut def.vertices {
                 v.meta.ignore_cache = true;

@@ -201,3 +201,29 @@ fn plain_http_registries_need_no_ca_certificates_and_https_says_what_is_missing(
     );
     assert!(!run.stderr.contains("internal error"), "{}", run.stderr);
 }
+
+#[test]
+fn a_frontend_error_does_not_wait_for_a_stalled_cache_registry() {
+    // A "registry" that accepts connections and never answers: reading a cache from it waits
+    // for the client's read timeout, once per attempt.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let k = Kiln::new(&[]);
+    let ctx = k.write("ctx", &[("Dockerfile", "FROM\n")]);
+    let from = format!("type=registry,ref={addr}/stalled:cache");
+    let c = ctx.display().to_string();
+    // The caches are read while the frontend runs; when it fails, their reading stops.
+    let build = k.spawn(
+        &[],
+        &["build", "--progress=plain", "--cache-from", &from, &c],
+    );
+    let (code, stderr) = build.finish(std::time::Duration::from_secs(20));
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("Dockerfile:1"), "{stderr}");
+}

@@ -152,6 +152,9 @@ struct SourcedLayer {
 pub(crate) struct Net {
     pub registry: kiln_registry::Registry,
     pub handle: tokio::runtime::Handle,
+    /// Stops a call that waits on a registry: the build was cancelled, or it ended early
+    /// while the caches were still being read.
+    pub cancel: kiln_solver::CancellationToken,
 }
 
 impl Net {
@@ -159,7 +162,9 @@ impl Net {
         &self,
         fut: impl std::future::Future<Output = Result<T, kiln_registry::Error>>,
     ) -> Result<T, String> {
-        self.handle.block_on(fut).map_err(|e| e.to_string())
+        crate::block_unless_cancelled(&self.handle, &self.cancel, fut)
+            .ok_or_else(|| "cancelled".to_owned())?
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -519,23 +524,25 @@ impl PartialEq for Source {
 
 impl Eq for Source {}
 
-/// Reads every `--cache-from` (off the async threads); what cannot be read becomes a warning.
+/// Reads every `--cache-from` (off the async threads); what cannot be read becomes a warning,
+/// returned beside the records. Owns its arguments, so that it can run while the frontend
+/// does.
 pub(crate) async fn read_imports(
-    imports: &[CacheImport],
+    imports: Vec<CacheImport>,
     net: Net,
     store: Store,
-    warnings: &mut Vec<Diagnostic>,
-) -> Result<Arc<Imported>, Error> {
+) -> Result<(Arc<Imported>, Vec<Diagnostic>), Error> {
     if imports.is_empty() {
-        return Ok(Arc::new(Imported::empty(net)));
+        return Ok((Arc::new(Imported::empty(net)), Vec::new()));
     }
-    let imports = imports.to_vec();
     let (imported, found) =
         tokio::task::spawn_blocking(move || Imported::read(&imports, net, &store))
             .await
             .map_err(|e| Error::Unsupported(format!("cache import task failed: {e}")))?;
-    warnings.extend(found.into_iter().map(diagnostic));
-    Ok(Arc::new(imported))
+    Ok((
+        Arc::new(imported),
+        found.into_iter().map(diagnostic).collect(),
+    ))
 }
 
 fn diagnostic(message: String) -> Diagnostic {

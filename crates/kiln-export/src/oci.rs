@@ -87,65 +87,263 @@ fn write_tar(store: &Store, blobs: &[Digest], index: &[u8], dest: &Path) -> Resu
     if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
+    let written = Written::new(store, index, dest);
+    if written.as_ref().is_some_and(Written::still_there) {
+        return Ok(());
+    }
     // Write beside the destination and rename, so a failed export leaves no truncated tarball.
     let tmp = dest.with_extension("kiln-tmp");
-    let file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut b = tar::Builder::new(std::io::BufWriter::new(file));
-    let entry = |b: &mut tar::Builder<_>, path: &str, size: u64, data: &mut dyn std::io::Read| {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_size(size);
-        h.set_mtime(0);
-        b.append_data(&mut h, path, data)
-    };
-    let dir = |b: &mut tar::Builder<std::io::BufWriter<fs::File>>, path: &str| {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_size(0);
-        h.set_mtime(0);
-        b.append_data(&mut h, path, std::io::empty())
-    };
-    let mut changed = None;
-    let res = (|| -> std::io::Result<()> {
-        dir(&mut b, "blobs/")?;
-        dir(&mut b, "blobs/sha256/")?;
-        for d in blobs {
-            let p = store.blob_path(d);
-            let f = fs::File::open(&p)?;
-            let size = f.metadata()?.len();
-            // Hashed as it streams: a blob changed on disk fails the copy at its end, and the
-            // half-written tarball is removed below.
-            let mut data = kiln_snapshot::verify::VerifyingReader::new(f, *d);
-            let written = entry(
-                &mut b,
-                &format!("blobs/sha256/{}", d.hex()),
-                size,
-                &mut data,
-            );
-            changed = data.mismatch().cloned();
-            written?;
-        }
-        entry(&mut b, "index.json", index.len() as u64, &mut &index[..])?;
-        entry(
-            &mut b,
-            "oci-layout",
-            OCI_LAYOUT.len() as u64,
-            &mut &OCI_LAYOUT[..],
-        )?;
-        let mut w = b.into_inner()?;
-        w.flush()?;
-        w.get_ref().sync_all()
-    })();
+    // Readable too: the hasher reads back what was written.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    let res = write_tar_into(store, blobs, index, &file, dest)
+        .and_then(|()| file.sync_all().map_err(io_err(dest)));
+    drop(file);
     if let Err(e) = res {
         let _ = fs::remove_file(&tmp);
-        return Err(match changed {
-            Some(m) => kiln_snapshot::Error::BlobChanged(m).into(),
-            None => io_err(dest)(e),
-        });
+        return Err(e);
     }
-    fs::rename(&tmp, dest).map_err(io_err(dest))
+    fs::rename(&tmp, dest).map_err(io_err(dest))?;
+    if let Some(w) = written {
+        w.record(store);
+    }
+    Ok(())
+}
+
+/// The record of a tarball this store wrote, so that exporting the same image to the same
+/// file again (a no-op rebuild) leaves the file as it is instead of copying every blob again:
+/// `exports/<sha256 of the tarball's absolute path>` in the store holds the digest of the
+/// tarball's `index.json` (which names the manifest, hence every blob and the whole tar
+/// stream) and the file's identity right after it was renamed into place: device, inode,
+/// size, mtime and ctime in nanoseconds. Any write to the file, a replacement (another inode)
+/// or a removal changes that identity, and the tarball is written again; the ctime cannot be
+/// set back by a user. Nothing leaves the store when the file is kept, so there is nothing to
+/// verify: its blobs were verified as they were copied into it.
+struct Written {
+    record: std::path::PathBuf,
+    dest: std::path::PathBuf,
+    index: Digest,
+    root: std::path::PathBuf,
+}
+
+impl Written {
+    /// `None` when the destination has no absolute path (its directory cannot be resolved).
+    fn new(store: &Store, index: &[u8], dest: &Path) -> Option<Written> {
+        let parent = match dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(p) => fs::canonicalize(p).ok()?,
+            None => std::env::current_dir().ok()?,
+        };
+        let dest = parent.join(dest.file_name()?);
+        let key = Digest::of(dest.as_os_str().as_encoded_bytes());
+        Some(Written {
+            record: store.root().join("exports").join(key.hex()),
+            dest,
+            index: Digest::of(index),
+            root: store.root().to_owned(),
+        })
+    }
+
+    /// What the record says when the tarball is the one written for this image.
+    fn line(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::symlink_metadata(&self.dest).ok()?;
+        if !m.is_file() {
+            return None;
+        }
+        Some(format!(
+            "{} {} {} {} {}.{:09} {}.{:09}\n",
+            self.index,
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        ))
+    }
+
+    /// Whether the destination is, untouched, the tarball of this image this store wrote.
+    fn still_there(&self) -> bool {
+        match (fs::read_to_string(&self.record), self.line()) {
+            (Ok(recorded), Some(now)) => recorded == now,
+            _ => false,
+        }
+    }
+
+    /// Records the tarball just written. Best effort: without a record the next export of the
+    /// same image writes the tarball again, which is only slower.
+    fn record(&self, store: &Store) {
+        let Some(line) = self.line() else { return };
+        // Written in a temporary of this build's session, then renamed: atomic.
+        let Ok(tmp) = store.temp_dir("export-record") else {
+            return;
+        };
+        let file = tmp.join("record");
+        let _ = fs::create_dir_all(self.record.parent().unwrap_or(&self.root))
+            .and_then(|()| fs::write(&file, line))
+            .and_then(|()| fs::rename(&file, &self.record));
+        let _ = fs::remove_dir_all(&tmp);
+    }
+}
+
+/// Bytes handed to the kernel per copy call; the hasher follows one piece behind.
+const PIECE: u64 = 4 << 20;
+
+/// Writes the layout's tar stream into `out` (at its current position, from 0): the same bytes
+/// a `tar::Builder` writes (ustar headers, mode 0644/0755, mtime 0, two zero blocks at the end).
+fn write_tar_into(
+    store: &Store,
+    blobs: &[Digest],
+    index: &[u8],
+    out: &fs::File,
+    dest: &Path,
+) -> Result<()> {
+    let mut t = TarOut { out, pos: 0 };
+    (|| -> std::io::Result<()> {
+        t.put(header("blobs/", 0, true)?.as_bytes())?;
+        t.put(header("blobs/sha256/", 0, true)?.as_bytes())
+    })()
+    .map_err(io_err(dest))?;
+    for d in blobs {
+        let path = store.blob_path(d);
+        let src = fs::File::open(&path).map_err(io_err(&path))?;
+        let size = src.metadata().map_err(io_err(&path))?.len();
+        let h = header(&format!("blobs/sha256/{}", d.hex()), size, false).map_err(io_err(dest))?;
+        t.put(h.as_bytes()).map_err(io_err(dest))?;
+        copy_verified(&src, &path, size, out, t.pos, d).map_err(|e| match e {
+            Copy::Changed(m) => kiln_snapshot::Error::BlobChanged(m).into(),
+            Copy::Io(e) => io_err(dest)(e),
+        })?;
+        t.pos += size;
+        t.put(&[0u8; 512][..padding(size)]).map_err(io_err(dest))?;
+    }
+    (|| -> std::io::Result<()> {
+        for (name, data) in [("index.json", index), ("oci-layout", OCI_LAYOUT)] {
+            t.put(header(name, data.len() as u64, false)?.as_bytes())?;
+            t.put(data)?;
+            t.put(&[0u8; 512][..padding(data.len() as u64)])?;
+        }
+        t.put(&[0u8; 1024])
+    })()
+    .map_err(io_err(dest))
+}
+
+/// The tarball being written and where its end is.
+struct TarOut<'a> {
+    out: &'a fs::File,
+    pos: u64,
+}
+
+impl TarOut<'_> {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut w = self.out;
+        w.write_all(bytes)?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+/// Zero bytes after `size` bytes of data up to the next 512-byte block.
+fn padding(size: u64) -> usize {
+    ((512 - size % 512) % 512) as usize
+}
+
+/// The ustar header of a layout entry.
+fn header(path: &str, size: u64, dir: bool) -> std::io::Result<tar::Header> {
+    let mut h = tar::Header::new_ustar();
+    if dir {
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+    } else {
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+    }
+    h.set_size(size);
+    h.set_mtime(0);
+    h.set_path(path)?;
+    h.set_cksum();
+    Ok(h)
+}
+
+/// Why a blob's copy into the tarball failed.
+enum Copy {
+    /// The bytes written do not hash to the blob's digest.
+    Changed(kiln_snapshot::verify::BlobMismatch),
+    Io(std::io::Error),
+}
+
+/// Copies `size` bytes of blob `digest` (open as `src`) into `out` at `at`, in the kernel
+/// (`copy_file_range` under `std::io::copy`: no trip through user space), while another thread
+/// hashes what landed in `out`, one piece behind. What is hashed is the tarball's own bytes,
+/// so a blob changed on disk, or changing during the copy, fails the export: the caller
+/// removes the unfinished tarball. The bytes are read once to be hashed and never again.
+fn copy_verified(
+    src: &fs::File,
+    path: &Path,
+    size: u64,
+    out: &fs::File,
+    at: u64,
+    digest: &Digest,
+) -> Result<(), Copy> {
+    use std::os::unix::fs::FileExt;
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, u64)>();
+    std::thread::scope(|s| {
+        let hasher = s.spawn(move || -> std::io::Result<kiln_types::Sha256Writer> {
+            let mut hash = kiln_types::Sha256Writer::default();
+            let mut buf = vec![0u8; 1 << 20];
+            for (off, len) in rx {
+                let mut done = 0;
+                while done < len {
+                    let n =
+                        usize::try_from((len - done).min(buf.len() as u64)).unwrap_or(buf.len());
+                    out.read_exact_at(&mut buf[..n], off + done)?;
+                    hash.update(&buf[..n]);
+                    done += n as u64;
+                }
+            }
+            Ok(hash)
+        });
+        let copied = (|| -> std::io::Result<()> {
+            let mut done = 0;
+            let mut from = src;
+            let mut to = out;
+            while done < size {
+                let want = (size - done).min(PIECE);
+                let n = std::io::copy(&mut std::io::Read::take(&mut from, want), &mut to)?;
+                if n == 0 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("blob {} ended after {done} of {size} bytes", path.display()),
+                    ));
+                }
+                // A closed channel means the hasher failed: its error is reported below.
+                let _ = tx.send((at + done, n));
+                done += n;
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let hashed = hasher
+            .join()
+            .map_err(|_| Copy::Io(std::io::Error::other("the blob hashing thread failed")))?;
+        copied.map_err(Copy::Io)?;
+        let hash = hashed.map_err(Copy::Io)?;
+        let actual = hash.finish();
+        if actual != *digest {
+            return Err(Copy::Changed(kiln_snapshot::verify::BlobMismatch {
+                digest: *digest,
+                actual,
+                size,
+            }));
+        }
+        Ok(())
+    })
 }
 
 /// Reads back the index of a layout directory (used by tests and by `oci-layout://` sources).
@@ -204,6 +402,125 @@ mod tests {
         let image =
             crate::assemble_image(&store, &snap, config, crate::ImageOptions::gzip()).unwrap();
         (store, snap, image)
+    }
+
+    /// The tarball as `tar::Builder` writes it (what kiln wrote before the kernel copy).
+    fn builder_tarball(store: &Store, blobs: &[Digest], index: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, data: &[u8], dir: bool| {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(if dir {
+                tar::EntryType::Directory
+            } else {
+                tar::EntryType::Regular
+            });
+            h.set_mode(if dir { 0o755 } else { 0o644 });
+            h.set_size(data.len() as u64);
+            h.set_mtime(0);
+            b.append_data(&mut h, path, data).unwrap();
+        };
+        add("blobs/", b"", true);
+        add("blobs/sha256/", b"", true);
+        for d in blobs {
+            add(
+                &format!("blobs/sha256/{}", d.hex()),
+                &store.read_blob(d).unwrap(),
+                false,
+            );
+        }
+        add("index.json", index, false);
+        add("oci-layout", OCI_LAYOUT, false);
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn the_kernel_copied_tarball_has_the_bytes_of_a_tar_builder() {
+        let t = tempfile::tempdir().unwrap();
+        let (store, _, image) = store_with_image(&t);
+        // A blob larger than one copy piece, and one of an odd size, to test the pieces and
+        // the padding.
+        let mut x: u32 = 1;
+        let big: Vec<u8> = (0..PIECE as usize * 2 + 777)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8
+            })
+            .collect();
+        let extra = [
+            store.write_blob(&big).unwrap(),
+            store.write_blob(b"odd").unwrap(),
+        ];
+        let mut blobs = image.blobs();
+        blobs.extend(extra);
+        blobs.sort();
+        let index = br#"{"schemaVersion":2}"#;
+        let dest = t.path().join("out.tar");
+        write_tar(&store, &blobs, index, &dest).unwrap();
+        assert!(
+            fs::read(&dest).unwrap() == builder_tarball(&store, &blobs, index),
+            "the tarball differs from tar::Builder's"
+        );
+        assert!(!dest.with_extension("kiln-tmp").exists());
+    }
+
+    #[test]
+    fn the_same_image_exported_again_to_its_tarball_leaves_the_file_as_it_is() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let (store, snap, image) = store_with_image(&t);
+        let tar = t.path().join("out/app.tar");
+        export_oci(&store, &image, &[], &tar, true).unwrap();
+        let first = fs::read(&tar).unwrap();
+        let ino = fs::metadata(&tar).unwrap().ino();
+        // A no-op export: not copied again (a rewrite renames a new file into place).
+        export_oci(&store, &image, &[], &tar, true).unwrap();
+        assert_eq!(fs::metadata(&tar).unwrap().ino(), ino, "rewritten");
+        // Another name is another index: written again.
+        export_oci(&store, &image, &["app:2".to_owned()], &tar, true).unwrap();
+        let renamed = fs::metadata(&tar).unwrap().ino();
+        assert_ne!(renamed, ino);
+        export_oci(&store, &image, &[], &tar, true).unwrap();
+        assert_eq!(fs::read(&tar).unwrap(), first);
+
+        // A tarball changed after kiln wrote it, even in place and at the same size, is
+        // written again.
+        let ino = fs::metadata(&tar).unwrap().ino();
+        flip_byte(&tar, 700);
+        // As an editor would leave it (and so that a kernel with coarse timestamps sees it).
+        fs::File::options()
+            .write(true)
+            .open(&tar)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1))
+            .unwrap();
+        export_oci(&store, &image, &[], &tar, true).unwrap();
+        assert_ne!(fs::metadata(&tar).unwrap().ino(), ino);
+        assert_eq!(fs::read(&tar).unwrap(), first);
+        // So is a removed one, and one replaced by another file.
+        fs::remove_file(&tar).unwrap();
+        export_oci(&store, &image, &[], &tar, true).unwrap();
+        assert_eq!(fs::read(&tar).unwrap(), first);
+        fs::write(&tar, b"something else").unwrap();
+        export_oci(&store, &image, &[], &tar, true).unwrap();
+        assert_eq!(fs::read(&tar).unwrap(), first);
+
+        // Another image to the same file: written.
+        let config: kiln_types::image::ImageConfig = serde_json::from_str(
+            r#"{"architecture":"arm64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+        )
+        .unwrap();
+        let other =
+            crate::assemble_image(&store, &snap, config, crate::ImageOptions::gzip()).unwrap();
+        export_oci(&store, &other, &[], &tar, true).unwrap();
+        assert_ne!(fs::read(&tar).unwrap(), first);
+        // A relative destination names the same file.
+        let cwd = std::env::current_dir().unwrap();
+        let rel = tar.strip_prefix(&cwd).map(Path::to_path_buf);
+        if let Ok(rel) = rel {
+            let ino = fs::metadata(&tar).unwrap().ino();
+            export_oci(&store, &other, &[], &rel, true).unwrap();
+            assert_eq!(fs::metadata(&tar).unwrap().ino(), ino);
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use kiln_types::image::{
     Descriptor, ImageConfig, Index, Manifest, MEDIA_TYPE_DOCKER_MANIFEST,
     MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
 };
+use kiln_types::platform::PlatformMatcher;
 use kiln_types::Platform;
 
 /// The manifest media types accepted on pull.
@@ -100,34 +101,11 @@ pub(crate) fn check_layer_count(manifest: &Manifest, config: &ImageConfig) -> Re
     Ok(())
 }
 
-/// os, architecture and variant with the defaults filled in, so that `linux/arm64` equals
-/// `linux/arm64/v8` (as containerd's platform matcher does).
-fn normalize(p: &Platform) -> (String, String, Option<String>) {
-    let arch = match p.architecture.as_str() {
-        "x86_64" | "x86-64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    let variant = p.variant.as_deref().map(|v| match v {
-        "8" => "v8",
-        "7" => "v7",
-        "6" => "v6",
-        other => other,
-    });
-    let variant = match (arch, variant) {
-        ("arm64", None) => Some("v8"),
-        ("arm", None) => Some("v7"),
-        ("amd64", Some("v1")) => None,
-        (_, v) => v,
-    };
-    (
-        p.os.clone(),
-        arch.to_owned(),
-        variant.map(ToOwned::to_owned),
-    )
-}
-
-/// Picks the manifest for `want` from an index, or returns the platforms it offers.
+/// Picks the manifest for `want` from an index, or returns the platforms it offers. The choice
+/// is containerd's `platforms.Only(want)`, as BuildKit pulls: the best entry among those a
+/// `want` machine runs (`linux/arm64` takes `arm64/v8`, and 32-bit `arm/v8` .. `arm/v5` when no
+/// arm64 image is there; `linux/amd64` takes `386` but never `amd64/v3`, whose instructions
+/// an amd64 machine may lack), the first of equally good ones.
 pub(crate) fn select_platform<'a>(
     index: &'a Index,
     want: &Platform,
@@ -138,26 +116,18 @@ pub(crate) fn select_platform<'a>(
             return Ok(only);
         }
     }
-    let wanted = normalize(want);
-    let with_platform = || {
-        index
-            .manifests
-            .iter()
-            .filter_map(|d| d.platform.as_ref().map(|p| (d, normalize(p))))
-    };
-    if let Some((d, _)) = with_platform().find(|(_, p)| *p == wanted) {
-        return Ok(d);
-    }
-    // No variant asked for: any variant of the architecture will do.
-    if want.variant.is_none() {
-        if let Some((d, _)) = with_platform().find(|(_, p)| p.0 == wanted.0 && p.1 == wanted.1) {
-            return Ok(d);
-        }
-    }
-    Err(index
+    let with_platform: Vec<(&Descriptor, &Platform)> = index
         .manifests
         .iter()
-        .filter_map(|d| d.platform.as_ref())
+        .filter_map(|d| d.platform.as_ref().map(|p| (d, p)))
+        .collect();
+    let matcher = PlatformMatcher::only(want);
+    if let Some(i) = matcher.best(with_platform.iter().map(|(_, p)| *p)) {
+        return Ok(with_platform[i].0);
+    }
+    Err(with_platform
+        .iter()
+        .map(|(_, p)| *p)
         // attestation manifests carry unknown/unknown
         .filter(|p| p.os != "unknown")
         .map(ToString::to_string)
@@ -214,9 +184,54 @@ mod tests {
         );
         let idx = index(&["linux/arm64"]);
         assert_eq!(pick(&idx, "linux/arm64/v8").unwrap(), "linux/arm64");
-        assert!(pick(&idx, "linux/arm64/v9").is_err());
+        // A v9 core runs v8 code (containerd's table), a v8.2 one v8.1 and v8 code.
+        assert_eq!(pick(&idx, "linux/arm64/v9").unwrap(), "linux/arm64");
+        assert_eq!(pick(&idx, "linux/arm64/v8.2").unwrap(), "linux/arm64");
+    }
+
+    /// containerd's `platforms.Only`, which BuildKit pulls with: an amd64 machine does not take
+    /// an amd64/v3 image (it may lack the instructions), but an amd64/v3 one takes plain amd64.
+    #[test]
+    fn amd64_does_not_take_a_higher_micro_architecture() {
         let idx = index(&["linux/amd64/v3"]);
-        assert_eq!(pick(&idx, "linux/amd64").unwrap(), "linux/amd64/v3");
+        assert_eq!(
+            pick(&idx, "linux/amd64").unwrap_err(),
+            vec!["linux/amd64/v3"]
+        );
+        let idx = index(&["linux/amd64/v2", "linux/amd64", "linux/amd64/v3"]);
+        assert_eq!(pick(&idx, "linux/amd64").unwrap(), "linux/amd64");
+        assert_eq!(pick(&idx, "linux/amd64/v2").unwrap(), "linux/amd64/v2");
+        assert_eq!(pick(&idx, "linux/amd64/v4").unwrap(), "linux/amd64/v3");
+        // Without any amd64 image, an amd64 machine runs 386 code.
+        let idx = index(&["linux/arm64", "linux/386"]);
+        assert_eq!(pick(&idx, "linux/amd64").unwrap(), "linux/386");
+        assert_eq!(pick(&idx, "linux/amd64/v1").unwrap(), "linux/386");
+    }
+
+    /// arm64 takes 32-bit arm images (arm/v8 first, then v7, v6, v5) when there is no arm64
+    /// one, and prefers arm64 when there is; 32-bit arm never takes arm64.
+    #[test]
+    fn arm64_falls_back_to_32_bit_arm() {
+        let idx = index(&["linux/arm/v6", "linux/arm/v8", "linux/arm/v7"]);
+        assert_eq!(pick(&idx, "linux/arm64").unwrap(), "linux/arm/v8");
+        let idx = index(&["linux/arm/v5", "linux/arm/v7"]);
+        assert_eq!(pick(&idx, "linux/arm64").unwrap(), "linux/arm/v7");
+        let idx = index(&["linux/arm/v7", "linux/arm64/v8"]);
+        assert_eq!(pick(&idx, "linux/arm64").unwrap(), "linux/arm64/v8");
+        assert_eq!(pick(&idx, "linux/arm/v7").unwrap(), "linux/arm/v7");
+        let idx = index(&["linux/arm64"]);
+        assert!(pick(&idx, "linux/arm/v7").is_err());
+        // arm/v6 does not run v7 code; v7 runs v6.
+        let idx = index(&["linux/arm/v7"]);
+        assert!(pick(&idx, "linux/arm/v6").is_err());
+        let idx = index(&["linux/arm/v6"]);
+        assert_eq!(pick(&idx, "linux/arm").unwrap(), "linux/arm/v6");
+        // Spellings an index may hold as they are: aarch64 is arm64, armhf is arm/v7.
+        let mut idx = index(&["linux/ppc64le", "linux/ppc64le"]);
+        idx.manifests[0].platform = Some(Platform::new("linux", "aarch64", None));
+        idx.manifests[1].platform = Some(Platform::new("linux", "armhf", None));
+        assert_eq!(pick(&idx, "linux/arm64/v8").unwrap(), "linux/aarch64");
+        assert_eq!(pick(&idx, "linux/arm/v7").unwrap(), "linux/armhf");
     }
 
     #[test]

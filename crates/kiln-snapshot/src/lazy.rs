@@ -16,7 +16,7 @@ use kiln_types::Digest;
 
 use crate::import::{codec, decoder, extract_tar, Codec, ImportedLayer};
 use crate::layer_tar::Compression;
-use crate::store::{LayerBlob, LayerId, Store};
+use crate::store::{unique_name, LayerBlob, LayerId, Store};
 use crate::{io_err, Error, Result};
 
 /// The record of a blob-only layer, beside where `fs/` goes.
@@ -49,41 +49,23 @@ impl Store {
         let size = fs::metadata(&path)
             .map_err(io_err("stat layer blob", &path))?
             .len();
-        let layer = self.new_layer()?;
-        let dir = layer.private_dir().to_owned();
-        // No files yet: `fs/` appears when the layer is unpacked.
-        let fs_dir = layer.fs_dir();
-        fs::remove_dir(&fs_dir).map_err(io_err("remove", &fs_dir))?;
-        let record = |name: &str, blob: &LayerBlob| {
-            let p = dir.join(name);
-            let json = serde_json::to_vec(blob).map_err(|e| Error::Corrupt {
-                path: p.clone(),
-                why: e.to_string(),
-            })?;
-            fs::write(&p, json).map_err(io_err("write", &p))
-        };
+        // Made under tmp/ and renamed into place whole, as a layer directory is (and without
+        // `fs/`, which appears when the layer is unpacked).
         let lazy = LayerBlob {
             diff_id: *diff_id,
             digest: *blob,
             size,
             media_type: media_type.to_owned(),
         };
-        record(LAZY_RECORD, &lazy)?;
-        let exported = match codec {
-            Codec::Tar => Some(Compression::Uncompressed),
-            Codec::Gzip => Some(Compression::Gzip),
-            Codec::Zstd => None,
-        };
-        if let Some(c) = exported {
-            let form = LayerBlob {
-                media_type: c.media_type().to_owned(),
-                ..lazy.clone()
-            };
-            record(&format!("blob-{}.json", c.name()), &form)?;
+        let dir = self.temp_dir("layer")?;
+        let made = write_records(&dir, &lazy, codec);
+        let id = LayerId(unique_name());
+        let dest = self.root().join("layers").join(&id.0);
+        let made = made.and_then(|()| fs::rename(&dir, &dest).map_err(io_err("rename", &dest)));
+        if let Err(e) = made {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
         }
-        // Both records are inside the directory before it appears: the layer is whole or
-        // absent.
-        let id = layer.commit()?;
         self.index_put("by-diff-id", diff_id, &id.0)?;
         self.index_put("by-blob", blob, &diff_id.hex())?;
         Ok(ImportedLayer {
@@ -160,6 +142,33 @@ impl Store {
         let _ = fs::remove_dir_all(&tmp);
         result
     }
+}
+
+/// Writes the records of a blob-only layer into its directory `dir`: its blob, and, for gzip
+/// and plain tar blobs, the same blob as the layer's exported form.
+fn write_records(dir: &std::path::Path, lazy: &LayerBlob, codec: Codec) -> Result<()> {
+    let record = |name: &str, blob: &LayerBlob| {
+        let p = dir.join(name);
+        let json = serde_json::to_vec(blob).map_err(|e| Error::Corrupt {
+            path: p.clone(),
+            why: e.to_string(),
+        })?;
+        fs::write(&p, json).map_err(io_err("write", &p))
+    };
+    record(LAZY_RECORD, lazy)?;
+    let exported = match codec {
+        Codec::Tar => Some(Compression::Uncompressed),
+        Codec::Gzip => Some(Compression::Gzip),
+        Codec::Zstd => None,
+    };
+    if let Some(c) = exported {
+        let form = LayerBlob {
+            media_type: c.media_type().to_owned(),
+            ..lazy.clone()
+        };
+        record(&format!("blob-{}.json", c.name()), &form)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod du;
 mod explain;
 mod flags;
 mod generate;
+mod imagetools;
 mod output;
 mod output_spec;
 mod setup;
@@ -77,6 +78,12 @@ enum Command {
     Setup {
         #[command(subcommand)]
         command: setup::SetupCommand,
+    },
+    /// Work on images in registries: `inspect` shows an index with its platforms, `create`
+    /// merges images into one index without pulling layers (as buildx imagetools).
+    Imagetools {
+        #[command(subcommand)]
+        command: imagetools::ImagetoolsCommand,
     },
 }
 
@@ -285,6 +292,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Prune(args) => du::prune(&config()?.root.value, &args),
         Command::Verify(args) => verify::run(&config()?.root.value, &args),
         Command::Setup { command } => setup::run(&command),
+        Command::Imagetools { command } => imagetools::run(&command, &config()?),
     }
 }
 

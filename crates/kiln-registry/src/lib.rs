@@ -11,6 +11,7 @@
 mod auth;
 mod diff_ids;
 mod error;
+mod imagetools;
 mod layout;
 mod reference;
 mod remote;
@@ -25,6 +26,7 @@ use kiln_types::image::{Descriptor, ImageConfig, Manifest};
 use kiln_types::{Digest, Platform};
 
 pub use error::{Category, DiffIdMismatch, Error, Op};
+pub use imagetools::{media_type_of, BlobCopy, CopyReport};
 pub use reference::{is_loopback, ImageRef, LayoutRef, Reference};
 pub use select::{parse_config, parse_document, Document, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE};
 

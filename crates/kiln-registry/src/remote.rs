@@ -25,6 +25,8 @@ use crate::select::{
 };
 use crate::{Category, Error, HostOptions, Op, Reference, RegistryOptions, ResolvedImage};
 
+mod transfer;
+
 /// Attempts per request, and the first back-off delay (multiplied by 4 each time: 200 ms,
 /// 800 ms), so that an unreachable registry fails in about a second.
 const ATTEMPTS: u32 = 3;

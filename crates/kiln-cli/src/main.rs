@@ -13,6 +13,7 @@ mod explain;
 mod flags;
 mod generate;
 mod imagetools;
+mod multiplatform;
 mod output;
 mod output_spec;
 mod setup;
@@ -349,16 +350,14 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
         }
         (None, false) => None,
     };
-    // Another platform than the host's builds as long as no RUN step needs to execute its
-    // binaries (FROM, COPY, ADD, config): those would need binfmt_misc emulation on the host.
-    let platform = match &args.platform {
-        None => Platform::host(),
-        Some(p) if p.contains(',') => {
-            bail!("--platform {p}: multi-platform builds are not supported yet; build one platform at a time")
-        }
-        // Normalized as BuildKit's frontends do: `linux/arm64/v8` builds `linux/arm64`.
-        Some(p) => p.parse::<Platform>()?.normalize(),
+    // `--platform a,b,...` (as buildx) builds every platform in one solve into an index; RUN
+    // steps of a platform the host does not run need emulation, which the engine checks (and
+    // registers when it can) before the build starts.
+    let platforms = match &args.platform {
+        None => Vec::new(),
+        Some(p) => multiplatform::parse_platforms(p)?,
     };
+    let platform = platforms.first().cloned().unwrap_or_else(Platform::host);
     let mut build_args = BTreeMap::new();
     for a in &args.build_args {
         match a.split_once('=') {
@@ -482,6 +481,7 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
         target: args.target.clone(),
         no_cache: args.no_cache,
         platform,
+        platforms,
         exports: exports.clone(),
         tags: args.tags.clone(),
         secrets: args
@@ -621,10 +621,13 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
     renderer.finish();
     // What scripts read back, written once the build succeeded, as buildx writes it.
     if let Ok(outcome) = &result {
-        let image = outcome.image.as_ref().map(|img| output::BuiltImage {
-            manifest: img.manifest.clone(),
-            config: img.manifest_doc.config.digest,
-            created: created.clone(),
+        let image = multiplatform::built_index(outcome, &created);
+        let image = image.or_else(|| {
+            outcome.image.as_ref().map(|img| output::BuiltImage {
+                manifest: img.manifest.clone(),
+                config: img.manifest_doc.config.digest,
+                created: created.clone(),
+            })
         });
         if let Some(path) = &args.iidfile {
             output::write_iidfile(path, &output::image_id(image.as_ref()))?;
@@ -681,9 +684,10 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
                 .iter()
                 .filter(|(_, s)| matches!(s, Status::Executed { .. }))
                 .count();
-            let what = match &outcome.image {
-                Some(img) => img.manifest.digest.to_string(),
-                None => "the result".to_owned(),
+            let what = match (&outcome.index, &outcome.image) {
+                (Some(index), _) => index.digest.to_string(),
+                (None, Some(img)) => img.manifest.digest.to_string(),
+                (None, None) => "the result".to_owned(),
             };
             // Programs reading rawjson get no human summary line; buildx prints none either.
             if mode == Mode::RawJson {

@@ -136,10 +136,13 @@ pub fn metadata(image: Option<&BuiltImage>, exports: &[Export], tags: &[String])
         "containerimage.digest".to_owned(),
         json!(image.manifest.digest.to_string()),
     );
-    out.insert(
-        "containerimage.config.digest".to_owned(),
-        json!(image.config.to_string()),
-    );
+    // An index (a multi-platform build) has no one config: BuildKit reports none.
+    if !crate::multiplatform::is_index(&image.manifest.media_type) {
+        out.insert(
+            "containerimage.config.digest".to_owned(),
+            json!(image.config.to_string()),
+        );
+    }
     // BuildKit's descriptor carries the manifest-descriptor annotations, then `created`.
     let mut annotations = image.manifest.annotations.clone();
     annotations

@@ -12,6 +12,7 @@ mod export;
 mod fileop;
 pub mod gc;
 mod local;
+mod platforms;
 mod remote_cache;
 mod remote_context;
 mod rootpath;
@@ -195,6 +196,9 @@ pub enum Error {
     /// The build was cancelled (Ctrl-C, or another step failed) while this waited.
     #[error("the build was cancelled")]
     Cancelled,
+    /// A platform whose RUN steps cannot run here (no emulator, or it cannot be registered).
+    #[error(transparent)]
+    Emulation(kiln_emulation::Error),
     /// A step failed; `location` is its build-file line when the frontend recorded it.
     #[error("{source}")]
     Step {
@@ -489,6 +493,9 @@ pub struct BuildRequest {
     pub no_cache: bool,
     /// Target platform.
     pub platform: Platform,
+    /// `--platform a,b,...`: every target platform, built in one solve (`platforms.rs`) into
+    /// an image index; empty (or one) builds `platform` alone.
+    pub platforms: Vec<Platform>,
     /// `--output` destinations.
     pub exports: Vec<Export>,
     /// `-t` names.
@@ -527,6 +534,9 @@ pub struct BuildRequest {
 pub struct BuildOutcome {
     /// The assembled image, when an image export (`type=oci`) was asked for.
     pub image: Option<Image>,
+    /// A multi-platform build's image index (its descriptor), when an image export was
+    /// asked for.
+    pub index: Option<kiln_types::image::Descriptor>,
     /// Every vertex the solve needed and whether it ran or was cached, in graph order.
     pub steps: Vec<(String, Status)>,
     /// Frontend warnings.
@@ -593,6 +603,9 @@ impl Engine {
         progress: Arc<dyn ProgressSink<Digest>>,
         cancel: CancellationToken,
     ) -> Result<BuildOutcome, Error> {
+        if req.platforms.len() > 1 && req.call.is_none() {
+            return self.build_platforms(req, progress, cancel).await;
+        }
         // While it is held, a collector spares what this build takes and makes (gc.rs).
         let lease = self.store.lease()?;
         let source = read_build_file(&req.dockerfile).map_err(|source| Error::Dockerfile {
@@ -764,6 +777,7 @@ impl Engine {
                 })?;
             return Ok(BuildOutcome {
                 image: None,
+                index: None,
                 steps: Vec::new(),
                 warnings: resp.warnings,
                 frontend: frontend.name().to_owned(),
@@ -775,6 +789,8 @@ impl Engine {
         // Solve.
         let mut def = resp.definition;
         check_entitlements(&def, &req.allow)?;
+        // RUN steps of another platform need their emulator before anything runs.
+        platforms::ensure_emulation(&def, progress.as_ref())?;
         // Outputs that cannot be written fail now, not after the build.
         export::check(&req.exports, source_date_epoch(&req.build_args)?)?;
         // Key files get an agent of their own for the build; dropped (killed) on every way out.
@@ -928,6 +944,7 @@ impl Engine {
         }
         Ok(BuildOutcome {
             image,
+            index: None,
             steps,
             warnings,
             frontend: frontend.name().to_owned(),

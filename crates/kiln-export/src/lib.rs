@@ -10,6 +10,7 @@
 mod docker;
 mod format;
 mod image;
+mod index;
 mod local;
 mod oci;
 mod tar_fs;
@@ -17,9 +18,10 @@ mod tar_fs;
 pub use docker::{docker_daemon_answers, export_docker, load_docker};
 pub use format::{Annotation, AnnotationKind, CompressionKind, ImageFormat};
 pub use image::{assemble_image, Image, ImageOptions};
+pub use index::{assemble_index, export_oci_index, ImageIndex};
 pub use local::export_local;
 pub use oci::{export_oci, read_index};
-pub use tar_fs::{export_tar, TarDest};
+pub use tar_fs::{export_tar, export_tar_dir, TarDest};
 
 /// Errors of the exporters.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use crate::{io_err, Image, Result};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 /// containerd's annotation with the full image name; BuildKit writes it too.
-const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
+pub(crate) const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
 
 /// Writes `image` as an OCI image layout: a tarball at `dest`, or a directory when `as_tar` is
 /// false. `names` (from `-t`) become the index annotations; the ref name is the tag
@@ -53,12 +53,12 @@ pub fn export_oci(
 }
 
 /// The tag of image name `name`, `latest` when it has none.
-fn tag_of(name: &str) -> Result<String> {
+pub(crate) fn tag_of(name: &str) -> Result<String> {
     let r = Reference::parse_normalized(name)?;
     Ok(r.tag.unwrap_or_else(|| DEFAULT_TAG.to_owned()))
 }
 
-fn write_dir(store: &Store, blobs: &[Digest], index: &[u8], dest: &Path) -> Result<()> {
+pub(crate) fn write_dir(store: &Store, blobs: &[Digest], index: &[u8], dest: &Path) -> Result<()> {
     let blob_dir = dest.join("blobs/sha256");
     fs::create_dir_all(&blob_dir).map_err(io_err(&blob_dir))?;
     for d in blobs {
@@ -83,7 +83,7 @@ fn write_dir(store: &Store, blobs: &[Digest], index: &[u8], dest: &Path) -> Resu
     Ok(())
 }
 
-fn write_tar(store: &Store, blobs: &[Digest], index: &[u8], dest: &Path) -> Result<()> {
+pub(crate) fn write_tar(store: &Store, blobs: &[Digest], index: &[u8], dest: &Path) -> Result<()> {
     if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
@@ -354,7 +354,7 @@ pub fn read_index(dir: &Path) -> Result<Index> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]

@@ -22,11 +22,17 @@ pub enum TarDest {
 /// Writes the filesystem of `snapshot` as a tar to `dest`.
 pub fn export_tar(store: &Store, snapshot: &Snapshot, dest: &TarDest) -> Result<()> {
     let view = ReadView::new(store, snapshot)?;
+    export_tar_dir(view.path(), dest)
+}
+
+/// Writes the directory `root` as a tar to `dest` (a multi-platform result gathered into one
+/// tree, `linux_amd64/...`, as BuildKit's tar exporter writes it).
+pub fn export_tar_dir(root: &Path, dest: &TarDest) -> Result<()> {
     match dest {
         TarDest::Stdout => {
             let stdout = io::stdout().lock();
-            let mut w = write_tree(view.path(), io::BufWriter::new(stdout))
-                .map_err(io_err(Path::new("-")))?;
+            let mut w =
+                write_tree(root, io::BufWriter::new(stdout)).map_err(io_err(Path::new("-")))?;
             w.flush().map_err(io_err(Path::new("-")))
         }
         TarDest::File(path) => {
@@ -35,7 +41,7 @@ pub fn export_tar(store: &Store, snapshot: &Snapshot, dest: &TarDest) -> Result<
             }
             let tmp = path.with_extension("kiln-tmp");
             let file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-            let res = write_tree(view.path(), io::BufWriter::new(file)).and_then(|mut w| {
+            let res = write_tree(root, io::BufWriter::new(file)).and_then(|mut w| {
                 w.flush()?;
                 w.get_ref().sync_all()
             });

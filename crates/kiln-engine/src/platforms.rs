@@ -1,0 +1,746 @@
+//! Multi-platform builds (`--platform a,b,...`), as buildx drives BuildKit: the frontend is
+//! asked once per platform (each answer is one platform's graph and image config), and every
+//! graph goes into ONE solve. Vertex digests cover only the op and its inputs, so a stage
+//! whose inputs do not depend on the target platform (`FROM --platform=$BUILDPLATFORM ...`
+//! that never reads `TARGETARCH`) is the same vertex in every graph and is built once.
+//! The results are exported as an image index (one manifest per platform), per-platform
+//! directories (`type=local`, `type=tar`: `linux_amd64/`...), or refused (`type=docker`).
+//!
+//! Also the emulation check every build makes before it solves: the platforms whose RUN steps
+//! would execute foreign binaries get their QEMU handler (registered when missing and
+//! possible), or the build fails before any step runs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_export::{Image, ImageFormat, ImageIndex, ImageOptions};
+use kiln_graph::{Definition, Op, SourceOp};
+use kiln_plugin_sdk::proto::{Diagnostic, FrontendRequest};
+use kiln_snapshot::{Snapshot, Store};
+use kiln_solver::{CancellationToken, Event, ProgressSink};
+use kiln_types::image::{Descriptor, ImageConfig};
+use kiln_types::{Digest, Platform};
+
+use crate::{
+    check_entitlements, default_concurrency, exec, explain, remote_cache, services,
+    source_date_epoch, syntax, BuildOutcome, BuildRequest, Engine, Entitlement, Error, Export,
+    NetworkMode,
+};
+
+/// BuildKit's docker exporter refuses an index with this message (buildx shows it as is).
+pub(crate) const DOCKER_MULTI_PLATFORM: &str =
+    "docker exporter does not currently support exporting manifest lists";
+
+/// The platforms whose RUN steps `def` runs: for each exec step, the platform of the image
+/// its root filesystem comes from (followed down through the steps that made the root). A
+/// root built from `scratch` or a local directory names no platform.
+pub(crate) fn exec_platforms(def: &Definition) -> BTreeSet<Platform> {
+    let mut out = BTreeSet::new();
+    for v in &def.vertices {
+        let Op::Exec(e) = &v.op else { continue };
+        let root = e
+            .mounts
+            .iter()
+            .find(|m| m.dest == "/")
+            .and_then(|m| m.input)
+            .and_then(|i| v.inputs.get(i as usize))
+            .map(|edge| edge.vertex);
+        let mut cur = root;
+        let mut seen = HashSet::new();
+        while let Some(id) = cur.filter(|id| seen.insert(*id)) {
+            let Some(u) = def.vertex(&id) else { break };
+            cur = match &u.op {
+                Op::Source(SourceOp::Image(img)) => {
+                    out.insert(img.platform.normalize());
+                    None
+                }
+                Op::Source(_) | Op::Custom(_) => None,
+                Op::Exec(x) => x
+                    .mounts
+                    .iter()
+                    .find(|m| m.dest == "/")
+                    .and_then(|m| m.input)
+                    .and_then(|i| u.inputs.get(i as usize))
+                    .map(|edge| edge.vertex),
+                // A file op and a merge write onto their first input; a diff's base is it too.
+                Op::File(_) | Op::Merge | Op::Diff => u.inputs.first().map(|edge| edge.vertex),
+            };
+        }
+    }
+    out
+}
+
+/// Before anything is solved: every platform whose RUN steps `def` runs must run here,
+/// natively or through a QEMU handler (`kiln-emulation` registers one that is missing when
+/// it can). Fails with the platform and the package to install otherwise.
+pub(crate) fn ensure_emulation(
+    def: &Definition,
+    progress: &dyn ProgressSink<Digest>,
+) -> Result<(), Error> {
+    let platforms = exec_platforms(def);
+    if platforms.is_empty() {
+        return Ok(());
+    }
+    let emulation = kiln_emulation::Emulation::from_host();
+    for p in platforms {
+        let support = emulation.ensure(&p).map_err(Error::Emulation)?;
+        if let kiln_emulation::Support::Emulated {
+            registered: true, ..
+        } = support
+        {
+            let (id, name) = (
+                Digest::of(b"internal:emulation"),
+                "[internal] emulation".to_owned(),
+            );
+            progress.send(Event::Log {
+                id,
+                name,
+                line: format!("registered the QEMU binfmt_misc handler for {p}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The directory (or tar prefix) of `platform` in a multi-platform local export: BuildKit's
+/// `platforms.Format` with `/` replaced by `_` (`linux_amd64`, `linux_arm_v7`).
+pub(crate) fn platform_dir(platform: &Platform) -> String {
+    platform.normalize().to_string().replace('/', "_")
+}
+
+/// Joins the graphs of several platforms into one: vertices by digest (a vertex the graphs
+/// share appears once; each graph lists inputs first, so the union does too), the outputs in
+/// platform order. A step of one platform's graph only is named with its platform, as BuildKit
+/// shows them (`[linux/arm64 stage-1 1/2] COPY ...`); a shared one keeps its name.
+pub(crate) fn merge_definitions(platforms: &[Platform], defs: Vec<Definition>) -> Definition {
+    let mut users: HashMap<Digest, usize> = HashMap::new();
+    for def in &defs {
+        let mut mine = HashSet::new();
+        for v in &def.vertices {
+            if mine.insert(v.digest) {
+                *users.entry(v.digest).or_default() += 1;
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut merged = Definition {
+        vertices: Vec::new(),
+        outputs: Vec::new(),
+    };
+    for (platform, def) in platforms.iter().zip(defs) {
+        for mut v in def.vertices {
+            if !seen.insert(v.digest) {
+                continue;
+            }
+            if users.get(&v.digest) == Some(&1) {
+                v.meta.description = match v.meta.description.strip_prefix('[') {
+                    Some(rest) => format!("[{platform} {rest}"),
+                    None => format!("[{platform}] {}", v.meta.description),
+                };
+            }
+            merged.vertices.push(v);
+        }
+        merged.outputs.push(def.outputs.first().copied().flatten());
+    }
+    merged
+}
+
+/// One platform's result.
+struct Built {
+    platform: Platform,
+    snapshot: Snapshot,
+    config: ImageConfig,
+}
+
+impl Engine {
+    /// Builds `req.platforms` (two or more) in one solve and exports the results.
+    pub(crate) async fn build_platforms(
+        &self,
+        req: BuildRequest,
+        progress: Arc<dyn ProgressSink<Digest>>,
+        cancel: CancellationToken,
+    ) -> Result<BuildOutcome, Error> {
+        if !req.cache_to.is_empty() {
+            return Err(Error::Unsupported(
+                "--cache-to with several --platform values is not supported yet".into(),
+            ));
+        }
+        if req
+            .exports
+            .iter()
+            .any(|e| matches!(e, Export::Docker { .. } | Export::Load { .. }))
+        {
+            return Err(Error::Unsupported(DOCKER_MULTI_PLATFORM.into()));
+        }
+        let lease = self.store.lease()?;
+        let source =
+            crate::read_build_file(&req.dockerfile).map_err(|source| Error::Dockerfile {
+                path: req.dockerfile.clone(),
+                source,
+            })?;
+        let filename = req
+            .dockerfile
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".to_owned());
+        let chosen = syntax::choose(req.frontend.as_deref(), &req.build_args, &source)?;
+        let frontend = syntax::resolve(&self.plugins, &chosen, &self.plugin_dirs)?;
+        let load_id =
+            Digest::of(format!("internal:definition:{}", req.dockerfile.display()).as_bytes());
+        let load_name = format!("[internal] load build definition from {filename}");
+        progress.send(Event::Started {
+            id: load_id,
+            name: load_name.clone(),
+        });
+        let started = std::time::Instant::now();
+        let mut build_args = req.build_args.clone();
+        build_args.remove("BUILDKIT_SYNTAX");
+        let (contexts, options) = frontend_options(&req)?;
+        let services = Arc::new(services::EngineServices::new(
+            contexts.clone(),
+            self.plugins.clone(),
+            self.registry.clone(),
+            self.store.clone(),
+            tokio::runtime::Handle::current(),
+            progress.clone(),
+            load_id,
+            load_name.clone(),
+            cancel.clone(),
+        ));
+        let net_cancel = cancel.child_token();
+        let _stop_net = net_cancel.clone().drop_guard();
+        let imports = tokio::spawn(remote_cache::read_imports(
+            req.cache_from.clone(),
+            remote_cache::Net {
+                registry: self.registry.clone(),
+                handle: tokio::runtime::Handle::current(),
+                cancel: net_cancel,
+            },
+            self.store.clone(),
+        ));
+        // The frontend once per platform, as BuildKit's Dockerfile frontend makes one LLB per
+        // platform; its base images are resolved per platform from their index.
+        let mut defs = Vec::new();
+        let mut configs = Vec::new();
+        let mut warnings = Vec::new();
+        for platform in &req.platforms {
+            let freq = FrontendRequest {
+                source: source.clone(),
+                filename: filename.clone(),
+                build_args: build_args.clone(),
+                target: req.target.clone(),
+                platform: platform.clone(),
+                no_cache: req.no_cache,
+                no_cache_filter: req.no_cache_filter.clone(),
+                contexts: contexts.keys().cloned().collect(),
+                options: options.clone(),
+            };
+            let fe = frontend.clone();
+            let svc = services.clone();
+            let resp = tokio::task::spawn_blocking(move || fe.frontend_build(&freq, svc.as_ref()))
+                .await
+                .map_err(|e| Error::Unsupported(format!("frontend task failed: {e}")))?;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(_) if cancel.is_cancelled() => {
+                    progress.send(Event::Cancelled {
+                        id: load_id,
+                        name: load_name,
+                    });
+                    return Err(Error::Cancelled);
+                }
+                Err(e) => {
+                    progress.send(Event::Error {
+                        id: load_id,
+                        name: load_name,
+                        message: format!("{platform}: {e}"),
+                    });
+                    return Err(match e.plugin_error() {
+                        Some(pe) if pe.location.is_some() => Error::Frontend(pe.clone()),
+                        _ => Error::Plugin(e),
+                    });
+                }
+            };
+            for w in resp.warnings {
+                if !warnings.contains(&w) {
+                    warnings.push(w);
+                }
+            }
+            defs.push(resp.definition);
+            configs.push(resp.config);
+        }
+        progress.send(Event::Done {
+            id: load_id,
+            name: load_name,
+            duration: started.elapsed(),
+        });
+
+        let mut def = merge_definitions(&req.platforms, defs);
+        check_entitlements(&def, &req.allow)?;
+        crate::export::check(&req.exports, source_date_epoch(&req.build_args)?)?;
+        ensure_emulation(&def, progress.as_ref())?;
+        let (ssh, _agents) = crate::ssh_agent::serve(&req.ssh)?;
+        let (imported, import_warnings) = imports
+            .await
+            .map_err(|e| Error::Unsupported(format!("cache import task failed: {e}")))??;
+        warnings.extend(import_warnings);
+        if req.no_cache {
+            for v in &mut def.vertices {
+                v.meta.ignore_cache = true;
+            }
+        }
+        let ops = Arc::new(exec::OpExecutor::new(
+            exec::BuildEnv {
+                store: self.store.clone(),
+                index: self.index.clone(),
+                plugins: self.plugins.clone(),
+                contexts,
+                cache_mounts: remote_cache::cache_mounts_for(
+                    &self.cache_mounts,
+                    &imported,
+                    &self.store,
+                ),
+                secrets: req.secrets.clone(),
+                ssh,
+                run_options: req.run_options.clone(),
+                runtime: req.runtime,
+                registry: self.registry.clone(),
+                handle: tokio::runtime::Handle::current(),
+                imported,
+                explain: Arc::new(explain::Recorder::default()),
+            },
+            &def,
+        ));
+        let graph = kiln_solver::Graph::new(def.vertices.iter().map(|v| {
+            kiln_solver::Vertex::new(
+                v.digest,
+                v.meta.description.clone(),
+                v.inputs.iter().map(|e| e.vertex).collect::<Vec<_>>(),
+            )
+        }))?;
+        let solver = kiln_solver::Solver::new(ops)
+            .with_progress(progress.clone())
+            .with_concurrency(self.concurrency.unwrap_or_else(default_concurrency));
+        // Platforms with the same result ask for it once.
+        let mut targets: Vec<Digest> = Vec::new();
+        for edge in def.outputs.iter().flatten() {
+            if !targets.contains(&edge.vertex) {
+                targets.push(edge.vertex);
+            }
+        }
+        let solution = solver.solve(&graph, &targets, &cancel).await.map_err(|e| {
+            let location = match &e {
+                kiln_solver::Error::Vertex { id, .. } => {
+                    def.vertex(id).and_then(|v| v.meta.source.clone())
+                }
+                _ => None,
+            };
+            Error::Step {
+                location,
+                source: e,
+            }
+        })?;
+        let steps = solution
+            .vertices
+            .iter()
+            .map(|(id, st)| {
+                let name = def
+                    .vertex(id)
+                    .map(|v| v.meta.description.clone())
+                    .unwrap_or_default();
+                (name, *st)
+            })
+            .collect();
+        let built: Vec<Built> = req
+            .platforms
+            .iter()
+            .zip(def.outputs.iter())
+            .zip(configs)
+            .map(|((platform, out), config)| {
+                let snapshot = out
+                    .and_then(|edge| targets.iter().position(|t| *t == edge.vertex))
+                    .and_then(|i| solution.outputs.get(i).cloned())
+                    .unwrap_or_default();
+                Built {
+                    platform: platform.clone(),
+                    snapshot,
+                    config,
+                }
+            })
+            .collect();
+
+        let index = if req.exports.is_empty() {
+            None
+        } else {
+            self.export_platforms(&req, built, progress.clone()).await?
+        };
+        drop(lease);
+        let (store, index_db, policy) = (self.store.clone(), self.index.clone(), self.gc);
+        let collected =
+            tokio::task::spawn_blocking(move || crate::gc::after_build(&store, &index_db, &policy))
+                .await;
+        let failed = match collected {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = failed {
+            warnings.push(Diagnostic {
+                message: format!("garbage collection of the store failed: {why}"),
+                location: None,
+            });
+        }
+        Ok(BuildOutcome {
+            image: None,
+            index,
+            steps,
+            warnings,
+            frontend: frontend.name().to_owned(),
+            call_result: None,
+            explain: Vec::new(),
+        })
+    }
+
+    /// Writes every export of a multi-platform result; returns the index of the first image
+    /// export.
+    async fn export_platforms(
+        &self,
+        req: &BuildRequest,
+        built: Vec<Built>,
+        progress: Arc<dyn ProgressSink<Digest>>,
+    ) -> Result<Option<Descriptor>, Error> {
+        let store = self.store.clone();
+        let exports = req.exports.clone();
+        let epoch = source_date_epoch(&req.build_args)?;
+        let tags = req.tags.clone();
+        let registry = self.registry.clone();
+        let handle = tokio::runtime::Handle::current();
+        let export_id = Digest::of(b"internal:export");
+        let export_name = "exporting to image".to_owned();
+        progress.send(Event::Started {
+            id: export_id,
+            name: export_name.clone(),
+        });
+        let started = std::time::Instant::now();
+        let sink = progress.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<Option<Descriptor>, Error> {
+            let mut indexes: Vec<(ImageFormat, ImageIndex)> = Vec::new();
+            let mut first = None;
+            for e in &exports {
+                let mut index_for = |format: &ImageFormat| -> Result<ImageIndex, Error> {
+                    if let Some((_, i)) = indexes.iter().find(|(f, _)| f == format) {
+                        return Ok(i.clone());
+                    }
+                    let images = built
+                        .iter()
+                        .map(|b| {
+                            kiln_export::assemble_image(
+                                &store,
+                                &b.snapshot,
+                                b.config.clone(),
+                                ImageOptions {
+                                    format: format.clone(),
+                                    source_date_epoch: epoch,
+                                },
+                            )
+                        })
+                        .collect::<Result<Vec<Image>, _>>()?;
+                    let idx = kiln_export::assemble_index(&store, images)?;
+                    indexes.push((format.clone(), idx.clone()));
+                    Ok(idx)
+                };
+                match e {
+                    Export::Oci { dest, tar, format } => {
+                        let idx = index_for(format)?;
+                        kiln_export::export_oci_index(&store, &idx, &tags, dest, *tar)?;
+                        first.get_or_insert(idx.descriptor);
+                    }
+                    Export::Registry { names, format } => {
+                        let idx = index_for(format)?;
+                        push_index(&store, &registry, &handle, &idx, names, sink.as_ref())?;
+                        first.get_or_insert(idx.descriptor);
+                    }
+                    Export::Local { dest } => {
+                        for b in &built {
+                            let dir = dest.join(platform_dir(&b.platform));
+                            kiln_export::export_local(&store, &b.snapshot, &dir)?;
+                        }
+                    }
+                    Export::Tar { dest } => export_tar(&store, &built, dest)?,
+                    Export::Docker { .. } | Export::Load { .. } => {
+                        return Err(Error::Unsupported(DOCKER_MULTI_PLATFORM.into()))
+                    }
+                }
+            }
+            Ok(first)
+        })
+        .await
+        .map_err(|e| Error::Unsupported(format!("export task failed: {e}")))?;
+        match &result {
+            Ok(index) => {
+                if let Some(d) = index {
+                    progress.send(Event::Log {
+                        id: export_id,
+                        name: export_name.clone(),
+                        line: format!("writing image index {}", d.digest),
+                    });
+                }
+                progress.send(Event::Done {
+                    id: export_id,
+                    name: export_name,
+                    duration: started.elapsed(),
+                });
+            }
+            Err(e) => progress.send(Event::Error {
+                id: export_id,
+                name: export_name,
+                message: e.to_string(),
+            }),
+        }
+        result
+    }
+}
+
+/// The local directories served to the frontend by name, and the frontend's options.
+type FrontendInputs = (BTreeMap<String, PathBuf>, BTreeMap<String, String>);
+
+/// The contexts served to the frontend and its options, as [`Engine::build`] makes them.
+fn frontend_options(req: &BuildRequest) -> Result<FrontendInputs, Error> {
+    let mut contexts = BTreeMap::from([("context".to_owned(), req.context.clone())]);
+    let mut options = BTreeMap::new();
+    for (k, v) in &req.labels {
+        options.insert(format!("label:{k}"), v.clone());
+    }
+    match req.network {
+        NetworkMode::Default => {}
+        NetworkMode::None => {
+            options.insert("force-network-mode".to_owned(), "none".to_owned());
+        }
+        NetworkMode::Host => {
+            if !req.allow.contains(&Entitlement::NetworkHost) {
+                return Err(Error::Entitlement {
+                    entitlement: Entitlement::NetworkHost,
+                    why: "--network host",
+                    location: None,
+                });
+            }
+            options.insert("force-network-mode".to_owned(), "host".to_owned());
+        }
+    }
+    for (name, value) in &req.build_contexts {
+        if value.starts_with("docker-image://")
+            || value.starts_with("oci-layout://")
+            || crate::remote_context::is_remote_url(value)
+        {
+            options.insert(format!("context:{name}"), value.clone());
+        } else if value.contains("://") {
+            return Err(Error::Unsupported(format!(
+                "--build-context {name}={value}: expected a directory, docker-image://, \
+                 oci-layout://, a git URL or an http(s) URL"
+            )));
+        } else {
+            let dir = std::fs::canonicalize(value).map_err(|e| Error::Context {
+                context: name.clone(),
+                message: format!("{value}: {e}"),
+            })?;
+            options.insert(format!("context:{name}"), format!("local:{name}"));
+            contexts.insert(name.clone(), dir);
+        }
+    }
+    Ok((contexts, options))
+}
+
+/// `type=tar` of several platforms: one tar whose top directories are the platforms
+/// (`linux_amd64/...`), as BuildKit's tar exporter writes a multi-platform result. Each
+/// platform's tree is exported into a scratch directory of the store, then the whole is
+/// written as one tar.
+fn export_tar(store: &Store, built: &[Built], dest: &kiln_export::TarDest) -> Result<(), Error> {
+    let scratch = store.temp_dir("multi-platform-tar")?;
+    let res = (|| -> Result<(), Error> {
+        let root = scratch.join("root");
+        for b in built {
+            kiln_export::export_local(store, &b.snapshot, &root.join(platform_dir(&b.platform)))?;
+        }
+        Ok(kiln_export::export_tar_dir(&root, dest)?)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    res
+}
+
+/// Pushes an index to each of `names`: each platform's manifest with its blobs, then the
+/// index, which the tag ends up naming. The manifests are pushed under the tag too (the
+/// registry client pushes by tag only; the index replaces them at once), so the registry
+/// holds them by digest as the index requires.
+fn push_index(
+    store: &Store,
+    registry: &kiln_registry::Registry,
+    handle: &tokio::runtime::Handle,
+    index: &ImageIndex,
+    names: &[String],
+    progress: &dyn ProgressSink<Digest>,
+) -> Result<(), Error> {
+    for d in index.blobs() {
+        if let kiln_snapshot::verify::BlobState::Changed(m) = store.check_blob(&d)? {
+            return Err(kiln_snapshot::Error::BlobChanged(m).into());
+        }
+    }
+    for image in &index.images {
+        crate::push(store, registry, handle, image, names, progress)?;
+    }
+    let bytes = store.read_blob(&index.descriptor.digest)?;
+    for name in names {
+        let target = match name.parse::<kiln_registry::ImageRef>()? {
+            kiln_registry::ImageRef::Registry(r) => r,
+            kiln_registry::ImageRef::Layout(_) => {
+                return Err(Error::Unsupported(format!(
+                    "cannot push to {name}: use --output type=oci,dest=DIR,tar=false for a layout"
+                )))
+            }
+        };
+        let digest = handle.block_on(registry.push(
+            &target,
+            &[],
+            &bytes,
+            &index.descriptor.media_type,
+            store,
+        ))?;
+        progress.send(Event::Log {
+            id: Digest::of(b"internal:export"),
+            name: "exporting to image".to_owned(),
+            line: format!("pushed {target}@{digest}"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_graph::{ExecBuilder, ImageSource, Mount, MountKind, State};
+
+    fn image(platform: &str) -> State {
+        State::image(
+            ImageSource {
+                reference: "docker.io/library/busybox:latest".into(),
+                platform: platform.parse().unwrap(),
+            },
+            "[build 1/2] FROM busybox",
+        )
+    }
+
+    /// The graph the Dockerfile frontend makes for `target`: a build stage on the build
+    /// platform (amd64) that does not read the target, and a final stage of the target's base
+    /// that mounts the build stage's result.
+    fn graph(target: &str) -> Definition {
+        let shared = ExecBuilder::new(&image("linux/amd64"), vec!["make".into()])
+            .build("[build 2/2] RUN make");
+        let last = ExecBuilder::new(&image(target), vec![format!("install-{target}")])
+            .mount(
+                &shared,
+                Mount {
+                    input: None,
+                    selector: String::new(),
+                    dest: "/src".into(),
+                    readonly: true,
+                    kind: MountKind::Bind,
+                },
+            )
+            .build("[stage-1 1/1] RUN install");
+        State::definition(&[last])
+    }
+
+    fn platforms() -> Vec<Platform> {
+        ["linux/amd64", "linux/arm64", "linux/s390x"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn shared_vertices_are_merged_once_and_the_others_named_by_platform() {
+        let defs: Vec<Definition> = ["linux/amd64", "linux/arm64", "linux/s390x"]
+            .iter()
+            .map(|p| graph(p))
+            .collect();
+        let shared = defs[0].vertices[1].digest;
+        let merged = merge_definitions(&platforms(), defs.clone());
+        // amd64's base (shared by the build stage and amd64's final stage), the build stage's
+        // RUN, amd64's RUN; then arm64's and s390x's base and RUN.
+        assert_eq!(merged.vertices.len(), 7, "{:#?}", merged.vertices);
+        let names: Vec<&str> = merged
+            .vertices
+            .iter()
+            .map(|v| v.meta.description.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "[build 1/2] FROM busybox",
+                "[build 2/2] RUN make",
+                "[linux/amd64 stage-1 1/1] RUN install",
+                "[linux/arm64 build 1/2] FROM busybox",
+                "[linux/arm64 stage-1 1/1] RUN install",
+                "[linux/s390x build 1/2] FROM busybox",
+                "[linux/s390x stage-1 1/1] RUN install",
+            ]
+        );
+        assert_eq!(
+            merged
+                .vertices
+                .iter()
+                .filter(|v| v.digest == shared)
+                .count(),
+            1
+        );
+        let outs: Vec<Digest> = merged.outputs.iter().map(|o| o.unwrap().vertex).collect();
+        let want: Vec<Digest> = defs.iter().map(|d| d.outputs[0].unwrap().vertex).collect();
+        assert_eq!(outs, want);
+        // Inputs come before their users, as the solver's graph needs.
+        let mut defined = HashSet::new();
+        for v in &merged.vertices {
+            assert!(v.inputs.iter().all(|e| defined.contains(&e.vertex)));
+            defined.insert(v.digest);
+        }
+    }
+
+    #[test]
+    fn run_steps_are_checked_for_the_platform_of_their_root() {
+        let defs: Vec<Definition> = ["linux/amd64", "linux/arm64", "linux/s390x"]
+            .iter()
+            .map(|p| graph(p))
+            .collect();
+        let merged = merge_definitions(&platforms(), defs);
+        let got: Vec<String> = exec_platforms(&merged)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(got, ["linux/amd64", "linux/arm64", "linux/s390x"]);
+        // A RUN on an arm64/v8 base is checked for arm64, normalized.
+        let only_build =
+            State::definition(&[
+                ExecBuilder::new(&image("linux/arm64/v8"), vec!["true".into()]).build("RUN true"),
+            ]);
+        let got: Vec<String> = exec_platforms(&only_build)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(got, ["linux/arm64"]);
+        // A RUN on scratch names no platform; no RUN, nothing to check.
+        let on_scratch =
+            State::definition(&[
+                ExecBuilder::new(&State::scratch(), vec!["x".into()]).build("RUN x")
+            ]);
+        assert!(exec_platforms(&on_scratch).is_empty());
+        assert!(exec_platforms(&State::definition(&[image("linux/arm64")])).is_empty());
+    }
+
+    #[test]
+    fn platform_directories_are_named_as_buildkit() {
+        let p = |s: &str| s.parse::<Platform>().unwrap();
+        assert_eq!(platform_dir(&p("linux/amd64")), "linux_amd64");
+        assert_eq!(platform_dir(&p("linux/arm64")), "linux_arm64");
+        assert_eq!(platform_dir(&p("linux/arm64/v8")), "linux_arm64");
+        assert_eq!(platform_dir(&p("linux/arm")), "linux_arm_v7");
+    }
+}

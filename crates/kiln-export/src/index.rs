@@ -1,0 +1,196 @@
+//! Multi-platform images: one image per platform gathered into an image index, as BuildKit's
+//! image exporter writes the result of `--platform a,b`: the index lists each platform's
+//! manifest with its `platform`, and an OCI layout's `index.json` names that index (one entry,
+//! the index's descriptor with the ref name), so `skopeo --override-arch` picks a platform.
+
+use std::path::Path;
+
+use kiln_snapshot::Store;
+use kiln_types::image::{
+    Descriptor, Index, ANNOTATION_REF_NAME, MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_INDEX,
+};
+use kiln_types::reference::DEFAULT_TAG;
+use kiln_types::Digest;
+
+use crate::oci::{tag_of, write_dir, write_tar, ANNOTATION_IMAGE_NAME};
+use crate::{Error, Image, Result};
+
+/// An image index whose blobs (the index document and every image's) are all in the store.
+#[derive(Clone, Debug)]
+pub struct ImageIndex {
+    /// The index's descriptor (its digest is what a registry shows for the tag).
+    pub descriptor: Descriptor,
+    /// The index document.
+    pub index: Index,
+    /// The images, in the order of the index entries.
+    pub images: Vec<Image>,
+}
+
+impl ImageIndex {
+    /// Every blob of the index: each image's, then the index document; sorted, no repeats
+    /// (platforms share layers and configs when their results are the same).
+    pub fn blobs(&self) -> Vec<Digest> {
+        let mut v: Vec<Digest> = self.images.iter().flat_map(Image::blobs).collect();
+        v.push(self.descriptor.digest);
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// Gathers `images` (one per platform, in the order of `--platform`) into an index stored in
+/// `store`. Each entry is the image's manifest descriptor with the platform of its config.
+/// The index has the docker manifest-list media type when the manifests are docker's (as
+/// BuildKit's `oci-mediatypes=false`), the OCI one otherwise.
+pub fn assemble_index(store: &Store, images: Vec<Image>) -> Result<ImageIndex> {
+    if images.is_empty() {
+        return Err(Error::Options(
+            "an image index needs at least one image".into(),
+        ));
+    }
+    let docker = images
+        .iter()
+        .all(|i| i.manifest.media_type == MEDIA_TYPE_DOCKER_MANIFEST);
+    let media_type = if docker {
+        MEDIA_TYPE_DOCKER_MANIFEST_LIST
+    } else {
+        MEDIA_TYPE_INDEX
+    };
+    let manifests = images
+        .iter()
+        .map(|i| {
+            let mut d = i.manifest.clone();
+            d.platform = Some(i.config.platform());
+            d
+        })
+        .collect();
+    let index = Index {
+        schema_version: 2,
+        media_type: Some(media_type.to_owned()),
+        manifests,
+        annotations: Default::default(),
+    };
+    let bytes = serde_json::to_vec(&index).expect("index always serializes");
+    let digest = store.write_blob(&bytes)?;
+    Ok(ImageIndex {
+        descriptor: Descriptor::new(media_type, digest, bytes.len() as u64),
+        index,
+        images,
+    })
+}
+
+/// Writes `index` as an OCI image layout (a tarball at `dest`, or a directory when `as_tar`
+/// is false) whose `index.json` names the image index, annotated as [`crate::export_oci`]
+/// annotates a single image: the ref name is the tag of the first `-t` name (`latest` when
+/// none).
+pub fn export_oci_index(
+    store: &Store,
+    index: &ImageIndex,
+    names: &[String],
+    dest: &Path,
+    as_tar: bool,
+) -> Result<()> {
+    let mut desc = index.descriptor.clone();
+    let tag = match names.first() {
+        Some(n) => {
+            desc.annotations
+                .insert(ANNOTATION_IMAGE_NAME.to_owned(), n.clone());
+            tag_of(n)?
+        }
+        None => DEFAULT_TAG.to_owned(),
+    };
+    desc.annotations.insert(ANNOTATION_REF_NAME.to_owned(), tag);
+    let layout = Index {
+        schema_version: 2,
+        media_type: Some(MEDIA_TYPE_INDEX.to_owned()),
+        manifests: vec![desc],
+        annotations: Default::default(),
+    };
+    let layout_bytes = serde_json::to_vec(&layout).expect("index always serializes");
+    let blobs = index.blobs();
+    if as_tar {
+        write_tar(store, &blobs, &layout_bytes, dest)
+    } else {
+        write_dir(store, &blobs, &layout_bytes, dest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::tests::store_with_image;
+
+    #[test]
+    fn index_lists_each_platform_and_the_layout_names_the_index() {
+        let t = tempfile::tempdir().unwrap();
+        let (store, snap, amd64) = store_with_image(&t);
+        let mut config = amd64.config.clone();
+        config.architecture = "arm64".to_owned();
+        config.variant = Some("v8".to_owned());
+        config.rootfs.diff_ids.clear();
+        let arm64 =
+            crate::assemble_image(&store, &snap, config, crate::ImageOptions::gzip()).unwrap();
+        let idx = assemble_index(&store, vec![amd64.clone(), arm64.clone()]).unwrap();
+        assert_eq!(idx.descriptor.media_type, MEDIA_TYPE_INDEX);
+        let doc: Index =
+            serde_json::from_slice(&store.read_blob(&idx.descriptor.digest).unwrap()).unwrap();
+        assert_eq!(doc, idx.index);
+        let platforms: Vec<String> = doc
+            .manifests
+            .iter()
+            .map(|d| d.platform.as_ref().unwrap().to_string())
+            .collect();
+        assert_eq!(platforms, ["linux/amd64", "linux/arm64/v8"]);
+        assert_eq!(doc.manifests[0].digest, amd64.manifest.digest);
+        assert_eq!(doc.manifests[1].digest, arm64.manifest.digest);
+        // The shared layer is written once.
+        let blobs = idx.blobs();
+        assert_eq!(blobs.len(), 1 + 2 + 2 + 1, "{blobs:?}");
+
+        let dir = t.path().join("layout");
+        export_oci_index(&store, &idx, &["app:1".to_owned()], &dir, false).unwrap();
+        let layout = crate::read_index(&dir).unwrap();
+        assert_eq!(layout.manifests.len(), 1);
+        let top = &layout.manifests[0];
+        assert_eq!(top.digest, idx.descriptor.digest);
+        assert_eq!(top.media_type, MEDIA_TYPE_INDEX);
+        assert_eq!(top.annotations[ANNOTATION_REF_NAME], "1");
+        for d in &blobs {
+            assert!(dir.join("blobs/sha256").join(d.hex()).is_file(), "{d}");
+        }
+        // The tarball holds the same layout.
+        let tar = t.path().join("out.tar");
+        export_oci_index(&store, &idx, &[], &tar, true).unwrap();
+        let mut names = Vec::new();
+        let mut a = tar::Archive::new(std::fs::File::open(&tar).unwrap());
+        for e in a.entries().unwrap() {
+            names.push(e.unwrap().path().unwrap().display().to_string());
+        }
+        assert!(names.contains(&format!("blobs/sha256/{}", idx.descriptor.digest.hex())));
+        assert!(names.contains(&"index.json".to_owned()));
+    }
+
+    #[test]
+    fn docker_manifests_make_a_manifest_list() {
+        let t = tempfile::tempdir().unwrap();
+        let (store, snap, image) = store_with_image(&t);
+        let format = crate::ImageFormat {
+            oci_media_types: Some(false),
+            ..Default::default()
+        };
+        let docker = crate::assemble_image(
+            &store,
+            &snap,
+            image.config.clone(),
+            crate::ImageOptions {
+                format,
+                source_date_epoch: None,
+            },
+        )
+        .unwrap();
+        let idx = assemble_index(&store, vec![docker]).unwrap();
+        assert_eq!(idx.descriptor.media_type, MEDIA_TYPE_DOCKER_MANIFEST_LIST);
+        assert!(assemble_index(&store, Vec::new()).is_err());
+    }
+}

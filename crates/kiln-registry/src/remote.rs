@@ -204,19 +204,7 @@ impl Remote {
         .collect()
         .await;
         uploads.into_iter().collect::<Result<(), Error>>()?;
-        let content_type =
-            http::HeaderValue::from_str(media_type).map_err(|e| Error::Registry {
-                op: s.op,
-                image: s.image.clone(),
-                why: format!("bad media type {media_type}: {e}"),
-            })?;
-        let body = bytes::Bytes::copy_from_slice(manifest);
-        retry(transient, || {
-            s.client
-                .push_manifest_raw(&oref, body.clone(), content_type.clone())
-        })
-        .await
-        .map_err(|e| s.error(e))?;
+        s.upload_manifest(&oref, manifest, media_type).await?;
         Ok(Digest::of(manifest))
     }
 

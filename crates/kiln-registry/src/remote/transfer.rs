@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use kiln_types::image::Descriptor;
 use kiln_types::Digest;
 use oci_client::errors::OciDistributionError;
+use oci_client::Reference as OciRef;
 
 use super::{retry, transient, Remote, Session, PARALLEL_BLOBS};
 use crate::{BlobCopy, Error, Op, Reference};
@@ -94,21 +95,34 @@ impl Remote {
                 return Err(s.mismatch("manifest", &want, &digest));
             }
         }
-        let oref = s.oci_ref(to.digest.as_ref());
+        s.upload_manifest(&s.oci_ref(to.digest.as_ref()), manifest, media_type)
+            .await?;
+        Ok(digest)
+    }
+}
+
+impl Session<'_> {
+    /// Puts `manifest` under `oref` (a tag or its digest), with retries.
+    pub(super) async fn upload_manifest(
+        &self,
+        oref: &OciRef,
+        manifest: &[u8],
+        media_type: &str,
+    ) -> Result<(), Error> {
         let content_type =
             http::HeaderValue::from_str(media_type).map_err(|e| Error::Registry {
-                op: s.op,
-                image: s.image.clone(),
+                op: self.op,
+                image: self.image.clone(),
                 why: format!("bad media type {media_type}: {e}"),
             })?;
         let body = bytes::Bytes::copy_from_slice(manifest);
         retry(transient, || {
-            s.client
-                .push_manifest_raw(&oref, body.clone(), content_type.clone())
+            self.client
+                .push_manifest_raw(oref, body.clone(), content_type.clone())
         })
         .await
-        .map_err(|e| s.error(e))?;
-        Ok(digest)
+        .map_err(|e| self.error(e))?;
+        Ok(())
     }
 }
 

@@ -89,14 +89,22 @@ pub(crate) fn ensure_emulation(
             registered: true, ..
         } = support
         {
-            let (id, name) = (
-                Digest::of(b"internal:emulation"),
-                "[internal] emulation".to_owned(),
-            );
+            // A step of its own in the progress, so that every display shows it.
+            let id = Digest::of(format!("internal:emulation:{p}").as_bytes());
+            let name = format!("[internal] emulation for {p}");
+            progress.send(Event::Started {
+                id,
+                name: name.clone(),
+            });
             progress.send(Event::Log {
                 id,
-                name,
+                name: name.clone(),
                 line: format!("registered the QEMU binfmt_misc handler for {p}"),
+            });
+            progress.send(Event::Done {
+                id,
+                name,
+                duration: std::time::Duration::ZERO,
             });
         }
     }

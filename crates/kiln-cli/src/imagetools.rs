@@ -76,6 +76,10 @@ pub struct CreateArgs {
     /// Write the new index's descriptor and name to this file, as JSON.
     #[arg(long = "metadata-file")]
     metadata_file: Option<PathBuf>,
+    /// Keep only these platforms of the sources (os/arch[/variant], comma-separated or
+    /// repeated).
+    #[arg(short = 'p', long, value_delimiter = ',')]
+    platform: Vec<String>,
     #[command(flatten)]
     registry: RegistryArgs,
     /// Source images: references, or digests (`sha256:...`) in the one repository involved.
@@ -427,9 +431,22 @@ async fn create(registry: &Registry, args: &CreateArgs) -> Result<ExitCode> {
         }
     }
 
+    let platforms = args
+        .platform
+        .iter()
+        .map(|p| p.trim())
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<Platform>()
+                .with_context(|| format!("--platform {p}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let before = entries.len();
+    let mut entries = keep_platforms(entries, &platforms)?;
     // One index source and nothing to change: the index as it is (buildx's carbon copy).
+    let unchanged = annotations.is_empty() && entries.len() == before;
     let (index_bytes, media_type) = match single_index {
-        Some((_, bytes)) if annotations.is_empty() => {
+        Some((_, bytes)) if unchanged => {
             let doc = parse(&sources[0].1, &bytes)?;
             let mt = media_type_of(&doc).to_owned();
             (bytes, mt)
@@ -543,6 +560,39 @@ fn resolve_sources<'a>(texts: &[&'a str], tags: &[Reference]) -> Result<Vec<(&'a
             },
         })
         .collect()
+}
+
+/// The entries of `platforms` (all when none is given), as buildx's `--platform`: an entry
+/// without a platform stays, and an attestation stays with the image it is about.
+fn keep_platforms(entries: Vec<Entry>, platforms: &[Platform]) -> Result<Vec<Entry>> {
+    if platforms.is_empty() {
+        return Ok(entries);
+    }
+    let wanted = |e: &Entry| {
+        !is_attestation(&e.desc)
+            && e.desc
+                .platform
+                .as_ref()
+                .is_none_or(|p| platforms.iter().any(|w| w.matches(p)))
+    };
+    let kept: Vec<Digest> = entries
+        .iter()
+        .filter(|e| wanted(e))
+        .map(|e| e.desc.digest)
+        .collect();
+    if kept.is_empty() {
+        bail!("none of the manifests match the provided platforms");
+    }
+    let about_kept = |e: &Entry| {
+        ["vnd.docker.reference.digest", "com.docker.reference.digest"]
+            .iter()
+            .filter_map(|k| e.desc.annotations.get(*k))
+            .any(|d| kept.iter().any(|k| k.to_string() == *d))
+    };
+    Ok(entries
+        .into_iter()
+        .filter(|e| kept.contains(&e.desc.digest) || about_kept(e))
+        .collect())
 }
 
 /// Adds an index entry, merging one seen already (same digest): its platform and annotations
@@ -687,6 +737,39 @@ mod tests {
                  Platform:  linux/arm64\n"
             )
         );
+    }
+
+    #[test]
+    fn platforms_filter_entries_and_their_attestations() {
+        let d = |c: char| D.replace('0', &c.to_string());
+        let mut entries = Vec::new();
+        for (p, digest) in [("linux/amd64", d('1')), ("linux/arm64/v8", d('2'))] {
+            let mut desc = Descriptor::new(
+                kiln_types::image::MEDIA_TYPE_MANIFEST,
+                digest.parse().unwrap(),
+                1,
+            );
+            desc.platform = Some(p.parse().unwrap());
+            add_entry(&mut entries, desc, &r("localhost:5000/app"));
+        }
+        let mut att = Descriptor::new(
+            kiln_types::image::MEDIA_TYPE_MANIFEST,
+            d('3').parse().unwrap(),
+            1,
+        );
+        att.platform = Some(Platform::new("unknown", "unknown", None));
+        att.annotations
+            .insert("vnd.docker.reference.digest".to_owned(), d('2'));
+        add_entry(&mut entries, att, &r("localhost:5000/app"));
+        let kept = keep_platforms(entries, &["linux/arm64".parse().unwrap()]).unwrap();
+        let kept: Vec<String> = kept.iter().map(|e| e.desc.digest.to_string()).collect();
+        assert_eq!(kept, [d('2'), d('3')]);
+        let none = keep_platforms(Vec::new(), &["linux/s390x".parse().unwrap()]);
+        assert!(none
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("none of the manifests"));
     }
 
     #[test]

@@ -308,6 +308,25 @@ fn dry_run_prints_the_index_and_pushes_nothing() {
         .map(|m| m["platform"]["architecture"].as_str().unwrap())
         .collect();
     assert_eq!(arches, ["s390x", "arm64"]);
+    // --platform keeps the platforms asked for, under any spelling.
+    let r = k
+        .run(&[
+            "imagetools",
+            "create",
+            "--dry-run",
+            "--platform",
+            "linux/aarch64,linux/s390x",
+            &format!("{addr}/goarch:latest"),
+        ])
+        .ok();
+    let index: Value = serde_json::from_str(&r.stdout).unwrap();
+    let arches: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(arches, ["arm64", "s390x"]);
     assert_eq!(
         head(
             &addr,

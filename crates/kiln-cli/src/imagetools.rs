@@ -390,7 +390,8 @@ async fn create(registry: &Registry, args: &CreateArgs) -> Result<ExitCode> {
 
     // The documents and, for images, the platform from the config: small reads only.
     let mut entries: Vec<Entry> = Vec::new();
-    let mut single_index: Option<(Reference, Vec<u8>)> = None;
+    // The one source, when it is an index: its bytes and media type.
+    let mut single_index: Option<(Vec<u8>, String)> = None;
     for (text, r) in &sources {
         let (digest, bytes) = registry
             .fetch_manifest(r)
@@ -400,7 +401,7 @@ async fn create(registry: &Registry, args: &CreateArgs) -> Result<ExitCode> {
         match &doc {
             Document::Index(index) => {
                 if sources.len() == 1 {
-                    single_index = Some((r.clone(), bytes.clone()));
+                    single_index = Some((bytes.clone(), media_type_of(&doc).to_owned()));
                 }
                 for d in &index.manifests {
                     add_entry(&mut entries, d.clone(), r);
@@ -446,11 +447,7 @@ async fn create(registry: &Registry, args: &CreateArgs) -> Result<ExitCode> {
     // One index source and nothing to change: the index as it is (buildx's carbon copy).
     let unchanged = annotations.is_empty() && entries.len() == before;
     let (index_bytes, media_type) = match single_index {
-        Some((_, bytes)) if unchanged => {
-            let doc = parse(&sources[0].1, &bytes)?;
-            let mt = media_type_of(&doc).to_owned();
-            (bytes, mt)
-        }
+        Some(as_is) if unchanged => as_is,
         _ => new_index(&mut entries, &annotations)?,
     };
     let index_digest = Digest::of(&index_bytes);

@@ -105,6 +105,8 @@ fn create_merges_single_platform_images_into_an_index() {
             "create",
             "-t",
             &target,
+            "--metadata-file",
+            k.path("metadata.json").to_str().unwrap(),
             &format!("{addr}/goarch:amd64"),
             &format!("{addr}/goarch:arm64"),
         ])
@@ -124,6 +126,20 @@ fn create_merges_single_platform_images_into_an_index() {
         assert_eq!(cfg["config"]["Cmd"][0], "/goarch");
     }
     let index = raw(&target);
+    // buildx's metadata: the pushed index's descriptor (skopeo reads it under that digest).
+    let metadata: Value =
+        serde_json::from_str(&std::fs::read_to_string(k.path("metadata.json")).unwrap()).unwrap();
+    assert_eq!(metadata["image.name"], format!("{addr}/{repository}"));
+    let descriptor = &metadata["containerimage.descriptor"];
+    assert_eq!(
+        descriptor["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let pinned = format!(
+        "{addr}/{repository}@{}",
+        descriptor["digest"].as_str().unwrap()
+    );
+    assert_eq!(raw(&pinned), index);
     assert_eq!(
         index["mediaType"],
         "application/vnd.oci.image.index.v1+json"

@@ -354,11 +354,34 @@ fn run(
                 .map(|s| ReadView::new(store, s))
                 .collect::<Result<Vec<_>, _>>()?;
             let paths: Vec<PathBuf> = views.iter().map(|v| v.path().to_owned()).collect();
-            let view = WriteView::new(store, &base)?;
-            fileop::apply(view.path(), &f.actions, &paths)
-                .map_err(|e| Error::Unsupported(e.to_string()))?;
-            drop(views);
-            let layer = view.commit()?;
+            let layer = match direct(store, &base, &f.actions)? {
+                Some(plan) => {
+                    // A view of one layer is that layer's own directory, which never changes:
+                    // its files can be shared with the new layer.
+                    let linkable: Vec<bool> = inputs.iter().map(|s| s.layers.len() == 1).collect();
+                    let layer = store.new_layer()?;
+                    let linked =
+                        fileop::apply_direct(&layer.fs_dir(), &plan, &f.actions, &paths, &linkable)
+                            .map_err(|e| Error::Unsupported(e.to_string()))?;
+                    drop(views);
+                    let id = layer.commit()?;
+                    if linked {
+                        // A source layer's cached size may count as its own what the new layer
+                        // now shares.
+                        for s in inputs.iter().filter(|s| s.layers.len() == 1) {
+                            store.forget_size(&s.layers[0])?;
+                        }
+                    }
+                    id
+                }
+                None => {
+                    let view = WriteView::new(store, &base)?;
+                    fileop::apply(view.path(), &f.actions, &paths)
+                        .map_err(|e| Error::Unsupported(e.to_string()))?;
+                    drop(views);
+                    view.commit()?
+                }
+            };
             let mut layers = base.layers;
             layers.push(layer);
             Ok(Snapshot { layers })
@@ -412,6 +435,24 @@ fn run(
             })
         }
     }
+}
+
+/// Whether a file op can write its layer directly (`fileop::direct`), judged on a view of its
+/// base where that view costs nothing to make: an overlay mount, or a single layer's own
+/// directory (the copy snapshotter would have to copy the base to show it).
+fn direct(
+    store: &Store,
+    base: &Snapshot,
+    actions: &[FileAction],
+) -> Result<Option<fileop::Direct>, Error> {
+    if base.layers.is_empty() {
+        return Ok(fileop::direct_plan(None, actions));
+    }
+    if base.layers.len() > 1 && store.snapshotter() != kiln_snapshot::SnapshotterKind::Overlay {
+        return Ok(None);
+    }
+    let view = ReadView::new(store, base)?;
+    Ok(fileop::direct_plan(Some(view.path()), actions))
 }
 
 /// An image source: resolve (pinned by the frontend), fetch the missing layer blobs, and unpack

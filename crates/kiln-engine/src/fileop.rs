@@ -11,7 +11,10 @@ use kiln_ignore::{MatchInfo, PatternMatcher};
 
 use crate::rootpath::resolve_in;
 
+mod direct;
 mod unpack;
+
+pub(crate) use direct::{plan as direct_plan, Direct};
 
 // The fuzzing entry point of ADD's extraction; the crate root re-exports it (until it does,
 // nothing outside the tests calls it).
@@ -82,9 +85,46 @@ fn ioe<'a>(op: &'static str, path: &'a str) -> impl FnOnce(io::Error) -> FileOpE
 
 /// Applies `actions` to the filesystem at `root`; `sources[i]` is the directory of input `i`.
 pub fn apply(root: &Path, actions: &[FileAction], sources: &[PathBuf]) -> Result<()> {
+    apply_with(root, actions, sources, &[], None)
+}
+
+/// Applies the copies of `plan` (see `direct`) to the empty layer directory `root`; files taken
+/// unchanged from an input `i` with `linkable[i]` (an immutable layer directory) are hard links
+/// to it. Whether any file was linked.
+pub(crate) fn apply_direct(
+    root: &Path,
+    plan: &Direct,
+    actions: &[FileAction],
+    sources: &[PathBuf],
+    linkable: &[bool],
+) -> Result<bool> {
+    plan.prepare(root)
+        .map_err(ioe("make the base's directories", "/"))?;
+    let linker = SharedLinker::default();
+    apply_with(root, actions, sources, linkable, Some(&linker))?;
+    plan.finish(root);
+    let linked = linker.borrow().linked();
+    Ok(linked)
+}
+
+type SharedLinker = std::rc::Rc<std::cell::RefCell<direct::Linker>>;
+
+fn apply_with(
+    root: &Path,
+    actions: &[FileAction],
+    sources: &[PathBuf],
+    linkable: &[bool],
+    linker: Option<&SharedLinker>,
+) -> Result<()> {
     for a in actions {
         match a {
-            FileAction::Copy(c) => copy(root, c, sources)?,
+            FileAction::Copy(c) => {
+                let from_layer = c
+                    .source
+                    .and_then(|i| linkable.get(i as usize).copied())
+                    .unwrap_or(false);
+                copy(root, c, sources, linker.filter(|_| from_layer).cloned())?
+            }
             FileAction::Mkdir {
                 path,
                 mode,
@@ -146,7 +186,12 @@ pub fn apply(root: &Path, actions: &[FileAction], sources: &[PathBuf]) -> Result
     Ok(())
 }
 
-fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
+fn copy(
+    root: &Path,
+    c: &CopyAction,
+    sources: &[PathBuf],
+    link: Option<SharedLinker>,
+) -> Result<()> {
     let empty = PathBuf::new();
     let src_root = match c.source {
         Some(i) => sources.get(i as usize).unwrap_or(&empty),
@@ -181,7 +226,8 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
         .map(|o| resolve_owner(root, o))
         .transpose()?;
     let dest = resolve_in(root, &c.dest, true).map_err(ioe("resolve", &c.dest))?;
-    let opts = CopyOpts::new(c, ids)?;
+    let mut opts = CopyOpts::new(c, ids)?;
+    opts.link = link;
     for rel in &matches {
         let m = resolve_in(src_root, rel, c.follow_symlinks).map_err(ioe("resolve", rel))?;
         // Never `metadata`: a symlink that is not followed inside the root must not be
@@ -195,6 +241,7 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
             }
         }
         if md.is_dir() && c.dir_contents_only {
+            let existed = dest.is_dir();
             if c.create_dest_path {
                 create_dirs(&dest, opts.created_dir_mode(), ids, &c.dest)?;
             }
@@ -207,6 +254,11 @@ fn copy(root: &Path, c: &CopyAction, sources: &[PathBuf]) -> Result<()> {
                 &c.dest,
                 &Inherited::default(),
             )?;
+            // A destination the copy made takes the copied directory's time (as fsutil's
+            // copy gives a directory it creates its source's), not the time of the build.
+            if !existed && dest.is_dir() {
+                set_mtime(&dest, &md);
+            }
         } else {
             // The name as the source was written or matched: a followed symlink keeps the
             // link's name with its target's content, as fsutil's copy (`filepath.Base(src)`)
@@ -254,6 +306,8 @@ struct CopyOpts {
     /// copied directory) and what is below them are copied, with the directories leading to
     /// them.
     includes: Option<Includes>,
+    /// Files copied unchanged from an immutable layer are hard links to it (`direct`).
+    link: Option<SharedLinker>,
 }
 
 /// Include patterns, matched by kiln-ignore's linear matcher (a `**` never backtracks).
@@ -300,6 +354,7 @@ impl CopyOpts {
             chmod: c.mode.clone(),
             excludes,
             includes,
+            link: None,
         })
     }
 }
@@ -554,11 +609,21 @@ fn copy_leaf(
         if let Some((u, g)) = ids {
             let _ = std::os::unix::fs::lchown(dst, Some(u), Some(g));
         }
+        set_link_mtime(dst, md.mtime(), md.mtime_nsec());
         return Ok(());
     }
     if ft.is_file() {
-        fs::copy(src, dst).map_err(ioe("copy", shown))?;
         let mode = chmod(opts.chmod.as_ref(), md.mode() & 0o7777, false)?;
+        // The same owner, mode and mtime: the source's inode itself will do.
+        let same = ids == Some((md.uid(), md.gid())) && mode == md.mode() & 0o7777;
+        if same && md.len() > 0 {
+            if let Some(l) = &opts.link {
+                if l.borrow_mut().link(src, md, dst) {
+                    return Ok(());
+                }
+            }
+        }
+        fs::copy(src, dst).map_err(ioe("copy", shown))?;
         set_meta(dst, Some(mode), ids, shown)?;
         set_mtime(dst, md);
     }
@@ -576,6 +641,19 @@ pub(crate) fn set_mtime(p: &Path, md: &fs::Metadata) {
     if let Ok(f) = fs::File::open(p) {
         let _ = f.set_modified(t);
     }
+}
+
+/// Gives the symlink `p` itself (not its target) a modification time, as BuildKit keeps a
+/// link's (best effort, as [`set_mtime`]).
+pub(crate) fn set_link_mtime(p: &Path, secs: i64, nsecs: i64) {
+    use nix::sys::time::TimeSpec;
+    let _ = nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        p,
+        &TimeSpec::UTIME_OMIT,
+        &TimeSpec::new(secs, nsecs),
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    );
 }
 
 fn set_meta(p: &Path, mode: Option<u32>, ids: Option<(u32, u32)>, shown: &str) -> Result<()> {

@@ -141,6 +141,9 @@ pub(crate) struct Scan {
     /// The context's name, for errors.
     name: String,
     entries: Vec<Scanned>,
+    /// The context directory's own mtime: the layer's root gets it (a `COPY . /dir` that
+    /// makes `/dir` gives it that time).
+    root_mtime: (i64, i64),
     stage: Option<PathBuf>,
 }
 
@@ -167,12 +170,14 @@ pub(crate) fn scan(
     index: &CacheIndex,
 ) -> Result<Scan, Error> {
     let walked = walk(root, src)?;
+    let root_md = fs::metadata(root).map_err(|e| Error::io("stat", root, e))?;
     let prefix = format!("{}\0", context_id(root));
     let cached = index.stat_scan(&prefix)?;
     let mut scan = Scan {
         root: root.to_owned(),
         name: src.name.clone(),
         entries: Vec::with_capacity(walked.len()),
+        root_mtime: (root_md.mtime(), root_md.mtime_nsec()),
         stage: None,
     };
     let mut updates = Vec::new();
@@ -401,9 +406,9 @@ fn nanos(s: i64, ns: i64) -> i128 {
 }
 
 /// The layer of a scanned context: modes and mtimes kept, owned by root (as docker sends a
-/// context). A file comes from its staged copy, else from the last layer made of this context
-/// when that holds the same bytes, mode and mtime (a hard link, either way), else it is copied
-/// from the context (and must still hash as it did when the key was made).
+/// context). A file is its staged copy (moved in), else a hard link to the last layer made of
+/// this context when that holds the same bytes, mode and mtime, else a copy from the context
+/// (which must still hash as it did when the key was made).
 pub(crate) fn materialize(
     scan: &Scan,
     store: &Store,
@@ -444,6 +449,7 @@ pub(crate) fn materialize(
                 let t = e.target.as_deref().unwrap_or_default();
                 std::os::unix::fs::symlink(t, &to).map_err(|err| Error::io("symlink", &to, err))?;
                 let _ = std::os::unix::fs::lchown(&to, Some(0), Some(0));
+                crate::fileop::set_link_mtime(&to, e.mtime.0, e.mtime.1);
             }
             Kind::File => {
                 let hash = e.hash.expect("a scanned file has its hash");
@@ -452,7 +458,9 @@ pub(crate) fn materialize(
                     .filter(|f| f.hash == hash && f.mode == e.mode && f.mtime_ns == e.mtime_ns())
                     .and(prev_dir.as_ref());
                 let linked = match (&e.staged, from_prev) {
-                    (Some(staged), _) => fs::hard_link(staged, &to).is_ok(),
+                    // The staged name goes at once: a measure of the store (GC after this
+                    // build) must not find the layer's file linked from `tmp/` too.
+                    (Some(staged), _) => fs::rename(staged, &to).is_ok(),
                     (None, Some(dir)) => {
                         let ok = fs::hard_link(dir.join(&e.rel), &to).is_ok();
                         linked_prev |= ok;
@@ -474,6 +482,7 @@ pub(crate) fn materialize(
         }
     }
     // Directory mtimes last: creating their children changed them.
+    dirs.insert(0, (dest_root.clone(), scan.root_mtime));
     for (d, mtime) in dirs.iter().rev() {
         if let Ok(f) = fs::File::open(d) {
             let _ = f.set_modified(system_time(*mtime));
@@ -578,14 +587,10 @@ mod tests {
                 };
                 let rel = p.strip_prefix(dir).unwrap().display().to_string();
                 let meta = format!(
-                    "{:o} {} {} {}",
+                    "{:o} {} {:?} {}",
                     md.mode(),
                     md.uid(),
-                    if md.file_type().is_symlink() {
-                        0
-                    } else {
-                        md.mtime_nsec() + md.mtime()
-                    },
+                    (md.mtime(), md.mtime_nsec()),
                     what
                 );
                 out.push((rel, meta));

@@ -381,3 +381,53 @@ fn xattrs(path: &Path) -> Result<Vec<(OsString, Vec<u8>)>> {
     out.sort();
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+
+    use crate::{Snapshot, SnapshotterKind, Store, WriteView};
+
+    #[test]
+    fn an_inode_two_layers_share_is_two_files_in_a_view() {
+        // A later layer may hard link an earlier one's file (an unchanged context file, a COPY
+        // of one): a view showing both must not make the two names one file, or a write to one
+        // would change the other, as overlayfs never does.
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open_with(t.path().join("s"), SnapshotterKind::Copy).unwrap();
+        let first = store.new_layer().unwrap();
+        fs::write(first.fs_dir().join("f"), b"data").unwrap();
+        let first = first.commit().unwrap();
+        let second = store.new_layer().unwrap();
+        fs::create_dir(second.fs_dir().join("app")).unwrap();
+        fs::hard_link(
+            store.layer_dir(&first).join("f"),
+            second.fs_dir().join("app/f"),
+        )
+        .unwrap();
+        let second = second.commit().unwrap();
+        let view = WriteView::new(
+            &store,
+            &Snapshot {
+                layers: vec![first.clone(), second],
+            },
+        )
+        .unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(view.path().join("app/f"))
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
+        assert_eq!(fs::read(view.path().join("f")).unwrap(), b"data");
+        let top = view.commit().unwrap();
+        let top = store.layer_dir(&top);
+        assert_eq!(fs::read(top.join("app/f")).unwrap(), b"datax");
+        assert!(!top.join("f").exists(), "the other name changed too");
+        let shared = store.layer_dir(&first).join("f");
+        assert_eq!(fs::read(&shared).unwrap(), b"data");
+        assert_eq!(fs::metadata(shared).unwrap().nlink(), 2);
+    }
+}

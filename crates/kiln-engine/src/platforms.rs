@@ -448,13 +448,13 @@ impl Engine {
                                 &b.snapshot,
                                 b.config.clone(),
                                 ImageOptions {
-                                    format: format.clone(),
+                                    format: kiln_export::platform_format(format, &b.platform),
                                     source_date_epoch: epoch,
                                 },
                             )
                         })
                         .collect::<Result<Vec<Image>, _>>()?;
-                    let idx = kiln_export::assemble_index(&store, images)?;
+                    let idx = kiln_export::assemble_index(&store, images, format)?;
                     indexes.push((format.clone(), idx.clone()));
                     Ok(idx)
                 };

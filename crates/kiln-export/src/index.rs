@@ -14,7 +14,8 @@ use kiln_types::reference::DEFAULT_TAG;
 use kiln_types::Digest;
 
 use crate::oci::{tag_of, write_dir, write_tar, ANNOTATION_IMAGE_NAME};
-use crate::{Error, Image, Result};
+use crate::{AnnotationKind, Error, Image, ImageFormat, Result};
+use kiln_types::Platform;
 
 /// An image index whose blobs (the index document and every image's) are all in the store.
 #[derive(Clone, Debug)]
@@ -39,19 +40,85 @@ impl ImageIndex {
     }
 }
 
-/// Gathers `images` (one per platform, in the order of `--platform`) into an index stored in
-/// `store`. Each entry is the image's manifest descriptor with the platform of its config.
-/// The index has the docker manifest-list media type when the manifests are docker's (as
-/// BuildKit's `oci-mediatypes=false`), the OCI one otherwise.
-pub fn assemble_index(store: &Store, images: Vec<Image>) -> Result<ImageIndex> {
+/// The format of `platform`'s image in a multi-platform export of `format`: its annotations
+/// without the index's (`index`, `index-descriptor`: [`assemble_index`] places them) and
+/// without those of other platforms (`manifest[linux/arm64]:...` applies to arm64 only).
+pub fn platform_format(format: &ImageFormat, platform: &Platform) -> ImageFormat {
+    let mut f = format.clone();
+    let want = platform.normalize();
+    f.annotations = format
+        .annotations
+        .iter()
+        .filter(|a| {
+            !matches!(
+                a.kind,
+                AnnotationKind::Index | AnnotationKind::IndexDescriptor
+            )
+        })
+        .filter(|a| a.platform.as_ref().is_none_or(|p| p.normalize() == want))
+        .map(|a| {
+            let mut a = a.clone();
+            // Chosen for this image already; its config may spell the platform otherwise.
+            a.platform = None;
+            a
+        })
+        .collect();
+    f
+}
+
+/// Gathers `images` (one per platform, in the order of `--platform`, each assembled with
+/// [`platform_format`]) into an index stored in `store`. Each entry is the image's manifest
+/// descriptor with the platform of its config. The index has the docker manifest-list media
+/// type when the manifests are docker's (as BuildKit's `oci-mediatypes=false`), the OCI one
+/// otherwise. `format`'s `index` annotations go into the index, its `index-descriptor` ones
+/// onto the index's descriptor (an OCI layout's `index.json` entry); an annotation for a
+/// platform that is not built is an error, as in BuildKit.
+pub fn assemble_index(
+    store: &Store,
+    images: Vec<Image>,
+    format: &ImageFormat,
+) -> Result<ImageIndex> {
     if images.is_empty() {
         return Err(Error::Options(
             "an image index needs at least one image".into(),
         ));
     }
+    let platforms: Vec<Platform> = images
+        .iter()
+        .map(|i| i.config.platform().normalize())
+        .collect();
+    let mut annotations = std::collections::BTreeMap::new();
+    let mut descriptor_annotations = std::collections::BTreeMap::new();
+    for a in &format.annotations {
+        if let Some(p) = &a.platform {
+            if !platforms.contains(&p.normalize()) {
+                let built: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+                return Err(Error::Options(format!(
+                    "invalid annotation {}[{p}]:{}: no platform {p} found in source (built: {})",
+                    a.kind.name(),
+                    a.key,
+                    built.join(", ")
+                )));
+            }
+        }
+        match a.kind {
+            AnnotationKind::Index => annotations.insert(a.key.clone(), a.value.clone()),
+            AnnotationKind::IndexDescriptor => {
+                descriptor_annotations.insert(a.key.clone(), a.value.clone())
+            }
+            AnnotationKind::Manifest | AnnotationKind::ManifestDescriptor => None,
+        };
+    }
     let docker = images
         .iter()
         .all(|i| i.manifest.media_type == MEDIA_TYPE_DOCKER_MANIFEST);
+    if docker && !(annotations.is_empty() && descriptor_annotations.is_empty()) {
+        return Err(Error::Options(
+            "cannot export annotations with \"oci-mediatypes=false\" (a docker manifest list \
+             holds none)"
+                .to_owned(),
+        ));
+    }
     let media_type = if docker {
         MEDIA_TYPE_DOCKER_MANIFEST_LIST
     } else {
@@ -69,12 +136,14 @@ pub fn assemble_index(store: &Store, images: Vec<Image>) -> Result<ImageIndex> {
         schema_version: 2,
         media_type: Some(media_type.to_owned()),
         manifests,
-        annotations: Default::default(),
+        annotations,
     };
     let bytes = serde_json::to_vec(&index).expect("index always serializes");
     let digest = store.write_blob(&bytes)?;
+    let mut descriptor = Descriptor::new(media_type, digest, bytes.len() as u64);
+    descriptor.annotations = descriptor_annotations;
     Ok(ImageIndex {
-        descriptor: Descriptor::new(media_type, digest, bytes.len() as u64),
+        descriptor,
         index,
         images,
     })
@@ -131,7 +200,12 @@ mod tests {
         config.rootfs.diff_ids.clear();
         let arm64 =
             crate::assemble_image(&store, &snap, config, crate::ImageOptions::gzip()).unwrap();
-        let idx = assemble_index(&store, vec![amd64.clone(), arm64.clone()]).unwrap();
+        let idx = assemble_index(
+            &store,
+            vec![amd64.clone(), arm64.clone()],
+            &ImageFormat::default(),
+        )
+        .unwrap();
         assert_eq!(idx.descriptor.media_type, MEDIA_TYPE_INDEX);
         let doc: Index =
             serde_json::from_slice(&store.read_blob(&idx.descriptor.digest).unwrap()).unwrap();
@@ -175,7 +249,7 @@ mod tests {
     fn docker_manifests_make_a_manifest_list() {
         let t = tempfile::tempdir().unwrap();
         let (store, snap, image) = store_with_image(&t);
-        let format = crate::ImageFormat {
+        let format = ImageFormat {
             oci_media_types: Some(false),
             ..Default::default()
         };
@@ -184,13 +258,85 @@ mod tests {
             &snap,
             image.config.clone(),
             crate::ImageOptions {
-                format,
+                format: format.clone(),
                 source_date_epoch: None,
             },
         )
         .unwrap();
-        let idx = assemble_index(&store, vec![docker]).unwrap();
+        let idx = assemble_index(&store, vec![docker.clone()], &format).unwrap();
         assert_eq!(idx.descriptor.media_type, MEDIA_TYPE_DOCKER_MANIFEST_LIST);
-        assert!(assemble_index(&store, Vec::new()).is_err());
+        assert!(assemble_index(&store, Vec::new(), &format).is_err());
+        // A docker manifest list holds no annotations.
+        let mut annotated = format.clone();
+        annotated.annotations.push(crate::Annotation {
+            kind: AnnotationKind::Index,
+            platform: None,
+            key: "k".into(),
+            value: "v".into(),
+        });
+        let err = assemble_index(&store, vec![docker], &annotated)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("oci-mediatypes=false"), "{err}");
+    }
+
+    #[test]
+    fn annotations_go_to_the_index_its_descriptor_or_their_platform() {
+        let t = tempfile::tempdir().unwrap();
+        let (store, snap, amd64) = store_with_image(&t);
+        let ann = |kind, platform: Option<&str>, key: &str| crate::Annotation {
+            kind,
+            platform: platform.map(|p| p.parse().unwrap()),
+            key: key.into(),
+            value: format!("{key}-value"),
+        };
+        let format = ImageFormat {
+            annotations: vec![
+                ann(AnnotationKind::Index, None, "i"),
+                ann(AnnotationKind::IndexDescriptor, None, "id"),
+                ann(AnnotationKind::Manifest, None, "all"),
+                ann(AnnotationKind::Manifest, Some("linux/arm64/v8"), "arm"),
+            ],
+            ..Default::default()
+        };
+        let arm: Platform = "linux/arm64".parse().unwrap();
+        let f = platform_format(&format, &arm);
+        let keys: Vec<&str> = f.annotations.iter().map(|a| a.key.as_str()).collect();
+        assert_eq!(keys, ["all", "arm"]);
+        assert!(f.annotations.iter().all(|a| a.platform.is_none()));
+        let f = platform_format(&format, &"linux/amd64".parse().unwrap());
+        let keys: Vec<&str> = f.annotations.iter().map(|a| a.key.as_str()).collect();
+        assert_eq!(keys, ["all"]);
+
+        let mut config = amd64.config.clone();
+        config.architecture = "arm64".to_owned();
+        config.rootfs.diff_ids.clear();
+        let opts = |f: ImageFormat| crate::ImageOptions {
+            format: f,
+            source_date_epoch: None,
+        };
+        let arm64 =
+            crate::assemble_image(&store, &snap, config, opts(platform_format(&format, &arm)))
+                .unwrap();
+        assert_eq!(arm64.manifest_doc.annotations["arm"], "arm-value");
+        let idx = assemble_index(&store, vec![amd64.clone(), arm64.clone()], &format).unwrap();
+        assert_eq!(idx.index.annotations["i"], "i-value");
+        assert_eq!(idx.index.annotations.len(), 1);
+        assert_eq!(idx.descriptor.annotations["id"], "id-value");
+        let dir = t.path().join("layout");
+        export_oci_index(&store, &idx, &[], &dir, false).unwrap();
+        let top = crate::read_index(&dir).unwrap();
+        assert_eq!(top.manifests[0].annotations["id"], "id-value");
+        assert_eq!(top.manifests[0].annotations[ANNOTATION_REF_NAME], "latest");
+
+        // A platform that is not built.
+        let mut other = format.clone();
+        other
+            .annotations
+            .push(ann(AnnotationKind::Manifest, Some("linux/s390x"), "z"));
+        let err = assemble_index(&store, vec![amd64, arm64], &other)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no platform linux/s390x"), "{err}");
     }
 }

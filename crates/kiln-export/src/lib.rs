@@ -18,7 +18,7 @@ mod tar_fs;
 pub use docker::{docker_daemon_answers, export_docker, load_docker};
 pub use format::{Annotation, AnnotationKind, CompressionKind, ImageFormat};
 pub use image::{assemble_image, Image, ImageOptions};
-pub use index::{assemble_index, export_oci_index, ImageIndex};
+pub use index::{assemble_index, export_oci_index, platform_format, ImageIndex};
 pub use local::export_local;
 pub use oci::{export_oci, read_index};
 pub use tar_fs::{export_tar, export_tar_dir, TarDest};

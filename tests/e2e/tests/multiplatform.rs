@@ -166,6 +166,10 @@ fn three_platforms_in_one_solve_make_an_oci_index() {
             "app:1",
             "--metadata-file",
             meta.to_str().unwrap(),
+            "--annotation",
+            "index:org.opencontainers.image.title=multi",
+            "--annotation",
+            "manifest[linux/arm64]:only.arm=yes",
             "--output",
             &format!("type=oci,dest={}", tar.display()),
         ],
@@ -215,6 +219,31 @@ fn three_platforms_in_one_solve_make_an_oci_index() {
         index_platforms(&index),
         ["linux/amd64", "linux/arm64", "linux/s390x"]
     );
+    // `--annotation index:` annotates the index; `manifest[linux/arm64]:` arm64's manifest only.
+    assert_eq!(
+        index["annotations"]["org.opencontainers.image.title"],
+        "multi"
+    );
+    for (i, arch) in ARCHES.iter().enumerate() {
+        let d = index["manifests"][i]["digest"].as_str().unwrap();
+        let manifest = json(
+            &std::fs::read_to_string(
+                layout
+                    .join("blobs/sha256")
+                    .join(d.strip_prefix("sha256:").unwrap()),
+            )
+            .unwrap(),
+        );
+        let want = if *arch == "arm64" {
+            serde_json::json!("yes")
+        } else {
+            serde_json::Value::Null
+        };
+        assert_eq!(
+            manifest["annotations"]["only.arm"], want,
+            "{arch}: {manifest}"
+        );
+    }
     assert_eq!(r.digest(), digest, "the summary line names the index");
     let m = json(&std::fs::read_to_string(&meta).unwrap());
     assert_eq!(m["containerimage.digest"], digest.as_str(), "{m}");

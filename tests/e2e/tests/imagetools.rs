@@ -1,6 +1,7 @@
 //! `kiln imagetools inspect|create` against the loopback registry and the goarch fixture that
 //! `cargo xtask test` pushes there (`goarch:amd64`, `goarch:arm64`, `goarch:s390x`: one
 //! image each; `goarch:latest`: the index of all three).
+#![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -79,7 +79,9 @@ pub(crate) fn ensure_emulation(
     progress: &dyn ProgressSink<Digest>,
 ) -> Result<(), Error> {
     let platforms = exec_platforms(def);
-    if platforms.is_empty() {
+    // The common case, RUN steps of the host's own platform only, reads nothing of the host.
+    let host = Platform::host().normalize();
+    if platforms.iter().all(|p| *p == host) {
         return Ok(());
     }
     let emulation = kiln_emulation::Emulation::from_host();

@@ -30,10 +30,11 @@ const DEFAULT_LEVEL: u32 = 6;
 const STORE_ABOVE: f64 = 0.95;
 /// A sample whose level-1 output is above this fraction is compressed at level 1 only.
 const FAST_ABOVE: f64 = 0.75;
-/// Chunks gathered before they are compressed together, per compressing thread: enough to
-/// keep every core busy while bounding memory. At most three batches live at once (the one
-/// being filled, the one being compressed, its output): 12 MiB on two cores.
-const CHUNKS_PER_THREAD: usize = 2;
+/// Chunks gathered before they are compressed together, per compressing thread: one keeps
+/// every core busy (the caller fills the next batch meanwhile) and bounds memory: at most three
+/// batches of buffers exist (the one being filled, the one being compressed, its output), about
+/// 6 MiB on two cores, reused from batch to batch.
+const CHUNKS_PER_THREAD: usize = 1;
 /// Most compressing threads.
 const MAX_THREADS: usize = 4;
 
@@ -44,8 +45,21 @@ pub(crate) struct AdaptiveGz<W: Write> {
     pending: Vec<Vec<u8>>,
     threads: usize,
     /// The batch being compressed in the background while the next one is filled, so that
-    /// reading the layer's files overlaps compressing them.
-    inflight: Option<std::thread::JoinHandle<io::Result<Vec<Vec<u8>>>>>,
+    /// reading the layer's files overlaps compressing them. It gives back its input chunks and
+    /// their encoded forms.
+    inflight: Option<std::thread::JoinHandle<Batch>>,
+    /// Emptied buffers, reused for the next chunks and outputs. Without them every batch
+    /// allocates megabytes afresh on other threads, and the allocator's per-thread arenas keep
+    /// what they freed: the process grew by twice the batches' size.
+    spare: Vec<Vec<u8>>,
+    /// Buffers allocated so far (each lives until the end): bounded by three batches.
+    allocated: usize,
+}
+
+/// A batch's chunks and, once compressed, the deflate bytes of each.
+struct Batch {
+    chunks: Vec<Vec<u8>>,
+    encoded: io::Result<Vec<Vec<u8>>>,
 }
 
 /// How one chunk is written.
@@ -71,6 +85,16 @@ impl<W: Write> AdaptiveGz<W> {
             pending: Vec::new(),
             threads,
             inflight: None,
+            spare: Vec::new(),
+            allocated: 0,
+        })
+    }
+
+    /// An empty buffer of a chunk's capacity, reused when there is one.
+    fn buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_else(|| {
+            self.allocated += 1;
+            Vec::with_capacity(CHUNK)
         })
     }
 
@@ -85,10 +109,14 @@ impl<W: Write> AdaptiveGz<W> {
             self.crc.update(c);
         }
         self.drain()?;
+        let outs: Vec<Vec<u8>> = (0..chunks.len()).map(|_| self.buffer()).collect();
         let threads = self.threads;
         let handle = std::thread::Builder::new()
             .name("kiln-gzip".into())
-            .spawn(move || encode_all(&chunks, threads))?;
+            .spawn(move || {
+                let encoded = encode_all(&chunks, outs, threads);
+                Batch { chunks, encoded }
+            })?;
         self.inflight = Some(handle);
         Ok(())
     }
@@ -98,11 +126,16 @@ impl<W: Write> AdaptiveGz<W> {
         let Some(handle) = self.inflight.take() else {
             return Ok(());
         };
-        let encoded = handle
+        let batch = handle
             .join()
-            .map_err(|_| io::Error::other("a gzip thread failed"))??;
+            .map_err(|_| io::Error::other("a gzip thread failed"))?;
+        let encoded = batch.encoded?;
         for e in &encoded {
             self.out.write_all(e)?;
+        }
+        for mut b in batch.chunks.into_iter().chain(encoded) {
+            b.clear();
+            self.spare.push(b);
         }
         Ok(())
     }
@@ -121,40 +154,56 @@ impl<W: Write> AdaptiveGz<W> {
     }
 }
 
-/// The deflate bytes of each chunk, in order, computed on up to `threads` threads.
-fn encode_all(chunks: &[Vec<u8>], threads: usize) -> io::Result<Vec<Vec<u8>>> {
+/// The deflate bytes of each chunk, in order, each written into one of `outs` (emptied
+/// buffers), computed on up to `threads` threads.
+fn encode_all(
+    chunks: &[Vec<u8>],
+    mut outs: Vec<Vec<u8>>,
+    threads: usize,
+) -> io::Result<Vec<Vec<u8>>> {
     let threads = threads.min(chunks.len()).max(1);
     if threads == 1 {
-        return chunks.iter().map(|c| encode(c)).collect();
+        for (c, o) in chunks.iter().zip(outs.iter_mut()) {
+            encode(c, o)?;
+        }
+        return Ok(outs);
     }
     let next = AtomicUsize::new(0);
-    let mut results: Vec<Option<io::Result<Vec<u8>>>> = (0..chunks.len()).map(|_| None).collect();
-    let done: Vec<Vec<(usize, io::Result<Vec<u8>>)>> = std::thread::scope(|s| {
+    // One slot per chunk, each taken by exactly one worker: the locks are never contended.
+    let slots: Vec<std::sync::Mutex<Vec<u8>>> =
+        outs.into_iter().map(std::sync::Mutex::new).collect();
+    let results: Vec<io::Result<()>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
-                s.spawn(|| {
-                    let mut mine = Vec::new();
+                s.spawn(|| -> io::Result<()> {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(c) = chunks.get(i) else {
-                            return mine;
+                        let (Some(c), Some(slot)) = (chunks.get(i), slots.get(i)) else {
+                            return Ok(());
                         };
-                        mine.push((i, encode(c)));
+                        let mut out = slot
+                            .lock()
+                            .map_err(|_| io::Error::other("a gzip worker thread failed"))?;
+                        encode(c, &mut out)?;
                     }
                 })
             })
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or_default())
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a gzip worker thread failed")))
+            })
             .collect()
     });
-    for (i, r) in done.into_iter().flatten() {
-        results[i] = Some(r);
-    }
-    results
+    results.into_iter().collect::<io::Result<()>>()?;
+    slots
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(io::Error::other("a gzip worker thread failed"))))
+        .map(|m| {
+            m.into_inner()
+                .map_err(|_| io::Error::other("a gzip worker thread failed"))
+        })
         .collect()
 }
 
@@ -181,47 +230,55 @@ fn mode(chunk: &[u8]) -> Mode {
     }
 }
 
-/// One chunk as non-final deflate blocks ending on a byte boundary.
-fn encode(chunk: &[u8]) -> io::Result<Vec<u8>> {
-    let packed = match mode(chunk) {
-        Mode::Store => None,
-        Mode::Mixed => Some(mixed(chunk)?),
-        Mode::Level(level) => Some(deflate(chunk, level)?),
-    };
-    match packed {
-        Some(p) if p.len() < stored_len(chunk.len()) => Ok(p),
-        _ => Ok(stored(chunk)),
+/// One chunk as non-final deflate blocks ending on a byte boundary, written into `out`
+/// (emptied first).
+fn encode(chunk: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    out.clear();
+    // Room for the stored form and a little more, exactly: a `Vec` that grows doubles.
+    let room = stored_len(CHUNK.max(chunk.len())) + 1024;
+    out.reserve_exact(room);
+    match mode(chunk) {
+        Mode::Store => {}
+        Mode::Mixed => mixed(chunk, out)?,
+        Mode::Level(level) => deflate(chunk, level, out)?,
     }
+    if out.is_empty() || out.len() >= stored_len(chunk.len()) {
+        out.clear();
+        stored(chunk, out);
+    }
+    // An output that outgrew its room before it was found not worth it gives the excess back:
+    // the buffer is reused for every later chunk.
+    out.shrink_to(room);
+    Ok(())
 }
 
 fn stored_len(n: usize) -> usize {
     n + 5 * n.div_ceil(usize::from(u16::MAX))
 }
 
-/// `data` as stored (uncompressed) deflate blocks, non-final.
-fn stored(data: &[u8]) -> Vec<u8> {
-    let mut out = Fixed::new(stored_len(data.len()));
-    out.stored(data);
-    out.bytes
+/// `data` as stored (uncompressed) deflate blocks, non-final, appended to `out`.
+fn stored(data: &[u8], out: &mut Vec<u8>) {
+    Fixed::with(out, |f| f.stored(data));
 }
 
-/// `data` deflated by a fresh compressor and sync-flushed: non-final blocks, byte-aligned end.
-fn deflate(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
+/// `data` deflated by a fresh compressor and sync-flushed (non-final blocks, byte-aligned
+/// end), appended to `out`.
+fn deflate(data: &[u8], level: u32, out: &mut Vec<u8>) -> io::Result<()> {
     let mut comp = Compress::new(Compression::new(level), false);
-    let mut out = Vec::with_capacity(data.len() / 2 + 1024);
+    out.reserve(data.len() / 2 + 1024);
     let mut input = data;
     loop {
         if out.len() == out.capacity() {
             out.reserve(64 * 1024);
         }
         let before = comp.total_in();
-        comp.compress_vec(input, &mut out, FlushCompress::Sync)
+        comp.compress_vec(input, out, FlushCompress::Sync)
             .map_err(io::Error::other)?;
         let consumed = usize::try_from(comp.total_in() - before).unwrap_or(input.len());
         input = &input[consumed.min(input.len())..];
         // The flush is complete when all input is taken and the output did not fill up.
         if input.is_empty() && out.len() < out.capacity() {
-            return Ok(out);
+            return Ok(());
         }
     }
 }
@@ -254,26 +311,27 @@ fn looks_random(block: &[u8]) -> bool {
 /// compressible runs get fixed-Huffman literals and run-length matches, long ones (text in
 /// the middle of a mixed chunk) get zlib at level 6. Nothing refers back before the chunk,
 /// and the output ends on a byte boundary, as [`encode`] requires.
-fn mixed(chunk: &[u8]) -> io::Result<Vec<u8>> {
-    let mut out = Fixed::new(chunk.len() + chunk.len() / 16 + 64);
+fn mixed(chunk: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     let kinds: Vec<bool> = chunk.chunks(BLOCK).map(looks_random).collect();
-    let mut start = 0;
-    for same in kinds.chunk_by(|a, b| a == b) {
-        let random = same[0];
-        let end = chunk.len().min(start + same.len() * BLOCK);
-        let run = &chunk[start..end];
-        if random {
-            out.stored(run);
-        } else if run.len() >= ZLIB_FROM {
-            out.align();
-            out.bytes.extend_from_slice(&deflate(run, DEFAULT_LEVEL)?);
-        } else {
-            out.rle(run);
+    Fixed::with(out, |out| {
+        let mut start = 0;
+        for same in kinds.chunk_by(|a, b| a == b) {
+            let random = same[0];
+            let end = chunk.len().min(start + same.len() * BLOCK);
+            let run = &chunk[start..end];
+            if random {
+                out.stored(run);
+            } else if run.len() >= ZLIB_FROM {
+                out.align();
+                deflate(run, DEFAULT_LEVEL, &mut out.bytes)?;
+            } else {
+                out.rle(run);
+            }
+            start = end;
         }
-        start = end;
-    }
-    out.align();
-    Ok(out.bytes)
+        out.align();
+        Ok(())
+    })
 }
 
 /// Deflate's length codes 257..=285: the shortest length each one codes, and its extra bits.
@@ -294,12 +352,18 @@ struct Fixed {
 }
 
 impl Fixed {
-    fn new(capacity: usize) -> Self {
-        Fixed {
-            bytes: Vec::with_capacity(capacity),
+    /// Runs `f` with a bit writer appending to `out` (byte-aligned at its end), and gives the
+    /// bytes back to `out`. `f` ends byte-aligned (`align`, or stored blocks only).
+    fn with<T>(out: &mut Vec<u8>, f: impl FnOnce(&mut Fixed) -> T) -> T {
+        let mut w = Fixed {
+            bytes: std::mem::take(out),
             acc: 0,
             nbits: 0,
-        }
+        };
+        let result = f(&mut w);
+        debug_assert_eq!(w.nbits, 0, "a deflate chunk must end on a byte boundary");
+        *out = w.bytes;
+        result
     }
 
     fn bits(&mut self, value: u32, n: u32) {
@@ -401,7 +465,8 @@ impl<W: Write> Write for AdaptiveGz<W> {
             if self.pending.len() == self.threads * CHUNKS_PER_THREAD {
                 self.flush_batch()?;
             }
-            self.pending.push(Vec::with_capacity(CHUNK));
+            let buffer = self.buffer();
+            self.pending.push(buffer);
         }
         let last = self
             .pending
@@ -631,7 +696,8 @@ mod tests {
         data.extend_from_slice(&b"a line of text in the middle. ".repeat(1000));
         data.extend_from_slice(&random_bytes(99, 100_000));
         data.extend_from_slice(b"tail");
-        let encoded = mixed(&data).unwrap();
+        let mut encoded = Vec::new();
+        mixed(&data, &mut encoded).unwrap();
         assert!(encoded.len() < stored_len(data.len()));
         // As a whole stream: the final empty stored block after the non-final ones.
         let mut stream = encoded;
@@ -645,6 +711,27 @@ mod tests {
             "the mixed coding does not decode to its input"
         );
         roundtrip(&data);
+    }
+
+    #[test]
+    fn a_large_layer_is_compressed_in_a_bounded_number_of_buffers() {
+        // 40 chunks of mixed content through 2 threads: the buffers are those of three
+        // batches (filling, compressing, their outputs), reused, whatever the layer's size.
+        let mut gz = AdaptiveGz::new(std::io::sink()).unwrap();
+        gz.threads = 2;
+        let piece = tar_like(CHUNK / 2 + 1000);
+        for _ in 0..80 {
+            gz.write_all(&piece).unwrap();
+        }
+        let batch = 2 * CHUNKS_PER_THREAD;
+        assert!(gz.allocated <= 3 * batch, "{} buffers", gz.allocated);
+        assert!(
+            gz.spare
+                .iter()
+                .all(|b| b.capacity() <= stored_len(CHUNK) + 1024),
+            "a buffer grew"
+        );
+        gz.finish().unwrap();
     }
 
     #[test]

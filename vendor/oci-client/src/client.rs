@@ -1,5 +1,5 @@
 //! OCI distribution client for fetching oci images from an OCI compliant remote store
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::TryFrom;
 use std::hash::Hash;
 use std::pin::pin;
@@ -301,6 +301,8 @@ pub struct Client {
     auth_store: Arc<RwLock<HashMap<String, RegistryAuth>>>,
     /// Token cache for the client
     pub tokens: TokenCache,
+    /// kiln: registries whose `/v2/` asked for no authentication; they are not asked again.
+    open_registries: Arc<RwLock<HashSet<String>>>,
     client: reqwest::Client,
     push_chunk_size: usize,
 }
@@ -310,6 +312,7 @@ impl Default for Client {
         Self {
             config: Arc::default(),
             auth_store: Arc::default(),
+            open_registries: Arc::default(),
             tokens: TokenCache::new(DEFAULT_TOKEN_EXPIRATION_SECS),
             client: reqwest::Client::default(),
             push_chunk_size: PUSH_CHUNK_MAX_SIZE,
@@ -386,6 +389,7 @@ impl TryFrom<ClientConfig> for Client {
         Ok(Self {
             config: Arc::new(config),
             auth_store: Arc::default(),
+            open_registries: Arc::default(),
             tokens: TokenCache::new(default_token_expiration_secs),
             client: client_builder.build()?,
             push_chunk_size: PUSH_CHUNK_MAX_SIZE,
@@ -448,6 +452,7 @@ impl Client {
         let auth = self.auth_store.read().await.get(registry)?.clone();
         match self.tokens.get(reference, op).await {
             Some(token) => Some(token),
+            None if self.is_open_registry(reference).await => None,
             None => {
                 let token = self._auth(reference, &auth, op).await.ok()??;
                 self.tokens.insert(reference, op, token.clone()).await;
@@ -812,6 +817,9 @@ impl Client {
     ) -> Result<Option<String>> {
         self.store_auth_if_needed(image.resolve_registry(), authentication)
             .await;
+        if self.is_open_registry(image).await {
+            return Ok(None);
+        }
         // preserve old caching behavior
         match self._auth(image, authentication, operation).await {
             Ok(Some(RegistryTokenType::Bearer(token))) => {
@@ -833,6 +841,14 @@ impl Client {
             Ok(None) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// kiln: whether the registry of `image` answered `/v2/` without asking for credentials.
+    async fn is_open_registry(&self, image: &Reference) -> bool {
+        self.open_registries
+            .read()
+            .await
+            .contains(image.resolve_registry())
     }
 
     /// Internal auth that retrieves token.
@@ -860,7 +876,18 @@ impl Client {
         let res = self.client.get(&url).send().await?;
         let dist_hdr = match res.headers().get(reqwest::header::WWW_AUTHENTICATE) {
             Some(h) => h,
-            None => return Ok(None),
+            None => {
+                // kiln: a registry that answers `/v2/` without asking for credentials is
+                // remembered, so that the requests that follow are not each preceded by a
+                // `GET /v2/` (a round trip apiece).
+                if res.status().is_success() {
+                    self.open_registries
+                        .write()
+                        .await
+                        .insert(image.resolve_registry().to_owned());
+                }
+                return Ok(None);
+            }
         };
 
         let challenge = match BearerChallenge::try_from(dist_hdr) {

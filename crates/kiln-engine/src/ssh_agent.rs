@@ -9,12 +9,13 @@
 //! key itself first: a passphrase-protected key is refused, as BuildKit refuses it, before any
 //! process could prompt for a passphrase.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use std::collections::BTreeMap;
 
+use kiln_plugin_sdk::death_watch::DeathWatch;
 use kiln_types::Digest;
 
 use crate::{Error, SshSource};
@@ -169,52 +170,6 @@ impl Drop for BuildAgent {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A `sh` that cleans up after kiln should kiln die first: it reads a pipe whose write end only
-/// kiln holds (close-on-exec, so no other child inherits it), and runs `script` with what kiln
-/// [`told`](DeathWatch::tell) it. Dropping the watch says `done` (kiln cleaned up itself) and
-/// reaps it; end of file without `done` means kiln is gone, killed or crashed, and the script
-/// runs. `PR_SET_PDEATHSIG` cannot do this for the agent: Debian's `ssh-agent` is set-group-id,
-/// and executing it clears the parent-death signal. The watch has a process group of its own,
-/// so that a Ctrl-C meant for kiln does not kill it (kiln then cleans up itself).
-struct DeathWatch {
-    child: Child,
-    pipe: Option<ChildStdin>,
-}
-
-impl DeathWatch {
-    /// `script` reads the lines kiln tells it, then one more: `done`, or nothing at all.
-    fn start(script: &str, env: &[(&str, &std::ffi::OsStr)]) -> std::io::Result<DeathWatch> {
-        use std::os::unix::process::CommandExt;
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(script)
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()?;
-        let pipe = child.stdin.take();
-        Ok(DeathWatch { child, pipe })
-    }
-
-    /// One line for the script. Best effort: a watch that went away cannot be helped.
-    fn tell(&mut self, line: &str) {
-        if let Some(p) = &mut self.pipe {
-            let _ = writeln!(p, "{line}");
-        }
-    }
-}
-
-impl Drop for DeathWatch {
-    fn drop(&mut self) {
-        self.tell("done");
-        drop(self.pipe.take());
-        // It exits as soon as it reads that line.
-        let _ = self.child.wait();
     }
 }
 
@@ -588,8 +543,8 @@ mod tests {
         let mut agent = BuildAgent::start("default", &[key]).unwrap();
         let dir = agent.dir.clone();
         let mut watch = agent.watch.take().expect("a watch runs beside the agent");
-        drop(watch.pipe.take());
-        watch.child.wait().unwrap();
+        watch.close_without_done();
+        watch.wait().unwrap();
         // Bounded: the watch has exited, so the kill was sent; only the reaping is left.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let status = loop {

@@ -43,6 +43,7 @@
 
 #![warn(missing_docs)]
 
+pub mod death_watch;
 pub mod proto;
 
 mod export;

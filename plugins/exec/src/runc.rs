@@ -10,12 +10,13 @@
 //! signal); when runc itself fails, it says so at level `error` in its JSON log, which is how
 //! the two are told apart.
 
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use kiln_plugin_sdk::death_watch::DeathWatch;
 use kiln_plugin_sdk::graph::{NetworkMode, SecurityMode};
 use kiln_plugin_sdk::proto::UlimitResource;
 use oci_spec::runtime::{
@@ -219,52 +220,6 @@ while [ -n "$pid" ] && [ "$n" -lt 100 ] && read -r _ _ s _ < "/proc/$pid/stat" &
 done
 runc --root "$KILN_RUNC_ROOT" delete --force "$KILN_RUNC_ID"
 rm -rf "$KILN_RUNC_ROOT" "$KILN_RUNC_BUNDLE""#;
-
-/// A `sh` that cleans up after kiln should kiln die first: it reads a pipe whose write end only
-/// kiln holds (close-on-exec, so no other child inherits it), and runs `script` with what kiln
-/// [`told`](DeathWatch::tell) it. Dropping the watch says `done` (kiln cleaned up itself) and
-/// reaps it; end of file without `done` means kiln is gone, killed or crashed, and the script
-/// runs. It has a process group of its own, so that a Ctrl-C meant for kiln does not kill it
-/// (kiln then cleans up itself). The same scheme keeps kiln's ssh-agent (kiln-engine) from
-/// outliving it; a plugin cannot share the engine's code.
-struct DeathWatch {
-    child: Child,
-    pipe: Option<ChildStdin>,
-}
-
-impl DeathWatch {
-    /// `script` reads the lines kiln tells it, then one more: `done`, or nothing at all.
-    fn start(script: &str, env: &[(&str, &std::ffi::OsStr)]) -> io::Result<DeathWatch> {
-        use std::os::unix::process::CommandExt;
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(script)
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()?;
-        let pipe = child.stdin.take();
-        Ok(DeathWatch { child, pipe })
-    }
-
-    /// One line for the script. Best effort: a watch that went away cannot be helped.
-    fn tell(&mut self, line: &str) {
-        if let Some(p) = &mut self.pipe {
-            let _ignored = writeln!(p, "{line}");
-        }
-    }
-}
-
-impl Drop for DeathWatch {
-    fn drop(&mut self) {
-        self.tell("done");
-        drop(self.pipe.take());
-        // It exits as soon as it reads that line.
-        let _ignored = self.child.wait();
-    }
-}
 
 fn delete(state: &Path, id: &str) {
     let _ignored = Command::new(RUNC)
@@ -555,10 +510,10 @@ mod tests {
         // A stand-in for `runc run`, which the parent-death signal ends with kiln.
         let mut runc_run = Command::new("sleep").arg("600").spawn().unwrap();
         w.tell(&runc_run.id().to_string());
-        drop(w.pipe.take());
+        w.close_without_done();
         runc_run.kill().unwrap();
         runc_run.wait().unwrap();
-        w.child.wait().unwrap();
+        w.wait().unwrap();
         assert_eq!(
             std::fs::read_to_string(&calls).unwrap(),
             format!("--root {} delete --force kiln-1-0\n", root.display())

@@ -578,10 +578,9 @@ fn export_tar(store: &Store, built: &[Built], dest: &kiln_export::TarDest) -> Re
     res
 }
 
-/// Pushes an index to each of `names`: each platform's manifest with its blobs, then the
-/// index, which the tag ends up naming. The manifests are pushed under the tag too (the
-/// registry client pushes by tag only; the index replaces them at once), so the registry
-/// holds them by digest as the index requires.
+/// Pushes an index to each of `names`, as BuildKit does: each platform's manifest with its
+/// blobs under its digest (no tag names it, so the tag never shows a single platform's image,
+/// even for a moment), then the index under the tag.
 fn push_index(
     store: &Store,
     registry: &kiln_registry::Registry,
@@ -595,10 +594,14 @@ fn push_index(
             return Err(kiln_snapshot::Error::BlobChanged(m).into());
         }
     }
-    for image in &index.images {
-        crate::push(store, registry, handle, image, names, progress)?;
-    }
     let bytes = store.read_blob(&index.descriptor.digest)?;
+    let pushed = |target: &kiln_registry::Reference, digest: Digest| {
+        progress.send(Event::Log {
+            id: Digest::of(b"internal:export"),
+            name: "exporting to image".to_owned(),
+            line: format!("pushed {target}@{digest}"),
+        });
+    };
     for name in names {
         let target = match name.parse::<kiln_registry::ImageRef>()? {
             kiln_registry::ImageRef::Registry(r) => r,
@@ -608,6 +611,34 @@ fn push_index(
                 )))
             }
         };
+        for image in &index.images {
+            let mut blobs: Vec<(Digest, u64)> =
+                image.layers.iter().map(|l| (l.digest, l.size)).collect();
+            blobs.push((
+                image.manifest_doc.config.digest,
+                image.manifest_doc.config.size,
+            ));
+            let manifest = store.read_blob(&image.manifest.digest)?;
+            let by_digest = kiln_registry::Reference {
+                tag: None,
+                digest: Some(image.manifest.digest),
+                ..target.clone()
+            };
+            let digest = handle.block_on(registry.push(
+                &by_digest,
+                &blobs,
+                &manifest,
+                &image.manifest.media_type,
+                store,
+            ))?;
+            pushed(
+                &kiln_registry::Reference {
+                    digest: None,
+                    ..by_digest
+                },
+                digest,
+            );
+        }
         let digest = handle.block_on(registry.push(
             &target,
             &[],
@@ -615,11 +646,7 @@ fn push_index(
             &index.descriptor.media_type,
             store,
         ))?;
-        progress.send(Event::Log {
-            id: Digest::of(b"internal:export"),
-            name: "exporting to image".to_owned(),
-            line: format!("pushed {target}@{digest}"),
-        });
+        pushed(&target, digest);
     }
     Ok(())
 }

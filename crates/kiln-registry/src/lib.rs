@@ -110,8 +110,10 @@ impl Registry {
     }
 
     /// Pushes an image (or a build cache) whose blobs are in `store` to registry reference
-    /// `target` (its tag, or `latest`): the blobs the registry lacks first (streamed, several
-    /// at once), then the manifest. Returns the manifest digest.
+    /// `target`: the blobs the registry lacks first (streamed, several at once), then the
+    /// manifest, under `target`'s digest when it has one (it must be the manifest's: the
+    /// per-platform manifests of an index go up so, tagging nothing), else its tag (or
+    /// `latest`). Returns the manifest digest.
     pub async fn push(
         &self,
         target: &Reference,

@@ -181,7 +181,8 @@ impl Remote {
     }
 
     /// Uploads `blobs` (missing ones only, streamed from the store) then the manifest under
-    /// the reference's tag; returns the manifest digest.
+    /// the reference's digest when it has one (which must be the manifest's), else its tag;
+    /// returns the manifest digest.
     pub(crate) async fn push(
         &self,
         r: &Reference,
@@ -191,6 +192,12 @@ impl Remote {
         store: &Store,
     ) -> Result<Digest, Error> {
         let s = self.session(r, Op::Push).await?;
+        let digest = Digest::of(manifest);
+        if let Some(want) = r.digest {
+            if want != digest {
+                return Err(s.mismatch("manifest", &want, &digest));
+            }
+        }
         let oref = s.oci_ref(None);
         // Blobs go up several at once (the registry may already hold any of them: those are
         // only asked about); the manifest goes last, once every blob it names is there.
@@ -204,8 +211,9 @@ impl Remote {
         .collect()
         .await;
         uploads.into_iter().collect::<Result<(), Error>>()?;
-        s.upload_manifest(&oref, manifest, media_type).await?;
-        Ok(Digest::of(manifest))
+        s.upload_manifest(&s.oci_ref(r.digest.as_ref()), manifest, media_type)
+            .await?;
+        Ok(digest)
     }
 
     /// Uploads one blob of the store, unless the registry has it already.

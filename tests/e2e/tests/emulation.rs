@@ -270,10 +270,11 @@ fn setup_without_platforms_registers_every_installed_emulator() {
     assert!(r.stderr.contains("too many components"), "{}", r.stderr);
 }
 
-/// Once the handler is registered (by `kiln setup emulation`), an exec-form RUN of the arm64
-/// program under `--platform linux/arm64` runs under QEMU in both runtimes and writes `arm64`
-/// into the image, whose config says arm64. (A build does not register the handler itself
-/// yet: that is the engine's next step, with `kiln_emulation::Emulation::ensure`.)
+/// An exec-form RUN of the arm64 program under `--platform linux/arm64` runs under QEMU in
+/// both runtimes and writes `arm64` into the image, whose config says arm64. The handler is
+/// registered first with `kiln setup emulation` so that this test is about the runtimes; a
+/// build registers a missing handler itself too (`kiln_emulation::Emulation::ensure`, before
+/// the build starts), which multiplatform.rs's emulated test proves from no handler at all.
 #[test]
 fn an_arm64_run_step_runs_under_emulation_in_both_runtimes() {
     let _lock = binfmt_lock();

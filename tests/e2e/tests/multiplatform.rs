@@ -466,6 +466,123 @@ fn pushed_to_a_registry_as_an_index() {
     assert_each_platform(&k, &image, "pushed", &["--tls-verify=false"]);
 }
 
+/// The test registry's storage: `KILN_TEST_REGISTRY_STORAGE` when set (a registry started by
+/// hand), else where `cargo xtask test` keeps it (xtask/src/registry.rs).
+fn registry_storage() -> PathBuf {
+    let dir = std::env::var_os("KILN_TEST_REGISTRY_STORAGE").map_or_else(
+        || kiln_e2e::target_dir().join("../kiln-test/registry/storage"),
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("docker/registry/v2").is_dir(),
+        "the test registry's storage is not at {} (set KILN_TEST_REGISTRY_STORAGE to the \
+         docker-registry's rootdirectory)",
+        dir.display()
+    );
+    dir
+}
+
+/// A multi-platform push puts each platform's manifest by digest and only the index under the
+/// tag, as BuildKit does: the tag never names one platform's image, not even for a moment.
+/// docker-registry keeps every digest a tag has named (`_manifests/tags/T/index/`): there is
+/// one, the index's. The repository's only tag is `1`, and each platform's manifest is served
+/// by its digest.
+#[test]
+fn a_pushed_index_is_the_only_manifest_its_tag_ever_named() {
+    let registry = kiln_e2e::test_registry();
+    let storage = registry_storage();
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
+    let ctx = k.write("ctx", &[("Dockerfile", DOCKERFILE)]);
+    // A repository of its own: the registry outlives test runs.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let repo = format!("by-digest-{}-{nonce}", std::process::id());
+    let name = format!("{registry}/{repo}:1");
+    let meta = k.path("meta.json");
+    build(
+        &k,
+        &ctx,
+        &[
+            "-t",
+            &name,
+            "--push",
+            "--metadata-file",
+            meta.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let index_digest = json(&std::fs::read_to_string(&meta).unwrap())["containerimage.digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tags = json(&tool(
+        "skopeo",
+        &[
+            "list-tags",
+            "--tls-verify=false",
+            &format!("docker://{registry}/{repo}"),
+        ],
+    ));
+    assert_eq!(tags["Tags"], serde_json::json!(["1"]), "{tags}");
+    let history = storage.join(format!(
+        "docker/registry/v2/repositories/{repo}/_manifests/tags/1/index/sha256"
+    ));
+    let mut named: Vec<String> = std::fs::read_dir(&history)
+        .unwrap_or_else(|e| panic!("{}: {e}", history.display()))
+        .map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    named.sort();
+    assert_eq!(
+        named,
+        [index_digest],
+        "the tag named more than the index"
+    );
+    let index = json(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{name}"),
+        ],
+    ));
+    assert_eq!(
+        index["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{index}"
+    );
+    let manifests = index["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 3, "{index}");
+    for (m, arch) in manifests.iter().zip(ARCHES) {
+        let digest = m["digest"].as_str().unwrap();
+        let manifest = json(&tool(
+            "skopeo",
+            &[
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{registry}/{repo}@{digest}"),
+            ],
+        ));
+        assert_eq!(
+            manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json",
+            "{arch}: {manifest}"
+        );
+        let cfg = json(&tool(
+            "skopeo",
+            &[
+                "inspect",
+                "--config",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{registry}/{repo}@{digest}"),
+            ],
+        ));
+        assert_eq!(cfg["architecture"], arch, "{cfg}");
+    }
+}
+
 const BINFMT: &str = "/proc/sys/fs/binfmt_misc";
 
 /// The ELF header bytes of an aarch64 executable as binfmt_misc lists them (`magic` line).

@@ -39,6 +39,9 @@ const BUILDKIT: &[(&str, &str, f64)] = &[
     ("context", "touch one file", 0.89),
     // The README's figure in parentheses (no output).
     ("context", "edit one file, no output", 2.52),
+    ("multiplatform", "cold", 0.57),
+    // Three exec-form RUN steps of a static arm64 program under QEMU, cold.
+    ("multiplatform", "emulated", 0.61),
 ];
 
 struct Bench {
@@ -109,6 +112,11 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     let work = ws.target_dir.join("kiln-bench");
     let registry = Registry::start(&work.join("registry"))?;
     crate::fixtures::build(&ws, Some(&registry.addr))?;
+    let want = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
+    if want("multiplatform") {
+        // The emulated phase's arm64 program (Go from PyPI, cached under target/kiln-test/).
+        crate::goarch::build(&ws, Some(&registry.addr))?;
+    }
     let workloads = ws.root.join("../shared/bench/workloads");
     if !workloads.is_dir() {
         bail!(
@@ -124,7 +132,6 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         runs,
         rows: Vec::new(),
     };
-    let want = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
     if want("steps") {
         b.cold_and_noop("steps", &workloads.join("steps"), &workloads.join("steps"))?;
         b.cache_from_registry("steps", &workloads.join("steps"))?;
@@ -145,6 +152,9 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     }
     if want("context") {
         b.context(&workloads.join("context"))?;
+    }
+    if want("multiplatform") {
+        b.multiplatform(&workloads.join("multiplatform"))?;
     }
     // Not in the default set: it needs debootstrap, root and the Debian mirror.
     if only.iter().any(|o| o == "debian") {
@@ -372,6 +382,71 @@ impl Bench {
         self.record("context", "edit one file", edit);
         self.record("context", "touch one file", touch);
         self.record("context", "edit one file, no output", bare_edit);
+        Ok(())
+    }
+
+    /// Three platforms from one build (cold, OCI tarball, as BuildKit's figure), then the
+    /// emulated phase: three exec-form RUN steps of the goarch fixture's static arm64 program
+    /// under QEMU (`--platform linux/arm64`, cold). The RUN steps of the workload itself are
+    /// all on `$BUILDPLATFORM`: riscv64 needs no emulator.
+    fn multiplatform(&mut self, dir: &Path) -> Result<()> {
+        let out = self.work.join("multiplatform.tar");
+        let platforms = [
+            "--platform".to_owned(),
+            "linux/amd64,linux/arm64,linux/riscv64".to_owned(),
+            "--output".to_owned(),
+            format!("type=oci,dest={}", out.display()),
+        ];
+        let mut cold = Vec::new();
+        for _ in 0..self.runs {
+            self.fresh_root()?;
+            cold.push(self.build(dir, dir, &platforms)?);
+        }
+        self.record("multiplatform", "cold", cold);
+
+        let ctx = self.work.join("emulated");
+        std::fs::create_dir_all(&ctx).context("create the emulated workload's context")?;
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            "ARG BASE\nFROM ${BASE}\nRUN [\"/goarch\", \"/out/1\"]\n\
+             RUN [\"/goarch\", \"/out/2\"]\nRUN [\"/goarch\", \"/out/3\"]\n",
+        )
+        .context("write the emulated workload's Dockerfile")?;
+        let out = self.work.join("emulated.tar");
+        let args = [
+            "--platform".to_owned(),
+            "linux/arm64".to_owned(),
+            "--output".to_owned(),
+            format!("type=oci,dest={}", out.display()),
+        ];
+        let busybox = std::mem::replace(&mut self.base, format!("{}/goarch:latest", self.registry));
+        let mut emulated = Vec::new();
+        let mut failed = None;
+        for _ in 0..self.runs {
+            match self
+                .fresh_root()
+                .and_then(|()| self.build(&ctx, &ctx, &args))
+            {
+                // The program prints its GOARCH: proof that the step ran, under emulation.
+                Ok(run) if run.log.matches(" arm64\n").count() < 3 => {
+                    failed = Some(anyhow::anyhow!(
+                        "the emulated build did not run the arm64 program three times:\n{}",
+                        run.log
+                    ));
+                    break;
+                }
+                Ok(run) => emulated.push(run),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        self.base = busybox;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.record("multiplatform", "emulated", emulated);
         Ok(())
     }
 

@@ -596,11 +596,33 @@ fn copy_leaf(
 ) -> Result<()> {
     let ft = md.file_type();
     let ids = opts.ids.or(Some((md.uid(), md.gid())));
+    let mode = if ft.is_file() {
+        chmod(opts.chmod.as_ref(), md.mode() & 0o7777, false)?
+    } else {
+        md.mode() & 0o7777
+    };
+    // The same owner, mode and mtime: the source's inode itself will do. Tried before looking
+    // for something to replace: a layer written directly is mostly new paths.
+    let same = ids == Some((md.uid(), md.gid())) && mode == md.mode() & 0o7777;
+    let linker = opts
+        .link
+        .as_ref()
+        .filter(|_| ft.is_file() && same && md.len() > 0);
+    if let Some(l) = linker {
+        if let Ok(true) = l.borrow_mut().link(src, md, dst) {
+            return Ok(());
+        }
+    }
     if let Ok(existing) = fs::symlink_metadata(dst) {
         if existing.is_dir() {
             fs::remove_dir_all(dst).map_err(ioe("replace", shown))?;
         } else {
             fs::remove_file(dst).map_err(ioe("replace", shown))?;
+        }
+        if let Some(l) = linker {
+            if l.borrow_mut().link_again(src, md, dst) {
+                return Ok(());
+            }
         }
     }
     if ft.is_symlink() {
@@ -613,16 +635,6 @@ fn copy_leaf(
         return Ok(());
     }
     if ft.is_file() {
-        let mode = chmod(opts.chmod.as_ref(), md.mode() & 0o7777, false)?;
-        // The same owner, mode and mtime: the source's inode itself will do.
-        let same = ids == Some((md.uid(), md.gid())) && mode == md.mode() & 0o7777;
-        if same && md.len() > 0 {
-            if let Some(l) = &opts.link {
-                if l.borrow_mut().link(src, md, dst) {
-                    return Ok(());
-                }
-            }
-        }
         fs::copy(src, dst).map_err(ioe("copy", shown))?;
         set_meta(dst, Some(mode), ids, shown)?;
         set_mtime(dst, md);

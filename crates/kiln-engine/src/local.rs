@@ -429,17 +429,22 @@ pub(crate) fn materialize(
     let mut dirs = Vec::new();
     let mut files = Vec::new();
     let mut linked_prev = false;
+    let mut made: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for e in &scan.entries {
         let to = dest_root.join(&e.rel);
-        if let Some(parent) = to.parent() {
-            // Parents of re-included files whose directory entry was excluded.
-            if !parent.is_dir() {
-                fs::create_dir_all(parent).map_err(|err| Error::io("mkdir", parent, err))?;
+        // Parents of re-included files whose directory entry was excluded (entries come in
+        // path order, so a selected directory is made before what it holds).
+        if let Some((parent, _)) = e.rel.rsplit_once('/') {
+            if !made.contains(parent) {
+                let p = dest_root.join(parent);
+                fs::create_dir_all(&p).map_err(|err| Error::io("mkdir", &p, err))?;
+                made.insert(parent);
             }
         }
         match e.kind {
             Kind::Dir => {
                 fs::create_dir_all(&to).map_err(|err| Error::io("mkdir", &to, err))?;
+                made.insert(&e.rel);
                 let _ = std::os::unix::fs::lchown(&to, Some(0), Some(0));
                 fs::set_permissions(&to, fs::Permissions::from_mode(e.mode))
                     .map_err(|err| Error::io("chmod", &to, err))?;

@@ -110,14 +110,25 @@ pub(crate) struct Linker {
 }
 
 impl Linker {
-    /// Links `dst` to `src` (of metadata `md`) if its inode is not in the layer yet.
-    pub(crate) fn link(&mut self, src: &Path, md: &fs::Metadata, dst: &Path) -> bool {
+    /// Links `dst` to `src` (of metadata `md`) if its inode is not in the layer yet: whether
+    /// it did, or why it could not (`dst` exists: replace it, then [`Linker::link_again`]).
+    pub(crate) fn link(&mut self, src: &Path, md: &fs::Metadata, dst: &Path) -> io::Result<bool> {
         if !self.inodes.insert((md.dev(), md.ino())) {
-            return false;
+            return Ok(false);
         }
-        let ok = fs::hard_link(src, dst).is_ok();
-        self.linked |= ok;
-        ok
+        let linked = fs::hard_link(src, dst);
+        if linked.is_err() {
+            // Not in the layer after all.
+            self.inodes.remove(&(md.dev(), md.ino()));
+        }
+        linked?;
+        self.linked = true;
+        Ok(true)
+    }
+
+    /// [`Linker::link`] once what stood at `dst` was removed.
+    pub(crate) fn link_again(&mut self, src: &Path, md: &fs::Metadata, dst: &Path) -> bool {
+        self.link(src, md, dst).unwrap_or(false)
     }
 
     /// Whether a file was linked.

@@ -772,6 +772,36 @@ mod tests {
         assert!(exec_platforms(&State::definition(&[image("linux/arm64")])).is_empty());
     }
 
+    /// The bench's `multiplatform` workload: every RUN is in stages on `$BUILDPLATFORM` (the
+    /// host), one per target for `TARGETARCH`, and the final stages are `FROM scratch`. Only
+    /// the host's platform is checked: riscv64 needs no emulator.
+    #[test]
+    fn build_platform_run_steps_need_no_emulator_for_any_target() {
+        let host = Platform::host().normalize();
+        let targets = ["linux/amd64", "linux/arm64", "linux/riscv64"];
+        let defs: Vec<Definition> = targets
+            .iter()
+            .map(|t| {
+                let toolchain = ExecBuilder::new(&image(&host.to_string()), vec!["gen".into()])
+                    .build("[toolchain 2/2] RUN gen");
+                let build = ExecBuilder::new(&toolchain, vec![format!("cat > app-{t}")])
+                    .build("[build 3/3] RUN cat");
+                State::definition(&[build])
+            })
+            .collect();
+        let merged = merge_definitions(
+            &targets
+                .iter()
+                .map(|t| t.parse().unwrap())
+                .collect::<Vec<_>>(),
+            defs,
+        );
+        assert_eq!(
+            exec_platforms(&merged).into_iter().collect::<Vec<_>>(),
+            [host]
+        );
+    }
+
     #[test]
     fn platform_directories_are_named_as_buildkit() {
         let p = |s: &str| s.parse::<Platform>().unwrap();

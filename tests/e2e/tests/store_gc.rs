@@ -61,9 +61,11 @@ fn total_line(stdout: &str) -> f64 {
     parse_human(line.split_whitespace().nth(1).unwrap())
 }
 
-/// A context `FROM scratch` + `COPY data /data`, `data` being 5 MB of noise from `seed`.
+/// A context `FROM scratch` + `COPY --chmod=600 data /data`, `data` being 5 MB of noise from
+/// `seed`. The chmod makes the COPY's layer a copy (5 MB of its own): an unchanged COPY of a
+/// context file is a hard link to the context layer's, which would halve these stores.
 fn copy_context(k: &Kiln, name: &str, seed: u64) -> PathBuf {
-    let ctx = k.write(name, &[("Dockerfile", "FROM scratch\nCOPY data /data\n")]);
+    let ctx = k.write(name, &[("Dockerfile", "FROM scratch\nCOPY --chmod=600 data /data\n")]);
     std::fs::write(ctx.join("data"), noise(seed, 5_000_000)).unwrap();
     ctx
 }
@@ -100,7 +102,7 @@ fn du_agrees_with_du_sb_and_prune_frees_down_to_keep_storage_then_all() {
     assert!(du.stdout.contains("Reclaimable:"), "{}", du.stdout);
     let verbose = k.run(&["du", "--verbose"]).ok().stdout;
     assert!(verbose.contains("Type:         source.local"), "{verbose}");
-    assert!(verbose.contains("COPY data /data"), "{verbose}");
+    assert!(verbose.contains("COPY --chmod=600 data /data"), "{verbose}");
 
     // Without -f and no terminal to answer, prune refuses and removes nothing.
     let refused = k.run(&["prune", "--keep-storage", "8MB"]).fails();
@@ -175,7 +177,7 @@ fn each_build_collects_down_to_gckeepstorage_unless_gc_is_off() {
         ])
         .ok();
     assert_eq!(
-        again.step_state("COPY data /data"),
+        again.step_state("COPY --chmod=600 data /data"),
         "CACHED",
         "{}",
         again.stderr

@@ -113,6 +113,101 @@ pub(crate) fn ensure_emulation(
     Ok(())
 }
 
+/// The host services of the per-platform frontend calls of one build, which remember each
+/// image config resolved: a stage on `$BUILDPLATFORM` resolves the same image for the same
+/// platform in every call, and asks the registry once (as BuildKit's per-session resolver
+/// cache). Failures are not kept. Every method of [`HostServices`] is forwarded: one left to
+/// its default would answer "unsupported".
+struct ResolvedOnce<S> {
+    inner: S,
+    resolved: std::sync::Mutex<
+        HashMap<(String, Platform), kiln_plugin_sdk::proto::ResolveImageConfigResponse>,
+    >,
+}
+
+impl<S> ResolvedOnce<S> {
+    fn new(inner: S) -> Self {
+        ResolvedOnce {
+            inner,
+            resolved: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cache(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        HashMap<(String, Platform), kiln_plugin_sdk::proto::ResolveImageConfigResponse>,
+    > {
+        // Only whole entries are inserted: a panic elsewhere leaves the map consistent.
+        self.resolved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<S: kiln_plugin_host::HostServices> kiln_plugin_host::HostServices for ResolvedOnce<S> {
+    fn read_context_file(
+        &self,
+        context: &str,
+        path: &str,
+    ) -> Result<Vec<u8>, kiln_plugin_sdk::proto::PluginError> {
+        self.inner.read_context_file(context, path)
+    }
+
+    fn stat(
+        &self,
+        context: &str,
+        path: &str,
+    ) -> Result<Option<kiln_plugin_sdk::proto::FileInfo>, kiln_plugin_sdk::proto::PluginError> {
+        self.inner.stat(context, path)
+    }
+
+    fn read_dir(
+        &self,
+        context: &str,
+        path: &str,
+    ) -> Result<Vec<kiln_plugin_sdk::proto::FileInfo>, kiln_plugin_sdk::proto::PluginError> {
+        self.inner.read_dir(context, path)
+    }
+
+    fn resolve_image_config(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<
+        kiln_plugin_sdk::proto::ResolveImageConfigResponse,
+        kiln_plugin_sdk::proto::PluginError,
+    > {
+        let key = (reference.to_owned(), platform.clone());
+        if let Some(found) = self.cache().get(&key) {
+            return Ok(found.clone());
+        }
+        // Not held across the registry's round trips: the calls could run at once.
+        let found = self.inner.resolve_image_config(reference, platform)?;
+        self.cache().insert(key, found.clone());
+        Ok(found)
+    }
+
+    fn lower_instruction(
+        &self,
+        req: kiln_plugin_sdk::proto::InstructionRequest,
+    ) -> Result<
+        Option<kiln_plugin_sdk::proto::InstructionResponse>,
+        kiln_plugin_sdk::proto::PluginError,
+    > {
+        self.inner.lower_instruction(req)
+    }
+
+    fn log(&self, level: kiln_plugin_sdk::proto::LogLevel, message: &str) {
+        self.inner.log(level, message)
+    }
+
+    fn cancelled(&self) -> bool {
+        self.inner.cancelled()
+    }
+}
+
 /// The directory (or tar prefix) of `platform` in a multi-platform local export: BuildKit's
 /// `platforms.Format` with `/` replaced by `_` (`linux_amd64`, `linux_arm_v7`).
 pub(crate) fn platform_dir(platform: &Platform) -> String {
@@ -207,7 +302,7 @@ impl Engine {
         let mut build_args = req.build_args.clone();
         build_args.remove("BUILDKIT_SYNTAX");
         let (contexts, options) = frontend_options(&req)?;
-        let services = Arc::new(services::EngineServices::new(
+        let services = Arc::new(ResolvedOnce::new(services::EngineServices::new(
             contexts.clone(),
             self.plugins.clone(),
             self.registry.clone(),
@@ -217,7 +312,7 @@ impl Engine {
             load_id,
             load_name.clone(),
             cancel.clone(),
-        ));
+        )));
         let net_cancel = cancel.child_token();
         let _stop_net = net_cancel.clone().drop_guard();
         let imports = tokio::spawn(remote_cache::read_imports(
@@ -800,6 +895,75 @@ mod tests {
             exec_platforms(&merged).into_iter().collect::<Vec<_>>(),
             [host]
         );
+    }
+
+    /// Counts the resolves that reach it; fails for `bad`.
+    #[derive(Default)]
+    struct Counting {
+        resolves: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl kiln_plugin_host::HostServices for Counting {
+        fn resolve_image_config(
+            &self,
+            reference: &str,
+            platform: &Platform,
+        ) -> Result<
+            kiln_plugin_sdk::proto::ResolveImageConfigResponse,
+            kiln_plugin_sdk::proto::PluginError,
+        > {
+            self.resolves
+                .lock()
+                .unwrap()
+                .push(format!("{reference} {platform}"));
+            if reference == "bad" {
+                return Err(kiln_plugin_sdk::proto::PluginError::internal(
+                    "no such image",
+                ));
+            }
+            Ok(kiln_plugin_sdk::proto::ResolveImageConfigResponse {
+                digest: Digest::of(format!("{reference} {platform}").as_bytes()),
+                config: ImageConfig::default(),
+            })
+        }
+
+        fn read_context_file(
+            &self,
+            context: &str,
+            path: &str,
+        ) -> Result<Vec<u8>, kiln_plugin_sdk::proto::PluginError> {
+            Ok(format!("{context}:{path}").into_bytes())
+        }
+
+        fn cancelled(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn an_image_config_is_resolved_once_per_platform_across_frontend_calls() {
+        use kiln_plugin_host::HostServices;
+        let s = ResolvedOnce::new(Counting::default());
+        let amd64: Platform = "linux/amd64".parse().unwrap();
+        let arm64: Platform = "linux/arm64".parse().unwrap();
+        let first = s.resolve_image_config("busybox", &amd64).unwrap();
+        assert_eq!(s.resolve_image_config("busybox", &amd64).unwrap(), first);
+        assert_ne!(s.resolve_image_config("busybox", &arm64).unwrap(), first);
+        // A failure is asked again.
+        assert!(s.resolve_image_config("bad", &amd64).is_err());
+        assert!(s.resolve_image_config("bad", &amd64).is_err());
+        assert_eq!(
+            *s.inner.resolves.lock().unwrap(),
+            [
+                "busybox linux/amd64",
+                "busybox linux/arm64",
+                "bad linux/amd64",
+                "bad linux/amd64"
+            ]
+        );
+        // The other services are the inner ones.
+        assert_eq!(s.read_context_file("ctx", "a").unwrap(), b"ctx:a");
+        assert!(s.cancelled());
     }
 
     #[test]

@@ -466,6 +466,21 @@ fn pushed_to_a_registry_as_an_index() {
     assert_each_platform(&k, &image, "pushed", &["--tls-verify=false"]);
 }
 
+/// The build stage's base is the same image for the same (build) platform in each platform's
+/// frontend call: its config is resolved once for the build, not once per platform.
+#[test]
+fn a_base_shared_by_every_platform_is_resolved_once() {
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
+    let ctx = k.write("ctx", &[("Dockerfile", DOCKERFILE)]);
+    let r = build(&k, &ctx, &[]).ok();
+    let resolves: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("resolve image config for"))
+        .collect();
+    assert_eq!(resolves.len(), 1, "{}", r.stderr);
+}
+
 /// The test registry's storage: `KILN_TEST_REGISTRY_STORAGE` when set (a registry started by
 /// hand), else where `cargo xtask test` keeps it (xtask/src/registry.rs).
 fn registry_storage() -> PathBuf {
@@ -534,11 +549,7 @@ fn a_pushed_index_is_the_only_manifest_its_tag_ever_named() {
         .map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()))
         .collect();
     named.sort();
-    assert_eq!(
-        named,
-        [index_digest],
-        "the tag named more than the index"
-    );
+    assert_eq!(named, [index_digest], "the tag named more than the index");
     let index = json(&tool(
         "skopeo",
         &[

@@ -65,7 +65,10 @@ fn total_line(stdout: &str) -> f64 {
 /// `seed`. The chmod makes the COPY's layer a copy (5 MB of its own): an unchanged COPY of a
 /// context file is a hard link to the context layer's, which would halve these stores.
 fn copy_context(k: &Kiln, name: &str, seed: u64) -> PathBuf {
-    let ctx = k.write(name, &[("Dockerfile", "FROM scratch\nCOPY --chmod=600 data /data\n")]);
+    let ctx = k.write(
+        name,
+        &[("Dockerfile", "FROM scratch\nCOPY --chmod=600 data /data\n")],
+    );
     std::fs::write(ctx.join("data"), noise(seed, 5_000_000)).unwrap();
     ctx
 }

@@ -236,6 +236,139 @@ pub(crate) fn block_unless_cancelled<F: std::future::Future>(
 /// parser's is 8 MiB); this one only keeps a hostile context from making kiln read without end.
 pub const MAX_BUILD_FILE_BYTES: u64 = 16 << 20;
 
+/// Ends the `exporting to image` step begun at `started`: a line saying what was written (when
+/// `written` names something), then done; or the error.
+fn end_export_step<T>(
+    progress: &dyn ProgressSink<Digest>,
+    id: Digest,
+    name: String,
+    started: std::time::Instant,
+    result: &Result<T, Error>,
+    written: impl FnOnce(&T) -> Option<String>,
+) {
+    match result {
+        Ok(done) => {
+            if let Some(line) = written(done) {
+                progress.send(Event::Log {
+                    id,
+                    name: name.clone(),
+                    line,
+                });
+            }
+            progress.send(Event::Done {
+                id,
+                name,
+                duration: started.elapsed(),
+            });
+        }
+        Err(e) => progress.send(Event::Error {
+            id,
+            name,
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// A solve's outcome: the solution, and the name and status of every step it needed.
+type Solved = (
+    kiln_solver::Solution<Digest, Snapshot>,
+    Vec<(String, Status)>,
+);
+
+/// Solves `targets` of `def`: a failed step's error carries its place in the build file.
+/// Returns the solution and the name and status of every step the solve needed.
+async fn solve(
+    solver: &kiln_solver::Solver<Digest, exec::OpExecutor>,
+    graph: &kiln_solver::Graph<Digest>,
+    def: &kiln_graph::Definition,
+    targets: &[Digest],
+    cancel: &CancellationToken,
+) -> Result<Solved, Error> {
+    let solution = solver.solve(graph, targets, cancel).await.map_err(|e| {
+        let location = match &e {
+            kiln_solver::Error::Vertex { id, .. } => {
+                def.vertex(id).and_then(|v| v.meta.source.clone())
+            }
+            _ => None,
+        };
+        Error::Step {
+            location,
+            source: e,
+        }
+    })?;
+    let steps = solution
+        .vertices
+        .iter()
+        .map(|(id, st)| {
+            let name = def
+                .vertex(id)
+                .map(|v| v.meta.description.clone())
+                .unwrap_or_default();
+            (name, *st)
+        })
+        .collect();
+    Ok((solution, steps))
+}
+
+/// Local context directories by name.
+type Contexts = BTreeMap<String, PathBuf>;
+
+/// The contexts the host serves to the frontend, by name, and the frontend's options, as
+/// BuildKit passes them: `label:K` per `--label`, the `--call` subrequest, `--network` as
+/// `force-network-mode`, and `--build-context` values as `context:NAME`.
+fn frontend_options(req: &BuildRequest) -> Result<(Contexts, BTreeMap<String, String>), Error> {
+    // Local directories are served by the host under their name.
+    let mut contexts = BTreeMap::from([("context".to_owned(), req.context.clone())]);
+    let mut options = BTreeMap::new();
+    for (k, v) in &req.labels {
+        options.insert(format!("label:{k}"), v.clone());
+    }
+    if let Some(call) = req.call {
+        options.insert("call".to_owned(), call.name().to_owned());
+    }
+    // buildx's `--network`: a frontend option, so that the frontend makes it each RUN's
+    // default (and a RUN's own `--network` wins), as BuildKit's Dockerfile frontend does.
+    match req.network {
+        NetworkMode::Default => {}
+        NetworkMode::None => {
+            options.insert("force-network-mode".to_owned(), "none".to_owned());
+        }
+        NetworkMode::Host => {
+            if !req.allow.contains(&Entitlement::NetworkHost) {
+                return Err(Error::Entitlement {
+                    entitlement: Entitlement::NetworkHost,
+                    why: "--network host",
+                    location: None,
+                });
+            }
+            options.insert("force-network-mode".to_owned(), "host".to_owned());
+        }
+    }
+    for (name, value) in &req.build_contexts {
+        // Images and remote URLs (git, http) go to the frontend as they are, as buildx
+        // passes them to BuildKit; it makes the sources that fetch them.
+        if value.starts_with("docker-image://")
+            || value.starts_with("oci-layout://")
+            || remote_context::is_remote_url(value)
+        {
+            options.insert(format!("context:{name}"), value.clone());
+        } else if value.contains("://") {
+            return Err(Error::Unsupported(format!(
+                "--build-context {name}={value}: expected a directory, docker-image://, \
+                 oci-layout://, a git URL or an http(s) URL"
+            )));
+        } else {
+            let dir = std::fs::canonicalize(value).map_err(|e| Error::Context {
+                context: name.clone(),
+                message: format!("{value}: {e}"),
+            })?;
+            options.insert(format!("context:{name}"), format!("local:{name}"));
+            contexts.insert(name.clone(), dir);
+        }
+    }
+    Ok((contexts, options))
+}
+
 /// The build file's text: a regular file (a context's `Dockerfile` may be a symlink to
 /// `/dev/zero` or a FIFO) of at most [`MAX_BUILD_FILE_BYTES`], in UTF-8.
 fn read_build_file(path: &Path) -> std::io::Result<String> {
@@ -603,9 +736,15 @@ impl Engine {
         progress: Arc<dyn ProgressSink<Digest>>,
         cancel: CancellationToken,
     ) -> Result<BuildOutcome, Error> {
-        if req.platforms.len() > 1 && req.call.is_none() {
-            return self.build_platforms(req, progress, cancel).await;
-        }
+        // `--platform a,b,...`: the frontend is asked once per platform and every graph is
+        // solved in one run (platforms.rs); a `--call` answers for the first platform.
+        let targets: Vec<Platform> = if req.platforms.len() > 1 && req.call.is_none() {
+            platforms::check_request(&req)?;
+            req.platforms.clone()
+        } else {
+            vec![req.platform.clone()]
+        };
+        let multi = targets.len() > 1;
         // While it is held, a collector spares what this build takes and makes (gc.rs).
         let lease = self.store.lease()?;
         let source = read_build_file(&req.dockerfile).map_err(|source| Error::Dockerfile {
@@ -638,69 +777,10 @@ impl Engine {
         let started = std::time::Instant::now();
         let mut build_args = req.build_args.clone();
         build_args.remove("BUILDKIT_SYNTAX");
-        // Named contexts reach the frontend as BuildKit passes them (`context:NAME` options);
-        // local directories are served by the host under their name.
-        let mut contexts = BTreeMap::from([("context".to_owned(), req.context.clone())]);
-        let mut options = BTreeMap::new();
-        // BuildKit's frontend options: `label:K` per `--label`, and the subrequest.
-        for (k, v) in &req.labels {
-            options.insert(format!("label:{k}"), v.clone());
-        }
-        if let Some(call) = req.call {
-            options.insert("call".to_owned(), call.name().to_owned());
-        }
-        // buildx's `--network`: a frontend option, so that the frontend makes it each RUN's
-        // default (and a RUN's own `--network` wins), as BuildKit's Dockerfile frontend does.
-        match req.network {
-            NetworkMode::Default => {}
-            NetworkMode::None => {
-                options.insert("force-network-mode".to_owned(), "none".to_owned());
-            }
-            NetworkMode::Host => {
-                if !req.allow.contains(&Entitlement::NetworkHost) {
-                    return Err(Error::Entitlement {
-                        entitlement: Entitlement::NetworkHost,
-                        why: "--network host",
-                        location: None,
-                    });
-                }
-                options.insert("force-network-mode".to_owned(), "host".to_owned());
-            }
-        }
-        for (name, value) in &req.build_contexts {
-            // Images and remote URLs (git, http) go to the frontend as they are, as buildx
-            // passes them to BuildKit; it makes the sources that fetch them.
-            if value.starts_with("docker-image://")
-                || value.starts_with("oci-layout://")
-                || remote_context::is_remote_url(value)
-            {
-                options.insert(format!("context:{name}"), value.clone());
-            } else if value.contains("://") {
-                return Err(Error::Unsupported(format!(
-                    "--build-context {name}={value}: expected a directory, docker-image://, \
-                     oci-layout://, a git URL or an http(s) URL"
-                )));
-            } else {
-                let dir = std::fs::canonicalize(value).map_err(|e| Error::Context {
-                    context: name.clone(),
-                    message: format!("{value}: {e}"),
-                })?;
-                options.insert(format!("context:{name}"), format!("local:{name}"));
-                contexts.insert(name.clone(), dir);
-            }
-        }
-        let freq = FrontendRequest {
-            source,
-            filename,
-            build_args,
-            target: req.target.clone(),
-            platform: req.platform.clone(),
-            no_cache: req.no_cache,
-            no_cache_filter: req.no_cache_filter.clone(),
-            contexts: contexts.keys().cloned().collect(),
-            options,
-        };
-        let services = Arc::new(services::EngineServices::new(
+        let (contexts, options) = frontend_options(&req)?;
+        // The frontend calls of one build share their image-config resolves: a base on
+        // `$BUILDPLATFORM` is asked of the registry once, not once per platform.
+        let services = Arc::new(platforms::ResolvedOnce::new(services::EngineServices::new(
             contexts.clone(),
             self.plugins.clone(),
             self.registry.clone(),
@@ -710,7 +790,7 @@ impl Engine {
             load_id,
             load_name.clone(),
             cancel.clone(),
-        ));
+        )));
         // The `--cache-from` caches do not depend on the graph: they are read (manifest and
         // config, round trips to a registry) while the frontend runs. A build that ends
         // before it needs them (a frontend error, `--call`) stops their reading.
@@ -725,34 +805,64 @@ impl Engine {
             },
             self.store.clone(),
         ));
-        let fe = frontend.clone();
-        let svc = services.clone();
-        let resp = tokio::task::spawn_blocking(move || fe.frontend_build(&freq, svc.as_ref()))
-            .await
-            .map_err(|e| Error::Unsupported(format!("frontend task failed: {e}")))?;
-        let resp = match resp {
-            Ok(r) => r,
-            // A frontend whose host callbacks were cancelled (Ctrl-C while it resolved a base
-            // image) fails; the build was cancelled, not the Dockerfile wrong.
-            Err(_) if cancel.is_cancelled() => {
-                progress.send(Event::Cancelled {
-                    id: load_id,
-                    name: load_name,
-                });
-                return Err(Error::Cancelled);
+        // The frontend once per platform, as BuildKit's Dockerfile frontend makes one LLB per
+        // platform; its base images are resolved per platform from their index.
+        let mut warnings: Vec<Diagnostic> = Vec::new();
+        let mut defs = Vec::with_capacity(targets.len());
+        let mut configs = Vec::with_capacity(targets.len());
+        for platform in &targets {
+            let freq = FrontendRequest {
+                source: source.clone(),
+                filename: filename.clone(),
+                build_args: build_args.clone(),
+                target: req.target.clone(),
+                platform: platform.clone(),
+                no_cache: req.no_cache,
+                no_cache_filter: req.no_cache_filter.clone(),
+                contexts: contexts.keys().cloned().collect(),
+                options: options.clone(),
+            };
+            let fe = frontend.clone();
+            let svc = services.clone();
+            let resp = tokio::task::spawn_blocking(move || fe.frontend_build(&freq, svc.as_ref()))
+                .await
+                .map_err(|e| Error::Unsupported(format!("frontend task failed: {e}")))?;
+            let resp = match resp {
+                Ok(r) => r,
+                // A frontend whose host callbacks were cancelled (Ctrl-C while it resolved a
+                // base image) fails; the build was cancelled, not the Dockerfile wrong.
+                Err(_) if cancel.is_cancelled() => {
+                    progress.send(Event::Cancelled {
+                        id: load_id,
+                        name: load_name,
+                    });
+                    return Err(Error::Cancelled);
+                }
+                Err(e) => {
+                    progress.send(Event::Error {
+                        id: load_id,
+                        name: load_name,
+                        message: if multi {
+                            format!("{platform}: {e}")
+                        } else {
+                            e.to_string()
+                        },
+                    });
+                    return Err(match e.plugin_error() {
+                        Some(pe) if pe.location.is_some() => Error::Frontend(pe.clone()),
+                        _ => Error::Plugin(e),
+                    });
+                }
+            };
+            // The platforms' graphs come from one build file: a warning is said once.
+            for w in resp.warnings {
+                if !multi || !warnings.contains(&w) {
+                    warnings.push(w);
+                }
             }
-            Err(e) => {
-                progress.send(Event::Error {
-                    id: load_id,
-                    name: load_name,
-                    message: e.to_string(),
-                });
-                return Err(match e.plugin_error() {
-                    Some(pe) if pe.location.is_some() => Error::Frontend(pe.clone()),
-                    _ => Error::Plugin(e),
-                });
-            }
-        };
+            defs.push(resp.definition);
+            configs.push(resp.config);
+        }
         progress.send(Event::Done {
             id: load_id,
             name: load_name,
@@ -760,11 +870,9 @@ impl Engine {
         });
 
         if let Some(call) = req.call {
-            let answer = resp
-                .config
-                .config
-                .labels
-                .as_ref()
+            let answer = configs
+                .first()
+                .and_then(|c| c.config.labels.as_ref())
                 .and_then(|l| l.get(CALL_RESULT_LABEL))
                 .cloned()
                 .ok_or_else(|| {
@@ -779,7 +887,7 @@ impl Engine {
                 image: None,
                 index: None,
                 steps: Vec::new(),
-                warnings: resp.warnings,
+                warnings,
                 frontend: frontend.name().to_owned(),
                 call_result: Some(answer),
                 explain: Vec::new(),
@@ -787,7 +895,12 @@ impl Engine {
         }
 
         // Solve.
-        let mut def = resp.definition;
+        let mut def = if multi {
+            platforms::merge_definitions(&targets, defs)
+        } else {
+            defs.pop()
+                .expect("the frontend was asked once, for one platform")
+        };
         check_entitlements(&def, &req.allow)?;
         // RUN steps of another platform need their emulator before anything runs.
         platforms::ensure_emulation(&def, progress.as_ref())?;
@@ -795,7 +908,6 @@ impl Engine {
         export::check(&req.exports, source_date_epoch(&req.build_args)?)?;
         // Key files get an agent of their own for the build; dropped (killed) on every way out.
         let (ssh, _agents) = ssh_agent::serve(&req.ssh)?;
-        let mut warnings = resp.warnings;
         let (imported, import_warnings) = imports
             .await
             .map_err(|e| Error::Unsupported(format!("cache import task failed: {e}")))??;
@@ -806,7 +918,6 @@ impl Engine {
             }
         }
         let recorder = Arc::new(explain::Recorder::default());
-        let mut explained = Vec::new();
         let ops = Arc::new(exec::OpExecutor::new(
             exec::BuildEnv {
                 store: self.store.clone(),
@@ -838,37 +949,44 @@ impl Engine {
                 v.inputs.iter().map(|e| e.vertex).collect::<Vec<_>>(),
             )
         }))?;
-        let mut solver = kiln_solver::Solver::new(ops).with_progress(progress.clone());
-        solver = solver.with_concurrency(self.concurrency.unwrap_or_else(default_concurrency));
+        let solver = kiln_solver::Solver::new(ops)
+            .with_progress(progress.clone())
+            .with_concurrency(self.concurrency.unwrap_or_else(default_concurrency));
+        if multi {
+            // Platforms with the same result ask for it once.
+            let mut wanted: Vec<Digest> = Vec::new();
+            for edge in def.outputs.iter().flatten() {
+                if !wanted.contains(&edge.vertex) {
+                    wanted.push(edge.vertex);
+                }
+            }
+            let (solution, steps) = solve(&solver, &graph, &def, &wanted, &cancel).await?;
+            let built = platforms::results(&targets, &def, &wanted, solution.outputs, configs);
+            let index = if req.exports.is_empty() {
+                None
+            } else {
+                self.export_platforms(&req, built, progress).await?
+            };
+            self.collect_after_build(lease, &mut warnings).await;
+            return Ok(BuildOutcome {
+                image: None,
+                index,
+                steps,
+                warnings,
+                frontend: frontend.name().to_owned(),
+                call_result: None,
+                explain: Vec::new(),
+            });
+        }
+        let config = configs
+            .pop()
+            .expect("the frontend was asked once, for one platform");
         let target = def.outputs.first().copied().flatten();
+        let mut explained = Vec::new();
         let (snapshot, steps) = match target {
             Some(edge) => {
-                let solution = solver
-                    .solve(&graph, &[edge.vertex], &cancel)
-                    .await
-                    .map_err(|e| {
-                        let location = match &e {
-                            kiln_solver::Error::Vertex { id, .. } => {
-                                def.vertex(id).and_then(|v| v.meta.source.clone())
-                            }
-                            _ => None,
-                        };
-                        Error::Step {
-                            location,
-                            source: e,
-                        }
-                    })?;
-                let steps = solution
-                    .vertices
-                    .iter()
-                    .map(|(id, st)| {
-                        let name = def
-                            .vertex(id)
-                            .map(|v| v.meta.description.clone())
-                            .unwrap_or_default();
-                        (name, *st)
-                    })
-                    .collect();
+                let (solution, steps) =
+                    solve(&solver, &graph, &def, &[edge.vertex], &cancel).await?;
                 // Every successful build is kept as the last one of its target, so that the
                 // next `--explain-cache` has something to compare with.
                 let kept = explain::finish(
@@ -919,14 +1037,32 @@ impl Engine {
         let image = if req.exports.is_empty() {
             None
         } else {
-            self.export(&req, snapshot, resp.config, inline, progress.clone())
+            self.export(&req, snapshot, config, inline, progress.clone())
                 .await?
         };
         if let Some(cx) = cache {
             remote_cache::export_all(cx, &req.cache_to, progress.as_ref(), &mut warnings).await?;
         }
-        // The store keeps itself: this build's cache uses are recorded, then, its lease ended,
-        // the store is collected down to its limit. A failure there fails no build.
+        self.collect_after_build(lease, &mut warnings).await;
+        Ok(BuildOutcome {
+            image,
+            index: None,
+            steps,
+            warnings,
+            frontend: frontend.name().to_owned(),
+            call_result: None,
+            explain: explained,
+        })
+    }
+
+    /// The store keeps itself: this build's cache uses are recorded, then, its lease ended,
+    /// the store is collected down to its limit. A failure there fails no build: it is a
+    /// warning.
+    async fn collect_after_build(
+        &self,
+        lease: kiln_snapshot::gc::Lease,
+        warnings: &mut Vec<Diagnostic>,
+    ) {
         drop(lease);
         let (store, index, policy) = (self.store.clone(), self.index.clone(), self.gc);
         let collected =
@@ -942,15 +1078,6 @@ impl Engine {
                 location: None,
             });
         }
-        Ok(BuildOutcome {
-            image,
-            index: None,
-            steps,
-            warnings,
-            frontend: frontend.name().to_owned(),
-            call_result: None,
-            explain: explained,
-        })
     }
 
     async fn export(
@@ -989,27 +1116,17 @@ impl Engine {
         })
         .await
         .map_err(|e| Error::Unsupported(format!("export task failed: {e}")))?;
-        match &image {
-            Ok(img) => {
-                if let Some(img) = img {
-                    progress.send(Event::Log {
-                        id: export_id,
-                        name: export_name.clone(),
-                        line: format!("writing image {}", img.manifest.digest),
-                    });
-                }
-                progress.send(Event::Done {
-                    id: export_id,
-                    name: export_name,
-                    duration: started.elapsed(),
-                });
-            }
-            Err(e) => progress.send(Event::Error {
-                id: export_id,
-                name: export_name,
-                message: e.to_string(),
-            }),
-        }
+        end_export_step(
+            progress.as_ref(),
+            export_id,
+            export_name,
+            started,
+            &image,
+            |img| {
+                img.as_ref()
+                    .map(|img| format!("writing image {}", img.manifest.digest))
+            },
+        );
         image
     }
 }

@@ -10,23 +10,17 @@
 //! would execute foreign binaries get their QEMU handler (registered when missing and
 //! possible), or the build fails before any step runs.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::PathBuf;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use kiln_export::{Image, ImageFormat, ImageIndex, ImageOptions};
 use kiln_graph::{Definition, Op, SourceOp};
-use kiln_plugin_sdk::proto::{Diagnostic, FrontendRequest};
 use kiln_snapshot::{Snapshot, Store};
-use kiln_solver::{CancellationToken, Event, ProgressSink};
+use kiln_solver::{Event, ProgressSink};
 use kiln_types::image::{Descriptor, ImageConfig};
 use kiln_types::{Digest, Platform};
 
-use crate::{
-    check_entitlements, default_concurrency, exec, explain, remote_cache, services,
-    source_date_epoch, syntax, BuildOutcome, BuildRequest, Engine, Entitlement, Error, Export,
-    NetworkMode,
-};
+use crate::{source_date_epoch, BuildRequest, Engine, Error, Export};
 
 /// BuildKit's docker exporter refuses an index with this message (buildx shows it as is).
 pub(crate) const DOCKER_MULTI_PLATFORM: &str =
@@ -118,7 +112,7 @@ pub(crate) fn ensure_emulation(
 /// platform in every call, and asks the registry once (as BuildKit's per-session resolver
 /// cache). Failures are not kept. Every method of [`HostServices`] is forwarded: one left to
 /// its default would answer "unsupported".
-struct ResolvedOnce<S> {
+pub(crate) struct ResolvedOnce<S> {
     inner: S,
     resolved: std::sync::Mutex<
         HashMap<(String, Platform), kiln_plugin_sdk::proto::ResolveImageConfigResponse>,
@@ -126,7 +120,7 @@ struct ResolvedOnce<S> {
 }
 
 impl<S> ResolvedOnce<S> {
-    fn new(inner: S) -> Self {
+    pub(crate) fn new(inner: S) -> Self {
         ResolvedOnce {
             inner,
             resolved: std::sync::Mutex::new(HashMap::new()),
@@ -252,264 +246,60 @@ pub(crate) fn merge_definitions(platforms: &[Platform], defs: Vec<Definition>) -
 }
 
 /// One platform's result.
-struct Built {
+pub(crate) struct Built {
     platform: Platform,
     snapshot: Snapshot,
     config: ImageConfig,
 }
 
-impl Engine {
-    /// Builds `req.platforms` (two or more) in one solve and exports the results.
-    pub(crate) async fn build_platforms(
-        &self,
-        req: BuildRequest,
-        progress: Arc<dyn ProgressSink<Digest>>,
-        cancel: CancellationToken,
-    ) -> Result<BuildOutcome, Error> {
-        if !req.cache_to.is_empty() {
-            return Err(Error::Unsupported(
-                "--cache-to with several --platform values is not supported yet".into(),
-            ));
-        }
-        if req
-            .exports
-            .iter()
-            .any(|e| matches!(e, Export::Docker { .. } | Export::Load { .. }))
-        {
-            return Err(Error::Unsupported(DOCKER_MULTI_PLATFORM.into()));
-        }
-        let lease = self.store.lease()?;
-        let source =
-            crate::read_build_file(&req.dockerfile).map_err(|source| Error::Dockerfile {
-                path: req.dockerfile.clone(),
-                source,
-            })?;
-        let filename = req
-            .dockerfile
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "Dockerfile".to_owned());
-        let chosen = syntax::choose(req.frontend.as_deref(), &req.build_args, &source)?;
-        let frontend = syntax::resolve(&self.plugins, &chosen, &self.plugin_dirs)?;
-        let load_id =
-            Digest::of(format!("internal:definition:{}", req.dockerfile.display()).as_bytes());
-        let load_name = format!("[internal] load build definition from {filename}");
-        progress.send(Event::Started {
-            id: load_id,
-            name: load_name.clone(),
-        });
-        let started = std::time::Instant::now();
-        let mut build_args = req.build_args.clone();
-        build_args.remove("BUILDKIT_SYNTAX");
-        let (contexts, options) = frontend_options(&req)?;
-        let services = Arc::new(ResolvedOnce::new(services::EngineServices::new(
-            contexts.clone(),
-            self.plugins.clone(),
-            self.registry.clone(),
-            self.store.clone(),
-            tokio::runtime::Handle::current(),
-            progress.clone(),
-            load_id,
-            load_name.clone(),
-            cancel.clone(),
-        )));
-        let net_cancel = cancel.child_token();
-        let _stop_net = net_cancel.clone().drop_guard();
-        let imports = tokio::spawn(remote_cache::read_imports(
-            req.cache_from.clone(),
-            remote_cache::Net {
-                registry: self.registry.clone(),
-                handle: tokio::runtime::Handle::current(),
-                cancel: net_cancel,
-            },
-            self.store.clone(),
+/// Refuses what a build of several platforms cannot do, before anything runs.
+pub(crate) fn check_request(req: &BuildRequest) -> Result<(), Error> {
+    if !req.cache_to.is_empty() {
+        return Err(Error::Unsupported(
+            "--cache-to with several --platform values is not supported yet".into(),
         ));
-        // The frontend once per platform, as BuildKit's Dockerfile frontend makes one LLB per
-        // platform; its base images are resolved per platform from their index.
-        let mut defs = Vec::new();
-        let mut configs = Vec::new();
-        let mut warnings = Vec::new();
-        for platform in &req.platforms {
-            let freq = FrontendRequest {
-                source: source.clone(),
-                filename: filename.clone(),
-                build_args: build_args.clone(),
-                target: req.target.clone(),
-                platform: platform.clone(),
-                no_cache: req.no_cache,
-                no_cache_filter: req.no_cache_filter.clone(),
-                contexts: contexts.keys().cloned().collect(),
-                options: options.clone(),
-            };
-            let fe = frontend.clone();
-            let svc = services.clone();
-            let resp = tokio::task::spawn_blocking(move || fe.frontend_build(&freq, svc.as_ref()))
-                .await
-                .map_err(|e| Error::Unsupported(format!("frontend task failed: {e}")))?;
-            let resp = match resp {
-                Ok(r) => r,
-                Err(_) if cancel.is_cancelled() => {
-                    progress.send(Event::Cancelled {
-                        id: load_id,
-                        name: load_name,
-                    });
-                    return Err(Error::Cancelled);
-                }
-                Err(e) => {
-                    progress.send(Event::Error {
-                        id: load_id,
-                        name: load_name,
-                        message: format!("{platform}: {e}"),
-                    });
-                    return Err(match e.plugin_error() {
-                        Some(pe) if pe.location.is_some() => Error::Frontend(pe.clone()),
-                        _ => Error::Plugin(e),
-                    });
-                }
-            };
-            for w in resp.warnings {
-                if !warnings.contains(&w) {
-                    warnings.push(w);
-                }
-            }
-            defs.push(resp.definition);
-            configs.push(resp.config);
-        }
-        progress.send(Event::Done {
-            id: load_id,
-            name: load_name,
-            duration: started.elapsed(),
-        });
-
-        let mut def = merge_definitions(&req.platforms, defs);
-        check_entitlements(&def, &req.allow)?;
-        crate::export::check(&req.exports, source_date_epoch(&req.build_args)?)?;
-        ensure_emulation(&def, progress.as_ref())?;
-        let (ssh, _agents) = crate::ssh_agent::serve(&req.ssh)?;
-        let (imported, import_warnings) = imports
-            .await
-            .map_err(|e| Error::Unsupported(format!("cache import task failed: {e}")))??;
-        warnings.extend(import_warnings);
-        if req.no_cache {
-            for v in &mut def.vertices {
-                v.meta.ignore_cache = true;
-            }
-        }
-        let ops = Arc::new(exec::OpExecutor::new(
-            exec::BuildEnv {
-                store: self.store.clone(),
-                index: self.index.clone(),
-                plugins: self.plugins.clone(),
-                contexts,
-                cache_mounts: remote_cache::cache_mounts_for(
-                    &self.cache_mounts,
-                    &imported,
-                    &self.store,
-                ),
-                secrets: req.secrets.clone(),
-                ssh,
-                run_options: req.run_options.clone(),
-                runtime: req.runtime,
-                registry: self.registry.clone(),
-                handle: tokio::runtime::Handle::current(),
-                imported,
-                explain: Arc::new(explain::Recorder::default()),
-            },
-            &def,
-        ));
-        let graph = kiln_solver::Graph::new(def.vertices.iter().map(|v| {
-            kiln_solver::Vertex::new(
-                v.digest,
-                v.meta.description.clone(),
-                v.inputs.iter().map(|e| e.vertex).collect::<Vec<_>>(),
-            )
-        }))?;
-        let solver = kiln_solver::Solver::new(ops)
-            .with_progress(progress.clone())
-            .with_concurrency(self.concurrency.unwrap_or_else(default_concurrency));
-        // Platforms with the same result ask for it once.
-        let mut targets: Vec<Digest> = Vec::new();
-        for edge in def.outputs.iter().flatten() {
-            if !targets.contains(&edge.vertex) {
-                targets.push(edge.vertex);
-            }
-        }
-        let solution = solver.solve(&graph, &targets, &cancel).await.map_err(|e| {
-            let location = match &e {
-                kiln_solver::Error::Vertex { id, .. } => {
-                    def.vertex(id).and_then(|v| v.meta.source.clone())
-                }
-                _ => None,
-            };
-            Error::Step {
-                location,
-                source: e,
-            }
-        })?;
-        let steps = solution
-            .vertices
-            .iter()
-            .map(|(id, st)| {
-                let name = def
-                    .vertex(id)
-                    .map(|v| v.meta.description.clone())
-                    .unwrap_or_default();
-                (name, *st)
-            })
-            .collect();
-        let built: Vec<Built> = req
-            .platforms
-            .iter()
-            .zip(def.outputs.iter())
-            .zip(configs)
-            .map(|((platform, out), config)| {
-                let snapshot = out
-                    .and_then(|edge| targets.iter().position(|t| *t == edge.vertex))
-                    .and_then(|i| solution.outputs.get(i).cloned())
-                    .unwrap_or_default();
-                Built {
-                    platform: platform.clone(),
-                    snapshot,
-                    config,
-                }
-            })
-            .collect();
-
-        let index = if req.exports.is_empty() {
-            None
-        } else {
-            self.export_platforms(&req, built, progress.clone()).await?
-        };
-        drop(lease);
-        let (store, index_db, policy) = (self.store.clone(), self.index.clone(), self.gc);
-        let collected =
-            tokio::task::spawn_blocking(move || crate::gc::after_build(&store, &index_db, &policy))
-                .await;
-        let failed = match collected {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(why) = failed {
-            warnings.push(Diagnostic {
-                message: format!("garbage collection of the store failed: {why}"),
-                location: None,
-            });
-        }
-        Ok(BuildOutcome {
-            image: None,
-            index,
-            steps,
-            warnings,
-            frontend: frontend.name().to_owned(),
-            call_result: None,
-            explain: Vec::new(),
-        })
     }
+    if req
+        .exports
+        .iter()
+        .any(|e| matches!(e, Export::Docker { .. } | Export::Load { .. }))
+    {
+        return Err(Error::Unsupported(DOCKER_MULTI_PLATFORM.into()));
+    }
+    Ok(())
+}
 
+/// Each platform's result: its output edge of the merged graph `def`, found among the solved
+/// `wanted` vertices (whose snapshots are `outputs`, in that order), with its image config.
+pub(crate) fn results(
+    platforms: &[Platform],
+    def: &Definition,
+    wanted: &[Digest],
+    outputs: Vec<Snapshot>,
+    configs: Vec<ImageConfig>,
+) -> Vec<Built> {
+    platforms
+        .iter()
+        .zip(def.outputs.iter())
+        .zip(configs)
+        .map(|((platform, out), config)| {
+            let snapshot = out
+                .and_then(|edge| wanted.iter().position(|t| *t == edge.vertex))
+                .and_then(|i| outputs.get(i).cloned())
+                .unwrap_or_default();
+            Built {
+                platform: platform.clone(),
+                snapshot,
+                config,
+            }
+        })
+        .collect()
+}
+
+impl Engine {
     /// Writes every export of a multi-platform result; returns the index of the first image
     /// export.
-    async fn export_platforms(
+    pub(crate) async fn export_platforms(
         &self,
         req: &BuildRequest,
         built: Vec<Built>,
@@ -582,80 +372,23 @@ impl Engine {
         })
         .await
         .map_err(|e| Error::Unsupported(format!("export task failed: {e}")))?;
-        match &result {
-            Ok(index) => {
-                if let Some(d) = index {
-                    progress.send(Event::Log {
-                        id: export_id,
-                        name: export_name.clone(),
-                        line: format!("writing image index {}", d.digest),
-                    });
-                }
-                progress.send(Event::Done {
-                    id: export_id,
-                    name: export_name,
-                    duration: started.elapsed(),
-                });
-            }
-            Err(e) => progress.send(Event::Error {
-                id: export_id,
-                name: export_name,
-                message: e.to_string(),
-            }),
-        }
+        crate::end_export_step(
+            progress.as_ref(),
+            export_id,
+            export_name,
+            started,
+            &result,
+            |index| {
+                index
+                    .as_ref()
+                    .map(|d| format!("writing image index {}", d.digest))
+            },
+        );
         result
     }
 }
 
 /// The local directories served to the frontend by name, and the frontend's options.
-type FrontendInputs = (BTreeMap<String, PathBuf>, BTreeMap<String, String>);
-
-/// The contexts served to the frontend and its options, as [`Engine::build`] makes them.
-fn frontend_options(req: &BuildRequest) -> Result<FrontendInputs, Error> {
-    let mut contexts = BTreeMap::from([("context".to_owned(), req.context.clone())]);
-    let mut options = BTreeMap::new();
-    for (k, v) in &req.labels {
-        options.insert(format!("label:{k}"), v.clone());
-    }
-    match req.network {
-        NetworkMode::Default => {}
-        NetworkMode::None => {
-            options.insert("force-network-mode".to_owned(), "none".to_owned());
-        }
-        NetworkMode::Host => {
-            if !req.allow.contains(&Entitlement::NetworkHost) {
-                return Err(Error::Entitlement {
-                    entitlement: Entitlement::NetworkHost,
-                    why: "--network host",
-                    location: None,
-                });
-            }
-            options.insert("force-network-mode".to_owned(), "host".to_owned());
-        }
-    }
-    for (name, value) in &req.build_contexts {
-        if value.starts_with("docker-image://")
-            || value.starts_with("oci-layout://")
-            || crate::remote_context::is_remote_url(value)
-        {
-            options.insert(format!("context:{name}"), value.clone());
-        } else if value.contains("://") {
-            return Err(Error::Unsupported(format!(
-                "--build-context {name}={value}: expected a directory, docker-image://, \
-                 oci-layout://, a git URL or an http(s) URL"
-            )));
-        } else {
-            let dir = std::fs::canonicalize(value).map_err(|e| Error::Context {
-                context: name.clone(),
-                message: format!("{value}: {e}"),
-            })?;
-            options.insert(format!("context:{name}"), format!("local:{name}"));
-            contexts.insert(name.clone(), dir);
-        }
-    }
-    Ok((contexts, options))
-}
-
 /// `type=tar` of several platforms: one tar whose top directories are the platforms
 /// (`linux_amd64/...`), as BuildKit's tar exporter writes a multi-platform result. Each
 /// platform's tree is exported into a scratch directory of the store, then the whole is

@@ -27,10 +27,16 @@ use crate::{io_err, Error, Result};
 const LEASES: &str = "leases";
 const GC_LOCK: &str = "gc.lock";
 /// The file caching a layer's `fs/` size (a committed layer's files never change), without
-/// its files of several links: those are listed in `fs.links` and counted once for the store.
+/// its regular files: those are listed in `fs.files` and counted once for the store.
 const SIZE_FILE: &str = "fs.size";
-/// The regular files of a layer's `fs/` that had more than one link when it was measured
-/// (hard links shared with other layers): `dev`, `ino`, `size`, 8 bytes each, little-endian.
+/// Every regular file of a layer's `fs/`, each inode once: `dev`, `ino`, `size`, 8 bytes each,
+/// little-endian. Listing them all, not only those of several links when measured, keeps the
+/// cache true when a later layer hard links to one of them (an edit's context layer, a COPY):
+/// the link adds a holder, found in the new layer's list, and changes nothing here.
+const FILES_FILE: &str = "fs.files";
+/// The older form of the list: only the regular files that had more than one link when the
+/// layer was measured; `fs.size` then counts the others. Read, never written; forgotten (and
+/// the layer measured again) when a new layer links to one of its files.
 const LINKS_FILE: &str = "fs.links";
 /// A margin of safety: the lease's start and the layers' mtimes both come from the kernel's
 /// coarse file-system clock (a tick or two of error), but the wall clock may be stepped.
@@ -94,7 +100,7 @@ fn tree_size_in(path: &Path, dev: Option<u64>, seen: &mut HashSet<(u64, u64)>) -
 }
 
 /// Sums the apparent sizes under `path` (one device, each inode once), except the regular
-/// files of several links that `shared(key, size)` takes (returning true) to count elsewhere.
+/// files that `shared(key, size)` takes (returning true) to count elsewhere.
 fn walk_sizes(
     path: &Path,
     dev: Option<u64>,
@@ -109,9 +115,9 @@ fn walk_sizes(
     if dev.is_some_and(|d| d != meta.dev()) {
         return Ok(0);
     }
-    if !meta.is_dir() && meta.nlink() > 1 {
+    if !meta.is_dir() {
         let key = (meta.dev(), meta.ino());
-        if !seen.insert(key) || (meta.is_file() && shared(key, meta.len())) {
+        if (meta.nlink() > 1 && !seen.insert(key)) || (meta.is_file() && shared(key, meta.len())) {
             return Ok(0);
         }
     }
@@ -130,10 +136,10 @@ fn walk_sizes(
     Ok(size)
 }
 
-/// `(dev, ino)` and size of each regular file of several links in a layer.
+/// `(dev, ino)` and size of each regular file in a layer (in the older form: of several links).
 type SharedFiles = Vec<((u64, u64), u64)>;
 
-/// A layer's `fs/` measured: the bytes only it holds, and its files of several links.
+/// A layer's `fs/` measured: the bytes of all but its regular files, and its regular files.
 #[derive(Debug, Default)]
 struct FsSize {
     own: u64,
@@ -416,6 +422,7 @@ impl Store {
         // Files hard-linked between layers (an unchanged context file, a COPY of one) are one
         // inode: `du -sb` counts each once, so each is split between the layers that hold it.
         let mut shared: Vec<(LayerId, SharedFiles)> = Vec::new();
+        let mut found = Vec::new();
         for entry in fs::read_dir(layers).map_err(io_err("read directory", layers))? {
             let entry = entry.map_err(io_err("read directory", layers))?;
             let name = entry.file_name();
@@ -428,6 +435,12 @@ impl Store {
                 usage.internal += tree_size(&path)?;
                 continue;
             }
+            found.push((id, path));
+        }
+        // The layers not yet measured (those a build just made) are walked side by side.
+        let mut sizes = measure_all(&found)?.into_iter();
+        for (id, path) in found {
+            let mut fs_size = sizes.next().flatten();
             let Ok(meta) = fs::symlink_metadata(&path) else {
                 continue;
             };
@@ -438,7 +451,9 @@ impl Store {
                 let n = e.file_name();
                 let n = n.to_string_lossy();
                 if n == "fs" {
-                    let fs_size = self.fs_size(&path)?;
+                    let Some(fs_size) = fs_size.take() else {
+                        continue;
+                    };
                     size += fs_size.own;
                     if !fs_size.shared.is_empty() {
                         shared.push((id.clone(), fs_size.shared));
@@ -492,64 +507,9 @@ impl Store {
         Ok(())
     }
 
-    /// The size of a layer's `fs/`, walked once and then read from `fs.size` and `fs.links`.
-    fn fs_size(&self, layer_dir: &Path) -> Result<FsSize> {
-        let cached = layer_dir.join(SIZE_FILE);
-        if let Some(own) = fs::read_to_string(&cached)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-        {
-            // No list: a layer measured before lists existed, or with no shared file.
-            let shared = match fs::read(layer_dir.join(LINKS_FILE)) {
-                Ok(b) => FsSize::decode_links(&b),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Vec::new()),
-                Err(_) => None,
-            };
-            if let Some(shared) = shared {
-                return Ok(FsSize { own, shared });
-            }
-        }
-        let mut shared = Vec::new();
-        let own = walk_sizes(
-            &layer_dir.join("fs"),
-            None,
-            &mut HashSet::new(),
-            &mut |key, size| {
-                shared.push((key, size));
-                true
-            },
-        )?;
-        let measured = FsSize { own, shared };
-        // Best effort: a store someone else owns is still measured, only not cached.
-        let before = fs::symlink_metadata(layer_dir).map_err(io_err("stat", layer_dir))?;
-        let write = |name: &str, bytes: &[u8]| {
-            let tmp = layer_dir.join(format!("{name}.{}", unique_name()));
-            let written =
-                fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, layer_dir.join(name)));
-            if written.is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
-            written.is_ok()
-        };
-        // The list first: `fs.size` says the cache is whole.
-        let links = measured.encode_links();
-        let listed = if links.is_empty() {
-            match fs::remove_file(layer_dir.join(LINKS_FILE)) {
-                Ok(()) => true,
-                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-            }
-        } else {
-            write(LINKS_FILE, &links)
-        };
-        if listed {
-            write(SIZE_FILE, measured.own.to_string().as_bytes());
-        }
-        restore_mtime(layer_dir, &before);
-        Ok(measured)
-    }
-
     /// Forgets the cached size of layer `id`: a new layer just made hard links to its files,
-    /// which it may have counted as its own. Holds `gc.lock` shared, so that a collector
+    /// which it may have counted as its own (only a layer measured in the older form, with
+    /// `fs.links`; one with `fs.files` keeps its cache). Holds `gc.lock` shared, so that a collector
     /// measuring right now does not write back what it measured before the links.
     pub fn forget_size(&self, id: &LayerId) -> Result<()> {
         let _lock = self.use_lock()?;
@@ -557,6 +517,10 @@ impl Store {
         let Ok(before) = fs::symlink_metadata(&dir) else {
             return Ok(());
         };
+        // A full list stays true: the new holder is in the new layer's list.
+        if dir.join(FILES_FILE).is_file() {
+            return Ok(());
+        }
         for name in [SIZE_FILE, LINKS_FILE] {
             match fs::remove_file(dir.join(name)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -614,6 +578,123 @@ impl Store {
         }
         Ok(removed)
     }
+}
+
+/// [`fs_size`] of each layer directory that has an `fs/` (None for one that has not), on a few
+/// threads: a walk is syscall-bound, and after an edit there are two of 20,000 files.
+fn measure_all(layers: &[(LayerId, PathBuf)]) -> Result<Vec<Option<FsSize>>> {
+    let measure = |dir: &Path| -> Result<Option<FsSize>> {
+        match fs::symlink_metadata(dir.join("fs")) {
+            Ok(_) => fs_size(dir).map(Some),
+            Err(_) => Ok(None),
+        }
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(layers.len());
+    if threads <= 1 {
+        return layers.iter().map(|(_, dir)| measure(dir)).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Vec<(usize, Result<Option<FsSize>>)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((_, dir)) = layers.get(i) else {
+                            return done;
+                        };
+                        done.push((i, measure(dir)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a measuring thread does not panic"))
+            .collect()
+    });
+    let mut all: Vec<Option<FsSize>> = (0..layers.len()).map(|_| None).collect();
+    for (i, r) in results.into_iter().flatten() {
+        all[i] = r?;
+    }
+    Ok(all)
+}
+
+/// The size of a layer's `fs/`, walked once and then read from `fs.size` and `fs.files` (or the
+/// older `fs.links`).
+fn fs_size(layer_dir: &Path) -> Result<FsSize> {
+    let cached = layer_dir.join(SIZE_FILE);
+    if let Some(own) = fs::read_to_string(&cached)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        let files = match fs::read(layer_dir.join(FILES_FILE)) {
+            Ok(b) => FsSize::decode_links(&b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // The older form. No list: a layer measured before lists existed, or with no
+                // shared file.
+                match fs::read(layer_dir.join(LINKS_FILE)) {
+                    Ok(b) => FsSize::decode_links(&b),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Vec::new()),
+                    Err(_) => None,
+                }
+            }
+            Err(_) => None,
+        };
+        if let Some(shared) = files {
+            return Ok(FsSize { own, shared });
+        }
+    }
+    count_walk(layer_dir);
+    let mut shared = Vec::new();
+    let own = walk_sizes(
+        &layer_dir.join("fs"),
+        None,
+        &mut HashSet::new(),
+        &mut |key, size| {
+            shared.push((key, size));
+            true
+        },
+    )?;
+    let measured = FsSize { own, shared };
+    // Best effort: a store someone else owns is still measured, only not cached.
+    let before = fs::symlink_metadata(layer_dir).map_err(io_err("stat", layer_dir))?;
+    let write = |name: &str, bytes: &[u8]| {
+        let tmp = layer_dir.join(format!("{name}.{}", unique_name()));
+        let written = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, layer_dir.join(name)));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written.is_ok()
+    };
+    let gone = |name: &str| match fs::remove_file(layer_dir.join(name)) {
+        Ok(()) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    };
+    // `fs.size` says the cache is whole: out first (an older size counts the regular files the
+    // new list names), back last.
+    if gone(SIZE_FILE) && write(FILES_FILE, &measured.encode_links()) && gone(LINKS_FILE) {
+        write(SIZE_FILE, measured.own.to_string().as_bytes());
+    }
+    restore_mtime(layer_dir, &before);
+    Ok(measured)
+}
+
+/// The layer directories walked, for tests that a collection after a build walks no layer
+/// whose size it had (tests run side by side: each looks for its own directories).
+#[cfg(test)]
+static WALKED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn count_walk(_layer_dir: &Path) {
+    #[cfg(test)]
+    WALKED
+        .lock()
+        .expect("no test panics holding it")
+        .push(_layer_dir.to_owned());
 }
 
 /// Puts back a layer directory's times after its bookkeeping files changed: its mtime says when
@@ -773,6 +854,92 @@ mod tests {
             big(1)
         );
         assert_eq!(store.usage().unwrap().total(), du_sb(&root));
+    }
+
+    fn walked(dir: &Path) -> usize {
+        WALKED
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| d.as_path() == dir)
+            .count()
+    }
+
+    #[test]
+    fn a_new_layer_linking_to_a_measured_one_leaves_its_cache_true_and_unwalked() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("s");
+        let store = Store::open_with(&root, crate::SnapshotterKind::Copy).unwrap();
+        let first = store.new_layer().unwrap();
+        fs::create_dir(first.fs_dir().join("d")).unwrap();
+        for n in 0..4u8 {
+            fs::write(first.fs_dir().join(format!("d/f{n}")), vec![n; 50_000]).unwrap();
+        }
+        std::os::unix::fs::symlink("d/f0", first.fs_dir().join("l")).unwrap();
+        let first = first.commit().unwrap();
+        let first_dir = root.join("layers").join(&first.0);
+        // Measured while each file has one link.
+        assert_eq!(store.usage().unwrap().total(), du_sb(&root));
+        assert_eq!(walked(&first_dir), 1);
+        // As an edit's context layer: three files linked, one new.
+        let b = store.new_layer().unwrap();
+        fs::create_dir(b.fs_dir().join("d")).unwrap();
+        for n in 0..3u8 {
+            let name = format!("d/f{n}");
+            fs::hard_link(store.layer_dir(&first).join(&name), b.fs_dir().join(&name)).unwrap();
+        }
+        fs::write(b.fs_dir().join("d/f3"), vec![9u8; 50_000]).unwrap();
+        let second = b.commit().unwrap();
+        let second_dir = root.join("layers").join(&second.0);
+        store.forget_size(&first).unwrap();
+        assert!(first_dir.join(SIZE_FILE).is_file(), "the cache is kept");
+        let u = store.usage().unwrap();
+        assert_eq!(
+            walked(&first_dir),
+            1,
+            "the linked-to layer is not walked again"
+        );
+        assert_eq!(walked(&second_dir), 1);
+        assert_eq!(u.total(), du_sb(&root));
+        // The three shared files are split: each layer holds half of them and its own fourth.
+        let own = |id: &LayerId| u.layers[id].size;
+        assert!(
+            own(&first) > 125_000 && own(&first) < 150_000,
+            "{}",
+            own(&first)
+        );
+        assert!(
+            own(&second) > 125_000 && own(&second) < 150_000,
+            "{}",
+            own(&second)
+        );
+        // Read from the cache again: the same, no walk.
+        assert_eq!(store.usage().unwrap().total(), du_sb(&root));
+        assert_eq!(walked(&first_dir) + walked(&second_dir), 2);
+    }
+
+    #[test]
+    fn a_layer_measured_in_the_older_form_is_forgotten_and_measured_again() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("s");
+        let store = Store::open_with(&root, crate::SnapshotterKind::Copy).unwrap();
+        let first = store.new_layer().unwrap();
+        fs::write(first.fs_dir().join("f"), vec![1u8; 80_000]).unwrap();
+        let first = first.commit().unwrap();
+        let dir = root.join("layers").join(&first.0);
+        // The older form: the file of one link counted in `fs.size`, no list.
+        let own = fs::symlink_metadata(dir.join("fs")).unwrap().len() + 80_000;
+        fs::write(dir.join(SIZE_FILE), own.to_string()).unwrap();
+        assert_eq!(store.usage().unwrap().total(), du_sb(&root));
+        assert_eq!(walked(&dir), 0);
+        let b = store.new_layer().unwrap();
+        fs::hard_link(dir.join("fs/f"), b.fs_dir().join("f")).unwrap();
+        b.commit().unwrap();
+        store.forget_size(&first).unwrap();
+        assert!(!dir.join(SIZE_FILE).exists());
+        assert_eq!(store.usage().unwrap().total(), du_sb(&root));
+        assert_eq!(walked(&dir), 1);
+        assert!(dir.join(FILES_FILE).is_file() && !dir.join(LINKS_FILE).exists());
     }
 
     #[test]

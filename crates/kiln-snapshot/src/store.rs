@@ -173,6 +173,13 @@ impl Store {
     /// Stores `bytes`, returning their digest.
     /// A blob already there is kept only if it holds these very bytes: one changed on disk is
     /// replaced, never trusted by its name.
+    ///
+    /// Not flushed to disk (no fsync): these are the small blobs a build makes (image configs,
+    /// manifests, indexes, cache configs), and a power cut that loses one cannot make a later
+    /// build trust it. The build that needs such a blob writes it again (and the comparison
+    /// above replaces a damaged copy), every other read of one checks its digest (exports,
+    /// pushes: `verify`), and no cache record names one. Blobs that records depend on (layer
+    /// blobs) go through [`BlobWriter`], which flushes them.
     pub fn write_blob(&self, bytes: &[u8]) -> Result<Digest> {
         let digest = Digest::of(bytes);
         let path = self.blob_path(&digest);
@@ -181,10 +188,7 @@ impl Store {
             return Ok(digest);
         }
         let tmp = self.tmp_path("blob");
-        let mut f = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
-        f.write_all(bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(io_err("write", &tmp))?;
+        fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
         fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
         Ok(digest)
     }

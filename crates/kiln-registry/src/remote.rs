@@ -48,7 +48,14 @@ pub(crate) struct Remote {
     hosts: BTreeMap<String, HostOptions>,
     config: Arc<DockerConfig>,
     credentials: Mutex<HashMap<String, RegistryAuth>>,
+    /// Manifests and indexes fetched by this process, verified, by repository and digest: a
+    /// build resolves its base (tag, then digest) and pulls it by that digest right after, and
+    /// a document named by its digest cannot change, so the second fetch is not needed.
+    manifests: Mutex<HashMap<(String, String, Digest), Arc<[u8]>>>,
 }
+
+/// How many documents [`Remote`] keeps (each at most `MAX_MANIFEST_SIZE`; a build names a few).
+const KEPT_MANIFESTS: usize = 64;
 
 fn new_client(registry: &str, protocol: ClientProtocol, unverified: bool) -> Result<Client, Error> {
     let config = ClientConfig {
@@ -106,6 +113,7 @@ impl Remote {
             hosts: opts.hosts,
             config: Arc::new(DockerConfig::load(opts.docker_config.as_deref())?),
             credentials: Mutex::new(HashMap::new()),
+            manifests: Mutex::new(HashMap::new()),
         })
     }
 
@@ -280,21 +288,61 @@ impl Remote {
 
     async fn fetch_manifest_at(&self, r: &Reference) -> Result<(Digest, Vec<u8>), Error> {
         let s = self.session(r, Op::Resolve).await?;
-        let oref = s.oci_ref(r.digest.as_ref());
+        let (digest, bytes) = self.manifest(&s, r, r.digest).await?;
+        Ok((digest, bytes.to_vec()))
+    }
+
+    /// The document of repository `r` named `expected` (or `r`'s tag when `None`): fetched,
+    /// size-checked and verified against `expected`, or one this process fetched before by
+    /// that digest.
+    async fn manifest(
+        &self,
+        s: &Session<'_>,
+        r: &Reference,
+        expected: Option<Digest>,
+    ) -> Result<(Digest, Arc<[u8]>), Error> {
+        let key = |d: Digest| (r.registry.clone(), r.repository.clone(), d);
+        if let Some(want) = expected {
+            let kept = self
+                .manifests
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&key(want))
+                .cloned();
+            if let Some(bytes) = kept {
+                return Ok((want, bytes));
+            }
+        }
+        let oref = s.oci_ref(expected.as_ref());
         let (bytes, _) = retry(transient, || {
             s.client.pull_manifest_raw(&oref, &s.auth, ACCEPTED)
         })
         .await
         .map_err(|e| s.error(e))?;
-        check_size("manifest", bytes.len() as u64, MAX_MANIFEST_SIZE)
-            .map_err(|why| s.bad_document(why))?;
+        // oci-client hands the body over whole (it has no streaming manifest call); check
+        // its size before hashing or parsing it.
+        check_size(
+            &expected.map_or_else(|| "manifest".to_owned(), |d| format!("manifest {d}")),
+            bytes.len() as u64,
+            MAX_MANIFEST_SIZE,
+        )
+        .map_err(|why| s.bad_document(why))?;
         let digest = Digest::of(&bytes);
-        if let Some(want) = r.digest {
+        if let Some(want) = expected {
             if want != digest {
                 return Err(s.mismatch("manifest", &want, &digest));
             }
         }
-        Ok((digest, bytes.to_vec()))
+        let bytes: Arc<[u8]> = Arc::from(&bytes[..]);
+        let mut kept = self
+            .manifests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept.len() >= KEPT_MANIFESTS {
+            kept.clear();
+        }
+        kept.insert(key(digest), bytes.clone());
+        Ok((digest, bytes))
     }
 
     /// Where a pull of `r` may come from, in the order to try them: the mirrors of its
@@ -353,26 +401,7 @@ impl Remote {
         let s = self.session(r, Op::Resolve).await?;
         let mut expected = r.digest;
         for _ in 0..=MAX_NESTING {
-            let oref = s.oci_ref(expected.as_ref());
-            let (bytes, _) = retry(transient, || {
-                s.client.pull_manifest_raw(&oref, &s.auth, ACCEPTED)
-            })
-            .await
-            .map_err(|e| s.error(e))?;
-            // oci-client hands the body over whole (it has no streaming manifest call); check
-            // its size before hashing or parsing it.
-            check_size(
-                &expected.map_or_else(|| "manifest".to_owned(), |d| format!("manifest {d}")),
-                bytes.len() as u64,
-                MAX_MANIFEST_SIZE,
-            )
-            .map_err(|why| s.bad_document(why))?;
-            let digest = Digest::of(&bytes);
-            if let Some(want) = expected {
-                if want != digest {
-                    return Err(s.mismatch("manifest", &want, &digest));
-                }
-            }
+            let (digest, bytes) = self.manifest(&s, r, expected).await?;
             let doc = parse_document(&bytes).map_err(|why| s.bad_document(why))?;
             match doc {
                 Document::Index(index) => {

@@ -113,3 +113,66 @@ async fn an_open_registry_is_asked_for_authentication_once_per_pull() {
     assert_eq!(pings, 1, "asked: {asked:?}");
     assert_eq!(asked.len(), 1 + 1 + 1 + 3, "asked: {asked:?}");
 }
+
+#[tokio::test]
+async fn a_base_resolved_by_tag_is_pulled_by_digest_without_fetching_its_manifest_again() {
+    // A build resolves `FROM x:v1` (the index, then the platform's manifest), then pulls
+    // `x@<manifest digest>`: that manifest was fetched, verified, a moment ago.
+    let e = env();
+    let layer = b"layer".to_vec();
+    let config = serde_json::to_vec(&json!({
+        "architecture": Platform::host().architecture,
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [Digest::of(&layer).to_string()]}
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": Digest::of(&config).to_string(), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": Digest::of(&layer).to_string(), "size": layer.len()}]
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": Digest::of(&manifest).to_string(), "size": manifest.len(),
+                       "platform": {"architecture": Platform::host().architecture,
+                                    "os": "linux"}}]
+    }))
+    .unwrap();
+    let manifest_path = format!("/v2/x/manifests/{}", Digest::of(&manifest));
+    let files = vec![
+        ("/v2/x/manifests/v1".to_owned(), index),
+        (manifest_path.clone(), manifest.clone()),
+        (format!("/v2/x/blobs/{}", Digest::of(&config)), config),
+        (format!("/v2/x/blobs/{}", Digest::of(&layer)), layer),
+    ];
+    let (addr, asked) = serve(files);
+    let by_tag = e
+        .registry
+        .resolve(&image(&format!("{addr}/x:v1")), &Platform::host(), &e.store)
+        .await
+        .unwrap();
+    let pinned = format!("{addr}/x@{}", Digest::of(&manifest));
+    let by_digest = e
+        .registry
+        .resolve(&image(&pinned), &Platform::host(), &e.store)
+        .await
+        .unwrap();
+    assert_eq!(by_digest.manifest_digest, by_tag.manifest_digest);
+    assert_eq!(by_digest.layers, by_tag.layers);
+    let asked = asked.lock().unwrap().clone();
+    let fetched = asked.iter().filter(|p| **p == manifest_path).count();
+    assert_eq!(fetched, 1, "asked: {asked:?}");
+    // Another repository is asked, even for the same digest.
+    let other = format!("{addr}/y@{}", Digest::of(&manifest));
+    assert!(e
+        .registry
+        .resolve(&image(&other), &Platform::host(), &e.store)
+        .await
+        .is_err());
+}

@@ -51,8 +51,11 @@ pub(crate) struct Remote {
     /// Manifests and indexes fetched by this process, verified, by repository and digest: a
     /// build resolves its base (tag, then digest) and pulls it by that digest right after, and
     /// a document named by its digest cannot change, so the second fetch is not needed.
-    manifests: Mutex<HashMap<(String, String, Digest), Arc<[u8]>>>,
+    manifests: Mutex<HashMap<ManifestKey, Arc<[u8]>>>,
 }
+
+/// A document's registry, repository and digest.
+type ManifestKey = (String, String, Digest);
 
 /// How many documents [`Remote`] keeps (each at most `MAX_MANIFEST_SIZE`; a build names a few).
 const KEPT_MANIFESTS: usize = 64;

@@ -105,6 +105,59 @@ pub fn write_layer_tar_clamped(
     }
 }
 
+/// What [`write_layer_blob`] wrote.
+pub(crate) struct BlobDigests {
+    /// SHA-256 of the uncompressed tar.
+    pub(crate) diff_id: Digest,
+    /// SHA-256 of the bytes written.
+    pub(crate) digest: Digest,
+    /// Length of the bytes written.
+    pub(crate) size: u64,
+}
+
+/// [`write_layer_tar_clamped`] for a store blob: also returns the digest and size of what was
+/// written. The writing thread only reads the files and writes: the tar and the gzip stream
+/// are hashed by the compressor's background threads (with no compression the tar is the blob
+/// and is hashed once).
+pub(crate) fn write_layer_blob(
+    dir: &Path,
+    compression: Compression,
+    clamp_mtime: Option<u64>,
+    out: &mut dyn Write,
+) -> Result<BlobDigests> {
+    let map = |e: io::Error| crate::Error::Io {
+        op: "write layer tar of",
+        path: dir.to_owned(),
+        source: e,
+    };
+    match compression {
+        Compression::Uncompressed => {
+            let mut tee = Tee {
+                inner: out,
+                hash: Sha256Writer::default(),
+            };
+            write_tar(dir, clamp_mtime, &mut tee)?;
+            let size = tee.hash.len();
+            let digest = tee.hash.finish();
+            Ok(BlobDigests {
+                diff_id: digest,
+                digest,
+                size,
+            })
+        }
+        Compression::Gzip => {
+            let mut gz = crate::gzip::AdaptiveGz::hashing(out).map_err(map)?;
+            write_tar(dir, clamp_mtime, &mut gz)?;
+            let (_, d) = gz.finish_hashed().map_err(map)?;
+            Ok(BlobDigests {
+                diff_id: d.plain,
+                digest: d.gz,
+                size: d.gz_len,
+            })
+        }
+    }
+}
+
 /// The newest mtime (seconds) of any entry under `dir`, `None` when it is empty: whether a
 /// clamp would change the layer at all.
 pub(crate) fn newest_mtime(dir: &Path) -> Result<Option<i64>> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use kiln_types::{Digest, Sha256Writer};
 use serde::{Deserialize, Serialize};
 
-use crate::layer_tar::{newest_mtime, write_layer_tar_clamped, Compression};
+use crate::layer_tar::{newest_mtime, write_layer_blob, BlobDigests, Compression};
 use crate::session::{self, Session};
 use crate::{io_err, Error, Result};
 
@@ -268,16 +268,16 @@ impl Store {
             }
         }
         let tmp = self.tmp_path("tar");
-        let file = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
-        let mut out = HashingFile {
-            file,
-            hash: Sha256Writer::default(),
-        };
-        let diff_id =
-            write_layer_tar_clamped(&self.layer_dir(id), compression, clamp_mtime, &mut out)?;
-        out.file.sync_all().map_err(io_err("sync", &tmp))?;
-        let size = out.hash.len();
-        let digest = out.hash.finish();
+        let mut file = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
+        let BlobDigests {
+            diff_id,
+            digest,
+            size,
+        } = write_layer_blob(&self.layer_dir(id), compression, clamp_mtime, &mut file)?;
+        // Not synced (50-70 ms for a 100 MB layer): every reader of a blob checks it against
+        // its digest (exports hash what they send, lazy layers unpack only a matching blob), and
+        // an export that finds this blob torn by a crash drops it and makes it again from the
+        // layer's files.
         let dest = self.blob_path(&digest);
         fs::rename(&tmp, &dest).map_err(io_err("rename", &dest))?;
         let blob = LayerBlob {

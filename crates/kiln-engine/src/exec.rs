@@ -303,9 +303,19 @@ impl Executor<Digest> for OpExecutor {
             Op::Source(SourceOp::Local(src)) => Some(self.scan(src).await?),
             _ => None,
         };
+        // Steps whose last layer is one they just made.
+        let makes_layer = matches!(
+            vertex.op,
+            Op::Source(SourceOp::Local(_)) | Op::File(_) | Op::Exec(_)
+        );
         let env = self.env.clone();
         let cx = cx.clone();
         let snapshot = blocking(move || run(&env, &cx, &vertex.op, inputs, scan)).await?;
+        if let (true, Some(layer)) = (makes_layer, snapshot.layers.last()) {
+            // Its size, measured beside the next steps, is cached for the collection after the
+            // build (which walked each new layer of 20,000 files after an edit).
+            self.store.measure_later(layer);
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

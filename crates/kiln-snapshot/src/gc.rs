@@ -139,6 +139,32 @@ fn walk_sizes(
 /// `(dev, ino)` and size of each regular file in a layer (in the older form: of several links).
 type SharedFiles = Vec<((u64, u64), u64)>;
 
+/// A map keyed by inode, `(dev, ino)`. A store's lists hold a million of them (50 layers of a
+/// 20,000-file context) and the collection after each build, a no-op's included, counts them:
+/// SipHash, built to resist chosen keys, was a third of a no-op build's CPU time. Inode numbers
+/// are the kernel's, not an attacker's.
+type InodeMap<V> = HashMap<(u64, u64), V, std::hash::BuildHasherDefault<InodeHasher>>;
+
+/// A multiply-rotate hash of whole words (the Fx hash), for [`InodeMap`].
+#[derive(Default)]
+struct InodeHasher(u64);
+
+impl std::hash::Hasher for InodeHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
 /// A layer's `fs/` measured: the bytes of all but its regular files, and its regular files.
 #[derive(Debug, Default)]
 struct FsSize {
@@ -361,6 +387,7 @@ impl Store {
     /// layer's mtime, which says when a build last took it, is kept as it was). Call it under
     /// [`Store::gc_lock`], so that no build touches a layer meanwhile.
     pub fn usage(&self) -> Result<StoreUsage> {
+        self.wait_for_measures();
         let root = self.root();
         let mut usage = StoreUsage::default();
         let root_meta = fs::symlink_metadata(root).map_err(io_err("stat", root))?;
@@ -481,23 +508,27 @@ impl Store {
                 },
             );
         }
-        let mut holders: HashMap<(u64, u64), (u64, u64)> = HashMap::new();
+        // Size, holders, whether the remainder was given.
+        let mut holders: InodeMap<(u64, u64, bool)> = InodeMap::default();
+        holders.reserve(shared.first().map_or(0, |(_, f)| f.len()));
         for (_, files) in &shared {
             for (key, size) in files {
-                holders.entry(*key).or_insert((*size, 0)).1 += 1;
+                holders.entry(*key).or_insert((*size, 0, false)).1 += 1;
             }
         }
         // Each holder gets an equal part; the first (by id) the remainder, so that the parts
         // add up to the file's size exactly.
         shared.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut first = HashSet::new();
         for (id, files) in &shared {
             let mut part = 0;
             for (key, _) in files {
-                let (size, n) = holders[key];
-                part += size / n;
-                if first.insert(*key) {
-                    part += size % n;
+                let Some((size, n, given)) = holders.get_mut(key) else {
+                    continue;
+                };
+                part += *size / *n;
+                if !*given {
+                    *given = true;
+                    part += *size % *n;
                 }
             }
             if let Some(l) = usage.layers.get_mut(id) {
@@ -505,6 +536,41 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Measures layer `id` (a build just made it) on a thread of its own, so that the
+    /// collection after the build finds its size cached instead of walking it then: the walk
+    /// runs beside the build's next steps. A measure is true whenever it is taken (a layer's
+    /// files never change; hard links to them made later are counted by the layers that make
+    /// them). The next [`Store::usage`] in this process waits for it; one cut short (the
+    /// process ends) leaves at worst a partial list without `fs.size`, measured again later.
+    pub fn measure_later(&self, id: &LayerId) {
+        let dir = self.root().join("layers").join(&id.0);
+        let spawned = std::thread::Builder::new()
+            .name("kiln-measure".into())
+            .spawn(move || {
+                // Best effort: the collection measures it again if this fails.
+                let _ = fs_size(&dir);
+            });
+        if let Ok(handle) = spawned {
+            measuring().push((self.root().to_owned(), handle));
+        }
+    }
+
+    /// Waits for the measures [`Store::measure_later`] started on this store.
+    fn wait_for_measures(&self) {
+        let mine: Vec<_> = {
+            let mut all = measuring();
+            let (mine, others) = std::mem::take(&mut *all)
+                .into_iter()
+                .partition(|(root, _)| root.as_path() == self.root());
+            *all = others;
+            mine
+        };
+        for (_, handle) in mine {
+            // A measure that panicked only leaves the layer to be walked now.
+            let _ = handle.join();
+        }
     }
 
     /// Forgets the cached size of layer `id`: a new layer just made hard links to its files,
@@ -682,6 +748,15 @@ fn fs_size(layer_dir: &Path) -> Result<FsSize> {
     }
     restore_mtime(layer_dir, &before);
     Ok(measured)
+}
+
+/// The measures started by [`Store::measure_later`], by store root.
+type Measures = Vec<(PathBuf, std::thread::JoinHandle<()>)>;
+
+fn measuring() -> std::sync::MutexGuard<'static, Measures> {
+    static MEASURING: std::sync::Mutex<Measures> = std::sync::Mutex::new(Vec::new());
+    // Nothing panics while holding it; a poisoned list is still a list.
+    MEASURING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The layer directories walked, for tests that a collection after a build walks no layer
@@ -916,6 +991,50 @@ mod tests {
         // Read from the cache again: the same, no walk.
         assert_eq!(store.usage().unwrap().total(), du_sb(&root));
         assert_eq!(walked(&first_dir) + walked(&second_dir), 2);
+    }
+
+    #[test]
+    fn a_layer_measured_beside_the_build_is_not_walked_by_the_collection() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("s");
+        let store = Store::open_with(&root, crate::SnapshotterKind::Copy).unwrap();
+        let b = store.new_layer().unwrap();
+        fs::create_dir(b.fs_dir().join("d")).unwrap();
+        for n in 0..50u8 {
+            fs::write(
+                b.fs_dir().join(format!("d/f{n}")),
+                vec![n; 1000 + n as usize],
+            )
+            .unwrap();
+        }
+        let id = b.commit().unwrap();
+        let dir = root.join("layers").join(&id.0);
+        let mtime = fs::symlink_metadata(&dir).unwrap().modified().unwrap();
+        store.measure_later(&id);
+        // A later layer linking to it changes nothing of its measure.
+        let b = store.new_layer().unwrap();
+        fs::hard_link(dir.join("fs/d/f7"), b.fs_dir().join("f7")).unwrap();
+        let second = b.commit().unwrap();
+        store.forget_size(&id).unwrap();
+        let u = store.usage().unwrap();
+        assert_eq!(walked(&dir), 1, "measured once, beside the build");
+        assert!(dir.join(SIZE_FILE).is_file() && dir.join(FILES_FILE).is_file());
+        assert_eq!(u.total(), du_sb(&root));
+        assert_eq!(u.layers[&id].mtime, mtime, "measuring is not a use");
+        // What was written is what a walk finds.
+        let cached = fs_size(&dir).unwrap();
+        fs::remove_file(dir.join(SIZE_FILE)).unwrap();
+        let walked_now = fs_size(&dir).unwrap();
+        assert_eq!(cached.own, walked_now.own);
+        let mut a = cached.shared;
+        let mut b = walked_now.shared;
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 50);
+        // The linked file is split between the two: the second holds half of it.
+        let second_du = du_sb(&root.join("layers").join(&second.0));
+        assert!(u.layers[&second].size.abs_diff(second_du - 1007 / 2) <= 1);
     }
 
     #[test]

@@ -26,6 +26,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("qemu-aarch64-static", "qemu-user-static"),
     // The goarch fixture installs Go from PyPI with `python3 -m pip`.
     ("pip3", "python3-pip"),
+    // Durability tests count a store's flushes by tracing a child process.
+    ("strace", "strace"),
 ];
 
 pub fn run(args: &[String]) -> Result<ExitCode> {

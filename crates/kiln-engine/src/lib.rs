@@ -236,36 +236,57 @@ pub(crate) fn block_unless_cancelled<F: std::future::Future>(
 /// parser's is 8 MiB); this one only keeps a hostile context from making kiln read without end.
 pub const MAX_BUILD_FILE_BYTES: u64 = 16 << 20;
 
-/// Ends the `exporting to image` step begun at `started`: a line saying what was written (when
-/// `written` names something), then done; or the error.
-fn end_export_step<T>(
-    progress: &dyn ProgressSink<Digest>,
+/// The `exporting to image` progress step of a build (one image or an index).
+struct ExportStep {
     id: Digest,
     name: String,
     started: std::time::Instant,
-    result: &Result<T, Error>,
-    written: impl FnOnce(&T) -> Option<String>,
-) {
-    match result {
-        Ok(done) => {
-            if let Some(line) = written(done) {
-                progress.send(Event::Log {
+}
+
+impl ExportStep {
+    fn begin(progress: &dyn ProgressSink<Digest>) -> ExportStep {
+        let step = ExportStep {
+            id: Digest::of(b"internal:export"),
+            name: "exporting to image".to_owned(),
+            started: std::time::Instant::now(),
+        };
+        progress.send(Event::Started {
+            id: step.id,
+            name: step.name.clone(),
+        });
+        step
+    }
+
+    /// Ends the step: a line saying what was written (when `written` names something), then
+    /// done; or the error.
+    fn end<T>(
+        self,
+        progress: &dyn ProgressSink<Digest>,
+        result: &Result<T, Error>,
+        written: impl FnOnce(&T) -> Option<String>,
+    ) {
+        let ExportStep { id, name, started } = self;
+        match result {
+            Ok(done) => {
+                if let Some(line) = written(done) {
+                    progress.send(Event::Log {
+                        id,
+                        name: name.clone(),
+                        line,
+                    });
+                }
+                progress.send(Event::Done {
                     id,
-                    name: name.clone(),
-                    line,
+                    name,
+                    duration: started.elapsed(),
                 });
             }
-            progress.send(Event::Done {
+            Err(e) => progress.send(Event::Error {
                 id,
                 name,
-                duration: started.elapsed(),
-            });
+                message: e.to_string(),
+            }),
         }
-        Err(e) => progress.send(Event::Error {
-            id,
-            name,
-            message: e.to_string(),
-        }),
     }
 }
 
@@ -1095,13 +1116,7 @@ impl Engine {
         let registry = self.registry.clone();
         let handle = tokio::runtime::Handle::current();
         let push_progress = progress.clone();
-        let export_id = Digest::of(b"internal:export");
-        let export_name = "exporting to image".to_owned();
-        progress.send(Event::Started {
-            id: export_id,
-            name: export_name.clone(),
-        });
-        let started = std::time::Instant::now();
+        let step = ExportStep::begin(progress.as_ref());
         let image = tokio::task::spawn_blocking(move || -> Result<Option<Image>, Error> {
             let cx = export::ExportContext {
                 store: &store,
@@ -1116,17 +1131,10 @@ impl Engine {
         })
         .await
         .map_err(|e| Error::Unsupported(format!("export task failed: {e}")))?;
-        end_export_step(
-            progress.as_ref(),
-            export_id,
-            export_name,
-            started,
-            &image,
-            |img| {
-                img.as_ref()
-                    .map(|img| format!("writing image {}", img.manifest.digest))
-            },
-        );
+        step.end(progress.as_ref(), &image, |img| {
+            img.as_ref()
+                .map(|img| format!("writing image {}", img.manifest.digest))
+        });
         image
     }
 }

@@ -311,13 +311,7 @@ impl Engine {
         let tags = req.tags.clone();
         let registry = self.registry.clone();
         let handle = tokio::runtime::Handle::current();
-        let export_id = Digest::of(b"internal:export");
-        let export_name = "exporting to image".to_owned();
-        progress.send(Event::Started {
-            id: export_id,
-            name: export_name.clone(),
-        });
-        let started = std::time::Instant::now();
+        let step = crate::ExportStep::begin(progress.as_ref());
         let sink = progress.clone();
         let result = tokio::task::spawn_blocking(move || -> Result<Option<Descriptor>, Error> {
             let mut indexes: Vec<(ImageFormat, ImageIndex)> = Vec::new();
@@ -372,18 +366,11 @@ impl Engine {
         })
         .await
         .map_err(|e| Error::Unsupported(format!("export task failed: {e}")))?;
-        crate::end_export_step(
-            progress.as_ref(),
-            export_id,
-            export_name,
-            started,
-            &result,
-            |index| {
-                index
-                    .as_ref()
-                    .map(|d| format!("writing image index {}", d.digest))
-            },
-        );
+        step.end(progress.as_ref(), &result, |index| {
+            index
+                .as_ref()
+                .map(|d| format!("writing image index {}", d.digest))
+        });
         result
     }
 }

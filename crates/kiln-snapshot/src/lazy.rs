@@ -201,14 +201,20 @@ mod tests {
         (dir, store)
     }
 
-    #[test]
-    fn a_lazy_layer_exports_its_blob_and_unpacks_when_a_view_needs_it() {
-        let (_d, store) = store();
-        let (gz, diff_id) = tar_gz(&[("hello", b"world")]);
+    /// A gzip layer of `files` written as a blob and imported lazily: (blob, diff id, layer).
+    fn lazy_layer(store: &Store, files: &[(&str, &[u8])]) -> (Digest, Digest, ImportedLayer) {
+        let (gz, diff_id) = tar_gz(files);
         let blob = store.write_blob(&gz).expect("blob");
         let l = store
             .import_layer_lazy(&blob, kiln_types::image::MEDIA_TYPE_LAYER_GZIP, &diff_id)
             .expect("lazy import");
+        (blob, diff_id, l)
+    }
+
+    #[test]
+    fn a_lazy_layer_exports_its_blob_and_unpacks_when_a_view_needs_it() {
+        let (_d, store) = store();
+        let (blob, diff_id, l) = lazy_layer(&store, &[("hello", b"world")]);
         assert!(store.has_layer(&l.id), "a blob-only layer is a layer");
         assert!(!store.is_unpacked(&l.id), "nothing is unpacked on import");
         assert_eq!(
@@ -237,11 +243,7 @@ mod tests {
     #[test]
     fn a_write_view_and_an_uncompressed_export_unpack_first() {
         let (_d, store) = store();
-        let (gz, diff_id) = tar_gz(&[("a", b"1")]);
-        let blob = store.write_blob(&gz).expect("blob");
-        let l = store
-            .import_layer_lazy(&blob, kiln_types::image::MEDIA_TYPE_LAYER_GZIP, &diff_id)
-            .expect("lazy import");
+        let (_, _, l) = lazy_layer(&store, &[("a", b"1")]);
         let tar = store
             .layer_blob(&l.id, Compression::Uncompressed)
             .expect("tar form");
@@ -282,11 +284,7 @@ mod tests {
     #[test]
     fn a_lazy_layer_without_its_blob_is_missing() {
         let (_d, store) = store();
-        let (gz, diff_id) = tar_gz(&[("x", b"y")]);
-        let blob = store.write_blob(&gz).expect("blob");
-        let l = store
-            .import_layer_lazy(&blob, kiln_types::image::MEDIA_TYPE_LAYER_GZIP, &diff_id)
-            .expect("lazy import");
+        let (blob, diff_id, l) = lazy_layer(&store, &[("x", b"y")]);
         fs::remove_file(store.blob_path(&blob)).expect("remove blob");
         assert!(!store.has_layer(&l.id));
         assert_eq!(store.layer_by_diff_id(&diff_id).expect("index"), None);
@@ -295,11 +293,7 @@ mod tests {
     #[test]
     fn a_changed_blob_is_refused_when_unpacking() {
         let (_d, store) = store();
-        let (gz, diff_id) = tar_gz(&[("x", b"y")]);
-        let blob = store.write_blob(&gz).expect("blob");
-        let l = store
-            .import_layer_lazy(&blob, kiln_types::image::MEDIA_TYPE_LAYER_GZIP, &diff_id)
-            .expect("lazy import");
+        let (blob, _, l) = lazy_layer(&store, &[("x", b"y")]);
         let (other, _) = tar_gz(&[("x", b"z")]);
         fs::write(store.blob_path(&blob), other).expect("tamper");
         assert!(

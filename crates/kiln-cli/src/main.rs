@@ -5,6 +5,7 @@
 //! Architecture invariant: the CLI parses, wires and prints; it holds no build logic and never
 //! depends on a frontend or plugin crate.
 
+mod builders;
 mod cache_spec;
 mod call;
 mod config;
@@ -85,6 +86,12 @@ enum Command {
     Imagetools {
         #[command(subcommand)]
         command: imagetools::ImagetoolsCommand,
+    },
+    /// Manage builder instances (as buildx): named sets of `kiln serve` daemons a build goes
+    /// to with `--builder NAME`; `default` is this machine's store.
+    Builder {
+        #[command(subcommand)]
+        command: builders::BuilderCommand,
     },
 }
 
@@ -294,6 +301,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify(args) => verify::run(&config()?.root.value, &args),
         Command::Setup { command } => setup::run(&command),
         Command::Imagetools { command } => imagetools::run(&command, &config()?),
+        Command::Builder { command } => builders::run(&command),
     }
 }
 

@@ -69,6 +69,9 @@ pub struct TimeoutArg {
 pub struct LsArgs {
     #[command(flatten)]
     timeout: TimeoutArg,
+    /// Don't truncate output (the platform lists).
+    #[arg(long = "no-trunc")]
+    no_trunc: bool,
 }
 
 /// `kiln builder use` flags.
@@ -543,7 +546,7 @@ fn local_platforms() -> Vec<String> {
 }
 
 /// buildx's platform list: the declared ones marked `*`, then the reported ones not declared.
-fn platforms_text(declared: &[Platform], reported: &[Platform]) -> String {
+fn platforms_list(declared: &[Platform], reported: &[Platform]) -> Vec<String> {
     let mut seen: Vec<Platform> = Vec::new();
     let mut out = Vec::new();
     for (group, mark) in [(declared, "*"), (reported, "")] {
@@ -554,6 +557,89 @@ fn platforms_text(declared: &[Platform], reported: &[Platform]) -> String {
                 seen.push(p);
             }
         }
+    }
+    out
+}
+
+/// The families `ls` shows first when it shortens a list, as buildx orders them.
+const MAJOR_PLATFORMS: &[&str] = &[
+    "linux/amd64",
+    "linux/arm64",
+    "linux/arm",
+    "linux/ppc64le",
+    "linux/s390x",
+    "linux/riscv64",
+    "linux/mips64",
+];
+
+/// buildx's short form of a long platform list in `ls`: at most `max` families (`os/arch`),
+/// a family of several variants shown once with their count (`linux/amd64 (+3)`, `*` kept
+/// when one of them is declared), then how many were left out (`(5 more)`).
+fn truncate_platforms(list: &[String], max: usize) -> String {
+    let family = |p: &str| -> String {
+        let p = p.trim_end_matches('*');
+        let mut parts = p.splitn(3, '/');
+        match (parts.next(), parts.next()) {
+            (Some(os), Some(arch)) => format!("{os}/{arch}"),
+            _ => p.to_owned(),
+        }
+    };
+    // The families taken, in buildx's order: the major ones first, then the others as met,
+    // stopping once `max` families are taken.
+    let mut groups: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for major in MAJOR_PLATFORMS {
+        for p in list {
+            if groups.len() >= max {
+                break;
+            }
+            if family(p) == *major {
+                groups.entry((*major).to_owned()).or_default().push(p);
+            }
+        }
+    }
+    let mut others: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for p in list {
+        if groups.len() >= max {
+            break;
+        }
+        if !groups.contains_key(&family(p)) {
+            others.entry(family(p)).or_default().push(p);
+        }
+    }
+    groups.extend(others);
+    let shown = |key: &str, members: &[&str]| -> String {
+        match members {
+            [one] => (*one).to_owned(),
+            _ => {
+                let star = if members.iter().any(|m| m.ends_with('*')) {
+                    "*"
+                } else {
+                    ""
+                };
+                format!("{key}{star} (+{})", members.len())
+            }
+        }
+    };
+    let mut out = Vec::new();
+    let mut count = 0;
+    for major in MAJOR_PLATFORMS {
+        if let Some(members) = groups.get(*major) {
+            out.push(shown(major, members));
+            count += members.len();
+        }
+    }
+    for (key, members) in &groups {
+        if out.len() >= max {
+            break;
+        }
+        if MAJOR_PLATFORMS.contains(&key.as_str()) {
+            continue;
+        }
+        out.push(shown(key, members));
+        count += members.len();
+    }
+    if list.len() > count {
+        out.push(format!("({} more)", list.len() - count));
     }
     out.join(", ")
 }
@@ -569,7 +655,13 @@ fn ls(store: &Store, args: &LsArgs) -> Result<ExitCode> {
     let states = probe_all(&builders, args.timeout.timeout);
     print!(
         "{}",
-        ls_table(&builders, &states, &current, &local_platforms())
+        ls_table(
+            &builders,
+            &states,
+            &current,
+            &local_platforms(),
+            !args.no_trunc
+        )
     );
     let mut errors = Vec::new();
     for (b, states) in builders.iter().zip(&states) {
@@ -598,8 +690,16 @@ fn ls_table(
     states: &[Vec<NodeState>],
     current: &str,
     local: &[String],
+    trunc: bool,
 ) -> String {
     const INDENT: &str = " \\_ ";
+    let shorten = |list: Vec<String>| {
+        if trunc {
+            truncate_platforms(&list, 4)
+        } else {
+            list.join(", ")
+        }
+    };
     let star = |name: &str| {
         if name == current {
             format!("{name}*")
@@ -618,7 +718,7 @@ fn ls_table(
         format!("{INDENT}{DEFAULT}"),
         format!("{INDENT}local"),
         "running".into(),
-        local.join(", "),
+        shorten(local.to_vec()),
     ]);
     for (b, states) in builders.iter().zip(states) {
         rows.push([
@@ -632,7 +732,7 @@ fn ls_table(
                 format!("{INDENT}{}", n.name),
                 format!("{INDENT}{}", n.endpoint),
                 s.status().into(),
-                platforms_text(&n.platforms, &s.reported),
+                shorten(platforms_list(&n.platforms, &s.reported)),
             ]);
         }
     }
@@ -720,7 +820,7 @@ fn inspect_text(b: &Builder, states: &[NodeState]) -> String {
         if let Some(v) = &s.version {
             block.push(("Version", v.clone()));
         }
-        let platforms = platforms_text(&n.platforms, &s.reported);
+        let platforms = platforms_list(&n.platforms, &s.reported).join(", ");
         if !platforms.is_empty() {
             block.push(("Platforms", platforms));
         }
@@ -988,7 +1088,7 @@ mod tests {
             },
             NodeState::default(),
         ]];
-        let table = ls_table(&[b], &states, "b1", &["linux/amd64".to_owned()]);
+        let table = ls_table(&[b], &states, "b1", &["linux/amd64".to_owned()], true);
         let expected = "\
 NAME/NODE     DRIVER/ENDPOINT           STATUS     PLATFORMS
 default       local
@@ -1055,6 +1155,85 @@ Status:   inactive
 Error:    cannot reach unix:///run/n2.sock: No such file
 ";
         assert_eq!(inspect_text(&b, &states), expected);
+    }
+
+    #[test]
+    fn long_platform_lists_are_shortened_as_buildx_does() {
+        // buildx's own cases (commands/ls_test.go).
+        let list = |s: &[&str]| s.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            truncate_platforms(
+                &list(&[
+                    "linux/arm64*",
+                    "linux/amd64",
+                    "linux/amd64/v2",
+                    "linux/riscv64",
+                    "linux/ppc64le",
+                    "linux/s390x",
+                    "linux/386",
+                    "linux/mips64le",
+                    "linux/mips64",
+                    "linux/arm/v7",
+                    "linux/arm/v6",
+                ]),
+                4
+            ),
+            "linux/amd64 (+2), linux/arm64*, linux/arm (+2), linux/ppc64le, (5 more)"
+        );
+        assert_eq!(
+            truncate_platforms(&list(&["linux/riscv64*"]), 4),
+            "linux/riscv64*"
+        );
+        assert_eq!(
+            truncate_platforms(&list(&["linux/amd64", "linux/386"]), 4),
+            "linux/amd64, linux/386"
+        );
+        for (input, expected) in [
+            (
+                &["linux/arm64", "linux/arm/v7", "linux/arm/v6"][..],
+                "linux/arm64, linux/arm (+2)",
+            ),
+            (
+                &[
+                    "darwin/arm64*",
+                    "linux/arm64*",
+                    "linux/arm/v5*",
+                    "linux/arm/v6*",
+                    "linux/arm/v7*",
+                    "windows/arm64*",
+                ],
+                "linux/arm64*, linux/arm* (+3), darwin/arm64*, windows/arm64*",
+            ),
+            (
+                &[
+                    "linux/amd64/v2*",
+                    "linux/arm/v6*",
+                    "linux/mips64le*",
+                    "linux/amd64",
+                    "linux/amd64/v3",
+                    "linux/386",
+                    "linux/arm64",
+                    "linux/riscv64",
+                    "linux/ppc64le",
+                    "linux/s390x",
+                    "linux/mips64",
+                    "linux/arm/v7",
+                ],
+                "linux/amd64* (+3), linux/arm64, linux/arm* (+2), linux/ppc64le, (5 more)",
+            ),
+            (
+                &[
+                    "linux/arm64",
+                    "linux/arm/v7",
+                    "linux/arm/v6",
+                    "linux/mips64le/softfloat",
+                    "linux/mips64le/hardfloat",
+                ],
+                "linux/arm64, linux/arm (+2), linux/mips64le (+2)",
+            ),
+        ] {
+            assert_eq!(truncate_platforms(&list(input), 4), expected, "{input:?}");
+        }
     }
 
     #[test]

@@ -81,8 +81,13 @@ pub(crate) fn check_path(path: &str) -> Result<()> {
 /// Checks a list of entries before anything is planned: every path and target well formed,
 /// sorted and unique, no entry below a non-directory, within the limits.
 pub(crate) fn check_entries(entries: &[Entry]) -> Result<()> {
-    if entries.len() > MAX_ENTRIES {
-        return Err(Error::TooManyEntries { limit: MAX_ENTRIES });
+    check_entries_max(entries, MAX_ENTRIES)
+}
+
+/// [`check_entries`] with another limit than [`MAX_ENTRIES`] (tests).
+pub(crate) fn check_entries_max(entries: &[Entry], limit: usize) -> Result<()> {
+    if entries.len() > limit {
+        return Err(Error::TooManyEntries { limit });
     }
     // Ancestors sort before descendants ("a" < "a/x"), so a non-directory is seen before any
     // entry that would sit below it.

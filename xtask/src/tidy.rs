@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("kiln-snapshot", 10),
     ("kiln-registry", 10),
     ("kiln-emulation", 10),
+    ("kiln-contextsync", 10),
     ("kiln-plugin-sdk", 15),
     ("kiln-cache", 20),
     ("kiln-plugin-host", 20),

@@ -73,6 +73,10 @@ impl FromStr for Endpoint {
                 if rest.is_empty() {
                     bail!("no socket path after unix://");
                 }
+                // The builder is used from any directory: a relative path would change meaning.
+                if !rest.starts_with('/') {
+                    bail!("the socket path must be absolute (unix:///run/kiln/kiln.sock)");
+                }
                 Ok(Endpoint::Unix(PathBuf::from(rest)))
             }
             "tcp" => {
@@ -433,6 +437,7 @@ mod tests {
             ("tcp://:80", "expected tcp://HOST:PORT"),
             ("tcp://::1:80", "brackets"),
             ("unix://", "no socket path"),
+            ("unix://run/kiln.sock", "must be absolute"),
             ("ssh://me@host", "unsupported scheme \"ssh\""),
         ] {
             let err = bad.parse::<Endpoint>().unwrap_err().to_string();

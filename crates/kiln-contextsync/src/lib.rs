@@ -67,6 +67,11 @@ pub const MAX_ENTRIES: usize = 10_000_000;
 /// Longest entry path or symlink target, in bytes (`PATH_MAX`).
 pub const MAX_PATH_BYTES: usize = 4096;
 
+/// Most bytes of paths and symlink targets one sync may hold, the directories implied by
+/// re-included files included (a deep path implies one entry per ancestor: this bounds what a
+/// client's list can make the daemon allocate).
+pub const MAX_TOTAL_PATH_BYTES: u64 = 1 << 30;
+
 /// Largest ignore file read (as the engine reads a build file).
 pub const MAX_IGNORE_FILE_BYTES: u64 = 16 << 20;
 
@@ -111,6 +116,15 @@ pub enum Error {
     TooManyEntries {
         /// [`MAX_ENTRIES`].
         limit: usize,
+    },
+    /// Paths and targets longer than [`MAX_TOTAL_PATH_BYTES`] in all.
+    #[error(
+        "the build context's paths take more than {limit} bytes in all: exclude what the \
+         build does not need in .dockerignore"
+    )]
+    PathsTooLong {
+        /// [`MAX_TOTAL_PATH_BYTES`].
+        limit: u64,
     },
     /// A context path whose name is not UTF-8 (kiln's context keys are UTF-8 paths).
     #[error(

@@ -24,7 +24,7 @@ use nix::unistd::{symlinkat, unlinkat, UnlinkatFlags};
 
 use crate::entry::check_entries;
 use crate::record::{self, Recorded};
-use crate::{Entry, Error, Kind, Result};
+use crate::{Entry, Error, Kind, Result, MAX_ENTRIES, MAX_TOTAL_PATH_BYTES};
 
 /// What one sync did: files and bytes received, entries deleted, entries the mirror now holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -68,6 +68,14 @@ impl Plan {
     /// cut short), sorted by path.
     pub fn send(&self) -> &[String] {
         &self.send
+    }
+
+    /// Bytes of the files to send, in all (for progress).
+    pub fn send_bytes(&self) -> u64 {
+        self.wanted
+            .values()
+            .map(|&(i, _)| self.target[i].size)
+            .sum()
     }
 
     /// The entry of a path of the plan (e.g. to know the size of a file to send).
@@ -211,7 +219,7 @@ impl Mirror {
     /// anything. A walk and a compare: nothing is read or written.
     pub fn plan(&self, entries: Vec<Entry>) -> Result<Plan> {
         check_entries(&entries)?;
-        let target = with_implied_dirs(entries);
+        let target = with_implied_dirs(entries, MAX_ENTRIES, MAX_TOTAL_PATH_BYTES)?;
         let mut plan = Plan {
             send: Vec::new(),
             wanted: HashMap::new(),
@@ -562,8 +570,20 @@ impl Mirror {
 }
 
 /// The entries plus every directory they imply but do not list (parents of files re-included
-/// under an excluded directory), sorted by path.
-fn with_implied_dirs(entries: Vec<Entry>) -> Vec<Entry> {
+/// under an excluded directory), sorted by path; at most `max_entries` of them, with at most
+/// `max_bytes` of paths and targets in all.
+pub(crate) fn with_implied_dirs(
+    entries: Vec<Entry>,
+    max_entries: usize,
+    max_bytes: u64,
+) -> Result<Vec<Entry>> {
+    let mut bytes: u64 = entries
+        .iter()
+        .map(|e| (e.path.len() + e.target.as_ref().map_or(0, String::len)) as u64)
+        .sum();
+    if bytes > max_bytes {
+        return Err(Error::PathsTooLong { limit: max_bytes });
+    }
     let mut dirs: HashSet<String> = entries
         .iter()
         .filter(|e| e.kind == Kind::Dir)
@@ -576,6 +596,13 @@ fn with_implied_dirs(entries: Vec<Entry>) -> Vec<Entry> {
         while let Some((parent, _)) = p.rsplit_once('/') {
             if !dirs.insert(parent.to_owned()) {
                 break;
+            }
+            bytes += parent.len() as u64;
+            if bytes > max_bytes {
+                return Err(Error::PathsTooLong { limit: max_bytes });
+            }
+            if entries.len() + implied.len() >= max_entries {
+                return Err(Error::TooManyEntries { limit: max_entries });
             }
             implied.push(Entry {
                 path: parent.to_owned(),
@@ -592,12 +619,12 @@ fn with_implied_dirs(entries: Vec<Entry>) -> Vec<Entry> {
         }
     }
     if implied.is_empty() {
-        return entries;
+        return Ok(entries);
     }
     let mut all = entries;
     all.extend(implied);
     all.sort_by(|a, b| a.path.cmp(&b.path));
-    all
+    Ok(all)
 }
 
 /// Makes directory `name` in `parent` (mode 0700 until its own mode is set), or keeps the one

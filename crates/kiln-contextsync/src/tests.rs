@@ -47,11 +47,16 @@ fn sync(src: &Path, store: &Path, ignore: &IgnoreSpec) -> Result<(Vec<String>, S
     let mut mirror = Mirror::open(store)?;
     let mut plan = mirror.plan(entries)?;
     let asked = plan.send().to_vec();
+    let declared = plan.send_bytes();
     for p in &asked {
         let mut f = fs::File::open(src.join(p)).expect("client file");
         mirror.write_file(&mut plan, p, &mut f)?;
     }
     let stats = mirror.finish(plan)?;
+    assert_eq!(
+        stats.bytes, declared,
+        "bytes received are the bytes the plan announced"
+    );
     Ok((asked, stats))
 }
 
@@ -540,4 +545,22 @@ fn a_damaged_record_rebuilds_the_mirror() {
         snapshot(&src),
         "the stray file is gone"
     );
+}
+
+#[test]
+fn deep_paths_cannot_make_the_daemon_allocate_without_bound() {
+    // Each entry implies its own chain of ancestor directories.
+    let deep = |i: usize| format!("x{i}/{}f", "d/".repeat(100));
+    let entries: Vec<Entry> = (0..5).map(|i| file(&deep(i), 1)).collect();
+    let implied = crate::mirror::with_implied_dirs(entries.clone(), 1000, 1 << 20)
+        .expect("within the limits");
+    assert_eq!(implied.len(), 5 * 102);
+    let err = crate::mirror::with_implied_dirs(entries.clone(), 1000, 20_000)
+        .expect_err("too many bytes");
+    assert!(
+        matches!(err, Error::PathsTooLong { limit: 20_000 }),
+        "{err}"
+    );
+    let err = crate::mirror::with_implied_dirs(entries, 300, 1 << 20).expect_err("too many");
+    assert!(matches!(err, Error::TooManyEntries { limit: 300 }), "{err}");
 }

@@ -246,3 +246,196 @@ fn builders_live_under_home_without_xdg_config_home() {
     assert_eq!(table[3], [format!("{name}*"), "remote".to_owned()]);
     assert_eq!(table[4][0], format!("\\_ {name}0"));
 }
+
+/// Every document of every YAML file under deploy/kubernetes, as JSON values, by file.
+fn manifests() -> Vec<(String, serde_json::Value)> {
+    let dir = kiln_e2e::workspace().join("deploy/kubernetes");
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no manifests in {}", dir.display());
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        for doc in text.split("\n---\n") {
+            let v: serde_norway::Value = serde_norway::from_str(doc)
+                .unwrap_or_else(|e| panic!("{name} does not parse as YAML: {e}"));
+            out.push((name.clone(), serde_json::to_value(&v).unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn kubernetes_manifests_run_kiln_serve_per_architecture_with_tls_and_a_store() {
+    let docs = manifests();
+    for (file, doc) in &docs {
+        assert!(doc["kind"].is_string(), "{file}: no kind");
+        assert!(doc["apiVersion"].is_string(), "{file}: no apiVersion");
+    }
+    let of = |kind: &str| -> Vec<&serde_json::Value> {
+        docs.iter()
+            .filter(|(_, d)| d["kind"] == kind)
+            .map(|(_, d)| d)
+            .collect()
+    };
+    // The kustomization lists every other file.
+    let kustomization = docs
+        .iter()
+        .find(|(f, _)| f == "kustomization.yaml")
+        .map(|(_, d)| d)
+        .expect("a kustomization");
+    let listed: Vec<&str> = kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    for (file, _) in &docs {
+        if file != "kustomization.yaml" {
+            assert!(
+                listed.contains(&file.as_str()),
+                "{file} not in kustomization"
+            );
+        }
+    }
+    let secret = of("Secret");
+    assert_eq!(secret.len(), 1);
+    let secret_name = secret[0]["metadata"]["name"].as_str().unwrap();
+    for key in ["ca.pem", "cert.pem", "key.pem"] {
+        assert!(secret[0]["stringData"][key].is_string(), "secret key {key}");
+    }
+
+    let sets = of("StatefulSet");
+    let services = of("Service");
+    let mut arches = Vec::new();
+    for set in &sets {
+        let name = set["metadata"]["name"].as_str().unwrap();
+        let pod = &set["spec"]["template"]["spec"];
+        let arch = pod["nodeSelector"]["kubernetes.io/arch"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no kubernetes.io/arch node selector"));
+        arches.push(arch.to_owned());
+        assert_eq!(set["spec"]["replicas"], 1, "{name}: one daemon per store");
+        let labels = &set["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(&set["spec"]["selector"]["matchLabels"], labels, "{name}");
+        let c = &pod["containers"][0];
+        assert_eq!(c["securityContext"]["privileged"], true, "{name}");
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let flag = |f: &str| {
+            args.iter()
+                .position(|a| *a == f)
+                .map(|i| args[i + 1])
+                .unwrap_or_else(|| panic!("{name}: no {f} in {args:?}"))
+        };
+        assert_eq!(args[0], "serve", "{name}");
+        assert_eq!(flag("--addr"), "tcp://0.0.0.0:1234", "{name}");
+        assert_eq!(flag("--platform"), format!("linux/{arch}"), "{name}");
+        assert!(!args.contains(&"--insecure"), "{name}: tcp must use TLS");
+        // The TLS files are the Secret's, mounted where the flags point.
+        let mounts = c["volumeMounts"].as_array().unwrap();
+        let mount_of = |volume: &str| -> &str {
+            mounts
+                .iter()
+                .find(|m| m["name"] == volume)
+                .and_then(|m| m["mountPath"].as_str())
+                .unwrap_or_else(|| panic!("{name}: volume {volume} not mounted"))
+        };
+        let certs = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["secret"]["secretName"] == secret_name)
+            .unwrap_or_else(|| panic!("{name}: the TLS secret is not a volume"));
+        let certs_dir = mount_of(certs["name"].as_str().unwrap());
+        for (f, file) in [
+            ("--tlscacert", "ca.pem"),
+            ("--tlscert", "cert.pem"),
+            ("--tlskey", "key.pem"),
+        ] {
+            assert_eq!(flag(f), format!("{certs_dir}/{file}"), "{name}: {f}");
+        }
+        // The store on a persistent volume, where KILN_ROOT says.
+        let root = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "KILN_ROOT")
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("{name}: no KILN_ROOT"));
+        let claim = &set["spec"]["volumeClaimTemplates"][0];
+        assert_eq!(mount_of(claim["metadata"]["name"].as_str().unwrap()), root);
+        assert_eq!(claim["spec"]["accessModes"][0], "ReadWriteOnce");
+        assert!(claim["spec"]["resources"]["requests"]["storage"].is_string());
+        // Ready when the port accepts connections.
+        let port = &c["ports"][0];
+        assert_eq!(port["containerPort"], 1234);
+        assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], port["name"]);
+        // The Service named by the StatefulSet selects exactly its pods on the port.
+        let service = services
+            .iter()
+            .find(|s| s["metadata"]["name"] == set["spec"]["serviceName"])
+            .unwrap_or_else(|| panic!("{name}: no Service for it"));
+        let selector = service["spec"]["selector"].as_object().unwrap();
+        for (k, v) in selector {
+            assert_eq!(&labels[k], v, "{name}: service selector {k}");
+        }
+        assert!(
+            selector.contains_key("arch"),
+            "{name}: service not per arch"
+        );
+        assert_eq!(service["spec"]["ports"][0]["port"], 1234);
+        assert_eq!(service["spec"]["ports"][0]["targetPort"], port["name"]);
+    }
+    arches.sort();
+    assert_eq!(arches, ["amd64", "arm64"]);
+}
+
+#[test]
+fn systemd_unit_runs_kiln_serve_on_the_socket_with_a_state_directory() {
+    let path = kiln_e2e::workspace().join("deploy/systemd/kiln.service");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // `[Section]` then `Key=Value` lines, as systemd reads them (comments skipped).
+    let mut section = String::new();
+    let mut keys: Vec<(String, String, String)> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s.to_owned();
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not Key=Value: {line:?}"));
+        keys.push((section.clone(), k.to_owned(), v.to_owned()));
+    }
+    let get = |s: &str, k: &str| -> String {
+        keys.iter()
+            .find(|(ss, kk, _)| ss == s && kk == k)
+            .map(|(_, _, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {k} in [{s}]"))
+    };
+    let exec: Vec<String> = get("Service", "ExecStart")
+        .split_whitespace()
+        .map(ToOwned::to_owned)
+        .collect();
+    assert!(exec[0].ends_with("/kiln"), "{exec:?}");
+    assert_eq!(exec[1..], ["serve", "--addr", "unix:///run/kiln/kiln.sock"]);
+    // The socket's directory and the store are the unit's own directories.
+    assert_eq!(get("Service", "RuntimeDirectory"), "kiln");
+    assert_eq!(get("Service", "StateDirectory"), "kiln");
+    assert_eq!(get("Service", "Environment"), "KILN_ROOT=/var/lib/kiln");
+    assert_eq!(get("Service", "KillSignal"), "SIGTERM");
+    assert_eq!(get("Install", "WantedBy"), "multi-user.target");
+}

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use kiln_contextsync::{read_ignore, scan, Mirror};
+use kiln_contextsync::{open_for_send, read_ignore, scan, Mirror};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -34,11 +34,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut mirror = Mirror::open(store)?;
         let t_open = t1.elapsed();
         let t2 = Instant::now();
-        let mut plan = mirror.plan(entries)?;
+        let mut plan = mirror.plan(entries.clone())?;
         let t_plan = t2.elapsed();
         let t3 = Instant::now();
         for p in plan.send().to_vec() {
-            let mut f = std::fs::File::open(src.join(&p))?;
+            let mut f = open_for_send(src, &entries, &p)?;
             mirror.write_file(&mut plan, &p, &mut f)?;
         }
         let t_write = t3.elapsed();

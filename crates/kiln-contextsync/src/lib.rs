@@ -7,7 +7,8 @@
 //!   [`scan`] walks the context keeping exactly what the engine's own walk keeps
 //!   (`kiln-engine`'s `local.rs`), returning sorted [`Entry`]s: path, kind, mode, owner, size,
 //!   mtime, symlink target. Nothing is hashed: like fsutil, a file is "unchanged" when its
-//!   metadata is.
+//!   metadata is. [`open_for_send`] opens a file the daemon asks for, only if it is one of
+//!   the scan's files (a daemon cannot ask for an excluded or outside file).
 //! - **Daemon**: [`Mirror::open`] opens (or creates) a mirror directory; [`Mirror::plan`]
 //!   compares the client's entries with what the mirror holds and says which files must be sent
 //!   ([`Plan::send`]); [`Mirror::write_file`] streams one file's bytes into place;
@@ -16,17 +17,18 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), kiln_contextsync::Error> {
-//! use kiln_contextsync::{read_ignore, scan, Mirror};
+//! use kiln_contextsync::{open_for_send, read_ignore, scan, Mirror};
 //! # let (context, dockerfile, store) = (std::path::Path::new("."), std::path::Path::new("Dockerfile"), std::path::Path::new("/var/lib/kiln/contexts/k"));
 //! // client
 //! let ignore = read_ignore(context, dockerfile)?;
 //! let entries = scan(context, &ignore)?;
 //! // daemon (the entries travel over the wire, then the asked files' bytes)
 //! let mut mirror = Mirror::open(store)?;
-//! let mut plan = mirror.plan(entries)?;
+//! let mut plan = mirror.plan(entries.clone())?;
 //! for path in plan.send().to_vec() {
-//!     let mut bytes = std::fs::File::open(context.join(&path)).expect("client side");
-//!     mirror.write_file(&mut plan, &path, &mut bytes)?;
+//!     // client: only files of its own scan, never what a daemon makes up
+//!     let mut file = open_for_send(context, &entries, &path)?;
+//!     mirror.write_file(&mut plan, &path, &mut file)?;
 //! }
 //! let stats = mirror.finish(plan)?;
 //! println!("{} files, {} bytes received", stats.files, stats.bytes);
@@ -59,7 +61,7 @@ use std::path::PathBuf;
 
 pub use entry::{Entry, Kind};
 pub use mirror::{Mirror, Plan, Stats};
-pub use scan::{read_ignore, scan, IgnoreSpec};
+pub use scan::{open_for_send, read_ignore, scan, IgnoreSpec};
 
 /// Most entries one context may hold (a sync refuses more, with [`Error::TooManyEntries`]).
 pub const MAX_ENTRIES: usize = 10_000_000;
@@ -156,6 +158,19 @@ pub enum Error {
         declared: u64,
         /// Bytes received (at most one more than declared: reading stops there).
         received: u64,
+    },
+    /// A daemon asked for a path that is not a file of the client's scan (say, a file the
+    /// `.dockerignore` excludes): never sent.
+    #[error("the builder asked for {path:?}, which is not a file of the context as scanned")]
+    NotListed {
+        /// The path asked for.
+        path: String,
+    },
+    /// A file asked for is no longer a regular file (replaced since the scan).
+    #[error("{}: no longer a regular file (it changed while the context was sent)", path.display())]
+    NotAFile {
+        /// The path on the client.
+        path: PathBuf,
     },
     /// [`Mirror::write_file`] for a path the plan did not ask for.
     #[error("context file {path:?} was not asked for by this sync's plan")]

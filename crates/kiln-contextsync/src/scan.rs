@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use kiln_ignore::PatternMatcher;
@@ -207,4 +207,43 @@ fn entry(path: String, md: &fs::Metadata, target: Option<String>) -> Entry {
         mtime_nsec: md.mtime_nsec().clamp(0, 999_999_999) as u32,
         target,
     }
+}
+
+/// Opens file `path` of `context` to send its bytes to a daemon that asked for it. Only a file
+/// of `entries` (the client's own [`scan`]) is opened, so a daemon cannot have the client send
+/// a file `.dockerignore` excludes or one outside the context ([`Error::NotListed`]). The last
+/// component is not followed and a FIFO put there since the scan does not block; anything but
+/// a regular file is [`Error::NotAFile`].
+pub fn open_for_send(context: &Path, entries: &[Entry], path: &str) -> Result<fs::File> {
+    let listed = entries
+        .binary_search_by(|e| e.path.as_str().cmp(path))
+        .ok()
+        .map(|i| &entries[i]);
+    if !listed.is_some_and(|e| e.kind == Kind::File) {
+        return Err(Error::NotListed {
+            path: path.chars().take(200).collect(),
+        });
+    }
+    let p = context.join(path);
+    let file = fs::File::options()
+        .read(true)
+        .custom_flags(libc_flags())
+        .open(&p)
+        .map_err(|e| match e.raw_os_error() {
+            Some(code) if code == nix::errno::Errno::ELOOP as i32 => {
+                Error::NotAFile { path: p.clone() }
+            }
+            _ => Error::io("open", &p, e),
+        })?;
+    let md = file.metadata().map_err(|e| Error::io("stat", &p, e))?;
+    if !md.is_file() {
+        return Err(Error::NotAFile { path: p });
+    }
+    Ok(file)
+}
+
+/// `O_NOFOLLOW | O_NONBLOCK`: a symlink is refused, a FIFO opens without waiting for a writer
+/// (and is then refused). Non-blocking mode does not change reads of a regular file.
+fn libc_flags() -> i32 {
+    (nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits()
 }

@@ -4,7 +4,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use crate::{read_ignore, scan, Entry, Error, IgnoreSpec, Kind, Mirror, Stats};
+use crate::{open_for_send, read_ignore, scan, Entry, Error, IgnoreSpec, Kind, Mirror, Stats};
 
 /// Sets a path's mtime (not following a symlink) to a fixed, distinct time.
 fn set_mtime(p: &Path, sec: i64) {
@@ -45,11 +45,11 @@ fn client(dir: &Path) {
 fn sync(src: &Path, store: &Path, ignore: &IgnoreSpec) -> Result<(Vec<String>, Stats), Error> {
     let entries = scan(src, ignore)?;
     let mut mirror = Mirror::open(store)?;
-    let mut plan = mirror.plan(entries)?;
+    let mut plan = mirror.plan(entries.clone())?;
     let asked = plan.send().to_vec();
     let declared = plan.send_bytes();
     for p in &asked {
-        let mut f = fs::File::open(src.join(p)).expect("client file");
+        let mut f = open_for_send(src, &entries, p)?;
         mirror.write_file(&mut plan, p, &mut f)?;
     }
     let stats = mirror.finish(plan)?;
@@ -563,4 +563,40 @@ fn deep_paths_cannot_make_the_daemon_allocate_without_bound() {
     );
     let err = crate::mirror::with_implied_dirs(entries, 300, 1 << 20).expect_err("too many");
     assert!(matches!(err, Error::TooManyEntries { limit: 300 }), "{err}");
+}
+
+#[test]
+fn the_client_sends_only_files_of_its_own_scan() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    client(&src);
+    fs::write(src.join(".env"), "SECRET=1").expect("write");
+    fs::write(tmp.path().join("outside"), "host file").expect("write");
+    let entries = scan(&src, &IgnoreSpec::from_patterns(vec![".env".into()])).expect("scan");
+    let mut bytes = String::new();
+    std::io::Read::read_to_string(
+        &mut open_for_send(&src, &entries, "src/main.rs").expect("listed file"),
+        &mut bytes,
+    )
+    .expect("read");
+    assert_eq!(bytes, "fn main() {}\n");
+    // A daemon asking for an excluded file, a path outside, a directory or a symlink.
+    for asked in [".env", "../outside", "src", "link", "src/../.env", "nope"] {
+        let err = open_for_send(&src, &entries, asked).expect_err(asked);
+        assert!(matches!(err, Error::NotListed { .. }), "{asked}: {err}");
+        assert!(err.to_string().contains(asked), "{err}");
+    }
+    // A listed file replaced by a FIFO or a symlink since the scan: refused, never blocks.
+    fs::remove_file(src.join("a.txt")).expect("rm");
+    nix::unistd::mkfifo(
+        &src.join("a.txt"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .expect("mkfifo");
+    let err = open_for_send(&src, &entries, "a.txt").expect_err("fifo");
+    assert!(matches!(err, Error::NotAFile { .. }), "{err}");
+    fs::remove_file(src.join("tool")).expect("rm");
+    std::os::unix::fs::symlink(tmp.path().join("outside"), src.join("tool")).expect("symlink");
+    let err = open_for_send(&src, &entries, "tool").expect_err("symlink");
+    assert!(matches!(err, Error::NotAFile { .. }), "{err}");
 }

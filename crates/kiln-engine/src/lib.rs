@@ -12,6 +12,7 @@ mod export;
 mod fileop;
 pub mod gc;
 mod local;
+mod phases;
 mod platforms;
 mod remote_cache;
 mod remote_context;
@@ -30,7 +31,7 @@ use kiln_cache::CacheIndex;
 use kiln_export::Image;
 pub use kiln_export::{Annotation, AnnotationKind, CompressionKind, ImageFormat, TarDest};
 use kiln_plugin_host::{PluginRegistry, SearchPath};
-use kiln_plugin_sdk::proto::{Diagnostic, FrontendRequest, PluginError};
+use kiln_plugin_sdk::proto::{Diagnostic, PluginError};
 use kiln_snapshot::{Snapshot, Store};
 use kiln_solver::{CancellationToken, Event, ProgressSink};
 use kiln_types::{Digest, Platform};
@@ -43,9 +44,10 @@ pub use kiln_registry::{is_loopback, HostOptions};
 // Process setup for the CLI: a build's mounts in a namespace of its own, before any thread.
 pub use kiln_snapshot::{isolate_mounts, Isolation};
 pub use kiln_solver::Status;
+pub use phases::{Planned, Solved};
 pub use remote_cache::{CacheCompression, CacheExport, CacheImport, CacheLocation, CacheMode};
 pub use remote_context::{PreparedContext, RemoteContext, MAX_STDIN_CONTEXT_BYTES};
-pub use run::{ExecRuntime, RunOptions, SecretSource, SshSource};
+pub use run::{ExecRuntime, ProvidedSecret, RunOptions, SecretProvider, SecretSource, SshSource};
 pub use syntax::{find_syntax, SyntaxChoice};
 
 /// Engine errors, each saying what failed and where.
@@ -288,47 +290,6 @@ impl ExportStep {
             }),
         }
     }
-}
-
-/// A solve's outcome: the solution, and the name and status of every step it needed.
-type Solved = (
-    kiln_solver::Solution<Digest, Snapshot>,
-    Vec<(String, Status)>,
-);
-
-/// Solves `targets` of `def`: a failed step's error carries its place in the build file.
-/// Returns the solution and the name and status of every step the solve needed.
-async fn solve(
-    solver: &kiln_solver::Solver<Digest, exec::OpExecutor>,
-    graph: &kiln_solver::Graph<Digest>,
-    def: &kiln_graph::Definition,
-    targets: &[Digest],
-    cancel: &CancellationToken,
-) -> Result<Solved, Error> {
-    let solution = solver.solve(graph, targets, cancel).await.map_err(|e| {
-        let location = match &e {
-            kiln_solver::Error::Vertex { id, .. } => {
-                def.vertex(id).and_then(|v| v.meta.source.clone())
-            }
-            _ => None,
-        };
-        Error::Step {
-            location,
-            source: e,
-        }
-    })?;
-    let steps = solution
-        .vertices
-        .iter()
-        .map(|(id, st)| {
-            let name = def
-                .vertex(id)
-                .map(|v| v.meta.description.clone())
-                .unwrap_or_default();
-            (name, *st)
-        })
-        .collect();
-    Ok((solution, steps))
 }
 
 /// Local context directories by name.
@@ -750,332 +711,6 @@ impl Engine {
         &self.plugins
     }
 
-    /// Runs a build: frontend, solve, export.
-    pub async fn build(
-        &self,
-        req: BuildRequest,
-        progress: Arc<dyn ProgressSink<Digest>>,
-        cancel: CancellationToken,
-    ) -> Result<BuildOutcome, Error> {
-        // `--platform a,b,...`: the frontend is asked once per platform and every graph is
-        // solved in one run (platforms.rs); a `--call` answers for the first platform.
-        let targets: Vec<Platform> = if req.platforms.len() > 1 && req.call.is_none() {
-            platforms::check_request(&req)?;
-            req.platforms.clone()
-        } else {
-            vec![req.platform.clone()]
-        };
-        let multi = targets.len() > 1;
-        // While it is held, a collector spares what this build takes and makes (gc.rs).
-        let lease = self.store.lease()?;
-        let source = read_build_file(&req.dockerfile).map_err(|source| Error::Dockerfile {
-            path: req.dockerfile.clone(),
-            source,
-        })?;
-        let filename = req
-            .dockerfile
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "Dockerfile".to_owned());
-
-        // Frontend: `--frontend` > BUILDKIT_SYNTAX > `# syntax=` > the Dockerfile frontend.
-        let chosen = syntax::choose(req.frontend.as_deref(), &req.build_args, &source)?;
-        let frontend = syntax::resolve(&self.plugins, &chosen, &self.plugin_dirs)?;
-        let load_id =
-            Digest::of(format!("internal:definition:{}", req.dockerfile.display()).as_bytes());
-        let load_name = format!("[internal] load build definition from {filename}");
-        progress.send(Event::Started {
-            id: load_id,
-            name: load_name.clone(),
-        });
-        if let Some(line) = syntax::resolved_line(&chosen, &frontend) {
-            progress.send(Event::Log {
-                id: load_id,
-                name: load_name.clone(),
-                line,
-            });
-        }
-        let started = std::time::Instant::now();
-        let mut build_args = req.build_args.clone();
-        build_args.remove("BUILDKIT_SYNTAX");
-        let (contexts, options) = frontend_options(&req)?;
-        // The frontend calls of one build share their image-config resolves: a base on
-        // `$BUILDPLATFORM` is asked of the registry once, not once per platform.
-        let services = Arc::new(platforms::ResolvedOnce::new(services::EngineServices::new(
-            contexts.clone(),
-            self.plugins.clone(),
-            self.registry.clone(),
-            self.store.clone(),
-            tokio::runtime::Handle::current(),
-            progress.clone(),
-            load_id,
-            load_name.clone(),
-            cancel.clone(),
-        )));
-        // The `--cache-from` caches do not depend on the graph: they are read (manifest and
-        // config, round trips to a registry) while the frontend runs. A build that ends
-        // before it needs them (a frontend error, `--call`) stops their reading.
-        let net_cancel = cancel.child_token();
-        let _stop_net = net_cancel.clone().drop_guard();
-        let imports = tokio::spawn(remote_cache::read_imports(
-            req.cache_from.clone(),
-            remote_cache::Net {
-                registry: self.registry.clone(),
-                handle: tokio::runtime::Handle::current(),
-                cancel: net_cancel,
-            },
-            self.store.clone(),
-        ));
-        // The frontend once per platform, as BuildKit's Dockerfile frontend makes one LLB per
-        // platform; its base images are resolved per platform from their index.
-        let mut warnings: Vec<Diagnostic> = Vec::new();
-        let mut defs = Vec::with_capacity(targets.len());
-        let mut configs = Vec::with_capacity(targets.len());
-        for platform in &targets {
-            let freq = FrontendRequest {
-                source: source.clone(),
-                filename: filename.clone(),
-                build_args: build_args.clone(),
-                target: req.target.clone(),
-                platform: platform.clone(),
-                no_cache: req.no_cache,
-                no_cache_filter: req.no_cache_filter.clone(),
-                contexts: contexts.keys().cloned().collect(),
-                options: options.clone(),
-            };
-            let fe = frontend.clone();
-            let svc = services.clone();
-            let resp = tokio::task::spawn_blocking(move || fe.frontend_build(&freq, svc.as_ref()))
-                .await
-                .map_err(|e| Error::Unsupported(format!("frontend task failed: {e}")))?;
-            let resp = match resp {
-                Ok(r) => r,
-                // A frontend whose host callbacks were cancelled (Ctrl-C while it resolved a
-                // base image) fails; the build was cancelled, not the Dockerfile wrong.
-                Err(_) if cancel.is_cancelled() => {
-                    progress.send(Event::Cancelled {
-                        id: load_id,
-                        name: load_name,
-                    });
-                    return Err(Error::Cancelled);
-                }
-                Err(e) => {
-                    progress.send(Event::Error {
-                        id: load_id,
-                        name: load_name,
-                        message: if multi {
-                            format!("{platform}: {e}")
-                        } else {
-                            e.to_string()
-                        },
-                    });
-                    return Err(match e.plugin_error() {
-                        Some(pe) if pe.location.is_some() => Error::Frontend(pe.clone()),
-                        _ => Error::Plugin(e),
-                    });
-                }
-            };
-            // The platforms' graphs come from one build file: a warning is said once.
-            for w in resp.warnings {
-                if !multi || !warnings.contains(&w) {
-                    warnings.push(w);
-                }
-            }
-            defs.push(resp.definition);
-            configs.push(resp.config);
-        }
-        progress.send(Event::Done {
-            id: load_id,
-            name: load_name,
-            duration: started.elapsed(),
-        });
-
-        if let Some(call) = req.call {
-            let answer = configs
-                .first()
-                .and_then(|c| c.config.labels.as_ref())
-                .and_then(|l| l.get(CALL_RESULT_LABEL))
-                .cloned()
-                .ok_or_else(|| {
-                    Error::Call(format!(
-                        "frontend {} does not answer --call={}: it returned no {CALL_RESULT_LABEL} \
-                         label (build without --call, or use a frontend that supports it)",
-                        frontend.name(),
-                        call.name()
-                    ))
-                })?;
-            return Ok(BuildOutcome {
-                image: None,
-                index: None,
-                steps: Vec::new(),
-                warnings,
-                frontend: frontend.name().to_owned(),
-                call_result: Some(answer),
-                explain: Vec::new(),
-            });
-        }
-
-        // Solve.
-        let mut def = if multi {
-            platforms::merge_definitions(&targets, defs)
-        } else {
-            defs.pop()
-                .expect("the frontend was asked once, for one platform")
-        };
-        check_entitlements(&def, &req.allow)?;
-        // RUN steps of another platform need their emulator before anything runs.
-        platforms::ensure_emulation(&def, progress.as_ref())?;
-        // Outputs that cannot be written fail now, not after the build.
-        export::check(&req.exports, source_date_epoch(&req.build_args)?)?;
-        // Key files get an agent of their own for the build; dropped (killed) on every way out.
-        let (ssh, _agents) = ssh_agent::serve(&req.ssh)?;
-        let (imported, import_warnings) = imports
-            .await
-            .map_err(|e| Error::Unsupported(format!("cache import task failed: {e}")))??;
-        warnings.extend(import_warnings);
-        if req.no_cache {
-            for v in &mut def.vertices {
-                v.meta.ignore_cache = true;
-            }
-        }
-        let recorder = Arc::new(explain::Recorder::default());
-        let ops = Arc::new(exec::OpExecutor::new(
-            exec::BuildEnv {
-                store: self.store.clone(),
-                index: self.index.clone(),
-                plugins: self.plugins.clone(),
-                contexts,
-                // Restored from the `--cache-from` caches that carry cache mounts.
-                cache_mounts: remote_cache::cache_mounts_for(
-                    &self.cache_mounts,
-                    &imported,
-                    &self.store,
-                ),
-                secrets: req.secrets.clone(),
-                ssh,
-                run_options: req.run_options.clone(),
-                runtime: req.runtime,
-                registry: self.registry.clone(),
-                handle: tokio::runtime::Handle::current(),
-                imported: imported.clone(),
-                explain: recorder.clone(),
-            },
-            &def,
-        ));
-        let tracker = ops.tracker();
-        let graph = kiln_solver::Graph::new(def.vertices.iter().map(|v| {
-            kiln_solver::Vertex::new(
-                v.digest,
-                v.meta.description.clone(),
-                v.inputs.iter().map(|e| e.vertex).collect::<Vec<_>>(),
-            )
-        }))?;
-        let solver = kiln_solver::Solver::new(ops)
-            .with_progress(progress.clone())
-            .with_concurrency(self.concurrency.unwrap_or_else(default_concurrency));
-        if multi {
-            // Platforms with the same result ask for it once.
-            let mut wanted: Vec<Digest> = Vec::new();
-            for edge in def.outputs.iter().flatten() {
-                if !wanted.contains(&edge.vertex) {
-                    wanted.push(edge.vertex);
-                }
-            }
-            let (solution, steps) = solve(&solver, &graph, &def, &wanted, &cancel).await?;
-            let built = platforms::results(&targets, &def, &wanted, solution.outputs, configs);
-            let index = if req.exports.is_empty() {
-                None
-            } else {
-                self.export_platforms(&req, built, progress).await?
-            };
-            self.collect_after_build(lease, &mut warnings).await;
-            return Ok(BuildOutcome {
-                image: None,
-                index,
-                steps,
-                warnings,
-                frontend: frontend.name().to_owned(),
-                call_result: None,
-                explain: Vec::new(),
-            });
-        }
-        let config = configs
-            .pop()
-            .expect("the frontend was asked once, for one platform");
-        let target = def.outputs.first().copied().flatten();
-        let mut explained = Vec::new();
-        let (snapshot, steps) = match target {
-            Some(edge) => {
-                let (solution, steps) =
-                    solve(&solver, &graph, &def, &[edge.vertex], &cancel).await?;
-                // Every successful build is kept as the last one of its target, so that the
-                // next `--explain-cache` has something to compare with.
-                let kept = explain::finish(
-                    self.store.root(),
-                    &explain::Target {
-                        context: &req.context,
-                        dockerfile: &req.dockerfile,
-                        target: req.target.as_deref(),
-                        platform: &req.platform,
-                    },
-                    &req.build_args,
-                    &def,
-                    &solution.vertices,
-                    &recorder,
-                    req.explain_cache,
-                );
-                match kept {
-                    Ok(misses) => explained = misses,
-                    Err(e) => warnings.push(Diagnostic {
-                        message: format!(
-                            "could not keep this build for --explain-cache in {}: {e}",
-                            self.store.root().join("explain").display()
-                        ),
-                        location: None,
-                    }),
-                }
-                let snap = solution.outputs.into_iter().next().unwrap_or_default();
-                (snap, steps)
-            }
-            None => (Snapshot::default(), Vec::new()),
-        };
-
-        // What `--cache-to` exports; a `type=inline` cache goes into the image's config.
-        let cache = target.map(|edge| remote_cache::ExportCx {
-            store: self.store.clone(),
-            index: self.index.clone(),
-            imported,
-            tracker,
-            def: Arc::new(def),
-            target: edge.vertex,
-        });
-        let inline = match &cache {
-            Some(cx) => remote_cache::inline_config(cx, &req.cache_to).await?,
-            None => None,
-        };
-        // Export. Layer blobs are made only for an image export: a local export copies files,
-        // and a build without output only fills the cache, as in BuildKit.
-        let image = if req.exports.is_empty() {
-            None
-        } else {
-            self.export(&req, snapshot, config, inline, progress.clone())
-                .await?
-        };
-        if let Some(cx) = cache {
-            remote_cache::export_all(cx, &req.cache_to, progress.as_ref(), &mut warnings).await?;
-        }
-        self.collect_after_build(lease, &mut warnings).await;
-        Ok(BuildOutcome {
-            image,
-            index: None,
-            steps,
-            warnings,
-            frontend: frontend.name().to_owned(),
-            call_result: None,
-            explain: explained,
-        })
-    }
-
     /// The store keeps itself: this build's cache uses are recorded, then, its lease ended,
     /// the store is collected down to its limit. A failure there fails no build: it is a
     /// warning.
@@ -1101,7 +736,7 @@ impl Engine {
         }
     }
 
-    async fn export(
+    async fn export_image(
         &self,
         req: &BuildRequest,
         snapshot: Snapshot,

@@ -247,9 +247,9 @@ pub(crate) fn merge_definitions(platforms: &[Platform], defs: Vec<Definition>) -
 
 /// One platform's result.
 pub(crate) struct Built {
-    platform: Platform,
-    snapshot: Snapshot,
-    config: ImageConfig,
+    pub(crate) platform: Platform,
+    pub(crate) snapshot: Snapshot,
+    pub(crate) config: ImageConfig,
 }
 
 /// Refuses what a build of several platforms cannot do, before anything runs.

@@ -25,11 +25,52 @@ pub enum SecretSource {
     File(PathBuf),
     /// An environment variable of the kiln process (`env=`).
     Env(String),
+    /// Asked of a provider when a RUN step mounts the secret, and only then: a daemon's
+    /// session fetches it from its client, so the daemon never keeps it (as BuildKit's
+    /// secrets session).
+    Provider(ProvidedSecret),
 }
 
+/// Serves secrets on request (a daemon's client, over its session).
+pub trait SecretProvider: Send + Sync {
+    /// The bytes of secret `id`, or why they cannot be had (the engine's error names `id`).
+    fn secret(&self, id: &str) -> Result<Vec<u8>, String>;
+}
+
+/// A [`SecretProvider`] as a [`SecretSource`] holds it: clones share the provider, and two are
+/// equal when they are the same provider.
+#[derive(Clone)]
+pub struct ProvidedSecret(pub Arc<dyn SecretProvider>);
+
+impl std::fmt::Debug for ProvidedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The provider's secrets are never printed; nor is there anything else to show.
+        f.write_str("ProvidedSecret(..)")
+    }
+}
+
+impl PartialEq for ProvidedSecret {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ProvidedSecret {}
+
 impl SecretSource {
+    /// A source that asks `provider` when a step needs the secret.
+    pub fn provider(provider: Arc<dyn SecretProvider>) -> Self {
+        SecretSource::Provider(ProvidedSecret(provider))
+    }
+
     fn read(&self, id: &str) -> Result<Vec<u8>, Error> {
         match self {
+            SecretSource::Provider(ProvidedSecret(p)) => {
+                p.secret(id).map_err(|message| Error::Secret {
+                    id: id.to_owned(),
+                    message,
+                })
+            }
             SecretSource::File(p) => std::fs::read(p).map_err(|e| Error::Secret {
                 id: id.to_owned(),
                 message: format!("read {}: {e}", p.display()),

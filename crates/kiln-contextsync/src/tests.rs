@@ -145,6 +145,34 @@ fn an_edit_sends_that_file_only_and_unchanged_files_keep_their_inode() {
         main_ino,
         "the edit is a new file"
     );
+    // The engine's stat cache keys on inode, size, mtime and ctime: all kept.
+    let ctime = |p: &str| {
+        let md = fs::symlink_metadata(tree.join(p)).expect("stat");
+        (
+            md.ino(),
+            md.size(),
+            md.mtime(),
+            md.mtime_nsec(),
+            md.ctime(),
+            md.ctime_nsec(),
+        )
+    };
+    let kept = [
+        ctime("a.txt"),
+        ctime("src/deep/data.bin"),
+        ctime("src/main.rs"),
+    ];
+    fs::write(src.join("tool"), "#!/bin/sh\nexit 0\n").expect("edit");
+    let (asked, _) = sync(&src, &store, &IgnoreSpec::none()).expect("sync");
+    assert_eq!(asked, ["tool"]);
+    assert_eq!(
+        [
+            ctime("a.txt"),
+            ctime("src/deep/data.bin"),
+            ctime("src/main.rs")
+        ],
+        kept
+    );
 }
 
 #[test]
@@ -599,4 +627,18 @@ fn the_client_sends_only_files_of_its_own_scan() {
     std::os::unix::fs::symlink(tmp.path().join("outside"), src.join("tool")).expect("symlink");
     let err = open_for_send(&src, &entries, "tool").expect_err("symlink");
     assert!(matches!(err, Error::NotAFile { .. }), "{err}");
+}
+
+#[test]
+fn a_mirror_is_locked_while_it_is_open() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("store");
+    let try_lock = || {
+        let f = fs::File::open(store.join("lock")).expect("lock file");
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
+    };
+    let mirror = Mirror::open(&store).expect("open");
+    assert!(!try_lock(), "another opener waits while the mirror is open");
+    drop(mirror);
+    assert!(try_lock(), "free once dropped");
 }

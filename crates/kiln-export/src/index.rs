@@ -68,24 +68,62 @@ pub fn platform_format(format: &ImageFormat, platform: &Platform) -> ImageFormat
 
 /// Gathers `images` (one per platform, in the order of `--platform`, each assembled with
 /// [`platform_format`]) into an index stored in `store`. Each entry is the image's manifest
-/// descriptor with the platform of its config. The index has the docker manifest-list media
-/// type when the manifests are docker's (as BuildKit's `oci-mediatypes=false`), the OCI one
-/// otherwise. `format`'s `index` annotations go into the index, its `index-descriptor` ones
-/// onto the index's descriptor (an OCI layout's `index.json` entry); an annotation for a
-/// platform that is not built is an error, as in BuildKit.
+/// descriptor with the platform of its config; the document is [`index_document`]'s.
 pub fn assemble_index(
     store: &Store,
     images: Vec<Image>,
     format: &ImageFormat,
 ) -> Result<ImageIndex> {
-    if images.is_empty() {
+    let manifests = images
+        .iter()
+        .map(|i| {
+            let mut d = i.manifest.clone();
+            d.platform = Some(i.config.platform());
+            d
+        })
+        .collect();
+    let doc = index_document(manifests, format)?;
+    let digest = store.write_blob(&doc.bytes)?;
+    let mut descriptor = Descriptor::new(&doc.media_type, digest, doc.bytes.len() as u64);
+    descriptor.annotations = doc.descriptor_annotations;
+    Ok(ImageIndex {
+        descriptor,
+        index: doc.index,
+        images,
+    })
+}
+
+/// An image index document, before it is stored anywhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexDocument {
+    /// The document.
+    pub index: Index,
+    /// Its bytes (what its digest is of).
+    pub bytes: Vec<u8>,
+    /// Its media type (OCI index or docker manifest list).
+    pub media_type: String,
+    /// The `index-descriptor` annotations, for the descriptor that names the index (an OCI
+    /// layout's `index.json` entry).
+    pub descriptor_annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// The index of a multi-platform result, as BuildKit's image exporter writes it: `manifests`
+/// (each platform's manifest descriptor with its `platform`, in the order of `--platform`)
+/// listed as they are. The index has the docker manifest-list media type when the manifests
+/// are docker's (as BuildKit's `oci-mediatypes=false`), the OCI one otherwise. `format`'s
+/// `index` annotations go into the index, its `index-descriptor` ones onto the index's
+/// descriptor; an annotation for a platform that is not built is an error, as in BuildKit.
+/// One function for a build on one machine and one spread over several (whose manifests
+/// come from the nodes), so that both make the same index of the same images.
+pub fn index_document(manifests: Vec<Descriptor>, format: &ImageFormat) -> Result<IndexDocument> {
+    if manifests.is_empty() {
         return Err(Error::Options(
             "an image index needs at least one image".into(),
         ));
     }
-    let platforms: Vec<Platform> = images
+    let platforms: Vec<Platform> = manifests
         .iter()
-        .map(|i| i.config.platform().normalize())
+        .filter_map(|d| d.platform.as_ref().map(Platform::normalize))
         .collect();
     let mut annotations = std::collections::BTreeMap::new();
     let mut descriptor_annotations = std::collections::BTreeMap::new();
@@ -109,9 +147,9 @@ pub fn assemble_index(
             AnnotationKind::Manifest | AnnotationKind::ManifestDescriptor => None,
         };
     }
-    let docker = images
+    let docker = manifests
         .iter()
-        .all(|i| i.manifest.media_type == MEDIA_TYPE_DOCKER_MANIFEST);
+        .all(|d| d.media_type == MEDIA_TYPE_DOCKER_MANIFEST);
     if docker && !(annotations.is_empty() && descriptor_annotations.is_empty()) {
         return Err(Error::Options(
             "cannot export annotations with \"oci-mediatypes=false\" (a docker manifest list \
@@ -124,14 +162,6 @@ pub fn assemble_index(
     } else {
         MEDIA_TYPE_INDEX
     };
-    let manifests = images
-        .iter()
-        .map(|i| {
-            let mut d = i.manifest.clone();
-            d.platform = Some(i.config.platform());
-            d
-        })
-        .collect();
     let index = Index {
         schema_version: 2,
         media_type: Some(media_type.to_owned()),
@@ -139,13 +169,11 @@ pub fn assemble_index(
         annotations,
     };
     let bytes = serde_json::to_vec(&index).expect("index always serializes");
-    let digest = store.write_blob(&bytes)?;
-    let mut descriptor = Descriptor::new(media_type, digest, bytes.len() as u64);
-    descriptor.annotations = descriptor_annotations;
-    Ok(ImageIndex {
-        descriptor,
+    Ok(IndexDocument {
         index,
-        images,
+        bytes,
+        media_type: media_type.to_owned(),
+        descriptor_annotations,
     })
 }
 
@@ -160,7 +188,20 @@ pub fn export_oci_index(
     dest: &Path,
     as_tar: bool,
 ) -> Result<()> {
-    let mut desc = index.descriptor.clone();
+    let layout_bytes = layout_index_of(&index.descriptor, names)?;
+    let blobs = index.blobs();
+    if as_tar {
+        write_tar(store, &blobs, &layout_bytes, dest)
+    } else {
+        write_dir(store, &blobs, &layout_bytes, dest)
+    }
+}
+
+/// The `index.json` of an OCI layout that holds the image index `descriptor` names: one entry,
+/// annotated with the first of `names` (`io.containerd.image.name`) and its tag as the ref
+/// name (`latest` when no name is given), as BuildKit's OCI exporter writes it.
+pub fn layout_index_of(descriptor: &Descriptor, names: &[String]) -> Result<Vec<u8>> {
+    let mut desc = descriptor.clone();
     let tag = match names.first() {
         Some(n) => {
             desc.annotations
@@ -176,13 +217,7 @@ pub fn export_oci_index(
         manifests: vec![desc],
         annotations: Default::default(),
     };
-    let layout_bytes = serde_json::to_vec(&layout).expect("index always serializes");
-    let blobs = index.blobs();
-    if as_tar {
-        write_tar(store, &blobs, &layout_bytes, dest)
-    } else {
-        write_dir(store, &blobs, &layout_bytes, dest)
-    }
+    Ok(serde_json::to_vec(&layout).expect("index always serializes"))
 }
 
 #[cfg(test)]

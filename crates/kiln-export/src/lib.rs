@@ -18,9 +18,12 @@ mod tar_fs;
 pub use docker::{docker_daemon_answers, export_docker, load_docker};
 pub use format::{Annotation, AnnotationKind, CompressionKind, ImageFormat};
 pub use image::{assemble_image, Image, ImageOptions};
-pub use index::{assemble_index, export_oci_index, platform_format, ImageIndex};
+pub use index::{
+    assemble_index, export_oci_index, index_document, layout_index_of, platform_format, ImageIndex,
+    IndexDocument,
+};
 pub use local::export_local;
-pub use oci::{export_oci, read_index};
+pub use oci::{export_oci, layout_tar_header, read_index, OCI_LAYOUT};
 pub use tar_fs::{export_tar, export_tar_dir, TarDest};
 
 /// Errors of the exporters.

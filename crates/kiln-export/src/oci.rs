@@ -9,7 +9,8 @@ use kiln_types::Digest;
 
 use crate::{io_err, Image, Result};
 
-const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+/// The `oci-layout` file of every layout kiln writes.
+pub const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 /// containerd's annotation with the full image name; BuildKit writes it too.
 pub(crate) const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
 
@@ -206,15 +207,16 @@ fn write_tar_into(
 ) -> Result<()> {
     let mut t = TarOut { out, pos: 0 };
     (|| -> std::io::Result<()> {
-        t.put(header("blobs/", 0, true)?.as_bytes())?;
-        t.put(header("blobs/sha256/", 0, true)?.as_bytes())
+        t.put(layout_tar_header("blobs/", 0, true)?.as_bytes())?;
+        t.put(layout_tar_header("blobs/sha256/", 0, true)?.as_bytes())
     })()
     .map_err(io_err(dest))?;
     for d in blobs {
         let path = store.blob_path(d);
         let src = fs::File::open(&path).map_err(io_err(&path))?;
         let size = src.metadata().map_err(io_err(&path))?.len();
-        let h = header(&format!("blobs/sha256/{}", d.hex()), size, false).map_err(io_err(dest))?;
+        let h = layout_tar_header(&format!("blobs/sha256/{}", d.hex()), size, false)
+            .map_err(io_err(dest))?;
         t.put(h.as_bytes()).map_err(io_err(dest))?;
         copy_verified(&src, &path, size, out, t.pos, d).map_err(|e| match e {
             Copy::Changed(m) => kiln_snapshot::Error::BlobChanged(m).into(),
@@ -225,7 +227,7 @@ fn write_tar_into(
     }
     (|| -> std::io::Result<()> {
         for (name, data) in [("index.json", index), ("oci-layout", OCI_LAYOUT)] {
-            t.put(header(name, data.len() as u64, false)?.as_bytes())?;
+            t.put(layout_tar_header(name, data.len() as u64, false)?.as_bytes())?;
             t.put(data)?;
             t.put(&[0u8; 512][..padding(data.len() as u64)])?;
         }
@@ -254,8 +256,9 @@ fn padding(size: u64) -> usize {
     ((512 - size % 512) % 512) as usize
 }
 
-/// The ustar header of a layout entry.
-fn header(path: &str, size: u64, dir: bool) -> std::io::Result<tar::Header> {
+/// The ustar header of a layout entry (mode 0644, or 0755 for a directory; mtime 0), so that
+/// every layout tarball kiln writes, on one machine or merged from several, has one form.
+pub fn layout_tar_header(path: &str, size: u64, dir: bool) -> std::io::Result<tar::Header> {
     let mut h = tar::Header::new_ustar();
     if dir {
         h.set_entry_type(tar::EntryType::Directory);

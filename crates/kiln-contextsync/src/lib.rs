@@ -11,7 +11,9 @@
 //!   the scan's files (a daemon cannot ask for an excluded or outside file).
 //! - **Daemon**: [`Mirror::open`] opens (or creates) a mirror directory; [`Mirror::plan`]
 //!   compares the client's entries with what the mirror holds and says which files must be sent
-//!   ([`Plan::send`]); [`Mirror::write_file`] streams one file's bytes into place;
+//!   ([`Plan::send`]); [`Mirror::write_file`] streams one file's bytes into place (or, for a
+//!   transport that gets chunks, [`Mirror::start_file`] → [`Incoming::write`] →
+//!   [`Mirror::commit_file`]);
 //!   [`Mirror::finish`] deletes what vanished, makes dirs and symlinks, sets metadata and
 //!   records the new state. The build then reads [`Mirror::tree`].
 //!
@@ -60,7 +62,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use entry::{Entry, Kind};
-pub use mirror::{Mirror, Plan, Stats};
+pub use mirror::{Incoming, Mirror, Plan, Stats};
 pub use scan::{open_for_send, read_ignore, scan, IgnoreSpec};
 
 /// Most entries one context may hold (a sync refuses more, with [`Error::TooManyEntries`]).
@@ -156,7 +158,7 @@ pub enum Error {
         path: String,
         /// Bytes declared in the entry.
         declared: u64,
-        /// Bytes received (at most one more than declared: reading stops there).
+        /// Bytes received, counting the chunk that went past the declared size.
         received: u64,
     },
     /// A daemon asked for a path that is not a file of the client's scan (say, a file the

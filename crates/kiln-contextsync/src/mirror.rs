@@ -102,6 +102,58 @@ impl Plan {
     }
 }
 
+/// A file being received ([`Mirror::start_file`]): a temporary file in the mirror until
+/// [`Mirror::commit_file`] renames it into place. Dropped uncommitted, it is removed.
+#[derive(Debug)]
+pub struct Incoming {
+    path: String,
+    dest: PathBuf,
+    declared: u64,
+    received: u64,
+    file: fs::File,
+    tmp_name: String,
+    tmp_dir: OwnedFd,
+    committed: bool,
+}
+
+impl Incoming {
+    /// The entry path being received.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Appends one chunk. More bytes than the entry declared is [`Error::SizeMismatch`]
+    /// (nothing more is written).
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let received = self.received + bytes.len() as u64;
+        if received > self.declared {
+            return Err(Error::SizeMismatch {
+                path: self.path.clone(),
+                declared: self.declared,
+                received,
+            });
+        }
+        self.file
+            .write_all(bytes)
+            .map_err(|e| Error::io("write", &self.dest, e))?;
+        self.received = received;
+        Ok(())
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: tmp/ is emptied when the mirror is next opened anyway.
+            let _ = unlinkat(
+                &self.tmp_dir,
+                self.tmp_name.as_str(),
+                UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
+}
+
 /// A directory on the daemon holding one client context, kept in step with it by syncs. It is
 /// locked (`flock`) while this value lives: a second [`Mirror::open`] of the same directory,
 /// from any process or this one, waits until the first is dropped. Keep it while a build reads
@@ -274,70 +326,97 @@ impl Mirror {
     /// file, checked against the entry's size, given its mode and mtime, then renamed into
     /// place (what was there, of any kind, is replaced). Returns the bytes received. A short
     /// or long stream is [`Error::SizeMismatch`] and changes nothing in the tree.
+    /// ([`Mirror::start_file`] does the same chunk by chunk.)
     pub fn write_file(
         &mut self,
         plan: &mut Plan,
         path: &str,
         reader: &mut dyn Read,
     ) -> Result<u64> {
+        let mut incoming = self.start_file(plan, path)?;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("receive", &incoming.dest, e)),
+            };
+            incoming.write(&buf[..n])?;
+        }
+        self.commit_file(plan, incoming)
+    }
+
+    /// Starts receiving `path`, one of [`Plan::send`], for a transport that gets a file in
+    /// chunks: [`Incoming::write`] each chunk, then [`Mirror::commit_file`]. Dropped before its
+    /// commit, the file leaves nothing behind.
+    pub fn start_file(&mut self, plan: &mut Plan, path: &str) -> Result<Incoming> {
         let Some(&(index, _)) = plan.wanted.get(path) else {
             return Err(Error::NotPlanned {
                 path: path.chars().take(200).collect(),
             });
         };
         self.mark(plan)?;
-        let entry = plan.target[index].clone();
-        let dest = self.tree.join(path);
-        let (parent, name) = split(path);
-        let parent_fd = self.open_dir(parent, true)?;
         self.next_tmp += 1;
         let tmp_name = format!("{}.{}", std::process::id(), self.next_tmp);
+        let shown = self.dir.join(TMP).join(&tmp_name);
+        let tmp_dir = self
+            .tmp_fd
+            .try_clone()
+            .map_err(|e| Error::io("open", &shown, e))?;
         let fd = openat(
-            &self.tmp_fd,
+            &tmp_dir,
             tmp_name.as_str(),
             OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )
-        .map_err(|e| Error::io("create", self.dir.join(TMP).join(&tmp_name), e.into()))?;
-        let mut file = fs::File::from(fd);
-        let received = io::copy(&mut reader.take(entry.size.saturating_add(1)), &mut file)
-            .and_then(|n| file.flush().map(|()| n));
-        let result = match received {
-            Err(e) => Err(Error::io("receive", &dest, e)),
-            Ok(n) if n != entry.size => Err(Error::SizeMismatch {
-                path: path.to_owned(),
+        .map_err(|e| Error::io("create", &shown, e.into()))?;
+        Ok(Incoming {
+            path: path.to_owned(),
+            dest: self.tree.join(path),
+            declared: plan.target[index].size,
+            received: 0,
+            file: fs::File::from(fd),
+            tmp_name,
+            tmp_dir,
+            committed: false,
+        })
+    }
+
+    /// Ends receiving a file: checks its size ([`Error::SizeMismatch`] when short), gives it
+    /// its entry's mode and mtime and renames it into place, replacing what was there.
+    /// Returns its size.
+    pub fn commit_file(&mut self, plan: &mut Plan, mut file: Incoming) -> Result<u64> {
+        let Some(&(index, _)) = plan.wanted.get(&file.path) else {
+            return Err(Error::NotPlanned {
+                path: file.path.chars().take(200).collect(),
+            });
+        };
+        let entry = &plan.target[index];
+        if file.received != entry.size {
+            return Err(Error::SizeMismatch {
+                path: file.path.clone(),
                 declared: entry.size,
-                received: n,
-            }),
-            Ok(n) => fchmod(file.as_fd(), Mode::from_bits_truncate(entry.mode))
-                .and_then(|()| {
-                    let t = ts(entry.mtime_sec, entry.mtime_nsec);
-                    futimens(file.as_fd(), &t, &t)
-                })
-                .map_err(|e| Error::io("set metadata", &dest, e.into()))
-                .map(|()| n),
-        };
-        drop(file);
-        let n = match result {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = unlinkat(&self.tmp_fd, tmp_name.as_str(), UnlinkatFlags::NoRemoveDir);
-                return Err(e);
-            }
-        };
-        if let Err(e) = replace(&self.tmp_fd, &tmp_name, &parent_fd, name, &dest) {
-            let _ = unlinkat(&self.tmp_fd, tmp_name.as_str(), UnlinkatFlags::NoRemoveDir);
-            return Err(e);
+                received: file.received,
+            });
         }
-        touch_ancestors(&mut plan.touched, path);
-        if let Some(w) = plan.wanted.get_mut(path) {
+        let t = ts(entry.mtime_sec, entry.mtime_nsec);
+        // An unbuffered `File`: every chunk is already written.
+        fchmod(file.file.as_fd(), Mode::from_bits_truncate(entry.mode))
+            .and_then(|()| futimens(file.file.as_fd(), &t, &t))
+            .map_err(|e| Error::io("set metadata", &file.dest, e.into()))?;
+        let (parent, name) = split(&file.path);
+        let parent_fd = self.open_dir(parent, true)?;
+        replace(&file.tmp_dir, &file.tmp_name, &parent_fd, name, &file.dest)?;
+        file.committed = true;
+        touch_ancestors(&mut plan.touched, &file.path);
+        if let Some(w) = plan.wanted.get_mut(&file.path) {
             w.1 = true;
         }
         plan.stats.files += 1;
-        plan.stats.bytes += n;
-        Ok(n)
+        plan.stats.bytes += file.received;
+        Ok(file.received)
     }
-
     /// Ends a sync: checks that every asked file arrived ([`Error::Missing`] otherwise),
     /// deletes what left the context, makes and updates directories and symlinks, sets
     /// directory modes and mtimes after their contents, and records the new state (one write

@@ -642,3 +642,54 @@ fn a_mirror_is_locked_while_it_is_open() {
     drop(mirror);
     assert!(try_lock(), "free once dropped");
 }
+
+#[test]
+fn files_arrive_in_chunks_and_a_long_or_short_one_is_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("store");
+    let mut mirror = Mirror::open(&store).expect("open");
+    let mut plan = mirror
+        .plan(vec![file("a", 6), file("b", 4), file("c", 2)])
+        .expect("plan");
+    assert_eq!(plan.send_bytes(), 12);
+    let mut a = mirror.start_file(&mut plan, "a").expect("start");
+    assert_eq!(a.path(), "a");
+    a.write(b"abc").expect("chunk");
+    a.write(b"def").expect("chunk");
+    assert_eq!(mirror.commit_file(&mut plan, a).expect("commit"), 6);
+
+    let mut b = mirror.start_file(&mut plan, "b").expect("start");
+    b.write(b"xyz").expect("chunk");
+    let err = b.write(b"zz").expect_err("too long");
+    assert!(
+        matches!(&err, Error::SizeMismatch { path, declared: 4, received: 5 } if path == "b"),
+        "{err}"
+    );
+    drop(b);
+    let mut c = mirror.start_file(&mut plan, "c").expect("start");
+    c.write(b"c").expect("chunk");
+    let err = mirror.commit_file(&mut plan, c).expect_err("too short");
+    assert!(
+        matches!(err, Error::SizeMismatch { received: 1, .. }),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_dir(store.join("tmp")).expect("tmp").count(),
+        0,
+        "no temp file left"
+    );
+    assert_eq!(plan.received().files, 1);
+    let err = mirror.finish(plan).expect_err("b and c missing");
+    assert!(
+        matches!(&err, Error::Missing { path, missing: 2 } if path == "b"),
+        "{err}"
+    );
+    drop(mirror);
+
+    // The next sync asks for all three again (a arrived, but its sync never finished).
+    let mirror = Mirror::open(&store).expect("open");
+    let plan = mirror
+        .plan(vec![file("a", 6), file("b", 4), file("c", 2)])
+        .expect("plan");
+    assert_eq!(plan.send(), ["a", "b", "c"]);
+}

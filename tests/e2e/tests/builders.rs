@@ -194,6 +194,16 @@ fn builders_are_created_appended_listed_used_and_removed() {
         inspect.lines().next().unwrap().ends_with("default"),
         "{inspect}"
     );
+    // `ls` still lists when the selection names no builder, and says so.
+    let ls = k
+        .run_env(&[("KILN_BUILDER", "nope")], &["builder", "ls"])
+        .ok();
+    assert_eq!(rows(&ls.stdout)[3], ["b1", "remote"]);
+    assert!(
+        ls.stderr.contains("WARNING: no builder \"nope\" found"),
+        "{}",
+        ls.stderr
+    );
     let err = k
         .run_env(&[("KILN_BUILDER", "nope")], &["builder", "inspect"])
         .fails();

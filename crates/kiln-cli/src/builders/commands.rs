@@ -648,9 +648,15 @@ fn truncate_platforms(list: &[String], max: usize) -> String {
 
 fn ls(store: &Store, args: &LsArgs) -> Result<ExitCode> {
     let builders = store.list()?;
-    let current = match resolve(None)? {
-        Selected::Local => DEFAULT.to_owned(),
-        Selected::Remote(b) => b.name,
+    // A listing still lists when the selection is broken (an unknown KILN_BUILDER): it is
+    // where the user looks for the right name.
+    let current = match resolve(None) {
+        Ok(Selected::Local) => DEFAULT.to_owned(),
+        Ok(Selected::Remote(b)) => b.name,
+        Err(e) => {
+            eprintln!("WARNING: {e:#}");
+            String::new()
+        }
     };
     let states = probe_all(&builders, args.timeout.timeout);
     print!(

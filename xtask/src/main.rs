@@ -54,6 +54,8 @@ tasks:
         copied to a temporary name, then renamed into place
   dist  build a release tarball target/dist/kiln-<version>-<target>.tar.gz holding bin/kiln,
         lib/kiln/plugins/, shell completions (bash, zsh, fish) and the kiln(1) man page under share/
+  proto regenerate crates/kiln-api/src/kiln.v1.rs from crates/kiln-api/proto/ with the generator
+        of xtask/proto-gen (not a workspace member; protox, so no protoc)
   tidy  check the dependency rule of DESIGN.md (layers, plugins vs core) and the //! crate docs
   help  print this text
 ";
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Some("demo") => no_args("demo", &rest).and_then(|()| demo::run()),
         Some("fixtures") => no_args("fixtures", &rest).and_then(|()| fixtures::run_standalone()),
         Some("tidy") => no_args("tidy", &rest).and_then(|()| tidy::run()),
+        Some("proto") => no_args("proto", &rest).and_then(|()| proto()),
         Some("install") => install::run_install(&rest),
         Some("dist") => install::run_dist(&rest),
         Some("bench") => bench::run(&rest),
@@ -98,6 +101,23 @@ fn no_args(task: &str, rest: &[String]) -> Result<()> {
         bail!("`cargo xtask {task}` takes no arguments (got `{arg}`); see `cargo xtask help`");
     }
     Ok(())
+}
+
+/// `cargo xtask proto`: the generator is its own workspace (xtask/proto-gen), so protox and
+/// prost-build are built only here, never by a build of kiln.
+fn proto() -> Result<ExitCode> {
+    let ws = workspace::Workspace::load()?;
+    run(cargo().current_dir(&ws.root).args([
+        "run",
+        "--release",
+        "--manifest-path",
+        "xtask/proto-gen/Cargo.toml",
+        "--target-dir",
+        "target/proto-gen",
+        "--",
+        "crates/kiln-api",
+    ]))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The cargo that runs us (`cargo xtask` sets `$CARGO`), so a pinned toolchain stays pinned.

@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("kiln-snapshot", 10),
     ("kiln-registry", 10),
     ("kiln-emulation", 10),
+    ("kiln-api", 10),
     ("kiln-contextsync", 10),
     ("kiln-plugin-sdk", 15),
     ("kiln-cache", 20),
@@ -30,6 +31,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("kiln-export", 30),
     ("kiln-engine", 40),
     ("kiln-progress", 40),
+    ("kiln-server", 45),
     ("kiln-cli", 50),
 ];
 

@@ -36,8 +36,11 @@ pub fn is_index(media_type: &str) -> bool {
 /// What a multi-platform build reports to `--metadata-file` and `--iidfile`: the index
 /// (`containerimage.digest`, `containerimage.descriptor`), and as image ID the index digest,
 /// as buildx falls back to it when BuildKit reports no config digest.
-pub fn built_index(outcome: &kiln_engine::BuildOutcome, created: &str) -> Option<BuiltImage> {
-    outcome.index.as_ref().map(|d| BuiltImage {
+pub fn built_index(
+    index: Option<&kiln_types::image::Descriptor>,
+    created: &str,
+) -> Option<BuiltImage> {
+    index.map(|d| BuiltImage {
         manifest: d.clone(),
         config: d.digest,
         created: created.to_owned(),

@@ -91,20 +91,6 @@ fn shorten_line(line: &str) -> std::borrow::Cow<'_, str> {
     format!("{}... ({} more bytes)", &line[..end], line.len() - end).into()
 }
 
-/// An error and its causes, without repeating a cause already quoted by its parent.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let s = c.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = c.source();
-    }
-    parts.join(": ")
-}
-
 /// The image a build exported, as scripts read it back.
 pub struct BuiltImage {
     /// The manifest's descriptor (its digest is the image digest a registry shows).

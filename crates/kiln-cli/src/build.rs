@@ -1,0 +1,433 @@
+//! `kiln build`, shared by the local build and the remote one (`--builder`): the flags become
+//! an engine [`BuildRequest`] (plus what only the client uses), progress is rendered by one
+//! [`Renderer`], and an outcome or a failure is reported by one function each, so a remote
+//! build prints exactly what a local build prints.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use kiln_engine::{
+    BuildRequest, Call, Entitlement, ExecRuntime, Export, RemoteContext, RunOptions,
+};
+use kiln_progress::{Mode, Renderer};
+use kiln_server::view::{FailureView, OutcomeView};
+use kiln_types::Platform;
+
+use crate::{
+    cache_spec, call, config, explain, flags, multiplatform, output, output_spec, BuildArgs,
+    FormatArg, NetworkArg,
+};
+
+/// What the client keeps of a `kiln build` command line beside the engine's request.
+pub struct Plan {
+    /// The request's exports (where outputs land, what `--metadata-file` reports).
+    pub exports: Vec<Export>,
+    /// A URL or `-` context: fetched by the engine before the build.
+    pub remote: Option<RemoteContext>,
+    /// `-f -`: the Dockerfile read from stdin, kept in a private file for the build.
+    pub stdin_file: Option<flags::StdinDockerfile>,
+    /// `--call` / `--check`, and whether its answer is printed as JSON.
+    pub call: Option<(Call, bool)>,
+    /// The time BuildKit puts on the descriptor it reports (`--metadata-file`).
+    pub created: String,
+}
+
+impl Plan {
+    /// Parses the flags of `kiln build` (everything but the engine's own settings) into the
+    /// engine's request (its context and Dockerfile are local paths; a remote build syncs
+    /// them) and what the client keeps.
+    pub fn from_args(settings: &config::Config, args: &BuildArgs) -> Result<(Plan, BuildRequest)> {
+        // A URL or `-`: the engine fetches (or reads) it into a local context before the build.
+        let remote = flags::remote_context(&args.context, args.file.as_deref())?;
+        let context = PathBuf::from(&args.context);
+        if remote.is_none() && !context.is_dir() {
+            bail!(
+                "unable to prepare context: path {:?} not found",
+                context.display().to_string()
+            );
+        }
+        // `-f -`: the Dockerfile comes from stdin. It is kept in a private file for the build,
+        // so that error messages can show its lines like those of any other Dockerfile.
+        let stdin_file = match &args.file {
+            Some(f) if f.as_os_str() == "-" => Some(flags::StdinDockerfile::read()?),
+            _ => None,
+        };
+        let dockerfile = match (&stdin_file, &args.file) {
+            (Some(s), _) => s.path(),
+            (None, Some(f)) => f.clone(),
+            (None, None) => context.join("Dockerfile"),
+        };
+        let call = match (&args.call, args.check) {
+            (_, true) => Some((Call::Check, args.format == FormatArg::Json)),
+            (Some(c), false) => call::parse_call(c)?
+                .map(|(call, json)| (call, json || args.format == FormatArg::Json)),
+            (None, false) => None,
+        };
+        // `--platform a,b,...` (as buildx) builds every platform in one solve into an index;
+        // RUN steps of a platform the host does not run need emulation, which the engine
+        // checks (and registers when it can) before the build starts.
+        let platforms = match &args.platform {
+            None => Vec::new(),
+            Some(p) => multiplatform::parse_platforms(p)?,
+        };
+        let platform = platforms.first().cloned().unwrap_or_else(Platform::host);
+        let mut build_args = BTreeMap::new();
+        for a in &args.build_args {
+            match a.split_once('=') {
+                Some((k, v)) => {
+                    build_args.insert(k.to_owned(), v.to_owned());
+                }
+                // buildx: `--build-arg KEY` takes the value from the environment, or is ignored.
+                None => {
+                    if let Ok(v) = std::env::var(a) {
+                        build_args.insert(a.clone(), v);
+                    }
+                }
+            }
+        }
+        // buildx passes SOURCE_DATE_EPOCH from the environment as a build argument.
+        if !build_args.contains_key("SOURCE_DATE_EPOCH") {
+            if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+                build_args.insert("SOURCE_DATE_EPOCH".to_owned(), v);
+            }
+        }
+        // As buildx: a bad `-t` name fails before the build, not at export time.
+        for tag in &args.tags {
+            if let Err(e) = kiln_types::reference::Reference::parse_normalized(tag) {
+                bail!("invalid tag {tag:?}: {e}");
+            }
+        }
+        let created = kiln_types::image::rfc3339_utc(
+            build_args
+                .get("SOURCE_DATE_EPOCH")
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .unwrap_or_else(|| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                }),
+        );
+        let exports = exports(args)?;
+        let req = BuildRequest {
+            context,
+            dockerfile,
+            frontend: args.frontend.clone(),
+            build_args,
+            target: args.target.clone(),
+            no_cache: args.no_cache,
+            platform,
+            platforms,
+            exports: exports.clone(),
+            tags: args.tags.clone(),
+            secrets: args
+                .secrets
+                .iter()
+                .map(|s| flags::parse_secret(s))
+                .collect::<Result<_>>()?,
+            build_contexts: args
+                .build_contexts
+                .iter()
+                .map(|c| {
+                    c.split_once('=')
+                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("invalid --build-context {c:?}: expected name=value")
+                        })
+                })
+                .collect::<Result<_>>()?,
+            runtime: match args.executor.unwrap_or(settings.executor.value) {
+                config::Executor::Embedded => ExecRuntime::Embedded,
+                config::Executor::Runc => ExecRuntime::Runc,
+            },
+            ssh: args
+                .ssh
+                .iter()
+                .map(|s| flags::parse_ssh(s))
+                .collect::<Result<_>>()?,
+            network: match args.network {
+                NetworkArg::Default => kiln_engine::NetworkMode::Default,
+                NetworkArg::None => kiln_engine::NetworkMode::None,
+                NetworkArg::Host => kiln_engine::NetworkMode::Host,
+            },
+            allow: {
+                let mut allow = args
+                    .allow
+                    .iter()
+                    .flat_map(|a| a.split(','))
+                    .map(|a| a.trim().parse::<Entitlement>().map_err(anyhow::Error::msg))
+                    .collect::<Result<Vec<_>>>()?;
+                // As buildx: asking for `--network host` on the command line is the consent
+                // the entitlement stands for (a Dockerfile alone never gets it).
+                if matches!(args.network, NetworkArg::Host) {
+                    allow.push(Entitlement::NetworkHost);
+                }
+                allow.into_iter().collect()
+            },
+            run_options: RunOptions {
+                extra_hosts: args
+                    .add_hosts
+                    .iter()
+                    .map(|h| flags::parse_add_host(h))
+                    .collect::<Result<_>>()?,
+                shm_size: args
+                    .shm_size
+                    .as_deref()
+                    .map(flags::parse_shm_size)
+                    .transpose()?,
+                ulimits: args
+                    .ulimits
+                    .iter()
+                    .map(|u| flags::parse_ulimit(u))
+                    .collect::<Result<_>>()?,
+            },
+            no_cache_filter: args
+                .no_cache_filter
+                .iter()
+                .flat_map(|f| f.split(','))
+                .map(|f| f.trim().to_owned())
+                .filter(|f| !f.is_empty())
+                .collect(),
+            labels: args
+                .labels
+                .iter()
+                .map(|l| match l.split_once('=') {
+                    Some((k, v)) => (k.to_owned(), v.to_owned()),
+                    None => (l.clone(), String::new()),
+                })
+                .collect(),
+            call: call.map(|(c, _)| c),
+            cache_to: args
+                .cache_to
+                .iter()
+                .map(|c| cache_spec::parse_cache_to(c))
+                .collect::<Result<_>>()?,
+            cache_from: args
+                .cache_from
+                .iter()
+                .map(|c| cache_spec::parse_cache_from(c))
+                .collect::<Result<_>>()?,
+            explain_cache: args.explain_cache,
+        };
+        if let Some(path) = &args.iidfile {
+            output::remove_stale_iidfile(path)?;
+        }
+        let plan = Plan {
+            exports,
+            remote,
+            stdin_file,
+            call,
+            created,
+        };
+        Ok((plan, req))
+    }
+}
+
+/// `--output`, `--push`, `--load` and `--annotation`, checked against each other.
+fn exports(args: &BuildArgs) -> Result<Vec<Export>> {
+    let mut exports = args
+        .outputs
+        .iter()
+        .map(|o| output_spec::parse_output(o))
+        .collect::<Result<Vec<_>>>()?;
+    if args.push {
+        exports.push(Export::Registry {
+            names: Vec::new(),
+            format: Default::default(),
+        });
+    }
+    if args.load {
+        exports.push(Export::Load {
+            format: Default::default(),
+        });
+    }
+    // As buildx: `--annotation` applies to every image output.
+    let annotations = args
+        .annotations
+        .iter()
+        .map(|a| output_spec::parse_annotation(a))
+        .collect::<Result<Vec<_>>>()?;
+    if !annotations.is_empty() && !exports.iter().any(|e| e.image_format().is_some()) {
+        bail!(
+            "--annotation needs an image output: --output type=oci|docker|registry, --push or \
+             --load"
+        );
+    }
+    for format in exports.iter_mut().filter_map(Export::image_format_mut) {
+        format.annotations.extend(annotations.iter().cloned());
+    }
+    // A push without `name=` goes to the `-t` names, as with buildx.
+    for e in &mut exports {
+        if let Export::Registry { names, .. } = e {
+            if names.is_empty() {
+                names.clone_from(&args.tags);
+            }
+            if names.is_empty() {
+                bail!(
+                    "pushing needs an image name: give -t registry/repo:tag (or name= in --output)"
+                );
+            }
+        }
+    }
+    Ok(exports)
+}
+
+/// The progress display of a build.
+pub struct Display {
+    /// The renderer (its step tails are what a failure shows).
+    pub renderer: Arc<Renderer<Box<dyn std::io::Write + Send>>>,
+    /// The sink a build sends to: numbers steps for `--explain-cache`, then renders.
+    pub progress: Arc<explain::Numbered>,
+    /// The mode shown.
+    pub mode: Mode,
+    /// Quiet: nothing is shown, failed or not.
+    pub quiet: bool,
+    /// `-q`: print the image ID on stdout at the end.
+    pub print_id: bool,
+}
+
+impl Display {
+    /// The display `--progress`, `-q` and the environment ask for.
+    pub fn from_args(args: &BuildArgs) -> Result<Display> {
+        let choice = flags::resolve_progress(
+            args.progress,
+            args.quiet,
+            |var| std::env::var(var).ok(),
+            std::io::stderr().is_terminal(),
+        )?;
+        // Quiet still renders, into nothing: the renderer keeps each step's last lines either
+        // way.
+        let (mode, sink): (Mode, Box<dyn std::io::Write + Send>) = match choice.mode {
+            Some(mode) => (mode, Box::new(std::io::stderr())),
+            None => (Mode::Plain, Box::new(std::io::sink())),
+        };
+        let renderer = Arc::new(Renderer::new(mode, sink));
+        // The steps' display numbers, which `--explain-cache` refers to.
+        let progress = Arc::new(explain::Numbered::new(renderer.clone()));
+        Ok(Display {
+            renderer,
+            progress,
+            mode,
+            quiet: choice.mode.is_none(),
+            print_id: choice.print_id,
+        })
+    }
+}
+
+/// Reports a successful build: `--iidfile`, `--metadata-file`, the ID for `-q`, a `--call`
+/// answer, warnings, `--explain-cache` and the summary line.
+pub fn report_outcome(
+    args: &BuildArgs,
+    plan: &Plan,
+    display: &Display,
+    outcome: &OutcomeView,
+    dockerfile: &Path,
+) -> Result<ExitCode> {
+    let exports = &plan.exports;
+    // What scripts read back, written once the build succeeded, as buildx writes it.
+    let image = multiplatform::built_index(outcome.index.as_ref(), &plan.created);
+    let image = image.or_else(|| {
+        outcome
+            .image
+            .as_ref()
+            .map(|(manifest, config)| output::BuiltImage {
+                manifest: manifest.clone(),
+                config: *config,
+                created: plan.created.clone(),
+            })
+    });
+    if let Some(path) = &args.iidfile {
+        output::write_iidfile(path, &output::image_id(image.as_ref()))?;
+    }
+    if let Some(path) = &args.metadata_file {
+        let doc = output::metadata(image.as_ref(), exports, &args.tags);
+        output::write_metadata_file(path, &doc)?;
+    }
+    // A tar on stdout (`-o -`) must stay a tar: the ID is not appended to it.
+    let stdout_taken = exports.iter().any(|e| {
+        matches!(
+            e,
+            Export::Tar {
+                dest: kiln_engine::TarDest::Stdout
+            }
+        )
+    });
+    if display.print_id && outcome.call_result.is_none() && !stdout_taken {
+        println!("{}", output::image_id(image.as_ref()));
+    }
+    if let Some(json) = &outcome.call_result {
+        // The engine answers a call only when one was asked for.
+        let (call, raw) = plan.call.unwrap_or((Call::Targets, true));
+        return call::print_call(call, json, raw, dockerfile);
+    }
+    if display.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (message, location) in &outcome.warnings {
+        let at = location
+            .as_ref()
+            .map(|l| format!(" ({l})"))
+            .unwrap_or_default();
+        display.renderer.warning(&format!("{message}{at}"));
+    }
+    if exports.is_empty() {
+        display.renderer.warning(
+            "No output specified: the build result stays only in kiln's cache. \
+             Use --output type=oci,dest=FILE.tar or --output type=local,dest=DIR",
+        );
+    }
+    if args.explain_cache {
+        for line in explain::lines(
+            &outcome.explain,
+            &display.progress,
+            display.mode == Mode::RawJson,
+        ) {
+            eprintln!("{line}");
+        }
+    }
+    let what = match (&outcome.index, &outcome.image) {
+        (Some(index), _) => index.digest.to_string(),
+        (None, Some((manifest, _))) => manifest.digest.to_string(),
+        (None, None) => "the result".to_owned(),
+    };
+    // Programs reading rawjson get no human summary line; buildx prints none either.
+    if display.mode == Mode::RawJson {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "\nbuilt {what} ({} steps, {} cached) with frontend {}",
+        outcome.steps.len(),
+        outcome.steps.len() - outcome.executed(),
+        outcome.frontend
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reports a failed build as BuildKit does: the frontend error's line, the failing step with
+/// its last lines, the step's Dockerfile excerpt, then `ERROR: failed to solve: ...`.
+pub fn report_failure(display: &Display, failure: &FailureView, dockerfile: &Path) -> ExitCode {
+    if let Some(line) = failure.frontend_line {
+        output::show_location(dockerfile, line as usize);
+    }
+    // Quiet shows no step output, failed or not, as buildx's quiet display.
+    if let Some((id, name)) = failure.step.as_ref().filter(|_| !display.quiet) {
+        // BuildKit's summary: the step and the last lines it printed.
+        let tail = display.renderer.tail(id);
+        if !tail.is_empty() {
+            eprintln!("------\n > {name}:");
+            for l in tail {
+                eprintln!("{l}");
+            }
+            eprintln!("------");
+        }
+    }
+    if let Some(line) = failure.step_line {
+        output::show_location(dockerfile, line as usize);
+    }
+    eprintln!("ERROR: failed to solve: {}", failure.message);
+    ExitCode::FAILURE
+}

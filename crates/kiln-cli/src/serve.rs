@@ -1,0 +1,102 @@
+//! `kiln serve`: the build daemon (buildkitd's flag spellings: `--addr`, `--tlscacert`,
+//! `--tlscert`, `--tlskey`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use kiln_engine::{Engine, EngineConfig};
+use kiln_server::server::{serve, ServeConfig};
+use kiln_server::Address;
+
+use crate::{config, multiplatform};
+
+/// `kiln serve` flags.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Where to listen: unix:///PATH or tcp://HOST:PORT.
+    #[arg(long, default_value = "unix:///run/kiln/kiln.sock")]
+    addr: String,
+    /// The platforms this daemon builds, as reported to clients (default: the host's).
+    #[arg(long)]
+    platform: Option<String>,
+    /// CA certificate clients' certificates must be signed by (tcp).
+    #[arg(long, value_name = "FILE")]
+    tlscacert: Option<PathBuf>,
+    /// This daemon's certificate (tcp).
+    #[arg(long, value_name = "FILE")]
+    tlscert: Option<PathBuf>,
+    /// This daemon's private key (tcp).
+    #[arg(long, value_name = "FILE")]
+    tlskey: Option<PathBuf>,
+    /// Serve plain tcp without TLS: loopback addresses only.
+    #[arg(long)]
+    insecure: bool,
+    /// Extra plugin directories.
+    #[arg(long = "plugin-dir")]
+    plugin_dirs: Vec<PathBuf>,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT: then running builds are cancelled, their sessions
+/// end, the socket is removed and kiln exits 0.
+pub fn run(settings: &config::Config, args: &ServeArgs) -> Result<ExitCode> {
+    let addr = Address::parse(&args.addr)?;
+    if args.tlscacert.is_some() || args.tlscert.is_some() || args.tlskey.is_some() {
+        bail!("--tlscacert/--tlscert/--tlskey: mutual TLS is not implemented yet");
+    }
+    let platforms = match &args.platform {
+        Some(p) => multiplatform::parse_platforms(p)?,
+        None => Vec::new(),
+    };
+    // As `kiln build`: while kiln is one thread, its builds' mounts go into a namespace of
+    // their own that vanishes with the daemon.
+    if let Err(e) = kiln_engine::isolate_mounts() {
+        eprintln!("WARNING: {e}: a killed daemon may leave mounts behind");
+    }
+    let engine = Engine::new(EngineConfig {
+        root: settings.root.value.clone(),
+        plugin_dirs: settings.plugin_dirs_with(&args.plugin_dirs),
+        concurrency: settings
+            .max_parallelism
+            .value
+            .map(std::num::NonZeroUsize::get),
+        insecure_registries: Vec::new(),
+        registries: settings.registry_hosts(),
+        gc: settings.gc_policy(),
+    })
+    .context("opening the kiln store")?;
+    for r in engine.plugins().refused() {
+        eprintln!("WARNING: plugin refused: {r}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(
+        engine,
+        ServeConfig {
+            addr,
+            platforms,
+            root: settings.root.value.clone(),
+            insecure: args.insecure,
+        },
+        stop_signal(),
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves at the first SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without handlers the default action (exit) applies: nothing to wait for.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,498 @@
+//! The client of a remote build: connect, sync the contexts, render progress, write outputs
+//! where the client asked.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_api::v1 as pb;
+use kiln_api::v1::builder_client::BuilderClient;
+use kiln_engine::{BuildRequest, Export, TarDest};
+use kiln_solver::{CancellationToken, ProgressSink};
+use kiln_types::Digest;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::view::{FailureView, OutcomeView};
+use crate::{wire, Address, Error};
+
+/// How long connecting may take before the daemon counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pieces of context files sent at once.
+const CHUNK: usize = 1 << 20;
+
+/// A connection to one daemon.
+pub struct Client {
+    inner: BuilderClient<Channel>,
+    addr: Address,
+}
+
+/// How a remote build ended: the daemon's answer, or the transport's failure.
+pub type RemoteResult = Result<Result<OutcomeView, FailureView>, Error>;
+
+impl Client {
+    /// Connects to the daemon at `addr`, failing within a few seconds when it does not answer.
+    pub async fn connect(addr: &Address) -> Result<Client, Error> {
+        let unreachable = |why: String| Error::Unreachable {
+            addr: addr.to_string(),
+            why,
+        };
+        let channel = match addr {
+            Address::Unix(path) => {
+                let path = path.clone();
+                // The URI is not used: the connector below dials the socket.
+                let endpoint = Endpoint::from_static("http://kiln.sock")
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(10));
+                let connect = endpoint.connect_with_connector(tower::service_fn(move |_| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                    }
+                }));
+                tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                    .await
+                    .map_err(|_| unreachable("timed out".to_owned()))?
+                    .map_err(|e| unreachable(crate::view::error_chain(&e)))?
+            }
+            Address::Tcp { .. } => {
+                let uri = addr.to_string().replacen("tcp://", "http://", 1);
+                let endpoint = Endpoint::from_shared(uri)
+                    .map_err(|e| unreachable(e.to_string()))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(10));
+                tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
+                    .await
+                    .map_err(|_| unreachable("timed out".to_owned()))?
+                    .map_err(|e| unreachable(crate::view::error_chain(&e)))?
+            }
+        };
+        Ok(Client {
+            inner: BuilderClient::new(channel)
+                .max_decoding_message_size(4 * CHUNK)
+                .max_encoding_message_size(4 * CHUNK),
+            addr: addr.clone(),
+        })
+    }
+
+    /// The daemon's version, platforms, store usage and counters.
+    pub async fn info(&mut self) -> Result<pb::InfoResponse, Error> {
+        self.inner
+            .info(pb::InfoRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.status_error(&s))
+    }
+
+    fn lost(&self, why: impl Into<String>) -> Error {
+        Error::ConnectionLost {
+            addr: self.addr.to_string(),
+            why: why.into(),
+        }
+    }
+
+    fn status_error(&self, s: &tonic::Status) -> Error {
+        match s.code() {
+            tonic::Code::InvalidArgument | tonic::Code::Unimplemented => Error::Protocol {
+                addr: self.addr.to_string(),
+                why: s.message().to_owned(),
+            },
+            _ => {
+                let why = if s.message().is_empty() {
+                    s.code().to_string()
+                } else {
+                    s.message().to_owned()
+                };
+                self.lost(why)
+            }
+        }
+    }
+
+    /// Runs `req` on the daemon: its local contexts are synced, progress goes to `progress`,
+    /// outputs are written where `req.exports` say. `cancel` (Ctrl-C) closes the client's side
+    /// of the session, which cancels the build on the daemon; its failure is then returned as
+    /// a local build's would be.
+    pub async fn build(
+        &mut self,
+        req: &BuildRequest,
+        progress: Arc<dyn ProgressSink<Digest>>,
+        cancel: CancellationToken,
+    ) -> RemoteResult {
+        let dockerfile = std::fs::read(&req.dockerfile)
+            .map_err(|e| Error::io("read Dockerfile", &req.dockerfile, e))?;
+        let dockerfile_name = req
+            .dockerfile
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".to_owned());
+        // The directories to sync: the main context, then every `--build-context` that is a
+        // local directory; the others (URLs, images) the daemon resolves itself.
+        let mut locals: Vec<(String, PathBuf, Option<pb::OciLayout>)> =
+            vec![(String::new(), req.context.clone(), None)];
+        let mut remote_contexts = BTreeMap::new();
+        for (name, value) in &req.build_contexts {
+            // An OCI layout is a directory of the client too: synced like one, then used as a
+            // layout on the daemon.
+            if value.starts_with(kiln_types::reference::LAYOUT_SCHEME) {
+                let layout: kiln_types::reference::LayoutRef = value
+                    .parse()
+                    .map_err(|e| Error::Unsupported(format!("--build-context {name}: {e}")))?;
+                let oci = pb::OciLayout {
+                    tag: layout.tag.clone(),
+                    digest: layout.digest.map(|d| d.to_string()),
+                };
+                locals.push((name.clone(), layout.dir, Some(oci)));
+                continue;
+            }
+            let path = Path::new(value);
+            if !value.contains("://") && path.is_dir() {
+                locals.push((name.clone(), path.to_owned(), None));
+            } else {
+                remote_contexts.insert(name.clone(), value.clone());
+            }
+        }
+        let machine = machine_id();
+        let mut listings = Vec::new();
+        let mut local_contexts = Vec::new();
+        for (name, dir, oci_layout) in &locals {
+            let abs = std::fs::canonicalize(dir).map_err(|e| Error::io("resolve", dir, e))?;
+            let key = format!("{machine}\0{}\0{name}", abs.display());
+            let key: String = Sha256::digest(key.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            local_contexts.push(pb::LocalContext {
+                name: name.clone(),
+                key,
+                oci_layout: oci_layout.clone(),
+            });
+            let (scan_name, dockerfile_path) = (name.clone(), req.dockerfile.clone());
+            let main = name.is_empty();
+            let entries = tokio::task::spawn_blocking(move || {
+                // `.dockerignore` applies to the main context only, as in a local build.
+                let ignore = if main {
+                    kiln_contextsync::read_ignore(&abs, &dockerfile_path)?
+                } else {
+                    kiln_contextsync::IgnoreSpec::none()
+                };
+                kiln_contextsync::scan(&abs, &ignore)
+            })
+            .await
+            .map_err(|e| Error::Unsupported(e.to_string()))?
+            .map_err(|source| Error::Sync {
+                name: scan_name,
+                source,
+            })?;
+            listings.push((name.clone(), dir.clone(), entries));
+        }
+        let request = wire::request_to_wire(
+            req,
+            dockerfile,
+            dockerfile_name,
+            local_contexts,
+            remote_contexts,
+        )?;
+        let mut outputs = req
+            .exports
+            .iter()
+            .map(OutputSink::for_export)
+            .collect::<Result<Vec<_>, Error>>()?;
+
+        let (out_tx, out_rx) = mpsc::channel::<pb::ClientMessage>(8);
+        let mut out_tx = Some(out_tx);
+        let send = |tx: &Option<mpsc::Sender<pb::ClientMessage>>, msg: pb::client_message::Msg| {
+            let tx = tx.clone();
+            async move {
+                match tx {
+                    Some(tx) => tx
+                        .send(pb::ClientMessage { msg: Some(msg) })
+                        .await
+                        .map_err(|_| ()),
+                    None => Err(()),
+                }
+            }
+        };
+        let _ = send(&out_tx, pb::client_message::Msg::Request(request)).await;
+        let mut inbound = self
+            .inner
+            .build(ReceiverStream::new(out_rx))
+            .await
+            .map_err(|s| self.status_error(&s))?
+            .into_inner();
+
+        let mut syncs = listings.into_iter();
+        // The first listing goes right away; each next one after the previous context's files.
+        let mut current = syncs.next();
+        if let Some((name, _, entries)) = &current {
+            let _ = send(&out_tx, listing(name, entries)).await;
+        }
+        loop {
+            let msg = tokio::select! {
+                m = inbound.message() => m,
+                () = cancel.cancelled(), if out_tx.is_some() => {
+                    // Closing our side is the daemon's cue to cancel the build; its answer
+                    // (the cancelled build's failure) still comes.
+                    out_tx = None;
+                    continue;
+                }
+            };
+            let msg = match msg {
+                Ok(Some(pb::ServerMessage { msg: Some(m) })) => m,
+                Ok(Some(pb::ServerMessage { msg: None })) => continue,
+                Ok(None) => return Err(self.lost("the daemon closed the session without a result")),
+                Err(s) => return Err(self.status_error(&s)),
+            };
+            match msg {
+                pb::server_message::Msg::Sync(asked) => {
+                    let Some((name, dir, _)) = current.take() else {
+                        return Err(self.protocol("a sync request for no context"));
+                    };
+                    if asked.name != name {
+                        return Err(self.protocol("a sync request for another context"));
+                    }
+                    for path in &asked.paths {
+                        send_file(&out_tx, &name, &dir, path).await?;
+                    }
+                    let _ = send(
+                        &out_tx,
+                        pb::client_message::Msg::Done(pb::ContextDone { name: name.clone() }),
+                    )
+                    .await;
+                    current = syncs.next();
+                    if let Some((name, _, entries)) = &current {
+                        let _ = send(&out_tx, listing(name, entries)).await;
+                    }
+                }
+                pb::server_message::Msg::Progress(p) => {
+                    if let Ok(event) = wire::event_from_wire(p) {
+                        progress.send(event);
+                    }
+                }
+                pb::server_message::Msg::Output(o) => {
+                    let sink = usize::try_from(o.index)
+                        .ok()
+                        .and_then(|i| outputs.get_mut(i))
+                        .ok_or_else(|| self.protocol("output data for no output"))?;
+                    sink.write(&o.data, o.eof)?;
+                }
+                pb::server_message::Msg::Result(r) => {
+                    return wire::outcome_from_wire(r)
+                        .map(Ok)
+                        .map_err(|e| self.protocol(&e.0));
+                }
+                pb::server_message::Msg::Failure(f) => {
+                    return wire::failure_from_wire(f)
+                        .map(Err)
+                        .map_err(|e| self.protocol(&e.0));
+                }
+            }
+        }
+    }
+
+    fn protocol(&self, why: &str) -> Error {
+        Error::Protocol {
+            addr: self.addr.to_string(),
+            why: why.to_owned(),
+        }
+    }
+}
+
+fn listing(name: &str, entries: &[kiln_contextsync::Entry]) -> pb::client_message::Msg {
+    pb::client_message::Msg::Listing(pb::ContextListing {
+        name: name.to_owned(),
+        entries: entries
+            .iter()
+            .map(|e| pb::Entry {
+                path: e.path.clone(),
+                kind: match e.kind {
+                    kiln_contextsync::Kind::File => pb::EntryKind::File,
+                    kiln_contextsync::Kind::Dir => pb::EntryKind::Dir,
+                    kiln_contextsync::Kind::Symlink => pb::EntryKind::Symlink,
+                } as i32,
+                mode: e.mode,
+                size: e.size,
+                mtime_ns: e.mtime_sec * 1_000_000_000 + i64::from(e.mtime_nsec),
+                link_target: e.target.clone().unwrap_or_default(),
+                uid: e.uid,
+                gid: e.gid,
+            })
+            .collect(),
+    })
+}
+
+/// Sends one asked file in pieces; the last piece has `eof`.
+async fn send_file(
+    tx: &Option<mpsc::Sender<pb::ClientMessage>>,
+    name: &str,
+    dir: &Path,
+    path: &str,
+) -> Result<(), Error> {
+    let Some(tx) = tx else { return Ok(()) };
+    let full = dir.join(path);
+    let mut f = std::fs::File::open(&full).map_err(|e| Error::io("read", &full, e))?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io("read", &full, e))?;
+        let msg = pb::FileData {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            data: buf[..n].to_vec(),
+            eof: n == 0,
+        };
+        if tx
+            .send(pb::ClientMessage {
+                msg: Some(pb::client_message::Msg::File(msg)),
+            })
+            .await
+            .is_err()
+        {
+            // The stream is gone: the next read of the daemon's side says why.
+            return Ok(());
+        }
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// This machine's id (systemd's machine-id, else the host name): part of a mirror's key, so
+/// two machines with the same path do not share a mirror.
+fn machine_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// Where one output's bytes go on the client.
+enum OutputSink {
+    /// A file, written beside `dest` then renamed into place when complete.
+    File {
+        dest: PathBuf,
+        tmp: Option<tempfile::NamedTempFile>,
+    },
+    /// A tar unpacked into a directory once complete.
+    Dir {
+        dest: PathBuf,
+        tmp: Option<tempfile::NamedTempFile>,
+    },
+    /// Standard output (`dest=-`).
+    Stdout,
+    /// Nothing comes back (a push from the daemon).
+    None,
+}
+
+impl OutputSink {
+    fn for_export(e: &Export) -> Result<OutputSink, Error> {
+        let temp_beside = |dest: &Path| {
+            let dir = match dest.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            tempfile::Builder::new()
+                .prefix(".kiln-output-")
+                .tempfile_in(&dir)
+                .map_err(|e| Error::io("create a file in", &dir, e))
+        };
+        Ok(match e {
+            Export::Oci {
+                dest, tar: true, ..
+            }
+            | Export::Docker { dest, .. }
+            | Export::Tar {
+                dest: TarDest::File(dest),
+            } => OutputSink::File {
+                dest: dest.clone(),
+                tmp: Some(temp_beside(dest)?),
+            },
+            Export::Tar {
+                dest: TarDest::Stdout,
+            } => OutputSink::Stdout,
+            Export::Oci {
+                dest, tar: false, ..
+            }
+            | Export::Local { dest } => {
+                std::fs::create_dir_all(dest).map_err(|e| Error::io("create", dest, e))?;
+                OutputSink::Dir {
+                    dest: dest.clone(),
+                    tmp: Some(temp_beside(&dest.join("x"))?),
+                }
+            }
+            Export::Registry { .. } | Export::Load { .. } => OutputSink::None,
+        })
+    }
+
+    fn write(&mut self, data: &[u8], eof: bool) -> Result<(), Error> {
+        let is_dir = matches!(self, OutputSink::Dir { .. });
+        match self {
+            OutputSink::File { dest, tmp } | OutputSink::Dir { dest, tmp } => {
+                let Some(file) = tmp.as_mut() else {
+                    return Ok(());
+                };
+                file.write_all(data)
+                    .map_err(|e| Error::io("write", file.path(), e))?;
+                if !eof {
+                    return Ok(());
+                }
+                let file = tmp.take().expect("checked above");
+                if is_dir {
+                    unpack(file, dest)?;
+                } else {
+                    file.persist(&*dest)
+                        .map_err(|e| Error::io("write", dest, e.error))?;
+                }
+                Ok(())
+            }
+            OutputSink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(data)
+                    .and_then(|()| out.flush())
+                    .map_err(|e| Error::io("write", Path::new("-"), e))
+            }
+            OutputSink::None => Ok(()),
+        }
+    }
+}
+
+/// Unpacks the daemon's tar of a directory output into `dest`: entries are unpacked with
+/// `unpack_in`, which refuses paths that leave `dest` (`..`, absolute, through a symlink).
+fn unpack(file: tempfile::NamedTempFile, dest: &Path) -> Result<(), Error> {
+    let path = file.path().to_owned();
+    let f = file.reopen().map_err(|e| Error::io("read", &path, e))?;
+    let mut archive = tar::Archive::new(f);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_mtime(true);
+    for entry in archive.entries().map_err(|e| Error::io("read", &path, e))? {
+        let mut entry = entry.map_err(|e| Error::io("read", &path, e))?;
+        let ok = entry
+            .unpack_in(dest)
+            .map_err(|e| Error::io("unpack into", dest, e))?;
+        if !ok {
+            let name = entry
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            return Err(Error::Protocol {
+                addr: String::new(),
+                why: format!(
+                    "the output tar holds {name:?}, which leaves {}",
+                    dest.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,555 @@
+//! The daemon: one engine, one store, and a build session per `Build` stream.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use kiln_api::v1 as pb;
+use kiln_api::v1::builder_server::{Builder, BuilderServer};
+use kiln_engine::Engine;
+use kiln_solver::{CancellationToken, Event, ProgressSink};
+use kiln_types::{Digest, Platform};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::view::{FailureView, OutcomeView};
+use crate::wire::{self, Invalid, Placed};
+use crate::{Address, Error};
+
+/// Size of the pieces outputs are streamed in.
+const CHUNK: usize = 1 << 20;
+
+/// What `kiln serve` was told.
+pub struct ServeConfig {
+    /// Where to listen.
+    pub addr: Address,
+    /// The platforms to report (`--platform`); empty: the host's.
+    pub platforms: Vec<Platform>,
+    /// The store root (mirrors and session directories live under it).
+    pub root: PathBuf,
+    /// `--insecure`: plain tcp (loopback only).
+    pub insecure: bool,
+}
+
+/// Counters the daemon reports through `Info` and its log.
+#[derive(Default)]
+struct Counters {
+    builds: AtomicU64,
+    files: AtomicU64,
+    bytes: AtomicU64,
+    running: AtomicU32,
+}
+
+struct Daemon {
+    engine: Arc<Engine>,
+    root: PathBuf,
+    platforms: Vec<Platform>,
+    counters: Arc<Counters>,
+    /// Cancelled at shutdown: every running build's token is a child of it.
+    shutdown: CancellationToken,
+}
+
+/// Serves `engine` on `config.addr` until `shutdown` resolves; then stops accepting, cancels
+/// the running builds, waits for their sessions to end and removes the socket.
+pub async fn serve(
+    engine: Engine,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let token = CancellationToken::new();
+    let daemon = Daemon {
+        engine: Arc::new(engine),
+        root: config.root.clone(),
+        platforms: if config.platforms.is_empty() {
+            vec![Platform::host()]
+        } else {
+            config.platforms.clone()
+        },
+        counters: Arc::default(),
+        shutdown: token.clone(),
+    };
+    let signal = {
+        let token = token.clone();
+        async move {
+            shutdown.await;
+            eprintln!("kiln serve: shutting down: cancelling running builds");
+            token.cancel();
+        }
+    };
+    let service = BuilderServer::new(daemon)
+        .max_decoding_message_size(4 * CHUNK)
+        .max_encoding_message_size(4 * CHUNK);
+    let addr = config.addr.to_string();
+    let serve_err = |e: tonic::transport::Error| Error::Serve {
+        addr: addr.clone(),
+        why: crate::view::error_chain(&e),
+    };
+    match &config.addr {
+        Address::Unix(path) => {
+            let listener = bind_unix(path, &addr)?;
+            eprintln!("kiln serve: listening on {addr}");
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            let result = tonic::transport::Server::builder()
+                .serve_with_incoming_shutdown(service, incoming, signal)
+                .await
+                .map_err(serve_err);
+            // Only ours: a socket another daemon bound since is not removed (bind_unix refuses
+            // a live one, so this path is still the one we made).
+            let _ = std::fs::remove_file(path);
+            result
+        }
+        Address::Tcp { host, port } => {
+            if !config.insecure {
+                return Err(Error::Serve {
+                    addr,
+                    why: "tcp needs mutual TLS (--tlscacert, --tlscert, --tlskey), which this \
+                          kiln does not have yet; on loopback, --insecure serves plain tcp"
+                        .to_owned(),
+                });
+            }
+            if !config.addr.is_loopback() {
+                return Err(Error::Serve {
+                    addr,
+                    why: "--insecure is allowed on loopback addresses only (127.0.0.1, ::1, \
+                          localhost): anyone who reaches the port could run builds as this \
+                          daemon's user"
+                        .to_owned(),
+                });
+            }
+            let listener = tokio::net::TcpListener::bind((host.as_str(), *port))
+                .await
+                .map_err(|e| Error::Serve {
+                    addr: addr.clone(),
+                    why: e.to_string(),
+                })?;
+            let local = listener.local_addr().map_err(|e| Error::Serve {
+                addr: addr.clone(),
+                why: e.to_string(),
+            })?;
+            eprintln!("kiln serve: listening on tcp://{local}");
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            tonic::transport::Server::builder()
+                .serve_with_incoming_shutdown(service, incoming, signal)
+                .await
+                .map_err(serve_err)
+        }
+    }
+}
+
+/// Binds the unix socket: a stale socket file (no daemon answers on it) is replaced, a socket
+/// a live daemon holds is an error.
+fn bind_unix(path: &Path, addr: &str) -> Result<tokio::net::UnixListener, Error> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::Serve {
+                addr: addr.to_owned(),
+                why: "another daemon is listening on this socket".to_owned(),
+            });
+        }
+        std::fs::remove_file(path).map_err(|e| Error::io("remove stale socket", path, e))?;
+    }
+    tokio::net::UnixListener::bind(path).map_err(|e| Error::Serve {
+        addr: addr.to_owned(),
+        why: e.to_string(),
+    })
+}
+
+type BuildStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ServerMessage, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Builder for Daemon {
+    async fn info(
+        &self,
+        _request: Request<pb::InfoRequest>,
+    ) -> Result<Response<pb::InfoResponse>, Status> {
+        let root = self.root.clone();
+        // Reading usage takes the store's collection lock: not on a runtime thread.
+        let store = tokio::task::spawn_blocking(move || {
+            kiln_engine::gc::disk_usage(&root)
+                .map(|u| pb::StoreUsage {
+                    records: u.items.len() as u64,
+                    bytes: u.items.iter().map(|i| i.size).sum(),
+                })
+                .map_err(|e| Status::internal(format!("reading the store: {e}")))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(pb::InfoResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            platforms: self.platforms.iter().map(ToString::to_string).collect(),
+            store: Some(store),
+            sync: Some(pb::SyncCounters {
+                builds: self.counters.builds.load(Ordering::Relaxed),
+                files_received: self.counters.files.load(Ordering::Relaxed),
+                bytes_received: self.counters.bytes.load(Ordering::Relaxed),
+            }),
+            running_builds: self.counters.running.load(Ordering::Relaxed),
+        }))
+    }
+
+    type BuildStream = BuildStream;
+
+    async fn build(
+        &self,
+        request: Request<Streaming<pb::ClientMessage>>,
+    ) -> Result<Response<Self::BuildStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<pb::ServerMessage, Status>>(16);
+        let session = Session {
+            engine: self.engine.clone(),
+            root: self.root.clone(),
+            cancel: self.shutdown.child_token(),
+            number: self.counters.builds.fetch_add(1, Ordering::Relaxed) + 1,
+            counters: self.counters.clone(),
+        };
+        // The session feeds the response stream from its own task; a status it ends with is
+        // the stream's last item.
+        tokio::spawn(async move {
+            let _running = Running::enter(&session.counters);
+            if let Err(status) = session.run(inbound, tx.clone()).await {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as BuildStream
+        ))
+    }
+}
+
+/// Counts a running build for as long as it lives.
+struct Running(Arc<Counters>);
+
+impl Running {
+    fn enter(counters: &Arc<Counters>) -> Running {
+        counters.running.fetch_add(1, Ordering::Relaxed);
+        Running(counters.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What goes to the client, in order: progress (from the engine's sink, which must not
+/// block) and, once the queue is flushed, outputs and the result.
+enum Outbound {
+    Message(Box<pb::ServerMessage>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The engine's progress sink of a session: events queue without blocking the solver.
+struct WireProgress(mpsc::UnboundedSender<Outbound>);
+
+impl ProgressSink<Digest> for WireProgress {
+    fn send(&self, event: Event<Digest>) {
+        let msg = pb::ServerMessage {
+            msg: Some(pb::server_message::Msg::Progress(wire::event_to_wire(
+                event,
+            ))),
+        };
+        let _ = self.0.send(Outbound::Message(Box::new(msg)));
+    }
+}
+
+struct Session {
+    engine: Arc<Engine>,
+    root: PathBuf,
+    cancel: CancellationToken,
+    number: u64,
+    counters: Arc<Counters>,
+}
+
+fn bad(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+impl From<Invalid> for Status {
+    fn from(e: Invalid) -> Status {
+        Status::invalid_argument(e.0)
+    }
+}
+
+/// The next message of the client; its end before the session is over is an error.
+async fn next(
+    inbound: &mut Streaming<pb::ClientMessage>,
+) -> Result<pb::client_message::Msg, Status> {
+    match inbound.message().await? {
+        Some(pb::ClientMessage { msg: Some(m) }) => Ok(m),
+        Some(pb::ClientMessage { msg: None }) => Err(bad("empty client message")),
+        None => Err(Status::cancelled("the client closed the session")),
+    }
+}
+
+fn entry_from_wire(e: pb::Entry) -> kiln_contextsync::Entry {
+    const NS: i64 = 1_000_000_000;
+    kiln_contextsync::Entry {
+        path: e.path,
+        kind: match pb::EntryKind::try_from(e.kind) {
+            Ok(pb::EntryKind::Dir) => kiln_contextsync::Kind::Dir,
+            Ok(pb::EntryKind::Symlink) => kiln_contextsync::Kind::Symlink,
+            _ => kiln_contextsync::Kind::File,
+        },
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        size: e.size,
+        mtime_sec: e.mtime_ns.div_euclid(NS),
+        mtime_nsec: u32::try_from(e.mtime_ns.rem_euclid(NS)).unwrap_or(0),
+        target: (!e.link_target.is_empty()).then_some(e.link_target),
+    }
+}
+
+/// The key a mirror directory is named by: a hash, so that a client's key never becomes a path.
+fn mirror_dir(root: &Path, key: &str) -> PathBuf {
+    let hash: String = Sha256::digest(key.as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    root.join("contexts").join(hash)
+}
+
+impl Session {
+    async fn run(
+        self,
+        mut inbound: Streaming<pb::ClientMessage>,
+        tx: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    ) -> Result<(), Status> {
+        let send = |msg: pb::server_message::Msg| {
+            let tx = tx.clone();
+            async move {
+                tx.send(Ok(pb::ServerMessage { msg: Some(msg) }))
+                    .await
+                    .map_err(|_| Status::cancelled("the client went away"))
+            }
+        };
+        let request = match next(&mut inbound).await? {
+            pb::client_message::Msg::Request(r) => r,
+            _ => return Err(bad("a session starts with a BuildRequest")),
+        };
+        let sessions = self.root.join("sessions");
+        std::fs::create_dir_all(&sessions).map_err(internal)?;
+        let dir = tempfile::Builder::new()
+            .prefix("session-")
+            .tempdir_in(&sessions)
+            .map_err(internal)?;
+        // The Dockerfile under its own name (messages and `<name>.dockerignore` use it), never
+        // a path the client chose.
+        let name = Path::new(&request.dockerfile_name)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| n != "." && n != "..")
+            .unwrap_or_else(|| "Dockerfile".to_owned());
+        let dockerfile_dir = dir.path().join("dockerfile");
+        std::fs::create_dir(&dockerfile_dir).map_err(internal)?;
+        let dockerfile = dockerfile_dir.join(&name);
+        std::fs::write(&dockerfile, &request.dockerfile).map_err(internal)?;
+
+        // Context sync: each mirror stays locked (by its Mirror) until the build is over, so
+        // a concurrent build of the same directory waits instead of changing it underfoot.
+        let mut mirrors = Vec::new();
+        let mut contexts = BTreeMap::new();
+        let (mut files, mut bytes) = (0u64, 0u64);
+        for lc in &request.local_contexts {
+            let listing = match next(&mut inbound).await? {
+                pb::client_message::Msg::Listing(l) if l.name == lc.name => l,
+                _ => {
+                    return Err(bad(format!(
+                        "expected the listing of context {:?}",
+                        lc.name
+                    )))
+                }
+            };
+            let path = mirror_dir(&self.root, &lc.key);
+            let entries: Vec<_> = listing.entries.into_iter().map(entry_from_wire).collect();
+            let (mut mirror, mut plan) = tokio::task::spawn_blocking(move || {
+                let mirror = kiln_contextsync::Mirror::open(&path)?;
+                let plan = mirror.plan(entries)?;
+                Ok::<_, kiln_contextsync::Error>((mirror, plan))
+            })
+            .await
+            .map_err(internal)?
+            .map_err(bad)?;
+            send(pb::server_message::Msg::Sync(pb::SyncRequest {
+                name: lc.name.clone(),
+                paths: plan.send().to_vec(),
+            }))
+            .await?;
+            let mut buf: Vec<u8> = Vec::new();
+            loop {
+                match next(&mut inbound).await? {
+                    pb::client_message::Msg::File(f) if f.name == lc.name => {
+                        let size = plan
+                            .entry(&f.path)
+                            .map(|e| e.size)
+                            .ok_or_else(|| bad(format!("{:?} was not asked for", f.path)))?;
+                        if (buf.len() + f.data.len()) as u64 > size {
+                            return Err(bad(format!("{:?} is longer than listed", f.path)));
+                        }
+                        buf.extend_from_slice(&f.data);
+                        if f.eof {
+                            tokio::task::block_in_place(|| {
+                                mirror.write_file(&mut plan, &f.path, &mut buf.as_slice())
+                            })
+                            .map_err(bad)?;
+                            buf.clear();
+                        }
+                    }
+                    pb::client_message::Msg::Done(d) if d.name == lc.name => break,
+                    _ => return Err(bad(format!("unexpected message syncing {:?}", lc.name))),
+                }
+            }
+            let stats = tokio::task::block_in_place(|| mirror.finish(plan)).map_err(bad)?;
+            files += stats.files;
+            bytes += stats.bytes;
+            contexts.insert(
+                lc.name.clone(),
+                (mirror.tree().to_owned(), lc.oci_layout.clone()),
+            );
+            mirrors.push(mirror);
+        }
+        self.counters.files.fetch_add(files, Ordering::Relaxed);
+        self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+        eprintln!(
+            "kiln serve: build {}: context synced: {files} files, {bytes} bytes received",
+            self.number
+        );
+
+        // Outputs that go back to the client are made in the session directory.
+        let outputs: Vec<Option<PathBuf>> = request
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| match o.kind {
+                Some(pb::output::Kind::Registry(_)) | None => None,
+                Some(_) => Some(dir.path().join(format!("out-{i}"))),
+            })
+            .collect();
+        let placed = Placed {
+            dockerfile,
+            contexts,
+            outputs: outputs.clone(),
+        };
+        let req = wire::request_from_wire(request, &placed)?;
+
+        // The client leaving (its side closed or broken) cancels the build.
+        let cancel = self.cancel.clone();
+        let watcher = tokio::spawn(async move {
+            while let Ok(Some(_)) = inbound.message().await {}
+            cancel.cancel();
+        });
+
+        let (queue, mut queued) = mpsc::unbounded_channel::<Outbound>();
+        let forward = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(item) = queued.recv().await {
+                    match item {
+                        Outbound::Message(m) => {
+                            if tx.send(Ok(*m)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Outbound::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })
+        };
+        let progress: Arc<dyn ProgressSink<Digest>> = Arc::new(WireProgress(queue.clone()));
+        let result = self.engine.build(req, progress, self.cancel.clone()).await;
+        let (flushed, flush) = oneshot::channel();
+        let _ = queue.send(Outbound::Flush(flushed));
+        let _ = flush.await;
+        drop(queue);
+
+        let status = match result {
+            Ok(outcome) => {
+                for (i, out) in outputs.iter().enumerate() {
+                    if let Some(path) = out {
+                        stream_output(i, path, &tx).await?;
+                    }
+                }
+                let view = OutcomeView::from_engine(outcome);
+                send(pb::server_message::Msg::Result(wire::outcome_to_wire(
+                    &view,
+                )))
+                .await?;
+                "done"
+            }
+            Err(e) => {
+                let view = FailureView::from_engine(&e);
+                send(pb::server_message::Msg::Failure(wire::failure_to_wire(
+                    &view,
+                )))
+                .await?;
+                "failed"
+            }
+        };
+        eprintln!("kiln serve: build {}: {status}", self.number);
+        watcher.abort();
+        forward.abort();
+        drop(mirrors);
+        Ok(())
+    }
+}
+
+/// Sends output `index` (a file, or a directory as a tar) to the client in pieces.
+async fn stream_output(
+    index: usize,
+    path: &Path,
+    tx: &mpsc::Sender<Result<pb::ServerMessage, Status>>,
+) -> Result<(), Status> {
+    let file = if path.is_dir() {
+        let tar_path = path.with_extension("tar");
+        let (dir, dest) = (path.to_owned(), tar_path.clone());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut builder = tar::Builder::new(std::fs::File::create(&dest)?);
+            builder.follow_symlinks(false);
+            builder.append_dir_all(".", &dir)?;
+            builder.into_inner()?.sync_all()
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        tar_path
+    } else {
+        path.to_owned()
+    };
+    let mut f = tokio::fs::File::open(&file).await.map_err(internal)?;
+    let index = u32::try_from(index).map_err(internal)?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = f.read(&mut buf).await.map_err(internal)?;
+        let msg = pb::OutputData {
+            index,
+            data: buf[..n].to_vec(),
+            eof: n == 0,
+        };
+        tx.send(Ok(pb::ServerMessage {
+            msg: Some(pb::server_message::Msg::Output(msg)),
+        }))
+        .await
+        .map_err(|_| Status::cancelled("the client went away"))?;
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}

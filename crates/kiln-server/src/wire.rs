@@ -1,0 +1,582 @@
+//! Engine types to and from the wire types of `kiln-api`. Parsing of flags stays in the CLI:
+//! this maps typed values to typed values, and checks what a client sent.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kiln_api::v1 as pb;
+use kiln_engine::{
+    Annotation, BuildRequest, Call, CompressionKind, Entitlement, ExecRuntime, Export, HostEntry,
+    ImageFormat, NetworkMode, RunOptions, Status, Ulimit, UlimitResource,
+};
+use kiln_solver::Event;
+use kiln_types::image::Descriptor;
+use kiln_types::{Digest, Platform};
+
+use crate::view::{FailureView, OutcomeView};
+
+/// A wire value the daemon cannot accept: becomes an `invalid argument` status.
+#[derive(Debug)]
+pub struct Invalid(pub String);
+
+fn invalid(what: impl Into<String>) -> Invalid {
+    Invalid(what.into())
+}
+
+fn platform(text: &str) -> Result<Platform, Invalid> {
+    text.parse::<Platform>()
+        .map_err(|e| invalid(format!("invalid platform {text:?}: {e}")))
+}
+
+fn digest(text: &str) -> Result<Digest, Invalid> {
+    text.parse::<Digest>()
+        .map_err(|e| invalid(format!("invalid digest {text:?}: {e}")))
+}
+
+// --- the request ---------------------------------------------------------------------------
+
+/// The wire form of an image export's options.
+fn format_to_wire(f: &ImageFormat) -> pb::ImageFormat {
+    pb::ImageFormat {
+        compression: match f.compression {
+            CompressionKind::Gzip => pb::Compression::Gzip,
+            CompressionKind::Uncompressed => pb::Compression::Uncompressed,
+            CompressionKind::Zstd => pb::Compression::Zstd,
+        } as i32,
+        compression_level: f.compression_level,
+        force_compression: f.force_compression,
+        oci_media_types: f.oci_media_types,
+        annotations: f
+            .annotations
+            .iter()
+            .map(|a| pb::Annotation {
+                kind: a.kind.name().to_owned(),
+                platform: a.platform.as_ref().map(ToString::to_string),
+                key: a.key.clone(),
+                value: a.value.clone(),
+            })
+            .collect(),
+        rewrite_timestamp: f.rewrite_timestamp,
+    }
+}
+
+fn format_from_wire(f: Option<pb::ImageFormat>) -> Result<ImageFormat, Invalid> {
+    let f = f.unwrap_or_default();
+    Ok(ImageFormat {
+        compression: match pb::Compression::try_from(f.compression) {
+            Ok(pb::Compression::Gzip) => CompressionKind::Gzip,
+            Ok(pb::Compression::Uncompressed) => CompressionKind::Uncompressed,
+            Ok(pb::Compression::Zstd) => CompressionKind::Zstd,
+            Err(_) => return Err(invalid(format!("unknown compression {}", f.compression))),
+        },
+        compression_level: f.compression_level,
+        force_compression: f.force_compression,
+        oci_media_types: f.oci_media_types,
+        annotations: f
+            .annotations
+            .into_iter()
+            .map(|a| {
+                Ok(Annotation {
+                    kind: a.kind.parse().map_err(invalid)?,
+                    platform: a.platform.as_deref().map(platform).transpose()?,
+                    key: a.key,
+                    value: a.value,
+                })
+            })
+            .collect::<Result<_, Invalid>>()?,
+        rewrite_timestamp: f.rewrite_timestamp,
+    })
+}
+
+/// The wire form of one export; the destination (a client path) stays with the client.
+pub fn output_to_wire(e: &Export) -> Result<pb::Output, crate::Error> {
+    use pb::output::Kind;
+    let kind =
+        match e {
+            Export::Oci { tar, format, .. } => Kind::Oci(pb::ImageOutput {
+                tar: *tar,
+                format: Some(format_to_wire(format)),
+            }),
+            Export::Docker { format, .. } => Kind::Docker(pb::ImageOutput {
+                tar: true,
+                format: Some(format_to_wire(format)),
+            }),
+            Export::Tar { .. } => Kind::Tar(pb::Empty {}),
+            Export::Local { .. } => Kind::Local(pb::Empty {}),
+            Export::Registry { names, format } => Kind::Registry(pb::RegistryOutput {
+                names: names.clone(),
+                format: Some(format_to_wire(format)),
+            }),
+            Export::Load { .. } => return Err(crate::Error::Unsupported(
+                "--load (type=docker without dest) is not supported with a remote builder yet: \
+                 use --output type=docker,dest=FILE and `docker load -i FILE`"
+                    .to_owned(),
+            )),
+        };
+    Ok(pb::Output { kind: Some(kind) })
+}
+
+/// Everything of `req` except what travels otherwise (the Dockerfile's content, the local
+/// contexts): the client's half of [`request_from_wire`].
+pub fn request_to_wire(
+    req: &BuildRequest,
+    dockerfile: Vec<u8>,
+    dockerfile_name: String,
+    local_contexts: Vec<pb::LocalContext>,
+    remote_contexts: BTreeMap<String, String>,
+) -> Result<pb::BuildRequest, crate::Error> {
+    if !req.secrets.is_empty() {
+        return Err(crate::Error::Unsupported(
+            "--secret is not supported with a remote builder yet (secrets are to be served by \
+             the client on request, never stored by the daemon): build locally for now"
+                .to_owned(),
+        ));
+    }
+    if !req.ssh.is_empty() {
+        return Err(crate::Error::Unsupported(
+            "--ssh is not supported with a remote builder yet: build locally for now".to_owned(),
+        ));
+    }
+    if req.explain_cache {
+        return Err(crate::Error::Unsupported(
+            "--explain-cache is not supported with a remote builder yet".to_owned(),
+        ));
+    }
+    if !req.cache_to.is_empty() || !req.cache_from.is_empty() {
+        return Err(crate::Error::Unsupported(
+            "--cache-to/--cache-from are not supported with a remote builder yet: the daemon's \
+             store is its cache"
+                .to_owned(),
+        ));
+    }
+    Ok(pb::BuildRequest {
+        dockerfile,
+        dockerfile_name,
+        local_contexts,
+        build_contexts: remote_contexts.into_iter().collect(),
+        frontend: req.frontend.clone(),
+        build_args: req.build_args.clone().into_iter().collect(),
+        target: req.target.clone(),
+        no_cache: req.no_cache,
+        platform: req.platform.to_string(),
+        platforms: req.platforms.iter().map(ToString::to_string).collect(),
+        outputs: req
+            .exports
+            .iter()
+            .map(output_to_wire)
+            .collect::<Result<_, _>>()?,
+        tags: req.tags.clone(),
+        runtime: match req.runtime {
+            ExecRuntime::Embedded => pb::Runtime::Embedded,
+            ExecRuntime::Runc => pb::Runtime::Runc,
+        } as i32,
+        network: match req.network {
+            NetworkMode::Default => pb::Network::Default,
+            NetworkMode::None => pb::Network::None,
+            NetworkMode::Host => pb::Network::Host,
+        } as i32,
+        allow: req.allow.iter().map(|a| a.name().to_owned()).collect(),
+        add_hosts: req
+            .run_options
+            .extra_hosts
+            .iter()
+            .map(|h| pb::HostEntry {
+                host: h.host.clone(),
+                ip: h.ip.clone(),
+            })
+            .collect(),
+        shm_size: req.run_options.shm_size,
+        ulimits: req
+            .run_options
+            .ulimits
+            .iter()
+            .map(|u| pb::Ulimit {
+                name: u.resource.name().to_owned(),
+                soft: u.soft,
+                hard: u.hard,
+            })
+            .collect(),
+        no_cache_filter: req.no_cache_filter.clone(),
+        labels: req.labels.clone().into_iter().collect(),
+        call: req.call.map(|c| c.name().to_owned()).unwrap_or_default(),
+    })
+}
+
+/// Where the daemon puts what the client sent.
+pub struct Placed {
+    /// The Dockerfile written from the request's content.
+    pub dockerfile: PathBuf,
+    /// The mirror of each local context, by name ("" is the main one), and for an OCI
+    /// layout the image picked in it.
+    pub contexts: BTreeMap<String, (PathBuf, Option<pb::OciLayout>)>,
+    /// Where each output that goes back to the client is made (None: the daemon's own, a push).
+    pub outputs: Vec<Option<PathBuf>>,
+}
+
+/// The engine request for a wire request whose files were placed at `placed`.
+pub fn request_from_wire(w: pb::BuildRequest, placed: &Placed) -> Result<BuildRequest, Invalid> {
+    let context = match placed.contexts.get("") {
+        Some((dir, None)) => dir.clone(),
+        _ => {
+            return Err(invalid(
+                "the request names no main context (a local directory named \"\")",
+            ))
+        }
+    };
+    let mut build_contexts: BTreeMap<String, String> = w.build_contexts.into_iter().collect();
+    for (name, (dir, layout)) in &placed.contexts {
+        if name.is_empty() {
+            continue;
+        }
+        let value = match layout {
+            None => dir.display().to_string(),
+            Some(l) => kiln_types::reference::LayoutRef {
+                dir: dir.clone(),
+                tag: l.tag.clone(),
+                digest: l.digest.as_deref().map(digest).transpose()?,
+            }
+            .to_string(),
+        };
+        build_contexts.insert(name.clone(), value);
+    }
+    let mut exports = Vec::new();
+    for (i, o) in w.outputs.into_iter().enumerate() {
+        use pb::output::Kind;
+        let dest = || {
+            placed
+                .outputs
+                .get(i)
+                .cloned()
+                .flatten()
+                .ok_or_else(|| invalid(format!("output {i} has no place")))
+        };
+        exports.push(match o.kind {
+            Some(Kind::Oci(img)) => Export::Oci {
+                dest: dest()?,
+                tar: img.tar,
+                format: format_from_wire(img.format)?,
+            },
+            Some(Kind::Docker(img)) => Export::Docker {
+                dest: dest()?,
+                format: format_from_wire(img.format)?,
+            },
+            Some(Kind::Tar(_)) => Export::Tar {
+                dest: kiln_engine::TarDest::File(dest()?),
+            },
+            Some(Kind::Local(_)) => Export::Local { dest: dest()? },
+            Some(Kind::Registry(r)) => Export::Registry {
+                names: r.names,
+                format: format_from_wire(r.format)?,
+            },
+            None => return Err(invalid(format!("output {i} has no kind"))),
+        });
+    }
+    Ok(BuildRequest {
+        context,
+        dockerfile: placed.dockerfile.clone(),
+        frontend: w.frontend,
+        build_args: w.build_args.into_iter().collect(),
+        target: w.target,
+        no_cache: w.no_cache,
+        platform: platform(&w.platform)?,
+        platforms: w
+            .platforms
+            .iter()
+            .map(|p| platform(p))
+            .collect::<Result<_, _>>()?,
+        exports,
+        tags: w.tags,
+        secrets: BTreeMap::new(),
+        runtime: match pb::Runtime::try_from(w.runtime) {
+            Ok(pb::Runtime::Runc) => ExecRuntime::Runc,
+            _ => ExecRuntime::Embedded,
+        },
+        build_contexts,
+        ssh: BTreeMap::new(),
+        network: match pb::Network::try_from(w.network) {
+            Ok(pb::Network::None) => NetworkMode::None,
+            Ok(pb::Network::Host) => NetworkMode::Host,
+            _ => NetworkMode::Default,
+        },
+        allow: w
+            .allow
+            .iter()
+            .map(|a| a.parse::<Entitlement>().map_err(invalid))
+            .collect::<Result<_, _>>()?,
+        run_options: RunOptions {
+            extra_hosts: w
+                .add_hosts
+                .into_iter()
+                .map(|h| HostEntry {
+                    host: h.host,
+                    ip: h.ip,
+                })
+                .collect(),
+            shm_size: w.shm_size,
+            ulimits: w
+                .ulimits
+                .iter()
+                .map(|u| {
+                    Ok(Ulimit {
+                        resource: UlimitResource::from_name(&u.name)
+                            .ok_or_else(|| invalid(format!("unknown ulimit {:?}", u.name)))?,
+                        soft: u.soft,
+                        hard: u.hard,
+                    })
+                })
+                .collect::<Result<_, Invalid>>()?,
+        },
+        no_cache_filter: w.no_cache_filter,
+        labels: w.labels.into_iter().collect(),
+        call: match w.call.as_str() {
+            "" => None,
+            "targets" => Some(Call::Targets),
+            "outline" => Some(Call::Outline),
+            "check" => Some(Call::Check),
+            other => return Err(invalid(format!("unknown call {other:?}"))),
+        },
+        explain_cache: false,
+        cache_to: Vec::new(),
+        cache_from: Vec::new(),
+    })
+}
+
+// --- progress ------------------------------------------------------------------------------
+
+/// The wire form of a progress event.
+pub fn event_to_wire(e: Event<Digest>) -> pb::ProgressEvent {
+    let (kind, id, name, duration, text) = match e {
+        Event::Started { id, name } => (pb::EventKind::Started, id, name, None, String::new()),
+        Event::Cached { id, name } => (pb::EventKind::Cached, id, name, None, String::new()),
+        Event::Done { id, name, duration } => {
+            (pb::EventKind::Done, id, name, Some(duration), String::new())
+        }
+        Event::Error { id, name, message } => (pb::EventKind::Error, id, name, None, message),
+        Event::Cancelled { id, name } => (pb::EventKind::Cancelled, id, name, None, String::new()),
+        Event::Log { id, name, line } => (pb::EventKind::Log, id, name, None, line),
+    };
+    pb::ProgressEvent {
+        kind: kind as i32,
+        id: id.to_string(),
+        name,
+        duration_ns: duration.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        text,
+    }
+}
+
+/// The event a wire progress event stands for.
+pub fn event_from_wire(p: pb::ProgressEvent) -> Result<Event<Digest>, Invalid> {
+    let id = digest(&p.id)?;
+    let name = p.name;
+    Ok(match pb::EventKind::try_from(p.kind) {
+        Ok(pb::EventKind::Started) => Event::Started { id, name },
+        Ok(pb::EventKind::Cached) => Event::Cached { id, name },
+        Ok(pb::EventKind::Done) => Event::Done {
+            id,
+            name,
+            duration: Duration::from_nanos(p.duration_ns),
+        },
+        Ok(pb::EventKind::Error) => Event::Error {
+            id,
+            name,
+            message: p.text,
+        },
+        Ok(pb::EventKind::Cancelled) => Event::Cancelled { id, name },
+        Ok(pb::EventKind::Log) => Event::Log {
+            id,
+            name,
+            line: p.text,
+        },
+        Err(_) => return Err(invalid(format!("unknown event kind {}", p.kind))),
+    })
+}
+
+// --- the result ----------------------------------------------------------------------------
+
+fn descriptor_to_wire(d: &Descriptor) -> pb::Descriptor {
+    pb::Descriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.to_string(),
+        size: d.size,
+        annotations: d.annotations.clone().into_iter().collect(),
+        platform: d.platform.as_ref().map(ToString::to_string),
+    }
+}
+
+fn descriptor_from_wire(d: pb::Descriptor) -> Result<Descriptor, Invalid> {
+    Ok(Descriptor {
+        media_type: d.media_type,
+        digest: digest(&d.digest)?,
+        size: d.size,
+        annotations: d.annotations.into_iter().collect(),
+        platform: d.platform.as_deref().map(platform).transpose()?,
+    })
+}
+
+/// The wire form of a successful build.
+pub fn outcome_to_wire(o: &OutcomeView) -> pb::BuildResult {
+    pb::BuildResult {
+        manifest: o.image.as_ref().map(|(m, _)| descriptor_to_wire(m)),
+        config_digest: o.image.as_ref().map(|(_, c)| c.to_string()),
+        index: o.index.as_ref().map(descriptor_to_wire),
+        steps: o
+            .steps
+            .iter()
+            .map(|(name, s)| match s {
+                Status::Cached => pb::Step {
+                    name: name.clone(),
+                    cached: true,
+                    duration_ns: 0,
+                },
+                Status::Executed { duration } => pb::Step {
+                    name: name.clone(),
+                    cached: false,
+                    duration_ns: u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
+                },
+            })
+            .collect(),
+        warnings: o
+            .warnings
+            .iter()
+            .map(|(message, location)| pb::Warning {
+                message: message.clone(),
+                location: location.clone(),
+            })
+            .collect(),
+        frontend: o.frontend.clone(),
+        call_result: o.call_result.clone(),
+    }
+}
+
+/// The outcome a wire result stands for.
+pub fn outcome_from_wire(r: pb::BuildResult) -> Result<OutcomeView, Invalid> {
+    let image = match (r.manifest, r.config_digest) {
+        (Some(m), Some(c)) => Some((descriptor_from_wire(m)?, digest(&c)?)),
+        _ => None,
+    };
+    Ok(OutcomeView {
+        image,
+        index: r.index.map(descriptor_from_wire).transpose()?,
+        steps: r
+            .steps
+            .into_iter()
+            .map(|s| {
+                let status = if s.cached {
+                    Status::Cached
+                } else {
+                    Status::Executed {
+                        duration: Duration::from_nanos(s.duration_ns),
+                    }
+                };
+                (s.name, status)
+            })
+            .collect(),
+        warnings: r
+            .warnings
+            .into_iter()
+            .map(|w| (w.message, w.location))
+            .collect(),
+        frontend: r.frontend,
+        call_result: r.call_result,
+        explain: Vec::new(),
+    })
+}
+
+/// The wire form of a failure.
+pub fn failure_to_wire(f: &FailureView) -> pb::BuildFailure {
+    pb::BuildFailure {
+        message: f.message.clone(),
+        step_id: f.step.as_ref().map(|(id, _)| id.to_string()),
+        step_name: f.step.as_ref().map(|(_, name)| name.clone()),
+        step_line: f.step_line,
+        frontend_line: f.frontend_line,
+    }
+}
+
+/// The failure a wire failure stands for.
+pub fn failure_from_wire(f: pb::BuildFailure) -> Result<FailureView, Invalid> {
+    let step = match (f.step_id, f.step_name) {
+        (Some(id), Some(name)) => Some((digest(&id)?, name)),
+        _ => None,
+    };
+    Ok(FailureView {
+        message: f.message,
+        step,
+        step_line: f.step_line,
+        frontend_line: f.frontend_line,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_survive_the_wire() {
+        let id = Digest::of(b"step");
+        for e in [
+            Event::Started {
+                id,
+                name: "[1/2] RUN x".to_owned(),
+            },
+            Event::Done {
+                id,
+                name: "n".to_owned(),
+                duration: Duration::from_millis(1234),
+            },
+            Event::Log {
+                id,
+                name: "n".to_owned(),
+                line: "hello".to_owned(),
+            },
+            Event::Error {
+                id,
+                name: "n".to_owned(),
+                message: "exit 1".to_owned(),
+            },
+        ] {
+            let back = event_from_wire(event_to_wire(e.clone())).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{e:?}"));
+        }
+    }
+
+    #[test]
+    fn failures_and_outcomes_survive_the_wire() {
+        let f = FailureView {
+            message: "process \"/bin/sh -c false\" did not complete successfully: exit code: 1"
+                .to_owned(),
+            step: Some((Digest::of(b"x"), "[2/2] RUN false".to_owned())),
+            step_line: Some(3),
+            frontend_line: None,
+        };
+        assert_eq!(failure_from_wire(failure_to_wire(&f)).unwrap(), f);
+        let o = OutcomeView {
+            image: Some((
+                Descriptor::new(
+                    "application/vnd.oci.image.manifest.v1+json",
+                    Digest::of(b"m"),
+                    7,
+                ),
+                Digest::of(b"c"),
+            )),
+            steps: vec![
+                ("a".to_owned(), Status::Cached),
+                (
+                    "b".to_owned(),
+                    Status::Executed {
+                        duration: Duration::from_secs(2),
+                    },
+                ),
+            ],
+            warnings: vec![("w".to_owned(), Some("Dockerfile:1".to_owned()))],
+            frontend: "dockerfile".to_owned(),
+            ..OutcomeView::default()
+        };
+        let back = outcome_from_wire(outcome_to_wire(&o)).unwrap();
+        assert_eq!(back.image, o.image);
+        assert_eq!(back.steps, o.steps);
+        assert_eq!(back.warnings, o.warnings);
+        assert_eq!(back.executed(), 1);
+    }
+}

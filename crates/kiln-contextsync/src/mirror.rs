@@ -268,7 +268,7 @@ impl Mirror {
     /// Compares the client's `entries` (as [`scan`](crate::scan) returns them: sorted by path,
     /// unique) with what the mirror holds. Fails on any entry the mirror refuses
     /// ([`Error::BadPath`], [`Error::Unsorted`], [`Error::TooManyEntries`]) before touching
-    /// anything. A walk and a compare: nothing is read or written.
+    /// anything. A compare of two sorted lists: nothing on disk is read or written.
     pub fn plan(&self, entries: Vec<Entry>) -> Result<Plan> {
         check_entries(&entries)?;
         let target = with_implied_dirs(entries, MAX_ENTRIES, MAX_TOTAL_PATH_BYTES)?;

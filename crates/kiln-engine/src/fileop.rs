@@ -11,6 +11,7 @@ use kiln_ignore::{MatchInfo, PatternMatcher};
 
 use crate::rootpath::resolve_in;
 
+pub(crate) mod at;
 mod direct;
 mod unpack;
 
@@ -472,6 +473,13 @@ fn walk(first: Job, base: &Path, opts: &CopyOpts, shown: &str) -> Result<()> {
                     .and_then(|rd| rd.collect::<io::Result<Vec<_>>>())
                     .map_err(ioe("read dir", shown))?;
                 entries.sort_by_key(|e| e.file_name());
+                // With a linker, the source and destination directories open: most entries are
+                // files linked unchanged, each then one name looked up on each side.
+                let mut dirs = opts
+                    .link
+                    .as_ref()
+                    .map(|_| at::Dir::open(&src).and_then(|s| Ok((s, at::Dir::open(&dst)?))))
+                    .and_then(io::Result::ok);
                 // Pushed last to first, so that they are copied in name order.
                 for e in entries.iter().rev() {
                     let child_src = e.path();
@@ -502,6 +510,16 @@ fn walk(first: Job, base: &Path, opts: &CopyOpts, shown: &str) -> Result<()> {
                     } else {
                         continue;
                     };
+                    if matches!(step, Step::Entry) && !is_dir {
+                        if let Some((from, to)) = &dirs {
+                            match link_entry(e, from, to, opts) {
+                                Ok(true) => continue,
+                                Ok(false) => {}
+                                // Copied the usual way below, which reports what fails.
+                                Err(_) => dirs = None,
+                            }
+                        }
+                    }
                     stack.push(Job {
                         dst: dst.join(e.file_name()),
                         src: child_src,
@@ -584,6 +602,33 @@ fn walk(first: Job, base: &Path, opts: &CopyOpts, shown: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Links the directory entry `e` of `from` into `to` under its name when [`copy_leaf`] would
+/// link it and nothing stands there: whether it did. An error stops the linking through these
+/// directories (the entries are then copied by path).
+fn link_entry(e: &fs::DirEntry, from: &at::Dir, to: &at::Dir, opts: &CopyOpts) -> io::Result<bool> {
+    let Some(linker) = &opts.link else {
+        return Ok(false);
+    };
+    // Relative to the directory read (as `lstat`): one name looked up.
+    let md = e.metadata()?;
+    if !linkable(&md, opts)? {
+        return Ok(false);
+    }
+    let name = e.file_name();
+    Ok(linker.borrow_mut().link_at(&md, from, &name, to))
+}
+
+/// Whether a file of metadata `md` is copied as a link to itself: a non-empty regular file
+/// that keeps its owner and mode.
+fn linkable(md: &fs::Metadata, opts: &CopyOpts) -> io::Result<bool> {
+    if !md.is_file() || md.len() == 0 {
+        return Ok(false);
+    }
+    let ids = opts.ids.or(Some((md.uid(), md.gid())));
+    let mode = chmod(opts.chmod.as_ref(), md.mode() & 0o7777, false).map_err(io::Error::other)?;
+    Ok(ids == Some((md.uid(), md.gid())) && mode == md.mode() & 0o7777)
 }
 
 /// Copies a file or symlink `src` (of metadata `md`) to `dst`, replacing what is there.

@@ -21,6 +21,7 @@ use kiln_ignore::PatternMatcher;
 use kiln_snapshot::{LayerId, Store};
 use kiln_types::{Digest, Sha256Writer};
 
+use crate::fileop::at;
 use crate::Error;
 
 /// One selected entry of a context, as the walk found it.
@@ -434,6 +435,9 @@ pub(crate) fn materialize(
     let mut files = Vec::new();
     let mut linked_prev = false;
     let mut made: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    // The previous layer's and the new layer's directory of the last file linked, open: the
+    // entries come in path order, so a directory's files follow one another.
+    let mut open_dirs: Option<(&str, at::Dir, at::Dir)> = None;
     for e in &scan.entries {
         let to = dest_root.join(&e.rel);
         // Parents of re-included files whose directory entry was excluded (entries come in
@@ -471,7 +475,7 @@ pub(crate) fn materialize(
                     // build) must not find the layer's file linked from `tmp/` too.
                     (Some(staged), _) => fs::rename(staged, &to).is_ok(),
                     (None, Some(dir)) => {
-                        let ok = fs::hard_link(dir.join(&e.rel), &to).is_ok();
+                        let ok = link_from_prev(&mut open_dirs, dir, &dest_root, &e.rel);
                         linked_prev |= ok;
                         ok
                     }
@@ -510,6 +514,32 @@ pub(crate) fn materialize(
         },
     )?;
     Ok(committed)
+}
+
+/// Links `rel` of the previous layer `prev` into the new layer `dest`, through their directories
+/// of `rel` kept open in `open` for the files that follow. Whether it did; the caller copies
+/// the file when not.
+fn link_from_prev<'a>(
+    open: &mut Option<(&'a str, at::Dir, at::Dir)>,
+    prev: &Path,
+    dest: &Path,
+    rel: &'a str,
+) -> bool {
+    let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    if open.as_ref().is_none_or(|(p, _, _)| *p != parent) {
+        *open = None;
+        let dirs = at::Dir::open(&prev.join(parent))
+            .and_then(|from| Ok((from, at::Dir::open(&dest.join(parent))?)));
+        match dirs {
+            Ok((from, to)) => *open = Some((parent, from, to)),
+            Err(_) => return false,
+        }
+    }
+    let Some((_, from, to)) = open.as_ref() else {
+        return false;
+    };
+    let name = std::ffi::OsStr::new(name);
+    at::link(from, name, to, name).is_ok()
 }
 
 /// Copies a context file into the layer, checking that it still holds what its key says.

@@ -112,6 +112,19 @@ fn walk_sizes(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(io_err("stat", path)(e)),
     };
+    walk_sizes_of(path, meta, dev, seen, shared)
+}
+
+/// [`walk_sizes`] of `path`, whose metadata `meta` the caller has. Entries are stat'ed relative
+/// to their directory's open descriptor (as `lstat`): the kernel looks up one name, not every
+/// component of the path again (most of a layer walk's system time went to those lookups).
+fn walk_sizes_of(
+    path: &Path,
+    meta: fs::Metadata,
+    dev: Option<u64>,
+    seen: &mut HashSet<(u64, u64)>,
+    shared: &mut dyn FnMut((u64, u64), u64) -> bool,
+) -> Result<u64> {
     if dev.is_some_and(|d| d != meta.dev()) {
         return Ok(0);
     }
@@ -130,7 +143,13 @@ fn walk_sizes(
         };
         for entry in entries {
             let entry = entry.map_err(io_err("read directory", path))?;
-            size += walk_sizes(&entry.path(), Some(meta.dev()), seen, shared)?;
+            let child = entry.path();
+            let child_meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("stat", &child)(e)),
+            };
+            size += walk_sizes_of(&child, child_meta, Some(meta.dev()), seen, shared)?;
         }
     }
     Ok(size)

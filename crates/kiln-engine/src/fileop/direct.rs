@@ -21,6 +21,8 @@ use std::path::{Component, Path, PathBuf};
 
 use kiln_graph::{FileAction, UserRef};
 
+use super::at;
+
 /// The base's directories a direct copy makes in its layer, parents first.
 pub(crate) struct Direct {
     dirs: Vec<(PathBuf, fs::Metadata)>,
@@ -124,6 +126,27 @@ impl Linker {
         linked?;
         self.linked = true;
         Ok(true)
+    }
+
+    /// [`Linker::link`] of `name` in the open directory `from` to `to_name` in `to`; false
+    /// (nothing done) when the inode is in the layer already or the link fails, for the caller
+    /// to copy it by path.
+    pub(crate) fn link_at(
+        &mut self,
+        md: &fs::Metadata,
+        from: &at::Dir,
+        name: &std::ffi::OsStr,
+        to: &at::Dir,
+    ) -> bool {
+        if !self.inodes.insert((md.dev(), md.ino())) {
+            return false;
+        }
+        if at::link(from, name, to, name).is_err() {
+            self.inodes.remove(&(md.dev(), md.ino()));
+            return false;
+        }
+        self.linked = true;
+        true
     }
 
     /// [`Linker::link`] once what stood at `dst` was removed.

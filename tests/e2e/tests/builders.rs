@@ -132,7 +132,7 @@ fn builders_are_created_appended_listed_used_and_removed() {
     // No daemon listens there: said after the table, per node, as buildx says it.
     assert!(
         ls.stderr.contains(&format!(
-            "Failed to get status for b1 (n1): cannot reach {n1}"
+            "Failed to get status for b1 (n1): cannot reach builder at {n1}"
         )),
         "{}",
         ls.stderr
@@ -255,6 +255,103 @@ fn builders_live_under_home_without_xdg_config_home() {
     let table = rows(&k.run_env(&env, &["builder", "ls"]).ok().stdout);
     assert_eq!(table[3], [format!("{name}*"), "remote".to_owned()]);
     assert_eq!(table[4][0], format!("\\_ {name}0"));
+}
+
+#[test]
+fn ls_and_inspect_show_what_a_running_daemon_reports() {
+    let k = Kiln::new(&[]);
+    let sock = k.path("daemon.sock");
+    let addr = format!("unix://{}", sock.display());
+    let missing = format!("unix://{}", k.path("missing.sock").display());
+    // The daemon on a store of its own, declaring two platforms.
+    let daemon_root = k.path("daemon-store");
+    let mut daemon = k.spawn(
+        &[("KILN_ROOT", daemon_root.to_str().unwrap())],
+        &[
+            "serve",
+            "--addr",
+            &addr,
+            "--platform",
+            "linux/amd64,linux/arm64",
+        ],
+    );
+    assert!(
+        daemon.wait_for_line("listening on", std::time::Duration::from_secs(30)),
+        "kiln serve ended early:\n{}",
+        daemon.seen.join("\n")
+    );
+    k.run(&[
+        "builder",
+        "create",
+        "--name",
+        "b1",
+        "--node",
+        "n1",
+        "--platform",
+        "linux/amd64",
+        &addr,
+    ])
+    .ok();
+    k.run(&[
+        "builder", "create", "--name", "b1", "--append", "--node", "n2", &missing,
+    ])
+    .ok();
+
+    let ls = k.run(&["builder", "ls"]).ok();
+    let table = rows(&ls.stdout);
+    // n1 answers: running, its declared platform marked, then the one it reports besides.
+    assert_eq!(
+        table[4],
+        [
+            "\\_ n1",
+            &format!("\\_ {addr}"),
+            "running",
+            "linux/amd64*, linux/arm64"
+        ]
+    );
+    assert_eq!(table[5], ["\\_ n2", &format!("\\_ {missing}"), "inactive"]);
+    assert!(
+        ls.stderr.contains(&format!(
+            "Failed to get status for b1 (n2): cannot reach builder at {missing}"
+        )),
+        "{}",
+        ls.stderr
+    );
+    assert!(!ls.stderr.contains("(n1)"), "{}", ls.stderr);
+
+    let inspect = k.run(&["builder", "inspect", "b1"]).ok().stdout;
+    let n1 = inspect
+        .split("\n\n")
+        .find(|b| b.contains(&addr))
+        .unwrap_or_else(|| panic!("no n1 block:\n{inspect}"));
+    let field = |block: &str, key: &str| -> String {
+        block
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}:")))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {key} in:\n{block}"))
+    };
+    assert_eq!(field(n1, "Status"), "running");
+    assert_eq!(field(n1, "Platforms"), "linux/amd64*, linux/arm64");
+    let version = k.run(&["version"]).ok().stdout;
+    assert!(
+        version.starts_with(&format!("kiln {} ", field(n1, "Version"))),
+        "{version} vs\n{n1}"
+    );
+    // An address given to KILN_BUILDER is inspected as a builder of that one node.
+    let inspect = k
+        .run_env(&[("KILN_BUILDER", &addr)], &["builder", "inspect"])
+        .ok()
+        .stdout;
+    assert_eq!(field(&inspect, "Status"), "running", "{inspect}");
+    assert_eq!(field(&inspect, "Endpoint"), addr);
+
+    // The daemon stops on SIGTERM; the node is inactive again.
+    kiln_e2e::tool("kill", &["-TERM", &daemon.id().to_string()]);
+    let (code, log) = daemon.finish(std::time::Duration::from_secs(30));
+    assert_eq!(code, 0, "{log}");
+    let table = rows(&k.run(&["builder", "ls"]).ok().stdout);
+    assert_eq!(table[4][2], "inactive");
 }
 
 /// Every document of every YAML file under deploy/kubernetes, as JSON values, by file.
@@ -448,4 +545,45 @@ fn systemd_unit_runs_kiln_serve_on_the_socket_with_a_state_directory() {
     assert_eq!(get("Service", "Environment"), "KILN_ROOT=/var/lib/kiln");
     assert_eq!(get("Service", "KillSignal"), "SIGTERM");
     assert_eq!(get("Install", "WantedBy"), "multi-user.target");
+}
+
+#[test]
+fn the_flags_the_deployments_give_kiln_serve_are_flags_it_knows() {
+    let k = Kiln::new(&[]);
+    let help = k.run(&["serve", "--help"]).ok().stdout;
+    let mut given: Vec<String> = Vec::new();
+    for (file, doc) in manifests() {
+        if doc["kind"] != "StatefulSet" {
+            continue;
+        }
+        let args = doc["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(args[0], "serve", "{file}");
+        given.extend(
+            args.iter()
+                .filter_map(|a| a.as_str())
+                .filter(|a| a.starts_with("--"))
+                .map(ToOwned::to_owned),
+        );
+    }
+    let unit =
+        std::fs::read_to_string(kiln_e2e::workspace().join("deploy/systemd/kiln.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart");
+    given.extend(
+        exec.split_whitespace()
+            .filter(|a| a.starts_with("--"))
+            .map(ToOwned::to_owned),
+    );
+    assert!(given.len() >= 6, "{given:?}");
+    for flag in given {
+        assert!(
+            help.contains(&format!("{flag} ")),
+            "kiln serve has no {flag}:\n{help}"
+        );
+    }
 }

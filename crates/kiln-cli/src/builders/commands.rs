@@ -481,58 +481,89 @@ impl NodeState {
     }
 }
 
-/// Asks every node of every builder at once, each bounded by `timeout`.
+/// Asks every node of every builder at once (`Info`), each bounded by `timeout`.
 fn probe_all(builders: &[Builder], timeout: Duration) -> Vec<Vec<NodeState>> {
-    std::thread::scope(|s| {
-        let handles: Vec<Vec<_>> = builders
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let failed = NodeState {
+                error: Some(format!("starting the async runtime: {e}")),
+                ..NodeState::default()
+            };
+            return builders
+                .iter()
+                .map(|b| vec![failed.clone(); b.nodes.len()])
+                .collect();
+        }
+    };
+    rt.block_on(async {
+        // Every question is asked before any answer is awaited, so the nodes answer in
+        // parallel and the whole listing takes one timeout at most.
+        let asked: Vec<Vec<_>> = builders
             .iter()
             .map(|b| {
                 b.nodes
                     .iter()
-                    .map(|n| s.spawn(move || probe(n, timeout)))
+                    .map(|n| tokio::spawn(probe(n.clone(), timeout)))
                     .collect()
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|hs| {
-                hs.into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| NodeState {
-                            error: Some("the status check failed".to_owned()),
-                            ..NodeState::default()
-                        })
-                    })
-                    .collect()
-            })
-            .collect()
+        let mut out = Vec::with_capacity(asked.len());
+        for handles in asked {
+            let mut states = Vec::with_capacity(handles.len());
+            for h in handles {
+                states.push(h.await.unwrap_or_else(|e| NodeState {
+                    error: Some(format!("the status check failed: {e}")),
+                    ..NodeState::default()
+                }));
+            }
+            out.push(states);
+        }
+        out
     })
 }
 
-/// One node's state. The daemon's `Info` call is not there yet, so a node is shown as buildx
-/// shows a remote node it cannot ask: `inactive`, with the reason when the address cannot
-/// even be connected to.
-fn probe(node: &Node, timeout: Duration) -> NodeState {
-    let error = match &node.endpoint {
-        Endpoint::Unix(path) => std::os::unix::net::UnixStream::connect(path)
-            .err()
-            .map(|e| format!("cannot reach {}: {e}", node.endpoint)),
-        Endpoint::Tcp { host, port } => {
-            use std::net::ToSocketAddrs;
-            match (host.as_str(), *port).to_socket_addrs() {
-                Err(e) => Some(format!("cannot reach {}: {e}", node.endpoint)),
-                Ok(mut addrs) => match addrs.next() {
-                    None => Some(format!("cannot reach {}: no address", node.endpoint)),
-                    Some(a) => std::net::TcpStream::connect_timeout(&a, timeout)
-                        .err()
-                        .map(|e| format!("cannot reach {}: {e}", node.endpoint)),
-                },
+/// One node's state from the daemon's `Info` answer: `running` with its version and platforms,
+/// or `inactive` (as buildx shows a remote node it cannot reach) with the reason.
+async fn probe(node: Node, timeout: Duration) -> NodeState {
+    let failed = |why: String| NodeState {
+        error: Some(why),
+        ..NodeState::default()
+    };
+    let addr = match kiln_server::Address::parse(&node.endpoint.to_string()) {
+        Ok(a) => a,
+        Err(e) => return failed(e.to_string()),
+    };
+    let ask = async {
+        let mut client = kiln_server::client::Client::connect(&addr).await?;
+        client.info().await
+    };
+    match tokio::time::timeout(timeout, ask).await {
+        Err(_) => failed(format!(
+            "cannot reach builder at {}: no answer within {timeout:?}",
+            node.endpoint
+        )),
+        Ok(Err(e)) => failed(e.to_string()),
+        Ok(Ok(info)) => {
+            let mut reported = Vec::new();
+            let mut unknown = Vec::new();
+            for p in &info.platforms {
+                match p.parse::<Platform>() {
+                    Ok(p) => reported.push(p.normalize()),
+                    Err(_) => unknown.push(p.clone()),
+                }
+            }
+            NodeState {
+                running: true,
+                reported,
+                version: Some(info.version).filter(|v| !v.is_empty()),
+                error: (!unknown.is_empty())
+                    .then(|| format!("the daemon reports platforms kiln cannot read: {unknown:?}")),
             }
         }
-    };
-    NodeState {
-        error,
-        ..NodeState::default()
     }
 }
 

@@ -238,6 +238,7 @@ fn exports(args: &BuildArgs) -> Result<Vec<Export>> {
         exports.push(Export::Registry {
             names: Vec::new(),
             format: Default::default(),
+            push_by_digest: false,
         });
     }
     if args.load {

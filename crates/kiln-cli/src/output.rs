@@ -323,6 +323,7 @@ mod tests {
                     "localhost:5000/app:2".to_owned(),
                 ],
                 format: Default::default(),
+                push_by_digest: false,
             }],
             &[],
         );

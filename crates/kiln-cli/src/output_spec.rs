@@ -26,6 +26,7 @@ pub fn parse_output(spec: &str) -> Result<Export> {
     let mut tar = true;
     let mut name: Option<String> = None;
     let mut push = false;
+    let mut push_by_digest = false;
     let mut format = ImageFormat::default();
     let boolean = |k: &str, v: &str| match v.trim() {
         // BuildKit reads a bare `force-compression` (empty value) as true.
@@ -54,6 +55,7 @@ pub fn parse_output(spec: &str) -> Result<Export> {
             "rewrite-timestamp" => format.rewrite_timestamp = boolean("rewrite-timestamp", v)?,
             "name" => name = Some(v.trim().to_owned()),
             "push" => push = boolean("push", v)?,
+            "push-by-digest" => push_by_digest = boolean(k, v)?,
             "compression" => {
                 format.compression = v
                     .trim()
@@ -87,6 +89,12 @@ pub fn parse_output(spec: &str) -> Result<Export> {
              media type, annotation and rewrite-timestamp options do not apply"
         );
     }
+    if push_by_digest && !(kind == "registry" || kind == "image" && push) {
+        bail!(
+            "invalid --output {spec:?}: push-by-digest applies to a push (type=registry, or \
+             type=image,push=true)"
+        );
+    }
     match kind.as_str() {
         "oci" => Ok(Export::Oci {
             dest: need_dest(dest)?,
@@ -107,10 +115,12 @@ pub fn parse_output(spec: &str) -> Result<Export> {
         "registry" => Ok(Export::Registry {
             names: name.into_iter().collect(),
             format,
+            push_by_digest,
         }),
         "image" if push => Ok(Export::Registry {
             names: name.into_iter().collect(),
             format,
+            push_by_digest,
         }),
         "image" => bail!(
             "--output type=image without push=true is not supported: kiln keeps no image store; \
@@ -273,6 +283,36 @@ mod tests {
         ] {
             assert!(parse_output(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn output_push_by_digest() {
+        let by_digest = |spec: &str| match parse_output(spec).unwrap() {
+            Export::Registry {
+                push_by_digest,
+                names,
+                ..
+            } => (push_by_digest, names),
+            other => panic!("{spec}: {other:?}"),
+        };
+        assert_eq!(
+            by_digest("type=registry,name=localhost:5000/app,push-by-digest=true"),
+            (true, vec!["localhost:5000/app".to_owned()])
+        );
+        assert!(by_digest("type=image,push=true,push-by-digest=true").0);
+        assert!(!by_digest("type=registry").0);
+        assert!(!by_digest("type=registry,push-by-digest=false").0);
+        let err = parse_output("type=oci,dest=x.tar,push-by-digest=true")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("push-by-digest applies to a push"), "{err}");
+        let err = parse_output("type=registry,push-by-digest=yes")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("push-by-digest=yes is not true or false"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -23,14 +23,6 @@ pub fn build(
             builder.name
         );
     };
-    if builder.nodes.len() > 1 {
-        bail!(
-            "builder {:?} has {} nodes: builds spread over several nodes are not implemented \
-             yet; use one node's address with --builder",
-            builder.name,
-            builder.nodes.len()
-        );
-    }
     let addr = Address::parse(&node.endpoint.to_string())?;
     let (plan, req) = Plan::from_args(settings, args)?;
     if plan.remote.is_some() {
@@ -46,8 +38,34 @@ pub fn build(
         .context("starting the async runtime")?;
     let cancel = CancellationToken::new();
     let progress = display.progress.clone();
+    // Several nodes: each platform goes to a node that builds it (kiln_server::multinode); the
+    // client pushes the index of a push, so it reaches registries as a local build does.
+    let spread = match builder.nodes.len() {
+        1 => None,
+        _ => Some(
+            kiln_registry::Registry::new(kiln_registry::RegistryOptions {
+                insecure: args.insecure_registries.clone(),
+                docker_config: None,
+                hosts: settings.registry_hosts(),
+            })
+            .context("setting up the registry client")?,
+        ),
+    };
     let result = rt.block_on(async {
         tokio::spawn(crate::interrupts(cancel.clone()));
+        if let Some(registry) = &spread {
+            let mut nodes = Vec::new();
+            for n in &builder.nodes {
+                nodes.push(kiln_server::multinode::Node {
+                    name: n.name.clone(),
+                    declared: n.platforms.clone(),
+                    client: Client::connect(&Address::parse(&n.endpoint.to_string())?).await?,
+                });
+            }
+            let name = &builder.name;
+            return kiln_server::multinode::build(name, nodes, &req, registry, progress, cancel)
+                .await;
+        }
         let mut client = Client::connect(&addr).await?;
         client.build(&req, progress, cancel.clone()).await
     });

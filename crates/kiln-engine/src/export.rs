@@ -160,10 +160,22 @@ fn run_once(
                 check_blobs(cx.store, &image)?;
                 kiln_export::load_docker(cx.store, &image, cx.tags)?
             }
-            Export::Registry { names, format } => {
+            Export::Registry {
+                names,
+                format,
+                push_by_digest,
+            } => {
                 let image = image_for(format)?;
                 check_blobs(cx.store, &image)?;
-                push(cx.store, cx.registry, cx.handle, &image, names, cx.progress)?
+                push(
+                    cx.store,
+                    cx.registry,
+                    cx.handle,
+                    &image,
+                    names,
+                    *push_by_digest,
+                    cx.progress,
+                )?
             }
             Export::Local { dest } => kiln_export::export_local(cx.store, snapshot, dest)?,
             Export::Tar { dest } => kiln_export::export_tar(cx.store, snapshot, dest)?,

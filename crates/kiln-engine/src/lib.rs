@@ -491,6 +491,9 @@ pub enum Export {
         names: Vec<String>,
         /// Compression, media types, annotations, `rewrite-timestamp`.
         format: ImageFormat,
+        /// `push-by-digest=true` (buildx's option): the image is pushed under its digest only,
+        /// no tag (a multi-node build's client then pushes the index that lists it).
+        push_by_digest: bool,
     },
 }
 
@@ -823,13 +826,15 @@ fn source_date_epoch(build_args: &BTreeMap<String, String>) -> Result<Option<u64
     }
 }
 
-/// Pushes `image` (all of its blobs in `store`) under each of `names`.
+/// Pushes `image` (all of its blobs in `store`) under each of `names`; under its digest only
+/// (the names' repositories, no tag) when `by_digest`.
 fn push(
     store: &Store,
     registry: &kiln_registry::Registry,
     handle: &tokio::runtime::Handle,
     image: &Image,
     names: &[String],
+    by_digest: bool,
     progress: &dyn ProgressSink<Digest>,
 ) -> Result<(), Error> {
     let mut blobs: Vec<(Digest, u64)> = image.layers.iter().map(|l| (l.digest, l.size)).collect();
@@ -839,7 +844,7 @@ fn push(
     ));
     let manifest = store.read_blob(&image.manifest.digest)?;
     for name in names {
-        let target = match name.parse::<kiln_registry::ImageRef>()? {
+        let mut target = match name.parse::<kiln_registry::ImageRef>()? {
             kiln_registry::ImageRef::Registry(r) => r,
             kiln_registry::ImageRef::Layout(_) => {
                 return Err(Error::Unsupported(format!(
@@ -847,6 +852,10 @@ fn push(
                 )))
             }
         };
+        if by_digest {
+            target.tag = None;
+            target.digest = Some(image.manifest.digest);
+        }
         let digest = handle.block_on(registry.push(
             &target,
             &blobs,
@@ -854,6 +863,9 @@ fn push(
             &image.manifest.media_type,
             store,
         ))?;
+        if by_digest {
+            target.digest = None;
+        }
         progress.send(Event::Log {
             id: Digest::of(b"internal:export"),
             name: "exporting to image".to_owned(),

@@ -345,9 +345,14 @@ impl Engine {
                         kiln_export::export_oci_index(&store, &idx, &tags, dest, *tar)?;
                         first.get_or_insert(idx.descriptor);
                     }
-                    Export::Registry { names, format } => {
+                    Export::Registry {
+                        names,
+                        format,
+                        push_by_digest,
+                    } => {
                         let idx = index_for(format)?;
-                        push_index(&store, &registry, &handle, &idx, names, sink.as_ref())?;
+                        let by_digest = *push_by_digest;
+                        push_index(&store, &registry, &handle, &idx, names, by_digest, &*sink)?;
                         first.get_or_insert(idx.descriptor);
                     }
                     Export::Local { dest } => {
@@ -395,13 +400,14 @@ fn export_tar(store: &Store, built: &[Built], dest: &kiln_export::TarDest) -> Re
 
 /// Pushes an index to each of `names`, as BuildKit does: each platform's manifest with its
 /// blobs under its digest (no tag names it, so the tag never shows a single platform's image,
-/// even for a moment), then the index under the tag.
+/// even for a moment), then the index under the tag (under its digest too when `by_digest`).
 fn push_index(
     store: &Store,
     registry: &kiln_registry::Registry,
     handle: &tokio::runtime::Handle,
     index: &ImageIndex,
     names: &[String],
+    by_digest: bool,
     progress: &dyn ProgressSink<Digest>,
 ) -> Result<(), Error> {
     for d in index.blobs() {
@@ -454,6 +460,16 @@ fn push_index(
                 digest,
             );
         }
+        // `push-by-digest`: the index too goes under its digest only.
+        let target = if by_digest {
+            kiln_registry::Reference {
+                tag: None,
+                digest: Some(index.descriptor.digest),
+                ..target
+            }
+        } else {
+            target
+        };
         let digest = handle.block_on(registry.push(
             &target,
             &[],
@@ -461,7 +477,13 @@ fn push_index(
             &index.descriptor.media_type,
             store,
         ))?;
-        pushed(&target, digest);
+        pushed(
+            &kiln_registry::Reference {
+                digest: None,
+                ..target
+            },
+            digest,
+        );
     }
     Ok(())
 }

@@ -15,6 +15,7 @@
 
 mod address;
 pub mod client;
+pub mod multinode;
 pub mod server;
 pub mod view;
 mod wire;
@@ -86,6 +87,35 @@ pub enum Error {
         /// Why.
         why: String,
     },
+    /// No node of a builder builds a platform of the build.
+    #[error("no node of builder {builder:?} builds {platform}: {nodes}")]
+    NoNode {
+        /// The builder's name.
+        builder: String,
+        /// The platform.
+        platform: String,
+        /// Its nodes and their platforms.
+        nodes: String,
+    },
+    /// A node's result could not be used (a multi-node build).
+    #[error("node {node}: {why}")]
+    Node {
+        /// The node's name.
+        node: String,
+        /// What was wrong.
+        why: String,
+    },
+    /// The client's push of a multi-node build's index failed.
+    #[error("pushing the image index to {name}: {source}")]
+    Push {
+        /// The image name.
+        name: String,
+        /// The registry's error (boxed: it is large, and rare).
+        source: Box<kiln_registry::Error>,
+    },
+    /// Writing a multi-node build's assembled output failed.
+    #[error(transparent)]
+    Export(#[from] kiln_export::Error),
 }
 
 impl Error {

@@ -104,9 +104,14 @@ pub fn output_to_wire(e: &Export) -> Result<pb::Output, crate::Error> {
             }),
             Export::Tar { .. } => Kind::Tar(pb::Empty {}),
             Export::Local { .. } => Kind::Local(pb::Empty {}),
-            Export::Registry { names, format } => Kind::Registry(pb::RegistryOutput {
+            Export::Registry {
+                names,
+                format,
+                push_by_digest,
+            } => Kind::Registry(pb::RegistryOutput {
                 names: names.clone(),
                 format: Some(format_to_wire(format)),
+                push_by_digest: *push_by_digest,
             }),
             Export::Load { .. } => return Err(crate::Error::Unsupported(
                 "--load (type=docker without dest) is not supported with a remote builder yet: \
@@ -268,6 +273,7 @@ pub fn request_from_wire(w: pb::BuildRequest, placed: &Placed) -> Result<BuildRe
             Some(Kind::Registry(r)) => Export::Registry {
                 names: r.names,
                 format: format_from_wire(r.format)?,
+                push_by_digest: r.push_by_digest,
             },
             None => return Err(invalid(format!("output {i} has no kind"))),
         });

@@ -1,0 +1,374 @@
+//! `kiln serve` and `kiln build --builder unix://...` (issue 11): a daemon on a unix socket with
+//! its own store, builds through it with the context synced, the OCI tarball written on the
+//! client, failures printed as a local build prints them, an unreachable or killed daemon
+//! reported quickly with its address, two clients at once, and SIGTERM. Needs the busybox
+//! fixture (`cargo xtask test` builds it) and a `kill` command (procps).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kiln_e2e::{tool, workspace, Background, Kiln};
+
+const PLUGINS: &[&str] = &["kiln-frontend-dockerfile", "kiln-exec"];
+
+fn busybox_layout() -> PathBuf {
+    let layout = workspace().join("target/kiln-test/fixtures/busybox-oci");
+    assert!(
+        layout.join("index.json").is_file(),
+        "the busybox fixture is built by `cargo xtask test` (missing {})",
+        layout.display()
+    );
+    layout
+}
+
+/// A `kiln serve` of the test, on `<test dir>/run/kiln.sock` with the store `daemon-root`.
+struct Daemon {
+    proc: Option<Background>,
+    addr: String,
+}
+
+impl Daemon {
+    fn start(k: &Kiln) -> Daemon {
+        let sock = k.path("run/kiln.sock");
+        let addr = format!("unix://{}", sock.display());
+        let root = k.path("daemon-root").display().to_string();
+        let mut proc = k.spawn(&[], &["--root", &root, "serve", "--addr", &addr]);
+        assert!(
+            proc.wait_for_line("listening on", Duration::from_secs(30)),
+            "kiln serve ended before listening:\n{}",
+            proc.seen.join("\n")
+        );
+        Daemon {
+            proc: Some(proc),
+            addr,
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.proc.as_ref().expect("running").id().to_string()
+    }
+
+    /// Reads the daemon's log until a line holds `needle`; returns that line.
+    fn line(&mut self, needle: &str) -> String {
+        let proc = self.proc.as_mut().expect("running");
+        assert!(
+            proc.wait_for_line(needle, Duration::from_secs(30)),
+            "the daemon ended before printing {needle:?}:\n{}",
+            proc.seen.join("\n")
+        );
+        proc.seen.last().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(p) = &self.proc {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &p.id().to_string()])
+                .status();
+        }
+    }
+}
+
+/// The build flags every test uses: the busybox fixture as the `bb` context.
+fn base_flags() -> Vec<String> {
+    vec![
+        "--progress=plain".to_owned(),
+        "--build-context".to_owned(),
+        format!("bb=oci-layout://{}", busybox_layout().display()),
+    ]
+}
+
+fn build(k: &Kiln, builder: Option<&str>, extra: &[&str], ctx: &str) -> kiln_e2e::Run {
+    let mut args: Vec<String> = vec!["build".to_owned()];
+    if let Some(b) = builder {
+        args.extend(["--builder".to_owned(), b.to_owned()]);
+    }
+    args.extend(base_flags());
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.push(ctx.to_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    k.run(&args)
+}
+
+#[test]
+fn a_remote_build_writes_the_tarball_on_the_client_and_resends_only_the_edited_file() {
+    let k = Kiln::new(PLUGINS);
+    let ctx = k.write(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM bb\nCOPY a.txt /a.txt\nCOPY b.txt /b.txt\nRUN cat /a.txt /b.txt > /both\n",
+            ),
+            ("a.txt", "alpha\n"),
+            ("b.txt", "beta\n"),
+            ("ignored.log", "not sent\n"),
+            (".dockerignore", "*.log\n"),
+        ],
+    );
+    let ctx = ctx.display().to_string();
+    let mut daemon = Daemon::start(&k);
+    let out = k.path("out/image.tar");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let dest = format!("type=oci,dest={}", out.display());
+    let first = build(&k, Some(&daemon.addr), &["-t", "app:1", "-o", &dest], &ctx).ok();
+    assert_eq!(first.step_state("RUN cat"), "DONE", "{}", first.stderr);
+    let synced = daemon.line("build 1: context synced");
+    // Dockerfile, a.txt, b.txt, .dockerignore (the ignored file stayed on the client), and the
+    // files of the `bb` layout.
+    let layout_files = tool(
+        "find",
+        &[&busybox_layout().display().to_string(), "-type", "f"],
+    )
+    .lines()
+    .count();
+    assert!(
+        synced.contains(&format!(": {} files,", 4 + layout_files)),
+        "{synced}"
+    );
+    // The tarball is the client's file, an OCI layout holding the image the build reported.
+    let listing = tool("tar", &["-tf", &out.display().to_string()]);
+    assert!(listing.lines().any(|l| l == "index.json"), "{listing}");
+    let index = tool("tar", &["-xOf", &out.display().to_string(), "index.json"]);
+    let digest = first.digest();
+    assert!(index.contains(&digest), "{index} lacks {digest}");
+    let bundle = k.unpack(&out, "first", "1");
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/both")).unwrap(),
+        "alpha\nbeta\n"
+    );
+
+    // Edit one file: only it crosses the wire, and the steps before it come from the cache.
+    std::fs::write(k.path("ctx/b.txt"), "BETA!\n").unwrap();
+    let second = build(&k, Some(&daemon.addr), &["-o", &dest], &ctx).ok();
+    let synced = daemon.line("build 2: context synced");
+    assert!(
+        synced.contains(": 1 files, 6 bytes received"),
+        "only b.txt (6 bytes) should have been sent: {synced}"
+    );
+    assert_eq!(
+        second.step_state("COPY a.txt"),
+        "CACHED",
+        "{}",
+        second.stderr
+    );
+    assert_eq!(second.step_state("COPY b.txt"), "DONE", "{}", second.stderr);
+    assert_eq!(second.step_state("RUN cat"), "DONE", "{}", second.stderr);
+    assert_ne!(second.digest(), digest);
+}
+
+/// The failure report with what differs between a local and a remote build taken out: the
+/// layout context's path (the daemon reads its own mirror of it), the step ids that path
+/// changes, and the timings.
+fn failure_report(stderr: &str) -> Vec<String> {
+    let from = stderr
+        .lines()
+        .position(|l| l.starts_with("------"))
+        .unwrap_or_else(|| panic!("no step summary in:\n{stderr}"));
+    stderr
+        .lines()
+        .skip(from)
+        .map(|l| match l.find("(sha256:") {
+            Some(i) => {
+                let end = l[i..].find(')').map_or(l.len(), |e| i + e + 1);
+                format!("{}(ID){}", &l[..i], &l[end..])
+            }
+            None => l.to_owned(),
+        })
+        .collect()
+}
+
+#[test]
+fn a_failing_step_through_the_daemon_prints_what_a_local_build_prints() {
+    let k = Kiln::new(PLUGINS);
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM bb\nRUN echo before\nRUN echo the-last-words && exit 3\nRUN echo never\n",
+        )],
+    );
+    let ctx = ctx.display().to_string();
+    let daemon = Daemon::start(&k);
+    let local = build(&k, None, &[], &ctx).fails();
+    let remote = build(&k, Some(&daemon.addr), &[], &ctx).fails();
+    assert_eq!(remote.code, local.code);
+    let (l, r) = (
+        failure_report(&local.stderr),
+        failure_report(&remote.stderr),
+    );
+    assert_eq!(r, l, "remote:\n{}\nlocal:\n{}", remote.stderr, local.stderr);
+    // What both show: the step's output, the Dockerfile excerpt, BuildKit's ERROR line.
+    assert!(r.iter().any(|l| l == "the-last-words"), "{r:?}");
+    assert!(
+        r.iter().any(|l| l.contains(">>> RUN echo the-last-words")),
+        "{r:?}"
+    );
+    let last = r.last().unwrap();
+    assert!(
+        last.starts_with("ERROR: failed to solve: ") && last.contains("exit code: 3"),
+        "{last}"
+    );
+}
+
+#[test]
+fn an_unreachable_daemon_is_an_error_naming_its_address() {
+    let k = Kiln::new(PLUGINS);
+    let ctx = k.write("ctx", &[("Dockerfile", "FROM bb\n")]);
+    let addr = format!("unix://{}", k.path("nobody-here.sock").display());
+    let started = Instant::now();
+    let run = build(&k, Some(&addr), &[], &ctx.display().to_string()).fails();
+    assert!(
+        run.stderr
+            .contains(&format!("ERROR: cannot reach builder at {addr}: ")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_daemon_killed_mid_build_fails_the_client_quickly_and_a_restarted_one_builds() {
+    let k = Kiln::new(PLUGINS);
+    let slow = k.write(
+        "slow",
+        &[(
+            "Dockerfile",
+            "FROM bb\nRUN echo started-sleeping && sleep 120\n",
+        )],
+    );
+    let mut daemon = Daemon::start(&k);
+    let mut args = vec![
+        "build".to_owned(),
+        "--builder".to_owned(),
+        daemon.addr.clone(),
+    ];
+    args.extend(base_flags());
+    args.push(slow.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut client = k.spawn(&[], &args);
+    assert!(
+        client.wait_for_line("started-sleeping", Duration::from_secs(60)),
+        "{}",
+        client.seen.join("\n")
+    );
+    tool("kill", &["-KILL", &daemon.pid()]);
+    let killed_at = Instant::now();
+    let (code, stderr) = client.finish(Duration::from_secs(10));
+    assert!(killed_at.elapsed() < Duration::from_secs(10));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "ERROR: builder at {}: connection lost",
+            daemon.addr
+        )),
+        "{stderr}"
+    );
+    daemon.proc = None;
+
+    // The same store and socket path: the stale socket is replaced, the store opens.
+    let daemon = Daemon::start(&k);
+    let ok = k.write("ok", &[("Dockerfile", "FROM bb\nRUN echo after-restart\n")]);
+    let run = build(&k, Some(&daemon.addr), &[], &ok.display().to_string()).ok();
+    assert_eq!(
+        run.step_state("RUN echo after-restart"),
+        "DONE",
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn two_clients_build_through_one_daemon_at_once() {
+    let k = Kiln::new(PLUGINS);
+    let daemon = Daemon::start(&k);
+    let mut clients = Vec::new();
+    for name in ["one", "two"] {
+        let ctx = k.write(
+            name,
+            &[
+                (
+                    "Dockerfile",
+                    "FROM bb\nCOPY name /name\nRUN sleep 1 && cat /name > /out\n",
+                ),
+                ("name", name),
+            ],
+        );
+        let out = k.path(&format!("{name}.tar"));
+        let mut args = vec![
+            "build".to_owned(),
+            "--builder".to_owned(),
+            daemon.addr.clone(),
+            "-o".to_owned(),
+            format!("type=oci,dest={}", out.display()),
+        ];
+        args.extend(base_flags());
+        args.push(ctx.display().to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        clients.push((k.spawn(&[], &args), out));
+    }
+    for (client, out) in clients {
+        let (code, stderr) = client.finish(Duration::from_secs(120));
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stderr.contains("\nbuilt sha256:"), "{stderr}");
+        let listing = tool("tar", &["-tf", &out.display().to_string()]);
+        assert!(listing.lines().any(|l| l == "index.json"), "{listing}");
+    }
+}
+
+#[test]
+fn sigterm_cancels_running_builds_removes_the_socket_and_exits_zero() {
+    let k = Kiln::new(PLUGINS);
+    let slow = k.write(
+        "slow",
+        &[(
+            "Dockerfile",
+            "FROM bb\nRUN echo started-sleeping && sleep 120\n",
+        )],
+    );
+    let mut daemon = Daemon::start(&k);
+    let mut args = vec![
+        "build".to_owned(),
+        "--builder".to_owned(),
+        daemon.addr.clone(),
+    ];
+    args.extend(base_flags());
+    args.push(slow.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut client = k.spawn(&[], &args);
+    assert!(
+        client.wait_for_line("started-sleeping", Duration::from_secs(60)),
+        "{}",
+        client.seen.join("\n")
+    );
+    tool("kill", &["-TERM", &daemon.pid()]);
+    let proc = daemon.proc.take().expect("running");
+    let (code, log) = proc.finish(Duration::from_secs(30));
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(
+        !k.path("run/kiln.sock").exists(),
+        "the socket was left behind"
+    );
+    let (code, stderr) = client.finish(Duration::from_secs(10));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("ERROR: failed to solve: "), "{stderr}");
+    // The store is consistent: a new daemon on it builds.
+    let daemon = Daemon::start(&k);
+    let ok = k.write(
+        "ok",
+        &[("Dockerfile", "FROM bb\nRUN echo after-shutdown\n")],
+    );
+    let run = build(&k, Some(&daemon.addr), &[], &ok.display().to_string()).ok();
+    assert_eq!(
+        run.step_state("RUN echo after-shutdown"),
+        "DONE",
+        "{}",
+        run.stderr
+    );
+}

@@ -73,6 +73,22 @@ impl Recorder {
             .map(|mut n| std::mem::take(&mut *n))
             .unwrap_or_default()
     }
+
+    /// The notes of `vertices`, copied into a recorder of their own: a build of several
+    /// platforms keeps one record per platform, of that platform's graph (a vertex the
+    /// platforms share is in each).
+    pub(crate) fn part(&self, vertices: impl IntoIterator<Item = Digest>) -> Recorder {
+        let notes = match self.notes.lock() {
+            Ok(notes) => vertices
+                .into_iter()
+                .filter_map(|v| Some((v, notes.get(&v)?.clone())))
+                .collect(),
+            Err(_) => HashMap::new(),
+        };
+        Recorder {
+            notes: Mutex::new(notes),
+        }
+    }
 }
 
 /// Why a step ran.

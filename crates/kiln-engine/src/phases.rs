@@ -98,7 +98,7 @@ pub struct Solved {
     steps: Vec<(String, Status)>,
     /// One result per target platform, in `--platform` order.
     built: Vec<platforms::Built>,
-    /// What `--cache-to` exports (a build of one platform with a result).
+    /// What `--cache-to` exports: every platform's result (none when nothing was solved).
     cache: Option<remote_cache::ExportCx>,
     explain: Vec<Miss>,
     /// The build's own ssh agents, killed when the build ends.
@@ -358,8 +358,8 @@ impl Engine {
 
     /// The solve phase: refuses what the graph may not do (entitlements, an emulator missing,
     /// outputs that cannot be written), starts the build's ssh agents, waits for the cache
-    /// imports, and runs the platforms' graphs, merged by vertex digest, in one solve. A
-    /// build of one platform keeps its explain record (`--explain-cache`).
+    /// imports, and runs the platforms' graphs, merged by vertex digest, in one solve. Each
+    /// platform's explain record (`--explain-cache`) is kept.
     pub async fn solve(&self, planned: Planned) -> Result<Solved, Error> {
         let Planned {
             req,
@@ -383,6 +383,9 @@ impl Engine {
             )));
         }
         let multi = targets.len() > 1;
+        // Each platform's own graph, kept for its explain record: a build of one platform
+        // and the same platform's part of a build of several keep the same record.
+        let platform_defs = if multi { defs.clone() } else { Vec::new() };
         let mut def = if multi {
             platforms::merge_definitions(&targets, defs)
         } else {
@@ -453,25 +456,34 @@ impl Engine {
             (Vec::new(), Vec::new())
         } else {
             let (solution, steps) = run_solver(&solver, &graph, &def, &wanted, &cancel).await?;
-            if !multi {
-                explained =
-                    self.keep_explain(&req, &def, &solution.vertices, &recorder, &mut warnings);
-            }
+            explained = if multi {
+                self.keep_explain_platforms(
+                    &req,
+                    &targets,
+                    &platform_defs,
+                    &def,
+                    &solution.vertices,
+                    &recorder,
+                    &mut warnings,
+                )
+            } else {
+                let platform = &targets[0];
+                let statuses = &solution.vertices;
+                self.keep_explain(&req, platform, &def, statuses, &recorder, &mut warnings)
+            };
             (solution.outputs, steps)
         };
         let built = platforms::results(&targets, &def, &wanted, outputs, configs);
-        // What `--cache-to` exports; a `type=inline` cache goes into the image's config.
-        let cache = match def.outputs.first().copied().flatten() {
-            Some(edge) if !multi => Some(remote_cache::ExportCx {
-                store: self.store.clone(),
-                index: self.index.clone(),
-                imported,
-                tracker,
-                def: Arc::new(def),
-                target: edge.vertex,
-            }),
-            _ => None,
-        };
+        // What `--cache-to` exports (every platform's result into one cache); a `type=inline`
+        // cache goes into the image's config.
+        let cache = (!wanted.is_empty()).then(|| remote_cache::ExportCx {
+            store: self.store.clone(),
+            index: self.index.clone(),
+            imported,
+            tracker,
+            def: Arc::new(def),
+            targets: wanted,
+        });
         Ok(Solved {
             req,
             progress,
@@ -493,6 +505,7 @@ impl Engine {
     fn keep_explain(
         &self,
         req: &BuildRequest,
+        platform: &Platform,
         def: &kiln_graph::Definition,
         statuses: &[(Digest, Status)],
         recorder: &explain::Recorder,
@@ -504,7 +517,7 @@ impl Engine {
                 context: &req.context,
                 dockerfile: &req.dockerfile,
                 target: req.target.as_deref(),
-                platform: &req.platform,
+                platform,
             },
             &req.build_args,
             def,
@@ -515,16 +528,65 @@ impl Engine {
         match kept {
             Ok(misses) => misses,
             Err(e) => {
-                warnings.push(Diagnostic {
+                let warning = Diagnostic {
                     message: format!(
                         "could not keep this build for --explain-cache in {}: {e}",
                         self.store.root().join("explain").display()
                     ),
                     location: None,
-                });
+                };
+                // Said once, whatever the number of platforms that could not be kept.
+                if !warnings.contains(&warning) {
+                    warnings.push(warning);
+                }
                 Vec::new()
             }
         }
+    }
+
+    /// [`Engine::keep_explain`] for each platform of a build of several: the record of each
+    /// platform's own graph (as a build of that platform alone keeps it), its steps' statuses
+    /// and notes. A step that ran is explained once, under its name in the merged graph (the
+    /// platform's name in it), in the merged graph's order.
+    #[allow(clippy::too_many_arguments)]
+    fn keep_explain_platforms(
+        &self,
+        req: &BuildRequest,
+        targets: &[Platform],
+        platform_defs: &[kiln_graph::Definition],
+        merged: &kiln_graph::Definition,
+        statuses: &[(Digest, Status)],
+        recorder: &explain::Recorder,
+        warnings: &mut Vec<Diagnostic>,
+    ) -> Vec<Miss> {
+        let mut misses: Vec<Miss> = Vec::new();
+        for (platform, def) in targets.iter().zip(platform_defs) {
+            let mine: std::collections::HashSet<Digest> =
+                def.vertices.iter().map(|v| v.digest).collect();
+            let statuses: Vec<(Digest, Status)> = statuses
+                .iter()
+                .filter(|(id, _)| mine.contains(id))
+                .copied()
+                .collect();
+            let part = recorder.part(mine.iter().copied());
+            for mut miss in self.keep_explain(req, platform, def, &statuses, &part, warnings) {
+                if misses.iter().any(|m| m.vertex == miss.vertex) {
+                    continue;
+                }
+                if let Some(v) = merged.vertex(&miss.vertex) {
+                    miss.name = v.meta.description.clone();
+                }
+                misses.push(miss);
+            }
+        }
+        let order: std::collections::HashMap<Digest, usize> = merged
+            .vertices
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.digest, i))
+            .collect();
+        misses.sort_by_key(|m| order.get(&m.vertex).copied().unwrap_or(usize::MAX));
+        misses
     }
 
     /// The export phase: the outputs (one image, or an index of the platforms' images; layer

@@ -254,9 +254,17 @@ pub(crate) struct Built {
 
 /// Refuses what a build of several platforms cannot do, before anything runs.
 pub(crate) fn check_request(req: &BuildRequest) -> Result<(), Error> {
-    if !req.cache_to.is_empty() {
+    // Every platform's chain goes into one `type=local|registry` cache; an inline cache
+    // would be one per platform's image config, which kiln does not write yet.
+    if req
+        .cache_to
+        .iter()
+        .any(|c| c.location == crate::CacheLocation::Inline)
+    {
         return Err(Error::Unsupported(
-            "--cache-to with several --platform values is not supported yet".into(),
+            "--cache-to type=inline with several --platform values is not supported yet: \
+             use type=registry or type=local"
+                .into(),
         ));
     }
     if req

@@ -560,7 +560,10 @@ pub(crate) struct ExportCx {
     pub imported: Arc<Imported>,
     pub tracker: Arc<Tracker>,
     pub def: Arc<Definition>,
-    pub target: Digest,
+    /// The results exported: one per platform of the build (platforms with the same result
+    /// name it once). Their chains go into one cache, as BuildKit exports every platform's
+    /// result into one cache manifest.
+    pub targets: Vec<Digest>,
 }
 
 /// Writes every `--cache-to`, each as a step of its own in the progress. A failed export fails
@@ -690,10 +693,10 @@ fn export(input: &ExportCx, spec: &CacheExport) -> Result<(), Error> {
     write(input, spec, &config, blobs)
 }
 
-/// The target and every vertex it needs.
+/// The targets and every vertex they need.
 fn needed(input: &ExportCx) -> HashSet<Digest> {
     let mut needed = HashSet::new();
-    let mut stack = vec![input.target];
+    let mut stack = input.targets.clone();
     while let Some(v) = stack.pop() {
         if needed.insert(v) {
             if let Some(vx) = input.def.vertex(&v) {
@@ -742,13 +745,15 @@ fn collect(
         chosen.push((key, layers, inputs));
     }
     if spec.mode == CacheMode::Min {
-        // The result's chain: the records whose layers the result starts with.
-        let target_layers = keys
-            .get(&input.target)
-            .and_then(|k| chosen.iter().find(|(key, _, _)| key == k))
+        // Each result's chain: the records whose layers a result starts with.
+        let target_layers: Vec<Vec<Source>> = input
+            .targets
+            .iter()
+            .filter_map(|t| keys.get(t))
+            .filter_map(|k| chosen.iter().find(|(key, _, _)| key == k))
             .map(|(_, l, _)| l.clone())
-            .unwrap_or_default();
-        chosen.retain(|(_, l, _)| target_layers.starts_with(l));
+            .collect();
+        chosen.retain(|(_, l, _)| target_layers.iter().any(|t| t.starts_with(l)));
     }
     // Blobs, once each.
     let mut blob_of: HashMap<Source, LayerRef> = HashMap::new();

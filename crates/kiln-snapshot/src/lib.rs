@@ -10,6 +10,7 @@
 //! layer visible.
 
 mod copy;
+mod flush;
 mod format;
 pub mod gc;
 mod gzip;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::copy;
+use crate::flush;
 use crate::store::{LayerBuilder, LayerId, Snapshot, SnapshotterKind, Store};
 use crate::{io_err, Error, Result};
 
@@ -90,6 +91,8 @@ pub struct WriteView {
     layer: Option<LayerBuilder>,
     merged: PathBuf,
     mounted: bool,
+    /// Mounted `volatile`: its unmount flushes nothing, the commit flushes the layer.
+    volatile: bool,
     /// Copy snapshotter: what `merged` held at the start, to diff against.
     lower: Option<copy::Node>,
 }
@@ -106,6 +109,7 @@ impl WriteView {
                 layer: Some(layer),
                 merged,
                 mounted: false,
+                volatile: false,
                 lower: None,
             });
         }
@@ -119,6 +123,7 @@ impl WriteView {
                 layer: Some(layer),
                 merged,
                 mounted: false,
+                volatile: false,
                 lower: Some(lower),
             });
         }
@@ -132,11 +137,13 @@ impl WriteView {
             layer.fs_dir().display(),
             work.display()
         );
-        overlay(&merged, &opts, MsFlags::empty())?;
+        let volatile =
+            flush::mount_volatile(&opts, |opts| overlay(&merged, opts, MsFlags::empty()))?;
         Ok(WriteView {
             layer: Some(layer),
             merged,
             mounted: true,
+            volatile,
             lower: None,
         })
     }
@@ -146,13 +153,18 @@ impl WriteView {
         &self.merged
     }
 
-    /// Unmounts and commits the changes as a layer.
+    /// Unmounts and commits the changes as a layer, flushed to disk first when it was written
+    /// through an overlay (docs/architecture.md, "What is flushed to disk").
     pub fn commit(mut self) -> Result<LayerId> {
         self.unmount()?;
         let layer = self.layer.take().ok_or_else(|| Error::Corrupt {
             path: self.merged.clone(),
             why: "write view committed twice".into(),
         })?;
+        if self.volatile {
+            let upper = layer.fs_dir();
+            flush::flush_upper(&upper).map_err(io_err("flush", &upper))?;
+        }
         let merged = layer.private_dir().join("merged");
         if let Some(lower) = &self.lower {
             copy::diff(lower, &merged, &layer.fs_dir())?;

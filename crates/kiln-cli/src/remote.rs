@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use kiln_server::client::Client;
+use kiln_server::client::{Client, ClientTls};
 use kiln_server::Address;
 use kiln_solver::CancellationToken;
 
@@ -23,7 +23,6 @@ pub fn build(
             builder.name
         );
     };
-    let addr = Address::parse(&node.endpoint.to_string())?;
     let (plan, req) = Plan::from_args(settings, args)?;
     if plan.remote.is_some() {
         bail!(
@@ -59,14 +58,14 @@ pub fn build(
                 nodes.push(kiln_server::multinode::Node {
                     name: n.name.clone(),
                     declared: n.platforms.clone(),
-                    client: Client::connect(&Address::parse(&n.endpoint.to_string())?).await?,
+                    client: connect(n).await?,
                 });
             }
             let name = &builder.name;
             return kiln_server::multinode::build(name, nodes, &req, registry, progress, cancel)
                 .await;
         }
-        let mut client = Client::connect(&addr).await?;
+        let mut client = connect(node).await?;
         client.build(&req, progress, cancel.clone()).await
     });
     display.renderer.finish();
@@ -74,4 +73,16 @@ pub fn build(
         Ok(outcome) => report_outcome(args, &plan, &display, &outcome, &req.dockerfile),
         Err(failure) => Ok(report_failure(&display, &failure, &req.dockerfile)),
     }
+}
+
+/// Connects to a builder's node, with the node's TLS files (`kiln builder create
+/// --driver-opt cacert=,cert=,key=,servername=`) when it has them.
+pub async fn connect(node: &builders::store::Node) -> Result<Client, kiln_server::Error> {
+    let addr = Address::parse(&node.endpoint.to_string())?;
+    let tls = node.tls.as_ref().map(|t| ClientTls {
+        cacert: t.cacert.clone(),
+        cert: t.cert.clone().zip(t.key.clone()),
+        servername: t.servername.clone(),
+    });
+    Client::connect_with(&addr, tls.as_ref()).await
 }

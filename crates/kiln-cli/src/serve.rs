@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use kiln_engine::{Engine, EngineConfig};
-use kiln_server::server::{serve, ServeConfig};
+use kiln_server::server::{serve, ServeConfig, ServerTls};
 use kiln_server::Address;
 
 use crate::{config, multiplatform};
@@ -41,9 +41,23 @@ pub struct ServeArgs {
 /// end, the socket is removed and kiln exits 0.
 pub fn run(settings: &config::Config, args: &ServeArgs) -> Result<ExitCode> {
     let addr = Address::parse(&args.addr)?;
-    if args.tlscacert.is_some() || args.tlscert.is_some() || args.tlskey.is_some() {
-        bail!("--tlscacert/--tlscert/--tlskey: mutual TLS is not implemented yet");
-    }
+    let tls = match (&args.tlscacert, &args.tlscert, &args.tlskey) {
+        (None, None, None) => None,
+        (Some(cacert), Some(cert), Some(key)) => {
+            if matches!(addr, Address::Unix(_)) {
+                bail!("--tlscacert/--tlscert/--tlskey apply to a tcp:// --addr only");
+            }
+            Some(ServerTls {
+                cacert: cacert.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+        }
+        _ => bail!(
+            "mutual TLS needs all of --tlscacert (the clients' CA), --tlscert and --tlskey (the \
+             daemon's certificate and key)"
+        ),
+    };
     let platforms = match &args.platform {
         Some(p) => multiplatform::parse_platforms(p)?,
         None => Vec::new(),
@@ -79,6 +93,7 @@ pub fn run(settings: &config::Config, args: &ServeArgs) -> Result<ExitCode> {
             platforms,
             root: settings.root.value.clone(),
             insecure: args.insecure,
+            tls,
         },
         stop_signal(),
     ))?;

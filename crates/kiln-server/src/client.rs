@@ -25,6 +25,34 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pieces of context files sent at once.
 const CHUNK: usize = 1 << 20;
 
+/// The files of a mutual-TLS connection to a tcp daemon (buildx's `cacert=`, `cert=`, `key=`,
+/// `servername=` driver options).
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    /// The CA the daemon's certificate must be signed by.
+    pub cacert: PathBuf,
+    /// The client's certificate and key, shown when the daemon asks for one.
+    pub cert: Option<(PathBuf, PathBuf)>,
+    /// The name the daemon's certificate must carry (default: the address's host).
+    pub servername: Option<String>,
+}
+
+impl ClientTls {
+    fn config(&self, host: &str) -> Result<tonic::transport::ClientTlsConfig, Error> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io("read", p, e));
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(&self.cacert)?))
+            .domain_name(self.servername.clone().unwrap_or_else(|| host.to_owned()));
+        if let Some((cert, key)) = &self.cert {
+            config = config.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
+        Ok(config)
+    }
+}
+
 /// A connection to one daemon.
 pub struct Client {
     inner: BuilderClient<Channel>,
@@ -35,8 +63,14 @@ pub struct Client {
 pub type RemoteResult = Result<Result<OutcomeView, FailureView>, Error>;
 
 impl Client {
-    /// Connects to the daemon at `addr`, failing within a few seconds when it does not answer.
+    /// Connects to the daemon at `addr` without TLS, failing within a few seconds when it does
+    /// not answer.
     pub async fn connect(addr: &Address) -> Result<Client, Error> {
+        Client::connect_with(addr, None).await
+    }
+
+    /// [`Client::connect`], over mutual TLS when `tls` is given (tcp only).
+    pub async fn connect_with(addr: &Address, tls: Option<&ClientTls>) -> Result<Client, Error> {
         let unreachable = |why: String| Error::Unreachable {
             addr: addr.to_string(),
             why,
@@ -61,13 +95,19 @@ impl Client {
                     .map_err(|_| unreachable("timed out".to_owned()))?
                     .map_err(|e| unreachable(crate::view::error_chain(&e)))?
             }
-            Address::Tcp { .. } => {
-                let uri = addr.to_string().replacen("tcp://", "http://", 1);
-                let endpoint = Endpoint::from_shared(uri)
+            Address::Tcp { host, .. } => {
+                let scheme = if tls.is_some() { "https://" } else { "http://" };
+                let uri = addr.to_string().replacen("tcp://", scheme, 1);
+                let mut endpoint = Endpoint::from_shared(uri)
                     .map_err(|e| unreachable(e.to_string()))?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .http2_keep_alive_interval(Duration::from_secs(10))
                     .keep_alive_timeout(Duration::from_secs(10));
+                if let Some(tls) = tls {
+                    endpoint = endpoint
+                        .tls_config(tls.config(host)?)
+                        .map_err(|e| unreachable(crate::view::error_chain(&e)))?;
+                }
                 tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
                     .await
                     .map_err(|_| unreachable("timed out".to_owned()))?

@@ -35,6 +35,33 @@ pub struct ServeConfig {
     pub root: PathBuf,
     /// `--insecure`: plain tcp (loopback only).
     pub insecure: bool,
+    /// `--tlscacert`, `--tlscert`, `--tlskey`: mutual TLS on tcp.
+    pub tls: Option<ServerTls>,
+}
+
+/// The files of the daemon's mutual TLS: clients must show a certificate signed by `cacert`.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The CA of the clients' certificates.
+    pub cacert: PathBuf,
+    /// The daemon's certificate.
+    pub cert: PathBuf,
+    /// The daemon's key.
+    pub key: PathBuf,
+}
+
+impl ServerTls {
+    fn config(&self) -> Result<tonic::transport::ServerTlsConfig, Error> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io("read", p, e));
+        // A client CA root makes a client certificate required (client_auth_optional stays
+        // false): mutual TLS, as buildkitd with --tlscacert.
+        Ok(tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                read(&self.cert)?,
+                read(&self.key)?,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(&self.cacert)?)))
+    }
 }
 
 /// Counters the daemon reports through `Info` and its log.
@@ -105,15 +132,17 @@ pub async fn serve(
             result
         }
         Address::Tcp { host, port } => {
-            if !config.insecure {
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = &config.tls {
+                builder = builder.tls_config(tls.config()?).map_err(serve_err)?;
+            } else if !config.insecure {
                 return Err(Error::Serve {
                     addr,
-                    why: "tcp needs mutual TLS (--tlscacert, --tlscert, --tlskey), which this \
-                          kiln does not have yet; on loopback, --insecure serves plain tcp"
+                    why: "tcp needs mutual TLS: give --tlscacert, --tlscert and --tlskey (or, on \
+                          a loopback address only, --insecure for plain tcp)"
                         .to_owned(),
                 });
-            }
-            if !config.addr.is_loopback() {
+            } else if !config.addr.is_loopback() {
                 return Err(Error::Serve {
                     addr,
                     why: "--insecure is allowed on loopback addresses only (127.0.0.1, ::1, \
@@ -134,7 +163,7 @@ pub async fn serve(
             })?;
             eprintln!("kiln serve: listening on tcp://{local}");
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            tonic::transport::Server::builder()
+            builder
                 .serve_with_incoming_shutdown(service, incoming, signal)
                 .await
                 .map_err(serve_err)

@@ -372,3 +372,193 @@ fn sigterm_cancels_running_builds_removes_the_socket_and_exits_zero() {
         run.stderr
     );
 }
+
+/// A CA, and a server and a client certificate it signed (EC P-256), made with the `openssl`
+/// CLI in `dir`.
+fn make_certs(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).expect("create the certificate directory");
+    let d = |name: &str| dir.join(name).display().to_string();
+    tool(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &d("ca.key"),
+            "-out",
+            &d("ca.pem"),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kiln test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    for (who, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+        std::fs::write(
+            dir.join(format!("{who}.ext")),
+            format!(
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\n"
+            ),
+        )
+        .expect("write the certificate extensions");
+        tool(
+            "openssl",
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &d(&format!("{who}.key")),
+                "-out",
+                &d(&format!("{who}.csr")),
+                "-subj",
+                &format!("/CN=kiln test {who}"),
+            ],
+        );
+        tool(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &d(&format!("{who}.csr")),
+                "-CA",
+                &d("ca.pem"),
+                "-CAkey",
+                &d("ca.key"),
+                "-CAcreateserial",
+                "-out",
+                &d(&format!("{who}.pem")),
+                "-days",
+                "2",
+                "-extfile",
+                &d(&format!("{who}.ext")),
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_tcp_daemon_with_mutual_tls_serves_a_client_with_a_certificate_and_refuses_others() {
+    let k = Kiln::new(PLUGINS);
+    let certs = k.path("certs");
+    make_certs(&certs);
+    let c = |name: &str| certs.join(name).display().to_string();
+    let root = k.path("daemon-root").display().to_string();
+    // Port 0: the daemon prints the port it got.
+    let mut proc = k.spawn(
+        &[],
+        &[
+            "--root",
+            &root,
+            "serve",
+            "--addr",
+            "tcp://127.0.0.1:0",
+            "--tlscacert",
+            &c("ca.pem"),
+            "--tlscert",
+            &c("server.pem"),
+            "--tlskey",
+            &c("server.key"),
+        ],
+    );
+    assert!(
+        proc.wait_for_line("listening on tcp://", Duration::from_secs(30)),
+        "{}",
+        proc.seen.join("\n")
+    );
+    let addr = proc
+        .seen
+        .last()
+        .and_then(|l| l.split("listening on ").nth(1))
+        .expect("the address line")
+        .trim()
+        .to_owned();
+    let daemon = Daemon {
+        proc: Some(proc),
+        addr: addr.clone(),
+    };
+    let ctx = k.write("ctx", &[("Dockerfile", "FROM bb\nRUN echo over-tls\n")]);
+    let ctx = ctx.display().to_string();
+
+    let with_cert = format!(
+        "cacert={},cert={},key={}",
+        c("ca.pem"),
+        c("client.pem"),
+        c("client.key")
+    );
+    k.run(&[
+        "builder",
+        "create",
+        "--name",
+        "mtls",
+        "--driver-opt",
+        &with_cert,
+        &addr,
+    ])
+    .ok();
+    let run = build(&k, Some("mtls"), &[], &ctx).ok();
+    assert_eq!(
+        run.step_state("RUN echo over-tls"),
+        "DONE",
+        "{}",
+        run.stderr
+    );
+
+    // The right CA but no client certificate: refused, quickly, naming the address.
+    let ca_only = format!("cacert={}", c("ca.pem"));
+    k.run(&[
+        "builder",
+        "create",
+        "--name",
+        "nocert",
+        "--driver-opt",
+        &ca_only,
+        &addr,
+    ])
+    .ok();
+    let started = Instant::now();
+    let refused = build(&k, Some("nocert"), &[], &ctx).fails();
+    assert!(refused.stderr.contains(&addr), "{}", refused.stderr);
+    assert!(!refused.stderr.contains("over-tls"), "{}", refused.stderr);
+    // Plain tcp to the TLS port: refused too.
+    let plain = build(&k, Some(&addr), &[], &ctx).fails();
+    assert!(plain.stderr.contains(&addr), "{}", plain.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(daemon);
+
+    // Without TLS files, tcp is refused, and --insecure off loopback too.
+    let no_tls = k
+        .run(&["--root", &root, "serve", "--addr", "tcp://127.0.0.1:0"])
+        .fails();
+    assert!(no_tls.stderr.contains("--tlscacert"), "{}", no_tls.stderr);
+    let open = k
+        .run(&[
+            "--root",
+            &root,
+            "serve",
+            "--addr",
+            "tcp://0.0.0.0:0",
+            "--insecure",
+        ])
+        .fails();
+    assert!(open.stderr.contains("loopback"), "{}", open.stderr);
+}

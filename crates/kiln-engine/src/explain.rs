@@ -727,7 +727,7 @@ fn write_record(path: &Path, header: &Header, steps: &[Step]) -> std::io::Result
         ".{}.{}.tmp",
         path.file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        std::process::id()
+        crate::temp_suffix()
     ));
     let result = (|| {
         let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
@@ -1260,5 +1260,40 @@ mod tests {
         let pinned = format!("[1/2] FROM busybox:1@{}", Digest::of(b"x"));
         assert_eq!(identity(&pinned), "[] FROM busybox:1");
         assert_eq!(unpinned("a@sha256:12 b"), "a@sha256:12 b");
+    }
+
+    /// One daemon runs builds of the same target at once: each keeps its record through a
+    /// temporary file of its own, so none fails and the record is whole.
+    #[test]
+    fn builds_of_one_target_at_once_in_one_process_each_keep_their_record() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("explain").join("target.jsonl");
+        std::thread::scope(|s| {
+            let writers: Vec<_> = (0..4)
+                .map(|i| {
+                    let path = &path;
+                    s.spawn(move || {
+                        for n in 0..50 {
+                            let header = Header {
+                                version: VERSION,
+                                keys: format!("{i}-{n}"),
+                                build_args: BTreeMap::new(),
+                            };
+                            write_record(path, &header, &[]).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+        });
+        assert!(read_header(&path).is_some(), "the record is not whole");
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [std::ffi::OsString::from("target.jsonl")]);
+        assert_ne!(crate::temp_suffix(), crate::temp_suffix());
     }
 }

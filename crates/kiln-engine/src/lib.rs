@@ -234,6 +234,15 @@ pub(crate) fn block_unless_cancelled<F: std::future::Future>(
     })
 }
 
+/// A part for the name of a temporary file that no other one of this process has: the process
+/// id (another process writing the same file) and a counter (one process — a daemon — runs
+/// several builds at once, which may write the same file).
+pub(crate) fn temp_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
+}
+
 /// Largest build file kiln reads. Frontends have their own, smaller limits (the Dockerfile
 /// parser's is 8 MiB); this one only keeps a hostile context from making kiln read without end.
 pub const MAX_BUILD_FILE_BYTES: u64 = 16 << 20;

@@ -124,7 +124,7 @@ pub(crate) fn write_cache(
 
 /// Writes `name` in `dir` through a temporary file and a rename.
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Error> {
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let tmp = dir.join(format!(".{name}.{}.tmp", crate::temp_suffix()));
     let dest = dir.join(name);
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -158,7 +158,7 @@ fn copy_blob(dir: &Path, digest: &Digest, src: &Path, verify: bool) -> Result<()
     }
     let tmp =
         dir.join("blobs/sha256")
-            .join(format!(".{}.{}.tmp", digest.hex(), std::process::id()));
+            .join(format!(".{}.{}.tmp", digest.hex(), crate::temp_suffix()));
     let _ = std::fs::remove_file(&tmp);
     if verify {
         let copied = std::fs::File::create(&tmp)

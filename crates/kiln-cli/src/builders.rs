@@ -9,7 +9,7 @@ mod commands;
 pub mod store;
 
 pub use commands::{run, BuilderCommand};
-pub use store::{Builder, Endpoint, Store};
+pub use store::{looks_like_address, Builder, Store};
 
 use anyhow::{bail, Result};
 
@@ -69,10 +69,9 @@ fn resolve_in(store: Option<&Store>, flag: Option<&str>, env: Option<&str>) -> R
             None => Selected::Local,
         });
     };
-    if Endpoint::looks_like_address(value) {
-        let endpoint = value
-            .parse::<Endpoint>()
-            .map_err(|e| anyhow::anyhow!("invalid {source} {value:?}: {e}"))?;
+    if looks_like_address(value) {
+        let endpoint =
+            kiln_server::Address::parse(value).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
         return Ok(Selected::Remote(Builder::ad_hoc(endpoint)));
     }
     if value.eq_ignore_ascii_case(DEFAULT) {
@@ -109,7 +108,7 @@ mod tests {
             driver: Driver::Remote,
             nodes: vec![Node {
                 name: format!("{name}0"),
-                endpoint: endpoint.parse().expect("endpoint"),
+                endpoint: kiln_server::Address::parse(endpoint).expect("endpoint"),
                 platforms: vec![Platform::new("linux", "arm64", None)],
                 tls: None,
             }],
@@ -179,7 +178,7 @@ mod tests {
         assert_eq!(b.nodes.len(), 1);
         assert_eq!(
             b.nodes[0].endpoint,
-            Endpoint::Unix("/run/kiln/kiln.sock".into())
+            kiln_server::Address::Unix("/run/kiln/kiln.sock".into())
         );
         assert!(b.nodes[0].platforms.is_empty());
         let Selected::Remote(b) =
@@ -189,15 +188,15 @@ mod tests {
         };
         assert_eq!(
             b.nodes[0].endpoint,
-            Endpoint::Tcp {
+            kiln_server::Address::Tcp {
                 host: "10.0.0.2".into(),
                 port: 1234
             }
         );
         let err = resolve_in(None, Some("tcp://host"), None).unwrap_err();
-        assert!(
-            err.to_string().contains("invalid --builder \"tcp://host\"")
-                && err.to_string().contains("port"),
+        assert_eq!(
+            err.to_string(),
+            "--builder: invalid builder address \"tcp://host\": expected tcp://HOST:PORT",
             "{err}"
         );
     }

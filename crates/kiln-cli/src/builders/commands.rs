@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use kiln_types::Platform;
 
-use super::store::{validate_name, Builder, Driver, Endpoint, Node, Store, Tls};
+use kiln_server::Address;
+
+use super::store::{looks_like_address, validate_name, Builder, Driver, Node, Store, Tls};
 use super::{resolve, Selected, DEFAULT};
 
 /// `kiln builder` subcommands.
@@ -140,7 +142,7 @@ struct CreateRequest {
     node: Option<String>,
     platforms: Vec<Platform>,
     tls: Option<Tls>,
-    endpoint: Option<Endpoint>,
+    endpoint: Option<Address>,
 }
 
 fn create(store: &Store, args: &CreateArgs) -> Result<ExitCode> {
@@ -164,10 +166,7 @@ fn create(store: &Store, args: &CreateArgs) -> Result<ExitCode> {
     let endpoint = args
         .endpoint
         .as_deref()
-        .map(|e| {
-            e.parse::<Endpoint>()
-                .with_context(|| format!("invalid endpoint {e:?}"))
-        })
+        .map(|e| Address::parse(e).with_context(|| format!("invalid endpoint {e:?}")))
         .transpose()?;
     let cwd = std::env::current_dir().context("finding the current directory")?;
     let req = CreateRequest {
@@ -533,10 +532,7 @@ async fn probe(node: Node, timeout: Duration) -> NodeState {
         error: Some(why),
         ..NodeState::default()
     };
-    let addr = match kiln_server::Address::parse(&node.endpoint.to_string()) {
-        Ok(a) => a,
-        Err(e) => return failed(e.to_string()),
-    };
+    let addr = node.endpoint.clone();
     let ask = async {
         let mut client = kiln_server::client::Client::connect(&addr).await?;
         client.info().await
@@ -800,7 +796,7 @@ fn ls_table(
 fn inspect(store: &Store, args: &InspectArgs) -> Result<ExitCode> {
     let selected = match &args.name {
         Some(name) if name.eq_ignore_ascii_case(DEFAULT) => Selected::Local,
-        Some(name) if !Endpoint::looks_like_address(name) => match store.get(name)? {
+        Some(name) if !looks_like_address(name) => match store.get(name)? {
             Some(b) => Selected::Remote(b),
             None => return Err(store.not_found(name, "kiln builder inspect")),
         },
@@ -902,7 +898,7 @@ mod tests {
             node: None,
             platforms: Vec::new(),
             tls: None,
-            endpoint: endpoint.map(|e| e.parse().unwrap()),
+            endpoint: endpoint.map(|e| Address::parse(e).unwrap()),
         }
     }
 
@@ -1105,13 +1101,13 @@ mod tests {
             nodes: vec![
                 Node {
                     name: "n1".into(),
-                    endpoint: "unix:///run/n1.sock".parse().unwrap(),
+                    endpoint: Address::parse("unix:///run/n1.sock").unwrap(),
                     platforms: vec![p("linux/amd64")],
                     tls: None,
                 },
                 Node {
                     name: "n2".into(),
-                    endpoint: "tcp://10.0.0.2:1234".parse().unwrap(),
+                    endpoint: Address::parse("tcp://10.0.0.2:1234").unwrap(),
                     platforms: vec![p("linux/arm64")],
                     tls: None,
                 },
@@ -1145,7 +1141,7 @@ b1*           remote
             nodes: vec![
                 Node {
                     name: "n1".into(),
-                    endpoint: "unix:///run/n1.sock".parse().unwrap(),
+                    endpoint: Address::parse("unix:///run/n1.sock").unwrap(),
                     platforms: vec![p("linux/amd64")],
                     tls: Some(Tls {
                         cacert: "/c/ca.pem".into(),
@@ -1156,7 +1152,7 @@ b1*           remote
                 },
                 Node {
                     name: "n2".into(),
-                    endpoint: "unix:///run/n2.sock".parse().unwrap(),
+                    endpoint: Address::parse("unix:///run/n2.sock").unwrap(),
                     platforms: Vec::new(),
                     tls: None,
                 },

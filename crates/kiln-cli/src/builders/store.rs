@@ -7,9 +7,9 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
+use kiln_server::Address;
 use kiln_types::Platform;
 use serde::{Deserialize, Serialize};
 
@@ -31,100 +31,23 @@ impl fmt::Display for Driver {
     }
 }
 
-/// Where a `kiln serve` listens: `unix:///path/to.sock` or `tcp://host:port`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    Unix(PathBuf),
-    /// `host` as written (a name, an IPv4 address, or an IPv6 one without brackets).
-    Tcp {
-        host: String,
-        port: u16,
-    },
+/// Whether `text` is meant as an address (`unix://...`, `tcp://...`) rather than a builder name.
+pub fn looks_like_address(text: &str) -> bool {
+    text.contains("://")
 }
 
-impl Endpoint {
-    /// Whether `text` is meant as an address rather than a builder name.
-    pub fn looks_like_address(text: &str) -> bool {
-        text.contains("://")
+/// A node's address in its file: the text `kiln serve --addr` takes, parsed by kiln-server
+/// (the one parser of addresses) when read.
+mod address_text {
+    use kiln_server::Address;
+
+    pub fn serialize<S: serde::Serializer>(a: &Address, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
     }
-}
 
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Endpoint::Unix(path) => write!(f, "unix://{}", path.display()),
-            Endpoint::Tcp { host, port } if host.contains(':') => {
-                write!(f, "tcp://[{host}]:{port}")
-            }
-            Endpoint::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
-        }
-    }
-}
-
-impl FromStr for Endpoint {
-    type Err = anyhow::Error;
-
-    fn from_str(text: &str) -> Result<Self> {
-        let Some((scheme, rest)) = text.split_once("://") else {
-            bail!("an address is unix:///path/to.sock or tcp://HOST:PORT");
-        };
-        match scheme {
-            "unix" => {
-                if rest.is_empty() {
-                    bail!("no socket path after unix://");
-                }
-                // The builder is used from any directory: a relative path would change meaning.
-                if !rest.starts_with('/') {
-                    bail!("the socket path must be absolute (unix:///run/kiln/kiln.sock)");
-                }
-                Ok(Endpoint::Unix(PathBuf::from(rest)))
-            }
-            "tcp" => {
-                let rest = rest.strip_suffix('/').unwrap_or(rest);
-                let (host, port) = match rest.strip_prefix('[') {
-                    // `[::1]:1234`: the brackets keep the address's colons from the port's.
-                    Some(v6) => match v6.split_once("]:") {
-                        Some((host, port)) => (host, port),
-                        None => bail!("expected tcp://[IPV6]:PORT"),
-                    },
-                    None => match rest.rsplit_once(':') {
-                        Some((host, port)) if !host.contains(':') => (host, port),
-                        Some(_) => bail!("an IPv6 address goes in brackets: tcp://[IPV6]:PORT"),
-                        None => bail!("no port: expected tcp://HOST:PORT"),
-                    },
-                };
-                if host.is_empty() || host.contains('/') {
-                    bail!("expected tcp://HOST:PORT");
-                }
-                let port = port
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| anyhow!("port {port:?} is not a number from 1 to 65535"))?;
-                Ok(Endpoint::Tcp {
-                    host: host.to_owned(),
-                    port,
-                })
-            }
-            other => bail!(
-                "unsupported scheme {other:?}: kiln reaches `kiln serve` at unix:///path/to.sock \
-                 or tcp://HOST:PORT"
-            ),
-        }
-    }
-}
-
-impl Serialize for Endpoint {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Endpoint {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse()
-            .map_err(|e: anyhow::Error| serde::de::Error::custom(format!("{text:?}: {e}")))
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Address, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        Address::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -164,7 +87,8 @@ impl Tls {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     pub name: String,
-    pub endpoint: Endpoint,
+    #[serde(with = "address_text")]
+    pub endpoint: Address,
     /// The platforms this node is declared to build (`--platform` at creation), normalized;
     /// empty: whatever the daemon reports.
     #[serde(default)]
@@ -183,7 +107,7 @@ pub struct Builder {
 
 impl Builder {
     /// The builder an address given to `--builder` stands for: one node, named after it.
-    pub fn ad_hoc(endpoint: Endpoint) -> Builder {
+    pub fn ad_hoc(endpoint: Address) -> Builder {
         let name = endpoint.to_string();
         Builder {
             nodes: vec![Node {
@@ -413,36 +337,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_parse_and_print_back() {
-        for text in [
-            "unix:///run/kiln/kiln.sock",
-            "tcp://10.0.0.2:1234",
-            "tcp://builder.example.com:443",
-            "tcp://[::1]:1234",
-        ] {
-            let e: Endpoint = text.parse().expect(text);
-            assert_eq!(e.to_string(), text);
-        }
-        assert_eq!(
-            "tcp://[fe80::1]:9".parse::<Endpoint>().unwrap(),
-            Endpoint::Tcp {
-                host: "fe80::1".into(),
-                port: 9
-            }
-        );
-        for (bad, why) in [
-            ("tcp://host", "no port"),
-            ("tcp://host:0", "not a number"),
-            ("tcp://host:99999", "not a number"),
-            ("tcp://:80", "expected tcp://HOST:PORT"),
-            ("tcp://::1:80", "brackets"),
-            ("unix://", "no socket path"),
-            ("unix://run/kiln.sock", "must be absolute"),
-            ("ssh://me@host", "unsupported scheme \"ssh\""),
-        ] {
-            let err = bad.parse::<Endpoint>().unwrap_err().to_string();
-            assert!(err.contains(why), "{bad}: {err}");
-        }
+    fn a_damaged_address_in_a_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path().to_owned());
+        std::fs::write(
+            dir.path().join("b.json"),
+            r#"{"name": "b", "driver": "remote", "nodes": [{"name": "n", "endpoint": "tcp://h"}]}"#,
+        )
+        .unwrap();
+        let err = format!("{:#}", store.get("b").unwrap_err());
+        assert!(err.contains("b.json") && err.contains("tcp://h"), "{err}");
     }
 
     #[test]
@@ -490,7 +394,7 @@ mod tests {
             driver: Driver::Remote,
             nodes: vec![Node {
                 name: "n1".into(),
-                endpoint: "tcp://10.0.0.1:1234".parse().unwrap(),
+                endpoint: Address::parse("tcp://10.0.0.1:1234").unwrap(),
                 platforms: vec![Platform::new("linux", "arm", Some("v7"))],
                 tls: Some(Tls {
                     cacert: "/certs/ca.pem".into(),

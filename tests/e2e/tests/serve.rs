@@ -562,3 +562,71 @@ fn a_tcp_daemon_with_mutual_tls_serves_a_client_with_a_certificate_and_refuses_o
         .fails();
     assert!(open.stderr.contains("loopback"), "{}", open.stderr);
 }
+
+#[test]
+fn local_outputs_and_named_directory_contexts_go_through_the_daemon() {
+    let k = Kiln::new(PLUGINS);
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM bb AS build\nCOPY --from=extra sub/note.txt /out/note.txt\n\
+                 RUN echo built > /out/built.txt\nFROM scratch\nCOPY --from=build /out/ /\n",
+        )],
+    );
+    k.write("extra", &[("sub/note.txt", "from the named context\n")]);
+    let daemon = Daemon::start(&k);
+    let out = k.path("out-dir");
+    let dest = format!("type=local,dest={}", out.display());
+    let named = format!("extra={}", k.path("extra").display());
+    let run = build(
+        &k,
+        Some(&daemon.addr),
+        &["-o", &dest, "--build-context", &named],
+        &ctx.display().to_string(),
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("note.txt")).unwrap(),
+        "from the named context\n",
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("built.txt")).unwrap(),
+        "built\n"
+    );
+}
+
+#[test]
+fn ctrl_c_on_the_client_cancels_the_build_on_the_daemon() {
+    let k = Kiln::new(PLUGINS);
+    let slow = k.write(
+        "slow",
+        &[(
+            "Dockerfile",
+            "FROM bb\nRUN echo started-sleeping && sleep 120\n",
+        )],
+    );
+    let mut daemon = Daemon::start(&k);
+    let mut args = vec![
+        "build".to_owned(),
+        "--builder".to_owned(),
+        daemon.addr.clone(),
+    ];
+    args.extend(base_flags());
+    args.push(slow.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut client = k.spawn(&[], &args);
+    assert!(
+        client.wait_for_line("started-sleeping", Duration::from_secs(60)),
+        "{}",
+        client.seen.join("\n")
+    );
+    tool("kill", &["-INT", &client.id().to_string()]);
+    let (code, stderr) = client.finish(Duration::from_secs(30));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("ERROR: failed to solve: "), "{stderr}");
+    // The daemon saw the build end (cancelled), long before the step's 120 s.
+    daemon.line("build 1: failed");
+}

@@ -58,7 +58,8 @@ pub fn build(
                 nodes.push(kiln_server::multinode::Node {
                     name: n.name.clone(),
                     declared: n.platforms.clone(),
-                    client: connect(n).await?,
+                    addr: Address::parse(&n.endpoint.to_string())?,
+                    tls: client_tls(n),
                 });
             }
             let name = &builder.name;
@@ -79,10 +80,14 @@ pub fn build(
 /// --driver-opt cacert=,cert=,key=,servername=`) when it has them.
 pub async fn connect(node: &builders::store::Node) -> Result<Client, kiln_server::Error> {
     let addr = Address::parse(&node.endpoint.to_string())?;
-    let tls = node.tls.as_ref().map(|t| ClientTls {
+    Client::connect_with(&addr, client_tls(node).as_ref()).await
+}
+
+/// A node's TLS files, as the client uses them.
+fn client_tls(node: &builders::store::Node) -> Option<ClientTls> {
+    node.tls.as_ref().map(|t| ClientTls {
         cacert: t.cacert.clone(),
         cert: t.cert.clone().zip(t.key.clone()),
         servername: t.servername.clone(),
-    });
-    Client::connect_with(&addr, tls.as_ref()).await
+    })
 }

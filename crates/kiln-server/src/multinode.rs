@@ -28,9 +28,9 @@ use kiln_types::{Digest, Platform};
 
 pub use assign::{assign, Offer, Share};
 
-use crate::client::{Client, RemoteResult};
+use crate::client::{Client, ClientTls, RemoteResult};
 use crate::view::{FailureView, OutcomeView};
-use crate::Error;
+use crate::{Address, Error};
 
 /// BuildKit's refusal of a docker-archive of several platforms (the engine's, for one machine).
 const DOCKER_MULTI_PLATFORM: &str =
@@ -42,19 +42,40 @@ pub struct Node {
     pub name: String,
     /// The platforms it is declared to build (empty: ask the daemon).
     pub declared: Vec<Platform>,
-    /// The connection.
-    pub client: Client,
+    /// Where its daemon listens.
+    pub addr: Address,
+    /// Its TLS files, for a tcp daemon with mutual TLS.
+    pub tls: Option<ClientTls>,
+}
+
+/// A node and, once needed, its connection: as buildx boots only the nodes a build uses when
+/// the declared platforms suffice, a node no platform goes to is never dialled (it may be
+/// down without failing the build).
+struct Dialled {
+    node: Node,
+    client: Option<Client>,
+}
+
+impl Dialled {
+    async fn client(&mut self) -> Result<&mut Client, Error> {
+        if self.client.is_none() {
+            let tls = self.node.tls.as_ref();
+            self.client = Some(Client::connect_with(&self.node.addr, tls).await?);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
 }
 
 /// The platforms `node` builds: the declared ones, else those its daemon reports.
-async fn offer(node: &mut Node) -> Result<Offer, Error> {
-    if !node.declared.is_empty() {
+async fn offer(d: &mut Dialled) -> Result<Offer, Error> {
+    if !d.node.declared.is_empty() {
         return Ok(Offer {
-            name: node.name.clone(),
-            platforms: node.declared.iter().map(Platform::normalize).collect(),
+            name: d.node.name.clone(),
+            platforms: d.node.declared.iter().map(Platform::normalize).collect(),
         });
     }
-    let info = node.client.info().await?;
+    let info = d.client().await?.info().await?;
+    let node = &d.node;
     let platforms = info
         .platforms
         .iter()
@@ -78,7 +99,7 @@ async fn offer(node: &mut Node) -> Result<Offer, Error> {
 /// With every platform on one node, the whole request goes to it as one build.
 pub async fn build(
     builder: &str,
-    mut nodes: Vec<Node>,
+    nodes: Vec<Node>,
     req: &BuildRequest,
     registry: &kiln_registry::Registry,
     progress: Arc<dyn ProgressSink<Digest>>,
@@ -89,6 +110,10 @@ pub async fn build(
     } else {
         req.platforms.iter().map(Platform::normalize).collect()
     };
+    let mut nodes: Vec<Dialled> = nodes
+        .into_iter()
+        .map(|node| Dialled { node, client: None })
+        .collect();
     let mut offers = Vec::with_capacity(nodes.len());
     for n in &mut nodes {
         offers.push(offer(n).await?);
@@ -101,10 +126,15 @@ pub async fn build(
     };
     let shares = assign(builder, asked, &offers)?;
     if let [share] = &shares[..] {
-        let node = &mut nodes[share.node];
-        return node.client.build(req, progress, cancel).await;
+        let client = nodes[share.node].client().await?;
+        return client.build(req, progress, cancel).await;
     }
     check_exports(&req.exports)?;
+    // Every node used is reachable before any starts: an unreachable one fails the build
+    // before the others spend work on it.
+    for share in &shares {
+        nodes[share.node].client().await?;
+    }
 
     let scratch = tempfile::Builder::new()
         .prefix("kiln-multinode-")
@@ -112,9 +142,13 @@ pub async fn build(
         .map_err(|e| Error::io("create a directory in", &std::env::temp_dir(), e))?;
     let stop = cancel.child_token();
     let mut runs = tokio::task::JoinSet::new();
-    let mut slots: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
+    let mut slots: Vec<Option<Dialled>> = nodes.into_iter().map(Some).collect();
     for (i, share) in shares.iter().enumerate() {
-        let Some(mut node) = slots.get_mut(share.node).and_then(Option::take) else {
+        let Some(Dialled {
+            node,
+            client: Some(mut client),
+        }) = slots.get_mut(share.node).and_then(Option::take)
+        else {
             continue;
         };
         let label = label(&share.platforms);
@@ -125,7 +159,7 @@ pub async fn build(
         });
         let stop = stop.clone();
         runs.spawn(async move {
-            let result = node.client.build(&sub, sink, stop).await;
+            let result = client.build(&sub, sink, stop).await;
             (i, node.name, label, sub, result)
         });
     }

@@ -497,3 +497,50 @@ fn the_assembled_outputs_are_those_of_a_build_on_one_machine() {
     dirs.sort();
     assert_eq!(dirs, ["linux_amd64", "linux_arm64"]);
 }
+
+/// As buildx boots only the nodes a build uses: a node no platform goes to (here one that is
+/// down) is never dialled, and one a platform needs that is down fails the build naming it.
+#[test]
+fn only_the_nodes_a_build_uses_are_dialled() {
+    let k = Kiln::new(PLUGINS);
+    let (_a, _b) = two_nodes(&k);
+    let down = format!("unix://{}", k.path("run/down.sock").display());
+    k.run(&[
+        "builder",
+        "create",
+        "--name",
+        "two",
+        "--append",
+        "--node",
+        "c",
+        "--platform",
+        "linux/s390x",
+        &down,
+    ])
+    .ok();
+    let ctx = context(&k);
+    let tar = k.path("out.tar");
+    build(
+        &k,
+        &["-o", &format!("type=oci,dest={}", tar.display())],
+        &ctx,
+    )
+    .ok();
+    assert!(tar.is_file());
+    let run = k
+        .run(&[
+            "build",
+            "--builder",
+            "two",
+            "--platform",
+            "linux/amd64,linux/s390x",
+            &ctx,
+        ])
+        .fails();
+    assert!(
+        run.stderr
+            .contains(&format!("ERROR: cannot reach builder at {down}: ")),
+        "{}",
+        run.stderr
+    );
+}

@@ -532,9 +532,9 @@ async fn probe(node: Node, timeout: Duration) -> NodeState {
         error: Some(why),
         ..NodeState::default()
     };
-    let addr = node.endpoint.clone();
+    // Connected as a build connects (the node's TLS files when it has them).
     let ask = async {
-        let mut client = kiln_server::client::Client::connect(&addr).await?;
+        let mut client = crate::remote::connect(&node).await?;
         client.info().await
     };
     match tokio::time::timeout(timeout, ask).await {

@@ -226,8 +226,17 @@ fn label(platforms: &[Platform]) -> String {
 }
 
 /// `[linux/arm64 2/3] RUN ...` from `[2/3] RUN ...`, as the engine names one platform's steps
-/// in a build of several (BuildKit's naming); a name without brackets gets them.
+/// in a build of several (BuildKit's naming); a name without brackets gets them. A node of
+/// several platforms names its platforms' own steps already: those stay as they are.
 fn relabel(label: &str, name: &str) -> String {
+    let named = label.split(',').any(|p| {
+        name.strip_prefix('[')
+            .and_then(|rest| rest.strip_prefix(p))
+            .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with(']'))
+    });
+    if named {
+        return name.to_owned();
+    }
     match name.strip_prefix('[') {
         Some(rest) => format!("[{label} {rest}"),
         None => format!("[{label}] {name}"),

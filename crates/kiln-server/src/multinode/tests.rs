@@ -291,6 +291,22 @@ fn each_nodes_steps_are_named_with_its_platform_and_kept_apart() {
         panic!("{seen:?}")
     };
     assert_eq!(name, "[linux/arm64] exporting to image");
+    // A node of two platforms: its platforms' own steps are named already; a step they share
+    // gets both.
+    let label = "linux/amd64,linux/riscv64";
+    assert_eq!(
+        relabel(label, "[linux/riscv64 stage-1 1/1] COPY x /"),
+        "[linux/riscv64 stage-1 1/1] COPY x /"
+    );
+    assert_eq!(
+        relabel(label, "[build 1/2] FROM busybox"),
+        "[linux/amd64,linux/riscv64 build 1/2] FROM busybox"
+    );
+    assert_eq!(
+        relabel("linux/arm", "[linux/arm64 1/1] COPY"),
+        "[linux/arm linux/arm64 1/1] COPY",
+        "a platform is matched whole"
+    );
     // The same step id on two nodes is two lines of the display.
     assert_ne!(a, b);
 

@@ -407,7 +407,7 @@ impl Session {
             };
             let path = mirror_dir(&self.root, &lc.key);
             let entries: Vec<_> = listing.entries.into_iter().map(entry_from_wire).collect();
-            let (mut mirror, mut plan) = tokio::task::spawn_blocking(move || {
+            let (mirror, plan) = tokio::task::spawn_blocking(move || {
                 let mirror = kiln_contextsync::Mirror::open(&path)?;
                 let plan = mirror.plan(entries)?;
                 Ok::<_, kiln_contextsync::Error>((mirror, plan))
@@ -420,30 +420,53 @@ impl Session {
                 paths: plan.send().to_vec(),
             }))
             .await?;
-            let mut buf: Vec<u8> = Vec::new();
+            // Each file's bytes go into the mirror on a blocking thread as they arrive, so a
+            // large file is never held whole in memory.
+            let mut idle = Some((mirror, plan));
+            let mut receiving: Option<Receiving> = None;
             loop {
                 match next(&mut inbound).await? {
                     pb::client_message::Msg::File(f) if f.name == lc.name => {
-                        let size = plan
-                            .entry(&f.path)
-                            .map(|e| e.size)
-                            .ok_or_else(|| bad(format!("{:?} was not asked for", f.path)))?;
-                        if (buf.len() + f.data.len()) as u64 > size {
-                            return Err(bad(format!("{:?} is longer than listed", f.path)));
+                        if let Some(r) = &receiving {
+                            if r.path != f.path {
+                                return Err(bad(format!(
+                                    "{:?} started before {:?} ended",
+                                    f.path, r.path
+                                )));
+                            }
                         }
-                        buf.extend_from_slice(&f.data);
+                        let r = match receiving.take() {
+                            Some(r) => r,
+                            None => {
+                                let (mirror, plan) = idle.take().expect("not receiving a file");
+                                if plan.entry(&f.path).is_none() {
+                                    return Err(bad(format!("{:?} was not asked for", f.path)));
+                                }
+                                Receiving::start(mirror, plan, f.path.clone())
+                            }
+                        };
+                        // A send fails only when the writer stopped reading (a file longer
+                        // than listed): its error comes with the end of the file.
+                        if !f.data.is_empty() {
+                            let _ = r.chunks.send(f.data).await;
+                        }
                         if f.eof {
-                            tokio::task::block_in_place(|| {
-                                mirror.write_file(&mut plan, &f.path, &mut buf.as_slice())
-                            })
-                            .map_err(bad)?;
-                            buf.clear();
+                            let (mirror, plan, written) = r.finish().await?;
+                            written.map_err(bad)?;
+                            idle = Some((mirror, plan));
+                        } else {
+                            receiving = Some(r);
                         }
                     }
-                    pb::client_message::Msg::Done(d) if d.name == lc.name => break,
+                    pb::client_message::Msg::Done(d)
+                        if d.name == lc.name && receiving.is_none() =>
+                    {
+                        break
+                    }
                     _ => return Err(bad(format!("unexpected message syncing {:?}", lc.name))),
                 }
             }
+            let (mut mirror, plan) = idle.take().expect("no file is being received");
             let stats = tokio::task::block_in_place(|| mirror.finish(plan)).map_err(bad)?;
             files += stats.files;
             bytes += stats.bytes;
@@ -580,5 +603,100 @@ async fn stream_output(
         if n == 0 {
             return Ok(());
         }
+    }
+}
+
+/// A context file being received: its pieces go through `chunks` to
+/// [`kiln_contextsync::Mirror::write_file`] running on a blocking thread.
+struct Receiving {
+    path: String,
+    chunks: mpsc::Sender<Vec<u8>>,
+    writer: tokio::task::JoinHandle<Written>,
+}
+
+type Written = (
+    kiln_contextsync::Mirror,
+    kiln_contextsync::Plan,
+    Result<u64, kiln_contextsync::Error>,
+);
+
+impl Receiving {
+    fn start(
+        mut mirror: kiln_contextsync::Mirror,
+        mut plan: kiln_contextsync::Plan,
+        path: String,
+    ) -> Receiving {
+        let (chunks, rx) = mpsc::channel(4);
+        let name = path.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut reader = ChunkReader {
+                rx,
+                chunk: Vec::new(),
+                pos: 0,
+            };
+            let written = mirror.write_file(&mut plan, &name, &mut reader);
+            (mirror, plan, written)
+        });
+        Receiving {
+            path,
+            chunks,
+            writer,
+        }
+    }
+
+    /// Ends the file (no more pieces) and waits for the writer.
+    async fn finish(self) -> Result<Written, Status> {
+        drop(self.chunks);
+        self.writer.await.map_err(internal)
+    }
+}
+
+/// The pieces of one file as a `Read`, for the mirror's blocking writer.
+struct ChunkReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.blocking_recv() {
+                Some(c) => {
+                    self.chunk = c;
+                    self.pos = 0;
+                }
+                // The file ended.
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.pos);
+        out[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[test]
+    fn a_file_arriving_in_pieces_reads_whole() {
+        let (tx, rx) = mpsc::channel(4);
+        for piece in [&b"ab"[..], b"", b"cde", b"f"] {
+            tx.try_send(piece.to_vec()).unwrap();
+        }
+        drop(tx);
+        let mut reader = ChunkReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        };
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"abcdef");
     }
 }

@@ -570,11 +570,14 @@ fn local_outputs_and_named_directory_contexts_go_through_the_daemon() {
         "ctx",
         &[(
             "Dockerfile",
-            "FROM bb AS build\nCOPY --from=extra sub/note.txt /out/note.txt\n\
+            "FROM bb AS build\nCOPY --from=extra sub/note.txt big.bin /out/\n\
                  RUN echo built > /out/built.txt\nFROM scratch\nCOPY --from=build /out/ /\n",
         )],
     );
     k.write("extra", &[("sub/note.txt", "from the named context\n")]);
+    // Bigger than one piece of the wire (1 MiB): it arrives in several.
+    let big: Vec<u8> = (0..3_500_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(k.path("extra/big.bin"), &big).unwrap();
     let daemon = Daemon::start(&k);
     let out = k.path("out-dir");
     let dest = format!("type=local,dest={}", out.display());

@@ -451,12 +451,11 @@ impl Engine {
                 wanted.push(edge.vertex);
             }
         }
-        let mut explained = Vec::new();
-        let (outputs, steps) = if wanted.is_empty() {
-            (Vec::new(), Vec::new())
+        let (outputs, steps, explained) = if wanted.is_empty() {
+            (Vec::new(), Vec::new(), Vec::new())
         } else {
             let (solution, steps) = run_solver(&solver, &graph, &def, &wanted, &cancel).await?;
-            explained = if multi {
+            let explained = if multi {
                 self.keep_explain_platforms(
                     &req,
                     &targets,
@@ -471,7 +470,7 @@ impl Engine {
                 let statuses = &solution.vertices;
                 self.keep_explain(&req, platform, &def, statuses, &recorder, &mut warnings)
             };
-            (solution.outputs, steps)
+            (solution.outputs, steps, explained)
         };
         let built = platforms::results(&targets, &def, &wanted, outputs, configs);
         // What `--cache-to` exports (every platform's result into one cache); a `type=inline`

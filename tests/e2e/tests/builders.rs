@@ -297,6 +297,46 @@ fn ls_and_inspect_show_what_a_running_daemon_reports() {
     ])
     .ok();
 
+    // --bootstrap checks the nodes answer: fine for the daemon, an error for a missing one
+    // (the builder is kept, as buildx keeps it).
+    let boot = k
+        .run(&["builder", "create", "--name", "live", "--bootstrap", &addr])
+        .ok();
+    assert_eq!(boot.stdout, "live\n");
+    let boot = k
+        .run(&[
+            "builder",
+            "create",
+            "--name",
+            "dead",
+            "--bootstrap",
+            &missing,
+        ])
+        .fails();
+    assert!(
+        boot.stderr.contains(&format!(
+            "failed to bootstrap builder dead (node dead0): cannot reach builder at {missing}"
+        )),
+        "{}",
+        boot.stderr
+    );
+    k.run(&["builder", "rm", "live", "dead"]).ok();
+
+    // The JSON listing, for scripts.
+    let json = k.run(&["builder", "ls", "--format", "json"]).ok().stdout;
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{json}");
+    assert_eq!(lines[1]["Name"], "b1");
+    assert_eq!(lines[1]["Nodes"][0]["Status"], "running");
+    assert_eq!(
+        lines[1]["Nodes"][0]["Platforms"],
+        serde_json::json!(["linux/amd64*", "linux/arm64"])
+    );
+    assert_eq!(lines[1]["Nodes"][1]["Status"], "inactive");
+
     let ls = k.run(&["builder", "ls"]).ok();
     let table = rows(&ls.stdout);
     // n1 answers: running, its declared platform marked, then the one it reports besides.

@@ -54,6 +54,11 @@ pub struct CreateArgs {
     /// Set the current builder instance.
     #[arg(long = "use")]
     use_it: bool,
+    /// Check that every node's daemon answers once the builder is saved (buildx boots it).
+    #[arg(long)]
+    bootstrap: bool,
+    #[command(flatten)]
+    timeout: TimeoutArg,
     /// The daemon's address: unix:///path/to.sock or tcp://HOST:PORT.
     endpoint: Option<String>,
 }
@@ -74,6 +79,16 @@ pub struct LsArgs {
     /// Don't truncate output (the platform lists).
     #[arg(long = "no-trunc")]
     no_trunc: bool,
+    /// Format the output: `table`, or `json` (one object per builder and line, for scripts).
+    #[arg(long, value_enum, default_value = "table")]
+    format: LsFormat,
+}
+
+/// `kiln builder ls --format`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LsFormat {
+    Table,
+    Json,
 }
 
 /// `kiln builder use` flags.
@@ -177,7 +192,7 @@ fn create(store: &Store, args: &CreateArgs) -> Result<ExitCode> {
         tls: parse_driver_opts(&args.driver_opts, &cwd)?,
         endpoint,
     };
-    let _lock = store.lock()?;
+    let lock = store.lock()?;
     let name = match name {
         Some(n) => n,
         None => generate_name(store)?,
@@ -187,6 +202,22 @@ fn create(store: &Store, args: &CreateArgs) -> Result<ExitCode> {
     store.save(&builder)?;
     if args.use_it {
         store.set_current(Some(&builder.name))?;
+    }
+    drop(lock);
+    if args.bootstrap {
+        // As buildx: the builder stays saved; what failed is said, and the exit status shows it.
+        let states = probe_all(std::slice::from_ref(&builder), args.timeout.timeout);
+        let states = states.first().map_or(&[][..], Vec::as_slice);
+        for (n, st) in builder.nodes.iter().zip(states) {
+            if !st.running {
+                bail!(
+                    "failed to bootstrap builder {} (node {}): {}",
+                    builder.name,
+                    n.name,
+                    st.error.as_deref().unwrap_or("the daemon did not answer")
+                );
+            }
+        }
     }
     println!("{}", builder.name);
     Ok(ExitCode::SUCCESS)
@@ -686,6 +717,12 @@ fn ls(store: &Store, args: &LsArgs) -> Result<ExitCode> {
         }
     };
     let states = probe_all(&builders, args.timeout.timeout);
+    if args.format == LsFormat::Json {
+        for line in ls_json(&builders, &states, &current, &local_platforms()) {
+            println!("{line}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     print!(
         "{}",
         ls_table(
@@ -714,6 +751,60 @@ fn ls(store: &Store, args: &LsArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ls --format json`: a line per builder, `default` first, each node with its status,
+/// platforms (declared ones marked `*`, as in the table), version and error.
+fn ls_json(
+    builders: &[Builder],
+    states: &[Vec<NodeState>],
+    current: &str,
+    local: &[String],
+) -> Vec<String> {
+    let mut out = vec![serde_json::json!({
+        "Name": DEFAULT,
+        "Driver": "local",
+        "Current": current == DEFAULT,
+        "Nodes": [{
+            "Name": DEFAULT,
+            "Endpoint": "local",
+            "Status": "running",
+            "Platforms": local,
+        }],
+    })
+    .to_string()];
+    for (b, states) in builders.iter().zip(states) {
+        let nodes: Vec<serde_json::Value> = b
+            .nodes
+            .iter()
+            .zip(states)
+            .map(|(n, s)| {
+                let mut node = serde_json::json!({
+                    "Name": n.name,
+                    "Endpoint": n.endpoint.to_string(),
+                    "Status": s.status(),
+                    "Platforms": platforms_list(&n.platforms, &s.reported),
+                });
+                if let Some(v) = &s.version {
+                    node["Version"] = v.as_str().into();
+                }
+                if let Some(e) = &s.error {
+                    node["Error"] = e.as_str().into();
+                }
+                node
+            })
+            .collect();
+        out.push(
+            serde_json::json!({
+                "Name": b.name,
+                "Driver": b.driver.to_string(),
+                "Current": current == b.name,
+                "Nodes": nodes,
+            })
+            .to_string(),
+        );
+    }
+    out
 }
 
 /// The table buildx's `ls` prints: a row per builder (`*` on the current one), then one per
@@ -1267,6 +1358,45 @@ Error:    cannot reach unix:///run/n2.sock: No such file
         ] {
             assert_eq!(truncate_platforms(&list(input), 4), expected, "{input:?}");
         }
+    }
+
+    #[test]
+    fn ls_json_is_a_line_per_builder() {
+        let b = Builder {
+            name: "b1".into(),
+            driver: Driver::Remote,
+            nodes: vec![Node {
+                name: "n1".into(),
+                endpoint: Address::parse("unix:///run/n1.sock").unwrap(),
+                platforms: vec![p("linux/amd64")],
+                tls: None,
+            }],
+        };
+        let states = vec![vec![NodeState {
+            error: Some("cannot reach builder at unix:///run/n1.sock: gone".into()),
+            ..NodeState::default()
+        }]];
+        let lines = ls_json(&[b], &states, "b1", &["linux/amd64".to_owned()]);
+        assert_eq!(lines.len(), 2);
+        let default: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(default["Name"], "default");
+        assert_eq!(default["Current"], false);
+        let b1: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+        assert_eq!(
+            b1,
+            serde_json::json!({
+                "Name": "b1",
+                "Driver": "remote",
+                "Current": true,
+                "Nodes": [{
+                    "Name": "n1",
+                    "Endpoint": "unix:///run/n1.sock",
+                    "Status": "inactive",
+                    "Platforms": ["linux/amd64*"],
+                    "Error": "cannot reach builder at unix:///run/n1.sock: gone",
+                }],
+            })
+        );
     }
 
     #[test]

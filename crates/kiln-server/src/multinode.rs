@@ -296,7 +296,12 @@ fn relabel_failure(label: &str, mut f: FailureView) -> FailureView {
     match &mut f.step {
         Some((id, name)) => {
             *id = reid(label, id);
-            *name = relabel(label, name);
+            let named = relabel(label, name);
+            // The message opens with the step's name, as a local build's does.
+            if let Some(rest) = f.message.strip_prefix(name.as_str()) {
+                f.message = format!("{named}{rest}");
+            }
+            *name = named;
         }
         None => f.message = format!("[{label}] {}", f.message),
     }

@@ -439,11 +439,17 @@ fn the_first_node_to_fail_cancels_the_others() {
         "{}",
         run.stderr
     );
-    // The failure is arm64's, its step named with its platform, as a local build shows it.
+    // The failure is arm64's, its step named with its platform, as a local build of several
+    // platforms shows it: the step's last lines, then the error.
     assert!(
-        run.stderr.contains(" > [linux/arm64 ") || last.contains("linux/arm64"),
+        run.stderr.contains(" > [linux/arm64 1/1] RUN "),
         "{}",
         run.stderr
+    );
+    assert!(
+        last.starts_with("ERROR: failed to solve: [linux/arm64 1/1] RUN ")
+            && last.ends_with("exit code: 7"),
+        "{last}"
     );
     // Node a's build ended, cancelled, not after its minute.
     a.line("build 1: failed", Duration::from_secs(20));

@@ -314,7 +314,8 @@ fn each_nodes_steps_are_named_with_its_platform_and_kept_apart() {
     let f = relabel_failure(
         "linux/arm64",
         FailureView {
-            message: "process did not complete successfully".to_owned(),
+            message: "[2/3] RUN make (sha256:0123): process did not complete successfully"
+                .to_owned(),
             step: Some((Digest::of(b"step"), "[2/3] RUN make".to_owned())),
             step_line: Some(3),
             frontend_line: None,
@@ -327,7 +328,10 @@ fn each_nodes_steps_are_named_with_its_platform_and_kept_apart() {
             "[linux/arm64 2/3] RUN make".to_owned()
         ))
     );
-    assert_eq!(f.message, "process did not complete successfully");
+    assert_eq!(
+        f.message,
+        "[linux/arm64 2/3] RUN make (sha256:0123): process did not complete successfully"
+    );
     let f = relabel_failure(
         "linux/arm64",
         FailureView {

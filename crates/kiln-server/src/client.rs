@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kiln_api::v1 as pb;
 use kiln_api::v1::builder_client::BuilderClient;
-use kiln_engine::{BuildRequest, Export, TarDest};
+use kiln_engine::{BuildRequest, Export, SecretSource, TarDest};
 use kiln_solver::{CancellationToken, ProgressSink};
 use kiln_types::Digest;
 use sha2::{Digest as _, Sha256};
@@ -310,6 +310,10 @@ impl Client {
                         let _ = send(&out_tx, listing(name, entries)).await;
                     }
                 }
+                pb::server_message::Msg::Secret(ask) => {
+                    let answer = secret_answer(&req.secrets, ask.id);
+                    let _ = send(&out_tx, pb::client_message::Msg::Secret(answer)).await;
+                }
                 pb::server_message::Msg::Progress(p) => {
                     if let Ok(event) = wire::event_from_wire(p) {
                         progress.send(event);
@@ -341,6 +345,33 @@ impl Client {
             addr: self.addr.to_string(),
             why: why.to_owned(),
         }
+    }
+}
+
+/// The answer to the daemon's request for secret `id`: read now, from the `--secret` source,
+/// and sent only to the session that asked.
+fn secret_answer(secrets: &BTreeMap<String, SecretSource>, id: String) -> pb::SecretAnswer {
+    let read = match secrets.get(&id) {
+        Some(SecretSource::File(p)) => {
+            std::fs::read(p).map_err(|e| format!("read {}: {e}", p.display()))
+        }
+        Some(SecretSource::Env(var)) => std::env::var_os(var)
+            .map(|v| v.into_encoded_bytes())
+            .ok_or_else(|| format!("environment variable {var} is not set")),
+        Some(SecretSource::Provider(p)) => p.0.secret(&id),
+        None => Err(format!("no --secret with id {id:?} was given")),
+    };
+    match read {
+        Ok(data) => pb::SecretAnswer {
+            id,
+            data,
+            error: None,
+        },
+        Err(e) => pb::SecretAnswer {
+            id,
+            data: Vec::new(),
+            error: Some(e),
+        },
     }
 }
 

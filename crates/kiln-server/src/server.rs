@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use kiln_api::v1 as pb;
 use kiln_api::v1::builder_server::{Builder, BuilderServer};
@@ -498,12 +499,24 @@ impl Session {
             contexts,
             outputs: outputs.clone(),
         };
-        let req = wire::request_from_wire(request, &placed)?;
+        let secrets = Arc::new(SessionSecrets {
+            out: tx.clone(),
+            waiting: std::sync::Mutex::new(Vec::new()),
+        });
+        let provided = kiln_engine::ProvidedSecret(secrets.clone());
+        let req = wire::request_from_wire(request, &placed, &provided)?;
+        drop(provided);
 
-        // The client leaving (its side closed or broken) cancels the build.
+        // From here the client only answers secret requests; its leaving (its side closed or
+        // broken) cancels the build.
         let cancel = self.cancel.clone();
         let watcher = tokio::spawn(async move {
-            while let Ok(Some(_)) = inbound.message().await {}
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(pb::client_message::Msg::Secret(answer)) = m.msg {
+                    secrets.answer(answer);
+                }
+            }
+            secrets.abandon();
             cancel.cancel();
         });
 
@@ -560,6 +573,69 @@ impl Session {
         forward.abort();
         drop(mirrors);
         Ok(())
+    }
+}
+
+/// How long a step waits for the client's answer to a secret request.
+const SECRET_TIMEOUT: Duration = Duration::from_secs(60);
+
+type SecretWaiter = std::sync::mpsc::Sender<Result<Vec<u8>, String>>;
+
+/// The session's `--secret`s: asked of the client when a step mounts one (the engine calls
+/// from the step's blocking thread), handed to the step, never kept.
+struct SessionSecrets {
+    out: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    waiting: std::sync::Mutex<Vec<(String, SecretWaiter)>>,
+}
+
+impl SessionSecrets {
+    /// Hands the client's answer to the step waiting for it.
+    fn answer(&self, answer: pb::SecretAnswer) {
+        let Ok(mut waiting) = self.waiting.lock() else {
+            return;
+        };
+        if let Some(i) = waiting.iter().position(|(id, _)| *id == answer.id) {
+            let (_, waiter) = waiting.remove(i);
+            let _ = waiter.send(match answer.error {
+                Some(e) => Err(e),
+                None => Ok(answer.data),
+            });
+        }
+    }
+
+    /// The client is gone: every waiting step gets an error now.
+    fn abandon(&self) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.clear();
+        }
+    }
+}
+
+impl kiln_engine::SecretProvider for SessionSecrets {
+    fn secret(&self, id: &str) -> Result<Vec<u8>, String> {
+        let (waiter, answer) = std::sync::mpsc::channel();
+        self.waiting
+            .lock()
+            .map_err(|_| "the session's secret table is poisoned".to_owned())?
+            .push((id.to_owned(), waiter));
+        let ask = pb::ServerMessage {
+            msg: Some(pb::server_message::Msg::Secret(pb::SecretRequest {
+                id: id.to_owned(),
+            })),
+        };
+        self.out
+            .blocking_send(Ok(ask))
+            .map_err(|_| "the client went away".to_owned())?;
+        match answer.recv_timeout(SECRET_TIMEOUT) {
+            Ok(answer) => answer,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(format!(
+                "the client did not send it within {}s",
+                SECRET_TIMEOUT.as_secs()
+            )),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                Err("the client went away".to_owned())
+            }
+        }
     }
 }
 

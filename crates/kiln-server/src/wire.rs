@@ -8,7 +8,7 @@ use std::time::Duration;
 use kiln_api::v1 as pb;
 use kiln_engine::{
     Annotation, BuildRequest, Call, CompressionKind, Entitlement, ExecRuntime, Export, HostEntry,
-    ImageFormat, NetworkMode, RunOptions, Status, Ulimit, UlimitResource,
+    ImageFormat, NetworkMode, RunOptions, SecretSource, Status, Ulimit, UlimitResource,
 };
 use kiln_solver::Event;
 use kiln_types::image::Descriptor;
@@ -131,13 +131,6 @@ pub fn request_to_wire(
     local_contexts: Vec<pb::LocalContext>,
     remote_contexts: BTreeMap<String, String>,
 ) -> Result<pb::BuildRequest, crate::Error> {
-    if !req.secrets.is_empty() {
-        return Err(crate::Error::Unsupported(
-            "--secret is not supported with a remote builder yet (secrets are to be served by \
-             the client on request, never stored by the daemon): build locally for now"
-                .to_owned(),
-        ));
-    }
     if !req.ssh.is_empty() {
         return Err(crate::Error::Unsupported(
             "--ssh is not supported with a remote builder yet: build locally for now".to_owned(),
@@ -205,6 +198,7 @@ pub fn request_to_wire(
         no_cache_filter: req.no_cache_filter.clone(),
         labels: req.labels.clone().into_iter().collect(),
         call: req.call.map(|c| c.name().to_owned()).unwrap_or_default(),
+        secrets: req.secrets.keys().cloned().collect(),
     })
 }
 
@@ -220,7 +214,11 @@ pub struct Placed {
 }
 
 /// The engine request for a wire request whose files were placed at `placed`.
-pub fn request_from_wire(w: pb::BuildRequest, placed: &Placed) -> Result<BuildRequest, Invalid> {
+pub fn request_from_wire(
+    w: pb::BuildRequest,
+    placed: &Placed,
+    secrets: &kiln_engine::ProvidedSecret,
+) -> Result<BuildRequest, Invalid> {
     let context = match placed.contexts.get("") {
         Some((dir, None)) => dir.clone(),
         _ => {
@@ -293,7 +291,11 @@ pub fn request_from_wire(w: pb::BuildRequest, placed: &Placed) -> Result<BuildRe
             .collect::<Result<_, _>>()?,
         exports,
         tags: w.tags,
-        secrets: BTreeMap::new(),
+        secrets: w
+            .secrets
+            .iter()
+            .map(|id| (id.clone(), SecretSource::Provider(secrets.clone())))
+            .collect(),
         runtime: match pb::Runtime::try_from(w.runtime) {
             Ok(pb::Runtime::Runc) => ExecRuntime::Runc,
             _ => ExecRuntime::Embedded,

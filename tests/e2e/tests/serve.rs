@@ -633,3 +633,73 @@ fn ctrl_c_on_the_client_cancels_the_build_on_the_daemon() {
     // The daemon saw the build end (cancelled), long before the step's 120 s.
     daemon.line("build 1: failed");
 }
+
+#[test]
+fn secrets_are_served_by_the_client_when_a_step_mounts_them_and_never_kept() {
+    const SECRET: &str = "s3cret-from-the-client-7f3a";
+    let k = Kiln::new(PLUGINS);
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            // The Dockerfile holds the secret upper-cased, so that only the secret itself is
+            // looked for on the daemon's disk.
+            "FROM bb\nRUN --mount=type=secret,id=tok,required=true \
+             test \"$(tr a-z A-Z < /run/secrets/tok)\" = S3CRET-FROM-THE-CLIENT-7F3A && echo secret-seen\n\
+             RUN --mount=type=secret,id=envtok,env=TOK test \"$TOK\" = from-env && echo env-seen\n",
+        )],
+    );
+    k.write("secrets", &[("tok", SECRET)]);
+    let daemon = Daemon::start(&k);
+    let file = format!("id=tok,src={}", k.path("secrets/tok").display());
+    let mut args = vec![
+        "build".to_owned(),
+        "--builder".to_owned(),
+        daemon.addr.clone(),
+    ];
+    args.extend(base_flags());
+    args.extend([
+        "--secret".to_owned(),
+        file,
+        "--secret".to_owned(),
+        "id=envtok,env=KILN_TEST_TOKEN".to_owned(),
+        ctx.display().to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = k.run_env(&[("KILN_TEST_TOKEN", "from-env")], &args).ok();
+    assert!(run.stderr.contains("secret-seen"), "{}", run.stderr);
+    assert!(run.stderr.contains("env-seen"), "{}", run.stderr);
+    // The daemon kept it nowhere: not in its store, mirrors or session directories.
+    let kept = kiln_e2e::files_containing(&k.path("daemon-root"), SECRET.as_bytes());
+    assert!(
+        kept.is_empty(),
+        "the secret is on the daemon's disk: {kept:?}"
+    );
+
+    // A secret the client does not have fails the step, naming it, as a local build does.
+    let ctx2 = k.write(
+        "ctx2",
+        &[(
+            "Dockerfile",
+            "FROM bb\nRUN --mount=type=secret,id=missing,required=true cat /run/secrets/missing\n",
+        )],
+    );
+    let failed = build(&k, Some(&daemon.addr), &[], &ctx2.display().to_string()).fails();
+    let local = build(&k, None, &[], &ctx2.display().to_string()).fails();
+    let error = |stderr: &str| {
+        let line = stderr
+            .lines()
+            .rfind(|l| l.starts_with("ERROR: "))
+            .unwrap_or_else(|| panic!("no ERROR line in:\n{stderr}"))
+            .to_owned();
+        failure_report(&format!("------\n{line}"))
+            .pop()
+            .unwrap_or_default()
+    };
+    assert_eq!(error(&failed.stderr), error(&local.stderr));
+    assert!(
+        error(&failed.stderr).contains("missing"),
+        "{}",
+        failed.stderr
+    );
+}

@@ -70,45 +70,27 @@ fn builders_are_created_appended_listed_used_and_removed() {
     assert_eq!(doc["nodes"][1]["name"], "n2");
     assert_eq!(doc["nodes"][1]["platforms"][0]["architecture"], "arm64");
 
-    // Refusals, with buildx's reasons.
-    let err = k
-        .run(&[
-            "builder",
-            "create",
-            "--name",
-            "b1",
-            "--append",
-            "--node",
-            "n2",
-            "unix:///x.sock",
-        ])
-        .fails();
-    assert!(
-        err.stderr
-            .contains("node \"n2\" already exists in builder \"b1\""),
-        "{}",
-        err.stderr
-    );
-    let err = k
-        .run(&["builder", "create", "--name", "b1", "--append", &n1])
-        .fails();
-    assert!(
-        err.stderr.contains("invalid duplicate endpoint"),
-        "{}",
-        err.stderr
-    );
-    let err = k
-        .run(&["builder", "create", "--platform", "nonsense", &n1])
-        .fails();
-    assert!(
-        err.stderr.contains("invalid --platform \"nonsense\""),
-        "{}",
-        err.stderr
-    );
-    let err = k
-        .run(&["builder", "create", "--name", "default", &n1])
-        .fails();
-    assert!(err.stderr.contains("reserved name"), "{}", err.stderr);
+    // Refusals, with buildx's reasons; nothing is changed by them.
+    let before = std::fs::read_to_string(&file).unwrap();
+    for (args, why) in [
+        (
+            &["--name", "b1", "--append", "--node", "n2", "unix:///x.sock"][..],
+            "node \"n2\" already exists in builder \"b1\"",
+        ),
+        (
+            &["--name", "b1", "--append", &n1],
+            "invalid duplicate endpoint",
+        ),
+        (
+            &["--platform", "nonsense", &n1],
+            "invalid --platform \"nonsense\"",
+        ),
+        (&["--name", "default", &n1], "reserved name"),
+    ] {
+        let err = k.run(&[&["builder", "create"][..], args].concat()).fails();
+        assert!(err.stderr.contains(why), "{args:?}: {}", err.stderr);
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
 
     // `ls`: default is current; b1's nodes with their endpoints, status, declared platforms.
     let ls = k.run(&["builder", "ls"]).ok();

@@ -982,39 +982,46 @@ mod tests {
         s.parse::<Platform>().unwrap().normalize()
     }
 
-    fn req(endpoint: Option<&str>) -> CreateRequest {
-        CreateRequest {
+    /// `kiln builder create --name NAME ARGS` on `existing`, ARGS written as on the command
+    /// line (`--append`, `--leave`, `--node N`, `--platform P`, an endpoint).
+    fn create(existing: Option<&Builder>, name: &str, args: &str) -> Result<Builder> {
+        let mut req = CreateRequest {
             append: false,
             leave: false,
             node: None,
             platforms: Vec::new(),
             tls: None,
-            endpoint: endpoint.map(|e| Address::parse(e).unwrap()),
+            endpoint: None,
+        };
+        let mut words = args.split_whitespace();
+        while let Some(w) = words.next() {
+            match w {
+                "--append" => req.append = true,
+                "--leave" => req.leave = true,
+                "--node" => req.node = words.next().map(ToOwned::to_owned),
+                "--platform" => {
+                    req.platforms = parse_platforms(&[words.next().unwrap().to_owned()]).unwrap()
+                }
+                endpoint => req.endpoint = Some(Address::parse(endpoint).unwrap()),
+            }
         }
+        apply(existing.cloned(), name, req)
     }
 
     #[test]
     fn create_makes_a_builder_and_append_adds_nodes() {
-        let b = apply(
+        let b = create(
             None,
             "b1",
-            CreateRequest {
-                node: Some("n1".into()),
-                platforms: vec![p("linux/amd64")],
-                ..req(Some("unix:///run/a.sock"))
-            },
+            "--node n1 --platform linux/amd64 unix:///run/a.sock",
         )
         .unwrap();
         assert_eq!(b.nodes.len(), 1);
         assert_eq!(b.nodes[0].name, "n1");
-        let b = apply(
-            Some(b),
+        let b = create(
+            Some(&b),
             "b1",
-            CreateRequest {
-                append: true,
-                platforms: vec![p("linux/arm64")],
-                ..req(Some("unix:///run/b.sock"))
-            },
+            "--append --platform linux/arm64 unix:///run/b.sock",
         )
         .unwrap();
         // A node given no name gets buildx's: the builder's name and a number.
@@ -1025,125 +1032,77 @@ mod tests {
 
     #[test]
     fn create_refuses_what_buildx_refuses() {
-        let one = apply(
-            None,
-            "b1",
-            CreateRequest {
-                node: Some("n1".into()),
-                ..req(Some("unix:///run/a.sock"))
-            },
-        )
-        .unwrap();
-        let err = |r: Result<Builder>| format!("{:#}", r.unwrap_err());
-        // Appending a node whose name exists.
-        let e = err(apply(
-            Some(one.clone()),
-            "b1",
-            CreateRequest {
-                append: true,
-                node: Some("n1".into()),
-                ..req(Some("unix:///run/b.sock"))
-            },
-        ));
-        assert!(
-            e.contains("node \"n1\" already exists in builder \"b1\""),
-            "{e}"
-        );
-        // The same endpoint twice.
-        let e = err(apply(
-            Some(one.clone()),
-            "b1",
-            CreateRequest {
-                append: true,
-                ..req(Some("unix:///run/a.sock"))
-            },
-        ));
-        assert!(
-            e.contains("invalid duplicate endpoint unix:///run/a.sock"),
-            "{e}"
-        );
-        // An existing builder without --append or --node.
-        let e = err(apply(
-            Some(one.clone()),
-            "b1",
-            req(Some("unix:///run/c.sock")),
-        ));
-        assert!(e.contains("no append mode"), "{e}");
-        // Appending to a builder that does not exist.
-        let e = err(apply(
-            None,
-            "nope",
-            CreateRequest {
-                append: true,
-                ..req(Some("unix:///run/c.sock"))
-            },
-        ));
-        assert!(
-            e.contains("failed to find instance \"nope\" for append"),
-            "{e}"
-        );
-        // No endpoint.
-        let e = err(apply(None, "b2", req(None)));
-        assert!(e.contains("no remote endpoint provided"), "{e}");
-        // Leaving the last node.
-        let e = err(apply(
-            Some(one),
-            "b1",
-            CreateRequest {
-                leave: true,
-                node: Some("n1".into()),
-                ..req(None)
-            },
-        ));
-        assert!(e.contains("can not leave last node"), "{e}");
+        let one = create(None, "b1", "--node n1 unix:///run/a.sock").unwrap();
+        for (existing, name, args, why) in [
+            (
+                Some(&one),
+                "b1",
+                "--append --node n1 unix:///run/b.sock",
+                "node \"n1\" already exists in builder \"b1\"",
+            ),
+            (
+                Some(&one),
+                "b1",
+                "--append unix:///run/a.sock",
+                "invalid duplicate endpoint unix:///run/a.sock",
+            ),
+            (Some(&one), "b1", "unix:///run/c.sock", "no append mode"),
+            (
+                None,
+                "nope",
+                "--append unix:///run/c.sock",
+                "failed to find instance \"nope\" for append",
+            ),
+            (None, "b2", "", "no remote endpoint provided"),
+            (
+                Some(&one),
+                "b1",
+                "--leave --node n1",
+                "can not leave last node",
+            ),
+            (
+                Some(&one),
+                "b1",
+                "--node n9 unix:///run/c.sock",
+                "node n9 not found, did you mean to append?",
+            ),
+        ] {
+            let e = format!("{:#}", create(existing, name, args).unwrap_err());
+            assert!(e.contains(why), "{args}: {e}");
+        }
     }
 
     #[test]
     fn a_platform_is_declared_by_the_last_node_given_it() {
-        let b = apply(
+        let b = create(
             None,
             "b1",
-            CreateRequest {
-                platforms: vec![p("linux/amd64"), p("linux/arm64")],
-                ..req(Some("unix:///run/a.sock"))
-            },
+            "--platform linux/amd64,linux/arm64 unix:///run/a.sock",
         )
         .unwrap();
-        let b = apply(
-            Some(b),
+        let b = create(
+            Some(&b),
             "b1",
-            CreateRequest {
-                append: true,
-                platforms: vec![p("linux/arm64")],
-                ..req(Some("unix:///run/b.sock"))
-            },
+            "--append --platform linux/arm64 unix:///run/b.sock",
         )
         .unwrap();
         assert_eq!(b.nodes[0].platforms, vec![p("linux/amd64")]);
         assert_eq!(b.nodes[1].platforms, vec![p("linux/arm64")]);
+        // Leaving takes the node out, the others stay.
+        let b = create(Some(&b), "b1", "--leave --node b10").unwrap();
+        assert_eq!(b.nodes.len(), 1);
+        assert_eq!(b.nodes[0].name, "b11");
     }
 
     #[test]
     fn changing_a_node_by_name_keeps_what_was_not_given() {
-        let b = apply(
+        let b = create(
             None,
             "b1",
-            CreateRequest {
-                node: Some("n1".into()),
-                platforms: vec![p("linux/amd64")],
-                ..req(Some("unix:///run/a.sock"))
-            },
+            "--node n1 --platform linux/amd64 unix:///run/a.sock",
         )
         .unwrap();
-        let b = apply(
-            Some(b),
-            "b1",
-            CreateRequest {
-                node: Some("n1".into()),
-                ..req(Some("tcp://10.0.0.9:1234"))
-            },
-        )
-        .unwrap();
+        let b = create(Some(&b), "b1", "--node n1 tcp://10.0.0.9:1234").unwrap();
         assert_eq!(b.nodes.len(), 1);
         assert_eq!(b.nodes[0].endpoint.to_string(), "tcp://10.0.0.9:1234");
         assert_eq!(b.nodes[0].platforms, vec![p("linux/amd64")]);

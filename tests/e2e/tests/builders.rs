@@ -376,6 +376,117 @@ fn ls_and_inspect_show_what_a_running_daemon_reports() {
     assert_eq!(table[4][2], "inactive");
 }
 
+/// A CA, and a daemon and a client certificate it signed, for 127.0.0.1, made in `dir` by the
+/// openssl CLI.
+const MAKE_CERTS: &str = r#"
+command -v openssl >/dev/null || { echo "openssl is required for this test" >&2; exit 1; }
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+key ca.key
+openssl req -x509 -key ca.key -out ca.pem -days 2 -subj /CN=ca   -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
+for who in server client; do
+  usage=serverAuth; [ "$who" = client ] && usage=clientAuth
+  key "$who.key"
+  openssl req -new -key "$who.key" -out "$who.csr" -subj "/CN=$who"
+  printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=%s\n' "$usage" > "$who.ext"
+  openssl x509 -req -in "$who.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+    -extfile "$who.ext" -out "$who.pem" 2>/dev/null
+done
+"#;
+
+#[test]
+fn a_mutual_tls_node_answers_with_its_client_certificate_only() {
+    let k = Kiln::new(&[]);
+    let certs = k.path("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    kiln_e2e::sh(&certs, MAKE_CERTS);
+    let c = |f: &str| certs.join(f).display().to_string();
+    let root = k.path("daemon-store");
+    let mut daemon = k.spawn(
+        &[("KILN_ROOT", root.to_str().unwrap())],
+        &[
+            "serve",
+            "--addr",
+            "tcp://127.0.0.1:0",
+            "--tlscacert",
+            &c("ca.pem"),
+            "--tlscert",
+            &c("server.pem"),
+            "--tlskey",
+            &c("server.key"),
+        ],
+    );
+    assert!(
+        daemon.wait_for_line("listening on tcp://", std::time::Duration::from_secs(30)),
+        "{}",
+        daemon.seen.join("\n")
+    );
+    // Port 0: the daemon says which port it got.
+    let addr = daemon
+        .seen
+        .last()
+        .and_then(|l| l.split("listening on ").nth(1))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let with_cert = format!(
+        "cacert={},cert={},key={}",
+        c("ca.pem"),
+        c("client.pem"),
+        c("client.key")
+    );
+    k.run(&[
+        "builder",
+        "create",
+        "--name",
+        "mtls",
+        "--driver-opt",
+        &with_cert,
+        "--bootstrap",
+        &addr,
+    ])
+    .ok();
+    let ca_only = format!("cacert={}", c("ca.pem"));
+    k.run(&[
+        "builder",
+        "create",
+        "--name",
+        "nocert",
+        "--driver-opt",
+        &ca_only,
+        &addr,
+    ])
+    .ok();
+    let json = k.run(&["builder", "ls", "--format", "json"]).ok().stdout;
+    let status: Vec<(String, String)> = json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|b| {
+            (
+                b["Name"].as_str().unwrap().to_owned(),
+                b["Nodes"][0]["Status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        status,
+        [
+            ("default".to_owned(), "running".to_owned()),
+            ("mtls".to_owned(), "running".to_owned()),
+            ("nocert".to_owned(), "inactive".to_owned()),
+        ]
+    );
+    let inspect = k.run(&["builder", "inspect", "nocert"]).ok().stdout;
+    assert!(
+        inspect
+            .lines()
+            .any(|l| l.starts_with("Error:") && l.contains(&addr)),
+        "{inspect}"
+    );
+    kiln_e2e::tool("kill", &["-TERM", &daemon.id().to_string()]);
+    let (code, log) = daemon.finish(std::time::Duration::from_secs(30));
+    assert_eq!(code, 0, "{log}");
+}
+
 /// Every document of every YAML file under deploy/kubernetes, as JSON values, by file.
 fn manifests() -> Vec<(String, serde_json::Value)> {
     let dir = kiln_e2e::workspace().join("deploy/kubernetes");

@@ -387,8 +387,16 @@ async fn assemble(
                 let d = blobs.write_layout(manifests, format, &req.tags, dest, *tar)?;
                 first.get_or_insert(d);
             }
-            Export::Registry { names, format, .. } => {
-                let d = push_index(done, targets, names, format, registry).await?;
+            Export::Registry {
+                names,
+                format,
+                push_by_digest,
+            } => {
+                let to = IndexTarget {
+                    names,
+                    by_digest: *push_by_digest,
+                };
+                let d = push_index(done, targets, to, format, registry).await?;
                 first.get_or_insert(d);
             }
             Export::Tar { dest } => {
@@ -406,7 +414,7 @@ async fn assemble(
 async fn push_index(
     done: &[(String, String, BuildRequest, OutcomeView)],
     targets: &[Platform],
-    names: &[String],
+    IndexTarget { names, by_digest }: IndexTarget<'_>,
     format: &kiln_engine::ImageFormat,
     registry: &kiln_registry::Registry,
 ) -> Result<Descriptor, Error> {
@@ -457,7 +465,12 @@ async fn push_index(
     let doc = kiln_export::index_document(manifests, format)?;
     let digest = Digest::of(&doc.bytes);
     for name in names {
-        let target = parse_name(name)?;
+        let mut target = parse_name(name)?;
+        // `push-by-digest=true` asked of the build: the index too goes under its digest only.
+        if by_digest {
+            target.tag = None;
+            target.digest = Some(digest);
+        }
         registry
             .put_manifest(&target, &doc.bytes, &doc.media_type)
             .await
@@ -469,6 +482,12 @@ async fn push_index(
     let mut d = Descriptor::new(&doc.media_type, digest, doc.bytes.len() as u64);
     d.annotations = doc.descriptor_annotations;
     Ok(d)
+}
+
+/// Where the client puts the index: the names, and whether under its digest only.
+struct IndexTarget<'a> {
+    names: &'a [String],
+    by_digest: bool,
 }
 
 fn parse_name(name: &str) -> Result<Reference, Error> {

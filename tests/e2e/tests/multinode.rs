@@ -377,6 +377,37 @@ fn two_nodes_push_one_index_by_tag_and_their_images_by_digest() {
 
     assert_each_platform(&k, &image, "pushed", &["--tls-verify=false"]);
     assert_each_node_built_its_platform(&mut a, &mut b, &listed);
+
+    // `push-by-digest=true` asked of the build: the index too goes under its digest only.
+    let meta2 = k.path("meta2.json");
+    let out = format!("type=registry,name={repo}:2,push-by-digest=true");
+    build(
+        &k,
+        &["-o", &out, "--metadata-file", meta2.to_str().unwrap()],
+        &ctx,
+    )
+    .ok();
+    let m = json(&std::fs::read_to_string(&meta2).unwrap());
+    let digest = m["containerimage.digest"].as_str().unwrap();
+    let again = json(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{repo}@{digest}"),
+        ],
+    ));
+    assert_eq!(entries(&again), listed);
+    let tags = json(&tool(
+        "skopeo",
+        &[
+            "list-tags",
+            "--tls-verify=false",
+            &format!("docker://{repo}"),
+        ],
+    ));
+    assert_eq!(tags["Tags"], serde_json::json!(["1"]), "{tags}");
 }
 
 #[test]

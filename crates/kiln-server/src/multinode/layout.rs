@@ -197,6 +197,8 @@ impl Blobs {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
+        // As a one-machine export: the destination's directory is made when missing.
+        fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
         // Written beside the destination and renamed, so a failure leaves no truncated file.
         let tmp = tempfile::Builder::new()
             .prefix(".kiln-output-")

@@ -122,7 +122,8 @@ fn the_nodes_layouts_become_one_layout_naming_an_index_of_every_platform() {
         ],
     )
     .unwrap();
-    let dest = t.path().join("out.tar");
+    // A destination directory that does not exist yet is made, as a one-machine export makes it.
+    let dest = t.path().join("out/dir/out.tar");
     let names = ["localhost:5000/app:1".to_owned()];
     let index = blobs
         .write_layout(manifests, &ImageFormat::default(), &names, &dest, true)

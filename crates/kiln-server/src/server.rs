@@ -90,6 +90,7 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    sweep_sessions(&config.root);
     let token = CancellationToken::new();
     let daemon = Daemon {
         engine: Arc::new(engine),
@@ -168,6 +169,27 @@ pub async fn serve(
                 .serve_with_incoming_shutdown(service, incoming, signal)
                 .await
                 .map_err(serve_err)
+        }
+    }
+}
+
+/// Where sessions keep the Dockerfile and the outputs going back to the client, one directory
+/// each (not the store's `sessions/`, which holds kiln-snapshot's process locks).
+const SESSIONS: &str = "serve-sessions";
+
+/// Removes what sessions of dead daemons left under [`SESSIONS`]: a directory whose lock file
+/// nobody holds. Best effort: what cannot be removed waits for the next start.
+fn sweep_sessions(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root.join(SESSIONS)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        let held = std::fs::File::open(dir.join("lock"))
+            .map(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+            .unwrap_or(false);
+        if !held {
+            let _ = std::fs::remove_dir_all(&dir);
         }
     }
 }
@@ -373,12 +395,16 @@ impl Session {
             pb::client_message::Msg::Request(r) => r,
             _ => return Err(bad("a session starts with a BuildRequest")),
         };
-        let sessions = self.root.join("sessions");
+        let sessions = self.root.join(SESSIONS);
         std::fs::create_dir_all(&sessions).map_err(internal)?;
         let dir = tempfile::Builder::new()
             .prefix("session-")
             .tempdir_in(&sessions)
             .map_err(internal)?;
+        // Held while the session lives: a daemon starting on this store removes the
+        // directories of sessions whose lock nobody holds (a daemon killed mid-build).
+        let lock = std::fs::File::create(dir.path().join("lock")).map_err(internal)?;
+        lock.lock().map_err(internal)?;
         // The Dockerfile under its own name (messages and `<name>.dockerignore` use it), never
         // a path the client chose.
         let name = Path::new(&request.dockerfile_name)
@@ -572,6 +598,7 @@ impl Session {
         watcher.abort();
         forward.abort();
         drop(mirrors);
+        drop(lock);
         Ok(())
     }
 }

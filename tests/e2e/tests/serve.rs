@@ -270,9 +270,14 @@ fn a_daemon_killed_mid_build_fails_the_client_quickly_and_a_restarted_one_builds
         "{stderr}"
     );
     daemon.proc = None;
+    let sessions = k.path("daemon-root/serve-sessions");
+    let left = |dir: &std::path::Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    assert_eq!(left(&sessions), 1, "the killed daemon's session directory");
 
-    // The same store and socket path: the stale socket is replaced, the store opens.
+    // The same store and socket path: the stale socket is replaced, the store opens, and the
+    // dead session's directory is removed.
     let daemon = Daemon::start(&k);
+    assert_eq!(left(&sessions), 0, "a dead session's directory was left");
     let ok = k.write("ok", &[("Dockerfile", "FROM bb\nRUN echo after-restart\n")]);
     let run = build(&k, Some(&daemon.addr), &[], &ok.display().to_string()).ok();
     assert_eq!(

@@ -581,3 +581,42 @@ fn only_the_nodes_a_build_uses_are_dialled() {
         run.stderr
     );
 }
+
+/// Nodes declared without platforms build those their daemons report (`kiln serve
+/// --platform`), asked of each daemon.
+#[test]
+fn undeclared_nodes_build_the_platforms_their_daemons_report() {
+    let k = Kiln::new(PLUGINS);
+    let mut a = Daemon::start(&k, "a", "linux/amd64");
+    let mut b = Daemon::start(&k, "b", "linux/arm64");
+    k.run(&["builder", "create", "--name", "rep", "--node", "a", &a.addr])
+        .ok();
+    k.run(&[
+        "builder", "create", "--name", "rep", "--append", "--node", "b", &b.addr,
+    ])
+    .ok();
+    let ctx = context(&k);
+    let tar = k.path("out.tar");
+    let out = format!("type=oci,dest={}", tar.display());
+    k.run(&[
+        "build",
+        "--builder",
+        "rep",
+        "--progress=plain",
+        "--platform",
+        "linux/arm64,linux/amd64",
+        "-o",
+        &out,
+        &ctx,
+    ])
+    .ok();
+    let t = tar.display().to_string();
+    let top = json(&tool("tar", &["-xOf", &t, "index.json"]));
+    let digest = top["manifests"][0]["digest"].as_str().unwrap().to_owned();
+    let blob = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+    let listed = entries(&json(&tool("tar", &["-xOf", &t, &blob])));
+    let platforms: Vec<&str> = listed.iter().map(|(p, _)| p.as_str()).collect();
+    // In the order of --platform.
+    assert_eq!(platforms, ["linux/arm64", "linux/amd64"]);
+    assert_each_node_built_its_platform(&mut a, &mut b, &listed);
+}

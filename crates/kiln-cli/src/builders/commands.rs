@@ -192,18 +192,7 @@ fn create(store: &Store, args: &CreateArgs) -> Result<ExitCode> {
         tls: parse_driver_opts(&args.driver_opts, &cwd)?,
         endpoint,
     };
-    let lock = store.lock()?;
-    let name = match name {
-        Some(n) => n,
-        None => generate_name(store)?,
-    };
-    let existing = store.get(&name)?;
-    let builder = apply(existing, &name, req)?;
-    store.save(&builder)?;
-    if args.use_it {
-        store.set_current(Some(&builder.name))?;
-    }
-    drop(lock);
+    let builder = save_change(store, name, req, args.use_it)?;
     if args.bootstrap {
         // As buildx: the builder stays saved; what failed is said, and the exit status shows it.
         let states = probe_all(std::slice::from_ref(&builder), args.timeout.timeout);
@@ -221,6 +210,28 @@ fn create(store: &Store, args: &CreateArgs) -> Result<ExitCode> {
     }
     println!("{}", builder.name);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Applies `req` to the builder `name` (a new one, generated, when `None`) and saves it, all
+/// under the store's lock, so that concurrent `create --append` each add their node.
+fn save_change(
+    store: &Store,
+    name: Option<String>,
+    req: CreateRequest,
+    make_current: bool,
+) -> Result<Builder> {
+    let _lock = store.lock()?;
+    let name = match name {
+        Some(n) => n,
+        None => generate_name(store)?,
+    };
+    let existing = store.get(&name)?;
+    let builder = apply(existing, &name, req)?;
+    store.save(&builder)?;
+    if make_current {
+        store.set_current(Some(&builder.name))?;
+    }
+    Ok(builder)
 }
 
 /// `--platform` values: each a comma-separated list, checked and normalized, repeats dropped.
@@ -1070,6 +1081,43 @@ mod tests {
             let e = format!("{:#}", create(existing, name, args).unwrap_err());
             assert!(e.contains(why), "{args}: {e}");
         }
+    }
+
+    #[test]
+    fn concurrent_appends_each_add_their_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path().to_owned());
+        let first = create(None, "b1", "unix:///run/n0.sock").unwrap();
+        store.save(&first).unwrap();
+        std::thread::scope(|s| {
+            for i in 1..=8 {
+                let store = &store;
+                s.spawn(move || {
+                    let req = CreateRequest {
+                        append: true,
+                        leave: false,
+                        node: Some(format!("n{i}")),
+                        platforms: Vec::new(),
+                        tls: None,
+                        endpoint: Some(Address::parse(&format!("unix:///run/n{i}.sock")).unwrap()),
+                    };
+                    save_change(store, Some("b1".into()), req, false).unwrap();
+                });
+            }
+        });
+        let mut names: Vec<String> = store
+            .get("b1")
+            .unwrap()
+            .unwrap()
+            .nodes
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["b10", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8"]
+        );
     }
 
     #[test]

@@ -91,6 +91,32 @@ fn build(k: &Kiln, builder: Option<&str>, extra: &[&str], ctx: &str) -> kiln_e2e
     k.run(&args)
 }
 
+/// A client building a step that sleeps two minutes through `daemon`, once the step started.
+fn slow_build(k: &Kiln, daemon: &Daemon) -> Background {
+    let slow = k.write(
+        "slow",
+        &[(
+            "Dockerfile",
+            "FROM bb\nRUN echo started-sleeping && sleep 120\n",
+        )],
+    );
+    let mut args = vec![
+        "build".to_owned(),
+        "--builder".to_owned(),
+        daemon.addr.clone(),
+    ];
+    args.extend(base_flags());
+    args.push(slow.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut client = k.spawn(&[], &args);
+    assert!(
+        client.wait_for_line("started-sleeping", Duration::from_secs(60)),
+        "{}",
+        client.seen.join("\n")
+    );
+    client
+}
+
 #[test]
 fn a_remote_build_writes_the_tarball_on_the_client_and_resends_only_the_edited_file() {
     let k = Kiln::new(PLUGINS);
@@ -235,28 +261,8 @@ fn an_unreachable_daemon_is_an_error_naming_its_address() {
 #[test]
 fn a_daemon_killed_mid_build_fails_the_client_quickly_and_a_restarted_one_builds() {
     let k = Kiln::new(PLUGINS);
-    let slow = k.write(
-        "slow",
-        &[(
-            "Dockerfile",
-            "FROM bb\nRUN echo started-sleeping && sleep 120\n",
-        )],
-    );
     let mut daemon = Daemon::start(&k);
-    let mut args = vec![
-        "build".to_owned(),
-        "--builder".to_owned(),
-        daemon.addr.clone(),
-    ];
-    args.extend(base_flags());
-    args.push(slow.display().to_string());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut client = k.spawn(&[], &args);
-    assert!(
-        client.wait_for_line("started-sleeping", Duration::from_secs(60)),
-        "{}",
-        client.seen.join("\n")
-    );
+    let client = slow_build(&k, &daemon);
     tool("kill", &["-KILL", &daemon.pid()]);
     let killed_at = Instant::now();
     let (code, stderr) = client.finish(Duration::from_secs(10));
@@ -329,28 +335,8 @@ fn two_clients_build_through_one_daemon_at_once() {
 #[test]
 fn sigterm_cancels_running_builds_removes_the_socket_and_exits_zero() {
     let k = Kiln::new(PLUGINS);
-    let slow = k.write(
-        "slow",
-        &[(
-            "Dockerfile",
-            "FROM bb\nRUN echo started-sleeping && sleep 120\n",
-        )],
-    );
     let mut daemon = Daemon::start(&k);
-    let mut args = vec![
-        "build".to_owned(),
-        "--builder".to_owned(),
-        daemon.addr.clone(),
-    ];
-    args.extend(base_flags());
-    args.push(slow.display().to_string());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut client = k.spawn(&[], &args);
-    assert!(
-        client.wait_for_line("started-sleeping", Duration::from_secs(60)),
-        "{}",
-        client.seen.join("\n")
-    );
+    let client = slow_build(&k, &daemon);
     tool("kill", &["-TERM", &daemon.pid()]);
     let proc = daemon.proc.take().expect("running");
     let (code, log) = proc.finish(Duration::from_secs(30));
@@ -609,28 +595,8 @@ fn local_outputs_and_named_directory_contexts_go_through_the_daemon() {
 #[test]
 fn ctrl_c_on_the_client_cancels_the_build_on_the_daemon() {
     let k = Kiln::new(PLUGINS);
-    let slow = k.write(
-        "slow",
-        &[(
-            "Dockerfile",
-            "FROM bb\nRUN echo started-sleeping && sleep 120\n",
-        )],
-    );
     let mut daemon = Daemon::start(&k);
-    let mut args = vec![
-        "build".to_owned(),
-        "--builder".to_owned(),
-        daemon.addr.clone(),
-    ];
-    args.extend(base_flags());
-    args.push(slow.display().to_string());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut client = k.spawn(&[], &args);
-    assert!(
-        client.wait_for_line("started-sleeping", Duration::from_secs(60)),
-        "{}",
-        client.seen.join("\n")
-    );
+    let client = slow_build(&k, &daemon);
     tool("kill", &["-INT", &client.id().to_string()]);
     let (code, stderr) = client.finish(Duration::from_secs(30));
     assert_eq!(code, 1, "{stderr}");

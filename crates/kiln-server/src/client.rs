@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kiln_api::v1 as pb;
 use kiln_api::v1::builder_client::BuilderClient;
-use kiln_engine::{BuildRequest, Export, SecretSource, TarDest};
+use kiln_engine::{BuildRequest, Export, SecretSource, SshSource, TarDest};
 use kiln_solver::{CancellationToken, ProgressSink};
 use kiln_types::Digest;
 use sha2::{Digest as _, Sha256};
@@ -267,6 +267,9 @@ impl Client {
             .map_err(|s| self.status_error(&s))?
             .into_inner();
 
+        // The open connections of steps to `--ssh` agents: what the daemon sends for each.
+        let mut ssh_conns: std::collections::HashMap<u32, mpsc::UnboundedSender<Vec<u8>>> =
+            std::collections::HashMap::new();
         let mut syncs = listings.into_iter();
         // The first listing goes right away; each next one after the previous context's files.
         let mut current = syncs.next();
@@ -310,6 +313,26 @@ impl Client {
                         let _ = send(&out_tx, listing(name, entries)).await;
                     }
                 }
+                pb::server_message::Msg::SshOpen(open) => {
+                    let weak = out_tx.as_ref().map(mpsc::Sender::downgrade);
+                    match (req.ssh.get(&open.id), weak) {
+                        (Some(SshSource::Agent(sock)), Some(weak)) => {
+                            ssh_conns.insert(open.conn, relay_to_agent(sock, open.conn, weak));
+                        }
+                        _ => {
+                            let close = pb::SshClose { conn: open.conn };
+                            let _ = send(&out_tx, pb::client_message::Msg::SshClose(close)).await;
+                        }
+                    }
+                }
+                pb::server_message::Msg::SshData(d) => {
+                    if let Some(tx) = ssh_conns.get(&d.conn) {
+                        let _ = tx.send(d.data);
+                    }
+                }
+                pb::server_message::Msg::SshClose(c) => {
+                    ssh_conns.remove(&c.conn);
+                }
                 pb::server_message::Msg::Secret(ask) => {
                     let answer = secret_answer(&req.secrets, ask.id);
                     let _ = send(&out_tx, pb::client_message::Msg::Secret(answer)).await;
@@ -346,6 +369,60 @@ impl Client {
             why: why.to_owned(),
         }
     }
+}
+
+/// Connects connection `conn` of a step on the daemon to the agent at `sock`: the agent's bytes
+/// go to the daemon (through `out`, held weakly so that closing the session is not delayed by
+/// a connection), and the returned sender takes the daemon's bytes to the agent. A failed
+/// connect is a closed connection.
+fn relay_to_agent(
+    sock: &Path,
+    conn: u32,
+    out: mpsc::WeakSender<pb::ClientMessage>,
+) -> mpsc::UnboundedSender<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (to_agent, mut to_agent_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let sock = sock.to_owned();
+    tokio::spawn(async move {
+        let send = |msg: pb::client_message::Msg| {
+            let out = out.clone();
+            async move {
+                match out.upgrade() {
+                    Some(tx) => tx.send(pb::ClientMessage { msg: Some(msg) }).await.is_ok(),
+                    None => false,
+                }
+            }
+        };
+        let Ok(stream) = tokio::net::UnixStream::connect(&sock).await else {
+            send(pb::client_message::Msg::SshClose(pb::SshClose { conn })).await;
+            return;
+        };
+        let (mut from_agent, mut agent) = stream.into_split();
+        tokio::spawn(async move {
+            while let Some(bytes) = to_agent_rx.recv().await {
+                if agent.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            let _ = agent.shutdown().await;
+        });
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = from_agent.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                send(pb::client_message::Msg::SshClose(pb::SshClose { conn })).await;
+                return;
+            }
+            let data = pb::SshData {
+                conn,
+                data: buf[..n].to_vec(),
+            };
+            if !send(pb::client_message::Msg::SshData(data)).await {
+                return;
+            }
+        }
+    });
+    to_agent
 }
 
 /// The answer to the daemon's request for secret `id`: read now, from the `--secret` source,

@@ -530,16 +530,36 @@ impl Session {
             waiting: std::sync::Mutex::new(Vec::new()),
         });
         let provided = kiln_engine::ProvidedSecret(secrets.clone());
-        let req = wire::request_from_wire(request, &placed, &provided)?;
+        // Each `--ssh` agent of the client is a socket of the session here, whose connections
+        // are relayed to the client's agent.
+        let relay = Arc::new(SshRelay {
+            out: tx.clone(),
+            conns: std::sync::Mutex::new(std::collections::HashMap::new()),
+            next: AtomicU32::new(0),
+            tasks: std::sync::Mutex::new(Vec::new()),
+        });
+        let mut ssh_socks = BTreeMap::new();
+        let mut relays = Vec::new();
+        for (i, id) in request.ssh.iter().enumerate() {
+            let sock = dir.path().join(format!("ssh-{i}.sock"));
+            let listener = tokio::net::UnixListener::bind(&sock).map_err(internal)?;
+            relays.push(tokio::spawn(relay.clone().accept(listener, id.clone())));
+            ssh_socks.insert(id.clone(), sock);
+        }
+        let req = wire::request_from_wire(request, &placed, &provided, &ssh_socks)?;
         drop(provided);
 
         // From here the client only answers secret requests; its leaving (its side closed or
         // broken) cancels the build.
         let cancel = self.cancel.clone();
+        let ssh = relay.clone();
         let watcher = tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {
-                if let Some(pb::client_message::Msg::Secret(answer)) = m.msg {
-                    secrets.answer(answer);
+                match m.msg {
+                    Some(pb::client_message::Msg::Secret(answer)) => secrets.answer(answer),
+                    Some(pb::client_message::Msg::SshData(d)) => ssh.to_step(d.conn, d.data),
+                    Some(pb::client_message::Msg::SshClose(c)) => ssh.close(c.conn),
+                    _ => {}
                 }
             }
             secrets.abandon();
@@ -597,6 +617,10 @@ impl Session {
         eprintln!("kiln serve: build {}: {status}", self.number);
         watcher.abort();
         forward.abort();
+        for r in relays {
+            r.abort();
+        }
+        relay.abandon();
         drop(mirrors);
         drop(lock);
         Ok(())
@@ -661,6 +685,105 @@ impl kiln_engine::SecretProvider for SessionSecrets {
             )),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 Err("the client went away".to_owned())
+            }
+        }
+    }
+}
+
+/// The session's `--ssh` agents: each connection a step makes to a session socket becomes a
+/// connection of the client to its agent, relayed over the session stream.
+struct SshRelay {
+    out: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    /// What the client sends for each open connection goes to the step through these.
+    conns: std::sync::Mutex<std::collections::HashMap<u32, mpsc::UnboundedSender<Vec<u8>>>>,
+    next: AtomicU32,
+    /// The connections' tasks, ended with the session (each holds the session's stream).
+    tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl SshRelay {
+    async fn send(&self, msg: pb::server_message::Msg) -> bool {
+        self.out
+            .send(Ok(pb::ServerMessage { msg: Some(msg) }))
+            .await
+            .is_ok()
+    }
+
+    /// Accepts the steps' connections to agent `id` until the session ends (the task is
+    /// aborted then).
+    async fn accept(self: Arc<Self>, listener: tokio::net::UnixListener, id: String) {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((stream, _)) = listener.accept().await {
+            let conn = self.next.fetch_add(1, Ordering::Relaxed);
+            let (mut from_step, mut to_step) = stream.into_split();
+            let (to_step_tx, mut to_step_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+            if let Ok(mut conns) = self.conns.lock() {
+                conns.insert(conn, to_step_tx);
+            }
+            let open = pb::SshOpen {
+                conn,
+                id: id.clone(),
+            };
+            if !self.send(pb::server_message::Msg::SshOpen(open)).await {
+                return;
+            }
+            let writer = tokio::spawn(async move {
+                while let Some(bytes) = to_step_rx.recv().await {
+                    if to_step.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = to_step.shutdown().await;
+            });
+            let relay = self.clone();
+            let reader = tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = from_step.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        relay
+                            .send(pb::server_message::Msg::SshClose(pb::SshClose { conn }))
+                            .await;
+                        break;
+                    }
+                    let data = pb::SshData {
+                        conn,
+                        data: buf[..n].to_vec(),
+                    };
+                    if !relay.send(pb::server_message::Msg::SshData(data)).await {
+                        break;
+                    }
+                }
+            });
+            if let Ok(mut tasks) = self.tasks.lock() {
+                tasks.push(writer.abort_handle());
+                tasks.push(reader.abort_handle());
+            }
+        }
+    }
+
+    /// Bytes from the client's agent for connection `conn`.
+    fn to_step(&self, conn: u32, data: Vec<u8>) {
+        if let Some(tx) = self.conns.lock().ok().and_then(|c| c.get(&conn).cloned()) {
+            let _ = tx.send(data);
+        }
+    }
+
+    /// The client's agent closed connection `conn`: the step's side sees the end.
+    fn close(&self, conn: u32) {
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.remove(&conn);
+        }
+    }
+
+    /// The session ended: every connection is closed.
+    fn abandon(&self) {
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.clear();
+        }
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for t in tasks.drain(..) {
+                t.abort();
             }
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use kiln_api::v1 as pb;
 use kiln_engine::{
     Annotation, BuildRequest, Call, CompressionKind, Entitlement, ExecRuntime, Export, HostEntry,
-    ImageFormat, NetworkMode, RunOptions, SecretSource, Status, Ulimit, UlimitResource,
+    ImageFormat, NetworkMode, RunOptions, SecretSource, SshSource, Status, Ulimit, UlimitResource,
 };
 use kiln_solver::Event;
 use kiln_types::image::Descriptor;
@@ -131,10 +131,14 @@ pub fn request_to_wire(
     local_contexts: Vec<pb::LocalContext>,
     remote_contexts: BTreeMap<String, String>,
 ) -> Result<pb::BuildRequest, crate::Error> {
-    if !req.ssh.is_empty() {
-        return Err(crate::Error::Unsupported(
-            "--ssh is not supported with a remote builder yet: build locally for now".to_owned(),
-        ));
+    for (id, source) in &req.ssh {
+        if let SshSource::Keys(_) = source {
+            return Err(crate::Error::Unsupported(format!(
+                "--ssh {id}=KEYFILE with a remote builder: the client serves an agent, not key \
+                 files; load the keys into an ssh-agent (ssh-add) and pass --ssh {id}, or \
+                 --ssh {id}=/path/to/agent.sock"
+            )));
+        }
     }
     if req.explain_cache {
         return Err(crate::Error::Unsupported(
@@ -199,6 +203,7 @@ pub fn request_to_wire(
         labels: req.labels.clone().into_iter().collect(),
         call: req.call.map(|c| c.name().to_owned()).unwrap_or_default(),
         secrets: req.secrets.keys().cloned().collect(),
+        ssh: req.ssh.keys().cloned().collect(),
     })
 }
 
@@ -218,6 +223,7 @@ pub fn request_from_wire(
     w: pb::BuildRequest,
     placed: &Placed,
     secrets: &kiln_engine::ProvidedSecret,
+    ssh: &BTreeMap<String, PathBuf>,
 ) -> Result<BuildRequest, Invalid> {
     let context = match placed.contexts.get("") {
         Some((dir, None)) => dir.clone(),
@@ -301,7 +307,10 @@ pub fn request_from_wire(
             _ => ExecRuntime::Embedded,
         },
         build_contexts,
-        ssh: BTreeMap::new(),
+        ssh: ssh
+            .iter()
+            .map(|(id, sock)| (id.clone(), SshSource::Agent(sock.clone())))
+            .collect(),
         network: match pb::Network::try_from(w.network) {
             Ok(pb::Network::None) => NetworkMode::None,
             Ok(pb::Network::Host) => NetworkMode::Host,

@@ -674,3 +674,127 @@ fn secrets_are_served_by_the_client_when_a_step_mounts_them_and_never_kept() {
         failed.stderr
     );
 }
+
+/// The host's `ssh-add` with its shared libraries and loader, in one flat directory (the
+/// busybox base has no ssh client), as tests/ssh_device.rs makes it: a RUN step speaks the
+/// agent protocol for real with it.
+fn host_ssh_add(k: &Kiln) -> (PathBuf, String) {
+    let dir = k.path("hostbin");
+    std::fs::create_dir_all(&dir).expect("create hostbin");
+    let bin = tool("sh", &["-c", "command -v ssh-add"]);
+    let bin = bin.trim();
+    assert!(
+        !bin.is_empty(),
+        "ssh-add is required for this test (Debian package openssh-client)"
+    );
+    std::fs::copy(bin, dir.join("ssh-add")).expect("copy ssh-add");
+    for line in tool("ldd", &[bin]).lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            let name = std::path::Path::new(p).file_name().expect("a library name");
+            std::fs::copy(p, dir.join(name)).expect("copy a library of ssh-add");
+        }
+    }
+    let loader = std::fs::read_dir(&dir)
+        .expect("read hostbin")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("ld-linux"))
+        .expect("the dynamic loader of ssh-add");
+    (dir, loader)
+}
+
+#[test]
+fn an_ssh_agent_of_the_client_serves_the_steps_of_a_remote_build() {
+    let k = Kiln::new(PLUGINS);
+    let key = k.path("id_ed25519");
+    let key_s = key.display().to_string();
+    tool(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "kiln-remote-ssh",
+            "-f",
+            &key_s,
+        ],
+    );
+    let fingerprint = tool("ssh-keygen", &["-l", "-f", &key_s])
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let sock = k.path("agent.sock").display().to_string();
+    let started = tool("ssh-agent", &["-s", "-a", &sock]);
+    let pid = started
+        .split("SSH_AGENT_PID=")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .expect("ssh-agent prints its pid")
+        .to_owned();
+    struct Agent(String);
+    impl Drop for Agent {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill").arg(&self.0).status();
+        }
+    }
+    let _agent = Agent(pid);
+    let added = std::process::Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .expect("ssh-add is required for this test (Debian package openssh-client)");
+    assert!(added.status.success(), "{added:?}");
+
+    let (hostbin, ld) = host_ssh_add(&k);
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM bb\nRUN --mount=type=ssh --mount=type=bind,from=hostbin,target=/h \
+                 /h/{ld} --library-path /h /h/ssh-add -l > /keys\n\
+                 FROM scratch\nCOPY --from=0 /keys /keys\n"
+            ),
+        )],
+    );
+    let daemon = Daemon::start(&k);
+    let out = k.path("out");
+    let run = build(
+        &k,
+        Some(&daemon.addr),
+        &[
+            "--ssh",
+            &format!("default={sock}"),
+            "--build-context",
+            &format!("hostbin={}", hostbin.display()),
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+        &ctx.display().to_string(),
+    )
+    .ok();
+    let keys = std::fs::read_to_string(out.join("keys")).unwrap();
+    assert!(
+        keys.contains(&fingerprint) && keys.contains("kiln-remote-ssh"),
+        "{keys}\n{}",
+        run.stderr
+    );
+
+    // Key files are not sent: the client serves an agent only.
+    let refused = build(
+        &k,
+        Some(&daemon.addr),
+        &["--ssh", &format!("default={key_s}")],
+        &ctx.display().to_string(),
+    )
+    .fails();
+    assert!(refused.stderr.contains("ssh-agent"), "{}", refused.stderr);
+}

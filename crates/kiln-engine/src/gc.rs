@@ -483,6 +483,12 @@ fn collect(
     let mut trash: Option<Trash> = None;
     let report = {
         let _lock = store.gc_lock()?;
+        // Under the limit even if no layer shared a file: nothing to read further.
+        if let (Some(keep), false) = (options.keep_storage, options.all) {
+            if store.usage_bound()?.is_some_and(|bound| bound <= keep) {
+                return Ok(PruneReport::default());
+            }
+        }
         let model = Model::read(store, index)?;
         let mut total = model.usage.total() + model.cache_index_size;
         if options.keep_storage.is_some_and(|keep| total <= keep) && !options.all {

@@ -34,6 +34,10 @@ const SIZE_FILE: &str = "fs.size";
 /// cache true when a later layer hard links to one of them (an edit's context layer, a COPY):
 /// the link adds a holder, found in the new layer's list, and changes nothing here.
 const FILES_FILE: &str = "fs.files";
+/// The bytes of a layer's `fs/` counted alone (`own` plus every listed file), as a decimal:
+/// an upper bound of what the layer adds to the store, whatever it shares. True whenever
+/// written (a layer's files never change), read by [`Store::usage_bound`] instead of the list.
+const TOTAL_FILE: &str = "fs.total";
 /// The older form of the list: only the regular files that had more than one link when the
 /// layer was measured; `fs.size` then counts the others. Read, never written; forgotten (and
 /// the layer measured again) when a new layer links to one of its files.
@@ -430,6 +434,75 @@ impl Store {
         Ok(usage)
     }
 
+    /// An upper bound of [`Store::usage`]'s total, without reading the layers' file lists:
+    /// each layer counted as if it shared no file (its `fs.total`). None when a layer has no
+    /// `fs.total` (measured by an older kiln, or not yet): then only `usage` tells. The
+    /// collection after a build reads this first: a store under its limit by this bound needs
+    /// no more (the lists of a store of 50 edits of a 20,000-file context are a million
+    /// entries, read after every build before).
+    pub fn usage_bound(&self) -> Result<Option<u64>> {
+        self.wait_for_measures();
+        let root = self.root();
+        let mut total = fs::symlink_metadata(root)
+            .map_err(io_err("stat", root))?
+            .len();
+        for entry in fs::read_dir(root).map_err(io_err("read directory", root))? {
+            let entry = entry.map_err(io_err("read directory", root))?;
+            let path = entry.path();
+            match entry.file_name().to_str() {
+                Some("blobs") => {
+                    let mut usage = StoreUsage::default();
+                    self.blob_usage(&path, &mut usage)?;
+                    total += usage.total();
+                }
+                Some("layers") => match self.layers_bound(&path)? {
+                    Some(layers) => total += layers,
+                    None => return Ok(None),
+                },
+                _ => total += tree_size(&path)?,
+            }
+        }
+        Ok(Some(total))
+    }
+
+    /// The bytes under `layers/`, each layer's `fs/` by its `fs.total`; None when one has none.
+    fn layers_bound(&self, layers: &Path) -> Result<Option<u64>> {
+        let mut total = tree_size_shallow(layers)?;
+        for entry in fs::read_dir(layers).map_err(io_err("read directory", layers))? {
+            let entry = entry.map_err(io_err("read directory", layers))?;
+            let path = entry.path();
+            let is_layer = entry
+                .file_name()
+                .to_str()
+                .map(|s| LayerId(s.to_owned()))
+                .filter(|id| !matches!(id.0.as_str(), "by-diff-id" | "by-blob"))
+                .is_some_and(|id| self.has_layer(&id));
+            if !is_layer {
+                total += tree_size(&path)?;
+                continue;
+            }
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            total += meta.len();
+            for e in fs::read_dir(&path).map_err(io_err("read directory", &path))? {
+                let e = e.map_err(io_err("read directory", &path))?;
+                if e.file_name() == "fs" {
+                    let alone = fs::read_to_string(path.join(TOTAL_FILE))
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u64>().ok());
+                    match alone {
+                        Some(n) => total += n,
+                        None => return Ok(None),
+                    }
+                } else {
+                    total += tree_size(&e.path())?;
+                }
+            }
+        }
+        Ok(Some(total))
+    }
+
     fn blob_usage(&self, blobs: &Path, usage: &mut StoreUsage) -> Result<()> {
         usage.internal += tree_size_shallow(blobs)?;
         let dir = blobs.join("sha256");
@@ -762,6 +835,8 @@ fn fs_size(layer_dir: &Path) -> Result<FsSize> {
     };
     // `fs.size` says the cache is whole: out first (an older size counts the regular files the
     // new list names), back last.
+    let alone = measured.own + measured.shared.iter().map(|(_, size)| size).sum::<u64>();
+    let _ = write(TOTAL_FILE, alone.to_string().as_bytes());
     if gone(SIZE_FILE) && write(FILES_FILE, &measured.encode_links()) && gone(LINKS_FILE) {
         write(SIZE_FILE, measured.own.to_string().as_bytes());
     }
@@ -1054,6 +1129,37 @@ mod tests {
         // The linked file is split between the two: the second holds half of it.
         let second_du = du_sb(&root.join("layers").join(&second.0));
         assert!(u.layers[&second].size.abs_diff(second_du - 1007 / 2) <= 1);
+    }
+
+    #[test]
+    fn the_bound_counts_shared_files_in_each_holder_and_reads_no_list() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("s");
+        let store = Store::open_with(&root, crate::SnapshotterKind::Copy).unwrap();
+        let b = store.new_layer().unwrap();
+        fs::write(b.fs_dir().join("big"), vec![7u8; 100_000]).unwrap();
+        let first = b.commit().unwrap();
+        let first_dir = root.join("layers").join(&first.0);
+        store.measure_later(&first);
+        let b = store.new_layer().unwrap();
+        fs::hard_link(first_dir.join("fs/big"), b.fs_dir().join("big")).unwrap();
+        let second = b.commit().unwrap();
+        store.measure_later(&second);
+        let bound = store.usage_bound().unwrap().expect("both layers measured");
+        let total = store.usage().unwrap().total();
+        assert_eq!(total, du_sb(&root));
+        // The shared file twice in the bound, once in the total.
+        assert_eq!(bound - total, 100_000);
+        // The lists are not read: a damaged one (which usage would walk again) changes
+        // nothing, and nothing is walked.
+        let list = fs::metadata(first_dir.join(FILES_FILE)).unwrap().len();
+        fs::write(first_dir.join(FILES_FILE), b"bad").unwrap();
+        let walks = walked(&first_dir);
+        assert_eq!(store.usage_bound().unwrap(), Some(bound - list + 3));
+        assert_eq!(walked(&first_dir), walks);
+        // A layer without `fs.total` (an older kiln's): no bound.
+        fs::remove_file(first_dir.join(TOTAL_FILE)).unwrap();
+        assert_eq!(store.usage_bound().unwrap(), None);
     }
 
     #[test]

@@ -81,6 +81,26 @@ struct Daemon {
     counters: Arc<Counters>,
     /// Cancelled at shutdown: every running build's token is a child of it.
     shutdown: CancellationToken,
+    /// One lock per context mirror (see the session's sync).
+    mirror_locks: MirrorLocks,
+}
+
+type MirrorLocks = Arc<std::sync::Mutex<BTreeMap<PathBuf, Arc<tokio::sync::RwLock<()>>>>>;
+
+/// A mirror's lock as a session holds it.
+enum MirrorHold {
+    Shared(tokio::sync::OwnedRwLockReadGuard<()>),
+    Exclusive(tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
+impl MirrorHold {
+    /// The lock held shared (a build reading the mirror), once the sync is done.
+    fn shared(self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        match self {
+            MirrorHold::Shared(g) => g,
+            MirrorHold::Exclusive(g) => g.downgrade(),
+        }
+    }
 }
 
 /// Serves `engine` on `config.addr` until `shutdown` resolves; then stops accepting, cancels
@@ -102,6 +122,7 @@ pub async fn serve(
         },
         counters: Arc::default(),
         shutdown: token.clone(),
+        mirror_locks: MirrorLocks::default(),
     };
     let signal = {
         let token = token.clone();
@@ -263,6 +284,7 @@ impl Builder for Daemon {
             cancel: self.shutdown.child_token(),
             number: self.counters.builds.fetch_add(1, Ordering::Relaxed) + 1,
             counters: self.counters.clone(),
+            mirror_locks: self.mirror_locks.clone(),
         };
         // The session feeds the response stream from its own task; a status it ends with is
         // the stream's last item.
@@ -321,6 +343,7 @@ struct Session {
     cancel: CancellationToken,
     number: u64,
     counters: Arc<Counters>,
+    mirror_locks: MirrorLocks,
 }
 
 fn bad(e: impl std::fmt::Display) -> Status {
@@ -378,6 +401,16 @@ fn mirror_dir(root: &Path, key: &str) -> PathBuf {
 }
 
 impl Session {
+    /// The lock of the mirror at `path` (made on first use; kept while the daemon runs, one
+    /// small entry per directory a client ever synced).
+    fn mirror_lock(&self, path: &Path) -> Arc<tokio::sync::RwLock<()>> {
+        let mut locks = self
+            .mirror_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(path.to_owned()).or_default().clone()
+    }
+
     async fn run(
         self,
         mut inbound: Streaming<pb::ClientMessage>,
@@ -417,8 +450,10 @@ impl Session {
         let dockerfile = dockerfile_dir.join(&name);
         std::fs::write(&dockerfile, &request.dockerfile).map_err(internal)?;
 
-        // Context sync: each mirror stays locked (by its Mirror) until the build is over, so
-        // a concurrent build of the same directory waits instead of changing it underfoot.
+        // Context sync. A build reads its mirrors until it ends, holding each one's lock shared;
+        // a sync that changes a mirror holds it exclusively, so it waits for the builds reading
+        // it. A sync that changes nothing (the same directory built again, a shared base
+        // layout) needs no more than a shared lock, so such builds run side by side.
         let mut mirrors = Vec::new();
         let mut contexts = BTreeMap::new();
         let (mut files, mut bytes) = (0u64, 0u64);
@@ -434,14 +469,31 @@ impl Session {
             };
             let path = mirror_dir(&self.root, &lc.key);
             let entries: Vec<_> = listing.entries.into_iter().map(entry_from_wire).collect();
-            let (mirror, plan) = tokio::task::spawn_blocking(move || {
-                let mirror = kiln_contextsync::Mirror::open(&path)?;
-                let plan = mirror.plan(entries)?;
-                Ok::<_, kiln_contextsync::Error>((mirror, plan))
-            })
-            .await
-            .map_err(internal)?
-            .map_err(bad)?;
+            let lock = self.mirror_lock(&path);
+            let plan_of = |entries: Vec<kiln_contextsync::Entry>| {
+                let path = path.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        let mirror = kiln_contextsync::Mirror::open(&path)?;
+                        let plan = mirror.plan(entries)?;
+                        Ok::<_, kiln_contextsync::Error>((mirror, plan))
+                    })
+                    .await
+                    .map_err(internal)?
+                    .map_err(bad)
+                }
+            };
+            let shared = lock.clone().read_owned().await;
+            let (mirror, plan) = plan_of(entries.clone()).await?;
+            let (mirror, plan, held) = if plan.is_noop() {
+                (mirror, plan, MirrorHold::Shared(shared))
+            } else {
+                // Planned again under the exclusive lock: another sync may have run between.
+                drop((mirror, plan, shared));
+                let exclusive = lock.write_owned().await;
+                let (mirror, plan) = plan_of(entries).await?;
+                (mirror, plan, MirrorHold::Exclusive(exclusive))
+            };
             send(pb::server_message::Msg::Sync(pb::SyncRequest {
                 name: lc.name.clone(),
                 paths: plan.send().to_vec(),
@@ -501,7 +553,9 @@ impl Session {
                 lc.name.clone(),
                 (mirror.tree().to_owned(), lc.oci_layout.clone()),
             );
-            mirrors.push(mirror);
+            // The Mirror's own (cross-process) lock is released; the build holds ours, shared.
+            drop(mirror);
+            mirrors.push(held.shared());
         }
         self.counters.files.fetch_add(files, Ordering::Relaxed);
         self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);

@@ -798,3 +798,48 @@ fn an_ssh_agent_of_the_client_serves_the_steps_of_a_remote_build() {
     .fails();
     assert!(refused.stderr.contains("ssh-agent"), "{}", refused.stderr);
 }
+
+#[test]
+fn concurrent_builds_share_unchanged_mirrors_and_run_an_identical_step_once() {
+    let k = Kiln::new(PLUGINS);
+    let dockerfile = "FROM bb\nRUN echo identical-step && sleep 20 && echo done > /stamp\n";
+    let a = k.write("a", &[("Dockerfile", dockerfile)]);
+    let b = k.write("b", &[("Dockerfile", dockerfile)]);
+    let mut daemon = Daemon::start(&k);
+    let start = |ctx: &std::path::Path| {
+        let mut args = vec![
+            "build".to_owned(),
+            "--builder".to_owned(),
+            daemon.addr.clone(),
+        ];
+        args.extend(base_flags());
+        args.push(ctx.display().to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        k.spawn(&[], &args)
+    };
+    let mut first = start(&a);
+    assert!(
+        first.wait_for_line("identical-step", Duration::from_secs(60)),
+        "{}",
+        first.seen.join("\n")
+    );
+    // The second build syncs the same `bb` layout while the first builds from it: nothing of
+    // it changed, so it does not wait for the first build to end.
+    let second = start(&b);
+    daemon.line("build 2: context synced");
+    let log = daemon.proc.as_ref().expect("running").seen.join("\n");
+    assert!(!log.contains("build 1: done"), "{log}");
+    let (code, first_err) = first.finish(Duration::from_secs(120));
+    assert_eq!(code, 0, "{first_err}");
+    let (code, second_err) = second.finish(Duration::from_secs(120));
+    assert_eq!(code, 0, "{second_err}");
+    // The step ran once: the second build waited for the first's and took its result (its
+    // `echo` printed nothing there).
+    let echoed = |stderr: &str| stderr.lines().any(|l| l.ends_with(" identical-step"));
+    assert!(echoed(&first_err), "{first_err}");
+    assert!(!echoed(&second_err), "{second_err}");
+    assert!(
+        second_err.contains("waiting for another kiln build that runs this step"),
+        "{second_err}"
+    );
+}

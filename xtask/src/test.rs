@@ -28,6 +28,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("pip3", "python3-pip"),
     // Durability tests count a store's flushes by tracing a child process.
     ("strace", "strace"),
+    // The `kiln serve` mutual-TLS e2e makes its CA and certificates with the openssl CLI.
+    ("openssl", "openssl"),
 ];
 
 pub fn run(args: &[String]) -> Result<ExitCode> {

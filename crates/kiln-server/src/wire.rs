@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use kiln_api::v1 as pb;
 use kiln_engine::{
-    Annotation, BuildRequest, Call, CompressionKind, Entitlement, ExecRuntime, Export, HostEntry,
-    ImageFormat, NetworkMode, RunOptions, SecretSource, SshSource, Status, Ulimit, UlimitResource,
+    Annotation, BuildRequest, CacheCompression, CacheExport, CacheImport, CacheLocation, CacheMode,
+    Call, CompressionKind, Entitlement, ExecRuntime, Export, HostEntry, ImageFormat, NetworkMode,
+    RunOptions, SecretSource, SshSource, Status, Ulimit, UlimitResource,
 };
 use kiln_solver::Event;
 use kiln_types::image::Descriptor;
@@ -145,13 +146,6 @@ pub fn request_to_wire(
             "--explain-cache is not supported with a remote builder yet".to_owned(),
         ));
     }
-    if !req.cache_to.is_empty() || !req.cache_from.is_empty() {
-        return Err(crate::Error::Unsupported(
-            "--cache-to/--cache-from are not supported with a remote builder yet: the daemon's \
-             store is its cache"
-                .to_owned(),
-        ));
-    }
     Ok(pb::BuildRequest {
         dockerfile,
         dockerfile_name,
@@ -204,7 +198,66 @@ pub fn request_to_wire(
         call: req.call.map(|c| c.name().to_owned()).unwrap_or_default(),
         secrets: req.secrets.keys().cloned().collect(),
         ssh: req.ssh.keys().cloned().collect(),
+        cache_to: req
+            .cache_to
+            .iter()
+            .map(|c| {
+                Ok(pb::CacheExport {
+                    location: Some(cache_location_to_wire(&c.location)?),
+                    mode_max: c.mode == CacheMode::Max,
+                    compression: match c.compression {
+                        CacheCompression::Gzip => pb::Compression::Gzip,
+                        CacheCompression::Uncompressed => pb::Compression::Uncompressed,
+                        CacheCompression::Zstd => pb::Compression::Zstd,
+                    } as i32,
+                    force_compression: c.force_compression,
+                    oci_mediatypes: c.oci_mediatypes,
+                    image_manifest: c.image_manifest,
+                    ignore_error: c.ignore_error,
+                    cache_mounts: c.cache_mounts,
+                })
+            })
+            .collect::<Result<_, crate::Error>>()?,
+        cache_from: req
+            .cache_from
+            .iter()
+            .map(|c| {
+                Ok(pb::CacheImport {
+                    location: Some(cache_location_to_wire(&c.location)?),
+                })
+            })
+            .collect::<Result<_, crate::Error>>()?,
     })
+}
+
+/// The wire form of a cache the daemon reaches itself; a local directory is the client's.
+fn cache_location_to_wire(l: &CacheLocation) -> Result<pb::CacheLocation, crate::Error> {
+    use pb::cache_location::Kind;
+    let kind = match l {
+        CacheLocation::Registry { reference } => Kind::Registry(reference.to_string()),
+        CacheLocation::Inline => Kind::Inline(pb::Empty {}),
+        CacheLocation::Local { dir, .. } => {
+            return Err(crate::Error::Unsupported(format!(
+                "a type=local cache ({}) is a directory of this machine, which a remote \
+                 builder does not reach: use type=registry (or build locally)",
+                dir.display()
+            )))
+        }
+    };
+    Ok(pb::CacheLocation { kind: Some(kind) })
+}
+
+fn cache_location_from_wire(l: Option<pb::CacheLocation>) -> Result<CacheLocation, Invalid> {
+    use pb::cache_location::Kind;
+    match l.and_then(|l| l.kind) {
+        Some(Kind::Registry(r)) => Ok(CacheLocation::Registry {
+            reference: r
+                .parse()
+                .map_err(|e| invalid(format!("invalid cache reference {r:?}: {e}")))?,
+        }),
+        Some(Kind::Inline(_)) => Ok(CacheLocation::Inline),
+        None => Err(invalid("a cache without a location")),
+    }
 }
 
 /// Where the daemon puts what the client sent.
@@ -354,8 +407,39 @@ pub fn request_from_wire(
             other => return Err(invalid(format!("unknown call {other:?}"))),
         },
         explain_cache: false,
-        cache_to: Vec::new(),
-        cache_from: Vec::new(),
+        cache_to: w
+            .cache_to
+            .into_iter()
+            .map(|c| {
+                Ok(CacheExport {
+                    location: cache_location_from_wire(c.location)?,
+                    mode: if c.mode_max {
+                        CacheMode::Max
+                    } else {
+                        CacheMode::Min
+                    },
+                    compression: match pb::Compression::try_from(c.compression) {
+                        Ok(pb::Compression::Uncompressed) => CacheCompression::Uncompressed,
+                        Ok(pb::Compression::Zstd) => CacheCompression::Zstd,
+                        _ => CacheCompression::Gzip,
+                    },
+                    force_compression: c.force_compression,
+                    oci_mediatypes: c.oci_mediatypes,
+                    image_manifest: c.image_manifest,
+                    ignore_error: c.ignore_error,
+                    cache_mounts: c.cache_mounts,
+                })
+            })
+            .collect::<Result<_, Invalid>>()?,
+        cache_from: w
+            .cache_from
+            .into_iter()
+            .map(|c| {
+                Ok(CacheImport {
+                    location: cache_location_from_wire(c.location)?,
+                })
+            })
+            .collect::<Result<_, Invalid>>()?,
     })
 }
 

@@ -29,9 +29,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(k: &Kiln) -> Daemon {
-        let sock = k.path("run/kiln.sock");
+        Daemon::start_at(k, "run/kiln.sock", "daemon-root")
+    }
+
+    /// A daemon on socket `sock` with the store `root` (paths in the test's directory).
+    fn start_at(k: &Kiln, sock: &str, root: &str) -> Daemon {
+        let sock = k.path(sock);
         let addr = format!("unix://{}", sock.display());
-        let root = k.path("daemon-root").display().to_string();
+        let root = k.path(root).display().to_string();
         let mut proc = k.spawn(&[], &["--root", &root, "serve", "--addr", &addr]);
         assert!(
             proc.wait_for_line("listening on", Duration::from_secs(30)),
@@ -841,5 +846,62 @@ fn concurrent_builds_share_unchanged_mirrors_and_run_an_identical_step_once() {
     assert!(
         second_err.contains("waiting for another kiln build that runs this step"),
         "{second_err}"
+    );
+}
+
+#[test]
+fn a_registry_cache_lets_a_second_daemon_reuse_the_first_ones_steps() {
+    let registry = kiln_e2e::test_registry();
+    let k = Kiln::new(PLUGINS);
+    // A step no earlier run of this test pushed a cache record for.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let ctx = k.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!("FROM bb\nRUN echo shared-step-{nonce} > /x\n"),
+        )],
+    );
+    let ctx = ctx.display().to_string();
+    let cache = format!("{registry}/kiln-serve-cache:{nonce}");
+    let first = Daemon::start_at(&k, "run/a.sock", "root-a");
+    let run = build(
+        &k,
+        Some(&first.addr),
+        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
+        &ctx,
+    )
+    .ok();
+    assert_eq!(
+        run.step_state("RUN echo shared-step"),
+        "DONE",
+        "{}",
+        run.stderr
+    );
+    let second = Daemon::start_at(&k, "run/b.sock", "root-b");
+    let run = build(
+        &k,
+        Some(&second.addr),
+        &["--cache-from", &format!("type=registry,ref={cache}")],
+        &ctx,
+    )
+    .ok();
+    assert_eq!(
+        run.step_state("RUN echo shared-step"),
+        "CACHED",
+        "{}",
+        run.stderr
+    );
+
+    // A local cache directory is the client's: refused, saying what to use.
+    let local = format!("type=local,dest={}", k.path("cache-dir").display());
+    let refused = build(&k, Some(&second.addr), &["--cache-to", &local], &ctx).fails();
+    assert!(
+        refused.stderr.contains("type=registry"),
+        "{}",
+        refused.stderr
     );
 }

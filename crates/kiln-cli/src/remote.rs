@@ -24,12 +24,26 @@ pub fn build(
         );
     };
     let (plan, req) = Plan::from_args(settings, args)?;
-    if plan.remote.is_some() {
-        bail!(
-            "a remote builder cannot build a URL or stdin context yet: clone or unpack it and \
-             give its directory"
-        );
+    // A git or http(s) context is fetched by the daemon; stdin (`-`) stays here.
+    let url = match &plan.remote {
+        None => None,
+        Some(kiln_engine::RemoteContext::Git(u) | kiln_engine::RemoteContext::Http(u)) => {
+            Some(u.clone())
+        }
+        Some(kiln_engine::RemoteContext::Stdin(_)) => bail!(
+            "a remote builder cannot read the build context from stdin (`kiln build -`) yet: \
+             unpack it and give its directory"
+        ),
+    };
+    if url.is_some() && builder.nodes.len() > 1 {
+        bail!("a URL context with a builder of several nodes is not supported yet");
     }
+    // `-f` with a URL context: inside it (relative) or a file of this machine (absolute).
+    let url_file = plan
+        .stdin_file
+        .as_ref()
+        .map(|s| s.path())
+        .or(args.file.clone());
     let display = Display::from_args(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -67,7 +81,14 @@ pub fn build(
                 .await;
         }
         let mut client = connect(node).await?;
-        client.build(&req, progress, cancel.clone()).await
+        match &url {
+            Some(u) => {
+                client
+                    .build_url(&req, u, url_file.as_deref(), progress, cancel.clone())
+                    .await
+            }
+            None => client.build(&req, progress, cancel.clone()).await,
+        }
     });
     display.renderer.finish();
     match result? {

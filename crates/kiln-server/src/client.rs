@@ -165,17 +165,52 @@ impl Client {
         progress: Arc<dyn ProgressSink<Digest>>,
         cancel: CancellationToken,
     ) -> RemoteResult {
-        let dockerfile = std::fs::read(&req.dockerfile)
-            .map_err(|e| Error::io("read Dockerfile", &req.dockerfile, e))?;
-        let dockerfile_name = req
-            .dockerfile
-            .file_name()
+        self.build_from(req, None, progress, cancel).await
+    }
+
+    /// [`Client::build`] whose main context is `url` (git or http(s)), fetched by the daemon;
+    /// `file` is the `-f` given: relative, a file inside the fetched context; absolute, a file
+    /// of this machine, sent.
+    pub async fn build_url(
+        &mut self,
+        req: &BuildRequest,
+        url: &str,
+        file: Option<&Path>,
+        progress: Arc<dyn ProgressSink<Digest>>,
+        cancel: CancellationToken,
+    ) -> RemoteResult {
+        self.build_from(req, Some((url, file)), progress, cancel)
+            .await
+    }
+
+    async fn build_from(
+        &mut self,
+        req: &BuildRequest,
+        url: Option<(&str, Option<&Path>)>,
+        progress: Arc<dyn ProgressSink<Digest>>,
+        cancel: CancellationToken,
+    ) -> RemoteResult {
+        // The build file: sent as content, unless it is inside a context the daemon fetches.
+        let (local_file, context_file) = match url {
+            None => (Some(req.dockerfile.as_path()), None),
+            Some((_, Some(f))) if f.is_absolute() => (Some(f), None),
+            Some((_, Some(f))) => (None, Some(f.to_string_lossy().into_owned())),
+            Some((_, None)) => (None, None),
+        };
+        let dockerfile = match local_file {
+            Some(f) => std::fs::read(f).map_err(|e| Error::io("read Dockerfile", f, e))?,
+            None => Vec::new(),
+        };
+        let dockerfile_name = local_file
+            .and_then(Path::file_name)
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "Dockerfile".to_owned());
         // The directories to sync: the main context, then every `--build-context` that is a
         // local directory; the others (URLs, images) the daemon resolves itself.
-        let mut locals: Vec<(String, PathBuf, Option<pb::OciLayout>)> =
-            vec![(String::new(), req.context.clone(), None)];
+        let mut locals: Vec<(String, PathBuf, Option<pb::OciLayout>)> = match url {
+            None => vec![(String::new(), req.context.clone(), None)],
+            Some(_) => Vec::new(),
+        };
         let mut remote_contexts = BTreeMap::new();
         for (name, value) in &req.build_contexts {
             // An OCI layout is a directory of the client too: synced like one, then used as a
@@ -232,13 +267,15 @@ impl Client {
             })?;
             listings.push((name.clone(), dir.clone(), entries));
         }
-        let request = wire::request_to_wire(
+        let mut request = wire::request_to_wire(
             req,
             dockerfile,
             dockerfile_name,
             local_contexts,
             remote_contexts,
         )?;
+        request.context_url = url.map(|(u, _)| u.to_owned());
+        request.context_file = context_file;
         let mut outputs = req
             .exports
             .iter()

@@ -574,6 +574,23 @@ impl Session {
                 Some(_) => Some(dir.path().join(format!("out-{i}"))),
             })
             .collect();
+        // A URL context: fetched below, with the build file the client chose.
+        let fetch = match &request.context_url {
+            None => None,
+            Some(url) => {
+                let remote = kiln_engine::RemoteContext::from_url(url)
+                    .ok_or_else(|| bad(format!("{url:?} is not a git or http(s) URL")))?;
+                let file = match (&request.context_file, request.dockerfile.is_empty()) {
+                    (Some(f), _) if Path::new(f).is_absolute() => {
+                        return Err(bad("context_file must be relative to the fetched context"))
+                    }
+                    (Some(f), _) => Some(PathBuf::from(f)),
+                    (None, false) => Some(dockerfile.clone()),
+                    (None, true) => None,
+                };
+                Some((remote, file))
+            }
+        };
         let placed = Placed {
             dockerfile,
             contexts,
@@ -639,7 +656,34 @@ impl Session {
             })
         };
         let progress: Arc<dyn ProgressSink<Digest>> = Arc::new(WireProgress(queue.clone()));
-        let result = self.engine.build(req, progress, self.cancel.clone()).await;
+        let mut req = req;
+        let fetched = match fetch {
+            None => Ok(None),
+            Some((remote, file)) => self
+                .engine
+                .prepare_context(
+                    remote,
+                    file.as_deref(),
+                    &req.build_args,
+                    progress.clone(),
+                    self.cancel.clone(),
+                )
+                .await
+                .map(Some),
+        };
+        // The fetched context lives until the build is over.
+        let result = match fetched {
+            Err(e) => Err(e),
+            Ok(prepared) => {
+                if let Some(p) = &prepared {
+                    req.context = p.context().to_owned();
+                    req.dockerfile = p.dockerfile().to_owned();
+                }
+                let result = self.engine.build(req, progress, self.cancel.clone()).await;
+                drop(prepared);
+                result
+            }
+        };
         let (flushed, flush) = oneshot::channel();
         let _ = queue.send(Outbound::Flush(flushed));
         let _ = flush.await;

@@ -198,6 +198,9 @@ pub fn request_to_wire(
         call: req.call.map(|c| c.name().to_owned()).unwrap_or_default(),
         secrets: req.secrets.keys().cloned().collect(),
         ssh: req.ssh.keys().cloned().collect(),
+        // Set by the client when the main context is a URL.
+        context_url: None,
+        context_file: None,
         cache_to: req
             .cache_to
             .iter()
@@ -278,11 +281,14 @@ pub fn request_from_wire(
     secrets: &kiln_engine::ProvidedSecret,
     ssh: &BTreeMap<String, PathBuf>,
 ) -> Result<BuildRequest, Invalid> {
-    let context = match placed.contexts.get("") {
-        Some((dir, None)) => dir.clone(),
+    let context = match (placed.contexts.get(""), &w.context_url) {
+        (Some((dir, None)), None) => dir.clone(),
+        // Fetched by the daemon before the build, which then names its directory.
+        (None, Some(_)) => PathBuf::new(),
         _ => {
             return Err(invalid(
-                "the request names no main context (a local directory named \"\")",
+                "the request needs one main context: a local directory named \"\" or a \
+                 context_url",
             ))
         }
     };

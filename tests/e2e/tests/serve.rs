@@ -905,3 +905,54 @@ fn a_registry_cache_lets_a_second_daemon_reuse_the_first_ones_steps() {
         refused.stderr
     );
 }
+
+#[test]
+fn a_url_context_is_fetched_by_the_daemon() {
+    let k = Kiln::new(PLUGINS);
+    k.write(
+        "tarsrc",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY . /ctx/\n"),
+            ("Other.Dockerfile", "FROM scratch\nCOPY a.txt /other.txt\n"),
+            ("a.txt", "from the tarball\n"),
+        ],
+    );
+    let www = k.write("www", &[("placeholder", "")]);
+    kiln_e2e::sh(k.dir.path(), "tar -czf www/ctx.tar.gz -C tarsrc .");
+    let url = format!("{}/ctx.tar.gz", kiln_e2e::serve_files(&www));
+    let daemon = Daemon::start(&k);
+    let out = k.path("out");
+    let dest = format!("type=local,dest={}", out.display());
+    build(&k, Some(&daemon.addr), &["-o", &dest], &url).ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("ctx/a.txt")).unwrap(),
+        "from the tarball\n"
+    );
+    // `-f` relative: a file inside the fetched context.
+    let out2 = k.path("out2");
+    let dest2 = format!("type=local,dest={}", out2.display());
+    build(
+        &k,
+        Some(&daemon.addr),
+        &["-o", &dest2, "-f", "Other.Dockerfile"],
+        &url,
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(out2.join("other.txt")).unwrap(),
+        "from the tarball\n"
+    );
+    // `-f` absolute: the client's own file, sent.
+    let mine = k.write(
+        "mine",
+        &[("Dockerfile", "FROM scratch\nCOPY a.txt /mine.txt\n")],
+    );
+    let out3 = k.path("out3");
+    let dest3 = format!("type=local,dest={}", out3.display());
+    let file = mine.join("Dockerfile").display().to_string();
+    build(&k, Some(&daemon.addr), &["-o", &dest3, "-f", &file], &url).ok();
+    assert_eq!(
+        std::fs::read_to_string(out3.join("mine.txt")).unwrap(),
+        "from the tarball\n"
+    );
+}

@@ -49,6 +49,31 @@ impl Daemon {
         }
     }
 
+    /// A daemon on `tcp://127.0.0.1:<a free port>` with `flags` (TLS or --insecure); its
+    /// address is read back from its `listening on` line.
+    fn start_tcp(k: &Kiln, flags: &[&str]) -> Daemon {
+        let root = k.path("daemon-root").display().to_string();
+        let mut args = vec!["--root", &root, "serve", "--addr", "tcp://127.0.0.1:0"];
+        args.extend_from_slice(flags);
+        let mut proc = k.spawn(&[], &args);
+        assert!(
+            proc.wait_for_line("listening on tcp://", Duration::from_secs(30)),
+            "{}",
+            proc.seen.join("\n")
+        );
+        let addr = proc
+            .seen
+            .last()
+            .and_then(|l| l.split("listening on ").nth(1))
+            .expect("the address line")
+            .trim()
+            .to_owned();
+        Daemon {
+            proc: Some(proc),
+            addr,
+        }
+    }
+
     fn pid(&self) -> String {
         self.proc.as_ref().expect("running").id().to_string()
     }
@@ -454,16 +479,9 @@ fn a_tcp_daemon_with_mutual_tls_serves_a_client_with_a_certificate_and_refuses_o
     let certs = k.path("certs");
     make_certs(&certs);
     let c = |name: &str| certs.join(name).display().to_string();
-    let root = k.path("daemon-root").display().to_string();
-    // Port 0: the daemon prints the port it got.
-    let mut proc = k.spawn(
-        &[],
+    let daemon = Daemon::start_tcp(
+        &k,
         &[
-            "--root",
-            &root,
-            "serve",
-            "--addr",
-            "tcp://127.0.0.1:0",
             "--tlscacert",
             &c("ca.pem"),
             "--tlscert",
@@ -472,22 +490,8 @@ fn a_tcp_daemon_with_mutual_tls_serves_a_client_with_a_certificate_and_refuses_o
             &c("server.key"),
         ],
     );
-    assert!(
-        proc.wait_for_line("listening on tcp://", Duration::from_secs(30)),
-        "{}",
-        proc.seen.join("\n")
-    );
-    let addr = proc
-        .seen
-        .last()
-        .and_then(|l| l.split("listening on ").nth(1))
-        .expect("the address line")
-        .trim()
-        .to_owned();
-    let daemon = Daemon {
-        proc: Some(proc),
-        addr: addr.clone(),
-    };
+    let addr = daemon.addr.clone();
+    let root = k.path("daemon-root").display().to_string();
     let ctx = k.write("ctx", &[("Dockerfile", "FROM bb\nRUN echo over-tls\n")]);
     let ctx = ctx.display().to_string();
 
@@ -954,5 +958,20 @@ fn a_url_context_is_fetched_by_the_daemon() {
     assert_eq!(
         std::fs::read_to_string(out3.join("mine.txt")).unwrap(),
         "from the tarball\n"
+    );
+}
+
+#[test]
+fn plain_tcp_on_loopback_with_insecure_builds() {
+    let k = Kiln::new(PLUGINS);
+    let daemon = Daemon::start_tcp(&k, &["--insecure"]);
+    let addr = daemon.addr.clone();
+    let ctx = k.write("ctx", &[("Dockerfile", "FROM bb\nRUN echo over-tcp\n")]);
+    let run = build(&k, Some(&addr), &[], &ctx.display().to_string()).ok();
+    assert_eq!(
+        run.step_state("RUN echo over-tcp"),
+        "DONE",
+        "{}",
+        run.stderr
     );
 }

@@ -187,7 +187,9 @@ pub(crate) fn scan(
     };
     let mut updates = Vec::new();
     // Files the stat cache does not know: read after the walk, on several threads.
-    let mut to_read: Vec<(usize, fs::Metadata, StatRecord)> = Vec::new();
+    // Only the index and the stamp: a cold context is 20,000 of them (the peak RSS of a
+    // build is held under 64 MiB).
+    let mut to_read: Vec<(usize, StatRecord)> = Vec::new();
     for e in walked {
         let md = &e.md;
         let ft = md.file_type();
@@ -225,7 +227,7 @@ pub(crate) fn scan(
                 });
                 match fresh {
                     Some(r) => s.hash = Some(r.hash),
-                    None => to_read.push((scan.entries.len(), e.md, stamp)),
+                    None => to_read.push((scan.entries.len(), stamp)),
                 }
             }
             Kind::Symlink => {
@@ -240,13 +242,13 @@ pub(crate) fn scan(
     if !to_read.is_empty() {
         let dir = scan.stage.insert(store.temp_dir("context")?).clone();
         let read = stage_all(root, &src.name, &dir, &scan.entries, &to_read)?;
-        for ((i, md, stamp), (to, read)) in to_read.into_iter().zip(read) {
+        for ((i, stamp), read) in to_read.into_iter().zip(read) {
             let s = &mut scan.entries[i];
             s.hash = Some(read.hash);
             s.size = read.len;
-            s.staged = Some(to);
+            s.staged = Some(staged_name(&dir, i));
             // A file written while it was read is hashed again next time.
-            if read.unchanged_since(&md) {
+            if read.unchanged_since(&stamp) {
                 updates.push((
                     format!("{prefix}{}", s.rel),
                     StatRecord {
@@ -261,25 +263,21 @@ pub(crate) fn scan(
     Ok(scan)
 }
 
-/// A staged copy of a context file, and what reading it found.
-type Staged = (PathBuf, FileRead);
-
 /// Stages and hashes the entries `todo` (indices into `entries`) into `dir`, each under its
 /// index, on up to 4 threads: a cold context of 20,000 files is as many file creations and
 /// reads, which a second core halves (the machine this is measured on has two). Results in
-/// the order of `todo`; the first error fails all.
+/// the order of `todo`, each in a slot of its own (no list is gathered and copied: a build's
+/// peak RSS is held under 64 MiB); the first error fails all.
 fn stage_all(
     root: &Path,
     name: &str,
     dir: &Path,
     entries: &[Scanned],
-    todo: &[(usize, fs::Metadata, StatRecord)],
-) -> Result<Vec<Staged>, Error> {
-    let stage_one = |i: usize| -> Result<Staged, Error> {
+    todo: &[(usize, StatRecord)],
+) -> Result<Vec<FileRead>, Error> {
+    let stage_one = |i: usize| -> Result<FileRead, Error> {
         let e = &entries[i];
-        let to = dir.join(i.to_string());
-        let read = stage_file(&root.join(&e.rel), &to, e)?;
-        Ok((to, read))
+        stage_file(&root.join(&e.rel), &staged_name(dir, i), e)
     };
     // A few files (an edit) are not worth a thread.
     let threads = std::thread::available_parallelism()
@@ -287,74 +285,66 @@ fn stage_all(
         .clamp(1, 4)
         .min(todo.len() / 64 + 1);
     if threads <= 1 {
-        return todo.iter().map(|(i, _, _)| stage_one(*i)).collect();
+        return todo.iter().map(|(i, _)| stage_one(*i)).collect();
     }
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::OnceLock;
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let done: Vec<(usize, Result<Staged, Error>)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    while !failed.load(Ordering::Relaxed) {
-                        let n = next.fetch_add(1, Ordering::Relaxed);
-                        let Some((i, _, _)) = todo.get(n) else { break };
-                        let r = stage_one(*i);
-                        failed.fetch_or(r.is_err(), Ordering::Relaxed);
-                        done.push((n, r));
-                    }
-                    done
-                })
-            })
-            .collect();
-        // A worker that panicked leaves its files unread: reported below.
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_default())
-            .collect()
+    let slots: Vec<OnceLock<Result<FileRead, Error>>> =
+        (0..todo.len()).map(|_| OnceLock::new()).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let (Some((i, _)), Some(slot)) = (todo.get(n), slots.get(n)) else {
+                        break;
+                    };
+                    let r = stage_one(*i);
+                    failed.fetch_or(r.is_err(), Ordering::Relaxed);
+                    let _ = slot.set(r);
+                }
+            });
+        }
     });
-    let mut all: Vec<Option<Staged>> = (0..todo.len()).map(|_| None).collect();
-    for (n, r) in done {
-        all[n] = Some(r?);
+    // A slot left empty: another file failed first (its error is returned), or a worker
+    // panicked (the first file it left unread is named).
+    let mut missing = None;
+    let mut read = Vec::with_capacity(todo.len());
+    for (slot, (i, _)) in slots.into_iter().zip(todo) {
+        match slot.into_inner() {
+            Some(r) => read.push(r?),
+            None => {
+                missing.get_or_insert(*i);
+            }
+        }
     }
-    all.into_iter()
-        .zip(todo)
-        .map(|(r, (i, _, _))| {
-            r.ok_or_else(|| Error::Context {
-                context: name.to_owned(),
-                message: format!("{}: not read (a staging thread stopped)", entries[*i].rel),
-            })
-        })
-        .collect()
+    match missing {
+        Some(i) => Err(Error::Context {
+            context: name.to_owned(),
+            message: format!("{}: not read (a staging thread stopped)", entries[i].rel),
+        }),
+        None => Ok(read),
+    }
+}
+
+/// Where entry `i` of a scan is staged in `dir`.
+fn staged_name(dir: &Path, i: usize) -> PathBuf {
+    dir.join(i.to_string())
 }
 
 /// What reading a context file found.
 struct FileRead {
     hash: Digest,
     len: u64,
-    /// The file's own stat after the read.
-    after: fs::Metadata,
+    /// The file's own stat after the read: inode, size, mtime and ctime (ns).
+    after: (u64, u64, i128, i128),
 }
 
 impl FileRead {
-    fn unchanged_since(&self, before: &fs::Metadata) -> bool {
-        let a = &self.after;
-        (
-            a.ino(),
-            a.len(),
-            a.mtime(),
-            a.mtime_nsec(),
-            a.ctime(),
-            a.ctime_nsec(),
-        ) == (
-            before.ino(),
-            before.len(),
-            before.mtime(),
-            before.mtime_nsec(),
-            before.ctime(),
-            before.ctime_nsec(),
-        )
+    fn unchanged_since(&self, before: &StatRecord) -> bool {
+        self.after == (before.ino, before.size, before.mtime_ns, before.ctime_ns)
     }
 }
 
@@ -368,7 +358,13 @@ fn stage_file(from: &Path, to: &Path, e: &Scanned) -> Result<FileRead, Error> {
         .open(to)
         .map_err(|err| Error::io("create", to, err))?;
     let (hash, len) = copy_hashing(&mut src, from, &mut dst, to)?;
-    let after = src.metadata().map_err(|err| Error::io("stat", from, err))?;
+    let md = src.metadata().map_err(|err| Error::io("stat", from, err))?;
+    let after = (
+        md.ino(),
+        md.len(),
+        nanos(md.mtime(), md.mtime_nsec()),
+        nanos(md.ctime(), md.ctime_nsec()),
+    );
     let _ = std::os::unix::fs::fchown(&dst, Some(0), Some(0));
     dst.set_permissions(fs::Permissions::from_mode(e.mode))
         .map_err(|err| Error::io("chmod", to, err))?;

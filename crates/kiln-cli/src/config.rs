@@ -530,6 +530,23 @@ impl Config {
         dirs
     }
 
+    /// The engine's configuration from these settings, the plugin directories and insecure
+    /// registries of the command line added (`kiln build` and `kiln serve` open the store alike).
+    pub fn engine_config(
+        &self,
+        flag_plugin_dirs: &[PathBuf],
+        insecure_registries: &[String],
+    ) -> kiln_engine::EngineConfig {
+        kiln_engine::EngineConfig {
+            root: self.root.value.clone(),
+            plugin_dirs: self.plugin_dirs_with(flag_plugin_dirs),
+            concurrency: self.max_parallelism.value.map(std::num::NonZeroUsize::get),
+            insecure_registries: insecure_registries.to_vec(),
+            registries: self.registry_hosts(),
+            gc: self.gc_policy(),
+        }
+    }
+
     /// The collection after each build, as the engine takes it.
     pub fn gc_policy(&self) -> kiln_engine::gc::GcPolicy {
         kiln_engine::gc::GcPolicy {

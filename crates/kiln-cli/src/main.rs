@@ -28,7 +28,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use kiln_engine::{Engine, EngineConfig};
+use kiln_engine::Engine;
 use kiln_progress::Mode;
 use kiln_solver::CancellationToken;
 
@@ -342,18 +342,8 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
     }
     let (mut plan, req) = build::Plan::from_args(settings, &args)?;
     let display = build::Display::from_args(&args)?;
-    let engine = Engine::new(EngineConfig {
-        root: settings.root.value.clone(),
-        plugin_dirs: settings.plugin_dirs_with(&args.plugin_dirs),
-        concurrency: settings
-            .max_parallelism
-            .value
-            .map(std::num::NonZeroUsize::get),
-        insecure_registries: args.insecure_registries.clone(),
-        registries: settings.registry_hosts(),
-        gc: settings.gc_policy(),
-    })
-    .context("opening the kiln store")?;
+    let engine = Engine::new(settings.engine_config(&args.plugin_dirs, &args.insecure_registries))
+        .context("opening the kiln store")?;
     for r in engine.plugins().refused() {
         if display.mode != Mode::RawJson {
             display.renderer.warning(&format!("plugin refused: {r}"));

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use kiln_engine::{Engine, EngineConfig};
+use kiln_engine::Engine;
 use kiln_server::server::{serve, ServeConfig, ServerTls};
 use kiln_server::Address;
 
@@ -67,18 +67,8 @@ pub fn run(settings: &config::Config, args: &ServeArgs) -> Result<ExitCode> {
     if let Err(e) = kiln_engine::isolate_mounts() {
         eprintln!("WARNING: {e}: a killed daemon may leave mounts behind");
     }
-    let engine = Engine::new(EngineConfig {
-        root: settings.root.value.clone(),
-        plugin_dirs: settings.plugin_dirs_with(&args.plugin_dirs),
-        concurrency: settings
-            .max_parallelism
-            .value
-            .map(std::num::NonZeroUsize::get),
-        insecure_registries: Vec::new(),
-        registries: settings.registry_hosts(),
-        gc: settings.gc_policy(),
-    })
-    .context("opening the kiln store")?;
+    let engine = Engine::new(settings.engine_config(&args.plugin_dirs, &[]))
+        .context("opening the kiln store")?;
     for r in engine.plugins().refused() {
         eprintln!("WARNING: plugin refused: {r}");
     }

@@ -3,7 +3,7 @@
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use kiln_ignore::PatternMatcher;
 
@@ -12,10 +12,17 @@ use crate::{Entry, Error, Kind, Result, MAX_ENTRIES, MAX_IGNORE_FILE_BYTES};
 /// The `.dockerignore` that applies to a context, as the client read it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IgnoreSpec {
-    /// The ignore file's path relative to the context root, when one was found. [`scan`]
-    /// always keeps this entry, even when its own patterns exclude it: the daemon's frontend
-    /// reads it again from the mirror.
+    /// The context's `.dockerignore` (its path relative to the context root), when that is
+    /// the file chosen. [`scan`] always keeps this entry, even when its own patterns exclude
+    /// it: the daemon's frontend reads it again from the mirror.
     pub file: Option<String>,
+    /// The Dockerfile's own ignore file, `<name>.dockerignore` beside the Dockerfile (its path
+    /// on the client), when that is the file chosen. The daemon's frontend reads it beside
+    /// the Dockerfile the daemon writes, not from the mirror: the client sends [`content`]
+    /// for the daemon to write there as `<name>.dockerignore`.
+    ///
+    /// [`content`]: IgnoreSpec::content
+    pub beside_dockerfile: Option<PathBuf>,
     /// Its bytes as read.
     pub content: Vec<u8>,
     /// Its patterns (`kiln_ignore::read_ignore_file`).
@@ -32,27 +39,44 @@ impl IgnoreSpec {
     pub fn from_patterns(patterns: Vec<String>) -> IgnoreSpec {
         IgnoreSpec {
             file: None,
+            beside_dockerfile: None,
             content: Vec::new(),
             patterns,
+        }
+    }
+
+    /// The ignore file on the client, for messages.
+    fn path_on_client(&self, context: &Path) -> PathBuf {
+        match &self.beside_dockerfile {
+            Some(p) => p.clone(),
+            None => context.join(self.file.as_deref().unwrap_or(".dockerignore")),
         }
     }
 }
 
 /// Reads the ignore file the Dockerfile frontend will choose for `context` (its
-/// `read_ignore_patterns`): `<name>.dockerignore` where `<name>` is the Dockerfile's file name
-/// (as the engine passes it to the frontend), else `.dockerignore`, both at the context root.
-/// Neither there: an empty spec.
+/// `read_ignore_patterns`), as BuildKit does: `<name>.dockerignore` in the directory of
+/// `dockerfile` (`<name>` its file name; the engine serves that directory to the frontend),
+/// else `.dockerignore` at the context root. Neither there: an empty spec. A relative
+/// `dockerfile` is relative to the current directory, as `-f` is.
 ///
-/// The frontend reads through a symlink (inside the context); a remote build would then need
-/// the link's target too, so a symlinked ignore file is refused with a clear error instead.
+/// The frontend reads through a symlink (inside its directory); a remote build would then
+/// need the link's target too, so a symlinked ignore file is refused with a clear error
+/// instead.
 pub fn read_ignore(context: &Path, dockerfile: &Path) -> Result<IgnoreSpec> {
     let name = dockerfile
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "Dockerfile".to_owned());
-    let candidates = [format!("{name}.dockerignore"), ".dockerignore".to_owned()];
-    for rel in candidates {
-        let path = context.join(&rel);
+    let dockerfile_dir = match dockerfile.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let candidates = [
+        (dockerfile_dir.join(format!("{name}.dockerignore")), None),
+        (context.join(".dockerignore"), Some(".dockerignore")),
+    ];
+    for (path, in_context) in candidates {
         let md = match fs::symlink_metadata(&path) {
             Ok(md) => md,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -64,8 +88,8 @@ pub fn read_ignore(context: &Path, dockerfile: &Path) -> Result<IgnoreSpec> {
         };
         if md.file_type().is_symlink() {
             return Err(fail(
-                "is a symlink: a remote build needs the ignore file itself in the context \
-                 (replace the link by a copy)"
+                "is a symlink: a remote build needs the ignore file itself (replace the link \
+                 by a copy)"
                     .to_owned(),
             ));
         }
@@ -85,7 +109,8 @@ pub fn read_ignore(context: &Path, dockerfile: &Path) -> Result<IgnoreSpec> {
         let patterns = kiln_ignore::read_ignore_file(&String::from_utf8_lossy(&content))
             .map_err(|e| fail(e.to_string()))?;
         return Ok(IgnoreSpec {
-            file: Some(rel),
+            file: in_context.map(str::to_owned),
+            beside_dockerfile: in_context.is_none().then_some(path),
             content,
             patterns,
         });
@@ -102,7 +127,7 @@ pub fn read_ignore(context: &Path, dockerfile: &Path) -> Result<IgnoreSpec> {
 /// sockets are skipped. A kept path that is not UTF-8 is an error naming it.
 pub fn scan(context: &Path, ignore: &IgnoreSpec) -> Result<Vec<Entry>> {
     let matcher = PatternMatcher::new(&ignore.patterns).map_err(|e| Error::IgnoreFile {
-        file: context.join(ignore.file.as_deref().unwrap_or(".dockerignore")),
+        file: ignore.path_on_client(context),
         reason: e.to_string(),
     })?;
     let root_md = fs::metadata(context).map_err(|e| Error::io("stat", context, e))?;
@@ -146,7 +171,7 @@ pub fn scan(context: &Path, ignore: &IgnoreSpec) -> Result<Vec<Entry>> {
                 && matcher
                     .matches_or_parent_matches(&rel)
                     .map_err(|e| Error::IgnoreFile {
-                        file: context.join(ignore.file.as_deref().unwrap_or(".dockerignore")),
+                        file: ignore.path_on_client(context),
                         reason: e.to_string(),
                     })?;
             if excluded {

@@ -247,9 +247,10 @@ fn ignored_files_are_not_entries_and_reincluded_ones_are() {
         "build\n!build/keep/me.txt\nnode_modules\n*.log\n.dockerignore\n",
     )
     .expect("write");
-    // The Dockerfile's own ignore file wins over .dockerignore when present.
-    let ignore = read_ignore(&src, Path::new("Dockerfile")).expect("read");
+    // No ignore file beside the Dockerfile: the context's .dockerignore.
+    let ignore = read_ignore(&src, &src.join("Dockerfile")).expect("read");
     assert_eq!(ignore.file.as_deref(), Some(".dockerignore"));
+    assert_eq!(ignore.beside_dockerfile, None);
     assert_eq!(
         ignore.patterns,
         [
@@ -284,9 +285,24 @@ fn ignored_files_are_not_entries_and_reincluded_ones_are() {
         "implied dirs are removed with their last file"
     );
 
+    // A Dockerfile's own ignore file is read beside it (BuildKit's `dockerfile` local), not
+    // at the context root: a `Dockerfile.dockerignore` there is not the one of
+    // `/elsewhere/Dockerfile` (it was, before).
     fs::write(src.join("Dockerfile.dockerignore"), "main.c\n").expect("write");
-    let own = read_ignore(&src, Path::new("/elsewhere/Dockerfile")).expect("read");
-    assert_eq!(own.file.as_deref(), Some("Dockerfile.dockerignore"));
+    let stray = read_ignore(&src, Path::new("/elsewhere/Dockerfile")).expect("read");
+    assert_eq!(stray.file.as_deref(), Some(".dockerignore"));
+    assert_eq!(stray.beside_dockerfile, None);
+    fs::remove_file(src.join("Dockerfile.dockerignore")).expect("rm");
+
+    fs::create_dir_all(src.join("docker")).expect("mkdir");
+    fs::write(src.join("docker/app.Dockerfile"), "FROM scratch\n").expect("write");
+    fs::write(src.join("docker/app.Dockerfile.dockerignore"), "main.c\n").expect("write");
+    let own = read_ignore(&src, &src.join("docker/app.Dockerfile")).expect("read");
+    assert_eq!(own.file, None);
+    assert_eq!(
+        own.beside_dockerfile.as_deref(),
+        Some(src.join("docker/app.Dockerfile.dockerignore").as_path())
+    );
     assert_eq!(own.patterns, ["main.c"]);
     assert_eq!(own.content, b"main.c\n");
     let paths: Vec<String> = scan(&src, &own)
@@ -296,8 +312,30 @@ fn ignored_files_are_not_entries_and_reincluded_ones_are() {
         .collect();
     assert!(!paths.contains(&"main.c".to_owned()), "{paths:?}");
     assert!(paths.contains(&"app.log".to_owned()), "{paths:?}");
+    // The beside file is an ordinary entry: its patterns decide (the daemon gets its content).
+    assert!(paths.contains(&".dockerignore".to_owned()), "{paths:?}");
 
-    let none = read_ignore(&src.join("build"), Path::new("Dockerfile")).expect("read");
+    // Outside the context too, and a bad pattern there names it.
+    let outside = tmp.path().join("df");
+    fs::create_dir_all(&outside).expect("mkdir");
+    fs::write(outside.join("Dockerfile.dockerignore"), "[\n").expect("write");
+    let own = read_ignore(&src, &outside.join("Dockerfile")).expect("read");
+    assert_eq!(
+        own.beside_dockerfile.as_deref(),
+        Some(outside.join("Dockerfile.dockerignore").as_path())
+    );
+    let e = scan(&src, &own).expect_err("bad pattern");
+    assert!(
+        e.to_string().contains(
+            &outside
+                .join("Dockerfile.dockerignore")
+                .display()
+                .to_string()
+        ),
+        "{e}"
+    );
+
+    let none = read_ignore(&src.join("build"), &src.join("build/Dockerfile")).expect("read");
     assert_eq!(none, IgnoreSpec::none());
 }
 

@@ -240,7 +240,8 @@ impl Engine {
             load_id,
             load_name.clone(),
             cancel.clone(),
-        )));
+        )
+        .with_dockerfile(&req.dockerfile)));
         // The `--cache-from` caches do not depend on the graph: they are read (manifest and
         // config, round trips to a registry) while the frontend runs. A build that ends
         // before it needs them (a frontend error, `--call`, a dropped `Planned`) stops their

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_plugin_host::{HostServices, PluginRegistry};
@@ -15,8 +15,17 @@ use kiln_types::Digest;
 
 use crate::rootpath;
 
+/// The name the build file's own directory is served under: BuildKit's `dockerfile` local,
+/// where its Dockerfile frontend reads `<name>.dockerignore` before the context's
+/// `.dockerignore`. A `--build-context NAME=VALUE` name never holds `=`, so this name cannot
+/// collide with a named context (BuildKit's `dockerfile` could). The Dockerfile frontend
+/// spells it too (`convert.rs`).
+pub(crate) const DOCKERFILE_CONTEXT: &str = "dockerfile=";
+
 pub(crate) struct EngineServices {
     contexts: BTreeMap<String, PathBuf>,
+    /// The build file's directory and file name, served under [`DOCKERFILE_CONTEXT`].
+    dockerfile: Option<(PathBuf, String)>,
     plugins: Arc<PluginRegistry>,
     registry: kiln_registry::Registry,
     store: kiln_snapshot::Store,
@@ -42,6 +51,7 @@ impl EngineServices {
     ) -> Self {
         EngineServices {
             contexts,
+            dockerfile: None,
             plugins,
             registry,
             store,
@@ -53,7 +63,27 @@ impl EngineServices {
         }
     }
 
+    /// Serves the directory of the build file `dockerfile` under [`DOCKERFILE_CONTEXT`],
+    /// limited to the two files BuildKit reads there: the build file and `<name>.dockerignore`
+    /// (the rest of that directory may be anything, outside every context).
+    pub(crate) fn with_dockerfile(mut self, dockerfile: &Path) -> Self {
+        if let Some(name) = dockerfile.file_name() {
+            let dir = match dockerfile.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            self.dockerfile = Some((dir, name.to_string_lossy().into_owned()));
+        }
+        self
+    }
+
     fn path(&self, context: &str, path: &str, follow: bool) -> Result<PathBuf, PluginError> {
+        if context == DOCKERFILE_CONTEXT {
+            return match &self.dockerfile {
+                Some((dir, name)) => dockerfile_dir_path(dir, name, path, follow),
+                None => Err(PluginError::not_found("no build file directory is served")),
+            };
+        }
         let Some(root) = self.contexts.get(context) else {
             return Err(PluginError::not_found(format!(
                 "no build context named {context:?}"
@@ -62,6 +92,25 @@ impl EngineServices {
         rootpath::resolve(root, path, follow)
             .map_err(|e| PluginError::internal(format!("{path}: {e}")))
     }
+}
+
+/// `path` in the build file's directory `dir`: only the build file `name` itself and
+/// `<name>.dockerignore`, resolved inside `dir` (a symlink cannot lead out of it); any other
+/// path is "not found", as if the directory held nothing else.
+fn dockerfile_dir_path(
+    dir: &Path,
+    name: &str,
+    path: &str,
+    follow: bool,
+) -> Result<PathBuf, PluginError> {
+    let rel = path.trim_start_matches('/').trim_start_matches("./");
+    let ignore = format!("{name}.dockerignore");
+    if rel != name && rel != ignore {
+        return Err(PluginError::not_found(format!(
+            "{path} not found beside the build file (only {name} and {ignore} are served)"
+        )));
+    }
+    rootpath::resolve(dir, rel, follow).map_err(|e| PluginError::internal(format!("{path}: {e}")))
 }
 
 fn info(name: String, md: &std::fs::Metadata, link: Option<String>) -> FileInfo {
@@ -211,6 +260,47 @@ impl HostServices for EngineServices {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dockerfile_dir_serves_only_the_build_file_and_its_ignore_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("docker");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::write(dir.join("app.Dockerfile"), "FROM scratch\n").expect("write");
+        std::fs::write(dir.join("app.Dockerfile.dockerignore"), "secret\n").expect("write");
+        std::fs::write(dir.join("other"), "x").expect("write");
+        std::fs::write(tmp.path().join("outside"), "x").expect("write");
+        // A symlinked ignore file pointing out of the directory stays inside it.
+        let linked = tmp.path().join("linked");
+        std::fs::create_dir(&linked).expect("mkdir");
+        std::os::unix::fs::symlink("../outside", linked.join("Dockerfile.dockerignore"))
+            .expect("symlink");
+
+        for path in [
+            "app.Dockerfile.dockerignore",
+            "/app.Dockerfile.dockerignore",
+        ] {
+            let p = dockerfile_dir_path(&dir, "app.Dockerfile", path, true).expect(path);
+            assert_eq!(std::fs::read(p).expect("read"), b"secret\n");
+        }
+        let p = dockerfile_dir_path(&dir, "app.Dockerfile", "app.Dockerfile", true).expect("df");
+        assert_eq!(p, dir.join("app.Dockerfile"));
+        for path in [
+            "other",
+            ".",
+            "",
+            "../outside",
+            "docker/../other",
+            ".dockerignore",
+        ] {
+            let e = dockerfile_dir_path(&dir, "app.Dockerfile", path, true).expect_err(path);
+            assert_eq!(e.kind, ErrorKind::NotFound, "{path}: {e}");
+        }
+        let p = dockerfile_dir_path(&linked, "Dockerfile", "Dockerfile.dockerignore", true)
+            .expect("resolved");
+        assert!(p.starts_with(&linked), "{}", p.display());
+        assert!(!p.exists(), "{}", p.display());
+    }
 
     fn registry() -> kiln_registry::Registry {
         let docker = tempfile::tempdir().expect("tempdir");

@@ -26,6 +26,10 @@ pub(crate) const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// The main local context.
 pub(crate) const CONTEXT: &str = "context";
+/// The Dockerfile's own directory as the engine serves it (BuildKit's `dockerfile` local):
+/// only the Dockerfile and `<name>.dockerignore`. The `=` keeps it apart from every
+/// `--build-context NAME=VALUE` name; kiln-engine's `services.rs` spells it too.
+pub(crate) const DOCKERFILE_CONTEXT: &str = "dockerfile=";
 
 /// Every instruction this frontend knows, for "did you mean" hints.
 pub(crate) const KNOWN_INSTRUCTIONS: [&str; 18] = [
@@ -1198,23 +1202,23 @@ impl Converter<'_> {
         Ok(state)
     }
 
-    /// `<Dockerfile>.dockerignore` when present, else `.dockerignore`, as BuildKit reads them.
+    /// `<Dockerfile>.dockerignore` beside the Dockerfile when present, else the context's
+    /// `.dockerignore`, as BuildKit reads them (its `dockerfile` local, then the context).
     fn read_ignore_patterns(&self) -> Result<Vec<String>> {
-        let name = self.req.filename.trim_start_matches("./");
-        // An absolute Dockerfile path is outside the context: its ignore file can only be named
-        // after its base name.
-        let name = if name.starts_with('/') {
-            name.rsplit('/').next().unwrap_or(name)
-        } else {
-            name
-        };
+        // The engine passes the file name; a host passing a path still means its last part.
+        let name = self.req.filename.rsplit('/').next().unwrap_or_default();
         let mut candidates = Vec::new();
         if !name.is_empty() {
-            candidates.push(format!("{name}.dockerignore"));
+            candidates.push((DOCKERFILE_CONTEXT, format!("{name}.dockerignore")));
         }
-        candidates.push(".dockerignore".to_owned());
-        for path in candidates {
-            if let Some(bytes) = self.host.read_context_file(CONTEXT, &path)? {
+        candidates.push((CONTEXT, ".dockerignore".to_owned()));
+        for (context, path) in candidates {
+            let bytes = match self.host.read_context_file(context, &path) {
+                // A host that does not serve the Dockerfile's directory has nothing beside it.
+                Err(e) if context == DOCKERFILE_CONTEXT && e.kind == ErrorKind::NotFound => None,
+                read => read?,
+            };
+            if let Some(bytes) = bytes {
                 return kiln_ignore::read_ignore_file(&String::from_utf8_lossy(&bytes)).map_err(
                     |e| {
                         // The limits name a line of the ignore file, not of the Dockerfile.

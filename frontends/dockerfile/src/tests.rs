@@ -19,6 +19,7 @@ use crate::{build, FrontendHost};
 
 mod add;
 mod call_outline;
+mod dockerignore_beside;
 mod git_query;
 mod lint_buildkit_cases;
 mod lint_rules;
@@ -33,6 +34,8 @@ type Lower = Box<dyn Fn(&InstructionRequest) -> Option<InstructionResponse>>;
 #[derive(Default)]
 struct FakeHost {
     files: BTreeMap<String, String>,
+    /// The files beside the Dockerfile (the engine's `DOCKERFILE_CONTEXT`).
+    beside: BTreeMap<String, String>,
     images: BTreeMap<String, ImageConfig>,
     lower: Option<Lower>,
     lowered: RefCell<Vec<InstructionRequest>>,
@@ -41,6 +44,9 @@ struct FakeHost {
 
 impl FrontendHost for FakeHost {
     fn read_context_file(&self, context: &str, path: &str) -> Result<Option<Vec<u8>>, PluginError> {
+        if context == crate::convert::DOCKERFILE_CONTEXT {
+            return Ok(self.beside.get(path).map(|s| s.as_bytes().to_vec()));
+        }
         assert_eq!(context, "context");
         Ok(self.files.get(path).map(|s| s.as_bytes().to_vec()))
     }
@@ -360,13 +366,27 @@ fn dockerignore_patterns_become_excludes() {
     );
     assert_eq!(local_source(&resp.definition).name, "context");
 
-    // A Dockerfile-specific ignore file wins.
+    // A Dockerfile-specific ignore file wins, read beside the Dockerfile (BuildKit's
+    // `dockerfile` local); one of that name at the context root is not it.
     host.files
-        .insert("app.Dockerfile.dockerignore".into(), "target\n".into());
+        .insert("app.Dockerfile.dockerignore".into(), "stray\n".into());
     let mut req = request(source);
     req.filename = "app.Dockerfile".into();
     let resp = build(&req, &host).unwrap();
+    assert_eq!(
+        local_source(&resp.definition).exclude_patterns,
+        ["*.log", "!keep.log"]
+    );
+    host.beside
+        .insert("app.Dockerfile.dockerignore".into(), "target\n".into());
+    let resp = build(&req, &host).unwrap();
     assert_eq!(local_source(&resp.definition).exclude_patterns, ["target"]);
+    // Only the Dockerfile's own name counts beside it.
+    let resp = build(&request(source), &host).unwrap();
+    assert_eq!(
+        local_source(&resp.definition).exclude_patterns,
+        ["*.log", "!keep.log"]
+    );
 
     // None at all is fine.
     let resp = run(source);
@@ -1509,6 +1529,7 @@ fn random_dockerfiles_never_panic() {
     ];
     let host = FakeHost {
         files: BTreeMap::from([("a".to_owned(), "a".to_owned())]),
+        beside: BTreeMap::new(),
         images: BTreeMap::from([("busybox".to_owned(), ImageConfig::scratch(&platform()))]),
         lower: None,
         lowered: RefCell::new(Vec::new()),

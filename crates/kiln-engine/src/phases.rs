@@ -230,18 +230,20 @@ impl Engine {
         let (contexts, options) = frontend_options(&req)?;
         // The frontend calls of one build share their image-config resolves: a base on
         // `$BUILDPLATFORM` is asked of the registry once, not once per platform.
-        let services = Arc::new(platforms::ResolvedOnce::new(services::EngineServices::new(
-            contexts.clone(),
-            self.plugins.clone(),
-            self.registry.clone(),
-            self.store.clone(),
-            tokio::runtime::Handle::current(),
-            progress.clone(),
-            load_id,
-            load_name.clone(),
-            cancel.clone(),
-        )
-        .with_dockerfile(&req.dockerfile)));
+        let services = Arc::new(platforms::ResolvedOnce::new(
+            services::EngineServices::new(
+                contexts.clone(),
+                self.plugins.clone(),
+                self.registry.clone(),
+                self.store.clone(),
+                tokio::runtime::Handle::current(),
+                progress.clone(),
+                load_id,
+                load_name.clone(),
+                cancel.clone(),
+            )
+            .with_dockerfile(&req.dockerfile),
+        ));
         // The `--cache-from` caches do not depend on the graph: they are read (manifest and
         // config, round trips to a registry) while the frontend runs. A build that ends
         // before it needs them (a frontend error, `--call`, a dropped `Planned`) stops their

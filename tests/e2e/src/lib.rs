@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod serve;
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -612,4 +614,155 @@ pub fn tar_with_raw_name(name: &[u8]) -> Vec<u8> {
     bytes.extend_from_slice(b"x\n");
     bytes.resize(512 * 4, 0);
     bytes
+}
+
+/// The busybox OCI layout `cargo xtask test` makes (tag `latest`; amd64 only, as Debian's
+/// busybox-static).
+pub fn busybox_layout() -> PathBuf {
+    let layout = workspace().join("target/kiln-test/fixtures/busybox-oci");
+    assert!(
+        layout.join("index.json").is_file(),
+        "the busybox fixture is built by `cargo xtask test` (missing {})",
+        layout.display()
+    );
+    layout
+}
+
+/// The host's `ssh-add` with its shared libraries and loader, in one flat directory
+/// `<sandbox>/hostbin`: the busybox base has no ssh client, and this lets a RUN step speak the
+/// agent protocol for real (bound in from a named context). Returns the directory and the
+/// loader's file name (`ld-linux-x86-64.so.2`, `ld-linux-aarch64.so.1`...).
+pub fn host_ssh_add(k: &Kiln) -> (PathBuf, String) {
+    let dir = k.path("hostbin");
+    std::fs::create_dir_all(&dir).expect("create hostbin");
+    let bin = tool("sh", &["-c", "command -v ssh-add"]);
+    let bin = bin.trim();
+    assert!(
+        !bin.is_empty(),
+        "ssh-add is required for this test (Debian package openssh-client)"
+    );
+    std::fs::copy(bin, dir.join("ssh-add")).expect("copy ssh-add");
+    for line in tool("ldd", &[bin]).lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            let name = Path::new(p).file_name().expect("a library name");
+            std::fs::copy(p, dir.join(name)).expect("copy a library of ssh-add");
+        }
+    }
+    let loader = std::fs::read_dir(&dir)
+        .expect("read hostbin")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("ld-linux"))
+        .expect("the dynamic loader of ssh-add");
+    (dir, loader)
+}
+
+/// The `--explain-cache` lines (`#N NAME: CAUSE`) a build printed; none when every step came
+/// from the cache.
+pub fn explained(run: &Run) -> Vec<String> {
+    let mut lines = run.stderr.lines();
+    let Some(header) = lines.find(|l| l.starts_with("--explain-cache:")) else {
+        panic!("no --explain-cache output:\n{}", run.stderr);
+    };
+    if header.contains("every step came from the cache") {
+        return Vec::new();
+    }
+    lines
+        .take_while(|l| l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The progress number (`#N`) of the first step whose name contains `needle`.
+pub fn step_number(run: &Run, needle: &str) -> String {
+    run.stderr
+        .lines()
+        .find_map(|l| {
+            let (n, name) = l.strip_prefix('#')?.split_once(' ')?;
+            name.contains(needle).then(|| format!("#{n}"))
+        })
+        .unwrap_or_else(|| panic!("no step {needle:?} in:\n{}", run.stderr))
+}
+
+/// Parses `text` as JSON, failing the test with the text when it is not.
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// A fresh ed25519 key `<sandbox>/<name>` (`-N passphrase`) with `comment`; returns its path
+/// and its SHA256 fingerprint as `ssh-add -l` prints it.
+pub fn ssh_keygen(k: &Kiln, name: &str, passphrase: &str, comment: &str) -> (PathBuf, String) {
+    let key = k.path(name);
+    tool(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            passphrase,
+            "-C",
+            comment,
+            "-f",
+            key.to_str().unwrap(),
+        ],
+    );
+    let line = tool("ssh-keygen", &["-l", "-f", key.to_str().unwrap()]);
+    let fingerprint = line.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(fingerprint.starts_with("SHA256:"), "{line}");
+    (key, fingerprint)
+}
+
+/// `kiln build --progress=plain --build-context bb=<the busybox layout>:latest EXTRA CTX` with
+/// `env` besides the sandbox's.
+pub fn build_bb(k: &Kiln, env: &[(&str, &str)], ctx: &Path, extra: &[&str]) -> Run {
+    let bb = format!("bb=oci-layout://{}:latest", busybox_layout().display());
+    let mut args = vec!["build", "--progress=plain", "--build-context", &bb];
+    args.extend_from_slice(extra);
+    let c = ctx.display().to_string();
+    args.push(&c);
+    k.run_env(env, &args)
+}
+
+/// A real `ssh-agent` on `<sandbox>/agent.sock` holding the given keys; killed when dropped.
+pub struct SshAgent {
+    /// Its socket (what `SSH_AUTH_SOCK` names).
+    pub sock: PathBuf,
+    pid: String,
+}
+
+impl SshAgent {
+    /// Starts the agent and adds `keys` with `ssh-add`. `ssh-agent -s` binds its socket before
+    /// it forks and prints its pid, so the socket is there when this returns.
+    pub fn start(k: &Kiln, keys: &[&Path]) -> SshAgent {
+        let sock = k.path("agent.sock");
+        let started = tool("ssh-agent", &["-s", "-a", sock.to_str().unwrap()]);
+        let pid = started
+            .split("SSH_AGENT_PID=")
+            .nth(1)
+            .and_then(|r| r.split(';').next())
+            .expect("ssh-agent prints its pid")
+            .to_owned();
+        let agent = SshAgent { sock, pid };
+        for key in keys {
+            let added = Command::new("ssh-add")
+                .arg(key)
+                .env("SSH_AUTH_SOCK", &agent.sock)
+                .output()
+                .expect("ssh-add is required for this test (Debian package openssh-client)");
+            assert!(added.status.success(), "ssh-add: {added:?}");
+        }
+        agent
+    }
+}
+
+impl Drop for SshAgent {
+    fn drop(&mut self) {
+        // Best effort: the agent may have ended already.
+        let _ = Command::new("kill").arg(&self.pid).status();
+    }
 }

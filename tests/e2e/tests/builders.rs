@@ -3,6 +3,7 @@
 //! docs/scale-out.md says they do.
 #![allow(clippy::unwrap_used)]
 
+use kiln_e2e::serve::{Certs, Daemon};
 use kiln_e2e::Kiln;
 
 /// The rows of `kiln builder ls` as cells (split on runs of 2+ spaces), so that assertions do
@@ -242,26 +243,15 @@ fn builders_live_under_home_without_xdg_config_home() {
 #[test]
 fn ls_and_inspect_show_what_a_running_daemon_reports() {
     let k = Kiln::new(&[]);
-    let sock = k.path("daemon.sock");
-    let addr = format!("unix://{}", sock.display());
     let missing = format!("unix://{}", k.path("missing.sock").display());
     // The daemon on a store of its own, declaring two platforms.
-    let daemon_root = k.path("daemon-store");
-    let mut daemon = k.spawn(
-        &[("KILN_ROOT", daemon_root.to_str().unwrap())],
-        &[
-            "serve",
-            "--addr",
-            &addr,
-            "--platform",
-            "linux/amd64,linux/arm64",
-        ],
+    let daemon = Daemon::unix(
+        &k,
+        "daemon.sock",
+        "daemon-store",
+        &["--platform", "linux/amd64,linux/arm64"],
     );
-    assert!(
-        daemon.wait_for_line("listening on", std::time::Duration::from_secs(30)),
-        "kiln serve ended early:\n{}",
-        daemon.seen.join("\n")
-    );
+    let addr = daemon.addr.clone();
     k.run(&[
         "builder",
         "create",
@@ -369,71 +359,19 @@ fn ls_and_inspect_show_what_a_running_daemon_reports() {
     assert_eq!(field(&inspect, "Endpoint"), addr);
 
     // The daemon stops on SIGTERM; the node is inactive again.
-    kiln_e2e::tool("kill", &["-TERM", &daemon.id().to_string()]);
-    let (code, log) = daemon.finish(std::time::Duration::from_secs(30));
+    let (code, log) = daemon.terminate();
     assert_eq!(code, 0, "{log}");
     let table = rows(&k.run(&["builder", "ls"]).ok().stdout);
     assert_eq!(table[4][2], "inactive");
 }
 
-/// A CA, and a daemon and a client certificate it signed, for 127.0.0.1, made in `dir` by the
-/// openssl CLI.
-const MAKE_CERTS: &str = r#"
-command -v openssl >/dev/null || { echo "openssl is required for this test" >&2; exit 1; }
-key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-key ca.key
-openssl req -x509 -key ca.key -out ca.pem -days 2 -subj /CN=ca   -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
-for who in server client; do
-  usage=serverAuth; [ "$who" = client ] && usage=clientAuth
-  key "$who.key"
-  openssl req -new -key "$who.key" -out "$who.csr" -subj "/CN=$who"
-  printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=%s\n' "$usage" > "$who.ext"
-  openssl x509 -req -in "$who.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-    -extfile "$who.ext" -out "$who.pem" 2>/dev/null
-done
-"#;
-
 #[test]
 fn a_mutual_tls_node_answers_with_its_client_certificate_only() {
     let k = Kiln::new(&[]);
-    let certs = k.path("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    kiln_e2e::sh(&certs, MAKE_CERTS);
-    let c = |f: &str| certs.join(f).display().to_string();
-    let root = k.path("daemon-store");
-    let mut daemon = k.spawn(
-        &[("KILN_ROOT", root.to_str().unwrap())],
-        &[
-            "serve",
-            "--addr",
-            "tcp://127.0.0.1:0",
-            "--tlscacert",
-            &c("ca.pem"),
-            "--tlscert",
-            &c("server.pem"),
-            "--tlskey",
-            &c("server.key"),
-        ],
-    );
-    assert!(
-        daemon.wait_for_line("listening on tcp://", std::time::Duration::from_secs(30)),
-        "{}",
-        daemon.seen.join("\n")
-    );
-    // Port 0: the daemon says which port it got.
-    let addr = daemon
-        .seen
-        .last()
-        .and_then(|l| l.split("listening on ").nth(1))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let with_cert = format!(
-        "cacert={},cert={},key={}",
-        c("ca.pem"),
-        c("client.pem"),
-        c("client.key")
-    );
+    let certs = Certs::make(&k.path("certs"));
+    let daemon = Daemon::mutual_tls(&k, "daemon-store", &certs);
+    let addr = daemon.addr.clone();
+    let with_cert = certs.client_opt();
     k.run(&[
         "builder",
         "create",
@@ -445,7 +383,7 @@ fn a_mutual_tls_node_answers_with_its_client_certificate_only() {
         &addr,
     ])
     .ok();
-    let ca_only = format!("cacert={}", c("ca.pem"));
+    let ca_only = certs.ca_only_opt();
     k.run(&[
         "builder",
         "create",
@@ -482,8 +420,7 @@ fn a_mutual_tls_node_answers_with_its_client_certificate_only() {
             .any(|l| l.starts_with("Error:") && l.contains(&addr)),
         "{inspect}"
     );
-    kiln_e2e::tool("kill", &["-TERM", &daemon.id().to_string()]);
-    let (code, log) = daemon.finish(std::time::Duration::from_secs(30));
+    let (code, log) = daemon.terminate();
     assert_eq!(code, 0, "{log}");
 }
 

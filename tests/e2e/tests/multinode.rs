@@ -12,10 +12,10 @@
 //! loopback registry (`cargo xtask test` starts it); the cancellation test the busybox fixture.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kiln_e2e::{tool, workspace, Background, Kiln, Run};
+use kiln_e2e::serve::Daemon;
+use kiln_e2e::{busybox_layout, json, tool, Kiln, Run};
 
 const PLUGINS: &[&str] = &["kiln-frontend-dockerfile", "kiln-exec"];
 const PLATFORMS: &str = "linux/amd64,linux/arm64";
@@ -31,77 +31,20 @@ LABEL arch=$TARGETARCH platform=$TARGETPLATFORM
 
 /// A `kiln serve` of the test: `<test dir>/run/<name>.sock`, store `<test dir>/root-<name>`,
 /// reporting `platform`.
-struct Daemon {
-    proc: Option<Background>,
-    addr: String,
-    root: PathBuf,
-}
-
-impl Daemon {
-    fn start(k: &Kiln, name: &str, platform: &str) -> Daemon {
-        let sock = k.path(&format!("run/{name}.sock"));
-        let addr = format!("unix://{}", sock.display());
-        let root = k.path(&format!("root-{name}"));
-        let r = root.display().to_string();
-        let mut proc = k.spawn(
-            &[],
-            &[
-                "--root",
-                &r,
-                "serve",
-                "--addr",
-                &addr,
-                "--platform",
-                platform,
-            ],
-        );
-        assert!(
-            proc.wait_for_line("listening on", Duration::from_secs(30)),
-            "kiln serve {name} ended before listening:\n{}",
-            proc.seen.join("\n")
-        );
-        Daemon {
-            proc: Some(proc),
-            addr,
-            root,
-        }
-    }
-
-    /// Reads the daemon's log until a line holds `needle`; returns that line.
-    fn line(&mut self, needle: &str, bound: Duration) -> String {
-        let proc = self.proc.as_mut().expect("running");
-        assert!(
-            proc.wait_for_line(needle, bound),
-            "the daemon did not print {needle:?}:\n{}",
-            proc.seen.join("\n")
-        );
-        proc.seen.last().cloned().unwrap_or_default()
-    }
-
-    /// Whether the daemon's store holds blob `digest` (`sha256:...`).
-    fn has_blob(&self, digest: &str) -> bool {
-        self.root
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"))
-            .is_file()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(p) = &self.proc {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &p.id().to_string()])
-                .status();
-        }
-    }
+fn node(k: &Kiln, name: &str, platform: &str) -> Daemon {
+    Daemon::unix(
+        k,
+        &format!("run/{name}.sock"),
+        &format!("root-{name}"),
+        &["--platform", platform],
+    )
 }
 
 /// Daemons `a` (linux/amd64) and `b` (linux/arm64) and the builder `two` of both, made as a
 /// user makes it.
 fn two_nodes(k: &Kiln) -> (Daemon, Daemon) {
-    let a = Daemon::start(k, "a", "linux/amd64");
-    let b = Daemon::start(k, "b", "linux/arm64");
+    let a = node(k, "a", "linux/amd64");
+    let b = node(k, "b", "linux/arm64");
     k.run(&[
         "builder",
         "create",
@@ -156,10 +99,6 @@ fn build(k: &Kiln, extra: &[&str], ctx: &str) -> Run {
     args.extend_from_slice(extra);
     args.push(ctx);
     k.run(&args)
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 /// The index's entries: (platform `os/arch`, manifest digest), in order.
@@ -239,7 +178,7 @@ fn assert_each_node_built_its_platform(a: &mut Daemon, b: &mut Daemon, index: &[
     assert!(b.has_blob(&arm64), "node b built linux/arm64 ({arm64})");
     assert!(!b.has_blob(&amd64), "node b did not build linux/amd64");
     for d in [a, b] {
-        d.line("build 1: done", Duration::from_secs(10));
+        d.line_within("build 1: done", Duration::from_secs(10));
     }
 }
 
@@ -437,12 +376,7 @@ fn a_platform_no_node_builds_is_refused_naming_the_nodes() {
 
 #[test]
 fn the_first_node_to_fail_cancels_the_others() {
-    let layout = workspace().join("target/kiln-test/fixtures/busybox-oci");
-    assert!(
-        layout.join("index.json").is_file(),
-        "the busybox fixture is built by `cargo xtask test` (missing {})",
-        layout.display()
-    );
+    let layout = busybox_layout();
     let k = Kiln::new(PLUGINS);
     let (mut a, _b) = two_nodes(&k);
     // amd64 sleeps a minute; arm64 fails at once (exit 7).
@@ -483,7 +417,7 @@ fn the_first_node_to_fail_cancels_the_others() {
         "{last}"
     );
     // Node a's build ended, cancelled, not after its minute.
-    a.line("build 1: failed", Duration::from_secs(20));
+    a.line_within("build 1: failed", Duration::from_secs(20));
 }
 
 /// What the nodes' results are assembled into is what one machine writes for the same build:
@@ -587,8 +521,8 @@ fn only_the_nodes_a_build_uses_are_dialled() {
 #[test]
 fn undeclared_nodes_build_the_platforms_their_daemons_report() {
     let k = Kiln::new(PLUGINS);
-    let mut a = Daemon::start(&k, "a", "linux/amd64");
-    let mut b = Daemon::start(&k, "b", "linux/arm64");
+    let mut a = node(&k, "a", "linux/amd64");
+    let mut b = node(&k, "b", "linux/arm64");
     k.run(&["builder", "create", "--name", "rep", "--node", "a", &a.addr])
         .ok();
     k.run(&[

@@ -4,100 +4,16 @@
 //! reported quickly with its address, two clients at once, and SIGTERM. Needs the busybox
 //! fixture (`cargo xtask test` builds it) and a `kill` command (procps).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kiln_e2e::{tool, workspace, Background, Kiln};
+use kiln_e2e::serve::{Certs, Daemon};
+use kiln_e2e::{host_ssh_add, ssh_keygen, tool, Background, Kiln, SshAgent};
 
 const PLUGINS: &[&str] = &["kiln-frontend-dockerfile", "kiln-exec"];
 
-fn busybox_layout() -> PathBuf {
-    let layout = workspace().join("target/kiln-test/fixtures/busybox-oci");
-    assert!(
-        layout.join("index.json").is_file(),
-        "the busybox fixture is built by `cargo xtask test` (missing {})",
-        layout.display()
-    );
-    layout
-}
-
-/// A `kiln serve` of the test, on `<test dir>/run/kiln.sock` with the store `daemon-root`.
-struct Daemon {
-    proc: Option<Background>,
-    addr: String,
-}
-
-impl Daemon {
-    fn start(k: &Kiln) -> Daemon {
-        Daemon::start_at(k, "run/kiln.sock", "daemon-root")
-    }
-
-    /// A daemon on socket `sock` with the store `root` (paths in the test's directory).
-    fn start_at(k: &Kiln, sock: &str, root: &str) -> Daemon {
-        let sock = k.path(sock);
-        let addr = format!("unix://{}", sock.display());
-        let root = k.path(root).display().to_string();
-        let mut proc = k.spawn(&[], &["--root", &root, "serve", "--addr", &addr]);
-        assert!(
-            proc.wait_for_line("listening on", Duration::from_secs(30)),
-            "kiln serve ended before listening:\n{}",
-            proc.seen.join("\n")
-        );
-        Daemon {
-            proc: Some(proc),
-            addr,
-        }
-    }
-
-    /// A daemon on `tcp://127.0.0.1:<a free port>` with `flags` (TLS or --insecure); its
-    /// address is read back from its `listening on` line.
-    fn start_tcp(k: &Kiln, flags: &[&str]) -> Daemon {
-        let root = k.path("daemon-root").display().to_string();
-        let mut args = vec!["--root", &root, "serve", "--addr", "tcp://127.0.0.1:0"];
-        args.extend_from_slice(flags);
-        let mut proc = k.spawn(&[], &args);
-        assert!(
-            proc.wait_for_line("listening on tcp://", Duration::from_secs(30)),
-            "{}",
-            proc.seen.join("\n")
-        );
-        let addr = proc
-            .seen
-            .last()
-            .and_then(|l| l.split("listening on ").nth(1))
-            .expect("the address line")
-            .trim()
-            .to_owned();
-        Daemon {
-            proc: Some(proc),
-            addr,
-        }
-    }
-
-    fn pid(&self) -> String {
-        self.proc.as_ref().expect("running").id().to_string()
-    }
-
-    /// Reads the daemon's log until a line holds `needle`; returns that line.
-    fn line(&mut self, needle: &str) -> String {
-        let proc = self.proc.as_mut().expect("running");
-        assert!(
-            proc.wait_for_line(needle, Duration::from_secs(30)),
-            "the daemon ended before printing {needle:?}:\n{}",
-            proc.seen.join("\n")
-        );
-        proc.seen.last().cloned().unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(p) = &self.proc {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &p.id().to_string()])
-                .status();
-        }
-    }
+/// The test's daemon: on `<test dir>/run/kiln.sock`, with the store `daemon-root`.
+fn start(k: &Kiln) -> Daemon {
+    Daemon::unix(k, "run/kiln.sock", "daemon-root", &[])
 }
 
 /// The build flags every test uses: the busybox fixture as the `bb` context.
@@ -105,7 +21,7 @@ fn base_flags() -> Vec<String> {
     vec![
         "--progress=plain".to_owned(),
         "--build-context".to_owned(),
-        format!("bb=oci-layout://{}", busybox_layout().display()),
+        format!("bb=oci-layout://{}", kiln_e2e::busybox_layout().display()),
     ]
 }
 
@@ -164,7 +80,7 @@ fn a_remote_build_writes_the_tarball_on_the_client_and_resends_only_the_edited_f
         ],
     );
     let ctx = ctx.display().to_string();
-    let mut daemon = Daemon::start(&k);
+    let mut daemon = start(&k);
     let out = k.path("out/image.tar");
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let dest = format!("type=oci,dest={}", out.display());
@@ -175,7 +91,11 @@ fn a_remote_build_writes_the_tarball_on_the_client_and_resends_only_the_edited_f
     // files of the `bb` layout.
     let layout_files = tool(
         "find",
-        &[&busybox_layout().display().to_string(), "-type", "f"],
+        &[
+            &kiln_e2e::busybox_layout().display().to_string(),
+            "-type",
+            "f",
+        ],
     )
     .lines()
     .count();
@@ -246,7 +166,7 @@ fn a_failing_step_through_the_daemon_prints_what_a_local_build_prints() {
         )],
     );
     let ctx = ctx.display().to_string();
-    let daemon = Daemon::start(&k);
+    let daemon = start(&k);
     let local = build(&k, None, &[], &ctx).fails();
     let remote = build(&k, Some(&daemon.addr), &[], &ctx).fails();
     assert_eq!(remote.code, local.code);
@@ -291,7 +211,7 @@ fn an_unreachable_daemon_is_an_error_naming_its_address() {
 #[test]
 fn a_daemon_killed_mid_build_fails_the_client_quickly_and_a_restarted_one_builds() {
     let k = Kiln::new(PLUGINS);
-    let mut daemon = Daemon::start(&k);
+    let mut daemon = start(&k);
     let client = slow_build(&k, &daemon);
     tool("kill", &["-KILL", &daemon.pid()]);
     let killed_at = Instant::now();
@@ -312,7 +232,7 @@ fn a_daemon_killed_mid_build_fails_the_client_quickly_and_a_restarted_one_builds
 
     // The same store and socket path: the stale socket is replaced, the store opens, and the
     // dead session's directory is removed.
-    let daemon = Daemon::start(&k);
+    let daemon = start(&k);
     assert_eq!(left(&sessions), 0, "a dead session's directory was left");
     let ok = k.write("ok", &[("Dockerfile", "FROM bb\nRUN echo after-restart\n")]);
     let run = build(&k, Some(&daemon.addr), &[], &ok.display().to_string()).ok();
@@ -327,7 +247,7 @@ fn a_daemon_killed_mid_build_fails_the_client_quickly_and_a_restarted_one_builds
 #[test]
 fn two_clients_build_through_one_daemon_at_once() {
     let k = Kiln::new(PLUGINS);
-    let daemon = Daemon::start(&k);
+    let daemon = start(&k);
     let mut clients = Vec::new();
     for name in ["one", "two"] {
         let ctx = k.write(
@@ -365,7 +285,7 @@ fn two_clients_build_through_one_daemon_at_once() {
 #[test]
 fn sigterm_cancels_running_builds_removes_the_socket_and_exits_zero() {
     let k = Kiln::new(PLUGINS);
-    let mut daemon = Daemon::start(&k);
+    let mut daemon = start(&k);
     let client = slow_build(&k, &daemon);
     tool("kill", &["-TERM", &daemon.pid()]);
     let proc = daemon.proc.take().expect("running");
@@ -380,7 +300,7 @@ fn sigterm_cancels_running_builds_removes_the_socket_and_exits_zero() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("ERROR: failed to solve: "), "{stderr}");
     // The store is consistent: a new daemon on it builds.
-    let daemon = Daemon::start(&k);
+    let daemon = start(&k);
     let ok = k.write(
         "ok",
         &[("Dockerfile", "FROM bb\nRUN echo after-shutdown\n")],
@@ -394,113 +314,17 @@ fn sigterm_cancels_running_builds_removes_the_socket_and_exits_zero() {
     );
 }
 
-/// A CA, and a server and a client certificate it signed (EC P-256), made with the `openssl`
-/// CLI in `dir`.
-fn make_certs(dir: &std::path::Path) {
-    std::fs::create_dir_all(dir).expect("create the certificate directory");
-    let d = |name: &str| dir.join(name).display().to_string();
-    tool(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &d("ca.key"),
-            "-out",
-            &d("ca.pem"),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=kiln test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    for (who, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
-        std::fs::write(
-            dir.join(format!("{who}.ext")),
-            format!(
-                "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-                 keyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\n"
-            ),
-        )
-        .expect("write the certificate extensions");
-        tool(
-            "openssl",
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &d(&format!("{who}.key")),
-                "-out",
-                &d(&format!("{who}.csr")),
-                "-subj",
-                &format!("/CN=kiln test {who}"),
-            ],
-        );
-        tool(
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &d(&format!("{who}.csr")),
-                "-CA",
-                &d("ca.pem"),
-                "-CAkey",
-                &d("ca.key"),
-                "-CAcreateserial",
-                "-out",
-                &d(&format!("{who}.pem")),
-                "-days",
-                "2",
-                "-extfile",
-                &d(&format!("{who}.ext")),
-            ],
-        );
-    }
-}
-
 #[test]
 fn a_tcp_daemon_with_mutual_tls_serves_a_client_with_a_certificate_and_refuses_others() {
     let k = Kiln::new(PLUGINS);
-    let certs = k.path("certs");
-    make_certs(&certs);
-    let c = |name: &str| certs.join(name).display().to_string();
-    let daemon = Daemon::start_tcp(
-        &k,
-        &[
-            "--tlscacert",
-            &c("ca.pem"),
-            "--tlscert",
-            &c("server.pem"),
-            "--tlskey",
-            &c("server.key"),
-        ],
-    );
+    let certs = Certs::make(&k.path("certs"));
+    let daemon = Daemon::mutual_tls(&k, "daemon-root", &certs);
     let addr = daemon.addr.clone();
     let root = k.path("daemon-root").display().to_string();
     let ctx = k.write("ctx", &[("Dockerfile", "FROM bb\nRUN echo over-tls\n")]);
     let ctx = ctx.display().to_string();
 
-    let with_cert = format!(
-        "cacert={},cert={},key={}",
-        c("ca.pem"),
-        c("client.pem"),
-        c("client.key")
-    );
+    let with_cert = certs.client_opt();
     k.run(&[
         "builder",
         "create",
@@ -520,7 +344,7 @@ fn a_tcp_daemon_with_mutual_tls_serves_a_client_with_a_certificate_and_refuses_o
     );
 
     // The right CA but no client certificate: refused, quickly, naming the address.
-    let ca_only = format!("cacert={}", c("ca.pem"));
+    let ca_only = certs.ca_only_opt();
     k.run(&[
         "builder",
         "create",
@@ -578,7 +402,7 @@ fn local_outputs_and_named_directory_contexts_go_through_the_daemon() {
     // Bigger than one piece of the wire (1 MiB): it arrives in several.
     let big: Vec<u8> = (0..3_500_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(k.path("extra/big.bin"), &big).unwrap();
-    let daemon = Daemon::start(&k);
+    let daemon = start(&k);
     let out = k.path("out-dir");
     let dest = format!("type=local,dest={}", out.display());
     let named = format!("extra={}", k.path("extra").display());
@@ -604,7 +428,7 @@ fn local_outputs_and_named_directory_contexts_go_through_the_daemon() {
 #[test]
 fn ctrl_c_on_the_client_cancels_the_build_on_the_daemon() {
     let k = Kiln::new(PLUGINS);
-    let mut daemon = Daemon::start(&k);
+    let mut daemon = start(&k);
     let client = slow_build(&k, &daemon);
     tool("kill", &["-INT", &client.id().to_string()]);
     let (code, stderr) = client.finish(Duration::from_secs(30));
@@ -630,7 +454,7 @@ fn secrets_are_served_by_the_client_when_a_step_mounts_them_and_never_kept() {
         )],
     );
     k.write("secrets", &[("tok", SECRET)]);
-    let daemon = Daemon::start(&k);
+    let daemon = start(&k);
     let file = format!("id=tok,src={}", k.path("secrets/tok").display());
     let mut args = vec![
         "build".to_owned(),
@@ -684,83 +508,13 @@ fn secrets_are_served_by_the_client_when_a_step_mounts_them_and_never_kept() {
     );
 }
 
-/// The host's `ssh-add` with its shared libraries and loader, in one flat directory (the
-/// busybox base has no ssh client), as tests/ssh_device.rs makes it: a RUN step speaks the
-/// agent protocol for real with it.
-fn host_ssh_add(k: &Kiln) -> (PathBuf, String) {
-    let dir = k.path("hostbin");
-    std::fs::create_dir_all(&dir).expect("create hostbin");
-    let bin = tool("sh", &["-c", "command -v ssh-add"]);
-    let bin = bin.trim();
-    assert!(
-        !bin.is_empty(),
-        "ssh-add is required for this test (Debian package openssh-client)"
-    );
-    std::fs::copy(bin, dir.join("ssh-add")).expect("copy ssh-add");
-    for line in tool("ldd", &[bin]).lines() {
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            let name = std::path::Path::new(p).file_name().expect("a library name");
-            std::fs::copy(p, dir.join(name)).expect("copy a library of ssh-add");
-        }
-    }
-    let loader = std::fs::read_dir(&dir)
-        .expect("read hostbin")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("ld-linux"))
-        .expect("the dynamic loader of ssh-add");
-    (dir, loader)
-}
-
 #[test]
 fn an_ssh_agent_of_the_client_serves_the_steps_of_a_remote_build() {
     let k = Kiln::new(PLUGINS);
-    let key = k.path("id_ed25519");
+    let (key, fingerprint) = ssh_keygen(&k, "id_ed25519", "", "kiln-remote-ssh");
     let key_s = key.display().to_string();
-    tool(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "kiln-remote-ssh",
-            "-f",
-            &key_s,
-        ],
-    );
-    let fingerprint = tool("ssh-keygen", &["-l", "-f", &key_s])
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_owned();
-    let sock = k.path("agent.sock").display().to_string();
-    let started = tool("ssh-agent", &["-s", "-a", &sock]);
-    let pid = started
-        .split("SSH_AGENT_PID=")
-        .nth(1)
-        .and_then(|r| r.split(';').next())
-        .expect("ssh-agent prints its pid")
-        .to_owned();
-    struct Agent(String);
-    impl Drop for Agent {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("kill").arg(&self.0).status();
-        }
-    }
-    let _agent = Agent(pid);
-    let added = std::process::Command::new("ssh-add")
-        .arg(&key)
-        .env("SSH_AUTH_SOCK", &sock)
-        .output()
-        .expect("ssh-add is required for this test (Debian package openssh-client)");
-    assert!(added.status.success(), "{added:?}");
+    let agent = SshAgent::start(&k, &[&key]);
+    let sock = agent.sock.display().to_string();
 
     let (hostbin, ld) = host_ssh_add(&k);
     let ctx = k.write(
@@ -774,7 +528,7 @@ fn an_ssh_agent_of_the_client_serves_the_steps_of_a_remote_build() {
             ),
         )],
     );
-    let daemon = Daemon::start(&k);
+    let daemon = start(&k);
     let out = k.path("out");
     let run = build(
         &k,
@@ -814,7 +568,7 @@ fn concurrent_builds_share_unchanged_mirrors_and_run_an_identical_step_once() {
     let dockerfile = "FROM bb\nRUN echo identical-step && sleep 20 && echo done > /stamp\n";
     let a = k.write("a", &[("Dockerfile", dockerfile)]);
     let b = k.write("b", &[("Dockerfile", dockerfile)]);
-    let mut daemon = Daemon::start(&k);
+    let mut daemon = start(&k);
     let start = |ctx: &std::path::Path| {
         let mut args = vec![
             "build".to_owned(),
@@ -836,7 +590,7 @@ fn concurrent_builds_share_unchanged_mirrors_and_run_an_identical_step_once() {
     // it changed, so it does not wait for the first build to end.
     let second = start(&b);
     daemon.line("build 2: context synced");
-    let log = daemon.proc.as_ref().expect("running").seen.join("\n");
+    let log = daemon.log();
     assert!(!log.contains("build 1: done"), "{log}");
     let (code, first_err) = first.finish(Duration::from_secs(120));
     assert_eq!(code, 0, "{first_err}");
@@ -871,7 +625,7 @@ fn a_registry_cache_lets_a_second_daemon_reuse_the_first_ones_steps() {
     );
     let ctx = ctx.display().to_string();
     let cache = format!("{registry}/kiln-serve-cache:{nonce}");
-    let first = Daemon::start_at(&k, "run/a.sock", "root-a");
+    let first = Daemon::unix(&k, "run/a.sock", "root-a", &[]);
     let run = build(
         &k,
         Some(&first.addr),
@@ -885,7 +639,7 @@ fn a_registry_cache_lets_a_second_daemon_reuse_the_first_ones_steps() {
         "{}",
         run.stderr
     );
-    let second = Daemon::start_at(&k, "run/b.sock", "root-b");
+    let second = Daemon::unix(&k, "run/b.sock", "root-b", &[]);
     let run = build(
         &k,
         Some(&second.addr),
@@ -924,7 +678,7 @@ fn a_url_context_is_fetched_by_the_daemon() {
     let www = k.write("www", &[("placeholder", "")]);
     kiln_e2e::sh(k.dir.path(), "tar -czf www/ctx.tar.gz -C tarsrc .");
     let url = format!("{}/ctx.tar.gz", kiln_e2e::serve_files(&www));
-    let daemon = Daemon::start(&k);
+    let daemon = start(&k);
     let out = k.path("out");
     let dest = format!("type=local,dest={}", out.display());
     build(&k, Some(&daemon.addr), &["-o", &dest], &url).ok();
@@ -964,7 +718,7 @@ fn a_url_context_is_fetched_by_the_daemon() {
 #[test]
 fn plain_tcp_on_loopback_with_insecure_builds() {
     let k = Kiln::new(PLUGINS);
-    let daemon = Daemon::start_tcp(&k, &["--insecure"]);
+    let daemon = Daemon::tcp(&k, "daemon-root", &["--insecure"]);
     let addr = daemon.addr.clone();
     let ctx = k.write("ctx", &[("Dockerfile", "FROM bb\nRUN echo over-tcp\n")]);
     let run = build(&k, Some(&addr), &[], &ctx.display().to_string()).ok();

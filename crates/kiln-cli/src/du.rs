@@ -40,18 +40,17 @@ pub struct PruneArgs {
 
 /// Runs `kiln du` on the store at `root`.
 pub fn du(root: &Path, args: &DuArgs) -> Result<ExitCode> {
-    let usage = kiln_engine::gc::disk_usage(root)
-        .with_context(|| format!("reading the store {}", root.display()))?;
+    let usage = usage_with_mirrors(root)?;
     let now = now_unix();
     let mut out = String::new();
     if args.verbose {
-        for item in &usage.items {
+        for item in &usage {
             out.push_str(&pretty(item, now));
         }
     } else {
-        out.push_str(&table(&usage.items, now));
+        out.push_str(&table(&usage, now));
     }
-    out.push_str(&summary(&usage.items));
+    out.push_str(&summary(&usage));
     write_stdout(&out)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -75,8 +74,12 @@ pub fn prune(root: &Path, args: &PruneArgs) -> Result<ExitCode> {
     if !args.force && !confirm(args.all)? {
         return Ok(ExitCode::SUCCESS);
     }
+    // Context mirrors first, as BuildKit's default policy takes `source.local` records first.
+    let mut removed = prune_mirrors(root, &options)?;
     let report = kiln_engine::gc::prune(root, &options)
         .with_context(|| format!("pruning the store {}", root.display()))?;
+    removed.extend(report.removed);
+    let report = kiln_engine::gc::PruneReport { removed };
     let now = now_unix();
     let mut out = String::new();
     if args.verbose {
@@ -89,6 +92,83 @@ pub fn prune(root: &Path, args: &PruneArgs) -> Result<ExitCode> {
     out.push_str(&tab_lines(&[("Total:", human_size(report.freed()))]));
     write_stdout(&out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The store's usage with the context mirrors of a daemon (`kiln serve`) as `source.local`
+/// records: they live under the store's `contexts/`, which the engine counts as its own
+/// bookkeeping (the `store` item), so their bytes move from that item to theirs.
+fn usage_with_mirrors(root: &Path) -> Result<Vec<UsageItem>> {
+    let usage = kiln_engine::gc::disk_usage(root)
+        .with_context(|| format!("reading the store {}", root.display()))?;
+    let mirrors = kiln_server::server::mirrors(root)
+        .with_context(|| format!("reading the context mirrors of {}", root.display()))?;
+    let moved: u64 = mirrors.iter().map(|m| m.size).sum();
+    let (mut items, mut internal): (Vec<_>, Vec<_>) =
+        usage.items.into_iter().partition(|i| i.kind != "internal");
+    for i in &mut internal {
+        if i.id == "store" {
+            i.size = i.size.saturating_sub(moved);
+        }
+    }
+    items.extend(mirrors.iter().map(mirror_item));
+    // Most recently used first, as BuildKit lists records; bookkeeping last.
+    items.sort_by(|a, b| b.last_used.cmp(&a.last_used).then(a.id.cmp(&b.id)));
+    items.extend(internal);
+    Ok(items)
+}
+
+fn mirror_item(m: &kiln_server::MirrorUsage) -> UsageItem {
+    let last_used = m
+        .last_used
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    UsageItem {
+        id: m.id.clone(),
+        kind: "source.local".to_owned(),
+        size: m.size,
+        in_use: m.in_use,
+        shared: false,
+        last_used: Some(last_used),
+        created: None,
+        description: match &m.source {
+            Some(s) => format!("local source for {s} of a remote build"),
+            None => "local source of a remote build".to_owned(),
+        },
+        usage_count: 0,
+    }
+}
+
+/// Removes the unused context mirrors `options` selects, least recently used first: those
+/// idle for `until` (all without it), and with `--keep-storage` only until the store fits.
+/// As BuildKit's prune, with or without `--all` (`source.local` records are never internal).
+fn prune_mirrors(root: &Path, options: &PruneOptions) -> Result<Vec<UsageItem>> {
+    let mirrors = kiln_server::server::mirrors(root)
+        .with_context(|| format!("reading the context mirrors of {}", root.display()))?;
+    if mirrors.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut total = match options.keep_storage {
+        Some(_) => usage_with_mirrors(root)?.iter().map(|i| i.size).sum(),
+        None => 0,
+    };
+    let now = std::time::SystemTime::now();
+    let mut removed = Vec::new();
+    for m in &mirrors {
+        if options.keep_storage.is_some_and(|keep| total <= keep) {
+            break;
+        }
+        let idle = now.duration_since(m.last_used).unwrap_or_default();
+        if m.in_use || options.until.is_some_and(|u| idle < u) {
+            continue;
+        }
+        let gone = kiln_server::server::remove_mirror(&m.dir)
+            .with_context(|| format!("removing the context mirror {}", m.dir.display()))?;
+        if gone {
+            total = total.saturating_sub(m.size);
+            removed.push(mirror_item(m));
+        }
+    }
+    Ok(removed)
 }
 
 /// buildx's question. It reads the answer from standard input as buildx does (so `yes |`

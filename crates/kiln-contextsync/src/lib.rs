@@ -52,6 +52,7 @@
 //! repairs. This crate must not depend on the engine, the store or any transport.
 
 mod entry;
+mod kept;
 mod mirror;
 mod record;
 mod scan;
@@ -62,6 +63,10 @@ mod tests;
 use std::path::PathBuf;
 
 pub use entry::{Entry, Kind};
+pub use kept::{
+    collect, list_mirrors, remove_unused, select, InUse, MirrorUsage, DEFAULT_MAX_BYTES,
+    DEFAULT_UNUSED_FOR,
+};
 pub use mirror::{Incoming, Mirror, Plan, Stats};
 pub use scan::{open_for_send, read_ignore, scan, IgnoreSpec};
 

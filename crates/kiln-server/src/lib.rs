@@ -21,6 +21,7 @@ pub mod view;
 mod wire;
 
 pub use address::Address;
+pub use kiln_contextsync::MirrorUsage;
 
 /// Errors of the daemon and of the client's transport.
 #[derive(Debug, thiserror::Error)]

@@ -111,6 +111,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     sweep_sessions(&config.root);
+    collect_mirrors(config.root.clone()).await;
     let token = CancellationToken::new();
     let daemon = Daemon {
         engine: Arc::new(engine),
@@ -215,6 +216,47 @@ fn sweep_sessions(root: &Path) {
     }
 }
 
+/// Where the mirrors of clients' contexts live (one directory each, see [`mirror_dir`]).
+const CONTEXTS: &str = "contexts";
+
+/// The context mirrors a daemon keeps in the store at `root` (`kiln du` lists them as
+/// `source.local` records), least recently used first.
+pub fn mirrors(root: &Path) -> Result<Vec<kiln_contextsync::MirrorUsage>, kiln_contextsync::Error> {
+    kiln_contextsync::list_mirrors(&root.join(CONTEXTS))
+}
+
+/// Removes the mirror `dir` (one of [`mirrors`]) unless a build uses it; whether it was removed.
+pub fn remove_mirror(dir: &Path) -> Result<bool, kiln_contextsync::Error> {
+    kiln_contextsync::remove_unused(dir)
+}
+
+/// Removes the mirrors BuildKit's default policy removes of its `source.local` records: not
+/// used for 48 h, least recently used first, once the mirrors take more than 512 MB; never a
+/// mirror a session holds. Best effort: a failure is logged, the daemon goes on.
+async fn collect_mirrors(root: PathBuf) {
+    let contexts = root.join(CONTEXTS);
+    let removed = tokio::task::spawn_blocking(move || {
+        kiln_contextsync::collect(
+            &contexts,
+            kiln_contextsync::DEFAULT_UNUSED_FOR,
+            kiln_contextsync::DEFAULT_MAX_BYTES,
+        )
+    })
+    .await;
+    match removed {
+        Ok(Ok(removed)) if !removed.is_empty() => {
+            let bytes: u64 = removed.iter().map(|m| m.size).sum();
+            eprintln!(
+                "kiln serve: removed {} unused context mirror(s), {bytes} bytes",
+                removed.len()
+            );
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => eprintln!("kiln serve: collecting context mirrors: {e}"),
+        Err(e) => eprintln!("kiln serve: collecting context mirrors: {e}"),
+    }
+}
+
 /// Binds the unix socket: a stale socket file (no daemon answers on it) is replaced, a socket
 /// a live daemon holds is an error.
 fn bind_unix(path: &Path, addr: &str) -> Result<tokio::net::UnixListener, Error> {
@@ -289,10 +331,16 @@ impl Builder for Daemon {
         // The session feeds the response stream from its own task; a status it ends with is
         // the stream's last item.
         tokio::spawn(async move {
-            let _running = Running::enter(&session.counters);
-            if let Err(status) = session.run(inbound, tx.clone()).await {
-                let _ = tx.send(Err(status)).await;
+            let root = session.root.clone();
+            {
+                let _running = Running::enter(&session.counters);
+                if let Err(status) = session.run(inbound, tx.clone()).await {
+                    let _ = tx.send(Err(status)).await;
+                }
             }
+            // After each build, as BuildKit's GC runs after a solve; the session's own mirrors
+            // are no longer held, mirrors of running builds are.
+            collect_mirrors(root).await;
         });
         Ok(Response::new(
             Box::pin(ReceiverStream::new(rx)) as BuildStream
@@ -397,7 +445,7 @@ fn mirror_dir(root: &Path, key: &str) -> PathBuf {
         .take(16)
         .map(|b| format!("{b:02x}"))
         .collect();
-    root.join("contexts").join(hash)
+    root.join(CONTEXTS).join(hash)
 }
 
 impl Session {
@@ -455,6 +503,7 @@ impl Session {
         // it. A sync that changes nothing (the same directory built again, a shared base
         // layout) needs no more than a shared lock, so such builds run side by side.
         let mut mirrors = Vec::new();
+        let mut holds = Vec::new();
         let mut contexts = BTreeMap::new();
         let (mut files, mut bytes) = (0u64, 0u64);
         for lc in &request.local_contexts {
@@ -470,6 +519,21 @@ impl Session {
             let path = mirror_dir(&self.root, &lc.key);
             let entries: Vec<_> = listing.entries.into_iter().map(entry_from_wire).collect();
             let lock = self.mirror_lock(&path);
+            // Held until the build ends: a collector (this daemon's, `kiln prune`) never
+            // removes the mirror meanwhile; it also stamps the mirror's last use.
+            let source = if lc.name.is_empty() {
+                "the main context".to_owned()
+            } else {
+                format!("build context {:?}", lc.name)
+            };
+            let hold_path = path.clone();
+            let in_use = tokio::task::spawn_blocking(move || {
+                kiln_contextsync::InUse::hold(&hold_path, &source)
+            })
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+            holds.push(in_use);
             let plan_of = |entries: Vec<kiln_contextsync::Entry>| {
                 let path = path.clone();
                 async move {
@@ -720,6 +784,7 @@ impl Session {
         }
         relay.abandon();
         drop(mirrors);
+        drop(holds);
         drop(lock);
         Ok(())
     }

@@ -1,0 +1,286 @@
+//! A daemon's context mirrors are build cache of its store (issue 11, with issue 9's store that
+//! keeps itself): `kiln du` on the daemon's root lists them as `source.local` records and its
+//! total still agrees with `du -sb`; `kiln prune` removes the unused ones (the next remote
+//! build sends its context again), never one a build holds. Needs the busybox fixture (`cargo
+//! xtask test` builds it), `du` and `kill`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use kiln_e2e::{tool, workspace, Background, Kiln};
+
+const PLUGINS: &[&str] = &["kiln-frontend-dockerfile", "kiln-exec"];
+
+fn busybox_layout() -> PathBuf {
+    let layout = workspace().join("target/kiln-test/fixtures/busybox-oci");
+    assert!(
+        layout.join("index.json").is_file(),
+        "the busybox fixture is built by `cargo xtask test` (missing {})",
+        layout.display()
+    );
+    layout
+}
+
+/// A `kiln serve` of the test on `<test dir>/run/kiln.sock` with the store `daemon-root`.
+struct Daemon {
+    proc: Option<Background>,
+    addr: String,
+    root: String,
+}
+
+impl Daemon {
+    fn start(k: &Kiln) -> Daemon {
+        let addr = format!("unix://{}", k.path("run/kiln.sock").display());
+        let root = k.path("daemon-root").display().to_string();
+        let mut proc = k.spawn(&[], &["--root", &root, "serve", "--addr", &addr]);
+        assert!(
+            proc.wait_for_line("listening on", Duration::from_secs(30)),
+            "kiln serve ended before listening:\n{}",
+            proc.seen.join("\n")
+        );
+        Daemon {
+            proc: Some(proc),
+            addr,
+            root,
+        }
+    }
+
+    /// Reads the daemon's log until a line holds `needle`; returns that line.
+    fn line(&mut self, needle: &str) -> String {
+        let proc = self.proc.as_mut().expect("running");
+        assert!(
+            proc.wait_for_line(needle, Duration::from_secs(30)),
+            "the daemon ended before printing {needle:?}:\n{}",
+            proc.seen.join("\n")
+        );
+        proc.seen.last().cloned().unwrap_or_default()
+    }
+
+    /// `kiln --root <daemon root> ARGS` (a second process on the daemon's store).
+    fn on_store(&self, k: &Kiln, args: &[&str]) -> kiln_e2e::Run {
+        let mut all = vec!["--root", &self.root];
+        all.extend_from_slice(args);
+        k.run(&all)
+    }
+
+    fn mirrors(&self) -> Vec<PathBuf> {
+        let dir = Path::new(&self.root).join("contexts");
+        let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(p) = &self.proc {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &p.id().to_string()])
+                .status();
+        }
+    }
+}
+
+fn build(k: &Kiln, daemon: &Daemon, ctx: &Path) -> kiln_e2e::Run {
+    let bb = format!("bb=oci-layout://{}", busybox_layout().display());
+    k.run(&[
+        "build",
+        "--builder",
+        &daemon.addr,
+        "--progress=plain",
+        "--build-context",
+        &bb,
+        "-t",
+        "app:1",
+        &ctx.display().to_string(),
+    ])
+    .ok()
+}
+
+fn context(k: &Kiln) -> PathBuf {
+    let big = "x".repeat(200_000);
+    k.write(
+        "ctx",
+        &[
+            ("Dockerfile", "FROM bb\nCOPY a.txt big.txt /\n"),
+            ("a.txt", "alpha\n"),
+            ("big.txt", &big),
+        ],
+    )
+}
+
+/// go-units' decimal size (`1.235MB`) back to bytes.
+fn parse_size(text: &str) -> f64 {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or_else(|| panic!("no unit in {text:?}"));
+    let (num, unit) = text.split_at(split);
+    let scale = match unit {
+        "B" => 1.0,
+        "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        other => panic!("unit {other:?} in {text:?}"),
+    };
+    num.parse::<f64>().expect("a number") * scale
+}
+
+fn total(du_stdout: &str) -> f64 {
+    let line = du_stdout
+        .lines()
+        .find(|l| l.starts_with("Total:"))
+        .unwrap_or_else(|| panic!("no Total: line in\n{du_stdout}"));
+    parse_size(line.trim_start_matches("Total:"))
+}
+
+/// The `kiln du --verbose` record of `id`.
+fn record<'a>(verbose: &'a str, id: &str) -> &'a str {
+    verbose
+        .split("\n\n")
+        .find(|r| r.starts_with(&format!("ID:           {id}\n")))
+        .unwrap_or_else(|| panic!("no record {id} in\n{verbose}"))
+}
+
+fn id(mirror: &Path) -> String {
+    mirror
+        .file_name()
+        .expect("a name")
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn du_lists_the_daemons_mirrors_and_prune_removes_them_so_the_next_build_resends() {
+    let k = Kiln::new(PLUGINS);
+    let ctx = context(&k);
+    let mut daemon = Daemon::start(&k);
+    build(&k, &daemon, &ctx);
+    let first = daemon.line("build 1: context synced");
+    let sent = first
+        .split("synced: ")
+        .nth(1)
+        .and_then(|s| s.split(" files").next())
+        .expect("a file count")
+        .to_owned();
+    // The main context and the `bb` layout.
+    let mirrors = daemon.mirrors();
+    assert_eq!(mirrors.len(), 2, "{mirrors:?}");
+
+    let verbose = daemon.on_store(&k, &["du", "--verbose"]).ok().stdout;
+    let mut mirrored = 0;
+    for m in &mirrors {
+        let r = record(&verbose, &id(m));
+        assert!(r.contains("Type:         source.local"), "{r}");
+        assert!(r.contains("Reclaimable:  true"), "{r}");
+        mirrored += parse_size(
+            r.lines()
+                .find_map(|l| l.strip_prefix("Size:"))
+                .expect("a Size: line"),
+        ) as u64;
+    }
+    assert!(
+        verbose.contains("local source for the main context of a remote build"),
+        "{verbose}"
+    );
+    // The big file alone is 200 kB of the main context's mirror.
+    assert!(mirrored > 200_000, "{mirrored}\n{verbose}");
+    let table = daemon.on_store(&k, &["du"]).ok().stdout;
+    for m in &mirrors {
+        assert!(table.contains(&id(m)), "{table}");
+    }
+    // Mirrors live inside the store: the total still agrees with `du -sb` within 5 %.
+    let on_disk: f64 = tool("du", &["-sb", &daemon.root])
+        .split_whitespace()
+        .next()
+        .expect("du's figure")
+        .parse()
+        .expect("a number");
+    let listed = total(&table);
+    assert!(
+        (listed - on_disk).abs() <= on_disk * 0.05,
+        "kiln du says {listed}, du -sb {on_disk}\n{table}"
+    );
+    assert_eq!(total(&verbose), listed);
+
+    // No build runs: prune --all removes both mirrors and says so.
+    let pruned = daemon.on_store(&k, &["prune", "--all", "-f"]).ok().stdout;
+    for m in &mirrors {
+        assert!(pruned.contains(&id(m)), "{pruned}");
+    }
+    assert!(daemon.mirrors().is_empty(), "{:?}", daemon.mirrors());
+    let after = daemon.on_store(&k, &["du", "--verbose"]).ok().stdout;
+    assert!(!after.contains("source.local"), "{after}");
+
+    // The next remote build sends the whole context again.
+    build(&k, &daemon, &ctx);
+    let second = daemon.line("build 2: context synced");
+    assert!(
+        second.contains(&format!("synced: {sent} files,")),
+        "expected {sent} files resent: {second} (first: {first})"
+    );
+}
+
+#[test]
+fn a_mirror_held_by_a_build_is_never_removed_however_old() {
+    let k = Kiln::new(PLUGINS);
+    let ctx = context(&k);
+    let mut daemon = Daemon::start(&k);
+    build(&k, &daemon, &ctx);
+    daemon.line("build 1: context synced");
+    let mirrors = daemon.mirrors();
+    assert_eq!(mirrors.len(), 2, "{mirrors:?}");
+    // Both last used three days ago; the first is held as a running session holds it.
+    let three_days_ago = SystemTime::now() - Duration::from_secs(3 * 86400);
+    for m in &mirrors {
+        let stamp = std::fs::OpenOptions::new()
+            .write(true)
+            .open(m.join("use"))
+            .expect("the mirror's use stamp");
+        stamp.set_modified(three_days_ago).unwrap();
+    }
+    let held = std::fs::File::open(mirrors[0].join("use")).unwrap();
+    held.lock_shared().unwrap();
+
+    let verbose = daemon.on_store(&k, &["du", "--verbose"]).ok().stdout;
+    let r = record(&verbose, &id(&mirrors[0]));
+    assert!(r.contains("Reclaimable:  false"), "{r}");
+    let r = record(&verbose, &id(&mirrors[1]));
+    assert!(r.contains("Reclaimable:  true"), "{r}");
+    assert!(r.contains("Last used:    3 days ago"), "{r}");
+
+    let pruned = daemon
+        .on_store(&k, &["prune", "--all", "-f", "--filter", "until=48h"])
+        .ok()
+        .stdout;
+    assert!(!pruned.contains(&id(&mirrors[0])), "{pruned}");
+    assert!(pruned.contains(&id(&mirrors[1])), "{pruned}");
+    assert_eq!(daemon.mirrors(), vec![mirrors[0].clone()]);
+
+    // Released: it goes too.
+    drop(held);
+    daemon.on_store(&k, &["prune", "--all", "-f"]).ok();
+    assert!(daemon.mirrors().is_empty(), "{:?}", daemon.mirrors());
+}
+
+#[test]
+fn prune_until_keeps_recently_used_mirrors() {
+    let k = Kiln::new(PLUGINS);
+    let ctx = context(&k);
+    let mut daemon = Daemon::start(&k);
+    build(&k, &daemon, &ctx);
+    daemon.line("build 1: context synced");
+    let before = daemon.mirrors();
+    assert_eq!(before.len(), 2, "{before:?}");
+    daemon
+        .on_store(&k, &["prune", "-f", "--filter", "until=1h"])
+        .ok();
+    assert_eq!(daemon.mirrors(), before);
+}

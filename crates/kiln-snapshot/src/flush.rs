@@ -2,8 +2,9 @@
 //! system of its upper dir: every dirty page of the store's disk, which after a cold `COPY` of
 //! a 20,000-file context is that context (0.3 s of a 2.5 s build, measured). Mounted
 //! `volatile`, the unmount syncs nothing, and kiln flushes what the step wrote itself: each
-//! file and directory of the upper dir when they are few and all plain, else the file system
-//! (`syncfs`), which is what the unmount did.
+//! file and directory of the upper dir when they are few, all plain, and the disk has more
+//! dirty pages than those fsyncs cost, else the file system (`syncfs`), which is what the
+//! unmount did.
 
 use std::fs;
 use std::io;
@@ -51,7 +52,7 @@ fn mount_with<E>(
 /// else (or when one cannot be opened) its whole file system.
 pub(crate) fn flush_upper(upper: &Path) -> io::Result<()> {
     match plain_entries(upper) {
-        Some((files, dirs)) => {
+        Some((files, dirs)) if worth_one_by_one(files.len() + dirs.len() + 1) => {
             let each = || -> io::Result<()> {
                 for f in &files {
                     fs::File::open(f)?.sync_all()?;
@@ -67,8 +68,34 @@ pub(crate) fn flush_upper(upper: &Path) -> io::Result<()> {
             };
             each().or_else(|_| syncfs(upper))
         }
-        None => syncfs(upper),
+        _ => syncfs(upper),
     }
+}
+
+/// Whether `n` fsyncs cost less than one `syncfs`: each is a flush of the device's cache (about
+/// 1.6 ms on the machines measured), `syncfs` one flush after writing every dirty page of the
+/// disk. A step that wrote 3 entries on a quiet disk flushes faster with `syncfs` (30 RUN
+/// steps, fsync each: 94 fsyncs, 184 ms; the unmount's syncs: 155 ms); after a cold `COPY` of
+/// a large context (100 MB dirty), one by one (the unmount took 0.3 s). Taken as 8 MiB of
+/// dirty pages per flush, from `/proc/meminfo`.
+fn worth_one_by_one(n: usize) -> bool {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| dirty_bytes(&m))
+        .is_some_and(|dirty| dirty > (n as u64) << 23)
+}
+
+/// The `Dirty:` line of `/proc/meminfo`, in bytes.
+fn dirty_bytes(meminfo: &str) -> Option<u64> {
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Dirty:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// The regular files and the directories (parents first) of `dir`, itself included, if there
@@ -134,6 +161,13 @@ mod tests {
             fs::write(up.join(format!("n{i}")), "z").unwrap();
         }
         assert!(plain_entries(&up).is_none());
+    }
+
+    #[test]
+    fn dirty_pages_are_read_from_meminfo() {
+        let m = "MemFree:  100 kB\nDirty:            239916 kB\nWriteback:  0 kB\n";
+        assert_eq!(dirty_bytes(m), Some(239_916 * 1024));
+        assert_eq!(dirty_bytes("MemFree: 1 kB\n"), None);
     }
 
     #[test]

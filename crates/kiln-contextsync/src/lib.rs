@@ -3,7 +3,8 @@
 //! files that changed, write them into a per-context mirror on the daemon).
 //!
 //! - **Client**: [`read_ignore`] picks the ignore file the Dockerfile frontend will pick
-//!   (`<Dockerfile name>.dockerignore`, else `.dockerignore`, both at the context root) and
+//!   (`<Dockerfile name>.dockerignore` beside the Dockerfile, else the context's
+//!   `.dockerignore`) and
 //!   [`scan`] walks the context keeping exactly what the engine's own walk keeps
 //!   (`kiln-engine`'s `local.rs`), returning sorted [`Entry`]s: path, kind, mode, owner, size,
 //!   mtime, symlink target. Nothing is hashed: like fsutil, a file is "unchanged" when its
@@ -68,7 +69,7 @@ pub use kept::{
     DEFAULT_UNUSED_FOR,
 };
 pub use mirror::{Incoming, Mirror, Plan, Stats};
-pub use scan::{open_for_send, read_ignore, scan, IgnoreSpec};
+pub use scan::{open_for_send, read_beside_ignore, read_ignore, scan, IgnoreSpec};
 
 /// Most entries one context may hold (a sync refuses more, with [`Error::TooManyEntries`]).
 pub const MAX_ENTRIES: usize = 10_000_000;

@@ -64,58 +64,79 @@ impl IgnoreSpec {
 /// need the link's target too, so a symlinked ignore file is refused with a clear error
 /// instead.
 pub fn read_ignore(context: &Path, dockerfile: &Path) -> Result<IgnoreSpec> {
+    if let Some(beside) = read_beside_ignore(dockerfile)? {
+        return Ok(beside);
+    }
+    let rel = ".dockerignore";
+    Ok(match read_ignore_file(&context.join(rel))? {
+        Some((content, patterns)) => IgnoreSpec {
+            file: Some(rel.to_owned()),
+            beside_dockerfile: None,
+            content,
+            patterns,
+        },
+        None => IgnoreSpec::none(),
+    })
+}
+
+/// The Dockerfile's own ignore file, `<name>.dockerignore` beside `dockerfile`, when there.
+/// A remote build's client sends its content for the daemon to write beside the Dockerfile
+/// the daemon writes, also when the context is a URL the daemon fetches and only the
+/// Dockerfile is local.
+pub fn read_beside_ignore(dockerfile: &Path) -> Result<Option<IgnoreSpec>> {
     let name = dockerfile
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "Dockerfile".to_owned());
-    let dockerfile_dir = match dockerfile.parent() {
+    let dir = match dockerfile.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let candidates = [
-        (dockerfile_dir.join(format!("{name}.dockerignore")), None),
-        (context.join(".dockerignore"), Some(".dockerignore")),
-    ];
-    for (path, in_context) in candidates {
-        let md = match fs::symlink_metadata(&path) {
-            Ok(md) => md,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io("stat", path, e)),
-        };
-        let fail = |reason: String| Error::IgnoreFile {
-            file: path.clone(),
-            reason,
-        };
-        if md.file_type().is_symlink() {
-            return Err(fail(
-                "is a symlink: a remote build needs the ignore file itself (replace the link \
-                 by a copy)"
-                    .to_owned(),
-            ));
-        }
-        if !md.is_file() {
-            return Err(fail("not a regular file".to_owned()));
-        }
-        let mut content = Vec::new();
-        fs::File::open(&path)
-            .and_then(|f| f.take(MAX_IGNORE_FILE_BYTES + 1).read_to_end(&mut content))
-            .map_err(|e| Error::io("read", &path, e))?;
-        if content.len() as u64 > MAX_IGNORE_FILE_BYTES {
-            return Err(fail(format!(
-                "larger than {} MiB",
-                MAX_IGNORE_FILE_BYTES >> 20
-            )));
-        }
-        let patterns = kiln_ignore::read_ignore_file(&String::from_utf8_lossy(&content))
-            .map_err(|e| fail(e.to_string()))?;
-        return Ok(IgnoreSpec {
-            file: in_context.map(str::to_owned),
-            beside_dockerfile: in_context.is_none().then_some(path),
+    let path = dir.join(format!("{name}.dockerignore"));
+    Ok(
+        read_ignore_file(&path)?.map(|(content, patterns)| IgnoreSpec {
+            file: None,
+            beside_dockerfile: Some(path),
             content,
             patterns,
-        });
+        }),
+    )
+}
+
+/// The bytes and patterns of the ignore file `path`, `None` when it does not exist.
+fn read_ignore_file(path: &Path) -> Result<Option<(Vec<u8>, Vec<String>)>> {
+    let md = match fs::symlink_metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("stat", path, e)),
+    };
+    let fail = |reason: String| Error::IgnoreFile {
+        file: path.to_owned(),
+        reason,
+    };
+    if md.file_type().is_symlink() {
+        return Err(fail(
+            "is a symlink: a remote build needs the ignore file itself (replace the link by a \
+             copy)"
+                .to_owned(),
+        ));
     }
-    Ok(IgnoreSpec::none())
+    if !md.is_file() {
+        return Err(fail("not a regular file".to_owned()));
+    }
+    let mut content = Vec::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_IGNORE_FILE_BYTES + 1).read_to_end(&mut content))
+        .map_err(|e| Error::io("read", path, e))?;
+    if content.len() as u64 > MAX_IGNORE_FILE_BYTES {
+        return Err(fail(format!(
+            "larger than {} MiB",
+            MAX_IGNORE_FILE_BYTES >> 20
+        )));
+    }
+    let patterns = kiln_ignore::read_ignore_file(&String::from_utf8_lossy(&content))
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(Some((content, patterns)))
 }
 
 /// Walks `context` and returns its entries sorted by path, the root first (path `""`).

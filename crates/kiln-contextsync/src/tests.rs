@@ -4,7 +4,10 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use crate::{open_for_send, read_ignore, scan, Entry, Error, IgnoreSpec, Kind, Mirror, Stats};
+use crate::{
+    open_for_send, read_beside_ignore, read_ignore, scan, Entry, Error, IgnoreSpec, Kind, Mirror,
+    Stats,
+};
 
 /// Sets a path's mtime (not following a symlink) to a fixed, distinct time.
 fn set_mtime(p: &Path, sec: i64) {
@@ -305,6 +308,15 @@ fn ignored_files_are_not_entries_and_reincluded_ones_are() {
     );
     assert_eq!(own.patterns, ["main.c"]);
     assert_eq!(own.content, b"main.c\n");
+    // The same file alone, for a client whose context the daemon fetches.
+    assert_eq!(
+        read_beside_ignore(&src.join("docker/app.Dockerfile")).expect("read"),
+        Some(own.clone())
+    );
+    assert_eq!(
+        read_beside_ignore(&src.join("Dockerfile")).expect("read"),
+        None
+    );
     let paths: Vec<String> = scan(&src, &own)
         .expect("scan")
         .into_iter()

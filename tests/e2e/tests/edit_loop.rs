@@ -7,37 +7,16 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln_e2e::*;
-
-/// The busybox OCI layout `cargo xtask test` makes.
-fn busybox() -> PathBuf {
-    let layout = workspace().join("target/kiln-test/fixtures/busybox-oci");
-    assert!(
-        layout.join("index.json").is_file(),
-        "the busybox fixture is built by `cargo xtask test` (missing {})",
-        layout.display()
-    );
-    layout
-}
-
-/// `kiln build --progress=plain` of `ctx` with the busybox layout as `bb`, then `extra`.
-fn build(k: &Kiln, env: &[(&str, &str)], ctx: &Path, extra: &[&str]) -> Run {
-    let bb = format!("bb=oci-layout://{}:latest", busybox().display());
-    let mut args = vec!["build", "--progress=plain", "--build-context", &bb];
-    args.extend_from_slice(extra);
-    let c = ctx.display().to_string();
-    args.push(&c);
-    k.run_env(env, &args)
-}
 
 /// Builds `ctx` into an OCI tarball `name`.tar; returns the image digest.
 fn image(k: &Kiln, ctx: &Path, name: &str, extra: &[&str]) -> String {
     let dest = format!("type=oci,dest={}", k.path(&format!("{name}.tar")).display());
     let mut args = vec!["--output", &dest];
     args.extend_from_slice(extra);
-    build(k, &[], ctx, &args).ok().digest()
+    build_bb(k, &[], ctx, &args).ok().digest()
 }
 
 #[test]
@@ -112,10 +91,10 @@ fn copy_with_chown_after_an_edit_owns_every_file() {
     );
     let out = k.path("out");
     let dest = format!("type=local,dest={}", out.display());
-    build(&k, &[], &ctx, &["--output", &dest]).ok();
+    build_bb(&k, &[], &ctx, &["--output", &dest]).ok();
     fs::write(ctx.join("src/b"), "edited").unwrap();
     fs::remove_dir_all(&out).unwrap();
-    build(&k, &[], &ctx, &["--output", &dest]).ok();
+    build_bb(&k, &[], &ctx, &["--output", &dest]).ok();
     assert_eq!(
         fs::read_to_string(out.join("owners")).unwrap(),
         "/app/a 1234:5678\n/app/b 1234:5678\n"
@@ -151,7 +130,7 @@ fn run_writes_never_reach_shared_files(snapshotter: &str) {
         let _ = fs::remove_dir_all(&out);
         let mut a = vec!["--output", &dest, "-f", file];
         a.extend_from_slice(args);
-        build(&k, &env, &ctx, &a).ok();
+        build_bb(&k, &env, &ctx, &a).ok();
         fs::read_to_string(out.join("seen")).unwrap()
     };
     assert_eq!(seen(&writer, &[]), "orig\nx\n", "{snapshotter}");

@@ -10,33 +10,6 @@ use kiln_e2e::*;
 
 const SECRET: &str = "explain-s3cr3t-51d0c2e7-never-recorded";
 
-/// The explanation lines (`#N NAME: CAUSE`) a build printed.
-fn explained(run: &Run) -> Vec<String> {
-    let mut lines = run.stderr.lines();
-    let header = lines.find(|l| l.starts_with("--explain-cache:"));
-    let Some(header) = header else {
-        panic!("no --explain-cache output:\n{}", run.stderr);
-    };
-    if header.contains("every step came from the cache") {
-        return Vec::new();
-    }
-    lines
-        .take_while(|l| l.starts_with('#'))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// The progress number (`#N`) of the first step whose name contains `needle`.
-fn number(run: &Run, needle: &str) -> String {
-    run.stderr
-        .lines()
-        .find_map(|l| {
-            let (n, name) = l.strip_prefix('#')?.split_once(' ')?;
-            name.contains(needle).then(|| format!("#{n}"))
-        })
-        .unwrap_or_else(|| panic!("no step {needle:?} in:\n{}", run.stderr))
-}
-
 /// The explanation of the step whose name contains `needle`, after its name.
 fn cause_of(lines: &[String], needle: &str) -> String {
     lines
@@ -122,7 +95,7 @@ fn explain_cache_names_the_edited_file_and_the_changed_build_arg() {
         !lines.iter().any(|l| l.contains("COPY README")),
         "{lines:#?}"
     );
-    let copy = number(&edited, "COPY src/");
+    let copy = step_number(&edited, "COPY src/");
     assert_eq!(
         cause_of(&lines, "RUN --mount=type=secret"),
         format!("input changed: {copy}"),
@@ -133,7 +106,7 @@ fn explain_cache_names_the_edited_file_and_the_changed_build_arg() {
         lines.iter().any(|l| l.starts_with(&format!("{copy} "))),
         "the COPY's line carries its progress number {copy}: {lines:#?}"
     );
-    let secret_run = number(&edited, "RUN --mount=type=secret");
+    let secret_run = step_number(&edited, "RUN --mount=type=secret");
     assert_eq!(
         cause_of(&lines, "RUN echo"),
         format!("input changed: {secret_run}")
@@ -221,7 +194,7 @@ fn explain_cache_names_a_changed_base_image() {
         "{}",
         rebuilt.stderr
     );
-    let from = number(&rebuilt, "FROM");
+    let from = step_number(&rebuilt, "FROM");
     assert_eq!(
         cause_of(&lines, "RUN cat"),
         format!("input changed: {from}"),

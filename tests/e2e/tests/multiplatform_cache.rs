@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_e2e::{workspace, Kiln, Run};
+use kiln_e2e::{build_bb, explained, step_number, Kiln, Run};
 
 const PLATFORMS: &str = "linux/amd64,linux/arm64,linux/s390x";
 const ARCHES: [&str; 3] = ["amd64", "arm64", "s390x"];
@@ -25,36 +25,13 @@ ARG TARGETARCH
 COPY --from=build /out/$TARGETARCH /arch.txt
 ";
 
-/// The busybox OCI layout `cargo xtask test` makes.
-fn busybox() -> PathBuf {
-    let layout = workspace().join("target/kiln-test/fixtures/busybox-oci");
-    assert!(
-        layout.join("index.json").is_file(),
-        "the busybox fixture is built by `cargo xtask test` (missing {})",
-        layout.display()
-    );
-    layout
-}
-
 fn context(k: &Kiln) -> PathBuf {
     k.write("ctx", &[("Dockerfile", DOCKERFILE), ("msg.txt", "hello\n")])
 }
 
 /// `kiln build --progress=plain --platform PLATFORMS` of `ctx`, busybox as `bb`.
 fn build(k: &Kiln, ctx: &Path, extra: &[&str]) -> Run {
-    let bb = format!("bb=oci-layout://{}:latest", busybox().display());
-    let mut args = vec![
-        "build",
-        "--progress=plain",
-        "--platform",
-        PLATFORMS,
-        "--build-context",
-        &bb,
-    ];
-    args.extend_from_slice(extra);
-    let c = ctx.display().to_string();
-    args.push(&c);
-    k.run(&args)
+    build_bb(k, &[], ctx, &[&["--platform", PLATFORMS], extra].concat())
 }
 
 /// Each platform's final step (`[linux/ARCH stage-1 1/1] COPY --from=build ...`).
@@ -145,32 +122,6 @@ fn an_inline_cache_of_several_platforms_is_refused_before_anything_runs() {
     assert!(!run.stderr.contains("RUN mkdir"), "{}", run.stderr);
 }
 
-/// The explanation lines (`#N NAME: CAUSE`) a build printed.
-fn explained(run: &Run) -> Vec<String> {
-    let mut lines = run.stderr.lines();
-    let Some(header) = lines.find(|l| l.starts_with("--explain-cache:")) else {
-        panic!("no --explain-cache output:\n{}", run.stderr);
-    };
-    if header.contains("every step came from the cache") {
-        return Vec::new();
-    }
-    lines
-        .take_while(|l| l.starts_with('#'))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// The progress number (`#N`) of the first step whose name contains `needle`.
-fn number(run: &Run, needle: &str) -> String {
-    run.stderr
-        .lines()
-        .find_map(|l| {
-            let (n, name) = l.strip_prefix('#')?.split_once(' ')?;
-            name.contains(needle).then(|| format!("#{n}"))
-        })
-        .unwrap_or_else(|| panic!("no step {needle:?} in:\n{}", run.stderr))
-}
-
 /// The explanations of the steps whose name contains `needle`, after their name.
 fn causes_of(lines: &[String], needle: &str) -> Vec<String> {
     lines
@@ -210,7 +161,7 @@ fn explain_cache_explains_every_platform_of_a_build() {
         "{lines:#?}\n{}",
         edited.stderr
     );
-    let run = number(&edited, "RUN mkdir /out");
+    let run = step_number(&edited, "RUN mkdir /out");
     for arch in ARCHES {
         assert_eq!(
             causes_of(&lines, &final_copy(arch)),
@@ -223,18 +174,13 @@ fn explain_cache_explains_every_platform_of_a_build() {
     // A build of one of the platforms alone compares with that platform's record, which the
     // build of several kept.
     std::fs::write(ctx.join("msg.txt"), "salut\n").unwrap();
-    let one = k
-        .run(&[
-            "build",
-            "--progress=plain",
-            "--explain-cache",
-            "--platform",
-            "linux/arm64",
-            "--build-context",
-            &format!("bb=oci-layout://{}:latest", busybox().display()),
-            ctx.to_str().unwrap(),
-        ])
-        .ok();
+    let one = build_bb(
+        &k,
+        &[],
+        &ctx,
+        &["--explain-cache", "--platform", "linux/arm64"],
+    )
+    .ok();
     let lines = explained(&one);
     assert_eq!(
         causes_of(&lines, "COPY msg.txt"),

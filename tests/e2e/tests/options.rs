@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use kiln_e2e::*;
 
@@ -43,102 +43,10 @@ fn read(dir: &Path, rel: &str) -> String {
 
 // --- ssh -----------------------------------------------------------------------------------
 
-/// A real ssh-agent on a socket of the test's own, holding one fresh key; killed on drop.
-struct Agent {
-    child: Child,
-    sock: PathBuf,
-}
-
-impl Agent {
-    fn start(k: &Kiln) -> Agent {
-        let sock = k.path("agent.sock");
-        // -D: stay in the foreground, so the test owns the process and can kill it by id.
-        let child = Command::new("ssh-agent")
-            .arg("-D")
-            .arg("-a")
-            .arg(&sock)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ssh-agent (Debian's openssh-client) is required for this test");
-        let mut waited = 0;
-        while !sock.exists() && waited < 100 {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            waited += 1;
-        }
-        assert!(sock.exists(), "ssh-agent did not create {}", sock.display());
-        let agent = Agent { child, sock };
-        let key = k.path("id_ed25519");
-        tool(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "kiln-e2e-key",
-                "-f",
-                key.to_str().unwrap(),
-            ],
-        );
-        let out = Command::new("ssh-add")
-            .arg(&key)
-            .env("SSH_AUTH_SOCK", &agent.sock)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "ssh-add: {out:?}");
-        agent
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The host's `ssh-add` with its shared libraries and loader, in one flat directory: busybox
-/// has no ssh client, and this lets a RUN step speak the agent protocol for real.
-fn host_ssh_add(k: &Kiln) -> PathBuf {
-    let dir = k.path("hostbin");
-    std::fs::create_dir_all(&dir).unwrap();
-    let bin = String::from_utf8(
-        Command::new("sh")
-            .args(["-c", "command -v ssh-add"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let bin = bin.trim();
-    std::fs::copy(bin, dir.join("ssh-add")).unwrap();
-    let ldd = tool("ldd", &[bin]);
-    for line in ldd.lines() {
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line
-                .split_whitespace()
-                .next()
-                .filter(|p| p.starts_with('/')),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            let name = Path::new(p).file_name().unwrap();
-            std::fs::copy(p, dir.join(name)).unwrap();
-        }
-    }
-    dir
-}
-
-/// The loader's file name in `dir` (`ld-linux-x86-64.so.2`, `ld-linux-aarch64.so.1`...).
-fn loader(dir: &Path) -> String {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("ld-linux"))
-        .expect("the dynamic loader of ssh-add")
+/// A real ssh-agent on a socket of the test's own, holding one fresh key.
+fn agent(k: &Kiln) -> SshAgent {
+    let (key, _) = ssh_keygen(k, "id_ed25519", "", "kiln-e2e-key");
+    SshAgent::start(k, &[&key])
 }
 
 #[test]
@@ -148,9 +56,8 @@ fn ssh_mount_reaches_the_agent() {
     }
     let k = Kiln::new(&[]);
     let reg = test_registry();
-    let agent = Agent::start(&k);
-    let hostbin = host_ssh_add(&k);
-    let ld = loader(&hostbin);
+    let agent = agent(&k);
+    let (hostbin, ld) = host_ssh_add(&k);
     let ctx = k.write(
         "ctx",
         &[(

@@ -22,60 +22,6 @@ fn read(dir: &Path, rel: &str) -> String {
 
 // --- ssh -----------------------------------------------------------------------------------
 
-/// A fresh ed25519 key (`-N passphrase`) with `comment`; returns its path and its SHA256
-/// fingerprint as `ssh-add -l` prints it.
-fn keygen(k: &Kiln, name: &str, passphrase: &str, comment: &str) -> (PathBuf, String) {
-    let key = k.path(name);
-    tool(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            passphrase,
-            "-C",
-            comment,
-            "-f",
-            key.to_str().unwrap(),
-        ],
-    );
-    let line = tool("ssh-keygen", &["-l", "-f", key.to_str().unwrap()]);
-    let fingerprint = line.split_whitespace().nth(1).unwrap().to_owned();
-    assert!(fingerprint.starts_with("SHA256:"), "{line}");
-    (key, fingerprint)
-}
-
-/// The host's `ssh-add` with its shared libraries and loader, in one flat directory: the
-/// busybox base has no ssh client, and this lets a RUN step speak the agent protocol for real
-/// (bound in from a named context).
-fn host_ssh_add(k: &Kiln) -> (PathBuf, String) {
-    let dir = k.path("hostbin");
-    std::fs::create_dir_all(&dir).unwrap();
-    let bin = tool("sh", &["-c", "command -v ssh-add"]);
-    let bin = bin.trim();
-    assert!(
-        !bin.is_empty(),
-        "ssh-add is required for this test (Debian package openssh-client)"
-    );
-    std::fs::copy(bin, dir.join("ssh-add")).unwrap();
-    for line in tool("ldd", &[bin]).lines() {
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            std::fs::copy(p, dir.join(Path::new(p).file_name().unwrap())).unwrap();
-        }
-    }
-    let loader = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("ld-linux"))
-        .expect("the dynamic loader of ssh-add");
-    (dir, loader)
-}
-
 /// Processes whose command line mentions `needle` (other than this test's own).
 fn processes_mentioning(needle: &str) -> Vec<String> {
     let me = std::process::id().to_string();
@@ -101,8 +47,8 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 fn ssh_key_files_are_served_by_an_agent_of_the_build() {
     let k = Kiln::new(&[]);
     let reg = test_registry();
-    let (key1, fp1) = keygen(&k, "id_one", "", "kiln-key-one");
-    let (key2, fp2) = keygen(&k, "id_two", "", "kiln-key-two");
+    let (key1, fp1) = ssh_keygen(&k, "id_one", "", "kiln-key-one");
+    let (key2, fp2) = ssh_keygen(&k, "id_two", "", "kiln-key-two");
     let (hostbin, ld) = host_ssh_add(&k);
     let ctx = k.write(
         "ctx",
@@ -173,7 +119,7 @@ fn ssh_key_files_are_served_by_an_agent_of_the_build() {
 fn ssh_mount_mode_uid_gid_apply_to_the_socket() {
     let k = Kiln::new(&[]);
     let reg = test_registry();
-    let (key, fp) = keygen(&k, "id_ed25519", "", "kiln-key-user");
+    let (key, fp) = ssh_keygen(&k, "id_ed25519", "", "kiln-key-user");
     let (hostbin, ld) = host_ssh_add(&k);
     let ctx = k.write(
         "ctx",
@@ -238,7 +184,7 @@ fn ssh_agent_is_gone_after_a_failed_or_interrupted_build() {
     use std::time::Duration;
     let k = Kiln::new(&[]);
     let reg = test_registry();
-    let (key, _) = keygen(&k, "id_ed25519", "", "kiln-key");
+    let (key, _) = ssh_keygen(&k, "id_ed25519", "", "kiln-key");
     let spec = format!("default={}", key.display());
     let tmp = k.path("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
@@ -315,7 +261,7 @@ fn ssh_key_file_errors_are_clear() {
     let env = [("TMPDIR", tmp.to_str().unwrap())];
 
     // A passphrase-protected key is refused before anything runs or prompts.
-    let (locked, _) = keygen(&k, "id_locked", "secret passphrase", "locked");
+    let (locked, _) = ssh_keygen(&k, "id_locked", "secret passphrase", "locked");
     let spec = format!("default={}", locked.display());
     let r = build(&k, &ctx, &["--ssh", &spec], &env).fails();
     assert!(
@@ -351,7 +297,7 @@ fn ssh_key_file_errors_are_clear() {
     );
 
     // No OpenSSH on the PATH: the error says which package brings it.
-    let (key, _) = keygen(&k, "id_ok", "", "ok");
+    let (key, _) = ssh_keygen(&k, "id_ok", "", "ok");
     let spec = format!("default={}", key.display());
     let empty = k.path("empty-path");
     std::fs::create_dir_all(&empty).unwrap();

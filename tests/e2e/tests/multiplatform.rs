@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use kiln_e2e::{tool, workspace, Kiln, Run};
+use kiln_e2e::{build_bb, busybox_layout, json, tool, workspace, Kiln, Run};
 
 const ARCHES: [&str; 3] = ["amd64", "arm64", "s390x"];
 const PLATFORMS: &str = "linux/amd64,linux/arm64,linux/s390x";
@@ -27,17 +27,6 @@ ARG TARGETARCH TARGETPLATFORM
 COPY --from=build /out/$TARGETARCH /arch.txt
 LABEL arch=$TARGETARCH platform=$TARGETPLATFORM shared=yes
 ";
-
-/// The busybox OCI layout `cargo xtask test` makes (amd64 only, as Debian's busybox-static).
-fn busybox() -> PathBuf {
-    let layout = workspace().join("target/kiln-test/fixtures/busybox-oci");
-    assert!(
-        layout.join("index.json").is_file(),
-        "the busybox fixture is built by `cargo xtask test` (missing {})",
-        layout.display()
-    );
-    layout
-}
 
 /// The goarch fixture's OCI layout (`cargo xtask fixtures`): the static goarch program for
 /// arm64, s390x and amd64, tagged per architecture and `latest` (the index).
@@ -54,19 +43,7 @@ fn goarch_layout() -> PathBuf {
 
 /// `kiln build --progress=plain --platform PLATFORMS` of `ctx` with busybox as `bb`.
 fn build(k: &Kiln, ctx: &Path, extra: &[&str]) -> Run {
-    let bb = format!("bb=oci-layout://{}:latest", busybox().display());
-    let mut args = vec![
-        "build",
-        "--progress=plain",
-        "--platform",
-        PLATFORMS,
-        "--build-context",
-        &bb,
-    ];
-    args.extend_from_slice(extra);
-    let c = ctx.display().to_string();
-    args.push(&c);
-    k.run(&args)
+    build_bb(k, &[], ctx, &[&["--platform", PLATFORMS], extra].concat())
 }
 
 /// The steps whose name contains `needle`, with their final word.
@@ -75,10 +52,6 @@ fn steps_named(r: &Run, needle: &str) -> Vec<(String, String)> {
         .into_iter()
         .filter(|(n, _)| n.contains(needle))
         .collect()
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 /// The platforms of an index document, `os/arch[/variant]`, in order.
@@ -365,7 +338,7 @@ fn other_outputs_of_several_platforms() {
 fn one_platform_still_makes_one_image() {
     let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
     let ctx = k.write("ctx", &[("Dockerfile", DOCKERFILE)]);
-    let bb = format!("bb=oci-layout://{}:latest", busybox().display());
+    let bb = format!("bb=oci-layout://{}:latest", busybox_layout().display());
     let mut digests = Vec::new();
     for (i, platform) in ["linux/arm64", "arm64,linux/arm64/v8"].iter().enumerate() {
         let tar = k.path(&format!("one-{i}.tar"));

@@ -766,3 +766,38 @@ impl Drop for SshAgent {
         let _ = Command::new("kill").arg(&self.pid).status();
     }
 }
+
+/// Platform `arch` of the multi-platform `image` (a skopeo image name) read as a user reads it:
+/// its config from `skopeo --override-arch ARCH inspect --config`, and the image copied out
+/// with skopeo into `<name>-<arch>-layout` and unpacked by `umoci unpack UMOCI_FLAGS` into
+/// `<name>-<arch>-bundle`. `extra` are skopeo flags (`--tls-verify=false` for the loopback
+/// registry). Returns the config and the bundle.
+pub fn platform_image(
+    k: &Kiln,
+    image: &str,
+    name: &str,
+    arch: &str,
+    extra: &[&str],
+    umoci_flags: &[&str],
+) -> (serde_json::Value, PathBuf) {
+    let mut args = vec!["--override-arch", arch, "inspect", "--config", "--raw"];
+    args.extend_from_slice(extra);
+    args.push(image);
+    let cfg = json(&tool("skopeo", &args));
+    let layout = k.path(&format!("{name}-{arch}-layout"));
+    let mut args = vec!["--override-arch", arch, "copy"];
+    if extra.contains(&"--tls-verify=false") {
+        args.push("--src-tls-verify=false");
+    }
+    args.push(image);
+    let dest = format!("oci:{}:1", layout.display());
+    args.push(&dest);
+    tool("skopeo", &args);
+    let bundle = k.path(&format!("{name}-{arch}-bundle"));
+    let source = format!("{}:1", layout.display());
+    let mut args = vec!["unpack"];
+    args.extend_from_slice(umoci_flags);
+    args.extend(["--image", &source, bundle.to_str().unwrap()]);
+    tool("umoci", &args);
+    (cfg, bundle)
+}

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use kiln_e2e::serve::Daemon;
-use kiln_e2e::{busybox_layout, json, tool, Kiln, Run};
+use kiln_e2e::{busybox_layout, json, platform_image, tool, Kiln, Run};
 
 const PLUGINS: &[&str] = &["kiln-frontend-dockerfile", "kiln-exec"];
 const PLATFORMS: &str = "linux/amd64,linux/arm64";
@@ -124,36 +124,13 @@ fn entries(index: &serde_json::Value) -> Vec<(String, String)> {
 /// What skopeo and umoci read of `image` for each architecture: its config and its file.
 fn assert_each_platform(k: &Kiln, image: &str, name: &str, extra: &[&str]) {
     for arch in ARCHES {
-        let mut args = vec!["--override-arch", arch, "inspect", "--config", "--raw"];
-        args.extend_from_slice(extra);
-        args.push(image);
-        let cfg = json(&tool("skopeo", &args));
+        let (cfg, bundle) = platform_image(k, image, name, arch, extra, &["--rootless"]);
         assert_eq!(cfg["architecture"], arch, "{cfg}");
         assert_eq!(cfg["config"]["Labels"]["arch"], arch, "{cfg}");
         assert_eq!(
             cfg["config"]["Labels"]["platform"],
             format!("linux/{arch}"),
             "{cfg}"
-        );
-        let layout = k.path(&format!("{name}-{arch}-layout"));
-        let mut args = vec!["--override-arch", arch, "copy"];
-        if extra.contains(&"--tls-verify=false") {
-            args.push("--src-tls-verify=false");
-        }
-        args.push(image);
-        let dest = format!("oci:{}:1", layout.display());
-        args.push(&dest);
-        tool("skopeo", &args);
-        let bundle = k.path(&format!("{name}-{arch}-bundle"));
-        tool(
-            "umoci",
-            &[
-                "unpack",
-                "--rootless",
-                "--image",
-                &format!("{}:1", layout.display()),
-                bundle.to_str().unwrap(),
-            ],
         );
         assert_eq!(
             std::fs::read_to_string(bundle.join("rootfs/arch.txt")).unwrap(),

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use kiln_e2e::{build_bb, busybox_layout, json, tool, workspace, Kiln, Run};
+use kiln_e2e::{build_bb, busybox_layout, json, platform_image, tool, workspace, Kiln, Run};
 
 const ARCHES: [&str; 3] = ["amd64", "arm64", "s390x"];
 const PLATFORMS: &str = "linux/amd64,linux/arm64,linux/s390x";
@@ -79,36 +79,14 @@ fn index_platforms(index: &serde_json::Value) -> Vec<String> {
 /// the config's architecture and labels, and the file the final stage copied.
 fn assert_each_platform(k: &Kiln, image: &str, name: &str, extra: &[&str]) {
     for arch in ARCHES {
-        let mut args = vec!["--override-arch", arch, "inspect", "--config", "--raw"];
-        args.extend_from_slice(extra);
-        args.push(image);
-        let cfg = json(&tool("skopeo", &args));
+        // One platform's image copied out of the index, then unpacked by umoci.
+        let (cfg, bundle) = platform_image(k, image, name, arch, extra, &[]);
         assert_eq!(cfg["architecture"], arch, "{cfg}");
         assert_eq!(cfg["os"], "linux", "{cfg}");
         let labels = &cfg["config"]["Labels"];
         assert_eq!(labels["arch"], arch, "{cfg}");
         assert_eq!(labels["platform"], format!("linux/{arch}"), "{cfg}");
         assert_eq!(labels["shared"], "yes", "{cfg}");
-        // One platform's image copied out of the index, then unpacked by umoci.
-        let layout = k.path(&format!("{name}-{arch}-layout"));
-        let mut args = vec!["--override-arch", arch, "copy"];
-        if extra.contains(&"--tls-verify=false") {
-            args.push("--src-tls-verify=false");
-        }
-        args.push(image);
-        let dest = format!("oci:{}:1", layout.display());
-        args.push(&dest);
-        tool("skopeo", &args);
-        let bundle = k.path(&format!("{name}-{arch}-bundle"));
-        tool(
-            "umoci",
-            &[
-                "unpack",
-                "--image",
-                &format!("{}:1", layout.display()),
-                bundle.to_str().unwrap(),
-            ],
-        );
         assert_eq!(
             std::fs::read_to_string(bundle.join("rootfs/arch.txt")).unwrap(),
             format!("built for {arch}\n")

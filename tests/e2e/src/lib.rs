@@ -801,3 +801,12 @@ pub fn platform_image(
     tool("umoci", &args);
     (cfg, bundle)
 }
+
+/// `skopeo ARGS --tls-verify=false docker://REFERENCE` on the loopback registry, its output
+/// parsed as JSON (`inspect --raw`, `inspect --config --raw`, `list-tags`).
+pub fn registry_json(args: &[&str], reference: &str) -> serde_json::Value {
+    let image = format!("docker://{reference}");
+    let mut all = args.to_vec();
+    all.extend(["--tls-verify=false", &image]);
+    json(&tool("skopeo", &all))
+}

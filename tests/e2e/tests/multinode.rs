@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use kiln_e2e::serve::Daemon;
-use kiln_e2e::{busybox_layout, json, platform_image, tool, Kiln, Run};
+use kiln_e2e::{busybox_layout, json, platform_image, registry_json, tool, Kiln, Run};
 
 const PLUGINS: &[&str] = &["kiln-frontend-dockerfile", "kiln-exec"];
 const PLATFORMS: &str = "linux/amd64,linux/arm64";
@@ -268,27 +268,12 @@ fn two_nodes_push_one_index_by_tag_and_their_images_by_digest() {
     let platforms: Vec<&str> = listed.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
     // The nodes pushed by digest: the only tag is the index's.
-    let tags = json(&tool(
-        "skopeo",
-        &[
-            "list-tags",
-            "--tls-verify=false",
-            &format!("docker://{repo}"),
-        ],
-    ));
+    let tags = registry_json(&["list-tags"], &repo);
     assert_eq!(tags["Tags"], serde_json::json!(["1"]), "{tags}");
     // The metadata names the index the tag names.
     let m = json(&std::fs::read_to_string(&meta).unwrap());
     let digest = m["containerimage.digest"].as_str().unwrap();
-    let by_digest = json(&tool(
-        "skopeo",
-        &[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{repo}@{digest}"),
-        ],
-    ));
+    let by_digest = registry_json(&["inspect", "--raw"], &format!("{repo}@{digest}"));
     assert_eq!(by_digest, index);
 
     assert_each_platform(&k, &image, "pushed", &["--tls-verify=false"]);
@@ -305,24 +290,9 @@ fn two_nodes_push_one_index_by_tag_and_their_images_by_digest() {
     .ok();
     let m = json(&std::fs::read_to_string(&meta2).unwrap());
     let digest = m["containerimage.digest"].as_str().unwrap();
-    let again = json(&tool(
-        "skopeo",
-        &[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{repo}@{digest}"),
-        ],
-    ));
+    let again = registry_json(&["inspect", "--raw"], &format!("{repo}@{digest}"));
     assert_eq!(entries(&again), listed);
-    let tags = json(&tool(
-        "skopeo",
-        &[
-            "list-tags",
-            "--tls-verify=false",
-            &format!("docker://{repo}"),
-        ],
-    ));
+    let tags = registry_json(&["list-tags"], &repo);
     assert_eq!(tags["Tags"], serde_json::json!(["1"]), "{tags}");
 }
 

@@ -12,7 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use kiln_e2e::{build_bb, busybox_layout, json, platform_image, tool, workspace, Kiln, Run};
+use kiln_e2e::{
+    build_bb, busybox_layout, json, platform_image, registry_json, tool, workspace, Kiln, Run,
+};
 
 const ARCHES: [&str; 3] = ["amd64", "arm64", "s390x"];
 const PLATFORMS: &str = "linux/amd64,linux/arm64,linux/s390x";
@@ -391,15 +393,10 @@ fn pushed_to_a_registry_as_an_index() {
     // The metadata's digest is the index the tag names: the registry serves it by digest.
     let m = json(&std::fs::read_to_string(&meta).unwrap());
     let digest = m["containerimage.digest"].as_str().unwrap();
-    let by_digest = json(&tool(
-        "skopeo",
-        &[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{registry}/multiplatform@{digest}"),
-        ],
-    ));
+    let by_digest = registry_json(
+        &["inspect", "--raw"],
+        &format!("{registry}/multiplatform@{digest}"),
+    );
     assert_eq!(by_digest, index);
     let cfg = json(&tool(
         "skopeo",
@@ -483,14 +480,7 @@ fn a_pushed_index_is_the_only_manifest_its_tag_ever_named() {
         .as_str()
         .unwrap()
         .to_owned();
-    let tags = json(&tool(
-        "skopeo",
-        &[
-            "list-tags",
-            "--tls-verify=false",
-            &format!("docker://{registry}/{repo}"),
-        ],
-    ));
+    let tags = registry_json(&["list-tags"], &format!("{registry}/{repo}"));
     assert_eq!(tags["Tags"], serde_json::json!(["1"]), "{tags}");
     let history = storage.join(format!(
         "docker/registry/v2/repositories/{repo}/_manifests/tags/1/index/sha256"
@@ -501,15 +491,7 @@ fn a_pushed_index_is_the_only_manifest_its_tag_ever_named() {
         .collect();
     named.sort();
     assert_eq!(named, [index_digest], "the tag named more than the index");
-    let index = json(&tool(
-        "skopeo",
-        &[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{name}"),
-        ],
-    ));
+    let index = registry_json(&["inspect", "--raw"], &name);
     assert_eq!(
         index["mediaType"], "application/vnd.oci.image.index.v1+json",
         "{index}"
@@ -518,29 +500,18 @@ fn a_pushed_index_is_the_only_manifest_its_tag_ever_named() {
     assert_eq!(manifests.len(), 3, "{index}");
     for (m, arch) in manifests.iter().zip(ARCHES) {
         let digest = m["digest"].as_str().unwrap();
-        let manifest = json(&tool(
-            "skopeo",
-            &[
-                "inspect",
-                "--raw",
-                "--tls-verify=false",
-                &format!("docker://{registry}/{repo}@{digest}"),
-            ],
-        ));
+        let manifest = registry_json(
+            &["inspect", "--raw"],
+            &format!("{registry}/{repo}@{digest}"),
+        );
         assert_eq!(
             manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json",
             "{arch}: {manifest}"
         );
-        let cfg = json(&tool(
-            "skopeo",
-            &[
-                "inspect",
-                "--config",
-                "--raw",
-                "--tls-verify=false",
-                &format!("docker://{registry}/{repo}@{digest}"),
-            ],
-        ));
+        let cfg = registry_json(
+            &["inspect", "--config", "--raw"],
+            &format!("{registry}/{repo}@{digest}"),
+        );
         assert_eq!(cfg["architecture"], arch, "{cfg}");
     }
 }

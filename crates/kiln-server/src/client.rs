@@ -276,6 +276,11 @@ impl Client {
         )?;
         request.context_url = url.map(|(u, _)| u.to_owned());
         request.context_file = context_file;
+        // The build file's place in the main local context, if it lies there: the daemon
+        // reads it from its mirror (a stable path: `--explain-cache` finds the last build).
+        if url.is_none() {
+            request.context_dockerfile = path_inside(&req.context, &req.dockerfile);
+        }
         let mut outputs = req
             .exports
             .iter()
@@ -545,6 +550,14 @@ async fn send_file(
             return Ok(());
         }
     }
+}
+
+/// `file`'s path relative to the directory `context`, when it lies inside it (both resolved).
+fn path_inside(context: &Path, file: &Path) -> Option<String> {
+    let ctx = std::fs::canonicalize(context).ok()?;
+    let file = std::fs::canonicalize(file).ok()?;
+    let rel = file.strip_prefix(&ctx).ok()?;
+    rel.to_str().map(str::to_owned)
 }
 
 /// This machine's id (systemd's machine-id, else the host name): part of a mirror's key, so

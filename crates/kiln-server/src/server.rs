@@ -438,6 +438,26 @@ fn entry_from_wire(e: pb::Entry) -> kiln_contextsync::Entry {
     }
 }
 
+/// `rel` inside the mirror `tree` when it is a regular file holding `content`, reached without
+/// a symlink or `..` (the client made the tree: nothing in it is followed).
+pub(crate) fn in_mirror(tree: &Path, rel: &str, content: &[u8]) -> Option<PathBuf> {
+    use std::path::Component;
+    let mut path = tree.to_owned();
+    let parts: Vec<_> = Path::new(rel).components().collect();
+    for (i, c) in parts.iter().enumerate() {
+        let Component::Normal(name) = c else {
+            return None;
+        };
+        path.push(name);
+        let meta = std::fs::symlink_metadata(&path).ok()?;
+        let last = i + 1 == parts.len();
+        if meta.file_type().is_symlink() || (last && !meta.is_file()) || (!last && !meta.is_dir()) {
+            return None;
+        }
+    }
+    (!parts.is_empty() && std::fs::read(&path).ok()? == content).then_some(path)
+}
+
 /// The key a mirror directory is named by: a hash, so that a client's key never becomes a path.
 fn mirror_dir(root: &Path, key: &str) -> PathBuf {
     let hash: String = Sha256::digest(key.as_bytes())
@@ -655,6 +675,14 @@ impl Session {
                 Some((remote, file))
             }
         };
+        // The build file as the mirror holds it, when the client says it lies in the main
+        // context and it is the same file: a path that stays the same from build to build.
+        let dockerfile = request
+            .context_dockerfile
+            .as_deref()
+            .and_then(|rel| contexts.get("").map(|(tree, _)| (tree, rel)))
+            .and_then(|(tree, rel)| in_mirror(tree, rel, &request.dockerfile))
+            .unwrap_or(dockerfile);
         let placed = Placed {
             dockerfile,
             contexts,

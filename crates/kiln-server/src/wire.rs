@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use kiln_api::v1 as pb;
 use kiln_engine::{
-    Annotation, BuildRequest, CacheCompression, CacheExport, CacheImport, CacheLocation, CacheMode,
-    Call, CompressionKind, Entitlement, ExecRuntime, Export, HostEntry, ImageFormat, NetworkMode,
-    RunOptions, SecretSource, SshSource, Status, Ulimit, UlimitResource,
+    Annotation, ArgState, BuildRequest, CacheCompression, CacheExport, CacheImport, CacheLocation,
+    CacheMode, Call, Cause, CompressionKind, Entitlement, ExecRuntime, Export, FileChange,
+    HostEntry, ImageFormat, Miss, NetworkMode, RunOptions, SecretSource, SshSource, Status, Ulimit,
+    UlimitResource,
 };
 use kiln_solver::Event;
 use kiln_types::image::Descriptor;
@@ -141,11 +142,6 @@ pub fn request_to_wire(
             )));
         }
     }
-    if req.explain_cache {
-        return Err(crate::Error::Unsupported(
-            "--explain-cache is not supported with a remote builder yet".to_owned(),
-        ));
-    }
     Ok(pb::BuildRequest {
         dockerfile,
         dockerfile_name,
@@ -201,6 +197,9 @@ pub fn request_to_wire(
         // Set by the client when the main context is a URL.
         context_url: None,
         context_file: None,
+        explain_cache: req.explain_cache,
+        // Set by the client when the build file lies in the main local context.
+        context_dockerfile: None,
         cache_to: req
             .cache_to
             .iter()
@@ -412,7 +411,7 @@ pub fn request_from_wire(
             "check" => Some(Call::Check),
             other => return Err(invalid(format!("unknown call {other:?}"))),
         },
-        explain_cache: false,
+        explain_cache: w.explain_cache,
         cache_to: w
             .cache_to
             .into_iter()
@@ -553,7 +552,117 @@ pub fn outcome_to_wire(o: &OutcomeView) -> pb::BuildResult {
             .collect(),
         frontend: o.frontend.clone(),
         call_result: o.call_result.clone(),
+        explain: o.explain.iter().map(miss_to_wire).collect(),
     }
+}
+
+/// The wire form of one `--explain-cache` explanation.
+fn miss_to_wire(m: &Miss) -> pb::CacheMiss {
+    let arg = |a: &ArgState| match a {
+        ArgState::Value(v) => format!("={v}"),
+        ArgState::Default => "default".to_owned(),
+        ArgState::Unset => "unset".to_owned(),
+        ArgState::Long => "long".to_owned(),
+    };
+    let mut w = pb::CacheMiss {
+        vertex: m.vertex.to_string(),
+        name: m.name.clone(),
+        ..Default::default()
+    };
+    w.cause = match &m.cause {
+        Cause::NoEarlierBuild => "no-earlier-build",
+        Cause::NewStep => "new-step",
+        Cause::Instruction { old, new } => {
+            (w.old, w.new) = (old.clone(), new.clone());
+            "instruction"
+        }
+        Cause::Options => "options",
+        Cause::BaseImage { old, new } => {
+            (w.old, w.new) = (old.clone(), new.clone());
+            "base-image"
+        }
+        Cause::BuildArg { name, old, new } => {
+            (w.subject, w.old, w.new) = (name.clone(), arg(old), arg(new));
+            "build-arg"
+        }
+        Cause::Env { name } => {
+            w.subject = name.clone();
+            "env"
+        }
+        Cause::File { path, change, more } => {
+            w.subject = path.clone();
+            w.change = match change {
+                FileChange::Changed => "changed",
+                FileChange::Added => "added",
+                FileChange::Removed => "removed",
+            }
+            .to_owned();
+            w.more = *more as u64;
+            "file"
+        }
+        Cause::Files => "files",
+        Cause::Input { vertex, name } => {
+            (w.input, w.subject) = (vertex.to_string(), name.clone());
+            "input"
+        }
+        Cause::NoCache => "no-cache",
+        Cause::NotCached => "not-cached",
+        // A cause this side does not name: rendered as the generic one.
+        _ => "other",
+    }
+    .to_owned();
+    w
+}
+
+/// The explanation a wire `CacheMiss` stands for.
+fn miss_from_wire(w: pb::CacheMiss) -> Result<Miss, Invalid> {
+    let arg = |a: &str| match a {
+        "default" => ArgState::Default,
+        "unset" => ArgState::Unset,
+        "long" => ArgState::Long,
+        v => ArgState::Value(v.strip_prefix('=').unwrap_or(v).to_owned()),
+    };
+    let cause = match w.cause.as_str() {
+        "no-earlier-build" => Cause::NoEarlierBuild,
+        "new-step" => Cause::NewStep,
+        "instruction" => Cause::Instruction {
+            old: w.old,
+            new: w.new,
+        },
+        "options" => Cause::Options,
+        "base-image" => Cause::BaseImage {
+            old: w.old,
+            new: w.new,
+        },
+        "build-arg" => Cause::BuildArg {
+            old: arg(&w.old),
+            new: arg(&w.new),
+            name: w.subject,
+        },
+        "env" => Cause::Env { name: w.subject },
+        "file" => Cause::File {
+            path: w.subject,
+            change: match w.change.as_str() {
+                "added" => FileChange::Added,
+                "removed" => FileChange::Removed,
+                _ => FileChange::Changed,
+            },
+            more: usize::try_from(w.more).unwrap_or(usize::MAX),
+        },
+        "files" => Cause::Files,
+        "input" => Cause::Input {
+            vertex: digest(&w.input)?,
+            name: w.subject,
+        },
+        "no-cache" => Cause::NoCache,
+        "not-cached" => Cause::NotCached,
+        _ => Cause::Other,
+    };
+    Ok(Miss {
+        vertex: digest(&w.vertex)?,
+        name: w.name,
+        cause,
+    })
 }
 
 /// The outcome a wire result stands for.
@@ -586,7 +695,11 @@ pub fn outcome_from_wire(r: pb::BuildResult) -> Result<OutcomeView, Invalid> {
             .collect(),
         frontend: r.frontend,
         call_result: r.call_result,
-        explain: Vec::new(),
+        explain: r
+            .explain
+            .into_iter()
+            .map(miss_from_wire)
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -618,6 +731,82 @@ pub fn failure_from_wire(f: pb::BuildFailure) -> Result<FailureView, Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_explain_cache_cause_survives_the_wire() {
+        let arg = |v: &str| ArgState::Value(v.to_owned());
+        for cause in [
+            Cause::NoEarlierBuild,
+            Cause::NewStep,
+            Cause::Instruction {
+                old: "RUN a".into(),
+                new: "RUN b".into(),
+            },
+            Cause::Options,
+            Cause::BaseImage {
+                old: "sha256:1".into(),
+                new: "sha256:2".into(),
+            },
+            Cause::BuildArg {
+                name: "V".into(),
+                old: arg("=1"),
+                new: ArgState::Default,
+            },
+            Cause::BuildArg {
+                name: "V".into(),
+                old: ArgState::Unset,
+                new: ArgState::Long,
+            },
+            Cause::Env {
+                name: "PATH".into(),
+            },
+            Cause::File {
+                path: "src/a.rs".into(),
+                change: FileChange::Removed,
+                more: 3,
+            },
+            Cause::File {
+                path: "b".into(),
+                change: FileChange::Added,
+                more: 0,
+            },
+            Cause::Files,
+            Cause::Input {
+                vertex: Digest::of(b"input"),
+                name: "[1/2] COPY".into(),
+            },
+            Cause::NoCache,
+            Cause::NotCached,
+            Cause::Other,
+        ] {
+            let miss = Miss {
+                vertex: Digest::of(b"step"),
+                name: "[2/2] RUN x".into(),
+                cause,
+            };
+            assert_eq!(miss_from_wire(miss_to_wire(&miss)).unwrap(), miss);
+        }
+    }
+
+    #[test]
+    fn the_build_file_is_taken_from_the_mirror_only_as_a_plain_file_with_its_content() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("tree");
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::write(tree.join("sub/Dockerfile"), "FROM x\n").unwrap();
+        std::os::unix::fs::symlink("sub", tree.join("link")).unwrap();
+        let ok = crate::server::in_mirror(&tree, "sub/Dockerfile", b"FROM x\n");
+        assert_eq!(ok, Some(tree.join("sub/Dockerfile")));
+        for (rel, content) in [
+            ("sub/Dockerfile", &b"FROM y\n"[..]),
+            ("link/Dockerfile", b"FROM x\n"),
+            ("sub/../sub/Dockerfile", b"FROM x\n"),
+            ("sub", b""),
+            ("", b""),
+        ] {
+            assert_eq!(crate::server::in_mirror(&tree, rel, content), None, "{rel}");
+        }
+    }
 
     #[test]
     fn events_survive_the_wire() {

@@ -284,3 +284,124 @@ fn prune_until_keeps_recently_used_mirrors() {
         .ok();
     assert_eq!(daemon.mirrors(), before);
 }
+
+/// A line with the `bb` layout's path taken out: the daemon names its own mirror of it.
+fn without_layout_path(line: &str) -> String {
+    match line.split_once("oci-layout://") {
+        Some((head, tail)) => {
+            let rest = tail.split_once('@').map_or("", |(_, r)| r);
+            format!("{head}oci-layout://LAYOUT@{rest}")
+        }
+        None => line.to_owned(),
+    }
+}
+
+/// The `--explain-cache` lines a build printed (its header, then one per step, with the step
+/// numbers), the layout's path taken out.
+fn explained(stderr: &str) -> Vec<String> {
+    let mut lines = stderr.lines();
+    let header = lines
+        .find(|l| l.starts_with("--explain-cache:"))
+        .unwrap_or_else(|| panic!("no --explain-cache output:\n{stderr}"));
+    let mut out = vec![header.to_owned()];
+    out.extend(
+        lines
+            .take_while(|l| l.starts_with('#'))
+            .map(without_layout_path),
+    );
+    out
+}
+
+#[test]
+fn explain_cache_through_the_daemon_names_the_edited_file_as_a_local_build_does() {
+    let k = Kiln::new(PLUGINS);
+    let ctx = k.write(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM bb\nCOPY a.txt /a.txt\nCOPY b.txt /b.txt\nRUN cat /a.txt /b.txt > /both\n",
+            ),
+            ("a.txt", "alpha\n"),
+            ("b.txt", "beta\n"),
+        ],
+    );
+    let daemon = Daemon::start(&k);
+    let bb = format!("bb=oci-layout://{}", busybox_layout().display());
+    let c = ctx.display().to_string();
+    let run = |builder: Option<&str>| {
+        let mut args = vec!["build"];
+        if let Some(b) = builder {
+            args.extend(["--builder", b]);
+        }
+        args.extend([
+            "--progress=plain",
+            "--explain-cache",
+            "--build-context",
+            &bb,
+            &c,
+        ]);
+        k.run(&args).ok()
+    };
+    let local_first = run(None);
+    let remote_first = run(Some(&daemon.addr));
+    assert_eq!(
+        unnumbered(&remote_first.stderr),
+        unnumbered(&local_first.stderr),
+        "{}",
+        remote_first.stderr
+    );
+    assert!(
+        explained(&remote_first.stderr)[1..]
+            .iter()
+            .all(|l| l.ends_with(": no earlier build")),
+        "{}",
+        remote_first.stderr
+    );
+    std::fs::write(k.path("ctx/b.txt"), "BETA!\n").unwrap();
+    let local = run(None);
+    let remote = run(Some(&daemon.addr));
+    // The edited file, under the number the client's progress gave the step.
+    let copy_b = number(&remote.stderr, "COPY b.txt");
+    let lines = explained(&remote.stderr);
+    assert!(
+        lines
+            .iter()
+            .any(|l| *l == format!("{copy_b} [2/3] COPY b.txt /b.txt: file changed: b.txt")),
+        "{}",
+        remote.stderr
+    );
+    assert_eq!(
+        unnumbered(&remote.stderr),
+        unnumbered(&local.stderr),
+        "{}",
+        remote.stderr
+    );
+}
+
+/// The explanation lines without their step numbers, sorted: steps that start together are
+/// numbered in the order they happen to start.
+fn unnumbered(stderr: &str) -> Vec<String> {
+    let mut lines: Vec<String> = explained(stderr)
+        .into_iter()
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest) => rest
+                .split_once(' ')
+                .map_or(l.clone(), |(_, r)| r.to_owned()),
+            None => l,
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The progress number (`#N`) of the first step whose name contains `needle`.
+fn number(stderr: &str, needle: &str) -> String {
+    stderr
+        .lines()
+        .find_map(|l| {
+            let (n, name) = l.strip_prefix('#')?.split_once(' ')?;
+            name.contains(needle).then(|| format!("#{n}"))
+        })
+        .unwrap_or_else(|| panic!("no step {needle:?} in:\n{stderr}"))
+}

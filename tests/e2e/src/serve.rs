@@ -245,3 +245,11 @@ fn make_certs(dir: &Path) {
         );
     }
 }
+
+/// `kiln builder create --name NAME FLAGS ENDPOINT` in `k`'s sandbox.
+pub fn builder_create(k: &Kiln, name: &str, flags: &[&str], endpoint: &str) -> crate::Run {
+    let mut args = vec!["builder", "create", "--name", name];
+    args.extend_from_slice(flags);
+    args.push(endpoint);
+    k.run(&args)
+}

@@ -3,7 +3,7 @@
 //! docs/scale-out.md says they do.
 #![allow(clippy::unwrap_used)]
 
-use kiln_e2e::serve::{Certs, Daemon};
+use kiln_e2e::serve::{builder_create, Certs, Daemon};
 use kiln_e2e::Kiln;
 
 /// The rows of `kiln builder ls` as cells (split on runs of 2+ spaces), so that assertions do
@@ -31,34 +31,21 @@ fn builders_are_created_appended_listed_used_and_removed() {
         format!("unix://{}", n2.display()),
     );
 
-    let out = k
-        .run(&[
-            "builder",
-            "create",
-            "--name",
-            "b1",
-            "--node",
-            "n1",
-            "--platform",
-            "linux/amd64",
-            &n1,
-        ])
-        .ok();
+    let out = builder_create(
+        &k,
+        "b1",
+        &["--node", "n1", "--platform", "linux/amd64"],
+        &n1,
+    )
+    .ok();
     assert_eq!(out.stdout, "b1\n");
-    let out = k
-        .run(&[
-            "builder",
-            "create",
-            "--name",
-            "b1",
-            "--append",
-            "--node",
-            "n2",
-            "--platform",
-            "arm64",
-            &n2,
-        ])
-        .ok();
+    let out = builder_create(
+        &k,
+        "b1",
+        &["--append", "--node", "n2", "--platform", "arm64"],
+        &n2,
+    )
+    .ok();
     assert_eq!(out.stdout, "b1\n");
     // The builder is a file in the config directory, written whole.
     let file = k.path("xdg-config/kiln/builders/b1.json");
@@ -252,39 +239,20 @@ fn ls_and_inspect_show_what_a_running_daemon_reports() {
         &["--platform", "linux/amd64,linux/arm64"],
     );
     let addr = daemon.addr.clone();
-    k.run(&[
-        "builder",
-        "create",
-        "--name",
+    builder_create(
+        &k,
         "b1",
-        "--node",
-        "n1",
-        "--platform",
-        "linux/amd64",
+        &["--node", "n1", "--platform", "linux/amd64"],
         &addr,
-    ])
+    )
     .ok();
-    k.run(&[
-        "builder", "create", "--name", "b1", "--append", "--node", "n2", &missing,
-    ])
-    .ok();
+    builder_create(&k, "b1", &["--append", "--node", "n2"], &missing).ok();
 
     // --bootstrap checks the nodes answer: fine for the daemon, an error for a missing one
     // (the builder is kept, as buildx keeps it).
-    let boot = k
-        .run(&["builder", "create", "--name", "live", "--bootstrap", &addr])
-        .ok();
+    let boot = builder_create(&k, "live", &["--bootstrap"], &addr).ok();
     assert_eq!(boot.stdout, "live\n");
-    let boot = k
-        .run(&[
-            "builder",
-            "create",
-            "--name",
-            "dead",
-            "--bootstrap",
-            &missing,
-        ])
-        .fails();
+    let boot = builder_create(&k, "dead", &["--bootstrap"], &missing).fails();
     assert!(
         boot.stderr.contains(&format!(
             "failed to bootstrap builder dead (node dead0): cannot reach builder at {missing}"
@@ -372,28 +340,15 @@ fn a_mutual_tls_node_answers_with_its_client_certificate_only() {
     let daemon = Daemon::mutual_tls(&k, "daemon-store", &certs);
     let addr = daemon.addr.clone();
     let with_cert = certs.client_opt();
-    k.run(&[
-        "builder",
-        "create",
-        "--name",
+    builder_create(
+        &k,
         "mtls",
-        "--driver-opt",
-        &with_cert,
-        "--bootstrap",
+        &["--driver-opt", &with_cert, "--bootstrap"],
         &addr,
-    ])
+    )
     .ok();
     let ca_only = certs.ca_only_opt();
-    k.run(&[
-        "builder",
-        "create",
-        "--name",
-        "nocert",
-        "--driver-opt",
-        &ca_only,
-        &addr,
-    ])
-    .ok();
+    builder_create(&k, "nocert", &["--driver-opt", &ca_only], &addr).ok();
     let json = k.run(&["builder", "ls", "--format", "json"]).ok().stdout;
     let status: Vec<(String, String)> = json
         .lines()

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use kiln_e2e::serve::Daemon;
+use kiln_e2e::serve::{builder_create, Daemon};
 use kiln_e2e::{busybox_layout, json, platform_image, registry_json, tool, Kiln, Run};
 
 const PLUGINS: &[&str] = &["kiln-frontend-dockerfile", "kiln-exec"];
@@ -45,30 +45,19 @@ fn node(k: &Kiln, name: &str, platform: &str) -> Daemon {
 fn two_nodes(k: &Kiln) -> (Daemon, Daemon) {
     let a = node(k, "a", "linux/amd64");
     let b = node(k, "b", "linux/arm64");
-    k.run(&[
-        "builder",
-        "create",
-        "--name",
+    builder_create(
+        k,
         "two",
-        "--node",
-        "a",
-        "--platform",
-        "linux/amd64",
+        &["--node", "a", "--platform", "linux/amd64"],
         &a.addr,
-    ])
+    )
     .ok();
-    k.run(&[
-        "builder",
-        "create",
-        "--name",
+    builder_create(
+        k,
         "two",
-        "--append",
-        "--node",
-        "b",
-        "--platform",
-        "linux/arm64",
+        &["--append", "--node", "b", "--platform", "linux/arm64"],
         &b.addr,
-    ])
+    )
     .ok();
     (a, b)
 }
@@ -423,18 +412,12 @@ fn only_the_nodes_a_build_uses_are_dialled() {
     let k = Kiln::new(PLUGINS);
     let (_a, _b) = two_nodes(&k);
     let down = format!("unix://{}", k.path("run/down.sock").display());
-    k.run(&[
-        "builder",
-        "create",
-        "--name",
+    builder_create(
+        &k,
         "two",
-        "--append",
-        "--node",
-        "c",
-        "--platform",
-        "linux/s390x",
+        &["--append", "--node", "c", "--platform", "linux/s390x"],
         &down,
-    ])
+    )
     .ok();
     let ctx = context(&k);
     let tar = k.path("out.tar");
@@ -470,12 +453,8 @@ fn undeclared_nodes_build_the_platforms_their_daemons_report() {
     let k = Kiln::new(PLUGINS);
     let mut a = node(&k, "a", "linux/amd64");
     let mut b = node(&k, "b", "linux/arm64");
-    k.run(&["builder", "create", "--name", "rep", "--node", "a", &a.addr])
-        .ok();
-    k.run(&[
-        "builder", "create", "--name", "rep", "--append", "--node", "b", &b.addr,
-    ])
-    .ok();
+    builder_create(&k, "rep", &["--node", "a"], &a.addr).ok();
+    builder_create(&k, "rep", &["--append", "--node", "b"], &b.addr).ok();
     let ctx = context(&k);
     let tar = k.path("out.tar");
     let out = format!("type=oci,dest={}", tar.display());

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use kiln_e2e::serve::{Certs, Daemon};
+use kiln_e2e::serve::{builder_create, Certs, Daemon};
 use kiln_e2e::{host_ssh_add, ssh_keygen, tool, Background, Kiln, SshAgent};
 
 const PLUGINS: &[&str] = &["kiln-frontend-dockerfile", "kiln-exec"];
@@ -325,16 +325,7 @@ fn a_tcp_daemon_with_mutual_tls_serves_a_client_with_a_certificate_and_refuses_o
     let ctx = ctx.display().to_string();
 
     let with_cert = certs.client_opt();
-    k.run(&[
-        "builder",
-        "create",
-        "--name",
-        "mtls",
-        "--driver-opt",
-        &with_cert,
-        &addr,
-    ])
-    .ok();
+    builder_create(&k, "mtls", &["--driver-opt", &with_cert], &addr).ok();
     let run = build(&k, Some("mtls"), &[], &ctx).ok();
     assert_eq!(
         run.step_state("RUN echo over-tls"),
@@ -345,16 +336,7 @@ fn a_tcp_daemon_with_mutual_tls_serves_a_client_with_a_certificate_and_refuses_o
 
     // The right CA but no client certificate: refused, quickly, naming the address.
     let ca_only = certs.ca_only_opt();
-    k.run(&[
-        "builder",
-        "create",
-        "--name",
-        "nocert",
-        "--driver-opt",
-        &ca_only,
-        &addr,
-    ])
-    .ok();
+    builder_create(&k, "nocert", &["--driver-opt", &ca_only], &addr).ok();
     let started = Instant::now();
     let refused = build(&k, Some("nocert"), &[], &ctx).fails();
     assert!(refused.stderr.contains(&addr), "{}", refused.stderr);

@@ -2,7 +2,8 @@
 //!
 //! Layout of a mirror directory (mode 0700: the tree may hold setuid files of the client's):
 //! `tree/` (the context as the build reads it), `record` (what `tree/` holds, see `record.rs`),
-//! `tmp/` (files being received; emptied on open), `lock` (held while a [`Mirror`] lives).
+//! `tmp/` (files being received; emptied on open), `lock` (held while a [`Mirror`] lives), and
+//! `use` and `source` (a session's hold and what it mirrors: see `kept.rs`).
 //!
 //! Every change inside `tree/` goes through directory descriptors opened one component at a
 //! time with `O_NOFOLLOW` (what `openat2(RESOLVE_NO_SYMLINKS)` would give, one level at a time):

@@ -108,6 +108,11 @@ pub struct MirrorUsage {
 
 /// The mirrors under `contexts` (the daemon's `<root>/contexts`), none when it does not exist.
 pub fn list_mirrors(contexts: &Path) -> Result<Vec<MirrorUsage>> {
+    list(contexts, true)
+}
+
+/// [`list_mirrors`]; without `sizes`, every size is 0 (no tree is walked).
+fn list(contexts: &Path, sizes: bool) -> Result<Vec<MirrorUsage>> {
     let entries = match fs::read_dir(contexts) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -133,7 +138,7 @@ pub fn list_mirrors(contexts: &Path) -> Result<Vec<MirrorUsage>> {
             None => true,
         };
         out.push(MirrorUsage {
-            size: tree_size(&dir)?,
+            size: if sizes { tree_size(&dir)? } else { 0 },
             source: fs::read_to_string(dir.join(SOURCE)).ok(),
             dir,
             id,
@@ -221,9 +226,17 @@ pub fn select(
 /// under `contexts`, and what an interrupted removal left. The mirrors removed.
 pub fn collect(contexts: &Path, unused_for: Duration, max_bytes: u64) -> Result<Vec<MirrorUsage>> {
     sweep_gone(contexts);
+    // Runs after every build: the trees are walked only when some mirror could go.
+    let now = SystemTime::now();
+    let idle = |m: &MirrorUsage| {
+        !m.in_use && now.duration_since(m.last_used).unwrap_or(Duration::ZERO) >= unused_for
+    };
+    if !list(contexts, false)?.iter().any(idle) {
+        return Ok(Vec::new());
+    }
     let mirrors = list_mirrors(contexts)?;
     let mut removed = Vec::new();
-    for i in select(&mirrors, SystemTime::now(), unused_for, max_bytes) {
+    for i in select(&mirrors, now, unused_for, max_bytes) {
         if remove_unused(&mirrors[i].dir)? {
             removed.push(mirrors[i].clone());
         }

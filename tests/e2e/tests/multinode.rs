@@ -77,13 +77,18 @@ fn context(k: &Kiln) -> String {
 
 /// `kiln build --builder two --platform linux/amd64,linux/arm64 EXTRA CTX`.
 fn build(k: &Kiln, extra: &[&str], ctx: &str) -> Run {
+    build_for(k, PLATFORMS, extra, ctx)
+}
+
+/// `kiln build --builder two --platform PLATFORMS EXTRA CTX`.
+fn build_for(k: &Kiln, platforms: &str, extra: &[&str], ctx: &str) -> Run {
     let mut args = vec![
         "build",
         "--builder",
         "two",
         "--progress=plain",
         "--platform",
-        PLATFORMS,
+        platforms,
     ];
     args.extend_from_slice(extra);
     args.push(ctx);
@@ -290,16 +295,7 @@ fn a_platform_no_node_builds_is_refused_naming_the_nodes() {
     let k = Kiln::new(PLUGINS);
     let (_a, _b) = two_nodes(&k);
     let ctx = context(&k);
-    let run = k
-        .run(&[
-            "build",
-            "--builder",
-            "two",
-            "--platform",
-            "linux/amd64,linux/s390x",
-            &ctx,
-        ])
-        .fails();
+    let run = build_for(&k, "linux/amd64,linux/s390x", &[], &ctx).fails();
     assert!(
         run.stderr.contains(
             "no node of builder \"two\" builds linux/s390x: its nodes build a (linux/amd64); \
@@ -428,16 +424,7 @@ fn only_the_nodes_a_build_uses_are_dialled() {
     )
     .ok();
     assert!(tar.is_file());
-    let run = k
-        .run(&[
-            "build",
-            "--builder",
-            "two",
-            "--platform",
-            "linux/amd64,linux/s390x",
-            &ctx,
-        ])
-        .fails();
+    let run = build_for(&k, "linux/amd64,linux/s390x", &[], &ctx).fails();
     assert!(
         run.stderr
             .contains(&format!("ERROR: cannot reach builder at {down}: ")),

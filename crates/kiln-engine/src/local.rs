@@ -241,27 +241,34 @@ pub(crate) fn scan(
     }
     if !to_read.is_empty() {
         let dir = scan.stage.insert(store.temp_dir("context")?).clone();
-        let read = stage_all(root, &src.name, &dir, &scan.entries, &to_read)?;
-        for ((i, stamp), read) in to_read.into_iter().zip(read) {
-            let s = &mut scan.entries[i];
-            s.hash = Some(read.hash);
-            s.size = read.len;
-            s.staged = Some(staged_name(&dir, i));
-            // A file written while it was read is hashed again next time.
-            if read.unchanged_since(&stamp) {
-                updates.push((
-                    format!("{prefix}{}", s.rel),
-                    StatRecord {
-                        hash: read.hash,
-                        ..stamp
-                    },
-                ));
+        // In batches: the results of one at a time are held (a build's peak RSS stays under
+        // 64 MiB; 20,000 results at once were 5 MiB more).
+        for batch in to_read.chunks(STAGE_BATCH) {
+            let read = stage_all(root, &src.name, &dir, &scan.entries, batch)?;
+            for (&(i, ref stamp), read) in batch.iter().zip(read) {
+                let s = &mut scan.entries[i];
+                s.hash = Some(read.hash);
+                s.size = read.len;
+                s.staged = Some(staged_name(&dir, i));
+                // A file written while it was read is hashed again next time.
+                if read.unchanged_since(stamp) {
+                    updates.push((
+                        format!("{prefix}{}", s.rel),
+                        StatRecord {
+                            hash: read.hash,
+                            ..*stamp
+                        },
+                    ));
+                }
             }
         }
     }
     index.stat_put_many(&updates)?;
     Ok(scan)
 }
+
+/// How many files [`stage_all`] reads at a time.
+const STAGE_BATCH: usize = 2048;
 
 /// Stages and hashes the entries `todo` (indices into `entries`) into `dir`, each under its
 /// index, on up to 4 threads: a cold context of 20,000 files is as many file creations and

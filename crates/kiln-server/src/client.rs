@@ -233,6 +233,18 @@ impl Client {
                 remote_contexts.insert(name.clone(), value.clone());
             }
         }
+        // The Dockerfile's own ignore file, sent with it: the daemon writes it beside the
+        // Dockerfile it writes, where the frontend reads it (the main context's scan reads it
+        // below; a fetched URL context has none of the client's files to scan).
+        let mut dockerfile_ignore = match (url, local_file) {
+            (Some(_), Some(f)) => kiln_contextsync::read_beside_ignore(f)
+                .map_err(|source| Error::Sync {
+                    name: String::new(),
+                    source,
+                })?
+                .map(|spec| spec.content),
+            _ => None,
+        };
         let machine = machine_id();
         let mut listings = Vec::new();
         let mut local_contexts = Vec::new();
@@ -250,14 +262,14 @@ impl Client {
             });
             let (scan_name, dockerfile_path) = (name.clone(), req.dockerfile.clone());
             let main = name.is_empty();
-            let entries = tokio::task::spawn_blocking(move || {
+            let (entries, ignore) = tokio::task::spawn_blocking(move || {
                 // `.dockerignore` applies to the main context only, as in a local build.
                 let ignore = if main {
                     kiln_contextsync::read_ignore(&abs, &dockerfile_path)?
                 } else {
                     kiln_contextsync::IgnoreSpec::none()
                 };
-                kiln_contextsync::scan(&abs, &ignore)
+                kiln_contextsync::scan(&abs, &ignore).map(|entries| (entries, ignore))
             })
             .await
             .map_err(|e| Error::Unsupported(e.to_string()))?
@@ -265,6 +277,9 @@ impl Client {
                 name: scan_name,
                 source,
             })?;
+            if ignore.beside_dockerfile.is_some() {
+                dockerfile_ignore = Some(ignore.content);
+            }
             listings.push((name.clone(), dir.clone(), entries));
         }
         let mut request = wire::request_to_wire(
@@ -276,6 +291,7 @@ impl Client {
         )?;
         request.context_url = url.map(|(u, _)| u.to_owned());
         request.context_file = context_file;
+        request.dockerfile_ignore = dockerfile_ignore;
         // The build file's place in the main local context, if it lies there: the daemon
         // reads it from its mirror (a stable path: `--explain-cache` finds the last build).
         if url.is_none() {

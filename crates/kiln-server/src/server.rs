@@ -517,6 +517,19 @@ impl Session {
         std::fs::create_dir(&dockerfile_dir).map_err(internal)?;
         let dockerfile = dockerfile_dir.join(&name);
         std::fs::write(&dockerfile, &request.dockerfile).map_err(internal)?;
+        // The Dockerfile's own ignore file, beside it as on the client: the frontend reads it
+        // from there (`<name>` is the base name checked above, so this stays in the directory).
+        if let Some(ignore) = &request.dockerfile_ignore {
+            if ignore.len() as u64 > kiln_contextsync::MAX_IGNORE_FILE_BYTES {
+                return Err(bad(format!(
+                    "{name}.dockerignore: {} bytes, more than the {} an ignore file may have",
+                    ignore.len(),
+                    kiln_contextsync::MAX_IGNORE_FILE_BYTES
+                )));
+            }
+            std::fs::write(dockerfile_dir.join(format!("{name}.dockerignore")), ignore)
+                .map_err(internal)?;
+        }
 
         // Context sync. A build reads its mirrors until it ends, holding each one's lock shared;
         // a sync that changes a mirror holds it exclusively, so it waits for the builds reading
@@ -677,10 +690,22 @@ impl Session {
         };
         // The build file as the mirror holds it, when the client says it lies in the main
         // context and it is the same file: a path that stays the same from build to build.
+        // The frontend reads the Dockerfile's own ignore file beside it, so the mirror must
+        // hold that file too, the same (its own patterns may have left it out of the sync).
         let dockerfile = request
             .context_dockerfile
             .as_deref()
             .and_then(|rel| contexts.get("").map(|(tree, _)| (tree, rel)))
+            .filter(|(tree, rel)| match &request.dockerfile_ignore {
+                None => true,
+                Some(ignore) => {
+                    let beside = Path::new(rel).file_name().map(|n| {
+                        Path::new(rel)
+                            .with_file_name(format!("{}.dockerignore", n.to_string_lossy()))
+                    });
+                    beside.is_some_and(|b| in_mirror(tree, &b.to_string_lossy(), ignore).is_some())
+                }
+            })
             .and_then(|(tree, rel)| in_mirror(tree, rel, &request.dockerfile))
             .unwrap_or(dockerfile);
         let placed = Placed {

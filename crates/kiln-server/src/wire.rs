@@ -200,6 +200,8 @@ pub fn request_to_wire(
         explain_cache: req.explain_cache,
         // Set by the client when the build file lies in the main local context.
         context_dockerfile: None,
+        // Set by the client when the Dockerfile has its own ignore file.
+        dockerfile_ignore: None,
         cache_to: req
             .cache_to
             .iter()

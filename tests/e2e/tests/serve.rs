@@ -711,3 +711,92 @@ fn plain_tcp_on_loopback_with_insecure_builds() {
         run.stderr
     );
 }
+
+/// The files under `dir`, relative and sorted (directories with a trailing `/`).
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).expect("read the output") {
+            let path = entry.expect("an output entry").path();
+            let rel = path
+                .strip_prefix(root)
+                .expect("under the output")
+                .display()
+                .to_string();
+            if path.is_dir() {
+                out.push(format!("{rel}/"));
+                walk(root, &path, out);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn a_remote_build_reads_the_dockerfiles_own_ignore_file_as_a_local_one_does() {
+    let k = Kiln::new(PLUGINS);
+    let copy_all = "FROM scratch\nCOPY . /\n";
+    let ctx = k.write(
+        "ctx",
+        &[
+            ("Dockerfile", copy_all),
+            // Ignores itself too: the daemon cannot read it from its mirror of the context.
+            (
+                "Dockerfile.dockerignore",
+                "beside-ignored.txt\nDockerfile.dockerignore\n",
+            ),
+            (".dockerignore", "root-ignored.txt\n"),
+            ("keep.txt", "kept\n"),
+            ("root-ignored.txt", "only .dockerignore ignores this\n"),
+            (
+                "beside-ignored.txt",
+                "only Dockerfile.dockerignore ignores this\n",
+            ),
+            (
+                "app-ignored.txt",
+                "only app.Dockerfile.dockerignore ignores this\n",
+            ),
+            ("docker/app.Dockerfile", copy_all),
+            ("docker/app.Dockerfile.dockerignore", "app-ignored.txt\n"),
+        ],
+    );
+    let ctx_s = ctx.display().to_string();
+    let app = ctx.join("docker/app.Dockerfile").display().to_string();
+    let daemon = start(&k);
+    for (case, file) in [("default", None), ("app", Some(app.as_str()))] {
+        let mut listings = Vec::new();
+        for (side, builder) in [("local", None), ("remote", Some(daemon.addr.as_str()))] {
+            let out = k.path(&format!("out-{case}-{side}"));
+            let dest = format!("type=local,dest={}", out.display());
+            let mut extra = vec!["-o", &dest];
+            if let Some(f) = file {
+                extra.extend(["-f", f]);
+            }
+            let run = build(&k, builder, &extra, &ctx_s).ok();
+            listings.push((listing(&out), run.stderr));
+        }
+        let (local, remote) = (&listings[0], &listings[1]);
+        assert_eq!(
+            local.0, remote.0,
+            "{case}: local vs remote listing\nlocal:\n{}\nremote:\n{}",
+            local.1, remote.1
+        );
+        let has = |name: &str| local.0.iter().any(|f| f == name);
+        match case {
+            "default" => assert!(
+                has("root-ignored.txt") && !has("beside-ignored.txt") && has("keep.txt"),
+                "{:?}",
+                local.0
+            ),
+            _ => assert!(
+                has("root-ignored.txt") && has("beside-ignored.txt") && !has("app-ignored.txt"),
+                "{:?}",
+                local.0
+            ),
+        }
+    }
+}

@@ -23,27 +23,38 @@ pub fn build(
             builder.name
         );
     };
-    let (plan, req) = Plan::from_args(settings, args)?;
-    // A git or http(s) context is fetched by the daemon; stdin (`-`) stays here.
-    let url = match &plan.remote {
-        None => None,
-        Some(kiln_engine::RemoteContext::Git(u) | kiln_engine::RemoteContext::Http(u)) => {
-            Some(u.clone())
-        }
-        Some(kiln_engine::RemoteContext::Stdin(_)) => bail!(
-            "a remote builder cannot read the build context from stdin (`kiln build -`) yet: \
-             unpack it and give its directory"
-        ),
-    };
-    if url.is_some() && builder.nodes.len() > 1 {
-        bail!("a URL context with a builder of several nodes is not supported yet");
-    }
-    // `-f` with a URL context: inside it (relative) or a file of this machine (absolute).
+    let (mut plan, mut req) = Plan::from_args(settings, args)?;
+    // `--ssh ID=KEYFILE`: as for a local build, the keys go into an agent of this machine
+    // whose socket the relay serves to the daemon, as `--ssh ID=SOCKET`; no key leaves here.
+    // The agents live until the build ends (dropped with `_agents`).
+    let (ssh, _agents) = kiln_engine::serve_ssh_keys(&req.ssh)?;
+    req.ssh = ssh;
+    // `-f` with a URL or stdin context: inside it (relative) or a file of this machine
+    // (absolute).
     let url_file = plan
         .stdin_file
         .as_ref()
         .map(|s| s.path())
         .or(args.file.clone());
+    // A git or http(s) context is fetched by the daemon. Stdin (`-`) is read here, as a local
+    // build reads it, into a private directory (removed when `_stdin` drops, after the build)
+    // that is then synced as the main context.
+    let mut _stdin = None;
+    let url = match plan.remote.take() {
+        None => None,
+        Some(kiln_engine::RemoteContext::Git(u) | kiln_engine::RemoteContext::Http(u)) => Some(u),
+        Some(kiln_engine::RemoteContext::Stdin(mut reader)) => {
+            let prepared =
+                kiln_engine::PreparedContext::from_stdin(&mut reader, url_file.as_deref())?;
+            req.context = prepared.context().to_owned();
+            req.dockerfile = prepared.dockerfile().to_owned();
+            _stdin = Some(prepared);
+            None
+        }
+    };
+    if url.is_some() && builder.nodes.len() > 1 {
+        bail!("a URL context with a builder of several nodes is not supported yet");
+    }
     let display = Display::from_args(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

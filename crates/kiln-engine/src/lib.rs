@@ -48,6 +48,7 @@ pub use phases::{Planned, Solved};
 pub use remote_cache::{CacheCompression, CacheExport, CacheImport, CacheLocation, CacheMode};
 pub use remote_context::{PreparedContext, RemoteContext, MAX_STDIN_CONTEXT_BYTES};
 pub use run::{ExecRuntime, ProvidedSecret, RunOptions, SecretProvider, SecretSource, SshSource};
+pub use ssh_agent::{serve as serve_ssh_keys, BuildAgent};
 pub use syntax::{find_syntax, SyntaxChoice};
 
 /// Engine errors, each saying what failed and where.

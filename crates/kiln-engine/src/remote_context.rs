@@ -322,23 +322,57 @@ fn fetch(
                 .map_err(|e| context_error(&url, e.to_string()))?;
             download.join("context")
         }
-        RemoteContext::Stdin(mut reader) => {
-            std::fs::create_dir_all(&download).map_err(|e| Error::io("create", &download, e))?;
-            let body = download.join("context");
-            if copy_bounded(&mut reader, &body, MAX_STDIN_CONTEXT_BYTES)? == 0 {
-                return Err(context_error(
-                    "stdin",
-                    "stdin is empty: pipe a tar archive of the context or a Dockerfile into `kiln build -`",
-                ));
-            }
-            body
-        }
+        RemoteContext::Stdin(mut reader) => read_stdin(&mut reader, &download)?,
     };
+    unpack_body(&body, context, scratch, file, &shown)
+}
+
+/// Copies stdin into `download/context`; refuses an empty stdin.
+fn read_stdin(reader: &mut dyn Read, download: &Path) -> Result<PathBuf, Error> {
+    std::fs::create_dir_all(download).map_err(|e| Error::io("create", download, e))?;
+    let body = download.join("context");
+    if copy_bounded(reader, &body, MAX_STDIN_CONTEXT_BYTES)? == 0 {
+        return Err(context_error(
+            "stdin",
+            "stdin is empty: pipe a tar archive of the context or a Dockerfile into `kiln build -`",
+        ));
+    }
+    Ok(body)
+}
+
+impl PreparedContext {
+    /// `kiln build -` on the client of a remote builder: stdin (a tar archive or a Dockerfile,
+    /// as [`Engine::prepare_context`] takes it) kept in a private (0700) directory of the
+    /// system's temporary directory, removed on drop. The client syncs its context as a local
+    /// one; no store is needed for that.
+    pub fn from_stdin(reader: &mut dyn Read, file: Option<&Path>) -> Result<Self, Error> {
+        let scratch = crate::ssh_agent::private_temp_dir("kiln-stdin", "context")?;
+        let mut prepared = PreparedContext {
+            context: scratch.join("context"),
+            dockerfile: PathBuf::new(),
+            scratch,
+        };
+        let body = read_stdin(reader, &prepared.scratch.join("download"))?;
+        prepared.dockerfile =
+            unpack_body(&body, &prepared.context, &prepared.scratch, file, "stdin")?;
+        Ok(prepared)
+    }
+}
+
+/// Makes the fetched `body` the context: an archive extracted into `context`, anything else
+/// the Dockerfile of an empty context. Returns the build file.
+fn unpack_body(
+    body: &Path,
+    context: &Path,
+    scratch: &Path,
+    file: Option<&Path>,
+    shown: &str,
+) -> Result<PathBuf, Error> {
     std::fs::create_dir_all(context).map_err(|e| Error::io("create", context, e))?;
-    let is_archive = crate::fileop::extract_archive_file(&body, context, &shown)
-        .map_err(|e| context_error(&shown, e.to_string()))?;
+    let is_archive = crate::fileop::extract_archive_file(body, context, shown)
+        .map_err(|e| context_error(shown, e.to_string()))?;
     if is_archive {
-        return dockerfile_in(context, file, &shown);
+        return dockerfile_in(context, file, shown);
     }
     // Not an archive: the body is the Dockerfile and the context is empty. From stdin, a `-f`
     // would name a second Dockerfile (buildx refuses that too); over http, BuildKit ignores it.
@@ -351,7 +385,7 @@ fn fetch(
     let dir = scratch.join("dockerfile");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
     let dockerfile = dir.join("Dockerfile");
-    std::fs::rename(&body, &dockerfile).map_err(|e| Error::io("rename", &body, e))?;
+    std::fs::rename(body, &dockerfile).map_err(|e| Error::io("rename", body, e))?;
     Ok(dockerfile)
 }
 
@@ -515,5 +549,32 @@ mod tests {
         assert!(e.contains("holds no file"), "{e}");
         std::fs::write(ctx.join("secret"), "FROM scratch").unwrap();
         assert_eq!(dockerfile_in(&ctx, None, "u").unwrap(), ctx.join("secret"));
+    }
+
+    #[test]
+    fn stdin_without_a_store_keeps_a_dockerfile_in_a_private_dir_removed_on_drop() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut input = std::io::Cursor::new(b"FROM scratch\n".to_vec());
+        let prepared = PreparedContext::from_stdin(&mut input, None).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(prepared.dockerfile()).unwrap(),
+            "FROM scratch\n"
+        );
+        assert_eq!(std::fs::read_dir(prepared.context()).unwrap().count(), 0);
+        let scratch = prepared.scratch.clone();
+        let mode = std::fs::metadata(&scratch).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        drop(prepared);
+        assert!(!scratch.exists());
+
+        let e = PreparedContext::from_stdin(&mut std::io::empty(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stdin is empty"), "{e}");
+        let mut input = std::io::Cursor::new(b"FROM scratch\n".to_vec());
+        let e = PreparedContext::from_stdin(&mut input, Some(Path::new("Other.df")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ambiguous Dockerfile source"), "{e}");
     }
 }

@@ -24,7 +24,7 @@ use crate::{Error, SshSource};
 const MAX_KEY_BYTES: u64 = 100 * 1024;
 
 /// A private ssh-agent holding one `--ssh` id's keys; killed, and its socket removed, on drop.
-pub(crate) struct BuildAgent {
+pub struct BuildAgent {
     child: Child,
     dir: PathBuf,
     sock: PathBuf,
@@ -34,7 +34,7 @@ pub(crate) struct BuildAgent {
 
 impl BuildAgent {
     /// Checks `keys`, starts the agent and loads them.
-    pub(crate) fn start(id: &str, keys: &[PathBuf]) -> Result<Self, Error> {
+    pub fn start(id: &str, keys: &[PathBuf]) -> Result<Self, Error> {
         for key in keys {
             check_key(id, key)?;
         }
@@ -94,7 +94,7 @@ impl BuildAgent {
     }
 
     /// The agent's socket.
-    pub(crate) fn socket(&self) -> &Path {
+    pub fn socket(&self) -> &Path {
         &self.sock
     }
 
@@ -174,8 +174,9 @@ impl Drop for BuildAgent {
 }
 
 /// The build's `--ssh` sources as RUN steps use them: key files replaced by the socket of an
-/// agent started for them. The agents live as long as the returned guards.
-pub(crate) fn serve(
+/// agent started for them. The agents live as long as the returned guards. A remote build's
+/// client uses it too: it serves the agent's socket over the relay, so no key leaves it.
+pub fn serve(
     sources: &BTreeMap<String, SshSource>,
 ) -> Result<(BTreeMap<String, SshSource>, Vec<BuildAgent>), Error> {
     let mut agents = Vec::new();
@@ -373,6 +374,11 @@ fn missing_tool(program: &str, e: &std::io::Error) -> String {
 
 /// A fresh 0700 directory under the system's temporary directory, for the agent's socket.
 fn private_dir(id: &str) -> Result<PathBuf, Error> {
+    private_temp_dir("kiln-ssh", id)
+}
+
+/// A fresh 0700 directory `PREFIX-HASH` under the system's temporary directory.
+pub(crate) fn private_temp_dir(prefix: &str, id: &str) -> Result<PathBuf, Error> {
     use std::os::unix::fs::DirBuilderExt;
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -383,11 +389,11 @@ fn private_dir(id: &str) -> Result<PathBuf, Error> {
     );
     // Short: a socket path must fit in sun_path (108 bytes).
     let dir =
-        std::env::temp_dir().join(format!("kiln-ssh-{}", Digest::of(seed.as_bytes()).short()));
+        std::env::temp_dir().join(format!("{prefix}-{}", Digest::of(seed.as_bytes()).short()));
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
-        .map_err(|e| Error::io("create ssh-agent directory", &dir, e))?;
+        .map_err(|e| Error::io("create private directory", &dir, e))?;
     Ok(dir)
 }
 

@@ -135,10 +135,11 @@ pub fn request_to_wire(
 ) -> Result<pb::BuildRequest, crate::Error> {
     for (id, source) in &req.ssh {
         if let SshSource::Keys(_) = source {
+            // The CLI serves key files through an agent of its own (kiln_engine::serve_ssh_keys)
+            // before it gets here: key files themselves never travel.
             return Err(crate::Error::Unsupported(format!(
-                "--ssh {id}=KEYFILE with a remote builder: the client serves an agent, not key \
-                 files; load the keys into an ssh-agent (ssh-add) and pass --ssh {id}, or \
-                 --ssh {id}=/path/to/agent.sock"
+                "--ssh {id}=KEYFILE reached the wire: key files are served by an agent of the \
+                 client (kiln_engine::serve_ssh_keys), never sent"
             )));
         }
     }

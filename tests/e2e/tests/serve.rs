@@ -533,15 +533,86 @@ fn an_ssh_agent_of_the_client_serves_the_steps_of_a_remote_build() {
         run.stderr
     );
 
-    // Key files are not sent: the client serves an agent only.
-    let refused = build(
+    // `--ssh ID=KEYFILE`: the client loads the key into an agent of its own and serves that
+    // agent over the same relay; the key file itself is not sent.
+    let out_keys = k.path("out-keys");
+    let run = build(
         &k,
         Some(&daemon.addr),
-        &["--ssh", &format!("default={key_s}")],
+        &[
+            "--no-cache",
+            "--ssh",
+            &format!("default={key_s}"),
+            "--build-context",
+            &format!("hostbin={}", hostbin.display()),
+            "-o",
+            &format!("type=local,dest={}", out_keys.display()),
+        ],
         &ctx.display().to_string(),
     )
-    .fails();
-    assert!(refused.stderr.contains("ssh-agent"), "{}", refused.stderr);
+    .ok();
+    let keys = std::fs::read_to_string(out_keys.join("keys")).unwrap();
+    assert!(
+        keys.contains(&fingerprint) && keys.contains("kiln-remote-ssh"),
+        "{keys}\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_remote_build_takes_its_context_from_stdin_as_a_tar_or_a_dockerfile() {
+    let k = Kiln::new(PLUGINS);
+    k.write(
+        "tarsrc",
+        &[
+            (
+                "Build.df",
+                "FROM bb\nCOPY . /ctx/\nRUN cat /ctx/sub/a.txt > /seen\n",
+            ),
+            ("sub/a.txt", "from stdin\n"),
+        ],
+    );
+    let tar = std::process::Command::new("tar")
+        .args(["-czf", "-", "-C"])
+        .arg(k.path("tarsrc"))
+        .arg(".")
+        .output()
+        .expect("tar (GNU tar) must be installed for this test");
+    assert!(tar.status.success(), "tar failed");
+    let daemon = start(&k);
+    let stdin_build = |input: &[u8], extra: &[&str], out: &std::path::Path| {
+        let mut args: Vec<String> = vec!["build".into(), "--builder".into(), daemon.addr.clone()];
+        args.extend(base_flags());
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args.extend([
+            "-o".into(),
+            format!("type=local,dest={}", out.display()),
+            "-".into(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        k.run_stdin(input, &args)
+    };
+
+    // A compressed tar on stdin, -f naming a file inside it.
+    let out = k.path("out-tar");
+    let run = stdin_build(&tar.stdout, &["-f", "Build.df"], &out).ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("seen")).unwrap(),
+        "from stdin\n",
+        "{}",
+        run.stderr
+    );
+    assert!(out.join("ctx/sub/a.txt").is_file(), "{}", run.stderr);
+
+    // A Dockerfile alone on stdin: an empty context.
+    let out = k.path("out-df");
+    let run = stdin_build(b"FROM bb\nRUN echo df-on-stdin > /seen\n", &[], &out).ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("seen")).unwrap(),
+        "df-on-stdin\n",
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

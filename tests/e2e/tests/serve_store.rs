@@ -7,85 +7,37 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use kiln_e2e::{tool, workspace, Background, Kiln};
+use kiln_e2e::serve::Daemon;
+use kiln_e2e::{busybox_layout, tool, Kiln};
 
 const PLUGINS: &[&str] = &["kiln-frontend-dockerfile", "kiln-exec"];
 
-fn busybox_layout() -> PathBuf {
-    let layout = workspace().join("target/kiln-test/fixtures/busybox-oci");
-    assert!(
-        layout.join("index.json").is_file(),
-        "the busybox fixture is built by `cargo xtask test` (missing {})",
-        layout.display()
-    );
-    layout
+/// The test's daemon: on `<test dir>/run/kiln.sock`, with the store `daemon-root`.
+fn start(k: &Kiln) -> Daemon {
+    Daemon::unix(k, "run/kiln.sock", "daemon-root", &[])
 }
 
-/// A `kiln serve` of the test on `<test dir>/run/kiln.sock` with the store `daemon-root`.
-struct Daemon {
-    proc: Option<Background>,
-    addr: String,
-    root: String,
+/// `kiln --root <daemon root> ARGS` (a second process on the daemon's store).
+fn on_store(daemon: &Daemon, k: &Kiln, args: &[&str]) -> kiln_e2e::Run {
+    let root = daemon.root.display().to_string();
+    let mut all = vec!["--root", &root];
+    all.extend_from_slice(args);
+    k.run(&all)
 }
 
-impl Daemon {
-    fn start(k: &Kiln) -> Daemon {
-        let addr = format!("unix://{}", k.path("run/kiln.sock").display());
-        let root = k.path("daemon-root").display().to_string();
-        let mut proc = k.spawn(&[], &["--root", &root, "serve", "--addr", &addr]);
-        assert!(
-            proc.wait_for_line("listening on", Duration::from_secs(30)),
-            "kiln serve ended before listening:\n{}",
-            proc.seen.join("\n")
-        );
-        Daemon {
-            proc: Some(proc),
-            addr,
-            root,
-        }
-    }
-
-    /// Reads the daemon's log until a line holds `needle`; returns that line.
-    fn line(&mut self, needle: &str) -> String {
-        let proc = self.proc.as_mut().expect("running");
-        assert!(
-            proc.wait_for_line(needle, Duration::from_secs(30)),
-            "the daemon ended before printing {needle:?}:\n{}",
-            proc.seen.join("\n")
-        );
-        proc.seen.last().cloned().unwrap_or_default()
-    }
-
-    /// `kiln --root <daemon root> ARGS` (a second process on the daemon's store).
-    fn on_store(&self, k: &Kiln, args: &[&str]) -> kiln_e2e::Run {
-        let mut all = vec!["--root", &self.root];
-        all.extend_from_slice(args);
-        k.run(&all)
-    }
-
-    fn mirrors(&self) -> Vec<PathBuf> {
-        let dir = Path::new(&self.root).join("contexts");
-        let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.sort();
-        out
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(p) = &self.proc {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &p.id().to_string()])
-                .status();
-        }
-    }
+/// The daemon's context mirrors, sorted.
+fn mirrors_of(daemon: &Daemon) -> Vec<PathBuf> {
+    let dir = daemon.root.join("contexts");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
 }
 
 fn build(k: &Kiln, daemon: &Daemon, ctx: &Path) -> kiln_e2e::Run {
@@ -161,7 +113,7 @@ fn id(mirror: &Path) -> String {
 fn du_lists_the_daemons_mirrors_and_prune_removes_them_so_the_next_build_resends() {
     let k = Kiln::new(PLUGINS);
     let ctx = context(&k);
-    let mut daemon = Daemon::start(&k);
+    let mut daemon = start(&k);
     build(&k, &daemon, &ctx);
     let first = daemon.line("build 1: context synced");
     let sent = first
@@ -171,10 +123,10 @@ fn du_lists_the_daemons_mirrors_and_prune_removes_them_so_the_next_build_resends
         .expect("a file count")
         .to_owned();
     // The main context and the `bb` layout.
-    let mirrors = daemon.mirrors();
+    let mirrors = mirrors_of(&daemon);
     assert_eq!(mirrors.len(), 2, "{mirrors:?}");
 
-    let verbose = daemon.on_store(&k, &["du", "--verbose"]).ok().stdout;
+    let verbose = on_store(&daemon, &k, &["du", "--verbose"]).ok().stdout;
     let mut mirrored = 0;
     for m in &mirrors {
         let r = record(&verbose, &id(m));
@@ -192,12 +144,12 @@ fn du_lists_the_daemons_mirrors_and_prune_removes_them_so_the_next_build_resends
     );
     // The big file alone is 200 kB of the main context's mirror.
     assert!(mirrored > 200_000, "{mirrored}\n{verbose}");
-    let table = daemon.on_store(&k, &["du"]).ok().stdout;
+    let table = on_store(&daemon, &k, &["du"]).ok().stdout;
     for m in &mirrors {
         assert!(table.contains(&id(m)), "{table}");
     }
     // Mirrors live inside the store: the total still agrees with `du -sb` within 5 %.
-    let on_disk: f64 = tool("du", &["-sb", &daemon.root])
+    let on_disk: f64 = tool("du", &["-sb", &daemon.root.display().to_string()])
         .split_whitespace()
         .next()
         .expect("du's figure")
@@ -211,12 +163,12 @@ fn du_lists_the_daemons_mirrors_and_prune_removes_them_so_the_next_build_resends
     assert_eq!(total(&verbose), listed);
 
     // No build runs: prune --all removes both mirrors and says so.
-    let pruned = daemon.on_store(&k, &["prune", "--all", "-f"]).ok().stdout;
+    let pruned = on_store(&daemon, &k, &["prune", "--all", "-f"]).ok().stdout;
     for m in &mirrors {
         assert!(pruned.contains(&id(m)), "{pruned}");
     }
-    assert!(daemon.mirrors().is_empty(), "{:?}", daemon.mirrors());
-    let after = daemon.on_store(&k, &["du", "--verbose"]).ok().stdout;
+    assert!(mirrors_of(&daemon).is_empty(), "{:?}", mirrors_of(&daemon));
+    let after = on_store(&daemon, &k, &["du", "--verbose"]).ok().stdout;
     assert!(!after.contains("source.local"), "{after}");
 
     // The next remote build sends the whole context again.
@@ -232,10 +184,10 @@ fn du_lists_the_daemons_mirrors_and_prune_removes_them_so_the_next_build_resends
 fn a_mirror_held_by_a_build_is_never_removed_however_old() {
     let k = Kiln::new(PLUGINS);
     let ctx = context(&k);
-    let mut daemon = Daemon::start(&k);
+    let mut daemon = start(&k);
     build(&k, &daemon, &ctx);
     daemon.line("build 1: context synced");
-    let mirrors = daemon.mirrors();
+    let mirrors = mirrors_of(&daemon);
     assert_eq!(mirrors.len(), 2, "{mirrors:?}");
     // Both last used three days ago; the first is held as a running session holds it.
     let three_days_ago = SystemTime::now() - Duration::from_secs(3 * 86400);
@@ -249,40 +201,41 @@ fn a_mirror_held_by_a_build_is_never_removed_however_old() {
     let held = std::fs::File::open(mirrors[0].join("use")).unwrap();
     held.lock_shared().unwrap();
 
-    let verbose = daemon.on_store(&k, &["du", "--verbose"]).ok().stdout;
+    let verbose = on_store(&daemon, &k, &["du", "--verbose"]).ok().stdout;
     let r = record(&verbose, &id(&mirrors[0]));
     assert!(r.contains("Reclaimable:  false"), "{r}");
     let r = record(&verbose, &id(&mirrors[1]));
     assert!(r.contains("Reclaimable:  true"), "{r}");
     assert!(r.contains("Last used:    3 days ago"), "{r}");
 
-    let pruned = daemon
-        .on_store(&k, &["prune", "--all", "-f", "--filter", "until=48h"])
-        .ok()
-        .stdout;
+    let pruned = on_store(
+        &daemon,
+        &k,
+        &["prune", "--all", "-f", "--filter", "until=48h"],
+    )
+    .ok()
+    .stdout;
     assert!(!pruned.contains(&id(&mirrors[0])), "{pruned}");
     assert!(pruned.contains(&id(&mirrors[1])), "{pruned}");
-    assert_eq!(daemon.mirrors(), vec![mirrors[0].clone()]);
+    assert_eq!(mirrors_of(&daemon), vec![mirrors[0].clone()]);
 
     // Released: it goes too.
     drop(held);
-    daemon.on_store(&k, &["prune", "--all", "-f"]).ok();
-    assert!(daemon.mirrors().is_empty(), "{:?}", daemon.mirrors());
+    on_store(&daemon, &k, &["prune", "--all", "-f"]).ok();
+    assert!(mirrors_of(&daemon).is_empty(), "{:?}", mirrors_of(&daemon));
 }
 
 #[test]
 fn prune_until_keeps_recently_used_mirrors() {
     let k = Kiln::new(PLUGINS);
     let ctx = context(&k);
-    let mut daemon = Daemon::start(&k);
+    let mut daemon = start(&k);
     build(&k, &daemon, &ctx);
     daemon.line("build 1: context synced");
-    let before = daemon.mirrors();
+    let before = mirrors_of(&daemon);
     assert_eq!(before.len(), 2, "{before:?}");
-    daemon
-        .on_store(&k, &["prune", "-f", "--filter", "until=1h"])
-        .ok();
-    assert_eq!(daemon.mirrors(), before);
+    on_store(&daemon, &k, &["prune", "-f", "--filter", "until=1h"]).ok();
+    assert_eq!(mirrors_of(&daemon), before);
 }
 
 /// A line with the `bb` layout's path taken out: the daemon names its own mirror of it.
@@ -326,7 +279,7 @@ fn explain_cache_through_the_daemon_names_the_edited_file_as_a_local_build_does(
             ("b.txt", "beta\n"),
         ],
     );
-    let daemon = Daemon::start(&k);
+    let daemon = start(&k);
     let bb = format!("bb=oci-layout://{}", busybox_layout().display());
     let c = ctx.display().to_string();
     let run = |builder: Option<&str>| {

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use kiln_engine::Export;
 use kiln_server::client::{Client, ClientTls};
 use kiln_server::Address;
 use kiln_solver::CancellationToken;
@@ -55,6 +56,32 @@ pub fn build(
     if url.is_some() && builder.nodes.len() > 1 {
         bail!("a URL context with a builder of several nodes is not supported yet");
     }
+    // `--load`: the daemon writes a docker-archive tarball that comes back to a private file
+    // here (as `type=docker,dest=`), which is then loaded into the docker daemon this machine
+    // reaches, as a local `--load` loads it. Docker is asked first, before anything is built.
+    let mut loads = Vec::new();
+    let load_dir = match req.exports.iter().any(|e| matches!(e, Export::Load { .. })) {
+        true => {
+            kiln_engine::docker_daemon_answers()?;
+            Some(RemovedOnDrop(kiln_engine::private_temp_dir(
+                "kiln-load",
+                "load",
+            )?))
+        }
+        false => None,
+    };
+    if let Some(dir) = &load_dir {
+        for (n, export) in req.exports.iter_mut().enumerate() {
+            if let Export::Load { format } = export {
+                let dest = dir.0.join(format!("image-{n}.tar"));
+                loads.push(dest.clone());
+                *export = Export::Docker {
+                    dest,
+                    format: format.clone(),
+                };
+            }
+        }
+    }
     let display = Display::from_args(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -102,7 +129,13 @@ pub fn build(
         }
     });
     display.renderer.finish();
-    match result? {
+    let result = result?;
+    if result.is_ok() {
+        for tarball in &loads {
+            kiln_engine::load_docker_tarball(tarball)?;
+        }
+    }
+    match result {
         Ok(outcome) => report_outcome(args, &plan, &display, &outcome, &req.dockerfile),
         Err(failure) => Ok(report_failure(&display, &failure, &req.dockerfile)),
     }
@@ -122,4 +155,13 @@ fn client_tls(node: &builders::store::Node) -> Option<ClientTls> {
         cert: t.cert.clone().zip(t.key.clone()),
         servername: t.servername.clone(),
     })
+}
+
+/// A directory removed, with what it holds, when dropped.
+struct RemovedOnDrop(std::path::PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use kiln_cache::CacheIndex;
 use kiln_export::Image;
 pub use kiln_export::{Annotation, AnnotationKind, CompressionKind, ImageFormat, TarDest};
+pub use kiln_export::{docker_daemon_answers, load_docker_tarball};
 use kiln_plugin_host::{PluginRegistry, SearchPath};
 use kiln_plugin_sdk::proto::{Diagnostic, PluginError};
 use kiln_snapshot::{Snapshot, Store};
@@ -48,7 +49,7 @@ pub use phases::{Planned, Solved};
 pub use remote_cache::{CacheCompression, CacheExport, CacheImport, CacheLocation, CacheMode};
 pub use remote_context::{PreparedContext, RemoteContext, MAX_STDIN_CONTEXT_BYTES};
 pub use run::{ExecRuntime, ProvidedSecret, RunOptions, SecretProvider, SecretSource, SshSource};
-pub use ssh_agent::{serve as serve_ssh_keys, BuildAgent};
+pub use ssh_agent::{private_temp_dir, serve as serve_ssh_keys, BuildAgent};
 pub use syntax::{find_syntax, SyntaxChoice};
 
 /// Engine errors, each saying what failed and where.

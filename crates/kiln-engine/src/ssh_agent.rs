@@ -378,7 +378,7 @@ fn private_dir(id: &str) -> Result<PathBuf, Error> {
 }
 
 /// A fresh 0700 directory `PREFIX-HASH` under the system's temporary directory.
-pub(crate) fn private_temp_dir(prefix: &str, id: &str) -> Result<PathBuf, Error> {
+pub fn private_temp_dir(prefix: &str, id: &str) -> Result<PathBuf, Error> {
     use std::os::unix::fs::DirBuilderExt;
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -45,6 +45,36 @@ pub fn export_docker(store: &Store, image: &Image, names: &[String], dest: &Path
 pub fn load_docker(store: &Store, image: &Image, names: &[String]) -> Result<()> {
     let repo_tags = repo_tags(names)?;
     docker_daemon_answers()?;
+    let dest = Path::new("docker load");
+    docker_load(|stdin| {
+        with_scratch(store, |scratch| {
+            let mut w = write(
+                store,
+                image,
+                &repo_tags,
+                dest,
+                scratch,
+                io::BufWriter::new(stdin),
+            )?;
+            w.flush().map_err(io_err(dest))
+        })
+    })
+}
+
+/// `--load` through a remote builder: streams a docker-archive tarball the daemon wrote (and
+/// the client received) into `docker load`, as [`load_docker`] streams one it writes.
+pub fn load_docker_tarball(tarball: &Path) -> Result<()> {
+    docker_daemon_answers()?;
+    let mut file = fs::File::open(tarball).map_err(io_err(tarball))?;
+    docker_load(|stdin| {
+        let mut stdin = io::BufWriter::new(stdin);
+        io::copy(&mut file, &mut stdin).map_err(io_err(Path::new("docker load")))?;
+        stdin.flush().map_err(io_err(Path::new("docker load")))
+    })
+}
+
+/// Runs `docker load`, `feed` writing the archive into its stdin, and checks that it loaded.
+fn docker_load(feed: impl FnOnce(std::process::ChildStdin) -> Result<()>) -> Result<()> {
     let load_err = |why: String| Error::Load(why);
     let mut child = Command::new("docker")
         .arg("load")
@@ -67,18 +97,7 @@ pub fn load_docker(store: &Store, image: &Image, names: &[String]) -> Result<()>
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let dest = Path::new("docker load");
-    let written = with_scratch(store, |scratch| {
-        let mut w = write(
-            store,
-            image,
-            &repo_tags,
-            dest,
-            scratch,
-            io::BufWriter::new(stdin),
-        )?;
-        w.flush().map_err(io_err(dest))
-    });
+    let written = feed(stdin);
     let status = child
         .wait()
         .map_err(|e| load_err(format!("waiting for `docker load`: {e}")))?;

@@ -15,7 +15,7 @@ mod local;
 mod oci;
 mod tar_fs;
 
-pub use docker::{docker_daemon_answers, export_docker, load_docker};
+pub use docker::{docker_daemon_answers, export_docker, load_docker, load_docker_tarball};
 pub use format::{Annotation, AnnotationKind, CompressionKind, ImageFormat};
 pub use image::{assemble_image, Image, ImageOptions};
 pub use index::{

@@ -115,9 +115,10 @@ pub fn output_to_wire(e: &Export) -> Result<pb::Output, crate::Error> {
                 format: Some(format_to_wire(format)),
                 push_by_digest: *push_by_digest,
             }),
+            // The CLI turns `--load` into a `type=docker` tarball it receives and loads itself.
             Export::Load { .. } => return Err(crate::Error::Unsupported(
-                "--load (type=docker without dest) is not supported with a remote builder yet: \
-                 use --output type=docker,dest=FILE and `docker load -i FILE`"
+                "--load reached the wire: the client receives a type=docker tarball and loads \
+                 it (kiln_engine::load_docker_tarball)"
                     .to_owned(),
             )),
         };

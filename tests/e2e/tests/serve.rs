@@ -991,3 +991,46 @@ fn a_remote_build_reads_the_dockerfiles_own_ignore_file_as_a_local_one_does() {
         }
     }
 }
+
+#[test]
+fn a_url_context_with_the_clients_dockerfile_uses_that_dockerfiles_own_ignore_file() {
+    let k = Kiln::new(PLUGINS);
+    k.write(
+        "tarsrc",
+        &[
+            (".dockerignore", "a.txt\n"),
+            ("a.txt", "only .dockerignore ignores this\n"),
+            (
+                "b.txt",
+                "only the client's Dockerfile.dockerignore ignores this\n",
+            ),
+        ],
+    );
+    let www = k.write("www", &[("placeholder", "")]);
+    kiln_e2e::sh(k.dir.path(), "tar -czf www/ctx.tar.gz -C tarsrc .");
+    let url = format!("{}/ctx.tar.gz", kiln_e2e::serve_files(&www));
+    // `-f` absolute: the client's own file, sent with its own ignore file.
+    let mine = k.write(
+        "mine",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY . /\n"),
+            ("Dockerfile.dockerignore", "b.txt\n"),
+        ],
+    );
+    let file = mine.join("Dockerfile").display().to_string();
+    let daemon = start(&k);
+    let mut listings = Vec::new();
+    for (side, builder) in [("local", None), ("remote", Some(daemon.addr.as_str()))] {
+        let out = k.path(&format!("out-{side}"));
+        let dest = format!("type=local,dest={}", out.display());
+        let run = build(&k, builder, &["-o", &dest, "-f", &file], &url).ok();
+        listings.push((listing(&out), run.stderr));
+    }
+    let (local, remote) = (&listings[0], &listings[1]);
+    assert_eq!(
+        local.0, remote.0,
+        "local vs remote listing\nlocal:\n{}\nremote:\n{}",
+        local.1, remote.1
+    );
+    assert_eq!(local.0, vec![".dockerignore", "a.txt"], "{}", local.1);
+}

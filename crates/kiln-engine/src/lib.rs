@@ -29,8 +29,8 @@ use std::sync::Arc;
 
 use kiln_cache::CacheIndex;
 use kiln_export::Image;
-pub use kiln_export::{Annotation, AnnotationKind, CompressionKind, ImageFormat, TarDest};
 pub use kiln_export::{docker_daemon_answers, load_docker_tarball};
+pub use kiln_export::{Annotation, AnnotationKind, CompressionKind, ImageFormat, TarDest};
 use kiln_plugin_host::{PluginRegistry, SearchPath};
 use kiln_plugin_sdk::proto::{Diagnostic, PluginError};
 use kiln_snapshot::{Snapshot, Store};

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use kiln_e2e::{target_dir, test_registry, tool, Kiln};
 use serde_json::Value;
@@ -454,81 +454,6 @@ fn pull_resolves_the_tag_again() {
 }
 
 /// A private dockerd under a temporary directory (Debian's `docker.io`), stopped on drop.
-struct Dockerd {
-    child: Child,
-    host: String,
-    dir: PathBuf,
-}
-
-impl Dockerd {
-    fn start(dir: &Path) -> Dockerd {
-        let sock = dir.join("docker.sock");
-        let host = format!("unix://{}", sock.display());
-        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        let child = Command::new("dockerd")
-            .arg(format!("--data-root={}", dir.join("data").display()))
-            .arg(format!("--exec-root={}", dir.join("exec").display()))
-            .arg(format!("--pidfile={}", dir.join("dockerd.pid").display()))
-            .arg(format!("--host={host}"))
-            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("dockerd is required for this test (Debian package docker.io): {e}")
-            });
-        let mut d = Dockerd {
-            child,
-            host,
-            dir: dir.to_owned(),
-        };
-        d.wait_ready();
-        d
-    }
-
-    fn docker(&self, args: &[&str]) -> std::process::Output {
-        Command::new("docker")
-            .env("DOCKER_HOST", &self.host)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("the docker CLI is required for this test: {e}"))
-    }
-
-    /// Polls `docker version` until the daemon answers (dockerd has no readiness signal),
-    /// failing if it exits or has not answered within 60 s.
-    fn wait_ready(&mut self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "dockerd exited ({status}):\n{}",
-                    std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
-                );
-            }
-            if self.docker(&["version"]).status.success() {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "dockerd did not answer within 60 s:\n{}",
-                std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        // SIGTERM lets dockerd unmount its data root before it exits.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn load_streams_the_image_into_docker() {
     let k = Kiln::new(&[]);
@@ -538,7 +463,7 @@ fn load_streams_the_image_into_docker() {
         .prefix("kd")
         .tempdir_in("/tmp")
         .unwrap();
-    let daemon = Dockerd::start(dir.path());
+    let daemon = kiln_e2e::dockerd::Dockerd::start(dir.path());
     let env = [("DOCKER_HOST", daemon.host.as_str())];
     k.run_env(
         &env,

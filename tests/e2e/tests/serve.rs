@@ -615,72 +615,6 @@ fn a_remote_build_takes_its_context_from_stdin_as_a_tar_or_a_dockerfile() {
     );
 }
 
-/// A private dockerd under `dir` (Debian's `docker.io`), stopped (SIGTERM) on drop; as the
-/// `--load` test of outputs.rs starts one.
-struct Dockerd {
-    child: std::process::Child,
-    host: String,
-    dir: std::path::PathBuf,
-}
-
-impl Dockerd {
-    fn start(dir: &std::path::Path) -> Dockerd {
-        let host = format!("unix://{}", dir.join("docker.sock").display());
-        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        let child = std::process::Command::new("dockerd")
-            .arg(format!("--data-root={}", dir.join("data").display()))
-            .arg(format!("--exec-root={}", dir.join("exec").display()))
-            .arg(format!("--pidfile={}", dir.join("dockerd.pid").display()))
-            .arg(format!("--host={host}"))
-            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("dockerd is required for this test (Debian package docker.io): {e}")
-            });
-        let mut d = Dockerd {
-            child,
-            host,
-            dir: dir.to_owned(),
-        };
-        // dockerd has no readiness signal: poll `docker version`, failing after 60 s.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !d.docker(&["version"]).status.success() {
-            if let Some(status) = d.child.try_wait().unwrap() {
-                panic!(
-                    "dockerd exited ({status}):\n{}",
-                    std::fs::read_to_string(d.dir.join("dockerd.log")).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dockerd did not answer within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        d
-    }
-
-    fn docker(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new("docker")
-            .env("DOCKER_HOST", &self.host)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("the docker CLI is required for this test: {e}"))
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_remote_load_comes_back_to_the_client_and_goes_into_its_docker() {
     let k = Kiln::new(PLUGINS);
@@ -698,7 +632,7 @@ fn a_remote_load_comes_back_to_the_client_and_goes_into_its_docker() {
         .prefix("kd")
         .tempdir_in("/tmp")
         .unwrap();
-    let docker = Dockerd::start(dir.path());
+    let docker = kiln_e2e::dockerd::Dockerd::start(dir.path());
     let mut args: Vec<String> = vec!["build".into(), "--builder".into(), daemon.addr.clone()];
     args.extend(base_flags());
     args.extend([

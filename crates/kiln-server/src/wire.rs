@@ -94,34 +94,35 @@ fn format_from_wire(f: Option<pb::ImageFormat>) -> Result<ImageFormat, Invalid> 
 /// The wire form of one export; the destination (a client path) stays with the client.
 pub fn output_to_wire(e: &Export) -> Result<pb::Output, crate::Error> {
     use pb::output::Kind;
-    let kind =
-        match e {
-            Export::Oci { tar, format, .. } => Kind::Oci(pb::ImageOutput {
-                tar: *tar,
-                format: Some(format_to_wire(format)),
-            }),
-            Export::Docker { format, .. } => Kind::Docker(pb::ImageOutput {
-                tar: true,
-                format: Some(format_to_wire(format)),
-            }),
-            Export::Tar { .. } => Kind::Tar(pb::Empty {}),
-            Export::Local { .. } => Kind::Local(pb::Empty {}),
-            Export::Registry {
-                names,
-                format,
-                push_by_digest,
-            } => Kind::Registry(pb::RegistryOutput {
-                names: names.clone(),
-                format: Some(format_to_wire(format)),
-                push_by_digest: *push_by_digest,
-            }),
-            // The CLI turns `--load` into a `type=docker` tarball it receives and loads itself.
-            Export::Load { .. } => return Err(crate::Error::Unsupported(
+    let kind = match e {
+        Export::Oci { tar, format, .. } => Kind::Oci(pb::ImageOutput {
+            tar: *tar,
+            format: Some(format_to_wire(format)),
+        }),
+        Export::Docker { format, .. } => Kind::Docker(pb::ImageOutput {
+            tar: true,
+            format: Some(format_to_wire(format)),
+        }),
+        Export::Tar { .. } => Kind::Tar(pb::Empty {}),
+        Export::Local { .. } => Kind::Local(pb::Empty {}),
+        Export::Registry {
+            names,
+            format,
+            push_by_digest,
+        } => Kind::Registry(pb::RegistryOutput {
+            names: names.clone(),
+            format: Some(format_to_wire(format)),
+            push_by_digest: *push_by_digest,
+        }),
+        // The CLI turns `--load` into a `type=docker` tarball it receives and loads itself.
+        Export::Load { .. } => {
+            return Err(crate::Error::Unsupported(
                 "--load reached the wire: the client receives a type=docker tarball and loads \
                  it (kiln_engine::load_docker_tarball)"
                     .to_owned(),
-            )),
-        };
+            ))
+        }
+    };
     Ok(pb::Output { kind: Some(kind) })
 }
 

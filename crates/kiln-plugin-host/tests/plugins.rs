@@ -119,6 +119,7 @@ impl HostServices for Recorder {
             state: State::definition(&[state]),
             config,
             history: None,
+            expansion: None,
         }))
     }
 

@@ -225,6 +225,11 @@ pub struct InstructionRequest {
     /// Build args in scope.
     #[serde(default)]
     pub build_args: BTreeMap<String, String>,
+    /// (Protocol 3) The frontend runs an [`InstructionResponse::expansion`]. An older frontend
+    /// leaves it `false` and would drop the expansion silently: a plugin that only answers with
+    /// one (e.g. `INCLUDE`) refuses the instruction instead.
+    #[serde(default)]
+    pub accepts_expansion: bool,
 }
 
 /// Output of `instruction.lower`.
@@ -238,6 +243,49 @@ pub struct InstructionResponse {
     /// `created_by` of the history entry; `None` lets the frontend write the instruction text.
     #[serde(default)]
     pub history: Option<String>,
+    /// (Protocol 3) Build file text to run in place of the instruction, in the same stage, as
+    /// if written there (only when the request's `accepts_expansion` is set). `state` and
+    /// `config` are then the received ones, unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expansion: Option<Expansion>,
+}
+
+impl InstructionResponse {
+    /// The stage's new `state` and `config`, with the default history entry and no expansion.
+    /// Prefer it to a struct literal: a later protocol may add fields.
+    pub fn new(state: Definition, config: ImageConfig) -> Self {
+        InstructionResponse {
+            state,
+            config,
+            history: None,
+            expansion: None,
+        }
+    }
+
+    /// "Run `expansion` in place of the instruction": the request's stage, unchanged, with the
+    /// text to run.
+    pub fn expand(req: InstructionRequest, expansion: Expansion) -> Self {
+        InstructionResponse {
+            expansion: Some(expansion),
+            ..InstructionResponse::new(req.state, req.config)
+        }
+    }
+}
+
+/// Build file text an instruction expands to (see [`InstructionResponse::expansion`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expansion {
+    /// The name errors and failing steps in `source` are located in (e.g. the included path).
+    pub file: String,
+    /// The text, in the syntax of the build file the instruction is in.
+    pub source: String,
+    /// The line of `file` where `source` starts (1 for a whole file).
+    #[serde(default = "first_line")]
+    pub first_line: u32,
+}
+
+fn first_line() -> u32 {
+    1
 }
 
 /// Input of `primitive.execute`.
@@ -715,6 +763,18 @@ mod tests {
         let e = PluginError::from_json(r#"{"message":"m","kind":"brand_new"}"#);
         assert_eq!(e.kind, ErrorKind::Other);
         assert_eq!(PluginError::from_json("garbage").message, "garbage");
+    }
+
+    #[test]
+    fn instruction_messages_without_expansions_still_decode() {
+        // What a protocol-2 plugin answers and a protocol-2 frontend asks: no expansion fields.
+        let def = serde_json::to_value(kiln_graph::State::definition(&[])).unwrap();
+        let config = serde_json::to_value(ImageConfig::default()).unwrap();
+        let resp: InstructionResponse =
+            serde_json::from_value(serde_json::json!({"state": def, "config": config})).unwrap();
+        assert_eq!(resp.expansion, None);
+        let e: Expansion = serde_json::from_str(r#"{"file":"f","source":"RUN x"}"#).unwrap();
+        assert_eq!(e.first_line, 1);
     }
 
     #[test]

@@ -21,8 +21,8 @@ pub mod suggest;
 
 pub use dump::{dump, go_quote};
 pub use parser::{
-    parse, Directive, Heredoc, Node, Parsed, Warning, MAX_DOCKERFILE_BYTES, MAX_HEREDOC_BYTES,
-    MAX_INSTRUCTIONS, MAX_LINE_BYTES, MAX_ONBUILD_NESTING,
+    parse, parse_with_escape, Directive, Heredoc, Node, Parsed, Warning, MAX_DOCKERFILE_BYTES,
+    MAX_HEREDOC_BYTES, MAX_INSTRUCTIONS, MAX_LINE_BYTES, MAX_ONBUILD_NESTING,
 };
 
 /// Everything that can go wrong in this crate.

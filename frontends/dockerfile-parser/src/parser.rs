@@ -240,6 +240,12 @@ fn split_lines(text: &str) -> Vec<&str> {
 /// Parses Dockerfile text. Fails on the first error, like BuildKit; non-fatal findings are in
 /// [`Parsed::warnings`].
 pub fn parse(text: &str) -> Result<Parsed, Error> {
+    parse_with_escape(text, '\\')
+}
+
+/// [`parse`] with `escape` as the escape token until a `# escape=` directive says otherwise:
+/// a fragment inlined into a Dockerfile (kiln's `INCLUDE`) is read as that Dockerfile is.
+pub fn parse_with_escape(text: &str, escape: char) -> Result<Parsed, Error> {
     if text.len() > MAX_DOCKERFILE_BYTES {
         return Err(Error::TooLarge {
             message: format!(
@@ -264,7 +270,7 @@ pub fn parse(text: &str) -> Result<Parsed, Error> {
     };
 
     let mut d = Directives {
-        escape: '\\',
+        escape,
         done: false,
         found: Vec::new(),
     };

@@ -18,6 +18,7 @@ use kiln_types::image::{EmptyObject, Healthcheck};
 use crate::add::AddFlags;
 use crate::convert::{check_variables, location, set_pair, Converter, Stage, KNOWN_INSTRUCTIONS};
 use crate::error::{Error, Result};
+use crate::expansion::Chain;
 use crate::{gofmt, lint, paths, suggest};
 
 impl Converter<'_> {
@@ -158,7 +159,7 @@ impl Converter<'_> {
             Instruction::Run(run) => self.dispatch_run(stage, run, node)?,
             Instruction::Unknown {
                 keyword, args_text, ..
-            } => self.dispatch_unknown(stage, keyword, args_text, node)?,
+            } => self.dispatch_unknown(stage, keyword, args_text, node, &Chain::default())?,
             Instruction::From(_) => {
                 return Err(Error::invalid(
                     "internal error: FROM dispatched as a command",
@@ -676,29 +677,38 @@ impl Converter<'_> {
         })
     }
 
-    fn dispatch_unknown(
+    /// An instruction this frontend does not know, at `node` of the file `chain` points at:
+    /// an instruction plugin lowers it, or answers with text to run in its place.
+    pub(crate) fn dispatch_unknown(
         &mut self,
         stage: &mut Stage,
         keyword: &str,
         args_text: &str,
         node: &Node,
+        chain: &Chain,
     ) -> Result<()> {
         let req = InstructionRequest {
             keyword: keyword.to_owned(),
             args: strip_flags(args_text, node.flags.len()).to_owned(),
             flags: node.flags.clone(),
-            location: location(&self.req.filename, node.start_line),
+            location: location(chain.file(&self.req.filename), node.start_line),
             state: State::definition(std::slice::from_ref(&stage.state)),
             config: stage.config.clone(),
             build_args: Converter::args_in_scope(stage),
+            accepts_expansion: true,
         };
         let Some(resp) = self.host.lower_instruction(&req)? else {
-            let mut message = format!("unknown instruction: {keyword}");
-            if let Some(s) = suggest::closest(keyword, KNOWN_INSTRUCTIONS) {
-                message.push_str(&format!(" (did you mean {s}?)"));
-            }
+            // A typo of a Dockerfile instruction gets BuildKit's message and a hint; any other
+            // word is an instruction no installed plugin provides.
+            let message = match suggest::closest(keyword, KNOWN_INSTRUCTIONS) {
+                Some(s) => format!("unknown instruction: {keyword} (did you mean {s}?)"),
+                None => format!("unknown instruction {keyword} (no plugin provides it)"),
+            };
             return Err(Error::invalid(message));
         };
+        if let Some(expansion) = resp.expansion {
+            return self.run_expansion(stage, expansion, keyword, node, chain);
+        }
         let bad = |why: String| {
             Error::from(PluginError::internal(format!(
                 "the instruction plugin for {} returned an unusable graph: {why}",

@@ -17,6 +17,7 @@ mod call;
 mod convert;
 mod dispatch;
 mod error;
+mod expansion;
 mod gofmt;
 mod host;
 mod lint;

@@ -20,6 +20,7 @@ use crate::{build, FrontendHost};
 mod add;
 mod call_outline;
 mod dockerignore_beside;
+mod expansion;
 mod git_query;
 mod lint_buildkit_cases;
 mod lint_rules;
@@ -499,7 +500,11 @@ fn errors_carry_file_line_and_text() {
         "unknown instruction: COPPY (did you mean COPY?)",
     );
     assert!(e.message.contains("`COPPY a b`"), "{}", e.message);
-    check("FROM scratch\nFOO bar\n", 2, "unknown instruction: FOO");
+    check(
+        "FROM scratch\nFOO bar\n",
+        2,
+        "unknown instruction FOO (no plugin provides it)",
+    );
     assert!(!fail("FROM scratch\nFOO bar\n")
         .message
         .contains("did you mean"));
@@ -729,6 +734,7 @@ fn unknown_instruction_is_lowered_by_the_host() {
                 state: State::definition(&[st]),
                 config,
                 history: Some("INCLUDE (plugin)".into()),
+                expansion: None,
             })
         })),
         ..FakeHost::default()
@@ -1295,7 +1301,10 @@ fn onbuild_trigger_errors_point_at_the_from_line() {
         "bad-chmod",
         "\"COPY --chmod=999 a /b\" of the base failed: invalid chmod parameter",
     );
-    check("bad-kw", "unknown instruction: BOGUS");
+    check(
+        "bad-kw",
+        "unknown instruction BOGUS (no plugin provides it)",
+    );
     check("bad-from", "FROM isn't allowed as an ONBUILD trigger");
 }
 

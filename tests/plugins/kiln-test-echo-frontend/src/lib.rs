@@ -83,6 +83,7 @@ impl Frontend for Echo {
                 state: State::definition(std::slice::from_ref(&state)),
                 config: config.clone(),
                 build_args: req.build_args.clone(),
+                accepts_expansion: false,
             })?;
             let Some(resp) = lowered else {
                 return Err(PluginError::invalid_input(

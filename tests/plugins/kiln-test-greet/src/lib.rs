@@ -52,6 +52,7 @@ impl Instruction for Greet {
             state: kiln_plugin_sdk::graph::State::definition(&[next]),
             config,
             history: Some(format!("GREET {name} # kiln-test-greet")),
+            expansion: None,
         })
     }
 }

@@ -8,6 +8,7 @@
 //! Architecture invariant: a layer-1 crate. Among kiln crates it depends on `kiln-types` and
 //! on `kiln-snapshot` (for the blob store) only; it knows nothing of builds, graphs or plugins.
 
+mod artifact;
 mod auth;
 mod diff_ids;
 mod error;
@@ -25,6 +26,11 @@ use kiln_snapshot::Store;
 use kiln_types::image::{Descriptor, ImageConfig, Manifest};
 use kiln_types::{Digest, Platform};
 
+pub use artifact::{
+    parse_plugin_index, parse_plugin_manifest, plugin_index, plugin_manifest, ArtifactIndex,
+    ArtifactManifest, PulledPlugin, PushedPlugin, MAX_PLUGIN_LIBRARY_SIZE, PLUGIN_ARTIFACT_TYPE,
+    PLUGIN_CONFIG_MEDIA_TYPE, PLUGIN_LIBRARY_MEDIA_TYPE,
+};
 pub use error::{Category, DiffIdMismatch, Error, Op};
 pub use imagetools::{media_type_of, BlobCopy, CopyReport};
 pub use reference::{is_loopback, ImageRef, LayoutRef, Reference};

@@ -264,6 +264,7 @@ impl Engine {
         let mut warnings: Vec<Diagnostic> = Vec::new();
         let mut defs = Vec::with_capacity(targets.len());
         let mut configs = Vec::with_capacity(targets.len());
+        let mut call_answers = Vec::with_capacity(targets.len());
         for platform in &targets {
             let freq = FrontendRequest {
                 source: source.clone(),
@@ -314,6 +315,7 @@ impl Engine {
                     warnings.push(w);
                 }
             }
+            call_answers.push(call_answer(resp.call_result.as_ref(), &resp.config));
             defs.push(resp.definition);
             configs.push(resp.config);
         }
@@ -324,22 +326,15 @@ impl Engine {
         });
 
         let call_result = match req.call {
-            Some(call) => Some(
-                configs
-                    .first()
-                    .and_then(|c| c.config.labels.as_ref())
-                    .and_then(|l| l.get(CALL_RESULT_LABEL))
-                    .cloned()
-                    .ok_or_else(|| {
-                        Error::Call(format!(
-                            "frontend {} does not answer --call={}: it returned no \
-                             {CALL_RESULT_LABEL} label (build without --call, or use a frontend \
-                             that supports it)",
-                            frontend.name(),
-                            call.name()
-                        ))
-                    })?,
-            ),
+            Some(call) => Some(call_answers.into_iter().next().flatten().ok_or_else(|| {
+                Error::Call(format!(
+                    "frontend {} does not answer --call={}: it returned no call result \
+                             (nor a {CALL_RESULT_LABEL} label, as older frontends do; build \
+                             without --call, or use a frontend that supports it)",
+                    frontend.name(),
+                    call.name()
+                ))
+            })?),
             None => None,
         };
         Ok(Planned {
@@ -642,6 +637,24 @@ impl Engine {
             call_result: None,
             explain,
         })
+    }
+}
+
+/// A frontend's answer to `--call`, as JSON text: the response's `call_result` (protocol 3), or
+/// else the [`CALL_RESULT_LABEL`] label of its config, where protocol 2 frontends put it (kept so
+/// that an older frontend, e.g. one pinned by digest in `# syntax=`, still answers).
+fn call_answer(
+    call_result: Option<&serde_json::Value>,
+    config: &kiln_types::image::ImageConfig,
+) -> Option<String> {
+    match call_result {
+        Some(v) => Some(v.to_string()),
+        None => config
+            .config
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(CALL_RESULT_LABEL))
+            .cloned(),
     }
 }
 

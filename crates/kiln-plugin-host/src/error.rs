@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use kiln_graph::GraphError;
-use kiln_plugin_sdk::proto::{ErrorKind, Kind, PluginError};
+use kiln_plugin_sdk::proto::{self, ErrorKind, Kind, PluginError};
 
 /// Everything that can go wrong finding, loading or calling a plugin.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +153,13 @@ pub enum Refusal {
     Incompatible(String),
     /// Its manifest is missing, unreadable or inconsistent.
     Manifest(String),
+    /// It requires host capabilities this kiln does not have (`Manifest::requires`).
+    MissingCapabilities {
+        /// The capabilities it requires that this kiln lacks, in its order.
+        missing: Vec<String>,
+        /// The message protocol version it was built with.
+        protocol: u32,
+    },
     /// Another plugin with the same name came earlier in the search path.
     Shadowed {
         /// The plugin name.
@@ -180,6 +187,21 @@ impl fmt::Display for Refusal {
             ),
             Refusal::Incompatible(e) => write!(f, "incompatible plugin library: {e}"),
             Refusal::Manifest(e) => write!(f, "invalid plugin manifest: {e}"),
+            Refusal::MissingCapabilities { missing, protocol } => write!(
+                f,
+                "requires host {} {} that this kiln lacks (this kiln speaks plugin protocol {} \
+                 and offers: {}; the plugin was built with protocol {protocol}); use a kiln \
+                 that offers {}",
+                if missing.len() == 1 {
+                    "capability"
+                } else {
+                    "capabilities"
+                },
+                quoted(missing),
+                proto::PROTOCOL_VERSION,
+                quoted(proto::HOST_CAPABILITIES),
+                if missing.len() == 1 { "it" } else { "them" },
+            ),
             Refusal::Shadowed { name, by } => write!(
                 f,
                 "shadowed: plugin {name:?} is already loaded from {}",
@@ -188,4 +210,13 @@ impl fmt::Display for Refusal {
             Refusal::Unreadable(e) => write!(f, "cannot read the directory: {e}"),
         }
     }
+}
+
+/// `"a", "b"`, or `none` for an empty list.
+fn quoted<S: AsRef<str>>(names: &[S]) -> String {
+    if names.is_empty() {
+        return "none".to_owned();
+    }
+    let q: Vec<String> = names.iter().map(|n| format!("{:?}", n.as_ref())).collect();
+    q.join(", ")
 }

@@ -278,6 +278,7 @@ fn load(path: &Path) -> Result<LoadedPlugin, Refusal> {
     let manifest: Manifest = serde_json::from_str(json.as_str())
         .map_err(|e| Refusal::Manifest(format!("unreadable JSON ({e})")))?;
     let kinds = check_manifest(&manifest).map_err(Refusal::Manifest)?;
+    check_requires(&manifest)?;
     Ok(LoadedPlugin {
         path: path.to_path_buf(),
         manifest,
@@ -342,6 +343,25 @@ fn check_manifest(m: &Manifest) -> Result<Vec<Kind>, String> {
     Ok(kinds)
 }
 
+/// Refuses a plugin that needs a host capability this kiln lacks: it would fail in the middle
+/// of a build, or worse, silently do less than it should.
+fn check_requires(m: &Manifest) -> Result<(), Refusal> {
+    let missing: Vec<String> = m
+        .requires
+        .iter()
+        .filter(|c| !proto::HOST_CAPABILITIES.contains(&c.as_str()))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Refusal::MissingCapabilities {
+            missing,
+            protocol: m.protocol_version,
+        })
+    }
+}
+
 /// An error with its sources (libloading puts the `dlerror` text in the source).
 fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -369,6 +389,7 @@ mod tests {
             frontend: Some(FrontendCaps::default()),
             instruction: None,
             primitive: None,
+            requires: Vec::new(),
         }
     }
 
@@ -391,6 +412,28 @@ mod tests {
         m.kinds.push(Kind::Instruction);
         m.instruction = Some(InstructionCaps::default());
         assert!(check_manifest(&m).unwrap_err().contains("without keywords"));
+    }
+
+    #[test]
+    fn required_capabilities_are_checked_against_the_hosts() {
+        let mut m = manifest();
+        m.requires = vec![proto::CAP_FRONTEND_CALL_RESULT.to_owned()];
+        assert_eq!(check_requires(&m), Ok(()));
+        m.requires.push("teleport".to_owned());
+        let refusal = check_requires(&m).unwrap_err();
+        assert_eq!(
+            refusal,
+            Refusal::MissingCapabilities {
+                missing: vec!["teleport".to_owned()],
+                protocol: proto::PROTOCOL_VERSION,
+            }
+        );
+        let text = refusal.to_string();
+        assert!(
+            text.contains("requires host capability \"teleport\""),
+            "{text}"
+        );
+        assert!(text.contains("\"frontend.call_result\""), "{text}");
     }
 
     #[test]

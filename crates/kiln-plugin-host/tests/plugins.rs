@@ -25,6 +25,9 @@ const PLUGINS: [&str; 5] = [
     "kiln-test-bad-manifest",
 ];
 
+/// Built with [`PLUGINS`] but kept out of the directory of `discovery_sorts_good_from_bad`.
+const NEEDS_CAPABILITY: &str = "kiln-test-needs-capability";
+
 /// Builds the test plugins once and returns the directory holding the `.so` files.
 fn artifacts() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -35,7 +38,7 @@ fn artifacts() -> &'static Path {
             .unwrap_or_else(|| workspace.join("target"));
         let mut cmd = std::process::Command::new(env!("CARGO"));
         cmd.current_dir(&workspace).arg("build").arg("--quiet");
-        for p in PLUGINS {
+        for p in PLUGINS.iter().chain([&NEEDS_CAPABILITY]) {
             cmd.arg("-p").arg(p);
         }
         let status = cmd.status().expect("run cargo build for the test plugins");
@@ -285,6 +288,41 @@ fn wrong_abi_is_refused_naming_both_versions_and_the_file() {
         "{msg}"
     );
     assert!(msg.contains(&*path.to_string_lossy()), "{msg}");
+}
+
+#[test]
+fn a_plugin_requiring_a_capability_this_kiln_lacks_is_refused_naming_it() {
+    let path = lib(NEEDS_CAPABILITY);
+    let err = LoadedPlugin::load(&path).unwrap_err();
+    let Error::Refused(refused) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        refused.reason,
+        Refusal::MissingCapabilities {
+            missing: vec!["teleport.files".to_owned()],
+            protocol: kiln_plugin_host::proto::PROTOCOL_VERSION,
+        }
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("requires host capability \"teleport.files\" that this kiln lacks"),
+        "{msg}"
+    );
+    assert!(msg.contains("libkiln_test_needs_capability.so"), "{msg}");
+    // Discovery records it among the refused files (what `kiln plugins ls` shows), and the
+    // other plugins of the directory still load.
+    let dir = plugin_dir(&[NEEDS_CAPABILITY, "kiln-test-echo-frontend"]);
+    let registry = PluginRegistry::discover(&SearchPath::new(vec![dir.path().to_path_buf()]));
+    assert_eq!(registry.plugins().len(), 1);
+    assert_eq!(registry.refused().len(), 1, "{:?}", registry.refused());
+    assert!(
+        registry.refused()[0]
+            .to_string()
+            .contains("\"teleport.files\""),
+        "{}",
+        registry.refused()[0]
+    );
 }
 
 #[test]

@@ -30,6 +30,7 @@ pub struct Plugin {
     frontend: Option<(Box<dyn Frontend>, Vec<String>)>,
     instruction: Option<(Box<dyn Instruction>, Vec<String>)>,
     primitive: Option<(Box<dyn Primitive>, Vec<String>)>,
+    requires: Vec<String>,
 }
 
 impl Plugin {
@@ -41,7 +42,14 @@ impl Plugin {
             frontend: None,
             instruction: None,
             primitive: None,
+            requires: Vec::new(),
         }
+    }
+
+    /// Declares the host capabilities the plugin needs ([`proto::HOST_CAPABILITIES`]).
+    pub fn requires(mut self, capabilities: &[&str]) -> Self {
+        self.requires = strings(capabilities);
+        self
     }
 
     /// Adds the frontend and the `# syntax=` values it answers to.
@@ -89,6 +97,7 @@ impl Plugin {
                 .primitive
                 .as_ref()
                 .map(|(_, o)| PrimitiveCaps { ops: o.clone() }),
+            requires: self.requires.clone(),
         }
     }
 
@@ -266,15 +275,18 @@ fn payload_text(payload: &(dyn Any + Send)) -> String {
 /// Exports a kiln plugin from a `cdylib` crate: the abi_stable root module, the
 /// `kiln_plugin_abi_version` probe symbol, the manifest and the dispatching `call` entry.
 ///
-/// Use it once per crate, at module level. `name` and `version` are required; then any subset
-/// of `frontend`, `instruction`, `primitive`, in this order, each an expression building the
-/// implementation (evaluated once, on first use) followed by `=>` and the list of `# syntax=`
-/// values, instruction keywords or op names it answers to:
+/// Use it once per crate, at module level. `name` and `version` are required; then, optionally,
+/// `requires` and the host capabilities the plugin cannot work without
+/// ([`proto::HOST_CAPABILITIES`]: a kiln without one refuses the plugin at load, naming it); then
+/// any subset of `frontend`, `instruction`, `primitive`, in this order, each an expression
+/// building the implementation (evaluated once, on first use) followed by `=>` and the list of
+/// `# syntax=` values, instruction keywords or op names it answers to:
 ///
 /// ```ignore
 /// kiln_plugin_sdk::export_plugin! {
 ///     name: "dockerfile",
 ///     version: env!("CARGO_PKG_VERSION"),
+///     requires: ["frontend.call_result"],
 ///     frontend: MyFrontend::default() => ["dockerfile", "docker/dockerfile"],
 ///     instruction: MyInclude => ["INCLUDE"],
 ///     primitive: MyGit::new() => ["git"],
@@ -285,6 +297,7 @@ macro_rules! export_plugin {
     (
         name: $name:expr,
         version: $version:expr
+        $(, requires: [$($capability:expr),* $(,)?])?
         $(, frontend: $frontend:expr => [$($syntax:expr),* $(,)?])?
         $(, instruction: $instruction:expr => [$($keyword:expr),* $(,)?])?
         $(, primitive: $primitive:expr => [$($op:expr),* $(,)?])?
@@ -297,6 +310,7 @@ macro_rules! export_plugin {
                 static PLUGIN: ::std::sync::OnceLock<__kp::Plugin> = ::std::sync::OnceLock::new();
                 let p = PLUGIN.get_or_init(|| {
                     let plugin = __kp::Plugin::new($name, $version);
+                    $(let plugin = plugin.requires(&[$($capability),*]);)?
                     $(let plugin = plugin.frontend($frontend, &[$($syntax),*]);)?
                     $(let plugin = plugin.instruction($instruction, &[$($keyword),*]);)?
                     $(let plugin = plugin.primitive($primitive, &[$($op),*]);)?

@@ -138,3 +138,16 @@ impl Host<'_> {
             .unwrap_or(false)
     }
 }
+
+/// Something that says whether the build was cancelled: the [`Host`] while a call runs, or a
+/// stand-in in a plugin's own tests. Long-running primitives poll it and stop early.
+pub trait Cancel {
+    /// Whether to stop.
+    fn cancelled(&self) -> bool;
+}
+
+impl Cancel for Host<'_> {
+    fn cancelled(&self) -> bool {
+        Host::cancelled(self)
+    }
+}

@@ -18,11 +18,10 @@
 //!         host: &Host<'_>,
 //!     ) -> Result<FrontendResponse, PluginError> {
 //!         let _dockerignore = host.stat("context", ".dockerignore")?;
-//!         Ok(FrontendResponse {
-//!             definition: State::definition(&[State::scratch()]),
-//!             config: ImageConfig::scratch(&req.platform),
-//!             warnings: Vec::new(),
-//!         })
+//!         Ok(FrontendResponse::new(
+//!             State::definition(&[State::scratch()]),
+//!             ImageConfig::scratch(&req.platform),
+//!         ))
 //!     }
 //! }
 //!
@@ -33,7 +32,11 @@
 //! }
 //! ```
 //!
-//! The messages are in [`proto`]; callbacks into kiln go through [`Host`]. Calls are synchronous
+//! The messages are in [`proto`]; callbacks into kiln go through [`Host`]. Helpers that source
+//! primitives share: [`payload::custom`] (an op's JSON payload), [`url`] (download file names,
+//! repository names, credentials hidden in messages) and [`Cancel`] (polling for cancellation);
+//! [`testing::TestHost`] runs a plugin's trait methods in its unit tests.
+//! A guide for plugin authors is `docs/plugins.md` in the kiln repository. Calls are synchronous
 //! (kiln runs them on blocking threads); a plugin must not start an async runtime of its own. A
 //! panic in a plugin is caught and reported as an error of the build; it never unwinds into kiln.
 //!
@@ -44,12 +47,15 @@
 #![warn(missing_docs)]
 
 pub mod death_watch;
+pub mod payload;
 pub mod proto;
+pub mod testing;
+pub mod url;
 
 mod export;
 mod host;
 
-pub use host::Host;
+pub use host::{Cancel, Host};
 pub use kiln_graph as graph;
 pub use kiln_types as types;
 

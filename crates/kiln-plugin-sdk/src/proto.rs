@@ -22,7 +22,26 @@ use serde::{Deserialize, Serialize};
 /// - 1: the first release.
 /// - 2: [`PrimitiveRequest`] gained `extra_hosts`, `shm_size` and `ulimits`; a host must not
 ///   send them to an older exec plugin, which would silently ignore them.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// - 3: [`FrontendResponse`] gained `call_result` (the answer to a `--call` subrequest, which
+///   version 2 frontends put in the image label `kiln.call.result`; a host still reads that
+///   label from a frontend that leaves the field empty); [`Manifest`] gained `requires` (the
+///   host capabilities a plugin needs, see [`HOST_CAPABILITIES`]); [`InstructionRequest`]
+///   gained `accepts_expansion` and [`InstructionResponse`] `expansion` (build file text run in
+///   place of the instruction, e.g. `INCLUDE`: an older frontend never sets the flag, so a
+///   plugin that can only expand refuses instead of being ignored).
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The capabilities this version of the SDK's host side offers, for [`Manifest::requires`]. A
+/// host refuses, at load, a plugin that requires a capability missing from its own list, naming
+/// it. Names are never reused; a capability is added here when kiln gains a feature a plugin
+/// cannot detect otherwise.
+pub const HOST_CAPABILITIES: &[&str] = &[
+    // `frontend.build` may answer a `--call` in `FrontendResponse::call_result` (protocol 3).
+    CAP_FRONTEND_CALL_RESULT,
+];
+
+/// Capability: the host reads [`FrontendResponse::call_result`].
+pub const CAP_FRONTEND_CALL_RESULT: &str = "frontend.call_result";
 
 // ---------------------------------------------------------------------------------------------
 // Method names
@@ -82,6 +101,11 @@ pub struct Manifest {
     /// Primitive capabilities, present when `kinds` has [`Kind::Primitive`].
     #[serde(default)]
     pub primitive: Option<PrimitiveCaps>,
+    /// (Protocol 3) Host capabilities the plugin cannot work without (names from
+    /// [`HOST_CAPABILITIES`] of the kiln it targets); a host lacking one refuses the plugin at
+    /// load, naming it, instead of failing in the middle of a build.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
 }
 
 /// The three kinds of plugins.
@@ -204,6 +228,24 @@ pub struct FrontendResponse {
     /// Warnings to show.
     #[serde(default)]
     pub warnings: Vec<Diagnostic>,
+    /// (Protocol 3) The answer to a `--call` subrequest (option `call`, e.g. `targets`), as
+    /// JSON; `definition` is then an empty graph. Version 2 frontends put this JSON, as text, in
+    /// the label `kiln.call.result` of `config` instead; hosts still read it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_result: Option<serde_json::Value>,
+}
+
+impl FrontendResponse {
+    /// A response with `definition` and `config`, no warnings and no call result. Prefer it to
+    /// a struct literal: a later protocol may add fields.
+    pub fn new(definition: Definition, config: ImageConfig) -> Self {
+        FrontendResponse {
+            definition,
+            config,
+            warnings: Vec::new(),
+            call_result: None,
+        }
+    }
 }
 
 /// Input of `instruction.lower`.

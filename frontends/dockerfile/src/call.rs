@@ -1,7 +1,8 @@
 //! `--call targets|outline|check` (BuildKit's frontend subrequests): instead of a graph, the
-//! frontend answers with a JSON document. The SDK's response has no field for it, so it travels
-//! in the label [`RESULT_LABEL`] of an otherwise empty image config, with an empty graph; the
-//! contract is written down in `docs/dockerfile-support.md`.
+//! frontend answers with a JSON document, in [`FrontendResponse::call_result`] (protocol 3), with
+//! an empty graph; the contract is written down in `docs/dockerfile-support.md`. (Protocol 2
+//! frontends put it in the image label `kiln.call.result`, which kiln still reads from them;
+//! this frontend no longer sets it.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,23 +14,17 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 
-/// The label carrying a call's JSON result.
-pub(crate) const RESULT_LABEL: &str = "kiln.call.result";
-
 /// The calls this frontend answers, besides `build`.
 pub(crate) const CALLS: [&str; 4] = ["build", "check", "outline", "targets"];
 
-/// The response of a call: empty graph, result in [`RESULT_LABEL`].
+/// The response of a call: empty graph, empty config, the result in its own field.
 pub(crate) fn response(req: &FrontendRequest, result: &Value) -> FrontendResponse {
-    let mut config = ImageConfig::scratch(&req.platform);
-    config.config.labels = Some(BTreeMap::from([(
-        RESULT_LABEL.to_owned(),
-        result.to_string(),
-    )]));
     FrontendResponse {
-        definition: State::definition(&[State::scratch()]),
-        config,
-        warnings: Vec::new(),
+        call_result: Some(result.clone()),
+        ..FrontendResponse::new(
+            State::definition(&[State::scratch()]),
+            ImageConfig::scratch(&req.platform),
+        )
     }
 }
 

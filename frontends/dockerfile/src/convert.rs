@@ -347,9 +347,8 @@ fn build_image(req: &FrontendRequest, host: &dyn FrontendHost) -> Result<Fronten
     // default, where BuildKit would write the build time.
     config.created = lowered.epoch;
     Ok(FrontendResponse {
-        definition: State::definition(&[lowered.stage.state]),
-        config,
         warnings,
+        ..FrontendResponse::new(State::definition(&[lowered.stage.state]), config)
     })
 }
 

@@ -954,13 +954,17 @@ fn conformance_dockerfiles_never_panic() {
     }
 }
 
-/// The JSON a `--call` put in its result label.
+/// The JSON a `--call` answered, in the response's own field (protocol 3), not in an image label
+/// (where protocol 2 put it).
 fn call_result(req: &FrontendRequest, host: &FakeHost) -> serde_json::Value {
     let resp = build(req, host).unwrap();
     assert_eq!(resp.definition.outputs, [None], "a call builds nothing");
     assert!(resp.definition.vertices.is_empty());
-    let labels = resp.config.config.labels.expect("result label");
-    serde_json::from_str(&labels["kiln.call.result"]).unwrap()
+    assert_eq!(
+        resp.config.config.labels, None,
+        "the answer no longer travels in the kiln.call.result label"
+    );
+    resp.call_result.expect("a call result")
 }
 
 fn with_call(source: &str, call: &str) -> FrontendRequest {

@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use kiln_plugin_sdk::graph::Op;
 use kiln_plugin_sdk::proto::{ErrorKind, PluginError, PrimitiveRequest, PrimitiveResponse};
+pub use kiln_plugin_sdk::Cancel;
 use kiln_plugin_sdk::{Host, Primitive};
 use serde::{Deserialize, Serialize};
 
@@ -147,27 +148,10 @@ impl From<Error> for PluginError {
     }
 }
 
-/// `remote` with any `user:password@` hidden, for messages.
+/// `remote` with any `user:password@` hidden, for messages (the SDK's
+/// [`kiln_plugin_sdk::url::redact_credentials`]).
 pub fn redact(remote: &str) -> String {
-    if let Some((scheme, rest)) = remote.split_once("://") {
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            return format!("{scheme}://xxxxx@{}", &rest[at + 1..]);
-        }
-    }
-    remote.to_owned()
-}
-
-/// Something that says whether the build was cancelled.
-pub trait Cancel {
-    /// Whether to stop.
-    fn cancelled(&self) -> bool;
-}
-
-impl Cancel for Host<'_> {
-    fn cancelled(&self) -> bool {
-        Host::cancelled(self)
-    }
+    kiln_plugin_sdk::url::redact_credentials(remote)
 }
 
 /// How often the build is checked for cancellation while `git` runs; its exit wakes the wait
@@ -684,14 +668,7 @@ pub fn checkout(p: &Payload, output: &Path, cancel: &dyn Cancel) -> Result<Strin
 
 /// The payload of a `git` op.
 fn payload(op: &Op) -> Result<Payload, Error> {
-    let Op::Custom(c) = op else {
-        return Err(Error::InvalidInput(format!(
-            "the git primitive runs custom ops, not {} ops",
-            op.kind()
-        )));
-    };
-    serde_json::from_str(&c.payload)
-        .map_err(|e| Error::InvalidInput(format!("invalid git payload: {e}")))
+    kiln_plugin_sdk::payload::custom(op, "git").map_err(|e| Error::InvalidInput(e.to_string()))
 }
 
 /// Runs one `git` op.

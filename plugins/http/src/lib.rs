@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use kiln_plugin_sdk::graph::Op;
 use kiln_plugin_sdk::proto::{ErrorKind, PluginError, PrimitiveRequest, PrimitiveResponse};
+pub use kiln_plugin_sdk::Cancel;
 use kiln_plugin_sdk::{Host, Primitive};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -187,67 +188,15 @@ fn parse_checksum(s: &str) -> Result<(Algo, String), Error> {
     Ok((a, format!("{algo}:{}", hex.to_ascii_lowercase())))
 }
 
-/// A file name that stays in the output directory, or `None`.
-fn safe_name(name: &str) -> Option<String> {
-    let name = name.trim();
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
-        None
-    } else {
-        Some(name.to_owned())
-    }
-}
-
-/// The last segment of the URL path (query and fragment removed), percent-decoded.
+/// The last segment of the URL path (query and fragment removed), percent-decoded (the SDK's
+/// [`kiln_plugin_sdk::url::basename`]).
 pub fn url_basename(url: &str) -> Option<String> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let path = rest.find('/').map_or("", |i| &rest[i..]);
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    let last = path.rsplit('/').next().unwrap_or_default();
-    safe_name(&percent_decode(last))
-}
-
-fn percent_decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8_lossy()
-        .into_owned()
+    kiln_plugin_sdk::url::basename(url)
 }
 
 /// `filename` (or `filename*=UTF-8''...`) of a `Content-Disposition` header.
 fn disposition_name(h: &str) -> Option<String> {
-    let mut plain = None;
-    for part in h.split(';').map(str::trim) {
-        let Some((k, v)) = part.split_once('=') else {
-            continue;
-        };
-        match k.trim().to_ascii_lowercase().as_str() {
-            "filename*" => {
-                let v = v.trim().trim_matches('"');
-                let v = v.split_once("''").map_or(v, |(_, rest)| rest);
-                if let Some(n) = base_of(&percent_decode(v)) {
-                    return Some(n);
-                }
-            }
-            "filename" => plain = base_of(v.trim().trim_matches('"')),
-            _ => {}
-        }
-    }
-    plain
-}
-
-fn base_of(name: &str) -> Option<String> {
-    safe_name(name.rsplit(['/', '\\']).next().unwrap_or_default())
-}
-
-/// Something that says whether the build was cancelled (the host, or nothing in tests).
-pub trait Cancel {
-    /// Whether to stop.
-    fn cancelled(&self) -> bool;
-}
-
-impl Cancel for Host<'_> {
-    fn cancelled(&self) -> bool {
-        Host::cancelled(self)
-    }
+    kiln_plugin_sdk::url::content_disposition_filename(h)
 }
 
 /// How long the network may stay silent in one phase of a download when `KILN_HTTP_TIMEOUT`
@@ -509,7 +458,7 @@ pub fn download(
     }
     let pinned = p.checksum.as_deref().map(parse_checksum).transpose()?;
     let named = match &p.filename {
-        Some(n) => Some(safe_name(n).ok_or_else(|| {
+        Some(n) => Some(kiln_plugin_sdk::url::safe_file_name(n).ok_or_else(|| {
             Error::InvalidInput(format!("invalid file name {n:?} for the download of {url}"))
         })?),
         None => None,
@@ -634,14 +583,7 @@ pub fn current_version(
 
 /// The payload of a `http` op.
 fn payload(op: &Op) -> Result<Payload, Error> {
-    let Op::Custom(c) = op else {
-        return Err(Error::InvalidInput(format!(
-            "the http primitive runs custom ops, not {} ops",
-            op.kind()
-        )));
-    };
-    serde_json::from_str(&c.payload)
-        .map_err(|e| Error::InvalidInput(format!("invalid http payload: {e}")))
+    kiln_plugin_sdk::payload::custom(op, "http").map_err(|e| Error::InvalidInput(e.to_string()))
 }
 
 /// Runs one `http` op.

@@ -346,3 +346,27 @@ fn an_engine_and_its_phases_are_shared_between_tasks() {
         sent(engine.export(solved));
     }
 }
+
+#[test]
+fn a_call_answer_is_read_from_its_field_or_from_an_older_frontends_label() {
+    use kiln_types::image::ImageConfig;
+    let platform: kiln_types::Platform = "linux/amd64".parse().unwrap();
+    let mut old = ImageConfig::scratch(&platform);
+    old.config.labels = Some(BTreeMap::from([(
+        CALL_RESULT_LABEL.to_owned(),
+        r#"{"targets":[]}"#.to_owned(),
+    )]));
+    // A protocol 2 frontend: the label.
+    assert_eq!(
+        call_answer(None, &old).as_deref(),
+        Some(r#"{"targets":[]}"#)
+    );
+    // A protocol 3 frontend: the field, which wins.
+    let v = serde_json::json!({"targets": [{"name": "app"}]});
+    assert_eq!(
+        call_answer(Some(&v), &old).as_deref(),
+        Some(r#"{"targets":[{"name":"app"}]}"#)
+    );
+    // Neither: no answer.
+    assert_eq!(call_answer(None, &ImageConfig::scratch(&platform)), None);
+}

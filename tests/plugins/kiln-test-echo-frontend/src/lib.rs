@@ -105,11 +105,7 @@ impl Frontend for Echo {
                 v.digest = Digest::of(b"tampered");
             }
         }
-        Ok(FrontendResponse {
-            definition,
-            config,
-            warnings: Vec::new(),
-        })
+        Ok(FrontendResponse::new(definition, config))
     }
 }
 

@@ -137,8 +137,31 @@ pub fn build(
     }
     match result {
         Ok(outcome) => report_outcome(args, &plan, &display, &outcome, &req.dockerfile),
-        Err(failure) => Ok(report_failure(&display, &failure, &req.dockerfile)),
+        Err(failure) => {
+            // A build file only the daemon read (inside a git or http context it fetched)
+            // comes with the failure: its lines are shown from a private copy, as a local
+            // build shows them from the file it fetched.
+            let fetched = match &failure.dockerfile {
+                Some((name, text)) => Some(fetched_build_file(name, text)?),
+                None => None,
+            };
+            let dockerfile = fetched.as_ref().map_or(req.dockerfile.clone(), |(_, f)| f.clone());
+            Ok(report_failure(&display, &failure, &dockerfile))
+        }
     }
+}
+
+/// Writes the build file the daemon sent into a private directory (removed when the returned
+/// guard drops), under its own base name, which the excerpt shows.
+fn fetched_build_file(name: &str, text: &[u8]) -> Result<(RemovedOnDrop, std::path::PathBuf)> {
+    let name = std::path::Path::new(name)
+        .file_name()
+        .filter(|n| *n != "." && *n != "..")
+        .map_or_else(|| "Dockerfile".into(), ToOwned::to_owned);
+    let dir = RemovedOnDrop(kiln_engine::private_temp_dir("kiln-dockerfile", "failed")?);
+    let file = dir.0.join(name);
+    std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    Ok((dir, file))
 }
 
 /// Connects to a builder's node, with the node's TLS files (`kiln builder create

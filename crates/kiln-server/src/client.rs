@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kiln_api::v1 as pb;
 use kiln_api::v1::builder_client::BuilderClient;
-use kiln_engine::{BuildRequest, Export, SecretSource, SshSource, TarDest};
+use kiln_engine::{BuildRequest, CacheLocation, Export, SecretSource, SshSource, TarDest};
 use kiln_solver::{CancellationToken, ProgressSink};
 use kiln_types::Digest;
 use sha2::{Digest as _, Sha256};
@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::localcache::CacheWriter;
 use crate::view::{FailureView, OutcomeView};
 use crate::{wire, Address, Error};
 
@@ -259,6 +260,8 @@ impl Client {
                 name: name.clone(),
                 key,
                 oci_layout: oci_layout.clone(),
+                cache: false,
+                client_path: dir.display().to_string(),
             });
             let (scan_name, dockerfile_path) = (name.clone(), req.dockerfile.clone());
             let main = name.is_empty();
@@ -282,12 +285,75 @@ impl Client {
             }
             listings.push((name.clone(), dir.clone(), entries));
         }
+        // `type=local` caches: each directory (once, whether read, written or both) is synced
+        // as a context of its own; one to write that does not exist yet is synced empty, so
+        // that the daemon's mirror of it follows what the export writes.
+        let mut caches: BTreeMap<PathBuf, String> = BTreeMap::new();
+        let mut cache_dirs: BTreeMap<PathBuf, String> = BTreeMap::new();
+        let written = req.cache_to.iter().map(|c| (&c.location, true));
+        let read = req.cache_from.iter().map(|c| (&c.location, false));
+        for (location, write) in written.chain(read) {
+            let CacheLocation::Local { dir, .. } = location else {
+                continue;
+            };
+            if caches.contains_key(dir) {
+                continue;
+            }
+            let abs = match std::fs::canonicalize(dir) {
+                Ok(abs) => abs,
+                Err(_) if write => {
+                    std::path::absolute(dir).map_err(|e| Error::io("resolve", dir, e))?
+                }
+                // A cache to read that is not there: the daemon warns, as a local build does.
+                Err(_) => continue,
+            };
+            // Another spelling of a directory already synced.
+            if let Some(name) = cache_dirs.get(&abs) {
+                caches.insert(dir.clone(), name.clone());
+                continue;
+            }
+            let name = format!("cache:{}", cache_dirs.len());
+            cache_dirs.insert(abs.clone(), name.clone());
+            caches.insert(dir.clone(), name.clone());
+            let key = format!("{machine}\0{}\0\0cache", abs.display());
+            let key: String = Sha256::digest(key.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            local_contexts.push(pb::LocalContext {
+                name: name.clone(),
+                key,
+                oci_layout: None,
+                cache: true,
+                client_path: dir.display().to_string(),
+            });
+            let entries = scan_cache_dir(&name, &abs).await?;
+            listings.push((name, abs, entries));
+        }
+        // Where each `type=local` export's changes are written, and the directory's context.
+        let mut cache_writers: Vec<Option<CacheSink>> = req
+            .cache_to
+            .iter()
+            .map(|c| match &c.location {
+                CacheLocation::Local { dir, .. } => {
+                    let context = caches.get(dir).and_then(|name| {
+                        cache_dirs
+                            .iter()
+                            .find(|(_, n)| *n == name)
+                            .map(|(abs, n)| (n.clone(), abs.clone()))
+                    });
+                    Some((CacheWriter::new(dir.clone()), context))
+                }
+                _ => None,
+            })
+            .collect();
         let mut request = wire::request_to_wire(
             req,
             dockerfile,
             dockerfile_name,
             local_contexts,
             remote_contexts,
+            &caches,
         )?;
         request.context_url = url.map(|(u, _)| u.to_owned());
         request.context_file = context_file;
@@ -407,6 +473,29 @@ impl Client {
                         .ok_or_else(|| self.protocol("output data for no output"))?;
                     sink.write(&o.data, o.eof)?;
                 }
+                pb::server_message::Msg::CacheData(d) => {
+                    let (writer, _) = usize::try_from(d.index)
+                        .ok()
+                        .and_then(|i| cache_writers.get_mut(i))
+                        .and_then(Option::as_mut)
+                        .ok_or_else(|| self.protocol("cache data for no type=local cache"))?;
+                    writer
+                        .write(&d.path, &d.data, d.eof)
+                        .map_err(|e| self.readdress(e))?;
+                }
+                pb::server_message::Msg::CacheDone(d) => {
+                    let (writer, context) = usize::try_from(d.index)
+                        .ok()
+                        .and_then(|i| cache_writers.get_mut(i))
+                        .and_then(Option::as_mut)
+                        .ok_or_else(|| self.protocol("cache data for no type=local cache"))?;
+                    writer.finish(&d.remove).map_err(|e| self.readdress(e))?;
+                    // The directory as it is now, so that the daemon's mirror follows it.
+                    if let Some((name, abs)) = context {
+                        let entries = scan_cache_dir(name, abs).await?;
+                        let _ = send(&out_tx, listing(name, &entries)).await;
+                    }
+                }
                 pb::server_message::Msg::Result(r) => {
                     return wire::outcome_from_wire(r)
                         .map(Ok)
@@ -427,6 +516,36 @@ impl Client {
             why: why.to_owned(),
         }
     }
+
+    /// A protocol error found away from the connection, given its address.
+    fn readdress(&self, e: Error) -> Error {
+        match e {
+            Error::Protocol { why, .. } => self.protocol(&why),
+            other => other,
+        }
+    }
+}
+
+/// Where a `type=local` export's changes go, and the directory's local context (name, path)
+/// whose listing goes back once they are applied.
+type CacheSink = (CacheWriter, Option<(String, PathBuf)>);
+
+/// The entries of the cache directory `abs` (none when it does not exist yet): every file,
+/// no ignore file applies.
+async fn scan_cache_dir(name: &str, abs: &Path) -> Result<Vec<kiln_contextsync::Entry>, Error> {
+    let dir = abs.to_owned();
+    tokio::task::spawn_blocking(move || {
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        kiln_contextsync::scan(&dir, &kiln_contextsync::IgnoreSpec::none())
+    })
+    .await
+    .map_err(|e| Error::Unsupported(e.to_string()))?
+    .map_err(|source| Error::Sync {
+        name: name.to_owned(),
+        source,
+    })
 }
 
 /// Connects connection `conn` of a step on the daemon to the agent at `sock`: the agent's bytes

@@ -15,6 +15,7 @@
 
 mod address;
 pub mod client;
+mod localcache;
 pub mod multinode;
 pub mod server;
 pub mod view;

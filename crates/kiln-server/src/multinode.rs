@@ -130,6 +130,18 @@ pub async fn build(
         return client.build(req, progress, cancel).await;
     }
     check_exports(&req.exports)?;
+    if req
+        .cache_to
+        .iter()
+        .any(|c| matches!(c.location, kiln_engine::CacheLocation::Local { .. }))
+    {
+        // Each node's export would replace the others' in the one directory.
+        return Err(Error::Unsupported(
+            "--cache-to type=local with a builder of several nodes: each node exports its own \
+             platforms' steps, and one directory keeps only the last; use type=registry"
+                .to_owned(),
+        ));
+    }
     // Every node used is reachable before any starts: an unreachable one fails the build
     // before the others spend work on it.
     for share in &shares {

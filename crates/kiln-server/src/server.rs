@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::localcache::{self, ClientPaths};
 use crate::view::{FailureView, OutcomeView};
 use crate::wire::{self, Invalid, Placed};
 use crate::{Address, Error};
@@ -371,15 +372,19 @@ enum Outbound {
     Flush(oneshot::Sender<()>),
 }
 
-/// The engine's progress sink of a session: events queue without blocking the solver.
-struct WireProgress(mpsc::UnboundedSender<Outbound>);
+/// The engine's progress sink of a session: events queue without blocking the solver. Step
+/// names and errors show the client's paths.
+struct WireProgress(mpsc::UnboundedSender<Outbound>, ClientPaths);
 
 impl ProgressSink<Digest> for WireProgress {
     fn send(&self, event: Event<Digest>) {
+        let mut event = wire::event_to_wire(event);
+        self.1.fix(&mut event.name);
+        if event.kind == pb::EventKind::Error as i32 {
+            self.1.fix(&mut event.text);
+        }
         let msg = pb::ServerMessage {
-            msg: Some(pb::server_message::Msg::Progress(wire::event_to_wire(
-                event,
-            ))),
+            msg: Some(pb::server_message::Msg::Progress(event)),
         };
         let _ = self.0.send(Outbound::Message(Box::new(msg)));
     }
@@ -538,6 +543,10 @@ impl Session {
         let mut mirrors = Vec::new();
         let mut holds = Vec::new();
         let mut contexts = BTreeMap::new();
+        // The `type=local` cache directories: mirror directory, tree, and the index of the
+        // lock held in `mirrors`, by context name.
+        let mut caches: BTreeMap<String, (PathBuf, PathBuf, usize)> = BTreeMap::new();
+        let mut shown = ClientPaths::default();
         let (mut files, mut bytes) = (0u64, 0u64);
         for lc in &request.local_contexts {
             let listing = match next(&mut inbound).await? {
@@ -646,13 +655,21 @@ impl Session {
             let stats = tokio::task::block_in_place(|| mirror.finish(plan)).map_err(bad)?;
             files += stats.files;
             bytes += stats.bytes;
-            contexts.insert(
-                lc.name.clone(),
-                (mirror.tree().to_owned(), lc.oci_layout.clone()),
-            );
+            shown.add(mirror.tree(), &lc.client_path);
+            if lc.cache {
+                caches.insert(
+                    lc.name.clone(),
+                    (path.clone(), mirror.tree().to_owned(), mirrors.len()),
+                );
+            } else {
+                contexts.insert(
+                    lc.name.clone(),
+                    (mirror.tree().to_owned(), lc.oci_layout.clone()),
+                );
+            }
             // The Mirror's own (cross-process) lock is released; the build holds ours, shared.
             drop(mirror);
-            mirrors.push(held.shared());
+            mirrors.push(Some(held.shared()));
         }
         self.counters.files.fetch_add(files, Ordering::Relaxed);
         self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -708,10 +725,66 @@ impl Session {
             })
             .and_then(|(tree, rel)| in_mirror(tree, rel, &request.dockerfile))
             .unwrap_or(dockerfile);
+        // `type=local` caches: read from their mirrors, written into session copies of them.
+        let cache_mirror = |context: &str| -> Result<Option<(PathBuf, PathBuf, usize)>, Status> {
+            match caches.get(context) {
+                Some(c) => Ok(Some(c.clone())),
+                None if context.is_empty() => Ok(None),
+                None => Err(bad(format!("no cache directory was synced as {context:?}"))),
+            }
+        };
+        let mut cache_to = Vec::new();
+        let mut local_exports = Vec::new();
+        for (i, c) in request.cache_to.iter().enumerate() {
+            let Some(pb::cache_location::Kind::Local(local)) =
+                c.location.as_ref().and_then(|l| l.kind.as_ref())
+            else {
+                cache_to.push(None);
+                continue;
+            };
+            let mirror = cache_mirror(&local.context)?;
+            let copy = dir.path().join(format!("cache-to-{i}.d"));
+            let (from, to) = (mirror.as_ref().map(|m| m.1.clone()), copy.clone());
+            tokio::task::spawn_blocking(move || localcache::copy_tree(from.as_deref(), &to))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
+            shown.add(&copy, &local.client_path);
+            cache_to.push(Some(copy.clone()));
+            local_exports.push(LocalExport {
+                index: i,
+                name: local.context.clone(),
+                copy,
+                mirror,
+            });
+        }
+        let mut cache_from = Vec::new();
+        for (i, c) in request.cache_from.iter().enumerate() {
+            let Some(pb::cache_location::Kind::Local(local)) =
+                c.location.as_ref().and_then(|l| l.kind.as_ref())
+            else {
+                cache_from.push(None);
+                continue;
+            };
+            // A directory the client does not have is a path that does not exist here
+            // either: the engine warns about it as about a missing local directory.
+            let place = match cache_mirror(&local.context)? {
+                Some((_, tree, _)) => tree,
+                None => dir.path().join(format!("cache-from-{i}.d")),
+            };
+            shown.add(&place, &local.client_path);
+            cache_from.push(Some(place));
+        }
+        // The build file, when the daemon read it from a context it fetched: a failure shows
+        // its lines on the client, which does not have it.
+        let daemon_file = request.context_url.is_some()
+            && (request.context_file.is_some() || request.dockerfile.is_empty());
         let placed = Placed {
             dockerfile,
             contexts,
             outputs: outputs.clone(),
+            cache_to,
+            cache_from,
         };
         let secrets = Arc::new(SessionSecrets {
             out: tx.clone(),
@@ -741,9 +814,14 @@ impl Session {
         // broken) cancels the build.
         let cancel = self.cancel.clone();
         let ssh = relay.clone();
+        // The client's listings of its cache directories, once it applied an export.
+        let (listed, mut listings) = mpsc::unbounded_channel::<pb::ContextListing>();
         let watcher = tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {
                 match m.msg {
+                    Some(pb::client_message::Msg::Listing(l)) => {
+                        let _ = listed.send(l);
+                    }
                     Some(pb::client_message::Msg::Secret(answer)) => secrets.answer(answer),
                     Some(pb::client_message::Msg::SshData(d)) => ssh.to_step(d.conn, d.data),
                     Some(pb::client_message::Msg::SshClose(c)) => ssh.close(c.conn),
@@ -772,7 +850,8 @@ impl Session {
                 }
             })
         };
-        let progress: Arc<dyn ProgressSink<Digest>> = Arc::new(WireProgress(queue.clone()));
+        let progress: Arc<dyn ProgressSink<Digest>> =
+            Arc::new(WireProgress(queue.clone(), shown.clone()));
         let mut req = req;
         let fetched = match fetch {
             None => Ok(None),
@@ -789,6 +868,7 @@ impl Session {
                 .map(Some),
         };
         // The fetched context lives until the build is over.
+        let mut fetched_file = None;
         let result = match fetched {
             Err(e) => Err(e),
             Ok(prepared) => {
@@ -797,6 +877,9 @@ impl Session {
                     req.dockerfile = p.dockerfile().to_owned();
                 }
                 let result = self.engine.build(req, progress, self.cancel.clone()).await;
+                if let (Err(_), Some(p), true) = (&result, &prepared, daemon_file) {
+                    fetched_file = read_build_file(p.dockerfile());
+                }
                 drop(prepared);
                 result
             }
@@ -813,7 +896,41 @@ impl Session {
                         stream_output(i, path, &tx).await?;
                     }
                 }
-                let view = OutcomeView::from_engine(outcome);
+                for export in &local_exports {
+                    let listing = export.send_back(&tx, &mut listings).await?;
+                    if let (Some(listing), Some((mirror_dir, _, held))) = (listing, &export.mirror)
+                    {
+                        // Our shared hold goes: the mirror is updated only if no other build
+                        // reads it now (else the next sync sends the new files).
+                        mirrors[*held] = None;
+                        if let Ok(_exclusive) = self.mirror_lock(mirror_dir).try_write_owned() {
+                            let (mirror_dir, copy) = (mirror_dir.clone(), export.copy.clone());
+                            let entries =
+                                listing.entries.into_iter().map(entry_from_wire).collect();
+                            let updated = tokio::task::spawn_blocking(move || {
+                                localcache::update_mirror(&mirror_dir, &copy, entries)
+                            })
+                            .await
+                            .map_err(internal)?;
+                            if let Err(e) = updated {
+                                eprintln!(
+                                    "kiln serve: build {}: keeping cache export {} in its mirror: {e}",
+                                    self.number, export.index
+                                );
+                            }
+                        }
+                    }
+                }
+                let mut view = OutcomeView::from_engine(outcome);
+                for (name, _) in &mut view.steps {
+                    shown.fix(name);
+                }
+                for (message, _) in &mut view.warnings {
+                    shown.fix(message);
+                }
+                for miss in &mut view.explain {
+                    shown.fix(&mut miss.name);
+                }
                 send(pb::server_message::Msg::Result(wire::outcome_to_wire(
                     &view,
                 )))
@@ -821,7 +938,12 @@ impl Session {
                 "done"
             }
             Err(e) => {
-                let view = FailureView::from_engine(&e);
+                let mut view = FailureView::from_engine(&e);
+                shown.fix(&mut view.message);
+                if let Some((_, name)) = &mut view.step {
+                    shown.fix(name);
+                }
+                view.dockerfile = fetched_file;
                 send(pb::server_message::Msg::Failure(wire::failure_to_wire(
                     &view,
                 )))
@@ -841,6 +963,89 @@ impl Session {
         drop(lock);
         Ok(())
     }
+}
+
+/// A `type=local` `--cache-to` of a session: exported into `copy`, sent back afterwards.
+struct LocalExport {
+    /// Its index in the request's `cache_to`.
+    index: usize,
+    /// The local context of its directory ("" when the client has none).
+    name: String,
+    /// The session copy the engine exports into.
+    copy: PathBuf,
+    /// The directory's mirror: its directory, tree, and the session's hold of it in `mirrors`.
+    mirror: Option<(PathBuf, PathBuf, usize)>,
+}
+
+impl LocalExport {
+    /// Sends the client what the export changed, then waits for its listing of the directory
+    /// (none when it has no context for it).
+    async fn send_back(
+        &self,
+        tx: &mpsc::Sender<Result<pb::ServerMessage, Status>>,
+        listings: &mut mpsc::UnboundedReceiver<pb::ContextListing>,
+    ) -> Result<Option<pb::ContextListing>, Status> {
+        let (before, after) = (self.mirror.as_ref().map(|m| m.1.clone()), self.copy.clone());
+        let delta =
+            tokio::task::spawn_blocking(move || localcache::delta(before.as_deref(), &after))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
+        let index = u32::try_from(self.index).map_err(internal)?;
+        let out = |msg| async move {
+            tx.send(Ok(pb::ServerMessage { msg: Some(msg) }))
+                .await
+                .map_err(|_| Status::cancelled("the client went away"))
+        };
+        for path in &delta.send {
+            let mut f = tokio::fs::File::open(self.copy.join(path))
+                .await
+                .map_err(internal)?;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = f.read(&mut buf).await.map_err(internal)?;
+                out(pb::server_message::Msg::CacheData(pb::CacheData {
+                    index,
+                    path: path.clone(),
+                    data: buf[..n].to_vec(),
+                    eof: n == 0,
+                }))
+                .await?;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        out(pb::server_message::Msg::CacheDone(pb::CacheDone {
+            index,
+            remove: delta.remove,
+        }))
+        .await?;
+        if self.name.is_empty() {
+            return Ok(None);
+        }
+        match listings.recv().await {
+            Some(l) if l.name == self.name => Ok(Some(l)),
+            Some(l) => Err(bad(format!(
+                "expected the listing of cache directory {:?}, got {:?}",
+                self.name, l.name
+            ))),
+            None => Err(Status::cancelled("the client went away")),
+        }
+    }
+}
+
+/// Largest build file sent back with a failure (as the engine reads a build file).
+const MAX_BUILD_FILE: u64 = 16 << 20;
+
+/// The name and content of the build file at `path`, when it is a regular file small enough.
+fn read_build_file(path: &Path) -> Option<(String, Vec<u8>)> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > MAX_BUILD_FILE {
+        return None;
+    }
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    Some((name, std::fs::read(path).ok()?))
 }
 
 /// How long a step waits for the client's answer to a secret request.

@@ -17,6 +17,9 @@ pub struct FailureView {
     pub step_line: Option<u32>,
     /// The line a frontend error points at.
     pub frontend_line: Option<u32>,
+    /// The build file's name and content, when the client does not have it (a daemon read
+    /// it from a context it fetched): the lines above are shown from it.
+    pub dockerfile: Option<(String, Vec<u8>)>,
 }
 
 impl FailureView {
@@ -30,6 +33,7 @@ impl FailureView {
                 .plugin_error()
                 .and_then(|pe| pe.location.as_ref())
                 .map(|l| l.line),
+            dockerfile: None,
         }
     }
 }

@@ -127,13 +127,16 @@ pub fn output_to_wire(e: &Export) -> Result<pb::Output, crate::Error> {
 }
 
 /// Everything of `req` except what travels otherwise (the Dockerfile's content, the local
-/// contexts): the client's half of [`request_from_wire`].
+/// contexts): the client's half of [`request_from_wire`]. `caches` names the local context
+/// synced for each `type=local` cache directory (by the directory as given); one without is a
+/// directory the client does not have.
 pub fn request_to_wire(
     req: &BuildRequest,
     dockerfile: Vec<u8>,
     dockerfile_name: String,
     local_contexts: Vec<pb::LocalContext>,
     remote_contexts: BTreeMap<String, String>,
+    caches: &BTreeMap<PathBuf, String>,
 ) -> Result<pb::BuildRequest, crate::Error> {
     for (id, source) in &req.ssh {
         if let SshSource::Keys(_) = source {
@@ -210,7 +213,7 @@ pub fn request_to_wire(
             .iter()
             .map(|c| {
                 Ok(pb::CacheExport {
-                    location: Some(cache_location_to_wire(&c.location)?),
+                    location: Some(cache_location_to_wire(&c.location, caches)),
                     mode_max: c.mode == CacheMode::Max,
                     compression: match c.compression {
                         CacheCompression::Gzip => pb::Compression::Gzip,
@@ -230,31 +233,38 @@ pub fn request_to_wire(
             .iter()
             .map(|c| {
                 Ok(pb::CacheImport {
-                    location: Some(cache_location_to_wire(&c.location)?),
+                    location: Some(cache_location_to_wire(&c.location, caches)),
                 })
             })
             .collect::<Result<_, crate::Error>>()?,
     })
 }
 
-/// The wire form of a cache the daemon reaches itself; a local directory is the client's.
-fn cache_location_to_wire(l: &CacheLocation) -> Result<pb::CacheLocation, crate::Error> {
+/// The wire form of a cache: a registry or inline one the daemon reaches itself; a local
+/// directory is the client's, named by the local context `caches` says syncs it.
+fn cache_location_to_wire(
+    l: &CacheLocation,
+    caches: &BTreeMap<PathBuf, String>,
+) -> pb::CacheLocation {
     use pb::cache_location::Kind;
     let kind = match l {
         CacheLocation::Registry { reference } => Kind::Registry(reference.to_string()),
         CacheLocation::Inline => Kind::Inline(pb::Empty {}),
-        CacheLocation::Local { dir, .. } => {
-            return Err(crate::Error::Unsupported(format!(
-                "a type=local cache ({}) is a directory of this machine, which a remote \
-                 builder does not reach: use type=registry (or build locally)",
-                dir.display()
-            )))
-        }
+        CacheLocation::Local { dir, tag } => Kind::Local(pb::LocalCache {
+            context: caches.get(dir).cloned().unwrap_or_default(),
+            tag: tag.clone(),
+            client_path: dir.display().to_string(),
+        }),
     };
-    Ok(pb::CacheLocation { kind: Some(kind) })
+    pb::CacheLocation { kind: Some(kind) }
 }
 
-fn cache_location_from_wire(l: Option<pb::CacheLocation>) -> Result<CacheLocation, Invalid> {
+/// The cache `l` stands for; a local one is at `place` on the daemon (see
+/// [`Placed::cache_to`]).
+fn cache_location_from_wire(
+    l: Option<pb::CacheLocation>,
+    place: Option<&PathBuf>,
+) -> Result<CacheLocation, Invalid> {
     use pb::cache_location::Kind;
     match l.and_then(|l| l.kind) {
         Some(Kind::Registry(r)) => Ok(CacheLocation::Registry {
@@ -263,6 +273,12 @@ fn cache_location_from_wire(l: Option<pb::CacheLocation>) -> Result<CacheLocatio
                 .map_err(|e| invalid(format!("invalid cache reference {r:?}: {e}")))?,
         }),
         Some(Kind::Inline(_)) => Ok(CacheLocation::Inline),
+        Some(Kind::Local(local)) => Ok(CacheLocation::Local {
+            dir: place
+                .cloned()
+                .ok_or_else(|| invalid("a type=local cache with no place on the daemon"))?,
+            tag: local.tag,
+        }),
         None => Err(invalid("a cache without a location")),
     }
 }
@@ -276,6 +292,12 @@ pub struct Placed {
     pub contexts: BTreeMap<String, (PathBuf, Option<pb::OciLayout>)>,
     /// Where each output that goes back to the client is made (None: the daemon's own, a push).
     pub outputs: Vec<Option<PathBuf>>,
+    /// Where each `type=local` `--cache-to` is written (a session copy of its mirror), by
+    /// index; None for the other kinds.
+    pub cache_to: Vec<Option<PathBuf>>,
+    /// Where each `type=local` `--cache-from` is read (its mirror; a path that does not exist
+    /// when the client has no such directory), by index.
+    pub cache_from: Vec<Option<PathBuf>>,
 }
 
 /// The engine request for a wire request whose files were placed at `placed`.
@@ -420,9 +442,13 @@ pub fn request_from_wire(
         cache_to: w
             .cache_to
             .into_iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(i, c)| {
                 Ok(CacheExport {
-                    location: cache_location_from_wire(c.location)?,
+                    location: cache_location_from_wire(
+                        c.location,
+                        placed.cache_to.get(i).and_then(Option::as_ref),
+                    )?,
                     mode: if c.mode_max {
                         CacheMode::Max
                     } else {
@@ -444,9 +470,13 @@ pub fn request_from_wire(
         cache_from: w
             .cache_from
             .into_iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(i, c)| {
                 Ok(CacheImport {
-                    location: cache_location_from_wire(c.location)?,
+                    location: cache_location_from_wire(
+                        c.location,
+                        placed.cache_from.get(i).and_then(Option::as_ref),
+                    )?,
                 })
             })
             .collect::<Result<_, Invalid>>()?,
@@ -716,6 +746,8 @@ pub fn failure_to_wire(f: &FailureView) -> pb::BuildFailure {
         step_name: f.step.as_ref().map(|(_, name)| name.clone()),
         step_line: f.step_line,
         frontend_line: f.frontend_line,
+        dockerfile_name: f.dockerfile.as_ref().map(|(name, _)| name.clone()),
+        dockerfile: f.dockerfile.as_ref().map(|(_, text)| text.clone()),
     }
 }
 
@@ -730,6 +762,9 @@ pub fn failure_from_wire(f: pb::BuildFailure) -> Result<FailureView, Invalid> {
         step,
         step_line: f.step_line,
         frontend_line: f.frontend_line,
+        dockerfile: f
+            .dockerfile
+            .map(|text| (f.dockerfile_name.unwrap_or_default(), text)),
     })
 }
 
@@ -850,6 +885,7 @@ mod tests {
             step: Some((Digest::of(b"x"), "[2/2] RUN false".to_owned())),
             step_line: Some(3),
             frontend_line: None,
+            dockerfile: Some(("Dockerfile".to_owned(), b"FROM bb\n".to_vec())),
         };
         assert_eq!(failure_from_wire(failure_to_wire(&f)).unwrap(), f);
         let o = OutcomeView {

@@ -760,15 +760,6 @@ fn a_registry_cache_lets_a_second_daemon_reuse_the_first_ones_steps() {
         "{}",
         run.stderr
     );
-
-    // A local cache directory is the client's: refused, saying what to use.
-    let local = format!("type=local,dest={}", k.path("cache-dir").display());
-    let refused = build(&k, Some(&second.addr), &["--cache-to", &local], &ctx).fails();
-    assert!(
-        refused.stderr.contains("type=registry"),
-        "{}",
-        refused.stderr
-    );
 }
 
 #[test]
@@ -967,4 +958,266 @@ fn a_url_context_with_the_clients_dockerfile_uses_that_dockerfiles_own_ignore_fi
         local.1, remote.1
     );
     assert_eq!(local.0, vec![".dockerignore", "a.txt"], "{}", local.1);
+}
+
+/// What a test compares of a cache layout `dir`: the tags of its index.json, the media type
+/// and number of entries of each cache manifest, and the blobs that are not exactly those the
+/// index reaches (stale ones, missing ones: none in a layout a cache export wrote).
+fn layout_shape(dir: &std::path::Path) -> (Vec<String>, Vec<(String, usize)>, Vec<String>) {
+    let read = |digest: &str| {
+        let hex = digest.trim_start_matches("sha256:");
+        std::fs::read_to_string(dir.join("blobs/sha256").join(hex)).ok()
+    };
+    let index = kiln_e2e::json(
+        &std::fs::read_to_string(dir.join("index.json")).expect("the layout's index.json"),
+    );
+    let entries = index["manifests"].as_array().cloned().unwrap_or_default();
+    let tags = entries
+        .iter()
+        .map(|m| m["annotations"]["org.opencontainers.image.ref.name"].to_string())
+        .collect();
+    let mut manifests = Vec::new();
+    let mut reached = std::collections::BTreeSet::new();
+    let mut stack: Vec<serde_json::Value> = entries;
+    while let Some(d) = stack.pop() {
+        let digest = d["digest"].as_str().unwrap_or_default().to_owned();
+        if !reached.insert(digest.clone()) {
+            continue;
+        }
+        let media = d["mediaType"].as_str().unwrap_or_default();
+        if !(media.contains("manifest") || media.contains("index")) {
+            continue;
+        }
+        let Some(doc) = read(&digest).map(|t| kiln_e2e::json(&t)) else {
+            continue;
+        };
+        let mut inner: Vec<serde_json::Value> = Vec::new();
+        for key in ["manifests", "layers"] {
+            inner.extend(doc[key].as_array().cloned().unwrap_or_default());
+        }
+        if !doc["config"].is_null() {
+            inner.push(doc["config"].clone());
+        }
+        manifests.push((media.to_owned(), inner.len()));
+        stack.extend(inner);
+    }
+    let blobs: std::collections::BTreeSet<String> = std::fs::read_dir(dir.join("blobs/sha256"))
+        .expect("the layout's blobs")
+        .map(|e| {
+            let name = e.expect("a blob entry").file_name();
+            format!("sha256:{}", name.to_string_lossy())
+        })
+        .collect();
+    let odd = blobs
+        .symmetric_difference(&reached)
+        .cloned()
+        .collect::<Vec<_>>();
+    (tags, manifests, odd)
+}
+
+/// The digest of the cache manifest index.json of layout `dir` names.
+fn cache_manifest(dir: &std::path::Path) -> String {
+    let index = kiln_e2e::json(
+        &std::fs::read_to_string(dir.join("index.json")).expect("the layout's index.json"),
+    );
+    index["manifests"][0]["digest"]
+        .as_str()
+        .expect("a cache manifest")
+        .trim_start_matches("sha256:")
+        .to_owned()
+}
+
+#[test]
+fn a_local_cache_directory_of_the_client_travels_through_daemons_as_a_local_export_writes_it() {
+    let k = Kiln::new(PLUGINS);
+    let ctx = k.write(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM bb AS builder\nRUN echo built-once > /built\n\nFROM bb\n\
+                 COPY --from=builder /built /built\nCOPY hello.txt /hello.txt\n\
+                 RUN cat /built /hello.txt > /combined\n",
+            ),
+            ("hello.txt", "hello\n"),
+        ],
+    );
+    let ctx = ctx.display().to_string();
+    let (remote_dir, local_dir) = (k.path("cache-remote"), k.path("cache-local"));
+    let to = |dir: &std::path::Path| format!("type=local,dest={},mode=max", dir.display());
+    let from = |dir: &std::path::Path| format!("type=local,src={}", dir.display());
+    let out = k.path("image.tar");
+    let oci = format!("type=oci,dest={}", out.display());
+    let mut a = start(&k);
+
+    // A local build and a remote one, each exporting to its own directory of this machine.
+    let local = build(&k, None, &["--cache-to", &to(&local_dir)], &ctx).ok();
+    let first = build(
+        &k,
+        Some(&a.addr),
+        &["--cache-to", &to(&remote_dir), "-o", &oci],
+        &ctx,
+    )
+    .ok();
+    assert_eq!(first.step_state("RUN cat"), "DONE", "{}", first.stderr);
+    // The export step names the client's directory, as the local one does.
+    let exporting = |run: &kiln_e2e::Run, dir: &std::path::Path| {
+        run.steps()
+            .into_iter()
+            .find(|(n, _)| n.contains("exporting cache"))
+            .map(|(n, state)| (n.replace(&dir.display().to_string(), "DIR"), state))
+    };
+    assert_eq!(
+        exporting(&first, &remote_dir),
+        exporting(&local, &local_dir),
+        "{}",
+        first.stderr
+    );
+    let (local_shape, remote_shape) = (layout_shape(&local_dir), layout_shape(&remote_dir));
+    assert_eq!(remote_shape, local_shape);
+    assert_eq!(remote_shape.0, vec!["\"latest\"".to_owned()]);
+    assert!(remote_shape.2.is_empty(), "{remote_shape:?}");
+    assert!(remote_dir.join("oci-layout").is_file());
+
+    // Another daemon, whose store never saw this build, takes every step from the directory.
+    let b = Daemon::unix(&k, "run/b.sock", "root-b", &[]);
+    let again = build(
+        &k,
+        Some(&b.addr),
+        &["--cache-from", &from(&remote_dir), "-o", &oci],
+        &ctx,
+    )
+    .ok();
+    let ran: Vec<_> = again
+        .steps()
+        .into_iter()
+        .filter(|(name, state)| name.contains("RUN") && state != "CACHED")
+        .collect();
+    assert!(ran.is_empty(), "RUN steps ran: {ran:?}\n{}", again.stderr);
+    assert_eq!(again.digest(), first.digest(), "same image");
+
+    // A second export, after an edit, adds and removes what the local one does.
+    std::fs::write(k.path("ctx/hello.txt"), "hello again\n").unwrap();
+    let (old_local, old_remote) = (cache_manifest(&local_dir), cache_manifest(&remote_dir));
+    let local = build(
+        &k,
+        None,
+        &[
+            "--cache-from",
+            &from(&local_dir),
+            "--cache-to",
+            &to(&local_dir),
+        ],
+        &ctx,
+    )
+    .ok();
+    assert_eq!(local.step_state("RUN cat"), "DONE", "{}", local.stderr);
+    let second = build(
+        &k,
+        Some(&a.addr),
+        &[
+            "--cache-from",
+            &from(&remote_dir),
+            "--cache-to",
+            &to(&remote_dir),
+        ],
+        &ctx,
+    )
+    .ok();
+    assert_eq!(second.step_state("RUN echo built-once"), "CACHED");
+    assert_eq!(second.step_state("RUN cat"), "DONE", "{}", second.stderr);
+    // The cache directory crossed the wire once: the daemon's mirror took the first export's
+    // files from the export itself, so only the edited file was sent now.
+    let synced = a.line("build 2: context synced");
+    assert!(
+        synced.contains(": 1 files, 12 bytes received"),
+        "only hello.txt should have been sent: {synced}"
+    );
+    let (local_shape, remote_shape) = (layout_shape(&local_dir), layout_shape(&remote_dir));
+    assert_eq!(remote_shape, local_shape);
+    assert!(remote_shape.2.is_empty(), "{remote_shape:?}");
+    for (dir, old) in [(&local_dir, old_local), (&remote_dir, old_remote)] {
+        assert_ne!(cache_manifest(dir), old);
+        assert!(
+            !dir.join("blobs/sha256").join(&old).exists(),
+            "{}: the replaced cache manifest stays",
+            dir.display()
+        );
+    }
+
+    // A directory that is not there warns as a local build does, naming it.
+    let missing = from(&k.path("no-such-cache"));
+    let warning = |run: &kiln_e2e::Run| -> Vec<String> {
+        run.stderr
+            .lines()
+            .filter(|l| l.contains("local cache import at"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let local = build(&k, None, &["--cache-from", &missing], &ctx).ok();
+    let remote = build(&k, Some(&a.addr), &["--cache-from", &missing], &ctx).ok();
+    assert_eq!(warning(&remote), warning(&local), "{}", remote.stderr);
+    assert!(
+        warning(&remote)[0].contains(&k.path("no-such-cache").display().to_string()),
+        "{}",
+        remote.stderr
+    );
+}
+
+#[test]
+fn an_oci_layout_context_is_named_by_the_clients_path_in_step_names() {
+    let k = Kiln::new(PLUGINS);
+    let ctx = k.write("ctx", &[("Dockerfile", "FROM bb\nRUN echo named\n")]);
+    let ctx = ctx.display().to_string();
+    let daemon = start(&k);
+    let local = build(&k, None, &[], &ctx).ok();
+    let remote = build(&k, Some(&daemon.addr), &[], &ctx).ok();
+    let from = |run: &kiln_e2e::Run| -> Vec<String> {
+        run.steps()
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| name.contains("oci-layout://"))
+            .collect()
+    };
+    let layout = kiln_e2e::busybox_layout().display().to_string();
+    assert!(
+        from(&local).iter().any(|n| n.contains(&layout)),
+        "{}",
+        local.stderr
+    );
+    assert_eq!(from(&remote), from(&local), "{}", remote.stderr);
+}
+
+#[test]
+fn a_dockerfile_error_inside_a_fetched_url_context_shows_its_lines_as_a_local_build_does() {
+    let k = Kiln::new(PLUGINS);
+    k.write(
+        "tarsrc",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY a.txt\nCOPY a.txt /a\n"),
+            ("a.txt", "a\n"),
+        ],
+    );
+    let www = k.write("www", &[("placeholder", "")]);
+    kiln_e2e::sh(k.dir.path(), "tar -czf www/ctx.tar.gz -C tarsrc .");
+    let url = format!("{}/ctx.tar.gz", kiln_e2e::serve_files(&www));
+    let daemon = start(&k);
+    // From the excerpt's first line to the end.
+    let excerpt = |run: &kiln_e2e::Run| -> Vec<String> {
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("Dockerfile:"))
+            .unwrap_or_else(|| panic!("no Dockerfile excerpt in:\n{}", run.stderr));
+        lines[at..].iter().map(|l| (*l).to_owned()).collect()
+    };
+    let local = build(&k, None, &[], &url).fails();
+    let remote = build(&k, Some(&daemon.addr), &[], &url).fails();
+    assert_eq!(remote.code, local.code);
+    let shown = excerpt(&local);
+    assert!(
+        shown.iter().any(|l| l.contains(">>> COPY a.txt")),
+        "{shown:?}"
+    );
+    assert_eq!(excerpt(&remote), shown, "{}", remote.stderr);
 }

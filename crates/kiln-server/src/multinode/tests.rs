@@ -320,6 +320,7 @@ fn each_nodes_steps_are_named_with_its_platform_and_kept_apart() {
             step: Some((Digest::of(b"step"), "[2/3] RUN make".to_owned())),
             step_line: Some(3),
             frontend_line: None,
+            dockerfile: None,
         },
     );
     assert_eq!(
@@ -340,6 +341,7 @@ fn each_nodes_steps_are_named_with_its_platform_and_kept_apart() {
             step: None,
             step_line: None,
             frontend_line: Some(1),
+            dockerfile: None,
         },
     );
     assert_eq!(f.message, "[linux/arm64] dockerfile parse error");

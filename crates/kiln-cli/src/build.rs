@@ -408,6 +408,34 @@ pub fn report_outcome(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The file whose lines the excerpt of failure `e` shows: the build file `dockerfile`, unless
+/// the error is located in another file, a fragment of the context `context` that an
+/// instruction expanded (`INCLUDE`): that fragment's lines then, since the build file's lines
+/// at that number are unrelated. A location that is not a plain path inside the context gives
+/// an empty path, which shows no excerpt.
+pub fn excerpt_file(e: &kiln_engine::Error, dockerfile: &Path, context: &Path) -> PathBuf {
+    let located = e
+        .plugin_error()
+        .and_then(|pe| pe.location.as_ref())
+        .map(|l| l.file.as_str())
+        .or_else(|| e.step_location().map(|l| l.file.as_str()));
+    let Some(file) = located else {
+        return dockerfile.to_owned();
+    };
+    if dockerfile.file_name().is_some_and(|n| n == file) {
+        return dockerfile.to_owned();
+    }
+    let rel = Path::new(file);
+    if rel
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        context.join(rel)
+    } else {
+        PathBuf::new()
+    }
+}
+
 /// Reports a failed build as BuildKit does: the frontend error's line, the failing step with
 /// its last lines, the step's Dockerfile excerpt, then `ERROR: failed to solve: ...`.
 pub fn report_failure(display: &Display, failure: &FailureView, dockerfile: &Path) -> ExitCode {

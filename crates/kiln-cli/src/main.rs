@@ -355,6 +355,7 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     let cancel = CancellationToken::new();
     let dockerfile = req.dockerfile.clone();
+    let context = req.context.clone();
     // `-f` with a remote context names a file inside it (or, absolute, a local file).
     let remote_file = plan
         .stdin_file
@@ -396,6 +397,9 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
     let dockerfile = prepared
         .as_ref()
         .map_or(dockerfile, |p| p.dockerfile().to_owned());
+    let context = prepared
+        .as_ref()
+        .map_or(context, |p| p.context().to_owned());
     display.renderer.finish();
     match result {
         Ok(outcome) => build::report_outcome(
@@ -408,7 +412,7 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
         Err(e) => Ok(build::report_failure(
             &display,
             &kiln_server::view::FailureView::from_engine(&e),
-            &dockerfile,
+            &build::excerpt_file(&e, &dockerfile, &context),
         )),
     }
 }

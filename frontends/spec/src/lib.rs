@@ -35,6 +35,7 @@
 
 mod error;
 mod host;
+mod image;
 mod lower;
 mod paths;
 mod schema;

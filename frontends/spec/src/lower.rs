@@ -12,16 +12,16 @@ use kiln_graph::{
     Mount, MountKind, NetworkMode, Op, SecurityMode, State, UserRef,
 };
 use kiln_plugin_sdk::proto::{Diagnostic, ErrorKind, FrontendRequest, FrontendResponse};
-use kiln_types::image::{EmptyObject, Healthcheck, History, ImageConfig};
+use kiln_types::image::{EmptyObject, History, ImageConfig};
 use kiln_types::reference::{LayoutRef, Reference, LAYOUT_SCHEME};
 use kiln_types::Platform;
 
 use crate::error::{Error, Result};
 use crate::host::SpecHost;
+use crate::image::{check_signal, command_args, default_shell, healthcheck, parse_port};
 use crate::paths;
 use crate::schema::{
-    self, At, Command, CopyStep, HealthSpec, ImageSpec, MountSpec, RunStep, Spec, StageSpec,
-    StepKind,
+    self, At, Command, CopyStep, ImageSpec, MountSpec, RunStep, Spec, StageSpec, StepKind,
 };
 
 /// `comment` of the history entries this frontend writes.
@@ -1266,44 +1266,6 @@ fn shell_of(stage: &Stage) -> Vec<String> {
     default_shell(stage.config.config.shell.as_deref(), &stage.platform)
 }
 
-fn default_shell(shell: Option<&[String]>, platform: &Platform) -> Vec<String> {
-    match shell.filter(|s| !s.is_empty()) {
-        Some(s) => s.to_vec(),
-        None if platform.os == "windows" => vec!["cmd".into(), "/S".into(), "/C".into()],
-        None => vec!["/bin/sh".into(), "-c".into()],
-    }
-}
-
-/// ENTRYPOINT/CMD arguments: a list as is, a string through the shell.
-fn command_args(shell: Option<&[String]>, platform: &Platform, c: &Command) -> Vec<String> {
-    match c {
-        Command::Exec(v) => v.clone(),
-        Command::Shell(s) => {
-            let mut args = default_shell(shell, platform);
-            args.push(s.clone());
-            args
-        }
-    }
-}
-
-fn healthcheck(h: &HealthSpec) -> Healthcheck {
-    let test = match &h.cmd {
-        None => vec!["NONE".to_owned()],
-        Some(Command::Exec(v)) => std::iter::once("CMD".to_owned())
-            .chain(v.iter().cloned())
-            .collect(),
-        Some(Command::Shell(s)) => vec!["CMD-SHELL".to_owned(), s.clone()],
-    };
-    Healthcheck {
-        test,
-        interval: h.interval.unwrap_or(0),
-        timeout: h.timeout.unwrap_or(0),
-        start_period: h.start_period.unwrap_or(0),
-        start_interval: h.start_interval.unwrap_or(0),
-        retries: h.retries.unwrap_or(0),
-    }
-}
-
 fn json_list(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| v.join(" "))
 }
@@ -1373,49 +1335,4 @@ fn is_remote(src: &str) -> bool {
     ["http://", "https://", "git@", "git://", "ssh://"]
         .iter()
         .any(|p| src.starts_with(p))
-}
-
-/// An `expose` entry → `port/proto` keys: `80`, `80/tcp`, `53/udp`, `8000-8002/tcp`.
-fn parse_port(raw: &str) -> Result<Vec<String>> {
-    let bad = |why: &str| Error::invalid(format!("invalid port {raw:?}: {why}"));
-    let (ports, proto) = raw.split_once('/').unwrap_or((raw, "tcp"));
-    let proto = proto.to_ascii_lowercase();
-    if !["tcp", "udp", "sctp"].contains(&proto.as_str()) {
-        return Err(bad("the protocol is tcp, udp or sctp"));
-    }
-    let number = |p: &str| p.parse::<u16>().map_err(|_| bad("a port is 0 to 65535"));
-    let (first, last) = match ports.split_once('-') {
-        Some((a, b)) => (number(a)?, number(b)?),
-        None => {
-            let p = number(ports)?;
-            (p, p)
-        }
-    };
-    if last < first {
-        return Err(bad("a range goes from low to high"));
-    }
-    Ok((first..=last).map(|p| format!("{p}/{proto}")).collect())
-}
-
-/// Stop signals docker accepts: a positive number or a signal name (`SIGTERM`, `TERM`).
-fn check_signal(sig: &str) -> Result<()> {
-    const NAMES: [&str; 36] = [
-        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
-        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
-        "TRAP", "TSTP", "TTIN", "TTOU", "UNUSED", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU",
-        "XFSZ", "RTMIN",
-    ];
-    let ok = match sig.parse::<i64>() {
-        Ok(n) => n > 0,
-        Err(_) => {
-            let upper = sig.to_uppercase();
-            let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-            NAMES.contains(&name) || name == "RTMAX"
-        }
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!("invalid stop signal {sig:?}")))
-    }
 }

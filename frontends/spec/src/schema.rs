@@ -570,6 +570,16 @@ impl<'s> Reader<'s> {
 
     fn step(&self, v: &Spanned<DeValue<'_>>, path: &str) -> Result<Step> {
         let line = self.line(v.span());
+        if let Some(text) = v.get_ref().as_str() {
+            // A bare command is the likely intent: say how to write it.
+            return Err(Error::at(
+                line,
+                format!(
+                    "`{path}` must be a table, not a string: write {{ run = {} }}",
+                    serde_json::to_string(text).unwrap_or_default()
+                ),
+            ));
+        }
         let t = self.table(v, path)?;
         let kinds: Vec<&str> = STEP_KINDS
             .iter()
@@ -1177,6 +1187,7 @@ healthcheck = { cmd = "true", interval = "1m30s" }
             ("[stage.a]\nfrom = \"x\"\nsteps = [{ run = \"a\", network = \"bridge\" }]\n", 3, "invalid network \"bridge\""),
             ("[stage.a]\nfrom = \"x\"\n\nwhat = \n", 4, "invalid TOML"),
             ("stages = 1\n", 1, "unknown key `stages` in the top level (did you mean `stage`?)"),
+            ("[stage.a]\nfrom = \"x\"\nsteps = [\n  \"make\",\n]\n", 4, "must be a table, not a string: write { run = \"make\" }"),
         ];
         for (src, line, needle) in cases {
             let (got_line, message) = err(src);
@@ -1189,6 +1200,17 @@ healthcheck = { cmd = "true", interval = "1m30s" }
         let (line, message) = err("# syntax=kiln/spec\n");
         assert_eq!(line, None);
         assert!(message.contains("no stage"), "{message}");
+    }
+
+    #[test]
+    fn steps_as_arrays_of_tables() {
+        let src = "[stage.a]\nfrom = \"x\"\n\n[[stage.a.steps]]\nrun = \"one\"\n\n[[stage.a.steps]]\nname = \"second\"\ncopy = \"f\"\nto = \"/f\"\n";
+        let spec = parse(src).unwrap();
+        let steps = &spec.stages[0].steps;
+        assert_eq!(steps.len(), 2);
+        assert!(matches!(steps[0].kind, StepKind::Run(_)));
+        assert_eq!(steps[1].name.as_deref(), Some("second"));
+        assert_eq!((steps[0].line, steps[1].line), (4, 7));
     }
 
     #[test]

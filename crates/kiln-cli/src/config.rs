@@ -145,6 +145,10 @@ pub struct Config {
     pub root: Setting<PathBuf>,
     /// Plugin directories searched after `$KILN_PLUGIN_PATH`, before `--plugin-dir`.
     pub plugin_dirs: Setting<Vec<PathBuf>>,
+    /// Globs of plugin references usable without a digest (`[plugins] allow`).
+    pub plugin_allow: Setting<Vec<String>>,
+    /// Plugins pulled from registries for every local build (`[plugins] pull`).
+    pub plugin_pull: Setting<Vec<String>>,
     /// The default runtime of RUN steps (`--executor` overrides it per build).
     pub executor: Setting<Executor>,
     /// Steps run at once; `None`: the engine's default.
@@ -231,6 +235,8 @@ struct RegistryTable {
 #[serde(deny_unknown_fields)]
 struct PluginsTable {
     dirs: Option<Vec<PathBuf>>,
+    allow: Option<Vec<String>>,
+    pull: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -420,6 +426,8 @@ impl Config {
             files: Vec::new(),
             root: Setting::default(inputs.default_root()),
             plugin_dirs: Setting::default(Vec::new()),
+            plugin_allow: Setting::default(Vec::new()),
+            plugin_pull: Setting::default(Vec::new()),
             executor: Setting::default(Executor::Embedded),
             max_parallelism: Setting::default(None),
             gc: Setting::default(true),
@@ -485,9 +493,17 @@ impl Config {
         if let Some(root) = file.root {
             self.root.set(dir.join(root), source.clone());
         }
-        if let Some(dirs) = file.plugins.and_then(|p| p.dirs) {
-            let dirs = dirs.into_iter().map(|d| dir.join(d)).collect();
-            self.plugin_dirs.set(dirs, source.clone());
+        if let Some(plugins) = file.plugins {
+            if let Some(dirs) = plugins.dirs {
+                let dirs = dirs.into_iter().map(|d| dir.join(d)).collect();
+                self.plugin_dirs.set(dirs, source.clone());
+            }
+            if let Some(allow) = plugins.allow {
+                self.plugin_allow.set(allow, source.clone());
+            }
+            if let Some(pull) = plugins.pull {
+                self.plugin_pull.set(pull, source.clone());
+            }
         }
         if let Some(worker) = file.worker {
             if let Some(e) = worker.executor {
@@ -528,6 +544,24 @@ impl Config {
         let mut dirs = self.plugin_dirs.value.clone();
         dirs.extend(flag_dirs.iter().cloned());
         dirs
+    }
+
+    /// The plugin allowlist: the configured patterns, then `--allow-plugin`'s.
+    pub fn plugin_allow_with(&self, flag: &[String]) -> Vec<String> {
+        let mut all = self.plugin_allow.value.clone();
+        all.extend(flag.iter().cloned());
+        all
+    }
+
+    /// The plugins to pull: the configured ones, then `--plugin`'s (duplicates once).
+    pub fn plugin_pull_with(&self, flag: &[String]) -> Vec<String> {
+        let mut all = self.plugin_pull.value.clone();
+        for p in flag {
+            if !all.contains(p) {
+                all.push(p.clone());
+            }
+        }
+        all
     }
 
     /// The engine's configuration from these settings, the plugin directories and insecure
@@ -585,6 +619,16 @@ impl Config {
                 "plugins.dirs".to_owned(),
                 Json::Array(self.plugin_dirs.value.iter().map(|p| path(p)).collect()),
                 &self.plugin_dirs.source,
+            ),
+            (
+                "plugins.allow".to_owned(),
+                json!(self.plugin_allow.value),
+                &self.plugin_allow.source,
+            ),
+            (
+                "plugins.pull".to_owned(),
+                json!(self.plugin_pull.value),
+                &self.plugin_pull.source,
             ),
             (
                 "worker.executor".to_owned(),
@@ -786,6 +830,48 @@ mod tests {
         assert_eq!(c.gc, Setting::default(true));
         assert_eq!(c.gc_keep_storage, Setting::default(None));
         assert!(c.registries.is_empty());
+    }
+
+    #[test]
+    fn plugin_allowlist_and_pulls_come_from_the_file_then_the_flags() {
+        let env = Env::new();
+        env.write(
+            &env.system(),
+            "[plugins]\nallow = [\"localhost:5000/*\"]\npull = [\"localhost:5000/a@sha256:1\"]\n",
+        );
+        env.write(&env.user(), "[plugins]\nallow = [\"example.com/acme/*\"]\n");
+        let c = env.load();
+        // The user file replaces the allowlist key; `pull` stays the system file's.
+        assert_eq!(c.plugin_allow.value, vec!["example.com/acme/*".to_owned()]);
+        assert_eq!(c.plugin_allow.source, Source::File(env.user()));
+        assert_eq!(c.plugin_pull.source, Source::File(env.system()));
+        assert_eq!(
+            c.plugin_allow_with(&["x/*".to_owned()]),
+            vec!["example.com/acme/*".to_owned(), "x/*".to_owned()]
+        );
+        assert_eq!(
+            c.plugin_pull_with(&[
+                "localhost:5000/a@sha256:1".to_owned(),
+                "localhost:5000/b@sha256:2".to_owned()
+            ]),
+            vec![
+                "localhost:5000/a@sha256:1".to_owned(),
+                "localhost:5000/b@sha256:2".to_owned()
+            ]
+        );
+        let text = c.show_text();
+        assert!(
+            text.contains("plugins.allow = [\"example.com/acme/*\"]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("plugins.pull = [\"localhost:5000/a@sha256:1\"]"),
+            "{text}"
+        );
+        // A typo in the table is refused with its position.
+        env.write(&env.user(), "[plugins]\nalow = [\"x\"]\n");
+        let err = format!("{:#}", env.load_with(None, None).unwrap_err());
+        assert!(err.contains("alow"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod imagetools;
 mod multiplatform;
 mod output;
 mod output_spec;
+mod plugins;
 mod remote;
 mod serve;
 mod setup;
@@ -102,6 +103,8 @@ enum PluginsCommand {
         #[arg(long = "plugin-dir")]
         plugin_dirs: Vec<PathBuf>,
     },
+    /// Publish a plugin library to a registry as an OCI artifact; prints REF@sha256:… to pin.
+    Push(plugins::PushArgs),
 }
 
 /// buildx's `--network` modes.
@@ -165,6 +168,14 @@ struct BuildArgs {
     /// Extra plugin directories.
     #[arg(long = "plugin-dir")]
     plugin_dirs: Vec<PathBuf>,
+    /// Pull an instruction or primitive plugin from a registry for this build
+    /// (REGISTRY/REPO@sha256:…, as `kiln plugins push` prints it).
+    #[arg(long = "plugin", value_name = "REF")]
+    plugins: Vec<String>,
+    /// Let plugin references matching this glob be used without a digest (resolved at build
+    /// time); adds to kiln.toml's `[plugins] allow`.
+    #[arg(long = "allow-plugin", value_name = "PATTERN")]
+    allow_plugins: Vec<String>,
     /// Additional build context (format: name=DIR | name=docker-image://REF | name=oci-layout://DIR[:tag]).
     #[arg(long = "build-context")]
     build_contexts: Vec<String>,
@@ -288,14 +299,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Plugins {
             command: PluginsCommand::Ls { plugin_dirs },
-        } => {
-            let dirs = config()?.plugin_dirs_with(&plugin_dirs);
-            let registry = kiln_plugin_host::PluginRegistry::discover(
-                &kiln_plugin_host::SearchPath::standard(&dirs),
-            );
-            output::plugins_table(&registry);
-            Ok(ExitCode::SUCCESS)
-        }
+        } => plugins::ls(&config()?, &plugin_dirs),
+        Command::Plugins {
+            command: PluginsCommand::Push(args),
+        } => plugins::push(&config()?, &args),
         Command::Build(args) => build(&config()?, *args),
         Command::Config { command } => config::run(&command, &config()?),
         Command::Generate(args) => generate::run(&args),
@@ -333,6 +340,7 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
     // `--builder`, `KILN_BUILDER`, `kiln builder use`: a daemon builds; `default` is this
     // process, as before.
     if let builders::Selected::Remote(builder) = builders::resolve(args.builder.as_deref())? {
+        plugins::refuse_remote(&args.plugins, &args.allow_plugins)?;
         return remote::build(settings, &args, &builder);
     }
     // First, while kiln is one thread: the build's mounts live in a namespace of its own and
@@ -342,8 +350,10 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
     }
     let (mut plan, req) = build::Plan::from_args(settings, &args)?;
     let display = build::Display::from_args(&args)?;
-    let engine = Engine::new(settings.engine_config(&args.plugin_dirs, &args.insecure_registries))
-        .context("opening the kiln store")?;
+    let mut engine =
+        Engine::new(settings.engine_config(&args.plugin_dirs, &args.insecure_registries))
+            .context("opening the kiln store")?;
+    engine.allow_plugins(settings.plugin_allow_with(&args.allow_plugins));
     for r in engine.plugins().refused() {
         if display.mode != Mode::RawJson {
             display.renderer.warning(&format!("plugin refused: {r}"));
@@ -353,6 +363,14 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // Pulled instruction and primitive plugins join the installed ones before the frontend
+    // runs, so that it finds their instructions.
+    let pulls = settings.plugin_pull_with(&args.plugins);
+    for line in rt.block_on(engine.add_plugins(&pulls))? {
+        if display.mode != Mode::RawJson {
+            eprintln!("{line}");
+        }
+    }
     let cancel = CancellationToken::new();
     let dockerfile = req.dockerfile.clone();
     let context = req.context.clone();

@@ -1,4 +1,4 @@
-//! What a build hands back: for people, the plugin table, the Dockerfile lines around an
+//! What a build hands back: for people, the Dockerfile lines around an
 //! error and error chains; for scripts, the image ID (`--iidfile`, `-q`) and the metadata file
 //! (`--metadata-file`) with the keys buildx writes.
 
@@ -7,40 +7,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use kiln_engine::Export;
-use kiln_plugin_host::PluginRegistry;
 use kiln_types::image::Descriptor;
 use kiln_types::reference::Reference;
 use kiln_types::Digest;
 use serde_json::{json, Value};
-
-/// `kiln plugins ls`.
-pub fn plugins_table(registry: &PluginRegistry) {
-    println!(
-        "{:<20} {:<28} {:<10} {:<4} PATH",
-        "NAME", "KINDS", "VERSION", "ABI"
-    );
-    for p in registry.plugins() {
-        let kinds: Vec<String> = p
-            .kinds()
-            .iter()
-            .map(|k| format!("{k:?}").to_lowercase())
-            .collect();
-        println!(
-            "{:<20} {:<28} {:<10} {:<4} {}",
-            p.name(),
-            kinds.join(","),
-            p.version(),
-            p.abi_version(),
-            p.path().display()
-        );
-    }
-    if !registry.refused().is_empty() {
-        println!("\nREFUSED");
-        for r in registry.refused() {
-            println!("{r}");
-        }
-    }
-}
 
 /// The lines around `line` of the build file, BuildKit style, on stderr.
 pub fn show_location(dockerfile: &Path, line: usize) {

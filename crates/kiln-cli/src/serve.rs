@@ -67,7 +67,7 @@ pub fn run(settings: &config::Config, args: &ServeArgs) -> Result<ExitCode> {
     if let Err(e) = kiln_engine::isolate_mounts() {
         eprintln!("WARNING: {e}: a killed daemon may leave mounts behind");
     }
-    let engine = Engine::new(settings.engine_config(&args.plugin_dirs, &[]))
+    let mut engine = Engine::new(settings.engine_config(&args.plugin_dirs, &[]))
         .context("opening the kiln store")?;
     for r in engine.plugins().refused() {
         eprintln!("WARNING: plugin refused: {r}");
@@ -76,6 +76,12 @@ pub fn run(settings: &config::Config, args: &ServeArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // The daemon's own kiln.toml says which unpinned plugin references its builds may pull
+    // (`# syntax=` travels in the build file) and which plugins it pulls for every build.
+    engine.allow_plugins(settings.plugin_allow_with(&[]));
+    for line in rt.block_on(engine.add_plugins(&settings.plugin_pull_with(&[])))? {
+        eprintln!("{line}");
+    }
     rt.block_on(serve(
         engine,
         ServeConfig {

@@ -14,6 +14,7 @@ pub mod gc;
 mod local;
 mod phases;
 mod platforms;
+mod plugin_pull;
 mod remote_cache;
 mod remote_context;
 mod rootpath;
@@ -46,6 +47,7 @@ pub use kiln_registry::{is_loopback, HostOptions};
 pub use kiln_snapshot::{isolate_mounts, Isolation};
 pub use kiln_solver::Status;
 pub use phases::{Planned, Solved};
+pub use plugin_pull::{pulled_plugins, KeptPlugin, PulledSource, PULLED_DIR};
 pub use remote_cache::{CacheCompression, CacheExport, CacheImport, CacheLocation, CacheMode};
 pub use remote_context::{PreparedContext, RemoteContext, MAX_STDIN_CONTEXT_BYTES};
 pub use run::{ExecRuntime, ProvidedSecret, RunOptions, SecretProvider, SecretSource, SshSource};
@@ -188,6 +190,31 @@ pub enum Error {
         available: Vec<String>,
         /// The plugin directories searched, in order.
         plugin_dirs: Vec<PathBuf>,
+    },
+    /// A plugin from a registry that cannot be pulled, kept or loaded (plugin_pull.rs).
+    #[error("plugin {reference}: {why}")]
+    PluginPull {
+        /// The reference as written.
+        reference: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// A plugin reference without a digest that no allowlist pattern admits.
+    #[error(
+        "{origin} {value:?} is a plugin reference without a digest, and no --allow-plugin \
+         pattern or kiln.toml `[plugins] allow` entry admits it: a plugin is native code that \
+         runs inside kiln, so one from a registry is used only pinned by digest. {hint}{}",
+        unknown.as_ref().map(|u| format!(".\n{u}")).unwrap_or_default()
+    )]
+    UnpinnedPlugin {
+        /// Who asked (`# syntax=`, `BUILDKIT_SYNTAX`, `--frontend`, `--plugin`).
+        origin: &'static str,
+        /// The value as written.
+        value: String,
+        /// How to pin it (the exact line, when the registry said what the tag names now).
+        hint: String,
+        /// For a syntax: that no installed frontend answers to it either.
+        unknown: Option<Box<Error>>,
     },
     /// A `--cache-to` that could not be written (without `ignore-error=true`).
     #[error("exporting cache to {dest}: {message}")]
@@ -689,6 +716,8 @@ pub struct Engine {
     cache_mounts: Arc<run::CacheMounts>,
     registry: kiln_registry::Registry,
     gc: gc::GcPolicy,
+    /// Globs of plugin references usable without a digest (plugin_pull.rs).
+    plugin_allow: Vec<String>,
 }
 
 /// Progress events of a build; the id is the vertex digest (or a synthetic one for internal
@@ -717,6 +746,7 @@ impl Engine {
                 hosts: config.registries.clone(),
             })?,
             gc: config.gc,
+            plugin_allow: Vec::new(),
         })
     }
 

@@ -209,7 +209,7 @@ impl Engine {
             .unwrap_or_else(|| "Dockerfile".to_owned());
 
         let chosen = syntax::choose(req.frontend.as_deref(), &req.build_args, &source)?;
-        let frontend = syntax::resolve(&self.plugins, &chosen, &self.plugin_dirs)?;
+        let (frontend, resolved_line) = syntax::resolve_frontend(self, &chosen).await?;
         let load_id =
             Digest::of(format!("internal:definition:{}", req.dockerfile.display()).as_bytes());
         let load_name = format!("[internal] load build definition from {filename}");
@@ -217,7 +217,7 @@ impl Engine {
             id: load_id,
             name: load_name.clone(),
         });
-        if let Some(line) = syntax::resolved_line(&chosen, &frontend) {
+        if let Some(line) = resolved_line {
             progress.send(Event::Log {
                 id: load_id,
                 name: load_name.clone(),

@@ -5,14 +5,20 @@
 //! loading a library runs its code (constructors run at `dlopen`, before any check). A path in
 //! `# syntax=` or `BUILDKIT_SYNTAX` is refused before anything is opened; a name is looked up
 //! among the plugins already found in the plugin directories, never turned into a file name.
+//!
+//! A registry reference no installed plugin answers to (`localhost:5000/fe@sha256:…`: a `/`
+//! and a valid reference, see [`as_reference`]) is a plugin artifact to pull
+//! (plugin_pull.rs): pinned by digest, or unpinned when an allowlist pattern admits it. A bare
+//! name (`docker/dockerfile:1`, `echo`) keeps matching installed plugins first, as before.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_plugin_host::{LoadedPlugin, PluginRegistry};
+use kiln_types::reference::Reference;
 
-use crate::Error;
+use crate::{Engine, Error};
 
 /// The frontend a build asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +55,8 @@ pub(crate) struct Chosen {
     /// `Some((origin, value as written))` when the build file (`# syntax=`) or
     /// `BUILDKIT_SYNTAX` chose, `None` for `--frontend` and the default.
     pub(crate) requested: Option<(&'static str, String)>,
+    /// The value as written (`--frontend`'s too), for a registry pull.
+    pub(crate) raw: String,
 }
 
 pub(crate) fn choose(
@@ -60,6 +68,7 @@ pub(crate) fn choose(
         return Ok(Chosen {
             choice: normalize(flag),
             requested: None,
+            raw: flag.trim().to_owned(),
         });
     }
     let (origin, raw) = match build_args.get("BUILDKIT_SYNTAX") {
@@ -70,6 +79,7 @@ pub(crate) fn choose(
                 return Ok(Chosen {
                     choice: SyntaxChoice::Name("dockerfile".to_owned()),
                     requested: None,
+                    raw: "dockerfile".to_owned(),
                 })
             }
         },
@@ -78,6 +88,7 @@ pub(crate) fn choose(
         SyntaxChoice::Path(_) => Err(Error::SyntaxPath { origin, value: raw }),
         choice => Ok(Chosen {
             choice,
+            raw: raw.trim().to_owned(),
             requested: Some((origin, raw)),
         }),
     }
@@ -99,6 +110,17 @@ fn is_path(raw: &str) -> bool {
         || raw == ".."
         || lower.ends_with(".so")
         || lower.contains(".so.")
+}
+
+/// `raw` as a registry reference to a plugin artifact, when it is one: not a path, with a `/`
+/// (a bare word such as `echo` or `dockerfile` is a plugin name, even though docker's grammar
+/// would read it as `docker.io/library/echo`), and valid by docker's grammar.
+pub(crate) fn as_reference(raw: &str) -> Option<Reference> {
+    let raw = raw.trim();
+    if is_path(raw) || !raw.contains('/') {
+        return None;
+    }
+    Reference::parse_normalized(raw).ok()
 }
 
 fn normalize(raw: &str) -> SyntaxChoice {
@@ -147,6 +169,43 @@ pub(crate) fn resolve(
             (Err(e), _) => Err(e.into()),
         },
     }
+}
+
+/// The frontend for `chosen`, with the progress line saying which plugin serves it: an
+/// installed one ([`resolve`]), else, for a registry reference, the plugin pulled from it (or
+/// kept in the store from an earlier pull).
+pub(crate) async fn resolve_frontend(
+    engine: &Engine,
+    chosen: &Chosen,
+) -> Result<(Arc<LoadedPlugin>, Option<String>), Error> {
+    let unknown = match resolve(&engine.plugins, chosen, &engine.plugin_dirs) {
+        Ok(p) => {
+            let line = resolved_line(chosen, &p);
+            return Ok((p, line));
+        }
+        Err(e) => e,
+    };
+    let reference = match &chosen.choice {
+        SyntaxChoice::Name(_) => as_reference(&chosen.raw),
+        SyntaxChoice::Path(_) => None,
+    };
+    let Some(r) = reference else {
+        return Err(unknown);
+    };
+    let origin = chosen.requested.as_ref().map_or("--frontend", |(o, _)| *o);
+    let got = engine
+        .pulled_frontend(origin, &chosen.raw, r, unknown)
+        .await?;
+    let sep = if origin.ends_with('=') { "" } else { "=" };
+    let sep = if origin == "--frontend" { " " } else { sep };
+    let line = format!(
+        "{origin}{sep}{}: frontend {} {} {}",
+        chosen.raw,
+        got.plugin.name(),
+        got.plugin.version(),
+        got.from
+    );
+    Ok((got.plugin, Some(line)))
 }
 
 /// The progress line saying which plugin serves a syntax the build file asked for, as
@@ -243,7 +302,8 @@ mod tests {
                 choose(Some(value), &args, &src),
                 Ok(Chosen {
                     choice: SyntaxChoice::Path(_),
-                    requested: None
+                    requested: None,
+                    ..
                 })
             ));
         }
@@ -307,5 +367,61 @@ mod tests {
             resolve(&registry, &flag, &dirs),
             Err(Error::Plugin(_))
         ));
+    }
+
+    #[test]
+    fn registry_references_are_told_from_names_and_paths() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        for (value, want) in [
+            // Pinned and unpinned references to plugin artifacts.
+            (
+                format!("localhost:5000/kiln/df@{digest}"),
+                Some(("localhost:5000", "kiln/df", None, true)),
+            ),
+            (
+                format!("localhost:5000/kiln/df:1@{digest}"),
+                Some(("localhost:5000", "kiln/df", Some("1"), true)),
+            ),
+            (
+                "localhost:5000/kiln/df:1".to_owned(),
+                Some(("localhost:5000", "kiln/df", Some("1"), false)),
+            ),
+            (
+                "docker/dockerfile:1".to_owned(),
+                Some(("docker.io", "docker/dockerfile", Some("1"), false)),
+            ),
+            // Plugin names: no `/`.
+            ("dockerfile".to_owned(), None),
+            ("echo".to_owned(), None),
+            (format!("echo@{digest}"), None),
+            // Paths never.
+            ("./lib/x.so".to_owned(), None),
+            ("/opt/kiln/plugins/fe".to_owned(), None),
+            ("lib/fe.so".to_owned(), None),
+            // Not a valid reference.
+            ("Example.com/UPPER/x".to_owned(), None),
+            ("localhost:5000/x@sha256:abc".to_owned(), None),
+        ] {
+            let got = as_reference(&value);
+            let got = got.as_ref().map(|r| {
+                (
+                    r.registry.as_str(),
+                    r.repository.as_str(),
+                    r.tag.as_deref(),
+                    r.digest.is_some(),
+                )
+            });
+            assert_eq!(got, want, "{value}");
+        }
+        // `--frontend` keeps the value as written for the pull.
+        let none = BTreeMap::new();
+        let flag = format!("localhost:5000/kiln/df@{digest}");
+        let chosen = choose(Some(&flag), &none, "FROM scratch\n").expect("a reference");
+        assert_eq!(chosen.raw, flag);
+        assert_eq!(chosen.requested, None);
+        let src = format!("# syntax= {flag} \nFROM scratch\n");
+        let chosen = choose(None, &none, &src).expect("a reference");
+        assert_eq!(chosen.raw, flag);
+        assert_eq!(chosen.requested, Some(("# syntax=", flag.clone())));
     }
 }

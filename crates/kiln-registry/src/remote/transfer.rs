@@ -39,7 +39,23 @@ impl Remote {
             Ok(buf)
         })
         .await
-        .map_err(|e: OciDistributionError| s.error(e))?;
+        .map_err(|e: OciDistributionError| match &e {
+            // oci-client checks the digest as the body ends: a blob whose bytes changed in the
+            // registry is a mismatch naming both digests, not a registry failure.
+            OciDistributionError::IoError(io) => match super::digest_error(io) {
+                Some(oci_client::errors::DigestError::VerificationError { actual, .. }) => {
+                    Error::DigestMismatch {
+                        op: s.op,
+                        image: s.image.clone(),
+                        what: "blob",
+                        expected: desc.digest.to_string(),
+                        actual: actual.clone(),
+                    }
+                }
+                _ => s.error(e),
+            },
+            _ => s.error(e),
+        })?;
         if bytes.len() as u64 > desc.size {
             return Err(s.bad_document(format!(
                 "blob {} is larger than the {} bytes its descriptor says",

@@ -239,6 +239,36 @@ fn a_pushed_frontend_pinned_by_syntax_builds_and_stays_in_the_store() {
         ls.stdout
     );
 
+    // `--frontend` and `BUILDKIT_SYNTAX` name it the same way (found in the store now).
+    let plain = k.write(
+        "plain",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY a.txt /a.txt\n"),
+            ("a.txt", "plain\n"),
+        ],
+    );
+    let r = build_to(&k, &plain, "out-fe", &["--frontend", &pinned]).ok();
+    assert!(
+        r.stderr.contains(&format!(
+            "--frontend {pinned}: frontend dockerfile 0.1.0 from"
+        )),
+        "{}",
+        r.stderr
+    );
+    let arg = format!("BUILDKIT_SYNTAX={pinned}");
+    let r = build_to(&k, &plain, "out-arg", &["--build-arg", &arg]).ok();
+    assert!(
+        r.stderr.contains(&format!(
+            "BUILDKIT_SYNTAX={pinned}: frontend dockerfile 0.1.0 from"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(k.path("out-arg/a.txt")).unwrap(),
+        "plain\n"
+    );
+
     // With the registry gone, the next build loads it from the store.
     registry.stop();
     let r = build_to(&k, &ctx, "out2", &["--no-cache"]).ok();

@@ -646,6 +646,21 @@ mod tests {
             source.pinned()
         );
 
+        // A library that is no plugin is refused at load like an installed one, and dropped
+        // from the store (it would be refused again).
+        let err = load(&PluginRegistry::new(), &kept, "localhost:5000/x@…")
+            .expect_err("garbage is no library")
+            .to_string();
+        assert!(
+            err.starts_with(
+                "plugin localhost:5000/x@…: the library pulled from localhost:5000/x@sha256:"
+            ) && err.contains("is refused: ")
+                && err.contains("cannot be loaded"),
+            "{err}"
+        );
+        assert!(!kept.dir.exists());
+        let kept = keep(&store, &pulled, &source).unwrap();
+
         // A library changed on disk fails the check, naming both digests.
         std::fs::write(&kept.library, b"\x7fELF tampered").unwrap();
         let err = check_kept(&kept.dir).unwrap_err();

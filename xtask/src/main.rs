@@ -10,6 +10,7 @@ mod fixtures;
 mod fuzz;
 mod goarch;
 mod install;
+mod new_plugin;
 mod registry;
 mod test;
 mod tidy;
@@ -56,6 +57,10 @@ tasks:
         lib/kiln/plugins/, shell completions (bash, zsh, fish) and the kiln(1) man page under share/
   proto regenerate crates/kiln-api/src/kiln.v1.rs from crates/kiln-api/proto/ with the generator
         of xtask/proto-gen (not a workspace member; protox, so no protoc)
+  new-plugin NAME --kind frontend|instruction|primitive [--dir DIR]
+        create a plugin crate outside the workspace (default DIR: ./NAME) that builds against
+        this checkout's kiln-plugin-sdk: Cargo.toml, src/lib.rs (a working example with unit
+        tests), README.md (build, install, use, test); see docs/plugins.md
   tidy  check the dependency rule of DESIGN.md (layers, plugins vs core) and the //! crate docs
   help  print this text
 ";
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
         Some("dist") => install::run_dist(&rest),
         Some("bench") => bench::run(&rest),
         Some("fuzz") => fuzz::run(&rest),
+        Some("new-plugin") => new_plugin::run(&rest),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)

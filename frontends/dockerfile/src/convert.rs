@@ -229,6 +229,8 @@ pub(crate) struct Converter<'a> {
     named: NamedContexts,
     /// What `--call outline` reports.
     outline: Outline,
+    /// What instruction expansions (INCLUDE...) have used of their budget.
+    pub(crate) expanded: crate::expansion::Budget,
 }
 
 /// Most image-config bytes all stages together may copy from their bases. A stage starts with a
@@ -413,6 +415,7 @@ pub(crate) fn lower(
         images: HashMap::new(),
         named: NamedContexts::from_options(&req.options),
         outline: Outline::default(),
+        expanded: Default::default(),
     };
     for (i, name) in conv.names.iter().enumerate() {
         if let Some(name) = name {

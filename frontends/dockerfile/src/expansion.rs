@@ -19,6 +19,20 @@ pub(crate) const MAX_DEPTH: usize = 16;
 /// the parser's own line numbers are the file's.
 const MAX_FIRST_LINE: u32 = 1_000_000;
 
+/// What all the expansions of one build may add, as much as one Dockerfile may hold: the depth
+/// limit alone leaves breadth exponential (a file that includes another 4096 times, which
+/// includes another 4096 times...).
+pub(crate) const MAX_EXPANDED_INSTRUCTIONS: usize = dockerfile_parser::MAX_INSTRUCTIONS;
+/// See [`MAX_EXPANDED_INSTRUCTIONS`]; counts the text of every expansion.
+pub(crate) const MAX_EXPANDED_BYTES: usize = dockerfile_parser::MAX_DOCKERFILE_BYTES;
+
+/// What the expansions of a build have used so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Budget {
+    instructions: usize,
+    bytes: usize,
+}
+
 /// The expansions being run, outermost first.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Chain {
@@ -123,11 +137,19 @@ impl Converter<'_> {
                 exp.file, exp.first_line
             )));
         }
+        self.expanded.bytes = self.expanded.bytes.saturating_add(exp.source.len());
+        if self.expanded.bytes > MAX_EXPANDED_BYTES {
+            return Err(Error::invalid(format!(
+                "{keyword} of {}: the expansions of this build hold more than {} MiB of text, the most one Dockerfile may",
+                exp.file,
+                MAX_EXPANDED_BYTES >> 20
+            )));
+        }
         let mut child = chain.clone();
         child.links.push(Link {
             file: exp.file.clone(),
             first_line: exp.first_line,
-            keyword,
+            keyword: keyword.clone(),
             at_file: chain.file(root).to_owned(),
             at_line: node.start_line,
         });
@@ -157,6 +179,13 @@ impl Converter<'_> {
             let inst = ins::parse_instruction(node)
                 .map_err(|e| child.locate(Error::from(e), Some(node.start_line), &text))?;
             instructions.push((inst, node));
+        }
+        self.expanded.instructions += instructions.len();
+        if self.expanded.instructions > MAX_EXPANDED_INSTRUCTIONS {
+            return Err(Error::invalid(format!(
+                "{keyword} of {}: the expansions of this build add more than {MAX_EXPANDED_INSTRUCTIONS} instructions, the most one Dockerfile may hold",
+                exp.file
+            )));
         }
         // The step counter (`[2/5]`) counts the expansion's steps too.
         if stage.cmd_total > 0 {

@@ -242,6 +242,30 @@ fn include_cycles_and_depth_are_refused() {
 }
 
 #[test]
+fn the_expansions_of_a_build_share_one_budget() {
+    // Breadth: 100 INCLUDEs of 100 instructions each are more than one Dockerfile may hold.
+    let wide = "INCLUDE b.df\n".repeat(100);
+    let leaf = "ENV X=1\n".repeat(100);
+    let host = host(&[("a.df", &wide), ("b.df", &leaf)]);
+    let e = fail_with("FROM scratch\nINCLUDE a.df\n", &host);
+    assert!(
+        e.message.contains(&format!(
+            "more than {} instructions",
+            crate::expansion::MAX_EXPANDED_INSTRUCTIONS
+        )),
+        "{}",
+        e.message
+    );
+    // Text: the same big fragment twice is more than one Dockerfile may weigh.
+    let big = format!("# {}\nENV X=1\n", "x".repeat(5 << 20));
+    let host = self::host(&[("big.df", &big)]);
+    build(&request("FROM scratch\nINCLUDE big.df\n"), &host).unwrap();
+    let e = fail_with("FROM scratch\nINCLUDE big.df\nINCLUDE big.df\n", &host);
+    assert!(e.message.contains("MiB of text"), "{}", e.message);
+    assert_eq!(e.location.unwrap().line, 3);
+}
+
+#[test]
 fn in_place_expansions_keep_the_build_file_lines() {
     let host = host(&[("pkgs.df", "\n\nPKG --broken curl\n")]);
     let resp = build(&request("FROM scratch\nWORKDIR /w\nPKG curl jq\n"), &host).unwrap();

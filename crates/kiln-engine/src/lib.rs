@@ -48,7 +48,9 @@ pub use kiln_snapshot::{isolate_mounts, Isolation};
 pub use kiln_solver::Status;
 pub use phases::{Planned, Solved};
 pub use plugin_pull::{pulled_plugins, KeptPlugin, PulledSource, PULLED_DIR};
-pub use remote_cache::{CacheCompression, CacheExport, CacheImport, CacheLocation, CacheMode};
+pub use remote_cache::{
+    merge_registry_caches, CacheCompression, CacheExport, CacheImport, CacheLocation, CacheMode,
+};
 pub use remote_context::{PreparedContext, RemoteContext, MAX_STDIN_CONTEXT_BYTES};
 pub use run::{ExecRuntime, ProvidedSecret, RunOptions, SecretProvider, SecretSource, SshSource};
 pub use ssh_agent::{private_temp_dir, serve as serve_ssh_keys, BuildAgent};

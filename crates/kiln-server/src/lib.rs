@@ -115,6 +115,9 @@ pub enum Error {
         /// The registry's error (boxed: it is large, and rare).
         source: Box<kiln_registry::Error>,
     },
+    /// Merging the nodes' registry caches of a multi-node build failed.
+    #[error(transparent)]
+    CacheMerge(Box<kiln_engine::Error>),
     /// Writing a multi-node build's assembled output failed.
     #[error(transparent)]
     Export(#[from] kiln_export::Error),

@@ -20,7 +20,7 @@ mod layout;
 
 use std::sync::Arc;
 
-use kiln_engine::{BuildRequest, Export, TarDest};
+use kiln_engine::{BuildRequest, CacheLocation, Export, TarDest};
 use kiln_solver::{CancellationToken, Event, ProgressSink, Status};
 use kiln_types::image::Descriptor;
 use kiln_types::reference::Reference;
@@ -133,7 +133,7 @@ pub async fn build(
     if req
         .cache_to
         .iter()
-        .any(|c| matches!(c.location, kiln_engine::CacheLocation::Local { .. }))
+        .any(|c| matches!(c.location, CacheLocation::Local { .. }))
     {
         // Each node's export would replace the others' in the one directory.
         return Err(Error::Unsupported(
@@ -164,7 +164,13 @@ pub async fn build(
             continue;
         };
         let label = label(&share.platforms);
-        let sub = node_request(req, share, &scratch.path().join(format!("node-{i}")))?;
+        let mut sub = node_request(req, share, &scratch.path().join(format!("node-{i}")))?;
+        // Each node's registry cache goes under a tag of its own, merged below.
+        for c in &mut sub.cache_to {
+            if let CacheLocation::Registry { reference } = &mut c.location {
+                *reference = part_reference(reference, i);
+            }
+        }
         let sink: Arc<dyn ProgressSink<Digest>> = Arc::new(Labelled {
             inner: progress.clone(),
             label: label.clone(),
@@ -203,7 +209,44 @@ pub async fn build(
     let done: Vec<(String, String, BuildRequest, OutcomeView)> =
         done.into_iter().flatten().collect();
     let index = assemble(req, &targets, &done, scratch.path(), registry).await?;
-    Ok(Ok(merged_outcome(index, done)))
+    let mut outcome = merged_outcome(index, done);
+    // One registry cache of every platform, as one machine exports it: the nodes' parts
+    // merged at the tag the build named.
+    for (n, c) in req.cache_to.iter().enumerate() {
+        let CacheLocation::Registry { reference } = &c.location else {
+            continue;
+        };
+        let parts: Vec<Reference> = (0..shares.len())
+            .map(|i| part_reference(reference, i))
+            .collect();
+        let merged = kiln_engine::merge_registry_caches(
+            registry,
+            &parts,
+            reference,
+            &scratch.path().join(format!("cache-{n}")),
+        )
+        .await;
+        match merged {
+            Ok(_) => {}
+            Err(e) if c.ignore_error => outcome.warnings.push((crate::view::error_chain(&e), None)),
+            Err(e) => return Err(Error::CacheMerge(Box::new(e))),
+        }
+    }
+    Ok(Ok(outcome))
+}
+
+/// Where node `part` of a spread build pushes its share of the registry cache `r`: a tag of
+/// its own beside `r`'s (`<tag>-kiln-node<part>`), merged into `r` once every node is done.
+fn part_reference(r: &Reference, part: usize) -> Reference {
+    let tag = r.tag.as_deref().unwrap_or("latest");
+    let suffix = format!("-kiln-node{part}");
+    // A tag has at most 128 characters.
+    let kept: String = tag.chars().take(128 - suffix.len()).collect();
+    Reference {
+        tag: Some(format!("{kept}{suffix}")),
+        digest: None,
+        ..r.clone()
+    }
 }
 
 /// Refuses, before anything runs, the outputs a spread build cannot make.

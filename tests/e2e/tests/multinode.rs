@@ -467,3 +467,125 @@ fn undeclared_nodes_build_the_platforms_their_daemons_report() {
     assert_eq!(platforms, ["linux/arm64", "linux/amd64"]);
     assert_each_node_built_its_platform(&mut a, &mut b, &listed);
 }
+
+/// A repository name of this test's own (lower-case letters and digits of its directory).
+fn unique_repo(k: &Kiln, registry: &str, what: &str) -> String {
+    let unique: String = k
+        .dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    format!("{registry}/{what}-{}", unique.to_lowercase())
+}
+
+/// The states of the steps whose name holds `needle`.
+fn states(run: &Run, needle: &str) -> Vec<(String, String)> {
+    run.steps()
+        .into_iter()
+        .filter(|(name, _)| name.contains(needle))
+        .collect()
+}
+
+#[test]
+fn nodes_share_steps_through_a_registry_cache_and_a_spread_export_keeps_every_platform() {
+    let registry = kiln_e2e::test_registry();
+    let k = Kiln::new(PLUGINS);
+    let (mut a, b) = two_nodes(&k);
+    let ctx = context(&k);
+    let cache = unique_repo(&k, &registry, "multinode-cache");
+    let oci = |name: &str| format!("type=oci,dest={}", k.path(name).display());
+
+    // Node a builds linux/amd64 and pushes its cache; node b, whose store never saw the
+    // build, takes every step of the same platform from it.
+    let first = build_for(
+        &k,
+        "linux/amd64",
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={cache}:amd64"),
+            "-o",
+            &oci("first.tar"),
+        ],
+        &ctx,
+    )
+    .ok();
+    assert_eq!(first.step_state("COPY"), "DONE", "{}", first.stderr);
+    // The node declared for the platform built it.
+    a.line("build 1: done");
+    let mut args = vec!["build", "--builder", &b.addr, "--progress=plain"];
+    let from = format!("type=registry,ref={cache}:amd64");
+    let out = oci("on-b.tar");
+    args.extend([
+        "--platform",
+        "linux/amd64",
+        "--cache-from",
+        &from,
+        "-o",
+        &out,
+        &ctx,
+    ]);
+    let on_b = k.run(&args).ok();
+    assert_eq!(on_b.step_state("COPY"), "CACHED", "{}", on_b.stderr);
+    assert_eq!(on_b.digest(), first.digest());
+
+    // A spread build exports every platform's steps into the one cache (mode=max); fresh nodes
+    // building both platforms from it run nothing.
+    let spread = build(
+        &k,
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={cache}:all,mode=max"),
+            "-o",
+            &oci("spread.tar"),
+        ],
+        &ctx,
+    )
+    .ok();
+    let copies = states(&spread, "COPY");
+    assert_eq!(copies.len(), 2, "{}", spread.stderr);
+    let c = node(&k, "c", "linux/amd64");
+    let d = node(&k, "d", "linux/arm64");
+    builder_create(
+        &k,
+        "fresh",
+        &["--node", "c", "--platform", "linux/amd64"],
+        &c.addr,
+    )
+    .ok();
+    builder_create(
+        &k,
+        "fresh",
+        &["--append", "--node", "d", "--platform", "linux/arm64"],
+        &d.addr,
+    )
+    .ok();
+    let from = format!("type=registry,ref={cache}:all");
+    let out = oci("again.tar");
+    let again = k
+        .run(&[
+            "build",
+            "--builder",
+            "fresh",
+            "--progress=plain",
+            "--platform",
+            PLATFORMS,
+            "--cache-from",
+            &from,
+            "-o",
+            &out,
+            &ctx,
+        ])
+        .ok();
+    let copies = states(&again, "COPY");
+    assert_eq!(copies.len(), 2, "{}", again.stderr);
+    assert!(
+        copies.iter().all(|(_, state)| state == "CACHED"),
+        "{copies:?}\n{}",
+        again.stderr
+    );
+    assert_eq!(again.digest(), spread.digest());
+}

@@ -15,6 +15,7 @@
 
 mod format;
 mod layout;
+mod merge;
 mod mounts;
 
 pub(crate) use mounts::cache_mounts_for;
@@ -34,6 +35,7 @@ use kiln_types::Digest;
 
 use crate::Error;
 use format::{LayerRef, ANNOTATION_UNCOMPRESSED};
+pub use merge::merge_registry_caches;
 
 /// Where a cache lives.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -464,3 +464,20 @@ fn docker_archives_of_several_platforms_are_refused_before_anything_runs() {
     }])
     .is_err());
 }
+
+#[test]
+fn each_node_pushes_its_cache_part_beside_the_tag_the_build_named() {
+    let r: Reference = "127.0.0.1:5000/app/cache:main".parse().unwrap();
+    let part = part_reference(&r, 1);
+    assert_eq!(part.to_string(), "127.0.0.1:5000/app/cache:main-kiln-node1");
+    let untagged: Reference = "127.0.0.1:5000/app/cache".parse().unwrap();
+    assert_eq!(
+        part_reference(&untagged, 0).tag.as_deref(),
+        Some("latest-kiln-node0")
+    );
+    let long = Reference {
+        tag: Some("t".repeat(128)),
+        ..r
+    };
+    assert_eq!(part_reference(&long, 12).tag.unwrap().len(), 128);
+}

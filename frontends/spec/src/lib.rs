@@ -33,6 +33,7 @@
 //! — never on the engine, solver, host or any other kiln crate. No I/O: everything outside the
 //! build file comes through the host.
 
+mod call;
 mod error;
 mod host;
 mod image;
@@ -51,10 +52,14 @@ pub use host::SpecHost;
 /// The `# syntax=` values this frontend answers besides its name `spec`.
 pub const SYNTAXES: [&str; 2] = ["kiln/spec", "spec"];
 
-/// Converts `req.source` into a graph and an image config. Errors about a line carry its
-/// location (`req.filename` and the line) and quote the line.
+/// Converts `req.source` into a graph and an image config, or answers the `--call` it asks
+/// for. Errors about a line carry its location (`req.filename` and the line) and quote the line.
 pub fn build(req: &FrontendRequest, host: &dyn SpecHost) -> Result<FrontendResponse, PluginError> {
-    lower::lower(req, host).map_err(|e| e.into_plugin_error(&req.filename, &req.source))
+    let answer = match call::requested(req) {
+        None => lower::lower(req, host),
+        Some(call) => call::answer(&call, req, host),
+    };
+    answer.map_err(|e| e.into_plugin_error(&req.filename, &req.source))
 }
 
 /// The plugin face of [`build`].

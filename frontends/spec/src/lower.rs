@@ -119,20 +119,6 @@ struct Lowering<'a> {
 
 /// Lowers the build file of `req`.
 pub(crate) fn lower(req: &FrontendRequest, host: &dyn SpecHost) -> Result<FrontendResponse> {
-    if let Some(call) = req
-        .options
-        .get("call")
-        .map(|c| c.trim().to_ascii_lowercase())
-        .filter(|c| !c.is_empty() && c != "build")
-    {
-        return Err(Error::unsupported(
-            None,
-            format!(
-                "--call {call} is not supported by the spec frontend (it builds; `--call` \
-                 outlines, targets and checks are the Dockerfile frontend's)"
-            ),
-        ));
-    }
     let spec = schema::parse(&req.source)?;
     let mut warnings = Vec::new();
     let mut l = Lowering {
@@ -449,13 +435,16 @@ impl Lowering<'_> {
                 Some(name) => format!("{name}: {text}"),
                 None => text,
             };
-            match &step.kind {
-                StepKind::Run(run) => self.run(&mut stage, run, &label, named)?,
-                StepKind::Copy(copy) => self.copy(&mut stage, copy, &label, named)?,
-                StepKind::Env(pairs) => self.env(&mut stage, pairs, &label)?,
-                StepKind::Workdir(w) => self.workdir(&mut stage, w, &label, named)?,
-                StepKind::User(u) => self.user(&mut stage, u, &label)?,
-            }
+            let lowered = match &step.kind {
+                StepKind::Run(run) => self.run(&mut stage, run, &label, named),
+                StepKind::Copy(copy) => self.copy(&mut stage, copy, &label, named),
+                StepKind::Env(pairs) => self.env(&mut stage, pairs, &label),
+                StepKind::Workdir(w) => self.workdir(&mut stage, w, &label, named),
+                StepKind::User(u) => self.user(&mut stage, u, &label),
+            };
+            // A failure without a more precise line (a bad chown, an unreadable ignore file)
+            // is the step's.
+            lowered.map_err(|e| e.or_at(step.line))?;
         }
         self.image_config(&mut stage, &s.image)?;
         self.done[i] = Some(stage);

@@ -32,6 +32,8 @@ pub(crate) struct Spec {
 #[derive(Debug)]
 pub(crate) struct StageSpec {
     pub(crate) name: At<String>,
+    /// What `--call targets` shows.
+    pub(crate) description: Option<String>,
     pub(crate) from: At<String>,
     pub(crate) platform: Option<At<String>>,
     /// Build args the steps see in their environment (a Dockerfile's `ARG NAME` in a stage).
@@ -156,7 +158,16 @@ pub(crate) struct HealthSpec {
 
 const TOP_KEYS: &[&str] = &["args", "stage"];
 const STAGE_KEYS: &[&str] = &[
-    "from", "platform", "args", "shell", "env", "workdir", "user", "steps", "image",
+    "from",
+    "description",
+    "platform",
+    "args",
+    "shell",
+    "env",
+    "workdir",
+    "user",
+    "steps",
+    "image",
 ];
 const STEP_KINDS: &[&str] = &["run", "copy", "env", "workdir", "user"];
 const RUN_KEYS: &[&str] = &[
@@ -552,6 +563,7 @@ impl<'s> Reader<'s> {
             Some(v) => self.image(v, &sub("image"))?,
         };
         Ok(StageSpec {
+            description: opt_string("description")?.map(|d| d.value),
             from,
             platform: opt_string("platform")?,
             args,

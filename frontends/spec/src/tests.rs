@@ -503,6 +503,16 @@ fn stage_errors_name_their_line() {
             3,
             "copy cannot fetch",
         ),
+        (
+            "[stage.a]\nfrom = \"busybox\"\nsteps = [\n  { run = \"true\" },\n  { copy = \"/x\", to = \"/x\", chmod = \"9\" },\n]\n",
+            5,
+            "invalid chmod \"9\"",
+        ),
+        (
+            "[stage.a]\nfrom = \"busybox\"\nuser = \":1\"\nsteps = [{ workdir = \"/w\" }]\n",
+            4,
+            "invalid user \":1\"",
+        ),
     ];
     for (src, line, needle) in cases {
         let e = fail(&request(src));
@@ -584,12 +594,52 @@ steps = [
 }
 
 #[test]
-fn call_requests_are_refused_clearly() {
-    let mut req = request(SMALL);
-    req.options.insert("call".into(), "outline".into());
+fn call_targets_and_check_answer_in_the_call_result() {
+    let mut req = request(
+        "[stage.build]\nfrom = \"busybox\"\ndescription = \"compiles\"\n[stage.final]\nfrom = \"build\"\nplatform = \"linux/arm64\"\n",
+    );
+    req.options.insert("call".into(), "targets".into());
+    let resp = build(&req, &FakeHost::default()).unwrap();
+    assert!(resp.definition.vertices.is_empty());
+    let targets = resp.call_result.unwrap();
+    assert_eq!(
+        targets,
+        serde_json::json!({"targets": [
+            {"name": "build", "description": "compiles", "base": "busybox", "platform": null,
+             "default": false, "location": {"file": "build.toml", "line": 1}},
+            {"name": "final", "description": "", "base": "build", "platform": "linux/arm64",
+             "default": true, "location": {"file": "build.toml", "line": 4}},
+        ]})
+    );
+
+    // check: nothing built, the warnings, and the first error at its line.
+    req.options.insert("call".into(), "check".into());
+    req.build_args.insert("UNDECLARED".into(), "1".into());
+    let check = build(&req, &FakeHost::default())
+        .unwrap()
+        .call_result
+        .unwrap();
+    assert_eq!(check["warnings"].as_array().unwrap().len(), 1, "{check}");
+    assert!(check.get("error").is_none(), "{check}");
+    let mut bad = request("[stage.a]\nfrom = \"busybox\"\nsteps = [{ run = 1 }]\n");
+    bad.options.insert("call".into(), "check".into());
+    let check = build(&bad, &FakeHost::default())
+        .unwrap()
+        .call_result
+        .unwrap();
+    assert_eq!(check["error"]["location"]["line"], 3, "{check}");
+    assert!(
+        check["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`stage.a.steps[0].run` must be"),
+        "{check}"
+    );
+
+    req.options.insert("call".into(), "outlien".into());
     let e = fail(&req);
     assert_eq!(e.kind, ErrorKind::Unsupported);
-    assert!(e.message.contains("--call outline is not supported"), "{e}");
+    assert!(e.message.contains("--call outlien is not supported"), "{e}");
 }
 
 /// The example shipped in examples/spec is valid and lowers (the e2e test builds it).

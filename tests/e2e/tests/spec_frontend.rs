@@ -276,3 +276,28 @@ fn the_shipped_example_builds() {
     );
     assert!(out.join("bin/httpd").exists() || out.join("bin/busybox").exists());
 }
+
+#[test]
+fn call_targets_and_check_print_as_for_a_dockerfile() {
+    let k = sandbox();
+    let spec = "# syntax=kiln/spec\n[stage.build]\nfrom = \"bb\"\ndescription = \"compiles the app\"\n[stage.final]\nfrom = \"scratch\"\nsteps = [\n  { copy = \"/x\", from = \"build\", to = \"/x\", chmod = \"9\" },\n]\n";
+    let ctx = k.write("ctx", &[("build.toml", spec)]);
+    let f = ctx.join("build.toml").display().to_string();
+    let c = ctx.display().to_string();
+    let r = k.run(&["build", "--call", "targets", "-f", &f, &c]).ok();
+    assert!(
+        r.stdout.contains("build           compiles the app")
+            && r.stdout.contains("final (default)"),
+        "{}",
+        r.stdout
+    );
+    // check lowers everything and reports the error at its line, building nothing.
+    // (The base is the local busybox: check resolves images as a build does.)
+    let r = build_bb(&k, &[], &ctx, &["--call", "check", "-f", &f]).fails();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ERROR: invalid chmod \"9\"") && r.stderr.contains("build.toml:8"),
+        "{}",
+        r.stderr
+    );
+}

@@ -315,3 +315,48 @@ fn packages_apt_runs_the_idiomatic_install_with_cache_mounts_that_persist() {
     assert!(before.contains("archive-"), "{before}");
     assert!(before.contains("lists-marker"), "{before}");
 }
+
+#[test]
+fn include_builds_on_a_remote_builder_from_the_synced_context() {
+    use kiln_e2e::serve::Daemon;
+    let k = kiln();
+    // The daemon inherits the sandbox's plugin path: it has the INCLUDE plugin.
+    let daemon = Daemon::unix(&k, "run/kiln.sock", "daemon-root", &[]);
+    let ctx = k.write(
+        "ctx",
+        &[
+            ("Dockerfile", DOCKERFILE),
+            ("frag/setup.df", SETUP),
+            ("frag/more.df", MORE),
+        ],
+    );
+    let out = k.path("out");
+    let bb = format!("bb=oci-layout://{}:latest", busybox_layout().display());
+    build_local_with(
+        &k,
+        &ctx,
+        &out,
+        &["--builder", &daemon.addr, "--build-context", &bb],
+    )
+    .ok();
+    assert_eq!(read(&out, "copied"), "hello kiln\n");
+    assert_eq!(read(&out, "nested"), "nested-1\n");
+
+    // An error in a fragment names the fragment's file and line there too.
+    std::fs::write(ctx.join("frag/more.df"), "COPY --bogus a /b\n").unwrap();
+    let r = build_local_with(
+        &k,
+        &ctx,
+        &out,
+        &["--builder", &daemon.addr, "--build-context", &bb],
+    )
+    .fails();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("frag/more.df:1"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("(from INCLUDE at frag/setup.df:5, from INCLUDE at Dockerfile:3)"),
+        "{}",
+        r.stderr
+    );
+}

@@ -7,16 +7,20 @@
 //! the graph like any other line, and an edit of it re-runs exactly the steps it changes.
 //!
 //! Rules (docs/instructions.md has the user's view):
-//! - one path, relative to the context root (a leading `/` is the context root too), written
-//!   literally: no variables, no globs; `..` is refused, a fragment never comes from outside
-//!   the context;
+//! - one path, relative to the context root (a leading `/` is the context root too), with the
+//!   stage's ENV and ARGs expanded and quotes removed as in a COPY source (no globs); `..` is
+//!   refused, a fragment never comes from outside the context;
 //! - a missing path, a directory, or a file that is not UTF-8 fails at the INCLUDE line naming
 //!   the path;
 //! - a frontend that cannot run expansions (protocol 2) gets an error instead of an INCLUDE
 //!   that silently does nothing.
 //!
-//! Architecture invariant: depends on `kiln-plugin-sdk` only.
+//! Architecture invariant: depends on `kiln-plugin-sdk` and the Dockerfile parser's shell
+//! expansion only.
 
+use std::collections::BTreeMap;
+
+use dockerfile_parser::shell::{Env, Lexer};
 use kiln_plugin_sdk::proto::{
     ErrorKind, Expansion, FileKind, InstructionRequest, InstructionResponse, PluginError,
 };
@@ -63,7 +67,11 @@ pub fn lower(
     if let Some(flag) = req.flags.first() {
         return Err(invalid(format!("INCLUDE has no flags, got {flag}")));
     }
-    let path = fragment_path(&req.args)?;
+    let scope = Scope {
+        env: req.config.config.env.as_deref().unwrap_or_default(),
+        args: &req.build_args,
+    };
+    let path = fragment_path(&req.args, &scope)?;
     let bytes = files.read(&path)?.ok_or_else(|| {
         PluginError::new(
             ErrorKind::NotFound,
@@ -82,31 +90,50 @@ pub fn lower(
     ))
 }
 
-/// The context-relative path `INCLUDE`'s argument names: one word (quotes allowed), no
-/// variables, no `..`, normalized (`./a//b` → `a/b`).
-pub fn fragment_path(args: &str) -> Result<String, PluginError> {
+/// The variables an INCLUDE path sees, as every path of a Dockerfile: the stage's ENV first
+/// (ENV wins over an ARG of the same name), then its ARGs.
+pub struct Scope<'a> {
+    /// `NAME=value` entries of the stage's config.
+    pub env: &'a [String],
+    /// The ARGs in scope.
+    pub args: &'a BTreeMap<String, String>,
+}
+
+impl Env for Scope<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find_map(|kv| {
+                kv.split_once('=')
+                    .filter(|(k, _)| *k == name)
+                    .map(|(_, v)| v)
+            })
+            .or_else(|| self.args.get(name).map(String::as_str))
+    }
+}
+
+/// The context-relative path `INCLUDE`'s argument names: one word after variable expansion and
+/// quote removal (as a COPY source), no `..`, normalized (`./a//b` → `a/b`).
+pub fn fragment_path(args: &str, scope: &Scope<'_>) -> Result<String, PluginError> {
     let raw = args.trim();
-    let word = match (raw.chars().next(), raw.chars().last()) {
-        (Some(q @ ('"' | '\'')), Some(end)) if raw.len() >= 2 && end == q => &raw[1..raw.len() - 1],
+    // The Dockerfile's escape token is not in the request; `\` is everyone's but a few
+    // Windows Dockerfiles', and a path rarely escapes anything.
+    let words = Lexer::new('\\')
+        .process_words(raw, scope)
+        .map_err(|e| invalid(format!("INCLUDE {raw}: {e}")))?;
+    let word = match words.as_slice() {
+        [] => {
+            return Err(invalid(
+                "INCLUDE needs the path of a Dockerfile fragment in the build context",
+            ))
+        }
+        [one] => one.as_str(),
         _ => {
-            if raw.split_whitespace().nth(1).is_some() {
-                return Err(invalid(format!(
-                    "INCLUDE takes one path, got {raw:?} (include each file on its own line)"
-                )));
-            }
-            raw
+            return Err(invalid(format!(
+                "INCLUDE takes one path, got {raw:?} (include each file on its own line)"
+            )))
         }
     };
-    if word.is_empty() {
-        return Err(invalid(
-            "INCLUDE needs the path of a Dockerfile fragment in the build context",
-        ));
-    }
-    if word.contains('$') {
-        return Err(invalid(format!(
-            "INCLUDE {word}: variables are not expanded in INCLUDE paths; write the path literally"
-        )));
-    }
     let mut parts = Vec::new();
     for part in word.split('/') {
         match part {
@@ -119,7 +146,7 @@ pub fn fragment_path(args: &str) -> Result<String, PluginError> {
     }
     if parts.is_empty() {
         return Err(invalid(format!(
-            "INCLUDE {word}: names the context root, not a file"
+            "INCLUDE {raw}: names the context root, not a file"
         )));
     }
     Ok(parts.join("/"))

@@ -4,7 +4,7 @@ use kiln_plugin_sdk::graph::State;
 use kiln_plugin_sdk::proto::{ErrorKind, Expansion, InstructionRequest, Location, PluginError};
 use kiln_plugin_sdk::types::image::ImageConfig;
 
-use super::{fragment_path, lower, Files};
+use super::{fragment_path, lower, Files, Scope};
 
 struct Context(BTreeMap<&'static str, &'static [u8]>);
 
@@ -64,10 +64,33 @@ fn include_answers_with_the_fragment_and_the_unchanged_stage() {
     }
 }
 
+fn path(args: &str) -> Result<String, PluginError> {
+    let env = ["DIR=frag".to_owned(), "SHADOWED=from-env".to_owned()];
+    let args_in_scope = BTreeMap::from([
+        ("VARIANT".to_owned(), "slim".to_owned()),
+        ("SHADOWED".to_owned(), "from-arg".to_owned()),
+    ]);
+    fragment_path(
+        args,
+        &Scope {
+            env: &env,
+            args: &args_in_scope,
+        },
+    )
+}
+
+#[test]
+fn paths_expand_the_stage_variables_as_copy_sources_do() {
+    assert_eq!(path("$DIR/${VARIANT}.df").unwrap(), "frag/slim.df");
+    assert_eq!(path("${SHADOWED}.df").unwrap(), "from-env.df");
+    assert_eq!(path("\"$DIR/a b.df\"").unwrap(), "frag/a b.df");
+    assert_eq!(path("${UNSET:-x}.df").unwrap(), "x.df");
+}
+
 #[test]
 fn bad_paths_are_refused_naming_them() {
     let check = |args: &str, needle: &str| {
-        let e = fragment_path(args).unwrap_err();
+        let e = path(args).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
         assert!(e.message.contains(needle), "{args}: {}", e.message);
     };
@@ -75,7 +98,8 @@ fn bad_paths_are_refused_naming_them() {
     check("../outside.df", "`..` is not allowed");
     check("a/../../b", "`..` is not allowed");
     check("a.df b.df", "takes one path");
-    check("$DIR/a.df", "variables are not expanded");
+    check("$NOTHING", "needs the path");
+    check("${A:?is required}", "is required");
     check("/", "context root");
 }
 

@@ -51,8 +51,8 @@ fn read(root: &Path, rel: &str) -> String {
 }
 
 const DOCKERFILE: &str = "FROM bb
-ARG WHO=kiln
-INCLUDE frag/setup.df
+ARG WHO=kiln PART=setup
+INCLUDE frag/${PART}.df
 RUN cat \"$GREETING_FILE\" > /copied && echo \"suffix=$SUFFIX\" > /suffix
 ";
 

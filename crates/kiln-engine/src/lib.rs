@@ -631,7 +631,8 @@ impl Call {
     }
 }
 
-/// The config label in which a frontend returns its answer to a `--call`, as JSON.
+/// The config label in which a protocol 2 frontend returned its answer to a `--call`, as JSON;
+/// read only when the response's own `call_result` field (protocol 3) is empty.
 pub const CALL_RESULT_LABEL: &str = "kiln.call.result";
 
 /// One build.

@@ -24,6 +24,14 @@ use crate::schema::{
     self, At, Command, CopyStep, ImageSpec, MountSpec, RunStep, Spec, StageSpec, StepKind,
 };
 
+/// Most variables (env entries plus `args`) one stage may hold: they are ordered lists searched
+/// on every set and lookup, as in the Dockerfile frontend, whose limit this is.
+const MAX_VARIABLES: usize = 1024;
+/// Most image-config bytes all stages together may copy from their base stages: a stage starts
+/// with a copy of its base's config, history included, so a chain of stages costs the product
+/// of their number and their history (the Dockerfile frontend's limit).
+const MAX_COPIED_CONFIG_BYTES: usize = 64 << 20;
+
 /// `comment` of the history entries this frontend writes.
 pub(crate) const HISTORY_COMMENT: &str = "kiln.spec.v0";
 /// The PATH a stage gets when its base sets none (BuildKit's `system.DefaultPathEnv`, as the
@@ -115,6 +123,8 @@ struct Lowering<'a> {
     /// `--build-context`s by normalized name → value.
     named: BTreeMap<String, String>,
     created: Option<String>,
+    /// Config bytes copied from base stages so far (see [`MAX_COPIED_CONFIG_BYTES`]).
+    copied_config_bytes: usize,
 }
 
 /// Lowers the build file of `req`.
@@ -141,6 +151,7 @@ pub(crate) fn lower(req: &FrontendRequest, host: &dyn SpecHost) -> Result<Fronte
         images: HashMap::new(),
         named: named_contexts(&req.options),
         created: None,
+        copied_config_bytes: 0,
     };
     let target = l.target()?;
     l.args = l.build_args(&spec.stages[target].name.value, &mut warnings)?;
@@ -508,6 +519,18 @@ impl Lowering<'_> {
                 let parent = self.done[j]
                     .as_ref()
                     .ok_or_else(|| Error::invalid("internal error: base stage was not built"))?;
+                let bytes = serde_json::to_vec(&parent.config).map_or(0, |v| v.len());
+                self.copied_config_bytes = self.copied_config_bytes.saturating_add(bytes);
+                if self.copied_config_bytes > MAX_COPIED_CONFIG_BYTES {
+                    return Err(Error::at(
+                        s.from.line,
+                        format!(
+                            "stages copy more than {} MiB of image config (history, env, labels) \
+                             from their base stages: build fewer stages on top of one another",
+                            MAX_COPIED_CONFIG_BYTES >> 20
+                        ),
+                    ));
+                }
                 stage.state = parent.state.clone();
                 stage.config = parent.config.clone();
                 stage.platform = platform.unwrap_or_else(|| parent.platform.clone());
@@ -555,6 +578,7 @@ impl Lowering<'_> {
                 return Err(Error::at(name.line, message));
             };
             set_pair(&mut stage.env_args, &name.value, value.to_owned());
+            check_variables(stage, name.line)?;
         }
         if let Some(shell) = &s.shell {
             stage.config.config.shell = Some(shell.value.clone());
@@ -584,9 +608,10 @@ impl Lowering<'_> {
             .map(|(k, v)| Ok((k.value.clone(), self.expand_in(stage, v)?)))
             .collect::<Result<Vec<_>>>()?;
         let mut text = String::from("ENV");
-        for (k, v) in &expanded {
+        for ((k, v), (key, _)) in expanded.iter().zip(pairs) {
             text.push_str(&format!(" {k}={v}"));
             stage.config.config.env_set(k, v);
+            check_variables(stage, key.line)?;
         }
         self.commit(stage, text, label, false);
         Ok(())
@@ -936,6 +961,10 @@ impl Lowering<'_> {
         for (k, v) in env_set {
             cfg.env_set(&k, &v);
         }
+        if let Some((key, _)) = image.env.last() {
+            check_variables(stage, key.line)?;
+        }
+        let cfg = &mut stage.config.config;
         if let Some(u) = &image.user {
             cfg.user = Some(ex(u)?);
         }
@@ -1233,6 +1262,18 @@ fn pinned(reference: &str, digest: &str) -> String {
     } else {
         format!("{n}@{digest}")
     }
+}
+
+/// Fails at `line` when the stage holds more than [`MAX_VARIABLES`] variables.
+fn check_variables(stage: &Stage, line: u32) -> Result<()> {
+    let count = stage.config.config.env.as_ref().map_or(0, Vec::len) + stage.env_args.len();
+    if count > MAX_VARIABLES {
+        return Err(Error::at(
+            line,
+            format!("more than {MAX_VARIABLES} variables (env and args) in one stage"),
+        ));
+    }
+    Ok(())
 }
 
 fn at(value: &str, line: u32) -> At<String> {

@@ -198,8 +198,8 @@ const HEALTH_KEYS: &[&str] = &[
 ];
 const MOUNT_TYPES: &[&str] = &["cache", "secret", "bind", "tmpfs", "ssh"];
 
-/// Most stages, and most steps in one stage: a build file is written by hand; the caps keep a
-/// hostile one from costing more than a real one could.
+/// Most stages, and most steps in one build file (a Dockerfile's instruction limit): a build
+/// file is written by hand; the caps keep a hostile one from costing more than a real one could.
 pub(crate) const MAX_STAGES: usize = 256;
 pub(crate) const MAX_STEPS: usize = 4096;
 
@@ -234,6 +234,12 @@ pub(crate) fn parse(source: &str) -> Result<Spec> {
                 ));
             }
         }
+    }
+    if let Some(step) = stages.iter().flat_map(|s| &s.steps).nth(MAX_STEPS) {
+        return Err(Error::at(
+            step.line,
+            format!("more than {MAX_STEPS} steps in one build file"),
+        ));
     }
     if stages.is_empty() {
         return Err(Error::invalid(
@@ -552,7 +558,7 @@ impl<'s> Reader<'s> {
                 if i >= MAX_STEPS {
                     return Err(Error::at(
                         self.line(s.span()),
-                        format!("more than {MAX_STEPS} steps in one stage"),
+                        format!("more than {MAX_STEPS} steps in one build file"),
                     ));
                 }
                 steps.push(self.step(s, &format!("{path}.steps[{i}]"))?);

@@ -654,3 +654,34 @@ fn the_shipped_example_lowers() {
     resp.definition.validate().unwrap();
     assert!(resp.config.config.entrypoint.is_some());
 }
+
+#[test]
+fn hostile_files_meet_limits_at_their_lines() {
+    // Variables: 1024 per stage, env and args together.
+    let env: String = (0..1025).map(|i| format!("V{i} = \"x\"\n")).collect();
+    let src = format!("[stage.a]\nfrom = \"busybox\"\n[stage.a.env]\n{env}");
+    let e = fail(&request(&src));
+    assert!(e.message.contains("more than 1024 variables"), "{e}");
+    // The base's PATH and HOME count too: the 1023rd entry is one too many.
+    assert_eq!(e.location.map(|l| l.line), Some(4 + 1022));
+
+    // Steps: 4096 per build file, wherever they are.
+    let steps: String = (0..4097).map(|_| "  { user = \"a\" },\n").collect();
+    let src = format!("[stage.a]\nfrom = \"busybox\"\nsteps = [\n{steps}]\n");
+    let e = fail(&request(&src));
+    assert!(e.message.contains("more than 4096 steps"), "{e}");
+    assert_eq!(e.location.map(|l| l.line), Some(4 + 4096));
+
+    // Config copied along a chain of stages: 64 MiB in all.
+    let big = "x".repeat(1 << 20);
+    let mut src = format!("[stage.s0]\nfrom = \"scratch\"\nenv = {{ BIG = \"{big}\" }}\n");
+    for i in 1..80 {
+        src.push_str(&format!("[stage.s{i}]\nfrom = \"s{}\"\n", i - 1));
+    }
+    let e = fail(&request(&src));
+    assert!(
+        e.message.contains("more than 64 MiB of image config"),
+        "{e}"
+    );
+    assert!(e.location.is_some(), "{e}");
+}

@@ -145,7 +145,9 @@ pub fn build(
                 Some((name, text)) => Some(fetched_build_file(name, text)?),
                 None => None,
             };
-            let dockerfile = fetched.as_ref().map_or(req.dockerfile.clone(), |(_, f)| f.clone());
+            let dockerfile = fetched
+                .as_ref()
+                .map_or(req.dockerfile.clone(), |(_, f)| f.clone());
             Ok(report_failure(&display, &failure, &dockerfile))
         }
     }

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::localcache::CacheWriter;
+use crate::localcache::CacheSink;
 use crate::view::{FailureView, OutcomeView};
 use crate::{wire, Address, Error};
 
@@ -300,6 +300,10 @@ impl Client {
                 continue;
             }
             let abs = match std::fs::canonicalize(dir) {
+                // Something else than a directory is not synced: reading it is the local
+                // warning on the daemon, writing into it fails here (a warning with
+                // ignore-error=true), as a local export into it fails.
+                Ok(abs) if !abs.is_dir() => continue,
                 Ok(abs) => abs,
                 Err(_) if write => {
                     std::path::absolute(dir).map_err(|e| Error::io("resolve", dir, e))?
@@ -342,7 +346,7 @@ impl Client {
                             .find(|(_, n)| *n == name)
                             .map(|(abs, n)| (n.clone(), abs.clone()))
                     });
-                    Some((CacheWriter::new(dir.clone()), context))
+                    Some(CacheSink::new(dir.clone(), context, c.ignore_error))
                 }
                 _ => None,
             })
@@ -474,32 +478,36 @@ impl Client {
                     sink.write(&o.data, o.eof)?;
                 }
                 pb::server_message::Msg::CacheData(d) => {
-                    let (writer, _) = usize::try_from(d.index)
+                    let sink = usize::try_from(d.index)
                         .ok()
                         .and_then(|i| cache_writers.get_mut(i))
                         .and_then(Option::as_mut)
                         .ok_or_else(|| self.protocol("cache data for no type=local cache"))?;
-                    writer
-                        .write(&d.path, &d.data, d.eof)
+                    sink.data(&d.path, &d.data, d.eof)
                         .map_err(|e| self.readdress(e))?;
                 }
                 pb::server_message::Msg::CacheDone(d) => {
-                    let (writer, context) = usize::try_from(d.index)
+                    let sink = usize::try_from(d.index)
                         .ok()
                         .and_then(|i| cache_writers.get_mut(i))
                         .and_then(Option::as_mut)
                         .ok_or_else(|| self.protocol("cache data for no type=local cache"))?;
-                    writer.finish(&d.remove).map_err(|e| self.readdress(e))?;
+                    sink.done(&d.remove).map_err(|e| self.readdress(e))?;
                     // The directory as it is now, so that the daemon's mirror follows it.
-                    if let Some((name, abs)) = context {
+                    if let Some((name, abs)) = &sink.context {
                         let entries = scan_cache_dir(name, abs).await?;
                         let _ = send(&out_tx, listing(name, &entries)).await;
                     }
                 }
                 pb::server_message::Msg::Result(r) => {
-                    return wire::outcome_from_wire(r)
-                        .map(Ok)
-                        .map_err(|e| self.protocol(&e.0));
+                    let mut outcome =
+                        wire::outcome_from_wire(r).map_err(|e| self.protocol(&e.0))?;
+                    // Exports whose failure ignore-error=true turned into a warning here.
+                    let ignored = cache_writers.iter_mut().flatten();
+                    outcome
+                        .warnings
+                        .extend(ignored.filter_map(|s| s.warning.take()).map(|w| (w, None)));
+                    return Ok(Ok(outcome));
                 }
                 pb::server_message::Msg::Failure(f) => {
                     return wire::failure_from_wire(f)
@@ -525,10 +533,6 @@ impl Client {
         }
     }
 }
-
-/// Where a `type=local` export's changes go, and the directory's local context (name, path)
-/// whose listing goes back once they are applied.
-type CacheSink = (CacheWriter, Option<(String, PathBuf)>);
 
 /// The entries of the cache directory `abs` (none when it does not exist yet): every file,
 /// no ignore file applies.

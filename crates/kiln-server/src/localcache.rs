@@ -327,6 +327,71 @@ impl CacheWriter {
     }
 }
 
+/// One `type=local` export of a remote build as the client receives it: its writer, the
+/// directory's local context, and with `ignore-error=true` the warning a failure became (the
+/// rest of that export is then skipped, and the build goes on, as locally).
+pub(crate) struct CacheSink {
+    writer: CacheWriter,
+    dest: PathBuf,
+    /// The directory's local context (name, absolute path), whose listing goes back once the
+    /// export is applied.
+    pub(crate) context: Option<(String, PathBuf)>,
+    ignore_error: bool,
+    /// The warning an ignored failure became.
+    pub(crate) warning: Option<String>,
+}
+
+impl CacheSink {
+    /// The export into `dest` (as the client named it).
+    pub(crate) fn new(
+        dest: PathBuf,
+        context: Option<(String, PathBuf)>,
+        ignore_error: bool,
+    ) -> CacheSink {
+        CacheSink {
+            writer: CacheWriter::new(dest.clone()),
+            dest,
+            context,
+            ignore_error,
+            warning: None,
+        }
+    }
+
+    fn failed(&mut self, e: Error) -> Result<(), Error> {
+        if !self.ignore_error {
+            return Err(e);
+        }
+        // The words of a local export's ignored failure.
+        self.warning = Some(format!(
+            "exporting cache to {}: {e} (ignored: ignore-error=true)",
+            self.dest.display()
+        ));
+        Ok(())
+    }
+
+    /// One piece of file `path` of the export.
+    pub(crate) fn data(&mut self, path: &str, data: &[u8], eof: bool) -> Result<(), Error> {
+        if self.warning.is_some() {
+            return Ok(());
+        }
+        match self.writer.write(path, data, eof) {
+            Ok(()) => Ok(()),
+            Err(e) => self.failed(e),
+        }
+    }
+
+    /// The export's end: what it dropped is removed.
+    pub(crate) fn done(&mut self, remove: &[String]) -> Result<(), Error> {
+        if self.warning.is_some() {
+            return Ok(());
+        }
+        match self.writer.finish(remove) {
+            Ok(()) => Ok(()),
+            Err(e) => self.failed(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

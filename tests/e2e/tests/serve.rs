@@ -1162,6 +1162,46 @@ fn a_local_cache_directory_of_the_client_travels_through_daemons_as_a_local_expo
         "{}",
         remote.stderr
     );
+
+    // An export that fails with ignore-error=true (its destination is a file) is a warning
+    // naming the client's path, and the build goes on, as locally.
+    let failing = |dir: &std::path::Path| {
+        std::fs::write(dir, "not a directory\n").unwrap();
+        format!("type=local,dest={},ignore-error=true", dir.display())
+    };
+    let export_warning = |run: &kiln_e2e::Run, dir: &std::path::Path| -> Vec<String> {
+        let dir = dir.display().to_string();
+        run.stderr
+            .lines()
+            .filter(|l| l.starts_with("WARNING: exporting cache to ") && l.contains(&dir))
+            .filter(|l| l.ends_with("(ignored: ignore-error=true)"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let (bad_local, bad_remote) = (k.path("bad-local"), k.path("bad-remote"));
+    let local = build(&k, None, &["--cache-to", &failing(&bad_local)], &ctx).ok();
+    let remote = build(
+        &k,
+        Some(&a.addr),
+        &["--cache-to", &failing(&bad_remote)],
+        &ctx,
+    )
+    .ok();
+    assert_eq!(
+        export_warning(&local, &bad_local).len(),
+        1,
+        "{}",
+        local.stderr
+    );
+    assert_eq!(
+        export_warning(&remote, &bad_remote).len(),
+        1,
+        "{}",
+        remote.stderr
+    );
+    for bad in [&bad_local, &bad_remote] {
+        assert_eq!(std::fs::read_to_string(bad).unwrap(), "not a directory\n");
+    }
 }
 
 #[test]

@@ -78,12 +78,15 @@ impl Chain {
         let Some(inner) = self.links.last() else {
             return e;
         };
+        let note = self.describe();
         if let Error::Host { error, .. } = &e {
-            if error
+            // Located by a deeper expansion: in another file, or in text generated in place in
+            // this one (its chain then ends with this one's). It is complete as it is.
+            let deeper = error
                 .location
                 .as_ref()
-                .is_some_and(|l| l.file != inner.file)
-            {
+                .is_some_and(|l| l.file != inner.file || error.message.ends_with(&note[1..]));
+            if deeper {
                 return e;
             }
         }
@@ -92,7 +95,7 @@ impl Chain {
             None => e,
         };
         let mut error = e.into_plugin_error(&inner.file, text);
-        error.message = format!("{} {}", error.message, self.describe());
+        error.message = format!("{} {note}", error.message);
         Error::Host { error, line: None }
     }
 }

@@ -286,10 +286,11 @@ fn in_place_expansions_keep_the_build_file_lines() {
     );
     assert!(
         e.message
-            .contains("(from PKG at pkgs.df:3, from INCLUDE at Dockerfile:3)"),
+            .ends_with("(in `RUN --mount=type=bogus install curl`) (from PKG at pkgs.df:3, from INCLUDE at Dockerfile:3)"),
         "{}",
         e.message
     );
+    assert_eq!(e.message.matches("(from ").count(), 1, "{}", e.message);
 }
 
 #[test]

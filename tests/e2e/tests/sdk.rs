@@ -95,6 +95,10 @@ fn plugins_generated_outside_the_workspace_build_test_load_and_run() {
     // Outside the workspace, as a plugin author's crate is.
     let away = tempfile::tempdir().unwrap();
     assert!(!away.path().starts_with(workspace()));
+    // Installed where the user says, with --plugin-dir.
+    let gen = k.path("generated");
+    std::fs::create_dir_all(&gen).unwrap();
+    let plugin_dir = gen.to_str().unwrap();
     let mut libs = Vec::new();
     for (name, kind) in [
         ("hello-files", "frontend"),
@@ -102,7 +106,7 @@ fn plugins_generated_outside_the_workspace_build_test_load_and_run() {
         ("write-op", "primitive"),
     ] {
         let lib = generate_and_build(away.path(), name, kind);
-        std::fs::copy(&lib, k.plugin_dir().join(lib.file_name().unwrap())).unwrap();
+        std::fs::copy(&lib, gen.join(lib.file_name().unwrap())).unwrap();
         libs.push(lib);
     }
 
@@ -140,7 +144,10 @@ fn plugins_generated_outside_the_workspace_build_test_load_and_run() {
     );
 
     // Listed, each with its kind.
-    let ls = k.run(&["plugins", "ls"]).ok().stdout;
+    let ls = k
+        .run(&["plugins", "ls", "--plugin-dir", plugin_dir])
+        .ok()
+        .stdout;
     for (name, kind) in [
         ("hello-files", "frontend"),
         ("stamp-file", "instruction"),
@@ -165,7 +172,13 @@ fn plugins_generated_outside_the_workspace_build_test_load_and_run() {
     );
     let file = ctx.join("build.txt");
     let out = k.path("front-out");
-    let r = build_local_with(&k, &ctx, &out, &["-f", file.to_str().unwrap()]).ok();
+    let r = build_local_with(
+        &k,
+        &ctx,
+        &out,
+        &["--plugin-dir", plugin_dir, "-f", file.to_str().unwrap()],
+    )
+    .ok();
     assert!(
         r.stderr.contains("with frontend hello-files"),
         "{}",
@@ -199,6 +212,8 @@ fn plugins_generated_outside_the_workspace_build_test_load_and_run() {
     let r = k
         .run(&[
             "build",
+            "--plugin-dir",
+            plugin_dir,
             "-f",
             file.to_str().unwrap(),
             "--frontend",
@@ -221,7 +236,7 @@ fn plugins_generated_outside_the_workspace_build_test_load_and_run() {
         )],
     );
     let out = k.path("instr-out");
-    build_local(&k, &ctx, &out).ok();
+    build_local_with(&k, &ctx, &out, &["--plugin-dir", plugin_dir]).ok();
     assert_eq!(
         std::fs::read_to_string(out.join("stamp.txt")).unwrap(),
         "stamped by a generated plugin\n"

@@ -4,7 +4,9 @@
 //!   `*.so` found there and records why any file was refused ([`Refused`], for
 //!   `kiln plugins ls`).
 //! - Loading a file first probes it with libloading (the `kiln_plugin_abi_version` symbol and
-//!   its value), then lets abi_stable check the root module layout, then validates the manifest.
+//!   its value), then lets abi_stable check the root module layout, then validates the manifest
+//!   and refuses a plugin that `requires` a capability missing from
+//!   `kiln_plugin_sdk::proto::HOST_CAPABILITIES` ([`Refusal::MissingCapabilities`]).
 //! - [`LoadedPlugin`] calls the plugin (`frontend_build`, `instruction_lower`,
 //!   `primitive_execute`), validating any graph it returns; callbacks from the plugin are served
 //!   by the engine's [`HostServices`] implementation.

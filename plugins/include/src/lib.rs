@@ -75,7 +75,10 @@ pub fn lower(
     let bytes = files.read(&path)?.ok_or_else(|| {
         PluginError::new(
             ErrorKind::NotFound,
-            format!("INCLUDE {path}: no such file in the build context (paths are relative to the context root)"),
+            format!(
+                "INCLUDE {path}: no such file in the build context (paths are relative to the \
+                 context root; a remote builder does not receive files .dockerignore excludes)"
+            ),
         )
     })?;
     let source = String::from_utf8(bytes)
@@ -138,9 +141,11 @@ pub fn fragment_path(args: &str, scope: &Scope<'_>) -> Result<String, PluginErro
     for part in word.split('/') {
         match part {
             "" | "." => {}
-            ".." => return Err(invalid(format!(
+            ".." => {
+                return Err(invalid(format!(
                 "INCLUDE {word}: `..` is not allowed, a fragment must be inside the build context"
-            ))),
+            )))
+            }
             p => parts.push(p),
         }
     }

@@ -60,7 +60,8 @@ tasks:
   new-plugin NAME --kind frontend|instruction|primitive [--dir DIR]
         create a plugin crate outside the workspace (default DIR: ./NAME) that builds against
         this checkout's kiln-plugin-sdk: Cargo.toml, src/lib.rs (a working example with unit
-        tests), README.md (build, install, use, test); see docs/plugins.md
+        tests), README.md (build, install, use, test); see docs/plugins.md. From another
+        directory: cargo run --manifest-path <kiln>/xtask/Cargo.toml -- new-plugin NAME ...
   tidy  check the dependency rule of DESIGN.md (layers, plugins vs core) and the //! crate docs
   help  print this text
 ";

@@ -13,8 +13,6 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use crate::workspace::Workspace;
-
 const USAGE: &str =
     "usage: cargo xtask new-plugin NAME --kind frontend|instruction|primitive [--dir DIR]";
 
@@ -99,7 +97,12 @@ fn check_name(name: &str) -> Result<()> {
 
 pub fn run(args: &[String]) -> Result<ExitCode> {
     let args = parse_args(args)?;
-    let ws = Workspace::load()?;
+    // The checkout this xtask was built from, not the current directory's workspace: run from
+    // elsewhere (`cargo run --manifest-path <kiln>/xtask/Cargo.toml -- new-plugin NAME ...`),
+    // the default `./NAME` is the author's own directory.
+    let ws_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = std::fs::canonicalize(&ws_root)
+        .with_context(|| format!("cannot resolve {}", ws_root.display()))?;
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let dir = normalize(
         &cwd.join(
@@ -108,8 +111,6 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
                 .unwrap_or_else(|| PathBuf::from(&args.name)),
         ),
     );
-    let root = std::fs::canonicalize(&ws.root)
-        .with_context(|| format!("cannot resolve {}", ws.root.display()))?;
     check_destination(&dir, &root)?;
     generate(&args, &dir, &root)?;
     println!(

@@ -55,18 +55,22 @@ fn test_plugin(package: &str) -> PathBuf {
     plugin_lib(package)
 }
 
-/// Generates plugin `name` of `kind` in `parent/name` with `cargo xtask new-plugin`, runs its
-/// tests and builds it; returns its library.
+/// Generates plugin `name` of `kind` with `cargo xtask new-plugin` run from `parent` (as an
+/// author outside the checkout runs it, through the xtask's manifest), into its default
+/// directory `parent/name`; runs its tests and builds it; returns its library.
 fn generate_and_build(parent: &Path, name: &str, kind: &str) -> PathBuf {
     let dir = parent.join(name);
-    let said = run_ok(cargo().current_dir(workspace()).args([
-        "xtask",
+    let xtask = workspace().join("xtask/Cargo.toml");
+    let said = run_ok(cargo().current_dir(parent).args([
+        "run",
+        "--quiet",
+        "--manifest-path",
+        xtask.to_str().unwrap(),
+        "--",
         "new-plugin",
         name,
         "--kind",
         kind,
-        "--dir",
-        dir.to_str().unwrap(),
     ]));
     assert!(
         said.contains(&format!("created the {kind} plugin {name}")),

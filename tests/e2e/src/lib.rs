@@ -38,6 +38,9 @@ const PACKAGES: &[&str] = &[
     "kiln-exec",
     "kiln-http",
     "kiln-git",
+    "kiln-include",
+    "kiln-packages",
+    "kiln-frontend-spec",
 ];
 
 /// The plugins shipped with kiln (under `plugins/` and `frontends/`).
@@ -46,6 +49,9 @@ const BUNDLED: &[&str] = &[
     "kiln-exec",
     "kiln-http",
     "kiln-git",
+    "kiln-include",
+    "kiln-packages",
+    "kiln-frontend-spec",
 ];
 
 /// Builds the binary and plugins the tests use (a no-op after `cargo xtask test` built them).

@@ -6,28 +6,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use kiln_e2e::*;
 
-/// The plugin packages this file tests (not in the harness's list: built here).
+/// The plugin packages this file tests.
 const OURS: [&str; 2] = ["kiln-include", "kiln-packages"];
 
 /// A sandbox with the Dockerfile frontend, exec and our two plugins.
 fn kiln() -> Kiln {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace()).args(["build", "--quiet"]);
-        for p in OURS {
-            cmd.args(["-p", p]);
-        }
-        let status = cmd
-            .status()
-            .expect("run cargo build for the instruction plugins");
-        assert!(status.success(), "building {OURS:?} failed");
-    });
     let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
     for p in OURS {
         k.add_plugin(p);

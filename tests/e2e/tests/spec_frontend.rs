@@ -5,39 +5,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::Command;
-use std::sync::OnceLock;
 
 use kiln_e2e::*;
 
 const PACKAGE: &str = "kiln-frontend-spec";
 
-/// A sandbox with the spec frontend (built first: the harness's list of packages predates it)
-/// and the exec primitive.
+/// A sandbox with the spec frontend and the exec primitive.
 fn sandbox() -> Kiln {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .current_dir(workspace())
-            .args(["build", "--quiet", "-p", PACKAGE])
-            .output()
-            .expect("run cargo build");
-        assert!(
-            out.status.success(),
-            "building {PACKAGE} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // `kiln` searches `<its dir>/plugins` before KILN_PLUGIN_PATH: a copy left there by an
-        // earlier `cargo xtask test` must not shadow the library just built.
-        let lib = plugin_lib(PACKAGE);
-        let bundled = target_dir().join("plugins").join(lib.file_name().unwrap());
-        if bundled.exists() {
-            let tmp = bundled.with_extension(format!("{}.tmp", std::process::id()));
-            std::fs::copy(&lib, &tmp).unwrap();
-            std::fs::rename(&tmp, &bundled).unwrap();
-        }
-    });
     let k = Kiln::new(&["kiln-exec"]);
     k.add_plugin(PACKAGE);
     k

@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub mod dockerd;
+pub mod registry;
 pub mod serve;
 
 /// The workspace root.

@@ -5,9 +5,10 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use kiln_e2e::registry::OwnRegistry;
 use kiln_e2e::{test_registry, tool, Kiln};
 use serde_json::Value;
 
@@ -383,66 +384,6 @@ fn a_missing_source_is_named() {
     );
     let r = k.run(&["imagetools", "inspect", &missing]).fails();
     assert!(r.stderr.contains(&missing), "{}", r.stderr);
-}
-
-/// A registry of this test's own, killed when dropped.
-struct OwnRegistry {
-    addr: String,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl OwnRegistry {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {addr}\n",
-                dir.path().join("storage").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry (Debian package docker-registry) is required for this test");
-        let r = OwnRegistry {
-            addr,
-            child,
-            _dir: dir,
-        };
-        // Ready when /v2/ answers; bounded, since a registry that never starts is a failure.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(&r.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not listen on {} within 15 s",
-                r.addr
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        r
-    }
-}
-
-impl Drop for OwnRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Between two registries no mount is possible: the blobs are streamed from one to the other,

@@ -9,92 +9,11 @@
 //! machines would.
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use kiln_e2e::registry::OwnRegistry;
 use kiln_e2e::*;
-
-/// A registry of this test's own, killed when stopped or dropped.
-struct OwnRegistry {
-    addr: String,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl OwnRegistry {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {addr}\n",
-                dir.path().join("storage").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry (Debian package docker-registry) is required for this test");
-        let r = OwnRegistry {
-            addr,
-            child: Some(child),
-            dir,
-        };
-        // Ready when it listens; bounded, since a registry that never starts is a failure.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(&r.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not listen on {} within 15 s",
-                r.addr
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        r
-    }
-
-    /// The file holding blob `digest` (`sha256:…`) in the registry's storage.
-    fn blob_file(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").unwrap();
-        let file = self
-            .dir
-            .path()
-            .join("storage/docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data");
-        assert!(file.is_file(), "no blob file {}", file.display());
-        file
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnRegistry {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// `kiln plugins push` of package `package`'s library to `reference`, from a store of its
 /// own; returns the pinned reference it prints.

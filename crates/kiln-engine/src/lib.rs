@@ -173,9 +173,10 @@ pub enum Error {
     /// A `# syntax=` directive (or `BUILDKIT_SYNTAX`) names a frontend no installed plugin
     /// answers to. kiln runs frontend plugins, never frontend images.
     #[error(
-        "{origin} {value:?}: no installed frontend plugin answers to {name:?}, and kiln does not \
-         run frontend images ({}). To build this file, choose a frontend on the command line \
-         with --frontend NAME|PATH, or install a frontend plugin that declares the syntax \
+        "{origin} {value:?}: no installed frontend plugin answers to {name:?} ({}). \
+         kiln runs frontend plugins, not frontend images: to build this file, choose a frontend \
+         on the command line with --frontend NAME|PATH, name one published with `kiln plugins \
+         push` by REF@sha256:DIGEST, or install a frontend plugin that declares the syntax \
          {name:?} into a plugin directory ({}; more with --plugin-dir DIR or ${})",
         installed(available),
         plugin_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),

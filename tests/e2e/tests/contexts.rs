@@ -141,6 +141,7 @@ fn an_unknown_syntax_image_says_how_to_proceed() {
         "\"example.com/other/frontend:1\"",
         "--frontend NAME|PATH",
         "install a frontend plugin",
+        "`kiln plugins push` by REF@sha256:DIGEST",
         plugin_dir.as_str(),
         "dockerfile (syntax dockerfile, docker/dockerfile)",
     ] {

@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::proto::{
-    self, Empty, FileInfo, InstructionRequest, InstructionResponse, LogLevel, LogRequest,
-    PluginError, ReadDirRequest, ReadFileRequest, ResolveImageConfigRequest,
+    self, Empty, ErrorKind, FileInfo, FileKind, InstructionRequest, InstructionResponse, LogLevel,
+    LogRequest, PluginError, ReadDirRequest, ReadFileRequest, ResolveImageConfigRequest,
     ResolveImageConfigResponse, StatRequest,
 };
 
@@ -72,6 +72,27 @@ impl Host<'_> {
         let bytes = serde_json::to_vec(&req)
             .map_err(|e| PluginError::internal(format!("cannot encode the request: {e}")))?;
         self.call_raw(proto::HOST_CONTEXT_READ_FILE, &bytes)
+    }
+
+    /// The content of the file `path` in `context`, or `None` when there is no such file (or
+    /// it is a directory): what a frontend wants for an optional file such as `.dockerignore`.
+    pub fn read_file_if_exists(
+        &self,
+        context: &str,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, PluginError> {
+        // `context.read_file` documents no not-found answer: ask `stat` first, and take a
+        // NotFound from the read too (the file may vanish in between).
+        match self.stat(context, path)? {
+            None => return Ok(None),
+            Some(info) if info.kind == FileKind::Dir => return Ok(None),
+            Some(_) => {}
+        }
+        match self.read_context_file(context, path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// What `path` in `context` is, or `None` when it does not exist.

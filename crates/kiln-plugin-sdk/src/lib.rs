@@ -46,9 +46,14 @@
 
 #![warn(missing_docs)]
 
+pub mod context;
 pub mod death_watch;
+pub mod paths;
 pub mod payload;
+pub mod perms;
 pub mod proto;
+pub mod reference;
+pub mod signal;
 pub mod testing;
 pub mod url;
 

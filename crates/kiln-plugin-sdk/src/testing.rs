@@ -200,6 +200,10 @@ mod tests {
             assert_eq!(h.stat("context", "a").unwrap().unwrap().kind, FileKind::Dir);
             assert_eq!(h.stat("context", "a/b.txt").unwrap().unwrap().size, 3);
             assert_eq!(h.stat("context", "a/c").unwrap(), None);
+            let read = |p: &str| h.read_file_if_exists("context", p).unwrap();
+            assert_eq!(read("a/b.txt").as_deref(), Some(&b"bee"[..]));
+            assert_eq!(read("a/c"), None, "a missing file is None");
+            assert_eq!(read("a"), None, "a directory is no file");
             assert!(h.cancelled());
             h.log(LogLevel::Warn, "careful");
             let platform: kiln_types::Platform = "linux/amd64".parse().unwrap();

@@ -17,14 +17,26 @@ pub fn safe_file_name(name: &str) -> Option<String> {
     }
 }
 
-/// The last segment of the URL path (query and fragment removed), percent-decoded, when it is a
-/// [`safe_file_name`]: `https://h/a/b.tar.gz?x` → `b.tar.gz`; `https://h/` → `None`.
+/// The name BuildKit gives a download whose URL path yields none (its Dockerfile frontend's
+/// `ADD <url>` placeholder).
+pub const UNNAMED: &str = "__unnamed__";
+
+/// The last segment of the URL path (query and fragment removed), percent-decoded, as the
+/// Dockerfile's `ADD <url>` names its download: `https://h/a/b.tar.gz?x` → `b.tar.gz`. `None`
+/// (callers use [`UNNAMED`]) when it is empty, `.` or `..`, or holds a decoded `/` or NUL.
+///
+/// Unlike [`safe_file_name`], which judges names from headers and users, the segment is taken
+/// as written: spaces are kept (`%20a` → ` a`) and so is a `\`, an ordinary character in a
+/// Linux file name.
 pub fn basename(url: &str) -> Option<String> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let path = rest.find('/').map_or("", |i| &rest[i..]);
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let last = path.rsplit('/').next().unwrap_or_default();
-    safe_file_name(&percent_decode(last))
+    let decoded = percent_decode(last);
+    let unusable =
+        decoded.is_empty() || decoded == "." || decoded == ".." || decoded.contains(['/', '\0']);
+    (!unusable).then_some(decoded)
 }
 
 /// The file name of a `Content-Disposition` header value: `filename*=UTF-8''...` (RFC 6266,
@@ -130,6 +142,17 @@ mod tests {
             Some("café%zz")
         );
         assert_eq!(basename("https://h/a%2Fb"), None, "a decoded / is refused");
+        assert_eq!(basename("https://h/a%00"), None, "so is a NUL");
+    }
+
+    #[test]
+    fn url_basenames_keep_what_safe_file_name_trims_or_refuses() {
+        // The Dockerfile frontend's (BuildKit's) name for `ADD <url>`: the segment as written.
+        assert_eq!(basename("https://h/%20a%20").as_deref(), Some(" a "));
+        assert_eq!(safe_file_name(" a ").as_deref(), Some("a"));
+        assert_eq!(basename("https://h/a%5Cb").as_deref(), Some("a\\b"));
+        assert_eq!(safe_file_name("a\\b"), None);
+        assert_eq!(basename("https://h/%20").as_deref(), Some(" "));
     }
 
     #[test]

@@ -22,6 +22,7 @@
 
 use dockerfile_parser::instructions as ins;
 use kiln_graph::{CopyAction, CustomOp, Op, State};
+use kiln_plugin_sdk::url;
 use serde::Serialize;
 
 use crate::convert::{Converter, Stage};
@@ -65,20 +66,10 @@ fn is_http(src: &str) -> bool {
 }
 
 /// BuildKit's name for a downloaded file: the last segment of the URL path (percent-decoded),
-/// `__unnamed__` when there is none.
-pub(crate) fn url_filename(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let path = rest.find('/').map_or("", |i| &rest[i..]);
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    let last = path.rsplit('/').next().unwrap_or_default();
-    let decoded = percent_encoding::percent_decode_str(last)
-        .decode_utf8_lossy()
-        .into_owned();
-    if decoded.is_empty() || decoded == "." || decoded == ".." || decoded.contains(['/', '\0']) {
-        "__unnamed__".to_owned()
-    } else {
-        decoded
-    }
+/// `__unnamed__` when there is none (the SDK's [`url::basename`], which the http primitive uses
+/// too).
+pub(crate) fn url_filename(src: &str) -> String {
+    url::basename(src).unwrap_or_else(|| url::UNNAMED.to_owned())
 }
 
 /// `algo:hex` with a digest algorithm the http primitive verifies.
@@ -234,6 +225,10 @@ mod tests {
         assert_eq!(url_filename("https://h/"), "__unnamed__");
         assert_eq!(url_filename("https://h"), "__unnamed__");
         assert_eq!(url_filename("https://h/%2e%2e"), "__unnamed__");
+        // BuildKit takes the segment as written: no trimming, and `\` is a file name character
+        // (the SDK's `safe_file_name`, for header and user names, refuses both).
+        assert_eq!(url_filename("https://h/%20a%20"), " a ");
+        assert_eq!(url_filename("https://h/a%5Cb"), "a\\b");
         assert!(check_digest(&format!("sha256:{}", "a".repeat(64))).is_ok());
         assert!(check_digest("sha256:abc").is_err());
         assert!(check_digest("md5:abc").is_err());

@@ -7,6 +7,7 @@ use dockerfile_parser::instructions::{self as ins, Instruction};
 use dockerfile_parser::shell::{Env, Lexer, NoEnv};
 use dockerfile_parser::Node;
 use kiln_graph::{ImageSource, LocalSource, State};
+use kiln_plugin_sdk::context;
 use kiln_plugin_sdk::proto::{
     Diagnostic, ErrorKind, FrontendRequest, FrontendResponse, Location, PluginError,
 };
@@ -18,18 +19,12 @@ use crate::error::{Error, Result};
 use crate::host::FrontendHost;
 use crate::lint::{self, Linter, StageChecks};
 use crate::named::NamedContexts;
-use crate::{reference, suggest};
+use crate::suggest;
 
 /// `comment` of every history entry, as BuildKit writes it.
 pub(crate) const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 /// The PATH BuildKit gives a stage whose image sets none (`system.DefaultPathEnv`).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// The main local context.
-pub(crate) const CONTEXT: &str = "context";
-/// The Dockerfile's own directory as the engine serves it (BuildKit's `dockerfile` local):
-/// only the Dockerfile and `<name>.dockerignore`. The `=` keeps it apart from every
-/// `--build-context NAME=VALUE` name; kiln-engine's `services.rs` spells it too.
-pub(crate) const DOCKERFILE_CONTEXT: &str = "dockerfile=";
 
 /// Every instruction this frontend knows, for "did you mean" hints.
 pub(crate) const KNOWN_INSTRUCTIONS: [&str; 18] = [
@@ -1038,7 +1033,7 @@ impl Converter<'_> {
         let mut config = resp.config;
         config.created = None;
         let resolved = ResolvedImage {
-            pinned: reference::pinned(reference, &resp.digest.to_string()),
+            pinned: kiln_plugin_sdk::reference::pinned(reference, &resp.digest.to_string()),
             config,
         };
         self.images.insert(key, resolved.clone());
@@ -1194,7 +1189,7 @@ impl Converter<'_> {
         }
         let state = State::local(
             LocalSource {
-                name: CONTEXT.to_owned(),
+                name: context::MAIN.to_owned(),
                 include_patterns: Vec::new(),
                 exclude_patterns,
             },
@@ -1204,42 +1199,28 @@ impl Converter<'_> {
         Ok(state)
     }
 
-    /// `<Dockerfile>.dockerignore` beside the Dockerfile when present, else the context's
-    /// `.dockerignore`, as BuildKit reads them (its `dockerfile` local, then the context).
+    /// The patterns of the ignore file that applies: `<Dockerfile>.dockerignore` beside the
+    /// Dockerfile when present, else the context's `.dockerignore`, as BuildKit reads them
+    /// ([`context::ignore_file`]).
     fn read_ignore_patterns(&self) -> Result<Vec<String>> {
-        // The engine passes the file name; a host passing a path still means its last part.
-        let name = self.req.filename.rsplit('/').next().unwrap_or_default();
-        let mut candidates = Vec::new();
-        if !name.is_empty() {
-            candidates.push((DOCKERFILE_CONTEXT, format!("{name}.dockerignore")));
-        }
-        candidates.push((CONTEXT, ".dockerignore".to_owned()));
-        for (context, path) in candidates {
-            let bytes = match self.host.read_context_file(context, &path) {
-                // A host that does not serve the Dockerfile's directory has nothing beside it.
-                Err(e) if context == DOCKERFILE_CONTEXT && e.kind == ErrorKind::NotFound => None,
-                read => read?,
+        let read = |context: &str, path: &str| self.host.read_context_file(context, path);
+        let Some(file) = context::ignore_file(&self.req.filename, read)? else {
+            return Ok(Vec::new());
+        };
+        kiln_ignore::read_ignore_file(&file.text).map_err(|e| {
+            // The limits name a line of the ignore file, not of the Dockerfile.
+            let line = match &e {
+                kiln_ignore::Error::TooManyPatterns { line, .. }
+                | kiln_ignore::Error::PatternTooLong { line, .. } => *line,
+                _ => None,
             };
-            if let Some(bytes) = bytes {
-                return kiln_ignore::read_ignore_file(&String::from_utf8_lossy(&bytes)).map_err(
-                    |e| {
-                        // The limits name a line of the ignore file, not of the Dockerfile.
-                        let line = match &e {
-                            kiln_ignore::Error::TooManyPatterns { line, .. }
-                            | kiln_ignore::Error::PatternTooLong { line, .. } => *line,
-                            _ => None,
-                        };
-                        let mut error = PluginError::new(
-                            ErrorKind::InvalidInput,
-                            format!("failed to read {path}: {e}"),
-                        );
-                        error.location = line.map(|l| location(&path, l));
-                        Error::from(error)
-                    },
-                );
-            }
-        }
-        Ok(Vec::new())
+            let mut error = PluginError::new(
+                ErrorKind::InvalidInput,
+                format!("failed to read {}: {e}", file.path),
+            );
+            error.location = line.map(|l| location(&file.path, l));
+            Error::from(error)
+        })
     }
 
     /// Build args in scope of a stage, for instruction plugins.

@@ -10,16 +10,19 @@ use dockerfile_parser::shell::{Env, Lexer};
 use dockerfile_parser::Node;
 use kiln_graph::{
     CacheSharing, Chmod, Chown, CopyAction, ExecBuilder, FileAction, FileBuilder, Mount, MountKind,
-    NetworkMode, Op, SecurityMode, State, UserRef,
+    NetworkMode, Op, SecurityMode, State,
 };
+use kiln_plugin_sdk::paths;
+use kiln_plugin_sdk::perms::{self, PermsError};
 use kiln_plugin_sdk::proto::{InstructionRequest, PluginError};
+use kiln_plugin_sdk::signal;
 use kiln_types::image::{EmptyObject, Healthcheck};
 
 use crate::add::AddFlags;
 use crate::convert::{check_variables, location, set_pair, Converter, Stage, KNOWN_INSTRUCTIONS};
 use crate::error::{Error, Result};
 use crate::expansion::Chain;
-use crate::{gofmt, lint, paths, suggest};
+use crate::{gofmt, lint, suggest};
 
 impl Converter<'_> {
     /// Lowers one instruction onto `stage`.
@@ -840,56 +843,23 @@ fn run_command_string(args: &[String], stage: &Stage) -> String {
     parts.join(" ")
 }
 
-/// `user[:group]` → owner; numbers are ids, anything else a name resolved in the image.
+/// `user[:group]` → owner (the SDK's rule, shared with the other frontends).
 pub(crate) fn parse_chown(s: &str) -> Result<Chown> {
-    let (user, group) = match s.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (s, None),
-    };
-    if user.is_empty() {
-        return Err(Error::invalid(format!(
-            "invalid user {s:?}: expected user[:group]"
-        )));
-    }
-    let r = |x: &str| match x.parse::<u32>() {
-        Ok(id) => UserRef::Id(id),
-        Err(_) => UserRef::Name(x.to_owned()),
-    };
-    Ok(Chown {
-        user: r(user),
-        group: group.filter(|g| !g.is_empty()).map(r),
-    })
+    perms::parse_chown(s).map_err(|e| Error::invalid(e.to_string()))
 }
 
-/// `--chmod`: octal up to 07777, else a symbolic mode (`u+x,go-w`).
+/// `--chmod`: octal up to 07777, else a symbolic mode (`u+x,go-w`); BuildKit's messages.
 pub(crate) fn parse_chmod(s: &str) -> Result<Chmod> {
-    let non_octal = || {
-        Error::invalid(format!(
-            "invalid chmod parameter: '{s}'. it should be octal string and between 0 and 07777"
-        ))
-    };
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
-        let v = u32::from_str_radix(s, 8).map_err(|_| non_octal())?;
-        return if v > 0o7777 {
-            Err(non_octal())
-        } else {
-            Ok(Chmod::Octal(v))
-        };
-    }
-    let clause_ok = |c: &str| {
-        let rest = c.trim_start_matches(['u', 'g', 'o', 'a']);
-        rest.starts_with(['+', '-', '='])
-            && rest
-                .chars()
-                .all(|ch| "+-=rwxXstugo".contains(ch) || ch.is_ascii_digit())
-    };
-    if !s.is_empty() && s.split(',').all(clause_ok) {
-        Ok(Chmod::Symbolic(s.to_owned()))
-    } else {
-        Err(Error::invalid(format!(
-            "invalid chmod parameter: '{s}'. it should be an octal mode or a symbolic mode such as u+x,go-w"
-        )))
-    }
+    perms::parse_chmod(s).map_err(|e| {
+        Error::invalid(match e {
+            PermsError::BadOctal(_) | PermsError::NoUser(_) => format!(
+                "invalid chmod parameter: '{s}'. it should be octal string and between 0 and 07777"
+            ),
+            PermsError::BadMode(_) => format!(
+                "invalid chmod parameter: '{s}'. it should be an octal mode or a symbolic mode such as u+x,go-w"
+            ),
+        })
+    })
 }
 
 /// The id of a secret mount from its expanded `source`, `id` and `target`, as BuildKit's
@@ -982,29 +952,9 @@ fn port_range(ports: &str) -> Option<(u32, u32)> {
     (last >= first).then_some((first, last))
 }
 
-/// STOPSIGNAL values docker accepts: a positive number or a signal name (`SIGKILL`, `KILL`).
+/// STOPSIGNAL values docker accepts (the SDK's rule), with BuildKit's message.
 fn check_signal(sig: &str) -> Result<()> {
-    const NAMES: [&str; 36] = [
-        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
-        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
-        "TRAP", "TSTP", "TTIN", "TTOU", "UNUSED", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU",
-        "XFSZ", "RTMIN",
-    ];
-    let ok = match sig.parse::<i64>() {
-        Ok(n) => n > 0,
-        Err(_) => {
-            let upper = sig.to_uppercase();
-            let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-            NAMES.contains(&name)
-                || ["RTMIN+", "RTMAX-"].iter().any(|p| {
-                    name.strip_prefix(p)
-                        .and_then(|n| n.parse::<u8>().ok())
-                        .is_some_and(|n| (1..=15).contains(&n))
-                })
-                || name == "RTMAX"
-        }
-    };
-    if ok {
+    if signal::is_stop_signal(sig) {
         Ok(())
     } else {
         Err(Error::invalid(format!("Invalid signal: {sig}")))
@@ -1071,6 +1021,7 @@ fn strip_flags(text: &str, count: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_graph::UserRef;
 
     #[test]
     fn small_parsers() {

@@ -2,8 +2,7 @@
 //! SDK's [`Host`], tests over an in-memory fake, so the conversion runs in-process in tests.
 
 use kiln_plugin_sdk::proto::{
-    ErrorKind, FileKind, InstructionRequest, InstructionResponse, LogLevel, PluginError,
-    ResolveImageConfigResponse,
+    InstructionRequest, InstructionResponse, LogLevel, PluginError, ResolveImageConfigResponse,
 };
 use kiln_plugin_sdk::Host;
 use kiln_types::Platform;
@@ -36,19 +35,7 @@ pub trait FrontendHost {
 
 impl FrontendHost for Host<'_> {
     fn read_context_file(&self, context: &str, path: &str) -> Result<Option<Vec<u8>>, PluginError> {
-        // The SDK documents "not found" only for `stat` (`None`); `context.read_file` has no
-        // documented not-found answer, so ask `stat` first and also accept a NotFound error
-        // from the read (the file may vanish in between).
-        match Host::stat(self, context, path)? {
-            None => return Ok(None),
-            Some(info) if info.kind == FileKind::Dir => return Ok(None),
-            Some(_) => {}
-        }
-        match Host::read_context_file(self, context, path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        Host::read_file_if_exists(self, context, path)
     }
 
     fn read_dir(&self, context: &str, path: &str) -> Result<Vec<String>, PluginError> {

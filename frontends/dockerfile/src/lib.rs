@@ -22,8 +22,6 @@ mod gofmt;
 mod host;
 mod lint;
 mod named;
-mod paths;
-mod reference;
 mod run_opts;
 mod suggest;
 

@@ -753,7 +753,7 @@ pub(crate) fn copy_ignored_file(
     if matcher.exclusions() {
         return None;
     }
-    let source = crate::paths::clean(source);
+    let source = kiln_plugin_sdk::paths::clean(source);
     if (source == "." || source == "/")
         && !matcher
             .patterns()

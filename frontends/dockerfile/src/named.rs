@@ -9,8 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kiln_plugin_sdk::context::{self, key as context_key};
 use kiln_plugin_sdk::proto::Diagnostic;
-use kiln_types::reference::Reference;
 
 /// One `--build-context`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,41 +29,17 @@ pub(crate) struct NamedContexts {
     used: BTreeSet<String>,
 }
 
-/// The name a context is matched by: the familiar reference (`docker.io/library/alpine:latest`
-/// → `alpine`, `quay.io/org/img:latest` → `quay.io/org/img`, `alpine:3` stays), or `name` as
-/// written when it is no reference.
-pub(crate) fn context_key(name: &str) -> String {
-    let Ok(r) = Reference::parse_normalized(name) else {
-        return name.to_owned();
-    };
-    let mut key = r.familiar_name();
-    if let Some(tag) = &r.tag {
-        key.push(':');
-        key.push_str(tag);
-    }
-    if let Some(digest) = &r.digest {
-        key.push('@');
-        key.push_str(&digest.to_string());
-    }
-    match key.strip_suffix(":latest") {
-        Some(bare) => bare.to_owned(),
-        None => key,
-    }
-}
-
 impl NamedContexts {
     /// The `context:NAME` options of a request (a later name with the same normalized form
     /// wins, as in buildx's map).
     pub(crate) fn from_options(options: &BTreeMap<String, String>) -> Self {
-        let by_key = options
-            .iter()
-            .filter_map(|(k, v)| {
-                let name = k.strip_prefix("context:")?;
+        let by_key = context::named(options)
+            .map(|(name, value)| {
                 let context = NamedContext {
                     name: name.to_owned(),
-                    value: v.clone(),
+                    value: value.to_owned(),
                 };
-                Some((context_key(name), context))
+                (context_key(name), context)
             })
             .collect();
         NamedContexts {
@@ -107,34 +83,6 @@ impl NamedContexts {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_are_familiar_references_without_latest() {
-        let digest = format!("sha256:{}", "ab".repeat(32));
-        for (name, want) in [
-            ("alpine", "alpine"),
-            ("alpine:latest", "alpine"),
-            ("docker.io/library/alpine:latest", "alpine"),
-            ("index.docker.io/library/alpine", "alpine"),
-            ("library/alpine", "alpine"),
-            ("alpine:3.19", "alpine:3.19"),
-            ("quay.io/org/img", "quay.io/org/img"),
-            ("quay.io/org/img:latest", "quay.io/org/img"),
-            ("docker.io/org/img:1", "org/img:1"),
-            ("localhost:5000/x:latest", "localhost:5000/x"),
-            ("mycontext", "mycontext"),
-            ("build-stage", "build-stage"),
-            // Not references: as written.
-            ("MyContext", "MyContext"),
-            ("my context", "my context"),
-        ] {
-            assert_eq!(context_key(name), want, "{name}");
-        }
-        assert_eq!(
-            context_key(&format!("docker.io/library/alpine@{digest}")),
-            format!("alpine@{digest}")
-        );
-    }
 
     #[test]
     fn lookup_by_either_form_and_unused_warnings() {

@@ -45,7 +45,7 @@ struct FakeHost {
 
 impl FrontendHost for FakeHost {
     fn read_context_file(&self, context: &str, path: &str) -> Result<Option<Vec<u8>>, PluginError> {
-        if context == crate::convert::DOCKERFILE_CONTEXT {
+        if context == kiln_plugin_sdk::context::BUILD_FILE {
             return Ok(self.beside.get(path).map(|s| s.as_bytes().to_vec()));
         }
         assert_eq!(context, "context");

@@ -1,9 +1,7 @@
 //! What the spec frontend needs from kiln, as a small trait: the plugin implements it over the
 //! SDK's [`Host`], tests over an in-memory fake, so the lowering runs in-process in tests.
 
-use kiln_plugin_sdk::proto::{
-    ErrorKind, FileKind, LogLevel, PluginError, ResolveImageConfigResponse,
-};
+use kiln_plugin_sdk::proto::{LogLevel, PluginError, ResolveImageConfigResponse};
 use kiln_plugin_sdk::Host;
 use kiln_types::Platform;
 
@@ -25,18 +23,7 @@ pub trait SpecHost {
 
 impl SpecHost for Host<'_> {
     fn read_context_file(&self, context: &str, path: &str) -> Result<Option<Vec<u8>>, PluginError> {
-        // `context.read_file` documents no not-found answer: ask `stat` first, and take a
-        // NotFound from the read too (the file may vanish in between).
-        match Host::stat(self, context, path)? {
-            None => return Ok(None),
-            Some(info) if info.kind == FileKind::Dir => return Ok(None),
-            Some(_) => {}
-        }
-        match Host::read_context_file(self, context, path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        Host::read_file_if_exists(self, context, path)
     }
 
     fn resolve_image_config(

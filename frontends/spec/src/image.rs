@@ -1,6 +1,7 @@
 //! The image config a stage's `image` table sets: commands, ports, signals, health checks,
 //! with the rules of the Dockerfile instructions they stand for.
 
+use kiln_plugin_sdk::signal;
 use kiln_types::image::Healthcheck;
 use kiln_types::Platform;
 
@@ -73,23 +74,9 @@ pub(crate) fn parse_port(raw: &str) -> Result<Vec<String>> {
     Ok((first..=last).map(|p| format!("{p}/{proto}")).collect())
 }
 
-/// Stop signals docker accepts: a positive number or a signal name (`SIGTERM`, `TERM`).
+/// Stop signals docker accepts (see [`signal::is_stop_signal`]).
 pub(crate) fn check_signal(sig: &str) -> Result<()> {
-    const NAMES: [&str; 36] = [
-        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
-        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
-        "TRAP", "TSTP", "TTIN", "TTOU", "UNUSED", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU",
-        "XFSZ", "RTMIN",
-    ];
-    let ok = match sig.parse::<i64>() {
-        Ok(n) => n > 0,
-        Err(_) => {
-            let upper = sig.to_uppercase();
-            let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-            NAMES.contains(&name) || name == "RTMAX"
-        }
-    };
-    if ok {
+    if signal::is_stop_signal(sig) {
         Ok(())
     } else {
         Err(Error::invalid(format!("invalid stop signal {sig:?}")))

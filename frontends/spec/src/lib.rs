@@ -38,7 +38,6 @@ mod error;
 mod host;
 mod image;
 mod lower;
-mod paths;
 mod schema;
 
 #[cfg(test)]

@@ -9,17 +9,19 @@ use std::collections::{BTreeMap, HashMap};
 use dockerfile_parser::shell::{Env, Lexer};
 use kiln_graph::{
     Chmod, Chown, CopyAction, ExecBuilder, FileAction, FileBuilder, ImageSource, LocalSource,
-    Mount, MountKind, NetworkMode, Op, SecurityMode, State, UserRef,
+    Mount, MountKind, NetworkMode, Op, SecurityMode, State,
 };
-use kiln_plugin_sdk::proto::{Diagnostic, ErrorKind, FrontendRequest, FrontendResponse};
+use kiln_plugin_sdk::context::{self, key as context_key};
+use kiln_plugin_sdk::perms;
+use kiln_plugin_sdk::proto::{Diagnostic, FrontendRequest, FrontendResponse};
+use kiln_plugin_sdk::{paths, reference};
 use kiln_types::image::{EmptyObject, History, ImageConfig};
-use kiln_types::reference::{LayoutRef, Reference, LAYOUT_SCHEME};
+use kiln_types::reference::LAYOUT_SCHEME;
 use kiln_types::Platform;
 
 use crate::error::{Error, Result};
 use crate::host::SpecHost;
 use crate::image::{check_signal, command_args, default_shell, healthcheck, parse_port};
-use crate::paths;
 use crate::schema::{
     self, At, Command, CopyStep, ImageSpec, MountSpec, RunStep, Spec, StageSpec, StepKind,
 };
@@ -37,10 +39,6 @@ pub(crate) const HISTORY_COMMENT: &str = "kiln.spec.v0";
 /// The PATH a stage gets when its base sets none (BuildKit's `system.DefaultPathEnv`, as the
 /// Dockerfile frontend gives it: the same environment keeps RUN steps' digests equal).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// The main local context.
-const CONTEXT: &str = "context";
-/// The build file's own directory as the engine serves it (see kiln-engine's `services.rs`).
-const BUILD_FILE_CONTEXT: &str = "dockerfile=";
 /// Build args that are not the build file's: they steer kiln or RUN's proxies, and are never
 /// reported as unused.
 const KNOWN_BUILD_ARGS: &[&str] = &[
@@ -1048,7 +1046,7 @@ impl Lowering<'_> {
         let mut config = resp.config;
         config.created = None;
         let resolved = ResolvedImage {
-            pinned: pinned(reference, &resp.digest.to_string()),
+            pinned: reference::pinned(reference, &resp.digest.to_string()),
             config,
         };
         self.images.insert(key, resolved.clone());
@@ -1099,7 +1097,7 @@ impl Lowering<'_> {
         }
         let state = State::local(
             LocalSource {
-                name: CONTEXT.to_owned(),
+                name: context::MAIN.to_owned(),
                 include_patterns: Vec::new(),
                 exclude_patterns: self.read_ignore_patterns()?,
             },
@@ -1109,28 +1107,15 @@ impl Lowering<'_> {
         Ok(state)
     }
 
-    /// `<build file>.dockerignore` beside the build file when present, else the context's
-    /// `.dockerignore`: the Dockerfile frontend's rule, so a context is the same source (and
-    /// the same cache key) for both.
+    /// The patterns of the build file's ignore file ([`context::ignore_file`]): the Dockerfile
+    /// frontend's rule, so a context is the same source (and the same cache key) for both.
     fn read_ignore_patterns(&self) -> Result<Vec<String>> {
-        let name = self.req.filename.rsplit('/').next().unwrap_or_default();
-        let mut candidates = Vec::new();
-        if !name.is_empty() {
-            candidates.push((BUILD_FILE_CONTEXT, format!("{name}.dockerignore")));
+        let read = |context: &str, path: &str| self.host.read_context_file(context, path);
+        match context::ignore_file(&self.req.filename, read)? {
+            None => Ok(Vec::new()),
+            Some(file) => kiln_ignore::read_ignore_file(&file.text)
+                .map_err(|e| Error::invalid(format!("failed to read {}: {e}", file.path))),
         }
-        candidates.push((CONTEXT, ".dockerignore".to_owned()));
-        for (context, path) in candidates {
-            let bytes = match self.host.read_context_file(context, &path) {
-                // A host that does not serve the build file's directory has nothing beside it.
-                Err(e) if context == BUILD_FILE_CONTEXT && e.kind == ErrorKind::NotFound => None,
-                read => read?,
-            };
-            if let Some(bytes) = bytes {
-                return kiln_ignore::read_ignore_file(&String::from_utf8_lossy(&bytes))
-                    .map_err(|e| Error::invalid(format!("failed to read {path}: {e}")));
-            }
-        }
-        Ok(Vec::new())
     }
 
     /// Proxy settings given as build args, which RUN sees without being keyed on them.
@@ -1210,58 +1195,9 @@ fn image_state(img: &ResolvedImage, platform: &Platform, description: String) ->
 
 /// The `--build-context` options (`context:NAME`) by normalized name.
 fn named_contexts(options: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    options
-        .iter()
-        .filter_map(|(k, v)| Some((context_key(k.strip_prefix("context:")?), v.clone())))
+    context::named(options)
+        .map(|(name, value)| (context_key(name), value.to_owned()))
         .collect()
-}
-
-/// The name a build context is matched by: the familiar reference without `:latest`
-/// (`docker.io/library/alpine:latest` → `alpine`), or the name as written when it is no
-/// reference — buildx's rule, as the Dockerfile frontend's `named.rs` applies it.
-fn context_key(name: &str) -> String {
-    let Ok(r) = Reference::parse_normalized(name) else {
-        return name.to_owned();
-    };
-    let mut key = r.familiar_name();
-    if let Some(tag) = &r.tag {
-        key.push(':');
-        key.push_str(tag);
-    }
-    if let Some(digest) = &r.digest {
-        key.push('@');
-        key.push_str(&digest.to_string());
-    }
-    match key.strip_suffix(":latest") {
-        Some(bare) => bare.to_owned(),
-        None => key,
-    }
-}
-
-/// The normalized reference pinned to `digest` (the Dockerfile frontend's `reference::pinned`:
-/// the same graph names the same image the same way).
-fn pinned(reference: &str, digest: &str) -> String {
-    if reference.starts_with(LAYOUT_SCHEME) {
-        return match reference.parse::<LayoutRef>() {
-            Ok(l) if l.digest.is_none() && !digest.is_empty() => {
-                format!("{LAYOUT_SCHEME}{}@{digest}", l.dir.display())
-            }
-            Ok(l) => l.to_string(),
-            Err(_) => reference.to_owned(),
-        };
-    }
-    let n = if reference.contains("://") {
-        reference.to_owned()
-    } else {
-        reference
-            .parse::<Reference>()
-            .map_or_else(|_| reference.to_owned(), |r| r.to_string())
-    };
-    if n.contains('@') || n.contains("://") || digest.is_empty() {
-        n
-    } else {
-        format!("{n}@{digest}")
-    }
 }
 
 /// Fails at `line` when the stage holds more than [`MAX_VARIABLES`] variables.
@@ -1313,51 +1249,14 @@ fn default_network(options: &BTreeMap<String, String>) -> Result<NetworkMode> {
     }
 }
 
-/// `user[:group]` → owner; numbers are ids, anything else a name resolved in the image.
+/// `user[:group]` → owner (see [`perms::parse_chown`]).
 fn parse_chown(s: &str) -> Result<Chown> {
-    let (user, group) = match s.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (s, None),
-    };
-    if user.is_empty() {
-        return Err(Error::invalid(format!(
-            "invalid user {s:?}: expected user[:group]"
-        )));
-    }
-    let r = |x: &str| match x.parse::<u32>() {
-        Ok(id) => UserRef::Id(id),
-        Err(_) => UserRef::Name(x.to_owned()),
-    };
-    Ok(Chown {
-        user: r(user),
-        group: group.filter(|g| !g.is_empty()).map(r),
-    })
+    perms::parse_chown(s).map_err(|e| Error::invalid(e.to_string()))
 }
 
-/// `chmod`: octal up to 7777, else a symbolic mode (`u+x,go-w`).
+/// `chmod`: octal up to 7777, else a symbolic mode (see [`perms::parse_chmod`]).
 fn parse_chmod(s: &str) -> Result<Chmod> {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
-        return match u32::from_str_radix(s, 8) {
-            Ok(v) if v <= 0o7777 => Ok(Chmod::Octal(v)),
-            _ => Err(Error::invalid(format!(
-                "invalid chmod {s:?}: an octal mode between 0 and 7777"
-            ))),
-        };
-    }
-    let clause_ok = |c: &str| {
-        let rest = c.trim_start_matches(['u', 'g', 'o', 'a']);
-        rest.starts_with(['+', '-', '='])
-            && rest
-                .chars()
-                .all(|ch| "+-=rwxXstugo".contains(ch) || ch.is_ascii_digit())
-    };
-    if !s.is_empty() && s.split(',').all(clause_ok) {
-        Ok(Chmod::Symbolic(s.to_owned()))
-    } else {
-        Err(Error::invalid(format!(
-            "invalid chmod {s:?}: an octal mode or a symbolic mode such as u+x,go-w"
-        )))
-    }
+    perms::parse_chmod(s).map_err(|e| Error::invalid(e.to_string()))
 }
 
 /// URLs and git references, which `copy` refuses.

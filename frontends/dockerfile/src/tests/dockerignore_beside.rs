@@ -3,7 +3,7 @@
 
 use super::*;
 
-use crate::convert::DOCKERFILE_CONTEXT;
+use kiln_plugin_sdk::context::BUILD_FILE as DOCKERFILE_CONTEXT;
 
 const SOURCE: &str = "FROM scratch\nCOPY . /src/\n";
 

@@ -100,17 +100,21 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         }
     }
     let ws = Workspace::load()?;
-    crate::run(crate::cargo().current_dir(&ws.root).args([
-        "build",
-        "--release",
-        "-p",
-        "kiln-cli",
-        "-p",
-        "kiln-frontend-dockerfile",
-        "-p",
-        "kiln-exec",
-    ]))
-    .context("the release build failed")?;
+    // kiln and every bundled plugin: `install_plugins` refuses a bundled plugin left unbuilt
+    // (the bench failed so once plugins/include, plugins/packages and frontends/spec came).
+    let mut build = crate::cargo();
+    build
+        .current_dir(&ws.root)
+        .args(["build", "--release", "-p", "kiln-cli"]);
+    let mut plugins: Vec<String> = workspace::bundled_plugins(&ws)
+        .into_iter()
+        .map(|(pkg, _)| pkg)
+        .collect();
+    plugins.dedup();
+    for pkg in &plugins {
+        build.args(["-p", pkg]);
+    }
+    crate::run(&mut build).context("the release build failed")?;
     let release = ws.target_dir.join("release");
     workspace::install_plugins(&ws, &release)?;
 

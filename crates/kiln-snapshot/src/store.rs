@@ -99,7 +99,7 @@ impl Store {
         };
         let mut store = Self::open_with(root, forced.unwrap_or(SnapshotterKind::Overlay))?;
         if forced.is_none() {
-            if let Err(why) = crate::view::probe_overlay(&store) {
+            if let Err(why) = crate::view::probe_overlay_once(&store) {
                 static NOTE: std::sync::Once = std::sync::Once::new();
                 NOTE.call_once(|| {
                     eprintln!(
@@ -137,7 +137,7 @@ impl Store {
     }
 
     /// A fresh name under `tmp/` for a temporary of this session.
-    fn tmp_path(&self, what: &str) -> PathBuf {
+    pub(crate) fn tmp_path(&self, what: &str) -> PathBuf {
         self.root
             .join("tmp")
             .join(format!("{}-{what}-{}", self.session.id(), unique_name()))

@@ -50,7 +50,8 @@ impl ReadView {
                     SnapshotterKind::Overlay => {
                         let opts =
                             format!("lowerdir={},redirect_dir=off", lowerdirs(store, layers));
-                        overlay(&dir, &opts, MsFlags::MS_RDONLY)?;
+                        overlay(&dir, &opts, MsFlags::MS_RDONLY)
+                            .inspect_err(|_| forget_probe(store))?;
                         view.mounted = true;
                     }
                     // On error the view's drop removes the partial copy.
@@ -138,7 +139,8 @@ impl WriteView {
             work.display()
         );
         let volatile =
-            flush::mount_volatile(&opts, |opts| overlay(&merged, opts, MsFlags::empty()))?;
+            flush::mount_volatile(&opts, |opts| overlay(&merged, opts, MsFlags::empty()))
+                .inspect_err(|_| forget_probe(store))?;
         Ok(WriteView {
             layer: Some(layer),
             merged,
@@ -210,6 +212,71 @@ impl Drop for WriteView {
             let _ = umount2(&self.merged, MntFlags::MNT_DETACH);
         }
     }
+}
+
+/// The store's record of an overlay probe that succeeded: the conditions it ran under
+/// ([`probe_conditions`]). A start of kiln under the same conditions skips the probe, whose
+/// mount, unmount and ten directory creations and removals cost 10 to 25 ms of every build
+/// (a third of a no-op's time after a registry cache import). Not flushed: a lost record only
+/// means one more probe.
+const PROBE_RECORD: &str = "overlay-probe";
+
+/// What the verdict of an overlay probe depends on, as text: the kernel (build and release),
+/// the privileges (effective uid, capabilities, user namespace, LSM label) and the file system
+/// of the store's `tmp/` (type and device). None when one cannot be read: then kiln probes.
+fn probe_conditions(store: &Store) -> Option<String> {
+    let read = |p: &str| fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
+    let release = read("/proc/sys/kernel/osrelease")?;
+    let version = read("/proc/sys/kernel/version")?;
+    let userns = fs::read_link("/proc/self/ns/user").ok()?;
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let caps = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    // Absent without an LSM: that is a condition too.
+    let lsm = read("/proc/self/attr/current").unwrap_or_default();
+    let tmp = store.root().join("tmp");
+    let dev = std::os::unix::fs::MetadataExt::dev(&fs::metadata(&tmp).ok()?);
+    let fs_type = nix::sys::statfs::statfs(&tmp).ok()?.filesystem_type();
+    Some(format!(
+        "overlay probe 1\nkernel {release} {version}\nuserns {}\n{caps}\neuid {}\nlsm {lsm}\nfs {fs_type:?} dev {dev}\n",
+        userns.display(),
+        nix::unistd::geteuid(),
+    ))
+}
+
+/// [`probe_overlay`], skipped when the store records a success under the same conditions.
+pub(crate) fn probe_overlay_once(store: &Store) -> Result<()> {
+    probe_recorded(store, probe_conditions(store), probe_overlay)
+}
+
+fn probe_recorded(
+    store: &Store,
+    conditions: Option<String>,
+    probe: impl FnOnce(&Store) -> Result<()>,
+) -> Result<()> {
+    let record = store.root().join(PROBE_RECORD);
+    if let Some(c) = &conditions {
+        if fs::read_to_string(&record).is_ok_and(|have| have == *c) {
+            return Ok(());
+        }
+    }
+    probe(store)?;
+    if let Some(c) = conditions {
+        // Best effort: without the record, the next start probes again.
+        let tmp = store.tmp_path("probe-record");
+        if fs::write(&tmp, c)
+            .and_then(|()| fs::rename(&tmp, &record))
+            .is_err()
+        {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+    Ok(())
+}
+
+/// Drops the probe's record after an overlay mount failed, so that the next start probes
+/// again (and falls back to copies if overlays stopped working) rather than trust it.
+fn forget_probe(store: &Store) {
+    let _ = fs::remove_file(store.root().join(PROBE_RECORD));
 }
 
 /// Whether a writable overlay with two lower dirs can be mounted in the store's `tmp/`: the
@@ -304,6 +371,62 @@ mod probe_tests {
         assert_eq!(asked, ["lowerdir=a:b,volatile", "lowerdir=a:b"]);
         // No overlay at all: the probe fails as before (the copy snapshotter is chosen).
         assert!(mount_probe("lowerdir=a:b", |_| Err(refused())).is_err());
+    }
+
+    #[test]
+    fn a_probe_that_succeeded_is_not_run_again_under_the_same_conditions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), crate::SnapshotterKind::Overlay).unwrap();
+        let runs = std::cell::Cell::new(0);
+        let ok = |_: &Store| {
+            runs.set(runs.get() + 1);
+            Ok(())
+        };
+        let c1 = || Some("conditions 1\n".to_owned());
+        probe_recorded(&store, c1(), ok).unwrap();
+        probe_recorded(&store, c1(), ok).unwrap();
+        assert_eq!(
+            runs.get(),
+            1,
+            "the second start under the same conditions probed again"
+        );
+        // Another kernel, user namespace, file system...: probe again.
+        probe_recorded(&store, Some("conditions 2\n".to_owned()), ok).unwrap();
+        assert_eq!(runs.get(), 2);
+        // Conditions that cannot be read: always probe.
+        probe_recorded(&store, None, ok).unwrap();
+        probe_recorded(&store, None, ok).unwrap();
+        assert_eq!(runs.get(), 4);
+        // A mount that failed drops the record: the next start probes.
+        probe_recorded(&store, c1(), ok).unwrap();
+        forget_probe(&store);
+        probe_recorded(&store, c1(), ok).unwrap();
+        assert_eq!(runs.get(), 6);
+        // A failed probe is not recorded: the copy snapshotter is chosen each time it fails.
+        forget_probe(&store);
+        let failed = probe_recorded(&store, c1(), |_| Err(refused()));
+        assert!(failed.is_err());
+        probe_recorded(&store, c1(), ok).unwrap();
+        assert_eq!(runs.get(), 7);
+        let left: Vec<_> = fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+        assert!(left.is_empty(), "left in tmp/: {left:?}");
+    }
+
+    #[test]
+    fn opening_a_store_records_the_probe_and_its_conditions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.snapshotter(), crate::SnapshotterKind::Overlay);
+        let record = fs::read_to_string(dir.path().join(PROBE_RECORD))
+            .expect("the store records the probe that succeeded");
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        assert!(record.contains(release.trim()), "{record}");
+        assert!(record.contains("CapEff:"), "{record}");
+        assert_eq!(probe_conditions(&store).as_deref(), Some(record.as_str()));
+        drop(store);
+        // The next open finds it and still chooses overlays.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.snapshotter(), crate::SnapshotterKind::Overlay);
     }
 
     #[test]

@@ -46,6 +46,7 @@
 
 #![warn(missing_docs)]
 
+pub mod build_file;
 pub mod context;
 pub mod death_watch;
 pub mod paths;

@@ -1,7 +1,8 @@
 //! The conversion's error, before it is given the build file's name and turned into the
 //! [`PluginError`] that crosses the plugin boundary.
 
-use kiln_plugin_sdk::proto::{ErrorKind, Location, PluginError};
+use kiln_plugin_sdk::build_file;
+use kiln_plugin_sdk::proto::{ErrorKind, PluginError};
 
 /// What went wrong, and at which line when it is about one.
 #[derive(Debug, thiserror::Error)]
@@ -88,39 +89,22 @@ impl Error {
         }
     }
 
-    /// The boundary error. `source` gives the text of the offending line, quoted in the message
-    /// so that the user sees which instruction failed even without the file at hand.
+    /// The boundary error, located at its line of `file` (whose text is `source`) with the line
+    /// quoted ([`build_file::locate`]).
     pub(crate) fn into_plugin_error(self, file: &str, source: &str) -> PluginError {
-        let located = |line: usize| Location {
-            file: file.to_owned(),
-            line: u32::try_from(line).unwrap_or(u32::MAX),
-        };
-        let quote = |message: String, line: usize| match line_text(source, line) {
-            Some(text) => format!("{message} (in `{}`)", dockerfile_parser::shorten(text)),
-            None => message,
-        };
-        match self {
+        let (error, line) = match self {
             Error::Input {
                 message,
                 line,
                 kind,
-            } => match line {
-                Some(l) => PluginError {
-                    message: quote(message, l),
-                    location: Some(located(l)),
-                    kind,
-                },
-                None => PluginError::new(kind, message),
-            },
-            Error::Host { mut error, line } => {
-                if error.location.is_none() {
-                    if let Some(l) = line {
-                        error.message = quote(error.message, l);
-                        error.location = Some(located(l));
-                    }
-                }
-                error
+            } => (PluginError::new(kind, message), line),
+            Error::Host { error, line } => (error, line),
+        };
+        match line {
+            Some(l) => {
+                build_file::locate(error, file, source, u32::try_from(l).unwrap_or(u32::MAX))
             }
+            None => error,
         }
     }
 }
@@ -144,10 +128,4 @@ impl From<dockerfile_parser::Error> for Error {
             kind: ErrorKind::InvalidInput,
         }
     }
-}
-
-fn line_text(source: &str, line: usize) -> Option<&str> {
-    let source = source.strip_prefix('\u{feff}').unwrap_or(source);
-    let text = source.lines().nth(line.checked_sub(1)?)?.trim();
-    (!text.is_empty()).then_some(text)
 }

@@ -1,7 +1,8 @@
 //! The spec frontend's error, before it is given the build file's name and turned into the
 //! [`PluginError`] that crosses the plugin boundary.
 
-use kiln_plugin_sdk::proto::{ErrorKind, Location, PluginError};
+use kiln_plugin_sdk::build_file;
+use kiln_plugin_sdk::proto::{ErrorKind, PluginError};
 
 /// What went wrong, and at which line of the build file when it is about one.
 #[derive(Debug, thiserror::Error)]
@@ -75,39 +76,20 @@ impl Error {
         }
     }
 
-    /// The boundary error: located in `file`, the offending line quoted so that the user sees
-    /// which value failed even without the file at hand.
+    /// The boundary error, located at its line of `file` (whose text is `source`) with the line
+    /// quoted ([`build_file::locate`]).
     pub(crate) fn into_plugin_error(self, file: &str, source: &str) -> PluginError {
-        let located = |line: u32| Location {
-            file: file.to_owned(),
-            line,
-        };
-        let quote = |message: String, line: u32| match line_text(source, line) {
-            Some(text) => format!("{message} (in `{}`)", shorten(text)),
-            None => message,
-        };
-        match self {
+        let (error, line) = match self {
             Error::Input {
                 message,
-                line: Some(l),
+                line,
                 kind,
-            } => PluginError {
-                message: quote(message, l),
-                location: Some(located(l)),
-                kind,
-            },
-            Error::Input {
-                message,
-                line: None,
-                kind,
-            } => PluginError::new(kind, message),
-            Error::Host { mut error, line } => {
-                if let (None, Some(l)) = (&error.location, line) {
-                    error.message = quote(error.message, l);
-                    error.location = Some(located(l));
-                }
-                error
-            }
+            } => (PluginError::new(kind, message), line),
+            Error::Host { error, line } => (error, line),
+        };
+        match line {
+            Some(l) => build_file::locate(error, file, source, l),
+            None => error,
         }
     }
 }
@@ -116,23 +98,6 @@ impl From<PluginError> for Error {
     fn from(error: PluginError) -> Self {
         Error::Host { error, line: None }
     }
-}
-
-/// The trimmed text of 1-based `line` of `source`, when it has any.
-fn line_text(source: &str, line: u32) -> Option<&str> {
-    let index = usize::try_from(line).ok()?.checked_sub(1)?;
-    let text = source.lines().nth(index)?.trim();
-    (!text.is_empty()).then_some(text)
-}
-
-/// At most 80 characters of `text`, `...` marking a cut.
-fn shorten(text: &str) -> String {
-    const MAX: usize = 80;
-    if text.chars().count() <= MAX {
-        return text.to_owned();
-    }
-    let cut: String = text.chars().take(MAX - 3).collect();
-    format!("{cut}...")
 }
 
 #[cfg(test)]
@@ -156,7 +121,5 @@ mod tests {
             e.to_string(),
             "build.toml:1: no such image (in `[stage.a]`)"
         );
-        let long = "x".repeat(100);
-        assert_eq!(shorten(&long).chars().count(), 80);
     }
 }

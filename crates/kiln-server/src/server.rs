@@ -814,13 +814,15 @@ impl Session {
         // broken) cancels the build.
         let cancel = self.cancel.clone();
         let ssh = relay.clone();
-        // The client's listings of its cache directories, once it applied an export.
-        let (listed, mut listings) = mpsc::unbounded_channel::<pb::ContextListing>();
+        // The client's listings of its cache directories, once it applied an export (one per
+        // export is asked for: more than the exports are dropped, never queued without end).
+        let (listed, mut listings) =
+            mpsc::channel::<pb::ContextListing>(local_exports.len().max(1));
         let watcher = tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {
                 match m.msg {
                     Some(pb::client_message::Msg::Listing(l)) => {
-                        let _ = listed.send(l);
+                        let _ = listed.try_send(l);
                     }
                     Some(pb::client_message::Msg::Secret(answer)) => secrets.answer(answer),
                     Some(pb::client_message::Msg::SshData(d)) => ssh.to_step(d.conn, d.data),
@@ -983,7 +985,7 @@ impl LocalExport {
     async fn send_back(
         &self,
         tx: &mpsc::Sender<Result<pb::ServerMessage, Status>>,
-        listings: &mut mpsc::UnboundedReceiver<pb::ContextListing>,
+        listings: &mut mpsc::Receiver<pb::ContextListing>,
     ) -> Result<Option<pb::ContextListing>, Status> {
         let (before, after) = (self.mirror.as_ref().map(|m| m.1.clone()), self.copy.clone());
         let delta =

@@ -46,6 +46,7 @@
 
 #![warn(missing_docs)]
 
+pub mod base;
 pub mod build_file;
 pub mod context;
 pub mod death_watch;
@@ -54,7 +55,9 @@ pub mod payload;
 pub mod perms;
 pub mod proto;
 pub mod reference;
+pub mod request;
 pub mod signal;
+pub mod steps;
 pub mod testing;
 pub mod url;
 

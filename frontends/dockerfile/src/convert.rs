@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use dockerfile_parser::instructions::{self as ins, Instruction};
 use dockerfile_parser::shell::{Env, Lexer, NoEnv};
 use dockerfile_parser::Node;
-use kiln_graph::{ImageSource, LocalSource, State};
-use kiln_plugin_sdk::context;
+use kiln_graph::{LocalSource, State};
+use kiln_plugin_sdk::base::{ResolvedImage, ResolvedImages};
 use kiln_plugin_sdk::proto::{
     Diagnostic, ErrorKind, FrontendRequest, FrontendResponse, Location, PluginError,
 };
+use kiln_plugin_sdk::{context, request};
 use kiln_types::image::{History, ImageConfig};
 use kiln_types::Platform;
 
@@ -186,13 +187,6 @@ impl Env for Scope<'_> {
     }
 }
 
-/// A resolved base image: pinned reference and config.
-#[derive(Clone)]
-struct ResolvedImage {
-    pinned: String,
-    config: ImageConfig,
-}
-
 /// The conversion of one request.
 pub(crate) struct Converter<'a> {
     pub(crate) req: &'a FrontendRequest,
@@ -219,7 +213,7 @@ pub(crate) struct Converter<'a> {
     /// Build-check findings made while dispatching or starting a stage, which the caller
     /// hands to its [`Linter`] (rule, line, detail).
     pub(crate) lints: Vec<(lint::Rule, usize, String)>,
-    images: HashMap<(String, Platform), ResolvedImage>,
+    images: ResolvedImages,
     /// `--build-context`s, by normalized name.
     named: NamedContexts,
     /// What `--call outline` reports.
@@ -331,15 +325,7 @@ fn build_image(req: &FrontendRequest, host: &dyn FrontendHost) -> Result<Fronten
     let mut config = lowered.stage.config;
     // `--label k=v` reaches the frontend as `label:k` (BuildKit's frontend option), and wins
     // over LABEL in the Dockerfile.
-    for (key, value) in &req.options {
-        if let Some(name) = key.strip_prefix("label:") {
-            config
-                .config
-                .labels
-                .get_or_insert_with(BTreeMap::new)
-                .insert(name.to_owned(), value.clone());
-        }
-    }
+    request::apply_labels(&req.options, &mut config);
     // Without SOURCE_DATE_EPOCH `created` stays unset: kiln's images are reproducible by
     // default, where BuildKit would write the build time.
     config.created = lowered.epoch;
@@ -407,7 +393,7 @@ pub(crate) fn lower(
         context: None,
         ignore_matcher: None,
         lints: Vec::new(),
-        images: HashMap::new(),
+        images: ResolvedImages::default(),
         named: NamedContexts::from_options(&req.options),
         outline: Outline::default(),
         expanded: Default::default(),
@@ -609,14 +595,7 @@ impl Converter<'_> {
                 _ => return Ok(None),
             },
         };
-        if value.is_empty() {
-            return Ok(None);
-        }
-        let seconds: i64 = value
-            .trim()
-            .parse()
-            .map_err(|_| Error::invalid(format!("invalid SOURCE_DATE_EPOCH: {value}")))?;
-        Ok(Some(kiln_types::image::rfc3339_utc(seconds)))
+        request::source_date_epoch(value).map_err(|e| Error::invalid(e.to_string()))
     }
 
     /// UndefinedArgInFrom for every stage (used or not, as BuildKit); returns the variables
@@ -658,19 +637,7 @@ impl Converter<'_> {
     /// Proxy settings given as build args (`HTTP_PROXY`...), which RUN sees without any ARG,
     /// as in BuildKit; they stay out of the history since no ARG declares them.
     pub(crate) fn proxy_env(&self) -> Vec<String> {
-        const PROXIES: [&str; 5] = [
-            "http_proxy",
-            "https_proxy",
-            "ftp_proxy",
-            "no_proxy",
-            "all_proxy",
-        ];
-        self.req
-            .build_args
-            .iter()
-            .filter(|(k, _)| PROXIES.iter().any(|p| k.eq_ignore_ascii_case(p)))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect()
+        request::proxy_env(&self.req.build_args)
     }
 
     /// Outline bookkeeping after an instruction: its ARGs and its RUN secrets and SSH ids.
@@ -952,7 +919,7 @@ impl Converter<'_> {
                 } else {
                     description
                 };
-                Ok((image_state(&img, platform, desc), img.config))
+                Ok((img.state(platform, desc), img.config))
             }
             None => Ok((
                 State::local(
@@ -1007,37 +974,17 @@ impl Converter<'_> {
             }
             None => {
                 let img = self.resolve_image(from, &current.platform)?;
-                Ok(image_state(
-                    &img,
-                    &current.platform,
-                    format!("FROM {}", img.pinned),
-                ))
+                Ok(img.state(&current.platform, format!("FROM {}", img.pinned)))
             }
         }
     }
 
     /// The resolved config of image `reference` (asked once per reference and platform).
     fn resolve_image(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {
-        let key = (reference.to_owned(), platform.clone());
-        if let Some(r) = self.images.get(&key) {
-            return Ok(r.clone());
-        }
-        let resp = self
-            .host
-            .resolve_image_config(reference, platform)
-            .map_err(|mut e| {
-                // BuildKit prefixes the failure with the name as written.
-                e.message = format!("{reference}: {}", e.message);
-                Error::from(e)
-            })?;
-        let mut config = resp.config;
-        config.created = None;
-        let resolved = ResolvedImage {
-            pinned: kiln_plugin_sdk::reference::pinned(reference, &resp.digest.to_string()),
-            config,
-        };
-        self.images.insert(key, resolved.clone());
-        Ok(resolved)
+        let host = self.host;
+        Ok(self
+            .images
+            .get_or_resolve(reference, platform, |r, p| host.resolve_image_config(r, p))?)
     }
 
     /// The stage's initial state, from its FROM.
@@ -1121,10 +1068,10 @@ impl Converter<'_> {
                 // further.
                 stage.config.config.on_build = None;
                 let desc = stage.prefix(&format!("FROM {}", img.pinned));
-                stage.state = image_state(&img, &platform, desc);
+                stage.state = img.state(&platform, desc);
                 // BuildKit checks the platform of images it pulls, not of empty ones (which
                 // become scratch).
-                if !img.no_layers() {
+                if !img.has_no_layers() {
                     if let Some(detail) =
                         lint::base_image_platform(&reference, &platform, &img.config)
                     {
@@ -1231,27 +1178,6 @@ impl Converter<'_> {
             .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
             .collect()
     }
-}
-
-impl ResolvedImage {
-    /// No layer at all: BuildKit takes such an image for scratch.
-    fn no_layers(&self) -> bool {
-        self.config.rootfs.diff_ids.is_empty() && self.config.history.iter().all(|h| h.empty_layer)
-    }
-}
-
-/// The state of a resolved image: scratch when it has no layers, as BuildKit does.
-fn image_state(img: &ResolvedImage, platform: &Platform, description: String) -> State {
-    if img.no_layers() {
-        return State::scratch();
-    }
-    State::image(
-        ImageSource {
-            reference: img.pinned.clone(),
-            platform: platform.clone(),
-        },
-        description,
-    )
 }
 
 /// Sets `key` in an ordered list of pairs, replacing in place.

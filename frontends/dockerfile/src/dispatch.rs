@@ -10,12 +10,12 @@ use dockerfile_parser::shell::{Env, Lexer};
 use dockerfile_parser::Node;
 use kiln_graph::{
     CacheSharing, Chmod, Chown, CopyAction, ExecBuilder, FileAction, FileBuilder, Mount, MountKind,
-    NetworkMode, Op, SecurityMode, State,
+    NetworkMode, SecurityMode, State,
 };
 use kiln_plugin_sdk::paths;
 use kiln_plugin_sdk::perms::{self, PermsError};
 use kiln_plugin_sdk::proto::{InstructionRequest, PluginError};
-use kiln_plugin_sdk::signal;
+use kiln_plugin_sdk::{signal, steps};
 use kiln_types::image::{EmptyObject, Healthcheck};
 
 use crate::add::AddFlags;
@@ -233,25 +233,11 @@ impl Converter<'_> {
         stage.config.config.working_dir = Some(wd.clone());
         let layer = wd != "/";
         if layer {
-            let owner = match stage
-                .config
-                .config
-                .user
-                .as_deref()
-                .filter(|u| !u.is_empty())
-            {
-                Some(u) => Some(parse_chown(u)?),
-                None => None,
-            };
+            // The directory belongs to the user in force.
             let desc = self.describe(stage, node, &self.lexer, "");
-            let st = FileBuilder::new(&stage.state)
-                .action(FileAction::Mkdir {
-                    path: wd.clone(),
-                    mode: 0o755,
-                    make_parents: true,
-                    owner,
-                })
-                .build(desc);
+            let user = stage.config.config.user.as_deref();
+            let st = steps::workdir(&stage.state, &wd, user, desc)
+                .map_err(|e| Error::invalid(e.to_string()))?;
             stage.state = stage.finish(st);
         }
         stage.commit(format!("WORKDIR {wd}"), layer);
@@ -453,15 +439,7 @@ impl Converter<'_> {
         let copied = stage.finish(fb.build(desc.clone()));
         stage.state = if link {
             // Same step number as the copy: BuildKit shows them as one step.
-            let link_desc = match desc.split_once("] ") {
-                Some((head, tail)) => format!("{head}] LINK {tail}"),
-                None => format!("LINK {desc}"),
-            };
-            stage.finish(State::from_op(
-                Op::Merge,
-                vec![stage.state.clone(), copied],
-                link_desc,
-            ))
+            stage.finish(steps::link(stage.state.clone(), copied, &desc))
         } else {
             copied
         };

@@ -8,13 +8,14 @@ use std::collections::{BTreeMap, HashMap};
 
 use dockerfile_parser::shell::{Env, Lexer};
 use kiln_graph::{
-    Chmod, Chown, CopyAction, ExecBuilder, FileAction, FileBuilder, ImageSource, LocalSource,
-    Mount, MountKind, NetworkMode, Op, SecurityMode, State,
+    Chmod, Chown, CopyAction, ExecBuilder, FileBuilder, LocalSource, Mount, MountKind, NetworkMode,
+    SecurityMode, State,
 };
+use kiln_plugin_sdk::base::{ResolvedImage, ResolvedImages};
 use kiln_plugin_sdk::context::{self, key as context_key};
 use kiln_plugin_sdk::perms;
 use kiln_plugin_sdk::proto::{Diagnostic, FrontendRequest, FrontendResponse};
-use kiln_plugin_sdk::{paths, reference};
+use kiln_plugin_sdk::{paths, request, steps};
 use kiln_types::image::{EmptyObject, History, ImageConfig};
 use kiln_types::reference::LAYOUT_SCHEME;
 use kiln_types::Platform;
@@ -97,13 +98,6 @@ impl Env for Scope<'_> {
     }
 }
 
-/// A resolved base image: its pinned reference and config.
-#[derive(Clone)]
-struct ResolvedImage {
-    pinned: String,
-    config: ImageConfig,
-}
-
 struct Lowering<'a> {
     req: &'a FrontendRequest,
     host: &'a dyn SpecHost,
@@ -117,7 +111,7 @@ struct Lowering<'a> {
     refs: Vec<Vec<(u32, Ref)>>,
     done: Vec<Option<Stage>>,
     context: Option<State>,
-    images: HashMap<(String, Platform), ResolvedImage>,
+    images: ResolvedImages,
     /// `--build-context`s by normalized name → value.
     named: BTreeMap<String, String>,
     created: Option<String>,
@@ -146,7 +140,7 @@ pub(crate) fn lower(req: &FrontendRequest, host: &dyn SpecHost) -> Result<Fronte
         refs: Vec::new(),
         done: Vec::new(),
         context: None,
-        images: HashMap::new(),
+        images: ResolvedImages::default(),
         named: named_contexts(&req.options),
         created: None,
         copied_config_bytes: 0,
@@ -169,15 +163,7 @@ pub(crate) fn lower(req: &FrontendRequest, host: &dyn SpecHost) -> Result<Fronte
         .ok_or_else(|| Error::invalid("internal error: the target stage was not built"))?;
     let mut config = stage.config;
     // `--label k=v` reaches frontends as `label:k` and wins over the file's labels.
-    for (key, value) in &req.options {
-        if let Some(name) = key.strip_prefix("label:") {
-            config
-                .config
-                .labels
-                .get_or_insert_with(BTreeMap::new)
-                .insert(name.to_owned(), value.clone());
-        }
-    }
+    request::apply_labels(&req.options, &mut config);
     config.created = l.created.clone();
     let mut response = FrontendResponse::new(State::definition(&[stage.state]), config);
     response.warnings = warnings;
@@ -256,15 +242,8 @@ impl Lowering<'_> {
 
     /// `SOURCE_DATE_EPOCH` (a build arg or an `[args]` value) as an RFC 3339 UTC time.
     fn source_date_epoch(&self) -> Result<Option<String>> {
-        let Some(value) = Env::get(&self.args, "SOURCE_DATE_EPOCH").filter(|v| !v.is_empty())
-        else {
-            return Ok(None);
-        };
-        let seconds: i64 = value
-            .trim()
-            .parse()
-            .map_err(|_| Error::invalid(format!("invalid SOURCE_DATE_EPOCH: {value}")))?;
-        Ok(Some(kiln_types::image::rfc3339_utc(seconds)))
+        let value = Env::get(&self.args, "SOURCE_DATE_EPOCH").unwrap_or_default();
+        request::source_date_epoch(value).map_err(|e| Error::invalid(e.to_string()))
     }
 
     /// `word` with `$VAR`/`${VAR...}` expanded in `env` then the build args.
@@ -541,7 +520,7 @@ impl Lowering<'_> {
                 stage.step_total += 1;
                 stage.config = img.config.clone();
                 let desc = stage.prefix(&format!("FROM {}", img.pinned));
-                stage.state = image_state(&img, &platform_or_target, desc);
+                stage.state = img.state(&platform_or_target, desc);
             }
             Ref::Named(name) => {
                 let (state, config) = self
@@ -635,25 +614,10 @@ impl Lowering<'_> {
         let layer = wd != "/";
         if layer {
             // The directory belongs to the user in force, as WORKDIR makes it.
-            let owner = match stage
-                .config
-                .config
-                .user
-                .as_deref()
-                .filter(|u| !u.is_empty())
-            {
-                Some(u) => Some(parse_chown(u).map_err(|e| e.or_at(w.line))?),
-                None => None,
-            };
             let desc = stage.prefix(&named(format!("WORKDIR {wd}")));
-            let st = FileBuilder::new(&stage.state)
-                .action(FileAction::Mkdir {
-                    path: wd.clone(),
-                    mode: 0o755,
-                    make_parents: true,
-                    owner,
-                })
-                .build(desc);
+            let user = stage.config.config.user.as_deref();
+            let st = steps::workdir(&stage.state, &wd, user, desc)
+                .map_err(|e| Error::at(w.line, e.to_string()))?;
             stage.state = stage.finish(st);
         }
         self.commit(stage, format!("WORKDIR {wd}"), label, layer);
@@ -913,15 +877,7 @@ impl Lowering<'_> {
         let desc = stage.prefix(&named(text.clone()));
         let copied = stage.finish(fb.build(desc.clone()));
         stage.state = if link {
-            let link_desc = match desc.split_once("] ") {
-                Some((head, tail)) => format!("{head}] LINK {tail}"),
-                None => format!("LINK {desc}"),
-            };
-            stage.finish(State::from_op(
-                Op::Merge,
-                vec![stage.state.clone(), copied],
-                link_desc,
-            ))
+            stage.finish(steps::link(stage.state.clone(), copied, &desc))
         } else {
             copied
         };
@@ -1021,36 +977,17 @@ impl Lowering<'_> {
                 let img = self
                     .resolve_image(&reference, &stage.platform)
                     .map_err(|e| e.or_at(line))?;
-                Ok(image_state(
-                    &img,
-                    &stage.platform,
-                    format!("FROM {}", img.pinned),
-                ))
+                Ok(img.state(&stage.platform, format!("FROM {}", img.pinned)))
             }
         }
     }
 
     /// The config of image `reference` for `platform`, asked once per pair.
     fn resolve_image(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {
-        let key = (reference.to_owned(), platform.clone());
-        if let Some(r) = self.images.get(&key) {
-            return Ok(r.clone());
-        }
-        let resp = self
-            .host
-            .resolve_image_config(reference, platform)
-            .map_err(|mut e| {
-                e.message = format!("{reference}: {}", e.message);
-                Error::from(e)
-            })?;
-        let mut config = resp.config;
-        config.created = None;
-        let resolved = ResolvedImage {
-            pinned: reference::pinned(reference, &resp.digest.to_string()),
-            config,
-        };
-        self.images.insert(key, resolved.clone());
-        Ok(resolved)
+        let host = self.host;
+        Ok(self
+            .images
+            .get_or_resolve(reference, platform, |r, p| host.resolve_image_config(r, p))?)
     }
 
     /// A `--build-context`: an image (`docker-image://`, `oci-layout://`) or a directory the
@@ -1068,7 +1005,7 @@ impl Lowering<'_> {
         if let Some(reference) = image {
             let img = self.resolve_image(&reference, platform)?;
             let desc = format!("[context {name}] FROM {}", img.pinned);
-            return Ok((image_state(&img, platform, desc), img.config));
+            return Ok((img.state(platform, desc), img.config));
         }
         let Some(local) = value.strip_prefix("local:") else {
             return Err(Error::unsupported(
@@ -1120,19 +1057,7 @@ impl Lowering<'_> {
 
     /// Proxy settings given as build args, which RUN sees without being keyed on them.
     fn proxy_env(&self) -> Vec<String> {
-        const PROXIES: [&str; 5] = [
-            "http_proxy",
-            "https_proxy",
-            "ftp_proxy",
-            "no_proxy",
-            "all_proxy",
-        ];
-        self.req
-            .build_args
-            .iter()
-            .filter(|(k, _)| PROXIES.iter().any(|p| k.eq_ignore_ascii_case(p)))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect()
+        request::proxy_env(&self.req.build_args)
     }
 
     /// A history entry naming the step (`label`: `stage/step`).
@@ -1175,22 +1100,6 @@ impl Stage {
             state
         }
     }
-}
-
-/// The state of a resolved image: scratch when it has no layers, as BuildKit does.
-fn image_state(img: &ResolvedImage, platform: &Platform, description: String) -> State {
-    let no_layers =
-        img.config.rootfs.diff_ids.is_empty() && img.config.history.iter().all(|h| h.empty_layer);
-    if no_layers {
-        return State::scratch();
-    }
-    State::image(
-        ImageSource {
-            reference: img.pinned.clone(),
-            platform: platform.clone(),
-        },
-        description,
-    )
 }
 
 /// The `--build-context` options (`context:NAME`) by normalized name.

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("kiln-types", 0),
     ("kiln-plugin-abi", 0),
     ("kiln-ignore", 0),
+    ("kiln-attest", 5),
     ("kiln-graph", 10),
     ("kiln-solver", 10),
     ("kiln-snapshot", 10),

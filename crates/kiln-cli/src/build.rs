@@ -34,6 +34,11 @@ pub struct Plan {
     pub call: Option<(Call, bool)>,
     /// The time BuildKit puts on the descriptor it reports (`--metadata-file`).
     pub created: String,
+    /// `--provenance`, `--sbom`, `--attest`, with buildx's default (provenance `mode=min`
+    /// when pushing, unless `BUILDX_NO_DEFAULT_ATTESTATIONS` is set).
+    pub attest: kiln_engine::Attestations,
+    /// Whether a flag asked for attestations (a remote builder cannot make them yet).
+    pub attest_asked: bool,
 }
 
 impl Plan {
@@ -112,6 +117,18 @@ impl Plan {
                 }),
         );
         let exports = exports(args)?;
+        let attest_flags = kiln_engine::AttestFlags::parse(
+            args.provenance.as_deref(),
+            args.sbom.as_deref(),
+            &args.attest,
+        )?;
+        let pushes = exports.iter().any(|e| matches!(e, Export::Registry { .. }));
+        let attest = attest_flags.request(pushes && !no_default_attestations()?);
+        let attest_asked = attest_flags
+            .provenance
+            .as_ref()
+            .is_some_and(Option::is_some)
+            || attest_flags.sbom == Some(true);
         let req = BuildRequest {
             context,
             dockerfile,
@@ -222,8 +239,25 @@ impl Plan {
             stdin_file,
             call,
             created,
+            attest,
+            attest_asked,
         };
         Ok((plan, req))
+    }
+}
+
+/// buildx's `BUILDX_NO_DEFAULT_ATTESTATIONS`: a true value turns the default provenance of a
+/// push off (flags still ask for attestations).
+fn no_default_attestations() -> Result<bool> {
+    const VAR: &str = "BUILDX_NO_DEFAULT_ATTESTATIONS";
+    match std::env::var(VAR) {
+        Err(_) => Ok(false),
+        Ok(v) => match v.trim() {
+            "" => Ok(false),
+            "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+            "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+            _ => bail!("invalid {VAR}={v:?}: expected true or false"),
+        },
     }
 }
 

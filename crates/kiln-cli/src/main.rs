@@ -155,6 +155,16 @@ struct BuildArgs {
     /// manifest-descriptor, index or index-descriptor).
     #[arg(long = "annotation")]
     annotations: Vec<String>,
+    /// Shorthand for "--attest=type=provenance" (true, false, mode=min|max[,version=v0.2|v1]).
+    /// On in mode=min when pushing, as in buildx; false removes it.
+    #[arg(long)]
+    provenance: Option<String>,
+    /// Shorthand for "--attest=type=sbom" (true or false).
+    #[arg(long)]
+    sbom: Option<String>,
+    /// Attestation parameters (format: "type=provenance|sbom[,disabled=true][,mode=max,...]").
+    #[arg(long)]
+    attest: Vec<String>,
     /// Always look base image tags up in their registry. kiln does at every build already
     /// (it keeps no tag-to-digest cache), so this is accepted for buildx's scripts.
     #[arg(long)]
@@ -408,7 +418,9 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
         };
         (
             prepared,
-            engine.build(req, progress.clone(), cancel.clone()).await,
+            engine
+                .build_attested(req, plan.attest.clone(), progress.clone(), cancel.clone())
+                .await,
         )
     });
     // The fetched context (and its Dockerfile, whose lines errors show) lives until kiln exits.

@@ -25,6 +25,12 @@ pub fn build(
         );
     };
     let (mut plan, mut req) = Plan::from_args(settings, args)?;
+    if plan.attest_asked {
+        bail!(
+            "--provenance, --sbom and --attest are not supported with a remote builder yet: \
+             build locally (without --builder) to attach attestations"
+        );
+    }
     // `--ssh ID=KEYFILE`: as for a local build, the keys go into an agent of this machine
     // whose socket the relay serves to the daemon, as `--ssh ID=SOCKET`; no key leaves here.
     // The agents live until the build ends (dropped with `_agents`).

@@ -6,7 +6,7 @@
 use kiln_export::{Image, ImageFormat, ImageOptions};
 use kiln_snapshot::{Snapshot, Store};
 use kiln_solver::ProgressSink;
-use kiln_types::image::ImageConfig;
+use kiln_types::image::{Descriptor, ImageConfig};
 use kiln_types::Digest;
 
 use crate::{push, Error, Export};
@@ -21,7 +21,14 @@ pub(crate) struct ExportContext<'a> {
     pub progress: &'a dyn ProgressSink<Digest>,
     /// `--cache-to type=inline`: the cache config to put into each image's config.
     pub inline_cache: Option<&'a str>,
+    /// `--provenance`, `--sbom`: an OCI or registry export becomes an index of the image and
+    /// its attestation manifest.
+    pub attester: Option<&'a crate::attest::Attester>,
 }
+
+/// What the exports wrote: the image of the first image export, and the index of the first
+/// attested one (whose digest is then the build's, as BuildKit's `containerimage.digest`).
+pub(crate) type Exported = (Option<Image>, Option<Descriptor>);
 
 /// Refuses outputs that cannot be written, before anything is built: `rewrite-timestamp`
 /// without `SOURCE_DATE_EPOCH`, `--load` without a docker daemon.
@@ -60,7 +67,7 @@ pub(crate) fn run(
     exports: &[Export],
     snapshot: &Snapshot,
     config: &ImageConfig,
-) -> Result<Option<Image>, Error> {
+) -> Result<Exported, Error> {
     let mut rebuilt: Vec<Digest> = Vec::new();
     loop {
         let err = match run_once(cx, exports, snapshot, config) {
@@ -121,9 +128,10 @@ fn run_once(
     exports: &[Export],
     snapshot: &Snapshot,
     config: &ImageConfig,
-) -> Result<Option<Image>, Error> {
+) -> Result<Exported, Error> {
     let mut images: Vec<(ImageFormat, Image)> = Vec::new();
     let mut first = None;
+    let mut first_index = None;
     let mut image_for = |format: &ImageFormat| -> Result<Image, Error> {
         let image = match images.iter().find(|(f, _)| f == format) {
             Some((_, i)) => i.clone(),
@@ -149,9 +157,16 @@ fn run_once(
     };
     for e in exports {
         match e {
-            Export::Oci { dest, tar, format } => {
-                kiln_export::export_oci(cx.store, &image_for(format)?, cx.tags, dest, *tar)?
-            }
+            Export::Oci { dest, tar, format } => match cx.attester {
+                Some(a) => {
+                    let index = a.single(cx.store, &image_for(format)?, snapshot, format)?;
+                    kiln_export::export_oci_index(cx.store, &index, cx.tags, dest, *tar)?;
+                    first_index.get_or_insert(index.descriptor);
+                }
+                None => {
+                    kiln_export::export_oci(cx.store, &image_for(format)?, cx.tags, dest, *tar)?
+                }
+            },
             Export::Docker { dest, format } => {
                 kiln_export::export_docker(cx.store, &image_for(format)?, cx.tags, dest)?
             }
@@ -166,6 +181,22 @@ fn run_once(
                 push_by_digest,
             } => {
                 let image = image_for(format)?;
+                if let Some(a) = cx.attester {
+                    let index = a.single(cx.store, &image, snapshot, format)?;
+                    let (h, r) = (cx.handle, cx.registry);
+                    let by_digest = *push_by_digest;
+                    crate::platforms::push_index(
+                        cx.store,
+                        r,
+                        h,
+                        &index,
+                        names,
+                        by_digest,
+                        cx.progress,
+                    )?;
+                    first_index.get_or_insert(index.descriptor);
+                    continue;
+                }
                 check_blobs(cx.store, &image)?;
                 push(
                     cx.store,
@@ -181,5 +212,5 @@ fn run_once(
             Export::Tar { dest } => kiln_export::export_tar(cx.store, snapshot, dest)?,
         }
     }
-    Ok(first)
+    Ok((first, first_index))
 }

@@ -6,6 +6,7 @@
 //! Architecture invariant: the engine never depends on a frontend or plugin crate; it reaches
 //! them only through `kiln-plugin-host`. It does no rendering: progress leaves as events.
 
+mod attest;
 mod exec;
 mod explain;
 mod export;
@@ -40,6 +41,7 @@ use kiln_types::{Digest, Platform};
 
 pub use explain::{ArgState, Cause, FileChange, Miss};
 pub use fileop::{extract_archive_bytes, FileOpError};
+pub use kiln_attest::{Flags as AttestFlags, Request as Attestations};
 pub use kiln_graph::NetworkMode;
 pub use kiln_plugin_sdk::proto::{HostEntry, Ulimit, UlimitResource};
 pub use kiln_registry::{is_loopback, HostOptions};
@@ -111,6 +113,9 @@ pub enum Error {
     /// An exporter failed.
     #[error(transparent)]
     Export(#[from] kiln_export::Error),
+    /// An attestation could not be made (the SBOM scan of the image's files).
+    #[error(transparent)]
+    Attest(#[from] kiln_attest::Error),
     /// Pulling an image failed.
     #[error(transparent)]
     Registry(#[from] kiln_registry::Error),
@@ -790,8 +795,9 @@ impl Engine {
         snapshot: Snapshot,
         config: kiln_types::image::ImageConfig,
         inline_cache: Option<String>,
+        attester: Option<Arc<attest::Attester>>,
         progress: Arc<dyn ProgressSink<Digest>>,
-    ) -> Result<Option<Image>, Error> {
+    ) -> Result<export::Exported, Error> {
         let store = self.store.clone();
         let exports = req.exports.clone();
         let epoch = source_date_epoch(&req.build_args)?;
@@ -800,7 +806,7 @@ impl Engine {
         let handle = tokio::runtime::Handle::current();
         let push_progress = progress.clone();
         let step = ExportStep::begin(progress.as_ref());
-        let image = tokio::task::spawn_blocking(move || -> Result<Option<Image>, Error> {
+        let image = tokio::task::spawn_blocking(move || -> Result<export::Exported, Error> {
             let cx = export::ExportContext {
                 store: &store,
                 registry: &registry,
@@ -809,14 +815,17 @@ impl Engine {
                 epoch,
                 progress: push_progress.as_ref(),
                 inline_cache: inline_cache.as_deref(),
+                attester: attester.as_deref(),
             };
             export::run(&cx, &exports, &snapshot, &config)
         })
         .await
         .map_err(|e| Error::Unsupported(format!("export task failed: {e}")))?;
-        step.end(progress.as_ref(), &image, |img| {
-            img.as_ref()
-                .map(|img| format!("writing image {}", img.manifest.digest))
+        step.end(progress.as_ref(), &image, |(img, index)| match index {
+            Some(d) => Some(format!("writing image index {}", d.digest)),
+            None => img
+                .as_ref()
+                .map(|img| format!("writing image {}", img.manifest.digest)),
         });
         image
     }

@@ -105,9 +105,17 @@ pub struct Solved {
     _agents: Vec<ssh_agent::BuildAgent>,
     /// Lazily imported records may still be fetched while the caches are exported.
     _stop_imports: tokio_util::sync::DropGuard,
+    /// The attestations to attach (`--provenance`, `--sbom`), with what they record: each
+    /// platform's materials and when the solve started (unix seconds).
+    attest: (crate::Attestations, Vec<Vec<kiln_attest::Material>>, i64),
 }
 
 impl Solved {
+    /// Asks for attestations of the images this build exports (none by default).
+    pub fn set_attestations(&mut self, attestations: crate::Attestations) {
+        self.attest.0 = attestations;
+    }
+
     /// Every vertex the solve needed and whether it ran or was cached, in graph order.
     pub fn steps(&self) -> &[(String, Status)] {
         &self.steps
@@ -169,11 +177,24 @@ impl Engine {
         progress: Arc<dyn ProgressSink<Digest>>,
         cancel: CancellationToken,
     ) -> Result<BuildOutcome, Error> {
+        self.build_attested(req, Default::default(), progress, cancel)
+            .await
+    }
+
+    /// [`Engine::build`] whose image exports carry `attestations`.
+    pub async fn build_attested(
+        &self,
+        req: BuildRequest,
+        attestations: crate::Attestations,
+        progress: Arc<dyn ProgressSink<Digest>>,
+        cancel: CancellationToken,
+    ) -> Result<BuildOutcome, Error> {
         let planned = self.frontend(req, progress, cancel).await?;
         if planned.call_result().is_some() {
             return Ok(planned.into_outcome());
         }
-        let solved = self.solve(planned).await?;
+        let mut solved = self.solve(planned).await?;
+        solved.set_attestations(attestations);
         self.export(solved).await
     }
 
@@ -391,6 +412,12 @@ impl Engine {
                 .expect("the frontend was asked once, for one platform")
         };
         check_entitlements(&def, &req.allow)?;
+        let started = crate::attest::now();
+        let materials = crate::attest::materials(&if multi {
+            platform_defs.iter().collect()
+        } else {
+            vec![&def]
+        });
         // RUN steps of another platform need their emulator before anything runs.
         platforms::ensure_emulation(&def, progress.as_ref())?;
         // Outputs that cannot be written fail now, not after the build.
@@ -493,6 +520,7 @@ impl Engine {
             explain: explained,
             _agents: agents,
             _stop_imports: stop_imports,
+            attest: (Default::default(), materials, started),
         })
     }
 
@@ -602,12 +630,22 @@ impl Engine {
             explain,
             _agents,
             _stop_imports,
+            attest: (attestations, materials, started),
         } = solved;
+        let attester = crate::attest::Attester::new(
+            &attestations,
+            crate::attest::build_info(&req, &frontend, started),
+            materials,
+            req.tags.clone(),
+            source_date_epoch(&req.build_args)?,
+        )
+        .map(Arc::new);
         let (image, index) = if built.len() > 1 {
             let index = if req.exports.is_empty() {
                 None
             } else {
-                self.export_platforms(&req, built, progress.clone()).await?
+                self.export_platforms(&req, built, attester, progress.clone())
+                    .await?
             };
             (None, index)
         } else {
@@ -615,14 +653,14 @@ impl Engine {
                 Some(cx) => remote_cache::inline_config(cx, &req.cache_to).await?,
                 None => None,
             };
-            let image = if req.exports.is_empty() {
-                None
+            if req.exports.is_empty() {
+                (None, None)
             } else {
                 let one = built.pop().expect("a build has one result per platform");
-                self.export_image(&req, one.snapshot, one.config, inline, progress.clone())
+                let (snapshot, config) = (one.snapshot, one.config);
+                self.export_image(&req, snapshot, config, inline, attester, progress.clone())
                     .await?
-            };
-            (image, None)
+            }
         };
         if let Some(cx) = cache {
             remote_cache::export_all(cx, &req.cache_to, progress.as_ref(), &mut warnings).await?;

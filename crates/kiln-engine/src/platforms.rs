@@ -311,6 +311,7 @@ impl Engine {
         &self,
         req: &BuildRequest,
         built: Vec<Built>,
+        attester: Option<Arc<crate::attest::Attester>>,
         progress: Arc<dyn ProgressSink<Digest>>,
     ) -> Result<Option<Descriptor>, Error> {
         let store = self.store.clone();
@@ -343,7 +344,13 @@ impl Engine {
                             )
                         })
                         .collect::<Result<Vec<Image>, _>>()?;
-                    let idx = kiln_export::assemble_index(&store, images, format)?;
+                    let idx = match &attester {
+                        Some(a) => {
+                            let snaps: Vec<&Snapshot> = built.iter().map(|b| &b.snapshot).collect();
+                            a.platforms(&store, images, &snaps, format)?
+                        }
+                        None => kiln_export::assemble_index(&store, images, format)?,
+                    };
                     indexes.push((format.clone(), idx.clone()));
                     Ok(idx)
                 };
@@ -409,7 +416,7 @@ fn export_tar(store: &Store, built: &[Built], dest: &kiln_export::TarDest) -> Re
 /// Pushes an index to each of `names`, as BuildKit does: each platform's manifest with its
 /// blobs under its digest (no tag names it, so the tag never shows a single platform's image,
 /// even for a moment), then the index under the tag (under its digest too when `by_digest`).
-fn push_index(
+pub(crate) fn push_index(
     store: &Store,
     registry: &kiln_registry::Registry,
     handle: &tokio::runtime::Handle,

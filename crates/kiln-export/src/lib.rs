@@ -7,6 +7,7 @@
 //! nothing of graphs, ops or plugins. Output is reproducible: the same snapshot and config give
 //! byte-identical files (sorted entries, fixed tar metadata, no timestamps invented here).
 
+mod attest;
 mod docker;
 mod format;
 mod image;
@@ -15,6 +16,11 @@ mod local;
 mod oci;
 mod tar_fs;
 
+pub use attest::{
+    assemble_attested_index, attestation_manifest, Statement, ANNOTATION_PREDICATE_TYPE,
+    ANNOTATION_REFERENCE_DIGEST, ANNOTATION_REFERENCE_TYPE, MEDIA_TYPE_IN_TOTO,
+    REFERENCE_TYPE_ATTESTATION,
+};
 pub use docker::{docker_daemon_answers, export_docker, load_docker, load_docker_tarball};
 pub use format::{Annotation, AnnotationKind, CompressionKind, ImageFormat};
 pub use image::{assemble_image, Image, ImageOptions};

@@ -9,8 +9,8 @@
 //! The names follow buildkitd.toml where kiln has the same setting; docs/config.md is the
 //! reference and says where kiln differs.
 //!
-//! The tables are laid out for growth: `[registry."host"]` will take CAs, `[worker]` GC limits,
-//! and new top-level tables (builders) sit beside them; unknown keys are refused with their
+//! The tables are laid out for growth: `[registry."host"]` takes CAs and client certificates
+//! (`ca`, `keypair`), `[worker]` GC limits, and new top-level tables (builders) sit beside them; unknown keys are refused with their
 //! file:line:column, so a typo never silently does nothing.
 
 use std::collections::BTreeMap;
@@ -115,16 +115,33 @@ pub struct RegistrySettings {
     pub http: Setting<bool>,
     /// https without certificate verification.
     pub insecure: Setting<bool>,
+    /// CA certificate files trusted for this host besides the system's (`ca`).
+    pub ca: Setting<Vec<PathBuf>>,
+    /// Client certificates with their keys (`[[registry."host".keypair]]`).
+    pub keypair: Setting<Vec<kiln_registry::KeyPair>>,
 }
 
 impl RegistrySettings {
     fn new(host: &str) -> Self {
         RegistrySettings {
             mirrors: Setting::default(Vec::new()),
-            http: Setting::default(kiln_engine::is_loopback(host)),
+            http: Setting::default(default_http(host, false)),
             insecure: Setting::default(false),
+            ca: Setting::default(Vec::new()),
+            keypair: Setting::default(Vec::new()),
         }
     }
+}
+
+/// Whether a host is plain http when `http` is not set: loopback hosts are, unless they have
+/// certificates of their own (`ca`, `keypair`, or docker's certs.d directory for the host),
+/// which say that the registry speaks https (kiln_registry decides the same way).
+fn default_http(host: &str, has_certificates: bool) -> bool {
+    kiln_engine::is_loopback(host)
+        && !has_certificates
+        && !Path::new(kiln_registry::DOCKER_CERTS_DIR)
+            .join(host)
+            .is_dir()
 }
 
 /// A configuration file kiln looked for.
@@ -229,6 +246,16 @@ struct RegistryTable {
     mirrors: Option<Vec<Mirror>>,
     http: Option<bool>,
     insecure: Option<bool>,
+    // buildkitd.toml's names: `ca = [...]`, `[[registry."host".keypair]]`.
+    ca: Option<Vec<PathBuf>>,
+    keypair: Option<Vec<KeyPairTable>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyPairTable {
+    key: PathBuf,
+    cert: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -535,6 +562,25 @@ impl Config {
             if let Some(insecure) = table.insecure {
                 entry.insecure.set(insecure, source.clone());
             }
+            if let Some(ca) = table.ca {
+                let ca = ca.into_iter().map(|p| dir.join(p)).collect();
+                entry.ca.set(ca, source.clone());
+            }
+            if let Some(pairs) = table.keypair {
+                let pairs = pairs
+                    .into_iter()
+                    .map(|p| kiln_registry::KeyPair {
+                        cert: dir.join(p.cert),
+                        key: dir.join(p.key),
+                    })
+                    .collect();
+                entry.keypair.set(pairs, source.clone());
+            }
+            if entry.http.source == Source::Default {
+                let has_certificates =
+                    !entry.ca.value.is_empty() || !entry.keypair.value.is_empty();
+                entry.http.value = default_http(&host, has_certificates);
+            }
         }
     }
 
@@ -601,8 +647,11 @@ impl Config {
             .map(|(host, r)| {
                 let options = kiln_engine::HostOptions {
                     mirrors: r.mirrors.value.clone(),
-                    http: Some(r.http.value),
+                    // Unset: the registry client decides as `default_http` does.
+                    http: (r.http.source != Source::Default).then_some(r.http.value),
                     insecure: r.insecure.value,
+                    ca: r.ca.value.clone(),
+                    keypairs: r.keypair.value.clone(),
                 };
                 (host.clone(), options)
             })
@@ -664,6 +713,15 @@ impl Config {
             out.push((key("mirrors"), json!(r.mirrors.value), &r.mirrors.source));
             out.push((key("http"), json!(r.http.value), &r.http.source));
             out.push((key("insecure"), json!(r.insecure.value), &r.insecure.source));
+            let paths = |ps: &[PathBuf]| Json::Array(ps.iter().map(|p| path(p)).collect());
+            out.push((key("ca"), paths(&r.ca.value), &r.ca.source));
+            let pairs = r
+                .keypair
+                .value
+                .iter()
+                .map(|p| json!({"key": path(&p.key), "cert": path(&p.cert)}))
+                .collect();
+            out.push((key("keypair"), Json::Array(pairs), &r.keypair.source));
         }
         out
     }
@@ -719,6 +777,14 @@ fn toml_value(v: &Json) -> String {
         Json::Array(items) => {
             let items: Vec<String> = items.iter().map(toml_value).collect();
             format!("[{}]", items.join(", "))
+        }
+        // An inline table (a keypair).
+        Json::Object(fields) => {
+            let fields: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", toml_value(v)))
+                .collect();
+            format!("{{ {} }}", fields.join(", "))
         }
         other => other.to_string(),
     }
@@ -1054,6 +1120,70 @@ mod tests {
             e.contains("\n    2 | executor = \"docker\"\n      |            ^"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn registry_ca_and_keypairs_are_read_relative_to_their_file() {
+        let env = Env::new();
+        env.write(
+            &env.user(),
+            "[registry.\"127.0.0.1:5443\"]\nca = [\"certs/ca.pem\", \"/etc/ssl/other.pem\"]\n\
+             [[registry.\"127.0.0.1:5443\".keypair]]\nkey = \"certs/client.key\"\n\
+             cert = \"certs/client.pem\"\n\
+             [registry.\"127.0.0.1:5444\"]\nmirrors = []\n",
+        );
+        let c = env.load();
+        let dir = env.dir.path().join("xdg/kiln");
+        let tls = &c.registries["127.0.0.1:5443"];
+        assert_eq!(
+            tls.ca.value,
+            vec![
+                dir.join("certs/ca.pem"),
+                PathBuf::from("/etc/ssl/other.pem")
+            ]
+        );
+        assert_eq!(tls.ca.source, Source::File(env.user()));
+        assert_eq!(
+            tls.keypair.value,
+            vec![kiln_registry::KeyPair {
+                cert: dir.join("certs/client.pem"),
+                key: dir.join("certs/client.key"),
+            }]
+        );
+        // A loopback host with certificates of its own speaks https; one without, plain http.
+        assert_eq!(tls.http, Setting::default(false));
+        assert!(c.registries["127.0.0.1:5444"].http.value);
+        // Unset `http` is left to the registry client, which also looks at certs.d.
+        let hosts = c.registry_hosts();
+        assert_eq!(hosts["127.0.0.1:5443"].http, None);
+        assert_eq!(hosts["127.0.0.1:5443"].ca, tls.ca.value);
+        assert_eq!(hosts["127.0.0.1:5443"].keypairs, tls.keypair.value);
+        let text = c.show_text();
+        let ca_line = format!(
+            "registry.\"127.0.0.1:5443\".ca = [\"{}\", \"/etc/ssl/other.pem\"]",
+            dir.join("certs/ca.pem").display()
+        );
+        assert!(text.contains(&ca_line), "{text}");
+        let pair_line = format!(
+            "registry.\"127.0.0.1:5443\".keypair = [{{ cert = \"{}\", key = \"{}\" }}]",
+            dir.join("certs/client.pem").display(),
+            dir.join("certs/client.key").display()
+        );
+        assert!(text.contains(&pair_line), "{text}");
+        // Each printed line is valid TOML.
+        for line in text.lines().filter(|l| l.starts_with("registry.")) {
+            let value = line.split("  #").next().unwrap_or(line);
+            toml::from_str::<toml::Table>(value).unwrap_or_else(|e| panic!("{value}: {e}"));
+        }
+
+        // A keypair needs both files; a typo in it is refused with its position.
+        env.write(
+            &env.user(),
+            "[[registry.\"r.example.com\".keypair]]\nkey = \"k\"\ncrt = \"c\"\n",
+        );
+        let err = format!("{:#}", env.load_with(None, None).unwrap_err());
+        assert!(err.contains("unknown field `crt`"), "{err}");
+        assert!(err.contains(":3:1"), "{err}");
     }
 
     #[test]

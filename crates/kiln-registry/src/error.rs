@@ -197,13 +197,39 @@ pub enum Error {
     /// https to a registry needs CA certificates to verify it, and the system has none.
     #[error(
         "cannot reach registry {registry} over https: no CA certificates were found on this \
-         system to verify it (install the ca-certificates package, or point SSL_CERT_FILE or \
-         SSL_CERT_DIR at PEM certificates); registries reached over plain http (loopback, \
-         --insecure-registry, `http = true` in kiln.toml) need none"
+         system to verify it{} (install the ca-certificates package, point SSL_CERT_FILE or \
+         SSL_CERT_DIR at PEM certificates, or give the registry's CA as \
+         [registry.\"{registry}\"] ca in kiln.toml); registries reached over plain http \
+         (loopback, --insecure-registry, `http = true` in kiln.toml) need none",
+        if why.is_empty() { String::new() } else { format!(" ({why})") }
     )]
     NoCaCertificates {
         /// The registry host.
         registry: String,
+        /// Why the system's locations gave none, when reading them failed.
+        why: String,
+    },
+    /// A registry's certificate files (kiln.toml's `ca`, `keypair`, docker's certs.d) cannot
+    /// be used.
+    #[error("registry {registry}: {why}")]
+    Tls {
+        /// The registry host.
+        registry: String,
+        /// Which file and what is wrong with it.
+        why: String,
+    },
+    /// The TLS handshake failed over a certificate: the registry's is not trusted, has
+    /// expired or is for another name, or the registry refused kiln's client certificate.
+    #[error("failed to {op} {image}: registry {registry}: {problem}")]
+    Certificate {
+        /// What was being done.
+        op: Op,
+        /// The image.
+        image: String,
+        /// The registry host.
+        registry: String,
+        /// The problem and what to do about it.
+        problem: String,
     },
 }
 
@@ -217,15 +243,16 @@ impl Error {
             Error::Unauthorized { .. }
             | Error::DockerConfig { .. }
             | Error::CredentialHelper { .. } => Category::Unauthorized,
-            Error::Connect { .. } | Error::Registry { .. } | Error::NoCaCertificates { .. } => {
-                Category::Unavailable
-            }
+            Error::Connect { .. }
+            | Error::Registry { .. }
+            | Error::NoCaCertificates { .. }
+            | Error::Certificate { .. } => Category::Unavailable,
             Error::InvalidReference(_)
             | Error::DigestMismatch { .. }
             | Error::DiffIdMismatch(_)
             | Error::BadLayer { .. }
             | Error::BadDocument { .. } => Category::Invalid,
-            Error::Store { .. } | Error::Client(_) => Category::Internal,
+            Error::Store { .. } | Error::Client(_) | Error::Tls { .. } => Category::Internal,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! content store. Registry access goes through oci-client (rustls with the ring provider),
 //! with credentials from the docker client's configuration, bounded retries, plain http
 //! for loopback and `--insecure-registry` hosts, and per-host settings (mirrors tried before
-//! the host for pulls, plain http, unverified TLS) as kiln.toml's `[registry."host"]` gives them.
+//! the host for pulls, plain http, unverified TLS, CAs and client certificates) as kiln.toml's
+//! `[registry."host"]` and docker's `/etc/docker/certs.d` give them (see `tls`).
 //!
 //! Architecture invariant: a layer-1 crate. Among kiln crates it depends on `kiln-types` and
 //! on `kiln-snapshot` (for the blob store) only; it knows nothing of builds, graphs or plugins.
@@ -17,6 +18,7 @@ mod layout;
 mod reference;
 mod remote;
 mod select;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,6 +37,7 @@ pub use error::{Category, DiffIdMismatch, Error, Op};
 pub use imagetools::{media_type_of, BlobCopy, CopyReport};
 pub use reference::{is_loopback, ImageRef, LayoutRef, Reference};
 pub use select::{parse_config, parse_document, Document, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE};
+pub use tls::{KeyPair, DOCKER_CERTS_DIR};
 
 /// How to reach registries.
 #[derive(Clone, Debug, Default)]
@@ -61,6 +64,12 @@ pub struct HostOptions {
     pub http: Option<bool>,
     /// https without verifying the server's certificate.
     pub insecure: bool,
+    /// CA certificate files (PEM) trusted for this host besides the system's, as BuildKit's
+    /// `ca`; docker's `/etc/docker/certs.d/HOST/*.crt` are added after them.
+    pub ca: Vec<PathBuf>,
+    /// Client certificates presented when the host asks for one (the first is presented),
+    /// as BuildKit's `keypair`; docker's certs.d `*.cert` + `*.key` come after them.
+    pub keypairs: Vec<KeyPair>,
 }
 
 /// A registry client: cheap to clone and share between tasks.

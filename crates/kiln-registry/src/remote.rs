@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +24,7 @@ use crate::select::{
     check_layer_count, check_size, parse_config, parse_document, select_platform, Document,
     ACCEPTED, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, MAX_NESTING,
 };
+use crate::tls::{self, HostTls, DOCKER_CERTS_DIR};
 use crate::{Category, Error, HostOptions, Op, Reference, RegistryOptions, ResolvedImage};
 
 mod transfer;
@@ -38,12 +40,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) struct Remote {
-    // Made on first use: building a client loads the system's CA certificates, which a build
-    // that only uses loopback registries (or none) should not pay for.
-    https: std::sync::OnceLock<Client>,
-    http: std::sync::OnceLock<Client>,
-    /// https that accepts any certificate: hosts with `insecure = true`.
-    https_unverified: std::sync::OnceLock<Client>,
+    // Made on first use: a build that only uses plain-http registries (or none) never reads
+    // the system's CA certificates.
+    http: std::sync::OnceLock<Arc<Client>>,
+    /// The https client of each host used so far (hosts with the same certificate files and
+    /// verification share one).
+    https: Mutex<HashMap<String, HostClient>>,
+    /// The https clients by what makes them differ: verified or not, and the host's files.
+    tls_clients: Mutex<HashMap<(bool, HostTls), Arc<Client>>>,
+    /// docker's per-registry certificate directory.
+    certs_dir: PathBuf,
     insecure: Vec<String>,
     hosts: BTreeMap<String, HostOptions>,
     config: Arc<DockerConfig>,
@@ -60,32 +66,25 @@ type ManifestKey = (String, String, Digest);
 /// How many documents [`Remote`] keeps (each at most `MAX_MANIFEST_SIZE`; a build names a few).
 const KEPT_MANIFESTS: usize = 64;
 
-fn new_client(registry: &str, protocol: ClientProtocol, unverified: bool) -> Result<Client, Error> {
+fn new_client(
+    protocol: ClientProtocol,
+    tls: Option<rustls::ClientConfig>,
+) -> Result<Client, Error> {
     let config = ClientConfig {
-        protocol: protocol.clone(),
+        protocol,
         connect_timeout: Some(CONNECT_TIMEOUT),
         read_timeout: Some(READ_TIMEOUT),
         max_concurrent_download: PARALLEL_BLOBS,
         platform_resolver: None,
-        // The plain-http client serves loopback and `--insecure-registry` hosts only, which
-        // docker does not verify either; skipping verification also skips loading the system's
-        // CA certificates, a large part of a no-op build's time. `insecure = true` hosts are
-        // https whose certificate the user chose not to verify.
-        accept_invalid_certificates: unverified || matches!(protocol, ClientProtocol::Http),
+        // The plain-http client (no `tls`) serves loopback and `--insecure-registry` hosts
+        // only: it never verifies anything, so it must not read the system's CA certificates
+        // either. https clients get kiln's own TLS configuration (`tls::client_config`).
+        accept_invalid_certificates: tls.is_none(),
+        rustls_config: tls,
         ..ClientConfig::default()
     };
     // `Client::new` would swallow the error and fall back to a default client.
-    Client::try_from(config).map_err(|e| {
-        let why = error_chain(&e);
-        // rustls-platform-verifier's words when the system gave it no root certificate.
-        if why.contains("No CA certificates were loaded") {
-            Error::NoCaCertificates {
-                registry: registry.to_owned(),
-            }
-        } else {
-            Error::Client(why)
-        }
-    })
+    Client::try_from(config).map_err(|e| Error::Client(error_chain(&e)))
 }
 
 /// An error with its sources, as one line.
@@ -109,9 +108,10 @@ impl Remote {
         // an error only means some provider is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         Ok(Remote {
-            https: std::sync::OnceLock::new(),
             http: std::sync::OnceLock::new(),
-            https_unverified: std::sync::OnceLock::new(),
+            https: Mutex::new(HashMap::new()),
+            tls_clients: Mutex::new(HashMap::new()),
+            certs_dir: PathBuf::from(DOCKER_CERTS_DIR),
             insecure: opts.insecure,
             hosts: opts.hosts,
             config: Arc::new(DockerConfig::load(opts.docker_config.as_deref())?),
@@ -120,26 +120,56 @@ impl Remote {
         })
     }
 
-    fn client_for(&self, registry: &str) -> Result<&Client, Error> {
-        let host = self.hosts.get(registry);
-        // As BuildKit: `http` decides when given, else loopback hosts are plain http.
-        let http = self.insecure.iter().any(|h| h == registry)
-            || host
-                .and_then(|h| h.http)
-                .unwrap_or_else(|| is_loopback(registry));
-        let (cell, protocol, unverified) = if http {
-            (&self.http, ClientProtocol::Http, false)
-        } else if host.is_some_and(|h| h.insecure) {
-            (&self.https_unverified, ClientProtocol::Https, true)
-        } else {
-            (&self.https, ClientProtocol::Https, false)
-        };
-        if let Some(c) = cell.get() {
-            return Ok(c);
+    fn client_for(&self, registry: &str) -> Result<HostClient, Error> {
+        if let Some(c) = lock(&self.https).get(registry) {
+            return Ok(c.clone());
         }
-        let client = new_client(registry, protocol, unverified)?;
-        // A concurrent first use may have set it meanwhile; either client is as good.
-        Ok(cell.get_or_init(|| client))
+        let host = self.hosts.get(registry);
+        let explicit_http =
+            self.insecure.iter().any(|h| h == registry) || host.and_then(|h| h.http) == Some(true);
+        if explicit_http {
+            return self.http_client();
+        }
+        let tls = tls::gather(registry, host, &self.certs_dir)?;
+        // As BuildKit: `http` decides when given, else loopback hosts are plain http, unless
+        // they have certificate files of their own (kiln.toml's `ca`/`keypair`, certs.d):
+        // those say the registry speaks https. There is never a fallback from one to the other.
+        if host.and_then(|h| h.http).is_none() && is_loopback(registry) && tls.is_empty() {
+            return self.http_client();
+        }
+        let verify = !host.is_some_and(|h| h.insecure);
+        let client_cert = !tls.keypairs.is_empty();
+        let key = (verify, tls);
+        let existing = lock(&self.tls_clients).get(&key).cloned();
+        let client = match existing {
+            Some(c) => c,
+            None => {
+                let config = tls::client_config(registry, &key.1, verify)?;
+                let c = Arc::new(new_client(ClientProtocol::Https, Some(config))?);
+                // A concurrent first use may have made one meanwhile; either is as good.
+                Arc::clone(lock(&self.tls_clients).entry(key).or_insert(c))
+            }
+        };
+        let c = HostClient {
+            client,
+            client_cert,
+        };
+        lock(&self.https).insert(registry.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    fn http_client(&self) -> Result<HostClient, Error> {
+        let client = match self.http.get() {
+            Some(c) => Arc::clone(c),
+            None => {
+                let client = Arc::new(new_client(ClientProtocol::Http, None)?);
+                Arc::clone(self.http.get_or_init(|| client))
+            }
+        };
+        Ok(HostClient {
+            client,
+            client_cert: false,
+        })
     }
 
     async fn credentials(&self, registry: &str) -> Result<RegistryAuth, Error> {
@@ -174,8 +204,10 @@ impl Remote {
             Op::Push => RegistryOperation::Push,
             _ => RegistryOperation::Pull,
         };
+        let host = self.client_for(&r.registry)?;
         let s = Session {
-            client: self.client_for(&r.registry)?,
+            client: host.client,
+            client_cert: host.client_cert,
             auth: self.credentials(&r.registry).await?,
             reference: r,
             image: r.to_string(),
@@ -553,8 +585,23 @@ pub(crate) fn read_config(store: &Store, digest: &Digest) -> Result<ImageConfig,
     parse_config(&bytes).map_err(|e| format!("image config {digest}: {e}"))
 }
 
+/// Locks a map that is only ever inserted into: a panic elsewhere cannot leave it
+/// inconsistent.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The client for one host, and whether it presents a client certificate.
+#[derive(Clone)]
+struct HostClient {
+    client: Arc<Client>,
+    client_cert: bool,
+}
+
 struct Session<'a> {
-    client: &'a Client,
+    client: Arc<Client>,
+    /// Whether `client` presents a client certificate (for the words of a refusal).
+    client_cert: bool,
     auth: RegistryAuth,
     reference: &'a Reference,
     image: String,
@@ -733,6 +780,16 @@ impl Session<'_> {
             image: image.clone(),
             why,
         };
+        if let Some(problem) = rustls_error(&e)
+            .and_then(|t| tls::describe(&self.reference.registry, t, self.client_cert))
+        {
+            return Error::Certificate {
+                op,
+                image,
+                registry: self.reference.registry.clone(),
+                problem,
+            };
+        }
         match e {
             E::RequestError(re) if re.is_connect() || re.is_timeout() => Error::Connect {
                 op,
@@ -811,6 +868,10 @@ fn io_error(e: impl std::error::Error + Send + Sync + 'static) -> kiln_snapshot:
 
 /// Retry on 5xx, timeouts and broken connections; never on 4xx.
 fn transient(e: &OciDistributionError) -> bool {
+    // A certificate refused now is refused on every attempt.
+    if rustls_error(e).is_some() {
+        return false;
+    }
     match e {
         OciDistributionError::RequestError(re) => {
             re.is_connect() || re.is_timeout() || re.is_body() || re.is_request() || re.is_decode()
@@ -818,6 +879,16 @@ fn transient(e: &OciDistributionError) -> bool {
         OciDistributionError::ServerError { code, .. } => *code >= 500,
         OciDistributionError::IoError(io) => digest_error(io).is_none(),
         _ => false,
+    }
+}
+
+/// The TLS error behind `e`, if any. Its io and request variants are `transparent`: their
+/// `source()` is their inner error's source, so the inner error itself is looked at first.
+fn rustls_error(e: &OciDistributionError) -> Option<&rustls::Error> {
+    match e {
+        OciDistributionError::IoError(io) => tls::rustls_error(io),
+        OciDistributionError::RequestError(re) => tls::rustls_error(re),
+        other => tls::rustls_error(other),
     }
 }
 
@@ -911,5 +982,18 @@ mod tests {
         assert!(!transient(&OciDistributionError::UnauthorizedError {
             url: String::new()
         }));
+    }
+
+    #[test]
+    fn certificate_errors_are_not_retried() {
+        let io = |e: std::io::Error| OciDistributionError::IoError(std::io::Error::other(e));
+        assert!(transient(&io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        ))));
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert!(!transient(&io(refused)));
     }
 }

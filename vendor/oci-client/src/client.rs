@@ -353,6 +353,11 @@ impl TryFrom<ClientConfig> for Client {
             }
             client_builder = client_builder
                 .tls_certs_merge(convert_certificates(&config.extra_root_certificates)?);
+            // kiln: a TLS configuration built by the caller (its own roots, loaded once per
+            // process, per-registry CAs, a client certificate) replaces reqwest's.
+            if let Some(tls) = config.rustls_config.clone() {
+                client_builder = client_builder.tls_backend_preconfigured(tls);
+            }
         }
 
         if let Some(timeout) = config.read_timeout {
@@ -2539,6 +2544,11 @@ pub struct ClientConfig {
     /// to servers using self-signed certificates
     pub extra_root_certificates: Vec<Certificate>,
 
+    /// kiln: a complete rustls configuration (roots, verifier, client certificate) used
+    /// instead of the one reqwest would build; `accept_invalid_certificates`,
+    /// `tls_certs_only` and `extra_root_certificates` are then ignored.
+    pub rustls_config: Option<rustls::ClientConfig>,
+
     /// A function that defines the client's behaviour if an Image Index Manifest
     /// (i.e Manifest List) is encountered when pulling an image.
     /// Defaults to [current_platform_resolver],
@@ -2607,6 +2617,7 @@ impl Default for ClientConfig {
             use_monolithic_push: false,
             tls_certs_only: Vec::new(),
             extra_root_certificates: Vec::new(),
+            rustls_config: None,
             platform_resolver: Some(Box::new(current_platform_resolver)),
             max_concurrent_upload: DEFAULT_MAX_CONCURRENT_UPLOAD,
             max_concurrent_download: DEFAULT_MAX_CONCURRENT_DOWNLOAD,

@@ -54,7 +54,18 @@ impl TestRegistry {
         ))
     }
 
+    /// A registry with `http_extra` (indented lines) in its `http:` section, such as a `tls:`
+    /// table, logging at info level; ready when it accepts connections (a TLS registry answers no
+    /// plain-http probe).
+    pub fn start_tls(http_extra: &str) -> Self {
+        Self::spawn(http_extra, "info", false)
+    }
+
     fn start_with(extra: &str) -> Self {
+        Self::spawn(extra, "error", true)
+    }
+
+    fn spawn(extra: &str, level: &str, http_probe: bool) -> Self {
         let bin = require_tool("docker-registry");
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = dir.path().join("storage");
@@ -64,7 +75,7 @@ impl TestRegistry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                "version: 0.1\nlog:\n  level: {level}\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
                  http:\n  addr: {host}\n{extra}",
                 storage.display()
             ),
@@ -85,14 +96,25 @@ impl TestRegistry {
             storage,
             _dir: dir,
         };
-        reg.wait_ready();
+        reg.wait_ready(http_probe);
         reg
     }
 
-    fn wait_ready(&mut self) {
+    /// What the registry logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self, http_probe: bool) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if let Some(status) = http_status(&self.host, "/v2/") {
+            if !http_probe && TcpStream::connect(&self.host).is_ok() {
+                return;
+            }
+            if let Some(status) = http_probe
+                .then(|| http_status(&self.host, "/v2/"))
+                .flatten()
+            {
                 assert!(
                     status == 200 || status == 401,
                     "registry answered /v2/ with {status}"

@@ -25,8 +25,14 @@ ARG VERSION
 RUN --mount=type=secret,id=token test -s /run/secrets/token && echo \"v=$VERSION\" > /version
 ";
 
+/// A build of `ctx` on the busybox base, with buildx's default attestations (a harness may
+/// turn them off for other tests).
 fn build(k: &Kiln, ctx: &Path, extra: &[&str]) -> Run {
-    build_bb(k, &[("ATTEST_TOKEN", SECRET)], ctx, extra)
+    let env = [
+        ("ATTEST_TOKEN", SECRET),
+        ("BUILDX_NO_DEFAULT_ATTESTATIONS", "false"),
+    ];
+    build_bb(k, &env, ctx, extra)
 }
 
 /// An OCI layout (extracted from a tarball when `src` is a file).

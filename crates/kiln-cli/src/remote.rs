@@ -142,7 +142,17 @@ pub fn build(
         }
     }
     match result {
-        Ok(outcome) => report_outcome(args, &plan, &display, &outcome, &req.dockerfile),
+        Ok(outcome) => {
+            // A `--check` of a build file only the daemon read shows its lines from a copy.
+            let fetched = match &outcome.dockerfile {
+                Some((name, text)) => Some(fetched_build_file(name, text)?),
+                None => None,
+            };
+            let dockerfile = fetched
+                .as_ref()
+                .map_or(req.dockerfile.clone(), |(_, f)| f.clone());
+            report_outcome(args, &plan, &display, &outcome, &dockerfile)
+        }
         Err(failure) => {
             // A build file only the daemon read (inside a git or http context it fetched)
             // comes with the failure: its lines are shown from a private copy, as a local

@@ -879,7 +879,12 @@ impl Session {
                     req.dockerfile = p.dockerfile().to_owned();
                 }
                 let result = self.engine.build(req, progress, self.cancel.clone()).await;
-                if let (Err(_), Some(p), true) = (&result, &prepared, daemon_file) {
+                // What the client shows lines of: a failure's, a `--check`'s.
+                let lines_shown = match &result {
+                    Err(_) => true,
+                    Ok(outcome) => outcome.call_result.is_some(),
+                };
+                if let (true, Some(p), true) = (lines_shown, &prepared, daemon_file) {
                     fetched_file = read_build_file(p.dockerfile());
                 }
                 drop(prepared);
@@ -932,6 +937,9 @@ impl Session {
                 }
                 for miss in &mut view.explain {
                     shown.fix(&mut miss.name);
+                }
+                if view.call_result.is_some() {
+                    view.dockerfile = fetched_file;
                 }
                 send(pb::server_message::Msg::Result(wire::outcome_to_wire(
                     &view,

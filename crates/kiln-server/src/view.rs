@@ -69,6 +69,9 @@ pub struct OutcomeView {
     pub call_result: Option<String>,
     /// `--explain-cache`: why each step ran.
     pub explain: Vec<Miss>,
+    /// With `call_result`: the build file's name and content, when the client does not have
+    /// it (a daemon read it from a context it fetched): a `--check` shows its lines.
+    pub dockerfile: Option<(String, Vec<u8>)>,
 }
 
 impl OutcomeView {
@@ -94,6 +97,7 @@ impl OutcomeView {
             frontend: outcome.frontend,
             call_result: outcome.call_result,
             explain: outcome.explain,
+            dockerfile: None,
         }
     }
 

@@ -588,6 +588,8 @@ pub fn outcome_to_wire(o: &OutcomeView) -> pb::BuildResult {
         frontend: o.frontend.clone(),
         call_result: o.call_result.clone(),
         explain: o.explain.iter().map(miss_to_wire).collect(),
+        dockerfile_name: o.dockerfile.as_ref().map(|(name, _)| name.clone()),
+        dockerfile: o.dockerfile.as_ref().map(|(_, text)| text.clone()),
     }
 }
 
@@ -735,6 +737,9 @@ pub fn outcome_from_wire(r: pb::BuildResult) -> Result<OutcomeView, Invalid> {
             .into_iter()
             .map(miss_from_wire)
             .collect::<Result<_, _>>()?,
+        dockerfile: r
+            .dockerfile
+            .map(|text| (r.dockerfile_name.unwrap_or_default(), text)),
     })
 }
 

@@ -1261,3 +1261,39 @@ fn a_dockerfile_error_inside_a_fetched_url_context_shows_its_lines_as_a_local_bu
     );
     assert_eq!(excerpt(&remote), shown, "{}", remote.stderr);
 }
+
+#[test]
+fn a_check_of_a_fetched_url_contexts_dockerfile_shows_its_lines_as_a_local_one_does() {
+    let k = Kiln::new(PLUGINS);
+    // `as` in lower case beside an upper-case FROM: a FromAsCasing warning on line 1.
+    k.write(
+        "tarsrc",
+        &[
+            ("Dockerfile", "FROM scratch as base\nCOPY a.txt /a\n"),
+            ("a.txt", "a\n"),
+        ],
+    );
+    let www = k.write("www", &[("placeholder", "")]);
+    kiln_e2e::sh(k.dir.path(), "tar -czf www/ctx.tar.gz -C tarsrc .");
+    let url = format!("{}/ctx.tar.gz", kiln_e2e::serve_files(&www));
+    let daemon = start(&k);
+    let local = build(&k, None, &["--check"], &url);
+    let remote = build(&k, Some(&daemon.addr), &["--check"], &url);
+    assert_eq!(remote.code, local.code);
+    let shown = |run: &kiln_e2e::Run| -> Vec<String> {
+        format!("{}\n{}", run.stdout, run.stderr)
+            .lines()
+            .filter(|l| l.contains(" | ") || l.starts_with("Dockerfile:"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(
+        shown(&local)
+            .iter()
+            .any(|l| l.contains(">>> FROM scratch as base")),
+        "{}\n{}",
+        local.stdout,
+        local.stderr
+    );
+    assert_eq!(shown(&remote), shown(&local), "{}", remote.stderr);
+}

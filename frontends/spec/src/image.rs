@@ -98,21 +98,12 @@ mod tests {
         for bad in ["x", "80/foo", "3-1", "70000", ""] {
             assert!(parse_port(bad).is_err(), "{bad:?}");
         }
-        // The Dockerfile frontend's (docker's) rule, real-time signals with offsets included.
-        for ok in [
-            "SIGTERM",
-            "TERM",
-            "9",
-            "sigkill",
-            "RTMAX",
-            "SIGRTMIN+3",
-            "RTMAX-15",
-        ] {
-            assert!(check_signal(ok).is_ok(), "{ok:?}");
-        }
-        for bad in ["0", "-1", "SIGNOPE", "", "RTMIN+16"] {
-            assert!(check_signal(bad).is_err(), "{bad:?}");
-        }
+        // docker's rule (the SDK's, the Dockerfile frontend's), real-time offsets included.
+        assert!(check_signal("SIGRTMIN+3").is_ok());
+        assert_eq!(
+            check_signal("SIGNOPE").unwrap_err().to_string(),
+            "invalid stop signal \"SIGNOPE\""
+        );
     }
 
     #[test]

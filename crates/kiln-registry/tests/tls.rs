@@ -98,6 +98,62 @@ fn make_certs(dir: &Path) {
     }
 }
 
+/// `expired.pem` / `expired.key`: a server certificate for 127.0.0.1 signed by the test CA of
+/// `make_certs`, valid on 1 January 2020 only (`openssl ca` sets the dates `x509 -req` cannot).
+fn make_expired(dir: &Path) {
+    let d = |n: &str| dir.join(n).display().to_string();
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("serial"), "1000\n").unwrap();
+    std::fs::write(dir.join("expired.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(
+        dir.join("ca.cnf"),
+        format!(
+            "[ca]\ndefault_ca = test\n[test]\ndatabase = {}\nnew_certs_dir = {}\n\
+             default_md = sha256\npolicy = any\nserial = {}\n[any]\ncommonName = supplied\n",
+            d("index.txt"),
+            dir.display(),
+            d("serial")
+        ),
+    )
+    .unwrap();
+    let (key, csr) = (d("expired.key"), d("expired.csr"));
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        "/CN=kiln registry test expired",
+    ]);
+    openssl(&[
+        "ca",
+        "-batch",
+        "-config",
+        &d("ca.cnf"),
+        "-cert",
+        &d("ca.pem"),
+        "-keyfile",
+        &d("ca.key"),
+        "-in",
+        &csr,
+        "-out",
+        &d("expired.pem"),
+        "-startdate",
+        "20200101000000Z",
+        "-enddate",
+        "20200102000000Z",
+        "-extfile",
+        &d("expired.ext"),
+    ]);
+}
+
 /// A registry serving `cert` over TLS; with `client_ca`, it requires client certificates
 /// signed by it.
 fn tls_registry(certs: &Path, cert: &str, client_ca: bool) -> TestRegistry {
@@ -368,4 +424,32 @@ async fn a_registry_requiring_a_client_certificate_gets_the_configured_keypair()
         .await
         .unwrap();
     assert_eq!(resolved.manifest_digest, digest);
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused_as_expired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    make_certs(&certs);
+    make_expired(&certs);
+    let reg = tls_registry(&certs, "expired", false);
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let registry = client(&tmp.path().join("docker"), &reg.host, with_ca(&certs));
+    let text = registry
+        .resolve(
+            &image(&format!("{}/tls/app:v1", reg.host)),
+            &Platform::host(),
+            &store,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains(&format!(
+            "registry {}: the certificate has expired",
+            reg.host
+        )),
+        "{text}"
+    );
 }

@@ -43,9 +43,9 @@ pub(crate) struct Remote {
     // Made on first use: a build that only uses plain-http registries (or none) never reads
     // the system's CA certificates.
     http: std::sync::OnceLock<Arc<Client>>,
-    /// The https client of each host used so far (hosts with the same certificate files and
-    /// verification share one).
-    https: Mutex<HashMap<String, HostClient>>,
+    /// The client of each host used so far, decided once per host (https hosts with the same
+    /// certificate files and verification share one).
+    clients: Mutex<HashMap<String, HostClient>>,
     /// The https clients by what makes them differ: verified or not, and the host's files.
     tls_clients: Mutex<HashMap<(bool, HostTls), Arc<Client>>>,
     /// docker's per-registry certificate directory.
@@ -109,7 +109,7 @@ impl Remote {
         let _ = rustls::crypto::ring::default_provider().install_default();
         Ok(Remote {
             http: std::sync::OnceLock::new(),
-            https: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
             tls_clients: Mutex::new(HashMap::new()),
             certs_dir: PathBuf::from(DOCKER_CERTS_DIR),
             insecure: opts.insecure,
@@ -121,9 +121,15 @@ impl Remote {
     }
 
     fn client_for(&self, registry: &str) -> Result<HostClient, Error> {
-        if let Some(c) = lock(&self.https).get(registry) {
+        if let Some(c) = lock(&self.clients).get(registry) {
             return Ok(c.clone());
         }
+        let c = self.new_host_client(registry)?;
+        lock(&self.clients).insert(registry.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    fn new_host_client(&self, registry: &str) -> Result<HostClient, Error> {
         let host = self.hosts.get(registry);
         let explicit_http =
             self.insecure.iter().any(|h| h == registry) || host.and_then(|h| h.http) == Some(true);
@@ -150,12 +156,10 @@ impl Remote {
                 Arc::clone(lock(&self.tls_clients).entry(key).or_insert(c))
             }
         };
-        let c = HostClient {
+        Ok(HostClient {
             client,
             client_cert,
-        };
-        lock(&self.https).insert(registry.to_owned(), c.clone());
-        Ok(c)
+        })
     }
 
     fn http_client(&self) -> Result<HostClient, Error> {

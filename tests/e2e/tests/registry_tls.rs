@@ -421,3 +421,68 @@ fn without_the_ca_the_build_fails_naming_the_host_and_the_certificate_and_never_
     assert!(!log.contains("HTTP request to an HTTPS server"), "{log}");
     assert!(!log.contains("does not look like a TLS handshake"), "{log}");
 }
+
+#[test]
+fn plugins_and_build_caches_travel_through_a_tls_registry_too() {
+    let k = Kiln::new(&[]);
+    let certs = certs(&k);
+    let registry = TlsRegistry::start(&certs, false);
+    let c = config(
+        &k,
+        &format!(
+            "[registry.\"{}\"]\nca = [\"{}\"]\n",
+            registry.addr,
+            certs.path("ca.pem")
+        ),
+    );
+    // A plugin pushed as an artifact, then pulled (pinned) as the build's frontend.
+    let lib = kiln_e2e::plugin_lib("kiln-frontend-dockerfile");
+    let reference = format!("{}/kiln/dockerfile:1", registry.addr);
+    let pushed = k
+        .run(&[
+            "--config",
+            &c,
+            "plugins",
+            "push",
+            lib.to_str().unwrap(),
+            &reference,
+        ])
+        .ok();
+    let pinned = pushed.stdout.trim().to_owned();
+    assert!(
+        pinned.starts_with(&format!("{reference}@sha256:")),
+        "{pinned}"
+    );
+    let ctx = k.write(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                &format!("# syntax={pinned}\nFROM scratch\nCOPY a.txt /a.txt\n"),
+            ),
+            ("a.txt", "cached over tls\n"),
+        ],
+    );
+    // The build cache exported to the registry...
+    let cache = format!("{}/tls/cache:1", registry.addr);
+    let to = format!("type=registry,ref={cache},mode=max");
+    let first = build(&k, &[], Some(&c), &ctx, &["--cache-to", &to]).ok();
+    assert_eq!(first.step_state("COPY a.txt"), "DONE", "{}", first.stderr);
+    // ...and imported by a fresh store.
+    let other = k.path("other-store").display().to_string();
+    let from = format!("type=registry,ref={cache}");
+    let r = k
+        .run(&[
+            "--config",
+            &c,
+            "--root",
+            &other,
+            "build",
+            "--progress=plain",
+            "--cache-from",
+            &from,
+            ctx.to_str().unwrap(),
+        ])
+        .ok();
+    assert_eq!(r.step_state("COPY a.txt"), "CACHED", "{}", r.stderr);
+}

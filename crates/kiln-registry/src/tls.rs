@@ -413,8 +413,8 @@ impl ServerCertVerifier for AnyCertificate {
 mod tests {
     use super::*;
 
-    /// A self-signed CA certificate and an EC key for it, made by rustls's test-free way:
-    /// openssl, which the tests of this crate already need (the registry tests use it too).
+    /// Runs the `openssl` CLI (the TLS registry tests of this crate need it too); fails the
+    /// test, naming the package, when it is missing.
     fn openssl(args: &[&str]) {
         let out = std::process::Command::new("openssl")
             .args(args)

@@ -614,6 +614,10 @@ pub(crate) fn materialize(
     let mut files = Vec::new();
     let mut linked_prev = false;
     let mut made: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    // The layer's size counted alone, as a walk would find it (see `record_total` below):
+    // regular files and symlinks here, directories once placed. None once a directory was
+    // made that is not in `dirs` (the parents of a re-included file).
+    let mut total: Option<u64> = Some(0);
     // Placed once every directory is made, on several threads.
     let mut to_place: Vec<&Scanned> = Vec::new();
     for e in &scan.entries {
@@ -625,6 +629,7 @@ pub(crate) fn materialize(
                 let p = dest_root.join(parent);
                 fs::create_dir_all(&p).map_err(|err| Error::io("mkdir", &p, err))?;
                 made.insert(parent);
+                total = None;
             }
         }
         match e.kind {
@@ -639,11 +644,13 @@ pub(crate) fn materialize(
             Kind::Symlink => {
                 let t = e.target.as_deref().unwrap_or_default();
                 std::os::unix::fs::symlink(t, &to).map_err(|err| Error::io("symlink", &to, err))?;
+                total = total.map(|n| n + t.len() as u64);
                 let _ = std::os::unix::fs::lchown(&to, Some(0), Some(0));
                 crate::fileop::set_link_mtime(&to, e.mtime.0, e.mtime.1);
             }
             Kind::File => {
                 let hash = e.hash.expect("a scanned file has its hash");
+                total = total.map(|n| n + e.size);
                 to_place.push(e);
                 files.push(ContextFile {
                     rel: e.rel.clone(),
@@ -724,7 +731,20 @@ pub(crate) fn materialize(
             let _ = f.set_modified(system_time(*mtime));
         }
     }
+    for (d, _) in &dirs {
+        total = match (total, fs::symlink_metadata(d)) {
+            (Some(n), Ok(md)) => Some(n + md.len()),
+            _ => None,
+        };
+    }
     let committed = layer.commit()?;
+    if let Some(n) = total {
+        // The collection after the build reads this total instead of walking the layer's
+        // 20,000 files (a `stat` each, which the end of an edit's build waited for). A
+        // margin keeps it an upper bound should a linked file's size differ from the one
+        // scanned (a stat cache record that missed a change).
+        store.record_total(&committed, n + n / 64 + 4096)?;
+    }
     if let (true, Some(p)) = (linked_prev, &prev) {
         // The older layer's cached size may count as its own what the new one now shares.
         store.forget_size(&p.layer)?;
@@ -1002,6 +1022,66 @@ mod tests {
         )
         .unwrap();
         assert_eq!(tree(&two), tree(&store.layer_dir(&scratch)));
+    }
+
+    /// `du -sb` of `path`.
+    fn du_sb(path: &Path) -> u64 {
+        let out = std::process::Command::new("du")
+            .arg("-sb")
+            .arg(path)
+            .output()
+            .expect("du (coreutils) must be installed");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("du -sb prints a size")
+    }
+
+    /// A context layer records its size for the collection after the build (which read it
+    /// by walking the layer again: 20,000 `stat`s after an edit); the size is an upper bound
+    /// of what a walk counts, and close to it.
+    #[test]
+    fn a_context_layer_records_its_total_so_that_it_is_not_walked_again() {
+        let f = fixture();
+        for round in 0..2 {
+            if round == 1 {
+                fs::write(f.ctx.join("d/b"), "edited, and longer").unwrap();
+                fs::write(f.ctx.join("d/new"), vec![b'x'; 10_000]).unwrap();
+            }
+            let id = materialize(
+                &scan(&f.ctx, &f.src, &f.store, &f.index).unwrap(),
+                &f.store,
+                &f.index,
+            )
+            .unwrap();
+            let layer = f._t.path().join("store/layers").join(&id.0);
+            let total: u64 = fs::read_to_string(layer.join("fs.total"))
+                .expect("the context layer records its total")
+                .trim()
+                .parse()
+                .unwrap();
+            let walked = du_sb(&layer.join("fs"));
+            assert!(
+                total >= walked && total <= walked + walked / 64 + 4096,
+                "round {round}: recorded {total}, a walk counts {walked}"
+            );
+        }
+        // A re-included file's parents are made on the way, unlisted: no total then (the
+        // layer is measured by a walk, as before).
+        let src = LocalSource {
+            exclude_patterns: vec!["d".into(), "!d/e/c".into()],
+            ..f.src.clone()
+        };
+        let id = materialize(
+            &scan(&f.ctx, &src, &f.store, &f.index).unwrap(),
+            &f.store,
+            &f.index,
+        )
+        .unwrap();
+        let layer = f._t.path().join("store/layers").join(&id.0);
+        assert!(layer.join("fs/d/e/c").is_file());
+        assert!(!layer.join("fs.total").exists());
     }
 
     #[test]

@@ -636,8 +636,15 @@ impl Store {
     /// files never change; hard links to them made later are counted by the layers that make
     /// them). The next [`Store::usage`] in this process waits for it; one cut short (the
     /// process ends) leaves at worst a partial list without `fs.size`, measured again later.
+    ///
+    /// A layer whose maker recorded its total ([`Store::record_total`]) is not walked: the
+    /// collection after the build reads only totals while the store is under its limit, and
+    /// a full measure (`kiln du`, a collection above the limit) walks it then.
     pub fn measure_later(&self, id: &LayerId) {
         let dir = self.root().join("layers").join(&id.0);
+        if dir.join(TOTAL_FILE).is_file() {
+            return;
+        }
         let spawned = std::thread::Builder::new()
             .name("kiln-measure".into())
             .spawn(move || {
@@ -647,6 +654,26 @@ impl Store {
         if let Ok(handle) = spawned {
             measuring().push((self.root().to_owned(), handle));
         }
+    }
+
+    /// Records `bytes` as the total of layer `id`'s `fs/` counted alone (what
+    /// [`Store::usage_bound`] reads), from its maker, who knows the sizes of what it wrote:
+    /// the context layer of an edit is 20,000 links, and walking it again to measure them cost
+    /// as many `stat`s, waited for by the collection at the end of the build. It must be at
+    /// least what a walk would count (an upper bound, as `fs.total` always is); the full
+    /// measure (`fs.size`, `fs.files`) is left to the first collection that needs it.
+    pub fn record_total(&self, id: &LayerId, bytes: u64) -> Result<()> {
+        let dir = self.root().join("layers").join(&id.0);
+        let before = fs::symlink_metadata(&dir).map_err(io_err("stat", &dir))?;
+        let tmp = dir.join(format!("{TOTAL_FILE}.{}", unique_name()));
+        let written = fs::write(&tmp, bytes.to_string().as_bytes())
+            .and_then(|()| fs::rename(&tmp, dir.join(TOTAL_FILE)));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        // The layer directory's mtime is its last use for the collector: unchanged.
+        restore_mtime(&dir, &before);
+        written.map_err(io_err("write", &dir.join(TOTAL_FILE)))
     }
 
     /// Waits for the measures [`Store::measure_later`] started on this store.
@@ -1085,6 +1112,40 @@ mod tests {
         // Read from the cache again: the same, no walk.
         assert_eq!(store.usage().unwrap().total(), du_sb(&root));
         assert_eq!(walked(&first_dir) + walked(&second_dir), 2);
+    }
+
+    #[test]
+    fn a_layer_whose_maker_recorded_its_total_is_not_walked_after_the_build() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("s");
+        let store = Store::open_with(&root, crate::SnapshotterKind::Copy).unwrap();
+        let b = store.new_layer().unwrap();
+        fs::create_dir(b.fs_dir().join("d")).unwrap();
+        for n in 0..20u8 {
+            fs::write(b.fs_dir().join(format!("d/f{n}")), vec![n; 100]).unwrap();
+        }
+        let id = b.commit().unwrap();
+        let dir = root.join("layers").join(&id.0);
+        let mtime = fs::symlink_metadata(&dir).unwrap().modified().unwrap();
+        // What the maker knows: its files, and its directories' sizes.
+        let dirs = du_sb(&dir.join("fs")) - 20 * 100;
+        store.record_total(&id, dirs + 20 * 100).unwrap();
+        store.measure_later(&id);
+        let bound = store
+            .usage_bound()
+            .unwrap()
+            .expect("every layer has its total");
+        assert_eq!(walked(&dir), 0, "a recorded total is not measured again");
+        assert!(bound >= du_sb(&root), "{bound} < {}", du_sb(&root));
+        assert_eq!(
+            fs::symlink_metadata(&dir).unwrap().modified().unwrap(),
+            mtime,
+            "recording a total is not a use"
+        );
+        // The full measure, when one is asked for, walks it, and agrees with `du -sb`.
+        let u = store.usage().unwrap();
+        assert_eq!(walked(&dir), 1);
+        assert_eq!(u.total(), du_sb(&root));
     }
 
     #[test]

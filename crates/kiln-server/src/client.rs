@@ -251,14 +251,9 @@ impl Client {
         let mut local_contexts = Vec::new();
         for (name, dir, oci_layout) in &locals {
             let abs = std::fs::canonicalize(dir).map_err(|e| Error::io("resolve", dir, e))?;
-            let key = format!("{machine}\0{}\0{name}", abs.display());
-            let key: String = Sha256::digest(key.as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
             local_contexts.push(pb::LocalContext {
                 name: name.clone(),
-                key,
+                key: mirror_key(&machine, &abs, name),
                 oci_layout: oci_layout.clone(),
                 cache: false,
                 client_path: dir.display().to_string(),
@@ -319,14 +314,11 @@ impl Client {
             let name = format!("cache:{}", cache_dirs.len());
             cache_dirs.insert(abs.clone(), name.clone());
             caches.insert(dir.clone(), name.clone());
-            let key = format!("{machine}\0{}\0\0cache", abs.display());
-            let key: String = Sha256::digest(key.as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
             local_contexts.push(pb::LocalContext {
                 name: name.clone(),
-                key,
+                // One mirror per cache directory, whatever its role in a build: a name no
+                // context has.
+                key: mirror_key(&machine, &abs, "\0cache"),
                 oci_layout: None,
                 cache: true,
                 client_path: dir.display().to_string(),
@@ -697,6 +689,16 @@ fn path_inside(context: &Path, file: &Path) -> Option<String> {
     let file = std::fs::canonicalize(file).ok()?;
     let rel = file.strip_prefix(&ctx).ok()?;
     rel.to_str().map(str::to_owned)
+}
+
+/// The key the daemon keeps its mirror of directory `abs` of this machine under, for the
+/// context `name`.
+fn mirror_key(machine: &str, abs: &Path, name: &str) -> String {
+    let key = format!("{machine}\0{}\0{name}", abs.display());
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// This machine's id (systemd's machine-id, else the host name): part of a mirror's key, so

@@ -225,16 +225,7 @@ fn two_nodes_push_one_index_by_tag_and_their_images_by_digest() {
     let (mut a, mut b) = two_nodes(&k);
     let ctx = context(&k);
     // A repository of this test's own: its tag list is what this build pushed.
-    let unique: String = k
-        .dir
-        .path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
-    let repo = format!("{registry}/multinode-{}", unique.to_lowercase());
+    let repo = unique_repo(&k, &registry, "multinode");
     let name = format!("{repo}:1");
     let meta = k.path("meta.json");
     build(

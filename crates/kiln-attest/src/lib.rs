@@ -207,6 +207,19 @@ impl Flags {
         Ok(flags)
     }
 
+    /// Whether buildx's `BUILDX_NO_DEFAULT_ATTESTATIONS`, whose value is `value`, turns the
+    /// default provenance of a push off (unset or empty: no).
+    pub fn default_disabled(value: Option<&str>) -> Result<bool, Error> {
+        match value.map(str::trim) {
+            None | Some("") => Ok(false),
+            Some(v) => parse_bool(v).ok_or_else(|| Error::Flag {
+                flag: "BUILDX_NO_DEFAULT_ATTESTATIONS",
+                value: v.to_owned(),
+                why: "expected true or false".to_owned(),
+            }),
+        }
+    }
+
     /// The attestations of a build: what the flags ask for; with no flag about provenance, it
     /// is on in `mode=min` when the build pushes, as buildx turns it on by default (kiln only
     /// for pushes, so that other outputs stay what they were).
@@ -295,6 +308,15 @@ mod tests {
         )
         .unwrap();
         assert!(f.request(true).provenance.is_none());
+
+        assert!(!Flags::default_disabled(None).unwrap());
+        assert!(!Flags::default_disabled(Some("")).unwrap());
+        assert!(Flags::default_disabled(Some("1")).unwrap());
+        assert!(!Flags::default_disabled(Some("false")).unwrap());
+        let err = Flags::default_disabled(Some("yes"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("BUILDX_NO_DEFAULT_ATTESTATIONS"), "{err}");
     }
 
     #[test]

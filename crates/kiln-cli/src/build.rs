@@ -123,7 +123,13 @@ impl Plan {
             &args.attest,
         )?;
         let pushes = exports.iter().any(|e| matches!(e, Export::Registry { .. }));
-        let attest = attest_flags.request(pushes && !no_default_attestations()?);
+        // buildx's switch for its default provenance.
+        let no_default = kiln_engine::AttestFlags::default_disabled(
+            std::env::var("BUILDX_NO_DEFAULT_ATTESTATIONS")
+                .ok()
+                .as_deref(),
+        )?;
+        let attest = attest_flags.request(pushes && !no_default);
         let attest_asked = attest_flags
             .provenance
             .as_ref()
@@ -243,21 +249,6 @@ impl Plan {
             attest_asked,
         };
         Ok((plan, req))
-    }
-}
-
-/// buildx's `BUILDX_NO_DEFAULT_ATTESTATIONS`: a true value turns the default provenance of a
-/// push off (flags still ask for attestations).
-fn no_default_attestations() -> Result<bool> {
-    const VAR: &str = "BUILDX_NO_DEFAULT_ATTESTATIONS";
-    match std::env::var(VAR) {
-        Err(_) => Ok(false),
-        Ok(v) => match v.trim() {
-            "" => Ok(false),
-            "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-            "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-            _ => bail!("invalid {VAR}={v:?}: expected true or false"),
-        },
     }
 }
 

@@ -16,6 +16,7 @@ use crate::workspace::Workspace;
 const TARGETS: &[&str] = &[
     "dockerfile_parse",
     "dockerfile_frontend",
+    "spec_frontend",
     "shell_expand",
     "dockerignore",
     "image_reference",
@@ -329,6 +330,34 @@ fn seed(target: &str, root: &Path, shared: &Path, out: &Path) -> Result<usize> {
         }
         "layer_import" | "add_unpack" => {
             seeds.extend(sample_tars(out)?);
+        }
+        "spec_frontend" => {
+            seeds.push(std::fs::read(root.join("examples/spec/build.toml"))?);
+            let doc = std::fs::read_to_string(root.join("docs/spec-frontend.md"))?;
+            for block in doc.split("```toml\n").skip(1) {
+                if let Some((toml, _)) = block.split_once("```") {
+                    seeds.push(toml.as_bytes().to_vec());
+                }
+            }
+            // The build files of the frontend's own tests: raw strings, and one-line literals.
+            let tests = std::fs::read_to_string(root.join("frontends/spec/src/tests.rs"))?;
+            for raw in tests.split("r#\"").skip(1) {
+                match raw.split_once("\"#") {
+                    Some((text, _)) if text.contains("[stage") => {
+                        seeds.push(text.as_bytes().to_vec());
+                    }
+                    _ => {}
+                }
+            }
+            for line in tests.lines() {
+                let literal = line.trim().strip_prefix("\"[stage");
+                if let Some(rest) = literal.and_then(|r| r.strip_suffix("\",")) {
+                    let text = format!("[stage{rest}")
+                        .replace("\\n", "\n")
+                        .replace("\\\"", "\"");
+                    seeds.push(text.into_bytes());
+                }
+            }
         }
         other => bail!("no seeds for {other}"),
     }

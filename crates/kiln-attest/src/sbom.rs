@@ -35,10 +35,22 @@ pub struct Package {
     pub found_in: String,
 }
 
-/// Every package of the image whose root filesystem is `root`, sorted, no repeats.
-pub fn scan(root: &Path) -> Result<Vec<Package>, Error> {
+/// What the scan of an image found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    /// Every package, sorted, no repeats.
+    pub packages: Vec<Package>,
+    /// Lockfiles that do not parse (`/path: why`): skipped, as a scanner skips them (an
+    /// image may hold broken ones as test data), and named in the document's comment.
+    pub skipped: Vec<String>,
+}
+
+/// Every package of the image whose root filesystem is `root`. Fails only when a file cannot
+/// be read.
+pub fn scan(root: &Path) -> Result<Found, Error> {
     let distro = os_release_id(root);
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     let dpkg = "var/lib/dpkg/status";
     if let Some(text) = read(root, dpkg)? {
         out.extend(dpkg_status(
@@ -94,14 +106,17 @@ pub fn scan(root: &Path) -> Result<Vec<Package>, Error> {
         let Some(text) = read(root, &rel)? else {
             continue;
         };
-        out.extend(parse(&text, &rel).map_err(|why| Error::Scan {
-            path: format!("/{rel}"),
-            why,
-        })?);
+        match parse(&text, &rel) {
+            Ok(found) => out.extend(found),
+            Err(why) => skipped.push(format!("/{rel}: {why}")),
+        }
     }
     out.sort();
     out.dedup();
-    Ok(out)
+    Ok(Found {
+        packages: out,
+        skipped,
+    })
 }
 
 /// The text of the regular file `rel` under `root`, or `None` when there is none (or it is
@@ -380,10 +395,11 @@ fn python_metadata(text: &str, rel: &str) -> Result<Vec<Package>, String> {
     }])
 }
 
-/// The SPDX 2.3 JSON document listing `packages` of the image `name`, created at `created`
-/// (RFC 3339). Its namespace is derived from the content, so the same image gives the same
-/// document.
-pub fn spdx_document(name: &str, packages: &[Package], created: &str) -> Value {
+/// The SPDX 2.3 JSON document listing the packages `found` in the image `name`, created at
+/// `created` (RFC 3339); skipped files are named in `creationInfo.comment`. Its namespace is
+/// derived from the content, so the same image gives the same document.
+pub fn spdx_document(name: &str, found: &Found, created: &str) -> Value {
+    let packages = &found.packages;
     let mut ids = Vec::with_capacity(packages.len());
     let items: Vec<Value> = packages
         .iter()
@@ -437,16 +453,20 @@ pub fn spdx_document(name: &str, packages: &[Package], created: &str) -> Value {
             })
         })
         .collect();
+    let mut creation = json!({
+        "created": created,
+        "creators": [format!("Tool: kiln-{}", env!("CARGO_PKG_VERSION"))],
+    });
+    if !found.skipped.is_empty() {
+        creation["comment"] = format!("not read: {}", found.skipped.join("; ")).into();
+    }
     json!({
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
         "SPDXID": "SPDXRef-DOCUMENT",
         "name": name,
         "documentNamespace": namespace,
-        "creationInfo": {
-            "created": created,
-            "creators": [format!("Tool: kiln-{}", env!("CARGO_PKG_VERSION"))],
-        },
+        "creationInfo": creation,
         "packages": items,
         "relationships": relationships,
     })
@@ -505,7 +525,7 @@ mod tests {
         );
         // Not looked into.
         write(root, "proc/Cargo.lock", "garbage");
-        let found = scan(root).unwrap();
+        let found = scan(root).unwrap().packages;
         let purls: Vec<&str> = found.iter().map(|p| p.purl.as_str()).collect();
         for want in [
             "pkg:deb/debian/bash@5.2.15-2%2Bb2?arch=amd64",
@@ -527,11 +547,24 @@ mod tests {
     }
 
     #[test]
-    fn a_broken_lockfile_is_named() {
+    fn a_broken_lockfile_is_skipped_and_named() {
         let t = tempfile::tempdir().unwrap();
         write(t.path(), "srv/Cargo.lock", "[[package]\n");
-        let err = scan(t.path()).unwrap_err().to_string();
-        assert!(err.contains("/srv/Cargo.lock"), "{err}");
+        write(
+            t.path(),
+            "app/Cargo.lock",
+            "[[package]]\nname = \"a\"\nversion = \"1\"\n",
+        );
+        let found = scan(t.path()).unwrap();
+        assert_eq!(found.packages.len(), 1);
+        assert_eq!(found.skipped.len(), 1);
+        assert!(
+            found.skipped[0].starts_with("/srv/Cargo.lock: "),
+            "{found:?}"
+        );
+        let doc = spdx_document("x", &found, "2024-01-01T00:00:00Z");
+        let comment = doc["creationInfo"]["comment"].as_str().unwrap();
+        assert!(comment.contains("/srv/Cargo.lock"), "{comment}");
     }
 
     #[test]
@@ -542,7 +575,11 @@ mod tests {
             purl: "pkg:npm/%40types/node@20".into(),
             found_in: "/package-lock.json".into(),
         };
-        let doc = spdx_document("app:1", std::slice::from_ref(&p), "2024-01-01T00:00:00Z");
+        let found = Found {
+            packages: vec![p],
+            skipped: Vec::new(),
+        };
+        let doc = spdx_document("app:1", &found, "2024-01-01T00:00:00Z");
         assert_eq!(doc["spdxVersion"], "SPDX-2.3");
         assert_eq!(
             doc["packages"][0]["SPDXID"],
@@ -552,6 +589,7 @@ mod tests {
             doc["relationships"][0]["relatedSpdxElement"],
             doc["packages"][0]["SPDXID"]
         );
-        assert_eq!(doc, spdx_document("app:1", &[p], "2024-01-01T00:00:00Z"));
+        assert!(doc["creationInfo"].get("comment").is_none());
+        assert_eq!(doc, spdx_document("app:1", &found, "2024-01-01T00:00:00Z"));
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 
-use kiln_attest::sbom::Package;
+use kiln_attest::sbom::Found;
 use kiln_attest::{BuildInfo, Material, Request, Subject};
 use kiln_export::{Image, ImageFormat, ImageIndex, Statement};
 use kiln_graph::{Definition, Op, SourceOp};
@@ -170,7 +170,7 @@ pub(crate) struct Attester {
     /// The SBOM's `created` time (`SOURCE_DATE_EPOCH` when set).
     created: String,
     /// Each result's packages, by its top layer: one scan per result for every export.
-    scanned: Mutex<HashMap<Option<String>, Vec<Package>>>,
+    scanned: Mutex<HashMap<Option<String>, Found>>,
 }
 
 impl Attester {
@@ -219,9 +219,9 @@ impl Attester {
             )));
         }
         if self.request.sbom {
-            let packages = self.packages(store, snapshot)?;
+            let found = self.packages(store, snapshot)?;
             let name = self.names.first().map_or("sbom", String::as_str);
-            let doc = kiln_attest::sbom::spdx_document(name, &packages, &self.created);
+            let doc = kiln_attest::sbom::spdx_document(name, &found, &self.created);
             out.push(to_statement(kiln_attest::statement::statement(
                 &subjects,
                 kiln_attest::PREDICATE_SPDX,
@@ -232,7 +232,7 @@ impl Attester {
     }
 
     /// The packages of `snapshot`'s files, scanned once.
-    fn packages(&self, store: &Store, snapshot: &Snapshot) -> Result<Vec<Package>, Error> {
+    fn packages(&self, store: &Store, snapshot: &Snapshot) -> Result<Found, Error> {
         let key = snapshot.layers.last().map(|l| l.0.clone());
         let mut scanned = self
             .scanned
@@ -296,6 +296,32 @@ fn to_statement(s: kiln_attest::InToto) -> Statement {
 mod tests {
     use super::*;
     use kiln_graph::{CustomOp, ImageSource};
+
+    #[test]
+    fn build_info_names_no_host_path_and_no_secret_value() {
+        let t = tempfile::tempdir().unwrap();
+        let context = t.path().join("ctx");
+        let req = BuildRequest {
+            dockerfile: context.join("sub/Dockerfile.prod"),
+            context,
+            build_args: [("V".to_owned(), "1".to_owned())].into(),
+            target: Some("app".into()),
+            secrets: [(
+                "token".to_owned(),
+                crate::SecretSource::Env("SOME_VAR".into()),
+            )]
+            .into(),
+            ..crate::phases::tests::request(t.path())
+        };
+        let info = build_info(&req, "dockerfile", 5);
+        assert_eq!(info.config_path, "sub/Dockerfile.prod");
+        assert_eq!(info.args["build-arg:V"], "1");
+        assert_eq!(info.args["target"], "app");
+        assert_eq!(info.secrets, ["token"]);
+        assert_eq!(info.started_on, Some(5));
+        let text = format!("{info:?}");
+        assert!(!text.contains(&t.path().display().to_string()), "{text}");
+    }
 
     #[test]
     fn materials_are_pinned_sources_without_credentials() {

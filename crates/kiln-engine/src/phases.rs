@@ -697,4 +697,4 @@ fn call_answer(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -70,7 +70,8 @@ fn engine(root: &Path) -> Engine {
     .unwrap()
 }
 
-fn request(context: &Path) -> BuildRequest {
+/// A request building `context` with nothing else set (also used by `attest`'s tests).
+pub(crate) fn request(context: &Path) -> BuildRequest {
     BuildRequest {
         context: context.to_owned(),
         dockerfile: context.join("Dockerfile"),

@@ -90,6 +90,9 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     if let Some(addr) = registry_addr {
         tests.env("KILN_TEST_REGISTRY", addr);
     }
+    // The workspace and its plugins were built and installed above: the e2e harness need not
+    // run `cargo build` again in every test process (tests/e2e/src/lib.rs `PREBUILT_ENV`).
+    tests.env("KILN_E2E_PREBUILT", "1");
     if let Some(umoci) = &zstd_umoci {
         tests.env("KILN_TEST_UMOCI_ZSTD", umoci);
     }

@@ -55,10 +55,25 @@ const BUNDLED: &[&str] = &[
     "kiln-frontend-spec",
 ];
 
-/// Builds the binary and plugins the tests use (a no-op after `cargo xtask test` built them).
+/// Set by `cargo xtask test` once it has built the workspace and installed the bundled
+/// plugins: each test process (nextest runs one per test) then skips its own `cargo build`,
+/// which costs half a second and takes the target directory's lock even when nothing changed.
+pub const PREBUILT_ENV: &str = "KILN_E2E_PREBUILT";
+
+/// Builds the binary and plugins the tests use (skipped under `cargo xtask test`, which built
+/// them: see [`PREBUILT_ENV`]).
 pub fn ensure_built() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
+        if std::env::var_os(PREBUILT_ENV).is_some() {
+            let kiln = target_dir().join("kiln");
+            assert!(
+                kiln.is_file(),
+                "{PREBUILT_ENV} is set but {} does not exist: run `cargo xtask test`",
+                kiln.display()
+            );
+            return;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(workspace()).arg("build").arg("--quiet");

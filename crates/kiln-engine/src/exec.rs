@@ -370,12 +370,17 @@ fn run(
                     // its files can be shared with the new layer.
                     let linkable: Vec<bool> = inputs.iter().map(|s| s.layers.len() == 1).collect();
                     let layer = store.new_layer()?;
-                    let linked =
+                    let done =
                         fileop::apply_direct(&layer.fs_dir(), &plan, &f.actions, &paths, &linkable)
                             .map_err(|e| Error::Unsupported(e.to_string()))?;
                     drop(views);
                     let id = layer.commit()?;
-                    if linked {
+                    if let Some(n) = done.total {
+                        // The collection after the build reads it instead of walking the
+                        // layer (see `local::materialize`); best effort, as the walk is.
+                        let _ = store.record_total(&id, n + n / 64 + 4096);
+                    }
+                    if done.linked {
                         // A source layer's cached size may count as its own what the new layer
                         // now shares.
                         for s in inputs.iter().filter(|s| s.layers.len() == 1) {

@@ -89,23 +89,35 @@ pub fn apply(root: &Path, actions: &[FileAction], sources: &[PathBuf]) -> Result
     apply_with(root, actions, sources, &[], None)
 }
 
+/// What [`apply_direct`] did.
+pub(crate) struct DirectDone {
+    /// A file was linked.
+    pub(crate) linked: bool,
+    /// The layer directory's apparent size (as `du -sb`), when it could be read.
+    pub(crate) total: Option<u64>,
+}
+
 /// Applies the copies of `plan` (see `direct`) to the empty layer directory `root`; files taken
 /// unchanged from an input `i` with `linkable[i]` (an immutable layer directory) are hard links
-/// to it. Whether any file was linked.
+/// to it.
 pub(crate) fn apply_direct(
     root: &Path,
     plan: &Direct,
     actions: &[FileAction],
     sources: &[PathBuf],
     linkable: &[bool],
-) -> Result<bool> {
+) -> Result<DirectDone> {
     plan.prepare(root)
         .map_err(ioe("make the base's directories", "/"))?;
     let linker = SharedLinker::default();
     apply_with(root, actions, sources, linkable, Some(&linker))?;
     plan.finish(root);
-    let linked = linker.borrow().linked();
-    Ok(linked)
+    let linker = linker.borrow();
+    Ok(DirectDone {
+        linked: linker.linked(),
+        // Only a shortcut for the collection: without it, the layer is measured by a walk.
+        total: linker.layer_total(root).ok(),
+    })
 }
 
 type SharedLinker = std::rc::Rc<std::cell::RefCell<direct::Linker>>;

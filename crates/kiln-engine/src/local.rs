@@ -743,7 +743,8 @@ pub(crate) fn materialize(
         // 20,000 files (a `stat` each, which the end of an edit's build waited for). A
         // margin keeps it an upper bound should a linked file's size differ from the one
         // scanned (a stat cache record that missed a change).
-        store.record_total(&committed, n + n / 64 + 4096)?;
+        // Best effort: without it, the layer is measured by a walk, as before.
+        let _ = store.record_total(&committed, n + n / 64 + 4096);
     }
     if let (true, Some(p)) = (linked_prev, &prev) {
         // The older layer's cached size may count as its own what the new one now shares.

@@ -10,7 +10,7 @@
 //! Two runtimes, one policy (`policy`), one request check (`step`):
 //! - **embedded** (default, `sandbox`): new mount, pid, uts, ipc namespaces (and network for
 //!   `--network=none`), pivot_root, fresh `/proc`, a tmpfs `/dev`, read-only `/sys`, the
-//!   Docker default capabilities, no_new_privs, a seccomp deny-list, `RLIMIT_NOFILE`, user and
+//!   Docker default capabilities, Docker's seccomp allow-list, `RLIMIT_NOFILE`, user and
 //!   groups from the image's own `/etc/passwd` and `/etc/group`;
 //! - **runc** (`runc`): the same step as an OCI bundle run by `runc run`.
 //!
@@ -41,6 +41,7 @@ mod rootfs;
 mod runc;
 mod sandbox;
 mod scratch;
+mod seccomp;
 mod step;
 mod user;
 

@@ -1,10 +1,11 @@
 //! The security policy of a step, shared by both runtimes so that they agree: capabilities,
-//! the seccomp deny-list, rlimits, masked and read-only paths.
+//! the seccomp profile, rlimits, masked and read-only paths.
 
 use caps::Capability;
 use kiln_plugin_sdk::graph::SecurityMode;
 use kiln_plugin_sdk::proto::{Ulimit, UlimitResource};
 
+use crate::seccomp::Profile;
 use crate::Error;
 
 /// Docker's (and BuildKit's) default capability set.
@@ -108,99 +109,61 @@ pub fn nofile_limit() -> u64 {
     }
 }
 
-/// The seccomp deny-list: syscalls a build step has no business making, answered with EPERM.
-/// A short deny-list rather than Docker's long allow-list: it blocks what lets a process reach
-/// past its sandbox (kernel modules, other namespaces, mounts, keyrings, raw I/O ports).
-pub const DENIED_SYSCALLS: &[(&str, i64)] = &[
-    ("kexec_load", libc::SYS_kexec_load),
-    ("kexec_file_load", libc::SYS_kexec_file_load),
-    ("init_module", libc::SYS_init_module),
-    ("finit_module", libc::SYS_finit_module),
-    ("delete_module", libc::SYS_delete_module),
-    ("reboot", libc::SYS_reboot),
-    ("swapon", libc::SYS_swapon),
-    ("swapoff", libc::SYS_swapoff),
-    ("mount", libc::SYS_mount),
-    ("umount2", libc::SYS_umount2),
-    ("pivot_root", libc::SYS_pivot_root),
-    ("bpf", libc::SYS_bpf),
-    ("perf_event_open", libc::SYS_perf_event_open),
-    ("keyctl", libc::SYS_keyctl),
-    ("add_key", libc::SYS_add_key),
-    ("request_key", libc::SYS_request_key),
-    ("userfaultfd", libc::SYS_userfaultfd),
-    ("open_by_handle_at", libc::SYS_open_by_handle_at),
-    ("name_to_handle_at", libc::SYS_name_to_handle_at),
-    ("acct", libc::SYS_acct),
-    ("quotactl", libc::SYS_quotactl),
-    ("setns", libc::SYS_setns),
-    ("unshare", libc::SYS_unshare),
-    ("syslog", libc::SYS_syslog),
-    // The new mount API reaches the same places as mount(2).
-    ("fsopen", libc::SYS_fsopen),
-    ("fsmount", libc::SYS_fsmount),
-    ("move_mount", libc::SYS_move_mount),
-    ("open_tree", libc::SYS_open_tree),
-    #[cfg(target_arch = "x86_64")]
-    ("iopl", libc::SYS_iopl),
-    #[cfg(target_arch = "x86_64")]
-    ("ioperm", libc::SYS_ioperm),
+/// The seccomp profile of a step: Docker's default for the capabilities it keeps, or `None`
+/// with `--security=insecure` (BuildKit's insecure spec runs unconfined).
+pub fn seccomp(security: SecurityMode) -> Option<Profile> {
+    match security {
+        SecurityMode::Insecure => None,
+        _ => Some(Profile::for_caps(&capabilities(security))),
+    }
+}
+
+/// The compiled seccomp programs for the embedded sandbox, in installation order (empty when
+/// the step runs without seccomp).
+pub fn seccomp_programs(security: SecurityMode) -> Result<Vec<seccompiler::BpfProgram>, Error> {
+    seccomp(security).map_or(Ok(Vec::new()), |p| p.programs())
+}
+
+/// Paths hidden from a RUN step, as BuildKit's spec has them (containerd's default Unix spec:
+/// runc's list plus `/sys/devices/virtual/powercap`, whose energy counters leak what other
+/// processes on the host do). Absent paths are skipped.
+pub const MASKED_PATHS: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+    "/proc/scsi",
 ];
 
-/// The compiled seccomp program for the embedded sandbox, or `None` when the step runs
-/// without seccomp (`--security=insecure`).
-pub fn seccomp_program(security: SecurityMode) -> Result<Option<seccompiler::BpfProgram>, Error> {
-    if security == SecurityMode::Insecure {
-        return Ok(None);
-    }
-    let arch = target_arch()?;
-    let mut rules = std::collections::BTreeMap::new();
-    for (_, nr) in DENIED_SYSCALLS {
-        rules.insert(*nr, Vec::new());
-        // x32 processes use the x86_64 table with this bit set and pass the same arch check:
-        // without these entries they would walk past the deny-list.
-        #[cfg(target_arch = "x86_64")]
-        rules.insert(*nr | X32_SYSCALL_BIT, Vec::new());
-    }
-    let filter = seccompiler::SeccompFilter::new(
-        rules,
-        seccompiler::SeccompAction::Allow,
-        seccompiler::SeccompAction::Errno(libc::EPERM as u32),
-        arch,
-    )
-    .map_err(|e| Error::Unsupported(format!("cannot build the seccomp filter: {e}")))?;
-    let program: seccompiler::BpfProgram = filter
-        .try_into()
-        .map_err(|e| Error::Unsupported(format!("cannot compile the seccomp filter: {e}")))?;
-    Ok(Some(program))
-}
+/// Paths made read-only for a RUN step, as BuildKit's (and runc's) default spec.
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
-#[cfg(target_arch = "x86_64")]
-const X32_SYSCALL_BIT: i64 = 0x4000_0000;
-
-fn target_arch() -> Result<seccompiler::TargetArch, Error> {
-    std::env::consts::ARCH.try_into().map_err(|_| {
-        Error::Unsupported(format!(
-            "no seccomp filter for the {} architecture; use --security=insecure",
-            std::env::consts::ARCH
-        ))
-    })
-}
-
-/// Paths hidden from the process (a tmpfs on directories, `/dev/null` on files), as runc's
-/// default spec.
+/// Paths hidden from the process (a tmpfs on directories, `/dev/null` on files); none with
+/// `--security=insecure`.
 pub fn masked_paths(security: SecurityMode) -> Vec<String> {
     match security {
         SecurityMode::Insecure => Vec::new(),
-        _ => oci_spec::runtime::get_default_maskedpaths(),
+        _ => MASKED_PATHS.iter().map(|p| (*p).to_owned()).collect(),
     }
 }
 
-/// Paths made read-only for the process, as runc's default spec.
+/// Paths made read-only for the process; none with `--security=insecure`.
 pub fn readonly_paths(security: SecurityMode) -> Vec<String> {
     match security {
         SecurityMode::Insecure => Vec::new(),
-        _ => oci_spec::runtime::get_default_readonly_paths(),
+        _ => READONLY_PATHS.iter().map(|p| (*p).to_owned()).collect(),
     }
 }
 
@@ -215,8 +178,8 @@ mod tests {
 
     #[test]
     fn seccomp_compiles() {
-        let p = seccomp_program(SecurityMode::Sandbox).unwrap().unwrap();
-        assert!(!p.is_empty());
-        assert!(seccomp_program(SecurityMode::Insecure).unwrap().is_none());
+        let p = seccomp_programs(SecurityMode::Sandbox).unwrap();
+        assert_eq!(p.len(), 2, "the allow-list and the clone3 answer");
+        assert!(seccomp_programs(SecurityMode::Insecure).unwrap().is_empty());
     }
 }

@@ -20,10 +20,9 @@ use kiln_plugin_sdk::death_watch::DeathWatch;
 use kiln_plugin_sdk::graph::{NetworkMode, SecurityMode};
 use kiln_plugin_sdk::proto::UlimitResource;
 use oci_spec::runtime::{
-    Arch, Capability, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
-    LinuxNamespaceType, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, Mount,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    UserBuilder,
+    Capability, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+    LinuxNamespaceType, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
+    RootBuilder, Spec, UserBuilder,
 };
 
 use crate::output::{self, Process};
@@ -304,7 +303,8 @@ fn spec(step: &Step) -> Result<Spec, Error> {
         .user(user)
         .capabilities(capabilities)
         .rlimits(rlimits)
-        .no_new_privileges(!insecure)
+        // BuildKit runs RUN steps with new privileges allowed (oci.WithNewPrivileges).
+        .no_new_privileges(false)
         .build()
         .map_err(oci_error)?;
     spec.set_process(Some(process));
@@ -399,25 +399,8 @@ fn spec(step: &Step) -> Result<Spec, Error> {
     }
     linux.set_masked_paths(Some(policy::masked_paths(step.security)));
     linux.set_readonly_paths(Some(policy::readonly_paths(step.security)));
-    if !insecure {
-        let deny = LinuxSyscallBuilder::default()
-            .names(
-                policy::DENIED_SYSCALLS
-                    .iter()
-                    .map(|(name, _)| (*name).to_owned())
-                    .collect::<Vec<_>>(),
-            )
-            .action(LinuxSeccompAction::ScmpActErrno)
-            .errno_ret(libc::EPERM as u32)
-            .build()
-            .map_err(oci_error)?;
-        let seccomp = LinuxSeccompBuilder::default()
-            .default_action(LinuxSeccompAction::ScmpActAllow)
-            .architectures(seccomp_arches())
-            .syscalls(vec![deny])
-            .build()
-            .map_err(oci_error)?;
-        linux.set_seccomp(Some(seccomp));
+    if let Some(profile) = policy::seccomp(step.security) {
+        linux.set_seccomp(Some(profile.oci()?));
     }
     spec.set_linux(Some(linux));
     Ok(spec)
@@ -447,18 +430,6 @@ fn rlimit_type(r: UlimitResource) -> Result<PosixRlimitType, Error> {
             ))
         }
     })
-}
-
-/// The architectures the deny-list covers: the native one and its compat modes, so that a
-/// 32-bit process cannot walk around it.
-fn seccomp_arches() -> Vec<Arch> {
-    if cfg!(target_arch = "x86_64") {
-        vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]
-    } else if cfg!(target_arch = "aarch64") {
-        vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm]
-    } else {
-        vec![Arch::ScmpArchNative]
-    }
 }
 
 #[cfg(test)]

@@ -207,8 +207,8 @@ struct Plan {
     gid: libc::gid_t,
     groups: Vec<libc::gid_t>,
     cwd: CString,
-    no_new_privs: bool,
-    seccomp: Option<seccompiler::BpfProgram>,
+    /// Installed in order (see `seccomp::Profile::programs`); empty: no seccomp.
+    seccomp: Vec<seccompiler::BpfProgram>,
     candidates: Vec<CString>,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
@@ -305,8 +305,7 @@ impl Plan {
             gid: step.user.gid,
             groups: step.user.sgids.clone(),
             cwd: cstring(&step.cwd)?,
-            no_new_privs: step.security != SecurityMode::Insecure,
-            seccomp: policy::seccomp_program(step.security)?,
+            seccomp: policy::seccomp_programs(step.security)?,
             candidates: candidates(&step.args[0], step.path_var())?,
             argv_ptrs: null_terminated(&argv),
             _argv: argv,
@@ -442,13 +441,12 @@ enum Stage {
     Gid,
     Uid,
     Capset,
-    Cwd,
-    NoNewPrivs,
     Seccomp,
+    Cwd,
     Exec,
 }
 
-const STAGES: [Stage; 25] = [
+const STAGES: [Stage; 24] = [
     Stage::Stdio,
     Stage::MakePrivate,
     Stage::BindRoot,
@@ -470,9 +468,8 @@ const STAGES: [Stage; 25] = [
     Stage::Gid,
     Stage::Uid,
     Stage::Capset,
-    Stage::Cwd,
-    Stage::NoNewPrivs,
     Stage::Seccomp,
+    Stage::Cwd,
     Stage::Exec,
 ];
 
@@ -557,7 +554,6 @@ impl Failure {
             Stage::Uid => format!("set uid {}", step.user.uid),
             Stage::Capset => "set the capabilities".to_owned(),
             Stage::Cwd => format!("change to the working directory {}", step.cwd),
-            Stage::NoNewPrivs => "set no_new_privs".to_owned(),
             Stage::Seccomp => "install the seccomp filter".to_owned(),
         };
         Error::Sandbox {
@@ -1135,6 +1131,22 @@ unsafe fn child(plan: &Plan, fds: &ChildFds) -> ! {
             }
         }
 
+        // No no_new_privs, as BuildKit (setuid programs such as `su` work in RUN steps), so
+        // the filters go in while CAP_SYS_ADMIN is still held; every call from here to execve
+        // (setgroups, setres[ug]id, capset, prctl, chdir, umask, rt_sigprocmask, execve, and
+        // write/exit_group to report a failure) is on the allow-list.
+        for program in &plan.seccomp {
+            let prog = libc::sock_fprog {
+                len: program.len() as libc::c_ushort,
+                filter: program.as_ptr() as *mut libc::sock_filter,
+            };
+            check!(
+                report,
+                libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog),
+                Stage::Seccomp
+            );
+        }
+
         // Raw system calls: glibc's wrappers would try to signal the parent's other threads
         // (setxid broadcast), which do not exist here.
         check!(
@@ -1213,25 +1225,6 @@ unsafe fn child(plan: &Plan, fds: &ChildFds) -> ! {
         );
 
         check!(report, libc::chdir(plan.cwd.as_ptr()), Stage::Cwd);
-
-        if plan.no_new_privs {
-            check!(
-                report,
-                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
-                Stage::NoNewPrivs
-            );
-        }
-        if let Some(program) = &plan.seccomp {
-            let prog = libc::sock_fprog {
-                len: program.len() as libc::c_ushort,
-                filter: program.as_ptr() as *mut libc::sock_filter,
-            };
-            check!(
-                report,
-                libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog),
-                Stage::Seccomp
-            );
-        }
 
         libc::umask(0o022);
         let mut empty: libc::sigset_t = std::mem::zeroed();

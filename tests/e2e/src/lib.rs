@@ -55,6 +55,9 @@ const BUNDLED: &[&str] = &[
     "kiln-frontend-spec",
 ];
 
+/// buildx's switch for its default attestations, which kiln honours (see [`Kiln::command`]).
+pub const NO_DEFAULT_ATTESTATIONS: &str = "BUILDX_NO_DEFAULT_ATTESTATIONS";
+
 /// Set by `cargo xtask test` once it has built the workspace and installed the bundled
 /// plugins: each test process (nextest runs one per test) then skips its own `cargo build`,
 /// which costs half a second and takes the target directory's lock even when nothing changed.
@@ -184,6 +187,7 @@ impl Kiln {
             .env("XDG_CONFIG_HOME", self.path("xdg-config"))
             .env("KILN_ROOT", self.path("store"))
             .env("KILN_PLUGIN_PATH", self.plugin_dir())
+            .env(NO_DEFAULT_ATTESTATIONS, "1")
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -209,6 +213,10 @@ impl Kiln {
         // A developer's own ~/.config/kiln/kiln.toml must not steer the tests; a test may
         // still give its own.
         cmd.env("XDG_CONFIG_HOME", self.path("xdg-config"));
+        // A push gets buildx's default provenance attestation (docs/attestations.md), which
+        // changes the pushed digests tests compare; attest.rs tests the default by setting
+        // this back.
+        cmd.env(NO_DEFAULT_ATTESTATIONS, "1");
         cmd.envs(env.iter().copied());
         cmd.env("KILN_ROOT", self.path("store"))
             .env("KILN_PLUGIN_PATH", self.plugin_dir());

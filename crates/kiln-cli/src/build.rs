@@ -444,6 +444,13 @@ pub fn excerpt_file(e: &kiln_engine::Error, dockerfile: &Path, context: &Path) -
         .and_then(|pe| pe.location.as_ref())
         .map(|l| l.file.as_str())
         .or_else(|| e.step_location().map(|l| l.file.as_str()));
+    excerpt_path(located, dockerfile, context)
+}
+
+/// [`excerpt_file`] for an error located in `located` (the file its location names): a
+/// remote builder's failure names it (`FailureView::location_file`), and the client shows
+/// the lines from its own context, as a local build does.
+pub fn excerpt_path(located: Option<&str>, dockerfile: &Path, context: &Path) -> PathBuf {
     let Some(file) = located else {
         return dockerfile.to_owned();
     };

@@ -350,7 +350,6 @@ fn build(settings: &config::Config, args: BuildArgs) -> Result<ExitCode> {
     // `--builder`, `KILN_BUILDER`, `kiln builder use`: a daemon builds; `default` is this
     // process, as before.
     if let builders::Selected::Remote(builder) = builders::resolve(args.builder.as_deref())? {
-        plugins::refuse_remote(&args.plugins, &args.allow_plugins)?;
         return remote::build(settings, &args, &builder);
     }
     // First, while kiln is one thread: the build's mounts live in a namespace of its own and

@@ -169,51 +169,9 @@ pub fn push(config: &Config, args: &PushArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--plugin` and `--allow-plugin` with `--builder`: the build request to a daemon has no
-/// field for them yet (kiln-api), and dropping them silently would build something else than
-/// asked, so they are refused. A `# syntax=REF@sha256:…` line travels in the build file: the
-/// daemon pulls that frontend itself, under its own kiln.toml allowlist.
-pub fn refuse_remote(plugins: &[String], allow: &[String]) -> Result<()> {
-    if let Some(p) = plugins.first() {
-        bail!(
-            "--plugin {p} cannot be used with a builder daemon yet: the request to the daemon \
-             does not carry pulled plugins. Build on this machine (--builder default), or install \
-             the plugin in the daemon's plugin directories; a frontend pinned with \
-             `# syntax=REF@sha256:…` is pulled by the daemon itself"
-        );
-    }
-    if let Some(a) = allow.first() {
-        bail!(
-            "--allow-plugin {a} cannot be used with a builder daemon: the daemon applies its own \
-             kiln.toml `[plugins] allow`; pin the reference by digest instead \
-             (`# syntax=REF@sha256:…`)"
-        );
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn plugin_flags_are_refused_for_a_daemon_not_dropped() {
-        assert!(refuse_remote(&[], &[]).is_ok());
-        let err = refuse_remote(&["localhost:5000/x@sha256:ab".into()], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("--plugin localhost:5000/x@sha256:ab cannot be used with a builder"),
-            "{err}"
-        );
-        let err = refuse_remote(&[], &["localhost:5000/*".into()])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("the daemon applies its own kiln.toml"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn the_table_lists_pulled_plugins_with_their_source() {

@@ -108,6 +108,12 @@ pub fn build(
             .context("setting up the registry client")?,
         ),
     };
+    // `--plugin` and `--allow-plugin` (with kiln.toml's `[plugins]`), as a local build takes
+    // them: each daemon pulls into its own store and applies them to this build only.
+    let plugins = kiln_server::client::PluginFlags {
+        pull: settings.plugin_pull_with(&args.plugins),
+        allow: settings.plugin_allow_with(&args.allow_plugins),
+    };
     let result = rt.block_on(async {
         tokio::spawn(crate::interrupts(cancel.clone()));
         if let Some(registry) = &spread {
@@ -118,13 +124,14 @@ pub fn build(
                     declared: n.platforms.clone(),
                     addr: Address::parse(&n.endpoint.to_string())?,
                     tls: client_tls(n),
+                    plugins: plugins.clone(),
                 });
             }
             let name = &builder.name;
             return kiln_server::multinode::build(name, nodes, &req, registry, progress, cancel)
                 .await;
         }
-        let mut client = connect(node).await?;
+        let mut client = connect(node).await?.with_plugins(plugins);
         match &url {
             Some(u) => {
                 client
@@ -164,7 +171,19 @@ pub fn build(
             let dockerfile = fetched
                 .as_ref()
                 .map_or(req.dockerfile.clone(), |(_, f)| f.clone());
-            Ok(report_failure(&display, &failure, &dockerfile))
+            // An error inside a fragment of the context (`INCLUDE`) shows the fragment's
+            // lines, read from this machine's context as a local build reads them; a context
+            // only the daemon fetched is not here, so no lines rather than unrelated ones.
+            let shown = crate::build::excerpt_path(
+                failure.location_file.as_deref(),
+                &dockerfile,
+                &req.context,
+            );
+            let shown = match fetched.is_some() && shown != dockerfile {
+                true => std::path::PathBuf::new(),
+                false => shown,
+            };
+            Ok(report_failure(&display, &failure, &shown))
         }
     }
 }

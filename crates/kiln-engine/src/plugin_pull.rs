@@ -287,6 +287,46 @@ impl Engine {
         self.plugin_allow = patterns;
     }
 
+    /// The engine one build of a daemon runs on when its request carries `--plugin` refs or
+    /// `--allow-plugin` patterns: this engine's store, cache and registry client, with a plugin
+    /// set and allow list of its own, so that what one client asks for never reaches another
+    /// client's build (the daemon's own engine is shared by all its builds). The plugins are
+    /// pulled into this engine's store. Without refs or patterns, this engine itself. Also
+    /// returns the lines [`Engine::add_plugins`] returns.
+    pub async fn for_build(
+        self: &Arc<Self>,
+        refs: &[String],
+        allow: &[String],
+    ) -> Result<(Arc<Engine>, Vec<String>), Error> {
+        if refs.is_empty() && allow.is_empty() {
+            return Ok((self.clone(), Vec::new()));
+        }
+        // The same plugins as this engine, in the same order (dlopen of a library already
+        // loaded hands back the same handle): the scanned directories, then what the daemon
+        // itself pulled at start.
+        let mut plugins = PluginRegistry::new();
+        for dir in &self.plugin_dirs {
+            plugins.scan_dir(dir);
+        }
+        for p in self.plugins.plugins() {
+            // A refusal is recorded in the registry, as at start.
+            let _ = plugins.add_file(p.path());
+        }
+        let mut engine = Engine {
+            store: self.store.clone(),
+            index: self.index.clone(),
+            plugins: Arc::new(plugins),
+            plugin_dirs: self.plugin_dirs.clone(),
+            concurrency: self.concurrency,
+            cache_mounts: self.cache_mounts.clone(),
+            registry: self.registry.clone(),
+            gc: self.gc,
+            plugin_allow: self.plugin_allow.iter().chain(allow).cloned().collect(),
+        };
+        let lines = engine.add_plugins(refs).await?;
+        Ok((Arc::new(engine), lines))
+    }
+
     /// Pulls (or finds in the store) and registers the instruction and primitive plugins
     /// `refs` (`--plugin REF@sha256:…`, `[plugins] pull`), before a build, so that its frontend
     /// finds their instructions as it finds installed ones. Returns a line per plugin saying
@@ -673,5 +713,45 @@ mod tests {
         std::fs::write(kept.dir.join(INDEX_FILE), plugin_index(vec![])).unwrap();
         let err = check_kept(&kept.dir).unwrap_err();
         assert!(err.contains("its index has digest"), "{err}");
+    }
+
+    /// A daemon's build with `--allow-plugin` gets an engine of its own: the pattern admits
+    /// references for that build, never for the daemon's engine that other clients' builds
+    /// share; a build without plugin flags runs on the shared engine itself.
+    #[tokio::test]
+    async fn a_builds_plugin_flags_stay_with_that_build() {
+        let root = tempfile::tempdir().unwrap();
+        let engine = Arc::new(
+            Engine::new(crate::EngineConfig {
+                root: root.path().to_owned(),
+                plugin_dirs: Vec::new(),
+                concurrency: None,
+                insecure_registries: Vec::new(),
+                registries: Default::default(),
+                gc: crate::gc::GcPolicy::default(),
+            })
+            .unwrap(),
+        );
+        let (same, lines) = engine.for_build(&[], &[]).await.unwrap();
+        assert!(Arc::ptr_eq(&same, &engine));
+        assert!(lines.is_empty());
+        let pattern = "localhost:5000/kiln/*".to_owned();
+        let (own, lines) = engine
+            .for_build(&[], std::slice::from_ref(&pattern))
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&own, &engine));
+        assert!(lines.is_empty());
+        assert_eq!(own.plugin_allow, vec![pattern]);
+        assert!(engine.plugin_allow.is_empty(), "{:?}", engine.plugin_allow);
+        // The same installed plugins, in the same order.
+        let names = |e: &Engine| {
+            e.plugins()
+                .plugins()
+                .iter()
+                .map(|p| p.name().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&own), names(&engine));
     }
 }

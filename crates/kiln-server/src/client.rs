@@ -58,6 +58,18 @@ impl ClientTls {
 pub struct Client {
     inner: BuilderClient<Channel>,
     addr: Address,
+    /// Sent with each build request.
+    plugins: PluginFlags,
+}
+
+/// A build's `--plugin` references and `--allow-plugin` patterns (with kiln.toml's
+/// `[plugins]`), which a daemon applies to that build only.
+#[derive(Clone, Debug, Default)]
+pub struct PluginFlags {
+    /// Instruction and primitive plugins the daemon pulls (`REF@sha256:…`).
+    pub pull: Vec<String>,
+    /// Globs of references the build may use without a digest.
+    pub allow: Vec<String>,
 }
 
 /// How a remote build ended: the daemon's answer, or the transport's failure.
@@ -120,7 +132,16 @@ impl Client {
                 .max_decoding_message_size(4 * CHUNK)
                 .max_encoding_message_size(4 * CHUNK),
             addr: addr.clone(),
+            plugins: Default::default(),
         })
+    }
+
+    /// The instruction and primitive plugins (`--plugin REF`) the daemon pulls for each build
+    /// of this client, and the patterns (`--allow-plugin`) of references those builds may use
+    /// without a digest: the daemon applies them to these builds only.
+    pub fn with_plugins(mut self, plugins: PluginFlags) -> Self {
+        self.plugins = plugins;
+        self
     }
 
     /// The daemon's version, platforms, store usage and counters.
@@ -354,6 +375,8 @@ impl Client {
         request.context_url = url.map(|(u, _)| u.to_owned());
         request.context_file = context_file;
         request.dockerfile_ignore = dockerfile_ignore;
+        request.plugins = self.plugins.pull.clone();
+        request.allow_plugins = self.plugins.allow.clone();
         // The build file's place in the main local context, if it lies there: the daemon
         // reads it from its mirror (a stable path: `--explain-cache` finds the last build).
         if url.is_none() {

@@ -28,7 +28,7 @@ use kiln_types::{Digest, Platform};
 
 pub use assign::{assign, Offer, Share};
 
-use crate::client::{Client, ClientTls, RemoteResult};
+use crate::client::{Client, ClientTls, PluginFlags, RemoteResult};
 use crate::view::{FailureView, OutcomeView};
 use crate::{Address, Error};
 
@@ -46,6 +46,9 @@ pub struct Node {
     pub addr: Address,
     /// Its TLS files, for a tcp daemon with mutual TLS.
     pub tls: Option<ClientTls>,
+    /// The build's `--plugin` / `--allow-plugin`: each node's daemon pulls the plugins for
+    /// its own platform, into its own store.
+    pub plugins: PluginFlags,
 }
 
 /// A node and, once needed, its connection: as buildx boots only the nodes a build uses when
@@ -60,7 +63,11 @@ impl Dialled {
     async fn client(&mut self) -> Result<&mut Client, Error> {
         if self.client.is_none() {
             let tls = self.node.tls.as_ref();
-            self.client = Some(Client::connect_with(&self.node.addr, tls).await?);
+            self.client = Some(
+                Client::connect_with(&self.node.addr, tls)
+                    .await?
+                    .with_plugins(self.node.plugins.clone()),
+            );
         }
         Ok(self.client.as_mut().expect("connected above"))
     }

@@ -807,6 +807,8 @@ impl Session {
             relays.push(tokio::spawn(relay.clone().accept(listener, id.clone())));
             ssh_socks.insert(id.clone(), sock);
         }
+        // `--plugin` and `--allow-plugin` of this client: for this build only.
+        let plugin_flags = (request.plugins.clone(), request.allow_plugins.clone());
         let req = wire::request_from_wire(request, &placed, &provided, &ssh_socks)?;
         drop(provided);
 
@@ -855,10 +857,23 @@ impl Session {
         let progress: Arc<dyn ProgressSink<Digest>> =
             Arc::new(WireProgress(queue.clone(), shown.clone()));
         let mut req = req;
-        let fetched = match fetch {
-            None => Ok(None),
-            Some((remote, file)) => self
-                .engine
+        let engine = match self
+            .engine
+            .for_build(&plugin_flags.0, &plugin_flags.1)
+            .await
+        {
+            Ok((engine, lines)) => {
+                for line in lines {
+                    eprintln!("kiln serve: build {}: {line}", self.number);
+                }
+                Ok(engine)
+            }
+            Err(e) => Err(e),
+        };
+        let fetched = match (&engine, fetch) {
+            (Err(_), _) => Ok(None),
+            (Ok(_), None) => Ok(None),
+            (Ok(engine), Some((remote, file))) => engine
                 .prepare_context(
                     remote,
                     file.as_deref(),
@@ -871,14 +886,14 @@ impl Session {
         };
         // The fetched context lives until the build is over.
         let mut fetched_file = None;
-        let result = match fetched {
-            Err(e) => Err(e),
-            Ok(prepared) => {
+        let result = match (engine, fetched) {
+            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Ok(engine), Ok(prepared)) => {
                 if let Some(p) = &prepared {
                     req.context = p.context().to_owned();
                     req.dockerfile = p.dockerfile().to_owned();
                 }
-                let result = self.engine.build(req, progress, self.cancel.clone()).await;
+                let result = engine.build(req, progress, self.cancel.clone()).await;
                 // What the client shows lines of: a failure's, a `--check`'s.
                 let lines_shown = match &result {
                     Err(_) => true,

@@ -20,6 +20,10 @@ pub struct FailureView {
     /// The build file's name and content, when the client does not have it (a daemon read
     /// it from a context it fetched): the lines above are shown from it.
     pub dockerfile: Option<(String, Vec<u8>)>,
+    /// The file the lines above are in, as the error names it (the build file's name, or a
+    /// fragment of the main context that an instruction expanded, `INCLUDE`): the client shows
+    /// the lines of that file, as a local build does.
+    pub location_file: Option<String>,
 }
 
 impl FailureView {
@@ -34,6 +38,11 @@ impl FailureView {
                 .and_then(|pe| pe.location.as_ref())
                 .map(|l| l.line),
             dockerfile: None,
+            location_file: e
+                .plugin_error()
+                .and_then(|pe| pe.location.as_ref())
+                .map(|l| l.file.clone())
+                .or_else(|| e.step_location().map(|l| l.file.clone())),
         }
     }
 }

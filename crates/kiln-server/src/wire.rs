@@ -208,6 +208,9 @@ pub fn request_to_wire(
         context_dockerfile: None,
         // Set by the client when the Dockerfile has its own ignore file.
         dockerfile_ignore: None,
+        // Set by the client (`Client::with_plugins`): not part of the engine's request.
+        plugins: Vec::new(),
+        allow_plugins: Vec::new(),
         cache_to: req
             .cache_to
             .iter()
@@ -753,6 +756,7 @@ pub fn failure_to_wire(f: &FailureView) -> pb::BuildFailure {
         frontend_line: f.frontend_line,
         dockerfile_name: f.dockerfile.as_ref().map(|(name, _)| name.clone()),
         dockerfile: f.dockerfile.as_ref().map(|(_, text)| text.clone()),
+        location_file: f.location_file.clone(),
     }
 }
 
@@ -770,6 +774,7 @@ pub fn failure_from_wire(f: pb::BuildFailure) -> Result<FailureView, Invalid> {
         dockerfile: f
             .dockerfile
             .map(|text| (f.dockerfile_name.unwrap_or_default(), text)),
+        location_file: f.location_file,
     })
 }
 
@@ -891,6 +896,7 @@ mod tests {
             step_line: Some(3),
             frontend_line: None,
             dockerfile: Some(("Dockerfile".to_owned(), b"FROM bb\n".to_vec())),
+            location_file: Some("parts/base.Dockerfile".to_owned()),
         };
         assert_eq!(failure_from_wire(failure_to_wire(&f)).unwrap(), f);
         let o = OutcomeView {

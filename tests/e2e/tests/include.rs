@@ -345,4 +345,34 @@ fn include_builds_on_a_remote_builder_from_the_synced_context() {
         "{}",
         r.stderr
     );
+    // The excerpt is the fragment's, read from this machine's context as a local build
+    // reads it, not the Dockerfile's line 1.
+    assert!(r.stderr.contains(">>> COPY --bogus a /b"), "{}", r.stderr);
+    assert!(!r.stderr.contains(">>> FROM bb"), "{}", r.stderr);
+
+    // A step of a fragment that fails when it runs on the daemon: the fragment's lines too.
+    std::fs::write(
+        ctx.join("frag/more.df"),
+        "ENV A=1\nRUN echo failing-step && exit 3\n",
+    )
+    .unwrap();
+    let r = build_local_with(
+        &k,
+        &ctx,
+        &out,
+        &["--builder", &daemon.addr, "--build-context", &bb],
+    )
+    .fails();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(">>> RUN echo failing-step && exit 3"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("more.df:2"), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains(">>> ARG WHO=kiln PART=setup"),
+        "{}",
+        r.stderr
+    );
 }

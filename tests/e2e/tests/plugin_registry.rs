@@ -356,10 +356,10 @@ fn push_probes_the_library_and_refuses_a_broken_plugin() {
 }
 
 /// Over `--builder`, the daemon pulls a frontend pinned in the build file itself (the file
-/// travels); `--plugin` and `--allow-plugin` are refused rather than dropped, since the request
-/// to a daemon does not carry them.
+/// travels), and `--plugin` / `--allow-plugin` travel in the request: the daemon pulls the
+/// plugin into its own store and applies both to that build only.
 #[test]
-fn a_daemon_pulls_the_pinned_frontend_and_plugin_flags_are_refused() {
+fn a_daemon_pulls_the_pinned_frontend_and_the_plugin_flags_of_one_build() {
     let registry = OwnRegistry::start();
     let reference = format!("{}/kiln/dockerfile:1", registry.addr);
     let pinned = push("kiln-frontend-dockerfile", &reference);
@@ -383,13 +383,95 @@ fn a_daemon_pulls_the_pinned_frontend_and_plugin_flags_are_refused() {
     );
     assert!(kept(&k).is_empty(), "the client pulled it: {:?}", kept(&k));
 
-    for flag in ["--plugin", "--allow-plugin"] {
-        let r = build_to(&k, &ctx, "out", &["--builder", &daemon.addr, flag, &pinned]).fails();
-        assert!(
-            r.stderr
-                .contains(&format!("{flag} {pinned} cannot be used with a builder")),
-            "{}",
-            r.stderr
-        );
-    }
+    // `--plugin` of an instruction plugin: the daemon pulls it (into its store, not the
+    // client's) and the build lowers GREET with it.
+    let greet_ref = format!("{}/kiln/greet:1", registry.addr);
+    let greet = push("kiln-test-greet", &greet_ref);
+    let ctx = k.write(
+        "greet-ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch AS base\nCOPY a.txt /a.txt\nGREET --loud world\nCOPY a.txt /b.txt\n",
+            ),
+            ("a.txt", "a\n"),
+        ],
+    );
+    build_to(
+        &k,
+        &ctx,
+        "greet-out",
+        &["--builder", &daemon.addr, "--plugin", &greet],
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(k.path("greet-out/greeting.txt")).unwrap(),
+        "HELLO WORLD\n"
+    );
+    let greet_hex = greet.rsplit_once("@sha256:").unwrap().1;
+    assert!(
+        daemon
+            .root
+            .join("plugins")
+            .join(greet_hex)
+            .join("plugin.so")
+            .is_file(),
+        "the daemon's store does not keep the pulled plugin"
+    );
+    assert!(kept(&k).is_empty(), "the client pulled it: {:?}", kept(&k));
+
+    // That build's plugin is not the daemon's: the next build without `--plugin` does not
+    // know GREET.
+    let r = build_to(&k, &ctx, "greet-out2", &["--builder", &daemon.addr]).fails();
+    assert!(
+        r.stderr.to_lowercase().contains("unknown instruction"),
+        "{}",
+        r.stderr
+    );
+
+    // Unpinned, refused with its pinned form; admitted by this build's `--allow-plugin`, and
+    // by that build only.
+    let r = build_to(
+        &k,
+        &ctx,
+        "greet-out3",
+        &["--builder", &daemon.addr, "--plugin", &greet_ref],
+    )
+    .fails();
+    assert!(
+        r.stderr.contains(&format!("`--plugin {greet}`")),
+        "{}",
+        r.stderr
+    );
+    let pattern = format!("{}/kiln/*", registry.addr);
+    build_to(
+        &k,
+        &ctx,
+        "greet-out4",
+        &[
+            "--builder",
+            &daemon.addr,
+            "--plugin",
+            &greet_ref,
+            "--allow-plugin",
+            &pattern,
+        ],
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(k.path("greet-out4/greeting.txt")).unwrap(),
+        "HELLO WORLD\n"
+    );
+    let r = build_to(
+        &k,
+        &ctx,
+        "greet-out5",
+        &["--builder", &daemon.addr, "--plugin", &greet_ref],
+    )
+    .fails();
+    assert!(
+        r.stderr.contains(&format!("`--plugin {greet}`")),
+        "another build was admitted by an earlier build's --allow-plugin:\n{}",
+        r.stderr
+    );
 }

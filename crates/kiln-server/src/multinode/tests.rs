@@ -321,6 +321,7 @@ fn each_nodes_steps_are_named_with_its_platform_and_kept_apart() {
             step_line: Some(3),
             frontend_line: None,
             dockerfile: None,
+            location_file: None,
         },
     );
     assert_eq!(
@@ -342,6 +343,7 @@ fn each_nodes_steps_are_named_with_its_platform_and_kept_apart() {
             step_line: None,
             frontend_line: Some(1),
             dockerfile: None,
+            location_file: None,
         },
     );
     assert_eq!(f.message, "[linux/arm64] dockerfile parse error");

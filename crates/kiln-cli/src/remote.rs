@@ -172,16 +172,15 @@ pub fn build(
                 .as_ref()
                 .map_or(req.dockerfile.clone(), |(_, f)| f.clone());
             // An error inside a fragment of the context (`INCLUDE`) shows the fragment's
-            // lines, read from this machine's context as a local build reads them; a context
-            // only the daemon fetched is not here, so no lines rather than unrelated ones.
-            let shown = crate::build::excerpt_path(
-                failure.location_file.as_deref(),
-                &dockerfile,
-                &req.context,
-            );
-            let shown = match fetched.is_some() && shown != dockerfile {
-                true => std::path::PathBuf::new(),
-                false => shown,
+            // lines, read from this machine's context as a local build reads them. Of a
+            // context only the daemon fetched, the daemon sent the file the lines are in.
+            let shown = match &fetched {
+                Some(_) => dockerfile,
+                None => crate::build::excerpt_path(
+                    failure.location_file.as_deref(),
+                    &dockerfile,
+                    &req.context,
+                ),
             };
             Ok(report_failure(&display, &failure, &shown))
         }

@@ -900,7 +900,18 @@ impl Session {
                     Ok(outcome) => outcome.call_result.is_some(),
                 };
                 if let (true, Some(p), true) = (lines_shown, &prepared, daemon_file) {
-                    fetched_file = read_build_file(p.dockerfile());
+                    // An error inside a fragment of the fetched context (`INCLUDE`): the
+                    // client shows that fragment's lines, as a local build does.
+                    let fragment = result
+                        .as_ref()
+                        .err()
+                        .and_then(|e| fragment_of(e, p.dockerfile()));
+                    fetched_file = match fragment {
+                        Some(rel) => {
+                            read_build_file(&p.context().join(&rel)).map(|(_, text)| (rel, text))
+                        }
+                        None => read_build_file(p.dockerfile()),
+                    };
                 }
                 drop(prepared);
                 result
@@ -1064,6 +1075,20 @@ impl LocalExport {
 const MAX_BUILD_FILE: u64 = 16 << 20;
 
 /// The name and content of the build file at `path`, when it is a regular file small enough.
+/// The file, relative to the context, that error `e` is located in when that is not the build
+/// file `dockerfile` (a fragment an instruction expanded); None for a path that is not plainly
+/// inside the context.
+fn fragment_of(e: &kiln_engine::Error, dockerfile: &Path) -> Option<String> {
+    let file = crate::view::location_file(e)?;
+    if dockerfile.file_name().is_some_and(|n| *n == *file) {
+        return None;
+    }
+    Path::new(&file)
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+        .then_some(file)
+}
+
 fn read_build_file(path: &Path) -> Option<(String, Vec<u8>)> {
     let meta = std::fs::symlink_metadata(path).ok()?;
     if !meta.is_file() || meta.len() > MAX_BUILD_FILE {

@@ -38,13 +38,18 @@ impl FailureView {
                 .and_then(|pe| pe.location.as_ref())
                 .map(|l| l.line),
             dockerfile: None,
-            location_file: e
-                .plugin_error()
-                .and_then(|pe| pe.location.as_ref())
-                .map(|l| l.file.clone())
-                .or_else(|| e.step_location().map(|l| l.file.clone())),
+            location_file: location_file(e),
         }
     }
+}
+
+/// The file an engine error's line is in, as the error names it: the frontend error's
+/// location, else the failing step's.
+pub fn location_file(e: &kiln_engine::Error) -> Option<String> {
+    e.plugin_error()
+        .and_then(|pe| pe.location.as_ref())
+        .map(|l| l.file.clone())
+        .or_else(|| e.step_location().map(|l| l.file.clone()))
 }
 
 /// An error and its causes, without repeating a cause already quoted by its parent.

@@ -1262,6 +1262,50 @@ fn a_dockerfile_error_inside_a_fetched_url_context_shows_its_lines_as_a_local_bu
     assert_eq!(excerpt(&remote), shown, "{}", remote.stderr);
 }
 
+/// An error inside an `INCLUDE` fragment of a context only the daemon fetched: the daemon sends
+/// the fragment (not the Dockerfile), and the client shows its lines as a local build does.
+#[test]
+fn an_error_in_a_fragment_of_a_fetched_url_context_shows_the_fragments_lines() {
+    let k = Kiln::new(PLUGINS);
+    k.add_plugin("kiln-include");
+    k.write(
+        "tarsrc",
+        &[
+            (
+                "Dockerfile",
+                "FROM bb\nRUN echo dockerfile-line-2\nINCLUDE frag/bad.df\n",
+            ),
+            ("frag/bad.df", "ENV A=1\nCOPY --bogus a /b\n"),
+        ],
+    );
+    let www = k.write("www", &[("placeholder", "")]);
+    kiln_e2e::sh(k.dir.path(), "tar -czf www/ctx.tar.gz -C tarsrc .");
+    let url = format!("{}/ctx.tar.gz", kiln_e2e::serve_files(&www));
+    let daemon = start(&k);
+    let excerpt = |run: &kiln_e2e::Run| -> Vec<String> {
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("bad.df:"))
+            .unwrap_or_else(|| panic!("no excerpt of the fragment in:\n{}", run.stderr));
+        lines[at..].iter().map(|l| (*l).to_owned()).collect()
+    };
+    let local = build(&k, None, &[], &url).fails();
+    let remote = build(&k, Some(&daemon.addr), &[], &url).fails();
+    assert_eq!(remote.code, local.code);
+    let shown = excerpt(&local);
+    assert!(
+        shown.iter().any(|l| l.contains(">>> COPY --bogus a /b")),
+        "{shown:?}"
+    );
+    assert_eq!(excerpt(&remote), shown, "{}", remote.stderr);
+    assert!(
+        !remote.stderr.contains(">>> RUN echo dockerfile-line-2"),
+        "{}",
+        remote.stderr
+    );
+}
+
 #[test]
 fn a_check_of_a_fetched_url_contexts_dockerfile_shows_its_lines_as_a_local_one_does() {
     let k = Kiln::new(PLUGINS);

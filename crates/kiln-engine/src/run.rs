@@ -791,6 +791,8 @@ pub(crate) fn run_exec(
         extra_hosts: env.options.extra_hosts.clone(),
         shm_size: env.options.shm_size,
         ulimits: env.options.ulimits.clone(),
+        // Not plumbed from kiln.toml or flags yet (issue 13 item 3).
+        limits: Default::default(),
     };
     let services = StepServices {
         log: env.log,

@@ -367,6 +367,32 @@ pub struct PrimitiveRequest {
     /// primitive's default for the same resource.
     #[serde(default)]
     pub ulimits: Vec<Ulimit>,
+    /// For exec: the step's cgroup limits (memory, CPU, pids); none when all are `None`. A
+    /// plugin of protocol 3 or older ignores them: a host must check the plugin's version
+    /// before it sends any (no host sends them yet).
+    #[serde(default)]
+    pub limits: StepLimits,
+}
+
+/// The cgroup limits of an exec step, as `docker run --memory --cpu-quota --pids-limit`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepLimits {
+    /// Memory in bytes (`memory.limit_in_bytes` / `memory.max`).
+    #[serde(default)]
+    pub memory: Option<u64>,
+    /// CPU time in microseconds per 100 ms period (`cpu.cfs_quota_us` / `cpu.max`).
+    #[serde(default)]
+    pub cpu_quota: Option<u64>,
+    /// The number of processes and threads (`pids.max`).
+    #[serde(default)]
+    pub pids: Option<u64>,
+}
+
+impl StepLimits {
+    /// Whether any limit is set (a step without any gets no cgroup of its own).
+    pub fn any(&self) -> bool {
+        self.memory.is_some() || self.cpu_quota.is_some() || self.pids.is_some()
+    }
 }
 
 impl PrimitiveRequest {
@@ -385,6 +411,7 @@ impl PrimitiveRequest {
             extra_hosts: Vec::new(),
             shm_size: None,
             ulimits: Vec::new(),
+            limits: StepLimits::default(),
         }
     }
 }

@@ -44,6 +44,16 @@ pub enum Error {
     /// Running runc failed (it could not start the container, or could not be started).
     #[error("runc run failed: {0}")]
     Runc(String),
+    /// The OOM killer stopped the step: it needed more than its cgroup's memory limit.
+    #[error(
+        "the process was killed by the OOM killer: it needed more memory than its limit of {} \
+         (--memory)",
+        crate::cgroup::human_bytes(*limit)
+    )]
+    OutOfMemory {
+        /// The limit in bytes.
+        limit: u64,
+    },
 }
 
 impl Error {
@@ -63,6 +73,7 @@ impl Error {
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::Cancelled => ErrorKind::Cancelled,
             Error::Io { .. } | Error::Sandbox { .. } | Error::Runc(_) => ErrorKind::Internal,
+            Error::OutOfMemory { .. } => ErrorKind::Internal,
         }
     }
 }

@@ -34,6 +34,7 @@
 //! plugin host; no async runtime (calls are synchronous, on one of kiln's blocking threads).
 
 mod cdi;
+mod cgroup;
 mod error;
 mod output;
 mod policy;

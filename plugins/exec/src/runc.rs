@@ -55,7 +55,12 @@ pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
                 e,
             )
         })?;
-    let spec = spec(step)?;
+    let cgroup = crate::cgroup::StepCgroup::create(step.limits)?;
+    let mut spec = spec(step)?;
+    if let (Some(cg), Some(linux)) = (&cgroup, spec.linux_mut().as_mut()) {
+        // Nested in the step's cgroup, whose limits hold for it; runc removes it.
+        linux.set_cgroups_path(Some(PathBuf::from(cg.runc_path())));
+    }
     let config = bundle.path().join("config.json");
     spec.save(&config)
         .map_err(|e| Error::io("cannot write", &config, io::Error::other(e)))?;
@@ -140,6 +145,12 @@ pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
         return Err(Error::Cancelled);
     }
     let code = output::exit_code(ended.status);
+    if let Some(cg) = cgroup
+        .as_ref()
+        .filter(|cg| cg.oom_killed(code == 128 + libc::SIGKILL))
+    {
+        return Err(cg.oom_error());
+    }
     if code != 0 {
         if let Some(message) = runc_errors(&log) {
             return Err(if message.contains("executable file not found") {

@@ -54,7 +54,11 @@ use crate::{Error, Sink};
 
 /// Runs `step` in the embedded sandbox; returns the process's exit code.
 pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
-    let plan = Plan::new(step)?;
+    let cgroup = crate::cgroup::StepCgroup::create(step.limits)?;
+    let mut plan = Plan::new(step)?;
+    if let Some(cg) = &cgroup {
+        plan.cgroup_procs = cg.procs_files()?;
+    }
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
@@ -90,7 +94,14 @@ pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
     if let Some(failure) = Failure::decode(&ended.report) {
         return Err(failure.into_error(&plan, step));
     }
-    Ok(output::exit_code(ended.status))
+    let code = output::exit_code(ended.status);
+    if let Some(cg) = cgroup
+        .as_ref()
+        .filter(|cg| cg.oom_killed(code == 128 + libc::SIGKILL))
+    {
+        return Err(cg.oom_error());
+    }
+    Ok(code)
 }
 
 /// The descriptors the child turns into its stdio and report pipe; all above 2, close-on-exec.
@@ -209,6 +220,8 @@ struct Plan {
     cwd: CString,
     /// Installed in order (see `seccomp::Profile::programs`); empty: no seccomp.
     seccomp: Vec<seccompiler::BpfProgram>,
+    /// The step cgroup's `cgroup.procs` files, which the child joins first (`cgroup.rs`).
+    cgroup_procs: Vec<OwnedFd>,
     candidates: Vec<CString>,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
@@ -306,6 +319,7 @@ impl Plan {
             groups: step.user.sgids.clone(),
             cwd: cstring(&step.cwd)?,
             seccomp: policy::seccomp_programs(step.security)?,
+            cgroup_procs: Vec::new(),
             candidates: candidates(&step.args[0], step.path_var())?,
             argv_ptrs: null_terminated(&argv),
             _argv: argv,
@@ -443,10 +457,11 @@ enum Stage {
     Capset,
     Seccomp,
     Cwd,
+    Cgroup,
     Exec,
 }
 
-const STAGES: [Stage; 24] = [
+const STAGES: [Stage; 25] = [
     Stage::Stdio,
     Stage::MakePrivate,
     Stage::BindRoot,
@@ -470,6 +485,7 @@ const STAGES: [Stage; 24] = [
     Stage::Capset,
     Stage::Seccomp,
     Stage::Cwd,
+    Stage::Cgroup,
     Stage::Exec,
 ];
 
@@ -519,6 +535,7 @@ impl Failure {
                     }
                 };
             }
+            Stage::Cgroup => "join the step's cgroup".to_owned(),
             Stage::Stdio => "set up stdin, stdout and stderr".to_owned(),
             Stage::MakePrivate => "make the mounts private".to_owned(),
             Stage::BindRoot => "bind the root filesystem onto itself".to_owned(),
@@ -943,6 +960,15 @@ unsafe fn child(plan: &Plan, fds: &ChildFds) -> ! {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         // Device nodes and mountpoints get exactly the modes asked for.
         libc::umask(0);
+
+        // Into the step's cgroup before anything else, so that all it does is counted.
+        for fd in &plan.cgroup_procs {
+            check!(
+                report,
+                libc::write(fd.as_raw_fd(), c"0".as_ptr().cast(), 1) as libc::c_int,
+                Stage::Cgroup
+            );
+        }
 
         // stdio, then nothing else but the report pipe (which closes on exec).
         check!(report, libc::dup2(fds.stdin.as_raw_fd(), 0), Stage::Stdio);

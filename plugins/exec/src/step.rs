@@ -85,6 +85,8 @@ pub struct Step {
     pub shm_size: u64,
     /// Resource limits, applied in order (see `policy::rlimits`).
     pub rlimits: Vec<Ulimit>,
+    /// The limits of the step's cgroup (`cgroup.rs`).
+    pub limits: kiln_plugin_sdk::proto::StepLimits,
     /// Host device nodes of the step's CDI devices (bound among `mounts`; runc's device
     /// cgroup must also allow them).
     pub devices: Vec<crate::cdi::Node>,
@@ -242,6 +244,7 @@ impl Step {
             mounts,
             shm_size,
             rlimits: crate::policy::rlimits(&req.ulimits),
+            limits: req.limits,
             devices: injected.nodes,
             _files: files,
         };

@@ -160,6 +160,7 @@ pub fn request(root: &Rootfs, args: &[&str]) -> PrimitiveRequest {
         extra_hosts: Vec::new(),
         shm_size: None,
         ulimits: Vec::new(),
+        limits: Default::default(),
     }
 }
 

@@ -1,0 +1,141 @@
+//! Resource limits of a RUN step (issue 13 item 3), with both runtimes: the step runs in a
+//! cgroup of its own (`/kiln/<pid>-<n>` in the v1 memory, cpu and pids hierarchies), a step
+//! allocating more than its memory limit fails with an error naming the limit, a pids limit
+//! stops forks, and the cgroup is gone after the step. Needs cgroup v1 (this host's hybrid).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{exec_op, require_runc, sh, Recorder, Rootfs};
+use kiln_exec::{execute, Error};
+use kiln_plugin_sdk::proto::{Runtime, StepLimits};
+
+/// One step at a time: the leftover check looks at every cgroup of this test process.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn run(script: &str, limits: StepLimits, runtime: Runtime) -> (Result<i32, Error>, Vec<String>) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let root = Rootfs::busybox();
+    let mut req = sh(&root, script);
+    req.limits = limits;
+    req.runtime = runtime;
+    let _ = exec_op(&mut req);
+    let rec = Recorder::new();
+    let r = execute(req, &rec).map(|resp| resp.exit_code.unwrap());
+    let mut lines = rec.stdout();
+    lines.extend(rec.stderr());
+    assert!(leftovers().is_empty(), "cgroups left: {:?}", leftovers());
+    (r, lines)
+}
+
+/// This process's step cgroups still on the host.
+fn leftovers() -> Vec<String> {
+    let prefix = format!("{}-", std::process::id());
+    let mut out = Vec::new();
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup").unwrap();
+    for h in hierarchies.flatten() {
+        let c = h.file_name().to_string_lossy().into_owned();
+        if let Ok(dir) = std::fs::read_dir(h.path().join("kiln")) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) {
+                    out.push(format!("{c}/kiln/{name}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn limits(memory: Option<u64>, cpu_quota: Option<u64>, pids: Option<u64>) -> StepLimits {
+    StepLimits {
+        memory,
+        cpu_quota,
+        pids,
+    }
+}
+
+// --- cases, each run with both runtimes --------------------------------------------------------
+
+/// Embedded only: runc gives the step a cgroup namespace, where the path reads `/` (the OOM and
+/// pids cases show that its limits hold).
+#[test]
+fn the_step_runs_in_its_own_cgroup() {
+    let runtime = Runtime::Embedded;
+    let (r, out) = run(
+        "grep -E ':(memory|cpu|pids):' /proc/self/cgroup",
+        limits(Some(256 << 20), Some(50_000), Some(100)),
+        runtime,
+    );
+    assert_eq!(r.unwrap(), 0, "{out:?}");
+    for c in ["memory", "cpu", "pids"] {
+        let line = out
+            .iter()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|cs| cs.split(',').any(|x| x == c))
+            })
+            .unwrap_or_else(|| panic!("no {c} line in {out:?}"));
+        assert!(
+            line.contains(&format!(":/kiln/{}-", std::process::id())),
+            "{c}: {line}"
+        );
+    }
+}
+
+fn memory_over_the_limit_is_an_oom_error_naming_it(runtime: Runtime) {
+    // The shell keeps a 96 MiB string: more than the 32 MiB limit.
+    let (r, out) = run(
+        "x=$(head -c 100663296 /dev/zero | tr '\\0' a); echo survived ${#x}",
+        limits(Some(32 << 20), None, None),
+        runtime,
+    );
+    let err = r.expect_err(&format!("the step survived: {out:?}"));
+    let text = err.to_string();
+    assert!(
+        matches!(err, Error::OutOfMemory { limit } if limit == 32 << 20),
+        "{text}"
+    );
+    assert!(
+        text.contains("OOM killer") && text.contains("32MiB"),
+        "{text}"
+    );
+    assert!(!out.iter().any(|l| l.starts_with("survived")), "{out:?}");
+}
+
+fn pids_limit_stops_forks(runtime: Runtime) {
+    let (r, out) = run(
+        "i=0; while [ $i -lt 30 ]; do sleep 5 & i=$((i+1)); done; echo started",
+        limits(None, None, Some(10)),
+        runtime,
+    );
+    assert!(
+        out.iter().any(|l| l.contains("can't fork")),
+        "{r:?} {out:?}"
+    );
+}
+
+fn no_limits_no_cgroup(runtime: Runtime) {
+    let (r, out) = run("cat /proc/self/cgroup", StepLimits::default(), runtime);
+    assert_eq!(r.unwrap(), 0);
+    assert!(!out.iter().any(|l| l.contains("/kiln/")), "{out:?}");
+}
+
+macro_rules! both_runtimes {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(#[test] fn $case() { super::$case(super::Runtime::Embedded) })*
+        }
+        mod runc {
+            $(#[test] fn $case() { super::require_runc(); super::$case(super::Runtime::Runc) })*
+        }
+    };
+}
+
+both_runtimes!(
+    memory_over_the_limit_is_an_oom_error_naming_it,
+    pids_limit_stops_forks,
+    no_limits_no_cgroup,
+);

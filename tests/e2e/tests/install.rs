@@ -60,8 +60,11 @@ fn installed_debug_build_finds_its_plugins_from_another_directory() {
         [
             "libkiln_exec.so",
             "libkiln_frontend_dockerfile.so",
+            "libkiln_frontend_spec.so",
             "libkiln_git.so",
-            "libkiln_http.so"
+            "libkiln_http.so",
+            "libkiln_include.so",
+            "libkiln_packages.so",
         ]
     );
     // Completions and the man page come with the install, not only with `cargo xtask dist`.

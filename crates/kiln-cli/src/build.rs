@@ -207,6 +207,7 @@ impl Plan {
                     .iter()
                     .map(|u| flags::parse_ulimit(u))
                     .collect::<Result<_>>()?,
+                limits: step_limits(settings, args)?,
             },
             no_cache_filter: args
                 .no_cache_filter
@@ -253,6 +254,51 @@ impl Plan {
 }
 
 /// `--output`, `--push`, `--load` and `--annotation`, checked against each other.
+/// The cgroup limits of the RUN steps: each flag over its `[build]` key in kiln.toml.
+fn step_limits(settings: &config::Config, args: &BuildArgs) -> Result<kiln_engine::StepLimits> {
+    limits_from(
+        settings,
+        args.memory.as_deref(),
+        args.cpu_quota,
+        args.pids_limit,
+    )
+}
+
+fn limits_from(
+    settings: &config::Config,
+    memory: Option<&str>,
+    cpu_quota: Option<u64>,
+    pids_limit: Option<u64>,
+) -> Result<kiln_engine::StepLimits> {
+    let memory = match memory {
+        Some(spec) => Some(
+            kiln_types::size::parse_ram_size(spec.trim())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "invalid --memory {spec:?}: expected a size of at least one byte with an \
+                         optional unit b, k, m, g, t (e.g. 512m)"
+                    )
+                })?,
+        ),
+        None => settings.memory.value,
+    };
+    // As docker: a CPU quota under 1 ms per period cannot be scheduled usefully.
+    let cpu_quota = cpu_quota.or(settings.cpu_quota.value);
+    if let Some(q) = cpu_quota.filter(|q| *q < 1000) {
+        bail!("invalid CPU quota {q}: it must be at least 1000 microseconds (--cpu-quota, [build] cpu-quota)");
+    }
+    let pids = pids_limit.or(settings.pids_limit.value);
+    if pids == Some(0) {
+        bail!("invalid pids limit 0: a step needs at least one process (--pids-limit, [build] pids-limit)");
+    }
+    Ok(kiln_engine::StepLimits {
+        memory,
+        cpu_quota,
+        pids,
+    })
+}
+
 fn exports(args: &BuildArgs) -> Result<Vec<Export>> {
     let mut exports = args
         .outputs
@@ -491,4 +537,48 @@ pub fn report_failure(display: &Display, failure: &FailureView, dockerfile: &Pat
     }
     eprintln!("ERROR: failed to solve: {}", failure.message);
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_flags_override_the_file_and_parse_like_docker() {
+        let env = |_: &str| None;
+        let mut settings = config::Config::load(&config::Inputs {
+            config_flag: None,
+            root_flag: Some("/tmp/kiln-k2-none".into()),
+            system_file: "/nonexistent/kiln.toml".into(),
+            env: &env,
+        })
+        .unwrap();
+        assert_eq!(
+            limits_from(&settings, None, None, None).unwrap(),
+            kiln_engine::StepLimits::default()
+        );
+        let l = limits_from(&settings, Some("32m"), Some(50_000), Some(16)).unwrap();
+        assert_eq!(
+            (l.memory, l.cpu_quota, l.pids),
+            (Some(32 << 20), Some(50_000), Some(16))
+        );
+        assert_eq!(
+            limits_from(&settings, Some("1g"), None, None)
+                .unwrap()
+                .memory,
+            Some(1 << 30)
+        );
+        settings.memory.value = Some(512 << 20);
+        settings.pids_limit.value = Some(8);
+        let l = limits_from(&settings, Some("64m"), None, None).unwrap();
+        assert_eq!((l.memory, l.pids), (Some(64 << 20), Some(8)));
+        for bad in ["0", "12x", "m", "-1"] {
+            let err = limits_from(&settings, Some(bad), None, None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--memory"), "{bad}: {err}");
+        }
+        assert!(limits_from(&settings, None, Some(999), None).is_err());
+        assert!(limits_from(&settings, None, None, Some(0)).is_err());
+    }
 }

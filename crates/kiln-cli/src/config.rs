@@ -175,6 +175,12 @@ pub struct Config {
     /// The size the collection keeps the store under (`[worker] gckeepstorage`); `None`: 10 %
     /// of the store's disk, at most 20 GB.
     pub gc_keep_storage: Setting<Option<KeepStorage>>,
+    /// The memory limit of every RUN step in bytes (`[build] memory`; `--memory` overrides).
+    pub memory: Setting<Option<u64>>,
+    /// The CPU quota of every RUN step, µs per 100 ms (`[build] cpu-quota`; `--cpu-quota`).
+    pub cpu_quota: Setting<Option<u64>>,
+    /// The process limit of every RUN step (`[build] pids-limit`; `--pids-limit`).
+    pub pids_limit: Setting<Option<u64>>,
     /// Registry hosts with settings, by host.
     pub registries: BTreeMap<String, RegistrySettings>,
 }
@@ -238,6 +244,40 @@ struct File {
     registry: BTreeMap<toml::Spanned<String>, RegistryTable>,
     plugins: Option<PluginsTable>,
     worker: Option<WorkerTable>,
+    build: Option<BuildTable>,
+}
+
+/// `[build]`: defaults of `kiln build` flags, named as the flags (docker's spellings).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct BuildTable {
+    memory: Option<ByteSize>,
+    cpu_quota: Option<u64>,
+    pids_limit: Option<u64>,
+}
+
+/// A size as docker's `--memory`: a number of bytes, or a string with a unit (`"512m"`,
+/// `"1g"`, `"512MiB"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawKeepStorage")]
+struct ByteSize(u64);
+
+impl TryFrom<RawKeepStorage> for ByteSize {
+    type Error = String;
+    fn try_from(raw: RawKeepStorage) -> Result<Self, String> {
+        let n = match raw {
+            RawKeepStorage::Int(n) => Some(n),
+            RawKeepStorage::Text(t) => kiln_types::size::parse_ram_size(t.trim()),
+        };
+        match n {
+            Some(n) if n > 0 => Ok(ByteSize(n)),
+            _ => Err(
+                "expected a size of at least one byte (\"512m\", \"1g\", bytes as a \
+                      number)"
+                    .to_owned(),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -459,6 +499,9 @@ impl Config {
             max_parallelism: Setting::default(None),
             gc: Setting::default(true),
             gc_keep_storage: Setting::default(None),
+            memory: Setting::default(None),
+            cpu_quota: Setting::default(None),
+            pids_limit: Setting::default(None),
             registries: BTreeMap::new(),
         };
         if let Some(path) = inputs.config_flag {
@@ -544,6 +587,17 @@ impl Config {
             }
             if let Some(keep) = worker.gckeepstorage {
                 self.gc_keep_storage.set(Some(keep), source.clone());
+            }
+        }
+        if let Some(build) = file.build {
+            if let Some(ByteSize(n)) = build.memory {
+                self.memory.set(Some(n), source.clone());
+            }
+            if let Some(n) = build.cpu_quota {
+                self.cpu_quota.set(Some(n), source.clone());
+            }
+            if let Some(n) = build.pids_limit {
+                self.pids_limit.set(Some(n), source.clone());
             }
         }
         for (host, table) in file.registry {
@@ -707,6 +761,16 @@ impl Config {
                 &self.gc_keep_storage.source,
             ),
         ];
+        // Unset limits are not printed: TOML has no null, and unset means unlimited.
+        for (key, setting) in [
+            ("build.memory", &self.memory),
+            ("build.cpu-quota", &self.cpu_quota),
+            ("build.pids-limit", &self.pids_limit),
+        ] {
+            if let Some(n) = setting.value {
+                out.push((key.to_owned(), json!(n), &setting.source));
+            }
+        }
         for (host, r) in &self.registries {
             // A quoted key, as in the file: hosts hold dots.
             let key = |name: &str| format!("registry.{}.{name}", Json::String(host.clone()));
@@ -1198,6 +1262,54 @@ mod tests {
         }
         for bad in ["", "http://x", "a b", "host/Upper"] {
             assert!(check_mirror(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn build_limits_come_from_the_file_with_docker_sizes() {
+        let env = Env::new();
+        env.write(
+            &env.user(),
+            "[build]\nmemory = \"512m\"\ncpu-quota = 50000\npids-limit = 64\n",
+        );
+        let c = env.load();
+        let user = Source::File(env.user());
+        assert_eq!(c.memory.value, Some(512 << 20));
+        assert_eq!(c.memory.source, user);
+        assert_eq!(c.cpu_quota.value, Some(50_000));
+        assert_eq!(c.pids_limit.value, Some(64));
+        let text = c.show_text();
+        let line = |key: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{key} = ")))
+                .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+                .to_owned()
+        };
+        assert!(
+            line("build.memory").starts_with("build.memory = 536870912"),
+            "{text}"
+        );
+        assert!(line("build.pids-limit").ends_with(&format!("# {}", env.user().display())));
+        for (toml, want) in [
+            ("\"1g\"", 1 << 30),
+            ("\"512MiB\"", 512 << 20),
+            ("1024", 1024),
+        ] {
+            env.write(&env.user(), &format!("[build]\nmemory = {toml}\n"));
+            assert_eq!(env.load().memory.value, Some(want), "{toml}");
+        }
+        // Unset: unlimited, and not shown.
+        env.write(&env.user(), "");
+        assert!(!env.load().show_text().contains("build."));
+        for bad in ["\"12x\"", "\"0\"", "0", "[build]"] {
+            let text = if bad == "[build]" {
+                "[build]\nmemroy = 1\n".to_owned()
+            } else {
+                format!("[build]\nmemory = {bad}\n")
+            };
+            env.write(&env.user(), &text);
+            let err = format!("{:#}", env.load_with(None, None).unwrap_err());
+            assert!(err.contains("kiln.toml"), "{bad}: {err}");
         }
     }
 

@@ -220,6 +220,15 @@ struct BuildArgs {
     /// Ulimit of RUN steps (format: type=soft[:hard], e.g. nofile=1024:2048).
     #[arg(long = "ulimit")]
     ulimits: Vec<String>,
+    /// Memory limit of each RUN step (e.g. 512m, 1g; default: [build] memory in kiln.toml).
+    #[arg(long = "memory")]
+    memory: Option<String>,
+    /// CPU time of each RUN step in microseconds per 100 ms period (docker's --cpu-quota).
+    #[arg(long = "cpu-quota")]
+    cpu_quota: Option<u64>,
+    /// Most processes and threads of each RUN step (docker run's --pids-limit).
+    #[arg(long = "pids-limit")]
+    pids_limit: Option<u64>,
     /// Cache export destination (format: type=local,dest=DIR | type=registry,ref=REF |
     /// type=inline, with [,mode=min|max] and more: docs/cache.md).
     #[arg(long = "cache-to")]

@@ -43,7 +43,7 @@ pub use explain::{ArgState, Cause, FileChange, Miss};
 pub use fileop::{extract_archive_bytes, FileOpError};
 pub use kiln_attest::{Flags as AttestFlags, Request as Attestations};
 pub use kiln_graph::NetworkMode;
-pub use kiln_plugin_sdk::proto::{HostEntry, Ulimit, UlimitResource};
+pub use kiln_plugin_sdk::proto::{HostEntry, StepLimits, Ulimit, UlimitResource};
 pub use kiln_registry::{is_loopback, HostOptions};
 // Process setup for the CLI: a build's mounts in a namespace of its own, before any thread.
 pub use kiln_snapshot::{isolate_mounts, Isolation};

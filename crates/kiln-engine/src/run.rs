@@ -10,7 +10,8 @@ use std::sync::Arc;
 use kiln_graph::{CacheSharing, ExecOp, MountKind, Op};
 use kiln_plugin_host::{HostServices, PluginRegistry};
 use kiln_plugin_sdk::proto::{
-    HostEntry, LogLevel, PreparedMount, PreparedMountKind, PrimitiveRequest, Runtime, Ulimit,
+    HostEntry, LogLevel, PreparedMount, PreparedMountKind, PrimitiveRequest, Runtime, StepLimits,
+    Ulimit,
 };
 use kiln_snapshot::{ReadView, Snapshot, Store, WriteView};
 use kiln_solver::CancellationToken;
@@ -95,7 +96,8 @@ pub enum SshSource {
     Keys(Vec<PathBuf>),
 }
 
-/// The per-step options of the build's RUN steps (`--add-host`, `--shm-size`, `--ulimit`).
+/// The per-step options of the build's RUN steps (`--add-host`, `--shm-size`, `--ulimit`, and
+/// the cgroup limits `--memory`, `--cpu-quota`, `--pids-limit`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunOptions {
     /// Entries added to every step's `/etc/hosts`.
@@ -104,16 +106,41 @@ pub struct RunOptions {
     pub shm_size: Option<u64>,
     /// Resource limits of every step's process.
     pub ulimits: Vec<Ulimit>,
+    /// The cgroup limits of every step (memory, CPU quota, pids); none when all are `None`.
+    pub limits: StepLimits,
 }
 
 impl RunOptions {
-    fn is_default(&self) -> bool {
-        self == &RunOptions::default()
+    /// Refuses options the exec plugin of `protocol` would silently ignore (`plugin` names it
+    /// in the message): a build asking for a limit must get it or fail, never run unlimited.
+    fn check_protocol(&self, protocol: u32, plugin: &Path) -> Result<(), Error> {
+        let basic = RunOptions {
+            limits: StepLimits::default(),
+            ..self.clone()
+        };
+        if protocol < RUN_OPTIONS_PROTOCOL && basic != RunOptions::default() {
+            return Err(Error::Unsupported(format!(
+                "the exec plugin at {} speaks protocol {protocol}, which has no --add-host, \
+                 --shm-size or --ulimit; install the exec plugin of this kiln",
+                plugin.display()
+            )));
+        }
+        if protocol < LIMITS_PROTOCOL && self.limits.any() {
+            return Err(Error::Unsupported(format!(
+                "the exec plugin at {} speaks protocol {protocol}, which has no --memory, \
+                 --cpu-quota or --pids-limit (it would run the steps unlimited); install the \
+                 exec plugin of this kiln",
+                plugin.display()
+            )));
+        }
+        Ok(())
     }
 }
 
-/// The exec plugin protocol that understands [`RunOptions`].
+/// The exec plugin protocol that understands [`RunOptions`] but its `limits`.
 const RUN_OPTIONS_PROTOCOL: u32 = 2;
+/// The exec plugin protocol that understands [`RunOptions::limits`].
+const LIMITS_PROTOCOL: u32 = 4;
 
 /// Which runtime runs RUN steps (`--executor`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -767,13 +794,7 @@ pub(crate) fn run_exec(
     }
     let plugin = env.plugins.primitive("exec")?;
     let protocol = plugin.manifest().protocol_version;
-    if protocol < RUN_OPTIONS_PROTOCOL && !env.options.is_default() {
-        return Err(Error::Unsupported(format!(
-            "the exec plugin at {} speaks protocol {protocol}, which has no --add-host, \
-             --shm-size or --ulimit; install the exec plugin of this kiln",
-            plugin.path().display()
-        )));
-    }
+    env.options.check_protocol(protocol, plugin.path())?;
     let mut op = op.clone();
     ssh_auth_sock(&mut op);
     let req = PrimitiveRequest {
@@ -791,8 +812,7 @@ pub(crate) fn run_exec(
         extra_hosts: env.options.extra_hosts.clone(),
         shm_size: env.options.shm_size,
         ulimits: env.options.ulimits.clone(),
-        // Not plumbed from kiln.toml or flags yet (issue 13 item 3).
-        limits: Default::default(),
+        limits: env.options.limits,
     };
     let services = StepServices {
         log: env.log,
@@ -932,6 +952,35 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Mutex;
+
+    #[test]
+    fn limits_are_refused_by_an_exec_plugin_that_would_ignore_them() {
+        let plugin = Path::new("/plugins/exec");
+        let limited = RunOptions {
+            limits: StepLimits {
+                memory: Some(32 << 20),
+                ..StepLimits::default()
+            },
+            ..RunOptions::default()
+        };
+        let err = limited.check_protocol(3, plugin).unwrap_err().to_string();
+        assert!(
+            err.contains("/plugins/exec") && err.contains("protocol 3") && err.contains("--memory"),
+            "{err}"
+        );
+        assert!(limited.check_protocol(4, plugin).is_ok());
+        // Without limits a protocol-2 plugin is still fine, a protocol-1 one only by default.
+        let shm = RunOptions {
+            shm_size: Some(1 << 20),
+            ..RunOptions::default()
+        };
+        assert!(shm.check_protocol(2, plugin).is_ok());
+        assert!(shm.check_protocol(1, plugin).is_err());
+        assert!(RunOptions::default().check_protocol(1, plugin).is_ok());
+        // Limits alone do not trip the protocol-2 message.
+        let err = limited.check_protocol(1, plugin).unwrap_err().to_string();
+        assert!(err.contains("--memory"), "{err}");
+    }
 
     #[test]
     fn ssh_auth_sock_points_at_the_first_ssh_mount() {

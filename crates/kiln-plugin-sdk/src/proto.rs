@@ -29,7 +29,9 @@ use serde::{Deserialize, Serialize};
 ///   gained `accepts_expansion` and [`InstructionResponse`] `expansion` (build file text run in
 ///   place of the instruction, e.g. `INCLUDE`: an older frontend never sets the flag, so a
 ///   plugin that can only expand refuses instead of being ignored).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// - 4: [`PrimitiveRequest`] gained `limits` (the step's cgroup limits); a host must not send
+///   them to an older exec plugin, which would silently ignore them.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The capabilities this version of the SDK's host side offers, for [`Manifest::requires`]. A
 /// host refuses, at load, a plugin that requires a capability missing from its own list, naming
@@ -367,9 +369,9 @@ pub struct PrimitiveRequest {
     /// primitive's default for the same resource.
     #[serde(default)]
     pub ulimits: Vec<Ulimit>,
-    /// For exec: the step's cgroup limits (memory, CPU, pids); none when all are `None`. A
-    /// plugin of protocol 3 or older ignores them: a host must check the plugin's version
-    /// before it sends any (no host sends them yet).
+    /// For exec (protocol 4): the step's cgroup limits (memory, CPU, pids); none when all are
+    /// `None`. A plugin of protocol 3 or older ignores them: a host must check the plugin's
+    /// version before it sends any.
     #[serde(default)]
     pub limits: StepLimits,
 }

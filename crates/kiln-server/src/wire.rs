@@ -148,6 +148,14 @@ pub fn request_to_wire(
             )));
         }
     }
+    if req.run_options.limits.any() {
+        // The wire has no field for them yet: a remote build would run the steps unlimited.
+        return Err(crate::Error::Unsupported(
+            "--memory, --cpu-quota and --pids-limit are not sent to a kiln server yet; \
+             build locally (without --builder / KILN_HOST) to limit the steps"
+                .to_owned(),
+        ));
+    }
     Ok(pb::BuildRequest {
         dockerfile,
         dockerfile_name,
@@ -431,6 +439,8 @@ pub fn request_from_wire(
                     })
                 })
                 .collect::<Result<_, Invalid>>()?,
+            // Not on the wire yet: the client refuses a request with limits.
+            limits: Default::default(),
         },
         no_cache_filter: w.no_cache_filter,
         labels: w.labels.into_iter().collect(),
@@ -781,6 +791,52 @@ pub fn failure_from_wire(f: pb::BuildFailure) -> Result<FailureView, Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_with_step_limits_is_refused_rather_than_sent_without_them() {
+        let mut req = BuildRequest {
+            context: "/ctx".into(),
+            dockerfile: "/ctx/Dockerfile".into(),
+            frontend: None,
+            build_args: BTreeMap::new(),
+            target: None,
+            no_cache: false,
+            platform: platform("linux/amd64").unwrap(),
+            platforms: Vec::new(),
+            exports: Vec::new(),
+            tags: Vec::new(),
+            secrets: BTreeMap::new(),
+            build_contexts: BTreeMap::new(),
+            runtime: ExecRuntime::Embedded,
+            ssh: BTreeMap::new(),
+            network: NetworkMode::Default,
+            allow: Default::default(),
+            run_options: Default::default(),
+            no_cache_filter: Vec::new(),
+            labels: BTreeMap::new(),
+            call: None,
+            cache_to: Vec::new(),
+            cache_from: Vec::new(),
+            explain_cache: false,
+        };
+        let send = |req: &BuildRequest| {
+            request_to_wire(
+                req,
+                b"FROM scratch\n".to_vec(),
+                "Dockerfile".into(),
+                Vec::new(),
+                BTreeMap::new(),
+                &BTreeMap::new(),
+            )
+        };
+        assert!(send(&req).is_ok());
+        req.run_options.limits.pids = Some(16);
+        let err = send(&req).unwrap_err().to_string();
+        assert!(
+            err.contains("--pids-limit") && err.contains("not sent to a kiln server"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn every_explain_cache_cause_survives_the_wire() {

@@ -364,6 +364,10 @@ impl Client {
                 _ => None,
             })
             .collect();
+        if req.run_options.limits.any() {
+            let features = self.info().await?.features;
+            wire::check_features(req, &features, &self.addr.to_string())?;
+        }
         let mut request = wire::request_to_wire(
             req,
             dockerfile,

@@ -310,6 +310,7 @@ impl Builder for Daemon {
                 bytes_received: self.counters.bytes.load(Ordering::Relaxed),
             }),
             running_builds: self.counters.running.load(Ordering::Relaxed),
+            features: wire::features(),
         }))
     }
 

@@ -9,8 +9,8 @@ use kiln_api::v1 as pb;
 use kiln_engine::{
     Annotation, ArgState, BuildRequest, CacheCompression, CacheExport, CacheImport, CacheLocation,
     CacheMode, Call, Cause, CompressionKind, Entitlement, ExecRuntime, Export, FileChange,
-    HostEntry, ImageFormat, Miss, NetworkMode, RunOptions, SecretSource, SshSource, Status, Ulimit,
-    UlimitResource,
+    HostEntry, ImageFormat, Miss, NetworkMode, RunOptions, SecretSource, SshSource, Status,
+    StepLimits, Ulimit, UlimitResource,
 };
 use kiln_solver::Event;
 use kiln_types::image::Descriptor;
@@ -130,6 +130,32 @@ pub fn output_to_wire(e: &Export) -> Result<pb::Output, crate::Error> {
 /// contexts): the client's half of [`request_from_wire`]. `caches` names the local context
 /// synced for each `type=local` cache directory (by the directory as given); one without is a
 /// directory the client does not have.
+/// The `InfoResponse.features` name of a daemon that applies `BuildRequest.memory`,
+/// `cpu_quota` and `pids_limit`.
+pub const STEP_LIMITS_FEATURE: &str = "step-limits";
+
+/// What this daemon applies beyond the first release of the wire (`InfoResponse.features`).
+pub fn features() -> Vec<String> {
+    vec![STEP_LIMITS_FEATURE.to_owned()]
+}
+
+/// Refuses a request the daemon at `addr`, which applies `features`, would run with less than
+/// asked: a daemon that predates a field drops it without a word, so limits sent to one would
+/// leave the steps unlimited.
+pub fn check_features(
+    req: &BuildRequest,
+    features: &[String],
+    addr: &str,
+) -> Result<(), crate::Error> {
+    if req.run_options.limits.any() && !features.iter().any(|f| f == STEP_LIMITS_FEATURE) {
+        return Err(crate::Error::Unsupported(format!(
+            "the kiln server at {addr} does not apply --memory, --cpu-quota or --pids-limit \
+             (an older kiln): upgrade it, or build without the limits"
+        )));
+    }
+    Ok(())
+}
+
 pub fn request_to_wire(
     req: &BuildRequest,
     dockerfile: Vec<u8>,
@@ -147,14 +173,6 @@ pub fn request_to_wire(
                  client (kiln_engine::serve_ssh_keys), never sent"
             )));
         }
-    }
-    if req.run_options.limits.any() {
-        // The wire has no field for them yet: a remote build would run the steps unlimited.
-        return Err(crate::Error::Unsupported(
-            "--memory, --cpu-quota and --pids-limit are not sent to a kiln server yet; \
-             build locally (without --builder / KILN_HOST) to limit the steps"
-                .to_owned(),
-        ));
     }
     Ok(pb::BuildRequest {
         dockerfile,
@@ -193,6 +211,9 @@ pub fn request_to_wire(
             })
             .collect(),
         shm_size: req.run_options.shm_size,
+        memory: req.run_options.limits.memory,
+        cpu_quota: req.run_options.limits.cpu_quota,
+        pids_limit: req.run_options.limits.pids,
         ulimits: req
             .run_options
             .ulimits
@@ -439,8 +460,11 @@ pub fn request_from_wire(
                     })
                 })
                 .collect::<Result<_, Invalid>>()?,
-            // Not on the wire yet: the client refuses a request with limits.
-            limits: Default::default(),
+            limits: StepLimits {
+                memory: w.memory,
+                cpu_quota: w.cpu_quota,
+                pids: w.pids_limit,
+            },
         },
         no_cache_filter: w.no_cache_filter,
         labels: w.labels.into_iter().collect(),
@@ -793,7 +817,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_request_with_step_limits_is_refused_rather_than_sent_without_them() {
+    fn step_limits_travel_only_to_a_daemon_that_applies_them() {
         let mut req = BuildRequest {
             context: "/ctx".into(),
             dockerfile: "/ctx/Dockerfile".into(),
@@ -829,12 +853,25 @@ mod tests {
                 &BTreeMap::new(),
             )
         };
-        assert!(send(&req).is_ok());
-        req.run_options.limits.pids = Some(16);
-        let err = send(&req).unwrap_err().to_string();
+        assert!(check_features(&req, &[], "tcp://old:1234").is_ok());
+        req.run_options.limits = StepLimits {
+            memory: Some(32 << 20),
+            cpu_quota: Some(50_000),
+            pids: Some(16),
+        };
+        let err = check_features(&req, &[], "tcp://old:1234")
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.contains("--pids-limit") && err.contains("not sent to a kiln server"),
+            err.contains("--pids-limit") && err.contains("tcp://old:1234"),
             "{err}"
+        );
+        assert!(check_features(&req, &features(), "tcp://new:1234").is_ok());
+        // The limits are on the wire (tests/e2e/tests/limits.rs sees a daemon apply them).
+        let w = send(&req).unwrap();
+        assert_eq!(
+            (w.memory, w.cpu_quota, w.pids_limit),
+            (Some(32 << 20), Some(50_000), Some(16))
         );
     }
 

@@ -1,12 +1,14 @@
 //! Per-step cgroup limits end to end (issue 13 item 3): `kiln build --memory / --pids-limit`
 //! and `[build]` in kiln.toml reach the exec plugin, a step over its memory limit fails the
 //! build naming the limit and the step, and no step cgroup is left behind. Needs cgroup v1
-//! hierarchies (memory, pids) as the exec plugin's limits do (docs/sandbox.md).
+//! hierarchies (memory, pids) as the exec plugin's limits do (docs/sandbox.md). A `kiln serve`
+//! daemon applies the limits a client sends.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use kiln_e2e::serve::Daemon;
 use kiln_e2e::*;
 
 /// The shell keeps a 96 MiB string: more than a 32 MiB limit (busybox `head | tr` in a
@@ -142,4 +144,27 @@ fn bad_limit_flags_are_refused_before_the_build() {
     );
     let run = build_bb(&k, &[], &ctx, &["--cpu-quota", "10"]).fails();
     assert!(run.stderr.contains("at least 1000"), "{}", run.stderr);
+}
+
+#[test]
+fn a_daemon_applies_the_limits_its_client_sends() {
+    require_cgroup_v1();
+    let k = Kiln::new(&[]);
+    let daemon = Daemon::unix(&k, "run/kiln.sock", "daemon-root", &[]);
+    let ctx = k.write("ctx", &[("Dockerfile", &format!("FROM bb\n{ALLOCATE}"))]);
+    let run = build_bb(
+        &k,
+        &[],
+        &ctx,
+        &["--builder", &daemon.addr, "--memory", "32m"],
+    );
+    assert_oom(&run);
+    // The daemon lives on: none of its step cgroups may be left.
+    let prefix = format!("/kiln/{}-", daemon.pid());
+    let left: Vec<String> = step_cgroups()
+        .into_iter()
+        .filter(|c| c.contains(&prefix))
+        .collect();
+    assert_eq!(left, Vec::<String>::new());
+    build_bb(&k, &[], &ctx, &["--builder", &daemon.addr]).ok();
 }

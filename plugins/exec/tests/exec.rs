@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::fs;
@@ -372,17 +373,6 @@ fn cancellation_kills_the_process(runtime: Runtime) {
         "{:?}",
         root.leaked_mounts()
     );
-}
-
-macro_rules! both_runtimes {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(#[test] fn $case() { super::$case(super::Runtime::Embedded) })*
-        }
-        mod runc {
-            $(#[test] fn $case() { super::require_runc(); super::$case(super::Runtime::Runc) })*
-        }
-    };
 }
 
 both_runtimes!(

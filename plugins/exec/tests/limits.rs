@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use common::{exec_op, require_runc, sh, Recorder, Rootfs};
@@ -121,17 +122,6 @@ fn no_limits_no_cgroup(runtime: Runtime) {
     let (r, out) = run("cat /proc/self/cgroup", StepLimits::default(), runtime);
     assert_eq!(r.unwrap(), 0);
     assert!(!out.iter().any(|l| l.contains("/kiln/")), "{out:?}");
-}
-
-macro_rules! both_runtimes {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(#[test] fn $case() { super::$case(super::Runtime::Embedded) })*
-        }
-        mod runc {
-            $(#[test] fn $case() { super::require_runc(); super::$case(super::Runtime::Runc) })*
-        }
-    };
 }
 
 both_runtimes!(

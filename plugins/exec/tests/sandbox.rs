@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -209,17 +210,6 @@ fn insecure_allows_the_mount(runtime: Runtime) {
     );
     assert_eq!(code, 0, "{out:?}");
     assert_eq!(out, vec!["ok 0", "ok 0"]);
-}
-
-macro_rules! both_runtimes {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(#[test] fn $case() { super::$case(super::Runtime::Embedded) })*
-        }
-        mod runc {
-            $(#[test] fn $case() { super::require_runc(); super::$case(super::Runtime::Runc) })*
-        }
-    };
 }
 
 both_runtimes!(

@@ -3,6 +3,20 @@
 
 #![allow(clippy::unwrap_used, dead_code)] // test helpers
 
+/// `both_runtimes!(case, ...)`: a `#[test]` per case and runtime, `embedded::case` and
+/// `runc::case` (which needs runc installed), each calling `case(Runtime)` of the including file.
+#[allow(unused_macros)] // cdylib.rs has no case for both runtimes
+macro_rules! both_runtimes {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(#[test] fn $case() { super::$case(super::Runtime::Embedded) })*
+        }
+        mod runc {
+            $(#[test] fn $case() { super::require_runc(); super::$case(super::Runtime::Runc) })*
+        }
+    };
+}
+
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;

@@ -154,6 +154,26 @@ fn make_expired(dir: &Path) {
     ]);
 }
 
+/// A test CA with its server and client certificates in a new `certs/` under `dir`.
+fn test_certs(dir: &Path) -> PathBuf {
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    make_certs(&certs);
+    certs
+}
+
+/// What resolving `reference` (one platform, this host's) fails with.
+async fn resolve_error(
+    registry: &Registry,
+    reference: &str,
+    store: &Store,
+) -> kiln_registry::Error {
+    registry
+        .resolve(&image(reference), &Platform::host(), store)
+        .await
+        .unwrap_err()
+}
+
 /// A registry serving `cert` over TLS; with `client_ca`, it requires client certificates
 /// signed by it.
 fn tls_registry(certs: &Path, cert: &str, client_ca: bool) -> TestRegistry {
@@ -265,9 +285,7 @@ fn skopeo_certs(tmp: &Path, certs: &Path, client: bool) -> PathBuf {
 #[tokio::test]
 async fn a_loopback_https_registry_with_its_ca_in_the_config_is_pushed_to_and_pulled_from() {
     let tmp = tempfile::tempdir().unwrap();
-    let certs = tmp.path().join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    make_certs(&certs);
+    let certs = test_certs(tmp.path());
     let reg = tls_registry(&certs, "server", false);
     let store = Store::open(tmp.path().join("store")).unwrap();
     // Only `ca` is given: a loopback host with a CA of its own is https.
@@ -296,9 +314,7 @@ async fn a_loopback_https_registry_with_its_ca_in_the_config_is_pushed_to_and_pu
 #[tokio::test]
 async fn without_its_ca_the_error_names_the_host_and_the_certificate_and_nothing_goes_plain() {
     let tmp = tempfile::tempdir().unwrap();
-    let certs = tmp.path().join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    make_certs(&certs);
+    let certs = test_certs(tmp.path());
     let reg = tls_registry(&certs, "server", false);
     let store = Store::open(tmp.path().join("store")).unwrap();
     let https = HostOptions {
@@ -306,14 +322,7 @@ async fn without_its_ca_the_error_names_the_host_and_the_certificate_and_nothing
         ..HostOptions::default()
     };
     let registry = client(&tmp.path().join("docker"), &reg.host, https);
-    let e = registry
-        .resolve(
-            &image(&format!("{}/tls/app:v1", reg.host)),
-            &Platform::host(),
-            &store,
-        )
-        .await
-        .unwrap_err();
+    let e = resolve_error(&registry, &format!("{}/tls/app:v1", reg.host), &store).await;
     let text = e.to_string();
     assert_eq!(e.category(), Category::Unavailable, "{text}");
     assert!(
@@ -355,20 +364,12 @@ async fn without_its_ca_the_error_names_the_host_and_the_certificate_and_nothing
 #[tokio::test]
 async fn a_certificate_for_another_name_is_refused_with_the_names() {
     let tmp = tempfile::tempdir().unwrap();
-    let certs = tmp.path().join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    make_certs(&certs);
+    let certs = test_certs(tmp.path());
     let reg = tls_registry(&certs, "elsewhere", false);
     let store = Store::open(tmp.path().join("store")).unwrap();
     let registry = client(&tmp.path().join("docker"), &reg.host, with_ca(&certs));
-    let text = registry
-        .resolve(
-            &image(&format!("{}/tls/app:v1", reg.host)),
-            &Platform::host(),
-            &store,
-        )
+    let text = resolve_error(&registry, &format!("{}/tls/app:v1", reg.host), &store)
         .await
-        .unwrap_err()
         .to_string();
     assert!(
         text.contains(&format!(
@@ -383,20 +384,14 @@ async fn a_certificate_for_another_name_is_refused_with_the_names() {
 #[tokio::test]
 async fn a_registry_requiring_a_client_certificate_gets_the_configured_keypair() {
     let tmp = tempfile::tempdir().unwrap();
-    let certs = tmp.path().join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    make_certs(&certs);
+    let certs = test_certs(tmp.path());
     let reg = tls_registry(&certs, "server", true);
     let store = Store::open(tmp.path().join("store")).unwrap();
     let target = format!("{}/mtls/app:v1", reg.host);
 
     // Without a client certificate: refused, and the message says how to give one.
     let registry = client(&tmp.path().join("docker"), &reg.host, with_ca(&certs));
-    let text = registry
-        .resolve(&image(&target), &Platform::host(), &store)
-        .await
-        .unwrap_err()
-        .to_string();
+    let text = resolve_error(&registry, &target, &store).await.to_string();
     assert!(
         text.contains(&format!(
             "registry {}: the registry requires a client certificate",
@@ -429,21 +424,13 @@ async fn a_registry_requiring_a_client_certificate_gets_the_configured_keypair()
 #[tokio::test]
 async fn an_expired_certificate_is_refused_as_expired() {
     let tmp = tempfile::tempdir().unwrap();
-    let certs = tmp.path().join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    make_certs(&certs);
+    let certs = test_certs(tmp.path());
     make_expired(&certs);
     let reg = tls_registry(&certs, "expired", false);
     let store = Store::open(tmp.path().join("store")).unwrap();
     let registry = client(&tmp.path().join("docker"), &reg.host, with_ca(&certs));
-    let text = registry
-        .resolve(
-            &image(&format!("{}/tls/app:v1", reg.host)),
-            &Platform::host(),
-            &store,
-        )
+    let text = resolve_error(&registry, &format!("{}/tls/app:v1", reg.host), &store)
         .await
-        .unwrap_err()
         .to_string();
     assert!(
         text.contains(&format!(

@@ -1,15 +1,26 @@
 //! A cgroup per RUN step for its resource limits (memory, CPU quota, pids), as BuildKit gives
-//! each step `/buildkit/<id>`: `/kiln/<pid>-<n>` in each v1 hierarchy (memory, cpu, pids) where
-//! the host has them. The embedded child joins it before it sets anything else up; runc gets a
-//! nested `runc` cgroup in it (the limits hold for everything below). After the step the
-//! memory cgroup says whether the OOM killer fired, and the directories are removed.
-//! A unified (v2-only) host is refused with a clear error for now.
+//! each step `/buildkit/<id>`. The host's layout is detected once:
+//!
+//! - cgroup v1 (or hybrid, as this machine: its unified mount has no controllers): a step with
+//!   limits gets `/kiln/<pid>-<n>` in each v1 hierarchy (memory, cpu, pids) it needs; a step
+//!   without none.
+//! - cgroup v2 (unified at `/sys/fs/cgroup`, the default of current distributions; or the mount
+//!   `KILN_CGROUP2_ROOT` names): every step gets `<own>/kiln/<pid>-<n>` below the cgroup kiln
+//!   lives in (`v2.rs` says how the controllers are delegated to it), best effort when it asks
+//!   for no limits (kiln may run where it cannot create cgroups; the step then runs in kiln's).
+//!
+//! The embedded child joins it before it sets anything else up; runc gets a nested `runc`
+//! cgroup in it (the limits hold for everything below). After the step the memory cgroup says
+//! whether the OOM killer fired, and the directories are removed.
+
+mod v2;
 
 use std::fs;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use kiln_plugin_sdk::proto::StepLimits;
 
@@ -17,39 +28,127 @@ use crate::Error;
 
 const ROOT: &str = "/sys/fs/cgroup";
 
-/// The step's cgroup: one directory per controller, removed on drop.
+/// The step's cgroup, removed on drop.
 #[derive(Debug)]
 pub struct StepCgroup {
-    /// `(controller, directory)`.
-    dirs: Vec<(&'static str, PathBuf)>,
-    /// The path below each hierarchy's root (`/kiln/<pid>-<n>`).
-    rel: String,
+    kind: Kind,
     limits: StepLimits,
 }
 
+#[derive(Debug)]
+enum Kind {
+    V1 {
+        /// `(controller, directory)`.
+        dirs: Vec<(&'static str, PathBuf)>,
+        /// The path below each hierarchy's root (`/kiln/<pid>-<n>`).
+        rel: String,
+    },
+    V2(v2::Step),
+}
+
+/// Which cgroup hierarchies the step's cgroup goes in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Layout {
+    /// Per-controller v1 hierarchies under `/sys/fs/cgroup`.
+    V1,
+    /// The unified hierarchy mounted there.
+    Unified(PathBuf),
+}
+
+impl Layout {
+    /// `KILN_CGROUP2_ROOT` (a cgroup2 mount to drive, such as a hybrid host's
+    /// `/sys/fs/cgroup/unified`), or what the host has, looked at once.
+    fn get() -> Layout {
+        if let Some(root) = std::env::var_os("KILN_CGROUP2_ROOT").filter(|r| !r.is_empty()) {
+            return Layout::Unified(root.into());
+        }
+        static HOST: OnceLock<Layout> = OnceLock::new();
+        HOST.get_or_init(|| Layout::detect(Path::new(ROOT))).clone()
+    }
+
+    /// Only cgroup2 has `cgroup.controllers` at its root; a v1 or hybrid host has a tmpfs of
+    /// hierarchies there.
+    fn detect(root: &Path) -> Layout {
+        if root.join("cgroup.controllers").exists() {
+            Layout::Unified(root.to_path_buf())
+        } else {
+            Layout::V1
+        }
+    }
+}
+
+/// The flags behind the limits asked for, for errors: `--memory, --pids-limit`.
+fn flags(limits: &StepLimits) -> String {
+    [
+        (limits.memory.is_some(), "--memory"),
+        (limits.cpu_quota.is_some(), "--cpu-quota"),
+        (limits.pids.is_some(), "--pids-limit"),
+    ]
+    .iter()
+    .filter(|(set, _)| *set)
+    .map(|(_, f)| *f)
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+/// A name no other step of any kiln process uses at the same time.
+fn step_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 impl StepCgroup {
-    /// Creates the step's cgroup with its limits; `None` when the step has no limits.
+    /// Creates the step's cgroup with its limits; `None` when the step has no limits and the
+    /// host is v1 (or kiln cannot make one there).
     pub fn create(limits: StepLimits) -> Result<Option<StepCgroup>, Error> {
-        if !limits.any() {
-            return Ok(None);
+        match Layout::get() {
+            Layout::Unified(mount) => StepCgroup::create_v2(&mount, limits),
+            Layout::V1 if limits.any() => StepCgroup::create_v1(limits).map(Some),
+            Layout::V1 => Ok(None),
         }
-        if Path::new(ROOT).join("cgroup.controllers").exists() {
-            return Err(Error::Unsupported(
-                "resource limits (--memory, --cpu-quota, --pids-limit) need cgroup v1 \
-                 hierarchies under /sys/fs/cgroup; this host has only cgroup v2, which kiln does \
-                 not drive yet"
-                    .into(),
-            ));
+    }
+
+    fn create_v2(mount: &Path, limits: StepLimits) -> Result<Option<StepCgroup>, Error> {
+        let created = fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| Error::io("cannot read", "/proc/self/cgroup", e))
+            .and_then(|text| {
+                let own = v2::own_cgroup(&text).ok_or_else(|| {
+                    Error::Unsupported(format!(
+                        "resource limits ({}) need kiln's cgroup v2 path, but /proc/self/cgroup \
+                         has no \"0::/…\" line",
+                        flags(&limits)
+                    ))
+                })?;
+                v2::create(
+                    mount,
+                    own,
+                    &step_name(),
+                    &v2::settings(&limits),
+                    &flags(&limits),
+                )
+            });
+        match created {
+            Ok(step) => Ok(Some(StepCgroup {
+                kind: Kind::V2(step),
+                limits,
+            })),
+            // Nothing was asked for: the step runs in kiln's cgroup, as on v1.
+            Err(_) if !limits.any() => Ok(None),
+            Err(e) => Err(e),
         }
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let rel = format!(
-            "/kiln/{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+    }
+
+    fn create_v1(limits: StepLimits) -> Result<StepCgroup, Error> {
+        let rel = format!("/kiln/{}", step_name());
         let mut cg = StepCgroup {
-            dirs: Vec::new(),
-            rel,
+            kind: Kind::V1 {
+                dirs: Vec::new(),
+                rel: rel.clone(),
+            },
             limits,
         };
         let wanted: [(&'static str, Option<(&str, String)>); 3] = [
@@ -79,26 +178,40 @@ impl StepCgroup {
                     hierarchy.display()
                 )));
             }
-            let dir = hierarchy.join(cg.rel.trim_start_matches('/'));
-            fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create the cgroup", &dir, e))?;
+            let dir = hierarchy.join(rel.trim_start_matches('/'));
+            fs::create_dir_all(&dir).map_err(|e| match e.raw_os_error() {
+                // Rootless: on v1 only root creates cgroups, there is no delegation.
+                Some(libc::EACCES | libc::EPERM | libc::EROFS) => Error::Unsupported(format!(
+                    "resource limits ({}) need root on this host: it has cgroup v1, where \
+                     an ordinary user cannot create cgroups (cannot create {}: {e})",
+                    flags(&limits),
+                    dir.display()
+                )),
+                _ => Error::io("cannot create the cgroup", &dir, e),
+            })?;
             // Pushed first: a failure below still removes it.
-            cg.dirs.push((controller, dir.clone()));
+            if let Kind::V1 { dirs, .. } = &mut cg.kind {
+                dirs.push((controller, dir.clone()));
+            }
             if controller == "cpu" {
                 // The quota is per 100 ms, as docker's --cpu-quota.
                 write(&dir.join("cpu.cfs_period_us"), "100000")?;
             }
             write(&dir.join(file), &value)?;
         }
-        Ok(Some(cg))
+        Ok(cg)
     }
 
     /// The `cgroup.procs` files to join, opened for writing: the embedded child writes `0` to
     /// each (itself) before anything else, so that every process of the step is inside.
     pub fn procs_files(&self) -> Result<Vec<OwnedFd>, Error> {
-        self.dirs
-            .iter()
-            .map(|(_, d)| {
-                let path = d.join("cgroup.procs");
+        let paths: Vec<PathBuf> = match &self.kind {
+            Kind::V1 { dirs, .. } => dirs.iter().map(|(_, d)| d.join("cgroup.procs")).collect(),
+            Kind::V2(step) => vec![step.procs()],
+        };
+        paths
+            .into_iter()
+            .map(|path| {
                 fs::OpenOptions::new()
                     .write(true)
                     .open(&path)
@@ -110,15 +223,26 @@ impl StepCgroup {
 
     /// runc's `linux.cgroupsPath`: a cgroup nested in this one (runc creates and removes it).
     pub fn runc_path(&self) -> String {
-        format!("{}/runc", self.rel)
+        match &self.kind {
+            Kind::V1 { rel, .. } => format!("{rel}/runc"),
+            Kind::V2(step) => format!("{}/runc", step.rel),
+        }
     }
 
-    /// Whether the OOM killer killed a process of the step: v1 `memory.oom_control`'s
-    /// `oom_kill` of this cgroup (the embedded step's own), or, for runc's nested cgroup whose
-    /// counters go with it, a step that ended by SIGKILL (`killed`) after its charges hit
-    /// this cgroup's limit (`memory.failcnt`).
+    /// Whether the OOM killer killed a process of the step under its memory limit. v2:
+    /// `memory.events`' `oom_kill`, hierarchical, so exact for both runtimes. v1: the
+    /// `oom_kill` of `memory.oom_control` of this cgroup (the embedded step's own), or, for
+    /// runc's nested cgroup whose counters go with it, a step that ended by SIGKILL (`killed`)
+    /// after its charges hit this cgroup's limit (`memory.failcnt`).
     pub fn oom_killed(&self, killed: bool) -> bool {
-        let Some((_, dir)) = self.dirs.iter().find(|(c, _)| *c == "memory") else {
+        if self.limits.memory.is_none() {
+            return false;
+        }
+        let dirs = match &self.kind {
+            Kind::V1 { dirs, .. } => dirs,
+            Kind::V2(step) => return step.oom_kills() > 0,
+        };
+        let Some((_, dir)) = dirs.iter().find(|(c, _)| *c == "memory") else {
             return false;
         };
         let read = |file: &str, key: Option<&str>| {
@@ -144,13 +268,17 @@ impl StepCgroup {
 
 impl Drop for StepCgroup {
     fn drop(&mut self) {
+        let rel = match &self.kind {
+            Kind::V2(step) => return step.remove(),
+            Kind::V1 { rel, .. } => rel,
+        };
         // runc makes `<rel>/runc` in every hierarchy (and the parents it lacks), and removes
         // only `runc`: every hierarchy is swept, not only the ones with a limit.
         let hierarchies: Vec<PathBuf> = fs::read_dir(ROOT)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
         for h in hierarchies {
-            let dir = h.join(self.rel.trim_start_matches('/'));
+            let dir = h.join(rel.trim_start_matches('/'));
             let _ignored = fs::remove_dir(dir.join("runc"));
             // The step's processes died with its pid namespace, but their exit may still be
             // in flight: rmdir says EBUSY until the last one is gone. Bounded.
@@ -192,6 +320,44 @@ mod tests {
     #[test]
     fn no_limits_no_cgroup() {
         assert!(StepCgroup::create(StepLimits::default()).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_layout_is_told_by_cgroup_controllers_at_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(Layout::detect(tmp.path()), Layout::V1);
+        fs::write(tmp.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        assert_eq!(
+            Layout::detect(tmp.path()),
+            Layout::Unified(tmp.path().to_path_buf())
+        );
+        // The host's own mounts (this machine: v1 hierarchies on a tmpfs at /sys/fs/cgroup, a
+        // cgroup2 at its `unified`), against the mount table.
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+        for dir in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+            let Some(fstype) = mounts.lines().find_map(|l| {
+                let mut f = l.split_whitespace().skip(1);
+                (f.next() == Some(dir)).then(|| f.next()).flatten()
+            }) else {
+                continue;
+            };
+            let want = if fstype == "cgroup2" {
+                Layout::Unified(dir.into())
+            } else {
+                Layout::V1
+            };
+            assert_eq!(Layout::detect(Path::new(dir)), want, "{dir} is {fstype}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_flags_asked_for() {
+        let limits = StepLimits {
+            memory: Some(1),
+            cpu_quota: None,
+            pids: Some(2),
+        };
+        assert_eq!(flags(&limits), "--memory, --pids-limit");
     }
 
     #[test]

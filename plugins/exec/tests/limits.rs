@@ -2,6 +2,7 @@
 //! cgroup of its own (`/kiln/<pid>-<n>` in the v1 memory, cpu and pids hierarchies), a step
 //! allocating more than its memory limit fails with an error naming the limit, a pids limit
 //! stops forks, and the cgroup is gone after the step. Needs cgroup v1 (this host's hybrid).
+//! The `v2_*` cases drive the v2 code path on the hybrid host's controller-less cgroup2 mount.
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,6 +18,38 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn run(script: &str, limits: StepLimits, runtime: Runtime) -> (Result<i32, Error>, Vec<String>) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    run_locked(script, limits, runtime)
+}
+
+/// The cgroup2 mount of this v1-hybrid host, whose only controller is hugetlb.
+const UNIFIED: &str = "/sys/fs/cgroup/unified";
+
+/// [`run`] with the plugin told to drive the cgroup2 mount at [`UNIFIED`] (`KILN_CGROUP2_ROOT`),
+/// the v2 code path. The variable is set only while no other step of this binary runs.
+fn run_v2(script: &str, limits: StepLimits) -> (Result<i32, Error>, Vec<String>) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        std::path::Path::new(UNIFIED)
+            .join("cgroup.controllers")
+            .exists(),
+        "the v2 tests need the cgroup2 mount of a hybrid host at {UNIFIED}"
+    );
+    struct Unset;
+    impl Drop for Unset {
+        fn drop(&mut self) {
+            std::env::remove_var("KILN_CGROUP2_ROOT");
+        }
+    }
+    std::env::set_var("KILN_CGROUP2_ROOT", UNIFIED);
+    let _unset = Unset;
+    run_locked(script, limits, Runtime::Embedded)
+}
+
+fn run_locked(
+    script: &str,
+    limits: StepLimits,
+    runtime: Runtime,
+) -> (Result<i32, Error>, Vec<String>) {
     let root = Rootfs::busybox();
     let mut req = sh(&root, script);
     req.limits = limits;
@@ -129,3 +162,39 @@ both_runtimes!(
     pids_limit_stops_forks,
     no_limits_no_cgroup,
 );
+
+// --- the cgroup v2 path, on this host's controller-less cgroup2 mount --------------------------
+// Embedded only: runc picks its own cgroup driver from /sys/fs/cgroup (v1 here), so it cannot
+// be pointed at the unified mount.
+
+/// On v2 every step gets a cgroup of its own, limits or not (as BuildKit's steps).
+#[test]
+fn v2_a_step_without_limits_runs_in_its_own_cgroup_which_is_removed() {
+    let (r, out) = run_v2("cat /proc/self/cgroup", StepLimits::default());
+    assert_eq!(r.unwrap(), 0, "{out:?}");
+    let v2 = out
+        .iter()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("no 0:: line in {out:?}"));
+    // This test process lives in the mount's root, so the step is in `/kiln/<pid>-<n>`.
+    assert!(
+        v2.starts_with(&format!("/kiln/{}-", std::process::id())),
+        "{v2}"
+    );
+    // `run` checked that nothing is left under {UNIFIED}/kiln.
+}
+
+#[test]
+fn v2_a_limit_whose_controller_is_not_delegated_is_refused_naming_it() {
+    let (r, out) = run_v2("echo ran", limits(Some(32 << 20), None, Some(10)));
+    let err = r.expect_err(&format!("the step ran: {out:?}"));
+    let text = err.to_string();
+    assert!(matches!(err, Error::Unsupported(_)), "{text}");
+    assert!(
+        text.contains("memory limit (--memory)")
+            && text.contains("memory cgroup controller is not available")
+            && text.contains(UNIFIED),
+        "{text}"
+    );
+    assert!(!out.iter().any(|l| l == "ran"), "{out:?}");
+}

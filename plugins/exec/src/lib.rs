@@ -45,6 +45,7 @@ mod scratch;
 mod seccomp;
 mod step;
 mod user;
+mod userns;
 
 pub use error::Error;
 

@@ -100,8 +100,11 @@ pub fn nofile_limit() -> u64 {
     };
     // SAFETY: getrlimit64 writes the struct we pass.
     let known = unsafe { libc::getrlimit64(libc::RLIMIT_NOFILE, &mut current) } == 0;
-    let can_raise =
-        caps::has_cap(None, caps::CapSet::Effective, Capability::CAP_SYS_RESOURCE).unwrap_or(false);
+    // In a user namespace CAP_SYS_RESOURCE is held, but only there: raising a hard limit
+    // needs it on the host.
+    let can_raise = !crate::userns::running_in_user_ns()
+        && caps::has_cap(None, caps::CapSet::Effective, Capability::CAP_SYS_RESOURCE)
+            .unwrap_or(false);
     if known && !can_raise && current.rlim_max < NOFILE_LIMIT {
         current.rlim_max
     } else {

@@ -55,7 +55,8 @@ pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
                 e,
             )
         })?;
-    let cgroup = crate::cgroup::StepCgroup::create(step.limits)?;
+    let cgroup = crate::cgroup::StepCgroup::create(step.limits)
+        .map_err(crate::userns::explain_cgroup_error)?;
     let mut spec = spec(step)?;
     if let (Some(cg), Some(linux)) = (&cgroup, spec.linux_mut().as_mut()) {
         // Nested in the step's cgroup, whose limits hold for it; runc removes it.
@@ -343,6 +344,27 @@ fn spec(step: &Step) -> Result<Spec, Error> {
             .chain([format!("size={}", step.shm_size)])
             .collect();
         m.set_options(Some(options));
+    }
+    if crate::userns::running_in_user_ns() && step.network != NetworkMode::None {
+        // Rootless with the host's network: sysfs may be mounted only by the owner of the
+        // network namespace, so the host's /sys is bound instead, with all below it (the
+        // cgroup hierarchies too), as `runc spec --rootless` has it.
+        mounts.retain(|m| !m.destination().starts_with("/sys"));
+        let mut options: Vec<String> = ["rbind", "nosuid", "noexec", "nodev"]
+            .map(String::from)
+            .to_vec();
+        if !insecure {
+            options.push("ro".to_owned());
+        }
+        mounts.push(
+            MountBuilder::default()
+                .destination("/sys")
+                .typ("none")
+                .source("/sys")
+                .options(options)
+                .build()
+                .map_err(oci_error)?,
+        );
     }
     if insecure {
         for m in &mut mounts {

@@ -50,11 +50,13 @@ use kiln_plugin_sdk::graph::{NetworkMode, SecurityMode};
 use crate::output::{self, Process};
 use crate::policy;
 use crate::step::{MountSource, Step};
+use crate::userns::{self, Hint};
 use crate::{Error, Sink};
 
 /// Runs `step` in the embedded sandbox; returns the process's exit code.
 pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
-    let cgroup = crate::cgroup::StepCgroup::create(step.limits)?;
+    let cgroup =
+        crate::cgroup::StepCgroup::create(step.limits).map_err(userns::explain_cgroup_error)?;
     let mut plan = Plan::new(step)?;
     if let Some(cg) = &cgroup {
         plan.cgroup_procs = cg.procs_files()?;
@@ -205,6 +207,12 @@ struct Plan {
     masked: Vec<CString>,
     readonly_paths: Vec<CString>,
     sys_readonly: bool,
+    /// Rootless (kiln in a user namespace, `userns`): device nodes are bound from the host's
+    /// `/dev`, as the kernel refuses mknod there.
+    rootless: bool,
+    /// Rootless with the host's network: `/sys` is the host's, bound recursively, because
+    /// only the owner of the network namespace may mount sysfs.
+    bind_sys: bool,
     hostname: CString,
     loopback: bool,
     clone_flags: libc::c_int,
@@ -284,6 +292,8 @@ impl Plan {
             masked: rel_all(policy::masked_paths(step.security))?,
             readonly_paths: rel_all(policy::readonly_paths(step.security))?,
             sys_readonly: step.security != SecurityMode::Insecure,
+            rootless: userns::running_in_user_ns(),
+            bind_sys: userns::running_in_user_ns() && step.network != NetworkMode::None,
             hostname: cstring(&step.hostname)?,
             loopback: step.network == NetworkMode::None,
             clone_flags,
@@ -573,6 +583,19 @@ impl Failure {
             Stage::Cwd => format!("change to the working directory {}", step.cwd),
             Stage::Seccomp => "install the seccomp filter".to_owned(),
         };
+        // In a user namespace some of these fail for that reason alone: say so.
+        let hint = match self.stage {
+            Stage::Proc => userns::hint(self.errno, Hint::Proc),
+            Stage::Sys => userns::hint(self.errno, Hint::Sys),
+            Stage::Groups | Stage::Gid | Stage::Uid => userns::hint(self.errno, Hint::Id),
+            Stage::Rlimit => userns::hint(self.errno, Hint::Rlimit),
+            _ => None,
+        };
+        if let Some(hint) = hint {
+            return Error::Unsupported(format!(
+                "cannot set up the sandbox: {step_text}: {source}; {hint}"
+            ));
+        }
         Error::Sandbox {
             step: step_text,
             source,
@@ -809,12 +832,23 @@ unsafe fn remount_readonly(root: RawFd, rel: &CStr, bind_first: bool) -> libc::c
         if fd < 0 {
             return -1;
         }
+        // A bind remount sets every per-mount flag anew: the ones the mount has are passed
+        // again (as runc does), since in a user namespace the kernel locks those of a mount
+        // that came from the host (nosuid, nodev, noexec, the atime mode) and refuses with
+        // EPERM a remount that would clear one.
+        // (glibc's fstatvfs is fstatfs and a copy: it reads /proc/mounts only on kernels
+        // before 2.6.36, which lack f_flags.)
+        let mut fs: libc::statvfs = std::mem::zeroed();
+        if libc::fstatvfs(fd, &mut fs) < 0 {
+            libc::close(fd);
+            return -1;
+        }
         let p = FdPath::new(fd, b"");
         let r = libc::mount(
             std::ptr::null(),
             p.as_ptr(),
             std::ptr::null(),
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | locked_flags(fs.f_flag),
             std::ptr::null(),
         );
         libc::close(fd);
@@ -822,13 +856,96 @@ unsafe fn remount_readonly(root: RawFd, rel: &CStr, bind_first: bool) -> libc::c
     }
 }
 
-const DEVICES: [(&CStr, u32, u32); 6] = [
-    (c"null", 1, 3),
-    (c"zero", 1, 5),
-    (c"full", 1, 7),
-    (c"random", 1, 8),
-    (c"urandom", 1, 9),
-    (c"tty", 5, 0),
+/// The `MS_*` mount flags matching the `ST_*` flags of `statfs().f_flags` that a bind
+/// remount must repeat (the values are the same bits).
+fn locked_flags(st: u64) -> libc::c_ulong {
+    const KEPT: [(u64, libc::c_ulong); 6] = [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ];
+    KEPT.iter()
+        .filter(|(st_flag, _)| st & st_flag != 0)
+        .fold(0, |acc, (_, ms)| acc | ms)
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+/// Rootless `/sys`: the host's, bound recursively at `sys` (whose mounts below, such as the
+/// cgroup hierarchies, come along), then made read-only with all those mounts when
+/// `readonly`; -1 on failure.
+unsafe fn bind_host_sys(root: RawFd, readonly: bool) -> libc::c_int {
+    // SAFETY: NUL-terminated constants; descriptors are ours; `attr` is a valid mount_attr of
+    // the size passed.
+    unsafe {
+        let fd = open_in_root(root, c"sys");
+        if fd < 0 {
+            return -1;
+        }
+        let at = FdPath::new(fd, b"");
+        let r = libc::mount(
+            c"/sys".as_ptr(),
+            at.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        );
+        libc::close(fd);
+        if r < 0 || !readonly {
+            return r;
+        }
+        let fd = open_in_root(root, c"sys");
+        if fd < 0 {
+            return -1;
+        }
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let r = libc::syscall(
+            libc::SYS_mount_setattr,
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        ) as libc::c_int;
+        libc::close(fd);
+        if r < 0 && errno() == libc::ENOSYS {
+            // Before Linux 5.12: only the top mount becomes read-only, as runc leaves it.
+            return remount_readonly(root, c"sys", false);
+        }
+        r
+    }
+}
+
+/// The device nodes of `/dev`: name, major, minor, and the host's node that is bound there
+/// in rootless mode.
+const DEVICES: [(&CStr, u32, u32, &CStr); 6] = [
+    (c"null", 1, 3, c"/dev/null"),
+    (c"zero", 1, 5, c"/dev/zero"),
+    (c"full", 1, 7, c"/dev/full"),
+    (c"random", 1, 8, c"/dev/random"),
+    (c"urandom", 1, 9, c"/dev/urandom"),
+    (c"tty", 5, 0, c"/dev/tty"),
 ];
 
 const DEV_LINKS: [(&CStr, &CStr); 6] = [
@@ -841,10 +958,38 @@ const DEV_LINKS: [(&CStr, &CStr); 6] = [
 ];
 
 /// Populates the fresh `/dev` tmpfs (`dev` is a descriptor of its root).
-unsafe fn populate_dev(dev: RawFd, shm_data: &CStr, report: RawFd) {
+unsafe fn populate_dev(dev: RawFd, shm_data: &CStr, rootless: bool, report: RawFd) {
     // SAFETY: NUL-terminated constants; `dev` is ours; paths lie in a tmpfs we just mounted.
     unsafe {
-        for (name, major, minor) in DEVICES {
+        for (name, major, minor, host) in DEVICES {
+            if rootless {
+                // A user namespace may not mknod a device: an empty file, and the host's node
+                // bound on it (as runc does rootless).
+                let f = check!(
+                    report,
+                    libc::openat(
+                        dev,
+                        name.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                        0o666
+                    ),
+                    Stage::DevNode
+                );
+                libc::close(f);
+                let at = FdPath::new(dev, name.to_bytes());
+                check!(
+                    report,
+                    libc::mount(
+                        host.as_ptr(),
+                        at.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null()
+                    ),
+                    Stage::DevNode
+                );
+                continue;
+            }
             check!(
                 report,
                 libc::mknodat(
@@ -1027,18 +1172,22 @@ unsafe fn child(plan: &Plan, fds: &ChildFds) -> ! {
             Stage::Dev
         );
         let dev = check!(report, open_in_root(root, c"dev"), Stage::Dev);
-        populate_dev(dev, &plan.shm_data, report);
+        populate_dev(dev, &plan.shm_data, plan.rootless, report);
         libc::close(dev);
         let sys_flags = if plan.sys_readonly {
             hardened | libc::MS_RDONLY
         } else {
             hardened
         };
-        check!(
-            report,
-            mount_fs_at(root, c"sys", c"sysfs", sys_flags, None),
-            Stage::Sys
-        );
+        if plan.bind_sys {
+            check!(report, bind_host_sys(root, plan.sys_readonly), Stage::Sys);
+        } else {
+            check!(
+                report,
+                mount_fs_at(root, c"sys", c"sysfs", sys_flags, None),
+                Stage::Sys
+            );
+        }
 
         for (i, m) in plan.mounts.iter().enumerate() {
             let target = check!(report, mountpoint(root, m), Stage::MountTarget, i);

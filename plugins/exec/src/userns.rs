@@ -1,0 +1,113 @@
+//! Rootless mode: kiln running as uid 0 of a user namespace (its own re-exec through the user's
+//! subordinate ids, or any other), where it holds every capability of that namespace but none
+//! of the host's. Both runtimes ask [`running_in_user_ns`] and then set the sandbox up as
+//! rootless runc does (docs/sandbox.md, "Rootless"): device nodes bound from the host's `/dev`
+//! (mknod is refused), `/sys` bound from the host when the step shares its network (sysfs can
+//! only be mounted by the owner of the network namespace), locked mount flags kept on
+//! read-only remounts, no cgroup it may not write.
+
+use std::sync::OnceLock;
+
+use crate::Error;
+
+/// Whether this process runs in a user namespace other than the initial one, as moby's
+/// `userns.RunningInUserNS`: `/proc/self/uid_map` is not the identity map of all 2^32 ids.
+/// Read once per process (a process cannot leave its user namespace).
+pub fn running_in_user_ns() -> bool {
+    static IN_USERNS: OnceLock<bool> = OnceLock::new();
+    *IN_USERNS.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/uid_map")
+            .map(|map| !is_initial_map(&map))
+            // No /proc/self/uid_map: a kernel without user namespaces, so the initial one.
+            .unwrap_or(false)
+    })
+}
+
+/// Whether `map` (the text of a `uid_map`) is the initial namespace's `0 0 4294967295`.
+fn is_initial_map(map: &str) -> bool {
+    let lines: Vec<Vec<&str>> = map
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|f: &Vec<&str>| !f.is_empty())
+        .collect();
+    matches!(lines.as_slice(), [only] if only.as_slice() == ["0", "0", "4294967295"])
+}
+
+/// The error for a step with resource limits whose cgroup could not be made: in a user
+/// namespace the v1 hierarchies (and a v2 tree not delegated to the user) belong to the host's
+/// root, so this says so instead of a bare "permission denied" on a cgroup path. Other errors,
+/// and every error outside a user namespace, are returned as they are.
+pub fn explain_cgroup_error(e: Error) -> Error {
+    if !running_in_user_ns() {
+        return e;
+    }
+    let denied = match &e {
+        Error::Io { source, .. } => matches!(
+            source.raw_os_error(),
+            Some(libc::EACCES | libc::EPERM | libc::EROFS)
+        ),
+        _ => false,
+    };
+    if !denied {
+        return e;
+    }
+    Error::Unsupported(format!(
+        "resource limits (--memory, --cpu-quota, --pids-limit) need root, or a cgroup v2 \
+         subtree delegated to the user running kiln: kiln runs rootless (in a user namespace) \
+         and may not create the step's cgroup ({e}); build without the limits, or as root"
+    ))
+}
+
+/// What to add to a sandbox setup error seen in a user namespace, for the failures whose
+/// cause is rootless mode itself; `None` for the others (and outside a user namespace).
+pub fn hint(errno: i32, what: Hint) -> Option<&'static str> {
+    if !running_in_user_ns() {
+        return None;
+    }
+    Some(match (what, errno) {
+        (Hint::Proc, libc::EPERM | libc::EACCES) => {
+            "kiln runs rootless (in a user namespace), where proc can be mounted only if the \
+             host's /proc is fully visible: it is partly hidden by mounts over it (as in a \
+             container); run kiln as root, or where /proc is not masked"
+        }
+        (Hint::Sys, libc::EPERM | libc::EACCES) => {
+            "kiln runs rootless (in a user namespace) and could neither mount sysfs nor bind the \
+             host's /sys; run kiln as root"
+        }
+        (Hint::Id, libc::EINVAL) => {
+            "kiln runs rootless (in a user namespace): only the ids mapped into it exist (0 and \
+             the subordinate ids of /etc/subuid and /etc/subgid, usually 1-65536)"
+        }
+        (Hint::Rlimit, libc::EPERM) => {
+            "kiln runs rootless (in a user namespace): a limit above kiln's own hard limit needs \
+             CAP_SYS_RESOURCE on the host"
+        }
+        _ => return None,
+    })
+}
+
+/// The setup steps [`hint`] knows rootless causes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hint {
+    /// Mounting `/proc`.
+    Proc,
+    /// Mounting (or binding) `/sys`.
+    Sys,
+    /// `setresuid`/`setresgid`/`setgroups` to an id of the image.
+    Id,
+    /// `setrlimit` of a `--ulimit` or of `RLIMIT_NOFILE`.
+    Rlimit,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_identity_map_of_all_ids_is_the_initial_namespace() {
+        assert!(is_initial_map("         0          0 4294967295\n"));
+        assert!(!is_initial_map("         0     200000      65536\n"));
+        assert!(!is_initial_map("0 1000 1\n1 100000 65536\n"));
+        assert!(!is_initial_map(""));
+    }
+}

@@ -215,17 +215,26 @@ impl Inputs<'_> {
     }
 
     /// Where the store lives when nothing says: /var/lib/kiln as root, else
-    /// ~/.local/share/kiln (as BuildKit's rootless default lives under the user's data dir).
+    /// `$XDG_DATA_HOME/kiln` or ~/.local/share/kiln (as BuildKit's rootless default lives under
+    /// the user's data dir). Rootless kiln's child is uid 0 in its user namespace but an
+    /// ordinary user on the host (rootless.rs): the user's store.
     fn default_root(&self) -> PathBuf {
-        let is_root = self.var("USER").is_some_and(|u| u == "root")
-            || std::fs::metadata("/proc/self")
-                .map(|m| {
-                    use std::os::unix::fs::MetadataExt;
-                    m.uid() == 0
-                })
-                .unwrap_or(false);
+        let rootless = crate::rootless::is_rootless_child(&|n| self.var(n));
+        let is_root = !rootless
+            && (self.var("USER").is_some_and(|u| u == "root")
+                || std::fs::metadata("/proc/self")
+                    .map(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        m.uid() == 0
+                    })
+                    .unwrap_or(false));
         if is_root {
             return PathBuf::from("/var/lib/kiln");
+        }
+        if let Some(dir) = self.var("XDG_DATA_HOME").map(PathBuf::from) {
+            if dir.is_absolute() {
+                return dir.join("kiln");
+            }
         }
         match self.var("HOME") {
             Some(h) => PathBuf::from(h).join(".local/share/kiln"),
@@ -960,6 +969,30 @@ mod tests {
         assert_eq!(c.gc, Setting::default(true));
         assert_eq!(c.gc_keep_storage, Setting::default(None));
         assert!(c.registries.is_empty());
+    }
+
+    #[test]
+    fn rootless_kiln_uses_the_users_store_though_it_is_uid_0_in_its_namespace() {
+        // The tests run as root (CI) or not: KILN_ROOTLESS=1 wins either way.
+        let mut env = Env::new();
+        env.vars.insert("KILN_ROOTLESS".to_owned(), "1".to_owned());
+        env.vars.insert("USER".to_owned(), "root".to_owned());
+        let c = env.load();
+        assert_eq!(c.root.value, env.dir.path().join("home/.local/share/kiln"));
+        assert_eq!(c.root.source, Source::Default);
+        // $XDG_DATA_HOME when absolute, as the XDG spec says; a relative one is ignored.
+        env.vars
+            .insert("XDG_DATA_HOME".to_owned(), "/data/u".to_owned());
+        assert_eq!(env.load().root.value, PathBuf::from("/data/u/kiln"));
+        env.vars
+            .insert("XDG_DATA_HOME".to_owned(), "rel".to_owned());
+        assert_eq!(
+            env.load().root.value,
+            env.dir.path().join("home/.local/share/kiln")
+        );
+        // Anything else than 1 is not the rootless child: root's store.
+        env.vars.insert("KILN_ROOTLESS".to_owned(), "0".to_owned());
+        assert_eq!(env.load().root.value, PathBuf::from("/var/lib/kiln"));
     }
 
     #[test]

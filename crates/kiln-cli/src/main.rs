@@ -20,6 +20,7 @@ mod output;
 mod output_spec;
 mod plugins;
 mod remote;
+mod rootless;
 mod serve;
 mod setup;
 mod verify;
@@ -284,12 +285,50 @@ fn main() -> ExitCode {
         eprintln!("ERROR: kiln hit an internal error: {msg}{at}; please report it");
     }));
     let cli = Cli::parse();
+    // Before any thread starts: an ordinary user's store commands run in a user namespace
+    // (rootless.rs); the parent only waits for the child that ran the command.
+    match rootless::enter(needs_store(&cli)) {
+        Ok(rootless::Entered::Continue) => {}
+        Ok(rootless::Entered::Exited(code)) => return code,
+        Err(e) => {
+            eprintln!("ERROR: {}", chain(&e));
+            return ExitCode::FAILURE;
+        }
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ERROR: {}", chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether the command reads or writes the store or runs steps, which rootless kiln does in
+/// a user namespace; `version`, `config`, registry commands and builds sent to a daemon
+/// (`--builder`) run as the user.
+fn needs_store(cli: &Cli) -> bool {
+    match &cli.command {
+        Command::Build(args) => !matches!(
+            builders::resolve(args.builder.as_deref()),
+            Ok(builders::Selected::Remote(_))
+        ),
+        Command::Du(_)
+        | Command::Prune(_)
+        | Command::Verify(_)
+        | Command::Serve(_)
+        | Command::Plugins {
+            command: PluginsCommand::Ls { .. },
+        } => true,
+        Command::Version
+        | Command::Config { .. }
+        | Command::Generate(_)
+        | Command::Setup { .. }
+        | Command::Imagetools { .. }
+        | Command::Builder { .. }
+        | Command::Plugins {
+            command: PluginsCommand::Push(_),
+        } => false,
     }
 }
 

@@ -7,7 +7,8 @@ use kiln_snapshot::{ReadView, Snapshot, Store};
 use crate::{io_err, Result};
 
 /// Copies the filesystem of `snapshot` into `dest` (created if needed), keeping modes,
-/// symlinks and mtimes; ownership is kept when running as root, as `docker buildx` does.
+/// symlinks and mtimes; ownership is kept when running as root, as `docker buildx` does (not
+/// by rootless kiln: the files are then the user's).
 pub fn export_local(store: &Store, snapshot: &Snapshot, dest: &Path) -> Result<()> {
     let view = ReadView::new(store, snapshot)?;
     fs::create_dir_all(dest).map_err(io_err(dest))?;
@@ -44,7 +45,9 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
             fs::set_permissions(&dst, fs::Permissions::from_mode(md.mode() & 0o7777))
                 .map_err(io_err(&dst))?;
         }
-        if nix::unistd::geteuid().is_root() {
+        // Rootless (uid 0 of a user namespace): the files are the user's, as BuildKit's
+        // client writes a local export as the user who runs it.
+        if nix::unistd::geteuid().is_root() && !kiln_snapshot::in_user_namespace() {
             let _ = std::os::unix::fs::lchown(&dst, Some(md.uid()), Some(md.gid()));
         }
         let mtime = std::time::UNIX_EPOCH

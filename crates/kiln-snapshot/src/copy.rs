@@ -21,7 +21,7 @@ use std::time::SystemTime;
 use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
-use crate::format::{is_opaque, is_whiteout, OPAQUE_XATTR};
+use crate::format::{is_opaque, is_overlay_xattr, is_whiteout, opaque_xattr};
 use crate::store::{LayerId, Store};
 use crate::{io_err, Result};
 
@@ -207,7 +207,7 @@ fn diff_dir(low: &Node, merged: &Path, upper: &Path, links: &mut Links) -> Resul
                 // A new directory where the lower one had something else, or had a directory
                 // that was deleted: nothing of the lower one may show through.
                 copy_tree(&m, &u, links)?;
-                xattr::set(&u, OPAQUE_XATTR, b"y").map_err(io_err("mark opaque", &u))?;
+                xattr::set(&u, opaque_xattr(), b"y").map_err(io_err("mark opaque", &u))?;
                 changed = true;
             }
             Some(l) => {
@@ -371,7 +371,7 @@ fn xattrs(path: &Path) -> Result<Vec<(OsString, Vec<u8>)>> {
     };
     let mut out = Vec::new();
     for name in names {
-        if name.to_string_lossy().starts_with("trusted.overlay.") {
+        if is_overlay_xattr(&name.to_string_lossy()) {
             continue;
         }
         if let Some(v) = xattr::get(path, &name).map_err(io_err("read xattr of", path))? {

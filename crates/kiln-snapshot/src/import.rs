@@ -30,7 +30,10 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 use xattr::FileExt;
 
-use crate::format::{is_image_xattr, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX};
+use crate::format::{
+    can_create_devices, is_image_xattr, opaque_xattr, unmapped_owner, OPAQUE_MARKER,
+    WHITEOUT_PREFIX,
+};
 use crate::layer_tar::Compression;
 use crate::store::{LayerBlob, LayerId, Store};
 use crate::tar_limits::{check_entry, shown_name, GuardedReader, HeaderGuard};
@@ -242,6 +245,8 @@ struct Extractor<'a> {
     root_path: &'a Path,
     blob: &'a Digest,
     is_root: bool,
+    /// Root on the host: device nodes can be created (not in a user namespace).
+    can_create_devices: bool,
     /// Regular files this tar created, the only valid hard link targets.
     files: HashSet<Vec<OsString>>,
     dirs: BTreeMap<Vec<OsString>, DirMeta>,
@@ -272,6 +277,7 @@ impl<'a> Extractor<'a> {
             root_path,
             blob,
             is_root: nix::unistd::geteuid().is_root(),
+            can_create_devices: can_create_devices(),
             files: HashSet::new(),
             dirs: BTreeMap::new(),
             notes: Vec::new(),
@@ -478,9 +484,10 @@ impl<'a> Extractor<'a> {
                 };
                 let dev = if sflag == SFlag::S_IFIFO {
                     0
-                } else if !self.is_root {
+                } else if !self.can_create_devices {
+                    // As moby's pkg/archive in a user namespace (rootless): skipped, noted.
                     self.notes.push(format!(
-                        "{}: device node skipped (creating devices needs root)",
+                        "{}: device node skipped (creating devices needs root on the host)",
                         self.entry
                     ));
                     return Ok(());
@@ -531,7 +538,7 @@ impl<'a> Extractor<'a> {
         if marker.as_bytes() == OPAQUE_MARKER.as_bytes() {
             let dir = self.open_dir(parents, true)?;
             fs::File::from(dir)
-                .set_xattr(OPAQUE_XATTR, b"y")
+                .set_xattr(opaque_xattr(), b"y")
                 .map_err(self.io("mark directory opaque"))?;
             return Ok(());
         }
@@ -646,6 +653,15 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
+    /// A failed chown; in a user namespace (rootless kiln) an owner outside its ids says so
+    /// instead of the kernel's bare EINVAL.
+    fn chown_err(&self, e: nix::Error, uid: u32, gid: u32) -> Error {
+        match (e, unmapped_owner(uid, gid)) {
+            (nix::Error::EINVAL, Some(why)) => self.bad(format!("owner {uid}:{gid}: {why}")),
+            _ => self.sys("chown")(e),
+        }
+    }
+
     fn set_meta_fd(
         &self,
         fd: BorrowedFd<'_>,
@@ -656,7 +672,7 @@ impl<'a> Extractor<'a> {
     ) -> Result<()> {
         if let Some((uid, gid)) = owner {
             fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-                .map_err(self.sys("chown"))?;
+                .map_err(|e| self.chown_err(e, uid, gid))?;
         }
         // After chown, which clears setuid/setgid bits.
         fchmod(fd, Mode::from_bits_truncate(mode)).map_err(self.sys("chmod"))?;
@@ -685,7 +701,7 @@ impl<'a> Extractor<'a> {
                 Some(Gid::from_raw(gid)),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
             )
-            .map_err(self.sys("chown"))?;
+            .map_err(|e| self.chown_err(e, uid, gid))?;
         }
         if let Some(mode) = mode {
             // Only devices and fifos get here; they are not symlinks, so following is moot.

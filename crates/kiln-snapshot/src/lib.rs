@@ -30,6 +30,12 @@ pub use mount_ns::{isolate_mounts, Isolation};
 pub use store::{BlobWriter, LayerBlob, LayerBuilder, LayerId, Snapshot, SnapshotterKind, Store};
 pub use view::{ReadView, WriteView};
 
+/// Whether this process runs in a user namespace (rootless kiln: uid 0 here is an ordinary
+/// user on the host), where device nodes cannot be created and overlay uses `userxattr`.
+pub fn in_user_namespace() -> bool {
+    format::user_namespace().is_some()
+}
+
 /// Errors of the snapshot layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

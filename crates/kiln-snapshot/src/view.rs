@@ -228,7 +228,19 @@ fn probe_conditions(store: &Store) -> Option<String> {
     let read = |p: &str| fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
     let release = read("/proc/sys/kernel/osrelease")?;
     let version = read("/proc/sys/kernel/version")?;
-    let userns = fs::read_link("/proc/self/ns/user").ok()?;
+    // Rootless kiln gets a new user namespace at every start: its maps, not its inode, are
+    // what the verdict depends on (else every start would probe again).
+    let userns = match crate::format::user_namespace() {
+        Some(_) => format!(
+            "maps {:?} {:?}",
+            read("/proc/self/uid_map")?,
+            read("/proc/self/gid_map")?
+        ),
+        None => fs::read_link("/proc/self/ns/user")
+            .ok()?
+            .display()
+            .to_string(),
+    };
     let status = fs::read_to_string("/proc/self/status").ok()?;
     let caps = status.lines().find(|l| l.starts_with("CapEff:"))?;
     // Absent without an LSM: that is a condition too.
@@ -237,8 +249,7 @@ fn probe_conditions(store: &Store) -> Option<String> {
     let dev = std::os::unix::fs::MetadataExt::dev(&fs::metadata(&tmp).ok()?);
     let fs_type = nix::sys::statfs::statfs(&tmp).ok()?.filesystem_type();
     Some(format!(
-        "overlay probe 1\nkernel {release} {version}\nuserns {}\n{caps}\neuid {}\nlsm {lsm}\nfs {fs_type:?} dev {dev}\n",
-        userns.display(),
+        "overlay probe 1\nkernel {release} {version}\nuserns {userns}\n{caps}\neuid {}\nlsm {lsm}\nfs {fs_type:?} dev {dev}\n",
         nix::unistd::geteuid(),
     ))
 }
@@ -326,6 +337,20 @@ fn lowerdirs(store: &Store, layers: &[LayerId]) -> String {
 }
 
 fn overlay(target: &Path, opts: &str, flags: MsFlags) -> Result<()> {
+    // In a user namespace (rootless kiln) overlay cannot use trusted.* xattrs: `userxattr`
+    // (Linux 5.11) makes it keep its bookkeeping, and read opaque dirs, in user.overlay.*.
+    let with_userxattr;
+    // There `redirect_dir=off` conflicts with it (off still follows redirects, which would
+    // need trusted.*): `nofollow` neither makes nor follows them.
+    let opts = if crate::format::user_namespace().is_some() {
+        with_userxattr = format!(
+            "{},userxattr",
+            opts.replace("redirect_dir=off", "redirect_dir=nofollow")
+        );
+        with_userxattr.as_str()
+    } else {
+        opts
+    };
     mount(Some("overlay"), target, Some("overlay"), flags, Some(opts)).map_err(|source| {
         Error::Mount {
             what: format!("overlay on {} ({opts})", target.display()),

@@ -324,6 +324,11 @@ pub(super) fn extract(
                 fs::hard_link(&existing, &target).map_err(|e| io_err("link", e))?;
                 continue; // A hard link shares its target's metadata.
             }
+            // In a user namespace (rootless kiln) the kernel refuses device nodes: skipped, as
+            // moby's pkg/archive does there.
+            tar::EntryType::Char | tar::EntryType::Block if kiln_snapshot::in_user_namespace() => {
+                continue
+            }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let (flag, dev) = match kind {
                     tar::EntryType::Char => (SFlag::S_IFCHR, device(header)),

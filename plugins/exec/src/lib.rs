@@ -98,10 +98,10 @@ pub fn execute(req: PrimitiveRequest, sink: &dyn Sink) -> Result<PrimitiveRespon
         sink.log(LogLevel::Warn, w);
     }
     let (step, stubs) = Step::prepare(req, injected)?;
-    let result = match runtime {
+    let result = userns::check_step(&step).and_then(|()| match runtime {
         Runtime::Runc => runc::run(&step, sink),
         _ => sandbox::run(&step, sink),
-    };
+    });
     for problem in stubs.cleanup() {
         sink.log(LogLevel::Warn, &problem);
     }

@@ -6,8 +6,11 @@
 //! only be mounted by the owner of the network namespace), locked mount flags kept on
 //! read-only remounts, no cgroup it may not write.
 
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::OnceLock;
 
+use crate::step::Step;
 use crate::Error;
 
 /// Whether this process runs in a user namespace other than the initial one, as moby's
@@ -21,6 +24,99 @@ pub fn running_in_user_ns() -> bool {
             // No /proc/self/uid_map: a kernel without user namespaces, so the initial one.
             .unwrap_or(false)
     })
+}
+
+/// Refuses, before anything starts, a step that a user namespace cannot run as asked: a uid
+/// or gid (of `USER` or a group of it) that the namespace does not map — the kernel would
+/// answer EINVAL deep in the setup — and a CDI device node that the user running kiln may
+/// not open (in rootless mode the step gets the host's node bound, with the host's
+/// permissions: no capability of the namespace opens it).
+pub fn check_step(step: &Step) -> Result<(), Error> {
+    if !running_in_user_ns() {
+        return Ok(());
+    }
+    static MAPS: OnceLock<(Vec<Extent>, Vec<Extent>)> = OnceLock::new();
+    let (uids, gids) = MAPS.get_or_init(|| {
+        let read = |f: &str| parse_map(&std::fs::read_to_string(f).unwrap_or_default());
+        (read("/proc/self/uid_map"), read("/proc/self/gid_map"))
+    });
+    let unmapped = |kind: &str, id: u32, map: &[Extent]| {
+        Error::Unsupported(format!(
+            "the step runs with {kind} {id}, which kiln's user namespace does not map: kiln runs \
+             rootless, where only the {kind}s {} exist (0 is the user running kiln, the others \
+             come from /etc/subuid and /etc/subgid); use a smaller id in the image, or run kiln \
+             as root",
+            describe(map)
+        ))
+    };
+    if !is_mapped(uids, step.user.uid) {
+        return Err(unmapped("uid", step.user.uid, uids));
+    }
+    for gid in std::iter::once(&step.user.gid).chain(&step.user.sgids) {
+        if !is_mapped(gids, *gid) {
+            return Err(unmapped("gid", *gid, gids));
+        }
+    }
+    for node in &step.devices {
+        let path = CString::new(node.host_path.as_os_str().as_bytes()).map_err(|_| {
+            Error::InvalidInput(format!("{} contains a NUL byte", node.host_path.display()))
+        })?;
+        // SAFETY: access on a NUL-terminated path.
+        let can = |mode| unsafe { libc::access(path.as_ptr(), mode) } == 0;
+        if !can(libc::R_OK) && !can(libc::W_OK) {
+            return Err(Error::Unsupported(format!(
+                "the device {} (host node {}) cannot be given to the step: kiln runs rootless \
+                 (in a user namespace), where the step gets the host's node with the host's \
+                 permissions, and the user running kiln may neither read nor write it; give \
+                 that user access to the device (its group or a udev rule), or run kiln as root",
+                node.path,
+                node.host_path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One line of an id map: `inside` up to `inside + count` (exclusive) are mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Extent {
+    inside: u64,
+    count: u64,
+}
+
+fn parse_map(map: &str) -> Vec<Extent> {
+    map.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().map(str::parse::<u64>);
+            let inside = f.next()?.ok()?;
+            let _outside = f.next()?.ok()?;
+            let count = f.next()?.ok()?;
+            Some(Extent { inside, count })
+        })
+        .collect()
+}
+
+fn is_mapped(map: &[Extent], id: u32) -> bool {
+    let id = u64::from(id);
+    map.iter()
+        .any(|e| id >= e.inside && id - e.inside < e.count)
+}
+
+/// `0-65535` (or `0, 1000-1999`) for a message.
+fn describe(map: &[Extent]) -> String {
+    let parts: Vec<String> = map
+        .iter()
+        .filter(|e| e.count > 0)
+        .map(|e| match e.count {
+            1 => e.inside.to_string(),
+            n => format!("{}-{}", e.inside, e.inside + n - 1),
+        })
+        .collect();
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// Whether `map` (the text of a `uid_map`) is the initial namespace's `0 0 4294967295`.
@@ -109,5 +205,13 @@ mod tests {
         assert!(!is_initial_map("         0     200000      65536\n"));
         assert!(!is_initial_map("0 1000 1\n1 100000 65536\n"));
         assert!(!is_initial_map(""));
+    }
+
+    #[test]
+    fn ids_are_mapped_within_the_extents() {
+        let map = parse_map("         0       1000          1\n         1     100000      65536\n");
+        assert_eq!(describe(&map), "0, 1-65536");
+        assert!(is_mapped(&map, 0) && is_mapped(&map, 65536));
+        assert!(!is_mapped(&map, 65537) && !is_mapped(&map, u32::MAX));
     }
 }

@@ -32,6 +32,8 @@ const HOST_BASE: u32 = 200_000;
 const RUNTIME_VAR: &str = "KILN_EXEC_ROOTLESS_RUNTIME";
 /// Set in the namespace's child: a directory the outer test reads after it (owned by 200000).
 const KEEP_VAR: &str = "KILN_EXEC_ROOTLESS_KEEP";
+/// In the kept directory: a copy of /dev/null owned by the host's root, mode 0600.
+const PRIVATE_NODE: &str = "private-null";
 /// Set in the namespace's child: the static syscall helper, built by the outer test.
 const HELPER_VAR: &str = "KILN_EXEC_ROOTLESS_HELPER";
 
@@ -45,6 +47,17 @@ fn in_user_ns(case: &str, runtime: Runtime) -> tempfile::TempDir {
     }
     let keep = tempfile::tempdir().unwrap();
     std::os::unix::fs::chown(keep.path(), Some(HOST_BASE), Some(HOST_BASE)).unwrap();
+    // A device node only the host's root may open, for the CDI case.
+    let node = std::ffi::CString::new(
+        keep.path()
+            .join(PRIVATE_NODE)
+            .as_os_str()
+            .as_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: mknod on a NUL-terminated path.
+    let made = unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
+    assert_eq!(made, 0, "mknod: {}", std::io::Error::last_os_error());
 
     // A holder process in the new user and mount namespaces: it says `ready` once they exist
     // and lives until its stdin closes, while the case runs in them.
@@ -130,6 +143,8 @@ rootless_cases!(
     read_only_bind_of_a_host_directory,
     limits_need_root,
     insecure_gets_the_namespaces_capabilities,
+    unmapped_user_is_refused_clearly,
+    devices_are_bound_and_unopenable_ones_refused,
 );
 
 /// What the host sees after a case: the file chowned to 1000 inside belongs to 201000 here
@@ -403,6 +418,74 @@ mod inner {
         assert_eq!(out[0], format!("CapEff:\t{:016x}", common::own_cap_bnd()));
         assert_eq!(out[1], "mounted");
         assert!(out[2].ends_with("Operation not permitted"), "{out:?}");
+    }
+
+    /// A uid the namespace does not map (only 0-65535 exist in it): refused before the step
+    /// starts, naming the id and rootless mode.
+    #[test]
+    #[ignore = "run in a user namespace by the outer tests"]
+    fn unmapped_user_is_refused_clearly() {
+        let root = rootfs();
+        let mut req = sh(&root, "true");
+        exec_op(&mut req).user = "70000:0".into();
+        req.runtime = runtime();
+        let err = execute(req, &Recorder::new()).unwrap_err().to_string();
+        assert!(
+            err.contains("uid 70000") && err.contains("rootless") && err.contains("0-65535"),
+            "{err}"
+        );
+        // A mapped one runs.
+        let root = rootfs();
+        let mut req = sh(&root, "id -u");
+        exec_op(&mut req).user = "65535:65535".into();
+        assert_eq!(run_req(req), (0, vec!["65535".to_owned()]));
+    }
+
+    /// `RUN --device`: a CDI node is the host's, bound (no mknod in a user namespace), and
+    /// works; one the user running kiln may not open is refused with a message saying why.
+    #[test]
+    #[ignore = "run in a user namespace by the outer tests"]
+    fn devices_are_bound_and_unopenable_ones_refused() {
+        let keep = PathBuf::from(std::env::var(KEEP_VAR).unwrap());
+        let specs = tempfile::tempdir().unwrap();
+        std::fs::write(
+            specs.path().join("kiln.yaml"),
+            format!(
+                "cdiVersion: \"0.6.0\"\nkind: kiln.dev/test\ndevices:\n\
+                 - name: zero\n  containerEdits:\n    deviceNodes:\n    \
+                 - path: /dev/kilnzero\n      hostPath: /dev/zero\n\
+                 - name: private\n  containerEdits:\n    deviceNodes:\n    \
+                 - path: /dev/kilnprivate\n      hostPath: {}\n",
+                keep.join(PRIVATE_NODE).display()
+            ),
+        )
+        .unwrap();
+        // The case runs alone in its process (--test-threads=1).
+        std::env::set_var("KILN_CDI_SPEC_DIRS", specs.path());
+        let device = |name: &str| kiln_plugin_sdk::graph::Device {
+            name: format!("kiln.dev/test={name}"),
+            required: true,
+        };
+
+        let root = rootfs();
+        let mut req = sh(
+            &root,
+            "head -c 3 /dev/kilnzero | wc -c; stat -c '%t:%T' /dev/kilnzero",
+        );
+        exec_op(&mut req).devices = vec![device("zero")];
+        assert_eq!(run_req(req), (0, vec!["3".to_owned(), "1:5".to_owned()]));
+
+        let root = rootfs();
+        let mut req = sh(&root, "true");
+        exec_op(&mut req).devices = vec![device("private")];
+        req.runtime = runtime();
+        let err = execute(req, &Recorder::new()).unwrap_err().to_string();
+        assert!(
+            err.contains("/dev/kilnprivate")
+                && err.contains("rootless")
+                && err.contains("neither read nor write"),
+            "{err}"
+        );
     }
 }
 

@@ -9,6 +9,9 @@
 #[macro_use]
 mod common;
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+
 use common::{exec_op, require_runc, sh, Recorder, Rootfs};
 use kiln_exec::{execute, Error};
 use kiln_plugin_sdk::proto::{Runtime, StepLimits};
@@ -68,9 +71,19 @@ fn leftovers() -> Vec<String> {
     let prefix = format!("{}-", std::process::id());
     let mut out = Vec::new();
     let hierarchies = std::fs::read_dir("/sys/fs/cgroup").unwrap();
-    for h in hierarchies.flatten() {
-        let c = h.file_name().to_string_lossy().into_owned();
-        if let Ok(dir) = std::fs::read_dir(h.path().join("kiln")) {
+    // v1 hierarchies (and a hybrid host's `unified`), or a v2 host's parent of the step cgroups.
+    let mut parents: Vec<(String, std::path::PathBuf)> = hierarchies
+        .flatten()
+        .map(|h| (h.file_name().to_string_lossy().into_owned(), h.path()))
+        .collect();
+    if let Some(base) = v2_base() {
+        parents.push((
+            base.clone(),
+            std::path::Path::new("/sys/fs/cgroup").join(base.trim_start_matches('/')),
+        ));
+    }
+    for (c, h) in parents {
+        if let Ok(dir) = std::fs::read_dir(h.join("kiln")) {
             for e in dir.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.starts_with(&prefix) {
@@ -98,11 +111,24 @@ fn limits(memory: Option<u64>, cpu_quota: Option<u64>, pids: Option<u64>) -> Ste
 fn the_step_runs_in_its_own_cgroup() {
     let runtime = Runtime::Embedded;
     let (r, out) = run(
-        "grep -E ':(memory|cpu|pids):' /proc/self/cgroup",
+        "cat /proc/self/cgroup",
         limits(Some(256 << 20), Some(50_000), Some(100)),
         runtime,
     );
     assert_eq!(r.unwrap(), 0, "{out:?}");
+    if let Some(base) = v2_base() {
+        let line = out
+            .iter()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or_else(|| panic!("no 0:: line in {out:?}"));
+        let want = format!(
+            "{}/kiln/{}-",
+            base.trim_end_matches('/'),
+            std::process::id()
+        );
+        assert!(line.starts_with(&want), "{line} is not in {want}*");
+        return;
+    }
     for c in ["memory", "cpu", "pids"] {
         let line = out
             .iter()
@@ -117,6 +143,21 @@ fn the_step_runs_in_its_own_cgroup() {
             "{c}: {line}"
         );
     }
+}
+
+/// On a cgroup v2 host, the cgroup below which kiln (this process) puts its steps: its own,
+/// or the parent of the `init` leaf it moved itself to. `None` on v1.
+fn v2_base() -> Option<String> {
+    if !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        return None;
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    Some(match own.strip_suffix("/init") {
+        Some("") => "/".to_owned(),
+        Some(parent) => parent.to_owned(),
+        None => own.to_owned(),
+    })
 }
 
 fn memory_over_the_limit_is_an_oom_error_naming_it(runtime: Runtime) {
@@ -154,13 +195,124 @@ fn pids_limit_stops_forks(runtime: Runtime) {
 fn no_limits_no_cgroup(runtime: Runtime) {
     let (r, out) = run("cat /proc/self/cgroup", StepLimits::default(), runtime);
     assert_eq!(r.unwrap(), 0);
-    assert!(!out.iter().any(|l| l.contains("/kiln/")), "{out:?}");
+    // On v2 every step gets a cgroup of its own, limits or not (the `v2_*` cases).
+    let v2 = v2_base().is_some();
+    assert!(
+        !out.iter()
+            .any(|l| l.contains("/kiln/") && !(v2 && l.starts_with("0::"))),
+        "{out:?}"
+    );
+}
+
+/// The step's cgroup files hold the limits while it runs: on v1 (this host) and on a v2 host
+/// alike. The step blocks in `cat /gate` (a FIFO) until the test, whose open for writing
+/// returns once the step has it open, has read them.
+fn limits_are_in_the_cgroup_files_while_the_step_runs(runtime: Runtime) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let root = Rootfs::busybox();
+    let gate = root.merged.join("gate");
+    let c_gate = std::ffi::CString::new(gate.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_gate.as_ptr(), 0o600) }, 0);
+    let mut req = sh(&root, "cat /gate && echo released");
+    req.limits = limits(Some(64 << 20), Some(20_000), Some(50));
+    req.runtime = runtime;
+    let _ = exec_op(&mut req);
+    let step_gate = gate.clone();
+    let step = std::thread::spawn(move || {
+        let rec = Recorder::new();
+        let r = execute(req, &rec).map(|resp| resp.exit_code.unwrap());
+        // A step that failed before opening the gate must not leave the test blocked in its
+        // open for writing: a reader of our own releases it.
+        let _reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&step_gate);
+        let mut lines = rec.stdout();
+        lines.extend(rec.stderr());
+        (r, lines)
+    });
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&gate).unwrap();
+    let files = limit_files();
+    let _ = writer.write_all(b"go\n");
+    drop(writer);
+    let (r, out) = step.join().unwrap();
+    assert_eq!(r.unwrap(), 0, "{out:?}");
+    assert!(out.iter().any(|l| l == "released"), "{out:?}");
+    let expected: &[(&str, &str)] = if v2_base().is_some() {
+        &[
+            ("memory.max", "67108864"),
+            ("cpu.max", "20000 100000"),
+            ("pids.max", "50"),
+        ]
+    } else {
+        &[
+            ("memory.limit_in_bytes", "67108864"),
+            ("cpu.cfs_quota_us", "20000"),
+            ("cpu.cfs_period_us", "100000"),
+            ("pids.max", "50"),
+        ]
+    };
+    for (file, value) in expected {
+        assert_eq!(
+            files
+                .iter()
+                .find(|(f, _)| f == file)
+                .map(|(_, v)| v.as_str()),
+            Some(*value),
+            "{file} in {files:?}"
+        );
+    }
+    if let Some((_, swap)) = files.iter().find(|(f, _)| f == "memory.swap.max") {
+        assert_eq!(
+            swap, "67108864",
+            "docker's --memory alone allows as much swap"
+        );
+    }
+    assert!(leftovers().is_empty(), "cgroups left: {:?}", leftovers());
+}
+
+/// `(file, contents)` of the limit files of this process's step cgroup (one step at a time):
+/// v1's memory, cpu and pids hierarchies, or v2's `<base>/kiln/<pid>-<n>`.
+fn limit_files() -> Vec<(String, String)> {
+    let cgroup = std::path::Path::new("/sys/fs/cgroup");
+    let dirs: Vec<std::path::PathBuf> = if let Some(base) = v2_base() {
+        vec![cgroup.join(base.trim_start_matches('/')).join("kiln")]
+    } else {
+        ["memory", "cpu", "pids"]
+            .iter()
+            .map(|h| cgroup.join(h).join("kiln"))
+            .collect()
+    };
+    let prefix = format!("{}-", std::process::id());
+    let mut out = Vec::new();
+    for parent in dirs {
+        for step in std::fs::read_dir(&parent).unwrap().flatten() {
+            if !step.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            for file in [
+                "memory.max",
+                "memory.swap.max",
+                "cpu.max",
+                "pids.max",
+                "memory.limit_in_bytes",
+                "cpu.cfs_quota_us",
+                "cpu.cfs_period_us",
+            ] {
+                if let Ok(v) = std::fs::read_to_string(step.path().join(file)) {
+                    out.push((file.to_owned(), v.trim().to_owned()));
+                }
+            }
+        }
+    }
+    out
 }
 
 both_runtimes!(
     memory_over_the_limit_is_an_oom_error_naming_it,
     pids_limit_stops_forks,
     no_limits_no_cgroup,
+    limits_are_in_the_cgroup_files_while_the_step_runs,
 );
 
 // --- the cgroup v2 path, on this host's controller-less cgroup2 mount --------------------------

@@ -78,6 +78,13 @@ pub struct ProvenanceOptions {
     pub builder_id: Option<String>,
     /// `reproducible=true`.
     pub reproducible: bool,
+    /// `inline-only=true`: only outputs that carry attestations inside the image (an index)
+    /// get it; a filesystem output (`type=local`, `type=tar`) writes no file of it. buildx's
+    /// default provenance is inline-only.
+    pub inline_only: bool,
+    /// `filename=`: its file's name in a filesystem output (BuildKit's default
+    /// `provenance.json`).
+    pub filename: Option<String>,
 }
 
 /// The attestations a build asks for.
@@ -174,13 +181,24 @@ impl Flags {
                                 opts.reproducible = parse_bool(v)
                                     .ok_or_else(|| bad(bool_why(&format!("{k}={v}"))))?
                             }
-                            // Place options of BuildKit's local/tar exporters: kiln writes
-                            // attestations into images only.
-                            "inline-only" | "filename" => {}
+                            "inline-only" => {
+                                opts.inline_only = parse_bool(v)
+                                    .ok_or_else(|| bad(bool_why(&format!("{k}={v}"))))?
+                            }
+                            "filename" => {
+                                // A name, not a path: BuildKit keeps its base name only.
+                                let base = v.rsplit('/').next().unwrap_or_default();
+                                if base.is_empty() || base == "." || base == ".." {
+                                    return Err(bad(format!(
+                                        "filename {v:?}: expected a file name"
+                                    )));
+                                }
+                                opts.filename = Some(base.to_owned());
+                            }
                             _ => {
                                 return Err(bad(format!(
                                     "unknown provenance option {k:?} (known: mode, version, \
-                                     builder-id, reproducible)"
+                                     builder-id, reproducible, inline-only, filename)"
                                 )))
                             }
                         }
@@ -222,12 +240,14 @@ impl Flags {
 
     /// The attestations of a build: what the flags ask for; with no flag about provenance, it
     /// is on in `mode=min` when the build pushes, as buildx turns it on by default (kiln only
-    /// for pushes, so that other outputs stay what they were).
+    /// for pushes, so that other outputs stay what they were), and `inline-only` as buildx's
+    /// (`mode=min,inline-only=true`): a filesystem output of the same build gets no file of it.
     pub fn request(&self, pushes: bool) -> Request {
         let provenance = match &self.provenance {
             Some(p) => p.clone(),
             None => pushes.then(|| ProvenanceOptions {
                 mode: Mode::Min,
+                inline_only: true,
                 ..Default::default()
             }),
         };
@@ -281,6 +301,17 @@ mod tests {
         assert_eq!(Flags::default().request(false), Request::default());
         let pushed = Flags::default().request(true).provenance.unwrap();
         assert_eq!(pushed.mode, Mode::Min);
+        assert!(
+            pushed.inline_only,
+            "buildx's default is mode=min,inline-only=true"
+        );
+        let named = Flags::parse(Some("filename=x/prov.json,inline-only=false"), None, &[])
+            .unwrap()
+            .request(false)
+            .provenance
+            .unwrap();
+        assert_eq!(named.filename.as_deref(), Some("prov.json"));
+        assert!(!named.inline_only);
         let off = Flags::parse(Some("false"), None, &[]).unwrap();
         assert!(off.request(true).provenance.is_none());
 

@@ -193,6 +193,7 @@ mod tests {
             version: SlsaVersion::V02,
             builder_id: Some("https://b.test".into()),
             reproducible: false,
+            ..Default::default()
         };
         let (t, p) = predicate(&opts, &info());
         assert_eq!(t, PREDICATE_SLSA_V02);

@@ -37,8 +37,6 @@ pub struct Plan {
     /// `--provenance`, `--sbom`, `--attest`, with buildx's default (provenance `mode=min`
     /// when pushing, unless `BUILDX_NO_DEFAULT_ATTESTATIONS` is set).
     pub attest: kiln_engine::Attestations,
-    /// Whether a flag asked for attestations (a remote builder cannot make them yet).
-    pub attest_asked: bool,
 }
 
 impl Plan {
@@ -135,6 +133,26 @@ impl Plan {
             .as_ref()
             .is_some_and(Option::is_some)
             || attest_flags.sbom == Some(true);
+        // buildx refuses attestations asked of its docker exporter (a docker archive holds
+        // one image manifest, not the index they live in), with these words; the default
+        // provenance of a push is inline-only and simply not loaded.
+        if attest_asked {
+            match exports
+                .iter()
+                .find(|e| matches!(e, Export::Docker { .. } | Export::Load { .. }))
+            {
+                Some(Export::Docker { .. }) => bail!(
+                    "docker exporter does not support exporting manifest lists, use the oci \
+                     exporter instead (--provenance, --sbom and --attest make an image index)"
+                ),
+                Some(_) => bail!(
+                    "docker exporter does not currently support exporting manifest lists \
+                     (--provenance, --sbom and --attest make an image index: build without them \
+                     to --load, or use --output type=oci)"
+                ),
+                None => {}
+            }
+        }
         let req = BuildRequest {
             context,
             dockerfile,
@@ -247,7 +265,6 @@ impl Plan {
             call,
             created,
             attest,
-            attest_asked,
         };
         Ok((plan, req))
     }

@@ -24,13 +24,10 @@ pub fn build(
             builder.name
         );
     };
+    // The attestations travel as the client decided them (buildx's default provenance of a
+    // push and BUILDX_NO_DEFAULT_ATTESTATIONS are read here, as buildx reads them); a daemon
+    // that cannot make them is refused by the client before the build.
     let (mut plan, mut req) = Plan::from_args(settings, args)?;
-    if plan.attest_asked {
-        bail!(
-            "--provenance, --sbom and --attest are not supported with a remote builder yet: \
-             build locally (without --builder) to attach attestations"
-        );
-    }
     // `--ssh ID=KEYFILE`: as for a local build, the keys go into an agent of this machine
     // whose socket the relay serves to the daemon, as `--ssh ID=SOCKET`; no key leaves here.
     // The agents live until the build ends (dropped with `_agents`).
@@ -125,13 +122,17 @@ pub fn build(
                     addr: Address::parse(&n.endpoint.to_string())?,
                     tls: client_tls(n),
                     plugins: plugins.clone(),
+                    attest: plan.attest.clone(),
                 });
             }
             let name = &builder.name;
             return kiln_server::multinode::build(name, nodes, &req, registry, progress, cancel)
                 .await;
         }
-        let mut client = connect(node).await?.with_plugins(plugins);
+        let mut client = connect(node)
+            .await?
+            .with_plugins(plugins)
+            .with_attestations(plan.attest.clone());
         match &url {
             Some(u) => {
                 client

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use kiln_attest::sbom::Found;
 use kiln_attest::{BuildInfo, Material, Request, Subject};
-use kiln_export::{Image, ImageFormat, ImageIndex, Statement};
+use kiln_export::{AttestationFile, Image, ImageFormat, ImageIndex, Statement};
 use kiln_graph::{Definition, Op, SourceOp};
 use kiln_snapshot::{ReadView, Snapshot, Store};
 use kiln_types::Platform;
@@ -169,6 +169,9 @@ pub(crate) struct Attester {
     names: Vec<String>,
     /// The SBOM's `created` time (`SOURCE_DATE_EPOCH` when set).
     created: String,
+    /// When the attestation files of a filesystem output were made: `SOURCE_DATE_EPOCH` when
+    /// set, else the build's time to the second (BuildKit's).
+    mtime: std::time::SystemTime,
     /// Each result's packages, by its top layer: one scan per result for every export.
     scanned: Mutex<HashMap<Option<String>, Found>>,
 }
@@ -185,15 +188,17 @@ impl Attester {
         if !request.any() {
             return None;
         }
-        let created = kiln_types::image::rfc3339_utc(
-            epoch.map_or_else(now, |e| i64::try_from(e).unwrap_or(i64::MAX)),
-        );
+        let secs = epoch.map_or_else(now, |e| i64::try_from(e).unwrap_or(i64::MAX));
+        let created = kiln_types::image::rfc3339_utc(secs);
+        let mtime = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or_default());
         Some(Attester {
             request: request.clone(),
             info,
             materials,
             names,
             created,
+            mtime,
             scanned: Mutex::new(HashMap::new()),
         })
     }
@@ -210,25 +215,92 @@ impl Attester {
         let subjects = Subject::of_image(&self.names, &platform, image.manifest.digest);
         let mut out = Vec::new();
         if let Some(opts) = &self.request.provenance {
-            let mut info = self.info.clone();
-            info.materials = self.materials.get(nth).cloned().unwrap_or_default();
-            info.finished_on = Some(now());
-            let (kind, predicate) = kiln_attest::provenance::predicate(opts, &info);
-            out.push(to_statement(kiln_attest::statement::statement(
-                &subjects, kind, predicate,
-            )));
+            out.push(to_statement(self.provenance(opts, nth, &subjects)));
         }
         if self.request.sbom {
-            let found = self.packages(store, snapshot)?;
-            let name = self.names.first().map_or("sbom", String::as_str);
-            let doc = kiln_attest::sbom::spdx_document(name, &found, &self.created);
-            out.push(to_statement(kiln_attest::statement::statement(
-                &subjects,
-                kiln_attest::PREDICATE_SPDX,
-                doc,
-            )));
+            out.push(to_statement(self.sbom(store, snapshot, &subjects)?));
         }
         Ok(out)
+    }
+
+    /// The provenance statement of the `nth` platform's result about `subjects`.
+    fn provenance(
+        &self,
+        opts: &kiln_attest::ProvenanceOptions,
+        nth: usize,
+        subjects: &[Subject],
+    ) -> kiln_attest::InToto {
+        let mut info = self.info.clone();
+        info.materials = self.materials.get(nth).cloned().unwrap_or_default();
+        info.finished_on = Some(now());
+        let (kind, predicate) = kiln_attest::provenance::predicate(opts, &info);
+        kiln_attest::statement::statement(subjects, kind, predicate)
+    }
+
+    /// The SBOM statement of the result `snapshot` about `subjects`.
+    fn sbom(
+        &self,
+        store: &Store,
+        snapshot: &Snapshot,
+        subjects: &[Subject],
+    ) -> Result<kiln_attest::InToto, Error> {
+        let found = self.packages(store, snapshot)?;
+        let name = self.names.first().map_or("sbom", String::as_str);
+        let doc = kiln_attest::sbom::spdx_document(name, &found, &self.created);
+        Ok(kiln_attest::statement::statement(
+            subjects,
+            kiln_attest::PREDICATE_SPDX,
+            doc,
+        ))
+    }
+
+    /// The attestation files of a filesystem output (`type=local`, `type=tar`) of the `nth`
+    /// platform's result `snapshot`, as BuildKit's local exporter writes them: each statement
+    /// about every regular file of the result (its path and sha256), indented, named
+    /// `provenance.json` (or the `filename=` asked) and `sbom.spdx.json`. An `inline-only`
+    /// provenance (buildx's default) writes none. Empty when there is nothing to write.
+    pub(crate) fn files(
+        &self,
+        store: &Store,
+        nth: usize,
+        snapshot: &Snapshot,
+    ) -> Result<Vec<AttestationFile>, Error> {
+        let provenance = self.request.provenance.as_ref().filter(|o| !o.inline_only);
+        if provenance.is_none() && !self.request.sbom {
+            return Ok(Vec::new());
+        }
+        let subjects: Vec<Subject> = {
+            let view = ReadView::new(store, snapshot)?;
+            kiln_export::file_subjects(view.path())?
+                .into_iter()
+                .map(|(name, digest)| Subject {
+                    name: Some(name),
+                    digest,
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        if let Some(opts) = provenance {
+            out.push(AttestationFile {
+                name: opts
+                    .filename
+                    .clone()
+                    .unwrap_or_else(|| kiln_export::PROVENANCE_FILE.to_owned()),
+                bytes: indented(&self.provenance(opts, nth, &subjects).bytes),
+            });
+        }
+        if self.request.sbom {
+            out.push(AttestationFile {
+                name: kiln_export::SBOM_FILE.to_owned(),
+                bytes: indented(&self.sbom(store, snapshot, &subjects)?.bytes),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The time the attestation files are dated.
+    pub(crate) fn mtime(&self) -> std::time::SystemTime {
+        self.mtime
     }
 
     /// The packages of `snapshot`'s files, scanned once.
@@ -283,6 +355,13 @@ impl Attester {
             store, images, &stmts, format,
         )?)
     }
+}
+
+/// A statement as BuildKit writes it to a file: JSON indented by two spaces.
+fn indented(bytes: &[u8]) -> Vec<u8> {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .and_then(|v| serde_json::to_vec_pretty(&v))
+        .unwrap_or_else(|_| bytes.to_vec())
 }
 
 fn to_statement(s: kiln_attest::InToto) -> Statement {

@@ -122,6 +122,19 @@ fn check_blobs(store: &Store, image: &Image) -> Result<(), Error> {
     Ok(())
 }
 
+/// The attestation files of a filesystem output of `snapshot` and their time, when the build
+/// writes any.
+fn files_of(
+    cx: &ExportContext<'_>,
+    snapshot: &Snapshot,
+) -> Result<Option<(Vec<kiln_export::AttestationFile>, std::time::SystemTime)>, Error> {
+    let Some(a) = cx.attester else {
+        return Ok(None);
+    };
+    let files = a.files(cx.store, 0, snapshot)?;
+    Ok((!files.is_empty()).then(|| (files, a.mtime())))
+}
+
 /// One attempt at every export of `snapshot`.
 fn run_once(
     cx: &ExportContext<'_>,
@@ -208,8 +221,20 @@ fn run_once(
                     cx.progress,
                 )?
             }
-            Export::Local { dest } => kiln_export::export_local(cx.store, snapshot, dest)?,
-            Export::Tar { dest } => kiln_export::export_tar(cx.store, snapshot, dest)?,
+            // Attestations become files beside the result's (BuildKit's local and tar
+            // exporters), when any is not inline-only.
+            Export::Local { dest } => match files_of(cx, snapshot)? {
+                Some((files, t)) => {
+                    kiln_export::export_local_attested(cx.store, snapshot, dest, &files, t)?
+                }
+                None => kiln_export::export_local(cx.store, snapshot, dest)?,
+            },
+            Export::Tar { dest } => match files_of(cx, snapshot)? {
+                Some((files, t)) => {
+                    kiln_export::export_tar_attested(cx.store, snapshot, dest, &files, t)?
+                }
+                None => kiln_export::export_tar(cx.store, snapshot, dest)?,
+            },
         }
     }
     Ok((first, first_index))

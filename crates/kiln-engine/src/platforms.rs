@@ -371,12 +371,13 @@ impl Engine {
                         first.get_or_insert(idx.descriptor);
                     }
                     Export::Local { dest } => {
-                        for b in &built {
+                        for (nth, b) in built.iter().enumerate() {
                             let dir = dest.join(platform_dir(&b.platform));
                             kiln_export::export_local(&store, &b.snapshot, &dir)?;
+                            write_attestations(&store, attester.as_deref(), nth, b, &dir)?;
                         }
                     }
-                    Export::Tar { dest } => export_tar(&store, &built, dest)?,
+                    Export::Tar { dest } => export_tar(&store, &built, attester.as_deref(), dest)?,
                     Export::Docker { .. } | Export::Load { .. } => {
                         return Err(Error::Unsupported(DOCKER_MULTI_PLATFORM.into()))
                     }
@@ -400,17 +401,43 @@ impl Engine {
 /// (`linux_amd64/...`), as BuildKit's tar exporter writes a multi-platform result. Each
 /// platform's tree is exported into a scratch directory of the store, then the whole is
 /// written as one tar.
-fn export_tar(store: &Store, built: &[Built], dest: &kiln_export::TarDest) -> Result<(), Error> {
+fn export_tar(
+    store: &Store,
+    built: &[Built],
+    attester: Option<&crate::attest::Attester>,
+    dest: &kiln_export::TarDest,
+) -> Result<(), Error> {
     let scratch = store.temp_dir("multi-platform-tar")?;
     let res = (|| -> Result<(), Error> {
         let root = scratch.join("root");
-        for b in built {
-            kiln_export::export_local(store, &b.snapshot, &root.join(platform_dir(&b.platform)))?;
+        for (nth, b) in built.iter().enumerate() {
+            let dir = root.join(platform_dir(&b.platform));
+            kiln_export::export_local(store, &b.snapshot, &dir)?;
+            write_attestations(store, attester, nth, b, &dir)?;
         }
         Ok(kiln_export::export_tar_dir(&root, dest)?)
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     res
+}
+
+/// The attestation files of the `nth` platform's result `b`, into its directory `dir` of a
+/// filesystem output (`linux_amd64/provenance.json`, as BuildKit splits them by platform).
+fn write_attestations(
+    store: &Store,
+    attester: Option<&crate::attest::Attester>,
+    nth: usize,
+    b: &Built,
+    dir: &std::path::Path,
+) -> Result<(), Error> {
+    let Some(a) = attester else {
+        return Ok(());
+    };
+    let files = a.files(store, nth, &b.snapshot)?;
+    if !files.is_empty() {
+        kiln_export::write_attestation_files(dir, &files, a.mtime())?;
+    }
+    Ok(())
 }
 
 /// Pushes an index to each of `names`, as BuildKit does: each platform's manifest with its

@@ -8,6 +8,7 @@
 //! byte-identical files (sorted entries, fixed tar metadata, no timestamps invented here).
 
 mod attest;
+mod attest_files;
 mod docker;
 mod format;
 mod image;
@@ -20,6 +21,10 @@ pub use attest::{
     assemble_attested_index, attestation_manifest, Statement, ANNOTATION_PREDICATE_TYPE,
     ANNOTATION_REFERENCE_DIGEST, ANNOTATION_REFERENCE_TYPE, MEDIA_TYPE_IN_TOTO,
     REFERENCE_TYPE_ATTESTATION,
+};
+pub use attest_files::{
+    export_local_attested, export_tar_attested, file_subjects, write_attestation_files,
+    AttestationFile, PROVENANCE_FILE, SBOM_FILE,
 };
 pub use docker::{docker_daemon_answers, export_docker, load_docker, load_docker_tarball};
 pub use format::{Annotation, AnnotationKind, CompressionKind, ImageFormat};

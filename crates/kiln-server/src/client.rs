@@ -60,6 +60,9 @@ pub struct Client {
     addr: Address,
     /// Sent with each build request.
     plugins: PluginFlags,
+    /// The attestations of each build (`--provenance`, `--sbom`, `--attest` and buildx's
+    /// default, decided by the client).
+    attest: kiln_engine::Attestations,
 }
 
 /// A build's `--plugin` references and `--allow-plugin` patterns (with kiln.toml's
@@ -133,6 +136,7 @@ impl Client {
                 .max_encoding_message_size(4 * CHUNK),
             addr: addr.clone(),
             plugins: Default::default(),
+            attest: Default::default(),
         })
     }
 
@@ -141,6 +145,14 @@ impl Client {
     /// without a digest: the daemon applies them to these builds only.
     pub fn with_plugins(mut self, plugins: PluginFlags) -> Self {
         self.plugins = plugins;
+        self
+    }
+
+    /// The attestations the daemon attaches to the images of each build of this client, as a
+    /// local build attaches them (the client decided buildx's default provenance of a push).
+    /// A daemon that does not make them is refused before the build.
+    pub fn with_attestations(mut self, attest: kiln_engine::Attestations) -> Self {
+        self.attest = attest;
         self
     }
 
@@ -364,9 +376,9 @@ impl Client {
                 _ => None,
             })
             .collect();
-        if req.run_options.limits.any() {
+        if wire::needs_features(req, &self.attest) {
             let features = self.info().await?.features;
-            wire::check_features(req, &features, &self.addr.to_string())?;
+            wire::check_features(req, &self.attest, &features, &self.addr.to_string())?;
         }
         let mut request = wire::request_to_wire(
             req,
@@ -380,6 +392,7 @@ impl Client {
         request.context_file = context_file;
         request.dockerfile_ignore = dockerfile_ignore;
         request.plugins = self.plugins.pull.clone();
+        request.attestations = wire::attestations_to_wire(&self.attest);
         request.allow_plugins = self.plugins.allow.clone();
         // The build file's place in the main local context, if it lies there: the daemon
         // reads it from its mirror (a stable path: `--explain-cache` finds the last build).

@@ -49,6 +49,10 @@ pub struct Node {
     /// The build's `--plugin` / `--allow-plugin`: each node's daemon pulls the plugins for
     /// its own platform, into its own store.
     pub plugins: PluginFlags,
+    /// The build's attestations: each node attests the images of its platforms, and the
+    /// client's index lists each image's attestation manifest after the images, as one
+    /// machine's does.
+    pub attest: kiln_engine::Attestations,
 }
 
 /// A node and, once needed, its connection: as buildx boots only the nodes a build uses when
@@ -66,7 +70,8 @@ impl Dialled {
             self.client = Some(
                 Client::connect_with(&self.node.addr, tls)
                     .await?
-                    .with_plugins(self.node.plugins.clone()),
+                    .with_plugins(self.node.plugins.clone())
+                    .with_attestations(self.node.attest.clone()),
             );
         }
         Ok(self.client.as_mut().expect("connected above"))
@@ -488,13 +493,9 @@ async fn push_index(
     for (name, _, sub, outcome) in done {
         let mut manifests = Vec::new();
         match (&outcome.image, &outcome.index) {
-            (Some((manifest, _)), _) => {
-                let mut d = manifest.clone();
-                d.platform = Some(sub.platform.normalize());
-                manifests.push(d);
-            }
-            // A node of several platforms pushed an index of its own: its entries.
-            (None, Some(index)) => {
+            // A node of several platforms, or of attested images, pushed an index of its
+            // own: its entries (images and attestation manifests).
+            (_, Some(index)) => {
                 let by_digest = Reference {
                     tag: None,
                     digest: Some(index.digest),
@@ -513,6 +514,11 @@ async fn push_index(
                         why: format!("its index {}: {e}", index.digest),
                     })?;
                 manifests.extend(doc.manifests);
+            }
+            (Some((manifest, _)), None) => {
+                let mut d = manifest.clone();
+                d.platform = Some(sub.platform.normalize());
+                manifests.push(d);
             }
             (None, None) => {
                 return Err(Error::Node {

@@ -810,6 +810,8 @@ impl Session {
         }
         // `--plugin` and `--allow-plugin` of this client: for this build only.
         let plugin_flags = (request.plugins.clone(), request.allow_plugins.clone());
+        // The attestations, applied as a local build applies them.
+        let attest = wire::attestations_from_wire(request.attestations.clone())?;
         let req = wire::request_from_wire(request, &placed, &provided, &ssh_socks)?;
         drop(provided);
 
@@ -894,7 +896,9 @@ impl Session {
                     req.context = p.context().to_owned();
                     req.dockerfile = p.dockerfile().to_owned();
                 }
-                let result = engine.build(req, progress, self.cancel.clone()).await;
+                let result = engine
+                    .build_attested(req, attest, progress, self.cancel.clone())
+                    .await;
                 // What the client shows lines of: a failure's, a `--check`'s.
                 let lines_shown = match &result {
                     Err(_) => true,

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use kiln_api::v1 as pb;
 use kiln_engine::{
-    Annotation, ArgState, BuildRequest, CacheCompression, CacheExport, CacheImport, CacheLocation,
-    CacheMode, Call, Cause, CompressionKind, Entitlement, ExecRuntime, Export, FileChange,
-    HostEntry, ImageFormat, Miss, NetworkMode, RunOptions, SecretSource, SshSource, Status,
-    StepLimits, Ulimit, UlimitResource,
+    Annotation, ArgState, Attestations, BuildRequest, CacheCompression, CacheExport, CacheImport,
+    CacheLocation, CacheMode, Call, Cause, CompressionKind, Entitlement, ExecRuntime, Export,
+    FileChange, HostEntry, ImageFormat, Miss, NetworkMode, RunOptions, SecretSource, SshSource,
+    Status, StepLimits, Ulimit, UlimitResource,
 };
 use kiln_solver::Event;
 use kiln_types::image::Descriptor;
@@ -134,16 +134,29 @@ pub fn output_to_wire(e: &Export) -> Result<pb::Output, crate::Error> {
 /// `cpu_quota` and `pids_limit`.
 pub const STEP_LIMITS_FEATURE: &str = "step-limits";
 
+/// The `InfoResponse.features` name of a daemon that applies `BuildRequest.attestations`.
+pub const ATTESTATIONS_FEATURE: &str = "attestations";
+
 /// What this daemon applies beyond the first release of the wire (`InfoResponse.features`).
 pub fn features() -> Vec<String> {
-    vec![STEP_LIMITS_FEATURE.to_owned()]
+    vec![
+        STEP_LIMITS_FEATURE.to_owned(),
+        ATTESTATIONS_FEATURE.to_owned(),
+    ]
+}
+
+/// Whether a request with these limits and attestations needs to know the daemon's features.
+pub fn needs_features(req: &BuildRequest, attest: &Attestations) -> bool {
+    req.run_options.limits.any() || attest.any()
 }
 
 /// Refuses a request the daemon at `addr`, which applies `features`, would run with less than
 /// asked: a daemon that predates a field drops it without a word, so limits sent to one would
-/// leave the steps unlimited.
+/// leave the steps unlimited, and attestations sent to one would be missing from the image
+/// (a push's default provenance included: buildx's default, decided here).
 pub fn check_features(
     req: &BuildRequest,
+    attest: &Attestations,
     features: &[String],
     addr: &str,
 ) -> Result<(), crate::Error> {
@@ -153,7 +166,82 @@ pub fn check_features(
              (an older kiln): upgrade it, or build without the limits"
         )));
     }
+    if attest.any() && !features.iter().any(|f| f == ATTESTATIONS_FEATURE) {
+        let why = if attest.provenance.as_ref().is_some_and(|p| p.inline_only) && !attest.sbom {
+            "a push gets provenance by default, as with buildx: upgrade it, or turn the default \
+             off with --provenance=false or BUILDX_NO_DEFAULT_ATTESTATIONS=1"
+        } else {
+            "upgrade it, or build without --provenance, --sbom and --attest"
+        };
+        return Err(crate::Error::Unsupported(format!(
+            "the kiln server at {addr} does not make attestations (an older kiln): {why}"
+        )));
+    }
     Ok(())
+}
+
+/// The attestations of a build, for the wire (`None` when there are none).
+pub fn attestations_to_wire(a: &Attestations) -> Option<pb::Attestations> {
+    if !a.any() {
+        return None;
+    }
+    Some(pb::Attestations {
+        provenance: a.provenance.as_ref().map(|p| pb::Provenance {
+            mode_max: p.mode == kiln_attest::Mode::Max,
+            version: match p.version {
+                kiln_attest::SlsaVersion::V1 => "v1",
+                kiln_attest::SlsaVersion::V02 => "v0.2",
+            }
+            .to_owned(),
+            builder_id: p.builder_id.clone(),
+            reproducible: p.reproducible,
+            inline_only: p.inline_only,
+            filename: p.filename.clone(),
+        }),
+        sbom: a.sbom,
+    })
+}
+
+/// The attestations a client asked for: the daemon's half of [`attestations_to_wire`].
+pub fn attestations_from_wire(w: Option<pb::Attestations>) -> Result<Attestations, Invalid> {
+    let Some(w) = w else {
+        return Ok(Attestations::default());
+    };
+    let provenance = match w.provenance {
+        None => None,
+        Some(p) => Some(kiln_attest::ProvenanceOptions {
+            mode: if p.mode_max {
+                kiln_attest::Mode::Max
+            } else {
+                kiln_attest::Mode::Min
+            },
+            version: match p.version.as_str() {
+                "v1" | "" => kiln_attest::SlsaVersion::V1,
+                "v0.2" => kiln_attest::SlsaVersion::V02,
+                other => {
+                    return Err(invalid(format!(
+                        "provenance version {other:?}: expected v1 or v0.2"
+                    )))
+                }
+            },
+            builder_id: p.builder_id,
+            reproducible: p.reproducible,
+            inline_only: p.inline_only,
+            filename: match p.filename {
+                // A name beside the result's files, never a path out of the output.
+                Some(f) if f.is_empty() || f.contains('/') || f == "." || f == ".." => {
+                    return Err(invalid(format!(
+                        "provenance filename {f:?}: not a file name"
+                    )))
+                }
+                f => f,
+            },
+        }),
+    };
+    Ok(Attestations {
+        provenance,
+        sbom: w.sbom,
+    })
 }
 
 pub fn request_to_wire(
@@ -214,6 +302,8 @@ pub fn request_to_wire(
         memory: req.run_options.limits.memory,
         cpu_quota: req.run_options.limits.cpu_quota,
         pids_limit: req.run_options.limits.pids,
+        // Set by the client (`Client::with_attestations`): not part of the engine's request.
+        attestations: None,
         ulimits: req
             .run_options
             .ulimits
@@ -853,26 +943,99 @@ mod tests {
                 &BTreeMap::new(),
             )
         };
-        assert!(check_features(&req, &[], "tcp://old:1234").is_ok());
+        let none = Attestations::default();
+        assert!(check_features(&req, &none, &[], "tcp://old:1234").is_ok());
         req.run_options.limits = StepLimits {
             memory: Some(32 << 20),
             cpu_quota: Some(50_000),
             pids: Some(16),
         };
-        let err = check_features(&req, &[], "tcp://old:1234")
+        let err = check_features(&req, &none, &[], "tcp://old:1234")
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("--pids-limit") && err.contains("tcp://old:1234"),
             "{err}"
         );
-        assert!(check_features(&req, &features(), "tcp://new:1234").is_ok());
+        assert!(check_features(&req, &none, &features(), "tcp://new:1234").is_ok());
         // The limits are on the wire (tests/e2e/tests/limits.rs sees a daemon apply them).
         let w = send(&req).unwrap();
         assert_eq!(
             (w.memory, w.cpu_quota, w.pids_limit),
             (Some(32 << 20), Some(50_000), Some(16))
         );
+    }
+
+    #[test]
+    fn attestations_travel_whole_and_only_to_a_daemon_that_makes_them() {
+        let req = BuildRequest {
+            context: "/ctx".into(),
+            dockerfile: "/ctx/Dockerfile".into(),
+            frontend: None,
+            build_args: BTreeMap::new(),
+            target: None,
+            no_cache: false,
+            platform: platform("linux/amd64").unwrap(),
+            platforms: Vec::new(),
+            exports: Vec::new(),
+            tags: Vec::new(),
+            secrets: BTreeMap::new(),
+            build_contexts: BTreeMap::new(),
+            runtime: ExecRuntime::Embedded,
+            ssh: BTreeMap::new(),
+            network: NetworkMode::Default,
+            allow: Default::default(),
+            run_options: Default::default(),
+            no_cache_filter: Vec::new(),
+            labels: BTreeMap::new(),
+            call: None,
+            cache_to: Vec::new(),
+            cache_from: Vec::new(),
+            explain_cache: false,
+        };
+        let asked = Attestations {
+            provenance: Some(kiln_attest::ProvenanceOptions {
+                mode: kiln_attest::Mode::Max,
+                version: kiln_attest::SlsaVersion::V02,
+                builder_id: Some("https://b.test/x".into()),
+                reproducible: true,
+                inline_only: false,
+                filename: Some("prov.json".into()),
+            }),
+            sbom: true,
+        };
+        let back = attestations_from_wire(attestations_to_wire(&asked)).unwrap();
+        assert_eq!(back, asked);
+        // buildx's default provenance of a push (mode=min, inline-only) travels as it is.
+        let default = kiln_attest::Flags::default().request(true);
+        let back = attestations_from_wire(attestations_to_wire(&default)).unwrap();
+        assert_eq!(back, default);
+        assert!(attestations_to_wire(&Attestations::default()).is_none());
+        assert_eq!(
+            attestations_from_wire(None).unwrap(),
+            Attestations::default()
+        );
+
+        // An old daemon (no "attestations" feature) would drop them: refused, saying how.
+        assert!(needs_features(&req, &asked));
+        assert!(!needs_features(&req, &Attestations::default()));
+        let err = check_features(&req, &asked, &["step-limits".into()], "tcp://old:1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not make attestations") && err.contains("--provenance"),
+            "{err}"
+        );
+        let err = check_features(&req, &default, &[], "tcp://old:1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("BUILDX_NO_DEFAULT_ATTESTATIONS=1"), "{err}");
+        assert!(check_features(&req, &asked, &features(), "tcp://new:1").is_ok());
+
+        // A file name that would leave the output is refused by the daemon.
+        let mut w = attestations_to_wire(&asked).unwrap();
+        w.provenance.as_mut().unwrap().filename = Some("../../etc/x".into());
+        assert!(attestations_from_wire(Some(w)).is_err());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Attestations (issue 13 item 4), as buildx attaches them: `--provenance`, `--sbom` and
 //! `--attest` put an in-toto statement per image into an attestation manifest of the image
 //! index (`vnd.docker.reference.type=attestation-manifest`, platform `unknown/unknown`), for
-//! `type=oci` and for pushes; a push gets `mode=min` provenance by default; docker outputs and
-//! builds that ask for nothing get none. The statements are checked structurally as
+//! `type=oci` and for pushes; a push gets `mode=min` provenance by default; builds that ask for
+//! nothing get none; asked of a docker output they are refused (buildx's words); `type=local`
+//! and `type=tar` get them as files (`provenance.json`, `sbom.spdx.json`) about every file. The statements are checked structurally as
 //! slsa-verifier reads provenance, and the SBOM against the SPDX 2.3 schema's rules.
 #![allow(clippy::unwrap_used)]
 
@@ -330,12 +331,33 @@ fn docker_outputs_and_builds_asking_nothing_get_no_attestation() {
     let ctx = k.write("ctx", &[("Dockerfile", "FROM bb\nRUN echo hi > /hi\n")]);
     let out = k.path("docker.tar");
     let dest = format!("type=docker,dest={}", out.display());
-    build(
+    // Asked of a docker output, attestations are refused as buildx refuses them (its docker
+    // exporter cannot write the index they live in), before anything is built.
+    let r = build(
         &k,
         &ctx,
         &["--provenance=true", "--sbom=true", "--output", &dest],
     )
-    .ok();
+    .fails();
+    assert!(
+        r.stderr.contains(
+            "docker exporter does not support exporting manifest lists, use the oci exporter \
+             instead"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+    // `--load` (no docker daemon needed: refused first), with buildx's other wording.
+    let r = build(&k, &ctx, &["--sbom=true", "--load"]).fails();
+    assert!(
+        r.stderr
+            .contains("docker exporter does not currently support exporting manifest lists"),
+        "{}",
+        r.stderr
+    );
+    // `--provenance=false` asks for nothing: the docker output is written.
+    build(&k, &ctx, &["--provenance=false", "--output", &dest]).ok();
     let dir = k.path("docker");
     std::fs::create_dir_all(&dir).unwrap();
     tool(
@@ -648,4 +670,243 @@ fn check_spdx_2_3(doc: &Value) {
         assert!(ids.contains(&s(r, "relatedSpdxElement")), "{r}");
         assert!(!s(r, "relationshipType").is_empty());
     }
+}
+
+/// The attestation file `name` of a filesystem output at `dir`: an in-toto statement whose
+/// subjects are exactly the output's regular files (paths relative to the output, sha256 of
+/// each), as BuildKit's local exporter writes it.
+fn file_statement(dir: &Path, name: &str, kind: &str) -> Value {
+    let path = dir.join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // Indented, as BuildKit's json.MarshalIndent writes it.
+    assert!(text.starts_with("{\n  \""), "{text}");
+    let s = json(&text);
+    assert_eq!(s["_type"], "https://in-toto.io/Statement/v1", "{s}");
+    assert_eq!(s["predicateType"], kind, "{s}");
+    assert!(s["predicate"].is_object(), "{s}");
+    let subjects: Vec<(String, String)> = s["subject"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["name"].as_str().unwrap().to_owned(),
+                x["digest"]["sha256"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    // Every regular file of the result but the attestation files, by relative path.
+    let mut files = Vec::new();
+    walk_files(dir, "", &mut files);
+    files.retain(|p| p != "provenance.json" && p != "sbom.spdx.json" && p != "prov.json");
+    // One sha256sum for them all, run in the output so that it prints the relative paths.
+    let mut args = vec!["--"];
+    args.extend(files.iter().map(String::as_str));
+    let out = std::process::Command::new("sha256sum")
+        .args(&args)
+        .current_dir(dir)
+        .output()
+        .expect("sha256sum (coreutils) is needed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: Vec<(String, String)> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (hex, path) = l.split_once("  ").unwrap();
+            (path.to_owned(), hex.to_owned())
+        })
+        .collect();
+    assert_eq!(subjects.len(), want.len(), "{s}");
+    assert_eq!(subjects, want);
+    s
+}
+
+fn walk_files(root: &Path, rel: &str, out: &mut Vec<String>) {
+    let mut names: Vec<_> = std::fs::read_dir(root.join(rel))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for n in names {
+        let p = if rel.is_empty() {
+            n
+        } else {
+            format!("{rel}/{n}")
+        };
+        let md = std::fs::symlink_metadata(root.join(&p)).unwrap();
+        if md.is_dir() {
+            walk_files(root, &p, out);
+        } else if md.is_file() {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn local_and_tar_outputs_get_provenance_and_sbom_files_about_their_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
+    let ctx = k.write("ctx", &[("Dockerfile", DOCKERFILE)]);
+    let out = k.path("local");
+    let dest = format!("type=local,dest={}", out.display());
+    let flags = [
+        "--provenance",
+        "mode=max",
+        "--sbom=true",
+        "--build-arg",
+        "VERSION=4.5.6",
+        "--secret",
+        "id=token,env=ATTEST_TOKEN",
+    ];
+    let mut args = flags.to_vec();
+    args.extend(["--output", &dest]);
+    build(&k, &ctx, &args).ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("version")).unwrap(),
+        "v=4.5.6\n"
+    );
+    let prov = file_statement(&out, "provenance.json", SLSA_V1);
+    // The subjects name the result's files, `version` among them.
+    assert!(
+        prov["subject"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == "version"),
+        "{prov}"
+    );
+    let (request, deps) = check_v1(&prov["predicate"]);
+    assert_eq!(request["args"]["build-arg:VERSION"], "4.5.6", "{prov}");
+    assert_eq!(request["secrets"][0]["id"], "token", "{prov}");
+    let base = busybox_digest();
+    assert!(
+        deps.iter()
+            .any(|d| format!("sha256:{}", d["digest"]["sha256"].as_str().unwrap()) == base),
+        "{deps:?}"
+    );
+    let sbom = file_statement(&out, "sbom.spdx.json", SPDX);
+    assert_eq!(sbom["predicate"]["spdxVersion"], "SPDX-2.3", "{sbom}");
+    for f in ["provenance.json", "sbom.spdx.json"] {
+        let md = std::fs::metadata(out.join(f)).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o600, "{f}");
+        let bytes = std::fs::read(out.join(f)).unwrap();
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "the secret's value is in {f}"
+        );
+    }
+
+    // type=tar: the same two files at the top of the tar, beside the result's files.
+    let tarball = k.path("out.tar");
+    let dest = format!("type=tar,dest={}", tarball.display());
+    let mut args = flags.to_vec();
+    args.extend(["--output", &dest]);
+    build(&k, &ctx, &args).ok();
+    let listing = tool("tar", &["-tvf", tarball.to_str().unwrap()]);
+    for f in ["provenance.json", "sbom.spdx.json", "version"] {
+        assert!(
+            listing.lines().any(|l| l.ends_with(&format!(" {f}"))),
+            "{f} not in the tar:\n{listing}"
+        );
+    }
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("-rw-------") && l.ends_with(" provenance.json")),
+        "{listing}"
+    );
+    let unpacked = k.path("unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    tool(
+        "tar",
+        &[
+            "-xf",
+            tarball.to_str().unwrap(),
+            "-C",
+            unpacked.to_str().unwrap(),
+        ],
+    );
+    let prov = file_statement(&unpacked, "provenance.json", SLSA_V1);
+    assert_eq!(
+        check_v1(&prov["predicate"]).0["args"]["build-arg:VERSION"],
+        "4.5.6"
+    );
+
+    // `filename=` names the file; `inline-only` (buildx's default provenance) writes none;
+    // a build asking for nothing writes only the result's files.
+    for (flag, present) in [
+        ("mode=min,filename=prov.json", Some("prov.json")),
+        ("mode=min,inline-only=true", None),
+        ("false", None),
+    ] {
+        let out = k.path(&format!("local-{}", flag.replace([',', '='], "-")));
+        let dest = format!("type=local,dest={}", out.display());
+        build(
+            &k,
+            &ctx,
+            &[
+                "--provenance",
+                flag,
+                "--secret",
+                "id=token,env=ATTEST_TOKEN",
+                "--output",
+                &dest,
+            ],
+        )
+        .ok();
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json"))
+            .collect();
+        names.sort();
+        assert_eq!(names, present.into_iter().collect::<Vec<_>>(), "{flag}");
+        if let Some(f) = present {
+            file_statement(&out, f, SLSA_V1);
+        }
+    }
+}
+
+#[test]
+fn each_platform_directory_of_a_local_output_gets_its_provenance() {
+    let k = Kiln::new(&["kiln-frontend-dockerfile", "kiln-exec"]);
+    let ctx = k.write(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch\nARG TARGETARCH\nCOPY $TARGETARCH.txt /arch.txt\n",
+            ),
+            ("amd64.txt", "amd64\n"),
+            ("arm64.txt", "arm64\n"),
+        ],
+    );
+    let out = k.path("local");
+    let dest = format!("type=local,dest={}", out.display());
+    build(
+        &k,
+        &ctx,
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--provenance=true",
+            "--output",
+            &dest,
+        ],
+    )
+    .ok();
+    for arch in ["amd64", "arm64"] {
+        let dir = out.join(format!("linux_{arch}"));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("arch.txt")).unwrap(),
+            format!("{arch}\n")
+        );
+        let s = file_statement(&dir, "provenance.json", SLSA_V1);
+        assert_eq!(s["subject"].as_array().unwrap().len(), 1, "{s}");
+    }
+    assert!(!out.join("provenance.json").exists());
 }

@@ -270,8 +270,30 @@ fn is_index(media_type: &str) -> bool {
 }
 
 /// The manifests of `targets`, in that order, taken from the nodes' images (`node`'s name,
-/// its images): the image of each platform, found by its descriptor's platform.
+/// its images): the image of each platform, found by its descriptor's platform; then the
+/// attestation manifest of each of those images (`vnd.docker.reference.digest` naming it),
+/// in the same order, as the engine lays out an attested index of several platforms.
 pub(crate) fn in_platform_order(
+    targets: &[Platform],
+    nodes: &[(String, Vec<Descriptor>)],
+) -> Result<Vec<Descriptor>, Error> {
+    let images = images_in_platform_order(targets, nodes)?;
+    let attestations: Vec<Descriptor> = images
+        .iter()
+        .flat_map(|image| {
+            let want = image.digest.to_string();
+            nodes.iter().flat_map(|(_, ms)| ms.iter()).filter(move |d| {
+                d.annotations.get(kiln_export::ANNOTATION_REFERENCE_TYPE)
+                    == Some(&kiln_export::REFERENCE_TYPE_ATTESTATION.to_owned())
+                    && d.annotations.get(kiln_export::ANNOTATION_REFERENCE_DIGEST) == Some(&want)
+            })
+        })
+        .cloned()
+        .collect();
+    Ok(images.into_iter().chain(attestations).collect())
+}
+
+fn images_in_platform_order(
     targets: &[Platform],
     nodes: &[(String, Vec<Descriptor>)],
 ) -> Result<Vec<Descriptor>, Error> {

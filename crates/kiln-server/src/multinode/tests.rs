@@ -250,6 +250,42 @@ fn a_platform_missing_from_the_results_is_an_error() {
     assert!(err.contains("no image for linux/arm64"), "{err}");
 }
 
+#[test]
+fn each_images_attestation_manifest_follows_the_images_in_platform_order() {
+    let amd = image("linux/amd64", &[b"x"]).0;
+    let arm = image("linux/arm64", &[b"y"]).0;
+    let att = |of: &Descriptor, body: &[u8]| {
+        let mut d = Descriptor::new(MEDIA_TYPE_MANIFEST, Digest::of(body), body.len() as u64);
+        d.platform = Some("unknown/unknown".parse().unwrap());
+        d.annotations.insert(
+            kiln_export::ANNOTATION_REFERENCE_TYPE.to_owned(),
+            kiln_export::REFERENCE_TYPE_ATTESTATION.to_owned(),
+        );
+        d.annotations.insert(
+            kiln_export::ANNOTATION_REFERENCE_DIGEST.to_owned(),
+            of.digest.to_string(),
+        );
+        d
+    };
+    let (att_amd, att_arm) = (att(&amd, b"amd att"), att(&arm, b"arm att"));
+    // Each node's attested index: its image, then the image's attestation manifest.
+    let got = in_platform_order(
+        &[p("linux/amd64"), p("linux/arm64")],
+        &[
+            ("b".to_owned(), vec![arm.clone(), att_arm.clone()]),
+            ("a".to_owned(), vec![amd.clone(), att_amd.clone()]),
+        ],
+    )
+    .unwrap();
+    let digests: Vec<Digest> = got.iter().map(|d| d.digest).collect();
+    assert_eq!(
+        digests,
+        [amd.digest, arm.digest, att_amd.digest, att_arm.digest],
+        "images first, then their attestations, as one machine's index"
+    );
+    assert_eq!(got[2].annotations, att_amd.annotations);
+}
+
 /// Collects events.
 #[derive(Default)]
 struct Seen(Mutex<Vec<Event<Digest>>>);

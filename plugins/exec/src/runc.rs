@@ -156,6 +156,8 @@ pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
         if let Some(message) = runc_errors(&log) {
             return Err(if message.contains("executable file not found") {
                 Error::NotFound(message)
+            } else if let Some(hint) = rootless_hint(&message) {
+                Error::Runc(format!("{message}; {hint}"))
             } else {
                 Error::Runc(message)
             });
@@ -264,6 +266,22 @@ fn runc_errors(log: &Path) -> Option<String> {
         .filter_map(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_owned))
         .collect();
     (!messages.is_empty()).then(|| messages.join("; "))
+}
+
+/// Why runc failed, when the cause is kiln's user namespace (see `userns::hint`): a refused
+/// mount of proc or sysfs.
+fn rootless_hint(message: &str) -> Option<&'static str> {
+    if !message.contains("operation not permitted") {
+        return None;
+    }
+    let what = if message.contains("mounting \"proc\"") {
+        crate::userns::Hint::Proc
+    } else if message.contains("mounting \"sysfs\"") || message.contains("to rootfs at \"/sys\"") {
+        crate::userns::Hint::Sys
+    } else {
+        return None;
+    };
+    crate::userns::hint(libc::EPERM, what)
 }
 
 fn oci_error(e: oci_spec::OciSpecError) -> Error {

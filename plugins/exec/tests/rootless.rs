@@ -60,9 +60,18 @@ fn in_user_ns(case: &str, runtime: Runtime) -> tempfile::TempDir {
     assert_eq!(made, 0, "mknod: {}", std::io::Error::last_os_error());
 
     // A holder process in the new user and mount namespaces: it says `ready` once they exist
-    // and lives until its stdin closes, while the case runs in them.
+    // and lives until its stdin closes, while the case runs in them. For the case about a
+    // partly hidden /proc, first (as the host's root, in a mount namespace of its own) a file
+    // of /proc is covered, as container runtimes mask some: such mounts are locked in the
+    // user namespace's copy.
+    let hold = "exec unshare --user --mount -- sh -c 'echo ready; read _'";
+    let script = if case == "proc_hidden_by_a_mount_is_explained" {
+        format!("mount --bind /dev/null /proc/uptime && {hold}")
+    } else {
+        hold.to_owned()
+    };
     let mut holder = Command::new("unshare")
-        .args(["--user", "--mount", "--", "sh", "-c", "echo ready; read _"])
+        .args(["--mount", "--", "sh", "-c", &script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -145,6 +154,7 @@ rootless_cases!(
     insecure_gets_the_namespaces_capabilities,
     unmapped_user_is_refused_clearly,
     devices_are_bound_and_unopenable_ones_refused,
+    proc_hidden_by_a_mount_is_explained,
 );
 
 /// What the host sees after a case: the file chowned to 1000 inside belongs to 201000 here
@@ -484,6 +494,21 @@ mod inner {
             err.contains("/dev/kilnprivate")
                 && err.contains("rootless")
                 && err.contains("neither read nor write"),
+            "{err}"
+        );
+    }
+
+    /// Where mounts hide part of the host's /proc (kiln in a container), the kernel lets no
+    /// user namespace mount proc: the step fails saying why.
+    #[test]
+    #[ignore = "run in a user namespace by the outer tests"]
+    fn proc_hidden_by_a_mount_is_explained() {
+        let root = rootfs();
+        let mut req = sh(&root, "true");
+        req.runtime = runtime();
+        let err = execute(req, &Recorder::new()).unwrap_err().to_string();
+        assert!(
+            err.contains("proc") && err.contains("rootless") && err.contains("fully visible"),
             "{err}"
         );
     }

@@ -30,6 +30,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("strace", "strace"),
     // The `kiln serve` mutual-TLS e2e makes its CA and certificates with the openssl CLI.
     ("openssl", "openssl"),
+    // Rootless e2e (tests/e2e/tests/rootless.rs): kiln maps its user namespace with these.
+    ("newuidmap", "uidmap"),
 ];
 
 pub fn run(args: &[String]) -> Result<ExitCode> {

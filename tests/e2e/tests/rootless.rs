@@ -1,0 +1,508 @@
+//! Rootless kiln (issue 13 item 1, docs/rootless.md): an ordinary user's `kiln build` runs in a
+//! user namespace of its own mapped with the user's subordinate ids, on the user's store
+//! (~/.local/share/kiln), and the image's files keep the owners they have inside the build.
+//!
+//! The tests run as root (as CI does): each makes the system users it needs (idempotent, under
+//! a lock, as several test processes run at once): `kiln-rootless-test` with subordinate ids
+//! 300000-365535 (clear of the 100000-165535 that Debian gives the first user) and
+//! `kiln-rootless-nosub` with none; then it runs kiln as them with `setpriv`, in a clean
+//! environment (HOME set, no KILN_ROOT).
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiln_e2e::*;
+
+const USER: &str = "kiln-rootless-test";
+const NOSUB: &str = "kiln-rootless-nosub";
+
+/// Makes the two users (once per machine; a lock keeps parallel tests from racing useradd).
+fn ensure_users() {
+    for t in [
+        "useradd",
+        "usermod",
+        "setpriv",
+        "flock",
+        "newuidmap",
+        "newgidmap",
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .unwrap();
+        assert!(
+            found.status.success(),
+            "{t} is required for the rootless tests (Debian packages passwd, util-linux, \
+             uidmap; cargo xtask test installs them)"
+        );
+    }
+    assert!(
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout == b"0\n"),
+        "the rootless tests make users: run them as root"
+    );
+    // System users: Debian's useradd gives ordinary ones subordinate ids of its choosing.
+    let script = format!(
+        "set -e
+         id -u {USER} >/dev/null 2>&1 || useradd --system --no-create-home \
+           --home-dir /nonexistent --shell /usr/sbin/nologin {USER}
+         grep -qx '{USER}:300000:65536' /etc/subuid || usermod --add-subuids 300000-365535 {USER}
+         grep -qx '{USER}:300000:65536' /etc/subgid || usermod --add-subgids 300000-365535 {USER}
+         id -u {NOSUB} >/dev/null 2>&1 || useradd --system --no-create-home \
+           --home-dir /nonexistent --shell /usr/sbin/nologin {NOSUB}
+         ! grep -q '^{NOSUB}:' /etc/subuid /etc/subgid"
+    );
+    tool(
+        "flock",
+        &["/tmp/kiln-rootless-test-users.lock", "sh", "-c", &script],
+    );
+}
+
+fn uid_of(user: &str) -> u32 {
+    tool("id", &["-u", user]).trim().parse().unwrap()
+}
+
+fn gid_of(user: &str) -> u32 {
+    tool("id", &["-g", user]).trim().parse().unwrap()
+}
+
+/// A sandbox the user owns: its HOME, a copy of the busybox layout, contexts, outputs.
+struct Rootless {
+    k: Kiln,
+    user: &'static str,
+}
+
+impl Rootless {
+    fn new(user: &'static str) -> Self {
+        ensure_users();
+        let k = Kiln::new(&[]);
+        std::fs::create_dir_all(k.path("home")).unwrap();
+        tool(
+            "cp",
+            &[
+                "-a",
+                busybox_layout().to_str().unwrap(),
+                k.path("bb").to_str().unwrap(),
+            ],
+        );
+        let r = Rootless { k, user };
+        r.chown();
+        r
+    }
+
+    /// Gives everything under the sandbox to the user (after the test wrote files as root).
+    fn chown(&self) {
+        tool(
+            "chown",
+            &[
+                "-R",
+                &format!("{0}:{0}", self.user),
+                self.k.dir.path().to_str().unwrap(),
+            ],
+        );
+    }
+
+    fn home(&self) -> PathBuf {
+        self.k.path("home")
+    }
+
+    fn write(&self, rel: &str, files: &[(&str, &str)]) -> PathBuf {
+        let p = self.k.write(rel, files);
+        self.chown();
+        p
+    }
+
+    /// `kiln ARGS` as the user, with only HOME, PATH and the attestation switch set.
+    fn run(&self, args: &[&str]) -> Run {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid",
+                self.user,
+                "--regid",
+                self.user,
+                "--init-groups",
+                "--",
+            ])
+            .arg(target_dir().join("kiln"))
+            .args(args)
+            .env_clear()
+            .env("HOME", self.home())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env(NO_DEFAULT_ATTESTATIONS, "1")
+            .current_dir(self.k.dir.path())
+            .output()
+            .expect("run setpriv (util-linux)");
+        Run::from(out)
+    }
+
+    /// `kiln build --progress=plain` with the busybox layout as `bb`.
+    fn build(&self, ctx: &Path, extra: &[&str]) -> Run {
+        let bb = format!("bb=oci-layout://{}:latest", self.k.path("bb").display());
+        let mut args = vec!["build", "--progress=plain", "--build-context", &bb];
+        args.extend_from_slice(extra);
+        let c = ctx.display().to_string();
+        args.push(&c);
+        self.run(&args)
+    }
+}
+
+/// `(owner, path)` of every entry of every layer of the image in OCI tarball `tar`, with
+/// numeric owners as `tar --numeric-owner -tv` prints them (`1000/1000`).
+fn layer_owners(k: &Kiln, tar: &Path) -> Vec<(String, String)> {
+    let dir = k.path("oci-unpacked");
+    std::fs::create_dir_all(&dir).unwrap();
+    tool(
+        "tar",
+        &["-xf", tar.to_str().unwrap(), "-C", dir.to_str().unwrap()],
+    );
+    let blob = |digest: &str| {
+        dir.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let index = json(&std::fs::read_to_string(dir.join("index.json")).unwrap());
+    let manifest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+    let manifest = json(&std::fs::read_to_string(blob(&manifest)).unwrap());
+    let mut out = Vec::new();
+    for layer in manifest["layers"].as_array().unwrap() {
+        let path = blob(layer["digest"].as_str().unwrap());
+        out.extend(tar_owners(&path));
+    }
+    out
+}
+
+/// `(owner, path)` of each entry of a (possibly compressed) tar.
+fn tar_owners(tar: &Path) -> Vec<(String, String)> {
+    tool("tar", &["--numeric-owner", "-tvf", tar.to_str().unwrap()])
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.get(1)?.to_string(), f.get(5)?.to_string()))
+        })
+        .collect()
+}
+
+fn owner_of(entries: &[(String, String)], path: &str) -> String {
+    entries
+        .iter()
+        .rev()
+        .find(|(_, p)| p.trim_end_matches('/') == path)
+        .map(|(o, _)| o.clone())
+        .unwrap_or_else(|| panic!("no {path} in {entries:?}"))
+}
+
+#[test]
+fn a_rootless_copy_build_keeps_owners_on_the_users_store_and_is_cached_next_time() {
+    let r = Rootless::new(USER);
+    let ctx = r.write(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM bb\nCOPY --chown=1000:1000 f /out/f\nCOPY d /d\n",
+            ),
+            ("f", "hi\n"),
+            ("d/g", "g\n"),
+        ],
+    );
+    let oci = r.k.path("out.tar");
+    let run = r.build(&ctx, &["-o", &format!("type=oci,dest={}", oci.display())]);
+    let run = run.ok();
+    assert!(
+        !run.stderr.contains("copy snapshotter"),
+        "overlay mounts must work rootless:\n{}",
+        run.stderr
+    );
+    let owners = layer_owners(&r.k, &oci);
+    assert_eq!(owner_of(&owners, "out/f"), "1000/1000", "{owners:?}");
+    assert_eq!(owner_of(&owners, "out"), "1000/1000", "{owners:?}");
+    // The context's files, the user's on the host, are root's in the image (as with rootful).
+    assert_eq!(owner_of(&owners, "d/g"), "0/0", "{owners:?}");
+
+    let store = r.home().join(".local/share/kiln");
+    let uid = uid_of(USER);
+    assert_eq!(
+        std::fs::metadata(&store).unwrap().uid(),
+        uid,
+        "the store belongs to the user"
+    );
+    assert!(store.join("blobs").is_dir());
+
+    // The same build again, to a rootfs tar and a directory: every step from the cache.
+    let tar = r.k.path("rootfs.tar");
+    let again = r
+        .build(&ctx, &["-o", &format!("type=tar,dest={}", tar.display())])
+        .ok();
+    for (name, state) in again.steps() {
+        if name.contains("COPY") {
+            assert_eq!(state, "CACHED", "{name}:\n{}", again.stderr);
+        }
+    }
+    let rootfs = tar_owners(&tar);
+    assert_eq!(owner_of(&rootfs, "out/f"), "1000/1000", "{rootfs:?}");
+    let local = r.k.path("local");
+    r.build(
+        &ctx,
+        &["-o", &format!("type=local,dest={}", local.display())],
+    )
+    .ok();
+    // A local export is written as the user, as BuildKit's client writes it.
+    let f = std::fs::metadata(local.join("out/f")).unwrap();
+    assert_eq!((f.uid(), f.gid()), (uid, gid_of(USER)));
+    assert_eq!(
+        std::fs::read_to_string(local.join("out/f")).unwrap(),
+        "hi\n"
+    );
+}
+
+/// The issue's build; Debian's static busybox has no `adduser` applet, so the user is added
+/// to /etc/passwd and /etc/group by hand (what `adduser -D -u 1000 app` writes).
+const DONE_WHEN: &str = "FROM bb AS build
+RUN echo 'app:x:1000:1000::/home/app:/bin/sh' >>/etc/passwd && echo 'app:x:1000:' >>/etc/group \
+ && mkdir /out && echo hi >/out/f && chown -R app:app /out
+FROM bb
+COPY --from=build /etc/passwd /etc/group /etc/
+COPY --from=build /out /out
+USER app
+RUN id && ls -ln /out
+";
+
+#[test]
+fn the_done_when_build_runs_rootless_with_owners_as_in_the_build() {
+    let r = Rootless::new(USER);
+    let ctx = r.write("ctx", &[("Dockerfile", DONE_WHEN)]);
+    let oci = r.k.path("out.tar");
+    let run = r
+        .build(&ctx, &["-o", &format!("type=oci,dest={}", oci.display())])
+        .ok();
+    assert!(
+        run.stderr.contains("uid=1000(app) gid=1000(app)"),
+        "{}",
+        run.stderr
+    );
+    let owners = layer_owners(&r.k, &oci);
+    assert_eq!(owner_of(&owners, "out/f"), "1000/1000", "{owners:?}");
+    // Never the host's view of an id (the user's uid, or subuid start + 999).
+    assert!(
+        owners.iter().all(|(o, _)| o == "0/0" || o == "1000/1000"),
+        "{owners:?}"
+    );
+    let store = r.home().join(".local/share/kiln");
+    assert_eq!(std::fs::metadata(&store).unwrap().uid(), uid_of(USER));
+    // A second build: all from the store.
+    let again = r.build(&ctx, &[]).ok();
+    for (name, state) in again.steps() {
+        if name.contains("RUN") || name.contains("COPY") {
+            assert_eq!(state, "CACHED", "{name}:\n{}", again.stderr);
+        }
+    }
+}
+
+/// The interface names of `/proc/net/dev` text.
+fn interfaces(net_dev: &str) -> Vec<String> {
+    let mut names: Vec<String> = net_dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim().to_owned()))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn rootless_run_steps_have_no_network_or_the_hosts() {
+    let r = Rootless::new(USER);
+    let ctx = r.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM bb\nRUN cat /proc/net/dev > /net\nFROM scratch\nCOPY --from=0 /net /\n",
+        )],
+    );
+    let none = r.k.path("none");
+    r.build(
+        &ctx,
+        &[
+            "--network=none",
+            "-o",
+            &format!("type=local,dest={}", none.display()),
+        ],
+    )
+    .ok();
+    assert_eq!(
+        interfaces(&std::fs::read_to_string(none.join("net")).unwrap()),
+        ["lo"]
+    );
+    let host = r.k.path("host");
+    r.build(
+        &ctx,
+        &["-o", &format!("type=local,dest={}", host.display())],
+    )
+    .ok();
+    assert_eq!(
+        interfaces(&std::fs::read_to_string(host.join("net")).unwrap()),
+        interfaces(&std::fs::read_to_string("/proc/net/dev").unwrap()),
+        "the default network is the host's"
+    );
+}
+
+#[test]
+fn a_user_without_subordinate_ids_is_told_which_line_to_add() {
+    let r = Rootless::new(NOSUB);
+    let ctx = r.write("ctx", &[("Dockerfile", "FROM bb\n")]);
+    let run = r.build(&ctx, &[]).fails();
+    assert!(
+        run.stderr.contains(&format!(
+            "no subordinate uids for user {NOSUB} (uid {})",
+            uid_of(NOSUB)
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("\"{NOSUB}:100000:65536\" to /etc/subuid")),
+        "{}",
+        run.stderr
+    );
+    // Commands that need no store do not need the namespace either.
+    let v = r.run(&["version"]);
+    assert_eq!(v.code, 0, "{}", v.stderr);
+    assert!(v.stdout.starts_with("kiln "), "{}", v.stdout);
+}
+
+/// `--security=insecure` is honoured rootless as rootless BuildKit honours it (docs/sandbox.md,
+/// "Rootless"): the step has every capability of kiln's user namespace, none of the host's.
+#[test]
+fn rootless_security_insecure_has_the_namespaces_capabilities_only() {
+    let r = Rootless::new(USER);
+    let ctx = r.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM bb\n\
+             RUN --security=insecure mkdir /m && mount -t tmpfs t /m && echo mounted > /r \\\n \
+             && { mknod /x c 1 3 2>/dev/null && echo made >> /r || echo refused >> /r; }\n\
+             FROM scratch\nCOPY --from=0 /r /\n",
+        )],
+    );
+    let out = r.k.path("out");
+    let refused = r.build(&ctx, &[]).fails();
+    assert!(
+        refused.stderr.contains("security.insecure"),
+        "the entitlement is still needed:\n{}",
+        refused.stderr
+    );
+    r.build(
+        &ctx,
+        &[
+            "--allow",
+            "security.insecure",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("r")).unwrap(),
+        "mounted\nrefused\n"
+    );
+}
+
+/// Ctrl-C sent to the parent kiln (the one outside the namespace, whose pid a user or a
+/// service manager sees) reaches the build in the namespace, which cancels and cleans up; the
+/// parent ends with the child's status.
+#[test]
+fn an_interrupt_of_the_parent_cancels_the_rootless_build() {
+    use std::io::BufRead;
+    let r = Rootless::new(USER);
+    let ctx = r.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM bb\nRUN echo step-started && sleep 600\n",
+        )],
+    );
+    let bb = format!("bb=oci-layout://{}:latest", r.k.path("bb").display());
+    // setpriv execs kiln: its pid is the parent kiln's.
+    let mut child = Command::new("setpriv")
+        .args(["--reuid", USER, "--regid", USER, "--init-groups", "--"])
+        .arg(target_dir().join("kiln"))
+        .args(["build", "--progress=plain", "--build-context", &bb])
+        .arg(&ctx)
+        .env_clear()
+        .env("HOME", r.home())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run setpriv (util-linux)");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let bound = std::time::Duration::from_secs(60);
+    let started = loop {
+        match lines.recv_timeout(bound) {
+            Ok(l) => {
+                let hit = l.contains("step-started");
+                seen.push(l);
+                if hit {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    if !started {
+        let _ = child.kill();
+        panic!("the RUN step did not start:\n{}", seen.join("\n"));
+    }
+    tool("kill", &["-INT", &child.id().to_string()]);
+    // The step sleeps 600 s: ending within the bound means the interrupt reached it.
+    let end = std::time::Instant::now() + bound;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            seen.extend(lines.try_iter());
+            let out = seen.join("\n");
+            assert!(!status.success(), "{out}");
+            assert!(out.contains("Cancelling the build"), "{out}");
+            assert!(!out.contains("interrupted twice"), "{out}");
+            assert!(!out.contains("panicked"), "{out}");
+            break;
+        }
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            panic!(
+                "kiln did not end within {bound:?} of SIGINT:\n{}",
+                seen.join("\n")
+            );
+        }
+        match lines.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(l) => seen.push(l),
+            Err(_) => continue,
+        }
+    }
+    // The step's process is gone with the build (other tests run as the user too: only this
+    // test's `sleep 600` counts).
+    let left = Command::new("pgrep")
+        .args(["-u", USER, "-fx", "sleep 600"])
+        .output()
+        .expect("run pgrep (procps)");
+    assert!(
+        left.stdout.is_empty(),
+        "processes left behind: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}

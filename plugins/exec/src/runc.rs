@@ -269,12 +269,14 @@ fn runc_errors(log: &Path) -> Option<String> {
 }
 
 /// Why runc failed, when the cause is kiln's user namespace (see `userns::hint`): a refused
-/// mount of proc or sysfs.
+/// mount of proc or sysfs, or a hard rlimit it may not raise.
 fn rootless_hint(message: &str) -> Option<&'static str> {
     if !message.contains("operation not permitted") {
         return None;
     }
-    let what = if message.contains("mounting \"proc\"") {
+    let what = if message.contains("rlimit") {
+        crate::userns::Hint::Rlimit
+    } else if message.contains("mounting \"proc\"") {
         crate::userns::Hint::Proc
     } else if message.contains("mounting \"sysfs\"") || message.contains("to rootfs at \"/sys\"") {
         crate::userns::Hint::Sys

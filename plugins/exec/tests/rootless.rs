@@ -155,6 +155,7 @@ rootless_cases!(
     unmapped_user_is_refused_clearly,
     devices_are_bound_and_unopenable_ones_refused,
     proc_hidden_by_a_mount_is_explained,
+    ulimit_above_the_hard_limit_is_explained,
 );
 
 /// What the host sees after a case: the file chowned to 1000 inside belongs to 201000 here
@@ -509,6 +510,40 @@ mod inner {
         let err = execute(req, &Recorder::new()).unwrap_err().to_string();
         assert!(
             err.contains("proc") && err.contains("rootless") && err.contains("fully visible"),
+            "{err}"
+        );
+    }
+
+    /// RLIMIT_NOFILE at kiln's own hard limit (CAP_SYS_RESOURCE of the namespace cannot raise
+    /// it to BuildKit's 1048576), and a `--ulimit` above it fails saying why.
+    #[test]
+    #[ignore = "run in a user namespace by the outer tests"]
+    fn ulimit_above_the_hard_limit_is_explained() {
+        let mut own = libc::rlimit64 {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit64 writes the struct passed.
+        assert_eq!(
+            unsafe { libc::getrlimit64(libc::RLIMIT_NOFILE, &mut own) },
+            0
+        );
+        let root = rootfs();
+        let out = run(&root, "ulimit -Hn");
+        let expected = own.rlim_max.min(1_048_576);
+        assert_eq!(out, [expected.to_string()]);
+
+        let root = rootfs();
+        let mut req = sh(&root, "true");
+        req.ulimits = vec![kiln_plugin_sdk::proto::Ulimit {
+            resource: kiln_plugin_sdk::proto::UlimitResource::Nofile,
+            soft: own.rlim_max + 1,
+            hard: own.rlim_max + 1,
+        }];
+        req.runtime = runtime();
+        let err = execute(req, &Recorder::new()).unwrap_err().to_string();
+        assert!(
+            err.contains("rootless") && err.contains("CAP_SYS_RESOURCE"),
             "{err}"
         );
     }

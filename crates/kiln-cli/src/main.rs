@@ -42,7 +42,7 @@ use kiln_solver::CancellationToken;
 )]
 struct Cli {
     /// Store root (default: $KILN_ROOT, then `root` in kiln.toml, then /var/lib/kiln as root,
-    /// ~/.local/share/kiln otherwise).
+    /// $XDG_DATA_HOME/kiln or ~/.local/share/kiln otherwise).
     #[arg(long, global = true)]
     root: Option<PathBuf>,
     /// Configuration file, read instead of /etc/kiln/kiln.toml and ~/.config/kiln/kiln.toml.

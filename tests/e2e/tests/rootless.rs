@@ -506,3 +506,43 @@ fn an_interrupt_of_the_parent_cancels_the_rootless_build() {
         String::from_utf8_lossy(&left.stdout)
     );
 }
+
+/// A push from rootless kiln carries the owners as inside the build, like the other outputs.
+#[test]
+fn a_rootless_push_keeps_owners_as_in_the_build() {
+    let registry = registry::OwnRegistry::start();
+    let r = Rootless::new(USER);
+    let ctx = r.write(
+        "ctx",
+        &[
+            ("Dockerfile", "FROM bb\nCOPY --chown=1000:1000 f /out/f\n"),
+            ("f", "hi\n"),
+        ],
+    );
+    let name = format!("{}/rootless/app:1", registry.addr);
+    r.build(&ctx, &["-t", &name, "--push"]).ok();
+    // Copied back as an OCI layout, archived, and read as the OCI tarball of the other test.
+    let layout = r.k.path("pulled");
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{name}"),
+            &format!("oci:{}:1", layout.display()),
+        ],
+    );
+    let tar = r.k.path("pulled.tar");
+    tool(
+        "tar",
+        &[
+            "-cf",
+            tar.to_str().unwrap(),
+            "-C",
+            layout.to_str().unwrap(),
+            ".",
+        ],
+    );
+    let owners = layer_owners(&r.k, &tar);
+    assert_eq!(owner_of(&owners, "out/f"), "1000/1000", "{owners:?}");
+}

@@ -62,6 +62,11 @@ fn ensure_users() {
     );
 }
 
+/// setpriv's path: a command given its own PATH is looked up on that PATH.
+fn setpriv() -> PathBuf {
+    PathBuf::from(tool("sh", &["-c", "command -v setpriv"]).trim())
+}
+
 fn uid_of(user: &str) -> u32 {
     tool("id", &["-u", user]).trim().parse().unwrap()
 }
@@ -118,7 +123,12 @@ impl Rootless {
 
     /// `kiln ARGS` as the user, with only HOME, PATH and the attestation switch set.
     fn run(&self, args: &[&str]) -> Run {
-        let out = Command::new("setpriv")
+        self.run_with_path(&std::env::var_os("PATH").unwrap_or_default(), args)
+    }
+
+    /// [`Rootless::run`] with `PATH` set to `path`.
+    fn run_with_path(&self, path: &std::ffi::OsStr, args: &[&str]) -> Run {
+        let out = Command::new(setpriv())
             .args([
                 "--reuid",
                 self.user,
@@ -131,7 +141,7 @@ impl Rootless {
             .args(args)
             .env_clear()
             .env("HOME", self.home())
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PATH", path)
             .env(NO_DEFAULT_ATTESTATIONS, "1")
             .current_dir(self.k.dir.path())
             .output()
@@ -350,7 +360,7 @@ fn rootless_run_steps_have_no_network_or_the_hosts() {
 }
 
 #[test]
-fn a_user_without_subordinate_ids_is_told_which_line_to_add() {
+fn a_user_without_subordinate_ids_or_uidmap_is_told_what_to_add() {
     let r = Rootless::new(NOSUB);
     let ctx = r.write("ctx", &[("Dockerfile", "FROM bb\n")]);
     let run = r.build(&ctx, &[]).fails();
@@ -365,6 +375,21 @@ fn a_user_without_subordinate_ids_is_told_which_line_to_add() {
     assert!(
         run.stderr
             .contains(&format!("\"{NOSUB}:100000:65536\" to /etc/subuid")),
+        "{}",
+        run.stderr
+    );
+    // Without newuidmap on PATH: what to install.
+    let r = Rootless::new(USER);
+    let ctx = r.write("ctx", &[("Dockerfile", "FROM bb\n")]);
+    let run = r
+        .run_with_path(
+            std::ffi::OsStr::new("/nonexistent"),
+            &["build", ctx.to_str().unwrap()],
+        )
+        .fails();
+    assert!(
+        run.stderr
+            .contains("newuidmap not found: install Debian's uidmap package"),
         "{}",
         run.stderr
     );
@@ -428,7 +453,7 @@ fn an_interrupt_of_the_parent_cancels_the_rootless_build() {
     );
     let bb = format!("bb=oci-layout://{}:latest", r.k.path("bb").display());
     // setpriv execs kiln: its pid is the parent kiln's.
-    let mut child = Command::new("setpriv")
+    let mut child = Command::new(setpriv())
         .args(["--reuid", USER, "--regid", USER, "--init-groups", "--"])
         .arg(target_dir().join("kiln"))
         .args(["build", "--progress=plain", "--build-context", &bb])

@@ -268,6 +268,38 @@ fn runc_errors(log: &Path) -> Option<String> {
     (!messages.is_empty()).then(|| messages.join("; "))
 }
 
+/// The mount options that repeat the flags of the mount `source` lies on which a user
+/// namespace locks (nosuid, nodev, noexec, the atime mode): runc's read-only remount of a bind
+/// sets every flag anew, and the kernel refuses (EPERM) one that would clear a locked flag.
+/// (The embedded runtime retries with them itself; runc 1.1 does not.)
+fn locked_options(source: &Path) -> Result<Vec<String>, Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(source.as_os_str().as_bytes())
+        .map_err(|_| Error::InvalidInput(format!("{} contains a NUL byte", source.display())))?;
+    // SAFETY: statvfs on a NUL-terminated path, writing the struct passed.
+    let mut fs: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut fs) } != 0 {
+        return Err(Error::io(
+            "cannot read the mount flags of",
+            source,
+            io::Error::last_os_error(),
+        ));
+    }
+    const OPTIONS: [(u64, &str); 6] = [
+        (libc::ST_NOSUID, "nosuid"),
+        (libc::ST_NODEV, "nodev"),
+        (libc::ST_NOEXEC, "noexec"),
+        (libc::ST_NOATIME, "noatime"),
+        (libc::ST_NODIRATIME, "nodiratime"),
+        (libc::ST_RELATIME, "relatime"),
+    ];
+    Ok(OPTIONS
+        .iter()
+        .filter(|(flag, _)| fs.f_flag & flag != 0)
+        .map(|(_, o)| (*o).to_owned())
+        .collect())
+}
+
 /// Why runc failed, when the cause is kiln's user namespace (see `userns::hint`): a refused
 /// mount of proc or sysfs, or a hard rlimit it may not raise.
 fn rootless_hint(message: &str) -> Option<&'static str> {
@@ -400,6 +432,9 @@ fn spec(step: &Step) -> Result<Spec, Error> {
         let builder = match &m.kind {
             MountSource::Bind { source, .. } => {
                 options.push("rbind".to_owned());
+                if m.readonly && crate::userns::running_in_user_ns() {
+                    options.extend(locked_options(source)?);
+                }
                 builder.typ("bind").source(source)
             }
             MountSource::Tmpfs { size } => {

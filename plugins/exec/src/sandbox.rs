@@ -832,25 +832,29 @@ unsafe fn remount_readonly(root: RawFd, rel: &CStr, bind_first: bool) -> libc::c
         if fd < 0 {
             return -1;
         }
-        // A bind remount sets every per-mount flag anew: the ones the mount has are passed
-        // again (as runc does), since in a user namespace the kernel locks those of a mount
-        // that came from the host (nosuid, nodev, noexec, the atime mode) and refuses with
-        // EPERM a remount that would clear one.
-        // (glibc's fstatvfs is fstatfs and a copy: it reads /proc/mounts only on kernels
-        // before 2.6.36, which lack f_flags.)
-        let mut fs: libc::statvfs = std::mem::zeroed();
-        if libc::fstatvfs(fd, &mut fs) < 0 {
-            libc::close(fd);
-            return -1;
-        }
         let p = FdPath::new(fd, b"");
-        let r = libc::mount(
-            std::ptr::null(),
-            p.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | locked_flags(fs.f_flag),
-            std::ptr::null(),
-        );
+        let remount = |extra: libc::c_ulong| {
+            libc::mount(
+                std::ptr::null(),
+                p.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | extra,
+                std::ptr::null(),
+            )
+        };
+        let mut r = remount(0);
+        if r < 0 && errno() == libc::EPERM {
+            // A bind remount sets every per-mount flag anew, and in a user namespace the
+            // kernel locks those of a mount that came from the host (nosuid, nodev, noexec,
+            // the atime mode): a remount that would clear one gets EPERM. Again with the
+            // mount's own flags, as runc does. (glibc's fstatvfs is fstatfs and a copy: it
+            // reads /proc/mounts only on kernels before 2.6.36, which lack f_flags.)
+            let mut fs: libc::statvfs = std::mem::zeroed();
+            r = libc::fstatvfs(fd, &mut fs);
+            if r == 0 {
+                r = remount(locked_flags(fs.f_flag));
+            }
+        }
         libc::close(fd);
         r
     }

@@ -32,6 +32,8 @@ const HOST_BASE: u32 = 200_000;
 const RUNTIME_VAR: &str = "KILN_EXEC_ROOTLESS_RUNTIME";
 /// Set in the namespace's child: a directory the outer test reads after it (owned by 200000).
 const KEEP_VAR: &str = "KILN_EXEC_ROOTLESS_KEEP";
+/// In the kept directory: a tmpfs mounted nosuid, nodev, noexec before the user namespace.
+const LOCKED_DIR: &str = "locked";
 /// In the kept directory: a copy of /dev/null owned by the host's root, mode 0600.
 const PRIVATE_NODE: &str = "private-null";
 /// Set in the namespace's child: the static syscall helper, built by the outer test.
@@ -65,10 +67,20 @@ fn in_user_ns(case: &str, runtime: Runtime) -> tempfile::TempDir {
     // of /proc is covered, as container runtimes mask some: such mounts are locked in the
     // user namespace's copy.
     let hold = "exec unshare --user --mount -- sh -c 'echo ready; read _'";
-    let script = if case == "proc_hidden_by_a_mount_is_explained" {
-        format!("mount --bind /dev/null /proc/uptime && {hold}")
-    } else {
-        hold.to_owned()
+    // For the read-only bind, a host mount with nosuid, nodev and noexec (flags the kernel
+    // then locks in the user namespace) to bind from.
+    let locked = keep.path().join(LOCKED_DIR);
+    std::fs::create_dir(&locked).unwrap();
+    let script = match case {
+        "proc_hidden_by_a_mount_is_explained" => {
+            format!("mount --bind /dev/null /proc/uptime && {hold}")
+        }
+        "read_only_bind_of_a_host_directory" => format!(
+            "mount -t tmpfs -o nosuid,nodev,noexec,uid={HOST_BASE},gid={HOST_BASE} kiln-locked {} \
+             && {hold}",
+            locked.display()
+        ),
+        _ => hold.to_owned(),
     };
     let mut holder = Command::new("unshare")
         .args(["--mount", "--", "sh", "-c", &script])
@@ -373,20 +385,26 @@ mod inner {
         assert_eq!(out, ["lo", "lo", "1"]);
     }
 
-    /// A read-only bind of a directory of the host's filesystem, whose mount flags the kernel
-    /// locked when the namespace was made (relatime here): the remount keeps them.
+    /// A read-only bind of a host directory whose mount's flags (nosuid, nodev, noexec) the
+    /// kernel locked when the namespace was made: the remount keeps them.
     #[test]
     #[ignore = "run in a user namespace by the outer tests"]
     fn read_only_bind_of_a_host_directory() {
         let root = rootfs();
-        let src = tempfile::tempdir().unwrap();
-        std::fs::write(src.path().join("data"), "hello\n").unwrap();
+        let src = PathBuf::from(std::env::var(KEEP_VAR).unwrap()).join(LOCKED_DIR);
+        let flags = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = flags
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(&*src.display().to_string()))
+            .unwrap_or_else(|| panic!("{} is not a mount: {flags}", src.display()));
+        assert!(line.contains("nosuid,nodev,noexec"), "{line}");
+        std::fs::write(src.join("data"), "hello\n").unwrap();
         let req = with_mounts(
             sh(&root, "cat /src/data; touch /src/new 2>&1; true"),
             vec![PreparedMount {
                 dest: "/src".into(),
                 kind: PreparedMountKind::Bind {
-                    source: src.path().display().to_string(),
+                    source: src.display().to_string(),
                 },
                 readonly: true,
             }],

@@ -55,8 +55,7 @@ pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
                 e,
             )
         })?;
-    let cgroup = crate::cgroup::StepCgroup::create(step.limits)
-        .map_err(crate::userns::explain_cgroup_error)?;
+    let cgroup = crate::cgroup::StepCgroup::create(step.limits)?;
     let mut spec = spec(step)?;
     if let (Some(cg), Some(linux)) = (&cgroup, spec.linux_mut().as_mut()) {
         // Nested in the step's cgroup, whose limits hold for it; runc removes it.

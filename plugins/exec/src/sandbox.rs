@@ -55,8 +55,7 @@ use crate::{Error, Sink};
 
 /// Runs `step` in the embedded sandbox; returns the process's exit code.
 pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
-    let cgroup =
-        crate::cgroup::StepCgroup::create(step.limits).map_err(userns::explain_cgroup_error)?;
+    let cgroup = crate::cgroup::StepCgroup::create(step.limits)?;
     let mut plan = Plan::new(step)?;
     if let Some(cg) = &cgroup {
         plan.cgroup_procs = cg.procs_files()?;
@@ -587,7 +586,6 @@ impl Failure {
         let hint = match self.stage {
             Stage::Proc => userns::hint(self.errno, Hint::Proc),
             Stage::Sys => userns::hint(self.errno, Hint::Sys),
-            Stage::Groups | Stage::Gid | Stage::Uid => userns::hint(self.errno, Hint::Id),
             Stage::Rlimit => userns::hint(self.errno, Hint::Rlimit),
             _ => None,
         };

@@ -4,7 +4,8 @@
 //! rootless runc does (docs/sandbox.md, "Rootless"): device nodes bound from the host's `/dev`
 //! (mknod is refused), `/sys` bound from the host when the step shares its network (sysfs can
 //! only be mounted by the owner of the network namespace), locked mount flags kept on
-//! read-only remounts, no cgroup it may not write.
+//! read-only remounts, ids and devices checked before the step starts. (A step with resource
+//! limits whose cgroup kiln may not create is refused by `cgroup.rs` itself.)
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -129,31 +130,6 @@ fn is_initial_map(map: &str) -> bool {
     matches!(lines.as_slice(), [only] if only.as_slice() == ["0", "0", "4294967295"])
 }
 
-/// The error for a step with resource limits whose cgroup could not be made: in a user
-/// namespace the v1 hierarchies (and a v2 tree not delegated to the user) belong to the host's
-/// root, so this says so instead of a bare "permission denied" on a cgroup path. Other errors,
-/// and every error outside a user namespace, are returned as they are.
-pub fn explain_cgroup_error(e: Error) -> Error {
-    if !running_in_user_ns() {
-        return e;
-    }
-    let denied = match &e {
-        Error::Io { source, .. } => matches!(
-            source.raw_os_error(),
-            Some(libc::EACCES | libc::EPERM | libc::EROFS)
-        ),
-        _ => false,
-    };
-    if !denied {
-        return e;
-    }
-    Error::Unsupported(format!(
-        "resource limits (--memory, --cpu-quota, --pids-limit) need root, or a cgroup v2 \
-         subtree delegated to the user running kiln: kiln runs rootless (in a user namespace) \
-         and may not create the step's cgroup ({e}); build without the limits, or as root"
-    ))
-}
-
 /// What to add to a sandbox setup error seen in a user namespace, for the failures whose
 /// cause is rootless mode itself; `None` for the others (and outside a user namespace).
 pub fn hint(errno: i32, what: Hint) -> Option<&'static str> {
@@ -170,10 +146,6 @@ pub fn hint(errno: i32, what: Hint) -> Option<&'static str> {
             "kiln runs rootless (in a user namespace) and could neither mount sysfs nor bind the \
              host's /sys; run kiln as root"
         }
-        (Hint::Id, libc::EINVAL) => {
-            "kiln runs rootless (in a user namespace): only the ids mapped into it exist (0 and \
-             the subordinate ids of /etc/subuid and /etc/subgid, usually 1-65536)"
-        }
         (Hint::Rlimit, libc::EPERM) => {
             "kiln runs rootless (in a user namespace): a limit above kiln's own hard limit needs \
              CAP_SYS_RESOURCE on the host"
@@ -189,8 +161,6 @@ pub enum Hint {
     Proc,
     /// Mounting (or binding) `/sys`.
     Sys,
-    /// `setresuid`/`setresgid`/`setgroups` to an id of the image.
-    Id,
     /// `setrlimit` of a `--ulimit` or of `RLIMIT_NOFILE`.
     Rlimit,
 }

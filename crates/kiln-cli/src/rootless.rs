@@ -233,14 +233,25 @@ fn parent() -> Result<ExitCode> {
     if let Some(arg0) = std::env::args_os().next() {
         cmd.arg0(arg0);
     }
-    // SAFETY: the closure only calls fcntl, which is async-signal-safe, on fds that stay
-    // open in the parent until spawn returns.
+    let parent_pid = std::process::id();
+    // SAFETY: the closure only calls fcntl, prctl and getppid, which are async-signal-safe,
+    // on fds that stay open in the parent until spawn returns.
     unsafe {
         cmd.pre_exec(move || {
             for fd in [cr, cw] {
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            // A parent killed with SIGKILL cannot forward it: the child dies with it, as
+            // rootlesskit's does (its mount namespace, and the views in it, go too). The
+            // parent is one thread, so its death is the process's. Checked after: a parent
+            // that died before the prctl would never send it.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if u32::try_from(libc::getppid()).ok() != Some(parent_pid) {
+                libc::_exit(1);
             }
             Ok(())
         });

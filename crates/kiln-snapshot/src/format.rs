@@ -103,13 +103,23 @@ pub(crate) fn is_whiteout(md: &fs::Metadata) -> bool {
 
 /// Whether a directory of a layer dir is opaque.
 pub(crate) fn is_opaque(path: &Path) -> bool {
-    matches!(xattr::get(path, opaque_xattr()), Ok(Some(v)) if v == b"y")
+    // fuse-overlayfs (rootless on older kernels) marks the directories it makes opaque with
+    // its own name.
+    [opaque_xattr(), FUSE_OPAQUE_XATTR]
+        .iter()
+        .any(|x| matches!(xattr::get(path, x), Ok(Some(v)) if v == b"y"))
 }
 
-/// Whether an xattr is overlay's own bookkeeping (`trusted.overlay.*`, or `user.overlay.*`
-/// with `userxattr`): it describes a mount, never a file of the image.
+/// fuse-overlayfs's opaque mark where `trusted.*` is refused (in a user namespace).
+pub(crate) const FUSE_OPAQUE_XATTR: &str = "user.fuseoverlayfs.opaque";
+
+/// Whether an xattr is overlay's own bookkeeping (`trusted.overlay.*`, `user.overlay.*` with
+/// `userxattr`, fuse-overlayfs's `user.fuseoverlayfs.*`): it describes a mount, never a file
+/// of the image.
 pub(crate) fn is_overlay_xattr(name: &str) -> bool {
-    name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.")
+    name.starts_with("trusted.overlay.")
+        || name.starts_with("user.overlay.")
+        || name.starts_with("user.fuseoverlayfs.")
 }
 
 /// Whether an xattr is part of the image (kept in tars, on import and in copies).
@@ -142,6 +152,7 @@ mod tests {
         assert!(is_image_xattr("security.capability"));
         assert!(!is_image_xattr("user.overlay.opaque"));
         assert!(!is_image_xattr("user.overlay.origin"));
+        assert!(!is_image_xattr("user.fuseoverlayfs.opaque"));
         assert!(!is_image_xattr("trusted.overlay.opaque"));
         assert!(!is_image_xattr("security.selinux"));
     }

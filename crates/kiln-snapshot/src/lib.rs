@@ -12,6 +12,7 @@
 mod copy;
 mod flush;
 mod format;
+mod fuse;
 pub mod gc;
 mod gzip;
 mod import;
@@ -98,8 +99,16 @@ pub enum Error {
         /// Why it failed.
         why: String,
     },
+    /// A fuse-overlayfs mount failed.
+    #[error("mount fuse-overlayfs on {target}: {why}")]
+    FuseMount {
+        /// The mount point.
+        target: std::path::PathBuf,
+        /// Why it failed.
+        why: String,
+    },
     /// `KILN_SNAPSHOTTER` names no snapshotter.
-    #[error("KILN_SNAPSHOTTER={0:?}: expected `overlay` or `copy`")]
+    #[error("KILN_SNAPSHOTTER={0:?}: expected `overlay`, `fuse-overlayfs` or `copy`")]
     BadSnapshotter(String),
     /// A blob of the store whose bytes no longer match its digest.
     #[error(transparent)]

@@ -21,6 +21,9 @@ use crate::{io_err, Error, Result};
 pub struct Store {
     root: PathBuf,
     kind: SnapshotterKind,
+    /// Overlay views are mounted by fuse-overlayfs, not the kernel (rootless kiln where the
+    /// kernel refuses overlayfs in a user namespace: `fuse`).
+    pub(crate) fuse: bool,
     session: Arc<Session>,
 }
 
@@ -88,18 +91,33 @@ pub(crate) fn unique_name() -> String {
 
 impl Store {
     /// Opens (creating) a store at `root`. Views use overlayfs, unless `KILN_SNAPSHOTTER=copy`
-    /// says otherwise or an overlay mount does not work here (then copies, with a one-time note
-    /// on stderr). `KILN_SNAPSHOTTER=overlay` skips the probe.
+    /// says otherwise or an overlay mount does not work here (then, in a user namespace,
+    /// fuse-overlayfs when it is installed and works; else copies, with a one-time note on
+    /// stderr). `KILN_SNAPSHOTTER=overlay` skips the probe; `fuse-overlayfs` forces that.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let forced = match std::env::var("KILN_SNAPSHOTTER") {
             Ok(v) if v == "copy" => Some(SnapshotterKind::Copy),
-            Ok(v) if v == "overlay" => Some(SnapshotterKind::Overlay),
+            Ok(v) if v == "overlay" || v == "fuse-overlayfs" => Some(SnapshotterKind::Overlay),
             Ok(v) if !v.is_empty() => return Err(Error::BadSnapshotter(v)),
             _ => None,
         };
         let mut store = Self::open_with(root, forced.unwrap_or(SnapshotterKind::Overlay))?;
+        store.fuse = std::env::var("KILN_SNAPSHOTTER").is_ok_and(|v| v == "fuse-overlayfs");
         if forced.is_none() {
-            if let Err(why) = crate::view::probe_overlay_once(&store) {
+            let kernel = crate::view::probe_overlay_once(&store);
+            // Rootless on a kernel without overlayfs in user namespaces (before 5.11): as
+            // rootless BuildKit and Podman, fuse-overlayfs where it is installed.
+            let fuse = || {
+                if !(crate::format::user_namespace().is_some() && crate::fuse::installed()) {
+                    return false;
+                }
+                let mut probe = store.clone();
+                probe.fuse = true;
+                crate::view::probe_overlay(&probe).is_ok()
+            };
+            if kernel.is_err() && fuse() {
+                store.fuse = true;
+            } else if let Err(why) = kernel {
                 static NOTE: std::sync::Once = std::sync::Once::new();
                 NOTE.call_once(|| {
                     eprintln!(
@@ -132,6 +150,7 @@ impl Store {
         Ok(Store {
             root,
             kind,
+            fuse: false,
             session: Arc::new(session),
         })
     }

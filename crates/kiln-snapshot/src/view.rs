@@ -19,6 +19,8 @@ pub struct ReadView {
     path: PathBuf,
     mounted: bool,
     owned_dir: Option<PathBuf>,
+    /// A fuse-overlayfs mount's watcher (dropped after the unmount).
+    _fuse: Option<crate::fuse::Guard>,
 }
 
 impl ReadView {
@@ -32,12 +34,14 @@ impl ReadView {
                     path: dir.clone(),
                     mounted: false,
                     owned_dir: Some(dir),
+                    _fuse: None,
                 })
             }
             [one] => Ok(ReadView {
                 path: store.layer_dir(one),
                 mounted: false,
                 owned_dir: None,
+                _fuse: None,
             }),
             layers => {
                 let dir = store.temp_dir("view")?;
@@ -45,12 +49,13 @@ impl ReadView {
                     path: dir.clone(),
                     mounted: false,
                     owned_dir: Some(dir.clone()),
+                    _fuse: None,
                 };
                 match store.snapshotter() {
                     SnapshotterKind::Overlay => {
                         let opts =
                             format!("lowerdir={},redirect_dir=off", lowerdirs(store, layers));
-                        overlay(&dir, &opts, MsFlags::MS_RDONLY)
+                        view._fuse = overlay(store, &dir, &opts, MsFlags::MS_RDONLY)
                             .inspect_err(|_| forget_probe(store))?;
                         view.mounted = true;
                     }
@@ -96,6 +101,8 @@ pub struct WriteView {
     volatile: bool,
     /// Copy snapshotter: what `merged` held at the start, to diff against.
     lower: Option<copy::Node>,
+    /// A fuse-overlayfs mount's watcher (dropped after the unmount).
+    _fuse: Option<crate::fuse::Guard>,
 }
 
 impl WriteView {
@@ -112,6 +119,7 @@ impl WriteView {
                 mounted: false,
                 volatile: false,
                 lower: None,
+                _fuse: None,
             });
         }
         if store.snapshotter() == SnapshotterKind::Copy {
@@ -126,6 +134,7 @@ impl WriteView {
                 mounted: false,
                 volatile: false,
                 lower: Some(lower),
+                _fuse: None,
             });
         }
         let work = layer.private_dir().join("work");
@@ -138,15 +147,19 @@ impl WriteView {
             layer.fs_dir().display(),
             work.display()
         );
-        let volatile =
-            flush::mount_volatile(&opts, |opts| overlay(&merged, opts, MsFlags::empty()))
-                .inspect_err(|_| forget_probe(store))?;
+        let mut fuse = None;
+        let volatile = flush::mount_volatile(&opts, |opts| {
+            fuse = overlay(store, &merged, opts, MsFlags::empty())?;
+            Ok::<(), Error>(())
+        })
+        .inspect_err(|_| forget_probe(store))?;
         Ok(WriteView {
             layer: Some(layer),
             merged,
             mounted: true,
             volatile,
             lower: None,
+            _fuse: fuse,
         })
     }
 
@@ -308,11 +321,17 @@ pub(crate) fn probe_overlay(store: &Store) -> Result<()> {
             dir.join("work").display()
         ));
         let merged = dir.join("merged");
-        mount_probe(&opts, |opts| overlay(&merged, opts, MsFlags::empty()))?;
-        umount2(&merged, MntFlags::MNT_DETACH).map_err(|source| Error::Mount {
+        let mut fuse = None;
+        mount_probe(&opts, |opts| {
+            fuse = overlay(store, &merged, opts, MsFlags::empty())?;
+            Ok(())
+        })?;
+        let unmounted = umount2(&merged, MntFlags::MNT_DETACH).map_err(|source| Error::Mount {
             what: format!("unmount {}", merged.display()),
             source,
-        })
+        });
+        drop(fuse);
+        unmounted
     })();
     let _ = fs::remove_dir_all(&dir);
     result
@@ -336,7 +355,21 @@ fn lowerdirs(store: &Store, layers: &[LayerId]) -> String {
         .join(":")
 }
 
-fn overlay(target: &Path, opts: &str, flags: MsFlags) -> Result<()> {
+/// Mounts an overlay of `opts` on `target`: the kernel's, or fuse-overlayfs's when the store
+/// uses it (then the guard of its watcher, to keep until after the unmount).
+fn overlay(
+    store: &Store,
+    target: &Path,
+    opts: &str,
+    flags: MsFlags,
+) -> Result<Option<crate::fuse::Guard>> {
+    if store.fuse {
+        return crate::fuse::mount(target, opts, flags.contains(MsFlags::MS_RDONLY)).map(Some);
+    }
+    kernel_overlay(target, opts, flags).map(|()| None)
+}
+
+fn kernel_overlay(target: &Path, opts: &str, flags: MsFlags) -> Result<()> {
     // In a user namespace (rootless kiln) overlay cannot use trusted.* xattrs: `userxattr`
     // (Linux 5.11) makes it keep its bookkeeping, and read opaque dirs, in user.overlay.*.
     let with_userxattr;

@@ -20,6 +20,26 @@ const DIR_ENV: &str = "KILN_SNAPSHOT_USERNS_TEST_DIR";
 
 #[test]
 fn the_store_works_in_a_user_namespace() {
+    in_user_namespace("overlay");
+}
+
+/// As rootless kiln on a kernel without overlayfs in user namespaces (before 5.11): the same
+/// store, the same layers, through fuse-overlayfs.
+#[test]
+fn the_store_works_in_a_user_namespace_with_fuse_overlayfs() {
+    assert!(
+        Command::new("fuse-overlayfs")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "fuse-overlayfs is required for this test (Debian package fuse-overlayfs)"
+    );
+    in_user_namespace("fuse-overlayfs");
+}
+
+/// Runs the inner test in a user namespace, with KILN_SNAPSHOTTER=`snapshotter` (the mount
+/// type of the views it checks).
+fn in_user_namespace(snapshotter: &str) {
     assert!(
         nix::unistd::geteuid().is_root(),
         "this test maps host ids into a user namespace: run it as root"
@@ -40,6 +60,7 @@ fn the_store_works_in_a_user_namespace() {
         .arg(&exe)
         .args(["--exact", "inner", "--ignored", "--nocapture"])
         .env(DIR_ENV, t.path())
+        .env("KILN_SNAPSHOTTER", snapshotter)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -111,6 +132,20 @@ fn tar_of(entries: &[Entry<'_>]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
+/// The file system type of the mount on `path` (/proc/self/mountinfo; the last one wins).
+fn mount_type(path: &Path) -> String {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let p = path.to_str().unwrap();
+    info.lines()
+        .rev()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (pre.split_whitespace().nth(4)? == p).then(|| post.split_whitespace().next())?
+        })
+        .unwrap_or_else(|| panic!("{p} is not mounted"))
+        .to_owned()
+}
+
 fn names_and_owners(bytes: &[u8]) -> Vec<(String, u64)> {
     tar::Archive::new(bytes)
         .entries()
@@ -142,6 +177,10 @@ fn inner() {
         SnapshotterKind::Overlay,
         "overlay must mount in a user namespace (with userxattr)"
     );
+    let fs_type = match std::env::var("KILN_SNAPSHOTTER").as_deref() {
+        Ok("fuse-overlayfs") => "fuse.fuse-overlayfs",
+        _ => "overlay",
+    };
 
     let base = store
         .import_tar_bytes(&tar_of(&[
@@ -190,6 +229,7 @@ fn inner() {
     };
     {
         let view = ReadView::new(&store, &snap).unwrap();
+        assert_eq!(mount_type(view.path()), fs_type);
         assert!(
             !view.path().join("etc/old").exists(),
             "the opaque dir hides the lower layer"
@@ -204,6 +244,7 @@ fn inner() {
 
     // Changes through a writable overlay: a directory replaced (opaque), a file chowned.
     let w = WriteView::new(&store, &snap).unwrap();
+    assert_eq!(mount_type(w.path()), fs_type);
     fs::remove_dir_all(w.path().join("etc")).unwrap();
     fs::create_dir(w.path().join("etc")).unwrap();
     fs::write(w.path().join("etc/fresh"), b"f").unwrap();

@@ -437,99 +437,150 @@ fn rootless_security_insecure_has_the_namespaces_capabilities_only() {
     );
 }
 
+/// A rootless build running `RUN sleep SECS` (started as the parent kiln: setpriv execs it),
+/// its progress read line by line.
+struct Sleeping {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    sleep: String,
+}
+
+const BOUND: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Sleeping {
+    /// Starts the build and returns once its step runs.
+    fn start(r: &Rootless, secs: u32) -> Self {
+        use std::io::BufRead;
+        let ctx = r.write(
+            "ctx",
+            &[(
+                "Dockerfile",
+                &format!("FROM bb\nRUN echo step-started && sleep {secs}\n"),
+            )],
+        );
+        let bb = format!("bb=oci-layout://{}:latest", r.k.path("bb").display());
+        let mut child = Command::new(setpriv())
+            .args(["--reuid", r.user, "--regid", r.user, "--init-groups", "--"])
+            .arg(target_dir().join("kiln"))
+            .args(["build", "--progress=plain", "--build-context", &bb])
+            .arg(&ctx)
+            .env_clear()
+            .env("HOME", r.home())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run setpriv (util-linux)");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut b = Sleeping {
+            child,
+            lines,
+            seen: Vec::new(),
+            sleep: format!("sleep {secs}"),
+        };
+        loop {
+            match b.lines.recv_timeout(BOUND) {
+                Ok(l) => {
+                    let hit = l.contains("step-started");
+                    b.seen.push(l);
+                    if hit {
+                        return b;
+                    }
+                }
+                Err(_) => {
+                    let _ = b.child.kill();
+                    panic!("the RUN step did not start:\n{}", b.seen.join("\n"));
+                }
+            }
+        }
+    }
+
+    /// Waits (at most [`BOUND`]: the step sleeps far longer, so hanging is the failure) for
+    /// the parent to end: its status and all the progress.
+    fn finish(mut self) -> (std::process::ExitStatus, String) {
+        let end = std::time::Instant::now() + BOUND;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.seen.extend(self.lines.try_iter());
+                return (status, self.seen.join("\n"));
+            }
+            if std::time::Instant::now() > end {
+                let _ = self.child.kill();
+                panic!(
+                    "kiln did not end within {BOUND:?}:\n{}",
+                    self.seen.join("\n")
+                );
+            }
+            if let Ok(l) = self
+                .lines
+                .recv_timeout(std::time::Duration::from_millis(200))
+            {
+                self.seen.push(l);
+            }
+        }
+    }
+
+    /// Whether the step's process is still running as the user (other tests run as the user
+    /// too: only this test's `sleep N` counts).
+    fn step_alive(user: &str, sleep: &str) -> bool {
+        let left = Command::new("pgrep")
+            .args(["-u", user, "-fx", sleep])
+            .output()
+            .expect("run pgrep (procps)");
+        !left.stdout.is_empty()
+    }
+}
+
 /// Ctrl-C sent to the parent kiln (the one outside the namespace, whose pid a user or a
 /// service manager sees) reaches the build in the namespace, which cancels and cleans up; the
 /// parent ends with the child's status.
 #[test]
 fn an_interrupt_of_the_parent_cancels_the_rootless_build() {
-    use std::io::BufRead;
     let r = Rootless::new(USER);
-    let ctx = r.write(
-        "ctx",
-        &[(
-            "Dockerfile",
-            "FROM bb\nRUN echo step-started && sleep 600\n",
-        )],
-    );
-    let bb = format!("bb=oci-layout://{}:latest", r.k.path("bb").display());
-    // setpriv execs kiln: its pid is the parent kiln's.
-    let mut child = Command::new(setpriv())
-        .args(["--reuid", USER, "--regid", USER, "--init-groups", "--"])
-        .arg(target_dir().join("kiln"))
-        .args(["build", "--progress=plain", "--build-context", &bb])
-        .arg(&ctx)
-        .env_clear()
-        .env("HOME", r.home())
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run setpriv (util-linux)");
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let bound = std::time::Duration::from_secs(60);
-    let started = loop {
-        match lines.recv_timeout(bound) {
-            Ok(l) => {
-                let hit = l.contains("step-started");
-                seen.push(l);
-                if hit {
-                    break true;
-                }
-            }
-            Err(_) => break false,
-        }
-    };
-    if !started {
-        let _ = child.kill();
-        panic!("the RUN step did not start:\n{}", seen.join("\n"));
-    }
-    tool("kill", &["-INT", &child.id().to_string()]);
-    // The step sleeps 600 s: ending within the bound means the interrupt reached it.
-    let end = std::time::Instant::now() + bound;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            seen.extend(lines.try_iter());
-            let out = seen.join("\n");
-            assert!(!status.success(), "{out}");
-            assert!(out.contains("Cancelling the build"), "{out}");
-            assert!(!out.contains("interrupted twice"), "{out}");
-            assert!(!out.contains("panicked"), "{out}");
-            break;
-        }
-        if std::time::Instant::now() > end {
-            let _ = child.kill();
-            panic!(
-                "kiln did not end within {bound:?} of SIGINT:\n{}",
-                seen.join("\n")
-            );
-        }
-        match lines.recv_timeout(std::time::Duration::from_millis(200)) {
-            Ok(l) => seen.push(l),
-            Err(_) => continue,
-        }
-    }
-    // The step's process is gone with the build (other tests run as the user too: only this
-    // test's `sleep 600` counts).
-    let left = Command::new("pgrep")
-        .args(["-u", USER, "-fx", "sleep 600"])
-        .output()
-        .expect("run pgrep (procps)");
+    let b = Sleeping::start(&r, 600);
+    let sleep = b.sleep.clone();
+    tool("kill", &["-INT", &b.child.id().to_string()]);
+    let (status, out) = b.finish();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("Cancelling the build"), "{out}");
+    assert!(!out.contains("interrupted twice"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
     assert!(
-        left.stdout.is_empty(),
-        "processes left behind: {}",
-        String::from_utf8_lossy(&left.stdout)
+        !Sleeping::step_alive(USER, &sleep),
+        "the step outlived kiln"
     );
+}
+
+/// SIGKILL cannot be forwarded: the namespaced kiln dies with its parent (parent-death
+/// signal, as rootlesskit's child), and its step with it.
+#[test]
+fn a_killed_parent_takes_the_rootless_build_with_it() {
+    let r = Rootless::new(USER);
+    let b = Sleeping::start(&r, 601);
+    let sleep = b.sleep.clone();
+    tool("kill", &["-KILL", &b.child.id().to_string()]);
+    let (status, out) = b.finish();
+    assert!(!status.success(), "{out}");
+    // The step's process goes with the namespace; bounded, as hanging on is the bug.
+    let end = std::time::Instant::now() + BOUND;
+    while Sleeping::step_alive(USER, &sleep) {
+        assert!(
+            std::time::Instant::now() < end,
+            "the step outlived its killed kiln by {BOUND:?}:\n{out}"
+        );
+        std::thread::yield_now();
+    }
 }
 
 /// A push from rootless kiln carries the owners as inside the build, like the other outputs.

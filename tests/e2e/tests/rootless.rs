@@ -456,7 +456,9 @@ impl Sleeping {
             "ctx",
             &[(
                 "Dockerfile",
-                &format!("FROM bb\nRUN echo step-started && sleep {secs}\n"),
+                // The shell computes the marker: the step's title line holds the command
+                // text, never `step-42`.
+                &format!("FROM bb\nRUN echo step-$((6*7)) && sleep {secs}\n"),
             )],
         );
         let bb = format!("bb=oci-layout://{}:latest", r.k.path("bb").display());
@@ -492,7 +494,7 @@ impl Sleeping {
         loop {
             match b.lines.recv_timeout(BOUND) {
                 Ok(l) => {
-                    let hit = l.contains("step-started");
+                    let hit = l.contains("step-42");
                     b.seen.push(l);
                     if hit {
                         return b;

@@ -212,12 +212,23 @@ fn a_rootless_copy_build_keeps_owners_on_the_users_store_and_is_cached_next_time
         &[
             (
                 "Dockerfile",
-                "FROM bb\nCOPY --chown=1000:1000 f /out/f\nCOPY d /d\n",
+                "FROM bb\nCOPY --chown=1000:1000 f /out/f\nCOPY d /d\nADD devs.tar /devs/\n",
             ),
             ("f", "hi\n"),
             ("d/g", "g\n"),
         ],
     );
+    // A tar with a device node, made as root: ADD unpacks it; in the user namespace the node
+    // cannot be created and is skipped (as moby's archive code does), its neighbour kept.
+    std::fs::create_dir_all(r.k.path("devs")).unwrap();
+    sh(
+        &r.k.path("devs"),
+        &format!(
+            "mkdir -p x && mknod x/null c 1 3 && echo f > x/f && tar -C . -cf {} x",
+            ctx.join("devs.tar").display()
+        ),
+    );
+    r.chown();
     let oci = r.k.path("out.tar");
     let run = r.build(&ctx, &["-o", &format!("type=oci,dest={}", oci.display())]);
     let run = run.ok();
@@ -231,6 +242,11 @@ fn a_rootless_copy_build_keeps_owners_on_the_users_store_and_is_cached_next_time
     assert_eq!(owner_of(&owners, "out"), "1000/1000", "{owners:?}");
     // The context's files, the user's on the host, are root's in the image (as with rootful).
     assert_eq!(owner_of(&owners, "d/g"), "0/0", "{owners:?}");
+    assert_eq!(owner_of(&owners, "devs/x/f"), "0/0", "{owners:?}");
+    assert!(
+        !owners.iter().any(|(_, p)| p == "devs/x/null"),
+        "{owners:?}"
+    );
 
     let store = r.home().join(".local/share/kiln");
     let uid = uid_of(USER);

@@ -335,7 +335,7 @@ fn child(sync: &OsString) -> Result<()> {
             .unwrap_or_else(|_| "?".to_owned());
         let why = match err.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EPERM) | Some(libc::EUSERS) => format!(
-                "user namespaces are disabled or exhausted here (sysctl user.max_user_namespaces \
+                ": user namespaces are disabled or exhausted here (sysctl user.max_user_namespaces \
                  = {max}; as root: sysctl -w user.max_user_namespaces=15000; on Debian/Ubuntu \
                  also check kernel.unprivileged_userns_clone and \
                  kernel.apparmor_restrict_unprivileged_userns; in a container, the seccomp \
@@ -343,7 +343,7 @@ fn child(sync: &OsString) -> Result<()> {
             ),
             _ => String::new(),
         };
-        bail!("rootless: unshare(CLONE_NEWUSER): {err}: {why}");
+        bail!("rootless: unshare(CLONE_NEWUSER): {err}{why}");
     }
     to_parent
         .write_all(b"1")

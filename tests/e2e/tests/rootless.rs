@@ -640,3 +640,54 @@ fn a_rootless_push_keeps_owners_as_in_the_build() {
     let owners = layer_owners(&r.k, &tar);
     assert_eq!(owner_of(&owners, "out/f"), "1000/1000", "{owners:?}");
 }
+
+/// Where user namespaces are disabled, kiln names the sysctl. The test disables them for its
+/// own: a user namespace that maps every id onto itself (so the user exists in it), whose root
+/// sets `user.max_user_namespaces` to 0 there (the limit is per namespace) before running kiln
+/// as the user.
+#[test]
+fn where_user_namespaces_are_disabled_the_sysctl_is_named() {
+    use std::io::{BufRead, BufReader, Write};
+    let r = Rootless::new(USER);
+    let ctx = r.write("ctx", &[("Dockerfile", "FROM bb\n")]);
+    let kiln = target_dir().join("kiln");
+    let mut child = Command::new("unshare")
+        .args([
+            "--user",
+            "--",
+            "sh",
+            "-c",
+            // Mapped only after this sh started, so it has no capabilities in the namespace:
+            // the sh it execs (uid 0 there now) has them.
+            "echo ready; read go && exec sh -c 'echo 0 > /proc/sys/user/max_user_namespaces \
+             && exec \"$0\" \"$@\"' \"$0\" \"$@\"",
+        ])
+        .arg(setpriv())
+        .args(["--reuid", USER, "--regid", USER, "--init-groups", "--"])
+        .arg(&kiln)
+        .arg("build")
+        .arg(&ctx)
+        .env_clear()
+        .env("HOME", r.home())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run unshare (util-linux)");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "unshare did not start");
+    for map in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{}/{map}", child.id()), "0 0 4294967295\n").unwrap();
+    }
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let run = Run::from(child.wait_with_output().unwrap()).fails();
+    assert!(
+        run.stderr.contains("rootless: unshare(CLONE_NEWUSER)")
+            && run.stderr.contains("sysctl user.max_user_namespaces = 0"),
+        "{}",
+        run.stderr
+    );
+}

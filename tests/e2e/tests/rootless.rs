@@ -691,3 +691,84 @@ fn where_user_namespaces_are_disabled_the_sysctl_is_named() {
         run.stderr
     );
 }
+
+/// Ctrl-C at a terminal reaches the whole foreground process group, the parent kiln and the
+/// namespaced one alike: the parent must not forward it again (kiln would read a second
+/// press and stop without cleaning up), and must not die before the child.
+#[test]
+fn ctrl_c_at_a_terminal_cancels_the_rootless_build_once() {
+    use std::io::{Read, Write};
+    let r = Rootless::new(USER);
+    let ctx = r.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM bb\nRUN echo step-$((6*7)) && sleep 602\n",
+        )],
+    );
+    let bb = format!("bb=oci-layout://{}:latest", r.k.path("bb").display());
+    let command = format!(
+        "exec {} --reuid {USER} --regid {USER} --init-groups -- {} build --progress=plain \
+         --build-context {bb} {}",
+        setpriv().display(),
+        target_dir().join("kiln").display(),
+        ctx.display()
+    );
+    // util-linux `script` runs the command on a pseudo-terminal of its own, in the foreground,
+    // and copies our stdin to it: a 0x03 there is a Ctrl-C.
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env_clear()
+        .env("HOME", r.home())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TERM", "dumb")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run script (util-linux)");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, chunks) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let text = |seen: &Vec<u8>| String::from_utf8_lossy(seen).into_owned();
+    while !text(&seen).contains("step-42") {
+        match chunks.recv_timeout(BOUND) {
+            Ok(c) => seen.extend(c),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the RUN step did not start:\n{}", text(&seen));
+            }
+        }
+    }
+    stdin.write_all(&[0x03]).unwrap();
+    // Ends within the bound (the step sleeps 602 s) once the reader sees the pty close.
+    loop {
+        match chunks.recv_timeout(BOUND) {
+            Ok(c) => seen.extend(c),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                panic!("kiln did not end after Ctrl-C:\n{}", text(&seen));
+            }
+        }
+    }
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let out = text(&seen);
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("Cancelling the build"), "{out}");
+    assert!(!out.contains("interrupted twice"), "{out}");
+    assert!(
+        !Sleeping::step_alive(USER, "sleep 602"),
+        "the step outlived kiln"
+    );
+}

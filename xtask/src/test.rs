@@ -32,6 +32,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     // Rootless e2e (tests/e2e/tests/rootless.rs): kiln maps its user namespace with these.
     ("newuidmap", "uidmap"),
+    // kiln-snapshot's tests/userns.rs mounts views with it, as rootless kiln on old kernels.
+    ("fuse-overlayfs", "fuse-overlayfs"),
 ];
 
 pub fn run(args: &[String]) -> Result<ExitCode> {

@@ -96,6 +96,16 @@ impl Rootless {
         );
         let r = Rootless { k, user };
         r.chown();
+        // The user runs the built kiln and its plugins where they are.
+        let v = r.run(&["version"]);
+        assert_eq!(
+            v.code,
+            0,
+            "{user} cannot run {}: the target directory must be readable by other users \
+             (no 0700 directory on its path):\n{}",
+            target_dir().join("kiln").display(),
+            v.stderr
+        );
         r
     }
 

@@ -356,6 +356,24 @@ mod tests {
     }
 
     #[test]
+    fn an_ordinary_user_on_v1_is_told_it_needs_root() {
+        let limits = StepLimits {
+            memory: Some(32 << 20),
+            ..StepLimits::default()
+        };
+        let err = v2::tests::as_nobody(|| StepCgroup::create_v1(limits)).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::Unsupported(_)), "{text}");
+        assert!(
+            text.starts_with(
+                "resource limits (--memory) need root on this host: it has cgroup v1, where an \
+                 ordinary user cannot create cgroups (cannot create /sys/fs/cgroup/memory/kiln"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn errors_name_the_flags_asked_for() {
         let limits = StepLimits {
             memory: Some(1),

@@ -338,7 +338,7 @@ fn permission_error(path: &Path, e: std::io::Error, flags: &str) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! The formats on plain data, and the cgroup operations on the host's real cgroup2 mount.
     //! On this v1-hybrid machine that is `/sys/fs/cgroup/unified`, which has no controllers
     //! but `hugetlb` (free because no v1 hierarchy holds it): creating, joining, killing and
@@ -499,6 +499,41 @@ mod tests {
             "{text}"
         );
         assert!(!base.join("kiln").join(name("nomem")).exists());
+    }
+
+    /// Runs `f` with this thread's filesystem uid set to `nobody`: an ordinary user to every
+    /// permission check (fsuid is per thread, and leaving 0 drops the DAC capabilities).
+    pub(crate) fn as_nobody<T>(f: impl FnOnce() -> T) -> T {
+        struct Back;
+        impl Drop for Back {
+            fn drop(&mut self) {
+                unsafe { libc::setfsuid(0) };
+            }
+        }
+        unsafe { libc::setfsuid(65534) };
+        let _back = Back;
+        f()
+    }
+
+    #[test]
+    fn an_ordinary_user_is_told_to_get_a_delegated_subtree() {
+        let _one = REAL.lock().unwrap_or_else(|e| e.into_inner());
+        let mount = mount();
+        let own = own();
+        // Without a controller to enable: creating the step's directory is refused.
+        let err =
+            as_nobody(|| create(&mount, &own, &name("nobody"), &[], "--pids-limit")).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::Unsupported(_)), "{text}");
+        assert!(
+            text.starts_with(
+                "resource limits (--pids-limit) need root or a delegated cgroup v2 subtree \
+                 (no permission on "
+            ) && text.contains("Delegate=yes"),
+            "{text}"
+        );
+        let base = mount.join(base_of(&own).trim_start_matches('/'));
+        assert!(!base.join("kiln").join(name("nobody")).exists());
     }
 
     /// Puts the hierarchy's root `cgroup.subtree_control` back as it was.

@@ -3,7 +3,7 @@
 //!
 //! - cgroup v1 (or hybrid, as this machine: its unified mount has no controllers): a step with
 //!   limits gets `/kiln/<pid>-<n>` in each v1 hierarchy (memory, cpu, pids) it needs; a step
-//!   without none.
+//!   without limits gets none.
 //! - cgroup v2 (unified at `/sys/fs/cgroup`, the default of current distributions; or the mount
 //!   `KILN_CGROUP2_ROOT` names): every step gets `<own>/kiln/<pid>-<n>` below the cgroup kiln
 //!   lives in (`v2.rs` says how the controllers are delegated to it), best effort when it asks

@@ -14,9 +14,11 @@ use crate::{config, multiplatform};
 /// `kiln serve` flags.
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// Where to listen: unix:///PATH or tcp://HOST:PORT.
-    #[arg(long, default_value = "unix:///run/kiln/kiln.sock")]
-    addr: String,
+    /// Where to listen: unix:///PATH or tcp://HOST:PORT (default: unix:///run/kiln/kiln.sock
+    /// as root, unix://$XDG_RUNTIME_DIR/kiln/kiln.sock for an ordinary user, as rootless
+    /// buildkitd).
+    #[arg(long)]
+    addr: Option<String>,
     /// The platforms this daemon builds, as reported to clients (default: the host's).
     #[arg(long)]
     platform: Option<String>,
@@ -37,10 +39,34 @@ pub struct ServeArgs {
     plugin_dirs: Vec<PathBuf>,
 }
 
+/// The address a daemon listens on without `--addr`: the system socket as root; the user's
+/// runtime directory for an ordinary user (also inside rootless kiln's user namespace, where
+/// it is uid 0), as rootless buildkitd does.
+fn default_addr(env: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> Result<String> {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0 && !crate::rootless::is_rootless_child(env);
+    if root {
+        return Ok("unix:///run/kiln/kiln.sock".to_owned());
+    }
+    match env("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => {
+            Ok(format!("unix://{}", dir.join("kiln/kiln.sock").display()))
+        }
+        _ => bail!(
+            "kiln serve as an ordinary user listens in $XDG_RUNTIME_DIR/kiln/, and \
+             XDG_RUNTIME_DIR is not set: pass --addr unix:///PATH (a directory you own)"
+        ),
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT: then running builds are cancelled, their sessions
 /// end, the socket is removed and kiln exits 0.
 pub fn run(settings: &config::Config, args: &ServeArgs) -> Result<ExitCode> {
-    let addr = Address::parse(&args.addr)?;
+    let addr = match &args.addr {
+        Some(a) => a.clone(),
+        None => default_addr(&|n| std::env::var_os(n))?,
+    };
+    let addr = Address::parse(&addr)?;
     let tls = match (&args.tlscacert, &args.tlscert, &args.tlskey) {
         (None, None, None) => None,
         (Some(cacert), Some(cert), Some(key)) => {
@@ -109,5 +135,41 @@ async fn stop_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_addr;
+
+    #[test]
+    fn rootless_daemons_listen_in_the_users_runtime_dir() {
+        let rootless = |xdg: Option<&'static str>| {
+            move |n: &str| match n {
+                "KILN_ROOTLESS" => Some("1".into()),
+                "XDG_RUNTIME_DIR" => xdg.map(Into::into),
+                _ => None,
+            }
+        };
+        assert_eq!(
+            default_addr(&rootless(Some("/run/user/1001"))).unwrap(),
+            "unix:///run/user/1001/kiln/kiln.sock"
+        );
+        let err = default_addr(&rootless(None)).unwrap_err().to_string();
+        assert!(
+            err.contains("XDG_RUNTIME_DIR") && err.contains("--addr"),
+            "{err}"
+        );
+        let err = default_addr(&rootless(Some("relative")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("XDG_RUNTIME_DIR"), "{err}");
+        // SAFETY: geteuid takes nothing and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(
+                default_addr(&|_| None).unwrap(),
+                "unix:///run/kiln/kiln.sock"
+            );
+        }
     }
 }

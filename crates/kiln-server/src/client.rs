@@ -781,8 +781,10 @@ impl OutputSink {
                 Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
                 _ => PathBuf::from("."),
             };
+            // 0666 less the umask, as a file a local build writes (tempfile's default is 0600).
             tempfile::Builder::new()
                 .prefix(".kiln-output-")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
                 .tempfile_in(&dir)
                 .map_err(|e| Error::io("create a file in", &dir, e))
         };

@@ -782,3 +782,85 @@ fn ctrl_c_at_a_terminal_cancels_the_rootless_build_once() {
         "the step outlived kiln"
     );
 }
+
+/// `kiln serve` as an ordinary user is a rootless daemon: without `--addr` it listens in the
+/// user's runtime directory, builds in its user namespace on the user's store, and a client of
+/// the same user (in no namespace of its own) gets the image with the owners of the build.
+#[test]
+fn a_rootless_daemon_listens_in_the_users_runtime_dir_and_keeps_owners() {
+    use std::io::BufRead;
+    let r = Rootless::new(USER);
+    let run_dir = r.k.path("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let ctx = r.write("ctx", &[("Dockerfile", DONE_WHEN)]);
+    let mut daemon = Command::new(setpriv())
+        .args(["--reuid", USER, "--regid", USER, "--init-groups", "--"])
+        .arg(target_dir().join("kiln"))
+        .arg("serve")
+        .env_clear()
+        .env("HOME", r.home())
+        .env("XDG_RUNTIME_DIR", &run_dir)
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run setpriv (util-linux)");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = daemon.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let socket = run_dir.join("kiln/kiln.sock");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("listening on")) {
+        match lines.recv_timeout(BOUND) {
+            Ok(l) => seen.push(l),
+            Err(_) => {
+                let _ = daemon.kill();
+                panic!("the daemon did not start:\n{}", seen.join("\n"));
+            }
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l.contains(&socket.display().to_string())),
+        "not listening on {}:\n{}",
+        socket.display(),
+        seen.join("\n")
+    );
+    let oci = r.k.path("out.tar");
+    let builder = format!("unix://{}", socket.display());
+    let run = r.build(
+        &ctx,
+        &[
+            "--builder",
+            &builder,
+            "-o",
+            &format!("type=oci,dest={}", oci.display()),
+        ],
+    );
+    // SIGTERM ends the daemon cleanly, whatever the build did.
+    tool("kill", &["-TERM", &daemon.id().to_string()]);
+    let status = daemon.wait().unwrap();
+    seen.extend(lines.try_iter());
+    let run = run.ok();
+    assert!(
+        run.stderr.contains("uid=1000(app) gid=1000(app)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(status.code(), Some(0), "{}", seen.join("\n"));
+    assert!(!socket.exists(), "the socket stays after SIGTERM");
+    let owners = layer_owners(&r.k, &oci);
+    assert_eq!(owner_of(&owners, "out/f"), "1000/1000", "{owners:?}");
+    assert_eq!(std::fs::metadata(&oci).unwrap().uid(), uid_of(USER));
+    // The daemon's store is the user's.
+    let store = r.home().join(".local/share/kiln");
+    assert_eq!(std::fs::metadata(&store).unwrap().uid(), uid_of(USER));
+}

@@ -103,7 +103,17 @@ fn a_remote_build_writes_the_tarball_on_the_client_and_resends_only_the_edited_f
         synced.contains(&format!(": {} files,", 4 + layout_files)),
         "{synced}"
     );
-    // The tarball is the client's file, an OCI layout holding the image the build reported.
+    // The tarball is the client's file, an OCI layout holding the image the build reported,
+    // with the mode a local build's file gets (0666 less the umask), not tempfile's 0600.
+    let umask = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|u| u32::from_str_radix(u.trim(), 8).unwrap())
+        .unwrap();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&out).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o666 & !umask, "{mode:o}");
     let listing = tool("tar", &["-tf", &out.display().to_string()]);
     assert!(listing.lines().any(|l| l == "index.json"), "{listing}");
     let index = tool("tar", &["-xOf", &out.display().to_string(), "index.json"]);

@@ -98,6 +98,9 @@ pub fn execute(req: PrimitiveRequest, sink: &dyn Sink) -> Result<PrimitiveRespon
         sink.log(LogLevel::Warn, w);
     }
     let (step, stubs) = Step::prepare(req, injected)?;
+    if let Some(w) = userns::insecure_warning(&step) {
+        sink.log(LogLevel::Warn, w);
+    }
     let result = userns::check_step(&step).and_then(|()| match runtime {
         Runtime::Runc => runc::run(&step, sink),
         _ => sandbox::run(&step, sink),

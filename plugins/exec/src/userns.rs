@@ -11,6 +11,8 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::OnceLock;
 
+use kiln_plugin_sdk::graph::SecurityMode;
+
 use crate::step::Step;
 use crate::Error;
 
@@ -32,6 +34,17 @@ pub fn running_in_user_ns() -> bool {
 /// answer EINVAL deep in the setup — and a CDI device node that the user running kiln may
 /// not open (in rootless mode the step gets the host's node bound, with the host's
 /// permissions: no capability of the namespace opens it).
+/// What a rootless `--security=insecure` step is told: it runs, as rootless BuildKit runs it,
+/// with every capability of kiln's user namespace, and what needs the host's root (a device
+/// node, a kernel module, a block device mount) is still refused by the kernel.
+pub fn insecure_warning(step: &Step) -> Option<&'static str> {
+    (step.security == SecurityMode::Insecure && running_in_user_ns()).then_some(
+        "kiln runs rootless: --security=insecure gives this step the capabilities of kiln's \
+         user namespace, not the host's root; device nodes, kernel modules and mounts of block \
+         devices are refused (docs/rootless.md)",
+    )
+}
+
 pub fn check_step(step: &Step) -> Result<(), Error> {
     if !running_in_user_ns() {
         return Ok(());

@@ -447,19 +447,29 @@ fn rootless_security_insecure_has_the_namespaces_capabilities_only() {
         "the entitlement is still needed:\n{}",
         refused.stderr
     );
-    r.build(
-        &ctx,
-        &[
-            "--allow",
-            "security.insecure",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-        ],
-    )
-    .ok();
+    let run = r
+        .build(
+            &ctx,
+            &[
+                "--allow",
+                "security.insecure",
+                "-o",
+                &format!("type=local,dest={}", out.display()),
+            ],
+        )
+        .ok();
     assert_eq!(
         std::fs::read_to_string(out.join("r")).unwrap(),
         "mounted\nrefused\n"
+    );
+    // The step is told what it does not get.
+    assert!(
+        run.stderr.contains(
+            "kiln runs rootless: --security=insecure gives this step the capabilities of \
+             kiln's user namespace, not the host's root"
+        ),
+        "{}",
+        run.stderr
     );
 }
 

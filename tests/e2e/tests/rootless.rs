@@ -874,3 +874,78 @@ fn a_rootless_daemon_listens_in_the_users_runtime_dir_and_keeps_owners() {
     let store = r.home().join(".local/share/kiln");
     assert_eq!(std::fs::metadata(&store).unwrap().uid(), uid_of(USER));
 }
+
+/// The fuse-overlayfs snapshotter (the fallback where the kernel refuses overlay mounts in a
+/// user namespace, forced here with KILN_SNAPSHOTTER) as a real user: owners as in the build,
+/// a deleted file and a replaced directory exported as a whiteout and an opaque directory.
+/// This machine's /dev/fuse is `0600 root`; the user gets a `0666` node of the same device
+/// (as Debian's udev makes it) in a mount namespace of the test's own.
+#[test]
+fn a_rootless_build_on_fuse_overlayfs_keeps_owners_whiteouts_and_opaque_dirs() {
+    let r = Rootless::new(USER);
+    let ctx = r.write(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM bb\n\
+             RUN echo 'app:x:1000:1000::/home/app:/bin/sh' >>/etc/passwd && mkdir /out \\\n \
+             && echo hi >/out/f && chown -R 1000:1000 /out && rm /bin/vi \\\n \
+             && rm -rf /usr && mkdir /usr && echo n >/usr/new && grep -c fuse-overlayfs /proc/mounts\n\
+             USER 1000\nRUN id -u\n",
+        )],
+    );
+    let dev = r.k.path("fusedev");
+    std::fs::create_dir_all(&dev).unwrap();
+    let oci = r.k.path("out.tar");
+    let script = format!(
+        "set -e; mount -t tmpfs -o mode=755 none {dev}; mknod -m 666 {dev}/fuse c 10 229; \
+         mount --bind {dev}/fuse /dev/fuse; exec {setpriv} --reuid {USER} --regid {USER} \
+         --init-groups -- {kiln} build --progress=plain --build-context bb=oci-layout://{bb}:latest \
+         -o type=oci,dest={oci} {ctx}",
+        dev = dev.display(),
+        setpriv = setpriv().display(),
+        kiln = target_dir().join("kiln").display(),
+        bb = r.k.path("bb").display(),
+        oci = oci.display(),
+        ctx = ctx.display(),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env_clear()
+        .env("HOME", r.home())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("KILN_SNAPSHOTTER", "fuse-overlayfs")
+        .env(NO_DEFAULT_ATTESTATIONS, "1")
+        .current_dir(r.k.dir.path())
+        .output()
+        .expect("run unshare (util-linux)");
+    let run = Run::from(out).ok();
+    // The RUN step's root was a fuse-overlayfs mount, and the USER step ran as 1000.
+    let logged: Vec<&str> = run.stderr.lines().collect();
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.ends_with(" 1") && l.starts_with("#3 ")),
+        "no fuse-overlayfs mount under the step:\n{}",
+        run.stderr
+    );
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.starts_with("#4 ") && l.ends_with(" 1000")),
+        "{}",
+        run.stderr
+    );
+    let owners = layer_owners(&r.k, &oci);
+    assert_eq!(owner_of(&owners, "out/f"), "1000/1000", "{owners:?}");
+    assert_eq!(owner_of(&owners, "out"), "1000/1000", "{owners:?}");
+    let paths: Vec<&str> = owners.iter().map(|(_, p)| p.as_str()).collect();
+    assert!(paths.contains(&"bin/.wh.vi"), "{paths:?}");
+    assert!(paths.contains(&"usr/.wh..wh..opq"), "{paths:?}");
+    assert!(paths.contains(&"usr/new"), "{paths:?}");
+    // fuse-overlayfs's own markers never reach a layer.
+    assert!(
+        !paths.iter().any(|p| p.contains("fuseoverlayfs")),
+        "{paths:?}"
+    );
+}

@@ -906,9 +906,9 @@ pub fn failure_from_wire(f: pb::BuildFailure) -> Result<FailureView, Invalid> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn step_limits_travel_only_to_a_daemon_that_applies_them() {
-        let mut req = BuildRequest {
+    /// A request with every field at its plain value.
+    fn sample_request() -> BuildRequest {
+        BuildRequest {
             context: "/ctx".into(),
             dockerfile: "/ctx/Dockerfile".into(),
             frontend: None,
@@ -932,7 +932,12 @@ mod tests {
             cache_to: Vec::new(),
             cache_from: Vec::new(),
             explain_cache: false,
-        };
+        }
+    }
+
+    #[test]
+    fn step_limits_travel_only_to_a_daemon_that_applies_them() {
+        let mut req = sample_request();
         let send = |req: &BuildRequest| {
             request_to_wire(
                 req,
@@ -968,31 +973,7 @@ mod tests {
 
     #[test]
     fn attestations_travel_whole_and_only_to_a_daemon_that_makes_them() {
-        let req = BuildRequest {
-            context: "/ctx".into(),
-            dockerfile: "/ctx/Dockerfile".into(),
-            frontend: None,
-            build_args: BTreeMap::new(),
-            target: None,
-            no_cache: false,
-            platform: platform("linux/amd64").unwrap(),
-            platforms: Vec::new(),
-            exports: Vec::new(),
-            tags: Vec::new(),
-            secrets: BTreeMap::new(),
-            build_contexts: BTreeMap::new(),
-            runtime: ExecRuntime::Embedded,
-            ssh: BTreeMap::new(),
-            network: NetworkMode::Default,
-            allow: Default::default(),
-            run_options: Default::default(),
-            no_cache_filter: Vec::new(),
-            labels: BTreeMap::new(),
-            call: None,
-            cache_to: Vec::new(),
-            cache_from: Vec::new(),
-            explain_cache: false,
-        };
+        let req = sample_request();
         let asked = Attestations {
             provenance: Some(kiln_attest::ProvenanceOptions {
                 mode: kiln_attest::Mode::Max,

@@ -138,25 +138,63 @@ impl Rootless {
 
     /// [`Rootless::run`] with `PATH` set to `path`.
     fn run_with_path(&self, path: &std::ffi::OsStr, args: &[&str]) -> Run {
-        let out = Command::new(setpriv())
-            .args([
-                "--reuid",
-                self.user,
-                "--regid",
-                self.user,
-                "--init-groups",
-                "--",
-            ])
-            .arg(target_dir().join("kiln"))
-            .args(args)
-            .env_clear()
-            .env("HOME", self.home())
-            .env("PATH", path)
-            .env(NO_DEFAULT_ATTESTATIONS, "1")
-            .current_dir(self.k.dir.path())
+        let out = self
+            .command(path, args)
             .output()
             .expect("run setpriv (util-linux)");
         Run::from(out)
+    }
+
+    /// `kiln ARGS` as the user, with only HOME, PATH and the attestation switch set.
+    fn command(&self, path: &std::ffi::OsStr, args: &[&str]) -> Command {
+        let mut c = Command::new(setpriv());
+        c.args([
+            "--reuid",
+            self.user,
+            "--regid",
+            self.user,
+            "--init-groups",
+            "--",
+        ])
+        .arg(target_dir().join("kiln"))
+        .args(args)
+        .env_clear()
+        .env("HOME", self.home())
+        .env("PATH", path)
+        .env(NO_DEFAULT_ATTESTATIONS, "1")
+        .current_dir(self.k.dir.path());
+        c
+    }
+
+    /// Starts `kiln ARGS` as the user (with `env` added) in the background: the process and
+    /// the lines of its stderr as they come.
+    fn spawn(
+        &self,
+        env: &[(&str, &Path)],
+        args: &[&str],
+    ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+        use std::io::BufRead;
+        let mut c = self.command(&std::env::var_os("PATH").unwrap_or_default(), args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run setpriv (util-linux)");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, lines)
     }
 
     /// `kiln build --progress=plain` with the busybox layout as `bb`.
@@ -487,7 +525,6 @@ const BOUND: std::time::Duration = std::time::Duration::from_secs(60);
 impl Sleeping {
     /// Starts the build and returns once its step runs.
     fn start(r: &Rootless, secs: u32) -> Self {
-        use std::io::BufRead;
         let ctx = r.write(
             "ctx",
             &[(
@@ -498,29 +535,11 @@ impl Sleeping {
             )],
         );
         let bb = format!("bb=oci-layout://{}:latest", r.k.path("bb").display());
-        let mut child = Command::new(setpriv())
-            .args(["--reuid", r.user, "--regid", r.user, "--init-groups", "--"])
-            .arg(target_dir().join("kiln"))
-            .args(["build", "--progress=plain", "--build-context", &bb])
-            .arg(&ctx)
-            .env_clear()
-            .env("HOME", r.home())
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run setpriv (util-linux)");
-        let (tx, lines) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let ctx = ctx.display().to_string();
+        let (child, lines) = r.spawn(
+            &[],
+            &["build", "--progress=plain", "--build-context", &bb, &ctx],
+        );
         let mut b = Sleeping {
             child,
             lines,
@@ -798,34 +817,11 @@ fn ctrl_c_at_a_terminal_cancels_the_rootless_build_once() {
 /// the same user (in no namespace of its own) gets the image with the owners of the build.
 #[test]
 fn a_rootless_daemon_listens_in_the_users_runtime_dir_and_keeps_owners() {
-    use std::io::BufRead;
     let r = Rootless::new(USER);
     let run_dir = r.k.path("run");
     std::fs::create_dir_all(&run_dir).unwrap();
     let ctx = r.write("ctx", &[("Dockerfile", DONE_WHEN)]);
-    let mut daemon = Command::new(setpriv())
-        .args(["--reuid", USER, "--regid", USER, "--init-groups", "--"])
-        .arg(target_dir().join("kiln"))
-        .arg("serve")
-        .env_clear()
-        .env("HOME", r.home())
-        .env("XDG_RUNTIME_DIR", &run_dir)
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run setpriv (util-linux)");
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stderr = daemon.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut daemon, lines) = r.spawn(&[("XDG_RUNTIME_DIR", &run_dir)], &["serve"]);
     let socket = run_dir.join("kiln/kiln.sock");
     let mut seen = Vec::new();
     while !seen.iter().any(|l: &String| l.contains("listening on")) {

@@ -19,7 +19,6 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
 use common::{exec_op, require_runc, sh, with_mounts, Recorder, Rootfs};
 use kiln_exec::execute;
@@ -567,24 +566,6 @@ mod inner {
     }
 }
 
-/// The static syscall helper (`tests/data/syscall.c`), built once per test process.
 fn helper() -> &'static Path {
-    static HELPER: OnceLock<PathBuf> = OnceLock::new();
-    HELPER.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/syscall.c");
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "kiln-exec-rootless-syscall-{}",
-            std::process::id()
-        ));
-        let status = Command::new("cc")
-            .args(["-static", "-O2", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .unwrap_or_else(|e| {
-                panic!("cc not found ({e}): the rootless tests build a static helper with a C compiler and a static libc (apt-get install gcc libc6-dev)")
-            });
-        assert!(status.success(), "cc -static failed on {}", src.display());
-        out
-    })
+    common::syscall_helper()
 }

@@ -9,39 +9,16 @@
 #[macro_use]
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use common::{exec_op, require_runc, sh, Recorder, Rootfs};
 use kiln_exec::execute;
 use kiln_plugin_sdk::graph::SecurityMode;
 use kiln_plugin_sdk::proto::{PrimitiveRequest, Runtime};
 
-/// The static syscall helper, built once per test process.
 fn helper() -> &'static Path {
-    static HELPER: OnceLock<PathBuf> = OnceLock::new();
-    HELPER.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/syscall.c");
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "kiln-exec-syscall-{}",
-            std::process::id()
-        ));
-        let status = Command::new("cc")
-            .args(["-static", "-O2", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .unwrap_or_else(|e| {
-                panic!("cc not found ({e}): the sandbox tests build a static helper with a C compiler and a static libc (apt-get install gcc libc6-dev)")
-            });
-        assert!(
-            status.success(),
-            "cc -static failed on {}: install a static libc (libc6-dev)",
-            src.display()
-        );
-        out
-    })
+    common::syscall_helper()
 }
 
 /// A busybox rootfs with the helper at `/bin/syscall`.

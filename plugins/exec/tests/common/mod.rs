@@ -277,3 +277,30 @@ pub fn own_cap_bnd() -> u64 {
     let line = status.lines().find(|l| l.starts_with("CapBnd:")).unwrap();
     u64::from_str_radix(line.trim_start_matches("CapBnd:").trim(), 16).unwrap()
 }
+
+/// The static syscall helper (`tests/data/syscall.c`), built once per test process (by the
+/// sandbox and rootless tests, which run it inside steps).
+pub fn syscall_helper() -> &'static Path {
+    static HELPER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    HELPER.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/syscall.c");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "kiln-exec-syscall-{}",
+            std::process::id()
+        ));
+        let status = std::process::Command::new("cc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cc not found ({e}): the sandbox tests build a static helper with a C compiler and a static libc (apt-get install gcc libc6-dev)")
+            });
+        assert!(
+            status.success(),
+            "cc -static failed on {}: install a static libc (libc6-dev)",
+            src.display()
+        );
+        out
+    })
+}

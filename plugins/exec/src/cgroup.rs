@@ -116,6 +116,20 @@ impl StepCgroup {
         let created = fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| Error::io("cannot read", "/proc/self/cgroup", e))
             .and_then(|text| {
+                // Where step cgroups go. As root: below the root of kiln's cgroup namespace,
+                // as BuildKit's `/buildkit` and v1's `/kiln` — never inside the login session
+                // or service that started kiln, whose other processes would have to move out
+                // of the way. Rootless: below kiln's own cgroup, the only subtree an ordinary
+                // user can be delegated.
+                if !crate::userns::running_in_user_ns() {
+                    return v2::create(
+                        mount,
+                        "/",
+                        &step_name(),
+                        &v2::settings(&limits),
+                        &flags(&limits),
+                    );
+                }
                 let own = v2::own_cgroup(&text).ok_or_else(|| {
                     Error::Unsupported(format!(
                         "resource limits ({}) need kiln's cgroup v2 path, but /proc/self/cgroup \

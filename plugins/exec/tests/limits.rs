@@ -30,7 +30,33 @@ const UNIFIED: &str = "/sys/fs/cgroup/unified";
 /// [`run`] with the plugin told to drive the cgroup2 mount at [`UNIFIED`] (`KILN_CGROUP2_ROOT`),
 /// the v2 code path. The variable is set only while no other step of this binary runs.
 fn run_v2(script: &str, limits: StepLimits) -> (Result<i32, Error>, Vec<String>) {
+    run_v2_in(None, script, limits)
+}
+
+/// [`run_v2`] with this test process moved into the cgroup `own` of the unified mount (made
+/// for the run, the process moved back to the root and `own` removed after).
+fn run_v2_in(
+    own: Option<&str>,
+    script: &str,
+    limits: StepLimits,
+) -> (Result<i32, Error>, Vec<String>) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    struct Moved(Option<std::path::PathBuf>);
+    impl Drop for Moved {
+        fn drop(&mut self) {
+            if let Some(dir) = &self.0 {
+                let root = std::path::Path::new(UNIFIED).join("cgroup.procs");
+                let _ = std::fs::write(root, std::process::id().to_string());
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+    let _moved = Moved(own.map(|own| {
+        let dir = std::path::Path::new(UNIFIED).join(own.trim_start_matches('/'));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()).unwrap();
+        dir
+    }));
     assert!(
         std::path::Path::new(UNIFIED)
             .join("cgroup.controllers")
@@ -334,6 +360,26 @@ fn v2_a_step_without_limits_runs_in_its_own_cgroup_which_is_removed() {
         "{v2}"
     );
     // `run` checked that nothing is left under {UNIFIED}/kiln.
+}
+
+/// As root, step cgroups go below the root of the hierarchy (BuildKit's `/buildkit`, v1's
+/// `/kiln`), not into the cgroup kiln was started in (a login session, a service), which stays
+/// as it was: no `kiln` or `init` child, kiln's process not moved.
+#[test]
+fn v2_as_root_steps_go_below_the_root_not_into_kilns_own_cgroup() {
+    let own = format!("/kiln-test-own-{}", std::process::id());
+    let dir = std::path::Path::new(UNIFIED).join(own.trim_start_matches('/'));
+    let (r, out) = run_v2_in(Some(&own), "cat /proc/self/cgroup", StepLimits::default());
+    assert_eq!(r.unwrap(), 0, "{out:?}");
+    let v2 = out
+        .iter()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("no 0:: line in {out:?}"));
+    assert!(
+        v2.starts_with(&format!("/kiln/{}-", std::process::id())),
+        "{v2}"
+    );
+    assert!(!dir.exists(), "{} is left", dir.display());
 }
 
 #[test]

@@ -1,11 +1,13 @@
 //! The step's cgroup on the unified (v2) hierarchy, as runc's fs2 and BuildKit drive it: one
-//! directory, `<own>/kiln/<pid>-<n>`, below the cgroup kiln itself lives in (`0::<own>` in
-//! `/proc/self/cgroup`), so that a delegated subtree (rootless, a container's cgroup namespace,
-//! a systemd unit with `Delegate=yes`) is enough. The controllers the limits need are enabled
-//! in `<own>/cgroup.subtree_control` and `<own>/kiln/cgroup.subtree_control`; v2's "no internal
-//! processes" rule refuses the first while `<own>` holds processes (kiln itself), so they are
-//! moved into the leaf `<own>/init` first, as BuildKit's image and docker's dind move theirs
-//! into `/init` (a kiln already in `…/init` uses its parent). The root cgroup is exempt.
+//! directory, `<base>/kiln/<pid>-<n>`. As root, `<base>` is the root of kiln's cgroup namespace
+//! (BuildKit's `/buildkit` parent, v1's `/kiln`); rootless, it is the cgroup kiln itself lives
+//! in (`0::<own>` in `/proc/self/cgroup`), so that a delegated subtree (a systemd unit with
+//! `Delegate=yes`) is enough. The controllers the limits need are enabled in
+//! `<base>/cgroup.subtree_control` and `<base>/kiln/cgroup.subtree_control`; v2's "no internal
+//! processes" rule refuses the first while `<base>` holds processes (a container's namespace
+//! root, kiln's own cgroup), so they are moved into the leaf `<base>/init` first, as BuildKit's
+//! image and docker's dind move theirs into `/init` (a kiln already in `…/init` uses its
+//! parent). The host's root cgroup is exempt.
 
 use std::fs;
 use std::io::{ErrorKind, Read, Seek};

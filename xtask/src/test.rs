@@ -34,6 +34,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("newuidmap", "uidmap"),
     // kiln-snapshot's tests/userns.rs mounts views with it, as rootless kiln on old kernels.
     ("fuse-overlayfs", "fuse-overlayfs"),
+    // The exec sandbox tests assemble an i386 program (as --32, ld -m elf_i386).
+    ("as", "binutils"),
 ];
 
 pub fn run(args: &[String]) -> Result<ExitCode> {

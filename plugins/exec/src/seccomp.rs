@@ -3,10 +3,11 @@
 //! every other syscall answered EPERM (the profile's `defaultErrnoRet: 1`).
 //!
 //! What the embedded filter simplifies (runc gets the profile's own conditions through
-//! libseccomp): it covers the host's native ABI only. A 32-bit compat process (i386 on x86_64,
-//! arm on aarch64) is killed by the architecture check, and x32 syscalls get EPERM, where Docker
-//! allows them; emulated steps run QEMU, a native process, so the native filter is the one that
-//! applies to them. The profile's `minKernel: 4.8` entry is taken as met.
+//! libseccomp): it covers the host's native ABI and, on x86_64, i386 (`linux/386` images run
+//! natively there). A 32-bit arm process on aarch64 is killed by the architecture check, and
+//! x32 syscalls get EPERM, where Docker allows them; emulated steps run QEMU, a native
+//! process, so the native filter is the one that applies to them. The profile's
+//! `minKernel: 4.8` entry is taken as met.
 
 use caps::Capability;
 use oci_spec::runtime::{
@@ -1165,6 +1166,419 @@ const NUMBERS: &[(&str, i64)] = &[
     ("writev", 66),
 ];
 
+/// The numbers of the profile's syscalls for i386 processes on an x86_64 host (the kernel's
+/// `syscall_32.tbl`: Linux's `asm/unistd_32.h`, and the calls from 451 on, numbered alike on
+/// every architecture); a name missing here does not exist on i386 and is skipped, as
+/// libseccomp does.
+#[cfg(target_arch = "x86_64")]
+const NUMBERS_I386: &[(&str, i64)] = &[
+    ("_llseek", 140),
+    ("_newselect", 142),
+    ("accept4", 364),
+    ("access", 33),
+    ("acct", 51),
+    ("adjtimex", 124),
+    ("alarm", 27),
+    ("arch_prctl", 384),
+    ("bind", 361),
+    ("bpf", 357),
+    ("brk", 45),
+    ("cachestat", 451),
+    ("capget", 184),
+    ("capset", 185),
+    ("chdir", 12),
+    ("chmod", 15),
+    ("chown", 182),
+    ("chown32", 212),
+    ("chroot", 61),
+    ("clock_adjtime", 343),
+    ("clock_adjtime64", 405),
+    ("clock_getres", 266),
+    ("clock_getres_time64", 406),
+    ("clock_gettime", 265),
+    ("clock_gettime64", 403),
+    ("clock_nanosleep", 267),
+    ("clock_nanosleep_time64", 407),
+    ("clock_settime", 264),
+    ("clock_settime64", 404),
+    ("clone", 120),
+    ("clone3", 435),
+    ("close", 6),
+    ("close_range", 436),
+    ("connect", 362),
+    ("copy_file_range", 377),
+    ("creat", 8),
+    ("delete_module", 129),
+    ("dup", 41),
+    ("dup2", 63),
+    ("dup3", 330),
+    ("epoll_create", 254),
+    ("epoll_create1", 329),
+    ("epoll_ctl", 255),
+    ("epoll_pwait", 319),
+    ("epoll_pwait2", 441),
+    ("epoll_wait", 256),
+    ("eventfd", 323),
+    ("eventfd2", 328),
+    ("execve", 11),
+    ("execveat", 358),
+    ("exit", 1),
+    ("exit_group", 252),
+    ("faccessat", 307),
+    ("faccessat2", 439),
+    ("fadvise64", 250),
+    ("fadvise64_64", 272),
+    ("fallocate", 324),
+    ("fanotify_init", 338),
+    ("fanotify_mark", 339),
+    ("fchdir", 133),
+    ("fchmod", 94),
+    ("fchmodat", 306),
+    ("fchmodat2", 452),
+    ("fchown", 95),
+    ("fchown32", 207),
+    ("fchownat", 298),
+    ("fcntl", 55),
+    ("fcntl64", 221),
+    ("fdatasync", 148),
+    ("fgetxattr", 231),
+    ("finit_module", 350),
+    ("flistxattr", 234),
+    ("flock", 143),
+    ("fork", 2),
+    ("fremovexattr", 237),
+    ("fsconfig", 431),
+    ("fsetxattr", 228),
+    ("fsmount", 432),
+    ("fsopen", 430),
+    ("fspick", 433),
+    ("fstat", 108),
+    ("fstat64", 197),
+    ("fstatat64", 300),
+    ("fstatfs", 100),
+    ("fstatfs64", 269),
+    ("fsync", 118),
+    ("ftruncate", 93),
+    ("ftruncate64", 194),
+    ("futex", 240),
+    ("futex_requeue", 456),
+    ("futex_time64", 422),
+    ("futex_wait", 455),
+    ("futex_waitv", 449),
+    ("futex_wake", 454),
+    ("futimesat", 299),
+    ("get_mempolicy", 275),
+    ("get_robust_list", 312),
+    ("get_thread_area", 244),
+    ("getcpu", 318),
+    ("getcwd", 183),
+    ("getdents", 141),
+    ("getdents64", 220),
+    ("getegid", 50),
+    ("getegid32", 202),
+    ("geteuid", 49),
+    ("geteuid32", 201),
+    ("getgid", 47),
+    ("getgid32", 200),
+    ("getgroups", 80),
+    ("getgroups32", 205),
+    ("getitimer", 105),
+    ("getpeername", 368),
+    ("getpgid", 132),
+    ("getpgrp", 65),
+    ("getpid", 20),
+    ("getppid", 64),
+    ("getpriority", 96),
+    ("getrandom", 355),
+    ("getresgid", 171),
+    ("getresgid32", 211),
+    ("getresuid", 165),
+    ("getresuid32", 209),
+    ("getrlimit", 76),
+    ("getrusage", 77),
+    ("getsid", 147),
+    ("getsockname", 367),
+    ("getsockopt", 365),
+    ("gettid", 224),
+    ("gettimeofday", 78),
+    ("getuid", 24),
+    ("getuid32", 199),
+    ("getxattr", 229),
+    ("getxattrat", 464),
+    ("init_module", 128),
+    ("inotify_add_watch", 292),
+    ("inotify_init", 291),
+    ("inotify_init1", 332),
+    ("inotify_rm_watch", 293),
+    ("io_cancel", 249),
+    ("io_destroy", 246),
+    ("io_getevents", 247),
+    ("io_pgetevents", 385),
+    ("io_pgetevents_time64", 416),
+    ("io_setup", 245),
+    ("io_submit", 248),
+    ("ioctl", 54),
+    ("ioperm", 101),
+    ("iopl", 110),
+    ("ioprio_get", 290),
+    ("ioprio_set", 289),
+    ("ipc", 117),
+    ("kcmp", 349),
+    ("kill", 37),
+    ("landlock_add_rule", 445),
+    ("landlock_create_ruleset", 444),
+    ("landlock_restrict_self", 446),
+    ("lchown", 16),
+    ("lchown32", 198),
+    ("lgetxattr", 230),
+    ("link", 9),
+    ("linkat", 303),
+    ("listen", 363),
+    ("listmount", 458),
+    ("listxattr", 232),
+    ("listxattrat", 465),
+    ("llistxattr", 233),
+    ("lookup_dcookie", 253),
+    ("lremovexattr", 236),
+    ("lseek", 19),
+    ("lsetxattr", 227),
+    ("lsm_get_self_attr", 459),
+    ("lsm_list_modules", 461),
+    ("lsm_set_self_attr", 460),
+    ("lstat", 107),
+    ("lstat64", 196),
+    ("madvise", 219),
+    ("map_shadow_stack", 453),
+    ("mbind", 274),
+    ("membarrier", 375),
+    ("memfd_create", 356),
+    ("memfd_secret", 447),
+    ("mincore", 218),
+    ("mkdir", 39),
+    ("mkdirat", 296),
+    ("mknod", 14),
+    ("mknodat", 297),
+    ("mlock", 150),
+    ("mlock2", 376),
+    ("mlockall", 152),
+    ("mmap", 90),
+    ("mmap2", 192),
+    ("modify_ldt", 123),
+    ("mount", 21),
+    ("mount_setattr", 442),
+    ("move_mount", 429),
+    ("mprotect", 125),
+    ("mq_getsetattr", 282),
+    ("mq_notify", 281),
+    ("mq_open", 277),
+    ("mq_timedreceive", 280),
+    ("mq_timedreceive_time64", 419),
+    ("mq_timedsend", 279),
+    ("mq_timedsend_time64", 418),
+    ("mq_unlink", 278),
+    ("mremap", 163),
+    ("mseal", 462),
+    ("msgctl", 402),
+    ("msgget", 399),
+    ("msgrcv", 401),
+    ("msgsnd", 400),
+    ("msync", 144),
+    ("munlock", 151),
+    ("munlockall", 153),
+    ("munmap", 91),
+    ("name_to_handle_at", 341),
+    ("nanosleep", 162),
+    ("open", 5),
+    ("open_by_handle_at", 342),
+    ("open_tree", 428),
+    ("openat", 295),
+    ("openat2", 437),
+    ("pause", 29),
+    ("perf_event_open", 336),
+    ("personality", 136),
+    ("pidfd_getfd", 438),
+    ("pidfd_open", 434),
+    ("pidfd_send_signal", 424),
+    ("pipe", 42),
+    ("pipe2", 331),
+    ("pkey_alloc", 381),
+    ("pkey_free", 382),
+    ("pkey_mprotect", 380),
+    ("poll", 168),
+    ("ppoll", 309),
+    ("ppoll_time64", 414),
+    ("prctl", 172),
+    ("pread64", 180),
+    ("preadv", 333),
+    ("preadv2", 378),
+    ("prlimit64", 340),
+    ("process_madvise", 440),
+    ("process_mrelease", 448),
+    ("process_vm_readv", 347),
+    ("process_vm_writev", 348),
+    ("pselect6", 308),
+    ("pselect6_time64", 413),
+    ("ptrace", 26),
+    ("pwrite64", 181),
+    ("pwritev", 334),
+    ("pwritev2", 379),
+    ("quotactl", 131),
+    ("quotactl_fd", 443),
+    ("read", 3),
+    ("readahead", 225),
+    ("readlink", 85),
+    ("readlinkat", 305),
+    ("readv", 145),
+    ("reboot", 88),
+    ("recvfrom", 371),
+    ("recvmmsg", 337),
+    ("recvmmsg_time64", 417),
+    ("recvmsg", 372),
+    ("remap_file_pages", 257),
+    ("removexattr", 235),
+    ("removexattrat", 466),
+    ("rename", 38),
+    ("renameat", 302),
+    ("renameat2", 353),
+    ("restart_syscall", 0),
+    ("rmdir", 40),
+    ("rseq", 386),
+    ("rt_sigaction", 174),
+    ("rt_sigpending", 176),
+    ("rt_sigprocmask", 175),
+    ("rt_sigqueueinfo", 178),
+    ("rt_sigreturn", 173),
+    ("rt_sigsuspend", 179),
+    ("rt_sigtimedwait", 177),
+    ("rt_sigtimedwait_time64", 421),
+    ("rt_tgsigqueueinfo", 335),
+    ("sched_get_priority_max", 159),
+    ("sched_get_priority_min", 160),
+    ("sched_getaffinity", 242),
+    ("sched_getattr", 352),
+    ("sched_getparam", 155),
+    ("sched_getscheduler", 157),
+    ("sched_rr_get_interval", 161),
+    ("sched_rr_get_interval_time64", 423),
+    ("sched_setaffinity", 241),
+    ("sched_setattr", 351),
+    ("sched_setparam", 154),
+    ("sched_setscheduler", 156),
+    ("sched_yield", 158),
+    ("seccomp", 354),
+    ("select", 82),
+    ("semctl", 394),
+    ("semget", 393),
+    ("semtimedop_time64", 420),
+    ("sendfile", 187),
+    ("sendfile64", 239),
+    ("sendmmsg", 345),
+    ("sendmsg", 370),
+    ("sendto", 369),
+    ("set_mempolicy", 276),
+    ("set_mempolicy_home_node", 450),
+    ("set_robust_list", 311),
+    ("set_thread_area", 243),
+    ("set_tid_address", 258),
+    ("setdomainname", 121),
+    ("setfsgid", 139),
+    ("setfsgid32", 216),
+    ("setfsuid", 138),
+    ("setfsuid32", 215),
+    ("setgid", 46),
+    ("setgid32", 214),
+    ("setgroups", 81),
+    ("setgroups32", 206),
+    ("sethostname", 74),
+    ("setitimer", 104),
+    ("setns", 346),
+    ("setpgid", 57),
+    ("setpriority", 97),
+    ("setregid", 71),
+    ("setregid32", 204),
+    ("setresgid", 170),
+    ("setresgid32", 210),
+    ("setresuid", 164),
+    ("setresuid32", 208),
+    ("setreuid", 70),
+    ("setreuid32", 203),
+    ("setrlimit", 75),
+    ("setsid", 66),
+    ("setsockopt", 366),
+    ("settimeofday", 79),
+    ("setuid", 23),
+    ("setuid32", 213),
+    ("setxattr", 226),
+    ("setxattrat", 463),
+    ("shmat", 397),
+    ("shmctl", 396),
+    ("shmdt", 398),
+    ("shmget", 395),
+    ("shutdown", 373),
+    ("sigaltstack", 186),
+    ("signalfd", 321),
+    ("signalfd4", 327),
+    ("sigprocmask", 126),
+    ("sigreturn", 119),
+    ("socket", 359),
+    ("socketcall", 102),
+    ("socketpair", 360),
+    ("splice", 313),
+    ("stat", 106),
+    ("stat64", 195),
+    ("statfs", 99),
+    ("statfs64", 268),
+    ("statmount", 457),
+    ("statx", 383),
+    ("stime", 25),
+    ("symlink", 83),
+    ("symlinkat", 304),
+    ("sync", 36),
+    ("sync_file_range", 314),
+    ("syncfs", 344),
+    ("sysinfo", 116),
+    ("syslog", 103),
+    ("tee", 315),
+    ("tgkill", 270),
+    ("time", 13),
+    ("timer_create", 259),
+    ("timer_delete", 263),
+    ("timer_getoverrun", 262),
+    ("timer_gettime", 261),
+    ("timer_gettime64", 408),
+    ("timer_settime", 260),
+    ("timer_settime64", 409),
+    ("timerfd_create", 322),
+    ("timerfd_gettime", 326),
+    ("timerfd_gettime64", 410),
+    ("timerfd_settime", 325),
+    ("timerfd_settime64", 411),
+    ("times", 43),
+    ("tkill", 238),
+    ("truncate", 92),
+    ("truncate64", 193),
+    ("ugetrlimit", 191),
+    ("umask", 60),
+    ("umount", 22),
+    ("umount2", 52),
+    ("uname", 122),
+    ("unlink", 10),
+    ("unlinkat", 301),
+    ("unshare", 310),
+    ("utime", 30),
+    ("utimensat", 320),
+    ("utimensat_time64", 412),
+    ("utimes", 271),
+    ("vfork", 190),
+    ("vhangup", 111),
+    ("vmsplice", 316),
+    ("wait4", 114),
+    ("waitid", 284),
+    ("waitpid", 7),
+    ("write", 4),
+    ("writev", 146),
+];
+
 /// No table here: [`target_arch`] refuses such a host before a number is looked up.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const NUMBERS: &[(&str, i64)] = &[];
@@ -1209,54 +1623,80 @@ impl Profile {
     /// so `clone3` gets ENOSYS, not the allow-list's EPERM.
     pub fn programs(&self) -> Result<Vec<BpfProgram>, Error> {
         let arch = target_arch()?;
-        let mut rules = std::collections::BTreeMap::new();
-        for name in &self.allowed {
-            if let Some(nr) = number(name) {
-                rules.insert(nr, Vec::new());
+        let mut allow_list = Vec::new();
+        let mut clone3 = Vec::new();
+        for abi in abis() {
+            let nr = |name: &str| {
+                abi.numbers
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, nr)| *nr)
+                    .ok_or_else(|| {
+                        Error::Unsupported(format!(
+                            "the seccomp tables lack {name} for {:#x}",
+                            abi.audit_arch
+                        ))
+                    })
+            };
+            let mut rules = std::collections::BTreeMap::new();
+            for name in &self.allowed {
+                if let Some((_, nr)) = abi.numbers.iter().find(|(n, _)| n == name) {
+                    rules.insert(*nr, Vec::new());
+                }
+            }
+            // A rule on the first argument (the profile's conditions are all on it; an i386
+            // process's arguments reach the filter zero-extended).
+            let one = |op, value| {
+                let condition = SeccompCondition::new(0, SeccompCmpArgLen::Qword, op, value)
+                    .map_err(filter_error)?;
+                SeccompRule::new(vec![condition]).map_err(filter_error)
+            };
+            rules.insert(
+                nr("personality")?,
+                PERSONALITIES
+                    .iter()
+                    .map(|p| one(SeccompCmpOp::Eq, *p))
+                    .collect::<Result<_, _>>()?,
+            );
+            rules.insert(
+                nr("socket")?,
+                vec![
+                    one(SeccompCmpOp::Lt, AF_ALG)?,
+                    one(SeccompCmpOp::Eq, AF_NFC)?,
+                    one(SeccompCmpOp::Gt, AF_VSOCK)?,
+                ],
+            );
+            if !self.clone_unrestricted {
+                rules.insert(
+                    nr("clone")?,
+                    vec![one(SeccompCmpOp::MaskedEq(CLONE_NAMESPACE_FLAGS), 0)?],
+                );
+            }
+            allow_list.push((
+                abi.audit_arch,
+                compile(
+                    rules,
+                    SeccompAction::Errno(libc::EPERM as u32),
+                    SeccompAction::Allow,
+                    arch,
+                )?,
+            ));
+            if !self.clone_unrestricted {
+                let only = [(nr("clone3")?, Vec::new())].into_iter().collect();
+                clone3.push((
+                    abi.audit_arch,
+                    compile(
+                        only,
+                        SeccompAction::Allow,
+                        SeccompAction::Errno(CLONE3_ERRNO),
+                        arch,
+                    )?,
+                ));
             }
         }
-        // A rule on the first argument (the profile's conditions are all on it).
-        let one = |op, value| {
-            let condition = SeccompCondition::new(0, SeccompCmpArgLen::Qword, op, value)
-                .map_err(filter_error)?;
-            SeccompRule::new(vec![condition]).map_err(filter_error)
-        };
-        rules.insert(
-            libc::SYS_personality,
-            PERSONALITIES
-                .iter()
-                .map(|p| one(SeccompCmpOp::Eq, *p))
-                .collect::<Result<_, _>>()?,
-        );
-        rules.insert(
-            libc::SYS_socket,
-            vec![
-                one(SeccompCmpOp::Lt, AF_ALG)?,
-                one(SeccompCmpOp::Eq, AF_NFC)?,
-                one(SeccompCmpOp::Gt, AF_VSOCK)?,
-            ],
-        );
-        let mut programs = Vec::new();
+        let mut programs = vec![by_arch(allow_list)?];
         if !self.clone_unrestricted {
-            rules.insert(
-                libc::SYS_clone,
-                vec![one(SeccompCmpOp::MaskedEq(CLONE_NAMESPACE_FLAGS), 0)?],
-            );
-        }
-        programs.push(compile(
-            rules,
-            SeccompAction::Errno(libc::EPERM as u32),
-            SeccompAction::Allow,
-            arch,
-        )?);
-        if !self.clone_unrestricted {
-            let clone3 = [(libc::SYS_clone3, Vec::new())].into_iter().collect();
-            programs.push(compile(
-                clone3,
-                SeccompAction::Allow,
-                SeccompAction::Errno(CLONE3_ERRNO),
-                arch,
-            )?);
+            programs.push(by_arch(clone3)?);
         }
         Ok(programs)
     }
@@ -1338,8 +1778,101 @@ impl Profile {
     }
 }
 
+/// One ABI a step's processes may use: the host's own, and on x86_64 also i386 (a
+/// `linux/386` image runs natively there, as Docker's profile admits: its x86_64 entry lists
+/// `x86` and `x32` as sub-architectures).
+struct Abi {
+    /// The `AUDIT_ARCH_*` value the kernel reports for a call of this ABI.
+    audit_arch: u32,
+    numbers: &'static [(&'static str, i64)],
+}
+
+const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+
+fn abis() -> Vec<Abi> {
+    let native = Abi {
+        // Filled in by `by_arch` from the compiled program's own check.
+        audit_arch: 0,
+        numbers: NUMBERS,
+    };
+    #[cfg(target_arch = "x86_64")]
+    return vec![
+        native,
+        Abi {
+            audit_arch: AUDIT_ARCH_I386,
+            numbers: NUMBERS_I386,
+        },
+    ];
+    #[cfg(not(target_arch = "x86_64"))]
+    vec![native]
+}
+
+// Classic BPF opcodes (linux/bpf_common.h) for the dispatch on the architecture.
+/// BPF_LD | BPF_W | BPF_ABS (0x00 | 0x00 | 0x20).
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10;
+const BPF_JMP_JA: u16 = 0x05;
+const BPF_RET_K: u16 = 0x06;
+/// `offsetof(struct seccomp_data, arch)`.
+const ARCH_OFFSET: u32 = 4;
+/// The most instructions the kernel takes in one filter (BPF_MAXINSNS).
+const MAX_INSNS: usize = 4096;
+
+/// One filter out of programs compiled for the host's architecture, each meant for one ABI
+/// (`audit_arch` 0: the host's own): seccompiler opens every program with a check that kills a
+/// call of another architecture (load the arch, compare, kill). Here that opening is replaced
+/// by one dispatch: a call of each listed architecture runs that ABI's rules, any other is
+/// killed, as before.
+fn by_arch(parts: Vec<(u32, BpfProgram)>) -> Result<BpfProgram, Error> {
+    let mut out = vec![sock(BPF_LD_W_ABS, ARCH_OFFSET, 0, 0)];
+    for (audit_arch, program) in parts {
+        let opening = program.get(..3).unwrap_or_default();
+        let native = match opening {
+            [load, check, kill]
+                if load.code == BPF_LD_W_ABS
+                    && load.k == ARCH_OFFSET
+                    && check.code == BPF_JMP_JEQ_K
+                    && (check.jt, check.jf) == (1, 0)
+                    && kill.code == BPF_RET_K =>
+            {
+                check.k
+            }
+            _ => {
+                return Err(Error::Unsupported(
+                    "the seccomp filter does not open with the architecture check kiln \
+                     expects of seccompiler"
+                        .to_owned(),
+                ))
+            }
+        };
+        let body = &program[3..];
+        let arch = if audit_arch == 0 { native } else { audit_arch };
+        let len = u32::try_from(body.len()).map_err(|_| too_long(body.len()))?;
+        // Equal: skip the jump over the body, into it. Else: over it, to the next check.
+        out.push(sock(BPF_JMP_JEQ_K, arch, 1, 0));
+        out.push(sock(BPF_JMP_JA, len, 0, 0));
+        out.extend_from_slice(body);
+    }
+    out.push(sock(BPF_RET_K, libc::SECCOMP_RET_KILL_PROCESS, 0, 0));
+    if out.len() > MAX_INSNS {
+        return Err(too_long(out.len()));
+    }
+    Ok(out)
+}
+
+fn sock(code: u16, k: u32, jt: u8, jf: u8) -> seccompiler::sock_filter {
+    seccompiler::sock_filter { code, jt, jf, k }
+}
+
+fn too_long(n: usize) -> Error {
+    Error::Unsupported(format!(
+        "the seccomp filter would have {n} instructions, more than the kernel's {MAX_INSNS}"
+    ))
+}
+
 /// The number of a syscall on this architecture, `None` when it has no such call.
-pub fn number(name: &str) -> Option<i64> {
+#[cfg(test)]
+fn number(name: &str) -> Option<i64> {
     NUMBERS.iter().find(|(n, _)| *n == name).map(|(_, nr)| *nr)
 }
 
@@ -1453,6 +1986,55 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), NUMBERS.len());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn i386_numbers_are_unique_and_cover_what_an_i386_libc_calls() {
+        let mut names: Vec<_> = NUMBERS_I386.iter().map(|(n, _)| n).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), NUMBERS_I386.len());
+        // The 32-bit spellings exist only here; numbers differ from x86_64's.
+        let nr = |n: &str| NUMBERS_I386.iter().find(|(x, _)| *x == n).map(|(_, v)| *v);
+        assert_eq!(nr("write"), Some(4));
+        assert_eq!(nr("exit_group"), Some(252));
+        assert_eq!(nr("socketcall"), Some(102));
+        assert_eq!(nr("mmap2"), Some(192));
+        assert_eq!(nr("clone3"), Some(435));
+        assert_eq!(nr("fchmodat2"), Some(452));
+        assert_eq!(nr("arch_prctl"), Some(384));
+    }
+
+    #[test]
+    fn the_filter_dispatches_on_the_architecture_within_the_kernels_limit() {
+        for caps in [&DEFAULT_CAPS[..], &[Capability::CAP_SYS_ADMIN][..]] {
+            let programs = Profile::for_caps(caps).programs().unwrap();
+            for p in &programs {
+                assert!(p.len() <= MAX_INSNS, "{} instructions", p.len());
+                assert_eq!((p[0].code, p[0].k), (BPF_LD_W_ABS, ARCH_OFFSET));
+                // The chain of architecture checks, each jumping over its rules to the next;
+                // the last instruction kills a call of any other architecture.
+                let mut checks = Vec::new();
+                let mut i = 1;
+                while i + 1 < p.len() - 1 {
+                    assert_eq!((p[i].code, p[i].jt, p[i].jf), (BPF_JMP_JEQ_K, 1, 0));
+                    assert_eq!(p[i + 1].code, BPF_JMP_JA);
+                    checks.push(p[i].k);
+                    i += 2 + p[i + 1].k as usize;
+                }
+                assert_eq!(i, p.len() - 1);
+                #[cfg(target_arch = "x86_64")]
+                assert_eq!(checks, [0xC000_003E, AUDIT_ARCH_I386]);
+                #[cfg(target_arch = "aarch64")]
+                assert_eq!(checks, [0xC000_00B7]);
+                let last = p.last().unwrap();
+                assert_eq!(
+                    (last.code, last.k),
+                    (BPF_RET_K, libc::SECCOMP_RET_KILL_PROCESS)
+                );
+            }
+        }
     }
 
     #[test]

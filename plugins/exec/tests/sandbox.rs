@@ -25,6 +25,7 @@ fn helper() -> &'static Path {
 fn rootfs() -> Rootfs {
     let root = Rootfs::busybox();
     std::fs::copy(helper(), root.merged.join("bin/syscall")).unwrap();
+    std::fs::copy(common::i386_helper(), root.merged.join("bin/i386")).unwrap();
     root
 }
 
@@ -187,6 +188,25 @@ fn insecure_allows_the_mount(runtime: Runtime) {
     );
     assert_eq!(code, 0, "{out:?}");
     assert_eq!(out, vec!["ok 0", "ok 0"]);
+}
+
+/// An i386 process (a `linux/386` image's, run natively on x86_64) gets the same allow-list:
+/// its calls are allowed or refused by their i386 numbers, not killed for their architecture.
+#[cfg(target_arch = "x86_64")]
+mod i386 {
+    use super::*;
+
+    fn i386_processes_get_the_same_allow_list(runtime: Runtime) {
+        let (code, out) = run("/bin/i386", "", SecurityMode::Sandbox, runtime);
+        assert_eq!(
+            (code, out),
+            (0, vec!["i386".to_owned(), "EPERM".to_owned()])
+        );
+        let (code, out) = run("/bin/i386", "", SecurityMode::Insecure, runtime);
+        assert_eq!((code, out), (0, vec!["i386".to_owned(), "ok".to_owned()]));
+    }
+
+    both_runtimes!(i386_processes_get_the_same_allow_list);
 }
 
 both_runtimes!(

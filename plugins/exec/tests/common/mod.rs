@@ -304,3 +304,31 @@ pub fn syscall_helper() -> &'static Path {
         out
     })
 }
+
+/// The i386 program (`tests/data/i386.S`), assembled once per test process with binutils
+/// (`as --32`, `ld -m elf_i386`: no 32-bit libc needed).
+pub fn i386_helper() -> &'static Path {
+    static HELPER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    HELPER.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/i386.S");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("kiln-exec-i386-{}", std::process::id()));
+        let obj = out.with_extension("o");
+        for (tool, args) in [
+            ("as", vec!["--32".into(), "-o".into(), obj.clone(), src.clone()]),
+            (
+                "ld",
+                vec!["-m".into(), "elf_i386".into(), "-o".into(), out.clone(), obj.clone()],
+            ),
+        ] {
+            let status = std::process::Command::new(tool)
+                .args(&args)
+                .status()
+                .unwrap_or_else(|e| {
+                    panic!("{tool} not found ({e}): the i386 sandbox test assembles its program with binutils (apt-get install binutils)")
+                });
+            assert!(status.success(), "{tool} failed on {}", src.display());
+        }
+        out
+    })
+}

@@ -89,6 +89,54 @@ pub(crate) fn unique_name() -> String {
     Digest::of(seed.as_bytes()).short()
 }
 
+/// The store's record of the xattr its layers mark opaque directories with (rootless kiln's
+/// `user.overlay.opaque`, root's `trusted.overlay.opaque`: `format.rs`).
+const OPAQUE_RECORD: &str = "opaque-xattr";
+
+/// Records `ours` in a new store, or refuses a store recorded with the other one: its opaque
+/// directories would not hide what they hide, and views, layers and images would be wrong. A
+/// store without the record predates rootless kiln, which is the only writer of `user.*`.
+fn check_opaque_xattr(root: &Path, ours: &'static str) -> Result<()> {
+    let record = root.join(OPAQUE_RECORD);
+    let theirs = match fs::read_to_string(&record) {
+        Ok(t) => t.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = root
+                .join("tmp")
+                .join(format!("{OPAQUE_RECORD}-{}", unique_name()));
+            fs::write(&tmp, ours)
+                .and_then(|()| fs::rename(&tmp, &record))
+                .map_err(io_err("record the opaque xattr of", &record))?;
+            return Ok(());
+        }
+        Err(e) => return Err(io_err("read", &record)(e)),
+    };
+    if theirs == ours {
+        return Ok(());
+    }
+    let rootless = |x: &str| x.starts_with("user.");
+    Err(Error::StoreOfOtherMode {
+        root: root.to_owned(),
+        made_by: if rootless(&theirs) {
+            "rootless kiln"
+        } else {
+            "kiln as root"
+        },
+        made_with: theirs,
+        now: if rootless(ours) {
+            "rootless"
+        } else {
+            "as root"
+        },
+        reads: ours,
+        hint: if rootless(ours) {
+            "rootless kiln's default is ~/.local/share/kiln"
+        } else {
+            "as root the default is /var/lib/kiln"
+        },
+    })
+}
+
 impl Store {
     /// Opens (creating) a store at `root`. Views use overlayfs, unless `KILN_SNAPSHOTTER=copy`
     /// says otherwise or an overlay mount does not work here (then, in a user namespace,
@@ -145,6 +193,7 @@ impl Store {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
+        check_opaque_xattr(&root, crate::format::opaque_xattr())?;
         let session = Session::start(&root, unique_name)?;
         session::sweep(&root, session.id());
         Ok(Store {
@@ -493,5 +542,55 @@ impl Drop for LayerBuilder {
 impl From<Error> for std::io::Error {
     fn from(e: Error) -> Self {
         std::io::Error::other(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_of_the_other_mode_is_refused_saying_which_and_where() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("store");
+        fs::create_dir_all(root.join("tmp")).unwrap();
+        // A new store records the flavour of the kiln that made it, which opens it again.
+        check_opaque_xattr(&root, "user.overlay.opaque").unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join(OPAQUE_RECORD)).unwrap(),
+            "user.overlay.opaque"
+        );
+        check_opaque_xattr(&root, "user.overlay.opaque").unwrap();
+        // kiln as root on a rootless store, and the reverse.
+        let err = check_opaque_xattr(&root, "trusted.overlay.opaque")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("was made by rootless kiln")
+                && err.contains("runs as root")
+                && err.contains("/var/lib/kiln")
+                && err.contains(&root.display().to_string()),
+            "{err}"
+        );
+        fs::write(root.join(OPAQUE_RECORD), "trusted.overlay.opaque").unwrap();
+        let err = check_opaque_xattr(&root, "user.overlay.opaque")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("was made by kiln as root")
+                && err.contains("runs rootless")
+                && err.contains("~/.local/share/kiln"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn opening_a_store_records_this_process_s_flavour() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open_with(d.path().join("s"), SnapshotterKind::Copy).unwrap();
+        assert_eq!(
+            fs::read_to_string(store.root().join(OPAQUE_RECORD)).unwrap(),
+            crate::format::opaque_xattr()
+        );
     }
 }

@@ -945,3 +945,57 @@ fn a_rootless_build_on_fuse_overlayfs_keeps_owners_whiteouts_and_opaque_dirs() {
         "{paths:?}"
     );
 }
+
+/// Rootless kiln and kiln as root mark opaque directories with different xattrs
+/// (`user.overlay.opaque`, `trusted.overlay.opaque`), so neither may build on the other's
+/// store: each refuses it, saying who made it and where its own default store is.
+#[test]
+fn a_store_of_the_other_mode_is_refused_naming_who_made_it() {
+    let r = Rootless::new(USER);
+    let ctx = r.write(
+        "ctx",
+        &[("Dockerfile", "FROM bb\nCOPY f /f\n"), ("f", "x\n")],
+    );
+    let ctx = ctx.display().to_string();
+    let bb = format!("bb=oci-layout://{}:latest", r.k.path("bb").display());
+    let build = |root: &Path| {
+        vec![
+            "--root".to_owned(),
+            root.display().to_string(),
+            "build".to_owned(),
+            "--progress=plain".to_owned(),
+            "--build-context".to_owned(),
+            bb.clone(),
+            ctx.clone(),
+        ]
+    };
+
+    // A store made as root, then given to the user: refused by rootless kiln.
+    let root_store = r.k.path("root-store");
+    let root_args = build(&root_store);
+    let args: Vec<&str> = root_args.iter().map(String::as_str).collect();
+    r.k.run(&args).ok();
+    r.chown();
+    let refused = r.run(&args).fails();
+    assert!(
+        refused.stderr.contains("was made by kiln as root")
+            && refused.stderr.contains("this kiln runs rootless")
+            && refused.stderr.contains("~/.local/share/kiln"),
+        "{}",
+        refused.stderr
+    );
+
+    // The user's own store, made rootless: refused by kiln as root.
+    let users = r.home().join(".local/share/kiln");
+    let own_args = build(&users);
+    let own: Vec<&str> = own_args.iter().map(String::as_str).collect();
+    r.run(&own).ok();
+    let refused = r.k.run(&own).fails();
+    assert!(
+        refused.stderr.contains("was made by rootless kiln")
+            && refused.stderr.contains("this kiln runs as root")
+            && refused.stderr.contains("/var/lib/kiln"),
+        "{}",
+        refused.stderr
+    );
+}

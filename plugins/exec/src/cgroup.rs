@@ -308,6 +308,123 @@ impl Drop for StepCgroup {
     }
 }
 
+/// What a step sees at `/sys/fs/cgroup`, as BuildKit mounts a cgroup filesystem there
+/// (`withCGroup`) and runc sets it up: tools read their limits in it (the JVM, .NET, Node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupFs {
+    /// v1: a tmpfs with one bind per hierarchy, of the step's own cgroup in it (runc binds the
+    /// container's), and `cpu -> cpu,cpuacct` links for combined hierarchies.
+    V1 {
+        hierarchies: Vec<Hierarchy>,
+        /// `(link name, target)`.
+        links: Vec<(String, String)>,
+    },
+    /// v2: a cgroup namespace rooted at the step's cgroup (BuildKit adds one on v2 hosts) with
+    /// cgroup2 mounted; `dir` is that cgroup on kiln's side, bound instead in a user namespace.
+    V2 { dir: PathBuf },
+}
+
+/// One v1 hierarchy of the step's `/sys/fs/cgroup`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    /// As the host names its mountpoint: `memory`, `cpu,cpuacct`, `systemd`.
+    pub name: String,
+    /// The step's cgroup in it, on kiln's side.
+    pub source: PathBuf,
+}
+
+/// The `/sys/fs/cgroup` of a step run in `step` (its cgroup, if it has one; else it stays in
+/// kiln's). `None` where the host has no cgroup v2 path for kiln.
+pub fn cgroupfs(step: Option<&StepCgroup>) -> Option<CgroupFs> {
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    match Layout::get() {
+        Layout::Unified(mount) => {
+            if let Some(Kind::V2(s)) = step.map(|s| &s.kind) {
+                return Some(CgroupFs::V2 { dir: s.dir.clone() });
+            }
+            let rel = v2::own_cgroup(&own)?;
+            Some(CgroupFs::V2 {
+                dir: mount.join(rel.trim_start_matches('/')),
+            })
+        }
+        Layout::V1 => {
+            let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let step_dirs: &[(&'static str, PathBuf)] = match step.map(|s| &s.kind) {
+                Some(Kind::V1 { dirs, .. }) => dirs,
+                _ => &[],
+            };
+            let (hierarchies, links) = v1_hierarchies(&mountinfo, &own, step_dirs);
+            Some(CgroupFs::V1 { hierarchies, links })
+        }
+    }
+}
+
+/// The v1 hierarchies mounted at `/sys/fs/cgroup/<name>` (from `mountinfo`), each with the
+/// directory to bind: the step's cgroup in it (`step_dirs`, by controller), else kiln's own
+/// (from `proc_self_cgroup`, below the mount's root); and the links for combined hierarchies.
+fn v1_hierarchies(
+    mountinfo: &str,
+    proc_self_cgroup: &str,
+    step_dirs: &[(&'static str, PathBuf)],
+) -> (Vec<Hierarchy>, Vec<(String, String)>) {
+    let mut hierarchies = Vec::new();
+    let mut links = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((before, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = before.split(' ').collect();
+        let after: Vec<&str> = after.split(' ').collect();
+        let (Some(root), Some(point), Some(&"cgroup"), Some(options)) =
+            (fields.get(3), fields.get(4), after.first(), after.get(2))
+        else {
+            continue;
+        };
+        let Some(name) = point
+            .strip_prefix(ROOT)
+            .and_then(|n| n.strip_prefix('/'))
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+        else {
+            continue;
+        };
+        let options: Vec<&str> = options.split(',').collect();
+        // The `/proc/self/cgroup` line of this hierarchy: its controllers are all among the
+        // mount's options (`cpu,cpuacct`, `name=systemd`).
+        let path = proc_self_cgroup.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            (!controllers.is_empty() && controllers.split(',').all(|c| options.contains(&c)))
+                .then_some(path)
+        });
+        let mountpoint = Path::new(point);
+        let source = step_dirs
+            .iter()
+            .find(|(c, _)| options.contains(c))
+            .map(|(_, d)| d.clone())
+            .or_else(|| {
+                let rel = path?.strip_prefix(root.trim_end_matches('/'))?;
+                let rel = rel.trim_start_matches('/');
+                // The mount's root itself: its mountpoint (no trailing slash).
+                let dir = (!rel.is_empty()).then(|| mountpoint.join(rel))?;
+                dir.is_dir().then_some(dir)
+            })
+            .unwrap_or_else(|| mountpoint.to_path_buf());
+        if name.contains(',') {
+            for part in name.split(',') {
+                links.push((part.to_owned(), name.to_owned()));
+            }
+        }
+        hierarchies.push(Hierarchy {
+            name: name.to_owned(),
+            source,
+        });
+    }
+    // A link only where the host has no hierarchy of that name itself.
+    links.retain(|(link, _)| !hierarchies.iter().any(|h| h.name == *link));
+    links.dedup();
+    (hierarchies, links)
+}
+
 fn write(path: &Path, value: &str) -> Result<(), Error> {
     fs::OpenOptions::new()
         .write(true)
@@ -384,6 +501,62 @@ mod tests {
                  ordinary user cannot create cgroups (cannot create /sys/fs/cgroup/memory/kiln"
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn v1_hierarchies_bind_the_steps_cgroup_else_kilns_with_links_for_combined_ones() {
+        let mountinfo = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 31 0:33 /outer /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+42 23 0:39 / /mnt/elsewhere rw,relatime - cgroup cgroup rw,freezer
+";
+        // Paths that do not exist on this machine: the mountpoint itself is bound.
+        let cgroup = "4:memory:/a\n3:pids:/outer/b\n2:cpu,cpuacct:/c\n1:name=systemd:/\n0::/\n";
+        let step = [("memory", PathBuf::from("/sys/fs/cgroup/memory/kiln/1-0"))];
+        let (h, links) = v1_hierarchies(mountinfo, cgroup, &step);
+        let got: Vec<(&str, &str)> = h
+            .iter()
+            .map(|h| (h.name.as_str(), h.source.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct"),
+                ("memory", "/sys/fs/cgroup/memory/kiln/1-0"),
+                ("pids", "/sys/fs/cgroup/pids"),
+                ("systemd", "/sys/fs/cgroup/systemd"),
+            ]
+        );
+        assert_eq!(
+            links,
+            [
+                ("cpu".to_owned(), "cpu,cpuacct".to_owned()),
+                ("cpuacct".to_owned(), "cpu,cpuacct".to_owned())
+            ]
+        );
+    }
+
+    /// On this host: kiln's own memory cgroup (this test process's), below the mount's root.
+    #[test]
+    fn v1_hierarchies_of_this_host_bind_kilns_own_cgroup() {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let cgroup = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let (h, _) = v1_hierarchies(&mountinfo, &cgroup, &[]);
+        let Some(memory) = h.iter().find(|h| h.name == "memory") else {
+            return assert!(!mountinfo.contains("/sys/fs/cgroup/memory "), "{h:?}");
+        };
+        let own = cgroup
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p))
+            .unwrap();
+        assert_eq!(
+            memory.source,
+            Path::new("/sys/fs/cgroup/memory").join(own.trim_start_matches('/'))
         );
     }
 

@@ -20,8 +20,9 @@ use kiln_plugin_sdk::death_watch::DeathWatch;
 use kiln_plugin_sdk::graph::{NetworkMode, SecurityMode};
 use kiln_plugin_sdk::proto::UlimitResource;
 use oci_spec::runtime::{
-    Capability, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
-    LinuxNamespaceType, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
+    Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
     RootBuilder, Spec, UserBuilder,
 };
 
@@ -61,6 +62,7 @@ pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
         // Nested in the step's cgroup, whose limits hold for it; runc removes it.
         linux.set_cgroups_path(Some(PathBuf::from(cg.runc_path())));
     }
+    cgroupfs_mounts(&mut spec, cgroup.as_ref(), step)?;
     let config = bundle.path().join("config.json");
     spec.save(&config)
         .map_err(|e| Error::io("cannot write", &config, io::Error::other(e)))?;
@@ -454,12 +456,25 @@ fn spec(step: &Step) -> Result<Spec, Error> {
     let mut linux = spec.linux().clone().unwrap_or_default();
     if let Some(namespaces) = linux.namespaces().clone() {
         let keep_net = step.network == NetworkMode::None;
-        linux.set_namespaces(Some(
-            namespaces
-                .into_iter()
-                .filter(|n| keep_net || n.typ() != LinuxNamespaceType::Network)
-                .collect(),
-        ));
+        let mut namespaces: Vec<_> = namespaces
+            .into_iter()
+            .filter(|n| keep_net || n.typ() != LinuxNamespaceType::Network)
+            .collect();
+        // As BuildKit (`cgroupV2NamespaceSupported`): a cgroup namespace only on a v2 host; on
+        // v1 one fails where a hierarchy is not a standard one (moby/buildkit#4108), and the
+        // step's `/sys/fs/cgroup` binds full paths (`cgroupfs_mounts`).
+        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Cgroup);
+        if Path::new("/proc/self/ns/cgroup").exists()
+            && Path::new("/sys/fs/cgroup/cgroup.subtree_control").exists()
+        {
+            namespaces.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::Cgroup)
+                    .build()
+                    .map_err(oci_error)?,
+            );
+        }
+        linux.set_namespaces(Some(namespaces));
     }
     // CDI device nodes are bound from the host (see `step`); runc's device cgroup must let
     // the process use them.
@@ -491,6 +506,133 @@ fn spec(step: &Step) -> Result<Spec, Error> {
     }
     spec.set_linux(Some(linux));
     Ok(spec)
+}
+
+/// The step's `/sys/fs/cgroup`, as BuildKit's `withCGroup` (a cgroup filesystem there,
+/// read-only unless insecure: `oci.WithWriteableCgroupfs`), placed right after `/sys`.
+///
+/// v1: runc's own cgroup mount would bind the container's cgroup, the nested `runc` one, which
+/// has no limits (they are set on the step's, whose `memory.failcnt` tells an OOM kill; v1
+/// counts events per cgroup): the step gets the embedded runtime's binds instead, a tmpfs with
+/// the step's cgroup of each hierarchy, a combined one also bound under each of its names.
+/// v2: runc's cgroup2 mount in the cgroup namespace (`spec`), rooted at the nested cgroup,
+/// which gets the limits too (v2's `memory.events` are hierarchical).
+fn cgroupfs_mounts(
+    spec: &mut Spec,
+    cgroup: Option<&crate::cgroup::StepCgroup>,
+    step: &Step,
+) -> Result<(), Error> {
+    use crate::cgroup::CgroupFs;
+    let insecure = step.security == SecurityMode::Insecure;
+    let hardened = ["nosuid", "noexec", "nodev"].map(String::from);
+    let mut added = Vec::new();
+    match crate::cgroup::cgroupfs(cgroup) {
+        Some(CgroupFs::V1 { hierarchies, links }) => {
+            // runc mounts a tmpfs read-write and makes it read-only once all is mounted.
+            let mut options = hardened.to_vec();
+            options.push("mode=755".to_owned());
+            if !insecure {
+                options.push("ro".to_owned());
+            }
+            added.push(
+                MountBuilder::default()
+                    .destination("/sys/fs/cgroup")
+                    .typ("tmpfs")
+                    .source("tmpfs")
+                    .options(options)
+                    .build()
+                    .map_err(oci_error)?,
+            );
+            let binds =
+                hierarchies
+                    .iter()
+                    .map(|h| (&h.name, &h.source))
+                    .chain(links.iter().filter_map(|(link, target)| {
+                        hierarchies
+                            .iter()
+                            .find(|h| h.name == *target)
+                            .map(|h| (link, &h.source))
+                    }));
+            for (name, source) in binds {
+                let mut options = vec!["bind".to_owned()];
+                options.extend(hardened.iter().cloned());
+                if !insecure {
+                    options.push("ro".to_owned());
+                    if crate::userns::running_in_user_ns() {
+                        options.extend(locked_options(source)?);
+                    }
+                }
+                added.push(
+                    MountBuilder::default()
+                        .destination(Path::new("/sys/fs/cgroup").join(name))
+                        .typ("bind")
+                        .source(source)
+                        .options(options)
+                        .build()
+                        .map_err(oci_error)?,
+                );
+            }
+        }
+        Some(CgroupFs::V2 { .. }) | None => {
+            let mut options = hardened.to_vec();
+            if !insecure {
+                options.push("ro".to_owned());
+            }
+            added.push(
+                MountBuilder::default()
+                    .destination("/sys/fs/cgroup")
+                    .typ("cgroup")
+                    .source("cgroup")
+                    .options(options)
+                    .build()
+                    .map_err(oci_error)?,
+            );
+            if cgroup.is_some() && step.limits.any() {
+                if let Some(linux) = spec.linux_mut().as_mut() {
+                    let mut resources = linux.resources().clone().unwrap_or_default();
+                    let limits = step.limits;
+                    if let Some(m) = limits.memory.and_then(|m| i64::try_from(m).ok()) {
+                        // OCI's swap is memory plus swap: as the step cgroup's swap.max = m.
+                        resources.set_memory(Some(
+                            LinuxMemoryBuilder::default()
+                                .limit(m)
+                                .swap(m.saturating_mul(2))
+                                .build()
+                                .map_err(oci_error)?,
+                        ));
+                    }
+                    if let Some(q) = limits.cpu_quota.and_then(|q| i64::try_from(q).ok()) {
+                        resources.set_cpu(Some(
+                            LinuxCpuBuilder::default()
+                                .quota(q)
+                                .period(100_000u64)
+                                .build()
+                                .map_err(oci_error)?,
+                        ));
+                    }
+                    if let Some(p) = limits.pids.and_then(|p| i64::try_from(p).ok()) {
+                        resources.set_pids(Some(
+                            LinuxPidsBuilder::default()
+                                .limit(p)
+                                .build()
+                                .map_err(oci_error)?,
+                        ));
+                    }
+                    linux.set_resources(Some(resources));
+                }
+            }
+        }
+    }
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    // runc's default spec has a cgroup mount there already (with a cgroup namespace on v1).
+    mounts.retain(|m| !m.destination().starts_with("/sys/fs/cgroup"));
+    let at = mounts
+        .iter()
+        .position(|m| m.destination() == Path::new("/sys"))
+        .map_or(mounts.len(), |i| i + 1);
+    mounts.splice(at..at, added);
+    spec.set_mounts(Some(mounts));
+    Ok(())
 }
 
 /// The OCI name of a resource limit.

@@ -60,6 +60,7 @@ pub fn run(step: &Step, sink: &dyn Sink) -> Result<i32, Error> {
     if let Some(cg) = &cgroup {
         plan.cgroup_procs = cg.procs_files()?;
     }
+    plan.cgroupfs = PlanCgroupFs::new(crate::cgroup::cgroupfs(cgroup.as_ref()), plan.rootless)?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
@@ -199,6 +200,44 @@ enum PlanSource {
     Tmpfs(CString),
 }
 
+/// The step's `/sys/fs/cgroup` (`cgroup::CgroupFs`), ready for the child.
+enum PlanCgroupFs {
+    None,
+    /// A tmpfs with `(name, source)` bound in it, and `(target, link name)` symlinks.
+    V1 {
+        binds: Vec<(CString, CString)>,
+        links: Vec<(CString, CString)>,
+    },
+    /// A cgroup namespace, with cgroup2 mounted, or (in a user namespace) this directory bound.
+    V2 {
+        bind: Option<CString>,
+    },
+}
+
+impl PlanCgroupFs {
+    fn new(fs: Option<crate::cgroup::CgroupFs>, rootless: bool) -> Result<PlanCgroupFs, Error> {
+        use crate::cgroup::CgroupFs;
+        Ok(match fs {
+            None => PlanCgroupFs::None,
+            Some(CgroupFs::V1 { hierarchies, links }) => PlanCgroupFs::V1 {
+                binds: hierarchies
+                    .iter()
+                    .map(|h| Ok((cstring(&h.name)?, path_cstring(&h.source)?)))
+                    .collect::<Result<_, Error>>()?,
+                links: links
+                    .iter()
+                    .map(|(link, target)| Ok((cstring(target)?, cstring(link)?)))
+                    .collect::<Result<_, Error>>()?,
+            },
+            // Rootless: bind mounts only, as with `/sys` (rootless BuildKit gets the same
+            // from runc).
+            Some(CgroupFs::V2 { dir }) => PlanCgroupFs::V2 {
+                bind: rootless.then(|| path_cstring(&dir)).transpose()?,
+            },
+        })
+    }
+}
+
 /// Everything the child does, with no allocation left to do.
 struct Plan {
     rootfs: CString,
@@ -229,6 +268,8 @@ struct Plan {
     seccomp: Vec<seccompiler::BpfProgram>,
     /// The step cgroup's `cgroup.procs` files, which the child joins first (`cgroup.rs`).
     cgroup_procs: Vec<OwnedFd>,
+    /// What is mounted at `/sys/fs/cgroup`, read-only as `/sys` (`sys_readonly`).
+    cgroupfs: PlanCgroupFs,
     candidates: Vec<CString>,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
@@ -329,6 +370,7 @@ impl Plan {
             cwd: cstring(&step.cwd)?,
             seccomp: policy::seccomp_programs(step.security)?,
             cgroup_procs: Vec::new(),
+            cgroupfs: PlanCgroupFs::None,
             candidates: candidates(&step.args[0], step.path_var())?,
             argv_ptrs: null_terminated(&argv),
             _argv: argv,
@@ -467,10 +509,11 @@ enum Stage {
     Seccomp,
     Cwd,
     Cgroup,
+    Cgroupfs,
     Exec,
 }
 
-const STAGES: [Stage; 25] = [
+const STAGES: [Stage; 26] = [
     Stage::Stdio,
     Stage::MakePrivate,
     Stage::BindRoot,
@@ -495,6 +538,7 @@ const STAGES: [Stage; 25] = [
     Stage::Seccomp,
     Stage::Cwd,
     Stage::Cgroup,
+    Stage::Cgroupfs,
     Stage::Exec,
 ];
 
@@ -545,6 +589,7 @@ impl Failure {
                 };
             }
             Stage::Cgroup => "join the step's cgroup".to_owned(),
+            Stage::Cgroupfs => "mount /sys/fs/cgroup".to_owned(),
             Stage::Stdio => "set up stdin, stdout and stderr".to_owned(),
             Stage::MakePrivate => "make the mounts private".to_owned(),
             Stage::BindRoot => "bind the root filesystem onto itself".to_owned(),
@@ -939,6 +984,168 @@ unsafe fn bind_host_sys(root: RawFd, readonly: bool) -> libc::c_int {
     }
 }
 
+/// Mounts the step's `/sys/fs/cgroup` (on the `/sys` just mounted), read-only unless
+/// `insecure` (BuildKit's `oci.WithWriteableCgroupfs`); fails the child on error.
+unsafe fn mount_cgroupfs(root: RawFd, fs: &PlanCgroupFs, readonly: bool, report: RawFd) {
+    let hardened = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    // SAFETY: NUL-terminated strings of the plan and constants; descriptors are ours.
+    unsafe {
+        match fs {
+            PlanCgroupFs::None => {}
+            PlanCgroupFs::V2 { bind } => {
+                // The child joined its step cgroup first thing: a new cgroup namespace makes
+                // that its root, in `/proc/self/cgroup` and in the cgroup2 mount.
+                check!(
+                    report,
+                    libc::unshare(libc::CLONE_NEWCGROUP),
+                    Stage::Cgroupfs
+                );
+                let fd = check!(
+                    report,
+                    open_in_root(root, c"sys/fs/cgroup"),
+                    Stage::Cgroupfs
+                );
+                let at = FdPath::new(fd, b"");
+                match bind {
+                    None => {
+                        let ro = if readonly { libc::MS_RDONLY } else { 0 };
+                        check!(
+                            report,
+                            libc::mount(
+                                c"cgroup2".as_ptr(),
+                                at.as_ptr(),
+                                c"cgroup2".as_ptr(),
+                                hardened | ro,
+                                std::ptr::null()
+                            ),
+                            Stage::Cgroupfs
+                        );
+                    }
+                    Some(source) => {
+                        check!(
+                            report,
+                            libc::mount(
+                                source.as_ptr(),
+                                at.as_ptr(),
+                                std::ptr::null(),
+                                libc::MS_BIND,
+                                std::ptr::null()
+                            ),
+                            Stage::Cgroupfs
+                        );
+                        // Opened anew: the path now leads to the root of the bind.
+                        let bound = check!(
+                            report,
+                            open_in_root(root, c"sys/fs/cgroup"),
+                            Stage::Cgroupfs
+                        );
+                        check!(report, remount_bind(bound, readonly), Stage::Cgroupfs);
+                        libc::close(bound);
+                    }
+                }
+                libc::close(fd);
+            }
+            PlanCgroupFs::V1 { binds, links } => {
+                check!(
+                    report,
+                    mount_fs_at(
+                        root,
+                        c"sys/fs/cgroup",
+                        c"tmpfs",
+                        hardened,
+                        Some(c"mode=755")
+                    ),
+                    Stage::Cgroupfs
+                );
+                let dir = check!(
+                    report,
+                    open_in_root(root, c"sys/fs/cgroup"),
+                    Stage::Cgroupfs
+                );
+                for (i, (name, source)) in binds.iter().enumerate() {
+                    check!(
+                        report,
+                        libc::mkdirat(dir, name.as_ptr(), 0o755),
+                        Stage::Cgroupfs,
+                        i
+                    );
+                    let at = FdPath::new(dir, name.to_bytes());
+                    check!(
+                        report,
+                        libc::mount(
+                            source.as_ptr(),
+                            at.as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_BIND,
+                            std::ptr::null()
+                        ),
+                        Stage::Cgroupfs,
+                        i
+                    );
+                    // Opened anew: the name now leads to the root of the bind.
+                    let fd = check!(
+                        report,
+                        libc::openat(
+                            dir,
+                            name.as_ptr(),
+                            libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW
+                        ),
+                        Stage::Cgroupfs,
+                        i
+                    );
+                    check!(report, remount_bind(fd, readonly), Stage::Cgroupfs, i);
+                    libc::close(fd);
+                }
+                for (target, name) in links {
+                    check!(
+                        report,
+                        libc::symlinkat(target.as_ptr(), dir, name.as_ptr()),
+                        Stage::Cgroupfs
+                    );
+                }
+                if readonly {
+                    check!(report, remount_bind(dir, true), Stage::Cgroupfs);
+                }
+                libc::close(dir);
+            }
+        }
+    }
+}
+
+/// Remounts the mount whose root `fd` is with nosuid, nodev, noexec, and read-only when
+/// `readonly`; in a user namespace again with the flags the kernel locks on a mount from the
+/// host (see [`remount_readonly`]). -1 on failure.
+unsafe fn remount_bind(fd: RawFd, readonly: bool) -> libc::c_int {
+    let p = FdPath::new(fd, b"");
+    let flags = libc::MS_BIND
+        | libc::MS_REMOUNT
+        | libc::MS_NOSUID
+        | libc::MS_NODEV
+        | libc::MS_NOEXEC
+        | if readonly { libc::MS_RDONLY } else { 0 };
+    // SAFETY: a NUL-terminated path on the stack; `fs` is written by fstatvfs.
+    unsafe {
+        let remount = |extra: libc::c_ulong| {
+            libc::mount(
+                std::ptr::null(),
+                p.as_ptr(),
+                std::ptr::null(),
+                flags | extra,
+                std::ptr::null(),
+            )
+        };
+        let mut r = remount(0);
+        if r < 0 && errno() == libc::EPERM {
+            let mut fs: libc::statvfs = std::mem::zeroed();
+            r = libc::fstatvfs(fd, &mut fs);
+            if r == 0 {
+                r = remount(locked_flags(fs.f_flag));
+            }
+        }
+        r
+    }
+}
+
 /// The device nodes of `/dev`: name, major, minor, and the host's node that is bound there
 /// in rootless mode.
 const DEVICES: [(&CStr, u32, u32, &CStr); 6] = [
@@ -1190,6 +1397,7 @@ unsafe fn child(plan: &Plan, fds: &ChildFds) -> ! {
                 Stage::Sys
             );
         }
+        mount_cgroupfs(root, &plan.cgroupfs, plan.sys_readonly, report);
 
         for (i, m) in plan.mounts.iter().enumerate() {
             let target = check!(report, mountpoint(root, m), Stage::MountTarget, i);

@@ -345,20 +345,19 @@ both_runtimes!(
 // Embedded only: runc picks its own cgroup driver from /sys/fs/cgroup (v1 here), so it cannot
 // be pointed at the unified mount.
 
+/// What a v2 step says of its cgroup: it is the root of its cgroup namespace (so its path is
+/// hidden from it), a cgroup below the hierarchy's root (which has no `cgroup.freeze`).
+const STEP_CGROUP: &str =
+    "grep '^0::' /proc/self/cgroup; test -f /sys/fs/cgroup/cgroup.freeze && echo below the root";
+
 /// On v2 every step gets a cgroup of its own, limits or not (as BuildKit's steps).
 #[test]
 fn v2_a_step_without_limits_runs_in_its_own_cgroup_which_is_removed() {
-    let (r, out) = run_v2("cat /proc/self/cgroup", StepLimits::default());
+    let (r, out) = run_v2(STEP_CGROUP, StepLimits::default());
     assert_eq!(r.unwrap(), 0, "{out:?}");
-    let v2 = out
-        .iter()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap_or_else(|| panic!("no 0:: line in {out:?}"));
-    // This test process lives in the mount's root, so the step is in `/kiln/<pid>-<n>`.
-    assert!(
-        v2.starts_with(&format!("/kiln/{}-", std::process::id())),
-        "{v2}"
-    );
+    // This test process lives in the mount's root: the step's cgroup namespace (rooted at its
+    // cgroup, `/kiln/<pid>-<n>` from outside: `cgroupfs.rs`) is not that root.
+    assert_eq!(out, ["0::/", "below the root"]);
     // `run` checked that nothing is left under {UNIFIED}/kiln.
 }
 
@@ -369,16 +368,9 @@ fn v2_a_step_without_limits_runs_in_its_own_cgroup_which_is_removed() {
 fn v2_as_root_steps_go_below_the_root_not_into_kilns_own_cgroup() {
     let own = format!("/kiln-test-own-{}", std::process::id());
     let dir = std::path::Path::new(UNIFIED).join(own.trim_start_matches('/'));
-    let (r, out) = run_v2_in(Some(&own), "cat /proc/self/cgroup", StepLimits::default());
+    let (r, out) = run_v2_in(Some(&own), STEP_CGROUP, StepLimits::default());
     assert_eq!(r.unwrap(), 0, "{out:?}");
-    let v2 = out
-        .iter()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap_or_else(|| panic!("no 0:: line in {out:?}"));
-    assert!(
-        v2.starts_with(&format!("/kiln/{}-", std::process::id())),
-        "{v2}"
-    );
+    assert_eq!(out, ["0::/", "below the root"]);
     assert!(!dir.exists(), "{} is left", dir.display());
 }
 

@@ -167,6 +167,7 @@ rootless_cases!(
     devices_are_bound_and_unopenable_ones_refused,
     proc_hidden_by_a_mount_is_explained,
     ulimit_above_the_hard_limit_is_explained,
+    cgroupfs_is_there_and_read_only,
 );
 
 /// What the host sees after a case: the file chowned to 1000 inside belongs to 201000 here
@@ -272,6 +273,31 @@ mod inner {
             "{out:?}"
         );
         assert!(out.contains(&"full-refused".to_owned()), "{out:?}");
+    }
+
+    /// `/sys/fs/cgroup` as BuildKit mounts it (`cgroupfs.rs`), with bind mounts only: the
+    /// hierarchies are there, nothing in it writable; with both network modes.
+    #[test]
+    #[ignore = "run in a user namespace by the outer tests"]
+    fn cgroupfs_is_there_and_read_only() {
+        for network in [NetworkMode::Default, NetworkMode::None] {
+            let root = rootfs();
+            let mut req = sh(
+                &root,
+                "test -f /sys/fs/cgroup/memory/memory.limit_in_bytes && echo limit-file; \
+                 touch /sys/fs/cgroup/x 2>&1; mkdir /sys/fs/cgroup/memory/x 2>&1; true",
+            );
+            exec_op(&mut req).network = network;
+            let (code, out) = run_req(req);
+            assert_eq!(code, 0, "{network:?}: {out:?}");
+            assert_eq!(out[0], "limit-file", "{network:?}: {out:?}");
+            for line in &out[1..3] {
+                assert!(
+                    line.ends_with("Read-only file system"),
+                    "{network:?}: {out:?}"
+                );
+            }
+        }
     }
 
     #[test]

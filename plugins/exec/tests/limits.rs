@@ -131,8 +131,10 @@ fn limits(memory: Option<u64>, cpu_quota: Option<u64>, pids: Option<u64>) -> Ste
 
 // --- cases, each run with both runtimes --------------------------------------------------------
 
-/// Embedded only: runc gives the step a cgroup namespace, where the path reads `/` (the OOM and
-/// pids cases show that its limits hold).
+/// Embedded only: runc's step is in the nested `<step cgroup>/runc` (the OOM and pids cases show
+/// that its limits hold). On v2 the step has a cgroup namespace rooted at its cgroup, where
+/// the path reads `/` (`limits_are_in_the_cgroup_files_while_the_step_runs` finds it from
+/// outside).
 #[test]
 fn the_step_runs_in_its_own_cgroup() {
     let runtime = Runtime::Embedded;
@@ -142,17 +144,8 @@ fn the_step_runs_in_its_own_cgroup() {
         runtime,
     );
     assert_eq!(r.unwrap(), 0, "{out:?}");
-    if let Some(base) = v2_base() {
-        let line = out
-            .iter()
-            .find_map(|l| l.strip_prefix("0::"))
-            .unwrap_or_else(|| panic!("no 0:: line in {out:?}"));
-        let want = format!(
-            "{}/kiln/{}-",
-            base.trim_end_matches('/'),
-            std::process::id()
-        );
-        assert!(line.starts_with(&want), "{line} is not in {want}*");
+    if v2_base().is_some() {
+        assert!(out.iter().any(|l| l == "0::/"), "{out:?}");
         return;
     }
     for c in ["memory", "cpu", "pids"] {

@@ -170,6 +170,13 @@ rootless_cases!(
     cgroupfs_is_there_and_read_only,
 );
 
+/// Embedded only, as the v2 cases of `limits.rs`: runc picks its cgroup driver from
+/// /sys/fs/cgroup (v1 here) and cannot be pointed at the unified mount.
+#[test]
+fn embedded_cgroupfs_v2_is_bound_read_only() {
+    in_user_ns("cgroupfs_v2_is_bound_read_only", Runtime::Embedded);
+}
+
 /// What the host sees after a case: the file chowned to 1000 inside belongs to 201000 here
 /// (the case moved it from its layer to the kept directory).
 fn check_from_host(case: &str, keep: &Path) {
@@ -298,6 +305,24 @@ mod inner {
                 );
             }
         }
+    }
+
+    /// The v2 path (the hybrid host's cgroup2 mount, `KILN_CGROUP2_ROOT`): kiln may not make a
+    /// step cgroup there, so the step gets a cgroup namespace at kiln's and that cgroup bound
+    /// read-only (no cgroup2 mount in a user namespace).
+    #[test]
+    #[ignore = "run in a user namespace by the outer tests"]
+    fn cgroupfs_v2_is_bound_read_only() {
+        // This process runs one case: no other step sees the variable.
+        std::env::set_var("KILN_CGROUP2_ROOT", "/sys/fs/cgroup/unified");
+        let root = rootfs();
+        let out = run(
+            &root,
+            "grep '^0::' /proc/self/cgroup; stat -f -c %t /sys/fs/cgroup; \
+             test -f /sys/fs/cgroup/cgroup.procs && echo procs; mkdir /sys/fs/cgroup/x 2>&1; true",
+        );
+        assert_eq!(out[..3], ["0::/", "63677270", "procs"], "{out:?}");
+        assert!(out[3].ends_with("Read-only file system"), "{out:?}");
     }
 
     #[test]

@@ -109,24 +109,14 @@ pub enum Error {
     },
     /// A store made by rootless kiln opened by kiln as root, or the reverse: their layers mark
     /// opaque directories with different xattrs, so the other's views would be wrong.
-    #[error(
-        "the store at {root} was made by {made_by}, whose layers mark opaque directories with \
-         {made_with}; this kiln runs {now} and reads {reads}, so it would build from wrong \
-         layers. Use another store (--root or KILN_ROOT; {hint})"
-    )]
+    #[error("{}", store::other_mode_message(root, made_with, reads))]
     StoreOfOtherMode {
         /// The store's root.
         root: std::path::PathBuf,
-        /// "rootless kiln" or "kiln as root".
-        made_by: &'static str,
         /// The xattr its layers use.
         made_with: String,
-        /// "rootless" or "as root".
-        now: &'static str,
         /// The xattr this process uses.
         reads: &'static str,
-        /// Where this mode's default store is.
-        hint: &'static str,
     },
     /// `KILN_SNAPSHOTTER` names no snapshotter.
     #[error("KILN_SNAPSHOTTER={0:?}: expected `overlay`, `fuse-overlayfs` or `copy`")]

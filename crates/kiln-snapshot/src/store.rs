@@ -114,27 +114,36 @@ fn check_opaque_xattr(root: &Path, ours: &'static str) -> Result<()> {
     if theirs == ours {
         return Ok(());
     }
-    let rootless = |x: &str| x.starts_with("user.");
     Err(Error::StoreOfOtherMode {
         root: root.to_owned(),
-        made_by: if rootless(&theirs) {
-            "rootless kiln"
-        } else {
-            "kiln as root"
-        },
         made_with: theirs,
-        now: if rootless(ours) {
-            "rootless"
-        } else {
-            "as root"
-        },
         reads: ours,
-        hint: if rootless(ours) {
-            "rootless kiln's default is ~/.local/share/kiln"
-        } else {
-            "as root the default is /var/lib/kiln"
-        },
     })
+}
+
+/// The text of [`Error::StoreOfOtherMode`]: who made the store, how this kiln runs, and where
+/// its own default store is.
+pub(crate) fn other_mode_message(root: &Path, made_with: &str, reads: &str) -> String {
+    let rootless = |x: &str| x.starts_with("user.");
+    let (made_by, now, hint) = if rootless(reads) {
+        (
+            "kiln as root",
+            "rootless",
+            "rootless kiln's default is ~/.local/share/kiln",
+        )
+    } else {
+        (
+            "rootless kiln",
+            "as root",
+            "as root the default is /var/lib/kiln",
+        )
+    };
+    format!(
+        "the store at {} was made by {made_by}, whose layers mark opaque directories with \
+         {made_with}; this kiln runs {now} and reads {reads}, so it would build from wrong \
+         layers. Use another store (--root or KILN_ROOT; {hint})",
+        root.display()
+    )
 }
 
 impl Store {

@@ -38,8 +38,8 @@ pub struct StepCgroup {
 #[derive(Debug)]
 enum Kind {
     V1 {
-        /// `(controller, directory)`.
-        dirs: Vec<(&'static str, PathBuf)>,
+        /// `(controller, directory)`: every hierarchy's (its first controller, or `name=…`).
+        dirs: Vec<(String, PathBuf)>,
         /// The path below each hierarchy's root (`/kiln/<pid>-<n>`).
         rel: String,
     },
@@ -102,13 +102,12 @@ fn step_name() -> String {
 }
 
 impl StepCgroup {
-    /// Creates the step's cgroup with its limits; `None` when the step has no limits and the
-    /// host is v1 (or kiln cannot make one there).
+    /// Creates the step's cgroup with its limits; `None` when the step has no limits and kiln
+    /// cannot make one (rootless on v1, an undelegated v2 subtree): then it runs in kiln's.
     pub fn create(limits: StepLimits) -> Result<Option<StepCgroup>, Error> {
         match Layout::get() {
             Layout::Unified(mount) => StepCgroup::create_v2(&mount, limits),
-            Layout::V1 if limits.any() => StepCgroup::create_v1(limits).map(Some),
-            Layout::V1 => Ok(None),
+            Layout::V1 => StepCgroup::create_v1(limits),
         }
     }
 
@@ -156,7 +155,12 @@ impl StepCgroup {
         }
     }
 
-    fn create_v1(limits: StepLimits) -> Result<StepCgroup, Error> {
+    /// The step's cgroup in every v1 hierarchy, as runc makes a container's: with the limits
+    /// in memory, cpu and pids (those must work), and in the others so that the step's
+    /// `/sys/fs/cgroup` shows its own cgroup, never kiln's and the host's around it (best
+    /// effort: a hierarchy kiln cannot use is left out, and without limits no cgroup at all
+    /// is fine).
+    fn create_v1(limits: StepLimits) -> Result<Option<StepCgroup>, Error> {
         let rel = format!("/kiln/{}", step_name());
         let mut cg = StepCgroup {
             kind: Kind::V1 {
@@ -180,40 +184,72 @@ impl StepCgroup {
             ),
             ("pids", limits.pids.map(|p| ("pids.max", p.to_string()))),
         ];
-        for (controller, setting) in wanted {
-            let Some((file, value)) = setting else {
-                continue;
-            };
-            let hierarchy = Path::new(ROOT).join(controller);
-            if !hierarchy.join("cgroup.procs").exists() {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mounts = v1_mounts(&mountinfo);
+        for (controller, setting) in &wanted {
+            if setting.is_some() && !mounts.iter().any(|m| m.controllers.contains(controller)) {
+                let hierarchy = Path::new(ROOT).join(controller);
                 return Err(Error::Unsupported(format!(
                     "the step asks for a {controller} limit, but this host has no {controller} \
                      cgroup hierarchy at {}",
                     hierarchy.display()
                 )));
             }
-            let dir = hierarchy.join(rel.trim_start_matches('/'));
-            fs::create_dir_all(&dir).map_err(|e| match e.raw_os_error() {
-                // Rootless: on v1 only root creates cgroups, there is no delegation.
-                Some(libc::EACCES | libc::EPERM | libc::EROFS) => Error::Unsupported(format!(
-                    "resource limits ({}) need root on this host: it has cgroup v1, where \
-                     an ordinary user cannot create cgroups (cannot create {}: {e})",
-                    flags(&limits),
-                    dir.display()
-                )),
-                _ => Error::io("cannot create the cgroup", &dir, e),
-            })?;
+        }
+        for m in &mounts {
+            let setting = wanted
+                .iter()
+                .find(|(c, _)| m.controllers.contains(c))
+                .and_then(|(c, s)| s.as_ref().map(|s| (*c, s)));
+            let dir = m.mountpoint.join(rel.trim_start_matches('/'));
+            let made = fs::create_dir_all(&dir).and_then(|()| {
+                if m.controllers.contains(&"cpuset") {
+                    // A new cpuset has no cpus nor mems, and no process may join it: as
+                    // runc, copy them from the parent, level by level.
+                    let parent = dir.parent().unwrap_or(&m.mountpoint);
+                    inherit_cpuset(&m.mountpoint, parent)?;
+                    inherit_cpuset(parent, &dir)?;
+                }
+                Ok(())
+            });
+            match (made, setting) {
+                (Ok(()), _) => {}
+                (Err(e), Some(_)) => {
+                    return Err(match e.raw_os_error() {
+                        // Rootless: on v1 only root creates cgroups, there is no delegation.
+                        Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
+                            Error::Unsupported(format!(
+                                "resource limits ({}) need root on this host: it has cgroup v1, \
+                                 where an ordinary user cannot create cgroups (cannot create \
+                                 {}: {e})",
+                                flags(&limits),
+                                dir.display()
+                            ))
+                        }
+                        _ => Error::io("cannot create the cgroup", &dir, e),
+                    });
+                }
+                (Err(_), None) => {
+                    let _ = fs::remove_dir(&dir);
+                    continue;
+                }
+            }
             // Pushed first: a failure below still removes it.
             if let Kind::V1 { dirs, .. } = &mut cg.kind {
-                dirs.push((controller, dir.clone()));
+                dirs.push((m.key.clone(), dir.clone()));
             }
-            if controller == "cpu" {
-                // The quota is per 100 ms, as docker's --cpu-quota.
-                write(&dir.join("cpu.cfs_period_us"), "100000")?;
+            if let Some((controller, (file, value))) = setting {
+                if controller == "cpu" {
+                    // The quota is per 100 ms, as docker's --cpu-quota.
+                    write(&dir.join("cpu.cfs_period_us"), "100000")?;
+                }
+                write(&dir.join(file), value)?;
             }
-            write(&dir.join(file), &value)?;
         }
-        Ok(cg)
+        match &cg.kind {
+            Kind::V1 { dirs, .. } if dirs.is_empty() => Ok(None),
+            _ => Ok(Some(cg)),
+        }
     }
 
     /// The `cgroup.procs` files to join, opened for writing: the embedded child writes `0` to
@@ -349,7 +385,7 @@ pub fn cgroupfs(step: Option<&StepCgroup>) -> Option<CgroupFs> {
         }
         Layout::V1 => {
             let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            let step_dirs: &[(&'static str, PathBuf)] = match step.map(|s| &s.kind) {
+            let step_dirs: &[(String, PathBuf)] = match step.map(|s| &s.kind) {
                 Some(Kind::V1 { dirs, .. }) => dirs,
                 _ => &[],
             };
@@ -365,7 +401,7 @@ pub fn cgroupfs(step: Option<&StepCgroup>) -> Option<CgroupFs> {
 fn v1_hierarchies(
     mountinfo: &str,
     proc_self_cgroup: &str,
-    step_dirs: &[(&'static str, PathBuf)],
+    step_dirs: &[(String, PathBuf)],
 ) -> (Vec<Hierarchy>, Vec<(String, String)>) {
     let mut hierarchies = Vec::new();
     let mut links = Vec::new();
@@ -399,7 +435,7 @@ fn v1_hierarchies(
         let mountpoint = Path::new(point);
         let source = step_dirs
             .iter()
-            .find(|(c, _)| options.contains(c))
+            .find(|(c, _)| options.contains(&c.as_str()))
             .map(|(_, d)| d.clone())
             .or_else(|| {
                 let rel = path?.strip_prefix(root.trim_end_matches('/'))?;
@@ -425,6 +461,83 @@ fn v1_hierarchies(
     (hierarchies, links)
 }
 
+/// A v1 hierarchy mounted at `/sys/fs/cgroup/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct V1Mount {
+    mountpoint: PathBuf,
+    /// Its controllers (`cpu`, `cpuacct`; `name=systemd` for a named one).
+    controllers: Vec<&'static str>,
+    /// How the step's cgroup is keyed: its first controller, or the whole option list.
+    key: String,
+}
+
+/// The controllers (and named hierarchies) a v1 mount's options may list.
+const V1_CONTROLLERS: [&str; 14] = [
+    "cpuset",
+    "cpu",
+    "cpuacct",
+    "blkio",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "hugetlb",
+    "pids",
+    "rdma",
+    "name=systemd",
+];
+
+/// The v1 hierarchies of `/proc/self/mountinfo` mounted directly under `/sys/fs/cgroup`.
+fn v1_mounts(mountinfo: &str) -> Vec<V1Mount> {
+    let mut out: Vec<V1Mount> = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((before, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = before.split(' ').collect();
+        let after: Vec<&str> = after.split(' ').collect();
+        let (Some(point), Some(&"cgroup"), Some(options)) =
+            (fields.get(4), after.first(), after.get(2))
+        else {
+            continue;
+        };
+        let in_root = point
+            .strip_prefix(ROOT)
+            .and_then(|n| n.strip_prefix('/'))
+            .is_some_and(|n| !n.is_empty() && !n.contains('/'));
+        if !in_root || out.iter().any(|m| m.mountpoint == Path::new(point)) {
+            continue;
+        }
+        let controllers: Vec<&'static str> = options
+            .split(',')
+            .filter_map(|o| V1_CONTROLLERS.iter().find(|c| **c == o).copied())
+            .collect();
+        let Some(first) = controllers.first() else {
+            continue;
+        };
+        out.push(V1Mount {
+            mountpoint: PathBuf::from(point),
+            key: (*first).to_owned(),
+            controllers,
+        });
+    }
+    out
+}
+
+/// Gives the cpuset `child` the cpus and mems of `parent` where it has none.
+fn inherit_cpuset(parent: &Path, child: &Path) -> std::io::Result<()> {
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let have = fs::read_to_string(child.join(file))?;
+        if have.trim().is_empty() {
+            let from = fs::read_to_string(parent.join(file))?;
+            fs::write(child.join(file), from.trim())?;
+        }
+    }
+    Ok(())
+}
+
 fn write(path: &Path, value: &str) -> Result<(), Error> {
     fs::OpenOptions::new()
         .write(true)
@@ -448,13 +561,38 @@ pub fn human_bytes(n: u64) -> String {
 mod tests {
     use super::*;
 
+    /// As root (these tests) every step has a cgroup, limits or not; on v1 one in every
+    /// hierarchy (cpuset with its parent's cpus and mems, so that a process may join), as runc
+    /// makes a container's, all removed after the step.
     #[test]
-    fn no_limits_no_cgroup_but_on_v2() {
-        let cg = StepCgroup::create(StepLimits::default()).unwrap();
-        match Layout::get() {
-            Layout::V1 => assert!(cg.is_none(), "{cg:?}"),
-            // As root (these tests): every step has one on v2.
-            Layout::Unified(_) => assert!(cg.is_some()),
+    fn every_step_has_a_cgroup_and_on_v1_in_every_hierarchy() {
+        let cg = StepCgroup::create(StepLimits::default())
+            .unwrap()
+            .expect("a cgroup as root");
+        if let Kind::V1 { dirs, .. } = &cg.kind {
+            let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+            let mounts = v1_mounts(&mountinfo);
+            assert!(mounts.iter().any(|m| m.key == "memory"), "{mounts:?}");
+            assert_eq!(dirs.len(), mounts.len(), "{dirs:?} vs {mounts:?}");
+            for (_, dir) in dirs {
+                assert!(dir.is_dir(), "{}", dir.display());
+            }
+            // A process can join each, cpuset included.
+            let mut child = std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap();
+            for (key, dir) in dirs {
+                let joined = fs::write(dir.join("cgroup.procs"), child.id().to_string());
+                assert!(joined.is_ok(), "{key}: {joined:?}");
+            }
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let left: Vec<PathBuf> = dirs.iter().map(|(_, d)| d.clone()).collect();
+            drop(cg);
+            for d in left {
+                assert!(!d.exists(), "{} is left", d.display());
+            }
         }
     }
 
@@ -517,7 +655,10 @@ mod tests {
 ";
         // Paths that do not exist on this machine: the mountpoint itself is bound.
         let cgroup = "4:memory:/a\n3:pids:/outer/b\n2:cpu,cpuacct:/c\n1:name=systemd:/\n0::/\n";
-        let step = [("memory", PathBuf::from("/sys/fs/cgroup/memory/kiln/1-0"))];
+        let step = [(
+            "memory".to_owned(),
+            PathBuf::from("/sys/fs/cgroup/memory/kiln/1-0"),
+        )];
         let (h, links) = v1_hierarchies(mountinfo, cgroup, &step);
         let got: Vec<(&str, &str)> = h
             .iter()

@@ -196,6 +196,12 @@ impl StepCgroup {
                 )));
             }
         }
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(|| {
+            for m in &mounts {
+                sweep_stale(&m.mountpoint.join("kiln"));
+            }
+        });
         for m in &mounts {
             let setting = wanted
                 .iter()
@@ -526,6 +532,31 @@ fn v1_mounts(mountinfo: &str) -> Vec<V1Mount> {
     out
 }
 
+/// Removes the step cgroups in `parent` (`<pid>-<n>`, and runc's `runc` in them) of kiln
+/// processes that are gone: a kiln killed with SIGKILL cannot remove its own, and without a
+/// daemon nobody else would. Empty ones only (rmdir refuses the others); once per process.
+pub(crate) fn sweep_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    let me = std::process::id();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(pid, n)| n.parse::<u64>().ok().and(pid.parse::<u32>().ok()))
+        else {
+            continue;
+        };
+        if pid == me || Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let _ = fs::remove_dir(e.path().join("runc"));
+        let _ = fs::remove_dir(e.path());
+    }
+}
+
 /// Gives the cpuset `child` the cpus and mems of `parent` where it has none.
 fn inherit_cpuset(parent: &Path, child: &Path) -> std::io::Result<()> {
     for file in ["cpuset.cpus", "cpuset.mems"] {
@@ -560,6 +591,34 @@ pub fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_cgroups_of_dead_kilns_are_swept_and_others_kept() {
+        let d = tempfile::tempdir().unwrap();
+        // A pid that cannot be alive (above pid_max's ceiling), ours, and not a step name.
+        for n in [
+            "4194999-0",
+            &format!("{}-7", std::process::id()),
+            "keep",
+            "1-x",
+        ] {
+            fs::create_dir_all(d.path().join(n)).unwrap();
+        }
+        fs::create_dir_all(d.path().join("4194999-1/runc")).unwrap();
+        sweep_stale(d.path());
+        let mut left: Vec<String> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut want = vec![
+            "1-x".to_owned(),
+            format!("{}-7", std::process::id()),
+            "keep".to_owned(),
+        ];
+        want.sort();
+        assert_eq!(left, want);
+    }
 
     /// As root (these tests) every step has a cgroup, limits or not; on v1 one in every
     /// hierarchy (cpuset with its parent's cpus and mems, so that a process may join), as runc

@@ -119,6 +119,8 @@ pub(super) fn create(
         delegate(&base, &controllers, flags)?;
     }
     let parent = base.join("kiln");
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| super::sweep_stale(&parent));
     match fs::create_dir(&parent) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {}

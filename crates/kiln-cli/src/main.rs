@@ -222,7 +222,7 @@ struct BuildArgs {
     #[arg(long = "ulimit")]
     ulimits: Vec<String>,
     /// Memory limit of each RUN step (e.g. 512m, 1g; default: [build] memory in kiln.toml).
-    #[arg(long = "memory")]
+    #[arg(short = 'm', long = "memory")]
     memory: Option<String>,
     /// CPU time of each RUN step in microseconds per 100 ms period (docker's --cpu-quota).
     #[arg(long = "cpu-quota")]

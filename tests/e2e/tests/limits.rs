@@ -142,6 +142,13 @@ fn bad_limit_flags_are_refused_before_the_build() {
         "{}",
         run.stderr
     );
+    // `-m`, docker build's short form, is the same flag.
+    let run = build_bb(&k, &[], &ctx, &["-m", "12x"]).fails();
+    assert!(
+        run.stderr.contains("invalid --memory \"12x\""),
+        "{}",
+        run.stderr
+    );
     let run = build_bb(&k, &[], &ctx, &["--cpu-quota", "10"]).fails();
     assert!(run.stderr.contains("at least 1000"), "{}", run.stderr);
 }

@@ -195,14 +195,9 @@ fn v2_insecure_makes_it_writable() {
 /// a FIFO while the test looks.
 #[test]
 fn v2_from_outside_the_step_is_in_its_own_cgroup() {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let root = Rootfs::busybox();
-    let gate = root.merged.join("gate");
-    let c_gate = std::ffi::CString::new(gate.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: mkfifo on a NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_gate.as_ptr(), 0o600) }, 0);
+    let gate = common::make_gate(&root);
     let mut req = sh(&root, "grep '^0::' /proc/self/cgroup; cat /gate");
     req.runtime = Runtime::Embedded;
     struct Unset;
@@ -213,34 +208,19 @@ fn v2_from_outside_the_step_is_in_its_own_cgroup() {
     }
     std::env::set_var("KILN_CGROUP2_ROOT", UNIFIED);
     let _unset = Unset;
-    let step_gate = gate.clone();
-    let step = std::thread::spawn(move || {
-        let rec = Recorder::new();
-        let r = execute(req, &rec).map(|resp| resp.exit_code.unwrap());
-        // A step that failed before opening the gate must not leave the test blocked.
-        let _reader = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&step_gate);
-        let mut lines = rec.stdout();
-        lines.extend(rec.stderr());
-        (r, lines)
-    });
-    // Returns once the step has the FIFO open: it runs, in its cgroup.
-    let mut writer = std::fs::OpenOptions::new().write(true).open(&gate).unwrap();
+    // While the step runs, it is in its cgroup.
     let prefix = format!("{}-", std::process::id());
-    let populated: Vec<(String, String)> = std::fs::read_dir(format!("{UNIFIED}/kiln"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| {
-            let procs = std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap();
-            (e.file_name().to_string_lossy().into_owned(), procs)
-        })
-        .collect();
-    let _ = writer.write_all(b"go\n");
-    drop(writer);
-    let (r, out) = step.join().unwrap();
+    let (r, out, populated) = common::run_gated(&gate, req, || {
+        std::fs::read_dir(format!("{UNIFIED}/kiln"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| {
+                let procs = std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap();
+                (e.file_name().to_string_lossy().into_owned(), procs)
+            })
+            .collect::<Vec<(String, String)>>()
+    });
     assert_eq!(r.unwrap(), 0, "{out:?}");
     assert_eq!(out, ["0::/", "go"]);
     assert_eq!(populated.len(), 1, "{populated:?}");

@@ -9,9 +9,6 @@
 #[macro_use]
 mod common;
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-
 use common::{exec_op, require_runc, sh, Recorder, Rootfs};
 use kiln_exec::{execute, Error};
 use kiln_plugin_sdk::proto::{Runtime, StepLimits};
@@ -230,32 +227,12 @@ fn every_step_has_its_own_cgroup_in_every_hierarchy(runtime: Runtime) {
 fn limits_are_in_the_cgroup_files_while_the_step_runs(runtime: Runtime) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let root = Rootfs::busybox();
-    let gate = root.merged.join("gate");
-    let c_gate = std::ffi::CString::new(gate.as_os_str().as_encoded_bytes()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c_gate.as_ptr(), 0o600) }, 0);
+    let gate = common::make_gate(&root);
     let mut req = sh(&root, "cat /gate && echo released");
     req.limits = limits(Some(64 << 20), Some(20_000), Some(50));
     req.runtime = runtime;
     let _ = exec_op(&mut req);
-    let step_gate = gate.clone();
-    let step = std::thread::spawn(move || {
-        let rec = Recorder::new();
-        let r = execute(req, &rec).map(|resp| resp.exit_code.unwrap());
-        // A step that failed before opening the gate must not leave the test blocked in its
-        // open for writing: a reader of our own releases it.
-        let _reader = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&step_gate);
-        let mut lines = rec.stdout();
-        lines.extend(rec.stderr());
-        (r, lines)
-    });
-    let mut writer = std::fs::OpenOptions::new().write(true).open(&gate).unwrap();
-    let files = limit_files();
-    let _ = writer.write_all(b"go\n");
-    drop(writer);
-    let (r, out) = step.join().unwrap();
+    let (r, out, files) = common::run_gated(&gate, req, limit_files);
     assert_eq!(r.unwrap(), 0, "{out:?}");
     assert!(out.iter().any(|l| l == "released"), "{out:?}");
     let expected: &[(&str, &str)] = if v2_base().is_some() {

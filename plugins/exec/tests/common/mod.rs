@@ -332,3 +332,45 @@ pub fn i386_helper() -> &'static Path {
         out
     })
 }
+
+/// The FIFO a gated step blocks on: its script reads `/gate` (`cat /gate`).
+pub fn make_gate(root: &Rootfs) -> PathBuf {
+    let gate = root.merged.join("gate");
+    let c_gate = CString::new(gate.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_gate.as_ptr(), 0o600) }, 0);
+    gate
+}
+
+/// Runs `req`, whose script blocks reading the FIFO `gate` ([`make_gate`]), and calls `during`
+/// while the step runs (once it has the FIFO open), then releases it: the step's result and
+/// output lines (stdout then stderr), and what `during` returned.
+pub fn run_gated<T>(
+    gate: &Path,
+    req: PrimitiveRequest,
+    during: impl FnOnce() -> T,
+) -> (Result<i32, kiln_exec::Error>, Vec<String>, T) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let step_gate = gate.to_path_buf();
+    let step = std::thread::spawn(move || {
+        let rec = Recorder::new();
+        let r = kiln_exec::execute(req, &rec).map(|resp| resp.exit_code.unwrap());
+        // A step that failed before opening the gate must not leave the test blocked in its
+        // open for writing: a reader of our own releases it.
+        let _reader = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&step_gate);
+        let mut lines = rec.stdout();
+        lines.extend(rec.stderr());
+        (r, lines)
+    });
+    // Returns once the step has the FIFO open: it runs.
+    let mut writer = fs::OpenOptions::new().write(true).open(gate).unwrap();
+    let seen = during();
+    let _ = writer.write_all(b"go\n");
+    drop(writer);
+    let (r, out) = step.join().unwrap();
+    (r, out, seen)
+}

@@ -287,7 +287,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before any thread starts: an ordinary user's store commands run in a user namespace
     // (rootless.rs); the parent only waits for the child that ran the command.
-    match rootless::enter(needs_store(&cli)) {
+    match rootless::enter(|| needs_store(&cli)) {
         Ok(rootless::Entered::Continue) => {}
         Ok(rootless::Entered::Exited(code)) => return code,
         Err(e) => {

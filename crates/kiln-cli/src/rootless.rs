@@ -49,8 +49,9 @@ pub enum Entered {
 }
 
 /// Enters a user namespace when kiln runs as an ordinary user (see the module's doc). Must
-/// run before any thread starts. `needed` is false for commands that touch no store.
-pub fn enter(needed: bool) -> Result<Entered> {
+/// run before any thread starts. `needed` says false for commands that touch no store; it is
+/// asked only of an ordinary user (it may read the builders file).
+pub fn enter(needed: impl FnOnce() -> bool) -> Result<Entered> {
     if let Some(sync) = std::env::var_os(SYNC_ENV) {
         std::env::remove_var(SYNC_ENV);
         child(&sync)?;
@@ -59,7 +60,7 @@ pub fn enter(needed: bool) -> Result<Entered> {
     // SAFETY: geteuid takes nothing and cannot fail.
     let euid = unsafe { libc::geteuid() };
     let off = std::env::var_os(ROOTLESS_ENV).is_some_and(|v| v == "0");
-    if euid == 0 || !needed || off {
+    if euid == 0 || off || !needed() {
         return Ok(Entered::Continue);
     }
     parent().map(Entered::Exited)

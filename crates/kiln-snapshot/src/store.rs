@@ -96,14 +96,14 @@ const OPAQUE_RECORD: &str = "opaque-xattr";
 /// Records `ours` in a new store, or refuses a store recorded with the other one: its opaque
 /// directories would not hide what they hide, and views, layers and images would be wrong. A
 /// store without the record predates rootless kiln, which is the only writer of `user.*`.
-fn check_opaque_xattr(root: &Path, ours: &'static str) -> Result<()> {
+fn check_opaque_xattr(root: &Path, session: &str, ours: &'static str) -> Result<()> {
     let record = root.join(OPAQUE_RECORD);
     let theirs = match fs::read_to_string(&record) {
         Ok(t) => t.trim().to_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let tmp = root
                 .join("tmp")
-                .join(format!("{OPAQUE_RECORD}-{}", unique_name()));
+                .join(format!("{session}-{OPAQUE_RECORD}-{}", unique_name()));
             fs::write(&tmp, ours)
                 .and_then(|()| fs::rename(&tmp, &record))
                 .map_err(io_err("record the opaque xattr of", &record))?;
@@ -202,8 +202,10 @@ impl Store {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
-        check_opaque_xattr(&root, crate::format::opaque_xattr())?;
         let session = Session::start(&root, unique_name)?;
+        // After the session exists: its temporary is named for it, so that a concurrent
+        // kiln's sweep of ended sessions' temporaries leaves it alone.
+        check_opaque_xattr(&root, session.id(), crate::format::opaque_xattr())?;
         session::sweep(&root, session.id());
         Ok(Store {
             root,
@@ -564,14 +566,14 @@ mod tests {
         let root = d.path().join("store");
         fs::create_dir_all(root.join("tmp")).unwrap();
         // A new store records the flavour of the kiln that made it, which opens it again.
-        check_opaque_xattr(&root, "user.overlay.opaque").unwrap();
+        check_opaque_xattr(&root, "s1", "user.overlay.opaque").unwrap();
         assert_eq!(
             fs::read_to_string(root.join(OPAQUE_RECORD)).unwrap(),
             "user.overlay.opaque"
         );
-        check_opaque_xattr(&root, "user.overlay.opaque").unwrap();
+        check_opaque_xattr(&root, "s1", "user.overlay.opaque").unwrap();
         // kiln as root on a rootless store, and the reverse.
-        let err = check_opaque_xattr(&root, "trusted.overlay.opaque")
+        let err = check_opaque_xattr(&root, "s1", "trusted.overlay.opaque")
             .unwrap_err()
             .to_string();
         assert!(
@@ -582,7 +584,7 @@ mod tests {
             "{err}"
         );
         fs::write(root.join(OPAQUE_RECORD), "trusted.overlay.opaque").unwrap();
-        let err = check_opaque_xattr(&root, "user.overlay.opaque")
+        let err = check_opaque_xattr(&root, "s1", "user.overlay.opaque")
             .unwrap_err()
             .to_string();
         assert!(
